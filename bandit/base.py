@@ -1,0 +1,123 @@
+"""What every learner shares: the draw bookkeeping around a learner-specific estimate.
+
+A learner estimates the expected reward of each arm for a context (``_predict``) and learns
+from observed rewards (``_update``); this base turns estimates into ranked draws with exact
+propensities, validates input, and counts updates, so every learner logs the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bandit.exploration import Exploration, draw_slots
+
+__all__ = ["Draw", "Learner"]
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One ranking: what was estimated, what the ranking used, and what was drawn."""
+
+    arm_ids: Sequence[Hashable]
+    #: expected reward of each arm, in ``arm_ids`` order
+    predicted: np.ndarray
+    #: predicted x weight: what exploration ranked by
+    scores: np.ndarray
+    #: the first slot's probability for each arm (sums to 1)
+    probabilities: np.ndarray
+    #: (index into arm_ids, propensity) for each slot, best first
+    slots: list[tuple[int, float]]
+
+    @property
+    def chosen(self) -> list[Hashable]:
+        return [self.arm_ids[i] for i, _ in self.slots]
+
+
+class Learner:
+    """Base of all learners. Subclasses implement ``_predict`` and ``_update``."""
+
+    #: short name used in model versions ("linear-igw/1532")
+    name = "learner"
+
+    def __init__(self, exploration: Exploration, seed: int | None = None) -> None:
+        self.exploration = exploration
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self.n_updates = 0
+
+    @property
+    def version(self) -> str:
+        return f"{self.name}/{self.n_updates}"
+
+    def reseed(self, seed: int | None) -> None:
+        """Restarts the draws from ``seed`` (fresh entropy when None), keeping what was learned."""
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    def scores(self, arm_ids: Sequence[Hashable], context: Mapping[str, Any]) -> np.ndarray:
+        """Expected reward of each arm for this context, without exploring."""
+        return self._predict(list(arm_ids), context) if arm_ids else np.zeros(0)
+
+    def pull(
+        self,
+        arm_ids: Sequence[Hashable],
+        context: Mapping[str, Any],
+        k: int = 1,
+        weights: Sequence[float] | np.ndarray | None = None,
+    ) -> Draw:
+        """Ranks ``k`` of ``arm_ids`` for this context, drawing each slot from an explicit
+        distribution.
+
+        ``weights`` multiply the expected rewards before exploring (the business value of a
+        success); gaps are measured in units of the largest weight.
+        """
+        if k < 0:
+            raise ValueError(f"k must be non-negative, got {k}")
+        arm_ids = list(arm_ids)
+        predicted = self.scores(arm_ids, context)
+        if weights is None:
+            scores, scale = predicted, 1.0
+        else:
+            w = np.asarray(weights, dtype=float)
+            if w.shape != predicted.shape:
+                raise ValueError(f"weights has {w.shape[0]} values for {len(arm_ids)} arms")
+            scores = predicted * w
+            scale = float(np.abs(w).max()) if len(w) else 1.0
+        first, slots = draw_slots(self.exploration, scores, k, self._rng, scale, self.n_updates)
+        return Draw(arm_ids, predicted, scores, first, slots)
+
+    def update(
+        self,
+        arm_id: Hashable,
+        context: Mapping[str, Any],
+        reward: float,
+        previous_reward: float | None = None,
+    ) -> None:
+        """Learns that ``arm_id`` earned ``reward`` in ``context``.
+
+        With ``previous_reward``, this observation was learned before with that reward and is
+        being revised (an impression that became a click): it is not counted twice.
+        """
+        if not math.isfinite(reward):
+            raise ValueError(f"reward must be a finite number, got {reward}")
+        if previous_reward is not None and not math.isfinite(previous_reward):
+            raise ValueError(f"previous_reward must be a finite number, got {previous_reward}")
+        self._update(arm_id, context, float(reward), previous_reward)
+        self.n_updates += 1
+
+    def _predict(self, arm_ids: list[Hashable], context: Mapping[str, Any]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _update(
+        self,
+        arm_id: Hashable,
+        context: Mapping[str, Any],
+        reward: float,
+        previous_reward: float | None,
+    ) -> None:
+        raise NotImplementedError

@@ -1,0 +1,191 @@
+"""The ``nba`` command: serve, export the decision log, validate and test the catalogue.
+
+    nba serve [--port 50051] [--policies policies/] [--database-url URL] [...]
+    nba export --out decisions.jsonl [--since 2026-11-01] [--until ...] [--database-url URL]
+    nba policies validate [DIR]
+    nba policies test [DIR]
+
+Exit codes: 0 success, 1 the catalogue or an example failed, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, get_args
+
+from nba.config import ConfigError, Settings, load_settings
+from nba.errors import CatalogueError
+
+__all__ = ["main"]
+
+# Attributes every LogRecord has; anything else was passed in `extra=` and is logged as a field.
+_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, and every `extra=` field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                line[key] = value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = field.annotation
+        default = field.default_factory() if field.default_factory else field.default
+        help_text = f"{field.description} (NBA_{name.upper()}; default: {default})"
+        choices = get_args(kind) if getattr(kind, "__origin__", None) is not None and str(kind).startswith("typing.Literal") else None
+        parser.add_argument(flag, dest=name, default=None, help=help_text, choices=choices)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {name: getattr(args, name, None) for name in Settings.model_fields}
+    return load_settings(flags, config_file=args.config)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _setup_logging(settings.log_level, settings.log_format)
+    from nba.server import Service  # imported late: `nba policies` needs no gRPC code
+
+    service = Service(settings)
+    service.start()
+    done = threading.Event()
+
+    def _shutdown(signum: int, _frame: Any) -> None:
+        logging.getLogger("nba").info("shutting down", extra={"signal": signal.Signals(signum).name})
+        done.set()
+
+    signal.signal(signal.SIGTERM, _shutdown)
+    signal.signal(signal.SIGINT, _shutdown)
+    done.wait()
+    service.stop()
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from nba.store import Store, dumps, open_engine
+
+    settings = _settings(args)
+    since = _date(args.since, "--since")
+    until = _date(args.until, "--until")
+    store = Store(open_engine(settings.database_url))
+    count = 0
+    out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        for line in store.export(since, until):
+            out.write(dumps(line) + "\n")
+            count += 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"exported {count} decisions to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _date(value: str | None, flag: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{flag}: {value!r} is not an ISO date or time (2026-11-01 or 2026-11-01T08:00:00Z)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _policies(args: argparse.Namespace) -> int:
+    from nba.catalogue import load_catalogue
+    from nba.examples import check_examples, load_examples
+
+    directory = Path(args.dir)
+    try:
+        catalogue = load_catalogue(directory)
+    except CatalogueError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(
+        f"{directory}: {len(catalogue.offers)} offers on {len(catalogue.channels)} channels "
+        f"({', '.join(catalogue.channels)}), version {catalogue.content_hash[:12]}"
+    )
+    if args.action == "validate":
+        missing = [c for c in catalogue.channels if c not in catalogue.fallback]
+        if missing:
+            print(f"warning: no fallback offer for channel(s): {', '.join(missing)}")
+        return 0
+    try:
+        examples = load_examples(directory)
+    except CatalogueError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    failures = check_examples(catalogue, examples)
+    for line in failures:
+        print(f"FAIL {line}")
+    print(f"{len(examples) - len({f.split(': ')[1] for f in failures})}/{len(examples)} examples pass")
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nba", description="Next-best-action decisioning service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve DecisionService over gRPC")
+    _add_settings_flags(serve)
+    serve.set_defaults(run=_serve)
+
+    export = commands.add_parser("export", help="write the decision log as JSON Lines")
+    export.add_argument("--out", required=True, help="file to write, or - for standard output")
+    export.add_argument("--since", help="only decisions at or after this time (ISO 8601)")
+    export.add_argument("--until", help="only decisions before this time (ISO 8601)")
+    export.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
+    export.add_argument("--database-url", dest="database_url", help="decision log database (NBA_DATABASE_URL)")
+    export.set_defaults(run=_export)
+
+    policies = commands.add_parser("policies", help="check the offer catalogue")
+    policies.add_argument("action", choices=["validate", "test"], help="validate the files, or run their *_test.yaml examples")
+    policies.add_argument("dir", nargs="?", default="policies", help="catalogue folder (default: policies)")
+    policies.set_defaults(run=_policies)
+
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"nba: {exc}", file=sys.stderr)
+        return 2
+    except CatalogueError as exc:
+        print(f"nba: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

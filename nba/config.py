@@ -1,0 +1,129 @@
+"""Configuration: one typed model, filled from defaults, a file, ``NBA_`` variables and flags.
+
+Precedence, lowest first: the defaults below, a YAML file (``--config``/``NBA_CONFIG``),
+environment variables (``NBA_PORT=50052``), command-line flags (``--port 50052``). Every field
+has all three spellings; unknown keys in the file are refused by name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Settings(BaseModel):
+    """Every setting of ``nba serve``. Field docs double as ``--help``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    policies: Path = Field(Path("policies"), description="folder of catalogue *.yaml files")
+    host: str = Field("[::]", description="address the gRPC server binds")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port)")
+    database_url: str = Field(
+        "sqlite:///var/nba.db", description="decision log database (SQLAlchemy URL)"
+    )
+    metrics_port: int = Field(
+        9464, ge=-1, le=65535, description="Prometheus metrics HTTP port (0: any free port, -1: off)"
+    )
+    threads: int = Field(16, ge=1, le=1024, description="gRPC handler threads")
+    grace_seconds: float = Field(10.0, ge=0, description="graceful shutdown: time for calls in flight")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_format: Literal["json", "text"] = Field("json", description="structured JSON logs or plain text")
+
+    # The learner.
+    learner_features: int = Field(128, ge=1, le=4096, description="hashed feature slots per offer")
+    learner_alpha: float = Field(1.0, gt=0, description="ridge regularisation")
+    learner_gamma_scale: float = Field(
+        10.0, ge=0, description="exploration: inverse gap weighting gamma = scale * updates^exponent"
+    )
+    learner_gamma_exponent: float = Field(0.5, ge=0, description="exploration: see learner_gamma_scale")
+    learner_exclude: list[str] = Field(
+        default_factory=lambda: ["customer.id", "customer.name", "customer.email", "customer.phone"],
+        description="context fields never used as features (glob patterns, comma-separated)",
+    )
+    seed: int | None = Field(None, description="seed for exploration draws (unset: random)")
+
+    # Rewards by outcome, when a Feedback event carries none.
+    reward_impressed: float = Field(0.0, description="reward of an impression")
+    reward_clicked: float = Field(0.3, description="reward of a click")
+    reward_accepted: float = Field(1.0, description="reward of an acceptance")
+    reward_rejected: float = Field(0.0, description="reward of a rejection")
+
+    # The decision log.
+    request_id_ttl_seconds: float = Field(
+        86400.0, gt=0, description="how long a request_id returns the same decision"
+    )
+    log_flush_seconds: float = Field(0.05, gt=0, description="longest wait before decisions are written")
+    log_batch_size: int = Field(500, ge=1, description="decisions written per transaction at most")
+    log_queue_limit: int = Field(
+        100_000, ge=1, description="decisions waiting to be written before new ones are dropped (counted)"
+    )
+    decision_cache_size: int = Field(
+        20_000, ge=0, description="recent decisions kept in memory for feedback and request_id"
+    )
+    feedback_timeout_seconds: float = Field(
+        10.0, gt=0, description="longest a Feedback call waits for durability before UNAVAILABLE"
+    )
+    snapshot_seconds: float = Field(60.0, gt=0, description="model snapshot interval")
+
+    @field_validator("learner_exclude", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def rewards(self) -> dict[str, float]:
+        return {
+            "impressed": self.reward_impressed,
+            "clicked": self.reward_clicked,
+            "accepted": self.reward_accepted,
+            "rejected": self.reward_rejected,
+        }
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Merges file, environment and flags (flags win); raises ``ConfigError`` naming the key."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    config_file = config_file or environ.get("NBA_CONFIG")
+    if config_file:
+        path = Path(config_file)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"config file {path}: expected a mapping of settings")
+        values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
+    for name in Settings.model_fields:
+        env = f"NBA_{name.upper()}"
+        if env in environ and environ[env] != "":
+            values[name] = environ[env]
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = value
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            key = ".".join(str(p) for p in error["loc"])
+            msg = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
+            lines.append(f"{key} (--{key.replace('_', '-')}, NBA_{key.upper()}): {msg}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

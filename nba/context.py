@@ -1,0 +1,66 @@
+"""The customer context: from the request's ``Struct`` to plain Python, within stated limits.
+
+Limits protect the service from a single oversized request (all checked before any work):
+
+    MAX_CONTEXT_BYTES   65,536 bytes serialised
+    MAX_CONTEXT_DEPTH   8 levels of nesting (customer.flags.churn_risk is 3)
+    MAX_CONTEXT_LEAVES  1,000 values in all
+    keys                may not contain "." (dotted paths name nested fields in rules and logs)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from nba.errors import InvalidArgument
+
+__all__ = ["MAX_CONTEXT_BYTES", "MAX_CONTEXT_DEPTH", "MAX_CONTEXT_LEAVES", "context_from_struct"]
+
+MAX_CONTEXT_BYTES = 64 * 1024
+MAX_CONTEXT_DEPTH = 8
+MAX_CONTEXT_LEAVES = 1000
+
+
+def context_from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """Converts and checks a context; raises ``InvalidArgument`` naming the field at fault."""
+    size = struct.ByteSize()
+    if size > MAX_CONTEXT_BYTES:
+        raise InvalidArgument(
+            f"context: {size} bytes, more than the limit of {MAX_CONTEXT_BYTES}; "
+            "send only the fields the policies and the learner use"
+        )
+    counter = [0]
+    return _struct(struct, "context", 1, counter)
+
+
+def _struct(struct: struct_pb2.Struct, path: str, depth: int, counter: list[int]) -> dict[str, Any]:
+    if depth > MAX_CONTEXT_DEPTH:
+        raise InvalidArgument(f"{path}: nested deeper than {MAX_CONTEXT_DEPTH} levels")
+    out: dict[str, Any] = {}
+    for key, value in struct.fields.items():
+        if "." in key:
+            raise InvalidArgument(f"{path}: key {key!r} contains '.', which field names may not")
+        out[key] = _value(value, f"{path}.{key}", depth, counter)
+    return out
+
+
+def _value(value: struct_pb2.Value, path: str, depth: int, counter: list[int]) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return _struct(value.struct_value, path, depth + 1, counter)
+    if kind == "list_value":
+        if depth + 1 > MAX_CONTEXT_DEPTH:
+            raise InvalidArgument(f"{path}: nested deeper than {MAX_CONTEXT_DEPTH} levels")
+        return [_value(v, f"{path}[{i}]", depth + 1, counter) for i, v in enumerate(value.list_value.values)]
+    counter[0] += 1
+    if counter[0] > MAX_CONTEXT_LEAVES:
+        raise InvalidArgument(f"context: more than {MAX_CONTEXT_LEAVES} values (at {path})")
+    if kind == "number_value":
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None

@@ -1,0 +1,155 @@
+"""Feedback: what a customer did with one offer of one decision, and what the learner learns.
+
+A (decision, offer) pair is one observation for the learner, however many events report on
+it. Its reward is that of its furthest outcome:
+
+    impressed (stage 1) < clicked (stage 2) < accepted = rejected (stage 3)
+
+The first event of a pair teaches the learner the observation with that event's reward; a
+further outcome (a click after the impression) revises the reward of the same observation; an
+outcome that is not further (an impression after the acceptance) is stored but changes
+nothing (``applied`` is false). So the learner ends in the same place whatever order the
+events arrive in, and a pair is never counted twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from nba.errors import InvalidArgument, NotFound, Unavailable
+
+__all__ = ["OUTCOMES", "FeedbackEvent", "FeedbackIntake", "FeedbackResult", "PairState", "resolve"]
+
+#: outcome name -> stage; names match the proto enum without its OUTCOME_ prefix
+OUTCOMES: dict[str, int] = {"impressed": 1, "clicked": 2, "accepted": 3, "rejected": 3}
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    event_id: str
+    decision_id: str
+    offer_id: str
+    outcome: str
+    reward: float
+    occurred_at: datetime
+    received_at: datetime
+    #: the decision's context features, carried for learning
+    features: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise InvalidArgument(f"outcome: must be one of {', '.join(OUTCOMES)}")
+        if not math.isfinite(self.reward):
+            raise InvalidArgument(f"reward: must be a finite number, got {self.reward}")
+
+
+@dataclass(frozen=True)
+class PairState:
+    """What the learner already holds for a (decision, offer): its stage and reward."""
+
+    stage: int
+    reward: float
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    duplicate: bool
+    applied: bool
+    #: the pair's reward after this event
+    reward: float
+    #: the stored row's id (learning order); None for duplicates
+    feedback_id: int | None = None
+    #: the pair's reward before this event, when the event revises an earlier one
+    previous_reward: float | None = None
+
+
+def resolve(previous: PairState | None, event: FeedbackEvent) -> tuple[bool, PairState, float | None]:
+    """Decides what ``event`` changes: (applied, the pair's new state, reward it replaces).
+
+    >>> from datetime import UTC, datetime
+    >>> t = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> click = FeedbackEvent("e2", "d", "o", "clicked", 0.3, t, t, {})
+    >>> resolve(PairState(1, 0.0), click)
+    (True, PairState(stage=2, reward=0.3), 0.0)
+    >>> resolve(PairState(3, 1.0), click)
+    (False, PairState(stage=3, reward=1.0), None)
+    """
+    stage = OUTCOMES[event.outcome]
+    if previous is None:
+        return True, PairState(stage, event.reward), None
+    if stage >= previous.stage:
+        return True, PairState(stage, event.reward), previous.reward
+    return False, previous, None
+
+
+class DecisionLookup(Protocol):
+    def get(self, decision_id: str) -> Any: ...
+
+    def submit_feedback(self, event: FeedbackEvent) -> Future[FeedbackResult]: ...
+
+
+class FeedbackIntake:
+    """Checks a feedback event against its decision and waits until it is durable and learned."""
+
+    def __init__(self, log: DecisionLookup, rewards: Mapping[str, float], timeout_seconds: float = 10.0) -> None:
+        self._log = log
+        self._rewards = dict(rewards)
+        self._timeout = timeout_seconds
+
+    def receive(
+        self,
+        event_id: str,
+        decision_id: str,
+        offer_id: str,
+        outcome: str,
+        reward: float | None = None,
+        occurred_at: datetime | None = None,
+    ) -> FeedbackResult:
+        for name, value in (("event_id", event_id), ("decision_id", decision_id), ("offer_id", offer_id)):
+            if not value:
+                raise InvalidArgument(f"{name}: required")
+            if len(value) > 256:
+                raise InvalidArgument(f"{name}: longer than 256 characters")
+        if outcome not in OUTCOMES:
+            raise InvalidArgument(
+                f"outcome: {outcome or 'unspecified'} is not one of "
+                + ", ".join(f"OUTCOME_{o.upper()}" for o in OUTCOMES)
+            )
+        if reward is not None and not math.isfinite(reward):
+            raise InvalidArgument(f"reward: must be a finite number, got {reward}")
+        now = datetime.now(UTC)
+        if occurred_at is not None and occurred_at > now + _CLOCK_SKEW:
+            raise InvalidArgument(
+                f"occurred_at: {occurred_at.isoformat()} is in the future (now is {now.isoformat()})"
+            )
+        decision = self._log.get(decision_id)
+        if decision is None:
+            raise NotFound(f"decision_id: no decision '{decision_id}'")
+        if decision.offer(offer_id) is None:
+            returned = ", ".join(o["offer_id"] for o in decision.offers) or "no offers"
+            raise NotFound(f"offer_id: decision '{decision_id}' did not return offer '{offer_id}' (it returned {returned})")
+        event = FeedbackEvent(
+            event_id=event_id,
+            decision_id=decision_id,
+            offer_id=offer_id,
+            outcome=outcome,
+            reward=self._rewards[outcome] if reward is None else float(reward),
+            occurred_at=occurred_at or now,
+            received_at=now,
+            features=decision.features,
+        )
+        future = self._log.submit_feedback(event)
+        try:
+            return future.result(timeout=self._timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"feedback not confirmed durable within {self._timeout:g}s; retry with the same event_id"
+            ) from None
+
+
+_CLOCK_SKEW = timedelta(minutes=5)

@@ -1,0 +1,156 @@
+"""The learning loop: one learner shared by every request, updated by every feedback event.
+
+Decide threads draw from the learner while the decision-log writer applies feedback to it, so
+both go through one lock; each holds it for microseconds. The learner's state survives a
+restart as a periodic snapshot plus the feedback logged after it: events are applied in the
+order they were made durable, and replaying that order rebuilds the same state.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+import time
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from bandit import Draw, InverseGapWeighting, Learner, LinearBandit
+from nba import metrics
+from nba.config import Settings
+
+__all__ = ["LearningEvent", "LearningLoop", "SnapshotStore", "build_learner"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LearningEvent:
+    feedback_id: int
+    features: Mapping[str, Any]
+    offer_id: str
+    reward: float
+    #: set when the event revises a reward the learner already holds
+    previous_reward: float | None
+    received_at: float = 0.0
+
+
+class SnapshotStore(Protocol):
+    def save_snapshot(self, signature: str, model_version: str, last_feedback_id: int, state: bytes) -> None: ...
+
+    def latest_snapshot(self) -> tuple[str, int, bytes] | None: ...
+
+    def learning_events(self, after_id: int) -> Iterable[LearningEvent]: ...
+
+
+def build_learner(settings: Settings) -> Learner:
+    return LinearBandit(
+        n_features=settings.learner_features,
+        alpha=settings.learner_alpha,
+        exploration=InverseGapWeighting(settings.learner_gamma_scale, settings.learner_gamma_exponent),
+        exclude=settings.learner_exclude,
+        seed=settings.seed,
+    )
+
+
+def signature(learner: Learner) -> str:
+    """What a snapshot must match to be reused: the learner's kind and hyperparameters."""
+    params = {
+        k: v
+        for k, v in sorted(vars(learner).items())
+        if not k.startswith("_") and k not in ("n_updates", "seed")
+    }
+    return f"{type(learner).__name__}({params})"
+
+
+class LearningLoop:
+    def __init__(self, learner: Learner, snapshot_seconds: float = 60.0) -> None:
+        self._learner = learner
+        self._signature = signature(learner)
+        self._lock = threading.Lock()
+        self._snapshot_seconds = snapshot_seconds
+        self._last_snapshot = time.monotonic()
+        self._last_feedback_id = 0
+        self._snapshot_feedback_id = 0
+
+    @property
+    def version(self) -> str:
+        return self._learner.version
+
+    @property
+    def last_feedback_id(self) -> int:
+        return self._last_feedback_id
+
+    def draw(
+        self, arm_ids: Sequence[Hashable], features: Mapping[str, Any], k: int, weights: np.ndarray
+    ) -> tuple[Draw, str]:
+        """Ranks ``k`` arms; returns the draw and the model version it ran under."""
+        with self._lock:
+            return self._learner.pull(arm_ids, features, k, weights), self._learner.version
+
+    def scores(self, arm_ids: Sequence[Hashable], features: Mapping[str, Any]) -> np.ndarray:
+        with self._lock:
+            return self._learner.scores(arm_ids, features)
+
+    def apply(self, events: Iterable[LearningEvent]) -> None:
+        now = time.time()
+        with self._lock:
+            for event in events:
+                self._learner.update(event.offer_id, event.features, event.reward, event.previous_reward)
+                self._last_feedback_id = max(self._last_feedback_id, event.feedback_id)
+                metrics.LEARNING_UPDATES.inc()
+                if event.received_at:
+                    metrics.LEARNING_LAG.observe(max(0.0, now - event.received_at))
+
+    def restore(self, store: SnapshotStore, seed: int | None) -> int:
+        """Loads the newest compatible snapshot and replays the feedback logged after it.
+
+        Returns how many events were replayed. A snapshot of another learner configuration is
+        ignored and the whole feedback log replayed, so a change of hyperparameters rebuilds
+        the model from everything it has seen.
+        """
+        snapshot = store.latest_snapshot()
+        after = 0
+        if snapshot is not None:
+            stored_signature, last_id, state = snapshot
+            if stored_signature == self._signature:
+                self._learner = pickle.loads(state)
+                after = last_id
+            else:
+                log.warning(
+                    "snapshot is for another learner configuration; rebuilding from the feedback log",
+                    extra={"snapshot": stored_signature, "configured": self._signature},
+                )
+        self._last_feedback_id = after
+        replayed = 0
+        batch: list[LearningEvent] = []
+        for event in store.learning_events(after):
+            batch.append(event)
+            if len(batch) >= 1000:
+                self.apply(batch)
+                replayed += len(batch)
+                batch = []
+        self.apply(batch)
+        replayed += len(batch)
+        self._snapshot_feedback_id = after
+        # Draws after a restart must not repeat the ones before it.
+        with self._lock:
+            self._learner.reseed(seed)
+        return replayed
+
+    def maybe_snapshot(self, store: SnapshotStore, force: bool = False) -> bool:
+        """Snapshots when the interval has passed and something was learned since."""
+        due = time.monotonic() - self._last_snapshot >= self._snapshot_seconds
+        if not (force or due) or self._last_feedback_id == self._snapshot_feedback_id:
+            return False
+        with self._lock:
+            state = pickle.dumps(self._learner, protocol=pickle.HIGHEST_PROTOCOL)
+            version, last_id = self._learner.version, self._last_feedback_id
+        store.save_snapshot(self._signature, version, last_id, state)
+        self._last_snapshot = time.monotonic()
+        self._snapshot_feedback_id = last_id
+        metrics.SNAPSHOTS.inc()
+        return True

@@ -1,0 +1,41 @@
+"""Every Prometheus metric the service exports: the single source of their names.
+
+Served over HTTP on ``--metrics-port`` (default 9464) at ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+RPC_DURATION = Histogram(
+    "nba_rpc_duration_seconds", "Time to answer a call, by method", ["method"], buckets=_LATENCY_BUCKETS
+)
+RPC_ERRORS = Counter("nba_rpc_errors_total", "Calls answered with an error, by method and status", ["method", "code"])
+DECISIONS = Counter("nba_decisions_total", "Decisions made, by channel", ["channel"])
+DECISIONS_REPLAYED = Counter(
+    "nba_decisions_replayed_total", "Repeated request_ids answered with the stored decision"
+)
+FALLBACKS = Counter("nba_fallback_total", "Decisions answered with the channel's fallback", ["channel"])
+EMPTY = Counter("nba_empty_decisions_total", "Decisions with no eligible offer and no fallback", ["channel"])
+EXPLORED = Counter(
+    "nba_explored_decisions_total", "Decisions whose first slot was not the learner's best offer"
+)
+FILTERED = Counter("nba_offers_filtered_total", "Offers filtered out of a decision, by reason", ["reason"])
+FEEDBACK = Counter(
+    "nba_feedback_total", "Feedback events, by outcome and result (applied, stored, duplicate)", ["outcome", "result"]
+)
+LEARNING_UPDATES = Counter("nba_learning_updates_total", "Feedback events applied to the learner")
+LEARNING_LAG = Histogram(
+    "nba_learning_lag_seconds",
+    "From a feedback event's arrival to the learner applying it",
+    buckets=_LATENCY_BUCKETS,
+)
+SNAPSHOTS = Counter("nba_model_snapshots_total", "Model snapshots written")
+LOG_QUEUE = Gauge("nba_decision_log_queue", "Decisions waiting to be written to the decision log")
+LOG_WRITTEN = Counter("nba_decision_log_written_total", "Decisions written to the decision log")
+LOG_DROPPED = Counter(
+    "nba_decision_log_dropped_total", "Decisions not logged because the queue was full or the write failed"
+)
+LOG_FLUSH = Histogram("nba_decision_log_flush_seconds", "Time of one decision-log transaction", buckets=_LATENCY_BUCKETS)

@@ -1,0 +1,171 @@
+"""The service shell: wiring, the gRPC server, health, reflection, metrics, graceful shutdown.
+
+``create_server(settings) -> (service, port)`` builds everything and starts serving; tests
+bind port 0. Readiness (gRPC health ``SERVING``) is reported only once the catalogue is loaded
+and the model restored. ``stop()`` reports ``NOT_SERVING``, lets calls in flight finish, then
+writes every queued decision and a final model snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from nba import metrics
+from nba.catalogue import load_catalogue
+from nba.config import Settings
+from nba.decisions import Decider
+from nba.errors import NbaError
+from nba.feedback import FeedbackIntake
+from nba.learning import LearningLoop, build_learner
+from nba.servicers import DecisionServicer
+from nba.store import DecisionLog, Store, open_engine
+from nba.v1 import decision_service_pb2 as pb
+from nba.v1 import decision_service_pb2_grpc as pb_grpc
+
+__all__ = ["ErrorInterceptor", "Service", "create_server"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Times every unary call and turns domain errors into their gRPC status."""
+
+    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        inner = handler.unary_unary
+        histogram = metrics.RPC_DURATION.labels(method)
+
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                return inner(request, context)
+            except NbaError as exc:
+                metrics.RPC_ERRORS.labels(method, exc.code.name).inc()
+                context.abort(exc.code, str(exc))
+            except Exception:
+                if context.code() is not None:  # already aborted by the handler
+                    raise
+                log.exception("unexpected error", extra={"method": method})
+                metrics.RPC_ERRORS.labels(method, "INTERNAL").inc()
+                context.abort(grpc.StatusCode.INTERNAL, "internal error; the service log has the details")
+            finally:
+                histogram.observe(time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            call,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class Service:
+    """Everything one ``nba serve`` process runs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.catalogue = load_catalogue(settings.policies)
+        self.engine = open_engine(settings.database_url)
+        self.store = Store(self.engine)
+        self.catalogue.version = self.store.register_policy_set(self.catalogue)
+        self.learning = LearningLoop(build_learner(settings), settings.snapshot_seconds)
+        started = time.perf_counter()
+        replayed = self.learning.restore(self.store, settings.seed)
+        log.info(
+            "model restored",
+            extra={
+                "model_version": self.learning.version,
+                "replayed_events": replayed,
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        self.log = DecisionLog(
+            self.store,
+            on_learn=self.learning.apply,
+            after_write=lambda: self.learning.maybe_snapshot(self.store),
+            flush_seconds=settings.log_flush_seconds,
+            batch_size=settings.log_batch_size,
+            queue_limit=settings.log_queue_limit,
+            cache_size=settings.decision_cache_size,
+        )
+        self.decider = Decider(self.catalogue, self.learning, self.log, settings.request_id_ttl_seconds)
+        self.intake = FeedbackIntake(self.log, settings.rewards(), settings.feedback_timeout_seconds)
+        self.health = health.HealthServicer()
+        self.server = grpc.server(
+            ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="nba-rpc"),
+            interceptors=[ErrorInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(self.decider, self.intake), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {settings.host}:{settings.port}")
+        self.metrics_port: int | None = None
+        self._metrics_server: Any = None
+        self._stopped = threading.Event()
+
+    def start(self) -> int:
+        if self.settings.metrics_port >= 0:
+            self._metrics_server, _ = start_http_server(self.settings.metrics_port)
+            self.metrics_port = self._metrics_server.server_port
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            extra={
+                "port": self.port,
+                "metrics_port": self.metrics_port,
+                "policy_version": self.catalogue.version,
+                "offers": len(self.catalogue.offers),
+                "database": self.engine.url.render_as_string(hide_password=True),
+            },
+        )
+        return self.port
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful: refuse new work, finish calls in flight, flush the log, snapshot."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        grace = self.settings.grace_seconds if grace is None else grace
+        self.server.stop(grace).wait()
+        self.log.close()
+        self.learning.maybe_snapshot(self.store, force=True)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        self.engine.dispose()
+        log.info("stopped", extra={"model_version": self.learning.version})
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def create_server(settings: Settings) -> tuple[Service, int]:
+    """Builds and starts the service; returns it with the port it serves on."""
+    service = Service(settings)
+    return service, service.start()

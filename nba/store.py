@@ -1,0 +1,558 @@
+"""The decision log: decisions, feedback, catalogue versions and model snapshots, in SQL.
+
+SQLModel over SQLite is the embedded default (``sqlite:///var/nba.db``); any SQLAlchemy URL
+with the same schema works. Two layers:
+
+* ``Store`` is the plain, synchronous SQL: tables, look-ups, export, snapshots.
+* ``DecisionLog`` keeps SQL off the request path. Decisions are queued and written in batches
+  by one writer thread; a feedback event waits for the transaction that makes it durable
+  (group commit: concurrent events share one commit), then for the learner to apply it, and
+  only then is acknowledged. Because the one writer drains its queue in order, a decision is
+  always committed no later than any feedback that names it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, event, func
+from sqlalchemy.engine import Engine
+from sqlalchemy.engine.url import make_url
+from sqlmodel import Field, SQLModel, create_engine, select
+
+from nba import metrics
+from nba.catalogue import Catalogue
+from nba.decisions import DecisionRecord
+from nba.errors import AlreadyExists, Unavailable
+from nba.feedback import OUTCOMES, FeedbackEvent, FeedbackResult, PairState, resolve
+from nba.learning import LearningEvent
+
+__all__ = ["DecisionLog", "Store", "open_engine"]
+
+log = logging.getLogger(__name__)
+
+
+class PolicySetRow(SQLModel, table=True):
+    __tablename__ = "policy_sets"
+
+    version: int | None = Field(default=None, primary_key=True)
+    content_hash: str = Field(unique=True, max_length=64)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    files: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class DecisionRow(SQLModel, table=True):
+    __tablename__ = "decisions"
+
+    decision_id: str = Field(primary_key=True, max_length=64)
+    request_id: str | None = Field(default=None, index=True, max_length=256)
+    customer_id: str = Field(index=True, max_length=256)
+    channel: str = Field(max_length=128)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+    policy_version: str = Field(max_length=64)
+    model_version: str = Field(max_length=128)
+    features: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    candidates: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    offers: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class FeedbackRow(SQLModel, table=True):
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_pair", "decision_id", "offer_id"),)
+
+    #: the order events were made durable, and so the order the learner applied them
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True, max_length=256)
+    decision_id: str = Field(max_length=64)
+    offer_id: str = Field(max_length=128)
+    outcome: str = Field(max_length=16)
+    #: this event's reward
+    reward: float
+    stage: int
+    #: whether the event changed what the learner holds for the pair
+    applied: bool
+    #: the pair's reward after this event, and before it (None: the pair's first event)
+    pair_reward: float
+    previous_reward: float | None = None
+    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    received_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class SnapshotRow(SQLModel, table=True):
+    __tablename__ = "model_snapshots"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    signature: str
+    model_version: str = Field(max_length=128)
+    last_feedback_id: int
+    state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+def open_engine(url: str) -> Engine:
+    """Creates the engine and the schema. SQLite runs in WAL mode with full fsync, so a
+    committed feedback event survives a crash of the process or the machine."""
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {}
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite:
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    engine = create_engine(url, **kwargs)
+    if sqlite:
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(connection: Any, _record: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+    SQLModel.metadata.create_all(engine)
+    return engine
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class Store:
+    """Synchronous access to the decision log's tables."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._decisions = DecisionRow.__table__
+        self._feedback = FeedbackRow.__table__
+
+    # Catalogue versions -------------------------------------------------------------
+
+    def register_policy_set(self, catalogue: Catalogue) -> str:
+        """Gives the catalogue its version ("<number>-<hash>"), recording it if new."""
+        table = PolicySetRow.__table__
+        with self.engine.begin() as conn:
+            version = conn.execute(
+                select(table.c.version).where(table.c.content_hash == catalogue.content_hash)
+            ).scalar()
+            if version is None:
+                version = conn.execute(
+                    table.insert().values(
+                        content_hash=catalogue.content_hash, created_at=datetime.now(UTC), files=catalogue.files
+                    )
+                ).inserted_primary_key[0]
+        return f"{version}-{catalogue.content_hash[:12]}"
+
+    # Decisions ----------------------------------------------------------------------
+
+    def insert_decisions(self, conn: Any, records: list[DecisionRecord]) -> None:
+        conn.execute(self._decisions.insert(), [_decision_row(r) for r in records])
+
+    def find_decision(self, decision_id: str) -> DecisionRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(self._decisions).where(self._decisions.c.decision_id == decision_id)).first()
+        return _record(row) if row else None
+
+    def find_by_request(self, request_id: str, newer_than: datetime) -> DecisionRecord | None:
+        table = self._decisions
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(table)
+                .where(table.c.request_id == request_id, table.c.created_at >= newer_than)
+                .order_by(table.c.created_at.desc())
+                .limit(1)
+            ).first()
+        return _record(row) if row else None
+
+    def count_decisions(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(self._decisions)).scalar_one())
+
+    # Feedback -----------------------------------------------------------------------
+
+    def store_feedback(self, conn: Any, event: FeedbackEvent) -> FeedbackResult:
+        """Deduplicates by event_id, resolves the pair's reward, inserts; within ``conn``'s
+        transaction."""
+        table = self._feedback
+        seen = conn.execute(
+            select(table.c.decision_id, table.c.offer_id, table.c.outcome).where(table.c.event_id == event.event_id)
+        ).first()
+        if seen is not None:
+            if (seen.decision_id, seen.offer_id, seen.outcome) != (event.decision_id, event.offer_id, event.outcome):
+                raise AlreadyExists(
+                    f"event_id: '{event.event_id}' was already used for decision '{seen.decision_id}', "
+                    f"offer '{seen.offer_id}', outcome '{seen.outcome}'; use a new event_id"
+                )
+            state = self._pair_state(conn, event.decision_id, event.offer_id)
+            return FeedbackResult(duplicate=True, applied=False, reward=state.reward if state else 0.0)
+        previous = self._pair_state(conn, event.decision_id, event.offer_id)
+        applied, state, previous_reward = resolve(previous, event)
+        feedback_id = conn.execute(
+            table.insert().values(
+                event_id=event.event_id,
+                decision_id=event.decision_id,
+                offer_id=event.offer_id,
+                outcome=event.outcome,
+                reward=event.reward,
+                stage=OUTCOMES[event.outcome],
+                applied=applied,
+                pair_reward=state.reward,
+                previous_reward=previous_reward,
+                occurred_at=event.occurred_at,
+                received_at=event.received_at,
+            )
+        ).inserted_primary_key[0]
+        return FeedbackResult(False, applied, state.reward, int(feedback_id), previous_reward)
+
+    def _pair_state(self, conn: Any, decision_id: str, offer_id: str) -> PairState | None:
+        table = self._feedback
+        row = conn.execute(
+            select(table.c.stage, table.c.pair_reward)
+            .where(table.c.decision_id == decision_id, table.c.offer_id == offer_id, table.c.applied)
+            .order_by(table.c.id.desc())
+            .limit(1)
+        ).first()
+        return PairState(row.stage, row.pair_reward) if row else None
+
+    def learning_events(self, after_id: int, chunk: int = 1000) -> Iterator[LearningEvent]:
+        """The applied feedback after ``after_id``, in the order it was applied, with the
+        decision's features."""
+        f, d = self._feedback, self._decisions
+        last = after_id
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(f.c.id, f.c.offer_id, f.c.pair_reward, f.c.previous_reward, d.c.features)
+                    .join(d, d.c.decision_id == f.c.decision_id)
+                    .where(f.c.id > last, f.c.applied)
+                    .order_by(f.c.id)
+                    .limit(chunk)
+                ).all()
+            for row in rows:
+                yield LearningEvent(row.id, row.features, row.offer_id, row.pair_reward, row.previous_reward)
+            if len(rows) < chunk:
+                return
+            last = rows[-1].id
+
+    def count_feedback(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(self._feedback)).scalar_one())
+
+    # Model snapshots ----------------------------------------------------------------
+
+    def save_snapshot(self, signature: str, model_version: str, last_feedback_id: int, state: bytes) -> None:
+        table = SnapshotRow.__table__
+        with self.engine.begin() as conn:
+            conn.execute(
+                table.insert().values(
+                    created_at=datetime.now(UTC),
+                    signature=signature,
+                    model_version=model_version,
+                    last_feedback_id=last_feedback_id,
+                    state=state,
+                )
+            )
+            # Keep the three newest: enough to survive one corrupt write.
+            keep = select(table.c.id).order_by(table.c.id.desc()).limit(3).scalar_subquery()
+            conn.execute(table.delete().where(table.c.id.not_in(keep)))
+
+    def latest_snapshot(self) -> tuple[str, int, bytes] | None:
+        table = SnapshotRow.__table__
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(table.c.signature, table.c.last_feedback_id, table.c.state).order_by(table.c.id.desc()).limit(1)
+            ).first()
+        return (row.signature, row.last_feedback_id, row.state) if row else None
+
+    # Export -------------------------------------------------------------------------
+
+    def export(self, since: datetime | None = None, until: datetime | None = None, chunk: int = 500) -> Iterator[dict[str, Any]]:
+        """Every decision (oldest first) with its feedback joined: the JSON Lines format."""
+        d, f = self._decisions, self._feedback
+        after: tuple[datetime, str] | None = None
+        while True:
+            query = select(d).order_by(d.c.created_at, d.c.decision_id).limit(chunk)
+            if since is not None:
+                query = query.where(d.c.created_at >= since)
+            if until is not None:
+                query = query.where(d.c.created_at < until)
+            if after is not None:
+                query = query.where(
+                    (d.c.created_at > after[0]) | ((d.c.created_at == after[0]) & (d.c.decision_id > after[1]))
+                )
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+                ids = [r.decision_id for r in rows]
+                events: dict[str, list[Any]] = {i: [] for i in ids}
+                if ids:
+                    for fb in conn.execute(select(f).where(f.c.decision_id.in_(ids)).order_by(f.c.id)).all():
+                        events[fb.decision_id].append(fb)
+            for row in rows:
+                yield _export_line(_record(row), events[row.decision_id])
+            if len(rows) < chunk:
+                return
+            after = (rows[-1].created_at, rows[-1].decision_id)
+
+
+def _decision_row(r: DecisionRecord) -> dict[str, Any]:
+    return {
+        "decision_id": r.decision_id,
+        "request_id": r.request_id,
+        "customer_id": r.customer_id,
+        "channel": r.channel,
+        "created_at": r.created_at,
+        "policy_version": r.policy_version,
+        "model_version": r.model_version,
+        "features": r.features,
+        "candidates": r.candidates,
+        "offers": r.offers,
+    }
+
+
+def _record(row: Any) -> DecisionRecord:
+    return DecisionRecord(
+        decision_id=row.decision_id,
+        request_id=row.request_id,
+        customer_id=row.customer_id,
+        channel=row.channel,
+        created_at=_utc(row.created_at),
+        policy_version=row.policy_version,
+        model_version=row.model_version,
+        features=row.features,
+        candidates=row.candidates,
+        offers=row.offers,
+    )
+
+
+def _iso(value: datetime) -> str:
+    return _utc(value).isoformat().replace("+00:00", "Z")
+
+
+def _export_line(record: DecisionRecord, feedback: list[Any]) -> dict[str, Any]:
+    rewards: dict[str, float] = {}
+    for fb in feedback:
+        if fb.applied:
+            rewards[fb.offer_id] = fb.pair_reward
+    return {
+        "decision_id": record.decision_id,
+        "request_id": record.request_id,
+        "customer_id": record.customer_id,
+        "channel": record.channel,
+        "decided_at": _iso(record.created_at),
+        "policy_version": record.policy_version,
+        "model_version": record.model_version,
+        "features": record.features,
+        "candidates": record.candidates,
+        "offers": [
+            {k: o[k] for k in ("offer_id", "slot", "propensity", "score", "fallback", "treatment")}
+            for o in record.offers
+        ],
+        "feedback": [
+            {
+                "event_id": fb.event_id,
+                "offer_id": fb.offer_id,
+                "outcome": fb.outcome,
+                "reward": fb.reward,
+                "applied": fb.applied,
+                "occurred_at": _iso(fb.occurred_at),
+                "received_at": _iso(fb.received_at),
+            }
+            for fb in feedback
+        ],
+        "rewards": rewards,
+    }
+
+
+class DecisionLog:
+    """Write-behind decision log with durable, group-committed feedback.
+
+    ``on_learn`` receives the applied feedback of each transaction after it commits and before
+    any of its callers is answered; ``after_write`` runs on the writer thread after each
+    transaction (snapshots hook in there, so they see a consistent position in the log).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        on_learn: Callable[[list[LearningEvent]], None],
+        after_write: Callable[[], None] | None = None,
+        flush_seconds: float = 0.05,
+        batch_size: int = 500,
+        queue_limit: int = 100_000,
+        cache_size: int = 20_000,
+    ) -> None:
+        self.store = store
+        self._on_learn = on_learn
+        self._after_write = after_write or (lambda: None)
+        self._flush_seconds = flush_seconds
+        self._batch_size = batch_size
+        self._queue_limit = queue_limit
+        self._cache_size = cache_size
+        self._queue: deque[tuple[DecisionRecord | None, FeedbackEvent | None, Future[FeedbackResult] | None]] = deque()
+        self._queued_decisions = 0
+        self._cond = threading.Condition()
+        self._pending: dict[str, DecisionRecord] = {}
+        self._recent: OrderedDict[str, DecisionRecord] = OrderedDict()
+        self._by_request: dict[str, str] = {}
+        self._cache_lock = threading.Lock()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="nba-decision-log", daemon=True)
+        self._thread.start()
+
+    # Request path ---------------------------------------------------------------------
+
+    def record(self, decision: DecisionRecord) -> None:
+        """Queues a decision for writing; never blocks. Counts a drop if the queue is full."""
+        with self._cond:
+            if self._stopping or self._queued_decisions >= self._queue_limit:
+                metrics.LOG_DROPPED.inc()
+                return
+            with self._cache_lock:
+                self._pending[decision.decision_id] = decision
+                if decision.request_id:
+                    self._by_request[decision.request_id] = decision.decision_id
+            self._queue.append((decision, None, None))
+            self._queued_decisions += 1
+            metrics.LOG_QUEUE.set(self._queued_decisions)
+            if self._queued_decisions >= self._batch_size:
+                self._cond.notify()
+
+    def get(self, decision_id: str) -> DecisionRecord | None:
+        with self._cache_lock:
+            found = self._pending.get(decision_id) or self._recent.get(decision_id)
+        return found if found is not None else self.store.find_decision(decision_id)
+
+    def by_request(self, request_id: str, newer_than: datetime) -> DecisionRecord | None:
+        with self._cache_lock:
+            decision_id = self._by_request.get(request_id)
+            found = None
+            if decision_id is not None:
+                found = self._pending.get(decision_id) or self._recent.get(decision_id)
+        if found is not None:
+            return found if found.created_at >= newer_than else None
+        return self.store.find_by_request(request_id, newer_than)
+
+    def submit_feedback(self, event: FeedbackEvent) -> Future[FeedbackResult]:
+        """Queues a feedback event; the future resolves once it is durable and learned."""
+        future: Future[FeedbackResult] = Future()
+        with self._cond:
+            if self._stopping:
+                future.set_exception(Unavailable("the service is shutting down; retry on another replica"))
+                return future
+            self._queue.append((None, event, future))
+            self._cond.notify()
+        return future
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Waits until everything queued before this call is written."""
+        marker: Future[FeedbackResult] = Future()
+        with self._cond:
+            if self._stopping and not self._thread.is_alive():
+                return
+            self._queue.append((None, None, marker))
+            self._cond.notify()
+        marker.result(timeout)
+
+    # Writer thread ----------------------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> None:
+        """Writes everything queued, then stops the writer."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue and not self._stopping:
+                    self._cond.wait(self._flush_seconds)
+                if not self._queue:
+                    if self._stopping:
+                        return
+                    batch = []
+                else:
+                    batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
+                    self._queued_decisions -= sum(1 for d, _, _ in batch if d is not None)
+                    metrics.LOG_QUEUE.set(self._queued_decisions)
+            if batch:
+                self._write(batch)
+            try:
+                self._after_write()
+            except Exception:  # a failed snapshot must not stop the log
+                log.exception("after-write hook failed")
+
+    def _write(self, batch: list[tuple[DecisionRecord | None, FeedbackEvent | None, Future[FeedbackResult] | None]]) -> None:
+        decisions = [d for d, _, _ in batch if d is not None]
+        feedback = [(e, f) for _, e, f in batch if e is not None and f is not None]
+        markers = [f for d, e, f in batch if d is None and e is None and f is not None]
+        results: list[tuple[FeedbackEvent, Future[FeedbackResult], FeedbackResult | Exception]] = []
+        started = time.perf_counter()
+        try:
+            with self.store.engine.begin() as conn:
+                if decisions:
+                    self.store.insert_decisions(conn, decisions)
+                for event, future in feedback:
+                    try:
+                        # A conflict is found before anything is written: nothing to undo.
+                        results.append((event, future, self.store.store_feedback(conn, event)))
+                    except AlreadyExists as exc:
+                        results.append((event, future, exc))
+        except Exception as exc:
+            log.exception("decision log write failed", extra={"decisions": len(decisions), "feedback": len(feedback)})
+            metrics.LOG_DROPPED.inc(len(decisions))
+            self._settle(decisions)
+            for _, future in feedback:
+                future.set_exception(Unavailable(f"the decision log could not be written ({type(exc).__name__}); retry"))
+            for marker in markers:
+                marker.set_exception(exc)
+            return
+        metrics.LOG_FLUSH.observe(time.perf_counter() - started)
+        metrics.LOG_WRITTEN.inc(len(decisions))
+        self._settle(decisions)
+        learn = [
+            LearningEvent(r.feedback_id, e.features, e.offer_id, r.reward, r.previous_reward, e.received_at.timestamp())
+            for e, _, r in results
+            if isinstance(r, FeedbackResult) and r.applied and r.feedback_id is not None
+        ]
+        if learn:
+            try:
+                self._on_learn(learn)
+            except Exception:
+                log.exception("learning from feedback failed", extra={"events": len(learn)})
+        for _, future, result in results:
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        for marker in markers:
+            marker.set_result(FeedbackResult(False, False, 0.0))
+
+    def _settle(self, decisions: list[DecisionRecord]) -> None:
+        """Moves written decisions from pending to the bounded cache of recent ones."""
+        with self._cache_lock:
+            for d in decisions:
+                self._pending.pop(d.decision_id, None)
+                if self._cache_size:
+                    self._recent[d.decision_id] = d
+            while len(self._recent) > self._cache_size:
+                _, old = self._recent.popitem(last=False)
+                if old.request_id and self._by_request.get(old.request_id) == old.decision_id:
+                    del self._by_request[old.request_id]
+            if not self._cache_size:
+                for d in decisions:
+                    if d.request_id and self._by_request.get(d.request_id) == d.decision_id:
+                        del self._by_request[d.request_id]
+
+
+def dumps(line: dict[str, Any]) -> str:
+    return json.dumps(line, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,107 @@
+"""Shared fixtures: real servers on free ports over real SQLite files."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from nba.config import Settings
+from nba.server import Service, create_server
+from nba.v1 import decision_service_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def settings_for(tmp_path: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "policies": POLICIES,
+            "host": "127.0.0.1",
+            "port": 0,
+            "database_url": f"sqlite:///{tmp_path / 'nba.db'}",
+            "metrics_port": -1,
+            "grace_seconds": 5.0,
+            "log_format": "text",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+class Running:
+    """A started service and a client stub on its port."""
+
+    def __init__(self, service: Service, port: int) -> None:
+        self.service = service
+        self.port = port
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = pb_grpc.DecisionServiceStub(self.channel)
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.service.stop(grace=5.0)
+
+
+@pytest.fixture
+def start(settings_for: Callable[..., Settings]) -> Iterator[Callable[..., Running]]:
+    """Starts services; every one still running is stopped when the test ends."""
+    running: list[Running] = []
+
+    def run(**overrides: Any) -> Running:
+        service, port = create_server(settings_for(**overrides))
+        r = Running(service, port)
+        running.append(r)
+        return r
+
+    yield run
+    for r in running:
+        r.stop()
+
+
+@pytest.fixture
+def server(start: Callable[..., Running]) -> Running:
+    return start()
+
+
+def require_services() -> bool:
+    return os.environ.get("NBA_REQUIRE_SERVICES") == "1"
+
+
+def struct(value: dict[str, Any]) -> Any:
+    from google.protobuf import struct_pb2
+
+    s = struct_pb2.Struct()
+    s.update(value)
+    return s
+
+
+def customer(**overrides: Any) -> dict[str, Any]:
+    """A full Customer-360 profile (eligible for several web offers); override any part."""
+    profile: dict[str, Any] = {
+        "id": "c-1",
+        "age": 34,
+        "demographics": {"region": "north", "household": "family", "income_band": "mid"},
+        "activity": {"open_orders": 1, "complaints_90d": 0, "returns_90d": 0, "days_since_login": 2, "cart_value": 80},
+        "history": {"tenure_months": 20, "products": ["current-account"], "channels_used": ["app", "web"], "last_purchase_days": 5},
+        "value": {"segment": "silver", "clv": 2100, "monthly_spend": 260},
+        "flags": {"churn_risk": False, "churn_score": 0.1, "fraud_risk": False, "vulnerable": False},
+        "mood": "positive",
+        "consent": {"email": True, "marketing": True, "phone": True},
+    }
+    profile.update(overrides)
+    return profile

@@ -1,0 +1,169 @@
+"""The conformance suite every learner in ``bandit`` must pass (as river's ``checks``), and the
+default learner's learning quality on a known problem."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+import bandit
+from bandit import LinearBandit, UniformRandom
+
+ARMS = ["a", "b", "c", "d"]
+
+
+def contexts(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        ctx = {
+            "customer": {
+                "age": float(rng.integers(18, 90)),
+                "segment": str(rng.choice(["young", "family", "senior"])),
+                "flags": {"churn_risk": bool(rng.random() < 0.3)},
+                "products": list(rng.choice(["card", "loan", "savings"], size=int(rng.integers(0, 3)), replace=False)),
+            }
+        }
+        out.append(ctx)
+    return out
+
+
+def trained(cls: type[bandit.Learner], seed: int = 7) -> bandit.Learner:
+    learner = cls(seed=seed)
+    for i, ctx in enumerate(contexts(60)):
+        learner.update(ARMS[i % len(ARMS)], ctx, float(i % 3 == 0))
+    return learner
+
+
+def test_every_learner_is_listed() -> None:
+    public = {
+        obj
+        for obj in vars(bandit).values()
+        if isinstance(obj, type) and issubclass(obj, bandit.Learner) and obj is not bandit.Learner
+    }
+    assert public == set(bandit.LEARNERS)
+
+
+@pytest.fixture(params=bandit.LEARNERS, ids=lambda c: c.__name__)
+def learner_cls(request: pytest.FixtureRequest) -> type[bandit.Learner]:
+    return request.param
+
+
+def test_pickle_round_trip_keeps_scores_and_choices(learner_cls: type[bandit.Learner]) -> None:
+    learner = trained(learner_cls)
+    clone = pickle.loads(pickle.dumps(learner))
+    for ctx in contexts(10, seed=1):
+        np.testing.assert_allclose(clone.scores(ARMS, ctx), learner.scores(ARMS, ctx))
+        assert clone.pull(ARMS, ctx, k=2).chosen == learner.pull(ARMS, ctx, k=2).chosen
+    assert clone.version == learner.version
+
+
+def test_same_seed_same_choices(learner_cls: type[bandit.Learner]) -> None:
+    one, two = trained(learner_cls, seed=11), trained(learner_cls, seed=11)
+    picks_one = [one.pull(ARMS, ctx, k=3).chosen for ctx in contexts(30, seed=2)]
+    picks_two = [two.pull(ARMS, ctx, k=3).chosen for ctx in contexts(30, seed=2)]
+    assert picks_one == picks_two
+    other = trained(learner_cls, seed=12)
+    assert picks_one != [other.pull(ARMS, ctx, k=3).chosen for ctx in contexts(30, seed=2)]
+
+
+def test_learning_does_not_mutate_its_input(learner_cls: type[bandit.Learner]) -> None:
+    learner = learner_cls(seed=1)
+    for ctx in contexts(20):
+        before = copy.deepcopy(ctx)
+        learner.pull(ARMS, ctx, k=2)
+        learner.update("a", ctx, 1.0)
+        learner.update("a", ctx, 0.5, previous_reward=1.0)
+        assert ctx == before
+
+
+def test_features_that_appear_and_disappear(learner_cls: type[bandit.Learner]) -> None:
+    learner = learner_cls(seed=1)
+    shapes = [
+        {},
+        {"customer": {"age": 40.0}},
+        {"customer": {"segment": "new", "extra": {"deep": {"er": True}}}},
+        {"customer": {"age": None, "tags": []}},
+        {"other": [1.0, "x", {"nested": 1}]},
+    ]
+    for i, ctx in enumerate(shapes * 3):
+        draw = learner.pull(ARMS, ctx, k=2)
+        assert len(draw.chosen) == 2
+        learner.update(draw.chosen[0], ctx, float(i % 2))
+        assert np.all(np.isfinite(learner.scores(ARMS, ctx)))
+
+
+def test_propensities_are_exact_distributions(learner_cls: type[bandit.Learner]) -> None:
+    learner = trained(learner_cls)
+    for ctx in contexts(20, seed=3):
+        draw = learner.pull(ARMS, ctx, k=3)
+        assert draw.probabilities.sum() == pytest.approx(1.0)
+        assert np.all(draw.probabilities > 0)
+        first_index, first_p = draw.slots[0]
+        assert first_p == pytest.approx(draw.probabilities[first_index])
+        assert len(set(draw.chosen)) == 3
+        assert all(0 < p <= 1 for _, p in draw.slots)
+
+
+def test_k_larger_than_arms_returns_every_arm_once(learner_cls: type[bandit.Learner]) -> None:
+    draw = learner_cls(seed=1).pull(ARMS, {}, k=50)
+    assert sorted(draw.chosen) == sorted(ARMS)
+    assert draw.slots[-1][1] == 1.0
+
+
+def test_no_arms_draws_nothing(learner_cls: type[bandit.Learner]) -> None:
+    draw = learner_cls(seed=1).pull([], {"x": 1.0}, k=3)
+    assert draw.chosen == [] and len(draw.probabilities) == 0
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda learner: learner.update("a", {}, float("nan")), "reward must be a finite number"),
+        (lambda learner: learner.update("a", {}, 1.0, previous_reward=float("inf")), "previous_reward"),
+        (lambda learner: learner.pull(ARMS, {}, k=-1), "k must be non-negative"),
+        (lambda learner: learner.pull(ARMS, {}, weights=[1.0]), "weights has 1 values for 4 arms"),
+    ],
+)
+def test_invalid_input_is_refused_by_name(learner_cls: type[bandit.Learner], call, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call(learner_cls(seed=1))
+
+
+def test_revising_a_reward_equals_learning_the_final_one() -> None:
+    """An impression (0) later revised to an acceptance (1) is one observation of 1."""
+    direct, revised = LinearBandit(seed=1), LinearBandit(seed=1)
+    for ctx in contexts(40):
+        direct.update("a", ctx, 1.0)
+        revised.update("a", ctx, 0.0)
+        revised.update("a", ctx, 1.0, previous_reward=0.0)
+    for ctx in contexts(5, seed=9):
+        np.testing.assert_allclose(revised.scores(ARMS, ctx), direct.scores(ARMS, ctx), atol=1e-9)
+    assert revised.count("a") == direct.count("a") == 40
+
+
+def test_linear_bandit_learns_each_segments_best_arm() -> None:
+    truth = {"young": [0.35, 0.05, 0.05, 0.10], "family": [0.05, 0.35, 0.10, 0.05], "senior": [0.05, 0.05, 0.05, 0.35]}
+    rng = np.random.default_rng(5)
+    learner, uniform = LinearBandit(seed=3), UniformRandom(seed=3)
+    hits = {"linear": 0, "uniform": 0}
+    rounds = 3000
+    for i, ctx in enumerate(contexts(rounds, seed=4)):
+        segment = ctx["customer"]["segment"]
+        for name, model in (("linear", learner), ("uniform", uniform)):
+            arm = model.pull(ARMS, ctx).chosen[0]
+            reward = float(rng.random() < truth[segment][ARMS.index(arm)])
+            model.update(arm, ctx, reward)
+            if i >= rounds // 2 and ARMS.index(arm) == int(np.argmax(truth[segment])):
+                hits[name] += 1
+    late = rounds - rounds // 2
+    assert hits["uniform"] / late == pytest.approx(0.25, abs=0.05)
+    assert hits["linear"] / late > 0.8
+
+
+def test_uniform_random_propensities_are_one_over_k() -> None:
+    draw = UniformRandom(seed=1).pull(ARMS, {}, k=2)
+    assert [p for _, p in draw.slots] == [pytest.approx(1 / 4), pytest.approx(1 / 3)]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from nba import metrics
 from nba.errors import InvalidArgument, NotFound, Unavailable
 
 __all__ = ["OUTCOMES", "FeedbackEvent", "FeedbackIntake", "FeedbackResult", "PairState", "resolve"]
@@ -145,11 +146,14 @@ class FeedbackIntake:
         )
         future = self._log.submit_feedback(event)
         try:
-            return future.result(timeout=self._timeout)
+            result = future.result(timeout=self._timeout)
         except TimeoutError:
             raise Unavailable(
                 f"feedback not confirmed durable within {self._timeout:g}s; retry with the same event_id"
             ) from None
+        kind = "duplicate" if result.duplicate else "applied" if result.applied else "stored"
+        metrics.FEEDBACK.labels(outcome, kind).inc()
+        return result
 
 
 _CLOCK_SKEW = timedelta(minutes=5)

@@ -68,7 +68,7 @@ class DecisionRecord:
 class DecisionSink(Protocol):
     def record(self, decision: DecisionRecord) -> None: ...
 
-    def by_request(self, request_id: str, newer_than: datetime) -> DecisionRecord | None: ...
+    def by_request(self, request_id: str, newer_than: datetime, memory_only: bool = False) -> DecisionRecord | None: ...
 
 
 def new_decision_id() -> str:
@@ -169,8 +169,9 @@ class Decider:
         )
         if request.request_id:
             with self._requests_lock:
-                # Two calls with one request_id at once: the first to get here wins.
-                stored = self._stored(request, now)
+                # Two calls with one request_id at once: the first to get here wins. Both
+                # are in this process, so memory alone settles it.
+                stored = self._stored(request, now, memory_only=True)
                 if stored is not None:
                     return stored, True
                 self._log.record(record)
@@ -179,9 +180,9 @@ class Decider:
         metrics.DECISIONS.labels(request.channel).inc()
         return record, False
 
-    def _stored(self, request: DecideInput, now: datetime) -> DecisionRecord | None:
+    def _stored(self, request: DecideInput, now: datetime, memory_only: bool = False) -> DecisionRecord | None:
         newer_than = datetime.fromtimestamp(now.timestamp() - self._ttl, UTC)
-        stored = self._log.by_request(request.request_id, newer_than)
+        stored = self._log.by_request(request.request_id, newer_than, memory_only)
         if stored is None:
             return None
         if stored.customer_id != request.customer_id or stored.channel != request.channel:

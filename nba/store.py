@@ -431,7 +431,9 @@ class DecisionLog:
             found = self._pending.get(decision_id) or self._recent.get(decision_id)
         return found if found is not None else self.store.find_decision(decision_id)
 
-    def by_request(self, request_id: str, newer_than: datetime) -> DecisionRecord | None:
+    def by_request(self, request_id: str, newer_than: datetime, memory_only: bool = False) -> DecisionRecord | None:
+        """The newest decision for ``request_id`` made after ``newer_than``. ``memory_only``
+        skips the database: enough to settle a race between two calls in this process."""
         with self._cache_lock:
             decision_id = self._by_request.get(request_id)
             found = None
@@ -439,7 +441,7 @@ class DecisionLog:
                 found = self._pending.get(decision_id) or self._recent.get(decision_id)
         if found is not None:
             return found if found.created_at >= newer_than else None
-        return self.store.find_by_request(request_id, newer_than)
+        return None if memory_only else self.store.find_by_request(request_id, newer_than)
 
     def submit_feedback(self, event: FeedbackEvent) -> Future[FeedbackResult]:
         """Queues a feedback event; the future resolves once it is durable and learned."""
@@ -485,7 +487,13 @@ class DecisionLog:
                     self._queued_decisions -= sum(1 for d, _, _ in batch if d is not None)
                     metrics.LOG_QUEUE.set(self._queued_decisions)
             if batch:
-                self._write(batch)
+                try:
+                    self._write(batch)
+                except Exception as exc:  # never leave a caller waiting on a dead writer
+                    log.exception("decision log writer failed")
+                    for _, _, future in batch:
+                        if future is not None and not future.done():
+                            future.set_exception(Unavailable(f"the decision log failed ({type(exc).__name__}); retry"))
             try:
                 self._after_write()
             except Exception:  # a failed snapshot must not stop the log

@@ -159,3 +159,14 @@ def test_a_decision_in_flight_is_not_affected_by_errors_of_others(server: Runnin
     with pytest.raises(grpc.RpcError):
         decide(server, channel="fax")
     assert len(decide(server, limit=2).offers) == 2
+
+
+def test_concurrent_calls_with_one_request_id_get_one_decision(server: Running) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: decide(server, request_id="req-race", limit=2), range(16)))
+    assert len({r.decision_id for r in responses}) == 1
+    assert sum(not r.replayed for r in responses) == 1
+    server.service.log.flush()
+    assert server.service.store.count_decisions() == 1

@@ -182,3 +182,21 @@ def test_concurrent_feedback_is_group_committed_without_loss(server: Running) ->
     assert not any(r.applied for r in late)  # impressions after the clicks change nothing
     assert len(stored_feedback(server)) == 80
     assert server.service.learning._learner.n_updates == 40
+
+
+def test_feedback_that_cannot_be_made_durable_is_unavailable_and_can_be_retried(server: Running) -> None:
+    decision = decide(server)
+    server.service.log.flush()
+    with server.service.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE feedback RENAME TO feedback_away")
+    try:
+        with pytest.raises(grpc.RpcError) as raised:
+            feedback(server, decision, "evt-retry")
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "retry" in raised.value.details()
+        assert server.service.learning.version == "linear-igw/0"  # nothing learned from it
+    finally:
+        with server.service.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE feedback_away RENAME TO feedback")
+    assert feedback(server, decision, "evt-retry").applied
+    assert server.service.learning.version == "linear-igw/1"

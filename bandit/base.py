@@ -79,17 +79,32 @@ class Learner:
         if k < 0:
             raise ValueError(f"k must be non-negative, got {k}")
         arm_ids = list(arm_ids)
-        predicted = self.scores(arm_ids, context)
-        if weights is None:
-            scores, scale = predicted, 1.0
-        else:
-            w = np.asarray(weights, dtype=float)
-            if w.shape != predicted.shape:
-                raise ValueError(f"weights has {w.shape[0]} values for {len(arm_ids)} arms")
-            scores = predicted * w
-            scale = float(np.abs(w).max()) if len(w) else 1.0
+        predicted, scores, scale = self._weighted(arm_ids, context, weights)
         first, slots = draw_slots(self.exploration, scores, k, self._rng, scale, self.n_updates)
         return Draw(arm_ids, predicted, scores, first, slots)
+
+    def distribution(
+        self,
+        arm_ids: Sequence[Hashable],
+        context: Mapping[str, Any],
+        weights: Sequence[float] | np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The first slot's probabilities (and the scores) ``pull`` would draw from, without
+        drawing: for what-if questions that must not disturb the draws."""
+        arm_ids = list(arm_ids)
+        _, scores, scale = self._weighted(arm_ids, context, weights)
+        return self.exploration.probabilities(scores, scale, self.n_updates), scores
+
+    def _weighted(
+        self, arm_ids: list[Hashable], context: Mapping[str, Any], weights: Sequence[float] | np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        predicted = self.scores(arm_ids, context)
+        if weights is None:
+            return predicted, predicted, 1.0
+        w = np.asarray(weights, dtype=float)
+        if w.shape != predicted.shape:
+            raise ValueError(f"weights has {w.shape[0]} values for {len(arm_ids)} arms")
+        return predicted, predicted * w, float(np.abs(w).max()) if len(w) else 1.0
 
     def update(
         self,

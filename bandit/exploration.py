@@ -34,6 +34,10 @@ class Exploration:
     def _probabilities(self, scores: np.ndarray, t: int) -> np.ndarray:
         raise NotImplementedError
 
+    def describe(self, t: int = 0) -> str:
+        """One line for explanations: the rule and its parameters after ``t`` updates."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class InverseGapWeighting(Exploration):
@@ -70,6 +74,9 @@ class InverseGapWeighting(Exploration):
     def gamma(self, t: int) -> float:
         return self.gamma_scale * max(t, 1) ** self.gamma_exponent
 
+    def describe(self, t: int = 0) -> str:
+        return f"inverse gap weighting, gamma {self.gamma(t):.4g} after {t} updates"
+
     def _probabilities(self, scores: np.ndarray, t: int) -> np.ndarray:
         k = len(scores)
         gaps = scores.max() - scores
@@ -93,6 +100,9 @@ class EpsilonGreedy(Exploration):
     def __post_init__(self) -> None:
         if not 0 <= self.epsilon <= 1:
             raise ValueError(f"epsilon must be within [0, 1], got {self.epsilon}")
+
+    def describe(self, t: int = 0) -> str:
+        return f"epsilon-greedy, epsilon {self.epsilon:g}"
 
     def _probabilities(self, scores: np.ndarray, t: int) -> np.ndarray:
         k = len(scores)

@@ -1,11 +1,13 @@
-"""The ``nba`` command: serve, export the decision log, validate and test the catalogue.
+"""The ``nba`` command: serve, export the decision log, and check policy sets.
 
     nba serve [--port 50051] [--policies policies/] [--database-url URL] [...]
     nba export --out decisions.jsonl [--since 2026-11-01] [--until ...] [--database-url URL]
-    nba policies validate [DIR]
-    nba policies test [DIR]
+    nba policies validate [DIR]        every error and warning of the set in DIR
+    nba policies test [DIR]            run the *_test.yaml examples
+    nba policies preview DIR [--last N] [--database-url URL]
+                                       what DIR would change against the live set
 
-Exit codes: 0 success, 1 the catalogue or an example failed, 2 bad configuration or usage.
+Exit codes: 0 success, 1 the policy set or an example failed, 2 bad configuration or usage.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from nba.config import ConfigError, Settings, load_settings
-from nba.errors import CatalogueError
+from nba.errors import PolicySetError
 
 __all__ = ["main"]
 
@@ -89,6 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _shutdown)
     signal.signal(signal.SIGINT, _shutdown)
+    signal.signal(signal.SIGHUP, lambda _s, _f: service.publisher.reload())
     done.wait()
     service.stop()
     return 0
@@ -125,34 +128,67 @@ def _date(value: str | None, flag: str) -> datetime | None:
 
 
 def _policies(args: argparse.Namespace) -> int:
-    from nba.catalogue import load_catalogue
     from nba.examples import check_examples, load_examples
+    from nba.policy_set import load_policy_set
 
     directory = Path(args.dir)
     try:
-        catalogue = load_catalogue(directory)
-    except CatalogueError as exc:
-        print(exc, file=sys.stderr)
+        policy_set = load_policy_set(directory)
+    except PolicySetError as exc:
+        for problem in exc.problems:
+            print(f"{problem.severity}: {problem}", file=sys.stderr)
         return 1
     print(
-        f"{directory}: {len(catalogue.offers)} offers on {len(catalogue.channels)} channels "
-        f"({', '.join(catalogue.channels)}), version {catalogue.content_hash[:12]}"
+        f"{directory}: {len(policy_set.offers)} offers, {len(policy_set.policies)} policies on "
+        f"{len(policy_set.channels)} channels ({', '.join(policy_set.channels)}), content {policy_set.content_hash[:12]}"
     )
+    for warning in policy_set.warnings:
+        print(f"warning: {warning}")
     if args.action == "validate":
-        missing = [c for c in catalogue.channels if c not in catalogue.fallback]
-        if missing:
-            print(f"warning: no fallback offer for channel(s): {', '.join(missing)}")
         return 0
+    if args.action == "preview":
+        return _preview(args, policy_set)
     try:
         examples = load_examples(directory)
-    except CatalogueError as exc:
+    except PolicySetError as exc:
         print(exc, file=sys.stderr)
         return 1
-    failures = check_examples(catalogue, examples)
+    failures = check_examples(policy_set, examples)
     for line in failures:
         print(f"FAIL {line}")
-    print(f"{len(examples) - len({f.split(': ')[1] for f in failures})}/{len(examples)} examples pass")
+    failed = {line.split(": ")[1] for line in failures}
+    print(f"{len(examples) - len(failed)}/{len(examples)} examples pass")
     return 1 if failures else 0
+
+
+def _preview(args: argparse.Namespace, draft: Any) -> int:
+    from nba.learning import LearningLoop, build_learner
+    from nba.policy_set import parse_policy_set
+    from nba.preview import preview
+    from nba.store import Store, open_engine
+
+    settings = _settings(args)
+    store = Store(open_engine(settings.database_url))
+    live_row = store.live_activation()
+    if live_row is None:
+        print("nothing is live in this database yet: start the service once, or publish", file=sys.stderr)
+        return 1
+    live = parse_policy_set(live_row.files)
+    live.number = live_row.version
+    learning = LearningLoop(build_learner(settings))
+    learning.restore(store, settings.seed)
+    report = preview(live, draft, store.recent_decisions(args.last), learning)
+    print(f"replayed {report.decisions} decisions against live {report.live_version} and the draft")
+    print(f"{'':24}{'live':>10}{'draft':>10}")
+    for name in ("fallback_rate", "empty_rate", "rule_error_rate", "mean_eligible"):
+        print(f"{name:24}{getattr(report.live, name):>10.3f}{getattr(report.draft, name):>10.3f}")
+    print()
+    print(f"{'offer':28}{'eligible live':>14}{'draft':>8}{'share live':>12}{'draft':>8}  change")
+    for o in report.offers:
+        print(f"{o.offer_id:28}{o.live_eligible_rate:>14.1%}{o.draft_eligible_rate:>8.1%}"
+              f"{o.live_share:>12.1%}{o.draft_share:>8.1%}  {o.change}")
+    print(f"\nnote: {report.note}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,9 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--database-url", dest="database_url", help="decision log database (NBA_DATABASE_URL)")
     export.set_defaults(run=_export)
 
-    policies = commands.add_parser("policies", help="check the offer catalogue")
-    policies.add_argument("action", choices=["validate", "test"], help="validate the files, or run their *_test.yaml examples")
-    policies.add_argument("dir", nargs="?", default="policies", help="catalogue folder (default: policies)")
+    policies = commands.add_parser("policies", help="check a policy set")
+    policies.add_argument(
+        "action", choices=["validate", "test", "preview"],
+        help="validate the files, run their *_test.yaml examples, or preview them against the live set",
+    )
+    policies.add_argument("dir", nargs="?", default="policies", help="policy set folder (default: policies)")
+    policies.add_argument("--last", type=int, default=1000, help="preview: logged decisions to replay (default 1000)")
+    policies.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
+    policies.add_argument("--database-url", dest="database_url", help="preview: the decision log (NBA_DATABASE_URL)")
     policies.set_defaults(run=_policies)
 
     args = parser.parse_args(argv)
@@ -182,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"nba: {exc}", file=sys.stderr)
         return 2
-    except CatalogueError as exc:
+    except PolicySetError as exc:
         print(f"nba: {exc}", file=sys.stderr)
         return 1
 

@@ -27,7 +27,7 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    policies: Path = Field(Path("policies"), description="folder of catalogue *.yaml files")
+    policies: Path = Field(Path("policies"), description="folder of policy set *.yaml files")
     host: str = Field("[::]", description="address the gRPC server binds")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port)")
     database_url: str = Field(
@@ -76,6 +76,33 @@ class Settings(BaseModel):
         10.0, gt=0, description="longest a Feedback call waits for durability before UNAVAILABLE"
     )
     snapshot_seconds: float = Field(60.0, gt=0, description="model snapshot interval")
+
+    # Policies and the admin API.
+    policies_watch_seconds: float = Field(
+        2.0, ge=0, description="how often the policies folder (and other replicas' publishes) are checked; 0: never"
+    )
+    admin_tokens: list[str] = Field(
+        default_factory=list,
+        description="AdminService bearer tokens as name:role:token, role viewer or editor (comma-separated)",
+    )
+    contact_history_days: float = Field(
+        90.0, gt=0, description="contact history kept at least this long (longer if a policy looks back further)"
+    )
+    contact_customers: int = Field(200_000, ge=1, description="customers whose contact history is held in memory")
+
+    @field_validator("admin_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for entry in value or ():
+            parts = str(entry).split(":", 2)
+            if len(parts) != 3 or parts[1] not in ("viewer", "editor") or len(parts[2]) < 16 or not parts[0]:
+                raise ValueError(
+                    "each token is name:role:token with role viewer or editor and a token of at least "
+                    "16 characters (for example alice:editor:$(openssl rand -hex 16))"
+                )
+        return value
 
     @field_validator("learner_exclude", mode="before")
     @classmethod

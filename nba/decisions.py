@@ -1,11 +1,13 @@
 """The decision pipeline: from a request to ranked offers, and the record of how they were chosen.
 
     features  <- the customer context, flattened once (logged, learned from, screened)
-    policies  -> eligible offers, every other offer with its reason
+    screening -> eligible offers, every other offer with the policy that filtered it
     learner   -> expected reward of each eligible offer
-    ranking   -> expected reward x business value; exploration draws `limit` slots from an
-                 explicit distribution, each with its propensity
+    arbitration -> score = expected reward x value x levers x context weights; exploration
+                 draws `limit` slots from an explicit distribution over the scores, each
+                 with its propensity
     fallback  -> the channel's fallback when nothing else is eligible
+    history   -> the offers returned count as contacts at once (caps, budgets)
     log       -> the whole record, written off the request path
 """
 
@@ -15,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -23,10 +25,12 @@ import numpy as np
 
 from bandit import flatten
 from nba import metrics
-from nba.catalogue import Catalogue
+from nba.clock import Clock, SystemClock
+from nba.contacts import ContactEvent, ContactHistory, ContactSummary, OfferCounters
 from nba.errors import AlreadyExists, InvalidArgument
 from nba.learning import LearningLoop
-from nba.policies import screen
+from nba.policy_set import PolicySet
+from nba.screening import screen
 
 __all__ = ["DecideInput", "DecisionRecord", "Decider", "new_decision_id"]
 
@@ -40,6 +44,7 @@ class DecideInput:
     context: Mapping[str, Any]
     limit: int = 0
     request_id: str = ""
+    explain: bool = False
 
 
 @dataclass
@@ -55,11 +60,16 @@ class DecisionRecord:
     model_version: str
     #: the context, flattened to dotted keys (lossless: the nested context can be rebuilt)
     features: dict[str, Any]
-    #: every offer on the channel: eligible or not and why, estimate, score, probability
+    #: every offer on the channel: eligible or not, the policy that filtered it and why;
+    #: for eligible ones the estimate, the arbitration factors, score and probability
     candidates: list[dict[str, Any]]
     #: the offers answered, best first: offer_id, name, score, propensity, treatment, slot,
     #: fallback, group
     offers: list[dict[str, Any]] = field(default_factory=list)
+    #: how exploration turned scores into probabilities (not logged)
+    exploration: str = ""
+    #: every offer of the set as this decision saw it, when asked for (not logged)
+    explanation: list[dict[str, Any]] | None = None
 
     def offer(self, offer_id: str) -> dict[str, Any] | None:
         return next((o for o in self.offers if o["offer_id"] == offer_id), None)
@@ -77,66 +87,83 @@ def new_decision_id() -> str:
 
 
 class Decider:
-    """Makes decisions against the current catalogue; ``catalogue`` may be swapped at any time
-    (a decision in flight finishes on the catalogue it started with)."""
+    """Makes decisions against the live policy set; ``policy_set`` may be swapped at any time
+    and a decision in flight finishes on the set it started with."""
 
     def __init__(
         self,
-        catalogue: Catalogue,
+        policy_set: PolicySet,
         learning: LearningLoop,
         log: DecisionSink,
+        contacts: ContactHistory,
+        counters: OfferCounters,
         request_id_ttl_seconds: float = 86400.0,
+        clock: Clock | None = None,
     ) -> None:
-        self.catalogue = catalogue
+        self.policy_set = policy_set
         self._learning = learning
         self._log = log
+        self._contacts = contacts
+        self._counters = counters
         self._ttl = request_id_ttl_seconds
+        self._clock = clock or SystemClock()
         self._requests_lock = threading.Lock()
 
-    def decide(self, request: DecideInput, now: datetime | None = None) -> tuple[DecisionRecord, bool]:
+    def decide(self, request: DecideInput) -> tuple[DecisionRecord, bool]:
         """Returns the decision and whether it is a stored one replayed for its request_id."""
-        catalogue = self.catalogue
-        self._validate(request, catalogue)
-        now = now or datetime.now(UTC)
+        policy_set = self.policy_set  # one set for the whole decision
+        self._validate(request, policy_set)
+        now = self._clock.now()
         if request.request_id:
             stored = self._stored(request, now)
             if stored is not None:
-                return stored, True
+                return self._explained(stored, request, policy_set), True
 
         features = flatten(request.context)
-        screening = screen(catalogue, request.channel, request.context, request.customer_id, now)
+        summary = None
+        if policy_set.needs_contacts:
+            events = self._contacts.events(request.customer_id, now.timestamp())
+            summary = ContactSummary(events, now.timestamp(), request.channel, policy_set.cap_windows)
+        screening = screen(policy_set, request.channel, request.context, request.customer_id, now, summary, self._counters)
         eligible = screening.eligible
         candidates: list[dict[str, Any]] = []
         offers: list[dict[str, Any]] = []
         for verdict in screening.verdicts:
             if not verdict.eligible:
-                entry: dict[str, Any] = {"offer_id": verdict.offer.id, "eligible": False, "reason": verdict.reason}
-                if verdict.detail:
-                    entry["detail"] = verdict.detail
-                candidates.append(entry)
+                candidates.append(_filtered(verdict))
                 metrics.FILTERED.labels(verdict.reason).inc()
 
+        exploration = ""
         if eligible:
             limit = max(1, request.limit)
-            values = np.fromiter((o.offer.value for o in eligible), dtype=float, count=len(eligible))
-            ids = [o.id for o in eligible]
-            draw, model_version = self._learning.draw(ids, features, limit, values)
+            factors = [(v.offer.offer.value, v.offer.lever, v.weight) for v in eligible]
+            multipliers = np.fromiter((a * b * c for a, b, c in factors), dtype=float, count=len(factors))
+            ids = [v.offer.id for v in eligible]
+            draw, model_version, exploration = self._learning.draw(ids, features, limit, multipliers)
             slot_of = {index: (slot, p) for slot, (index, p) in enumerate(draw.slots, start=1)}
-            for i, compiled in enumerate(eligible):
-                entry = {
-                    "offer_id": compiled.id,
+            explored = _explored(draw.scores, draw.slots)
+            for i, verdict in enumerate(eligible):
+                value, lever, weight = factors[i]
+                entry: dict[str, Any] = {
+                    "offer_id": verdict.offer.id,
                     "eligible": True,
                     "predicted": float(draw.predicted[i]),
+                    "value": value,
+                    "lever": lever,
+                    "weight": weight,
                     "score": float(draw.scores[i]),
                     "probability": float(draw.probabilities[i]),
                 }
+                if verdict.weight_errors:
+                    entry["detail"] = "; ".join(verdict.weight_errors)
                 if i in slot_of:
                     entry["slot"], entry["propensity"] = slot_of[i]
+                    entry["explored"] = explored[slot_of[i][0] - 1]
                 candidates.append(entry)
             for slot, (i, propensity) in enumerate(draw.slots, start=1):
-                offer = eligible[i].offer
-                offers.append(self._answer(offer, request.channel, slot, float(draw.scores[i]), propensity, False))
-            if draw.slots and draw.scores[draw.slots[0][0]] < draw.scores.max():
+                offer = eligible[i].offer.offer
+                offers.append(_answer(offer, request.channel, slot, float(draw.scores[i]), propensity, False))
+            if explored and explored[0]:
                 metrics.EXPLORED.inc()
         else:
             model_version = self._learning.version
@@ -145,12 +172,11 @@ class Decider:
                 entry = {"offer_id": fallback.offer.id, "eligible": fallback.eligible, "fallback": True}
                 if fallback.eligible:
                     entry.update(slot=1, propensity=1.0, probability=1.0)
-                    offers.append(self._answer(fallback.offer.offer, request.channel, 1, 0.0, 1.0, True))
+                    offers.append(_answer(fallback.offer.offer, request.channel, 1, 0.0, 1.0, True))
                     metrics.FALLBACKS.labels(request.channel).inc()
                 else:
-                    entry["reason"] = fallback.reason
-                    if fallback.detail:
-                        entry["detail"] = fallback.detail
+                    entry.update(_filtered(fallback))
+                    entry["fallback"] = True
                 candidates.append(entry)
             if not offers:
                 metrics.EMPTY.labels(request.channel).inc()
@@ -161,11 +187,12 @@ class Decider:
             customer_id=request.customer_id,
             channel=request.channel,
             created_at=now,
-            policy_version=catalogue.version,
+            policy_version=policy_set.version,
             model_version=model_version,
             features=features,
             candidates=candidates,
             offers=offers,
+            exploration=exploration,
         )
         if request.request_id:
             with self._requests_lock:
@@ -173,12 +200,27 @@ class Decider:
                 # are in this process, so memory alone settles it.
                 stored = self._stored(request, now, memory_only=True)
                 if stored is not None:
-                    return stored, True
+                    return self._explained(stored, request, policy_set), True
                 self._log.record(record)
         else:
             self._log.record(record)
+        self._count_contacts(record, now.timestamp(), policy_set.needs_contacts)
         metrics.DECISIONS.labels(request.channel).inc()
-        return record, False
+        return self._explained(record, request, policy_set), False
+
+    @staticmethod
+    def _explained(record: DecisionRecord, request: DecideInput, policy_set: PolicySet) -> DecisionRecord:
+        if not request.explain:
+            return record
+        return replace(record, explanation=explain(record, policy_set))
+
+    def _count_contacts(self, record: DecisionRecord, at: float, track: bool) -> None:
+        for o in record.offers:
+            self._counters.add(o["offer_id"], "decided", at)
+        if track and record.offers:
+            self._contacts.record(
+                [ContactEvent(record.customer_id, at, "decided", o["offer_id"], o["group"], record.channel) for o in record.offers]
+            )
 
     def _stored(self, request: DecideInput, now: datetime, memory_only: bool = False) -> DecisionRecord | None:
         newer_than = datetime.fromtimestamp(now.timestamp() - self._ttl, UTC)
@@ -194,30 +236,71 @@ class Decider:
         return stored
 
     @staticmethod
-    def _validate(request: DecideInput, catalogue: Catalogue) -> None:
+    def _validate(request: DecideInput, policy_set: PolicySet) -> None:
         if not request.customer_id:
             raise InvalidArgument("customer_id: required")
         if len(request.customer_id) > MAX_ID_LENGTH:
             raise InvalidArgument(f"customer_id: longer than {MAX_ID_LENGTH} characters")
         if len(request.request_id) > MAX_ID_LENGTH:
             raise InvalidArgument(f"request_id: longer than {MAX_ID_LENGTH} characters")
-        if request.channel not in catalogue.channels:
+        if request.channel not in policy_set.channels:
             shown = repr(request.channel) if request.channel else "empty"
             raise InvalidArgument(
-                f"channel: {shown} is not one of the catalogue's channels ({', '.join(catalogue.channels)})"
+                f"channel: {shown} is not one of the policy set's channels ({', '.join(policy_set.channels)})"
             )
         if request.limit < 0:
             raise InvalidArgument(f"limit: must be 0 or more (0 means 1), got {request.limit}")
 
-    @staticmethod
-    def _answer(offer: Any, channel: str, slot: int, score: float, propensity: float, fallback: bool) -> dict[str, Any]:
-        return {
-            "offer_id": offer.id,
-            "name": offer.name,
-            "score": score,
-            "propensity": propensity,
-            "treatment": offer.treatment_for(channel),
-            "slot": slot,
-            "fallback": fallback,
-            "group": offer.group,
-        }
+
+def explain(record: DecisionRecord, policy_set: PolicySet) -> list[dict[str, Any]]:
+    """Every offer of the set, as the decision saw it: the candidates, and the offers not on
+    the decision's channel."""
+    seen = {c["offer_id"]: c for c in record.candidates}
+    entries = []
+    for offer_id, compiled in policy_set.offers.items():
+        entry = seen.get(offer_id)
+        if entry is None:
+            if compiled.offer.fallback and record.channel in compiled.offer.channels:
+                entry = {"offer_id": offer_id, "eligible": False, "reason": "fallback", "fallback": True,
+                         "detail": "the channel's fallback, used only when nothing else is eligible"}
+            else:
+                entry = {"offer_id": offer_id, "eligible": False, "reason": "channel",
+                         "detail": f"not on channel '{record.channel}'"}
+        entries.append(entry)
+    return entries
+
+
+def _filtered(verdict: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"offer_id": verdict.offer.id, "eligible": False, "reason": verdict.reason}
+    if verdict.policy:
+        entry["policy"] = verdict.policy
+    if verdict.detail:
+        entry["detail"] = verdict.detail
+    return entry
+
+
+def _explored(scores: np.ndarray, slots: list[tuple[int, float]]) -> list[bool]:
+    """For each slot, whether its offer was not the best-scored among those still left."""
+    order = np.argsort(-scores, kind="stable")
+    taken: set[int] = set()
+    position = 0
+    flags = []
+    for index, _ in slots:
+        while int(order[position]) in taken:
+            position += 1
+        flags.append(bool(scores[index] < scores[order[position]]))
+        taken.add(index)
+    return flags
+
+
+def _answer(offer: Any, channel: str, slot: int, score: float, propensity: float, fallback: bool) -> dict[str, Any]:
+    return {
+        "offer_id": offer.id,
+        "name": offer.name,
+        "score": score,
+        "propensity": propensity,
+        "treatment": offer.treatment_for(channel),
+        "slot": slot,
+        "fallback": fallback,
+        "group": offer.group,
+    }

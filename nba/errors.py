@@ -9,13 +9,17 @@ fix.
     ├── NotFound             NOT_FOUND: a decision or offer that does not exist
     ├── AlreadyExists        ALREADY_EXISTS: an idempotency key reused for something else
     ├── Unavailable          UNAVAILABLE: cannot make it durable now; retry
-    └── CatalogueError       FAILED_PRECONDITION: the offer catalogue is invalid
-                             (carries every problem found, not just the first)
+    ├── FailedPrecondition   FAILED_PRECONDITION: the state is not what the caller expected
+    ├── Unauthenticated      UNAUTHENTICATED: no valid bearer token
+    ├── PermissionDenied     PERMISSION_DENIED: the token's role may not do this
+    └── PolicySetError       INVALID_ARGUMENT: a policy set is invalid; carries
+                             every problem found, not just the first, each a ``Problem``
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
 
@@ -40,13 +44,53 @@ class Unavailable(NbaError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-class CatalogueError(NbaError):
-    """The catalogue cannot be loaded; ``problems`` lists every reason, one a line."""
-
+class FailedPrecondition(NbaError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        count = len(self.problems)
+
+class Unauthenticated(NbaError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(NbaError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding about a policy set, located as precisely as it can be."""
+
+    message: str
+    file: str = ""
+    offer: str = ""
+    policy: str = ""
+    field: str = ""
+    #: "error" refuses the set; "warning" is reported and the set is still usable
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        parts = [self.file] if self.file else []
+        if self.offer:
+            parts.append(f"offer '{self.offer}'")
+        if self.policy:
+            parts.append(f"policy '{self.policy}'")
+        if self.field:
+            parts.append(f"field '{self.field}'")
+        return ": ".join([*parts, self.message])
+
+
+class PolicySetError(NbaError):
+    """A policy set cannot be used; ``problems`` lists every error (and any warnings)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, problems: Sequence[Problem | str]) -> None:
+        self.problems = [p if isinstance(p, Problem) else Problem(p) for p in problems]
+        errors = [p for p in self.problems if p.severity == "error"]
+        count = len(errors)
         noun = "problem" if count == 1 else "problems"
-        super().__init__(f"invalid catalogue, {count} {noun}:\n  " + "\n  ".join(self.problems))
+        super().__init__(f"invalid policy set, {count} {noun}:\n  " + "\n  ".join(str(p) for p in errors))
+
+    @property
+    def messages(self) -> list[str]:
+        return [str(p) for p in self.problems if p.severity == "error"]

@@ -1,6 +1,6 @@
 """Policy examples: customers, and the offers they should and should not be eligible for.
 
-They sit next to the catalogue as ``<name>_test.yaml`` (as Open Policy Agent keeps
+They sit next to the policy files as ``<name>_test.yaml`` (as Open Policy Agent keeps
 ``example_test.rego`` beside ``example.rego``) and run with ``nba policies test``, so a
 marketer can change a rule and see at once which expectations it breaks::
 
@@ -16,16 +16,27 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nba.catalogue import EXAMPLE_SUFFIX, Catalogue
-from nba.errors import CatalogueError
-from nba.policies import screen
+from nba.errors import PolicySetError
+from nba.policy_set import EXAMPLE_SUFFIX, PolicySet
+from nba.screening import screen
 
 __all__ = ["Example", "check_examples", "load_examples"]
+
+
+class PastContact(BaseModel):
+    """One event of the customer's contact history, for contact policies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    offer: str
+    kind: Literal["decided", "impressed", "clicked", "accepted", "rejected"] = "impressed"
+    days_ago: float = Field(default=1.0, ge=0)
+    channel: str | None = None
 
 
 class Example(BaseModel):
@@ -38,6 +49,8 @@ class Example(BaseModel):
     customer: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
     now: datetime | None = None
+    #: what the customer was shown and did before, newest or oldest in any order
+    history: list[PastContact] = Field(default_factory=list)
     eligible: list[str] = Field(default_factory=list)
     not_eligible: list[str] = Field(default_factory=list)
     #: the offer returned when nothing else is eligible
@@ -61,31 +74,47 @@ def load_examples(directory: str | Path) -> list[tuple[str, Example]]:
             continue
         found.extend((path.name, example) for example in document.examples)
     if problems:
-        raise CatalogueError(problems)
+        raise PolicySetError(problems)
     return found
 
 
-def check_examples(catalogue: Catalogue, examples: list[tuple[str, Example]]) -> list[str]:
+def check_examples(policy_set: PolicySet, examples: list[tuple[str, Example]]) -> list[str]:
     """Returns one line per broken expectation (empty when all hold)."""
     failures: list[str] = []
     for source, example in examples:
         where = f"{source}: {example.name!r}"
-        if example.channel not in catalogue.channels:
+        if example.channel not in policy_set.channels:
             failures.append(f"{where}: unknown channel '{example.channel}'")
             continue
         context = dict(example.context or {})
         if example.customer is not None:
             context["customer"] = example.customer
         now = example.now or datetime.now(UTC)
-        result = screen(catalogue, example.channel, context, example.customer_id, now)
+        # Examples screen rules and dates; contact history and budgets start empty.
+        from nba.contacts import ContactEvent, ContactSummary, OfferCounters
+
+        events = []
+        for past in example.history:
+            offer = policy_set.offers.get(past.offer)
+            if offer is None:
+                failures.append(f"{where}: history names unknown offer '{past.offer}'")
+                continue
+            at = now.timestamp() - past.days_ago * 86400
+            events.append(ContactEvent(example.customer_id, at, past.kind, past.offer, offer.offer.group,
+                                       past.channel or example.channel))
+        events.sort(key=lambda e: e.at)
+        summary = ContactSummary(events, now.timestamp(), example.channel, policy_set.cap_windows)
+        result = screen(policy_set, example.channel, context, example.customer_id, now, summary, OfferCounters())
         verdicts = {v.offer.id: v for v in result.verdicts}
         for offer_id in example.eligible + example.not_eligible:
-            if offer_id not in catalogue.offers:
+            if offer_id not in policy_set.offers:
                 failures.append(f"{where}: names unknown offer '{offer_id}'")
         for offer_id in example.eligible:
             verdict = verdicts.get(offer_id)
-            if offer_id in catalogue.offers and (verdict is None or not verdict.eligible):
-                why = "not on this channel" if verdict is None else verdict.reason
+            if offer_id in policy_set.offers and (verdict is None or not verdict.eligible):
+                why = "not on this channel" if verdict is None else str(verdict.reason)
+                if verdict is not None and verdict.policy:
+                    why = f"{why} (policy '{verdict.policy}')"
                 if verdict is not None and verdict.detail:
                     why = f"{why}: {verdict.detail}"
                 failures.append(f"{where}: expected '{offer_id}' eligible, but {why}")
@@ -94,7 +123,7 @@ def check_examples(catalogue: Catalogue, examples: list[tuple[str, Example]]) ->
             if verdict is not None and verdict.eligible:
                 failures.append(f"{where}: expected '{offer_id}' not eligible, but it is")
         if example.fallback is not None:
-            got = result.fallback.offer.id if result.fallback and not result.eligible else None
+            got = result.fallback.offer.id if result.fallback and result.fallback.eligible and not result.eligible else None
             if got != example.fallback:
                 failures.append(f"{where}: expected fallback '{example.fallback}', got {got!r}")
     return failures

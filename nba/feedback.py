@@ -18,10 +18,11 @@ import math
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from nba import metrics
+from nba.clock import Clock, SystemClock
 from nba.errors import InvalidArgument, NotFound, Unavailable
 
 __all__ = ["OUTCOMES", "FeedbackEvent", "FeedbackIntake", "FeedbackResult", "PairState", "resolve"]
@@ -41,6 +42,10 @@ class FeedbackEvent:
     received_at: datetime
     #: the decision's context features, carried for learning
     features: dict[str, Any]
+    #: the decision's customer and channel, and the offer's group: for contact history
+    customer_id: str = ""
+    channel: str = ""
+    group: str = ""
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -97,10 +102,17 @@ class DecisionLookup(Protocol):
 class FeedbackIntake:
     """Checks a feedback event against its decision and waits until it is durable and learned."""
 
-    def __init__(self, log: DecisionLookup, rewards: Mapping[str, float], timeout_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        log: DecisionLookup,
+        rewards: Mapping[str, float],
+        timeout_seconds: float = 10.0,
+        clock: Clock | None = None,
+    ) -> None:
         self._log = log
         self._rewards = dict(rewards)
         self._timeout = timeout_seconds
+        self._clock = clock or SystemClock()
 
     def receive(
         self,
@@ -123,7 +135,7 @@ class FeedbackIntake:
             )
         if reward is not None and not math.isfinite(reward):
             raise InvalidArgument(f"reward: must be a finite number, got {reward}")
-        now = datetime.now(UTC)
+        now = self._clock.now()
         if occurred_at is not None and occurred_at > now + _CLOCK_SKEW:
             raise InvalidArgument(
                 f"occurred_at: {occurred_at.isoformat()} is in the future (now is {now.isoformat()})"
@@ -143,6 +155,9 @@ class FeedbackIntake:
             occurred_at=occurred_at or now,
             received_at=now,
             features=decision.features,
+            customer_id=decision.customer_id,
+            channel=decision.channel,
+            group=decision.offer(offer_id).get("group", ""),
         )
         future = self._log.submit_feedback(event)
         try:

@@ -86,10 +86,23 @@ class LearningLoop:
 
     def draw(
         self, arm_ids: Sequence[Hashable], features: Mapping[str, Any], k: int, weights: np.ndarray
-    ) -> tuple[Draw, str]:
-        """Ranks ``k`` arms; returns the draw and the model version it ran under."""
+    ) -> tuple[Draw, str, str]:
+        """Ranks ``k`` arms; returns the draw, the model version it ran under, and how
+        exploration turned scores into probabilities."""
         with self._lock:
-            return self._learner.pull(arm_ids, features, k, weights), self._learner.version
+            learner = self._learner
+            return (
+                learner.pull(arm_ids, features, k, weights),
+                learner.version,
+                learner.exploration.describe(learner.n_updates),
+            )
+
+    def distribution(
+        self, arm_ids: Sequence[Hashable], features: Mapping[str, Any], weights: np.ndarray
+    ) -> np.ndarray:
+        """First-slot probabilities without drawing (what-if preview)."""
+        with self._lock:
+            return self._learner.distribution(arm_ids, features, weights)[0]
 
     def scores(self, arm_ids: Sequence[Hashable], features: Mapping[str, Any]) -> np.ndarray:
         with self._lock:

@@ -39,3 +39,8 @@ LOG_DROPPED = Counter(
     "nba_decision_log_dropped_total", "Decisions not logged because the queue was full or the write failed"
 )
 LOG_FLUSH = Histogram("nba_decision_log_flush_seconds", "Time of one decision-log transaction", buckets=_LATENCY_BUCKETS)
+POLICY_VERSION = Gauge("nba_policy_set_version", "The live policy set's version number")
+POLICY_RELOAD_FAILURES = Counter(
+    "nba_policy_reload_failures_total", "Changes of the policies folder refused as invalid (the live set stayed)"
+)
+CONTACT_CUSTOMERS = Gauge("nba_contact_history_customers", "Customers whose contact history is held in memory")

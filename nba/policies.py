@@ -1,71 +1,194 @@
-"""Policies: which offers a request may get, and for every other offer, why not.
+"""Policies: the marketer's rules over offers, as written in the policy set's files.
 
-Today: the offer's dates and its eligibility rule. The marketer policy layer (engagement,
-contact, budget policies) adds further screens here, each reporting its own reason.
+Each policy has an ``id`` (what a filtered offer reports), a ``type``, and ``applies_to``:
+offers, groups and channels it covers (omitted: every offer on every channel)::
 
-Reasons, as logged with each filtered candidate and counted in ``nba_offers_filtered_total``:
+    policies:
+      - id: not-already-owned              # engagement: a CEL rule that must hold
+        type: applicability                #   eligibility | applicability | suitability
+        applies_to: {groups: [cross-sell, up-sell]}
+        rule: '!(offer.id in customer.history.products)'
 
-    not_yet_valid       before the offer's valid_from
-    expired             at or after the offer's valid_until
-    eligibility         the eligibility rule yielded false
-    eligibility_error   the rule could not be evaluated for this context (a missing field, a
-                        type mismatch): the offer is not eligible and the detail says why
+      - id: three-impressions-a-week       # contact: at most `max` events in a window
+        type: contact_cap
+        applies_to: {groups: [cross-sell]}
+        max: 3
+        window: 7d
+        counts: impressed                  #   decided | impressed | clicked | accepted | rejected
+        per: offer                         #   offer | group | channel | customer
+
+      - id: quiet-after-no                 # suppression after a rejection or ignored impressions
+        type: suppression
+        after: rejected                    #   rejected | ignored (with `ignored: N`)
+        days: 30
+
+      - id: gold-card-daily                # budget: at most `max` events a day or in total
+        type: budget
+        applies_to: {offers: [gold-card]}
+        max: 100
+        counts: accepted
+        period: day                        #   day | total
+        pacing: even                       #   none | even
+        per: offer                         #   offer (each its own) | policy (one shared)
+
+      - id: churners-first                 # arbitration: a context weight (CEL, a number)
+        type: weight
+        applies_to: {groups: [retention]}
+        weight: 'customer.flags.churn_risk ? 2.0 : 1.0'
+
+Rules may use the request variables (``context``, ``customer``, ``channel``, ``customer_id``,
+``now``), the offer being screened (``offer.id``, ``offer.group``, ``offer.value``,
+``offer.tags``, ...) and the customer's contact history with it (``contacts.impressed``,
+``contacts.days_since_accepted``, ...; ``group_contacts`` for its group).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+import re
+from typing import Annotated, Any, Literal
 
-from nba.catalogue import Catalogue, CompiledOffer
-from nba.rules import activation
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["REASONS", "Screening", "Verdict", "screen"]
+from nba.offers import Identifier, Offer
 
-REASONS = ("not_yet_valid", "expired", "eligibility", "eligibility_error")
+__all__ = [
+    "ENGAGEMENT",
+    "EVENT_KINDS",
+    "AppliesTo",
+    "Budget",
+    "ContactCap",
+    "EngagementRule",
+    "Policy",
+    "Suppression",
+    "Weight",
+    "parse_window",
+]
 
+#: the engagement kinds, in the order they are screened
+ENGAGEMENT = ("eligibility", "applicability", "suitability")
+#: what contact history records, and what caps and budgets count
+EVENT_KINDS = ("decided", "impressed", "clicked", "accepted", "rejected")
+EventKind = Literal["decided", "impressed", "clicked", "accepted", "rejected"]
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    offer: CompiledOffer
-    eligible: bool
-    reason: str | None = None
-    detail: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Screening:
-    #: a verdict for every non-fallback offer on the channel, in catalogue order
-    verdicts: list[Verdict]
-    #: the channel's fallback, with its own verdict, if it has one
-    fallback: Verdict | None
-
-    @property
-    def eligible(self) -> list[CompiledOffer]:
-        return [v.offer for v in self.verdicts if v.eligible]
+_WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def screen(
-    catalogue: Catalogue,
-    channel: str,
-    context: Mapping[str, Any],
-    customer_id: str,
-    now: datetime,
-) -> Screening:
-    """Screens every offer on ``channel`` for this request (one CEL activation for all)."""
-    variables = activation(context, channel, customer_id, now)
-    verdicts = [_verdict(o, variables, now) for o in catalogue.by_channel.get(channel, ())]
-    fallback = catalogue.fallback.get(channel)
-    return Screening(verdicts, _verdict(fallback, variables, now) if fallback else None)
+def parse_window(value: Any) -> float:
+    """Seconds in a window written ``90m``, ``24h``, ``7d`` or ``2w`` (or a number of seconds).
+
+    >>> parse_window("7d"), parse_window("90m"), parse_window(30)
+    (604800.0, 5400.0, 30.0)
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _WINDOW.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a window like 30m, 24h, 7d or 2w")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be longer than zero")
+    return seconds
 
 
-def _verdict(offer: CompiledOffer, variables: Any, now: datetime) -> Verdict:
-    outside = offer.offer.live_at(now)
-    if outside:
-        return Verdict(offer, False, outside)
-    ok, error = offer.eligibility.evaluate(variables)
-    if error is not None:
-        return Verdict(offer, False, "eligibility_error", error)
-    return Verdict(offer, True) if ok else Verdict(offer, False, "eligibility")
+class AppliesTo(BaseModel):
+    """What a policy covers: listed offers, offers of listed groups, on listed channels.
+
+    Empty ``offers`` and ``groups`` mean every offer; empty ``channels`` every channel.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    offers: list[Identifier] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+    channels: list[Identifier] = Field(default_factory=list)
+
+    def covers(self, offer: Offer) -> bool:
+        if not self.offers and not self.groups:
+            return True
+        return offer.id in self.offers or offer.group in self.groups
+
+    def on(self, channel: str) -> bool:
+        return not self.channels or channel in self.channels
+
+
+class _Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Identifier
+    description: str = ""
+    applies_to: AppliesTo = Field(default_factory=AppliesTo)
+    #: a disabled policy is validated but not applied
+    enabled: bool = True
+
+    @field_validator("applies_to", mode="before")
+    @classmethod
+    def _all(cls, value: Any) -> Any:
+        return {} if value in ("all", None) else value
+
+
+class EngagementRule(_Policy):
+    """Eligibility (may they ever get it), applicability (does it make sense now),
+    suitability (is it right for them): a CEL rule that must yield true."""
+
+    type: Literal["eligibility", "applicability", "suitability"]
+    rule: str = Field(min_length=1)
+
+
+class ContactCap(_Policy):
+    """At most ``max`` events of kind ``counts`` to a customer within ``window``, counted for
+    the offer, its group, the request's channel, or everything the customer got."""
+
+    type: Literal["contact_cap"]
+    max: int = Field(ge=0)
+    window: float
+    counts: EventKind = "impressed"
+    per: Literal["offer", "group", "channel", "customer"] = "offer"
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> float:
+        return parse_window(value)
+
+
+class Suppression(_Policy):
+    """No offer (or none of its group) for ``days`` after a rejection, or after ``ignored``
+    impressions in a row without a click, acceptance or rejection."""
+
+    type: Literal["suppression"]
+    after: Literal["rejected", "ignored"] = "rejected"
+    ignored: int = Field(default=3, ge=1)
+    days: float = Field(gt=0)
+    per: Literal["offer", "group"] = "offer"
+
+
+class Budget(_Policy):
+    """At most ``max`` events of kind ``counts`` per day (in the set's timezone) or in total.
+
+    ``per: offer`` gives every covered offer its own budget; ``per: policy`` one budget shared
+    by all. ``pacing: even`` spreads a daily budget over the day (over the offer's scheduled
+    hours when it has a schedule): by a given time only that share of the day's budget, plus a
+    small burst, may be spent.
+    """
+
+    type: Literal["budget"]
+    max: int = Field(ge=0)
+    counts: EventKind = "accepted"
+    period: Literal["day", "total"] = "day"
+    pacing: Literal["none", "even"] = "none"
+    per: Literal["offer", "policy"] = "offer"
+
+
+class Weight(_Policy):
+    """A context weight for arbitration: a CEL expression yielding a number that multiplies
+    the score of the offers it covers (several weights multiply)."""
+
+    type: Literal["weight"]
+    weight: str = Field(min_length=1)
+
+
+Policy = Annotated[
+    EngagementRule | ContactCap | Suppression | Budget | Weight,
+    Field(discriminator="type"),
+]

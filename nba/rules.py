@@ -1,13 +1,18 @@
 """Rules: CEL expressions a marketer writes, compiled once and evaluated per request.
 
-A rule is evaluated against one activation built per request and shared by every offer
-(building the CEL context costs more than evaluating a rule against it). A rule that cannot
-be evaluated for a context (a missing field, a type mismatch) is not an error for the caller:
-it yields ``False`` with the reason, which the decision log keeps.
+All rules of one request are evaluated against one activation (building a CEL context costs
+far more than evaluating a rule against it). A rule that names the offer (``offer.group``) or
+the customer's history with it (``contacts.impressed``) is compiled once per offer it applies
+to, with those names bound to that offer, so it needs nothing per offer at run time.
+
+A rule that cannot be evaluated for a context (a missing field, a type mismatch) is not an
+error for the caller: it yields False with the reason, which the decision log keeps.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -15,14 +20,33 @@ from typing import Any
 
 import cel
 
-__all__ = ["RULE_VARIABLES", "Rule", "RuleSyntaxError", "activation"]
+__all__ = [
+    "CONTACT_FIELDS",
+    "OFFER_VARIABLES",
+    "REQUEST_VARIABLES",
+    "RULE_VARIABLES",
+    "Rule",
+    "RuleSyntaxError",
+    "activation",
+    "cel_literal",
+]
 
-#: the variables a rule may use
-RULE_VARIABLES = ("context", "customer", "channel", "customer_id", "now")
+#: variables every rule may use
+REQUEST_VARIABLES = ("context", "customer", "channel", "customer_id", "now")
+#: variables bound per offer
+OFFER_VARIABLES = ("offer", "contacts", "group_contacts")
+RULE_VARIABLES = REQUEST_VARIABLES + OFFER_VARIABLES
+#: what `contacts` and `group_contacts` hold; days_since_* is 36500 when it never happened
+CONTACT_FIELDS = tuple(
+    [f"{k}" for k in ("decided", "impressed", "clicked", "accepted", "rejected")]
+    + [f"days_since_{k}" for k in ("decided", "impressed", "clicked", "accepted", "rejected")]
+)
+NEVER_DAYS = 36500.0
 
 _POSITION = re.compile(r"<input>:(\d+):(\d+): (.*?)(?:\n|$)")
 # Comprehension macros bind their own variable: `products.exists(p, p == "x")`.
 _MACRO_BINDING = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
+_STRING = re.compile(r"""(?:[rR]?(?:"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'))""")
 
 
 class RuleSyntaxError(ValueError):
@@ -35,7 +59,7 @@ class RuleSyntaxError(ValueError):
 
 
 class Rule:
-    """A compiled boolean CEL expression.
+    """A compiled CEL expression.
 
     >>> rule = Rule("customer.age >= 18")
     >>> rule.evaluate(activation({"customer": {"age": 30.0}}, "web", "c-1"))
@@ -44,64 +68,155 @@ class Rule:
     (False, "missing field 'age'")
     """
 
-    __slots__ = ("program", "source")
+    __slots__ = ("program", "source", "uses")
 
-    def __init__(self, source: str, variables: Iterable[str] = RULE_VARIABLES) -> None:
+    def __init__(self, source: str, variables: Iterable[str] = RULE_VARIABLES, *, _bound: bool = False) -> None:
         self.source = source
-        try:
-            self.program = cel.compile(source)
-        except ValueError as exc:
-            match = _POSITION.search(str(exc))
-            if match:
-                raise RuleSyntaxError(
-                    "syntax error: " + match.group(3).removeprefix("Syntax error: "),
-                    int(match.group(1)),
-                    int(match.group(2)),
-                ) from None
-            raise RuleSyntaxError(str(exc)) from None
-        allowed = set(variables) | set(_MACRO_BINDING.findall(source))
-        for name in self.program.variables():
-            if name not in allowed:
-                column = _first_use(source, name)
-                raise RuleSyntaxError(
-                    f"unknown variable '{name}' (rules may use {', '.join(RULE_VARIABLES)})",
-                    1 if column else None,
-                    column,
-                )
+        self.program = _compile(source)
+        names = set(self.program.variables())
+        if not _bound:
+            allowed = set(variables) | set(_MACRO_BINDING.findall(source))
+            for name in sorted(names):
+                if name not in allowed:
+                    column = _first_use(source, name)
+                    raise RuleSyntaxError(
+                        f"unknown variable '{name}' (rules may use {', '.join(variables)})",
+                        1 if column else None,
+                        column,
+                    )
+        self.uses = frozenset(names & set(RULE_VARIABLES))
+
+    @property
+    def per_offer(self) -> bool:
+        return bool(self.uses & set(OFFER_VARIABLES))
+
+    @property
+    def uses_contacts(self) -> bool:
+        return bool(self.uses & {"contacts", "group_contacts"})
+
+    def bind(self, offer: Mapping[str, Any]) -> Rule:
+        """This rule with ``offer``, ``contacts`` and ``group_contacts`` bound to one offer."""
+        if not self.per_offer:
+            return self
+        replacements = {
+            "offer": cel_literal(offer),
+            "contacts": f'({cel_literal(offer["id"])} in _contacts ? _contacts[{cel_literal(offer["id"])}] : _no_contacts)',
+            "group_contacts": (
+                f'({cel_literal(offer["group"])} in _group_contacts ? '
+                f'_group_contacts[{cel_literal(offer["group"])}] : _no_contacts)'
+            ),
+        }
+        return Rule(_substitute(self.source, replacements), _bound=True)
 
     def evaluate(self, context: cel.Context) -> tuple[bool, str | None]:
         """Returns (result, why it could not be evaluated, or None)."""
-        try:
-            result = self.program.execute(context)
-        except KeyError as exc:
-            return False, f"missing field {exc}"
-        except TypeError as exc:
-            return False, f"type mismatch: {str(exc).split('.')[0]}"
-        except (RuntimeError, ValueError) as exc:
-            return False, str(exc).split(". ")[0]
+        result, error = self._run(context)
+        if error is not None:
+            return False, error
         if isinstance(result, bool):
             return result, None
         return False, f"returned {result!r}, not a boolean"
 
+    def evaluate_number(self, context: cel.Context) -> tuple[float | None, str | None]:
+        result, error = self._run(context)
+        if error is not None:
+            return None, error
+        if isinstance(result, bool) or not isinstance(result, (int, float)) or not math.isfinite(result):
+            return None, f"returned {result!r}, not a finite number"
+        return float(result), None
+
+    def _run(self, context: cel.Context) -> tuple[Any, str | None]:
+        try:
+            return self.program.execute(context), None
+        except KeyError as exc:
+            return None, f"missing field {exc}"
+        except TypeError as exc:
+            return None, f"type mismatch: {str(exc).split('.')[0]}"
+        except (RuntimeError, ValueError) as exc:
+            return None, str(exc).split(". ")[0]
+
 
 def activation(
-    context: Mapping[str, Any], channel: str, customer_id: str, now: datetime | None = None
+    context: Mapping[str, Any],
+    channel: str,
+    customer_id: str,
+    now: datetime | None = None,
+    contacts: Mapping[str, Any] | None = None,
+    group_contacts: Mapping[str, Any] | None = None,
 ) -> cel.Context:
     """Builds the variables every rule of one request sees."""
     customer = context.get("customer")
-    return cel.Context(
-        {
-            "context": context,
-            "customer": customer if isinstance(customer, Mapping) else {},
-            "channel": channel,
-            "customer_id": customer_id,
-            "now": now or datetime.now().astimezone(),
-        }
-    )
+    variables: dict[str, Any] = {
+        "context": context,
+        "customer": customer if isinstance(customer, Mapping) else {},
+        "channel": channel,
+        "customer_id": customer_id,
+        "now": now or datetime.now().astimezone(),
+    }
+    if contacts is not None or group_contacts is not None:
+        variables["_contacts"] = contacts or {}
+        variables["_group_contacts"] = group_contacts or {}
+        variables["_no_contacts"] = NO_CONTACTS
+    return cel.Context(variables)
+
+
+NO_CONTACTS: dict[str, float] = {
+    name: (NEVER_DAYS if name.startswith("days_since_") else 0.0) for name in CONTACT_FIELDS
+}
+
+
+def cel_literal(value: Any) -> str:
+    """A Python value as CEL source (maps, lists, strings, numbers as doubles, booleans).
+
+    >>> cel_literal({"id": "x", "value": 2, "tags": ["a"], "on": True})
+    '{"id": "x", "value": 2.0, "tags": ["a"], "on": true}'
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(float(value))
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {cel_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(cel_literal(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    raise TypeError(f"no CEL literal for {type(value).__name__}")
+
+
+def _compile(source: str) -> Any:
+    try:
+        return cel.compile(source)
+    except ValueError as exc:
+        match = _POSITION.search(str(exc))
+        if match:
+            raise RuleSyntaxError(
+                "syntax error: " + match.group(3).removeprefix("Syntax error: "),
+                int(match.group(1)),
+                int(match.group(2)),
+            ) from None
+        raise RuleSyntaxError(str(exc)) from None
+
+
+def _identifiers(source: str, name: str) -> list[int]:
+    """Where ``name`` stands as a variable: not inside a string, not after a dot."""
+    blanked = _STRING.sub(lambda m: " " * len(m.group(0)), source)
+    return [
+        m.start()
+        for m in re.finditer(rf"(?<![\w.]){re.escape(name)}(?!\w)", blanked)
+        if not re.match(r"\s*:", blanked[m.end():])  # a map key: {offer: 1}
+    ]
+
+
+def _substitute(source: str, replacements: Mapping[str, str]) -> str:
+    edits = sorted(((i, name) for name in replacements for i in _identifiers(source, name)), reverse=True)
+    for start, name in edits:
+        source = source[:start] + replacements[name] + source[start + len(name):]
+    return source
 
 
 def _first_use(source: str, name: str) -> int | None:
-    for match in re.finditer(rf"\b{re.escape(name)}\b", source):
-        if match.start() == 0 or source[match.start() - 1] != ".":
-            return match.start() + 1
-    return None
+    positions = _identifiers(source, name)
+    return positions[0] + 1 if positions else None

@@ -1,7 +1,7 @@
 """The service shell: wiring, the gRPC server, health, reflection, metrics, graceful shutdown.
 
 ``create_server(settings) -> (service, port)`` builds everything and starts serving; tests
-bind port 0. Readiness (gRPC health ``SERVING``) is reported only once the catalogue is loaded
+bind port 0. Readiness (gRPC health ``SERVING``) is reported only once the policy set is live
 and the model restored. ``stop()`` reports ``NOT_SERVING``, lets calls in flight finish, then
 writes every queued decision and a final model snapshot.
 """
@@ -21,14 +21,20 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from nba import metrics
-from nba.catalogue import load_catalogue
+from nba.auth import AuthInterceptor
+from nba.clock import Clock, SystemClock
 from nba.config import Settings
+from nba.contacts import ContactEvent, ContactHistory, OfferCounters
 from nba.decisions import Decider
 from nba.errors import NbaError
 from nba.feedback import FeedbackIntake
 from nba.learning import LearningLoop, build_learner
-from nba.servicers import DecisionServicer
+from nba.policy_set import PolicySet
+from nba.publishing import Publisher
+from nba.servicers import AdminServicer, DecisionServicer
 from nba.store import DecisionLog, Store, open_engine
+from nba.v1 import admin_service_pb2 as apb
+from nba.v1 import admin_service_pb2_grpc as apb_grpc
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
 
@@ -37,7 +43,11 @@ __all__ = ["ErrorInterceptor", "Service", "create_server"]
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+ADMIN_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["AdminService"].full_name
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: hourly offer counters kept in memory and uncompacted (daily budgets need the last day)
+COUNTER_HOURS = 48
+COMPACTION_SECONDS = 3600.0
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
@@ -77,12 +87,11 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 class Service:
     """Everything one ``nba serve`` process runs."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
-        self.catalogue = load_catalogue(settings.policies)
+        self.clock = clock or SystemClock()
         self.engine = open_engine(settings.database_url)
         self.store = Store(self.engine)
-        self.catalogue.version = self.store.register_policy_set(self.catalogue)
         self.learning = LearningLoop(build_learner(settings), settings.snapshot_seconds)
         started = time.perf_counter()
         replayed = self.learning.restore(self.store, settings.seed)
@@ -94,30 +103,45 @@ class Service:
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )
+        self.contacts = ContactHistory(
+            self.store.contact_events, settings.contact_history_days * 86400, settings.contact_customers
+        )
+        self.counters = OfferCounters()
+        now_hour = int(self.clock.now().timestamp() // 3600)
+        self.counters.load(self.store.counter_rows(), recent_since_hour=now_hour - COUNTER_HOURS)
+        self.decider: Decider | None = None
+        self.publisher = Publisher(self.store, settings.policies, self._swap, self.clock)
+        live = self.publisher.start()
         self.log = DecisionLog(
             self.store,
             on_learn=self.learning.apply,
-            after_write=lambda: self.learning.maybe_snapshot(self.store),
+            after_write=self._after_write,
+            on_contacts=self._record_outcomes,
             flush_seconds=settings.log_flush_seconds,
             batch_size=settings.log_batch_size,
             queue_limit=settings.log_queue_limit,
             cache_size=settings.decision_cache_size,
         )
-        self.decider = Decider(self.catalogue, self.learning, self.log, settings.request_id_ttl_seconds)
-        self.intake = FeedbackIntake(self.log, settings.rewards(), settings.feedback_timeout_seconds)
+        self.decider = Decider(
+            live, self.learning, self.log, self.contacts, self.counters, settings.request_id_ttl_seconds, self.clock
+        )
+        self.intake = FeedbackIntake(self.log, settings.rewards(), settings.feedback_timeout_seconds, self.clock)
         self.health = health.HealthServicer()
         self.server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="nba-rpc"),
-            interceptors=[ErrorInterceptor()],
+            interceptors=[ErrorInterceptor(), AuthInterceptor(settings.admin_tokens)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
         )
         pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(self.decider, self.intake), self.server)
+        apb_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.publisher, self.store.recent_decisions, self.learning), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
         if self.port == 0:
@@ -125,22 +149,49 @@ class Service:
         self.metrics_port: int | None = None
         self._metrics_server: Any = None
         self._stopped = threading.Event()
+        self._last_compaction = 0.0
+
+    @property
+    def policy_set(self) -> PolicySet:
+        return self.publisher.live
+
+    def _swap(self, policy_set: PolicySet) -> None:
+        self.contacts.horizon_seconds = max(self.settings.contact_history_days * 86400, policy_set.history_seconds)
+        if self.decider is not None:
+            self.decider.policy_set = policy_set
+
+    def _record_outcomes(self, events: list[ContactEvent]) -> None:
+        for event in events:
+            self.counters.add(event.offer_id, event.kind, event.at)
+        self.contacts.record(events)
+        metrics.CONTACT_CUSTOMERS.set(len(self.contacts))
+
+    def _after_write(self) -> None:
+        self.learning.maybe_snapshot(self.store)
+        now = self.clock.now().timestamp()
+        if time.monotonic() - self._last_compaction >= COMPACTION_SECONDS:
+            self._last_compaction = time.monotonic()
+            hours_before = int(now // 3600) - COUNTER_HOURS
+            self.store.compact(now - self.contacts.horizon_seconds, hours_before)
+            self.counters.prune(hours_before * 3600)
 
     def start(self) -> int:
         if self.settings.metrics_port >= 0:
             self._metrics_server, _ = start_http_server(self.settings.metrics_port)
             self.metrics_port = self._metrics_server.server_port
         self.server.start()
-        for name in ("", SERVICE_NAME):
+        self.publisher.watch(self.settings.policies_watch_seconds)
+        for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
             extra={
                 "port": self.port,
                 "metrics_port": self.metrics_port,
-                "policy_version": self.catalogue.version,
-                "offers": len(self.catalogue.offers),
+                "policy_version": self.policy_set.version,
+                "offers": len(self.policy_set.offers),
                 "database": self.engine.url.render_as_string(hide_password=True),
+                "admin_tokens": len(self.settings.admin_tokens),
             },
         )
         return self.port
@@ -152,6 +203,7 @@ class Service:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         grace = self.settings.grace_seconds if grace is None else grace
+        self.publisher.stop()
         self.server.stop(grace).wait()
         self.log.close()
         self.learning.maybe_snapshot(self.store, force=True)
@@ -165,7 +217,7 @@ class Service:
         self.server.wait_for_termination()
 
 
-def create_server(settings: Settings) -> tuple[Service, int]:
+def create_server(settings: Settings, clock: Clock | None = None) -> tuple[Service, int]:
     """Builds and starts the service; returns it with the port it serves on."""
-    service = Service(settings)
+    service = Service(settings, clock)
     return service, service.start()

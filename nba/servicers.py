@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
 
+from nba.auth import current_caller
 from nba.context import context_from_struct
 from nba.decisions import DecideInput, Decider, DecisionRecord
+from nba.errors import InvalidArgument, Problem
 from nba.feedback import FeedbackIntake
+from nba.policy_set import PolicySet
+from nba.preview import preview
+from nba.publishing import Published, Publisher
+from nba.v1 import admin_service_pb2 as apb
+from nba.v1 import admin_service_pb2_grpc as apb_grpc
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
 
-__all__ = ["DecisionServicer"]
+__all__ = ["AdminServicer", "DecisionServicer"]
 
 
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
@@ -29,6 +38,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 context=context_from_struct(request.context),
                 limit=request.limit,
                 request_id=request.request_id,
+                explain=request.explain,
             )
         )
         return decide_response(record, replayed)
@@ -70,4 +80,144 @@ def decide_response(record: DecisionRecord, replayed: bool) -> pb.DecideResponse
         model_version=record.model_version,
         replayed=replayed,
         decided_at=decided_at,
+        explanation=(
+            pb.Explanation(offers=[_offer_explanation(e) for e in record.explanation], exploration=record.exploration)
+            if record.explanation is not None
+            else None
+        ),
+    )
+
+
+def _offer_explanation(entry: dict[str, Any]) -> pb.OfferExplanation:
+    return pb.OfferExplanation(
+        offer_id=entry["offer_id"],
+        eligible=entry["eligible"],
+        reason=entry.get("reason") or "",
+        policy=entry.get("policy") or "",
+        detail=entry.get("detail") or "",
+        predicted=entry.get("predicted", 0.0),
+        value=entry.get("value", 0.0),
+        lever=entry.get("lever", 0.0),
+        weight=entry.get("weight", 0.0),
+        score=entry.get("score", 0.0),
+        probability=entry.get("probability", 0.0),
+        slot=entry.get("slot", 0),
+        propensity=entry.get("propensity", 0.0),
+        explored=entry.get("explored", False),
+        fallback=entry.get("fallback", False),
+    )
+
+
+class AdminServicer(apb_grpc.AdminServiceServicer):
+    """Policy sets over gRPC; authentication is the AuthInterceptor's."""
+
+    def __init__(self, publisher: Publisher, recent: Callable[[int], list[DecisionRecord]], learning: Any) -> None:
+        self._publisher = publisher
+        self._recent = recent
+        self._learning = learning
+
+    def GetLivePolicySet(self, request: apb.GetLivePolicySetRequest, context: grpc.ServicerContext) -> apb.PolicySet:
+        return _policy_set(self._publisher.live, live=True, with_files=True)
+
+    def ValidatePolicySet(self, request: apb.ValidatePolicySetRequest, context: grpc.ServicerContext) -> apb.ValidatePolicySetResponse:
+        compiled, problems = self._publisher.validate(dict(request.draft.files))
+        return apb.ValidatePolicySetResponse(
+            valid=compiled is not None,
+            problems=[_problem(p) for p in problems],
+            content_hash=compiled.content_hash if compiled else "",
+        )
+
+    def PublishPolicySet(self, request: apb.PublishPolicySetRequest, context: grpc.ServicerContext) -> apb.PublishPolicySetResponse:
+        published = self._publisher.publish(
+            dict(request.draft.files), actor=current_caller().name, source="api",
+            comment=request.comment, expected_live=request.expected_live_version,
+        )
+        return _published(published)
+
+    def RollbackPolicySet(self, request: apb.RollbackPolicySetRequest, context: grpc.ServicerContext) -> apb.PublishPolicySetResponse:
+        if request.version <= 0:
+            raise InvalidArgument("version: required (a version number from ListPolicySetVersions)")
+        published = self._publisher.rollback(
+            request.version, actor=current_caller().name, comment=request.comment,
+            expected_live=request.expected_live_version,
+        )
+        return _published(published)
+
+    def ListPolicySetVersions(self, request: apb.ListPolicySetVersionsRequest, context: grpc.ServicerContext) -> apb.ListPolicySetVersionsResponse:
+        size = request.page_size or 50
+        if not 0 < size <= 500:
+            raise InvalidArgument(f"page_size: must be 1 to 500, got {request.page_size}")
+        before = None
+        if request.page_token:
+            if not request.page_token.isdigit():
+                raise InvalidArgument("page_token: not a token from next_page_token")
+            before = int(request.page_token)
+        store = self._publisher.store
+        rows = store.policy_set_versions(before, size + 1)
+        live = self._publisher.live.number
+        versions = [
+            apb.PolicySet(
+                version=r.version, content_hash=r.content_hash, label=f"{r.version}-{r.content_hash[:12]}",
+                created_at=_timestamp(r.created_at), created_by=r.created_by, comment=r.comment, live=r.version == live,
+            )
+            for r in rows[:size]
+        ]
+        activations = [
+            apb.Activation(version=a.version, activated_at=_timestamp(a.activated_at), actor=a.actor, source=a.source, comment=a.comment)
+            for a in store.activations(size)
+        ]
+        token = str(rows[size - 1].version) if len(rows) > size else ""
+        return apb.ListPolicySetVersionsResponse(versions=versions, next_page_token=token, activations=activations)
+
+    def PreviewPolicySet(self, request: apb.PreviewPolicySetRequest, context: grpc.ServicerContext) -> apb.PreviewPolicySetResponse:
+        last_n = request.last_n or 1000
+        if not 0 < last_n <= 100_000:
+            raise InvalidArgument(f"last_n: must be 1 to 100000, got {request.last_n}")
+        draft, problems = self._publisher.validate(dict(request.draft.files))
+        if draft is None:
+            from nba.errors import PolicySetError
+
+            raise PolicySetError(problems)
+        report = preview(self._publisher.live, draft, self._recent(last_n), self._learning)
+        return apb.PreviewPolicySetResponse(
+            decisions=report.decisions,
+            live_version=report.live_version,
+            live=apb.PreviewTotals(**vars(report.live)),
+            draft=apb.PreviewTotals(**vars(report.draft)),
+            offers=[apb.OfferPreview(**vars(o)) for o in report.offers],
+            warnings=[_problem(p) for p in problems],
+            note=report.note,
+        )
+
+
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value if value.tzinfo else value.replace(tzinfo=UTC))
+    return stamp
+
+
+def _problem(problem: Problem) -> apb.Problem:
+    return apb.Problem(
+        severity=problem.severity, file=problem.file, offer=problem.offer, policy=problem.policy,
+        field=problem.field, message=problem.message,
+    )
+
+
+def _policy_set(policy_set: PolicySet, live: bool, with_files: bool) -> apb.PolicySet:
+    return apb.PolicySet(
+        version=policy_set.number,
+        content_hash=policy_set.content_hash,
+        label=policy_set.version,
+        files=policy_set.files if with_files else {},
+        offers=len(policy_set.offers),
+        channels=list(policy_set.channels),
+        live=live,
+    )
+
+
+def _published(published: Published) -> apb.PublishPolicySetResponse:
+    return apb.PublishPolicySetResponse(
+        live=_policy_set(published.policy_set, live=True, with_files=False),
+        warnings=[_problem(p) for p in published.policy_set.warnings],
+        unchanged=published.unchanged,
     )

@@ -1,4 +1,4 @@
-"""The decision log: decisions, feedback, catalogue versions and model snapshots, in SQL.
+"""The decision log: decisions, feedback, contacts, policy set versions and model snapshots, in SQL.
 
 SQLModel over SQLite is the embedded default (``sqlite:///var/nba.db``); any SQLAlchemy URL
 with the same schema works. Two layers:
@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, event, func
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.url import make_url
 from sqlmodel import Field, SQLModel, create_engine, select
 
 from nba import metrics
-from nba.catalogue import Catalogue
+from nba.contacts import ContactEvent
 from nba.decisions import DecisionRecord
 from nba.errors import AlreadyExists, Unavailable
 from nba.feedback import OUTCOMES, FeedbackEvent, FeedbackResult, PairState, resolve
@@ -47,7 +49,51 @@ class PolicySetRow(SQLModel, table=True):
     version: int | None = Field(default=None, primary_key=True)
     content_hash: str = Field(unique=True, max_length=64)
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    created_by: str = Field(default="", max_length=128)
+    comment: str = ""
     files: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class PolicyActivationRow(SQLModel, table=True):
+    """What was live when: the newest row is the live set."""
+
+    __tablename__ = "policy_activations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    version: int = Field(index=True)
+    activated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    actor: str = Field(default="", max_length=128)
+    #: file, api or rollback
+    source: str = Field(max_length=16)
+    comment: str = ""
+
+
+class ContactEventRow(SQLModel, table=True):
+    """Every offer returned (decided) and every outcome, per customer: contact history."""
+
+    __tablename__ = "contact_events"
+    __table_args__ = (Index("ix_contact_events_customer_at", "customer_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: str = Field(max_length=256)
+    #: seconds since the epoch
+    at: float = Field(index=True)
+    kind: str = Field(max_length=16)
+    offer_id: str = Field(max_length=128)
+    group: str = Field(default="", max_length=128)
+    channel: str = Field(max_length=128)
+
+
+class OfferCounterRow(SQLModel, table=True):
+    """Events per offer and kind per hour (UTC hours since the epoch); hour 0 holds the
+    compacted total of hours older than two days."""
+
+    __tablename__ = "offer_counters"
+
+    offer_id: str = Field(primary_key=True, max_length=128)
+    kind: str = Field(primary_key=True, max_length=16)
+    hour: int = Field(primary_key=True)
+    count: int
 
 
 class DecisionRow(SQLModel, table=True):
@@ -135,22 +181,149 @@ class Store:
         self._decisions = DecisionRow.__table__
         self._feedback = FeedbackRow.__table__
 
-    # Catalogue versions -------------------------------------------------------------
+    # Policy set versions ------------------------------------------------------------
 
-    def register_policy_set(self, catalogue: Catalogue) -> str:
-        """Gives the catalogue its version ("<number>-<hash>"), recording it if new."""
+    def register_policy_set(self, files: dict[str, str], content_hash: str, actor: str = "", comment: str = "") -> int:
+        """The version number of this content, recording it as the next version if new."""
         table = PolicySetRow.__table__
         with self.engine.begin() as conn:
-            version = conn.execute(
-                select(table.c.version).where(table.c.content_hash == catalogue.content_hash)
-            ).scalar()
+            version = conn.execute(select(table.c.version).where(table.c.content_hash == content_hash)).scalar()
             if version is None:
                 version = conn.execute(
                     table.insert().values(
-                        content_hash=catalogue.content_hash, created_at=datetime.now(UTC), files=catalogue.files
+                        content_hash=content_hash, created_at=datetime.now(UTC), created_by=actor,
+                        comment=comment, files=files,
                     )
                 ).inserted_primary_key[0]
-        return f"{version}-{catalogue.content_hash[:12]}"
+        return int(version)
+
+    def activate(self, version: int, actor: str, source: str, comment: str = "", at: datetime | None = None) -> int:
+        table = PolicyActivationRow.__table__
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    table.insert().values(
+                        version=version, activated_at=at or datetime.now(UTC), actor=actor, source=source, comment=comment
+                    )
+                ).inserted_primary_key[0]
+            )
+
+    def live_activation(self) -> Any:
+        """The newest activation joined with its version (None before the first)."""
+        a, p = PolicyActivationRow.__table__, PolicySetRow.__table__
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(a.c.id, a.c.version, a.c.source, a.c.actor, a.c.activated_at, p.c.content_hash, p.c.files)
+                .join(p, p.c.version == a.c.version)
+                .order_by(a.c.id.desc())
+                .limit(1)
+            ).first()
+
+    def last_file_hash(self) -> str | None:
+        """The content hash the policies folder last published, if it ever did."""
+        a, p = PolicyActivationRow.__table__, PolicySetRow.__table__
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(p.c.content_hash)
+                .join(a, p.c.version == a.c.version)
+                .where(a.c.source == "file")
+                .order_by(a.c.id.desc())
+                .limit(1)
+            ).scalar()
+
+    def policy_set_row(self, version: int) -> Any:
+        table = PolicySetRow.__table__
+        with self.engine.connect() as conn:
+            return conn.execute(select(table).where(table.c.version == version)).first()
+
+    def policy_set_versions(self, before: int | None, limit: int) -> list[Any]:
+        table = PolicySetRow.__table__
+        query = select(table.c.version, table.c.content_hash, table.c.created_at, table.c.created_by, table.c.comment)
+        if before is not None:
+            query = query.where(table.c.version < before)
+        with self.engine.connect() as conn:
+            return conn.execute(query.order_by(table.c.version.desc()).limit(limit)).all()
+
+    def activations(self, limit: int) -> list[Any]:
+        table = PolicyActivationRow.__table__
+        with self.engine.connect() as conn:
+            return conn.execute(select(table).order_by(table.c.id.desc()).limit(limit)).all()
+
+    def recent_decisions(self, limit: int) -> list[DecisionRecord]:
+        table = self._decisions
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(table).order_by(table.c.created_at.desc()).limit(limit)).all()
+        return [_record(r) for r in rows]
+
+    # Contact history and counters ---------------------------------------------------
+
+    def contact_events(self, customer_id: str, since: float) -> list[ContactEvent]:
+        table = ContactEventRow.__table__
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(table.c.at, table.c.kind, table.c.offer_id, table.c.group, table.c.channel)
+                .where(table.c.customer_id == customer_id, table.c.at >= since)
+                .order_by(table.c.at)
+            ).all()
+        return [ContactEvent(customer_id, r.at, r.kind, r.offer_id, r.group, r.channel) for r in rows]
+
+    def insert_contacts(self, conn: Any, events: list[ContactEvent]) -> None:
+        if not events:
+            return
+        conn.execute(
+            ContactEventRow.__table__.insert(),
+            [
+                {"customer_id": e.customer_id, "at": e.at, "kind": e.kind, "offer_id": e.offer_id,
+                 "group": e.group, "channel": e.channel}
+                for e in events
+            ],
+        )
+        increments: dict[tuple[str, str, int], int] = {}
+        for e in events:
+            key = (e.offer_id, e.kind, int(e.at // 3600))
+            increments[key] = increments.get(key, 0) + 1
+        self._add_counts(conn, [{"offer_id": o, "kind": k, "hour": h, "count": n} for (o, k, h), n in increments.items()])
+
+    def _add_counts(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        table = OfferCounterRow.__table__
+        dialect = self.engine.dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+            statement = insert(table)
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[table.c.offer_id, table.c.kind, table.c.hour],
+                    set_={"count": table.c.count + statement.excluded["count"]},
+                ),
+                rows,
+            )
+            return
+        for row in rows:  # any other database: read, then write
+            key = (table.c.offer_id == row["offer_id"]) & (table.c.kind == row["kind"]) & (table.c.hour == row["hour"])
+            if conn.execute(table.update().where(key).values(count=table.c.count + row["count"])).rowcount == 0:
+                conn.execute(table.insert().values(**row))
+
+    def counter_rows(self) -> list[tuple[str, str, int, int]]:
+        table = OfferCounterRow.__table__
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(select(table.c.offer_id, table.c.kind, table.c.hour, table.c.count)).all()]
+
+    def compact(self, contacts_before: float, hours_before: int) -> None:
+        """Drops contact events older than any policy looks back, and folds hourly counters
+        older than ``hours_before`` into each offer's total (hour 0)."""
+        contacts, counters = ContactEventRow.__table__, OfferCounterRow.__table__
+        with self.engine.begin() as conn:
+            conn.execute(contacts.delete().where(contacts.c.at < contacts_before))
+            old = (counters.c.hour > 0) & (counters.c.hour < hours_before)
+            totals = conn.execute(
+                select(counters.c.offer_id, counters.c.kind, func.sum(counters.c.count))
+                .where(old)
+                .group_by(counters.c.offer_id, counters.c.kind)
+            ).all()
+            conn.execute(counters.delete().where(old))
+            self._add_counts(conn, [{"offer_id": o, "kind": k, "hour": 0, "count": int(n)} for o, k, n in totals])
 
     # Decisions ----------------------------------------------------------------------
 
@@ -385,6 +558,7 @@ class DecisionLog:
         store: Store,
         on_learn: Callable[[list[LearningEvent]], None],
         after_write: Callable[[], None] | None = None,
+        on_contacts: Callable[[list[ContactEvent]], None] | None = None,
         flush_seconds: float = 0.05,
         batch_size: int = 500,
         queue_limit: int = 100_000,
@@ -393,6 +567,7 @@ class DecisionLog:
         self.store = store
         self._on_learn = on_learn
         self._after_write = after_write or (lambda: None)
+        self._on_contacts = on_contacts or (lambda events: None)
         self._flush_seconds = flush_seconds
         self._batch_size = batch_size
         self._queue_limit = queue_limit
@@ -507,14 +682,26 @@ class DecisionLog:
         started = time.perf_counter()
         try:
             with self.store.engine.begin() as conn:
+                contacts: list[ContactEvent] = []
                 if decisions:
                     self.store.insert_decisions(conn, decisions)
+                    contacts.extend(
+                        ContactEvent(d.customer_id, d.created_at.timestamp(), "decided", o["offer_id"], o["group"], d.channel)
+                        for d in decisions
+                        for o in d.offers
+                    )
                 for event, future in feedback:
                     try:
                         # A conflict is found before anything is written: nothing to undo.
                         results.append((event, future, self.store.store_feedback(conn, event)))
                     except AlreadyExists as exc:
                         results.append((event, future, exc))
+                outcomes = [
+                    ContactEvent(e.customer_id, e.occurred_at.timestamp(), e.outcome, e.offer_id, e.group, e.channel)
+                    for e, _, r in results
+                    if isinstance(r, FeedbackResult) and not r.duplicate
+                ]
+                self.store.insert_contacts(conn, contacts + outcomes)
         except Exception as exc:
             log.exception("decision log write failed", extra={"decisions": len(decisions), "feedback": len(feedback)})
             metrics.LOG_DROPPED.inc(len(decisions))
@@ -537,6 +724,11 @@ class DecisionLog:
                 self._on_learn(learn)
             except Exception:
                 log.exception("learning from feedback failed", extra={"events": len(learn)})
+        if outcomes:
+            try:
+                self._on_contacts(outcomes)
+            except Exception:
+                log.exception("recording contact history failed", extra={"events": len(outcomes)})
         for _, future, result in results:
             if isinstance(result, Exception):
                 future.set_exception(result)

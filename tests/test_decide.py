@@ -55,9 +55,10 @@ def test_every_candidate_is_logged_with_eligibility_reason_and_probability(serve
     response = decide(server, context={"customer": profile}, limit=2)
     record = logged(server, response.decision_id)
     by_id = {c["offer_id"]: c for c in record.candidates}
-    web_offers = {o.id for o in server.service.catalogue.by_channel["web"]}
+    web_offers = {o.id for o in server.service.policy_set.by_channel["web"]}
     assert set(by_id) == web_offers
-    assert by_id["gold-card"] == {"offer_id": "gold-card", "eligible": False, "reason": "eligibility"}
+    assert by_id["gold-card"] == {"offer_id": "gold-card", "eligible": False, "reason": "eligibility",
+                                  "policy": "no-marketing-to-fraud-risk"}
     assert by_id["security-check"]["eligible"] is True
     # Propensities of the first slot form a distribution over the eligible offers.
     eligible = [c for c in record.candidates if c["eligible"]]
@@ -76,7 +77,8 @@ def test_a_rule_that_cannot_be_evaluated_filters_the_offer_and_says_why(server: 
     response = decide(server, context={"customer": profile}, limit=50)
     assert "gold-card" not in {o.offer_id for o in response.offers}
     gold = next(c for c in logged(server, response.decision_id).candidates if c["offer_id"] == "gold-card")
-    assert gold["reason"] == "eligibility_error" and "flags" in gold["detail"]
+    assert gold["reason"] == "rule_error" and gold["policy"] == "no-marketing-to-fraud-risk"
+    assert "flags" in gold["detail"]
 
 
 def test_fallback_when_nothing_else_is_eligible(server: Running) -> None:
@@ -133,7 +135,7 @@ def deep(levels: int) -> dict:
     [
         ({"customer_id": ""}, "customer_id: required"),
         ({"customer_id": "x" * 300}, "customer_id: longer than 256"),
-        ({"channel": "fax"}, "channel: 'fax' is not one of the catalogue's channels (web, app, email, call_center)"),
+        ({"channel": "fax"}, "channel: 'fax' is not one of the policy set's channels (web, app, email, call_center)"),
         ({"channel": ""}, "channel: empty is not one of"),
         ({"limit": -1}, "limit: must be 0 or more"),
         ({"context": {"blob": "x" * (MAX_CONTEXT_BYTES + 1)}}, f"more than the limit of {MAX_CONTEXT_BYTES}"),

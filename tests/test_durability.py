@@ -37,7 +37,7 @@ def test_the_model_survives_a_restart_exactly(start) -> None:
     for i, ctx in enumerate(contexts):
         decision = server.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", context=struct(ctx), limit=2))
         feedback(server, decision, f"e-{i}", pb.OUTCOME_ACCEPTED if i % 3 == 0 else pb.OUTCOME_IMPRESSED)
-    offers = [o.id for o in server.service.catalogue.by_channel["web"]]
+    offers = [o.id for o in server.service.policy_set.by_channel["web"]]
     features = [server.service.log.get(decision.decision_id).features] + [
         {k: v for k, v in ctx["customer"].items()} for ctx in contexts[:3]
     ]

@@ -133,7 +133,7 @@ def test_unknown_decision_or_offer_is_not_found(server: Running) -> None:
         server.stub.Feedback(pb.FeedbackRequest(event_id="e", decision_id="nope", offer_id="gold-card", outcome=pb.OUTCOME_CLICKED))
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     assert "decision_id: no decision 'nope'" in raised.value.details()
-    other = next(o.id for o in server.service.catalogue.offers.values() if o.id != decision.offers[0].offer_id)
+    other = next(o.id for o in server.service.policy_set.offers.values() if o.id != decision.offers[0].offer_id)
     with pytest.raises(grpc.RpcError) as raised:
         feedback(server, decision, "e2", offer_id=other)
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND

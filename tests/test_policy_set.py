@@ -1,4 +1,4 @@
-"""Loading and validating the catalogue: every problem named by file, offer and field."""
+"""Loading and validating a policy set: every problem named by file, offer or policy, and field."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nba.catalogue import load_catalogue
-from nba.errors import CatalogueError
+from nba.errors import PolicySetError
+from nba.policy_set import load_policy_set as load_catalogue
 from nba.examples import check_examples, load_examples
 
 from conftest import POLICIES
@@ -105,7 +105,7 @@ OFFER = "offers:\n  - {id: gold-card, name: Gold, channels: [web], %s}\n"
         ({"a.yaml": HEADER + OFFER % "valid_from: 2027-01-01, valid_until: 2026-01-01"},
          "offer 'gold-card': valid_from (2027-01-01T00:00:00+00:00) must be before valid_until"),
         ({"a.yaml": HEADER + "offers:\n  - {name: Nameless, channels: [web]}\n"},
-         "a.yaml: offers[0]: field 'id': Field required"),
+         "a.yaml: field 'offers[0].id': Field required"),
         ({"a.yaml": HEADER + OFFER % "value: 1", "b.yaml": OFFER % "value: 2"},
          "b.yaml: offer 'gold-card': id already used in a.yaml"),
         ({"a.yaml": HEADER + "offers:\n  - {id: f1, name: F, channels: [web], fallback: true}\n"
@@ -115,14 +115,14 @@ OFFER = "offers:\n  - {id: gold-card, name: Gold, channels: [web], %s}\n"
         ({"a.yaml": HEADER + "offers: [\n"}, "a.yaml: not valid YAML at line"),
         ({"a.yaml": "- just\n- a list\n"}, "a.yaml: expected a mapping"),
         ({"a.yaml": HEADER + "offerz: []\n"}, "a.yaml: field 'offerz': unknown field"),
-        ({"notes.txt": "nothing"}, "no *.yaml catalogue files"),
+        ({"notes.txt": "nothing"}, "no *.yaml policy files"),
     ],
 )
 def test_invalid_catalogues_are_refused_naming_file_offer_and_field(tmp_path: Path, files, expected: str) -> None:
     write(tmp_path, files)
-    with pytest.raises(CatalogueError) as raised:
+    with pytest.raises(PolicySetError) as raised:
         load_catalogue(tmp_path)
-    assert any(expected in problem for problem in raised.value.problems), raised.value.problems
+    assert any(expected in str(problem) for problem in raised.value.problems), raised.value.messages
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
@@ -133,12 +133,12 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
             "b.yaml": "offers:\n  - {id: z, channels: [web]}\n",
         },
     )
-    with pytest.raises(CatalogueError) as raised:
+    with pytest.raises(PolicySetError) as raised:
         load_catalogue(tmp_path)
-    assert len(raised.value.problems) == 3
+    assert len(raised.value.messages) == 3
     assert "3 problems" in str(raised.value)
 
 
 def test_a_missing_folder_says_how_to_point_at_one(tmp_path: Path) -> None:
-    with pytest.raises(CatalogueError, match="NBA_POLICIES"):
+    with pytest.raises(PolicySetError, match="NBA_POLICIES"):
         load_catalogue(tmp_path / "nowhere")

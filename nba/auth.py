@@ -1,0 +1,87 @@
+"""Bearer tokens for AdminService: who may read, and who may change, the live policy set.
+
+Tokens come from configuration as ``name:role:token`` (``--admin-tokens`` /
+``NBA_ADMIN_TOKENS``). ``viewer`` may get, list, validate and preview; ``editor`` may also
+publish and roll back. DecisionService needs no token: channel systems never hold editing
+rights. With no tokens configured, AdminService refuses every call.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from nba.errors import PermissionDenied, Unauthenticated
+
+__all__ = ["AuthInterceptor", "Caller", "current_caller"]
+
+ADMIN_PREFIX = "/nba.v1.AdminService/"
+EDITOR_METHODS = frozenset({"PublishPolicySet", "RollbackPolicySet"})
+_RANK = {"viewer": 1, "editor": 2}
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    role: str
+
+
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("nba_caller", default=None)
+
+
+def current_caller() -> Caller:
+    """The authenticated caller of the admin call being served."""
+    caller = _caller.get()
+    if caller is None:
+        raise Unauthenticated("authorization: no caller")
+    return caller
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self._tokens: list[tuple[bytes, Caller]] = []
+        for entry in tokens:
+            name, role, token = entry.split(":", 2)
+            self._tokens.append((token.encode(), Caller(name, role)))
+
+    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or not method.startswith(ADMIN_PREFIX):
+            return handler
+        needed = "editor" if method[len(ADMIN_PREFIX):] in EDITOR_METHODS else "viewer"
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        inner = handler.unary_unary
+
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            caller = self._authenticate(metadata.get("authorization", ""))
+            if _RANK[caller.role] < _RANK[needed]:
+                raise PermissionDenied(f"authorization: '{caller.name}' is a {caller.role}; {method.rsplit('/', 1)[-1]} needs an {needed}")
+            token = _caller.set(caller)
+            try:
+                return inner(request, context)
+            finally:
+                _caller.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            call, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+
+    def _authenticate(self, header: str) -> Caller:
+        if not self._tokens:
+            raise Unauthenticated("authorization: AdminService is disabled: no admin tokens are configured (NBA_ADMIN_TOKENS)")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            raise Unauthenticated("authorization: send metadata 'authorization: Bearer <token>'")
+        found = None
+        for token, caller in self._tokens:  # compare with every token, in constant time each
+            if hmac.compare_digest(token, presented.encode()):
+                found = caller
+        if found is None:
+            raise Unauthenticated("authorization: unknown token")
+        return found

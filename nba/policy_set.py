@@ -1,0 +1,473 @@
+"""The policy set: every ``*.yaml`` file of the policies folder, validated and compiled as one.
+
+A policy set is the unit that is versioned, published and rolled back: channels, the context
+schema, groups, offers and policies together. It is built all or nothing from a mapping of
+file name to text (the folder, or a draft sent to the admin API): any error in any file
+refuses the whole set, and every problem is reported at once, each naming the file, the offer
+or policy, and the field. Files ending in ``_test.yaml`` hold examples (``nba.examples``).
+
+Sections a file may hold (each optional; together they must declare channels)::
+
+    settings: {timezone: Europe/London}     # once, for schedules and daily budgets
+    channels: [web, app, email, call_center]
+    schema: {customer.age: number, ...}     # see nba.schema
+    groups: {retention: {lever: 1.2}}       # see nba.offers.Group
+    offers: [...]                           # see nba.offers.Offer
+    policies: [...]                         # see nba.policies
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from nba.errors import PolicySetError, Problem
+from nba.offers import Group, Identifier, Offer
+from nba.policies import ENGAGEMENT, Budget, ContactCap, EngagementRule, Policy, Suppression, Weight
+from nba.rules import Rule, RuleSyntaxError
+from nba.schema import ContextSchema, FieldSpec, SchemaDeclaration
+
+__all__ = [
+    "EXAMPLE_SUFFIX",
+    "BoundRule",
+    "CompiledOffer",
+    "PolicySet",
+    "load_policy_set",
+    "parse_policy_set",
+    "read_files",
+]
+
+EXAMPLE_SUFFIX = "_test.yaml"
+
+
+class SetSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: the timezone of schedules and of the day in daily budgets
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA timezone like Europe/London") from None
+        return value
+
+
+class PolicySetFile(BaseModel):
+    """One file of the set."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    settings: SetSettings | None = None
+    channels: list[Identifier] = Field(default_factory=list)
+    context_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    groups: dict[str, Group] = Field(default_factory=dict)
+    offers: list[Offer] = Field(default_factory=list)
+    policies: list[Policy] = Field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class BoundRule:
+    """A rule compiled for one offer, with where it came from."""
+
+    kind: str
+    #: the policy id; an offer's own eligibility field is "<offer id>.eligibility"
+    policy: str
+    rule: Rule
+    #: channels it is restricted to (empty: all)
+    channels: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class CompiledOffer:
+    offer: Offer
+    #: the file that declares it
+    source: str
+    #: engagement rules in screening order: eligibility, applicability, suitability
+    rules: tuple[BoundRule, ...] = ()
+    caps: tuple[ContactCap, ...] = ()
+    suppressions: tuple[Suppression, ...] = ()
+    budgets: tuple[Budget, ...] = ()
+    weights: tuple[BoundRule, ...] = ()
+    #: the offer's lever times its group's
+    lever: float = 1.0
+
+    @property
+    def id(self) -> str:
+        return self.offer.id
+
+
+@dataclass
+class PolicySet:
+    """An immutable, validated policy set; decisions swap whole sets atomically."""
+
+    channels: tuple[str, ...]
+    offers: dict[str, CompiledOffer]
+    groups: dict[str, Group]
+    policies: dict[str, Any]
+    schema: ContextSchema
+    timezone: ZoneInfo
+    #: file name -> text, as published
+    files: dict[str, str]
+    #: sha-256 over every file's name and text
+    content_hash: str
+    warnings: list[Problem] = field(default_factory=list)
+    #: the monotonic version number once registered with the store (0 before)
+    number: int = 0
+    by_channel: dict[str, list[CompiledOffer]] = field(init=False)
+    fallback: dict[str, CompiledOffer] = field(init=False)
+    #: offers of each shared (per: policy) budget
+    budget_members: dict[str, tuple[str, ...]] = field(init=False)
+    #: whether screening needs the customer's contact history
+    needs_contacts: bool = field(init=False)
+    #: the longest window any policy looks back over, in seconds
+    history_seconds: float = field(init=False)
+    #: (kind, window) pairs the caps count
+    cap_windows: frozenset[tuple[str, float]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.by_channel = {c: [] for c in self.channels}
+        self.fallback = {}
+        for compiled in self.offers.values():
+            for channel in compiled.offer.channels:
+                if compiled.offer.fallback:
+                    if compiled.offer.status == "live" or channel not in self.fallback:
+                        self.fallback[channel] = compiled
+                else:
+                    self.by_channel[channel].append(compiled)
+        members: dict[str, list[str]] = {}
+        for compiled in self.offers.values():
+            for budget in compiled.budgets:
+                if budget.per == "policy":
+                    members.setdefault(budget.id, []).append(compiled.id)
+        self.budget_members = {k: tuple(v) for k, v in members.items()}
+        self.needs_contacts = any(
+            o.caps or o.suppressions or any(r.rule.uses_contacts for r in (*o.rules, *o.weights))
+            for o in self.offers.values()
+        )
+        windows = [c.window for o in self.offers.values() for c in o.caps]
+        windows += [s.days * 86400 for o in self.offers.values() for s in o.suppressions]
+        self.history_seconds = max(windows, default=0.0)
+        self.cap_windows = frozenset((c.counts, c.window) for o in self.offers.values() for c in o.caps)
+
+    @property
+    def version(self) -> str:
+        """``<number>-<hash>``: what every decision records."""
+        return f"{self.number}-{self.content_hash[:12]}" if self.number else self.content_hash[:12]
+
+
+def read_files(directory: str | Path) -> dict[str, str]:
+    """The set's files in ``directory`` (``*.yaml``, examples excluded), by name."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise PolicySetError([Problem(f"{root}: not a directory (set --policies or NBA_POLICIES)")])
+    return {
+        p.name: p.read_text(encoding="utf-8")
+        for p in sorted(root.glob("*.yaml"))
+        if not p.name.endswith(EXAMPLE_SUFFIX)
+    }
+
+
+def load_policy_set(directory: str | Path, now: datetime | None = None) -> PolicySet:
+    """Loads, validates and compiles the policy set in ``directory``."""
+    files = read_files(directory)
+    if not files:
+        raise PolicySetError([Problem(f"{directory}: no *.yaml policy files")])
+    return parse_policy_set(files, now)
+
+
+def content_hash(files: Mapping[str, str]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name].encode() + b"\0")
+    return digest.hexdigest()
+
+
+def parse_policy_set(files: Mapping[str, str], now: datetime | None = None) -> PolicySet:
+    """Validates and compiles a set from file texts; raises ``PolicySetError`` with every
+    problem (warnings included) when any is an error."""
+    from nba.checks import static_checks  # checks need a compiled set
+
+    builder = _Builder(now or datetime.now(UTC))
+    policy_set = builder.build(files)
+    if policy_set is None:
+        raise PolicySetError(builder.problems)
+    policy_set.warnings = builder.problems + static_checks(policy_set, builder.now)
+    errors = [p for p in policy_set.warnings if p.severity == "error"]
+    if errors:
+        raise PolicySetError(policy_set.warnings)
+    return policy_set
+
+
+_POLICY = TypeAdapter(Policy)
+
+
+class _Builder:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.problems: list[Problem] = []
+        self.policy_files: dict[str, str] = {}
+
+    def error(self, message: str, **where: str) -> None:
+        self.problems.append(Problem(message, **where))
+
+    def build(self, files: Mapping[str, str]) -> PolicySet | None:
+        if not any(not name.endswith(EXAMPLE_SUFFIX) for name in files):
+            self.error("no policy files")
+            return None
+        parsed: list[tuple[str, PolicySetFile]] = []
+        for name in sorted(files):
+            if name.endswith(EXAMPLE_SUFFIX):
+                continue
+            if not name.endswith(".yaml"):
+                self.error("policy files must end in .yaml", file=name)
+                continue
+            document = self._parse(name, files[name])
+            if document is not None:
+                parsed.append((name, document))
+
+        settings, settings_file = SetSettings(), ""
+        channels: list[str] = []
+        schema_fields: dict[str, FieldSpec] = {}
+        groups: dict[str, Group] = {}
+        group_files: dict[str, str] = {}
+        for name, doc in parsed:
+            if doc.settings is not None:
+                if settings_file:
+                    self.error(f"settings already given in {settings_file} (give them once)", file=name, field="settings")
+                settings, settings_file = doc.settings, name
+            channels.extend(c for c in doc.channels if c not in channels)
+            try:
+                declared = SchemaDeclaration.parse(doc.context_schema)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    path = ".".join(str(p) for p in err["loc"][1:2])
+                    self.error(err["msg"].removeprefix("Value error, "), file=name, field=f"schema.{path}")
+                declared = SchemaDeclaration()
+            for path, spec in declared.fields.items():
+                if path in schema_fields and schema_fields[path] != spec:
+                    self.error("declared twice with different types", file=name, field=f"schema.{path}")
+                schema_fields[path] = spec
+            for group_name, group in doc.groups.items():
+                if group_name in groups:
+                    self.error(f"group '{group_name}' already declared in {group_files[group_name]}", file=name, field="groups")
+                groups[group_name] = group
+                group_files[group_name] = name
+        if parsed and not channels:
+            self.error("no file declares `channels:` (for example channels: [web, app])")
+        schema = ContextSchema(schema_fields)
+
+        offers: dict[str, tuple[Offer, str]] = {}
+        for name, doc in parsed:
+            for offer in doc.offers:
+                if offer.id in offers:
+                    self.error(f"id already used in {offers[offer.id][1]}", file=name, offer=offer.id)
+                    continue
+                unknown = [c for c in offer.channels if c not in channels]
+                if unknown:
+                    self.error(
+                        f"{', '.join(unknown)} not declared (declared: {', '.join(channels)})",
+                        file=name, offer=offer.id, field="channels",
+                    )
+                offers[offer.id] = (offer, name)
+                if offer.group and offer.group not in groups:
+                    groups[offer.group] = Group()
+        policies: dict[str, tuple[Any, str]] = {}
+        for name, doc in parsed:
+            for policy in doc.policies:
+                if policy.id in policies:
+                    self.error(f"id already used in {policies[policy.id][1]}", file=name, policy=policy.id)
+                    continue
+                policies[policy.id] = (policy, name)
+                self._check_applies_to(policy, name, offers, groups, channels)
+        self.policy_files = {pid: name for pid, (_, name) in policies.items()}
+
+        fallbacks: dict[str, str] = {}
+        for offer, name in offers.values():
+            if offer.fallback and offer.status == "live":
+                for channel in offer.channels:
+                    if channel in fallbacks:
+                        self.error(
+                            f"channel '{channel}' already has fallback '{fallbacks[channel]}' (one per channel)",
+                            file=name, offer=offer.id, field="fallback",
+                        )
+                    fallbacks[channel] = offer.id
+
+        # Compile every rule once (syntax, variables, field names), then bind per offer.
+        templates: dict[str, Rule] = {}
+        for policy, name in policies.values():
+            source = getattr(policy, "rule", None) or getattr(policy, "weight", None)
+            if source is not None:
+                rule = self._rule(source, schema, file=name, policy=policy.id, field="rule" if isinstance(policy, EngagementRule) else "weight")
+                if rule is not None:
+                    templates[policy.id] = rule
+        compiled: dict[str, CompiledOffer] = {}
+        for offer, name in offers.values():
+            own = self._rule(offer.eligibility, schema, file=name, offer=offer.id, field="eligibility")
+            compiled[offer.id] = self._compile_offer(offer, name, own, policies, templates, groups)
+        if any(p.severity == "error" for p in self.problems):
+            return None
+        if schema:
+            self._type_check(compiled.values(), schema)
+            if any(p.severity == "error" for p in self.problems):
+                return None
+        return PolicySet(
+            channels=tuple(channels),
+            offers=compiled,
+            groups=groups,
+            policies={pid: p for pid, (p, _) in policies.items()},
+            schema=schema,
+            timezone=ZoneInfo(settings.timezone),
+            files=dict(files),
+            content_hash=content_hash(files),
+        )
+
+    def _parse(self, name: str, text: str) -> PolicySetFile | None:
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            self.error(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=name)
+            return None
+        if raw is None:
+            return PolicySetFile()
+        if not isinstance(raw, Mapping):
+            self.error(f"expected a mapping of sections (channels, offers, policies, ...), got {type(raw).__name__}", file=name)
+            return None
+        try:
+            return PolicySetFile.model_validate(raw)
+        except ValidationError as exc:
+            for error in exc.errors():
+                self.problems.append(_describe(name, raw, error))
+            return None
+
+    def _check_applies_to(self, policy: Any, name: str, offers: Mapping[str, Any], groups: Mapping[str, Any], channels: list[str]) -> None:
+        target = policy.applies_to
+        for offer_id in target.offers:
+            if offer_id not in offers:
+                self.error(f"no offer '{offer_id}'", file=name, policy=policy.id, field="applies_to.offers")
+        for group in target.groups:
+            if group not in groups:
+                known = ", ".join(sorted(g for g in groups if g)) or "none"
+                self.error(f"no group '{group}' (groups: {known})", file=name, policy=policy.id, field="applies_to.groups")
+        for channel in target.channels:
+            if channel not in channels:
+                self.error(f"channel '{channel}' not declared", file=name, policy=policy.id, field="applies_to.channels")
+
+    def _rule(self, source: str, schema: ContextSchema, **where: str) -> Rule | None:
+        try:
+            rule = Rule(source)
+        except RuleSyntaxError as exc:
+            self.error(str(exc), **where)
+            return None
+        for path, column in schema.unknown_paths(source):
+            self.error(f"line 1, column {column}: field '{path}' is not in the context schema", **where)
+            return None
+        return rule
+
+    def _compile_offer(
+        self,
+        offer: Offer,
+        name: str,
+        own: Rule | None,
+        policies: Mapping[str, tuple[Any, str]],
+        templates: Mapping[str, Rule],
+        groups: Mapping[str, Group],
+    ) -> CompiledOffer:
+        literal = offer.as_cel()
+        rules: dict[str, list[BoundRule]] = {kind: [] for kind in ENGAGEMENT}
+        if own is not None and own.source.strip() != "true":
+            rules["eligibility"].append(BoundRule("eligibility", f"{offer.id}.eligibility", own.bind(literal)))
+        caps: list[ContactCap] = []
+        suppressions: list[Suppression] = []
+        budgets: list[Budget] = []
+        weights: list[BoundRule] = []
+        for policy, _ in policies.values():
+            if not policy.enabled or not policy.applies_to.covers(offer):
+                continue
+            channels = frozenset(policy.applies_to.channels)
+            if isinstance(policy, EngagementRule) and policy.id in templates:
+                rules[policy.type].append(BoundRule(policy.type, policy.id, templates[policy.id].bind(literal), channels))
+            elif isinstance(policy, Weight) and policy.id in templates:
+                weights.append(BoundRule("weight", policy.id, templates[policy.id].bind(literal), channels))
+            elif isinstance(policy, ContactCap):
+                caps.append(policy)
+            elif isinstance(policy, Suppression):
+                suppressions.append(policy)
+            elif isinstance(policy, Budget):
+                budgets.append(policy)
+        group = groups.get(offer.group)
+        return CompiledOffer(
+            offer=offer,
+            source=name,
+            rules=tuple(r for kind in ENGAGEMENT for r in rules[kind]),
+            caps=tuple(caps),
+            suppressions=tuple(suppressions),
+            budgets=tuple(budgets),
+            weights=tuple(weights),
+            lever=offer.lever * (group.lever if group else 1.0),
+        )
+
+    def _type_check(self, offers: Any, schema: ContextSchema) -> None:
+        """Evaluates every rule on contexts sampled from the schema: a type mismatch there is
+        a rule that compares a field with the wrong type."""
+        from nba.rules import activation
+
+        samples = [activation(s, "", "sample", self.now, {}, {}) for s in schema.samples(40)]
+        reported: set[str] = set()
+        for compiled in offers:
+            for bound in (*compiled.rules, *compiled.weights):
+                if bound.policy in reported:
+                    continue
+                for variables in samples:
+                    if bound.kind == "weight":
+                        _, error = bound.rule.evaluate_number(variables)
+                    else:
+                        _, error = bound.rule.evaluate(variables)
+                    if error and (error.startswith("type mismatch") or "not a boolean" in error or "not a finite number" in error):
+                        reported.add(bound.policy)
+                        where = (
+                            {"offer": compiled.id, "field": "eligibility"}
+                            if bound.policy.endswith(".eligibility")
+                            else {"policy": bound.policy, "field": "weight" if bound.kind == "weight" else "rule"}
+                        )
+                        self.error(f"{error} (on the declared context schema)", file=compiled.source if "offer" in where else self._file_of(bound.policy), **where)
+                        break
+
+    def _file_of(self, policy_id: str) -> str:
+        return self.policy_files.get(policy_id, "")
+
+
+def _describe(file: str, raw: Mapping[str, Any], error: Mapping[str, Any]) -> Problem:
+    """Turns a pydantic error location into a located ``Problem``."""
+    loc = list(error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field (misspelt?)"
+    if len(loc) >= 2 and loc[0] in ("offers", "policies") and isinstance(loc[1], int):
+        entries = raw.get(loc[0]) or []
+        entry = entries[loc[1]] if loc[1] < len(entries) else None
+        entry_id = entry.get("id") if isinstance(entry, Mapping) else None
+        rest = loc[2:]
+        if loc[0] == "policies" and rest and isinstance(entry, Mapping) and rest[0] == entry.get("type"):
+            rest = rest[1:]  # the discriminated union adds the type as a location step
+        field_name = ".".join(str(part) for part in rest)
+        if loc[0] == "policies" and error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            field_name = "type"
+        key = "offer" if loc[0] == "offers" else "policy"
+        if entry_id:
+            return Problem(message, file=file, field=field_name, **{key: str(entry_id)})
+        return Problem(message, file=file, field=f"{loc[0]}[{loc[1]}]" + (f".{field_name}" if field_name else ""))
+    return Problem(message, file=file, field=".".join(str(part) for part in loc))

@@ -1,0 +1,150 @@
+"""What-if preview: what a draft policy set would change, before it goes live.
+
+The most recent logged decisions are replayed against the live set and the draft alike: the
+logged context (rebuilt from its flattened features), channel, customer and time. Both are
+screened the same way and ranked with the current model, and the report compares, per offer
+and in total, eligibility, fallback and empty rates, rule errors, and the expected share of
+first slots (the exploration probabilities averaged over the replayed decisions: exact
+expectations, not a sample).
+
+Contact policies and budgets are not simulated: they depend on what each set would have
+shown over time, which a replay cannot know. The report says so.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nba.decisions import DecisionRecord
+from nba.learning import LearningLoop
+from nba.policy_set import PolicySet
+from nba.screening import screen
+
+__all__ = ["OfferChange", "PreviewReport", "Totals", "preview", "unflatten"]
+
+NOTE = "contact policies (caps, suppressions) and budgets are not simulated in a preview"
+
+
+@dataclass
+class Totals:
+    fallback_rate: float = 0.0
+    empty_rate: float = 0.0
+    rule_error_rate: float = 0.0
+    mean_eligible: float = 0.0
+
+
+@dataclass
+class OfferChange:
+    offer_id: str
+    live_eligible_rate: float
+    draft_eligible_rate: float
+    live_share: float
+    draft_share: float
+    change: str
+
+
+@dataclass
+class PreviewReport:
+    decisions: int
+    live_version: str
+    live: Totals
+    draft: Totals
+    offers: list[OfferChange] = field(default_factory=list)
+    note: str = NOTE
+
+
+def unflatten(features: Mapping[str, Any]) -> dict[str, Any]:
+    """Rebuilds a nested context from its flattened features.
+
+    >>> unflatten({"customer.age": 30.0, "customer.flags.vip": True, "tags": ["a"]})
+    {'customer': {'age': 30.0, 'flags': {'vip': True}}, 'tags': ['a']}
+    """
+    root: dict[str, Any] = {}
+    for path, value in features.items():
+        node = root
+        *parents, leaf = path.split(".")
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[leaf] = value
+    return root
+
+
+def preview(live: PolicySet, draft: PolicySet, decisions: Iterable[DecisionRecord], learning: LearningLoop) -> PreviewReport:
+    decisions = list(decisions)
+    stats = {"live": _Stats(), "draft": _Stats()}
+    for record in decisions:
+        context = unflatten(record.features)
+        for name, policy_set in (("live", live), ("draft", draft)):
+            stats[name].add(policy_set, record, context, learning)
+    offer_ids = list(dict.fromkeys([*live.offers, *draft.offers]))
+    changes = []
+    for offer_id in offer_ids:
+        change = "added" if offer_id not in live.offers else "removed" if offer_id not in draft.offers else ""
+        changes.append(
+            OfferChange(
+                offer_id,
+                stats["live"].eligible_rate(offer_id),
+                stats["draft"].eligible_rate(offer_id),
+                stats["live"].share(offer_id),
+                stats["draft"].share(offer_id),
+                change,
+            )
+        )
+    changes.sort(key=lambda c: (-abs(c.draft_share - c.live_share), -abs(c.draft_eligible_rate - c.live_eligible_rate), c.offer_id))
+    return PreviewReport(len(decisions), live.version, stats["live"].totals(), stats["draft"].totals(), changes)
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.decisions = 0
+        self.fallbacks = 0
+        self.empty = 0
+        self.rule_errors = 0
+        self.eligible_total = 0
+        self.eligible: dict[str, int] = defaultdict(int)
+        self.seen_on_channel: dict[str, int] = defaultdict(int)
+        self.shares: dict[str, float] = defaultdict(float)
+
+    def add(self, policy_set: PolicySet, record: DecisionRecord, context: dict[str, Any], learning: LearningLoop) -> None:
+        self.decisions += 1
+        if record.channel not in policy_set.channels:
+            self.empty += 1
+            return
+        result = screen(policy_set, record.channel, context, record.customer_id, record.created_at)
+        for verdict in result.verdicts:
+            self.seen_on_channel[verdict.offer.id] += 1
+            if verdict.eligible:
+                self.eligible[verdict.offer.id] += 1
+        if any(v.reason == "rule_error" for v in result.verdicts):
+            self.rule_errors += 1
+        eligible = result.eligible
+        self.eligible_total += len(eligible)
+        if eligible:
+            weights = np.array([v.offer.offer.value * v.offer.lever * v.weight for v in eligible])
+            probabilities = learning.distribution([v.offer.id for v in eligible], record.features, weights)
+            for verdict, p in zip(eligible, probabilities, strict=True):
+                self.shares[verdict.offer.id] += float(p)
+        elif result.fallback is not None and result.fallback.eligible:
+            self.fallbacks += 1
+            self.shares[result.fallback.offer.id] += 1.0
+        else:
+            self.empty += 1
+
+    def eligible_rate(self, offer_id: str) -> float:
+        seen = self.seen_on_channel.get(offer_id, 0)
+        return self.eligible.get(offer_id, 0) / seen if seen else 0.0
+
+    def share(self, offer_id: str) -> float:
+        return self.shares.get(offer_id, 0.0) / self.decisions if self.decisions else 0.0
+
+    def totals(self) -> Totals:
+        n = self.decisions or 1
+        return Totals(self.fallbacks / n, self.empty / n, self.rule_errors / n, self.eligible_total / n)

@@ -1,0 +1,247 @@
+"""Publishing: which policy set is live, and how it changes, safely.
+
+Every distinct content is a version (a monotonic number plus its content hash) recorded in
+the decision log's database with its files; every change of the live set is an activation
+(who, when, from where: ``file``, ``api`` or ``rollback``). Making a set live is one
+reference swap in the decider: a decision in flight finishes on the set it started with, and
+no call fails during a publish or a rollback. An invalid draft changes nothing.
+
+The policies folder and the admin API are two doors to the same room. At start, the folder is
+published if its content differs from what the folder last published; otherwise the live set
+is whatever was last activated (perhaps through the API). While running, a watcher publishes
+the folder when its files change (or on SIGHUP), through the same validation, and picks up
+activations made by other replicas sharing the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from nba import metrics
+from nba.clock import Clock, SystemClock
+from nba.errors import FailedPrecondition, InvalidArgument, NotFound, PolicySetError, Problem
+from nba.policy_set import PolicySet, content_hash, parse_policy_set, read_files
+from nba.store import Store
+
+__all__ = ["Publisher", "Published"]
+
+log = logging.getLogger(__name__)
+
+MAX_FILES = 200
+MAX_DRAFT_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Published:
+    policy_set: PolicySet
+    unchanged: bool
+
+
+class Publisher:
+    """Owns the live policy set; ``on_swap`` is called with every newly live set."""
+
+    def __init__(
+        self,
+        store: Store,
+        folder: Path | None,
+        on_swap: Callable[[PolicySet], None],
+        clock: Clock | None = None,
+    ) -> None:
+        self._store = store
+        self._folder = folder
+        self._on_swap = on_swap
+        self._clock = clock or SystemClock()
+        self._lock = threading.RLock()
+        self._live: PolicySet | None = None
+        self._activation_id = 0
+        self._folder_hash: str | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def live(self) -> PolicySet:
+        assert self._live is not None, "start() first"
+        return self._live
+
+    # Start and watch ----------------------------------------------------------------
+
+    def start(self) -> PolicySet:
+        """Makes the right set live at start; raises ``PolicySetError`` if none is usable."""
+        with self._lock:
+            folder_files = read_files(self._folder) if self._folder is not None else None
+            folder_hash = content_hash(folder_files) if folder_files else None
+            self._folder_hash = folder_hash
+            live = self._store.live_activation()
+            if folder_files and (live is None or folder_hash != self._store.last_file_hash()):
+                self.publish(folder_files, actor="policies folder", source="file", comment=str(self._folder))
+            elif live is not None:
+                try:
+                    self._adopt(live)
+                except PolicySetError as exc:
+                    if not folder_files:
+                        raise
+                    log.error("the live policy set no longer loads; publishing the folder instead",
+                              extra={"version": live.version, "problems": exc.messages})
+                    self.publish(folder_files, actor="policies folder", source="file", comment=str(self._folder))
+            elif not folder_files:
+                raise PolicySetError([Problem(f"{self._folder}: no *.yaml policy files and nothing published")])
+            return self.live
+
+    def watch(self, interval_seconds: float) -> None:
+        """Polls the folder (and the database, for other replicas) every interval."""
+        if interval_seconds <= 0 or self._watcher is not None:
+            return
+        self._watcher = threading.Thread(target=self._watch, args=(interval_seconds,), name="nba-policies", daemon=True)
+        self._watcher.start()
+
+    def reload(self) -> None:
+        """Checks the folder now (SIGHUP)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.check_folder()
+                self.check_database()
+            except Exception:
+                log.exception("checking for policy changes failed")
+
+    def check_folder(self) -> bool:
+        """Publishes the folder if its files changed since it was last read."""
+        if self._folder is None:
+            return False
+        try:
+            files = read_files(self._folder)
+        except PolicySetError as exc:
+            log.error("cannot read the policies folder", extra={"problems": exc.messages})
+            return False
+        digest = content_hash(files) if files else None
+        if digest == self._folder_hash or not files:
+            return False
+        self._folder_hash = digest
+        try:
+            published = self.publish(files, actor="policies folder", source="file", comment=str(self._folder))
+        except PolicySetError as exc:
+            metrics.POLICY_RELOAD_FAILURES.inc()
+            log.error("the changed policies folder is invalid; the live set is unchanged",
+                      extra={"problems": exc.messages})
+            return False
+        return not published.unchanged
+
+    def check_database(self) -> bool:
+        """Adopts a set another replica activated."""
+        live = self._store.live_activation()
+        if live is None or live.id == self._activation_id:
+            return False
+        with self._lock:
+            if live.id == self._activation_id:
+                return False
+            self._adopt(live)
+        return True
+
+    # Validate, publish, roll back -----------------------------------------------------
+
+    def validate(self, files: Mapping[str, str]) -> tuple[PolicySet | None, list[Problem]]:
+        """Compiles a draft; returns it (None if invalid) and every problem found."""
+        self._check_draft(files)
+        try:
+            policy_set = parse_policy_set(files, self._clock.now())
+        except PolicySetError as exc:
+            return None, exc.problems
+        return policy_set, policy_set.warnings
+
+    def publish(
+        self,
+        files: Mapping[str, str],
+        actor: str,
+        source: str = "api",
+        comment: str = "",
+        expected_live: int = 0,
+    ) -> Published:
+        self._check_draft(files)
+        policy_set = parse_policy_set(dict(files), self._clock.now())  # raises with every error
+        with self._lock:
+            self._expect(expected_live)
+            if self._live is not None and self._live.content_hash == policy_set.content_hash:
+                return Published(self._live, unchanged=True)
+            policy_set.number = self._store.register_policy_set(policy_set.files, policy_set.content_hash, actor, comment)
+            self._activation_id = self._store.activate(policy_set.number, actor, source, comment, self._clock.now())
+            self._swap(policy_set, source, actor)
+            return Published(policy_set, unchanged=False)
+
+    def rollback(self, version: int, actor: str, comment: str = "", expected_live: int = 0) -> Published:
+        row = self._store.policy_set_row(version)
+        if row is None:
+            raise NotFound(f"version: no policy set version {version}")
+        try:
+            policy_set = parse_policy_set(row.files, self._clock.now())
+        except PolicySetError as exc:
+            raise FailedPrecondition(f"version: {version} no longer loads: {exc}") from None
+        with self._lock:
+            self._expect(expected_live)
+            if self._live is not None and self._live.number == version:
+                return Published(self._live, unchanged=True)
+            policy_set.number = version
+            self._activation_id = self._store.activate(version, actor, "rollback", comment, self._clock.now())
+            self._swap(policy_set, "rollback", actor)
+            return Published(policy_set, unchanged=False)
+
+    def _expect(self, expected_live: int) -> None:
+        if expected_live and self._live is not None and self._live.number != expected_live:
+            raise FailedPrecondition(
+                f"expected_live_version: version {self._live.number} is live, not {expected_live}; "
+                "reload it and try again"
+            )
+
+    def _adopt(self, live: object) -> None:
+        policy_set = parse_policy_set(live.files, self._clock.now())  # type: ignore[attr-defined]
+        policy_set.number = live.version  # type: ignore[attr-defined]
+        self._activation_id = live.id  # type: ignore[attr-defined]
+        self._swap(policy_set, live.source, live.actor)  # type: ignore[attr-defined]
+
+    def _swap(self, policy_set: PolicySet, source: str, actor: str) -> None:
+        self._live = policy_set
+        self._on_swap(policy_set)
+        metrics.POLICY_VERSION.set(policy_set.number)
+        log.info(
+            "policy set live",
+            extra={
+                "policy_version": policy_set.version,
+                "source": source,
+                "actor": actor,
+                "offers": len(policy_set.offers),
+                "warnings": [str(w) for w in policy_set.warnings],
+            },
+        )
+
+    @staticmethod
+    def _check_draft(files: Mapping[str, str]) -> None:
+        if not files:
+            raise InvalidArgument("draft.files: empty; send every file of the set (name -> YAML text)")
+        if len(files) > MAX_FILES:
+            raise InvalidArgument(f"draft.files: {len(files)} files, more than {MAX_FILES}")
+        size = sum(len(k) + len(v) for k, v in files.items())
+        if size > MAX_DRAFT_BYTES:
+            raise InvalidArgument(f"draft.files: {size} bytes, more than {MAX_DRAFT_BYTES}")
+        for name in files:
+            if "/" in name or "\\" in name or name.startswith("."):
+                raise InvalidArgument(f"draft.files: {name!r} must be a plain file name like offers.yaml")

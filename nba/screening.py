@@ -1,0 +1,192 @@
+"""Screening: which offers a request may get, and for every other offer, which policy said no.
+
+Each offer on the channel passes, in order (the first that fails is the reason logged):
+
+    status            draft, paused or expired offers are never returned
+    not_yet_valid     before valid_from
+    expired           at or after valid_until
+    schedule          outside the offer's days and hours
+    eligibility       engagement rules, the offer's own `eligibility` first
+    applicability       (each reports its policy id; a rule that cannot be evaluated
+    suitability          for this context reports `rule_error` with the detail)
+    contact_cap       too many contacts within a window
+    suppression       after a rejection, or ignored impressions
+    budget            the offer's budget for the day (or in total) is spent
+    pacing            the budget's share for the time of day is spent
+
+An eligible offer's arbitration multiplier is its value x levers x context weights. The
+channel's fallback passes the time and engagement screens only: caps and budgets never hold
+back the last resort.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from nba.contacts import ContactSummary, OfferCounters
+from nba.policy_set import CompiledOffer, PolicySet
+from nba.rules import activation
+
+__all__ = ["REASONS", "Screening", "Verdict", "day_start", "screen"]
+
+REASONS = (
+    "status", "not_yet_valid", "expired", "schedule", "eligibility", "applicability", "suitability",
+    "rule_error", "contact_cap", "suppression", "budget", "pacing",
+)
+#: a daily budget under even pacing may run this share of the day ahead (at least 1 event)
+PACING_BURST = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    offer: CompiledOffer
+    eligible: bool
+    reason: str | None = None
+    #: the policy that filtered the offer
+    policy: str | None = None
+    detail: str | None = None
+    #: context weights multiplied (1.0 when none)
+    weight: float = 1.0
+    #: problems evaluating weights (each weight that failed counts as 1)
+    weight_errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Screening:
+    #: a verdict for every non-fallback offer on the channel, in catalogue order
+    verdicts: list[Verdict]
+    #: the channel's fallback, with its own verdict, if it has one
+    fallback: Verdict | None
+
+    @property
+    def eligible(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.eligible]
+
+
+def day_start(local: datetime) -> float:
+    return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def screen(
+    policy_set: PolicySet,
+    channel: str,
+    context: Mapping[str, Any],
+    customer_id: str,
+    now: datetime,
+    summary: ContactSummary | None = None,
+    counters: OfferCounters | None = None,
+) -> Screening:
+    """Screens every offer on ``channel``. Without ``summary`` contact policies are skipped,
+    without ``counters`` budgets (the what-if preview screens that way)."""
+    contacts = (summary.offers, summary.groups) if summary is not None else ({}, {})
+    variables = activation(context, channel, customer_id, now, *contacts)
+    local = now.astimezone(policy_set.timezone)
+    state = _State(policy_set, channel, now, local, summary, counters, variables)
+    verdicts = [state.verdict(o) for o in policy_set.by_channel.get(channel, ())]
+    fallback = policy_set.fallback.get(channel)
+    return Screening(verdicts, state.verdict(fallback, last_resort=True) if fallback else None)
+
+
+class _State:
+    def __init__(self, policy_set: PolicySet, channel: str, now: datetime, local: datetime,
+                 summary: ContactSummary | None, counters: OfferCounters | None, variables: Any) -> None:
+        self.policy_set = policy_set
+        self.channel = channel
+        self.now = now
+        self.local = local
+        self.summary = summary
+        self.counters = counters
+        self.variables = variables
+        self._day_start: float | None = None
+
+    def verdict(self, compiled: CompiledOffer, last_resort: bool = False) -> Verdict:
+        offer = compiled.offer
+        outside = offer.outside(self.now, self.local)
+        if outside:
+            return Verdict(compiled, False, outside[0], None, outside[1])
+        for bound in compiled.rules:
+            if bound.channels and self.channel not in bound.channels:
+                continue
+            ok, error = bound.rule.evaluate(self.variables)
+            if error is not None:
+                return Verdict(compiled, False, "rule_error", bound.policy, error)
+            if not ok:
+                return Verdict(compiled, False, bound.kind, bound.policy)
+        if not last_resort:
+            held = self._contact(compiled) or self._budget(compiled)
+            if held:
+                return held
+        weight, errors = 1.0, []
+        for bound in compiled.weights:
+            if bound.channels and self.channel not in bound.channels:
+                continue
+            value, error = bound.rule.evaluate_number(self.variables)
+            if error is not None:
+                errors.append(f"{bound.policy}: {error}")
+            else:
+                weight *= max(0.0, value)
+        return Verdict(compiled, True, weight=weight, weight_errors=tuple(errors))
+
+    def _contact(self, compiled: CompiledOffer) -> Verdict | None:
+        summary = self.summary
+        if summary is None:
+            return None
+        offer = compiled.offer
+        for cap in compiled.caps:
+            if not cap.applies_to.on(self.channel):
+                continue
+            count = summary.count(cap.counts, cap.window, cap.per, offer.id, offer.group)
+            if count >= cap.max:
+                return Verdict(compiled, False, "contact_cap", cap.id,
+                               f"{count} {cap.counts} per {cap.per} within {_duration(cap.window)} (max {cap.max})")
+        for rule in compiled.suppressions:
+            if not rule.applies_to.on(self.channel):
+                continue
+            until = summary.suppressed_until(rule.after, rule.ignored, rule.days, rule.per, offer.id, offer.group)
+            if until is not None:
+                why = "a rejection" if rule.after == "rejected" else f"{rule.ignored} ignored impressions"
+                return Verdict(compiled, False, "suppression", rule.id,
+                               f"after {why}, until {datetime.fromtimestamp(until, self.now.tzinfo).isoformat()}")
+        return None
+
+    def _budget(self, compiled: CompiledOffer) -> Verdict | None:
+        counters = self.counters
+        if counters is None:
+            return None
+        for budget in compiled.budgets:
+            if not budget.applies_to.on(self.channel):
+                continue
+            members = self.policy_set.budget_members.get(budget.id, (compiled.id,)) if budget.per == "policy" else (compiled.id,)
+            if budget.period == "total":
+                spent = sum(counters.total(m, budget.counts) for m in members)
+            else:
+                if self._day_start is None:
+                    self._day_start = day_start(self.local)
+                spent = sum(counters.since(m, budget.counts, self._day_start) for m in members)
+            if spent >= budget.max:
+                return Verdict(compiled, False, "budget", budget.id,
+                               f"{spent} {budget.counts} {'today' if budget.period == 'day' else 'in total'} (max {budget.max})")
+            if budget.pacing == "even" and budget.period == "day":
+                schedule = compiled.offer.schedule
+                fraction = schedule.day_fraction(self.local) if schedule else _fraction_of_day(self.local)
+                allowed = budget.max * fraction + max(1.0, math.ceil(budget.max * PACING_BURST))
+                if spent >= allowed:
+                    return Verdict(compiled, False, "pacing", budget.id,
+                                   f"{spent} {budget.counts} by {self.local.strftime('%H:%M')}, "
+                                   f"{int(allowed)} allowed so far of {budget.max} today")
+        return None
+
+
+def _fraction_of_day(local: datetime) -> float:
+    return (local.hour * 3600 + local.minute * 60 + local.second) / 86400
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

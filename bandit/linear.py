@@ -33,6 +33,10 @@ class LinearBandit(Learner):
         Ridge regularisation: the weight of the prior that every arm earns 0.
     exploration
         How estimates become probabilities; ``InverseGapWeighting()`` by default.
+    prior
+        The expected reward of an arm nothing is known about yet. The model learns each arm's
+        difference from it, so before any evidence every arm is estimated at ``prior`` (and
+        business weights already rank them), not at zero.
     clip, exclude
         See ``Featurizer``.
     seed
@@ -56,11 +60,13 @@ class LinearBandit(Learner):
         exploration: Exploration | None = None,
         clip: float = 5.0,
         exclude: Iterable[str] = (),
+        prior: float = 0.0,
         seed: int | None = None,
     ) -> None:
         super().__init__(exploration or InverseGapWeighting(), seed)
         self.n_features = n_features
         self.alpha = alpha
+        self.prior = prior
         self.clip = clip
         self.exclude = tuple(exclude)
         self._featurizer = Featurizer(n_features, clip, self.exclude)
@@ -71,7 +77,7 @@ class LinearBandit(Learner):
         return self._model.count(arm_id)
 
     def _predict(self, arm_ids: list[Hashable], context: Mapping[str, Any]) -> np.ndarray:
-        return self._model.predict(arm_ids, self._featurizer.transform_one(context))
+        return self.prior + self._model.predict(arm_ids, self._featurizer.transform_one(context))
 
     def _update(
         self,
@@ -83,4 +89,5 @@ class LinearBandit(Learner):
         if previous_reward is None:
             self._featurizer.learn_one(context)
         x = self._featurizer.transform_one(context)
-        self._model.learn_one(arm_id, x, reward, previous_reward)
+        previous = None if previous_reward is None else previous_reward - self.prior
+        self._model.learn_one(arm_id, x, reward - self.prior, previous)

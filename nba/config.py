@@ -44,6 +44,9 @@ class Settings(BaseModel):
     # The learner.
     learner_features: int = Field(128, ge=1, le=4096, description="hashed feature slots per offer")
     learner_alpha: float = Field(1.0, gt=0, description="ridge regularisation")
+    learner_prior: float = Field(
+        0.05, description="expected reward of an offer before any evidence (so value and levers rank from the start)"
+    )
     learner_gamma_scale: float = Field(
         10.0, ge=0, description="exploration: inverse gap weighting gamma = scale * updates^exponent"
     )

@@ -50,6 +50,7 @@ def build_learner(settings: Settings) -> Learner:
     return LinearBandit(
         n_features=settings.learner_features,
         alpha=settings.learner_alpha,
+        prior=settings.learner_prior,
         exploration=InverseGapWeighting(settings.learner_gamma_scale, settings.learner_gamma_exponent),
         exclude=settings.learner_exclude,
         seed=settings.seed,

@@ -211,6 +211,7 @@ def parse_policy_set(files: Mapping[str, str], now: datetime | None = None) -> P
 
 
 _POLICY = TypeAdapter(Policy)
+_OFFER = TypeAdapter(Offer)
 
 
 class _Builder:
@@ -218,6 +219,8 @@ class _Builder:
         self.now = now
         self.problems: list[Problem] = []
         self.policy_files: dict[str, str] = {}
+        #: ids of entries that failed validation: references to them are not errors again
+        self.broken: set[str] = set()
 
     def error(self, message: str, **where: str) -> None:
         self.problems.append(Problem(message, **where))
@@ -346,17 +349,42 @@ class _Builder:
         if not isinstance(raw, Mapping):
             self.error(f"expected a mapping of sections (channels, offers, policies, ...), got {type(raw).__name__}", file=name)
             return None
+        # Offers and policies are validated one by one, so that one broken entry does not hide
+        # the problems of the others.
+        entries: dict[str, list[Any]] = {}
+        for section in ("offers", "policies"):
+            value = raw.get(section) or []
+            if not isinstance(value, list):
+                self.error(f"expected a list, got {type(value).__name__}", file=name, field=section)
+                value = []
+            entries[section] = value
         try:
-            return PolicySetFile.model_validate(raw)
+            document = PolicySetFile.model_validate({k: v for k, v in raw.items() if k not in entries})
         except ValidationError as exc:
             for error in exc.errors():
                 self.problems.append(_describe(name, raw, error))
+            document = None
+        valid: dict[str, list[Any]] = {"offers": [], "policies": []}
+        for section, adapter in (("offers", _OFFER), ("policies", _POLICY)):
+            for i, entry in enumerate(entries[section]):
+                try:
+                    valid[section].append(adapter.validate_python(entry))
+                except ValidationError as exc:
+                    if isinstance(entry, Mapping) and entry.get("id"):
+                        self.broken.add(str(entry["id"]))
+                    for error in exc.errors():
+                        error = dict(error, loc=(section, i, *error["loc"]))
+                        self.problems.append(_describe(name, raw, error))
+        if document is None:
             return None
+        document.offers = valid["offers"]
+        document.policies = valid["policies"]
+        return document
 
     def _check_applies_to(self, policy: Any, name: str, offers: Mapping[str, Any], groups: Mapping[str, Any], channels: list[str]) -> None:
         target = policy.applies_to
         for offer_id in target.offers:
-            if offer_id not in offers:
+            if offer_id not in offers and offer_id not in self.broken:
                 self.error(f"no offer '{offer_id}'", file=name, policy=policy.id, field="applies_to.offers")
         for group in target.groups:
             if group not in groups:
@@ -397,6 +425,8 @@ class _Builder:
         for policy, _ in policies.values():
             if not policy.enabled or not policy.applies_to.covers(offer):
                 continue
+            if offer.fallback and offer.id not in policy.applies_to.offers:
+                continue  # the last resort answers only to policies that name it
             channels = frozenset(policy.applies_to.channels)
             if isinstance(policy, EngagementRule) and policy.id in templates:
                 rules[policy.type].append(BoundRule(policy.type, policy.id, templates[policy.id].bind(literal), channels))

@@ -104,8 +104,18 @@ class Publisher:
         self._watcher.start()
 
     def reload(self) -> None:
-        """Checks the folder now (SIGHUP)."""
-        self._wake.set()
+        """Checks the folder now (SIGHUP), whether or not it is being watched."""
+        if self._watcher is not None:
+            self._wake.set()
+            return
+
+        def check() -> None:
+            try:
+                self.check_folder()
+            except Exception:
+                log.exception("reloading the policies folder failed")
+
+        threading.Thread(target=check, name="nba-policies-reload", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()

@@ -15,8 +15,9 @@ Each offer on the channel passes, in order (the first that fails is the reason l
     pacing            the budget's share for the time of day is spent
 
 An eligible offer's arbitration multiplier is its value x levers x context weights. The
-channel's fallback passes the time and engagement screens only: caps and budgets never hold
-back the last resort.
+channel's fallback passes its dates, schedule, its own eligibility and the policies that name
+it (``applies_to: {offers: [it]}``) only: group-wide and set-wide policies, caps and budgets
+never hold back the last resort.
 """
 
 from __future__ import annotations

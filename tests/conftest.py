@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 
 from nba.config import Settings
 from nba.server import Service, create_server
+from nba.v1 import admin_service_pb2_grpc as apb_grpc
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +39,8 @@ def settings_for(tmp_path: Path) -> Callable[..., Settings]:
             "metrics_port": -1,
             "grace_seconds": 5.0,
             "log_format": "text",
+            "admin_tokens": ADMIN_TOKENS,
+            "policies_watch_seconds": 0,
         }
         values.update(overrides)
         return Settings(**values)
@@ -43,14 +48,44 @@ def settings_for(tmp_path: Path) -> Callable[..., Settings]:
     return make
 
 
+EDITOR_TOKEN = "editor-token-0123456789abcdef"
+VIEWER_TOKEN = "viewer-token-0123456789abcdef"
+ADMIN_TOKENS = [f"ed:editor:{EDITOR_TOKEN}", f"vi:viewer:{VIEWER_TOKEN}"]
+
+
+class ManualClock:
+    """Time that moves only when a test says so (the world's clock is outside the project)."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 11, 24, 12, 0, tzinfo=UTC)  # a Tuesday, noon UTC
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, **delta: float) -> None:
+        with self._lock:
+            self._now += timedelta(**delta)
+
+    def set(self, when: datetime) -> None:
+        with self._lock:
+            self._now = when
+
+
 class Running:
-    """A started service and a client stub on its port."""
+    """A started service and client stubs on its port."""
 
     def __init__(self, service: Service, port: int) -> None:
         self.service = service
         self.port = port
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.stub = pb_grpc.DecisionServiceStub(self.channel)
+        self.admin = apb_grpc.AdminServiceStub(self.channel)
+
+    @staticmethod
+    def auth(token: str = EDITOR_TOKEN) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {token}")]
 
     def stop(self) -> None:
         self.channel.close()
@@ -62,8 +97,8 @@ def start(settings_for: Callable[..., Settings]) -> Iterator[Callable[..., Runni
     """Starts services; every one still running is stopped when the test ends."""
     running: list[Running] = []
 
-    def run(**overrides: Any) -> Running:
-        service, port = create_server(settings_for(**overrides))
+    def run(clock: Any = None, **overrides: Any) -> Running:
+        service, port = create_server(settings_for(**overrides), clock)
         r = Running(service, port)
         running.append(r)
         return r

@@ -253,3 +253,37 @@ def test_the_readme_python_example_runs(processes) -> None:
     assert len(lines) == 4 and lines[-1] == "applied 1.0"
     readme = (ROOT / "README.md").read_text()
     assert (ROOT / "examples" / "quickstart.py").read_text().split('"""\n\n', 1)[1].strip() in readme
+
+
+def test_sighup_publishes_the_changed_folder_and_preview_compares_a_draft(processes, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "live-policies"
+    shutil.copytree(POLICIES, folder)
+    server = processes(NBA_POLICIES=str(folder), NBA_POLICIES_WATCH_SECONDS="0",
+                       NBA_ADMIN_TOKENS="ops:viewer:0123456789abcdef0123")
+    client = ReflectionClient(server.channel)
+    for i in range(30):
+        client.call("Decide", {"customer_id": f"c-{i}", "channel": "web", "context": {"customer": customer(age=18 + i)}})
+    first = client.call("Decide", {"customer_id": "c", "channel": "web", "context": {"customer": customer()}})["policy_version"]
+    assert first.startswith("1-")
+
+    draft = tmp_path / "draft"
+    shutil.copytree(folder, draft)
+    with (draft / "policies.yaml").open("a") as f:
+        f.write("\n  - {id: no-gold, type: eligibility, applies_to: {offers: [gold-card]}, rule: 'false'}\n")
+    result = run_cli("policies", "preview", str(draft), "--last", "20", env={"NBA_DATABASE_URL": server.env["NBA_DATABASE_URL"]})
+    assert result.returncode == 0, result.stderr
+    assert "replayed 20 decisions against live 1-" in result.stdout
+    gold = next(line for line in result.stdout.splitlines() if line.startswith("gold-card"))
+    assert "0.0%" in gold.split()[2]  # draft eligibility of the gold card
+
+    shutil.copy(draft / "policies.yaml", folder / "policies.yaml")
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    version = first
+    while version == first and time.monotonic() < deadline:
+        time.sleep(0.1)
+        version = client.call("Decide", {"customer_id": "c", "channel": "web", "context": {"customer": customer()}})["policy_version"]
+    assert version.startswith("2-")
+    assert server.stop() == 0

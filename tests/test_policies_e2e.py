@@ -1,0 +1,290 @@
+"""Each policy kind doing its job, through a real server, with a clock the test controls."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nba.v1 import admin_service_pb2 as apb
+from nba.v1 import decision_service_pb2 as pb
+
+from conftest import ManualClock, Running, struct
+
+BASE = """
+settings: {timezone: UTC}
+channels: [web]
+schema:
+  customer.age: {type: number, min: 0, max: 120}
+  customer.segment: {type: string, values: [a, b]}
+  customer.risk: bool
+offers:
+  - {id: alpha, name: Alpha, channels: [web], value: 10}
+  - {id: bravo, name: Bravo, channels: [web], value: 10}
+  - {id: charlie, name: Charlie, channels: [web], value: 10}
+  - {id: help, name: Help, channels: [web], fallback: true, value: 0}
+"""
+
+
+def policy_dir(tmp_path: Path, policies: str = "", offers: str = "", name: str = "policies") -> Path:
+    folder = tmp_path / name
+    folder.mkdir(exist_ok=True)
+    text = BASE + textwrap.indent(textwrap.dedent(offers), "  ")
+    if policies:
+        text += "policies:\n" + textwrap.indent(textwrap.dedent(policies), "  ")
+    (folder / "set.yaml").write_text(text)
+    return folder
+
+
+def decide(server: Running, age: float = 30, limit: int = 3, explain: bool = False, customer_id: str = "c-1", risk: bool = False) -> pb.DecideResponse:
+    context = struct({"customer": {"age": age, "segment": "a", "risk": risk}})
+    return server.stub.Decide(pb.DecideRequest(customer_id=customer_id, channel="web", context=context, limit=limit, explain=explain))
+
+
+def shown(response: pb.DecideResponse) -> set[str]:
+    return {o.offer_id for o in response.offers}
+
+
+def tell(server: Running, response: pb.DecideResponse, offer_id: str, outcome: int, n: list[int] = [0]) -> None:  # noqa: B006
+    n[0] += 1
+    server.stub.Feedback(pb.FeedbackRequest(event_id=f"ev-{n[0]}", decision_id=response.decision_id, offer_id=offer_id, outcome=outcome))
+
+
+def reason_for(response: pb.DecideResponse, offer_id: str) -> pb.OfferExplanation:
+    return next(e for e in response.explanation.offers if e.offer_id == offer_id)
+
+
+def test_an_ineligible_offer_is_never_returned(start, tmp_path: Path) -> None:
+    server = start(policies=policy_dir(tmp_path, """
+        - id: adults
+          type: eligibility
+          applies_to: {offers: [alpha]}
+          rule: customer.age >= 18
+    """))
+    assert not any("alpha" in shown(decide(server, age=16)) for _ in range(100))
+    assert all("alpha" in shown(decide(server, age=30)) for _ in range(20))  # limit 3 of 3 eligible
+    why = reason_for(decide(server, age=16, explain=True), "alpha")
+    assert (why.eligible, why.reason, why.policy) == (False, "eligibility", "adults")
+
+
+def test_a_capped_offer_stops_after_n_impressions_and_comes_back_after_its_window(start, tmp_path: Path) -> None:
+    clock = ManualClock()
+    server = start(clock=clock, policies=policy_dir(tmp_path, """
+        - id: twice-a-day
+          type: contact_cap
+          applies_to: {offers: [alpha]}
+          max: 2
+          window: 1d
+          counts: impressed
+    """))
+    for _ in range(2):
+        response = decide(server)
+        assert "alpha" in shown(response)
+        tell(server, response, "alpha", pb.OUTCOME_IMPRESSED)
+        clock.advance(hours=1)
+    capped = decide(server, explain=True)
+    assert "alpha" not in shown(capped)
+    why = reason_for(capped, "alpha")
+    assert (why.reason, why.policy) == ("contact_cap", "twice-a-day")
+    assert "2 impressed per offer within 1d (max 2)" in why.detail
+    assert "alpha" in shown(decide(server, customer_id="someone-else"))  # caps are per customer
+    clock.advance(hours=22, seconds=1)  # the first impression leaves the window
+    assert "alpha" in shown(decide(server))
+
+
+def test_contact_history_survives_a_restart(start, tmp_path: Path) -> None:
+    clock = ManualClock()
+    policies = policy_dir(tmp_path, """
+        - id: once
+          type: contact_cap
+          applies_to: {offers: [alpha]}
+          max: 1
+          window: 7d
+    """)
+    server = start(clock=clock, policies=policies)
+    response = decide(server)
+    tell(server, response, "alpha", pb.OUTCOME_IMPRESSED)
+    server.stop()
+    again = start(clock=clock, policies=policies)
+    assert not any("alpha" in shown(decide(again)) for _ in range(10))
+
+
+def test_a_rejected_offer_is_suppressed_for_d_days(start, tmp_path: Path) -> None:
+    clock = ManualClock()
+    server = start(clock=clock, policies=policy_dir(tmp_path, """
+        - id: rest-after-no
+          type: suppression
+          after: rejected
+          days: 7
+    """))
+    response = decide(server)
+    tell(server, response, "alpha", pb.OUTCOME_REJECTED)
+    for _ in range(6):
+        clock.advance(days=1)
+        result = decide(server, explain=True)
+        assert shown(result) == {"bravo", "charlie"}
+        assert reason_for(result, "alpha").policy == "rest-after-no"
+    clock.advance(days=1, seconds=1)
+    assert "alpha" in shown(decide(server))
+
+
+def test_ignored_impressions_suppress_until_a_response(start, tmp_path: Path) -> None:
+    clock = ManualClock()
+    server = start(clock=clock, policies=policy_dir(tmp_path, """
+        - id: ignored-twice
+          type: suppression
+          after: ignored
+          ignored: 2
+          days: 3
+    """))
+    for _ in range(2):
+        tell(server, decide(server), "bravo", pb.OUTCOME_IMPRESSED)
+        clock.advance(minutes=5)
+    assert "bravo" not in shown(decide(server))
+    clock.advance(days=3)
+    assert "bravo" in shown(decide(server))
+
+
+def test_a_budget_stops_an_offer_for_the_day(start, tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 11, 24, 9, 0, tzinfo=UTC))
+    server = start(clock=clock, policies=policy_dir(tmp_path, """
+        - id: three-a-day
+          type: budget
+          applies_to: {offers: [alpha]}
+          max: 3
+          counts: accepted
+          period: day
+    """))
+    for _ in range(3):
+        response = decide(server)
+        tell(server, response, "alpha", pb.OUTCOME_ACCEPTED)
+    spent = decide(server, explain=True, customer_id="another")
+    assert "alpha" not in shown(spent)
+    assert (reason_for(spent, "alpha").reason, reason_for(spent, "alpha").detail) == ("budget", "3 accepted today (max 3)")
+    clock.set(datetime(2026, 11, 25, 0, 0, 1, tzinfo=UTC))
+    assert "alpha" in shown(decide(server, customer_id="another"))
+
+
+def test_pacing_spreads_a_daily_budget_over_the_day(start, tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 11, 24, 1, 0, tzinfo=UTC))
+    server = start(clock=clock, policies=policy_dir(tmp_path, """
+        - id: paced
+          type: budget
+          applies_to: {offers: [alpha]}
+          max: 240
+          counts: decided
+          period: day
+          pacing: even
+    """))
+    # At 01:00, 1/24 of 240 (10) plus a burst of 12 (5%) may be spent: 22 decisions.
+    early = sum("alpha" in shown(decide(server, customer_id=f"c-{i}")) for i in range(40))
+    assert early == 22
+    response = decide(server, explain=True)
+    assert reason_for(response, "alpha").reason == "pacing"
+    clock.set(datetime(2026, 11, 24, 12, 0, tzinfo=UTC))  # by noon: 120 + 12
+    later = sum("alpha" in shown(decide(server, customer_id=f"d-{i}")) for i in range(150))
+    assert later == 132 - 22
+    clock.set(datetime(2026, 11, 24, 23, 59, tzinfo=UTC))
+    rest = sum("alpha" in shown(decide(server, customer_id=f"e-{i}")) for i in range(150))
+    assert 22 + later + rest == 240  # never more than the day's budget
+
+
+def test_expired_paused_draft_and_out_of_schedule_offers_never_appear(start, tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 11, 24, 12, 0, tzinfo=UTC))  # Tuesday noon
+    server = start(clock=clock, policies=policy_dir(tmp_path, offers="""
+        - {id: old, name: Old, channels: [web], valid_until: 2026-11-01}
+        - {id: future, name: Future, channels: [web], valid_from: 2026-12-01}
+        - {id: paused, name: Paused, channels: [web], status: paused}
+        - {id: drafted, name: Drafted, channels: [web], status: draft}
+        - {id: gone, name: Gone, channels: [web], status: expired}
+        - {id: weekend, name: Weekend, channels: [web], schedule: {days: [sat, sun]}}
+        - {id: mornings, name: Mornings, channels: [web], schedule: {hours: ["06:00-10:00"]}}
+    """))
+    hidden = {"old", "future", "paused", "drafted", "gone", "weekend", "mornings"}
+    for _ in range(30):
+        assert not shown(decide(server, limit=20)) & hidden
+    reasons = {e.offer_id: e.reason for e in decide(server, explain=True).explanation.offers}
+    assert {k: reasons[k] for k in hidden} == {
+        "old": "expired", "future": "not_yet_valid", "paused": "status", "drafted": "status",
+        "gone": "status", "weekend": "schedule", "mornings": "schedule",
+    }
+    clock.set(datetime(2026, 11, 28, 8, 0, tzinfo=UTC))  # Saturday morning
+    assert {"weekend", "mornings"} <= shown(decide(server, limit=20))
+
+
+def test_fallback_when_nothing_else_is_eligible(start, tmp_path: Path) -> None:
+    server = start(policies=policy_dir(tmp_path, """
+        - id: adults
+          type: eligibility
+          rule: customer.age >= 18
+    """))
+    response = decide(server, age=12)
+    assert [(o.offer_id, o.fallback, o.propensity) for o in response.offers] == [("help", True, 1.0)]
+
+
+def train_everyone_equally(server: Running, rounds: int = 40) -> None:
+    """Every offer gets the same evidence: one acceptance in three."""
+    for i in range(rounds):
+        response = decide(server, limit=3, customer_id=f"t-{i}")
+        for offer in response.offers:
+            tell(server, response, offer.offer_id, pb.OUTCOME_ACCEPTED if i % 3 == 0 else pb.OUTCOME_IMPRESSED)
+
+
+def mean_probability(server: Running, offer_id: str, n: int = 20) -> float:
+    return float(np.mean([reason_for(decide(server, explain=True, customer_id=f"m-{i}"), offer_id).probability for i in range(n)]))
+
+
+def test_levers_change_the_mix_without_retraining(start, tmp_path: Path) -> None:
+    server = start(policies=policy_dir(tmp_path), seed=5)
+    train_everyone_equally(server)
+    before = mean_probability(server, "charlie")
+    version_before = server.service.learning.version
+    files = {"set.yaml": (tmp_path / "policies" / "set.yaml").read_text().replace(
+        "{id: charlie, name: Charlie, channels: [web], value: 10}",
+        "{id: charlie, name: Charlie, channels: [web], value: 10, lever: 5}")}
+    server.admin.PublishPolicySet(apb.PublishPolicySetRequest(draft=apb.PolicySetDraft(files=files)), metadata=server.auth())
+    after = mean_probability(server, "charlie")
+    assert server.service.learning.version == version_before  # nothing was retrained
+    assert before == pytest.approx(1 / 3, abs=0.01) and after > 0.8, (before, after)
+    why = reason_for(decide(server, explain=True), "charlie")
+    assert why.lever == 5 and why.score == pytest.approx(why.predicted * why.value * why.lever * why.weight)
+
+
+def test_context_weights_multiply_the_score(start, tmp_path: Path) -> None:
+    server = start(policies=policy_dir(tmp_path, """
+        - id: risky-first
+          type: weight
+          applies_to: {offers: [bravo]}
+          weight: 'customer.risk ? 3.0 : 1.0'
+    """))
+    plain = reason_for(decide(server, explain=True, risk=False), "bravo")
+    risky = reason_for(decide(server, explain=True, risk=True), "bravo")
+    assert (plain.weight, risky.weight) == (1.0, 3.0)
+    assert risky.score == pytest.approx(3 * plain.score)
+
+
+def test_explain_accounts_for_every_offer(start, tmp_path: Path) -> None:
+    server = start(policies=policy_dir(tmp_path, """
+        - id: adults
+          type: eligibility
+          applies_to: {offers: [alpha]}
+          rule: customer.age >= 18
+    """, offers="""
+        - {id: app-only, name: App only, channels: [web, app]}
+    """.replace("[web, app]", "[web]")))
+    response = decide(server, age=10, limit=2, explain=True)
+    entries = {e.offer_id: e for e in response.explanation.offers}
+    assert set(entries) == {"alpha", "bravo", "charlie", "help", "app-only"}
+    assert entries["alpha"].reason == "eligibility" and entries["alpha"].policy == "adults"
+    assert entries["help"].reason == "fallback"
+    eligible = [e for e in response.explanation.offers if e.eligible]
+    assert sum(e.probability for e in eligible) == pytest.approx(1.0)
+    chosen = sorted((e for e in eligible if e.slot), key=lambda e: e.slot)
+    assert [e.offer_id for e in chosen] == [o.offer_id for o in response.offers]
+    assert [e.propensity for e in chosen] == [o.propensity for o in response.offers]
+    assert chosen[0].propensity == pytest.approx(chosen[0].probability)
+    assert "inverse gap weighting" in response.explanation.exploration
+    assert not decide(server).HasField("explanation")

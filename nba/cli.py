@@ -6,6 +6,7 @@
     nba policies test [DIR]            run the *_test.yaml examples
     nba policies preview DIR [--last N] [--database-url URL]
                                        what DIR would change against the live set
+    nba policies schema                the JSON Schema of a policy file
 
 Exit codes: 0 success, 1 the policy set or an example failed, 2 bad configuration or usage.
 """
@@ -131,6 +132,11 @@ def _policies(args: argparse.Namespace) -> int:
     from nba.examples import check_examples, load_examples
     from nba.policy_set import load_policy_set
 
+    if args.action == "schema":
+        from nba.policy_set import json_schema
+
+        print(json.dumps(json_schema(), indent=2))
+        return 0
     directory = Path(args.dir)
     try:
         policy_set = load_policy_set(directory)
@@ -209,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
 
     policies = commands.add_parser("policies", help="check a policy set")
     policies.add_argument(
-        "action", choices=["validate", "test", "preview"],
-        help="validate the files, run their *_test.yaml examples, or preview them against the live set",
+        "action", choices=["validate", "test", "preview", "schema"],
+        help="validate the files, run their *_test.yaml examples, preview them against the live set, "
+        "or print the JSON Schema of a policy file",
     )
     policies.add_argument("dir", nargs="?", default="policies", help="policy set folder (default: policies)")
     policies.add_argument("--last", type=int, default=1000, help="preview: logged decisions to replay (default 1000)")

@@ -10,13 +10,18 @@ import math
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 __all__ = ["DAYS", "Group", "Offer", "Schedule"]
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", max_length=128)]
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 Status = Literal["live", "draft", "paused", "expired"]
+#: a timestamp, or a date meaning midnight UTC
+Moment = Annotated[
+    datetime | None,
+    WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date"}, {"type": "null"}]}),
+]
 
 
 def _finite(value: float) -> float:
@@ -118,8 +123,8 @@ class Offer(BaseModel):
     eligibility: str = "true"
     #: only live offers are ever returned
     status: Status = "live"
-    valid_from: datetime | None = None
-    valid_until: datetime | None = None
+    valid_from: Moment = None
+    valid_until: Moment = None
     schedule: Schedule | None = None
     #: the channel's content key; channels without one use the offer id
     treatment: dict[str, str] = Field(default_factory=dict)

@@ -47,7 +47,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from nba.offers import Identifier, Offer
 
@@ -71,6 +71,11 @@ EVENT_KINDS = ("decided", "impressed", "clicked", "accepted", "rejected")
 EventKind = Literal["decided", "impressed", "clicked", "accepted", "rejected"]
 
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+#: how the published JSON schema describes a window: seconds, or text like 7d
+WINDOW_SCHEMA = WithJsonSchema(
+    {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(s|m|h|d|w)\s*$"}],
+     "description": "a window: 30m, 24h, 7d, 2w, or seconds"}
+)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -118,7 +123,11 @@ class _Policy(BaseModel):
 
     id: Identifier
     description: str = ""
-    applies_to: AppliesTo = Field(default_factory=AppliesTo)
+    applies_to: Annotated[
+        AppliesTo,
+        WithJsonSchema({"anyOf": [AppliesTo.model_json_schema(), {"const": "all"}],
+                        "description": "offers, groups and channels covered; omitted or 'all': everything"}),
+    ] = Field(default_factory=AppliesTo)
     #: a disabled policy is validated but not applied
     enabled: bool = True
 
@@ -142,7 +151,7 @@ class ContactCap(_Policy):
 
     type: Literal["contact_cap"]
     max: int = Field(ge=0)
-    window: float
+    window: Annotated[float, WINDOW_SCHEMA]
     counts: EventKind = "impressed"
     per: Literal["offer", "group", "channel", "customer"] = "offer"
 

@@ -33,10 +33,11 @@ from nba.errors import PolicySetError, Problem
 from nba.offers import Group, Identifier, Offer
 from nba.policies import ENGAGEMENT, Budget, ContactCap, EngagementRule, Policy, Suppression, Weight
 from nba.rules import Rule, RuleSyntaxError
-from nba.schema import ContextSchema, FieldSpec, SchemaDeclaration
+from nba.schema import ContextSchema, FieldSpec, FieldType
 
 __all__ = [
     "EXAMPLE_SUFFIX",
+    "PolicySetFile",
     "BoundRule",
     "CompiledOffer",
     "PolicySet",
@@ -71,7 +72,7 @@ class PolicySetFile(BaseModel):
 
     settings: SetSettings | None = None
     channels: list[Identifier] = Field(default_factory=list)
-    context_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    context_schema: dict[str, FieldType | FieldSpec] = Field(default_factory=dict, alias="schema")
     groups: dict[str, Group] = Field(default_factory=dict)
     offers: list[Offer] = Field(default_factory=list)
     policies: list[Policy] = Field(default_factory=list)
@@ -167,6 +168,18 @@ class PolicySet:
         return f"{self.number}-{self.content_hash[:12]}" if self.number else self.content_hash[:12]
 
 
+def json_schema() -> dict[str, Any]:
+    """The published JSON Schema of one policy file (``policies/policy-set.schema.json``)."""
+    schema = PolicySetFile.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "nba policy set file"
+    schema["description"] = (
+        "One *.yaml file of an nba policy set. All files of the folder together declare channels, "
+        "the context schema, groups, offers and policies."
+    )
+    return schema
+
+
 def read_files(directory: str | Path) -> dict[str, str]:
     """The set's files in ``directory`` (``*.yaml``, examples excluded), by name."""
     root = Path(directory)
@@ -251,14 +264,8 @@ class _Builder:
                     self.error(f"settings already given in {settings_file} (give them once)", file=name, field="settings")
                 settings, settings_file = doc.settings, name
             channels.extend(c for c in doc.channels if c not in channels)
-            try:
-                declared = SchemaDeclaration.parse(doc.context_schema)
-            except ValidationError as exc:
-                for err in exc.errors():
-                    path = ".".join(str(p) for p in err["loc"][1:2])
-                    self.error(err["msg"].removeprefix("Value error, "), file=name, field=f"schema.{path}")
-                declared = SchemaDeclaration()
-            for path, spec in declared.fields.items():
+            declared = {k: v if isinstance(v, FieldSpec) else FieldSpec(type=v) for k, v in doc.context_schema.items()}
+            for path, spec in declared.items():
                 if path in schema_fields and schema_fields[path] != spec:
                     self.error("declared twice with different types", file=name, field=f"schema.{path}")
                 schema_fields[path] = spec

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 __all__ = ["ContextSchema", "FieldSpec", "field_paths"]
 
@@ -55,18 +55,6 @@ class FieldSpec(BaseModel):
         if (self.min is not None or self.max is not None) and self.type != "number":
             raise ValueError("min and max apply to numbers only")
         return self
-
-
-class SchemaDeclaration(BaseModel):
-    """What a file may say under ``schema:``: a path maps to a type or a full spec."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    fields: dict[str, FieldSpec] = Field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, raw: Mapping[str, Any]) -> SchemaDeclaration:
-        return cls(fields={k: {"type": v} if isinstance(v, str) else v for k, v in raw.items()})
 
 
 def field_paths(source: str) -> list[tuple[str, int]]:

@@ -142,3 +142,24 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_a_missing_folder_says_how_to_point_at_one(tmp_path: Path) -> None:
     with pytest.raises(PolicySetError, match="NBA_POLICIES"):
         load_catalogue(tmp_path / "nowhere")
+
+
+def test_the_published_json_schema_is_current_and_accepts_the_sample_files() -> None:
+    import json
+
+    import jsonschema
+    import yaml
+
+    from nba.policy_set import json_schema
+
+    published = json.loads((POLICIES / "policy-set.schema.json").read_text())
+    assert published == json_schema(), "run: .venv/bin/nba policies schema > policies/policy-set.schema.json"
+    validator = jsonschema.Draft202012Validator(published)
+    for path in POLICIES.glob("*.yaml"):
+        if not path.name.endswith("_test.yaml"):
+            # As an editor sees it: timestamps are text, not the datetimes PyYAML makes of them.
+            document = json.loads(json.dumps(yaml.safe_load(path.read_text()), default=lambda v: v.isoformat()))
+            errors = [e.message for e in validator.iter_errors(document)]
+            assert errors == [], (path.name, errors)
+    bad = {"offers": [{"id": "x", "name": "X", "channels": ["web"], "eligibilty": "true"}]}
+    assert list(validator.iter_errors(bad))  # the misspelt key is caught by editors too

@@ -73,8 +73,8 @@ class Learner:
         """Ranks ``k`` of ``arm_ids`` for this context, drawing each slot from an explicit
         distribution.
 
-        ``weights`` multiply the expected rewards before exploring (the business value of a
-        success); gaps are measured in units of the largest weight.
+        ``weights`` multiply the expected rewards, floored at zero, before exploring (the
+        business value of a success); gaps are measured in units of the largest weight.
         """
         if k < 0:
             raise ValueError(f"k must be non-negative, got {k}")
@@ -104,7 +104,11 @@ class Learner:
         w = np.asarray(weights, dtype=float)
         if w.shape != predicted.shape:
             raise ValueError(f"weights has {w.shape[0]} values for {len(arm_ids)} arms")
-        return predicted, predicted * w, float(np.abs(w).max()) if len(w) else 1.0
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ValueError("weights must be finite and non-negative")
+        # A weight is the value of a success: an estimate below zero would turn a larger value
+        # into a lower score, so estimates are floored at zero before weighting.
+        return predicted, np.maximum(predicted, 0.0) * w, float(w.max()) if len(w) else 1.0
 
     def update(
         self,

@@ -100,7 +100,7 @@ class Featurizer:
                 var = self._stats.get(key)
                 if var is None:
                     var = self._stats[key] = stats.Var()
-                var.update(float(value))
+                var.update(_bounded(value))
 
     def transform_one(self, context: Mapping[str, Any]) -> np.ndarray:
         """Returns the feature vector for ``context``; does not learn from it."""
@@ -127,7 +127,7 @@ class Featurizer:
             if value:
                 self._set(x, key, 1.0)
         elif _is_number(value):
-            x_ = float(value)
+            x_ = _bounded(value)
             var = self._stats.get(key)
             if var is not None:
                 x_ -= var.mean.get()
@@ -166,6 +166,15 @@ class Featurizer:
         state["_slots"] = {}
         state["_excluded"] = {}
         return state
+
+
+#: raw numbers beyond this magnitude are treated as this: one absurd value must not ruin the
+#: running variance of a feature for good
+RAW_LIMIT = 1e9
+
+
+def _bounded(value: float) -> float:
+    return max(-RAW_LIMIT, min(RAW_LIMIT, float(value)))
 
 
 def _is_number(value: Any) -> bool:

@@ -33,6 +33,10 @@ class LinearBandit(Learner):
         Ridge regularisation: the weight of the prior that every arm earns 0.
     exploration
         How estimates become probabilities; ``InverseGapWeighting()`` by default.
+    forget
+        In (0, 1]: below 1, every new observation of an arm discounts its older ones by this
+        factor, so the learner follows drifting preferences (0.99 halves the weight of
+        evidence after about 70 newer observations).
     prior
         The expected reward of an arm nothing is known about yet. The model learns each arm's
         difference from it, so before any evidence every arm is estimated at ``prior`` (and
@@ -61,16 +65,18 @@ class LinearBandit(Learner):
         clip: float = 5.0,
         exclude: Iterable[str] = (),
         prior: float = 0.0,
+        forget: float = 1.0,
         seed: int | None = None,
     ) -> None:
         super().__init__(exploration or InverseGapWeighting(), seed)
         self.n_features = n_features
         self.alpha = alpha
         self.prior = prior
+        self.forget = forget
         self.clip = clip
         self.exclude = tuple(exclude)
         self._featurizer = Featurizer(n_features, clip, self.exclude)
-        self._model = RidgeArms(self._featurizer.dim, alpha)
+        self._model = RidgeArms(self._featurizer.dim, alpha, forget)
 
     def count(self, arm_id: Hashable) -> int:
         """How many observations ``arm_id`` has learned from."""

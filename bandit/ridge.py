@@ -9,6 +9,10 @@ order events arrive in does not change where the model ends up.
 Estimates for all eligible arms are one matrix-vector product over stacked rows; arms never
 updated share row 0, the prior (theta = 0).
 
+With ``forget`` below 1 each new observation of an arm discounts its earlier ones
+geometrically (A <- forget A + x x^T), so the estimate follows preferences that drift; the
+order of events then matters.
+
 Li, Chu, Langford & Schapire (2010), "A Contextual-Bandit Approach to Personalized News Article
 Recommendation", WWW (the disjoint linear model).
 """
@@ -32,13 +36,16 @@ class RidgeArms:
     (0.99, 0.0)
     """
 
-    def __init__(self, dim: int, alpha: float = 1.0) -> None:
+    def __init__(self, dim: int, alpha: float = 1.0, forget: float = 1.0) -> None:
         if dim < 1:
             raise ValueError(f"dim must be at least 1, got {dim}")
         if not alpha > 0:
             raise ValueError(f"alpha must be positive, got {alpha}")
+        if not 0 < forget <= 1:
+            raise ValueError(f"forget must be within (0, 1], got {forget}")
         self.dim = dim
         self.alpha = alpha
+        self.forget = forget
         self._rows: dict[Hashable, int] = {}
         capacity = 8
         self._ainv = np.empty((capacity, dim, dim))
@@ -69,6 +76,11 @@ class RidgeArms:
         row = self._row(arm_id)
         ainv = self._ainv[row]
         if previous_reward is None:
+            if self.forget < 1.0:
+                # Discounted ridge: A <- forget * A + x x^T, b <- forget * b + r x, so evidence
+                # loses weight geometrically with every newer observation of the arm.
+                ainv /= self.forget
+                self._b[row] *= self.forget
             ax = ainv @ x
             ainv -= np.outer(ax, ax) / (1.0 + x @ ax)
             self._b[row] += reward * x

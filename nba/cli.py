@@ -7,6 +7,10 @@
     nba policies preview DIR [--last N] [--database-url URL]
                                        what DIR would change against the live set
     nba policies schema                the JSON Schema of a policy file
+    nba evaluate [--log FILE.jsonl | --database-url URL] [--policy SPEC ...] [--truth truth.json]
+                                       estimate what other policies would have earned
+    nba simulate [--address HOST:PORT] [--decisions N] [--population FILE] [--out DIR]
+                                       drive a running service with a synthetic population
 
 Exit codes: 0 success, 1 the policy set or an example failed, 2 bad configuration or usage.
 """
@@ -197,6 +201,73 @@ def _preview(args: argparse.Namespace, draft: Any) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from nba.evaluation import evaluate, from_jsonl, from_store, parse_target
+    from nba.evaluation.logs import LogError
+    from nba.evaluation.report import html_report, table
+    from nba.evaluation.truth import Truth
+
+    try:
+        targets = [parse_target(spec) for spec in (args.policy or ["logged", "uniform", "popular", "learner"])]
+    except (ValueError, PolicySetError) as exc:
+        raise ConfigError(f"--policy {exc}") from None
+    since, until = _date(args.since, "--since"), _date(args.until, "--until")
+    try:
+        if args.log:
+            decisions = from_jsonl(args.log, args.default_reward)
+            decisions = [d for d in decisions if (since is None or d.decided_at >= since) and (until is None or d.decided_at < until)]
+            source = args.log
+        else:
+            from nba.store import Store, open_engine
+
+            settings = _settings(args)
+            decisions = from_store(Store(open_engine(settings.database_url)), since, until, args.include_open, args.default_reward)
+            source = settings.database_url
+    except (LogError, OSError) as exc:
+        print(f"nba: {exc}", file=sys.stderr)
+        return 1
+    if not decisions:
+        print("nba: no logged decisions to evaluate" + ("" if args.include_open or args.log else
+              " (decisions whose reward windows are still open are left out; see --include-open)"), file=sys.stderr)
+        return 1
+    truth = Truth.load(args.truth) if args.truth else None
+    curves: dict[str, Any] = {}
+    estimates = evaluate(decisions, targets, n_bootstrap=args.bootstrap, seed=args.seed, truth=truth, curves=curves)
+    print(f"{len(decisions)} decisions from {source}")
+    print(table(estimates))
+    html_path = Path(args.html) if args.html else (Path(args.log).with_suffix(".evaluation.html") if args.log else Path("evaluation.html"))
+    html_path.write_text(html_report(estimates, decisions, curves, source), encoding="utf-8")
+    print(f"\nreport: {html_path}")
+    if args.json:
+        Path(args.json).write_text(json.dumps([vars(e) for e in estimates], indent=2, default=str))
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from nba.simulation import Population, Simulator, curve_table, write_outputs
+
+    try:
+        population = Population.load(args.population)
+        simulator = Simulator(
+            args.address, population, decisions=args.decisions, seed=args.seed, drift_at=args.drift_at,
+            delay=args.delay, reject_rate=args.reject_rate, concurrency=args.concurrency, block=args.block,
+            progress=None if args.quiet else sys.stderr,
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        result = simulator.run()
+    except (ConnectionError, RuntimeError) as exc:
+        print(f"nba: {exc}", file=sys.stderr)
+        return 1
+    print(curve_table(result))
+    paths = write_outputs(result, Path(args.out))
+    rate = args.decisions / result.seconds if result.seconds else 0.0
+    print(f"\n{args.decisions} decisions in {result.seconds:.1f} s ({rate:.0f}/s); wrote {', '.join(str(p) for p in paths)}")
+    print(f"evaluate it: nba evaluate --include-open --truth {paths[2]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nba", description="Next-best-action decisioning service.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -212,6 +283,40 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
     export.add_argument("--database-url", dest="database_url", help="decision log database (NBA_DATABASE_URL)")
     export.set_defaults(run=_export)
+
+    evaluate = commands.add_parser("evaluate", help="estimate what other policies would have earned, from the log")
+    evaluate.add_argument("--log", help="a JSON Lines log (nba export's format, or the minimal one); default: the database")
+    evaluate.add_argument("--database-url", dest="database_url", help="the decision log (NBA_DATABASE_URL)")
+    evaluate.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
+    evaluate.add_argument(
+        "--policy", action="append",
+        help="a policy to evaluate, repeatable: logged, uniform, popular, learner[:k=v,...], draft:DIR "
+        "(name=... to label it; default: logged, uniform, popular, learner)",
+    )
+    evaluate.add_argument("--since", help="only decisions at or after this time (ISO 8601)")
+    evaluate.add_argument("--until", help="only decisions before this time (ISO 8601)")
+    evaluate.add_argument("--include-open", action="store_true", help="include decisions whose reward windows are still open")
+    evaluate.add_argument("--default-reward", type=float, default=0.0, help="reward of a shown offer with no feedback (default 0)")
+    evaluate.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples for the intervals (default 500)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the replayed learners")
+    evaluate.add_argument("--truth", help="truth.json from nba simulate: report each policy's true value too")
+    evaluate.add_argument("--html", help="where to write the HTML report (default: beside the log)")
+    evaluate.add_argument("--json", help="also write the estimates as JSON here")
+    evaluate.set_defaults(run=_evaluate)
+
+    simulate = commands.add_parser("simulate", help="drive a running service with a synthetic population")
+    simulate.add_argument("--address", default="localhost:50051", help="the service (default localhost:50051)")
+    simulate.add_argument("--decisions", type=int, default=10_000, help="how many (default 10000)")
+    simulate.add_argument("--population", help="a population YAML file (default: one for the sample policy set)")
+    simulate.add_argument("--drift-at", type=float, default=0.5, help="share of the run after which preferences change (default 0.5; 1: never)")
+    simulate.add_argument("--delay", type=float, default=20.0, help="mean delay of an acceptance or rejection, in decisions (default 20)")
+    simulate.add_argument("--reject-rate", type=float, default=0.2, help="share of non-acceptances reported as rejections (default 0.2)")
+    simulate.add_argument("--concurrency", type=int, default=4, help="parallel callers (default 4)")
+    simulate.add_argument("--block", type=int, default=1000, help="decisions per point of the learning curve (default 1000)")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--out", default="simulation", help="folder for curve.csv, learning_curve.png, truth.json")
+    simulate.add_argument("--quiet", action="store_true", help="no progress bar")
+    simulate.set_defaults(run=_simulate)
 
     policies = commands.add_parser("policies", help="check a policy set")
     policies.add_argument(

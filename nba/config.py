@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from nba.feedback import RewardWindows
+
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 
@@ -44,6 +46,9 @@ class Settings(BaseModel):
     # The learner.
     learner_features: int = Field(128, ge=1, le=4096, description="hashed feature slots per offer")
     learner_alpha: float = Field(1.0, gt=0, description="ridge regularisation")
+    learner_forget: float = Field(
+        1.0, gt=0, le=1, description="below 1, each new observation of an offer discounts its older ones (drift)"
+    )
     learner_prior: float = Field(
         0.05, description="expected reward of an offer before any evidence (so value and levers rank from the start)"
     )
@@ -62,6 +67,15 @@ class Settings(BaseModel):
     reward_clicked: float = Field(0.3, description="reward of a click")
     reward_accepted: float = Field(1.0, description="reward of an acceptance")
     reward_rejected: float = Field(0.0, description="reward of a rejection")
+    reward_default: float = Field(0.0, description="reward of an offer with no feedback when its windows close")
+    # Reward windows: how long after a decision each outcome still counts.
+    window_impressed_seconds: float = Field(3600.0, gt=0, description="reward window of impressions")
+    window_clicked_seconds: float = Field(86400.0, gt=0, description="reward window of clicks")
+    window_accepted_seconds: float = Field(7 * 86400.0, gt=0, description="reward window of acceptances")
+    window_rejected_seconds: float = Field(7 * 86400.0, gt=0, description="reward window of rejections")
+    window_check_seconds: float = Field(
+        30.0, ge=0, description="how often closed reward windows are looked for (0: at every log write)"
+    )
 
     # The decision log.
     request_id_ttl_seconds: float = Field(
@@ -113,6 +127,17 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def windows(self) -> RewardWindows:
+        return RewardWindows(
+            {
+                "impressed": self.window_impressed_seconds,
+                "clicked": self.window_clicked_seconds,
+                "accepted": self.window_accepted_seconds,
+                "rejected": self.window_rejected_seconds,
+            },
+            self.reward_default,
+        )
 
     def rewards(self) -> dict[str, float]:
         return {

@@ -35,6 +35,8 @@ from nba.screening import screen
 __all__ = ["DecideInput", "DecisionRecord", "Decider", "new_decision_id"]
 
 MAX_ID_LENGTH = 256
+#: value x levers x weights is capped here, so no context can overflow a score
+MAX_MULTIPLIER = 1e9
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ class Decider:
         if eligible:
             limit = max(1, request.limit)
             factors = [(v.offer.offer.value, v.offer.lever, v.weight) for v in eligible]
-            multipliers = np.fromiter((a * b * c for a, b, c in factors), dtype=float, count=len(factors))
+            multipliers = np.fromiter((min(a * b * c, MAX_MULTIPLIER) for a, b, c in factors), dtype=float, count=len(factors))
             ids = [v.offer.id for v in eligible]
             draw, model_version, exploration = self._learning.draw(ids, features, limit, multipliers)
             slot_of = {index: (slot, p) for slot, (index, p) in enumerate(draw.slots, start=1)}

@@ -3,13 +3,20 @@
 A (decision, offer) pair is one observation for the learner, however many events report on
 it. Its reward is that of its furthest outcome:
 
-    impressed (stage 1) < clicked (stage 2) < accepted = rejected (stage 3)
+    impressed (stage 1) < clicked (stage 2) < rejected (stage 3) < accepted (stage 4)
 
 The first event of a pair teaches the learner the observation with that event's reward; a
 further outcome (a click after the impression) revises the reward of the same observation; an
-outcome that is not further (an impression after the acceptance) is stored but changes
-nothing (``applied`` is false). So the learner ends in the same place whatever order the
+outcome that is not further (an impression after the acceptance, a second click) is stored
+but changes nothing (``applied`` is false). An acceptance outranks a rejection (a customer who
+said no and then yes did accept). So the learner ends in the same place whatever order the
 events arrive in, and a pair is never counted twice.
+
+Rewards that arrive late, or never: each outcome has a reward window from the decision
+(``RewardWindows``). An event arriving after its outcome's window is stored and reported
+(``late``) but not learned. When the longest window closes, every offer of the decision that
+had no feedback at all gets the default reward, exactly once, as a ``no_response`` event, so
+that learning and evaluation are not biased towards the customers who answer.
 """
 
 from __future__ import annotations
@@ -25,10 +32,22 @@ from nba import metrics
 from nba.clock import Clock, SystemClock
 from nba.errors import InvalidArgument, NotFound, Unavailable
 
-__all__ = ["OUTCOMES", "FeedbackEvent", "FeedbackIntake", "FeedbackResult", "PairState", "resolve"]
+__all__ = [
+    "NO_RESPONSE",
+    "OUTCOMES",
+    "FeedbackEvent",
+    "FeedbackIntake",
+    "FeedbackResult",
+    "PairState",
+    "RewardWindows",
+    "resolve",
+]
+
+#: the outcome recorded when a decision's reward window closes without feedback
+NO_RESPONSE = "no_response"
 
 #: outcome name -> stage; names match the proto enum without its OUTCOME_ prefix
-OUTCOMES: dict[str, int] = {"impressed": 1, "clicked": 2, "accepted": 3, "rejected": 3}
+OUTCOMES: dict[str, int] = {"impressed": 1, "clicked": 2, "rejected": 3, "accepted": 4}
 
 
 @dataclass(frozen=True)
@@ -46,12 +65,30 @@ class FeedbackEvent:
     customer_id: str = ""
     channel: str = ""
     group: str = ""
+    #: when the decision was made: the reward windows run from it
+    decided_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
             raise InvalidArgument(f"outcome: must be one of {', '.join(OUTCOMES)}")
         if not math.isfinite(self.reward):
             raise InvalidArgument(f"reward: must be a finite number, got {self.reward}")
+
+
+@dataclass(frozen=True)
+class RewardWindows:
+    """How long after a decision each outcome still counts, in seconds, and the reward of an
+    offer that got no feedback at all by the time the longest window closed."""
+
+    seconds: Mapping[str, float]
+    default_reward: float = 0.0
+
+    @property
+    def longest(self) -> float:
+        return max(self.seconds.values())
+
+    def late(self, outcome: str, decided_at: datetime, received_at: datetime) -> bool:
+        return (received_at - decided_at).total_seconds() > self.seconds[outcome]
 
 
 @dataclass(frozen=True)
@@ -72,6 +109,8 @@ class FeedbackResult:
     feedback_id: int | None = None
     #: the pair's reward before this event, when the event revises an earlier one
     previous_reward: float | None = None
+    #: the event arrived after its outcome's reward window: stored, not learned
+    late: bool = False
 
 
 def resolve(previous: PairState | None, event: FeedbackEvent) -> tuple[bool, PairState, float | None]:
@@ -88,7 +127,7 @@ def resolve(previous: PairState | None, event: FeedbackEvent) -> tuple[bool, Pai
     stage = OUTCOMES[event.outcome]
     if previous is None:
         return True, PairState(stage, event.reward), None
-    if stage >= previous.stage:
+    if stage > previous.stage:
         return True, PairState(stage, event.reward), previous.reward
     return False, previous, None
 
@@ -158,6 +197,7 @@ class FeedbackIntake:
             customer_id=decision.customer_id,
             channel=decision.channel,
             group=decision.offer(offer_id).get("group", ""),
+            decided_at=decision.created_at,
         )
         future = self._log.submit_feedback(event)
         try:
@@ -166,7 +206,7 @@ class FeedbackIntake:
             raise Unavailable(
                 f"feedback not confirmed durable within {self._timeout:g}s; retry with the same event_id"
             ) from None
-        kind = "duplicate" if result.duplicate else "applied" if result.applied else "stored"
+        kind = "duplicate" if result.duplicate else "late" if result.late else "applied" if result.applied else "stored"
         metrics.FEEDBACK.labels(outcome, kind).inc()
         return result
 

@@ -51,6 +51,7 @@ def build_learner(settings: Settings) -> Learner:
         n_features=settings.learner_features,
         alpha=settings.learner_alpha,
         prior=settings.learner_prior,
+        forget=settings.learner_forget,
         exploration=InverseGapWeighting(settings.learner_gamma_scale, settings.learner_gamma_exponent),
         exclude=settings.learner_exclude,
         seed=settings.seed,

@@ -44,3 +44,7 @@ POLICY_RELOAD_FAILURES = Counter(
     "nba_policy_reload_failures_total", "Changes of the policies folder refused as invalid (the live set stayed)"
 )
 CONTACT_CUSTOMERS = Gauge("nba_contact_history_customers", "Customers whose contact history is held in memory")
+WINDOWS_CLOSED = Counter("nba_reward_windows_closed_total", "Decisions whose reward windows closed")
+NO_RESPONSE = Counter(
+    "nba_no_response_total", "Offers that got the default reward because no feedback came before their windows closed"
+)

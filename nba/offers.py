@@ -84,6 +84,8 @@ def _parse_range(text: str) -> tuple[time, time]:
         start, end = (time.fromisoformat(part.strip()) for part in text.split("-"))
     except ValueError:
         raise ValueError(f"{text!r} is not a range like 09:00-17:30") from None
+    if start.tzinfo is not None or end.tzinfo is not None:
+        raise ValueError(f"{text!r}: hours are in the policy set's timezone (settings.timezone); drop the offset")
     if start == end:
         raise ValueError(f"{text!r} is empty (starts and ends at the same time)")
     return start, end

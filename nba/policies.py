@@ -44,6 +44,7 @@ Rules may use the request variables (``context``, ``customer``, ``channel``, ``c
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -70,6 +71,8 @@ ENGAGEMENT = ("eligibility", "applicability", "suitability")
 EVENT_KINDS = ("decided", "impressed", "clicked", "accepted", "rejected")
 EventKind = Literal["decided", "impressed", "clicked", "accepted", "rejected"]
 
+#: the longest window or suppression a policy may use
+MAX_DAYS = 3650
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 #: how the published JSON schema describes a window: seconds, or text like 7d
 WINDOW_SCHEMA = WithJsonSchema(
@@ -92,8 +95,10 @@ def parse_window(value: Any) -> float:
         if not match:
             raise ValueError(f"{value!r} is not a window like 30m, 24h, 7d or 2w")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
+    if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"{value!r} must be longer than zero")
+    if seconds > MAX_DAYS * 86400:
+        raise ValueError(f"{value!r} is longer than {MAX_DAYS} days")
     return seconds
 
 
@@ -168,7 +173,7 @@ class Suppression(_Policy):
     type: Literal["suppression"]
     after: Literal["rejected", "ignored"] = "rejected"
     ignored: int = Field(default=3, ge=1)
-    days: float = Field(gt=0)
+    days: float = Field(gt=0, le=MAX_DAYS)
     per: Literal["offer", "group"] = "offer"
 
 

@@ -19,6 +19,7 @@ Sections a file may hold (each optional; together they must declare channels)::
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 EXAMPLE_SUFFIX = "_test.yaml"
+
+log = logging.getLogger(__name__)
 
 
 class SetSettings(BaseModel):
@@ -213,10 +216,15 @@ def parse_policy_set(files: Mapping[str, str], now: datetime | None = None) -> P
     from nba.checks import static_checks  # checks need a compiled set
 
     builder = _Builder(now or datetime.now(UTC))
-    policy_set = builder.build(files)
+    try:
+        policy_set = builder.build(files)
+        if policy_set is not None:
+            policy_set.warnings = builder.problems + static_checks(policy_set, builder.now)
+    except Exception as exc:  # a file that trips something unforeseen is refused, never a crash
+        log.exception("validating a policy set failed")
+        raise PolicySetError([*builder.problems, Problem(f"could not be validated ({type(exc).__name__}: {exc})")]) from None
     if policy_set is None:
         raise PolicySetError(builder.problems)
-    policy_set.warnings = builder.problems + static_checks(policy_set, builder.now)
     errors = [p for p in policy_set.warnings if p.severity == "error"]
     if errors:
         raise PolicySetError(policy_set.warnings)
@@ -269,6 +277,11 @@ class _Builder:
                 if path in schema_fields and schema_fields[path] != spec:
                     self.error("declared twice with different types", file=name, field=f"schema.{path}")
                 schema_fields[path] = spec
+        for path, spec in schema_fields.items():
+            inner = next((p for p in schema_fields if p.startswith(path + ".")), None)
+            if inner is not None and spec.type != "map":
+                self.error(f"is a {spec.type}, so '{inner}' cannot be below it (declare it a map, or drop one)",
+                           field=f"schema.{path}")
             for group_name, group in doc.groups.items():
                 if group_name in groups:
                     self.error(f"group '{group_name}' already declared in {group_files[group_name]}", file=name, field="groups")
@@ -400,6 +413,9 @@ class _Builder:
         for channel in target.channels:
             if channel not in channels:
                 self.error(f"channel '{channel}' not declared", file=name, policy=policy.id, field="applies_to.channels")
+        if isinstance(policy, Budget) and target.channels:
+            self.error("a budget counts events on every channel: it cannot be restricted to channels "
+                       "(give the channel its own offer instead)", file=name, policy=policy.id, field="applies_to.channels")
 
     def _rule(self, source: str, schema: ContextSchema, **where: str) -> Rule | None:
         try:
@@ -423,8 +439,18 @@ class _Builder:
     ) -> CompiledOffer:
         literal = offer.as_cel()
         rules: dict[str, list[BoundRule]] = {kind: [] for kind in ENGAGEMENT}
+
+        def bind(rule: Rule, **where: str) -> Rule | None:
+            try:
+                return rule.bind(literal)
+            except RuleSyntaxError as exc:
+                self.error(f"cannot be applied to offer '{offer.id}': {exc}", **where)
+                return None
+
         if own is not None and own.source.strip() != "true":
-            rules["eligibility"].append(BoundRule("eligibility", f"{offer.id}.eligibility", own.bind(literal)))
+            bound = bind(own, file=name, offer=offer.id, field="eligibility")
+            if bound is not None:
+                rules["eligibility"].append(BoundRule("eligibility", f"{offer.id}.eligibility", bound))
         caps: list[ContactCap] = []
         suppressions: list[Suppression] = []
         budgets: list[Budget] = []
@@ -436,9 +462,13 @@ class _Builder:
                 continue  # the last resort answers only to policies that name it
             channels = frozenset(policy.applies_to.channels)
             if isinstance(policy, EngagementRule) and policy.id in templates:
-                rules[policy.type].append(BoundRule(policy.type, policy.id, templates[policy.id].bind(literal), channels))
+                bound = bind(templates[policy.id], policy=policy.id, field="rule")
+                if bound is not None:
+                    rules[policy.type].append(BoundRule(policy.type, policy.id, bound, channels))
             elif isinstance(policy, Weight) and policy.id in templates:
-                weights.append(BoundRule("weight", policy.id, templates[policy.id].bind(literal), channels))
+                bound = bind(templates[policy.id], policy=policy.id, field="weight")
+                if bound is not None:
+                    weights.append(BoundRule("weight", policy.id, bound, channels))
             elif isinstance(policy, ContactCap):
                 caps.append(policy)
             elif isinstance(policy, Suppression):

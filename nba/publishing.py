@@ -147,14 +147,15 @@ class Publisher:
         digest = content_hash(files) if files else None
         if digest == self._folder_hash or not files:
             return False
-        self._folder_hash = digest
         try:
             published = self.publish(files, actor="policies folder", source="file", comment=str(self._folder))
         except PolicySetError as exc:
+            self._folder_hash = digest  # refused for good: wait for the next change
             metrics.POLICY_RELOAD_FAILURES.inc()
             log.error("the changed policies folder is invalid; the live set is unchanged",
                       extra={"problems": exc.messages})
             return False
+        self._folder_hash = digest
         return not published.unchanged
 
     def check_database(self) -> bool:

@@ -106,7 +106,9 @@ class Rule:
                 f'_group_contacts[{cel_literal(offer["group"])}] : _no_contacts)'
             ),
         }
-        return Rule(_substitute(self.source, replacements), _bound=True)
+        bound = Rule(_substitute(self.source, replacements), _bound=True)
+        bound.uses = self.uses  # what the rule names, not what it was rewritten into
+        return bound
 
     def evaluate(self, context: cel.Context) -> tuple[bool, str | None]:
         """Returns (result, why it could not be evaluated, or None)."""
@@ -134,6 +136,8 @@ class Rule:
             return None, f"type mismatch: {str(exc).split('.')[0]}"
         except (RuntimeError, ValueError) as exc:
             return None, str(exc).split(". ")[0]
+        except Exception as exc:  # IndexError, OverflowError, ZeroDivisionError, ...: never the caller's
+            return None, f"{type(exc).__name__}: {exc}"
 
 
 def activation(
@@ -176,9 +180,9 @@ def cel_literal(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(float(value))
     if isinstance(value, str):
-        return json.dumps(value)
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{json.dumps(str(k))}: {cel_literal(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{json.dumps(str(k), ensure_ascii=False)}: {cel_literal(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(cel_literal(v) for v in value) + "]"
     if value is None:

@@ -40,6 +40,8 @@ REASONS = (
 )
 #: a daily budget under even pacing may run this share of the day ahead (at least 1 event)
 PACING_BURST = 0.05
+#: one context weight counts at most this much (a weight of 1e308 must not overflow a score)
+MAX_WEIGHT = 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +131,7 @@ class _State:
             if error is not None:
                 errors.append(f"{bound.policy}: {error}")
             else:
-                weight *= max(0.0, value)
+                weight *= min(max(0.0, value), MAX_WEIGHT)
         return Verdict(compiled, True, weight=weight, weight_errors=tuple(errors))
 
     def _contact(self, compiled: CompiledOffer) -> Verdict | None:

@@ -90,8 +90,10 @@ class Service:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
+        self._last_compaction = 0.0
+        self._last_window_check = 0.0
         self.engine = open_engine(settings.database_url)
-        self.store = Store(self.engine)
+        self.store = Store(self.engine, settings.windows())
         self.learning = LearningLoop(build_learner(settings), settings.snapshot_seconds)
         started = time.perf_counter()
         replayed = self.learning.restore(self.store, settings.seed)
@@ -149,7 +151,6 @@ class Service:
         self.metrics_port: int | None = None
         self._metrics_server: Any = None
         self._stopped = threading.Event()
-        self._last_compaction = 0.0
 
     @property
     def policy_set(self) -> PolicySet:
@@ -167,6 +168,9 @@ class Service:
         metrics.CONTACT_CUSTOMERS.set(len(self.contacts))
 
     def _after_write(self) -> None:
+        if time.monotonic() - self._last_window_check >= self.settings.window_check_seconds:
+            self._last_window_check = time.monotonic()
+            self.log.close_windows(self.clock.now())
         self.learning.maybe_snapshot(self.store)
         now = self.clock.now().timestamp()
         if time.monotonic() - self._last_compaction >= COMPACTION_SECONDS:

@@ -48,15 +48,23 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             outcome = pb.Outcome.Name(request.outcome).removeprefix("OUTCOME_").lower()
         except ValueError:
             outcome = f"unknown value {request.outcome}"
+        occurred_at = None
+        if request.HasField("occurred_at"):
+            try:
+                occurred_at = request.occurred_at.ToDatetime(UTC)
+            except (ValueError, OverflowError, OSError):
+                raise InvalidArgument(
+                    f"occurred_at: {request.occurred_at.seconds}s {request.occurred_at.nanos}ns is not a valid time"
+                ) from None
         result = self._intake.receive(
             event_id=request.event_id,
             decision_id=request.decision_id,
             offer_id=request.offer_id,
             outcome=outcome,
             reward=request.reward if request.HasField("reward") else None,
-            occurred_at=request.occurred_at.ToDatetime(UTC) if request.HasField("occurred_at") else None,
+            occurred_at=occurred_at,
         )
-        return pb.FeedbackResponse(duplicate=result.duplicate, applied=result.applied, reward=result.reward)
+        return pb.FeedbackResponse(duplicate=result.duplicate, applied=result.applied, reward=result.reward, late=result.late)
 
 
 def decide_response(record: DecisionRecord, replayed: bool) -> pb.DecideResponse:

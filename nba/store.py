@@ -20,11 +20,11 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, event, func
+from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, event, func, inspect
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -35,10 +35,13 @@ from nba import metrics
 from nba.contacts import ContactEvent
 from nba.decisions import DecisionRecord
 from nba.errors import AlreadyExists, Unavailable
-from nba.feedback import OUTCOMES, FeedbackEvent, FeedbackResult, PairState, resolve
+from nba.feedback import NO_RESPONSE, OUTCOMES, FeedbackEvent, FeedbackResult, PairState, RewardWindows, resolve
 from nba.learning import LearningEvent
 
 __all__ = ["DecisionLog", "Store", "open_engine"]
+
+#: decisions whose reward windows are closed per transaction
+CLOSE_BATCH = 1000
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,7 @@ class OfferCounterRow(SQLModel, table=True):
 
 class DecisionRow(SQLModel, table=True):
     __tablename__ = "decisions"
+    __table_args__ = (Index("ix_decisions_open", "closed", "created_at"),)
 
     decision_id: str = Field(primary_key=True, max_length=64)
     request_id: str | None = Field(default=None, index=True, max_length=256)
@@ -109,6 +113,8 @@ class DecisionRow(SQLModel, table=True):
     features: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     candidates: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
     offers: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    #: its reward windows have closed: offers without feedback got the default reward
+    closed: bool = Field(default=False)
 
 
 class FeedbackRow(SQLModel, table=True):
@@ -129,6 +135,8 @@ class FeedbackRow(SQLModel, table=True):
     #: the pair's reward after this event, and before it (None: the pair's first event)
     pair_reward: float
     previous_reward: float | None = None
+    #: arrived after its outcome's reward window: stored, not learned
+    late: bool = Field(default=False)
     occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     received_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
@@ -166,7 +174,34 @@ def open_engine(url: str) -> Engine:
             cursor.close()
 
     SQLModel.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Adds columns that newer versions declare to tables an older version created.
+
+    A stop-gap for additive changes (new columns with defaults) until schema migrations
+    arrive; anything else is refused by name.
+    """
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in SQLModel.metadata.sorted_tables:
+            existing = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in existing:
+                    continue
+                if column.default is None or not isinstance(column.default.arg, (bool, int, float, str)):
+                    raise RuntimeError(
+                        f"database table {table.name} lacks column {column.name}, which cannot be added "
+                        "automatically; use a new database or migrate it"
+                    )
+                kind = column.type.compile(dialect=engine.dialect)
+                value = column.default.arg
+                literal = ("TRUE" if value else "FALSE") if isinstance(value, bool) and engine.dialect.name == "postgresql" else (
+                    str(int(value)) if isinstance(value, bool) else repr(value))
+                conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind} NOT NULL DEFAULT {literal}')
+                log.warning("added a column to an older database", extra={"table": table.name, "column": column.name})
 
 
 def _utc(value: datetime) -> datetime:
@@ -176,8 +211,9 @@ def _utc(value: datetime) -> datetime:
 class Store:
     """Synchronous access to the decision log's tables."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, windows: RewardWindows | None = None) -> None:
         self.engine = engine
+        self.windows = windows
         self._decisions = DecisionRow.__table__
         self._feedback = FeedbackRow.__table__
 
@@ -368,7 +404,11 @@ class Store:
             state = self._pair_state(conn, event.decision_id, event.offer_id)
             return FeedbackResult(duplicate=True, applied=False, reward=state.reward if state else 0.0)
         previous = self._pair_state(conn, event.decision_id, event.offer_id)
-        applied, state, previous_reward = resolve(previous, event)
+        late = self._late(conn, event)
+        if late:
+            applied, state, previous_reward = False, previous or PairState(0, 0.0), None
+        else:
+            applied, state, previous_reward = resolve(previous, event)
         feedback_id = conn.execute(
             table.insert().values(
                 event_id=event.event_id,
@@ -380,11 +420,72 @@ class Store:
                 applied=applied,
                 pair_reward=state.reward,
                 previous_reward=previous_reward,
+                late=late,
                 occurred_at=event.occurred_at,
                 received_at=event.received_at,
             )
         ).inserted_primary_key[0]
-        return FeedbackResult(False, applied, state.reward, int(feedback_id), previous_reward)
+        return FeedbackResult(False, applied, state.reward, int(feedback_id), previous_reward, late)
+
+    def _late(self, conn: Any, event: FeedbackEvent) -> bool:
+        if self.windows is None:
+            return False
+        if event.decided_at is not None and self.windows.late(event.outcome, event.decided_at, event.received_at):
+            return True
+        closed = conn.execute(
+            select(self._decisions.c.closed).where(self._decisions.c.decision_id == event.decision_id)
+        ).scalar()
+        return bool(closed)
+
+    def close_windows(self, conn: Any, now: datetime, limit: int = 1000) -> tuple[list[LearningEvent], int]:
+        """Closes the reward windows of decisions older than the longest window: each offer
+        with no feedback gets the default reward as a ``no_response`` event, exactly once (its
+        event id is unique). Returns what the learner must apply and how many decisions were
+        closed; within ``conn``'s transaction."""
+        if self.windows is None:
+            return [], 0
+        d, f = self._decisions, self._feedback
+        deadline = now - timedelta(seconds=self.windows.longest)
+        rows = conn.execute(
+            select(d.c.decision_id, d.c.created_at, d.c.offers, d.c.features)
+            .where(d.c.closed.is_(False), d.c.created_at < deadline)
+            .order_by(d.c.created_at)
+            .limit(limit)
+        ).all()
+        if not rows:
+            return [], 0
+        answered = {
+            (r.decision_id, r.offer_id)
+            for r in conn.execute(
+                select(f.c.decision_id, f.c.offer_id).where(f.c.decision_id.in_([r.decision_id for r in rows]), f.c.applied)
+            ).all()
+        }
+        learn: list[LearningEvent] = []
+        reward = self.windows.default_reward
+        for row in rows:
+            closed_at = _utc(row.created_at) + timedelta(seconds=self.windows.longest)
+            for offer in row.offers:
+                if (row.decision_id, offer["offer_id"]) in answered:
+                    continue
+                event_id = f"{NO_RESPONSE}:{row.decision_id}:{offer['offer_id']}"
+                if conn.execute(select(f.c.id).where(f.c.event_id == event_id)).first() is not None:
+                    continue  # another replica closed it first
+                feedback_id = conn.execute(
+                    f.insert().values(
+                        event_id=event_id, decision_id=row.decision_id, offer_id=offer["offer_id"],
+                        outcome=NO_RESPONSE, reward=reward, stage=0, applied=True, pair_reward=reward,
+                        previous_reward=None, late=False, occurred_at=closed_at, received_at=now,
+                    )
+                ).inserted_primary_key[0]
+                learn.append(LearningEvent(int(feedback_id), row.features, offer["offer_id"], reward, None))
+        conn.execute(d.update().where(d.c.decision_id.in_([r.decision_id for r in rows])).values(closed=True))
+        metrics.WINDOWS_CLOSED.inc(len(rows))
+        metrics.NO_RESPONSE.inc(len(learn))
+        return learn, len(rows)
+
+    def count_open_decisions(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(self._decisions).where(self._decisions.c.closed.is_(False))).scalar_one())
 
     def _pair_state(self, conn: Any, decision_id: str, offer_id: str) -> PairState | None:
         table = self._feedback
@@ -448,8 +549,11 @@ class Store:
 
     # Export -------------------------------------------------------------------------
 
-    def export(self, since: datetime | None = None, until: datetime | None = None, chunk: int = 500) -> Iterator[dict[str, Any]]:
-        """Every decision (oldest first) with its feedback joined: the JSON Lines format."""
+    def export(
+        self, since: datetime | None = None, until: datetime | None = None, chunk: int = 500, include_closed: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Every decision (oldest first) with its feedback joined: the JSON Lines format.
+        ``include_closed`` adds whether its reward windows have closed."""
         d, f = self._decisions, self._feedback
         after: tuple[datetime, str] | None = None
         while True:
@@ -470,7 +574,10 @@ class Store:
                     for fb in conn.execute(select(f).where(f.c.decision_id.in_(ids)).order_by(f.c.id)).all():
                         events[fb.decision_id].append(fb)
             for row in rows:
-                yield _export_line(_record(row), events[row.decision_id])
+                line = _export_line(_record(row), events[row.decision_id])
+                if include_closed:
+                    line["closed"] = bool(row.closed)
+                yield line
             if len(rows) < chunk:
                 return
             after = (rows[-1].created_at, rows[-1].decision_id)
@@ -629,6 +736,22 @@ class DecisionLog:
             self._cond.notify()
         return future
 
+    def close_windows(self, now: datetime, budget_seconds: float = 1.0) -> int:
+        """Closes due reward windows and teaches the learner the default rewards, a thousand
+        decisions a transaction, for at most ``budget_seconds`` (the rest wait for the next
+        call, so feedback is never held up long). Call it on the writer thread
+        (``after_write``): it must not interleave with feedback writes."""
+        started = time.monotonic()
+        total = 0
+        while True:
+            with self.store.engine.begin() as conn:
+                learn, closed = self.store.close_windows(conn, now, CLOSE_BATCH)
+            if learn:
+                self._on_learn(learn)
+            total += len(learn)
+            if closed < CLOSE_BATCH or time.monotonic() - started > budget_seconds:
+                return total
+
     def flush(self, timeout: float | None = None) -> None:
         """Waits until everything queued before this call is written."""
         marker: Future[FeedbackResult] = Future()
@@ -705,7 +828,7 @@ class DecisionLog:
         except Exception as exc:
             log.exception("decision log write failed", extra={"decisions": len(decisions), "feedback": len(feedback)})
             metrics.LOG_DROPPED.inc(len(decisions))
-            self._settle(decisions)
+            self._forget(decisions)
             for _, future in feedback:
                 future.set_exception(Unavailable(f"the decision log could not be written ({type(exc).__name__}); retry"))
             for marker in markers:
@@ -736,6 +859,15 @@ class DecisionLog:
                 future.set_result(result)
         for marker in markers:
             marker.set_result(FeedbackResult(False, False, 0.0))
+
+    def _forget(self, decisions: list[DecisionRecord]) -> None:
+        """Decisions that could not be written are forgotten: feedback for them is NOT_FOUND
+        rather than acknowledged for a decision the log does not have."""
+        with self._cache_lock:
+            for d in decisions:
+                self._pending.pop(d.decision_id, None)
+                if d.request_id and self._by_request.get(d.request_id) == d.decision_id:
+                    del self._by_request[d.request_id]
 
     def _settle(self, decisions: list[DecisionRecord]) -> None:
         """Moves written decisions from pending to the bounded cache of recent ones."""

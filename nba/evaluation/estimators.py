@@ -1,0 +1,224 @@
+"""Off-policy estimators over a logged sample, with bootstrap intervals.
+
+For logged decisions i with context x_i, chosen offer a_i, its logged probability mu_i and
+reward r_i, a target policy pi, and a reward model q(x, a):
+
+    IPS    V = 1/n sum_i w_i r_i,                 w_i = pi(a_i | x_i) / mu_i
+    SNIPS  V = sum_i w_i r_i / sum_i w_i          (self-normalised: bounded, a little biased)
+    DM     V = 1/n sum_i sum_a pi(a | x_i) q(x_i, a)
+    DR     V = DM + 1/n sum_i w_i (r_i - q(x_i, a_i))
+    IPS-slots (position-wise, for limit > 1): 1/n sum_i sum_k w_ik r_ik with w_ik the ratio
+           of the target's and the logging policy's probabilities of the offer in slot k,
+           given the offers logged above it; the expected total reward of a slate, assuming
+           a slot's reward does not depend on the other slots.
+
+Horvitz & Thompson (1952); Swaminathan & Joachims (2015), "The self-normalized estimator for
+counterfactual learning"; Dudik, Langford & Li (2011), "Doubly robust policy evaluation and
+learning"; Li et al. (2018), "Offline evaluation of ranking policies with click models".
+
+Intervals are percentile bootstrap intervals over decisions (the reward model held fixed).
+The effective sample size (sum w)^2 / sum w^2 says how many logged decisions the estimate is
+really worth. The reward model is a ridge regression per offer on the context features,
+cross-fitted over two halves of the log so that no decision is predicted by a model that saw
+its reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bandit import LinearBandit
+from nba.evaluation.logs import LoggedDecision
+from nba.evaluation.targets import TargetPolicy
+from nba.evaluation.truth import Truth
+
+__all__ = ["ESTIMATORS", "Estimate", "RewardModel", "evaluate", "interval"]
+
+ESTIMATORS = ("ips", "snips", "dm", "dr", "ips-slots")
+#: below this share of n, the effective sample size is reported as a warning
+LOW_ESS = 0.1
+#: above this mean share of target weight without logging support, a warning
+UNSUPPORTED = 0.01
+
+
+@dataclass
+class Estimate:
+    policy: str
+    estimator: str
+    value: float
+    low: float
+    high: float
+    n: int
+    ess: float
+    #: mean share of the target's first-slot weight on offers the logging policy could not choose
+    unsupported: float = 0.0
+    max_weight: float = 0.0
+    truth: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def covers_truth(self) -> bool | None:
+        return None if self.truth is None else self.low <= self.truth <= self.high
+
+
+@dataclass
+class _Trace:
+    """Per-decision terms of one target policy."""
+
+    weights: np.ndarray
+    rewards: np.ndarray
+    dm: np.ndarray
+    q_chosen: np.ndarray
+    slots: np.ndarray
+    unsupported: np.ndarray
+    truth: np.ndarray | None
+
+
+class RewardModel:
+    """q(x, a): expected reward of each offer in each logged context, cross-fitted."""
+
+    def __init__(self, decisions: Sequence[LoggedDecision], alpha: float = 1.0, features: int = 128) -> None:
+        self._predictions: list[dict[str, float]] = [{} for _ in decisions]
+        halves = [list(range(0, len(decisions), 2)), list(range(1, len(decisions), 2))]
+        for fit, predict in (halves, halves[::-1]):
+            model = LinearBandit(n_features=features, alpha=alpha, prior=_mean_reward(decisions, fit))
+            for i in fit:
+                for offer_id, _ in decisions[i].slots:
+                    model.update(offer_id, decisions[i].features, decisions[i].rewards.get(offer_id, 0.0))
+            for i in predict:
+                d = decisions[i]
+                self._predictions[i] = dict(zip(d.eligible, model.scores(d.eligible, d.features).tolist(), strict=True))
+            self._last = model
+
+    def predict(self, index: int, d: LoggedDecision, offer_ids: Sequence[str]) -> np.ndarray:
+        known = self._predictions[index]
+        missing = [a for a in offer_ids if a not in known]
+        if missing:  # offers a draft makes eligible that the log did not: extrapolate
+            known.update(zip(missing, self._last.scores(missing, d.features).tolist(), strict=True))
+        return np.array([known[a] for a in offer_ids])
+
+
+def _mean_reward(decisions: Sequence[LoggedDecision], indices: Sequence[int]) -> float:
+    rewards = [decisions[i].reward for i in indices]
+    return float(np.mean(rewards)) if rewards else 0.0
+
+
+def evaluate(
+    decisions: Sequence[LoggedDecision],
+    targets: Sequence[TargetPolicy],
+    n_bootstrap: int = 500,
+    seed: int = 0,
+    truth: Truth | None = None,
+    reward_model: RewardModel | None = None,
+    curves: dict[str, np.ndarray] | None = None,
+) -> list[Estimate]:
+    """Every estimator for every target, in the order given. ``curves``, when given, receives
+    each target's per-decision doubly robust terms (for plots of value over time)."""
+    if not decisions:
+        raise ValueError("no logged decisions to evaluate (is the log empty, or are all reward windows still open?)")
+    model = reward_model or RewardModel(decisions)
+    estimates: list[Estimate] = []
+    multi_slot = any(len(d.slots) > 1 for d in decisions)
+    for target in targets:
+        trace = _trace(decisions, target, model, truth)
+        if curves is not None:
+            curves[target.name] = trace.dm + trace.weights * (trace.rewards - trace.q_chosen)
+        estimates.extend(_estimates(target.name, trace, n_bootstrap, seed, multi_slot))
+    return estimates
+
+
+def _trace(decisions: Sequence[LoggedDecision], target: TargetPolicy, model: RewardModel, truth: Truth | None) -> _Trace:
+    n = len(decisions)
+    weights, rewards, dm, q_chosen = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+    slots, unsupported = np.zeros(n), np.zeros(n)
+    true_values = np.zeros(n) if truth is not None else None
+    for i, d in enumerate(decisions):
+        ids, pi = target.first_slot(d)
+        mu = np.array([d.logged_probability(a) for a in ids])
+        index = {a: j for j, a in enumerate(ids)}
+        j = index.get(d.chosen)
+        weights[i] = pi[j] / d.propensity if j is not None else 0.0
+        rewards[i] = d.reward
+        if len(ids):
+            q = model.predict(i, d, ids)
+            dm[i] = float(pi @ q)
+            unsupported[i] = float(pi[mu <= 0].sum())
+        q_chosen[i] = model.predict(i, d, [d.chosen])[0]
+        if true_values is not None and len(ids):
+            true_values[i] = sum(p * truth.expected(d.features, a, d.decided_at) for a, p in zip(ids, pi, strict=True))
+        slots[i] = _slot_term(d, target, ids, pi)
+        target.learn(d)
+    return _Trace(weights, rewards, dm, q_chosen, slots, unsupported, true_values)
+
+
+def _slot_term(d: LoggedDecision, target: TargetPolicy, ids: list[str], pi: np.ndarray) -> float:
+    total = 0.0
+    remaining = list(d.eligible)
+    for k, (offer_id, propensity) in enumerate(d.slots):
+        if k == 0:
+            index = {a: j for j, a in enumerate(ids)}
+            p = pi[index[offer_id]] if offer_id in index else 0.0
+        elif target.name == "logged":
+            p = propensity
+        else:
+            q = target.slot(d, remaining)
+            p = q[remaining.index(offer_id)] if offer_id in remaining else 0.0
+        total += p / propensity * d.rewards.get(offer_id, 0.0)
+        if offer_id in remaining:
+            remaining.remove(offer_id)
+    return total
+
+
+def interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _estimates(policy: str, t: _Trace, n_bootstrap: int, seed: int, multi_slot: bool) -> list[Estimate]:
+    n = len(t.weights)
+    rng = np.random.default_rng(seed)
+    terms = {
+        "ips": t.weights * t.rewards,
+        "dm": t.dm,
+        "dr": t.dm + t.weights * (t.rewards - t.q_chosen),
+    }
+    if multi_slot:
+        terms["ips-slots"] = t.slots
+    wr = t.weights * t.rewards
+    boot: dict[str, list[float]] = {k: [] for k in [*terms, "snips"]}
+    chunk = max(1, min(n_bootstrap, 5_000_000 // max(n, 1)))
+    done = 0
+    while done < n_bootstrap:
+        size = min(chunk, n_bootstrap - done)
+        idx = rng.integers(0, n, size=(size, n))
+        for name, values in terms.items():
+            boot[name].extend(values[idx].mean(axis=1).tolist())
+        w = t.weights[idx].sum(axis=1)
+        boot["snips"].extend(np.divide(wr[idx].sum(axis=1), w, out=np.zeros(size), where=w > 0).tolist())
+        done += size
+    ess = float(t.weights.sum() ** 2 / (t.weights**2).sum()) if (t.weights**2).sum() > 0 else 0.0
+    unsupported = float(t.unsupported.mean())
+    max_weight = float(t.weights.max()) if n else 0.0
+    warnings = []
+    if unsupported > UNSUPPORTED:
+        warnings.append(
+            f"{unsupported:.1%} of its weight is on offers the logging policy could not choose: "
+            "IPS and SNIPS cannot see it, DM and DR extrapolate"
+        )
+    if ess < LOW_ESS * n:
+        warnings.append(f"effective sample size {ess:.0f} of {n}: the logging policy rarely did what this policy does")
+    truth = float(t.truth.mean()) if t.truth is not None else None
+    values = {name: float(v.mean()) for name, v in terms.items()}
+    values["snips"] = float(wr.sum() / t.weights.sum()) if t.weights.sum() > 0 else 0.0
+    out = []
+    for name in ESTIMATORS:
+        if name not in values:
+            continue
+        low, high = interval(np.asarray(boot[name]))
+        out.append(Estimate(policy, name, values[name], low, high, n, ess, unsupported, max_weight,
+                            truth if name != "ips-slots" else None, list(warnings)))
+    return out

@@ -37,6 +37,14 @@ class LinearBandit(Learner):
         In (0, 1]: below 1, every new observation of an arm discounts its older ones by this
         factor, so the learner follows drifting preferences (0.99 halves the weight of
         evidence after about 70 newer observations).
+    shared
+        A pseudo-count, 0 to turn it off. Above 0, a second set of ridge models, one per arm
+        *attribute* (``set_arm_attributes``: its group, its tags, and ``*`` for every arm),
+        learns from every arm that has the attribute, and an arm's estimate blends its own
+        model with the mean of its attributes' models, with weight n / (n + shared) on its own
+        after n observations. A new arm starts from what similar arms taught, not from the
+        prior (as hybrid LinUCB's shared features do, at the cost of one more update per
+        attribute).
     prior
         The expected reward of an arm nothing is known about yet. The model learns each arm's
         difference from it, so before any evidence every arm is estimated at ``prior`` (and
@@ -66,8 +74,11 @@ class LinearBandit(Learner):
         exclude: Iterable[str] = (),
         prior: float = 0.0,
         forget: float = 1.0,
+        shared: float = 0.0,
         seed: int | None = None,
     ) -> None:
+        if shared < 0:
+            raise ValueError(f"shared must be non-negative, got {shared}")
         super().__init__(exploration or InverseGapWeighting(), seed)
         self.n_features = n_features
         self.alpha = alpha
@@ -75,15 +86,59 @@ class LinearBandit(Learner):
         self.forget = forget
         self.clip = clip
         self.exclude = tuple(exclude)
+        self.shared = shared
         self._featurizer = Featurizer(n_features, clip, self.exclude)
         self._model = RidgeArms(self._featurizer.dim, alpha, forget)
+        self._attributes = RidgeArms(self._featurizer.dim, alpha, forget)
+        self._arm_attributes: dict[Hashable, tuple[str, ...]] = {}
+        self._layouts: dict[tuple[Hashable, ...], tuple[np.ndarray, list[str]]] = {}
+
+    def set_arm_attributes(self, attributes: Mapping[Hashable, Iterable[str]]) -> None:
+        """Declares each arm's attributes (e.g. ``group=retention``, ``tag=credit-card``);
+        every arm also has ``*``. Arms not named keep only ``*``."""
+        self._arm_attributes = {arm: ("*", *dict.fromkeys(attrs)) for arm, attrs in attributes.items()}
+        self._layouts = {}
+
+    def _attributes_of(self, arm_id: Hashable) -> tuple[str, ...]:
+        return self._arm_attributes.get(arm_id, ("*",))
 
     def count(self, arm_id: Hashable) -> int:
         """How many observations ``arm_id`` has learned from."""
         return self._model.count(arm_id)
 
     def _predict(self, arm_ids: list[Hashable], context: Mapping[str, Any]) -> np.ndarray:
-        return self.prior + self._model.predict(arm_ids, self._featurizer.transform_one(context))
+        x = self._featurizer.transform_one(context)
+        own = self._model.predict(arm_ids, x)
+        if not self.shared:
+            return self.prior + own
+        # Each arm's attribute models, flattened; their mean per arm in one bincount.
+        owner, names = self._layout(arm_ids)
+        sums = np.bincount(owner, weights=self._attributes.predict(names, x), minlength=len(arm_ids))
+        from_attributes = sums / np.bincount(owner, minlength=len(arm_ids))
+        n = np.fromiter((self._model.count(a) for a in arm_ids), dtype=float, count=len(arm_ids))
+        trust = n / (n + self.shared)
+        return self.prior + trust * own + (1 - trust) * from_attributes
+
+    def _layout(self, arm_ids: list[Hashable]) -> tuple[np.ndarray, list[str]]:
+        key = tuple(arm_ids)
+        layout = self._layouts.get(key)
+        if layout is None:
+            owners: list[int] = []
+            names: list[str] = []
+            for i, arm in enumerate(arm_ids):
+                attrs = self._attributes_of(arm)
+                owners.extend([i] * len(attrs))
+                names.extend(attrs)
+            layout = (np.asarray(owners), names)
+            if len(self._layouts) > 1024:  # eligible sets repeat; a bound keeps odd ones from piling up
+                self._layouts.clear()
+            self._layouts[key] = layout
+        return layout
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_layouts"] = {}
+        return state
 
     def _update(
         self,
@@ -97,3 +152,6 @@ class LinearBandit(Learner):
         x = self._featurizer.transform_one(context)
         previous = None if previous_reward is None else previous_reward - self.prior
         self._model.learn_one(arm_id, x, reward - self.prior, previous)
+        if self.shared:
+            for attribute in self._attributes_of(arm_id):
+                self._attributes.learn_one(attribute, x, reward - self.prior, previous)

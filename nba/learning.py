@@ -52,6 +52,7 @@ def build_learner(settings: Settings) -> Learner:
         alpha=settings.learner_alpha,
         prior=settings.learner_prior,
         forget=settings.learner_forget,
+        shared=settings.learner_shared,
         exploration=InverseGapWeighting(settings.learner_gamma_scale, settings.learner_gamma_exponent),
         exclude=settings.learner_exclude,
         seed=settings.seed,
@@ -77,6 +78,7 @@ class LearningLoop:
         self._last_snapshot = time.monotonic()
         self._last_feedback_id = 0
         self._snapshot_feedback_id = 0
+        self._attributes: dict[Hashable, Sequence[str]] = {}
 
     @property
     def version(self) -> str:
@@ -105,6 +107,14 @@ class LearningLoop:
         """First-slot probabilities without drawing (what-if preview)."""
         with self._lock:
             return self._learner.distribution(arm_ids, features, weights)[0]
+
+    def describe_arms(self, attributes: Mapping[Hashable, Sequence[str]]) -> None:
+        """Tells the learner each offer's attributes (group, tags), for its shared model."""
+        self._attributes = dict(attributes)
+        with self._lock:
+            setter = getattr(self._learner, "set_arm_attributes", None)
+            if setter is not None:
+                setter(self._attributes)
 
     def scores(self, arm_ids: Sequence[Hashable], features: Mapping[str, Any]) -> np.ndarray:
         with self._lock:
@@ -140,6 +150,8 @@ class LearningLoop:
                     extra={"snapshot": stored_signature, "configured": self._signature},
                 )
         self._last_feedback_id = after
+        if self._attributes:
+            self.describe_arms(self._attributes)
         replayed = 0
         batch: list[LearningEvent] = []
         for event in store.learning_events(after):

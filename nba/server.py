@@ -94,7 +94,16 @@ class Service:
         self._last_window_check = 0.0
         self.engine = open_engine(settings.database_url)
         self.store = Store(self.engine, settings.windows())
+        self.contacts = ContactHistory(
+            self.store.contact_events, settings.contact_history_days * 86400, settings.contact_customers
+        )
+        self.counters = OfferCounters()
+        now_hour = int(self.clock.now().timestamp() // 3600)
+        self.counters.load(self.store.counter_rows(), recent_since_hour=now_hour - COUNTER_HOURS)
         self.learning = LearningLoop(build_learner(settings), settings.snapshot_seconds)
+        self.decider: Decider | None = None
+        self.publisher = Publisher(self.store, settings.policies, self._swap, self.clock)
+        live = self.publisher.start()
         started = time.perf_counter()
         replayed = self.learning.restore(self.store, settings.seed)
         log.info(
@@ -105,15 +114,6 @@ class Service:
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )
-        self.contacts = ContactHistory(
-            self.store.contact_events, settings.contact_history_days * 86400, settings.contact_customers
-        )
-        self.counters = OfferCounters()
-        now_hour = int(self.clock.now().timestamp() // 3600)
-        self.counters.load(self.store.counter_rows(), recent_since_hour=now_hour - COUNTER_HOURS)
-        self.decider: Decider | None = None
-        self.publisher = Publisher(self.store, settings.policies, self._swap, self.clock)
-        live = self.publisher.start()
         self.log = DecisionLog(
             self.store,
             on_learn=self.learning.apply,
@@ -158,6 +158,9 @@ class Service:
 
     def _swap(self, policy_set: PolicySet) -> None:
         self.contacts.horizon_seconds = max(self.settings.contact_history_days * 86400, policy_set.history_seconds)
+        self.learning.describe_arms({
+            o.id: [f"group={o.offer.group}", *(f"tag={t}" for t in o.offer.tags)] for o in policy_set.offers.values()
+        })
         if self.decider is not None:
             self.decider.policy_set = policy_set
 

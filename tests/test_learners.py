@@ -167,3 +167,31 @@ def test_linear_bandit_learns_each_segments_best_arm() -> None:
 def test_uniform_random_propensities_are_one_over_k() -> None:
     draw = UniformRandom(seed=1).pull(ARMS, {}, k=2)
     assert [p for _, p in draw.slots] == [pytest.approx(1 / 4), pytest.approx(1 / 3)]
+
+
+def test_a_new_arm_starts_from_what_similar_arms_taught() -> None:
+    learner = LinearBandit(seed=1, shared=5.0)
+    learner.set_arm_attributes({"a": ["group=cards"], "b": ["group=cards"], "c": ["group=loans"], "new": ["group=cards"]})
+    for ctx in contexts(200):
+        learner.update("a", ctx, 1.0)
+        learner.update("b", ctx, 0.8)
+        learner.update("c", ctx, 0.0)
+    scores = dict(zip(["a", "b", "c", "new"], learner.scores(["a", "b", "c", "new"], contexts(1, seed=8)[0]).tolist()))
+    assert scores["new"] > 0.5 > scores["c"]  # like its group, not like the prior (0)
+    assert scores["a"] > scores["b"]  # arms with evidence keep their own estimates
+    plain = LinearBandit(seed=1)
+    assert plain.scores(["new"], contexts(1, seed=8)[0])[0] == 0.0
+    clone = pickle.loads(pickle.dumps(learner))
+    assert clone.scores(["new"], contexts(1, seed=8)[0])[0] == pytest.approx(scores["new"])
+
+
+def test_forgetting_follows_a_change_of_preference() -> None:
+    def after_switch(forget: float) -> float:
+        learner = LinearBandit(seed=1, forget=forget)
+        for _ in range(300):
+            learner.update("a", {}, 1.0)
+        for _ in range(60):  # then "a" stops paying
+            learner.update("a", {}, 0.0)
+        return float(learner.scores(["a"], {})[0])
+
+    assert after_switch(0.95) < 0.1 < after_switch(1.0)

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/nba/v1/*.proto)
 GEN    := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 
-.PHONY: serve test proto install clean
+.PHONY: serve test proto install clean bench-learning
 
 serve: $(GEN)
 	mkdir -p var
@@ -17,6 +17,11 @@ test: $(GEN)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
+
+# Learning quality and speed against uniform, river and Vowpal Wabbit (the `bench` extra).
+bench-learning: $(GEN)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python loadtests/bench_learning.py
 
 proto: $(GEN)
 

@@ -128,17 +128,15 @@ def draw_slots(
     scores = np.asarray(scores, dtype=float)
     first = exploration.probabilities(scores, scale, t)
     slots: list[tuple[int, float]] = []
-    remaining = np.arange(len(scores))
+    remaining = list(range(len(scores)))
     p = first
-    for _ in range(min(k, len(scores))):
+    for slot in range(min(k, len(scores))):
+        if slot:  # the same rule over the offers still left
+            p = exploration.probabilities(scores[remaining], scale, t)
         if len(remaining) == 1:
             i = 0
         else:
             # Inverse-CDF draw: cheaper than rng.choice and exact for our p.
-            i = int(np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right"))
-            i = min(i, len(remaining) - 1)
-        slots.append((int(remaining[i]), float(p[i])))
-        remaining = np.delete(remaining, i)
-        if len(remaining):
-            p = exploration.probabilities(scores[remaining], scale, t)
+            i = min(int(np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right")), len(remaining) - 1)
+        slots.append((remaining.pop(i), float(p[i])))
     return first, slots

@@ -6,8 +6,9 @@ value. A learner shared by every replica needs the same vector for the same cont
 machine and after every restart, without a vocabulary that has to be agreed on first. So:
 
 * the context is flattened to dotted leaves (``customer.flags.churn_risk``); lists stay lists;
-* numbers are standardised with online statistics (``river.stats.Var``) learned from the
-  contexts the learner trains on, then clipped, so one huge value cannot dominate;
+* numbers are standardised with online statistics (Welford's running mean and variance, over
+  all of a context's numbers at once) learned from the contexts the learner trains on, then
+  clipped, so one huge value cannot dominate;
 * booleans are 0/1; strings are one-hot tokens ``key=value``; a list of scalars sets one token
   per member and a numeric ``key#count``; ``None`` sets ``key=null``; absent means "unknown";
 * every token lands in one of ``n_features`` slots by a stable hash (CRC-32, not Python's
@@ -25,7 +26,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from river import stats
 
 __all__ = ["Featurizer", "flatten"]
 
@@ -68,6 +68,12 @@ class Featurizer:
     exclude
         Glob patterns of flattened keys never used as features (identifiers, e-mail
         addresses: a per-customer token would only memorise).
+    warmup
+        A numeric feature's mean and variance stop moving after this many observations. They
+        only put features on comparable scales, and they have converged by then; frozen, an
+        observation's vector no longer depends on when it is computed, so a reward revised
+        later (a click after the impression) revises exactly what was learned, and replicas
+        that learn the same events in another order agree.
 
     >>> f = Featurizer(n_features=8)
     >>> f.learn_one({"age": 30, "segment": "gold"})
@@ -76,7 +82,7 @@ class Featurizer:
     """
 
     def __init__(
-        self, n_features: int = 128, clip: float = 5.0, exclude: Iterable[str] = ()
+        self, n_features: int = 128, clip: float = 5.0, exclude: Iterable[str] = (), warmup: int = 1000
     ) -> None:
         if n_features < 1:
             raise ValueError(f"n_features must be at least 1, got {n_features}")
@@ -85,9 +91,27 @@ class Featurizer:
         self.n_features = n_features
         self.clip = clip
         self.exclude = tuple(exclude)
-        self._stats: dict[str, stats.Var] = {}
+        if warmup < 1:
+            raise ValueError(f"warmup must be at least 1, got {warmup}")
+        self.warmup = warmup
+        #: bumped by every ``learn_one`` that moves a scale: a transform computed at one version
+        #: stays valid
+        self.version = 0
+        # Running mean and variance of every numeric key, Welford's update over all the keys
+        # of a context at once. river.stats.Var does the same per key, at about a microsecond
+        # a value in Python: with 64 numeric fields that was most of a decision's cost.
+        self._numeric: dict[str, int] = {}
+        self._count = np.zeros(16)
+        self._mean = np.zeros(16)
+        self._m2 = np.zeros(16)
+        #: 1 / standard deviation (1 before the variance is known; 0 before any observation)
+        self._inv = np.zeros(16)
+        self._slot_of = np.zeros(16, dtype=np.intp)
+        self._sign_of = np.zeros(16)
+        # Derived caches (not pickled): per key, excluded or not, its slot and sign; per string
+        # token its slot and sign.
+        self._keys: dict[str, tuple[bool, int, float]] = {}
         self._slots: dict[str, tuple[int, float]] = {}
-        self._excluded: dict[str, bool] = {}
 
     @property
     def dim(self) -> int:
@@ -95,86 +119,143 @@ class Featurizer:
 
     def learn_one(self, context: Mapping[str, Any]) -> None:
         """Updates the running mean and variance of every numeric feature in ``context``."""
-        for key, value in self._leaves(context):
-            if _is_number(value):
-                var = self._stats.get(key)
-                if var is None:
-                    var = self._stats[key] = stats.Var()
-                var.update(_bounded(value))
+        index, values = self._numbers(_flat(context), register=True)
+        if index:
+            i = np.asarray(index, dtype=np.intp)
+            v = np.asarray(values)
+            warm = self._count[i] < self.warmup
+            if not warm.any():
+                return  # every scale is settled: nothing moves, vectors computed before stay valid
+            if not warm.all():
+                i, v = i[warm], v[warm]
+            self._count[i] += 1
+            delta = v - self._mean[i]
+            self._mean[i] += delta / self._count[i]
+            self._m2[i] += delta * (v - self._mean[i])
+            n = self._count[i]
+            variance = np.divide(self._m2[i], n - 1, out=np.zeros(len(i)), where=n > 1)
+            self._inv[i] = np.divide(1.0, np.sqrt(variance), out=np.ones(len(i)), where=variance > 0)
+        self.version += 1
 
     def transform_one(self, context: Mapping[str, Any]) -> np.ndarray:
         """Returns the feature vector for ``context``; does not learn from it."""
-        x = np.zeros(self.dim)
-        for key, value in self._leaves(context):
-            self._add(x, key, value)
+        flat = _flat(context)
+        index, values = self._numbers(flat, register=False)
+        if index:
+            i = np.asarray(index, dtype=np.intp)
+            # A key never seen in training has scale 0: its mean is unknown, it says nothing yet.
+            z = (np.asarray(values) - self._mean[i]) * self._inv[i]
+            np.clip(z, -self.clip, self.clip, out=z)
+            x = np.bincount(self._slot_of[i], weights=self._sign_of[i] * z, minlength=self.dim)
+        else:
+            x = np.zeros(self.dim)
+        keys = self._keys
+        for key, value in flat.items():
+            kind = type(value)
+            if kind is float or kind is int:
+                continue
+            info = keys.get(key)
+            if info is None:
+                info = self._key(key)
+            if info[0]:
+                continue
+            if kind is bool:
+                if value:
+                    x[info[1]] += info[2]
+            elif kind is str:
+                self._set(x, f"{key}={value}", 1.0)
+            elif value is None:
+                self._set(x, f"{key}=null", 1.0)
+            elif kind is list or kind is tuple:
+                count = 0
+                for item in value:
+                    count += 1
+                    if isinstance(item, (str, bool)) or _is_number(item):
+                        self._set(x, f"{key}={item}", 1.0)
+                # log1p keeps a long order history from swamping the other features.
+                self._set(x, f"{key}#count", math.log1p(count))
         x[-1] = 1.0
         return x
 
-    def _leaves(self, context: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
-        flat = context if all(not isinstance(v, Mapping) for v in context.values()) else flatten(context)
-        excluded = self._excluded
+    def _numbers(self, flat: Mapping[str, Any], register: bool) -> tuple[list[int], list[float]]:
+        """Indices and (bounded) values of the finite numeric features, registering new keys
+        when learning; unknown keys are skipped when transforming."""
+        numeric = self._numeric
+        index: list[int] = []
+        values: list[float] = []
         for key, value in flat.items():
-            skip = excluded.get(key)
-            if skip is None:
-                skip = any(fnmatch.fnmatchcase(key, pattern) for pattern in self.exclude)
-                if len(excluded) < _CACHE_LIMIT:
-                    excluded[key] = skip
-            if not skip:
-                yield key, value
+            kind = type(value)
+            if kind is not float and kind is not int:
+                continue
+            if value != value or value in (math.inf, -math.inf):
+                continue
+            i = numeric.get(key)
+            if i is None:
+                if not register or self._key(key)[0]:
+                    continue
+                i = self._register(key)
+            index.append(i)
+            values.append(RAW_LIMIT if value > RAW_LIMIT else -RAW_LIMIT if value < -RAW_LIMIT else float(value))
+        return index, values
 
-    def _add(self, x: np.ndarray, key: str, value: Any) -> None:
-        if isinstance(value, bool):
-            if value:
-                self._set(x, key, 1.0)
-        elif _is_number(value):
-            x_ = _bounded(value)
-            var = self._stats.get(key)
-            if var is not None:
-                x_ -= var.mean.get()
-                variance = var.get()
-                if variance > 0:
-                    x_ /= math.sqrt(variance)
-            else:
-                # Never seen in training: the mean is unknown, so the value says nothing yet.
-                x_ = 0.0
-            self._set(x, key, max(-self.clip, min(self.clip, x_)))
-        elif isinstance(value, str):
-            self._set(x, f"{key}={value}", 1.0)
-        elif value is None:
-            self._set(x, f"{key}=null", 1.0)
-        elif isinstance(value, (list, tuple)):
-            count = 0
-            for item in value:
-                count += 1
-                if isinstance(item, (str, bool)) or _is_number(item):
-                    self._set(x, f"{key}={item}", 1.0)
-            # log1p keeps a long order history from swamping the other features.
-            self._set(x, f"{key}#count", math.log1p(count))
+    def _register(self, key: str) -> int:
+        i = len(self._numeric)
+        if i == len(self._count):
+            for name in ("_count", "_mean", "_m2", "_inv", "_slot_of", "_sign_of"):
+                old = getattr(self, name)
+                grown = np.zeros(2 * len(old), dtype=old.dtype)
+                grown[: len(old)] = old
+                setattr(self, name, grown)
+        _, slot, sign = self._key(key)
+        self._slot_of[i], self._sign_of[i] = slot, sign
+        self._numeric[key] = i
+        return i
 
-    def _set(self, x: np.ndarray, token: str, value: float) -> None:
+    def _key(self, key: str) -> tuple[bool, int, float]:
+        info = self._keys.get(key)
+        if info is None:
+            excluded = any(fnmatch.fnmatchcase(key, pattern) for pattern in self.exclude)
+            index, sign = self._slot(key)
+            info = (excluded, index, sign)
+            if len(self._keys) < _CACHE_LIMIT:
+                self._keys[key] = info
+        return info
+
+    def _slot(self, token: str) -> tuple[int, float]:
         slot = self._slots.get(token)
         if slot is None:
             h = zlib.crc32(token.encode())
             slot = (h % self.n_features, -1.0 if h & 0x80000000 else 1.0)
             if len(self._slots) < _CACHE_LIMIT:
                 self._slots[token] = slot
-        x[slot[0]] += slot[1] * value
+        return slot
+
+    def _set(self, x: np.ndarray, token: str, value: float) -> None:
+        index, sign = self._slot(token)
+        x[index] += sign * value
 
     def __getstate__(self) -> dict[str, Any]:
         # The caches are derived; leave them out of snapshots.
         state = self.__dict__.copy()
         state["_slots"] = {}
-        state["_excluded"] = {}
+        state["_keys"] = {}
         return state
+
+
+def _flat(context: Mapping[str, Any]) -> Mapping[str, Any]:
+    for value in context.values():
+        kind = type(value)
+        if kind is dict or (kind not in _SCALARS and isinstance(value, Mapping)):
+            return flatten(context)
+    return context
+
+
+_SCALARS = frozenset({float, int, str, bool, list, tuple, type(None)})
 
 
 #: raw numbers beyond this magnitude are treated as this: one absurd value must not ruin the
 #: running variance of a feature for good
 RAW_LIMIT = 1e9
-
-
-def _bounded(value: float) -> float:
-    return max(-RAW_LIMIT, min(RAW_LIMIT, float(value)))
 
 
 def _is_number(value: Any) -> bool:

@@ -49,7 +49,7 @@ class LinearBandit(Learner):
         The expected reward of an arm nothing is known about yet. The model learns each arm's
         difference from it, so before any evidence every arm is estimated at ``prior`` (and
         business weights already rank them), not at zero.
-    clip, exclude
+    clip, exclude, warmup
         See ``Featurizer``.
     seed
         Seeds the draws: the same seed and the same events give the same choices.
@@ -72,6 +72,7 @@ class LinearBandit(Learner):
         exploration: Exploration | None = None,
         clip: float = 5.0,
         exclude: Iterable[str] = (),
+        warmup: int = 1000,
         prior: float = 0.0,
         forget: float = 1.0,
         shared: float = 0.0,
@@ -87,11 +88,13 @@ class LinearBandit(Learner):
         self.clip = clip
         self.exclude = tuple(exclude)
         self.shared = shared
-        self._featurizer = Featurizer(n_features, clip, self.exclude)
+        self.warmup = warmup
+        self._featurizer = Featurizer(n_features, clip, self.exclude, warmup)
         self._model = RidgeArms(self._featurizer.dim, alpha, forget)
         self._attributes = RidgeArms(self._featurizer.dim, alpha, forget)
         self._arm_attributes: dict[Hashable, tuple[str, ...]] = {}
         self._layouts: dict[tuple[Hashable, ...], tuple[np.ndarray, list[str]]] = {}
+        self._cached: tuple[Mapping[str, Any], int, np.ndarray] | None = None
 
     def set_arm_attributes(self, attributes: Mapping[Hashable, Iterable[str]]) -> None:
         """Declares each arm's attributes (e.g. ``group=retention``, ``tag=credit-card``);
@@ -106,8 +109,18 @@ class LinearBandit(Learner):
         """How many observations ``arm_id`` has learned from."""
         return self._model.count(arm_id)
 
-    def _predict(self, arm_ids: list[Hashable], context: Mapping[str, Any]) -> np.ndarray:
+    def _features(self, context: Mapping[str, Any]) -> np.ndarray:
+        """The context's vector, reused when the same context object is asked for again before
+        the featurizer learned anything (a pull followed by its update)."""
+        cached = self._cached
+        if cached is not None and cached[0] is context and cached[1] == self._featurizer.version:
+            return cached[2]
         x = self._featurizer.transform_one(context)
+        self._cached = (context, self._featurizer.version, x)
+        return x
+
+    def _predict(self, arm_ids: list[Hashable], context: Mapping[str, Any]) -> np.ndarray:
+        x = self._features(context)
         own = self._model.predict(arm_ids, x)
         if not self.shared:
             return self.prior + own
@@ -138,6 +151,7 @@ class LinearBandit(Learner):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_layouts"] = {}
+        state["_cached"] = None
         return state
 
     def _update(
@@ -147,9 +161,11 @@ class LinearBandit(Learner):
         reward: float,
         previous_reward: float | None,
     ) -> None:
+        # The observation is the vector as it was scored (before this context moves the running
+        # statistics), so a pull's vector serves its update, and a replay rebuilds the same.
+        x = self._features(context)
         if previous_reward is None:
             self._featurizer.learn_one(context)
-        x = self._featurizer.transform_one(context)
         previous = None if previous_reward is None else previous_reward - self.prior
         self._model.learn_one(arm_id, x, reward - self.prior, previous)
         if self.shared:

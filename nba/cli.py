@@ -331,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     policies.set_defaults(run=_policies)
 
     args = parser.parse_args(argv)
+    if args.command in ("evaluate", "simulate") or (args.command == "policies" and args.action == "preview"):
+        from bandit import limit_blas_threads
+
+        limit_blas_threads()
     try:
         return int(args.run(args))
     except ConfigError as exc:

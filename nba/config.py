@@ -47,7 +47,7 @@ class Settings(BaseModel):
     learner_features: int = Field(128, ge=1, le=4096, description="hashed feature slots per offer")
     learner_alpha: float = Field(1.0, gt=0, description="ridge regularisation")
     learner_shared: float = Field(
-        10.0, ge=0, description="pseudo-count of the shared model over offer group and tags (0: off)"
+        3.0, ge=0, description="pseudo-count of the shared model over offer group and tags (0: off)"
     )
     learner_forget: float = Field(
         1.0, gt=0, le=1, description="below 1, each new observation of an offer discounts its older ones (drift)"

@@ -29,8 +29,10 @@ def test_evaluate_ranks_policies_by_their_true_value_on_a_simulated_log(start, t
     assert (out / "learning_curve.png").stat().st_size > 10_000
     curve = (out / "curve.csv").read_text().splitlines()
     assert curve[0] == "decisions,earned,expected,oracle,uniform" and len(curve) == 7
-    last = dict(zip(curve[0].split(","), map(float, curve[-1].split(",")), strict=True))
-    assert last["expected"] > 2 * last["uniform"]  # the service learned
+    blocks = [dict(zip(curve[0].split(","), map(float, line.split(",")), strict=True)) for line in curve[1:]]
+    # The service learned (best block at least twice uniform) and kept it through the drift.
+    assert max(b["expected"] / b["uniform"] for b in blocks) > 2.0
+    assert blocks[-1]["expected"] > 1.5 * blocks[-1]["uniform"]
     server.service.log.flush()
 
     estimates_path = tmp_path / "estimates.json"

@@ -187,8 +187,14 @@ def _preview(args: argparse.Namespace, draft: Any) -> int:
     live.number = live_row.version
     learning = LearningLoop(build_learner(settings))
     learning.restore(store, settings.seed)
-    report = preview(live, draft, store.recent_decisions(args.last), learning)
+    report = preview(live, draft, store.recent_lines(args.last), learning)
     print(f"replayed {report.decisions} decisions against live {report.live_version} and the draft")
+    for name, estimate in (("live", report.live_value), ("draft", report.draft_value)):
+        if estimate is not None:
+            print(f"value of the {name:5} set: {estimate.value:.4f} [{estimate.low:.4f}, {estimate.high:.4f}] "
+                  f"(doubly robust, 95% interval, effective sample size {estimate.ess:.0f})")
+            for warning in estimate.warnings:
+                print(f"  warning: {warning}")
     print(f"{'':24}{'live':>10}{'draft':>10}")
     for name in ("fallback_rate", "empty_rate", "rule_error_rate", "mean_eligible"):
         print(f"{name:24}{getattr(report.live, name):>10.3f}{getattr(report.draft, name):>10.3f}")

@@ -7,6 +7,11 @@ and in total, eligibility, fallback and empty rates, rule errors, and the expect
 first slots (the exploration probabilities averaged over the replayed decisions: exact
 expectations, not a sample).
 
+With the decisions' logged outcomes, it also estimates the value (mean reward per decision)
+of the live set and of the draft, both ranked by the current model, by doubly robust
+off-policy evaluation with 95% bootstrap intervals (``nba.evaluation``); feedback not yet
+received counts as the default reward, for both alike.
+
 Contact policies and budgets are not simulated: they depend on what each set would have
 shown over time, which a replay cannot know. The report says so.
 """
@@ -20,12 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from nba.decisions import DecisionRecord
+from nba.evaluation.estimators import Estimate, evaluate
+from nba.evaluation.logs import from_records
+from nba.evaluation.targets import PolicySetTarget
 from nba.learning import LearningLoop
 from nba.policy_set import PolicySet
 from nba.screening import screen
 
-__all__ = ["OfferChange", "PreviewReport", "Totals", "preview", "unflatten"]
+__all__ = ["OfferChange", "PreviewReport", "Replayed", "Totals", "preview", "unflatten"]
 
 NOTE = "contact policies (caps, suppressions) and budgets are not simulated in a preview"
 
@@ -56,6 +63,19 @@ class PreviewReport:
     draft: Totals
     offers: list[OfferChange] = field(default_factory=list)
     note: str = NOTE
+    #: doubly robust estimates of each set's value (None without decisions that chose an offer)
+    live_value: Estimate | None = None
+    draft_value: Estimate | None = None
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """What a replay needs of a logged decision."""
+
+    channel: str
+    customer_id: str
+    created_at: Any
+    features: Mapping[str, Any]
 
 
 def unflatten(features: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,8 +97,12 @@ def unflatten(features: Mapping[str, Any]) -> dict[str, Any]:
     return root
 
 
-def preview(live: PolicySet, draft: PolicySet, decisions: Iterable[DecisionRecord], learning: LearningLoop) -> PreviewReport:
-    decisions = list(decisions)
+def preview(
+    live: PolicySet, draft: PolicySet, lines: Iterable[Mapping[str, Any]], learning: LearningLoop, n_bootstrap: int = 200
+) -> PreviewReport:
+    """Replays logged decisions (export-format lines, oldest first) against both sets."""
+    lines = list(lines)
+    decisions = [_replayed(line) for line in lines]
     stats = {"live": _Stats(), "draft": _Stats()}
     for record in decisions:
         context = unflatten(record.features)
@@ -99,7 +123,25 @@ def preview(live: PolicySet, draft: PolicySet, decisions: Iterable[DecisionRecor
             )
         )
     changes.sort(key=lambda c: (-abs(c.draft_share - c.live_share), -abs(c.draft_eligible_rate - c.live_eligible_rate), c.offer_id))
-    return PreviewReport(len(decisions), live.version, stats["live"].totals(), stats["draft"].totals(), changes)
+    report = PreviewReport(len(decisions), live.version, stats["live"].totals(), stats["draft"].totals(), changes)
+    logged = list(from_records(lines, final=True, source="decision log"))
+    if logged:
+        scorer = learning.distribution
+        targets = [PolicySetTarget("live", live, scorer), PolicySetTarget("draft", draft, scorer)]
+        dr = {e.policy: e for e in evaluate(logged, targets, n_bootstrap=n_bootstrap) if e.estimator == "dr"}
+        report.live_value, report.draft_value = dr["live"], dr["draft"]
+    return report
+
+
+def _replayed(line: Mapping[str, Any]) -> Replayed:
+    from datetime import datetime
+
+    return Replayed(
+        line.get("channel", ""),
+        line.get("customer_id", ""),
+        datetime.fromisoformat(str(line["decided_at"]).replace("Z", "+00:00")),
+        line.get("features") or {},
+    )
 
 
 class _Stats:
@@ -113,7 +155,7 @@ class _Stats:
         self.seen_on_channel: dict[str, int] = defaultdict(int)
         self.shares: dict[str, float] = defaultdict(float)
 
-    def add(self, policy_set: PolicySet, record: DecisionRecord, context: dict[str, Any], learning: LearningLoop) -> None:
+    def add(self, policy_set: PolicySet, record: Replayed, context: dict[str, Any], learning: LearningLoop) -> None:
         self.decisions += 1
         if record.channel not in policy_set.channels:
             self.empty += 1

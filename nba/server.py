@@ -141,7 +141,7 @@ class Service:
         )
         pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(self.decider, self.intake), self.server)
         apb_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.publisher, self.store.recent_decisions, self.learning), self.server
+            AdminServicer(self.publisher, self.store.recent_lines, self.learning), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

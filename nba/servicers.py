@@ -119,7 +119,7 @@ def _offer_explanation(entry: dict[str, Any]) -> pb.OfferExplanation:
 class AdminServicer(apb_grpc.AdminServiceServicer):
     """Policy sets over gRPC; authentication is the AuthInterceptor's."""
 
-    def __init__(self, publisher: Publisher, recent: Callable[[int], list[DecisionRecord]], learning: Any) -> None:
+    def __init__(self, publisher: Publisher, recent: Callable[[int], list[dict[str, Any]]], learning: Any) -> None:
         self._publisher = publisher
         self._recent = recent
         self._learning = learning
@@ -195,7 +195,16 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             offers=[apb.OfferPreview(**vars(o)) for o in report.offers],
             warnings=[_problem(p) for p in problems],
             note=report.note,
+            live_value=_value(report.live_value),
+            draft_value=_value(report.draft_value),
         )
+
+
+def _value(estimate: Any) -> apb.ValueEstimate | None:
+    if estimate is None:
+        return None
+    return apb.ValueEstimate(estimator=estimate.estimator, value=estimate.value, low=estimate.low,
+                             high=estimate.high, ess=estimate.ess, warnings=estimate.warnings)
 
 
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:

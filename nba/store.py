@@ -285,6 +285,16 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(select(table).order_by(table.c.id.desc()).limit(limit)).all()
 
+    def recent_lines(self, limit: int) -> list[dict[str, Any]]:
+        """The most recent ``limit`` decisions in the export format (feedback joined), oldest
+        first."""
+        table = self._decisions
+        with self.engine.connect() as conn:
+            since = conn.execute(
+                select(table.c.created_at).order_by(table.c.created_at.desc()).offset(max(limit - 1, 0)).limit(1)
+            ).scalar()
+        return list(self.export(since=_utc(since) if since is not None else None))[-limit:]
+
     def recent_decisions(self, limit: int) -> list[DecisionRecord]:
         table = self._decisions
         with self.engine.connect() as conn:

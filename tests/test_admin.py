@@ -185,10 +185,14 @@ def test_replicas_sharing_a_database_adopt_each_others_publishes(start, tmp_path
     assert two.service.policy_set.version == published.live.label
 
 
-def test_preview_reports_how_a_draft_would_change_eligibility_and_mix(server: Running) -> None:
+def test_preview_reports_how_a_draft_would_change_eligibility_and_mix(start) -> None:
+    server = start(seed=3)
     for i in range(60):
         profile = customer(age=16 + i % 40, flags={"churn_risk": i % 2 == 0, "fraud_risk": False, "vulnerable": False})
-        server.stub.Decide(pb.DecideRequest(customer_id=f"c-{i}", channel="web", context=struct({"customer": profile})))
+        decision = server.stub.Decide(pb.DecideRequest(customer_id=f"c-{i}", channel="web", context=struct({"customer": profile})))
+        if decision.offers[0].offer_id == "gold-card" or i % 4 == 0:
+            server.stub.Feedback(pb.FeedbackRequest(event_id=f"e-{i}", decision_id=decision.decision_id,
+                                                    offer_id=decision.offers[0].offer_id, outcome=pb.OUTCOME_ACCEPTED))
     server.service.log.flush()
     files = {p.name: p.read_text() for p in POLICIES.glob("*.yaml") if not p.name.endswith("_test.yaml")}
     files["policies.yaml"] += """
@@ -206,6 +210,9 @@ def test_preview_reports_how_a_draft_would_change_eligibility_and_mix(server: Ru
     assert report.offers[0].offer_id == "gold-card"  # the biggest change comes first
     assert sum(o.live_share for o in report.offers) == pytest.approx(1 - report.live.empty_rate)
     assert "not simulated" in report.note
+    for value in (report.live_value, report.draft_value):
+        assert value.estimator == "dr" and value.low <= value.value <= value.high and value.ess > 0
+    assert report.draft_value.value < report.live_value.value  # the draft withholds the offer that was accepted
     assert server.service.policy_set.version == report.live_version  # nothing was published
 
 

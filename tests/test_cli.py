@@ -275,6 +275,7 @@ def test_sighup_publishes_the_changed_folder_and_preview_compares_a_draft(proces
     result = run_cli("policies", "preview", str(draft), "--last", "20", env={"NBA_DATABASE_URL": server.env["NBA_DATABASE_URL"]})
     assert result.returncode == 0, result.stderr
     assert "replayed 20 decisions against live 1-" in result.stdout
+    assert "value of the live  set:" in result.stdout and "value of the draft set:" in result.stdout
     gold = next(line for line in result.stdout.splitlines() if line.startswith("gold-card"))
     assert "0.0%" in gold.split()[2]  # draft eligibility of the gold card
 

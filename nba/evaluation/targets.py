@@ -27,7 +27,17 @@ import numpy as np
 from bandit import EpsilonGreedy, InverseGapWeighting, LinearBandit
 from nba.evaluation.logs import LoggedDecision
 
-__all__ = ["Draft", "LearnerTarget", "Logged", "Popular", "TargetPolicy", "Uniform", "parse_target"]
+__all__ = [
+    "Draft",
+    "LearnerTarget",
+    "Logged",
+    "PolicySetTarget",
+    "Popular",
+    "TargetPolicy",
+    "Uniform",
+    "parse_target",
+    "screen_logged",
+]
 
 
 class TargetPolicy:
@@ -140,15 +150,9 @@ class Draft(LearnerTarget):
         self._cache: dict[str, tuple[list[str], np.ndarray]] = {}
 
     def _screen(self, d: LoggedDecision) -> tuple[list[str], np.ndarray]:
-        from nba.preview import unflatten
-        from nba.screening import screen
-
         cached = self._cache.get(d.decision_id)
         if cached is None:
-            result = screen(self.policy_set, d.channel, unflatten(d.features), d.customer_id, d.decided_at)
-            eligible = result.eligible
-            cached = ([v.offer.id for v in eligible],
-                      np.array([v.offer.offer.value * v.offer.lever * v.weight for v in eligible]))
+            cached = screen_logged(self.policy_set, d)
             self._cache = {d.decision_id: cached}
         return cached
 
@@ -165,6 +169,42 @@ class Draft(LearnerTarget):
         p = np.zeros(len(remaining))
         if keep:
             q = self.learner.distribution(keep, d.features, np.array([weights[index[a]] for a in keep]))[0]
+            for a, value in zip(keep, q, strict=True):
+                p[remaining.index(a)] = value
+        return p
+
+
+def screen_logged(policy_set: Any, d: LoggedDecision) -> tuple[list[str], np.ndarray]:
+    """The offers ``policy_set`` makes eligible for a logged decision (at the time it was made;
+    contact policies and budgets not simulated), with their arbitration multipliers."""
+    from nba.preview import unflatten
+    from nba.screening import screen
+
+    result = screen(policy_set, d.channel, unflatten(d.features), d.customer_id, d.decided_at)
+    eligible = result.eligible
+    return [v.offer.id for v in eligible], np.array([v.offer.offer.value * v.offer.lever * v.weight for v in eligible])
+
+
+class PolicySetTarget(TargetPolicy):
+    """A policy set ranked by a fixed scorer (the service's current model): what the live set
+    or a draft would do now, for the what-if preview's value estimates."""
+
+    def __init__(self, name: str, policy_set: Any, scorer: Any) -> None:
+        self.name = name
+        self.policy_set = policy_set
+        self.scorer = scorer  # (offer ids, features, weights) -> first-slot probabilities
+
+    def first_slot(self, d: LoggedDecision) -> tuple[list[str], np.ndarray]:
+        ids, weights = screen_logged(self.policy_set, d)
+        return (ids, np.asarray(self.scorer(ids, d.features, weights))) if ids else ([], np.zeros(0))
+
+    def slot(self, d: LoggedDecision, remaining: list[str]) -> np.ndarray:
+        ids, weights = screen_logged(self.policy_set, d)
+        index = {a: i for i, a in enumerate(ids)}
+        keep = [a for a in remaining if a in index]
+        p = np.zeros(len(remaining))
+        if keep:
+            q = self.scorer(keep, d.features, np.array([weights[index[a]] for a in keep]))
             for a, value in zip(keep, q, strict=True):
                 p[remaining.index(a)] = value
         return p

@@ -8,7 +8,7 @@ the same choices, and learners pickle.
 
 from bandit.base import Draw, Learner
 from bandit.exploration import EpsilonGreedy, Exploration, InverseGapWeighting, draw_slots
-from bandit.features import Featurizer, flatten
+from bandit.features import Featurizer, flatten, unflatten
 from bandit.linear import LinearBandit
 from bandit.ridge import RidgeArms
 from bandit.uniform import UniformRandom
@@ -26,6 +26,7 @@ __all__ = [
     "draw_slots",
     "flatten",
     "limit_blas_threads",
+    "unflatten",
 ]
 
 #: every learner the library offers; the conformance suite runs on each

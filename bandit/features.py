@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Featurizer", "flatten"]
+__all__ = ["Featurizer", "flatten", "unflatten"]
 
 # Bounds the token cache so a field with unbounded distinct values (a free-text note)
 # cannot grow memory without limit; past it, tokens are hashed on every use.
@@ -37,11 +37,11 @@ _CACHE_LIMIT = 200_000
 def flatten(context: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flattens nested mappings to dotted keys, keeping lists as they are.
 
-    The result is lossless for JSON-like input whose keys hold no dots, so the decision log can
-    store it and a later policy can rebuild the nested context from it.
+    The result is lossless for JSON-like input whose keys hold no dots (an empty mapping stays,
+    as ``{}``), so the decision log can store it and ``unflatten`` rebuild the nested context.
 
-    >>> flatten({"customer": {"age": 41, "flags": {"vip": True}}, "tags": ["a"]})
-    {'customer.age': 41, 'customer.flags.vip': True, 'tags': ['a']}
+    >>> flatten({"customer": {"age": 41, "flags": {"vip": True}, "notes": {}}, "tags": ["a"]})
+    {'customer.age': 41, 'customer.flags.vip': True, 'customer.notes': {}, 'tags': ['a']}
     """
     out: dict[str, Any] = {}
     stack: list[tuple[str, Mapping[str, Any]]] = [(prefix, context)]
@@ -49,11 +49,30 @@ def flatten(context: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         base, node = stack.pop()
         for key, value in node.items():
             name = f"{base}.{key}" if base else str(key)
-            if isinstance(value, Mapping):
+            if isinstance(value, Mapping) and value:
                 stack.append((name, value))
             else:
                 out[name] = value
     return dict(sorted(out.items()))
+
+
+def unflatten(features: Mapping[str, Any]) -> dict[str, Any]:
+    """Rebuilds a nested context from its flattened features.
+
+    >>> unflatten({"customer.age": 30.0, "customer.flags.vip": True, "tags": ["a"]})
+    {'customer': {'age': 30.0, 'flags': {'vip': True}}, 'tags': ['a']}
+    """
+    root: dict[str, Any] = {}
+    for path, value in features.items():
+        node = root
+        *parents, leaf = path.split(".")
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[leaf] = value
+    return root
 
 
 class Featurizer:

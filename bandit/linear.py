@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -93,14 +94,26 @@ class LinearBandit(Learner):
         self._model = RidgeArms(self._featurizer.dim, alpha, forget)
         self._attributes = RidgeArms(self._featurizer.dim, alpha, forget)
         self._arm_attributes: dict[Hashable, tuple[str, ...]] = {}
-        self._layouts: dict[tuple[Hashable, ...], tuple[np.ndarray, list[str]]] = {}
+        # For the blend: every attribute's name in a fixed order, and a matrix whose row for an
+        # arm averages its attributes (row 0: an arm not described, which has only "*").
+        self._attribute_names: list[str] = ["*"]
+        self._arm_slot: dict[Hashable, int] = {}
+        self._membership = np.ones((1, 1))
         self._cached: tuple[Mapping[str, Any], int, np.ndarray] | None = None
 
     def set_arm_attributes(self, attributes: Mapping[Hashable, Iterable[str]]) -> None:
         """Declares each arm's attributes (e.g. ``group=retention``, ``tag=credit-card``);
         every arm also has ``*``. Arms not named keep only ``*``."""
         self._arm_attributes = {arm: ("*", *dict.fromkeys(attrs)) for arm, attrs in attributes.items()}
-        self._layouts = {}
+        names = ["*", *sorted({a for attrs in self._arm_attributes.values() for a in attrs} - {"*"})]
+        column = {name: j for j, name in enumerate(names)}
+        membership = np.zeros((len(self._arm_attributes) + 1, len(names)))
+        membership[0, 0] = 1.0
+        self._arm_slot = {}
+        for i, (arm, attrs) in enumerate(self._arm_attributes.items(), start=1):
+            membership[i, [column[a] for a in attrs]] = 1.0 / len(attrs)
+            self._arm_slot[arm] = i
+        self._attribute_names, self._membership = names, membership
 
     def _attributes_of(self, arm_id: Hashable) -> tuple[str, ...]:
         return self._arm_attributes.get(arm_id, ("*",))
@@ -121,36 +134,20 @@ class LinearBandit(Learner):
 
     def _predict(self, arm_ids: list[Hashable], context: Mapping[str, Any]) -> np.ndarray:
         x = self._features(context)
-        own = self._model.predict(arm_ids, x)
+        rows = self._model.rows(arm_ids)
+        own = self._model.predict_rows(rows, x)
         if not self.shared:
             return self.prior + own
-        # Each arm's attribute models, flattened; their mean per arm in one bincount.
-        owner, names = self._layout(arm_ids)
-        sums = np.bincount(owner, weights=self._attributes.predict(names, x), minlength=len(arm_ids))
-        from_attributes = sums / np.bincount(owner, minlength=len(arm_ids))
-        n = np.fromiter((self._model.count(a) for a in arm_ids), dtype=float, count=len(arm_ids))
+        # Every attribute's estimate, then each arm's mean of its own: two matrix products.
+        per_attribute = self._attributes.predict(self._attribute_names, x)
+        slots = np.fromiter(map(self._arm_slot.get, arm_ids, repeat(0)), dtype=np.intp, count=len(arm_ids))
+        from_attributes = self._membership[slots] @ per_attribute
+        n = self._model.counts(rows).astype(float)
         trust = n / (n + self.shared)
         return self.prior + trust * own + (1 - trust) * from_attributes
 
-    def _layout(self, arm_ids: list[Hashable]) -> tuple[np.ndarray, list[str]]:
-        key = tuple(arm_ids)
-        layout = self._layouts.get(key)
-        if layout is None:
-            owners: list[int] = []
-            names: list[str] = []
-            for i, arm in enumerate(arm_ids):
-                attrs = self._attributes_of(arm)
-                owners.extend([i] * len(attrs))
-                names.extend(attrs)
-            layout = (np.asarray(owners), names)
-            if len(self._layouts) > 1024:  # eligible sets repeat; a bound keeps odd ones from piling up
-                self._layouts.clear()
-            self._layouts[key] = layout
-        return layout
-
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_layouts"] = {}
         state["_cached"] = None
         return state
 

@@ -20,6 +20,7 @@ Recommendation", WWW (the disjoint linear model).
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from itertools import repeat
 
 import numpy as np
 from scipy.linalg.blas import dger
@@ -57,9 +58,18 @@ class RidgeArms:
 
     def predict(self, arm_ids: Sequence[Hashable], x: np.ndarray) -> np.ndarray:
         """Expected reward of each arm for features ``x``."""
+        return self._theta[self.rows(arm_ids)] @ x
+
+    def rows(self, arm_ids: Sequence[Hashable]) -> np.ndarray:
+        """Each arm's row (0, the prior, for arms never updated)."""
         rows = self._rows
-        index = np.fromiter((rows.get(a, 0) for a in arm_ids), dtype=np.intp, count=len(arm_ids))
-        return self._theta[index] @ x
+        return np.fromiter(map(rows.get, arm_ids, repeat(0)), dtype=np.intp, count=len(arm_ids))
+
+    def predict_rows(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return self._theta[rows] @ x
+
+    def counts(self, rows: np.ndarray) -> np.ndarray:
+        return self._count[rows]
 
     def count(self, arm_id: Hashable) -> int:
         """How many observations the arm has learned from."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from bandit import flatten
 from nba.errors import Problem
 from nba.policies import Budget, ContactCap
 from nba.rules import activation
@@ -57,7 +58,7 @@ def static_checks(policy_set: PolicySet, now: datetime) -> list[Problem]:
         warn("no context schema declared: rules are not checked against field names and types, "
              "and unreachable offers are not detected")
         return found
-    samples = [activation(s, "", "sample", now, {}, {}) for s in policy_set.schema.samples(SAMPLES)]
+    samples = [activation(flatten(s), "", "sample", now, {}, {}) for s in policy_set.schema.samples(SAMPLES)]
     always_false: dict[str, bool] = {}
     for compiled in policy_set.offers.values():
         if compiled.offer.status != "live":

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -43,10 +44,12 @@ MAX_MULTIPLIER = 1e9
 class DecideInput:
     customer_id: str
     channel: str
-    context: Mapping[str, Any]
+    #: the customer context, nested; or already flattened as ``features``
+    context: Mapping[str, Any] | None = None
     limit: int = 0
     request_id: str = ""
     explain: bool = False
+    features: dict[str, Any] | None = None
 
 
 @dataclass
@@ -62,9 +65,12 @@ class DecisionRecord:
     model_version: str
     #: the context, flattened to dotted keys (lossless: the nested context can be rebuilt)
     features: dict[str, Any]
-    #: every offer on the channel: eligible or not, the policy that filtered it and why;
-    #: for eligible ones the estimate, the arbitration factors, score and probability
-    candidates: list[dict[str, Any]]
+    #: every offer on the channel, compactly: "filtered" [reason, policy, detail, [offers]];
+    #: "eligible" {"ids", "numbers": base64 of little-endian float64 rows (predicted, value,
+    #: lever, weight, score, probability), "errors": [[index, detail]]}; "fallback"
+    #: [offer, eligible, reason, policy, detail] or None. ``candidate_list`` gives the
+    #: documented one-dict-per-offer form.
+    candidates: dict[str, Any]
     #: the offers answered, best first: offer_id, name, score, propensity, treatment, slot,
     #: fallback, group
     offers: list[dict[str, Any]] = field(default_factory=list)
@@ -75,6 +81,11 @@ class DecisionRecord:
 
     def offer(self, offer_id: str) -> dict[str, Any] | None:
         return next((o for o in self.offers if o["offer_id"] == offer_id), None)
+
+    def candidate_list(self) -> list[dict[str, Any]]:
+        """One dict per offer on the channel, as exported: filtered ones, eligible ones (with
+        slot, propensity and explored when answered), then the fallback."""
+        return expand_candidates(self.candidates, self.offers)
 
 
 class DecisionSink(Protocol):
@@ -121,19 +132,31 @@ class Decider:
             if stored is not None:
                 return self._explained(stored, request, policy_set), True
 
-        features = flatten(request.context)
+        features = request.features if request.features is not None else flatten(request.context or {})
         summary = None
         if policy_set.needs_contacts:
             events = self._contacts.events(request.customer_id, now.timestamp())
             summary = ContactSummary(events, now.timestamp(), request.channel, policy_set.cap_windows)
-        screening = screen(policy_set, request.channel, request.context, request.customer_id, now, summary, self._counters)
+        screening = screen(policy_set, request.channel, features, request.customer_id, now, summary, self._counters)
         eligible = screening.eligible
-        candidates: list[dict[str, Any]] = []
+        # Candidates are kept as rows, not one dict each: a decision over a thousand offers
+        # would otherwise build (and log) a thousand dicts. candidate_list() expands them.
+        groups: dict[tuple[str, str | None, str | None], list[str]] = {}
+        eligible_block: dict[str, Any] | None = None
+        fallback_row: list[Any] | None = None
         offers: list[dict[str, Any]] = []
         for verdict in screening.verdicts:
             if not verdict.eligible:
-                candidates.append(_filtered(verdict))
-                metrics.FILTERED.labels(verdict.reason).inc()
+                key = (verdict.reason, verdict.policy, verdict.detail)
+                members = groups.get(key)
+                if members is None:
+                    members = groups[key] = []
+                members.append(verdict.offer.id)
+        reasons: dict[str, int] = {}
+        for (reason, _, _), members in groups.items():
+            reasons[reason] = reasons.get(reason, 0) + len(members)
+        for reason, count in reasons.items():
+            metrics.filtered(reason).inc(count)
 
         exploration = ""
         if eligible:
@@ -142,46 +165,35 @@ class Decider:
             multipliers = np.fromiter((min(a * b * c, MAX_MULTIPLIER) for a, b, c in factors), dtype=float, count=len(factors))
             ids = [v.offer.id for v in eligible]
             draw, model_version, exploration = self._learning.draw(ids, features, limit, multipliers)
-            slot_of = {index: (slot, p) for slot, (index, p) in enumerate(draw.slots, start=1)}
+            numbers = np.column_stack((draw.predicted, np.asarray(factors, dtype=float), draw.scores, draw.probabilities))
+            eligible_block = {
+                "ids": ids,
+                "numbers": base64.b64encode(numbers.astype("<f8").tobytes()).decode(),
+                "errors": [[i, "; ".join(v.weight_errors)] for i, v in enumerate(eligible) if v.weight_errors],
+            }
+            scores = draw.scores.tolist()
             explored = _explored(draw.scores, draw.slots)
-            for i, verdict in enumerate(eligible):
-                value, lever, weight = factors[i]
-                entry: dict[str, Any] = {
-                    "offer_id": verdict.offer.id,
-                    "eligible": True,
-                    "predicted": float(draw.predicted[i]),
-                    "value": value,
-                    "lever": lever,
-                    "weight": weight,
-                    "score": float(draw.scores[i]),
-                    "probability": float(draw.probabilities[i]),
-                }
-                if verdict.weight_errors:
-                    entry["detail"] = "; ".join(verdict.weight_errors)
-                if i in slot_of:
-                    entry["slot"], entry["propensity"] = slot_of[i]
-                    entry["explored"] = explored[slot_of[i][0] - 1]
-                candidates.append(entry)
             for slot, (i, propensity) in enumerate(draw.slots, start=1):
-                offer = eligible[i].offer.offer
-                offers.append(_answer(offer, request.channel, slot, float(draw.scores[i]), propensity, False))
+                answer = _answer(eligible[i].offer.offer, request.channel, slot, scores[i], propensity, False)
+                answer["explored"] = explored[slot - 1]
+                offers.append(answer)
             if explored and explored[0]:
                 metrics.EXPLORED.inc()
         else:
             model_version = self._learning.version
             fallback = screening.fallback
             if fallback is not None:
-                entry = {"offer_id": fallback.offer.id, "eligible": fallback.eligible, "fallback": True}
+                fallback_row = [fallback.offer.id, fallback.eligible, fallback.reason, fallback.policy, fallback.detail]
                 if fallback.eligible:
-                    entry.update(slot=1, propensity=1.0, probability=1.0)
                     offers.append(_answer(fallback.offer.offer, request.channel, 1, 0.0, 1.0, True))
                     metrics.FALLBACKS.labels(request.channel).inc()
-                else:
-                    entry.update(_filtered(fallback))
-                    entry["fallback"] = True
-                candidates.append(entry)
             if not offers:
                 metrics.EMPTY.labels(request.channel).inc()
+        candidates = {
+            "filtered": [[reason, policy, detail, members] for (reason, policy, detail), members in groups.items()],
+            "eligible": eligible_block,
+            "fallback": fallback_row,
+        }
 
         record = DecisionRecord(
             decision_id=new_decision_id(),
@@ -257,7 +269,7 @@ class Decider:
 def explain(record: DecisionRecord, policy_set: PolicySet) -> list[dict[str, Any]]:
     """Every offer of the set, as the decision saw it: the candidates, and the offers not on
     the decision's channel."""
-    seen = {c["offer_id"]: c for c in record.candidates}
+    seen = {c["offer_id"]: c for c in record.candidate_list()}
     entries = []
     for offer_id, compiled in policy_set.offers.items():
         entry = seen.get(offer_id)
@@ -272,13 +284,46 @@ def explain(record: DecisionRecord, policy_set: PolicySet) -> list[dict[str, Any
     return entries
 
 
-def _filtered(verdict: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {"offer_id": verdict.offer.id, "eligible": False, "reason": verdict.reason}
-    if verdict.policy:
-        entry["policy"] = verdict.policy
-    if verdict.detail:
-        entry["detail"] = verdict.detail
-    return entry
+def expand_candidates(candidates: Any, offers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if isinstance(candidates, list):  # logged before candidates were kept as rows
+        return candidates
+    answered = {o["offer_id"]: o for o in offers}
+    out: list[dict[str, Any]] = []
+    for reason, policy, detail, members in candidates.get("filtered", ()):
+        for offer_id in members:
+            entry: dict[str, Any] = {"offer_id": offer_id, "eligible": False, "reason": reason}
+            if policy:
+                entry["policy"] = policy
+            if detail:
+                entry["detail"] = detail
+            out.append(entry)
+    block = candidates.get("eligible") or {"ids": [], "numbers": "", "errors": []}
+    numbers = np.frombuffer(base64.b64decode(block["numbers"]), dtype="<f8").reshape(-1, 6)
+    errors = dict(block.get("errors", ()))
+    for i, offer_id in enumerate(block["ids"]):
+        predicted, value, lever, weight, score, probability = numbers[i].tolist()
+        entry = {"offer_id": offer_id, "eligible": True, "predicted": predicted, "value": value, "lever": lever,
+                 "weight": weight, "score": score, "probability": probability}
+        if i in errors:
+            entry["detail"] = errors[i]
+        chosen = answered.get(offer_id)
+        if chosen is not None:
+            entry.update(slot=chosen["slot"], propensity=chosen["propensity"], explored=chosen.get("explored", False))
+        out.append(entry)
+    fallback = candidates.get("fallback")
+    if fallback:
+        offer_id, eligible, reason, policy, detail = fallback
+        entry = {"offer_id": offer_id, "eligible": eligible, "fallback": True}
+        if eligible:
+            entry.update(slot=1, propensity=1.0, probability=1.0)
+        else:
+            entry["reason"] = reason
+            if policy:
+                entry["policy"] = policy
+            if detail:
+                entry["detail"] = detail
+        out.append(entry)
+    return out
 
 
 def _explored(scores: np.ndarray, slots: list[tuple[int, float]]) -> list[bool]:
@@ -305,4 +350,5 @@ def _answer(offer: Any, channel: str, slot: int, score: float, propensity: float
         "slot": slot,
         "fallback": fallback,
         "group": offer.group,
+        "explored": False,
     }

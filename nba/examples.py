@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bandit import flatten
 from nba.errors import PolicySetError
 from nba.policy_set import EXAMPLE_SUFFIX, PolicySet
 from nba.screening import screen
@@ -104,7 +105,7 @@ def check_examples(policy_set: PolicySet, examples: list[tuple[str, Example]]) -
                                        past.channel or example.channel))
         events.sort(key=lambda e: e.at)
         summary = ContactSummary(events, now.timestamp(), example.channel, policy_set.cap_windows)
-        result = screen(policy_set, example.channel, context, example.customer_id, now, summary, OfferCounters())
+        result = screen(policy_set, example.channel, flatten(context), example.customer_id, now, summary, OfferCounters())
         verdicts = {v.offer.id: v for v in result.verdicts}
         for offer_id in example.eligible + example.not_eligible:
             if offer_id not in policy_set.offers:

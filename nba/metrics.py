@@ -48,3 +48,14 @@ WINDOWS_CLOSED = Counter("nba_reward_windows_closed_total", "Decisions whose rew
 NO_RESPONSE = Counter(
     "nba_no_response_total", "Offers that got the default reward because no feedback came before their windows closed"
 )
+
+
+_filtered_children: dict[str, Counter] = {}
+
+
+def filtered(reason: str) -> Counter:
+    """``FILTERED.labels(reason)``, looked up once per reason (labels() is a slow path)."""
+    child = _filtered_children.get(reason)
+    if child is None:
+        child = _filtered_children[reason] = FILTERED.labels(reason)
+    return child

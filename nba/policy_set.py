@@ -33,8 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from nba.errors import PolicySetError, Problem
 from nba.offers import Group, Identifier, Offer
 from nba.policies import ENGAGEMENT, Budget, ContactCap, EngagementRule, Policy, Suppression, Weight
-from nba.rules import Rule, RuleSyntaxError
-from nba.schema import ContextSchema, FieldSpec, FieldType
+from nba.rules import Rule, RuleBatch, RuleSyntaxError
+from nba.schema import ContextSchema, FieldSpec, FieldType, needed_paths
 
 __all__ = [
     "EXAMPLE_SUFFIX",
@@ -92,6 +92,16 @@ class BoundRule:
     #: channels it is restricted to (empty: all)
     channels: frozenset[str] = frozenset()
 
+    @property
+    def program(self) -> Any:
+        return self.rule.program
+
+    @property
+    def shared(self) -> bool:
+        """The same program for every offer it covers (it does not name the offer): one
+        evaluation serves them all within a request."""
+        return not self.rule.per_offer
+
 
 @dataclass(frozen=True)
 class CompiledOffer:
@@ -106,10 +116,37 @@ class CompiledOffer:
     weights: tuple[BoundRule, ...] = ()
     #: the offer's lever times its group's
     lever: float = 1.0
+    #: whether its status, dates or schedule can rule it out (else that screen is skipped)
+    timed: bool = True
+    #: whether contact policies or budgets apply to it
+    held: bool = True
 
     @property
     def id(self) -> str:
         return self.offer.id
+
+
+class ChannelBatch:
+    """The engagement rules of every offer on one channel, as one ``RuleBatch``: each distinct
+    rule once (a group policy that does not name the offer serves every offer it covers), and
+    for each offer, which results to read, in screening order."""
+
+    def __init__(self, channel: str, offers: list[CompiledOffer]) -> None:
+        rules: list[Rule] = []
+        index: dict[int, int] = {}
+        self.elements: dict[str, list[tuple[int, BoundRule]]] = {}
+        for compiled in offers:
+            steps = []
+            for bound in compiled.rules:
+                if bound.channels and channel not in bound.channels:
+                    continue
+                key = id(bound.rule)
+                if key not in index:
+                    index[key] = len(rules)
+                    rules.append(bound.rule)
+                steps.append((index[key], bound))
+            self.elements[compiled.id] = steps
+        self.batch = RuleBatch(rules)
 
 
 @dataclass
@@ -129,6 +166,8 @@ class PolicySet:
     warnings: list[Problem] = field(default_factory=list)
     #: the monotonic version number once registered with the store (0 before)
     number: int = 0
+    #: every rule's source, by policy id (an offer's own: "<id>.eligibility")
+    sources: dict[str, str] = field(default_factory=dict)
     by_channel: dict[str, list[CompiledOffer]] = field(init=False)
     fallback: dict[str, CompiledOffer] = field(init=False)
     #: offers of each shared (per: policy) budget
@@ -139,6 +178,12 @@ class PolicySet:
     history_seconds: float = field(init=False)
     #: (kind, window) pairs the caps count
     cap_windows: frozenset[tuple[str, float]] = field(init=False)
+    #: every channel's engagement rules, compiled to be evaluated together
+    batches: dict[str, ChannelBatch] = field(init=False)
+    #: the context paths rules read (None: possibly anything)
+    context_paths: frozenset[str] | None = field(init=False)
+    #: every variable any rule uses
+    uses: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.by_channel = {c: [] for c in self.channels}
@@ -150,6 +195,7 @@ class PolicySet:
                         self.fallback[channel] = compiled
                 else:
                     self.by_channel[channel].append(compiled)
+        self.batches = {channel: ChannelBatch(channel, offers) for channel, offers in self.by_channel.items()}
         members: dict[str, list[str]] = {}
         for compiled in self.offers.values():
             for budget in compiled.budgets:
@@ -164,6 +210,9 @@ class PolicySet:
         windows += [s.days * 86400 for o in self.offers.values() for s in o.suppressions]
         self.history_seconds = max(windows, default=0.0)
         self.cap_windows = frozenset((c.counts, c.window) for o in self.offers.values() for c in o.caps)
+        sources = [self.sources[k] for k in sorted(self.sources)] if self.sources else []
+        self.context_paths = needed_paths(sources)
+        self.uses = frozenset().union(*(b.rule.uses for o in self.offers.values() for b in (*o.rules, *o.weights)))
 
     @property
     def version(self) -> str:
@@ -345,7 +394,10 @@ class _Builder:
             self._type_check(compiled.values(), schema)
             if any(p.severity == "error" for p in self.problems):
                 return None
+        sources = {pid: rule.source for pid, rule in templates.items()}
+        sources.update({f"{oid}.eligibility": o.eligibility for oid, (o, _) in offers.items() if o.eligibility.strip() != "true"})
         return PolicySet(
+            sources=sources,
             channels=tuple(channels),
             offers=compiled,
             groups=groups,
@@ -485,14 +537,18 @@ class _Builder:
             budgets=tuple(budgets),
             weights=tuple(weights),
             lever=offer.lever * (group.lever if group else 1.0),
+            timed=offer.status != "live" or offer.valid_from is not None or offer.valid_until is not None
+            or offer.schedule is not None,
+            held=bool(caps or suppressions or budgets),
         )
 
     def _type_check(self, offers: Any, schema: ContextSchema) -> None:
         """Evaluates every rule on contexts sampled from the schema: a type mismatch there is
         a rule that compares a field with the wrong type."""
+        from bandit import flatten
         from nba.rules import activation
 
-        samples = [activation(s, "", "sample", self.now, {}, {}) for s in schema.samples(40)]
+        samples = [activation(flatten(s), "", "sample", self.now, {}, {}) for s in schema.samples(40)]
         reported: set[str] = set()
         for compiled in offers:
             for bound in (*compiled.rules, *compiled.weights):

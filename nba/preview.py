@@ -32,7 +32,7 @@ from nba.learning import LearningLoop
 from nba.policy_set import PolicySet
 from nba.screening import screen
 
-__all__ = ["OfferChange", "PreviewReport", "Replayed", "Totals", "preview", "unflatten"]
+__all__ = ["OfferChange", "PreviewReport", "Replayed", "Totals", "preview"]
 
 NOTE = "contact policies (caps, suppressions) and budgets are not simulated in a preview"
 
@@ -78,25 +78,6 @@ class Replayed:
     features: Mapping[str, Any]
 
 
-def unflatten(features: Mapping[str, Any]) -> dict[str, Any]:
-    """Rebuilds a nested context from its flattened features.
-
-    >>> unflatten({"customer.age": 30.0, "customer.flags.vip": True, "tags": ["a"]})
-    {'customer': {'age': 30.0, 'flags': {'vip': True}}, 'tags': ['a']}
-    """
-    root: dict[str, Any] = {}
-    for path, value in features.items():
-        node = root
-        *parents, leaf = path.split(".")
-        for part in parents:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[leaf] = value
-    return root
-
-
 def preview(
     live: PolicySet, draft: PolicySet, lines: Iterable[Mapping[str, Any]], learning: LearningLoop, n_bootstrap: int = 200
 ) -> PreviewReport:
@@ -105,7 +86,7 @@ def preview(
     decisions = [_replayed(line) for line in lines]
     stats = {"live": _Stats(), "draft": _Stats()}
     for record in decisions:
-        context = unflatten(record.features)
+        context = record.features
         for name, policy_set in (("live", live), ("draft", draft)):
             stats[name].add(policy_set, record, context, learning)
     offer_ids = list(dict.fromkeys([*live.offers, *draft.offers]))
@@ -155,7 +136,7 @@ class _Stats:
         self.seen_on_channel: dict[str, int] = defaultdict(int)
         self.shares: dict[str, float] = defaultdict(float)
 
-    def add(self, policy_set: PolicySet, record: Replayed, context: dict[str, Any], learning: LearningLoop) -> None:
+    def add(self, policy_set: PolicySet, record: Replayed, context: Mapping[str, Any], learning: LearningLoop) -> None:
         self.decisions += 1
         if record.channel not in policy_set.channels:
             self.empty += 1

@@ -78,6 +78,67 @@ def field_paths(source: str) -> list[tuple[str, int]]:
     return found
 
 
+def needed_paths(sources: Iterable[str]) -> frozenset[str] | None:
+    """The context paths a set of rules can read, or None when a rule may read anything (it
+    indexes ``customer[...]``, or passes ``customer`` or ``context`` whole to a function).
+
+    Screening builds the CEL activation from just these: converting a context costs per
+    field, and rules rarely read more than a few of the fields a channel sends.
+
+    >>> sorted(needed_paths(['customer.age > 3 && "x" in customer.tags', 'channel == "web"']))
+    ['customer.age', 'customer.tags']
+    >>> needed_paths(['size(customer) > 2']) is None
+    True
+    """
+    paths: set[str] = set()
+    for source in sources:
+        blanked = _STRING.sub(lambda m: " " * len(m.group(0)), source)
+        for match in _CHAIN.finditer(blanked):
+            root, rest, call = match.group(1), match.group(2), match.group(3)
+            segments = [s.strip() for s in rest.split(".") if s.strip()]
+            if call and segments:
+                segments = segments[:-1]
+            after = blanked[match.end():].lstrip()
+            if (not call and after.startswith("[")) or (root == "context" and len(segments) < 1) or (
+                root == "customer" and not segments
+            ):
+                return None
+            path = [root, *segments] if root == "customer" else segments
+            paths.add(".".join(path))
+    return frozenset(paths)
+
+
+def prune(features: Mapping[str, Any], paths: Iterable[str]) -> dict[str, Any]:
+    """The nested context of flattened ``features``, holding only ``paths`` (those present,
+    with everything below them), sharing their values.
+
+    >>> prune({"customer.age": 3, "customer.name": "x", "customer.flags.vip": True, "customer.flags.new": False},
+    ...       ["customer.age", "customer.flags", "customer.nope.x"])
+    {'customer': {'age': 3, 'flags': {'vip': True, 'new': False}}}
+    """
+    out: dict[str, Any] = {}
+    for path in paths:
+        if path in features:
+            _put(out, path, features[path])
+        else:
+            prefix = path + "."
+            for key, value in features.items():
+                if key.startswith(prefix):
+                    _put(out, key, value)
+    return out
+
+
+def _put(root: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = root
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[leaf] = value
+
+
 @dataclass(frozen=True)
 class ContextSchema:
     fields: dict[str, FieldSpec]

@@ -30,7 +30,7 @@ from typing import Any
 
 from nba.contacts import ContactSummary, OfferCounters
 from nba.policy_set import CompiledOffer, PolicySet
-from nba.rules import activation
+from nba.rules import RuleError, activation
 
 __all__ = ["REASONS", "Screening", "Verdict", "day_start", "screen"]
 
@@ -44,7 +44,7 @@ PACING_BURST = 0.05
 MAX_WEIGHT = 1000.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Verdict:
     offer: CompiledOffer
     eligible: bool
@@ -77,18 +77,23 @@ def day_start(local: datetime) -> float:
 def screen(
     policy_set: PolicySet,
     channel: str,
-    context: Mapping[str, Any],
+    features: Mapping[str, Any],
     customer_id: str,
     now: datetime,
     summary: ContactSummary | None = None,
     counters: OfferCounters | None = None,
 ) -> Screening:
-    """Screens every offer on ``channel``. Without ``summary`` contact policies are skipped,
-    without ``counters`` budgets (the what-if preview screens that way)."""
+    """Screens every offer on ``channel`` for a request whose context is flattened into
+    ``features``. Without ``summary`` contact policies are skipped, without ``counters``
+    budgets (the what-if preview screens that way)."""
     contacts = (summary.offers, summary.groups) if summary is not None else ({}, {})
-    variables = activation(context, channel, customer_id, now, *contacts)
+    variables = activation(features, channel, customer_id, now, *contacts, paths=policy_set.context_paths,
+                           uses=policy_set.uses)
     local = now.astimezone(policy_set.timezone)
-    state = _State(policy_set, channel, now, local, summary, counters, variables)
+    batch = policy_set.batches.get(channel)
+    results = batch.batch.evaluate(variables) if batch is not None and batch.batch.rules else []
+    state = _State(policy_set, channel, now, local, summary, counters, variables, results,
+                   batch.elements if batch is not None else {})
     verdicts = [state.verdict(o) for o in policy_set.by_channel.get(channel, ())]
     fallback = policy_set.fallback.get(channel)
     return Screening(verdicts, state.verdict(fallback, last_resort=True) if fallback else None)
@@ -96,7 +101,8 @@ def screen(
 
 class _State:
     def __init__(self, policy_set: PolicySet, channel: str, now: datetime, local: datetime,
-                 summary: ContactSummary | None, counters: OfferCounters | None, variables: Any) -> None:
+                 summary: ContactSummary | None, counters: OfferCounters | None, variables: Any,
+                 results: list[Any] | None = None, elements: dict[str, Any] | None = None) -> None:
         self.policy_set = policy_set
         self.channel = channel
         self.now = now
@@ -105,24 +111,41 @@ class _State:
         self.counters = counters
         self.variables = variables
         self._day_start: float | None = None
+        #: the channel's rule results (RuleBatch), and per offer which to read
+        self._results = results or []
+        self._elements = elements or {}
 
     def verdict(self, compiled: CompiledOffer, last_resort: bool = False) -> Verdict:
-        offer = compiled.offer
-        outside = offer.outside(self.now, self.local)
-        if outside:
-            return Verdict(compiled, False, outside[0], None, outside[1])
-        for bound in compiled.rules:
-            if bound.channels and self.channel not in bound.channels:
+        # The hot loop of every decision: one call per offer on the channel. Screens that
+        # cannot apply are skipped before any call, and a rule is run directly, falling back
+        # to Rule.evaluate only to explain a result that is not a plain boolean.
+        if compiled.timed:
+            outside = compiled.offer.outside(self.now, self.local)
+            if outside:
+                return Verdict(compiled, False, outside[0], None, outside[1])
+        steps = self._elements.get(compiled.id)
+        if steps is None:  # not screened in the channel's batch (the fallback): rule by rule
+            steps = [(None, b) for b in compiled.rules if not b.channels or self.channel in b.channels]
+        results = self._results
+        for index, bound in steps:
+            if index is not None:
+                result = results[index]
+            else:
+                ok, error = bound.rule.evaluate(self.variables)
+                result = RuleError(error) if error is not None else ok
+            if result is True:
                 continue
-            ok, error = bound.rule.evaluate(self.variables)
-            if error is not None:
-                return Verdict(compiled, False, "rule_error", bound.policy, error)
-            if not ok:
+            if result is False:
                 return Verdict(compiled, False, bound.kind, bound.policy)
-        if not last_resort:
+            if isinstance(result, RuleError):
+                return Verdict(compiled, False, "rule_error", bound.policy, str(result))
+            return Verdict(compiled, False, "rule_error", bound.policy, f"returned {result!r}, not a boolean")
+        if compiled.held and not last_resort:
             held = self._contact(compiled) or self._budget(compiled)
             if held:
                 return held
+        if not compiled.weights:
+            return Verdict(compiled, True)
         weight, errors = 1.0, []
         for bound in compiled.weights:
             if bound.channels and self.channel not in bound.channels:

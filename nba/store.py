@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, event, func, inspect
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.url import make_url
 from sqlmodel import Field, SQLModel, create_engine, select
@@ -111,7 +109,7 @@ class DecisionRow(SQLModel, table=True):
     policy_version: str = Field(max_length=64)
     model_version: str = Field(max_length=128)
     features: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    candidates: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    candidates: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     offers: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
     #: its reward windows have closed: offers without feedback got the default reward
     closed: bool = Field(default=False)
@@ -316,13 +314,11 @@ class Store:
     def insert_contacts(self, conn: Any, events: list[ContactEvent]) -> None:
         if not events:
             return
-        conn.execute(
-            ContactEventRow.__table__.insert(),
-            [
-                {"customer_id": e.customer_id, "at": e.at, "kind": e.kind, "offer_id": e.offer_id,
-                 "group": e.group, "channel": e.channel}
-                for e in events
-            ],
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        conn.exec_driver_sql(
+            'INSERT INTO contact_events (customer_id, at, kind, offer_id, "group", channel) '
+            f"VALUES ({', '.join([mark] * 6)})",
+            [(e.customer_id, e.at, e.kind, e.offer_id, e.group, e.channel) for e in events],
         )
         increments: dict[tuple[str, str, int], int] = {}
         for e in events:
@@ -334,16 +330,15 @@ class Store:
         if not rows:
             return
         table = OfferCounterRow.__table__
-        dialect = self.engine.dialect.name
-        if dialect in ("sqlite", "postgresql"):
-            insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
-            statement = insert(table)
-            conn.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[table.c.offer_id, table.c.kind, table.c.hour],
-                    set_={"count": table.c.count + statement.excluded["count"]},
-                ),
-                rows,
+        dialect = self.engine.dialect
+        if dialect.name in ("sqlite", "postgresql"):
+            # Both speak INSERT ... ON CONFLICT DO UPDATE; written out once, since building the
+            # statement with SQLAlchemy on every write cost more than running it.
+            mark = "?" if dialect.paramstyle == "qmark" else "%s"
+            conn.exec_driver_sql(
+                f"INSERT INTO offer_counters (offer_id, kind, hour, count) VALUES ({mark}, {mark}, {mark}, {mark}) "
+                "ON CONFLICT (offer_id, kind, hour) DO UPDATE SET count = offer_counters.count + excluded.count",
+                [(r["offer_id"], r["kind"], r["hour"], r["count"]) for r in rows],
             )
             return
         for row in rows:  # any other database: read, then write
@@ -374,7 +369,24 @@ class Store:
     # Decisions ----------------------------------------------------------------------
 
     def insert_decisions(self, conn: Any, records: list[DecisionRecord]) -> None:
-        conn.execute(self._decisions.insert(), [_decision_row(r) for r in records])
+        """One executemany through the driver. SQLAlchemy's per-row parameter processing cost
+        more than the write itself here (a third of the writer's time in a profile), so rows are
+        made ready for the driver as the ORM would make them: JSON text, and for SQLite the
+        datetime in SQLAlchemy's storage format, so that everything reads back the same."""
+        dialect = self.engine.dialect
+        sqlite = dialect.name == "sqlite"
+        columns = ("decision_id", "request_id", "customer_id", "channel", "created_at", "policy_version",
+                   "model_version", "features", "candidates", "offers", "closed")
+        marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in columns)
+        sql = f"INSERT INTO decisions ({', '.join(columns)}) VALUES ({marks})"
+        dumps = json.dumps
+        rows = [
+            (r.decision_id, r.request_id, r.customer_id, r.channel,
+             _sqlite_time(r.created_at) if sqlite else r.created_at, r.policy_version, r.model_version,
+             dumps(r.features), dumps(r.candidates), dumps(r.offers), 0 if sqlite else False)
+            for r in records
+        ]
+        conn.exec_driver_sql(sql, rows)
 
     def find_decision(self, decision_id: str) -> DecisionRecord | None:
         with self.engine.connect() as conn:
@@ -593,19 +605,9 @@ class Store:
             after = (rows[-1].created_at, rows[-1].decision_id)
 
 
-def _decision_row(r: DecisionRecord) -> dict[str, Any]:
-    return {
-        "decision_id": r.decision_id,
-        "request_id": r.request_id,
-        "customer_id": r.customer_id,
-        "channel": r.channel,
-        "created_at": r.created_at,
-        "policy_version": r.policy_version,
-        "model_version": r.model_version,
-        "features": r.features,
-        "candidates": r.candidates,
-        "offers": r.offers,
-    }
+def _sqlite_time(value: datetime) -> str:
+    """SQLAlchemy's SQLite DateTime storage format (UTC, no offset), for driver-level writes."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _record(row: Any) -> DecisionRecord:
@@ -641,7 +643,7 @@ def _export_line(record: DecisionRecord, feedback: list[Any]) -> dict[str, Any]:
         "policy_version": record.policy_version,
         "model_version": record.model_version,
         "features": record.features,
-        "candidates": record.candidates,
+        "candidates": record.candidate_list(),
         "offers": [
             {k: o[k] for k in ("offer_id", "slot", "propensity", "score", "fallback", "treatment")}
             for o in record.offers

@@ -45,7 +45,7 @@ def test_limit_zero_means_one_and_a_huge_limit_is_clamped(server: Running) -> No
     assert len(decide(server, limit=0).offers) == 1
     everything = decide(server, limit=2_000_000_000)
     eligible = logged(server, everything.decision_id)
-    expected = [c["offer_id"] for c in eligible.candidates if c["eligible"]]
+    expected = [c["offer_id"] for c in eligible.candidate_list() if c["eligible"]]
     assert sorted(o.offer_id for o in everything.offers) == sorted(expected)
     assert everything.offers[-1].propensity == 1.0
 
@@ -54,14 +54,14 @@ def test_every_candidate_is_logged_with_eligibility_reason_and_probability(serve
     profile = customer(flags={"churn_risk": False, "fraud_risk": True, "vulnerable": False})
     response = decide(server, context={"customer": profile}, limit=2)
     record = logged(server, response.decision_id)
-    by_id = {c["offer_id"]: c for c in record.candidates}
+    by_id = {c["offer_id"]: c for c in record.candidate_list()}
     web_offers = {o.id for o in server.service.policy_set.by_channel["web"]}
     assert set(by_id) == web_offers
     assert by_id["gold-card"] == {"offer_id": "gold-card", "eligible": False, "reason": "eligibility",
                                   "policy": "no-marketing-to-fraud-risk"}
     assert by_id["security-check"]["eligible"] is True
     # Propensities of the first slot form a distribution over the eligible offers.
-    eligible = [c for c in record.candidates if c["eligible"]]
+    eligible = [c for c in record.candidate_list() if c["eligible"]]
     assert sum(c["probability"] for c in eligible) == pytest.approx(1.0)
     chosen = sorted((c for c in eligible if "slot" in c), key=lambda c: c["slot"])
     assert [c["offer_id"] for c in chosen] == [o.offer_id for o in response.offers]
@@ -76,7 +76,7 @@ def test_a_rule_that_cannot_be_evaluated_filters_the_offer_and_says_why(server: 
     del profile["flags"]
     response = decide(server, context={"customer": profile}, limit=50)
     assert "gold-card" not in {o.offer_id for o in response.offers}
-    gold = next(c for c in logged(server, response.decision_id).candidates if c["offer_id"] == "gold-card")
+    gold = next(c for c in logged(server, response.decision_id).candidate_list() if c["offer_id"] == "gold-card")
     assert gold["reason"] == "rule_error" and gold["policy"] == "no-marketing-to-fraud-risk"
     assert "flags" in gold["detail"]
 
@@ -85,8 +85,8 @@ def test_fallback_when_nothing_else_is_eligible(server: Running) -> None:
     response = decide(server, channel="app", context={"customer": {"age": 45}}, limit=3)
     assert [(o.offer_id, o.fallback, o.propensity) for o in response.offers] == [("help-centre", True, 1.0)]
     record = logged(server, response.decision_id)
-    assert not any(c["eligible"] for c in record.candidates if not c.get("fallback"))
-    assert record.candidates[-1] == {"offer_id": "help-centre", "eligible": True, "fallback": True,
+    assert not any(c["eligible"] for c in record.candidate_list() if not c.get("fallback"))
+    assert record.candidate_list()[-1] == {"offer_id": "help-centre", "eligible": True, "fallback": True,
                                      "slot": 1, "propensity": 1.0, "probability": 1.0}
 
 

@@ -177,10 +177,9 @@ class Draft(LearnerTarget):
 def screen_logged(policy_set: Any, d: LoggedDecision) -> tuple[list[str], np.ndarray]:
     """The offers ``policy_set`` makes eligible for a logged decision (at the time it was made;
     contact policies and budgets not simulated), with their arbitration multipliers."""
-    from nba.preview import unflatten
     from nba.screening import screen
 
-    result = screen(policy_set, d.channel, unflatten(d.features), d.customer_id, d.decided_at)
+    result = screen(policy_set, d.channel, d.features, d.customer_id, d.decided_at)
     eligible = result.eligible
     return [v.offer.id for v in eligible], np.array([v.offer.offer.value * v.offer.lever * v.weight for v in eligible])
 

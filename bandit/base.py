@@ -88,12 +88,14 @@ class Learner:
         arm_ids: Sequence[Hashable],
         context: Mapping[str, Any],
         weights: Sequence[float] | np.ndarray | None = None,
+        scale: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The first slot's probabilities (and the scores) ``pull`` would draw from, without
-        drawing: for what-if questions that must not disturb the draws."""
+        drawing: for what-if questions that must not disturb the draws. ``scale`` overrides
+        the unit of gaps (for a later slot: the largest weight of all the slots' arms)."""
         arm_ids = list(arm_ids)
-        _, scores, scale = self._weighted(arm_ids, context, weights)
-        return self.exploration.probabilities(scores, scale, self.n_updates), scores
+        _, scores, own_scale = self._weighted(arm_ids, context, weights)
+        return self.exploration.probabilities(scores, own_scale if scale is None else scale, self.n_updates), scores
 
     def _weighted(
         self, arm_ids: list[Hashable], context: Mapping[str, Any], weights: Sequence[float] | np.ndarray | None

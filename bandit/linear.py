@@ -99,21 +99,30 @@ class LinearBandit(Learner):
         self._attribute_names: list[str] = ["*"]
         self._arm_slot: dict[Hashable, int] = {}
         self._membership = np.ones((1, 1))
-        self._cached: tuple[Mapping[str, Any], int, np.ndarray] | None = None
+        self._solo = np.zeros(1, dtype=bool)
+        self._cached: tuple[Mapping[str, Any], int, np.ndarray, dict[str, Any]] | None = None
 
-    def set_arm_attributes(self, attributes: Mapping[Hashable, Iterable[str]]) -> None:
+    def set_arm_attributes(self, attributes: Mapping[Hashable, Iterable[str] | None]) -> None:
         """Declares each arm's attributes (e.g. ``group=retention``, ``tag=credit-card``);
-        every arm also has ``*``. Arms not named keep only ``*``."""
-        self._arm_attributes = {arm: ("*", *dict.fromkeys(attrs)) for arm, attrs in attributes.items()}
+        every arm also has ``*``. Arms not named keep only ``*``. An arm given None stands
+        alone: it neither teaches nor borrows from the shared model (a fallback, say, whose
+        responses say nothing about what the other offers are worth)."""
+        self._arm_attributes = {
+            arm: () if attrs is None else ("*", *dict.fromkeys(attrs)) for arm, attrs in attributes.items()
+        }
         names = ["*", *sorted({a for attrs in self._arm_attributes.values() for a in attrs} - {"*"})]
         column = {name: j for j, name in enumerate(names)}
         membership = np.zeros((len(self._arm_attributes) + 1, len(names)))
         membership[0, 0] = 1.0
+        solo = np.zeros(len(self._arm_attributes) + 1, dtype=bool)
         self._arm_slot = {}
         for i, (arm, attrs) in enumerate(self._arm_attributes.items(), start=1):
-            membership[i, [column[a] for a in attrs]] = 1.0 / len(attrs)
+            if attrs:
+                membership[i, [column[a] for a in attrs]] = 1.0 / len(attrs)
+            else:
+                solo[i] = True
             self._arm_slot[arm] = i
-        self._attribute_names, self._membership = names, membership
+        self._attribute_names, self._membership, self._solo = names, membership, solo
 
     def _attributes_of(self, arm_id: Hashable) -> tuple[str, ...]:
         return self._arm_attributes.get(arm_id, ("*",))
@@ -126,10 +135,12 @@ class LinearBandit(Learner):
         """The context's vector, reused when the same context object is asked for again before
         the featurizer learned anything (a pull followed by its update)."""
         cached = self._cached
-        if cached is not None and cached[0] is context and cached[1] == self._featurizer.version:
+        if cached is not None and cached[0] is context and cached[1] == self._featurizer.version and cached[3] == context:
             return cached[2]
         x = self._featurizer.transform_one(context)
-        self._cached = (context, self._featurizer.version, x)
+        # A shallow copy too: a dict changed in place between the pull and the update must
+        # not get the vector of what it held before.
+        self._cached = (context, self._featurizer.version, x, dict(context))
         return x
 
     def _predict(self, arm_ids: list[Hashable], context: Mapping[str, Any]) -> np.ndarray:
@@ -143,13 +154,20 @@ class LinearBandit(Learner):
         slots = np.fromiter(map(self._arm_slot.get, arm_ids, repeat(0)), dtype=np.intp, count=len(arm_ids))
         from_attributes = self._membership[slots] @ per_attribute
         n = self._model.counts(rows).astype(float)
-        trust = n / (n + self.shared)
+        trust = np.where(self._solo[slots], 1.0, n / (n + self.shared))
         return self.prior + trust * own + (1 - trust) * from_attributes
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cached"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Snapshots of earlier versions lack newer fields: start those empty (the service
+        # describes the arms again after restoring).
+        fresh = {"_attribute_names": ["*"], "_arm_slot": {}, "_membership": np.ones((1, 1)),
+                 "_solo": np.zeros(1, dtype=bool), "_cached": None, "shared": 0.0, "warmup": 1000}
+        self.__dict__.update({**fresh, **state})
 
     def _update(
         self,

@@ -10,8 +10,11 @@ Estimates for all eligible arms are one matrix-vector product over stacked rows;
 updated share row 0, the prior (theta = 0).
 
 With ``forget`` below 1 each new observation of an arm discounts its earlier ones
-geometrically (A <- forget A + x x^T), so the estimate follows preferences that drift; the
-order of events then matters.
+geometrically, so the estimate follows preferences that drift; the order of events then
+matters. The discount must not reach the regularisation (alpha I), or directions the data
+never cover would grow without bound: the discounted data sum D is kept beside A^-1, which
+is updated cheaply (it lets alpha I decay by at most forget^REFRESH) and recomputed exactly
+as (D + alpha I)^-1 every REFRESH observations of the arm.
 
 Li, Chu, Langford & Schapire (2010), "A Contextual-Bandit Approach to Personalized News Article
 Recommendation", WWW (the disjoint linear model).
@@ -26,6 +29,9 @@ import numpy as np
 from scipy.linalg.blas import dger
 
 __all__ = ["RidgeArms"]
+
+#: with forgetting, A^-1 is recomputed exactly every this many observations of an arm
+REFRESH = 32
 
 
 class RidgeArms:
@@ -55,6 +61,8 @@ class RidgeArms:
         self._b = np.zeros((capacity, dim))
         self._theta = np.zeros((capacity, dim))
         self._count = np.zeros(capacity, dtype=np.int64)
+        # Only with forgetting: the discounted sum of x x^T of each arm.
+        self._data = np.zeros((capacity, dim, dim)) if forget < 1.0 else None
 
     def predict(self, arm_ids: Sequence[Hashable], x: np.ndarray) -> np.ndarray:
         """Expected reward of each arm for features ``x``."""
@@ -87,16 +95,24 @@ class RidgeArms:
         row = self._row(arm_id)
         ainv = self._ainv[row]
         if previous_reward is None:
-            if self.forget < 1.0:
-                # Discounted ridge: A <- forget * A + x x^T, b <- forget * b + r x, so evidence
-                # loses weight geometrically with every newer observation of the arm.
-                ainv /= self.forget
+            refresh = False
+            if self._data is not None:
+                # Discounted ridge: D <- forget D + x x^T, b <- forget b + r x.
+                data = self._data[row]
+                data *= self.forget
+                dger(1.0, x, x, a=data.T, overwrite_a=True)
                 self._b[row] *= self.forget
-            ax = ainv @ x
-            # The rank-one downdate in place with BLAS dger: seven times faster than numpy's
-            # outer product and subtraction, which allocate a d x d temporary. A^-1 is
-            # symmetric, so its C-ordered row is a Fortran-ordered matrix dger updates in place.
-            dger(-1.0 / (1.0 + x @ ax), ax, ax, a=ainv.T, overwrite_a=True)
+                refresh = (self._count[row] + 1) % REFRESH == 0
+                if not refresh:
+                    ainv /= self.forget  # the cheap step: alpha I decays a little until the refresh
+            if refresh:
+                ainv[...] = np.linalg.inv(self._data[row] + self.alpha * np.eye(self.dim))
+            else:
+                ax = ainv @ x
+                # The rank-one downdate in place with BLAS dger: seven times faster than numpy's
+                # outer product and subtraction, which allocate a d x d temporary. A^-1 is
+                # symmetric, so its C-ordered row is a Fortran-ordered matrix dger updates in place.
+                dger(-1.0 / (1.0 + x @ ax), ax, ax, a=ainv.T, overwrite_a=True)
             self._b[row] += reward * x
             self._count[row] += 1
         else:
@@ -114,12 +130,14 @@ class RidgeArms:
         self._b[row] = 0.0
         self._theta[row] = 0.0
         self._count[row] = 0
+        if self._data is not None:
+            self._data[row] = 0.0
         self._rows[arm_id] = row
         return row
 
     def _grow(self, capacity: int) -> None:
         n = len(self._count)
-        for name in ("_ainv", "_b", "_theta", "_count"):
+        for name in self._arrays():
             old = getattr(self, name)
             new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
             new[:n] = old
@@ -129,9 +147,13 @@ class RidgeArms:
         # Snapshots carry only the rows in use, not the spare capacity.
         used = len(self._rows) + 1
         state = self.__dict__.copy()
-        for name in ("_ainv", "_b", "_theta", "_count"):
+        for name in self._arrays():
             state[name] = state[name][:used].copy()
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state.setdefault("_data", None)
         self.__dict__.update(state)
+
+    def _arrays(self) -> tuple[str, ...]:
+        return ("_ainv", "_b", "_theta", "_count") + (("_data",) if self._data is not None else ())

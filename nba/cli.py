@@ -187,7 +187,7 @@ def _preview(args: argparse.Namespace, draft: Any) -> int:
     live.number = live_row.version
     learning = LearningLoop(build_learner(settings))
     learning.restore(store, settings.seed)
-    report = preview(live, draft, store.recent_lines(args.last), learning)
+    report = preview(live, draft, store.recent_lines(args.last), learning, lambda: build_learner(settings))
     print(f"replayed {report.decisions} decisions against live {report.live_version} and the draft")
     for name, estimate in (("live", report.live_value), ("draft", report.draft_value)):
         if estimate is not None:
@@ -220,7 +220,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     since, until = _date(args.since, "--since"), _date(args.until, "--until")
     try:
         if args.log:
-            decisions = from_jsonl(args.log, args.default_reward)
+            decisions = from_jsonl(args.log, args.default_reward, args.include_open)
             decisions = [d for d in decisions if (since is None or d.decided_at >= since) and (until is None or d.decided_at < until)]
             source = args.log
         else:
@@ -233,7 +233,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"nba: {exc}", file=sys.stderr)
         return 1
     if not decisions:
-        print("nba: no logged decisions to evaluate" + ("" if args.include_open or args.log else
+        print("nba: no logged decisions to evaluate" + ("" if args.include_open else
               " (decisions whose reward windows are still open are left out; see --include-open)"), file=sys.stderr)
         return 1
     truth = Truth.load(args.truth) if args.truth else None
@@ -250,8 +250,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    import random
+
     from nba.simulation import Population, Simulator, curve_table, write_outputs
 
+    if args.seed is None:
+        args.seed = random.randrange(1 << 31)
+    print(f"seed {args.seed}", file=sys.stderr)
     try:
         population = Population.load(args.population)
         simulator = Simulator(
@@ -319,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("--reject-rate", type=float, default=0.2, help="share of non-acceptances reported as rejections (default 0.2)")
     simulate.add_argument("--concurrency", type=int, default=4, help="parallel callers (default 4)")
     simulate.add_argument("--block", type=int, default=1000, help="decisions per point of the learning curve (default 1000)")
-    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--seed", type=int, help="seed of the population and its responses (default: random, printed)")
     simulate.add_argument("--out", default="simulation", help="folder for curve.csv, learning_curve.png, truth.json")
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
     simulate.set_defaults(run=_simulate)

@@ -78,7 +78,7 @@ class LearningLoop:
         self._last_snapshot = time.monotonic()
         self._last_feedback_id = 0
         self._snapshot_feedback_id = 0
-        self._attributes: dict[Hashable, Sequence[str]] = {}
+        self._attributes: dict[Hashable, Sequence[str] | None] = {}
 
     @property
     def version(self) -> str:
@@ -108,8 +108,9 @@ class LearningLoop:
         with self._lock:
             return self._learner.distribution(arm_ids, features, weights)[0]
 
-    def describe_arms(self, attributes: Mapping[Hashable, Sequence[str]]) -> None:
-        """Tells the learner each offer's attributes (group, tags), for its shared model."""
+    def describe_arms(self, attributes: Mapping[Hashable, Sequence[str] | None]) -> None:
+        """Tells the learner each offer's attributes (group, tags), for its shared model; None
+        keeps an offer out of it (the fallbacks)."""
         self._attributes = dict(attributes)
         with self._lock:
             setter = getattr(self._learner, "set_arm_attributes", None)

@@ -8,9 +8,11 @@ first slots (the exploration probabilities averaged over the replayed decisions:
 expectations, not a sample).
 
 With the decisions' logged outcomes, it also estimates the value (mean reward per decision)
-of the live set and of the draft, both ranked by the current model, by doubly robust
-off-policy evaluation with 95% bootstrap intervals (``nba.evaluation``); feedback not yet
-received counts as the default reward, for both alike.
+of the live set and of the draft by doubly robust off-policy evaluation with 95% bootstrap
+intervals (``nba.evaluation``). Each set is ranked there by a learner of the service's
+configuration replayed over the window from scratch, learning as it goes: the current model
+has already learned these very outcomes, and scoring with it would flatter both sets.
+Feedback not yet received counts as the default reward, for both alike.
 
 Contact policies and budgets are not simulated: they depend on what each set would have
 shown over time, which a replay cannot know. The report says so.
@@ -19,7 +21,7 @@ shown over time, which a replay cannot know. The report says so.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,9 +81,15 @@ class Replayed:
 
 
 def preview(
-    live: PolicySet, draft: PolicySet, lines: Iterable[Mapping[str, Any]], learning: LearningLoop, n_bootstrap: int = 200
+    live: PolicySet,
+    draft: PolicySet,
+    lines: Iterable[Mapping[str, Any]],
+    learning: LearningLoop,
+    make_learner: Callable[[], Any] | None = None,
+    n_bootstrap: int = 200,
 ) -> PreviewReport:
-    """Replays logged decisions (export-format lines, oldest first) against both sets."""
+    """Replays logged decisions (export-format lines, oldest first) against both sets; with
+    ``make_learner``, also estimates each set's value."""
     lines = list(lines)
     decisions = [_replayed(line) for line in lines]
     stats = {"live": _Stats(), "draft": _Stats()}
@@ -106,9 +114,8 @@ def preview(
     changes.sort(key=lambda c: (-abs(c.draft_share - c.live_share), -abs(c.draft_eligible_rate - c.live_eligible_rate), c.offer_id))
     report = PreviewReport(len(decisions), live.version, stats["live"].totals(), stats["draft"].totals(), changes)
     logged = list(from_records(lines, final=True, source="decision log"))
-    if logged:
-        scorer = learning.distribution
-        targets = [PolicySetTarget("live", live, scorer), PolicySetTarget("draft", draft, scorer)]
+    if logged and make_learner is not None:
+        targets = [PolicySetTarget("live", live, make_learner()), PolicySetTarget("draft", draft, make_learner())]
         dr = {e.policy: e for e in evaluate(logged, targets, n_bootstrap=n_bootstrap) if e.estimator == "dr"}
         report.live_value, report.draft_value = dr["live"], dr["draft"]
     return report

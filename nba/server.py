@@ -141,7 +141,8 @@ class Service:
         )
         pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(self.decider, self.intake), self.server)
         apb_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.publisher, self.store.recent_lines, self.learning), self.server
+            AdminServicer(self.publisher, self.store.recent_lines, self.learning, lambda: build_learner(settings)),
+            self.server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -161,7 +162,8 @@ class Service:
     def _swap(self, policy_set: PolicySet) -> None:
         self.contacts.horizon_seconds = max(self.settings.contact_history_days * 86400, policy_set.history_seconds)
         self.learning.describe_arms({
-            o.id: [f"group={o.offer.group}", *(f"tag={t}" for t in o.offer.tags)] for o in policy_set.offers.values()
+            o.id: None if o.offer.fallback else [f"group={o.offer.group}", *(f"tag={t}" for t in o.offer.tags)]
+            for o in policy_set.offers.values()
         })
         if self.decider is not None:
             self.decider.policy_set = policy_set

@@ -119,10 +119,12 @@ def _offer_explanation(entry: dict[str, Any]) -> pb.OfferExplanation:
 class AdminServicer(apb_grpc.AdminServiceServicer):
     """Policy sets over gRPC; authentication is the AuthInterceptor's."""
 
-    def __init__(self, publisher: Publisher, recent: Callable[[int], list[dict[str, Any]]], learning: Any) -> None:
+    def __init__(self, publisher: Publisher, recent: Callable[[int], list[dict[str, Any]]], learning: Any,
+                 make_learner: Callable[[], Any] | None = None) -> None:
         self._publisher = publisher
         self._recent = recent
         self._learning = learning
+        self._make_learner = make_learner
 
     def GetLivePolicySet(self, request: apb.GetLivePolicySetRequest, context: grpc.ServicerContext) -> apb.PolicySet:
         return _policy_set(self._publisher.live, live=True, with_files=True)
@@ -186,7 +188,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             from nba.errors import PolicySetError
 
             raise PolicySetError(problems)
-        report = preview(self._publisher.live, draft, self._recent(last_n), self._learning)
+        report = preview(self._publisher.live, draft, self._recent(last_n), self._learning, self._make_learner)
         return apb.PreviewPolicySetResponse(
             decisions=report.decisions,
             live_version=report.live_version,

@@ -276,7 +276,7 @@ class Simulator:
                 self._next += 1
                 if i == self.drift_index and self._drift_time is None:
                     self._drift_time = datetime.now(UTC)
-            drifted = i >= self.drift_index
+                drift_time = self._drift_time
             persona = rng.choices(personas, weights)[0]
             customer = generate(persona.customer, rng)
             customer["persona"] = persona.name
@@ -289,6 +289,9 @@ class Simulator:
             except grpc.RpcError as exc:
                 self._errors.append(f"Decide: {exc.code().name}: {exc.details()}")
                 continue
+            # Preferences change at a moment, not a call count: with several callers, a call
+            # begun before the drift can be decided after it. The truth file uses the same time.
+            drifted = drift_time is not None and response.decided_at.ToDatetime(UTC) >= drift_time
             eligible = [e.offer_id for e in response.explanation.offers if e.eligible] or [o.offer_id for o in response.offers]
             truths = {a: self.population.probability(persona.name, a, drifted) for a in eligible}
             if not response.offers:

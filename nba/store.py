@@ -450,14 +450,12 @@ class Store:
         return FeedbackResult(False, applied, state.reward, int(feedback_id), previous_reward, late)
 
     def _late(self, conn: Any, event: FeedbackEvent) -> bool:
-        if self.windows is None:
+        """Late is judged by when the event arrived, not when it is written: an event received
+        in time but queued behind the closing of its decision's windows still counts (it
+        revises the default reward)."""
+        if self.windows is None or event.decided_at is None:
             return False
-        if event.decided_at is not None and self.windows.late(event.outcome, event.decided_at, event.received_at):
-            return True
-        closed = conn.execute(
-            select(self._decisions.c.closed).where(self._decisions.c.decision_id == event.decision_id)
-        ).scalar()
-        return bool(closed)
+        return self.windows.late(event.outcome, event.decided_at, event.received_at)
 
     def close_windows(self, conn: Any, now: datetime, limit: int = 1000) -> tuple[list[LearningEvent], int]:
         """Closes the reward windows of decisions older than the longest window: each offer
@@ -572,10 +570,9 @@ class Store:
     # Export -------------------------------------------------------------------------
 
     def export(
-        self, since: datetime | None = None, until: datetime | None = None, chunk: int = 500, include_closed: bool = False
+        self, since: datetime | None = None, until: datetime | None = None, chunk: int = 500
     ) -> Iterator[dict[str, Any]]:
-        """Every decision (oldest first) with its feedback joined: the JSON Lines format.
-        ``include_closed`` adds whether its reward windows have closed."""
+        """Every decision (oldest first) with its feedback joined: the JSON Lines format."""
         d, f = self._decisions, self._feedback
         after: tuple[datetime, str] | None = None
         while True:
@@ -597,8 +594,7 @@ class Store:
                         events[fb.decision_id].append(fb)
             for row in rows:
                 line = _export_line(_record(row), events[row.decision_id])
-                if include_closed:
-                    line["closed"] = bool(row.closed)
+                line["closed"] = bool(row.closed)
                 yield line
             if len(rows) < chunk:
                 return

@@ -185,7 +185,8 @@ def test_export_writes_one_decision_a_line_with_its_feedback(processes, tmp_path
     assert [line["channel"] for line in lines] == ["web", "email"]
     line = lines[0]
     assert set(line) == {"decision_id", "request_id", "customer_id", "channel", "decided_at", "policy_version",
-                         "model_version", "features", "candidates", "offers", "feedback", "rewards"}
+                         "model_version", "features", "candidates", "offers", "feedback", "rewards", "closed"}
+    assert line["closed"] is False  # its reward windows are still open
     assert line["decision_id"] == decision["decision_id"] and line["request_id"] == "r-1"
     assert line["features"]["customer.age"] == 34
     assert [o["slot"] for o in line["offers"]] == [1, 2]

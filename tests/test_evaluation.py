@@ -90,7 +90,34 @@ def test_weight_on_offers_the_log_could_not_choose_is_warned_about() -> None:
 def test_position_wise_ips_for_slates() -> None:
     d = logged("a", {"a": 0.6, "b": 0.4}, 1.0, slots=[("a", 0.6), ("b", 1.0)], rewards={"a": 1.0, "b": 1.0})
     values = by_estimator(evaluate([d], [Uniform()], n_bootstrap=10, reward_model=FixedModel({"a": 0, "b": 0})))
-    assert values["ips-slots"] == pytest.approx(0.5 / 0.6 * 1.0 + 1.0 / 1.0 * 1.0)
+    # slot 1: w = 0.5 / 0.6; slot 2 (b, the only one left): w = (0.5 / 0.6) * (1 / 1)
+    assert values["ips-slots"] == pytest.approx(0.5 / 0.6 * 1.0 + 0.5 / 0.6 * 1.0)
+
+
+class Slate(TargetPolicy):
+    """Always A, then B."""
+
+    name = "a-then-b"
+
+    def first_slot(self, d: LoggedDecision) -> tuple[list[str], np.ndarray]:
+        return d.eligible, np.array([1.0 if a == "a" else 0.0 for a in d.eligible])
+
+    def slot(self, d: LoggedDecision, remaining: list[str]) -> np.ndarray:
+        return np.array([1.0 if a == "b" else 0.0 for a in remaining])
+
+
+def test_position_wise_ips_is_unbiased_for_a_slate_policy() -> None:
+    """Uniform logging of two slots out of A (pays 1), B and C (pay 0): the slate A, B earns 1."""
+    rng = np.random.default_rng(3)
+    decisions = []
+    for _ in range(4000):
+        first = str(rng.choice(["a", "b", "c"]))
+        second = str(rng.choice([x for x in "abc" if x != first]))
+        rewards = {o: float(o == "a") for o in (first, second)}
+        decisions.append(logged(first, {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, rewards[first],
+                                slots=[(first, 1 / 3), (second, 0.5)], rewards=rewards))
+    e = next(e for e in evaluate(decisions, [Slate()], n_bootstrap=100) if e.estimator == "ips-slots")
+    assert e.low <= 1.0 <= e.high
 
 
 def synthetic_log(n: int, rng: np.random.Generator) -> tuple[list[LoggedDecision], dict[str, float]]:

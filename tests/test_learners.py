@@ -199,3 +199,35 @@ def test_forgetting_follows_a_change_of_preference() -> None:
         return float(learner.scores(["a"], {})[0])
 
     assert after_switch(0.95) < 0.1 < after_switch(1.0)
+
+
+def test_forgetting_stays_stable_over_many_observations() -> None:
+    """Discounting must not reach the regularisation, or unseen directions blow up."""
+    rng = np.random.default_rng(0)
+    learner = LinearBandit(seed=1, forget=0.98, shared=3.0)
+    learner.set_arm_attributes({"a": ["group=g"], "b": ["group=g"]})
+    for i in range(6000):
+        ctx = {"seg": str(rng.choice(["x", "y", "z"])), "vip": bool(rng.random() < 0.1)}
+        learner.update("a" if i % 2 else "b", ctx, float(rng.random() < 0.3))
+    scores = learner.scores(["a", "b"], {"seg": "x", "vip": False})
+    assert np.all(np.abs(scores - 0.3) < 0.2), scores
+
+
+def test_a_context_changed_in_place_is_not_served_a_stale_vector() -> None:
+    learner = LinearBandit(seed=1, warmup=1)
+    for _ in range(50):
+        learner.update("a", {"seg": "gold"}, 1.0)
+        learner.update("a", {"seg": "silver"}, 0.0)
+    ctx = {"seg": "gold"}
+    gold = learner.scores(["a"], ctx)[0]
+    ctx["seg"] = "silver"
+    assert learner.scores(["a"], ctx)[0] == pytest.approx(learner.scores(["a"], {"seg": "silver"})[0])
+    assert gold > 0.8
+
+
+def test_an_arm_given_no_attributes_stands_alone() -> None:
+    learner = LinearBandit(seed=1, shared=3.0)
+    learner.set_arm_attributes({"a": ["group=g"], "fallback": None})
+    for ctx in contexts(100):
+        learner.update("fallback", ctx, 1.0)  # a fallback everyone accepts...
+    assert learner.scores(["a"], contexts(1, seed=5)[0])[0] == pytest.approx(0.0, abs=1e-9)  # ...teaches "a" nothing

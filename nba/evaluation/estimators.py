@@ -7,10 +7,11 @@ reward r_i, a target policy pi, and a reward model q(x, a):
     SNIPS  V = sum_i w_i r_i / sum_i w_i          (self-normalised: bounded, a little biased)
     DM     V = 1/n sum_i sum_a pi(a | x_i) q(x_i, a)
     DR     V = DM + 1/n sum_i w_i (r_i - q(x_i, a_i))
-    IPS-slots (position-wise, for limit > 1): 1/n sum_i sum_k w_ik r_ik with w_ik the ratio
-           of the target's and the logging policy's probabilities of the offer in slot k,
-           given the offers logged above it; the expected total reward of a slate, assuming
-           a slot's reward does not depend on the other slots.
+    IPS-slots (position-wise, for limit > 1): 1/n sum_i sum_k W_ik r_ik, with W_ik the product
+           over slots j <= k of the ratios of the target's and the logging policy's
+           probabilities of the offer logged in slot j given those above it: the probability
+           that the target would have shown the same top k. The expected total reward of a
+           slate, assuming a slot's reward depends only on the offers at and above it.
 
 Horvitz & Thompson (1952); Swaminathan & Joachims (2015), "The self-normalized estimator for
 counterfactual learning"; Dudik, Langford & Li (2011), "Doubly robust policy evaluation and
@@ -32,7 +33,7 @@ import numpy as np
 
 from bandit import LinearBandit
 from nba.evaluation.logs import LoggedDecision
-from nba.evaluation.targets import TargetPolicy
+from nba.evaluation.targets import Logged, TargetPolicy
 from nba.evaluation.truth import Truth
 
 __all__ = ["ESTIMATORS", "Estimate", "RewardModel", "evaluate", "interval"]
@@ -156,17 +157,21 @@ def _trace(decisions: Sequence[LoggedDecision], target: TargetPolicy, model: Rew
 
 def _slot_term(d: LoggedDecision, target: TargetPolicy, ids: list[str], pi: np.ndarray) -> float:
     total = 0.0
+    weight = 1.0
     remaining = list(d.eligible)
     for k, (offer_id, propensity) in enumerate(d.slots):
         if k == 0:
             index = {a: j for j, a in enumerate(ids)}
             p = pi[index[offer_id]] if offer_id in index else 0.0
-        elif target.name == "logged":
+        elif isinstance(target, Logged):
             p = propensity
         else:
             q = target.slot(d, remaining)
             p = q[remaining.index(offer_id)] if offer_id in remaining else 0.0
-        total += p / propensity * d.rewards.get(offer_id, 0.0)
+        weight *= p / propensity
+        if weight == 0.0:
+            break
+        total += weight * d.rewards.get(offer_id, 0.0)
         if offer_id in remaining:
             remaining.remove(offer_id)
     return total

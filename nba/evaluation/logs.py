@@ -15,8 +15,10 @@ Sources: the decision log (``from_store``) or JSON Lines (``from_jsonl``): the f
      "rewards": {"a": 1.0},                              # or "reward": 1.0 for the chosen offer
      "decided_at": "2026-11-23T10:00:00Z", "channel": "web"}       # optional
 
-A chosen offer with no reward counts as ``default_reward`` when the decision is final (its
-reward windows closed, or every file line), and the decision is left out otherwise.
+A chosen offer with no reward counts as ``default_reward``. Decisions whose reward windows are
+still open (``"closed": false`` in the export) are left out unless asked for, since their
+pending outcomes would count as the default. A decision that answered the channel's fallback
+(nothing else was eligible) is kept, as a choice made with probability 1.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class LoggedDecision:
     #: reward of each chosen offer
     rewards: dict[str, float]
     policy_version: str = ""
+    #: nothing was eligible and the channel's fallback was answered (with probability 1)
+    fallback: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -78,17 +82,20 @@ class LoggedDecision:
 
 
 def from_records(lines: Iterable[Mapping[str, Any]], default_reward: float = 0.0, final: bool = True,
-                 source: str = "log") -> Iterator[LoggedDecision]:
-    """Decisions from export-format (or minimal-format) mappings; decisions with no chosen
-    offer (nothing was eligible) carry no evidence and are skipped."""
+                 source: str = "log", include_open: bool = True) -> Iterator[LoggedDecision]:
+    """Decisions from export-format (or minimal-format) mappings. Decisions that answered
+    nothing are skipped; a line marked ``"closed": false`` (its reward windows still open) is
+    skipped too, unless ``include_open``."""
     for number, line in enumerate(lines, start=1):
         where = f"{source} line {number}"
+        if not include_open and isinstance(line, Mapping) and line.get("closed") is False:
+            continue
         decision = _decision(line, where, default_reward, final)
         if decision is not None:
             yield decision
 
 
-def from_jsonl(path: str | Path, default_reward: float = 0.0) -> list[LoggedDecision]:
+def from_jsonl(path: str | Path, default_reward: float = 0.0, include_open: bool = False) -> list[LoggedDecision]:
     def lines() -> Iterator[Mapping[str, Any]]:
         with open(path, encoding="utf-8") as f:
             for number, text in enumerate(f, start=1):
@@ -98,7 +105,7 @@ def from_jsonl(path: str | Path, default_reward: float = 0.0) -> list[LoggedDeci
                     except json.JSONDecodeError as exc:
                         raise LogError(f"{path} line {number}: not JSON: {exc.msg}") from None
 
-    return list(from_records(lines(), default_reward, final=True, source=str(path)))
+    return list(from_records(lines(), default_reward, final=True, source=str(path), include_open=include_open))
 
 
 def from_store(store: Any, since: datetime | None = None, until: datetime | None = None,
@@ -106,9 +113,8 @@ def from_store(store: Any, since: datetime | None = None, until: datetime | None
     """Decisions from the decision log, oldest first. Decisions whose reward windows are still
     open are left out unless ``include_open`` (their missing rewards then count as default)."""
     out = []
-    for line in store.export(since, until, include_closed=True):
-        closed = line.pop("closed", True)
-        if not closed and not include_open:
+    for line in store.export(since, until):
+        if not line.get("closed", True) and not include_open:
             continue
         decision = _decision(line, f"decision {line.get('decision_id')}", default_reward, final=True)
         if decision is not None:
@@ -127,7 +133,11 @@ def _decision(line: Mapping[str, Any], where: str, default_reward: float, final:
     slots = _slots(line, where)
     if not slots:
         return None
+    fallback = any(o.get("fallback") for o in line.get("offers") or () if isinstance(o, Mapping))
     candidates = line.get("candidates")
+    if fallback:
+        # Nothing else was eligible: the fallback was the only choice, made for certain.
+        candidates = [{"offer_id": slots[0][0], "probability": 1.0}]
     if not isinstance(candidates, list) or not candidates:
         raise LogError(f"{where}: needs 'candidates', the eligible offers with their first-slot 'probability'")
     eligible, probabilities, multipliers = [], [], []
@@ -171,6 +181,7 @@ def _decision(line: Mapping[str, Any], where: str, default_reward: float, final:
         slots=slots,
         rewards=rewards,
         policy_version=str(line.get("policy_version", "")),
+        fallback=fallback,
     )
 
 
@@ -182,8 +193,6 @@ def _slots(line: Mapping[str, Any], where: str) -> list[tuple[str, float]]:
     offers = line.get("offers")
     if not isinstance(offers, list):
         raise LogError(f"{where}: needs 'offers' (each with offer_id, slot, propensity) or 'chosen' and 'propensity'")
-    if any(o.get("fallback") for o in offers if isinstance(o, Mapping)):
-        return []
     ordered = sorted(offers, key=lambda o: o.get("slot", 0))
     return [(str(o["offer_id"]), _propensity(o.get("propensity"), where)) for o in ordered]
 

@@ -100,113 +100,106 @@ class Popular(TargetPolicy):
                 self._wins[offer_id] += 1
 
 
+def make_learner(name: str = "learner", **settings: Any) -> LinearBandit:
+    """A learner from ``key=value`` settings (features, alpha, prior, forget, shared,
+    gamma_scale, gamma_exponent, epsilon, seed); unknown keys are refused by name."""
+    settings = dict(settings)
+    epsilon = settings.pop("epsilon", None)
+    exploration = (
+        EpsilonGreedy(float(epsilon))
+        if epsilon is not None
+        else InverseGapWeighting(float(settings.pop("gamma_scale", 10.0)), float(settings.pop("gamma_exponent", 0.5)))
+    )
+    learner = LinearBandit(
+        n_features=int(settings.pop("features", 128)),
+        alpha=float(settings.pop("alpha", 1.0)),
+        prior=float(settings.pop("prior", 0.05)),
+        forget=float(settings.pop("forget", 1.0)),
+        shared=float(settings.pop("shared", 0.0)),
+        exploration=exploration,
+        seed=int(settings.pop("seed", 0)),
+    )
+    if settings:
+        raise ValueError(f"{name}: unknown settings {', '.join(sorted(settings))} "
+                         "(features, alpha, prior, forget, shared, gamma_scale, gamma_exponent, epsilon, seed)")
+    return learner
+
+
 class LearnerTarget(TargetPolicy):
     """A learner replayed over the log: it ranks each decision's eligible offers (weighted by
-    their logged multipliers), then learns the logged rewards of the offers shown."""
+    their logged multipliers, gaps measured against the largest of them, as the live draw
+    does), then learns the logged rewards of the offers shown."""
 
-    def __init__(self, name: str = "learner", **settings: Any) -> None:
+    def __init__(self, name: str = "learner", learner: LinearBandit | None = None, **settings: Any) -> None:
         self.name = name
-        self.settings = settings
-        epsilon = settings.pop("epsilon", None)
-        exploration = (
-            EpsilonGreedy(float(epsilon))
-            if epsilon is not None
-            else InverseGapWeighting(float(settings.pop("gamma_scale", 10.0)), float(settings.pop("gamma_exponent", 0.5)))
-        )
-        self.learner = LinearBandit(
-            n_features=int(settings.pop("features", 128)),
-            alpha=float(settings.pop("alpha", 1.0)),
-            prior=float(settings.pop("prior", 0.05)),
-            forget=float(settings.pop("forget", 1.0)),
-            exploration=exploration,
-            seed=int(settings.pop("seed", 0)),
-        )
-        if settings:
-            raise ValueError(f"{name}: unknown settings {', '.join(sorted(settings))} "
-                             "(features, alpha, prior, forget, gamma_scale, gamma_exponent, epsilon, seed)")
+        self.learner = learner if learner is not None else make_learner(name, **settings)
+
+    def _eligible(self, d: LoggedDecision) -> tuple[list[str], np.ndarray]:
+        return d.eligible, d.multipliers
 
     def first_slot(self, d: LoggedDecision) -> tuple[list[str], np.ndarray]:
-        return d.eligible, self.learner.distribution(d.eligible, d.features, d.multipliers)[0]
+        ids, weights = self._eligible(d)
+        if not ids:
+            return [], np.zeros(0)
+        return ids, self.learner.distribution(ids, d.features, weights)[0]
 
     def slot(self, d: LoggedDecision, remaining: list[str]) -> np.ndarray:
-        index = {a: i for i, a in enumerate(d.eligible)}
-        weights = np.array([d.multipliers[index[a]] if a in index else 1.0 for a in remaining])
-        return self.learner.distribution(remaining, d.features, weights)[0]
+        ids, weights = self._eligible(d)
+        index = {a: i for i, a in enumerate(ids)}
+        keep = [a for a in remaining if a in index]
+        p = np.zeros(len(remaining))
+        if keep:
+            scale = float(weights.max()) if len(weights) else 1.0
+            q = self.learner.distribution(keep, d.features, np.array([weights[index[a]] for a in keep]), scale=scale)[0]
+            for a, value in zip(keep, q, strict=True):
+                p[remaining.index(a)] = value
+        return p
 
     def learn(self, d: LoggedDecision) -> None:
         for offer_id, _ in d.slots:
             self.learner.update(offer_id, d.features, d.rewards.get(offer_id, 0.0))
 
 
-class Draft(LearnerTarget):
-    """A draft policy set: each logged context screened again with it (at the time it was
-    logged; contact policies and budgets are not simulated), ranked by a replayed learner."""
+class PolicySetTarget(LearnerTarget):
+    """A policy set, the live one or a draft: each logged context screened again with it (at
+    the time it was logged; contact policies and budgets are not simulated), its fallback when
+    it leaves nothing eligible, ranked by a learner replayed over the log."""
 
-    def __init__(self, directory: str | Path, **settings: Any) -> None:
-        from nba.policy_set import load_policy_set
-
-        super().__init__(name=f"draft:{directory}", **settings)
-        self.policy_set = load_policy_set(directory)
+    def __init__(self, name: str, policy_set: Any, learner: LinearBandit | None = None, **settings: Any) -> None:
+        super().__init__(name=name, learner=learner, **settings)
+        self.policy_set = policy_set
         self._cache: dict[str, tuple[list[str], np.ndarray]] = {}
 
-    def _screen(self, d: LoggedDecision) -> tuple[list[str], np.ndarray]:
+    def _eligible(self, d: LoggedDecision) -> tuple[list[str], np.ndarray]:
         cached = self._cache.get(d.decision_id)
         if cached is None:
             cached = screen_logged(self.policy_set, d)
             self._cache = {d.decision_id: cached}
         return cached
 
-    def first_slot(self, d: LoggedDecision) -> tuple[list[str], np.ndarray]:
-        ids, weights = self._screen(d)
-        if not ids:
-            return [], np.zeros(0)
-        return ids, self.learner.distribution(ids, d.features, weights)[0]
 
-    def slot(self, d: LoggedDecision, remaining: list[str]) -> np.ndarray:
-        ids, weights = self._screen(d)
-        index = {a: i for i, a in enumerate(ids)}
-        keep = [a for a in remaining if a in index]
-        p = np.zeros(len(remaining))
-        if keep:
-            q = self.learner.distribution(keep, d.features, np.array([weights[index[a]] for a in keep]))[0]
-            for a, value in zip(keep, q, strict=True):
-                p[remaining.index(a)] = value
-        return p
+class Draft(PolicySetTarget):
+    """``draft:DIR``: the policy set in a folder."""
+
+    def __init__(self, directory: str | Path, **settings: Any) -> None:
+        from nba.policy_set import load_policy_set
+
+        super().__init__(f"draft:{directory}", load_policy_set(directory), **settings)
 
 
 def screen_logged(policy_set: Any, d: LoggedDecision) -> tuple[list[str], np.ndarray]:
     """The offers ``policy_set`` makes eligible for a logged decision (at the time it was made;
-    contact policies and budgets not simulated), with their arbitration multipliers."""
+    contact policies and budgets not simulated), with their arbitration multipliers; its
+    fallback alone (multiplier 1) when nothing else is."""
     from nba.screening import screen
 
     result = screen(policy_set, d.channel, d.features, d.customer_id, d.decided_at)
     eligible = result.eligible
+    if not eligible:
+        if result.fallback is not None and result.fallback.eligible:
+            return [result.fallback.offer.id], np.ones(1)
+        return [], np.zeros(0)
     return [v.offer.id for v in eligible], np.array([v.offer.offer.value * v.offer.lever * v.weight for v in eligible])
-
-
-class PolicySetTarget(TargetPolicy):
-    """A policy set ranked by a fixed scorer (the service's current model): what the live set
-    or a draft would do now, for the what-if preview's value estimates."""
-
-    def __init__(self, name: str, policy_set: Any, scorer: Any) -> None:
-        self.name = name
-        self.policy_set = policy_set
-        self.scorer = scorer  # (offer ids, features, weights) -> first-slot probabilities
-
-    def first_slot(self, d: LoggedDecision) -> tuple[list[str], np.ndarray]:
-        ids, weights = screen_logged(self.policy_set, d)
-        return (ids, np.asarray(self.scorer(ids, d.features, weights))) if ids else ([], np.zeros(0))
-
-    def slot(self, d: LoggedDecision, remaining: list[str]) -> np.ndarray:
-        ids, weights = screen_logged(self.policy_set, d)
-        index = {a: i for i, a in enumerate(ids)}
-        keep = [a for a in remaining if a in index]
-        p = np.zeros(len(remaining))
-        if keep:
-            q = self.scorer(keep, d.features, np.array([weights[index[a]] for a in keep]))
-            for a, value in zip(keep, q, strict=True):
-                p[remaining.index(a)] = value
-        return p
 
 
 def parse_target(spec: str) -> TargetPolicy:

@@ -34,6 +34,13 @@ class Exploration:
     def _probabilities(self, scores: np.ndarray, t: int) -> np.ndarray:
         raise NotImplementedError
 
+    def _masked(self, scores: np.ndarray, alive: np.ndarray, count: int, t: int) -> np.ndarray:
+        """Probabilities over the ``alive`` arms (0 for the others), scores already scaled.
+        Subclasses compute it in place over the whole array, which spares a copy per slot."""
+        p = np.zeros(len(scores))
+        p[alive] = self._probabilities(scores[alive], t)
+        return p
+
     def describe(self, t: int = 0) -> str:
         """One line for explanations: the rule and its parameters after ``t`` updates."""
         raise NotImplementedError
@@ -86,6 +93,15 @@ class InverseGapWeighting(Exploration):
         p[best] = (1.0 - p.sum()) / best.sum()
         return p
 
+    def _masked(self, scores: np.ndarray, alive: np.ndarray, count: int, t: int) -> np.ndarray:
+        gaps = np.max(scores, where=alive, initial=-np.inf) - scores
+        p = 1.0 / (count + self.gamma(t) * gaps)
+        p[~alive] = 0.0
+        best = alive & (gaps <= 1e-12)
+        p[best] = 0.0
+        p[best] = (1.0 - p.sum()) / np.count_nonzero(best)
+        return p
+
 
 @dataclass(frozen=True)
 class EpsilonGreedy(Exploration):
@@ -128,15 +144,22 @@ def draw_slots(
     scores = np.asarray(scores, dtype=float)
     first = exploration.probabilities(scores, scale, t)
     slots: list[tuple[int, float]] = []
-    remaining = list(range(len(scores)))
+    n = len(scores)
+    scaled = scores / scale if scale > 0 and scale != 1.0 else scores
+    alive = np.ones(n, dtype=bool)
     p = first
-    for slot in range(min(k, len(scores))):
+    for slot in range(min(k, n)):
         if slot:  # the same rule over the offers still left
-            p = exploration.probabilities(scores[remaining], scale, t)
-        if len(remaining) == 1:
-            i = 0
+            p = exploration._masked(scaled, alive, n - slot, t)
+        if n - slot == 1:
+            i = int(np.flatnonzero(alive)[0])
         else:
-            # Inverse-CDF draw: cheaper than rng.choice and exact for our p.
-            i = min(int(np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right")), len(remaining) - 1)
-        slots.append((remaining.pop(i), float(p[i])))
+            # Inverse-CDF draw: cheaper than rng.choice and exact for our p (taken arms have 0).
+            cumulative = np.cumsum(p)
+            i = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+            i = min(i, n - 1)
+            while not alive[i]:  # only at the float edge of the last interval
+                i -= 1
+        slots.append((i, float(p[i])))
+        alive[i] = False
     return first, slots

@@ -16,7 +16,7 @@ from google.protobuf import struct_pb2
 
 from nba.errors import InvalidArgument
 
-__all__ = ["MAX_CONTEXT_BYTES", "MAX_CONTEXT_DEPTH", "MAX_CONTEXT_LEAVES", "context_from_struct"]
+__all__ = ["MAX_CONTEXT_BYTES", "MAX_CONTEXT_DEPTH", "MAX_CONTEXT_LEAVES", "context_from_struct", "features_from_struct"]
 
 MAX_CONTEXT_BYTES = 64 * 1024
 MAX_CONTEXT_DEPTH = 8
@@ -33,6 +33,50 @@ def context_from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
         )
     counter = [0]
     return _struct(struct, "context", 1, counter)
+
+
+def features_from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """The context flattened to dotted keys (as ``bandit.flatten`` would give), checked, in one
+    pass over the message: the request path needs only the flat form."""
+    size = struct.ByteSize()
+    if size > MAX_CONTEXT_BYTES:
+        raise InvalidArgument(
+            f"context: {size} bytes, more than the limit of {MAX_CONTEXT_BYTES}; "
+            "send only the fields the policies and the learner use"
+        )
+    out: dict[str, Any] = {}
+    counter = [0]
+    stack: list[tuple[str, struct_pb2.Struct, int]] = [("", struct, 1)]
+    while stack:
+        prefix, node, depth = stack.pop()
+        if depth > MAX_CONTEXT_DEPTH:
+            raise InvalidArgument(f"context{'.' if prefix else ''}{prefix.rstrip('.')}: nested deeper than {MAX_CONTEXT_DEPTH} levels")
+        fields = node.fields
+        if not fields and prefix:
+            out[prefix[:-1]] = {}
+        for key in fields:  # faster than fields.items(), which is a Python-level view here
+            value = fields[key]
+            if "." in key:
+                where = "context." + prefix[:-1] if prefix else "context"
+                raise InvalidArgument(f"{where}: key {key!r} contains '.', which field names may not")
+            kind = value.WhichOneof("kind")
+            name = prefix + key
+            if kind == "struct_value":
+                stack.append((name + ".", value.struct_value, depth + 1))
+                continue
+            if kind == "number_value":
+                out[name] = value.number_value
+            elif kind == "string_value":
+                out[name] = value.string_value
+            elif kind == "bool_value":
+                out[name] = value.bool_value
+            else:
+                out[name] = _value(value, f"context.{name}", depth, counter)
+                continue
+            counter[0] += 1
+            if counter[0] > MAX_CONTEXT_LEAVES:
+                raise InvalidArgument(f"context: more than {MAX_CONTEXT_LEAVES} values (at context.{name})")
+    return dict(sorted(out.items()))
 
 
 def _struct(struct: struct_pb2.Struct, path: str, depth: int, counter: list[int]) -> dict[str, Any]:

@@ -120,10 +120,11 @@ class CompiledOffer:
     timed: bool = True
     #: whether contact policies or budgets apply to it
     held: bool = True
+    #: the offer's id (a field, not a property: it is read for every offer of every decision)
+    id: str = field(init=False)
 
-    @property
-    def id(self) -> str:
-        return self.offer.id
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", self.offer.id)
 
 
 class ChannelBatch:

@@ -92,9 +92,24 @@ def screen(
     local = now.astimezone(policy_set.timezone)
     batch = policy_set.batches.get(channel)
     results = batch.batch.evaluate(variables) if batch is not None and batch.batch.rules else []
-    state = _State(policy_set, channel, now, local, summary, counters, variables, results,
-                   batch.elements if batch is not None else {})
-    verdicts = [state.verdict(o) for o in policy_set.by_channel.get(channel, ())]
+    elements = batch.elements if batch is not None else {}
+    state = _State(policy_set, channel, now, local, summary, counters, variables, results, elements)
+    verdicts: list[Verdict] = []
+    append = verdicts.append
+    verdict_of = state.verdict
+    for compiled in policy_set.by_channel.get(channel, ()):
+        # The common case inline (one call per offer showed in profiles): an offer with only
+        # rules, read from the batch's results.
+        steps = elements.get(compiled.id)
+        if steps is None or compiled.timed or compiled.held or compiled.weights:
+            append(verdict_of(compiled))
+            continue
+        for index, bound in steps:
+            if results[index] is not True:
+                append(verdict_of(compiled))
+                break
+        else:
+            append(Verdict(compiled, True))
     fallback = policy_set.fallback.get(channel)
     return Screening(verdicts, state.verdict(fallback, last_resort=True) if fallback else None)
 

@@ -10,7 +10,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from nba.auth import current_caller
-from nba.context import context_from_struct
+from nba.context import features_from_struct
 from nba.decisions import DecideInput, Decider, DecisionRecord
 from nba.errors import InvalidArgument, Problem
 from nba.feedback import FeedbackIntake
@@ -35,7 +35,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             DecideInput(
                 customer_id=request.customer_id,
                 channel=request.channel,
-                context=context_from_struct(request.context),
+                features=features_from_struct(request.context),
                 limit=request.limit,
                 request_id=request.request_id,
                 explain=request.explain,

@@ -84,6 +84,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _setup_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1 and settings.worker < 0:
+        from nba.supervisor import supervise
+
+        return supervise(settings, sys.argv[1:] if args.argv is None else args.argv)
     from nba.server import Service  # imported late: `nba policies` needs no gRPC code
 
     service = Service(settings)
@@ -342,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     policies.set_defaults(run=_policies)
 
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.command in ("evaluate", "simulate") or (args.command == "policies" and args.action == "preview"):
         from bandit import limit_blas_threads
 

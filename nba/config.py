@@ -39,6 +39,11 @@ class Settings(BaseModel):
         9464, ge=-1, le=65535, description="Prometheus metrics HTTP port (0: any free port, -1: off)"
     )
     threads: int = Field(16, ge=1, le=1024, description="gRPC handler threads")
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, le=256,
+        description="processes serving the port together (default: one per core)",
+    )
+    worker: int = Field(-1, ge=-1, description="internal: this process's index among the workers (set by nba serve)")
     grace_seconds: float = Field(10.0, ge=0, description="graceful shutdown: time for calls in flight")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["json", "text"] = Field("json", description="structured JSON logs or plain text")

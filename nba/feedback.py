@@ -22,6 +22,7 @@ that learning and evaluation are not biased towards the customers who answer.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -147,11 +148,13 @@ class FeedbackIntake:
         rewards: Mapping[str, float],
         timeout_seconds: float = 10.0,
         clock: Clock | None = None,
+        lookup_wait_seconds: float = 0.0,
     ) -> None:
         self._log = log
         self._rewards = dict(rewards)
         self._timeout = timeout_seconds
         self._clock = clock or SystemClock()
+        self._lookup_wait = lookup_wait_seconds
 
     def receive(
         self,
@@ -180,6 +183,10 @@ class FeedbackIntake:
                 f"occurred_at: {occurred_at.isoformat()} is in the future (now is {now.isoformat()})"
             )
         decision = self._log.get(decision_id)
+        deadline = time.monotonic() + self._lookup_wait
+        while decision is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # made by another worker, not written yet
+            decision = self._log.get(decision_id)
         if decision is None:
             raise NotFound(f"decision_id: no decision '{decision_id}'")
         if decision.offer(offer_id) is None:

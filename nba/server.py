@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -95,8 +97,12 @@ class Service:
         self.clock = clock or SystemClock()
         self._last_compaction = 0.0
         self._last_window_check = 0.0
+        #: one of several worker processes sharing the port and the database
+        self.shared = settings.workers > 1 and settings.worker >= 0
+        self.worker = max(settings.worker, 0)
         self.engine = open_engine(settings.database_url)
-        self.store = Store(self.engine, settings.windows())
+        self.store = Store(self.engine, settings.windows(), origin=f"{socket.gethostname()}:{os.getpid()}")
+        start_feedback_id, start_contact_id = self.store.last_ids()
         self.contacts = ContactHistory(
             self.store.contact_events, settings.contact_history_days * 86400, settings.contact_customers
         )
@@ -105,7 +111,9 @@ class Service:
         self.counters.load(self.store.counter_rows(), recent_since_hour=now_hour - COUNTER_HOURS)
         self.learning = LearningLoop(build_learner(settings), settings.snapshot_seconds)
         self.decider: Decider | None = None
-        self.publisher = Publisher(self.store, settings.policies, self._swap, self.clock)
+        # With several workers, the first watches the folder; all follow the database.
+        folder = settings.policies if not self.shared or self.worker == 0 else None
+        self.publisher = Publisher(self.store, folder, self._swap, self.clock)
         live = self.publisher.start()
         started = time.perf_counter()
         replayed = self.learning.restore(self.store, settings.seed)
@@ -126,21 +134,33 @@ class Service:
             batch_size=settings.log_batch_size,
             queue_limit=settings.log_queue_limit,
             cache_size=settings.decision_cache_size,
+            shared=self.shared,
+            applied_id=self.learning.last_feedback_id,
+            contact_id=start_contact_id,
+            on_remote_contacts=self._record_remote_contacts,
         )
         self.decider = Decider(
             live, self.learning, self.log, self.contacts, self.counters, settings.request_id_ttl_seconds, self.clock
         )
-        self.intake = FeedbackIntake(self.log, settings.rewards(), settings.feedback_timeout_seconds, self.clock)
+        self.intake = FeedbackIntake(
+            self.log, settings.rewards(), settings.feedback_timeout_seconds, self.clock,
+            # Another worker may not have written the decision yet: wait up to two flushes.
+            lookup_wait_seconds=2 * settings.log_flush_seconds + 0.05 if self.shared else 0.0,
+        )
         self.health = health.HealthServicer()
         self.server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="nba-rpc"),
             interceptors=[ErrorInterceptor(), AuthInterceptor(settings.admin_tokens)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
+                # Workers share the port (the kernel spreads connections); alone, a second
+                # server on the same port must fail rather than silently share it.
+                ("grpc.so_reuseport", 1 if self.shared else 0),
             ],
         )
-        pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(self.decider, self.intake), self.server)
+        pb_grpc.add_DecisionServiceServicer_to_server(
+            DecisionServicer(self.decider, self.intake, str(self.worker)), self.server
+        )
         apb_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.publisher, self.store.recent_lines, self.learning, lambda: build_learner(settings)),
             self.server,
@@ -168,6 +188,10 @@ class Service:
         })
         if self.decider is not None:
             self.decider.policy_set = policy_set
+
+    def _record_remote_contacts(self, events: list[ContactEvent]) -> None:
+        """Contact events other workers wrote: decisions as well as outcomes."""
+        self._record_outcomes(events)
 
     def _record_outcomes(self, events: list[ContactEvent]) -> None:
         for event in events:
@@ -197,7 +221,9 @@ class Service:
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
         if self.settings.metrics_port >= 0:
-            self._metrics_server, _ = start_http_server(self.settings.metrics_port)
+            # Each worker has its own registry and port: the configured one plus its index.
+            port = self.settings.metrics_port + self.worker if self.settings.metrics_port else 0
+            self._metrics_server, _ = start_http_server(port)
             self.metrics_port = self._metrics_server.server_port
         self.server.start()
         self.publisher.watch(self.settings.policies_watch_seconds)

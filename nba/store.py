@@ -19,6 +19,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -79,6 +80,8 @@ class ContactEventRow(SQLModel, table=True):
     customer_id: str = Field(max_length=256)
     #: seconds since the epoch
     at: float = Field(index=True)
+    #: the process that wrote it: the others learn of it by reading the table
+    origin: str = Field(default="", max_length=64)
     kind: str = Field(max_length=16)
     offer_id: str = Field(max_length=128)
     group: str = Field(default="", max_length=128)
@@ -171,6 +174,16 @@ def open_engine(url: str) -> Engine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            # A writer (Store.write) takes the database's write lock when its transaction
+            # starts, not at its first write: with several worker processes on one file, a
+            # check-then-insert (is this event_id new? what is this pair's reward?) must not
+            # interleave. Other transactions keep the driver's own behaviour (it begins at
+            # the first write, so reads never hold a snapshot a writer could invalidate).
+            if conn.get_execution_options().get("nba_write", False):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
     SQLModel.metadata.create_all(engine)
     _add_missing_columns(engine)
     return engine
@@ -209,9 +222,19 @@ def _utc(value: datetime) -> datetime:
 class Store:
     """Synchronous access to the decision log's tables."""
 
-    def __init__(self, engine: Engine, windows: RewardWindows | None = None) -> None:
+    @contextmanager
+    def write(self) -> Iterator[Any]:
+        """A write transaction: on SQLite it holds the write lock from its start."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(nba_write=True)
+            with conn.begin():
+                yield conn
+
+    def __init__(self, engine: Engine, windows: RewardWindows | None = None, origin: str = "") -> None:
         self.engine = engine
         self.windows = windows
+        #: names the process in rows other processes must learn of (contact events)
+        self.origin = origin
         self._decisions = DecisionRow.__table__
         self._feedback = FeedbackRow.__table__
 
@@ -220,7 +243,7 @@ class Store:
     def register_policy_set(self, files: dict[str, str], content_hash: str, actor: str = "", comment: str = "") -> int:
         """The version number of this content, recording it as the next version if new."""
         table = PolicySetRow.__table__
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             version = conn.execute(select(table.c.version).where(table.c.content_hash == content_hash)).scalar()
             if version is None:
                 version = conn.execute(
@@ -233,7 +256,7 @@ class Store:
 
     def activate(self, version: int, actor: str, source: str, comment: str = "", at: datetime | None = None) -> int:
         table = PolicyActivationRow.__table__
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             return int(
                 conn.execute(
                     table.insert().values(
@@ -316,9 +339,9 @@ class Store:
             return
         mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         conn.exec_driver_sql(
-            'INSERT INTO contact_events (customer_id, at, kind, offer_id, "group", channel) '
-            f"VALUES ({', '.join([mark] * 6)})",
-            [(e.customer_id, e.at, e.kind, e.offer_id, e.group, e.channel) for e in events],
+            'INSERT INTO contact_events (customer_id, at, kind, offer_id, "group", channel, origin) '
+            f"VALUES ({', '.join([mark] * 7)})",
+            [(e.customer_id, e.at, e.kind, e.offer_id, e.group, e.channel, self.origin) for e in events],
         )
         increments: dict[tuple[str, str, int], int] = {}
         for e in events:
@@ -346,6 +369,24 @@ class Store:
             if conn.execute(table.update().where(key).values(count=table.c.count + row["count"])).rowcount == 0:
                 conn.execute(table.insert().values(**row))
 
+    def contact_events_after(self, after_id: int, limit: int = 5000) -> tuple[list[ContactEvent], int]:
+        """Contact events other processes wrote after ``after_id``, and the last id seen."""
+        table = ContactEventRow.__table__
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(table).where(table.c.id > after_id).order_by(table.c.id).limit(limit)
+            ).all()
+        events = [ContactEvent(r.customer_id, r.at, r.kind, r.offer_id, r.group, r.channel)
+                  for r in rows if r.origin != self.origin]
+        return events, (rows[-1].id if rows else after_id)
+
+    def last_ids(self) -> tuple[int, int]:
+        """The newest feedback and contact-event ids: where a new process starts reading."""
+        with self.engine.connect() as conn:
+            feedback = conn.execute(select(func.max(FeedbackRow.__table__.c.id))).scalar() or 0
+            contacts = conn.execute(select(func.max(ContactEventRow.__table__.c.id))).scalar() or 0
+        return int(feedback), int(contacts)
+
     def counter_rows(self) -> list[tuple[str, str, int, int]]:
         table = OfferCounterRow.__table__
         with self.engine.connect() as conn:
@@ -355,7 +396,7 @@ class Store:
         """Drops contact events older than any policy looks back, and folds hourly counters
         older than ``hours_before`` into each offer's total (hour 0)."""
         contacts, counters = ContactEventRow.__table__, OfferCounterRow.__table__
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             conn.execute(contacts.delete().where(contacts.c.at < contacts_before))
             old = (counters.c.hour > 0) & (counters.c.hour < hours_before)
             totals = conn.execute(
@@ -517,22 +558,27 @@ class Store:
         ).first()
         return PairState(row.stage, row.pair_reward) if row else None
 
-    def learning_events(self, after_id: int, chunk: int = 1000) -> Iterator[LearningEvent]:
-        """The applied feedback after ``after_id``, in the order it was applied, with the
-        decision's features."""
+    def learning_events(self, after_id: int, chunk: int = 1000, up_to: int | None = None,
+                        skip: frozenset[int] = frozenset()) -> Iterator[LearningEvent]:
+        """The applied feedback after ``after_id`` (up to ``up_to``), in the order it was
+        applied, with the decision's features; ids in ``skip`` are left out."""
         f, d = self._feedback, self._decisions
         last = after_id
         while True:
+            query = (
+                select(f.c.id, f.c.offer_id, f.c.pair_reward, f.c.previous_reward, d.c.features)
+                .join(d, d.c.decision_id == f.c.decision_id)
+                .where(f.c.id > last, f.c.applied)
+                .order_by(f.c.id)
+                .limit(chunk)
+            )
+            if up_to is not None:
+                query = query.where(f.c.id <= up_to)
             with self.engine.connect() as conn:
-                rows = conn.execute(
-                    select(f.c.id, f.c.offer_id, f.c.pair_reward, f.c.previous_reward, d.c.features)
-                    .join(d, d.c.decision_id == f.c.decision_id)
-                    .where(f.c.id > last, f.c.applied)
-                    .order_by(f.c.id)
-                    .limit(chunk)
-                ).all()
+                rows = conn.execute(query).all()
             for row in rows:
-                yield LearningEvent(row.id, row.features, row.offer_id, row.pair_reward, row.previous_reward)
+                if row.id not in skip:
+                    yield LearningEvent(row.id, row.features, row.offer_id, row.pair_reward, row.previous_reward)
             if len(rows) < chunk:
                 return
             last = rows[-1].id
@@ -545,7 +591,7 @@ class Store:
 
     def save_snapshot(self, signature: str, model_version: str, last_feedback_id: int, state: bytes) -> None:
         table = SnapshotRow.__table__
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             conn.execute(
                 table.insert().values(
                     created_at=datetime.now(UTC),
@@ -666,6 +712,13 @@ class DecisionLog:
     ``on_learn`` receives the applied feedback of each transaction after it commits and before
     any of its callers is answered; ``after_write`` runs on the writer thread after each
     transaction (snapshots hook in there, so they see a consistent position in the log).
+
+    With ``shared`` (several worker processes on one database), every process learns from
+    every feedback event in the order the events were committed: after its own commit a
+    writer first applies the other processes' events committed before it, and every
+    ``tail_seconds`` it reads what the others committed since (SQLite commits one writer at a
+    time, so ids are in commit order). Contact events of the others reach ``on_remote_contacts``
+    the same way. So every worker ranks alike.
     """
 
     def __init__(
@@ -678,9 +731,20 @@ class DecisionLog:
         batch_size: int = 500,
         queue_limit: int = 100_000,
         cache_size: int = 20_000,
+        shared: bool = False,
+        applied_id: int = 0,
+        contact_id: int = 0,
+        on_remote_contacts: Callable[[list[ContactEvent]], None] | None = None,
+        tail_seconds: float = 0.02,
     ) -> None:
         self.store = store
         self._on_learn = on_learn
+        self._shared = shared
+        self._applied = applied_id
+        self._contact_seen = contact_id
+        self._on_remote_contacts = on_remote_contacts or (lambda events: None)
+        self._tail_seconds = tail_seconds
+        self._last_tail = 0.0
         self._after_write = after_write or (lambda: None)
         self._on_contacts = on_contacts or (lambda events: None)
         self._flush_seconds = flush_seconds
@@ -752,10 +816,10 @@ class DecisionLog:
         started = time.monotonic()
         total = 0
         while True:
-            with self.store.engine.begin() as conn:
+            with self.store.write() as conn:
                 learn, closed = self.store.close_windows(conn, now, CLOSE_BATCH)
             if learn:
-                self._on_learn(learn)
+                self._learn(learn)
             total += len(learn)
             if closed < CLOSE_BATCH or time.monotonic() - started > budget_seconds:
                 return total
@@ -780,10 +844,11 @@ class DecisionLog:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        wait = min(self._flush_seconds, self._tail_seconds) if self._shared else self._flush_seconds
         while True:
             with self._cond:
                 if not self._queue and not self._stopping:
-                    self._cond.wait(self._flush_seconds)
+                    self._cond.wait(wait)
                 if not self._queue:
                     if self._stopping:
                         return
@@ -800,10 +865,42 @@ class DecisionLog:
                     for _, _, future in batch:
                         if future is not None and not future.done():
                             future.set_exception(Unavailable(f"the decision log failed ({type(exc).__name__}); retry"))
+            if self._shared and time.monotonic() - self._last_tail >= self._tail_seconds:
+                try:
+                    self._tail()
+                except Exception:
+                    log.exception("reading the other workers' events failed")
             try:
                 self._after_write()
             except Exception:  # a failed snapshot must not stop the log
                 log.exception("after-write hook failed")
+
+    def _tail(self) -> None:
+        """Learns what the other processes committed since this one last looked."""
+        self._last_tail = time.monotonic()
+        events = list(self.store.learning_events(self._applied))
+        if events:
+            self._on_learn(events)
+            self._applied = events[-1].feedback_id
+        contacts, self._contact_seen = self.store.contact_events_after(self._contact_seen)
+        if contacts:
+            self._on_remote_contacts(contacts)
+
+    def _learn(self, own: list[LearningEvent]) -> None:
+        """Applies this process's newly committed events, after any of the other processes'
+        committed before them, in commit order."""
+        if not own:
+            return
+        own.sort(key=lambda e: e.feedback_id)
+        up_to = own[-1].feedback_id
+        events = own
+        if self._shared:
+            others = list(self.store.learning_events(self._applied, up_to=up_to,
+                                                     skip=frozenset(e.feedback_id for e in own)))
+            if others:
+                events = sorted([*own, *others], key=lambda e: e.feedback_id)
+        self._on_learn(events)
+        self._applied = max(self._applied, up_to)
 
     def _write(self, batch: list[tuple[DecisionRecord | None, FeedbackEvent | None, Future[FeedbackResult] | None]]) -> None:
         decisions = [d for d, _, _ in batch if d is not None]
@@ -812,7 +909,7 @@ class DecisionLog:
         results: list[tuple[FeedbackEvent, Future[FeedbackResult], FeedbackResult | Exception]] = []
         started = time.perf_counter()
         try:
-            with self.store.engine.begin() as conn:
+            with self.store.write() as conn:
                 contacts: list[ContactEvent] = []
                 if decisions:
                     self.store.insert_decisions(conn, decisions)
@@ -852,7 +949,7 @@ class DecisionLog:
         ]
         if learn:
             try:
-                self._on_learn(learn)
+                self._learn(learn)
             except Exception:
                 log.exception("learning from feedback failed", extra={"events": len(learn)})
         if outcomes:

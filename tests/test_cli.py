@@ -32,6 +32,7 @@ class Process:
             "NBA_METRICS_PORT": str(self.metrics_port),
             "NBA_DATABASE_URL": f"sqlite:///{tmp_path / 'nba.db'}",
             "NBA_POLICIES": str(POLICIES),
+            "NBA_WORKERS": "1",
             **env,
         }
         self.stderr = tmp_path / f"serve-{self.port}.log"

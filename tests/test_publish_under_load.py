@@ -45,9 +45,17 @@ def test_publish_and_rollback_under_load_fail_no_call(start, tmp_path: Path) -> 
             decisions.append((began, time.monotonic(), response.policy_version))
         channel.close()
 
-    threads = [threading.Thread(target=load, args=(w,)) for w in range(6)]
+    threads = [threading.Thread(target=load, args=(w,), daemon=True) for w in range(6)]
     for t in threads:
         t.start()
+    try:
+        run_publishes(server, stop, threads, decisions, failures)
+    finally:
+        stop.set()
+
+
+def run_publishes(server: Running, stop: threading.Event, threads: list[threading.Thread],
+                  decisions: list[tuple[float, float, str]], failures: list[str]) -> None:
 
     # (call began, call ended, version live after it)
     timeline: list[tuple[float, float, str]] = [(0.0, 0.0, server.service.policy_set.version)]

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/nba/v1/*.proto)
 GEN    := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 
-.PHONY: serve test proto install clean bench-learning
+.PHONY: serve test proto install clean bench bench-learning loadtest
 
 serve: $(GEN)
 	mkdir -p var
@@ -18,10 +18,26 @@ test: $(GEN)
 
 install: $(STAMP)
 
+# The service against gRPC's own floor: throughput, CPU per call, latency, scaling, workers.
+bench: $(GEN)
+	$(BIN)/python loadtests/bench_service.py
+
 # Learning quality and speed against uniform, river and Vowpal Wabbit (the `bench` extra).
 bench-learning: $(GEN)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python loadtests/bench_learning.py
+
+# Channel traffic through locust against a fresh service on the sample catalogue: headless,
+# CSV under loadtests/results/. LOAD_USERS and LOAD_TIME change the run.
+LOAD_USERS ?= 20
+LOAD_TIME  ?= 60s
+loadtest: $(GEN)
+	mkdir -p var loadtests/results
+	rm -f var/loadtest.db var/loadtest.db-*
+	NBA_DATABASE_URL=sqlite:///var/loadtest.db NBA_PORT=50061 NBA_METRICS_PORT=-1 NBA_LOG_LEVEL=warning \
+		$(BIN)/nba serve & pid=$$!; trap "kill $$pid; wait $$pid" EXIT; \
+	$(BIN)/locust -f loadtests/locustfile.py --headless --users $(LOAD_USERS) --spawn-rate 10 \
+		--run-time $(LOAD_TIME) --host 127.0.0.1:50061 --csv loadtests/results/locust --only-summary
 
 proto: $(GEN)
 

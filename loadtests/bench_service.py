@@ -7,10 +7,13 @@ to separate cores (the load generator shares this 2-core machine), and the serve
 per call is read from its own CPU counters (/proc), the steadier figure. Reported:
 
 * maximum throughput and server CPU per call, floor and service, and their ratios;
-* p50/p95/p99 latency at a fixed offered load: half of the floor's maximum;
+* p50/p95/p99 latency at a fixed offered load: half of the floor's maximum (which overloads
+  the service, so also at half of its own maximum);
 * Feedback throughput and CPU per call;
 * how Decide's CPU per call grows with 10, 100 and 1,000 offers and 10, 30 and 100 fields;
-* `--workers 2` against one worker; resident memory per worker.
+* `--workers 2` against one worker, flat out and at the same offered load; how long a
+  Feedback takes to show in the other worker's decisions; resident memory per worker;
+* resident memory of contact history for 100,000 and 1,000,000 customers.
 
 Results as a table, saved as JSON (loadtests/results/bench_service.json).
 """
@@ -172,18 +175,49 @@ def requests(field_count: int, n: int, seed: int = 3, limit: int = 3) -> list[pb
     return out
 
 
-async def closed_loop(port: int, pid: int, calls: list[Any], method: str, concurrency: int, seconds: float,
-                      warmup: float = 1.5, keep: list[Any] | None = None) -> Measurement:
-    """As fast as ``concurrency`` callers go; counts only calls after the warm-up."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+CONNECTIONS_PER_WORKER = 2
+
+
+async def connect(port: int, workers: int, probe: Any) -> tuple[list[Any], list[Any]]:
+    """Stubs over separate connections, as many to each worker: with SO_REUSEPORT the kernel
+    spreads connections, not calls, so one channel would load one worker only. A connection's
+    worker is read from the ``nba-worker`` trailing metadata of a first call (``probe``)."""
+    wanted = workers * CONNECTIONS_PER_WORKER
+    kept: dict[str, list[Any]] = {}
+    stubs: list[Any] = []
+    channels: list[Any] = []
+    for _ in range(50 * wanted):
+        if len(stubs) == wanted:
+            break
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
         stub = pb_grpc.DecisionServiceStub(channel)
-        rpc = getattr(stub, method)
+        call = stub.Decide(probe)
+        await call
+        worker = dict(await call.trailing_metadata()).get("nba-worker", "0")
+        if workers > 1 and len(kept.setdefault(worker, [])) >= CONNECTIONS_PER_WORKER:
+            await channel.close()
+            continue
+        kept.setdefault(worker, []).append(stub)
+        stubs.append(stub)
+        channels.append(channel)
+    if len(stubs) < wanted:
+        raise RuntimeError(f"could not reach all {workers} workers: {sorted(kept)}")
+    return stubs, channels
+
+
+async def closed_loop(port: int, pid: int, calls: list[Any], method: str, concurrency: int, seconds: float,
+                      warmup: float = 1.5, keep: list[Any] | None = None, workers: int = 1,
+                      probe: Any = None) -> Measurement:
+    """As fast as ``concurrency`` callers go; counts only calls after the warm-up."""
+    stubs, channels = await connect(port, workers, probe or calls[0])
+    try:
+        rpcs = [getattr(stub, method) for stub in stubs]
         counter = {"calls": 0, "errors": 0}
         measuring = asyncio.Event()
         stop_at = time.monotonic() + warmup + seconds
         next_index = [0]
 
-        async def caller() -> None:
+        async def caller(rpc: Any) -> None:
             while time.monotonic() < stop_at:
                 i = next_index[0]
                 next_index[0] += 1
@@ -196,7 +230,7 @@ async def closed_loop(port: int, pid: int, calls: list[Any], method: str, concur
                 except grpc.aio.AioRpcError:
                     counter["errors"] += 1
 
-        tasks = [asyncio.create_task(caller()) for _ in range(concurrency)]
+        tasks = [asyncio.create_task(caller(rpcs[c % len(rpcs)])) for c in range(concurrency)]
         await asyncio.sleep(warmup)
         measuring.set()
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
@@ -204,13 +238,17 @@ async def closed_loop(port: int, pid: int, calls: list[Any], method: str, concur
         cpu1, t1, calls_done = cpu_seconds(pid), time.monotonic(), counter["calls"]
         await asyncio.gather(*tasks)
         return Measurement(method, calls_done, t1 - t0, cpu1 - cpu0, counter["errors"])
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
-async def open_loop(port: int, pid: int, calls: list[Any], rate: float, seconds: float, warmup: float = 1.0) -> Measurement:
+async def open_loop(port: int, pid: int, calls: list[Any], rate: float, seconds: float, warmup: float = 1.0,
+                    workers: int = 1) -> Measurement:
     """A fixed offered load: calls start on schedule whether or not earlier ones finished;
     latency counts from the scheduled start (no coordinated omission)."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = pb_grpc.DecisionServiceStub(channel)
+    stubs, channels = await connect(port, workers, calls[0])
+    try:
         latencies: list[float] = []
         errors = [0]
         total = int(rate * (warmup + seconds))
@@ -219,7 +257,7 @@ async def open_loop(port: int, pid: int, calls: list[Any], rate: float, seconds:
 
         async def one(i: int, scheduled: float) -> None:
             try:
-                await stub.Decide(calls[i % len(calls)], timeout=10)
+                await stubs[i % len(stubs)].Decide(calls[i % len(calls)], timeout=10)
                 if scheduled >= measure_from:
                     latencies.append((time.monotonic() - scheduled) * 1000)
             except grpc.aio.AioRpcError:
@@ -238,10 +276,70 @@ async def open_loop(port: int, pid: int, calls: list[Any], rate: float, seconds:
         await asyncio.gather(*tasks)
         cpu1, t1 = cpu_seconds(pid), time.monotonic()
         return Measurement(f"Decide at {rate:.0f}/s", len(latencies), t1 - (t0 or start), cpu1 - (cpu0 or 0.0), errors[0], latencies)
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
+
+
+def propagation(port: int, rounds: int, field_count: int = 30) -> list[float]:
+    """Milliseconds from a Feedback acknowledged by one worker to the other worker's next
+    decisions reflecting it (its model version counts the event)."""
+    stubs: dict[str, Any] = {}
+    channels = []
+    deadline = time.monotonic() + 60
+    request = requests(field_count, 1)[0]
+    while len(stubs) < 2 and time.monotonic() < deadline:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        stub = pb_grpc.DecisionServiceStub(channel)
+        _, call = stub.Decide.with_call(request)
+        worker = dict(call.trailing_metadata())["nba-worker"]
+        if worker in stubs:
+            channel.close()
+        else:
+            stubs[worker], _ = stub, channels.append(channel)
+    a, b = stubs["0"], stubs["1"]
+    delays = []
+    for i in range(rounds):
+        decision = a.Decide(request)
+        before = int(b.Decide(request).model_version.rsplit("/", 1)[1])
+        a.Feedback(pb.FeedbackRequest(event_id=f"prop-{time.time_ns()}-{i}", decision_id=decision.decision_id,
+                                      offer_id=decision.offers[0].offer_id, outcome=pb.OUTCOME_ACCEPTED))
+        acked = time.monotonic()
+        while int(b.Decide(request).model_version.rsplit("/", 1)[1]) <= before:
+            if time.monotonic() - acked > 5:
+                break
+        delays.append((time.monotonic() - acked) * 1000)
+    for channel in channels:
+        channel.close()
+    return delays
+
+
+def contact_memory(customers: int, events_each: int = 3) -> float:
+    """Resident MB that ``customers`` customers' contact history adds to a process."""
+    import gc
+
+    from nba.contacts import ContactEvent, ContactHistory
+
+    def rss() -> float:
+        return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+    gc.collect()
+    before = rss()
+    history = ContactHistory(None, max_customers=customers + 1)
+    now = time.time()
+    for c in range(customers):
+        customer_id = f"customer-{c:08d}"
+        history.events(customer_id, now)
+        history.record([ContactEvent(customer_id, now - e * 3600, "impressed", f"offer-{e % 100:04d}", "g1", "web")
+                        for e in range(events_each)])
+    gc.collect()
+    grown = rss() - before
+    del history
+    return grown
 
 
 def service(folder: Path, database: Path, workers: int, cpus: set[int], extra: dict[str, str] | None = None) -> Server:
@@ -261,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="callers in flight (default 32)")
     parser.add_argument("--quick", action="store_true", help="skip the scaling and worker phases")
     parser.add_argument("--out", default=str(ROOT / "loadtests" / "results" / "bench_service.json"))
+    parser.add_argument("--contact-memory", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.contact_memory:  # measured in a fresh process, so no earlier phase's memory is reused
+        print(contact_memory(args.contact_memory))
+        return 0
     os.sched_setaffinity(0, {CLIENT_CPU})
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -301,14 +403,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         svc_max = run(closed_loop(server.port, server.proc.pid, base, "Decide", args.concurrency, args.seconds, keep=decisions))
         results["service_max"] = show("nba: Decide (100 offers, 30 fields), max", svc_max)
-        svc_fixed = run(open_loop(server.port, server.proc.pid, base, rate, args.seconds))
-        results["service_fixed"] = show(f"nba: Decide at {rate:.0f}/s", svc_fixed)
+        own_rate = svc_max.throughput / 2
+        svc_half = run(open_loop(server.port, server.proc.pid, base, own_rate, args.seconds))
+        results["service_half_own_max"] = show(f"nba: Decide at {own_rate:.0f}/s (half its own max)", svc_half)
         feedback = [pb.FeedbackRequest(event_id=f"bench-{i}", decision_id=d.decision_id, offer_id=d.offers[0].offer_id,
                                        outcome=pb.OUTCOME_IMPRESSED if i % 5 else pb.OUTCOME_ACCEPTED)
                     for i, d in enumerate(decisions) if d.offers]
-        fb = run(closed_loop(server.port, server.proc.pid, feedback, "Feedback", args.concurrency, args.seconds, warmup=0.5))
+        fb = run(closed_loop(server.port, server.proc.pid, feedback, "Feedback", args.concurrency, args.seconds, warmup=0.5,
+                             probe=base[0]))
         results["feedback_max"] = show("nba: Feedback, max", fb)
         results["memory_mb_100_offers"] = rss_mb(server.proc.pid)
+        # Last: the floor's half-load overloads the service, whose backlog would spill into later phases.
+        svc_fixed = run(open_loop(server.port, server.proc.pid, base, rate, args.seconds))
+        results["service_fixed"] = show(f"nba: Decide at {rate:.0f}/s (half the floor's max)", svc_fixed)
     finally:
         server.stop()
 
@@ -323,22 +430,55 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.quick:
         scaling: dict[str, Any] = {}
-        for offers, fields_ in ((10, 30), (1000, 30), (100, 10), (100, 100)):
+        for offers, fields_ in ((10, 30), (100, 30), (1000, 30), (100, 10), (100, 100)):
             folder = write_policy_set(work / f"p{offers}-f{fields_}", offers, fields_)
             server = service(folder, work / f"p{offers}-f{fields_}.db", 1, {SERVER_CPU})
             try:
                 m = run(closed_loop(server.port, server.proc.pid, requests(fields_, 1000), "Decide",
-                                    args.concurrency, args.seconds * 0.6))
+                                    args.concurrency, args.seconds))
                 scaling[f"{offers} offers, {fields_} fields"] = show(f"nba: Decide ({offers} offers, {fields_} fields)", m)
                 if offers == 1000:
                     results["memory_mb_1000_offers"] = rss_mb(server.proc.pid)
             finally:
                 server.stop()
-        scaling["100 offers, 30 fields"] = results["service_max"]
         results["scaling"] = scaling
-        c100 = svc_max.cpu_per_call_us
+        c100 = scaling["100 offers, 30 fields"]["cpu_per_call_us"]  # same run length and request mix
         results["ratios"]["1000_vs_100_offers"] = round(scaling["1000 offers, 30 fields"]["cpu_per_call_us"] / c100, 2)
         print(f"ratios: 1,000 offers cost {results['ratios']['1000_vs_100_offers']}× the CPU per call of 100")
+
+        # Two workers on both cores (the client then shares them: CPU per call is the measure).
+        folder = work / "p100-f30"
+        server = service(folder, work / "workers.db", 2, {0, 1})
+        try:
+            time.sleep(2)
+            two = run(closed_loop(server.port, server.proc.pid, base, "Decide", args.concurrency, args.seconds, workers=2))
+            results["two_workers_max"] = show("nba: Decide, --workers 2 (CPU of both)", two)
+            # At the same offered load as one worker's half-load phase: gRPC's CPU per call grows as
+            # load per process falls (fewer calls share each wake-up), so this isolates coordination.
+            two_fixed = run(open_loop(server.port, server.proc.pid, base, own_rate, args.seconds, workers=2))
+            results["two_workers_half_own_max"] = show(f"nba: Decide at {own_rate:.0f}/s, --workers 2", two_fixed)
+            delays = propagation(server.port, 200)
+            ordered = sorted(delays)
+            results["propagation_ms"] = {"p50": round(ordered[len(ordered) // 2], 2),
+                                         "p99": round(ordered[int(0.99 * len(ordered)) - 1], 2),
+                                         "max": round(ordered[-1], 2)}
+            print(f"feedback reaches the other worker: p50 {results['propagation_ms']['p50']} ms, "
+                  f"p99 {results['propagation_ms']['p99']} ms")
+            results["memory_mb_two_workers"] = rss_mb(server.proc.pid)
+        finally:
+            server.stop()
+        results["ratios"]["two_workers_cpu"] = round(two.cpu_per_call_us / svc_max.cpu_per_call_us, 2)
+        results["ratios"]["two_workers_cpu_same_load"] = round(two_fixed.cpu_per_call_us / svc_half.cpu_per_call_us, 2)
+        print(f"ratios: --workers 2 CPU per call {results['ratios']['two_workers_cpu']}× one worker's at full load, "
+              f"{results['ratios']['two_workers_cpu_same_load']}× at the same offered load ({own_rate:.0f}/s)")
+
+        results["contact_history_mb"] = {
+            f"{n:,} customers": round(float(subprocess.run(
+                [sys.executable, __file__, "--contact-memory", str(n)], capture_output=True, text=True, check=True,
+            ).stdout.strip()), 1)
+            for n in (100_000, 1_000_000)
+        }
+        print(f"contact history (3 events each): {results['contact_history_mb']}")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

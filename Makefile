@@ -11,6 +11,7 @@ GEN    := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 
 serve: $(GEN)
 	mkdir -p var
+	$(BIN)/nba db upgrade
 	$(BIN)/nba serve
 
 test: $(GEN)

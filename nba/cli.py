@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from nba.config import ConfigError, Settings, load_settings
-from nba.errors import PolicySetError
+from nba.errors import PolicySetError, SchemaError
 
 __all__ = ["main"]
 
@@ -123,6 +123,27 @@ def _export(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     print(f"exported {count} decisions to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _db(args: argparse.Namespace) -> int:
+    from sqlalchemy import create_engine
+
+    from nba.migrations import current_revision, head_revision, upgrade
+
+    settings = _settings(args)
+    engine = create_engine(settings.database_url)
+    url = engine.url.render_as_string(hide_password=True)
+    try:
+        if args.action == "upgrade":
+            before, after = upgrade(engine)
+            done = "already at" if before == after else f"upgraded from {before or 'an empty database'} to"
+            print(f"{url}: {done} revision {after}")
+        else:
+            current = current_revision(engine)
+            print(f"{url}: revision {current or 'none'}; this nba needs {head_revision()}")
+    finally:
+        engine.dispose()
     return 0
 
 
@@ -345,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     policies.add_argument("--database-url", dest="database_url", help="preview: the decision log (NBA_DATABASE_URL)")
     policies.set_defaults(run=_policies)
 
+    db = commands.add_parser("db", help="the database's schema: apply migrations, or show the revision")
+    db.add_argument("action", choices=["upgrade", "current"],
+                    help="upgrade: apply every pending migration (safe to run again); current: print the revision")
+    db.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
+    db.add_argument("--database-url", dest="database_url", help="the database (NBA_DATABASE_URL)")
+    db.set_defaults(run=_db)
+
     args = parser.parse_args(argv)
     args.argv = argv
     if args.command in ("evaluate", "simulate") or (args.command == "policies" and args.action == "preview"):
@@ -359,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     except PolicySetError as exc:
         print(f"nba: {exc}", file=sys.stderr)
         return 1
+    except SchemaError as exc:
+        print(f"nba: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

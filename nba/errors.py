@@ -94,3 +94,8 @@ class PolicySetError(NbaError):
     @property
     def messages(self) -> list[str]:
         return [str(p) for p in self.problems if p.severity == "error"]
+
+
+class SchemaError(RuntimeError):
+    """The database's schema is not the one this code needs; the message says what to run.
+    Not a request error: the process refuses to start (``nba.migrations``)."""

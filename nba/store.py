@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, event, func, inspect
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, LargeBinary, event, func
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.url import make_url
 from sqlmodel import Field, SQLModel, create_engine, select
@@ -36,11 +36,16 @@ from nba.decisions import DecisionRecord
 from nba.errors import AlreadyExists, Unavailable
 from nba.feedback import NO_RESPONSE, OUTCOMES, FeedbackEvent, FeedbackResult, PairState, RewardWindows, resolve
 from nba.learning import LearningEvent
+from nba.migrations import ensure_schema
 
 __all__ = ["DecisionLog", "Store", "open_engine"]
 
 #: decisions whose reward windows are closed per transaction
 CLOSE_BATCH = 1000
+#: PostgreSQL advisory lock that serialises write transactions (any constant)
+WRITE_LOCK_KEY = 0x6E62615F77726974  # "nba_writ"
+#: 64-bit event ids on PostgreSQL; SQLite's INTEGER PRIMARY KEY is 64-bit and must stay the rowid
+ID = BigInteger().with_variant(Integer(), "sqlite")
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +81,7 @@ class ContactEventRow(SQLModel, table=True):
     __tablename__ = "contact_events"
     __table_args__ = (Index("ix_contact_events_customer_at", "customer_id", "at"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True))
     customer_id: str = Field(max_length=256)
     #: seconds since the epoch
     at: float = Field(index=True)
@@ -123,7 +128,7 @@ class FeedbackRow(SQLModel, table=True):
     __table_args__ = (Index("ix_feedback_pair", "decision_id", "offer_id"),)
 
     #: the order events were made durable, and so the order the learner applied them
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True))
     event_id: str = Field(unique=True, max_length=256)
     decision_id: str = Field(max_length=64)
     offer_id: str = Field(max_length=128)
@@ -149,13 +154,15 @@ class SnapshotRow(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     signature: str
     model_version: str = Field(max_length=128)
-    last_feedback_id: int
+    last_feedback_id: int = Field(sa_column=Column(BigInteger, nullable=False))
     state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 def open_engine(url: str) -> Engine:
-    """Creates the engine and the schema. SQLite runs in WAL mode with full fsync, so a
-    committed feedback event survives a crash of the process or the machine."""
+    """Creates the engine and checks the schema (``nba.migrations``: an empty database is
+    created at the newest revision, an older one refused until ``nba db upgrade``). SQLite
+    runs in WAL mode with full fsync, so a committed feedback event survives a crash of the
+    process or the machine."""
     parsed = make_url(url)
     kwargs: dict[str, Any] = {}
     sqlite = parsed.get_backend_name() == "sqlite"
@@ -184,35 +191,23 @@ def open_engine(url: str) -> Engine:
             if conn.get_execution_options().get("nba_write", False):
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-    SQLModel.metadata.create_all(engine)
-    _add_missing_columns(engine)
+    elif engine.dialect.name == "postgresql":
+
+        @event.listens_for(engine, "begin")
+        def _serialise_writers(conn: Any) -> None:
+            # As BEGIN IMMEDIATE on SQLite: one writer at a time, so event ids (taken from a
+            # sequence inside the transaction) follow commit order, and a process that reads
+            # the events after the last id it saw (other workers and replicas) never skips one
+            # committed late with a smaller id. Writers batch many events per transaction.
+            if conn.get_execution_options().get("nba_write", False):
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
+
+    try:
+        ensure_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """Adds columns that newer versions declare to tables an older version created.
-
-    A stop-gap for additive changes (new columns with defaults) until schema migrations
-    arrive; anything else is refused by name.
-    """
-    inspector = inspect(engine)
-    with engine.begin() as conn:
-        for table in SQLModel.metadata.sorted_tables:
-            existing = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in existing:
-                    continue
-                if column.default is None or not isinstance(column.default.arg, (bool, int, float, str)):
-                    raise RuntimeError(
-                        f"database table {table.name} lacks column {column.name}, which cannot be added "
-                        "automatically; use a new database or migrate it"
-                    )
-                kind = column.type.compile(dialect=engine.dialect)
-                value = column.default.arg
-                literal = ("TRUE" if value else "FALSE") if isinstance(value, bool) and engine.dialect.name == "postgresql" else (
-                    str(int(value)) if isinstance(value, bool) else repr(value))
-                conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind} NOT NULL DEFAULT {literal}')
-                log.warning("added a column to an older database", extra={"table": table.name, "column": column.name})
 
 
 def _utc(value: datetime) -> datetime:

@@ -1,11 +1,20 @@
-"""Shared fixtures: real servers on free ports over real SQLite files."""
+"""Shared fixtures: real servers on free ports over real databases.
+
+Every test that touches the store runs twice: on a SQLite file, and on PostgreSQL (a schema of
+its own in the database ``NBA_TEST_POSTGRES`` names, by default the ``test`` database on
+127.0.0.1:5432). Without PostgreSQL those runs skip, saying why; with ``NBA_REQUIRE_SERVICES=1``
+(CI) they fail instead.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,14 +41,66 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+POSTGRES = os.environ.get("NBA_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+@functools.cache
+def postgres_unavailable() -> str | None:
+    """Why PostgreSQL cannot be used, or None."""
+    try:
+        import psycopg
+
+        with psycopg.connect(_libpq(POSTGRES), connect_timeout=3):
+            return None
+    except Exception as exc:  # noqa: BLE001 - any reason to skip is reported as it is
+        return f"PostgreSQL at {POSTGRES} is unavailable ({type(exc).__name__}: {exc})"
+
+
+def need_postgres() -> None:
+    reason = postgres_unavailable()
+    if reason:
+        if require_services():
+            pytest.fail(f"{reason}; NBA_REQUIRE_SERVICES=1 forbids skipping")
+        pytest.skip(reason)
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A database URL whose tables live in a fresh schema, dropped afterwards."""
+    import psycopg
+
+    need_postgres()
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(_libpq(POSTGRES), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(_libpq(POSTGRES), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'nba.db'}"
+        return
+    with postgres_schema() as url:
+        yield url
+
+
 @pytest.fixture
-def settings_for(tmp_path: Path) -> Callable[..., Settings]:
+def settings_for(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "policies": POLICIES,
             "host": "127.0.0.1",
             "port": 0,
-            "database_url": f"sqlite:///{tmp_path / 'nba.db'}",
+            "database_url": database_url,
             "metrics_port": -1,
             "grace_seconds": 5.0,
             "log_format": "text",

@@ -62,11 +62,11 @@ class Process:
 
 
 @pytest.fixture
-def processes(tmp_path: Path):
+def processes(tmp_path: Path, database_url: str):
     started: list[Process] = []
 
     def run(**env: str) -> Process:
-        p = Process(tmp_path, **env)
+        p = Process(tmp_path, NBA_DATABASE_URL=database_url, **env)
         started.append(p)
         p.wait_serving()
         return p

@@ -48,8 +48,8 @@ def model_version(stub: pb_grpc.DecisionServiceStub) -> int:
 
 
 @pytest.fixture
-def two_workers(tmp_path: Path):
-    process = Process(tmp_path, NBA_WORKERS="2", NBA_SNAPSHOT_SECONDS="3600")
+def two_workers(tmp_path: Path, database_url: str):
+    process = Process(tmp_path, NBA_WORKERS="2", NBA_SNAPSHOT_SECONDS="3600", NBA_DATABASE_URL=database_url)
     process.wait_serving()
     # wait for both workers to serve
     workers = channels_per_worker(process.port)

@@ -44,6 +44,11 @@ class Settings(BaseModel):
         description="processes serving the port together (default: one per core)",
     )
     worker: int = Field(-1, ge=-1, description="internal: this process's index among the workers (set by nba serve)")
+    bus: Literal["local", "database"] = Field(
+        "local",
+        description="how processes learn each other's events: local (this process, or the workers of one "
+        "nba serve), database (replicas sharing one database follow its log)",
+    )
     grace_seconds: float = Field(10.0, ge=0, description="graceful shutdown: time for calls in flight")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["json", "text"] = Field("json", description="structured JSON logs or plain text")

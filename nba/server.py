@@ -98,7 +98,9 @@ class Service:
         self._last_compaction = 0.0
         self._last_window_check = 0.0
         #: one of several worker processes sharing the port and the database
-        self.shared = settings.workers > 1 and settings.worker >= 0
+        self.is_worker = settings.workers > 1 and settings.worker >= 0
+        #: learns the events other processes (workers, replicas) commit to the shared log
+        self.shared = self.is_worker or settings.bus == "database"
         self.worker = max(settings.worker, 0)
         self.engine = open_engine(settings.database_url)
         self.store = Store(self.engine, settings.windows(), origin=f"{socket.gethostname()}:{os.getpid()}")
@@ -112,7 +114,7 @@ class Service:
         self.learning = LearningLoop(build_learner(settings), settings.snapshot_seconds)
         self.decider: Decider | None = None
         # With several workers, the first watches the folder; all follow the database.
-        folder = settings.policies if not self.shared or self.worker == 0 else None
+        folder = settings.policies if not self.is_worker or self.worker == 0 else None
         self.publisher = Publisher(self.store, folder, self._swap, self.clock)
         live = self.publisher.start()
         started = time.perf_counter()
@@ -155,7 +157,7 @@ class Service:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 # Workers share the port (the kernel spreads connections); alone, a second
                 # server on the same port must fail rather than silently share it.
-                ("grpc.so_reuseport", 1 if self.shared else 0),
+                ("grpc.so_reuseport", 1 if self.is_worker else 0),
             ],
         )
         pb_grpc.add_DecisionServiceServicer_to_server(

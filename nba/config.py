@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nba.feedback import RewardWindows
 
@@ -50,6 +50,11 @@ class Settings(BaseModel):
         "nba serve), database (replicas sharing one database follow its log)",
     )
     grace_seconds: float = Field(10.0, ge=0, description="graceful shutdown: time for calls in flight")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve gRPC over TLS (needs tls_key)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA certificates: require client certificates they signed (mutual TLS; needs tls_cert)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["json", "text"] = Field("json", description="structured JSON logs or plain text")
 
@@ -134,6 +139,35 @@ class Settings(BaseModel):
                 )
         return value
 
+    @field_validator("tls_cert", "tls_key", "tls_client_ca")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                text = value.read_text(encoding="ascii")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"cannot read {value}: {exc}") from None
+            if "-----BEGIN " not in text:
+                raise ValueError(f"{value} is not PEM (no -----BEGIN line)")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert (--tls-cert, NBA_TLS_CERT) and tls_key (--tls-key, NBA_TLS_KEY) go together: "
+                             "give both, or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (--tls-client-ca, NBA_TLS_CLIENT_CA) needs tls_cert and tls_key: "
+                             "client certificates are checked over TLS only")
+        return self
+
+    def tls_credentials(self) -> tuple[bytes, bytes, bytes | None] | None:
+        """(private key, certificate chain, client CA or None), or None for plaintext."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        ca = self.tls_client_ca.read_bytes() if self.tls_client_ca else None
+        return self.tls_key.read_bytes(), self.tls_cert.read_bytes(), ca
+
     @field_validator("learner_exclude", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
@@ -193,5 +227,6 @@ def load_settings(
         for error in exc.errors():
             key = ".".join(str(p) for p in error["loc"])
             msg = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
-            lines.append(f"{key} (--{key.replace('_', '-')}, NBA_{key.upper()}): {msg}")
+            msg = msg.removeprefix("Value error, ")
+            lines.append(f"{key} (--{key.replace('_', '-')}, NBA_{key.upper()}): {msg}" if key else msg)
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -171,7 +171,15 @@ class Service:
         reflection.enable_server_reflection(
             (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        tls = settings.tls_credentials()
+        if tls is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            key, chain, client_ca = tls
+            self.port = self.server.add_secure_port(address, grpc.ssl_server_credentials(
+                [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None,
+            ))
         if self.port == 0:
             raise OSError(f"could not bind {settings.host}:{settings.port}")
         self.metrics_port: int | None = None
@@ -240,6 +248,8 @@ class Service:
                 "offers": len(self.policy_set.offers),
                 "database": self.engine.url.render_as_string(hide_password=True),
                 "admin_tokens": len(self.settings.admin_tokens),
+                "tls": "mutual" if self.settings.tls_client_ca else "on" if self.settings.tls_cert else "off",
+                "bus": self.settings.bus,
             },
         )
         return self.port

@@ -44,10 +44,15 @@ class Settings(BaseModel):
         description="processes serving the port together (default: one per core)",
     )
     worker: int = Field(-1, ge=-1, description="internal: this process's index among the workers (set by nba serve)")
-    bus: Literal["local", "database"] = Field(
+    bus: str = Field(
         "local",
         description="how processes learn each other's events: local (this process, or the workers of one "
-        "nba serve), database (replicas sharing one database follow its log)",
+        "nba serve), database (replicas sharing one database follow its log), or a Redis URL "
+        "(redis://host:6379/0: the same, pushed through a Redis stream as events commit)",
+    )
+    bus_stream: str = Field("nba:events", min_length=1, description="the Redis stream's key (with a redis:// bus)")
+    bus_stream_length: int = Field(
+        100_000, ge=1000, description="entries the Redis stream keeps (approximately); older ones are trimmed"
     )
     grace_seconds: float = Field(10.0, ge=0, description="graceful shutdown: time for calls in flight")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve gRPC over TLS (needs tls_key)")
@@ -138,6 +143,17 @@ class Settings(BaseModel):
                     "16 characters (for example alice:editor:$(openssl rand -hex 16))"
                 )
         return value
+
+    @field_validator("bus")
+    @classmethod
+    def _bus(cls, value: str) -> str:
+        if value not in ("local", "database") and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("local, database, or a Redis URL (redis://HOST:6379/0, rediss:// for TLS)")
+        return value
+
+    @property
+    def redis_bus(self) -> bool:
+        return self.bus not in ("local", "database")
 
     @field_validator("tls_cert", "tls_key", "tls_client_ca")
     @classmethod

@@ -49,6 +49,14 @@ NO_RESPONSE = Counter(
     "nba_no_response_total", "Offers that got the default reward because no feedback came before their windows closed"
 )
 
+BUS_UP = Gauge("nba_bus_up", "1 while the Redis bus works; 0 while replicas learn from the database alone")
+BUS_PUBLISHED = Counter("nba_bus_published_total", "Entries (one per write transaction) added to the bus")
+BUS_RECEIVED = Counter("nba_bus_received_total", "Other replicas' entries read from the bus")
+BUS_ERRORS = Counter("nba_bus_errors_total", "Failed bus operations", ["operation"])
+BUS_GAP_FILLS = Counter(
+    "nba_bus_gap_fills_total", "Times events were read from the database because the bus had not (yet) carried them"
+)
+
 
 _filtered_children: dict[str, Counter] = {}
 

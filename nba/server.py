@@ -36,6 +36,7 @@ from nba.learning import LearningLoop, build_learner
 from nba.policy_set import PolicySet
 from nba.publishing import Publisher
 from nba.servicers import AdminServicer, DecisionServicer
+from nba.bus import RedisBus
 from nba.store import DecisionLog, Store, open_engine
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import admin_service_pb2_grpc as apb_grpc
@@ -100,7 +101,7 @@ class Service:
         #: one of several worker processes sharing the port and the database
         self.is_worker = settings.workers > 1 and settings.worker >= 0
         #: learns the events other processes (workers, replicas) commit to the shared log
-        self.shared = self.is_worker or settings.bus == "database"
+        self.shared = self.is_worker or settings.bus != "local"
         self.worker = max(settings.worker, 0)
         self.engine = open_engine(settings.database_url)
         self.store = Store(self.engine, settings.windows(), origin=f"{socket.gethostname()}:{os.getpid()}")
@@ -127,6 +128,8 @@ class Service:
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )
+        self.bus = RedisBus(settings.bus, settings.bus_stream, self.store.origin, settings.bus_stream_length) \
+            if settings.redis_bus else None
         self.log = DecisionLog(
             self.store,
             on_learn=self.learning.apply,
@@ -140,7 +143,10 @@ class Service:
             applied_id=self.learning.last_feedback_id,
             contact_id=start_contact_id,
             on_remote_contacts=self._record_remote_contacts,
+            bus=self.bus,
         )
+        if self.bus is not None:
+            self.bus.start(self.log.deliver)
         self.decider = Decider(
             live, self.learning, self.log, self.contacts, self.counters, settings.request_id_ttl_seconds, self.clock
         )
@@ -264,6 +270,8 @@ class Service:
         self.publisher.stop()
         self.server.stop(grace).wait()
         self.log.close()
+        if self.bus is not None:
+            self.bus.close()
         self.learning.maybe_snapshot(self.store, force=True)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

@@ -31,6 +31,7 @@ from sqlalchemy.engine.url import make_url
 from sqlmodel import Field, SQLModel, create_engine, select
 
 from nba import metrics
+from nba.bus import BusEntry, RedisBus, Span
 from nba.contacts import ContactEvent
 from nba.decisions import DecisionRecord
 from nba.errors import AlreadyExists, Unavailable
@@ -42,6 +43,8 @@ __all__ = ["DecisionLog", "Store", "open_engine"]
 
 #: decisions whose reward windows are closed per transaction
 CLOSE_BATCH = 1000
+#: with a bus that works, how often the database is still read for events never published
+BUS_TAIL_SECONDS = 1.0
 #: PostgreSQL advisory lock that serialises write transactions (any constant)
 WRITE_LOCK_KEY = 0x6E62615F77726974  # "nba_writ"
 #: 64-bit event ids on PostgreSQL; SQLite's INTEGER PRIMARY KEY is 64-bit and must stay the rowid
@@ -364,16 +367,26 @@ class Store:
             if conn.execute(table.update().where(key).values(count=table.c.count + row["count"])).rowcount == 0:
                 conn.execute(table.insert().values(**row))
 
-    def contact_events_after(self, after_id: int, limit: int = 5000) -> tuple[list[ContactEvent], int]:
-        """Contact events other processes wrote after ``after_id``, and the last id seen."""
+    def contact_events_after(self, after_id: int, limit: int = 5000,
+                             up_to: int | None = None) -> tuple[list[ContactEvent], int]:
+        """Contact events other processes wrote after ``after_id`` (up to ``up_to``), and the
+        last id seen."""
         table = ContactEventRow.__table__
+        query = select(table).where(table.c.id > after_id).order_by(table.c.id).limit(limit)
+        if up_to is not None:
+            query = query.where(table.c.id <= up_to)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(table).where(table.c.id > after_id).order_by(table.c.id).limit(limit)
-            ).all()
+            rows = conn.execute(query).all()
         events = [ContactEvent(r.customer_id, r.at, r.kind, r.offer_id, r.group, r.channel)
                   for r in rows if r.origin != self.origin]
         return events, (rows[-1].id if rows else after_id)
+
+    def positions(self, conn: Any) -> tuple[int, int]:
+        """The newest feedback and contact-event ids, within ``conn``'s write transaction
+        (which holds the write lock: nobody else commits meanwhile)."""
+        feedback = conn.execute(select(func.max(FeedbackRow.__table__.c.id))).scalar() or 0
+        contacts = conn.execute(select(func.max(ContactEventRow.__table__.c.id))).scalar() or 0
+        return int(feedback), int(contacts)
 
     def last_ids(self) -> tuple[int, int]:
         """The newest feedback and contact-event ids: where a new process starts reading."""
@@ -553,10 +566,9 @@ class Store:
         ).first()
         return PairState(row.stage, row.pair_reward) if row else None
 
-    def learning_events(self, after_id: int, chunk: int = 1000, up_to: int | None = None,
-                        skip: frozenset[int] = frozenset()) -> Iterator[LearningEvent]:
+    def learning_events(self, after_id: int, chunk: int = 1000, up_to: int | None = None) -> Iterator[LearningEvent]:
         """The applied feedback after ``after_id`` (up to ``up_to``), in the order it was
-        applied, with the decision's features; ids in ``skip`` are left out."""
+        applied, with the decision's features."""
         f, d = self._feedback, self._decisions
         last = after_id
         while True:
@@ -572,8 +584,7 @@ class Store:
             with self.engine.connect() as conn:
                 rows = conn.execute(query).all()
             for row in rows:
-                if row.id not in skip:
-                    yield LearningEvent(row.id, row.features, row.offer_id, row.pair_reward, row.previous_reward)
+                yield LearningEvent(row.id, row.features, row.offer_id, row.pair_reward, row.previous_reward)
             if len(rows) < chunk:
                 return
             last = rows[-1].id
@@ -708,12 +719,15 @@ class DecisionLog:
     any of its callers is answered; ``after_write`` runs on the writer thread after each
     transaction (snapshots hook in there, so they see a consistent position in the log).
 
-    With ``shared`` (several worker processes on one database), every process learns from
-    every feedback event in the order the events were committed: after its own commit a
-    writer first applies the other processes' events committed before it, and every
-    ``tail_seconds`` it reads what the others committed since (SQLite commits one writer at a
-    time, so ids are in commit order). Contact events of the others reach ``on_remote_contacts``
-    the same way. So every worker ranks alike.
+    With ``shared`` (workers or replicas on one database), every process learns from every
+    feedback event in the order the events were committed. Write transactions are serialised
+    (``Store.write``), so ids follow commit order, and each transaction notes the newest ids
+    before and after it (a ``Span``): after its own commit a writer first applies the other
+    processes' events committed before it, then its own. Every ``tail_seconds`` it reads what
+    the others committed since; with a ``bus`` (Redis Streams), their entries arrive as they
+    commit (``deliver``) and the database is read only to fill gaps, or every second as a
+    safety net. Contact events of the others reach ``on_remote_contacts`` the same way. So
+    every process applies every event exactly once, in the same order, and all rank alike.
     """
 
     def __init__(
@@ -731,10 +745,13 @@ class DecisionLog:
         contact_id: int = 0,
         on_remote_contacts: Callable[[list[ContactEvent]], None] | None = None,
         tail_seconds: float = 0.02,
+        bus: RedisBus | None = None,
     ) -> None:
         self.store = store
         self._on_learn = on_learn
-        self._shared = shared
+        self._shared = shared or bus is not None
+        self._bus = bus
+        self._remote: deque[BusEntry] = deque()
         self._applied = applied_id
         self._contact_seen = contact_id
         self._on_remote_contacts = on_remote_contacts or (lambda events: None)
@@ -803,6 +820,12 @@ class DecisionLog:
             self._cond.notify()
         return future
 
+    def deliver(self, entry: BusEntry) -> None:
+        """Another replica's committed events, from the bus: applied on the writer thread."""
+        with self._cond:
+            self._remote.append(entry)
+            self._cond.notify()
+
     def close_windows(self, now: datetime, budget_seconds: float = 1.0) -> int:
         """Closes due reward windows and teaches the learner the default rewards, a thousand
         decisions a transaction, for at most ``budget_seconds`` (the rest wait for the next
@@ -812,9 +835,11 @@ class DecisionLog:
         total = 0
         while True:
             with self.store.write() as conn:
+                before = self.store.positions(conn) if self._shared else None
                 learn, closed = self.store.close_windows(conn, now, CLOSE_BATCH)
-            if learn:
-                self._learn(learn)
+                span = self._span(conn, before)
+            self._learn(learn, span)
+            self._publish(span, learn, [])
             total += len(learn)
             if closed < CLOSE_BATCH or time.monotonic() - started > budget_seconds:
                 return total
@@ -838,12 +863,22 @@ class DecisionLog:
             self._cond.notify()
         self._thread.join(timeout)
 
+    def _tail_interval(self) -> float:
+        return BUS_TAIL_SECONDS if self._bus is not None and self._bus.up else self._tail_seconds
+
     def _run(self) -> None:
-        wait = min(self._flush_seconds, self._tail_seconds) if self._shared else self._flush_seconds
         while True:
+            wait = min(self._flush_seconds, self._tail_interval()) if self._shared else self._flush_seconds
             with self._cond:
-                if not self._queue and not self._stopping:
+                if not self._queue and not self._stopping and not self._remote:
                     self._cond.wait(wait)
+                remote = [self._remote.popleft() for _ in range(len(self._remote))]
+            for entry in remote:
+                try:
+                    self._apply_remote(entry)
+                except Exception:
+                    log.exception("applying another replica's events failed")
+            with self._cond:
                 if not self._queue:
                     if self._stopping:
                         return
@@ -860,7 +895,7 @@ class DecisionLog:
                     for _, _, future in batch:
                         if future is not None and not future.done():
                             future.set_exception(Unavailable(f"the decision log failed ({type(exc).__name__}); retry"))
-            if self._shared and time.monotonic() - self._last_tail >= self._tail_seconds:
+            if self._shared and time.monotonic() - self._last_tail >= self._tail_interval():
                 try:
                     self._tail()
                 except Exception:
@@ -881,21 +916,69 @@ class DecisionLog:
         if contacts:
             self._on_remote_contacts(contacts)
 
-    def _learn(self, own: list[LearningEvent]) -> None:
+    def _span(self, conn: Any, before: tuple[int, int] | None) -> Span | None:
+        if before is None:
+            return None
+        after = self.store.positions(conn)
+        return Span(before[0], after[0], before[1], after[1])
+
+    def _learn(self, own: list[LearningEvent], span: Span | None) -> None:
         """Applies this process's newly committed events, after any of the other processes'
-        committed before them, in commit order."""
-        if not own:
-            return
+        committed before them (read from the database), in commit order."""
         own.sort(key=lambda e: e.feedback_id)
-        up_to = own[-1].feedback_id
-        events = own
-        if self._shared:
-            others = list(self.store.learning_events(self._applied, up_to=up_to,
-                                                     skip=frozenset(e.feedback_id for e in own)))
-            if others:
-                events = sorted([*own, *others], key=lambda e: e.feedback_id)
-        self._on_learn(events)
-        self._applied = max(self._applied, up_to)
+        if span is None:  # alone on the database
+            if own:
+                self._on_learn(own)
+                self._applied = max(self._applied, own[-1].feedback_id)
+            return
+        if self._applied < span.feedback_before:
+            self._fill(span.feedback_before)
+        if own:
+            self._on_learn(own)
+        self._applied = max(self._applied, span.feedback_after)
+        if self._contact_seen < span.contacts_before:
+            self._fill_contacts(span.contacts_before)
+        self._contact_seen = max(self._contact_seen, span.contacts_after)
+
+    def _fill(self, up_to: int) -> None:
+        """The other processes' events up to ``up_to``, from the database (all committed)."""
+        events = list(self.store.learning_events(self._applied, up_to=up_to))
+        if events:
+            self._on_learn(events)
+            if self._bus is not None:
+                metrics.BUS_GAP_FILLS.inc()
+        self._applied = up_to
+
+    def _fill_contacts(self, up_to: int) -> None:
+        while self._contact_seen < up_to:
+            contacts, seen = self.store.contact_events_after(self._contact_seen, up_to=up_to)
+            if contacts:
+                self._on_remote_contacts(contacts)
+            if seen == self._contact_seen:
+                break
+            self._contact_seen = seen
+        self._contact_seen = max(self._contact_seen, up_to)
+
+    def _apply_remote(self, entry: BusEntry) -> None:
+        """Another replica's transaction: applied once, after everything committed before it."""
+        span = entry.span
+        if span.feedback_after > self._applied:
+            if span.feedback_before > self._applied:
+                self._fill(span.feedback_before)
+            events = [e for e in entry.events if e.feedback_id > self._applied]
+            if events:
+                self._on_learn(events)
+            self._applied = span.feedback_after
+        if span.contacts_after > self._contact_seen:
+            if span.contacts_before > self._contact_seen:
+                self._fill_contacts(span.contacts_before)
+            if entry.contacts:
+                self._on_remote_contacts(entry.contacts)
+            self._contact_seen = span.contacts_after
+
+    def _publish(self, span: Span | None, events: list[LearningEvent], contacts: list[ContactEvent]) -> None:
+        if self._bus is not None and span is not None and (events or contacts):
+            self._bus.publish(BusEntry(self.store.origin, span, events, contacts))
 
     def _write(self, batch: list[tuple[DecisionRecord | None, FeedbackEvent | None, Future[FeedbackResult] | None]]) -> None:
         decisions = [d for d, _, _ in batch if d is not None]
@@ -903,8 +986,10 @@ class DecisionLog:
         markers = [f for d, e, f in batch if d is None and e is None and f is not None]
         results: list[tuple[FeedbackEvent, Future[FeedbackResult], FeedbackResult | Exception]] = []
         started = time.perf_counter()
+        span: Span | None = None
         try:
             with self.store.write() as conn:
+                before = self.store.positions(conn) if self._shared else None
                 contacts: list[ContactEvent] = []
                 if decisions:
                     self.store.insert_decisions(conn, decisions)
@@ -925,6 +1010,7 @@ class DecisionLog:
                     if isinstance(r, FeedbackResult) and not r.duplicate
                 ]
                 self.store.insert_contacts(conn, contacts + outcomes)
+                span = self._span(conn, before)
         except Exception as exc:
             log.exception("decision log write failed", extra={"decisions": len(decisions), "feedback": len(feedback)})
             metrics.LOG_DROPPED.inc(len(decisions))
@@ -942,11 +1028,10 @@ class DecisionLog:
             for e, _, r in results
             if isinstance(r, FeedbackResult) and r.applied and r.feedback_id is not None
         ]
-        if learn:
-            try:
-                self._learn(learn)
-            except Exception:
-                log.exception("learning from feedback failed", extra={"events": len(learn)})
+        try:
+            self._learn(learn, span)
+        except Exception:
+            log.exception("learning from feedback failed", extra={"events": len(learn)})
         if outcomes:
             try:
                 self._on_contacts(outcomes)
@@ -959,6 +1044,7 @@ class DecisionLog:
                 future.set_result(result)
         for marker in markers:
             marker.set_result(FeedbackResult(False, False, 0.0))
+        self._publish(span, learn, contacts + outcomes)
 
     def _forget(self, decisions: list[DecisionRecord]) -> None:
         """Decisions that could not be written are forgotten: feedback for them is NOT_FOUND

@@ -60,12 +60,49 @@ def postgres_unavailable() -> str | None:
         return f"PostgreSQL at {POSTGRES} is unavailable ({type(exc).__name__}: {exc})"
 
 
-def need_postgres() -> None:
-    reason = postgres_unavailable()
+def skip_or_fail(reason: str | None) -> None:
+    """Skips a test that needs a missing service, saying why; fails it in CI."""
     if reason:
         if require_services():
             pytest.fail(f"{reason}; NBA_REQUIRE_SERVICES=1 forbids skipping")
         pytest.skip(reason)
+
+
+def need_postgres() -> None:
+    skip_or_fail(postgres_unavailable())
+
+
+REDIS = os.environ.get("NBA_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@functools.cache
+def redis_unavailable() -> str | None:
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS, socket_connect_timeout=3).ping()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any reason to skip is reported as it is
+        return f"Redis at {REDIS} is unavailable ({type(exc).__name__}: {exc})"
+
+
+def need_redis() -> None:
+    skip_or_fail(redis_unavailable())
+
+
+@contextmanager
+def redis_stream() -> Iterator[str]:
+    """A stream key of its own on the test Redis, deleted afterwards."""
+    import redis
+
+    need_redis()
+    key = f"nba-test:{uuid.uuid4().hex[:16]}"
+    try:
+        yield key
+    finally:
+        client = redis.Redis.from_url(REDIS)
+        client.delete(key)
+        client.close()
 
 
 @contextmanager

@@ -1,12 +1,15 @@
-"""Replicas on one PostgreSQL database (`--bus database`): three `nba serve` processes on their
-own ports, as on three machines. Decisions made on one replica, feedback sent to another: all
+"""Replicas on one PostgreSQL database: three `nba serve` processes on their own ports, as on
+three machines, following each other through the database (`--bus database`) or through a
+Redis stream (`--bus redis://…`). Decisions made on one replica, feedback sent to another: all
 learn every event exactly once and rank alike, and contact caps hold across them."""
 
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -14,22 +17,36 @@ import pytest
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
 
-from conftest import customer, postgres_schema, struct
+from conftest import REDIS, customer, postgres_schema, redis_stream, struct
+from engines import OwnRedis
 from test_cli import Process
 
 
-@pytest.fixture
-def replicas(tmp_path: Path):
-    with postgres_schema() as url:
-        started = [Process(tmp_path, NBA_DATABASE_URL=url, NBA_BUS="database", NBA_SNAPSHOT_SECONDS="3600",
-                           NBA_SEED=str(i)) for i in range(3)]  # started together: they race to create and publish
+def start_replicas(tmp_path: Path, url: str, n: int = 3, **env: str) -> list[Process]:
+    started = [Process(tmp_path, NBA_DATABASE_URL=url, NBA_SNAPSHOT_SECONDS="3600", NBA_SEED=str(i), **env)
+               for i in range(n)]  # started together: they race to create the schema and publish
+    for p in started:
+        p.wait_serving()
+    return started
+
+
+@pytest.fixture(params=["database", "redis"])
+def replicas(request: pytest.FixtureRequest, tmp_path: Path):
+    with ExitStack() as stack:
+        url = stack.enter_context(postgres_schema())
+        env = {"NBA_BUS": "database"}
+        if request.param == "redis":
+            env = {"NBA_BUS": REDIS, "NBA_BUS_STREAM": stack.enter_context(redis_stream())}
+        started = start_replicas(tmp_path, url, **env)
         try:
-            for p in started:
-                p.wait_serving()
-            yield [pb_grpc.DecisionServiceStub(p.channel) for p in started]
+            yield started
         finally:
             for p in started:
                 p.stop()
+
+
+def stubs(processes: list[Process]) -> list[pb_grpc.DecisionServiceStub]:
+    return [pb_grpc.DecisionServiceStub(p.channel) for p in processes]
 
 
 def version(stub: pb_grpc.DecisionServiceStub) -> int:
@@ -43,47 +60,97 @@ def predictions(stub: pb_grpc.DecisionServiceStub) -> dict[str, float]:
     return {o.offer_id: o.predicted for o in reply.explanation.offers if o.eligible}
 
 
-def test_replicas_learn_every_event_once_and_rank_alike(replicas) -> None:
+def metric(process: Process, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{process.metrics_port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def traffic(replicas: list[pb_grpc.DecisionServiceStub], rounds: int, tag: str) -> int:
+    """Decisions on the first replica, feedback on the others (and a retry on the third):
+    returns how many events were acknowledged as applied."""
     a, b, c = replicas
-    before = [version(s) for s in replicas]
-    assert len(set(before)) == 1
 
     def one(i: int) -> bool:
         decision = a.Decide(pb.DecideRequest(customer_id=f"c-{i % 40}", channel="web", limit=2,
                                              context=struct({"customer": customer(age=20 + i % 45)})))
-        other = (b, c)[i % 2]  # the feedback reaches a replica that did not decide
         outcome = pb.OUTCOME_ACCEPTED if i % 3 == 0 else pb.OUTCOME_IMPRESSED
-        reply = other.Feedback(pb.FeedbackRequest(event_id=f"e-{i}", decision_id=decision.decision_id,
-                                                  offer_id=decision.offers[0].offer_id, outcome=outcome))
-        retried = (c, b)[i % 2].Feedback(pb.FeedbackRequest(event_id=f"e-{i}", decision_id=decision.decision_id,
-                                                            offer_id=decision.offers[0].offer_id, outcome=outcome))
+        request = pb.FeedbackRequest(event_id=f"{tag}-{i}", decision_id=decision.decision_id,
+                                     offer_id=decision.offers[0].offer_id, outcome=outcome)
+        reply = (b, c)[i % 2].Feedback(request)  # a replica that did not decide
+        retried = (c, b)[i % 2].Feedback(request)
         assert retried.duplicate and not retried.applied  # a retry elsewhere is not applied again
         return reply.applied
 
     with ThreadPoolExecutor(4) as pool:
-        acknowledged = sum(pool.map(one, range(120)))
-    assert acknowledged == 120
+        return sum(pool.map(one, range(rounds)))
 
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(version(s) != before[0] + acknowledged for s in replicas):
+
+def converge(replicas: list[pb_grpc.DecisionServiceStub], expected: int, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(version(s) != expected for s in replicas):
         time.sleep(0.05)
-    assert [version(s) for s in replicas] == [before[0] + acknowledged] * 3
+    assert [version(s) for s in replicas] == [expected] * len(replicas)
     scores = [predictions(s) for s in replicas]
-    assert scores[0] and scores[0] == scores[1] == scores[2]  # the same events in the same order
+    assert scores[0] and all(s == scores[0] for s in scores)  # the same events in the same order
+
+
+def test_replicas_learn_every_event_once_and_rank_alike(replicas, request) -> None:
+    clients = stubs(replicas)
+    before = [version(s) for s in clients]
+    assert len(set(before)) == 1
+    acknowledged = traffic(clients, 120, "e")
+    assert acknowledged == 120
+    converge(clients, before[0] + acknowledged)
+    if "redis" in request.node.callspec.id:  # the events travelled through the stream
+        assert all(metric(p, "nba_bus_up") == 1 for p in replicas)
+        assert all(metric(p, "nba_bus_received_total") > 0 for p in replicas)
 
 
 def test_a_contact_cap_holds_across_replicas(replicas) -> None:
     """`three-a-week`: no commercial offer shown more than 3 times a week to one customer,
     whichever replica decides and whichever hears of the impression."""
+    clients = stubs(replicas)
     shown: Counter[str] = Counter()
     profile = struct({"customer": customer()})
     for i in range(24):
-        decision = replicas[i % 3].Decide(pb.DecideRequest(customer_id="capped", channel="web", context=profile))
+        decision = clients[i % 3].Decide(pb.DecideRequest(customer_id="capped", channel="web", context=profile))
         offer = decision.offers[0]
-        replicas[(i + 1) % 3].Feedback(pb.FeedbackRequest(event_id=f"cap-{i}", decision_id=decision.decision_id,
-                                                          offer_id=offer.offer_id, outcome=pb.OUTCOME_IMPRESSED))
+        clients[(i + 1) % 3].Feedback(pb.FeedbackRequest(event_id=f"cap-{i}", decision_id=decision.decision_id,
+                                                         offer_id=offer.offer_id, outcome=pb.OUTCOME_IMPRESSED))
         if offer.group in ("retention", "cross-sell", "up-sell"):
             shown[offer.offer_id] += 1
         time.sleep(0.1)  # a customer's pace: replicas learn each other's contacts within ~30 ms
     assert shown and max(shown.values()) <= 3, shown
     assert sum(shown.values()) >= 6  # the cap was reached, not avoided
+
+
+def test_replicas_keep_learning_alike_while_redis_is_down_and_after(tmp_path: Path) -> None:
+    """A Redis of the test's own, stopped and started again under traffic: the replicas fall
+    back to the database, say so in nba_bus_up, and return to the bus by themselves."""
+    with OwnRedis() as redis, postgres_schema() as url:
+        processes = start_replicas(tmp_path, url, NBA_BUS=redis.url)
+        try:
+            clients = stubs(processes)
+            start = version(clients[0])
+            done = traffic(clients, 30, "up")
+            converge(clients, start + done)
+
+            redis.stop()
+            done += traffic(clients, 30, "down")
+            converge(clients, start + done)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(metric(p, "nba_bus_up") != 0 for p in processes):
+                time.sleep(0.1)
+            assert [metric(p, "nba_bus_up") for p in processes] == [0, 0, 0]
+
+            redis.start()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(metric(p, "nba_bus_up") != 1 for p in processes):
+                done += traffic(clients, 3, f"back-{time.monotonic_ns()}")
+                time.sleep(0.2)
+            assert [metric(p, "nba_bus_up") for p in processes] == [1, 1, 1]
+            done += traffic(clients, 30, "again")
+            converge(clients, start + done)
+        finally:
+            for p in processes:
+                p.stop()

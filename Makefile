@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/nba/v1/*.proto)
 GEN    := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 
-.PHONY: serve test proto install clean bench bench-learning loadtest
+.PHONY: serve test proto install clean bench bench-store bench-replicas bench-learning loadtest
 
 serve: $(GEN)
 	mkdir -p var
@@ -22,6 +22,14 @@ install: $(STAMP)
 # The service against gRPC's own floor: throughput, CPU per call, latency, scaling, workers.
 bench: $(GEN)
 	$(BIN)/python loadtests/bench_service.py
+
+# The decision log's write throughput, size and retention, on SQLite and PostgreSQL.
+bench-store: $(GEN)
+	$(BIN)/python loadtests/bench_store.py
+
+# How fast replicas on one PostgreSQL hear each other's feedback: --bus database and --bus redis://.
+bench-replicas: $(GEN)
+	$(BIN)/python loadtests/bench_replicas.py
 
 # Learning quality and speed against uniform, river and Vowpal Wabbit (the `bench` extra).
 bench-learning: $(GEN)

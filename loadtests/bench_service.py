@@ -301,7 +301,14 @@ def propagation(port: int, rounds: int, field_count: int = 30) -> list[float]:
             channel.close()
         else:
             stubs[worker], _ = stub, channels.append(channel)
-    a, b = stubs["0"], stubs["1"]
+    delays = propagation_between(stubs["0"], stubs["1"], request, rounds)
+    for channel in channels:
+        channel.close()
+    return delays
+
+
+def propagation_between(a: Any, b: Any, request: pb.DecideRequest, rounds: int) -> list[float]:
+    """Milliseconds from a Feedback acknowledged by ``a`` to ``b``'s decisions reflecting it."""
     delays = []
     for i in range(rounds):
         decision = a.Decide(request)
@@ -313,8 +320,6 @@ def propagation(port: int, rounds: int, field_count: int = 30) -> list[float]:
             if time.monotonic() - acked > 5:
                 break
         delays.append((time.monotonic() - acked) * 1000)
-    for channel in channels:
-        channel.close()
     return delays
 
 
@@ -353,6 +358,23 @@ def service(folder: Path, database: Path, workers: int, cpus: set[int], extra: d
     return Server([sys.executable, "-m", "nba", "serve"], port, cpus, env)
 
 
+def durable_decisions(work: Path, base: list[Any], args: Any, rate: float, show: Any) -> dict[str, Any]:
+    """Decide with --durable-decisions against the write-behind default: the same catalogue and
+    offered load, each on a fresh database (SQLite, synchronous=FULL)."""
+    folder = write_policy_set(work / "p100-f30", 100, 30)
+    found: dict[str, Any] = {}
+    for label, extra in (("write-behind", {}), ("durable", {"NBA_DURABLE_DECISIONS": "true"})):
+        server = service(folder, work / f"durable-{label}.db", 1, {SERVER_CPU}, extra)
+        try:
+            found[f"{label}_max"] = show(f"nba: Decide, {label}, max", run(closed_loop(
+                server.port, server.proc.pid, base, "Decide", args.concurrency, args.seconds)))
+            found[f"{label}_fixed"] = show(f"nba: Decide, {label}, at {rate:.0f}/s", run(open_loop(
+                server.port, server.proc.pid, base, rate, args.seconds)))
+        finally:
+            server.stop()
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="nba against gRPC's floor")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per phase (default 6)")
@@ -360,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="skip the scaling and worker phases")
     parser.add_argument("--out", default=str(ROOT / "loadtests" / "results" / "bench_service.json"))
     parser.add_argument("--contact-memory", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--durable-only", type=float, metavar="RATE",
+                        help="only compare --durable-decisions with write-behind, at RATE calls/s and flat out")
     args = parser.parse_args(argv)
     if args.contact_memory:  # measured in a fresh process, so no earlier phase's memory is reused
         print(contact_memory(args.contact_memory))
@@ -383,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
             line += f"  ({m.errors} errors)"
         print(line, flush=True)
         return m.summary()
+
+    if args.durable_only:
+        results["durable_decisions"] = durable_decisions(work, base, args, args.durable_only, show)
+        out = Path(args.out).with_name("bench_durable.json")
+        out.write_text(json.dumps(results, indent=2))
+        print(f"\nwrote {out}")
+        return 0
 
     # The floor.
     port = free_port()
@@ -467,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             results["memory_mb_two_workers"] = rss_mb(server.proc.pid)
         finally:
             server.stop()
+        results["durable_decisions"] = durable_decisions(work, base, args, own_rate, show)
         results["ratios"]["two_workers_cpu"] = round(two.cpu_per_call_us / svc_max.cpu_per_call_us, 2)
         results["ratios"]["two_workers_cpu_same_load"] = round(two_fixed.cpu_per_call_us / svc_half.cpu_per_call_us, 2)
         print(f"ratios: --workers 2 CPU per call {results['ratios']['two_workers_cpu']}× one worker's at full load, "

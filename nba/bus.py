@@ -81,7 +81,8 @@ def decode(fields: dict[bytes, bytes]) -> BusEntry:
 class RedisBus:
     """Publishes this replica's committed events and hands the others' to ``on_entry``."""
 
-    def __init__(self, url: str, stream: str, origin: str, max_length: int = 100_000) -> None:
+    def __init__(self, url: str, stream: str, origin: str, max_length: int = 100_000,
+                 on_state: Callable[[bool], None] | None = None) -> None:
         import redis  # imported here: only replicas on Redis need it
 
         self._redis = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
@@ -92,6 +93,7 @@ class RedisBus:
         self.origin = origin
         self._max_length = max_length
         self._on_entry: Callable[[BusEntry], None] = lambda entry: None
+        self._on_state = on_state or (lambda up: None)
         self._up = False
         self._retry_at = 0.0
         self._stopping = threading.Event()
@@ -103,13 +105,16 @@ class RedisBus:
         return self._up
 
     def _mark(self, up: bool, what: str, exc: Exception | None = None) -> None:
-        if up != self._up:
+        changed = up != self._up
+        if changed:
             if up:
                 log.info("the bus is back", extra={"bus": self.stream})
             else:
                 log.warning("the bus is unavailable: learning from the database until it returns",
                             extra={"bus": self.stream, "during": what, "error": repr(exc)})
         self._up = up
+        if changed:
+            self._on_state(up)
         metrics.BUS_UP.set(1 if up else 0)
         if not up:
             metrics.BUS_ERRORS.labels(what).inc()

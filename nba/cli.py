@@ -73,7 +73,10 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         default = field.default_factory() if field.default_factory else field.default
         help_text = f"{field.description} (NBA_{name.upper()}; default: {default})"
         choices = get_args(kind) if getattr(kind, "__origin__", None) is not None and str(kind).startswith("typing.Literal") else None
-        parser.add_argument(flag, dest=name, default=None, help=help_text, choices=choices)
+        if kind is bool:  # a switch: --durable-decisions, --no-durable-decisions
+            parser.add_argument(flag, dest=name, default=None, help=help_text, action=argparse.BooleanOptionalAction)
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=help_text, choices=choices)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

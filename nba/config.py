@@ -109,6 +109,14 @@ class Settings(BaseModel):
     log_queue_limit: int = Field(
         100_000, ge=1, description="decisions waiting to be written before new ones are dropped (counted)"
     )
+    durable_decisions: bool = Field(
+        False, description="Decide answers only once its decision is committed to the log (a group commit, "
+        "not a 50 ms wait); without it, a crash loses at most the last log_flush_seconds of decisions"
+    )
+    decision_retention_days: float = Field(
+        0.0, ge=0, description="decisions older than this, whose reward windows have closed, are deleted "
+        "with their feedback, every minute (0: kept forever)"
+    )
     decision_cache_size: int = Field(
         20_000, ge=0, description="recent decisions kept in memory for feedback and request_id"
     )

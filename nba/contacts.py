@@ -21,6 +21,8 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from nba import metrics
+from nba.errors import Unavailable
 from nba.rules import CONTACT_FIELDS, NEVER_DAYS
 
 __all__ = ["ContactEvent", "ContactHistory", "ContactSummary", "OfferCounters"]
@@ -64,7 +66,13 @@ class ContactHistory:
                 if events and events[0].at < since:
                     events[:] = [e for e in events if e.at >= since]
                 return list(events)
-        loaded = sorted(self._loader(customer_id, since), key=lambda e: e.at) if self._loader else []
+        try:
+            loaded = sorted(self._loader(customer_id, since), key=lambda e: e.at) if self._loader else []
+        except Unavailable:
+            # The database is down: decide without this customer's history rather than not at
+            # all, and load it when the database is back (nothing is kept meanwhile).
+            metrics.CONTACT_HISTORY_UNAVAILABLE.inc()
+            return []
         with self._lock:
             # Another thread may have loaded and added to it meanwhile: keep theirs.
             events = self._events.setdefault(customer_id, loaded)

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -28,7 +29,7 @@ from bandit import flatten
 from nba import metrics
 from nba.clock import Clock, SystemClock
 from nba.contacts import ContactEvent, ContactHistory, ContactSummary, OfferCounters
-from nba.errors import AlreadyExists, InvalidArgument
+from nba.errors import AlreadyExists, InvalidArgument, Unavailable
 from nba.learning import LearningLoop
 from nba.policy_set import PolicySet
 from nba.screening import screen
@@ -89,7 +90,7 @@ class DecisionRecord:
 
 
 class DecisionSink(Protocol):
-    def record(self, decision: DecisionRecord) -> None: ...
+    def record(self, decision: DecisionRecord, durable: bool = False) -> Future[Any] | None: ...
 
     def by_request(self, request_id: str, newer_than: datetime, memory_only: bool = False) -> DecisionRecord | None: ...
 
@@ -112,8 +113,11 @@ class Decider:
         counters: OfferCounters,
         request_id_ttl_seconds: float = 86400.0,
         clock: Clock | None = None,
+        durable_timeout_seconds: float | None = None,
     ) -> None:
         self.policy_set = policy_set
+        #: with a timeout, Decide answers only once the decision is committed (--durable-decisions)
+        self._durable_timeout = durable_timeout_seconds
         self._learning = learning
         self._log = log
         self._contacts = contacts
@@ -215,9 +219,11 @@ class Decider:
                 stored = self._stored(request, now, memory_only=True)
                 if stored is not None:
                     return self._explained(stored, request, policy_set), True
-                self._log.record(record)
+                written = self._log.record(record, durable=self._durable_timeout is not None)
         else:
-            self._log.record(record)
+            written = self._log.record(record, durable=self._durable_timeout is not None)
+        if written is not None:
+            self._wait_durable(written)
         self._count_contacts(record, now.timestamp(), policy_set.needs_contacts)
         metrics.DECISIONS.labels(request.channel).inc()
         return self._explained(record, request, policy_set), False
@@ -227,6 +233,14 @@ class Decider:
         if not request.explain:
             return record
         return replace(record, explanation=explain(record, policy_set))
+
+    def _wait_durable(self, written: Future[Any]) -> None:
+        try:
+            written.result(timeout=self._durable_timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"decision not confirmed durable within {self._durable_timeout:g}s; retry with the same request_id"
+            ) from None
 
     def _count_contacts(self, record: DecisionRecord, at: float, track: bool) -> None:
         for o in record.offers:

@@ -49,6 +49,16 @@ NO_RESPONSE = Counter(
     "nba_no_response_total", "Offers that got the default reward because no feedback came before their windows closed"
 )
 
+DECISIONS_PURGED = Counter(
+    "nba_decisions_purged_total", "Decisions deleted by retention (decision_retention_days), with their feedback"
+)
+STORE_UP = Gauge(
+    "nba_store_up", "1 while the database answers; 0 while Decide answers from memory and Feedback is refused"
+)
+CONTACT_HISTORY_UNAVAILABLE = Counter(
+    "nba_contact_history_unavailable_total",
+    "Decisions made without the customer's contact history: not in memory, and the database was down",
+)
 BUS_UP = Gauge("nba_bus_up", "1 while the Redis bus works; 0 while replicas learn from the database alone")
 BUS_PUBLISHED = Counter("nba_bus_published_total", "Entries (one per write transaction) added to the bus")
 BUS_RECEIVED = Counter("nba_bus_received_total", "Other replicas' entries read from the bus")

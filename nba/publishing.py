@@ -25,7 +25,7 @@ from nba import metrics
 from nba.clock import Clock, SystemClock
 from nba.errors import FailedPrecondition, InvalidArgument, NotFound, PolicySetError, Problem
 from nba.policy_set import PolicySet, content_hash, parse_policy_set, read_files
-from nba.store import Store
+from nba.store import Store, is_outage
 
 __all__ = ["Publisher", "Published"]
 
@@ -132,8 +132,11 @@ class Publisher:
             try:
                 self.check_folder()
                 self.check_database()
-            except Exception:
-                log.exception("checking for policy changes failed")
+            except Exception as exc:
+                if is_outage(exc):  # said once by the decision log; looked at again next time
+                    log.warning("checking for policy changes: the database is unavailable", extra={"error": repr(exc)})
+                else:
+                    log.exception("checking for policy changes failed")
 
     def check_folder(self) -> bool:
         """Publishes the folder if its files changed since it was last read."""

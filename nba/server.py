@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -30,14 +31,14 @@ from nba.clock import Clock, SystemClock
 from nba.config import Settings
 from nba.contacts import ContactEvent, ContactHistory, OfferCounters
 from nba.decisions import Decider
-from nba.errors import NbaError
+from nba.errors import NbaError, Unavailable
 from nba.feedback import FeedbackIntake
 from nba.learning import LearningLoop, build_learner
 from nba.policy_set import PolicySet
 from nba.publishing import Publisher
 from nba.servicers import AdminServicer, DecisionServicer
 from nba.bus import RedisBus
-from nba.store import DecisionLog, Store, open_engine
+from nba.store import DecisionLog, Store, is_outage, open_engine
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import admin_service_pb2_grpc as apb_grpc
 from nba.v1 import decision_service_pb2 as pb
@@ -49,10 +50,15 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 ADMIN_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["AdminService"].full_name
+#: health names of the dependencies: NOT_SERVING while the database (or the Redis bus) is down
+STORE_HEALTH = "nba.store"
+BUS_HEALTH = "nba.bus"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 #: hourly offer counters kept in memory and uncompacted (daily budgets need the last day)
 COUNTER_HOURS = 48
 COMPACTION_SECONDS = 3600.0
+#: how often decisions past decision_retention_days are deleted
+RETENTION_SECONDS = 60.0
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
@@ -73,9 +79,12 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             except NbaError as exc:
                 metrics.RPC_ERRORS.labels(method, exc.code.name).inc()
                 context.abort(exc.code, str(exc))
-            except Exception:
+            except Exception as exc:
                 if context.code() is not None:  # already aborted by the handler
                     raise
+                if is_outage(exc):
+                    metrics.RPC_ERRORS.labels(method, "UNAVAILABLE").inc()
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later")
                 log.exception("unexpected error", extra={"method": method})
                 metrics.RPC_ERRORS.labels(method, "INTERNAL").inc()
                 context.abort(grpc.StatusCode.INTERNAL, "internal error; the service log has the details")
@@ -98,6 +107,9 @@ class Service:
         self.clock = clock or SystemClock()
         self._last_compaction = 0.0
         self._last_window_check = 0.0
+        self._serving = False
+        self._last_purge = 0.0
+        self.log: DecisionLog | None = None  # set below; the contact history's loader asks it
         #: one of several worker processes sharing the port and the database
         self.is_worker = settings.workers > 1 and settings.worker >= 0
         #: learns the events other processes (workers, replicas) commit to the shared log
@@ -107,7 +119,7 @@ class Service:
         self.store = Store(self.engine, settings.windows(), origin=f"{socket.gethostname()}:{os.getpid()}")
         start_feedback_id, start_contact_id = self.store.last_ids()
         self.contacts = ContactHistory(
-            self.store.contact_events, settings.contact_history_days * 86400, settings.contact_customers
+            self._load_contacts, settings.contact_history_days * 86400, settings.contact_customers
         )
         self.counters = OfferCounters()
         now_hour = int(self.clock.now().timestamp() // 3600)
@@ -128,8 +140,8 @@ class Service:
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )
-        self.bus = RedisBus(settings.bus, settings.bus_stream, self.store.origin, settings.bus_stream_length) \
-            if settings.redis_bus else None
+        self.bus = RedisBus(settings.bus, settings.bus_stream, self.store.origin, settings.bus_stream_length,
+                            on_state=lambda up: self._dependency(BUS_HEALTH, up)) if settings.redis_bus else None
         self.log = DecisionLog(
             self.store,
             on_learn=self.learning.apply,
@@ -144,11 +156,13 @@ class Service:
             contact_id=start_contact_id,
             on_remote_contacts=self._record_remote_contacts,
             bus=self.bus,
+            on_state=lambda up: self._dependency(STORE_HEALTH, up),
         )
         if self.bus is not None:
             self.bus.start(self.log.deliver)
         self.decider = Decider(
-            live, self.learning, self.log, self.contacts, self.counters, settings.request_id_ttl_seconds, self.clock
+            live, self.learning, self.log, self.contacts, self.counters, settings.request_id_ttl_seconds, self.clock,
+            durable_timeout_seconds=settings.feedback_timeout_seconds if settings.durable_decisions else None,
         )
         self.intake = FeedbackIntake(
             self.log, settings.rewards(), settings.feedback_timeout_seconds, self.clock,
@@ -196,6 +210,22 @@ class Service:
     def policy_set(self) -> PolicySet:
         return self.publisher.live
 
+    def _dependency(self, name: str, up: bool) -> None:
+        """A dependency's health, under its own name: the service as a whole stays SERVING
+        (Decide answers from memory), so load balancers keep sending it traffic."""
+        if self._serving:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _load_contacts(self, customer_id: str, since: float) -> list[ContactEvent]:
+        if self.log is not None and not self.log.available:  # do not wait on a database known to be down
+            raise Unavailable("the database is unavailable")
+        try:
+            return self.store.contact_events(customer_id, since)
+        except Exception as exc:
+            if is_outage(exc):
+                raise Unavailable("the database is unavailable") from exc
+            raise
+
     def _swap(self, policy_set: PolicySet) -> None:
         self.contacts.horizon_seconds = max(self.settings.contact_history_days * 86400, policy_set.history_seconds)
         self.learning.describe_arms({
@@ -226,6 +256,12 @@ class Service:
             hours_before = int(now // 3600) - COUNTER_HOURS
             self.store.compact(now - self.contacts.horizon_seconds, hours_before)
             self.counters.prune(hours_before * 3600)
+        retention = self.settings.decision_retention_days
+        if retention and time.monotonic() - self._last_purge >= RETENTION_SECONDS:
+            # Every minute, half a second at most: at the deletion rate measured on PostgreSQL
+            # (README, Benchmarks) that keeps up with far more decisions a day than one replica makes.
+            self._last_purge = time.monotonic()
+            self.store.purge(datetime.fromtimestamp(now - retention * 86400, UTC))
 
     def start(self) -> int:
         # Everything loaded so far (the policy set, the model, the libraries) lives as long as
@@ -245,6 +281,10 @@ class Service:
         self.publisher.watch(self.settings.policies_watch_seconds)
         for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
+        self._dependency(STORE_HEALTH, self.log.available)
+        if self.bus is not None:
+            self._dependency(BUS_HEALTH, self.bus.up)
         log.info(
             "serving",
             extra={

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, LargeBinary, event, func
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.url import make_url
 from sqlmodel import Field, SQLModel, create_engine, select
@@ -45,6 +46,10 @@ __all__ = ["DecisionLog", "Store", "open_engine"]
 CLOSE_BATCH = 1000
 #: with a bus that works, how often the database is still read for events never published
 BUS_TAIL_SECONDS = 1.0
+#: while the database is unavailable, how often the writer tries it again
+RETRY_SECONDS = 1.0
+#: the longest a connection attempt to PostgreSQL may take before the database counts as down
+CONNECT_TIMEOUT_SECONDS = 5
 #: PostgreSQL advisory lock that serialises write transactions (any constant)
 WRITE_LOCK_KEY = 0x6E62615F77726974  # "nba_writ"
 #: 64-bit event ids on PostgreSQL; SQLite's INTEGER PRIMARY KEY is 64-bit and must stay the rowid
@@ -161,18 +166,31 @@ class SnapshotRow(SQLModel, table=True):
     state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
+def is_outage(exc: BaseException) -> bool:
+    """Whether an error means the database cannot be reached (down, restarting, network, a
+    lock held too long) rather than a fault in what was asked of it. Outages are waited out
+    and retried; faults are not."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+    return isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError, OSError))
+
+
 def open_engine(url: str) -> Engine:
     """Creates the engine and checks the schema (``nba.migrations``: an empty database is
     created at the newest revision, an older one refused until ``nba db upgrade``). SQLite
     runs in WAL mode with full fsync, so a committed feedback event survives a crash of the
     process or the machine."""
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {}
+    # pre_ping: after a database restart, pooled connections are dead; each is tested when
+    # taken from the pool and replaced, so the first call after recovery does not fail.
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    elif parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
     engine = create_engine(url, **kwargs)
     if sqlite:
 
@@ -427,7 +445,9 @@ class Store:
         columns = ("decision_id", "request_id", "customer_id", "channel", "created_at", "policy_version",
                    "model_version", "features", "candidates", "offers", "closed")
         marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in columns)
-        sql = f"INSERT INTO decisions ({', '.join(columns)}) VALUES ({marks})"
+        # ON CONFLICT: decisions queued again after a failed commit may have been written by a
+        # commit whose answer was lost; each is stored once.
+        sql = f"INSERT INTO decisions ({', '.join(columns)}) VALUES ({marks}) ON CONFLICT (decision_id) DO NOTHING"
         dumps = json.dumps
         rows = [
             (r.decision_id, r.request_id, r.customer_id, r.channel,
@@ -595,6 +615,34 @@ class Store:
 
     # Model snapshots ----------------------------------------------------------------
 
+    def purge(self, before: datetime, batch: int = 5000, budget_seconds: float = 0.5) -> tuple[int, int]:
+        """Retention: deletes decisions made before ``before`` whose reward windows have closed,
+        with their feedback, ``batch`` decisions a transaction for at most ``budget_seconds``
+        (the writer is held no longer; the rest go next time). Returns the decisions and
+        feedback events deleted. A decision stays while any of its feedback is newer than
+        every kept model snapshot: a restart replays those events and needs their features."""
+        d, f, snapshots = self._decisions, self._feedback, SnapshotRow.__table__
+        started = time.monotonic()
+        decisions = events = 0
+        while time.monotonic() - started < budget_seconds:
+            with self.write() as conn:
+                absorbed = conn.execute(select(func.min(snapshots.c.last_feedback_id))).scalar() or 0
+                ids = conn.execute(
+                    select(d.c.decision_id).where(d.c.closed.is_(True), d.c.created_at < before).limit(batch)
+                ).scalars().all()
+                replayable = set(conn.execute(
+                    select(f.c.decision_id).where(f.c.decision_id.in_(ids), f.c.id > absorbed)
+                ).scalars()) if ids else set()
+                gone = [i for i in ids if i not in replayable]
+                if gone:
+                    events += conn.execute(f.delete().where(f.c.decision_id.in_(gone))).rowcount
+                    decisions += conn.execute(d.delete().where(d.c.decision_id.in_(gone))).rowcount
+            if len(ids) < batch or not gone:
+                break
+        if decisions:
+            metrics.DECISIONS_PURGED.inc(decisions)
+        return decisions, events
+
     def save_snapshot(self, signature: str, model_version: str, last_feedback_id: int, state: bytes) -> None:
         table = SnapshotRow.__table__
         with self.write() as conn:
@@ -728,6 +776,11 @@ class DecisionLog:
     commit (``deliver``) and the database is read only to fill gaps, or every second as a
     safety net. Contact events of the others reach ``on_remote_contacts`` the same way. So
     every process applies every event exactly once, in the same order, and all rank alike.
+
+    When the database cannot be reached (``is_outage``), the log degrades rather than fails:
+    decisions stay queued in memory (up to ``queue_limit``) and are written when it returns;
+    feedback is refused with ``Unavailable`` at once, since it cannot be made durable; the
+    writer tries again every ``RETRY_SECONDS``, and ``on_state`` hears of each change.
     """
 
     def __init__(
@@ -746,8 +799,13 @@ class DecisionLog:
         on_remote_contacts: Callable[[list[ContactEvent]], None] | None = None,
         tail_seconds: float = 0.02,
         bus: RedisBus | None = None,
+        on_state: Callable[[bool], None] | None = None,
     ) -> None:
         self.store = store
+        self._up = True
+        self._retry_at = 0.0
+        self._on_state = on_state or (lambda up: None)
+        metrics.STORE_UP.set(1)
         self._on_learn = on_learn
         self._shared = shared or bus is not None
         self._bus = bus
@@ -774,28 +832,74 @@ class DecisionLog:
         self._thread = threading.Thread(target=self._run, name="nba-decision-log", daemon=True)
         self._thread.start()
 
+    @property
+    def available(self) -> bool:
+        """False while the database cannot be reached (Decide goes on; Feedback is refused)."""
+        return self._up
+
+    def _mark(self, up: bool, exc: BaseException | None = None) -> None:
+        if not up:
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+        if up == self._up:
+            return
+        self._up = up
+        metrics.STORE_UP.set(1 if up else 0)
+        if up:
+            log.warning("the database is back: writing the decisions queued meanwhile",
+                        extra={"queued": self._queued_decisions})
+        else:
+            log.error("the database is unavailable: Decide answers from memory, Feedback is refused until it returns",
+                      extra={"error": repr(exc)})
+        try:
+            self._on_state(up)
+        except Exception:
+            log.exception("on_state hook failed")
+
+    def _outage(self, exc: BaseException) -> Unavailable:
+        self._mark(False, exc)
+        return Unavailable(f"the database is unavailable ({type(exc).__name__}); feedback cannot be kept now, retry")
+
     # Request path ---------------------------------------------------------------------
 
-    def record(self, decision: DecisionRecord) -> None:
-        """Queues a decision for writing; never blocks. Counts a drop if the queue is full."""
+    def record(self, decision: DecisionRecord, durable: bool = False) -> Future[Any] | None:
+        """Queues a decision for writing; never blocks. Counts a drop if the queue is full.
+        ``durable``: returns a future that resolves once the decision is committed (the writer
+        is woken at once and commits whatever is queued with it), or fails with
+        ``Unavailable``; such a decision is never written later than its caller was told."""
+        future: Future[Any] | None = Future() if durable else None
         with self._cond:
-            if self._stopping or self._queued_decisions >= self._queue_limit:
+            if self._stopping or self._queued_decisions >= self._queue_limit or (durable and not self._up):
                 metrics.LOG_DROPPED.inc()
-                return
+                if future is not None:
+                    why = "the database is unavailable" if not self._up else "the decision log is full or stopping"
+                    future.set_exception(Unavailable(f"{why}: the decision cannot be made durable now; retry"))
+                return future
             with self._cache_lock:
                 self._pending[decision.decision_id] = decision
                 if decision.request_id:
                     self._by_request[decision.request_id] = decision.decision_id
-            self._queue.append((decision, None, None))
+            self._queue.append((decision, None, future))
             self._queued_decisions += 1
             metrics.LOG_QUEUE.set(self._queued_decisions)
-            if self._queued_decisions >= self._batch_size:
+            if durable or self._queued_decisions >= self._batch_size:
                 self._cond.notify()
+        return future
 
     def get(self, decision_id: str) -> DecisionRecord | None:
+        """The decision, from memory or the database; ``Unavailable`` when only the database
+        could tell and it cannot be reached."""
         with self._cache_lock:
             found = self._pending.get(decision_id) or self._recent.get(decision_id)
-        return found if found is not None else self.store.find_decision(decision_id)
+        if found is not None:
+            return found
+        if not self._up:
+            raise Unavailable("the database is unavailable; feedback cannot be kept now, retry")
+        try:
+            return self.store.find_decision(decision_id)
+        except Exception as exc:
+            if is_outage(exc):
+                raise self._outage(exc) from exc
+            raise
 
     def by_request(self, request_id: str, newer_than: datetime, memory_only: bool = False) -> DecisionRecord | None:
         """The newest decision for ``request_id`` made after ``newer_than``. ``memory_only``
@@ -807,7 +911,15 @@ class DecisionLog:
                 found = self._pending.get(decision_id) or self._recent.get(decision_id)
         if found is not None:
             return found if found.created_at >= newer_than else None
-        return None if memory_only else self.store.find_by_request(request_id, newer_than)
+        if memory_only or not self._up:  # degraded: only this process's memory can tell
+            return None
+        try:
+            return self.store.find_by_request(request_id, newer_than)
+        except Exception as exc:
+            if is_outage(exc):
+                self._mark(False, exc)
+                return None
+            raise
 
     def submit_feedback(self, event: FeedbackEvent) -> Future[FeedbackResult]:
         """Queues a feedback event; the future resolves once it is durable and learned."""
@@ -815,6 +927,9 @@ class DecisionLog:
         with self._cond:
             if self._stopping:
                 future.set_exception(Unavailable("the service is shutting down; retry on another replica"))
+                return future
+            if not self._up:
+                future.set_exception(Unavailable("the database is unavailable; feedback cannot be kept now, retry"))
                 return future
             self._queue.append((None, event, future))
             self._cond.notify()
@@ -870,14 +985,23 @@ class DecisionLog:
         while True:
             wait = min(self._flush_seconds, self._tail_interval()) if self._shared else self._flush_seconds
             with self._cond:
-                if not self._queue and not self._stopping and not self._remote:
+                if not self._up and not self._stopping:  # wait out the outage, then try again
+                    while not self._stopping and (delay := self._retry_at - time.monotonic()) > 0:
+                        self._cond.wait(delay)
+                elif not self._queue and not self._stopping and not self._remote:
                     self._cond.wait(wait)
                 remote = [self._remote.popleft() for _ in range(len(self._remote))]
+            if not self._up and not self._probe():
+                if self._stopping:  # shutting down with the database gone: what is queued is lost
+                    with self._cond:
+                        self._abandon()
+                    return
+                continue
             for entry in remote:
                 try:
                     self._apply_remote(entry)
-                except Exception:
-                    log.exception("applying another replica's events failed")
+                except Exception as exc:
+                    self._failed("applying another replica's events", exc)
             with self._cond:
                 if not self._queue:
                     if self._stopping:
@@ -895,15 +1019,50 @@ class DecisionLog:
                     for _, _, future in batch:
                         if future is not None and not future.done():
                             future.set_exception(Unavailable(f"the decision log failed ({type(exc).__name__}); retry"))
+            if not self._up:
+                continue
             if self._shared and time.monotonic() - self._last_tail >= self._tail_interval():
                 try:
                     self._tail()
-                except Exception:
-                    log.exception("reading the other workers' events failed")
+                except Exception as exc:
+                    self._failed("reading the other processes' events", exc)
             try:
                 self._after_write()
-            except Exception:  # a failed snapshot must not stop the log
-                log.exception("after-write hook failed")
+            except Exception as exc:  # a failed snapshot must not stop the log
+                self._failed("after-write hook (windows, snapshot, compaction)", exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        if is_outage(exc):
+            self._mark(False, exc)
+        else:
+            log.exception("%s failed", what)
+
+    def _probe(self) -> bool:
+        """While the database is down: whether it answers again (then the log resumes)."""
+        try:
+            with self.store.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:
+            self._mark(False, exc)
+            return False
+        self._mark(True)
+        return True
+
+    def _abandon(self) -> None:
+        """At shutdown with the database unreachable: counts and forgets the queued
+        decisions, and refuses the queued feedback. Call with ``_cond`` held."""
+        batch = list(self._queue)
+        self._queue.clear()
+        decisions = [d for d, _, _ in batch if d is not None]
+        self._queued_decisions = 0
+        metrics.LOG_QUEUE.set(0)
+        metrics.LOG_DROPPED.inc(len(decisions))
+        self._forget(decisions)
+        log.error("shutting down with the database unavailable: queued decisions are lost",
+                  extra={"decisions": len(decisions)})
+        for _, _, future in batch:
+            if future is not None and not future.done():
+                future.set_exception(Unavailable("the database is unavailable; retry"))
 
     def _tail(self) -> None:
         """Learns what the other processes committed since this one last looked."""
@@ -982,6 +1141,7 @@ class DecisionLog:
 
     def _write(self, batch: list[tuple[DecisionRecord | None, FeedbackEvent | None, Future[FeedbackResult] | None]]) -> None:
         decisions = [d for d, _, _ in batch if d is not None]
+        durable = [(d, f) for d, _, f in batch if d is not None and f is not None]
         feedback = [(e, f) for _, e, f in batch if e is not None and f is not None]
         markers = [f for d, e, f in batch if d is None and e is None and f is not None]
         results: list[tuple[FeedbackEvent, Future[FeedbackResult], FeedbackResult | Exception]] = []
@@ -1012,14 +1172,33 @@ class DecisionLog:
                 self.store.insert_contacts(conn, contacts + outcomes)
                 span = self._span(conn, before)
         except Exception as exc:
-            log.exception("decision log write failed", extra={"decisions": len(decisions), "feedback": len(feedback)})
-            metrics.LOG_DROPPED.inc(len(decisions))
-            self._forget(decisions)
+            outage = is_outage(exc)
+            if outage and not self._stopping:
+                # Nothing was committed: the decisions go back to the front of the queue, in
+                # order, to be written when the database returns (a commit whose answer was
+                # lost is covered too: decisions are inserted once by id).
+                # Durable ones are refused instead: their callers are told now.
+                self._mark(False, exc)
+                kept = [d for d, _, f in batch if d is not None and f is None]
+                self._forget([d for d, _ in durable])
+                with self._cond:
+                    self._queue.extendleft((d, None, None) for d in reversed(kept))
+                    self._queued_decisions += len(kept)
+                    metrics.LOG_QUEUE.set(self._queued_decisions)
+            else:
+                log.exception("decision log write failed", extra={"decisions": len(decisions), "feedback": len(feedback)})
+                metrics.LOG_DROPPED.inc(len(decisions))
+                self._forget(decisions)
+            for _, future in durable:
+                future.set_exception(Unavailable(
+                    f"the decision could not be written ({type(exc).__name__}): it was not made; retry"))
             for _, future in feedback:
-                future.set_exception(Unavailable(f"the decision log could not be written ({type(exc).__name__}); retry"))
+                future.set_exception(self._outage(exc) if outage else Unavailable(
+                    f"the decision log could not be written ({type(exc).__name__}); retry"))
             for marker in markers:
                 marker.set_exception(exc)
             return
+        self._mark(True)
         metrics.LOG_FLUSH.observe(time.perf_counter() - started)
         metrics.LOG_WRITTEN.inc(len(decisions))
         self._settle(decisions)
@@ -1044,6 +1223,8 @@ class DecisionLog:
                 future.set_result(result)
         for marker in markers:
             marker.set_result(FeedbackResult(False, False, 0.0))
+        for _, future in durable:
+            future.set_result(True)
         self._publish(span, learn, contacts + outcomes)
 
     def _forget(self, decisions: list[DecisionRecord]) -> None:

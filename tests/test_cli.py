@@ -22,9 +22,9 @@ from conftest import POLICIES, ROOT, customer, free_port
 
 
 class Process:
-    def __init__(self, tmp_path: Path, **env: str) -> None:
-        self.port = free_port()
-        self.metrics_port = free_port()
+    def __init__(self, tmp_path: Path, port: int | None = None, metrics_port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()  # a restarted replica keeps its address
+        self.metrics_port = metrics_port or free_port()
         self.env = {
             **os.environ,
             "NBA_PORT": str(self.port),
@@ -36,7 +36,7 @@ class Process:
             **env,
         }
         self.stderr = tmp_path / f"serve-{self.port}.log"
-        with self.stderr.open("w") as log:
+        with self.stderr.open("a") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "nba", "serve"], cwd=ROOT, env=self.env, stderr=log)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
 
@@ -290,3 +290,21 @@ def test_sighup_publishes_the_changed_folder_and_preview_compares_a_draft(proces
         version = client.call("Decide", {"customer_id": "c", "channel": "web", "context": {"customer": customer()}})["policy_version"]
     assert version.startswith("2-")
     assert server.stop() == 0
+
+
+def test_switches_are_flags_and_environment_booleans() -> None:
+    import argparse
+
+    from nba.cli import _add_settings_flags, _settings
+
+    parser = argparse.ArgumentParser()
+    _add_settings_flags(parser)
+    assert _settings(parser.parse_args(["--durable-decisions"])).durable_decisions is True
+    assert _settings(parser.parse_args(["--no-durable-decisions"])).durable_decisions is False
+    assert _settings(parser.parse_args([])).durable_decisions is False
+
+    from nba.config import load_settings
+
+    assert load_settings(environ={"NBA_DURABLE_DECISIONS": "true"}).durable_decisions is True
+    with pytest.raises(ValueError, match="durable_decisions"):
+        load_settings(environ={"NBA_DURABLE_DECISIONS": "perhaps"})

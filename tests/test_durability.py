@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
+import pytest
 
 from nba.v1 import decision_service_pb2 as pb
 
@@ -60,3 +62,37 @@ def test_a_snapshot_of_another_configuration_is_rebuilt_from_the_log(start) -> N
     again = start(learner_features=64, learner_alpha=2.0)
     assert again.service.learning.version == "linear-igw/5"
     assert again.service.learning._learner.n_features == 64
+
+
+def test_durable_decisions_are_committed_before_decide_answers(start) -> None:
+    # A flush interval no one would wait for: durable decisions wake the writer themselves.
+    server = start(durable_decisions=True, log_flush_seconds=30.0, log_batch_size=10_000)
+
+    def decide_and_look(i: int) -> bool:
+        reply = server.stub.Decide(pb.DecideRequest(customer_id=f"c-{i}", channel="web",
+                                                    context=struct({"customer": customer(age=18 + i % 60)})))
+        return server.service.store.find_decision(reply.decision_id) is not None  # already in the log
+
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(decide_and_look, range(200)))
+    assert all(found)
+    assert server.service.store.count_decisions() == 200
+
+
+def test_a_durable_decision_that_cannot_be_written_is_refused(start) -> None:
+    server = start(durable_decisions=True)
+    request = pb.DecideRequest(customer_id="c", channel="web", context=struct({"customer": customer()}))
+    server.stub.Decide(request)
+    with server.service.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE UNIQUE INDEX one_per_customer ON decisions (customer_id)")
+    try:
+        with pytest.raises(grpc.RpcError) as raised:
+            server.stub.Decide(request)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "not made; retry" in raised.value.details()
+    finally:
+        with server.service.engine.begin() as conn:
+            conn.exec_driver_sql("DROP INDEX one_per_customer")
+    assert server.service.store.count_decisions() == 1
+    reply = server.stub.Decide(request)  # and it works again
+    assert server.service.store.find_decision(reply.decision_id) is not None

@@ -23,8 +23,8 @@ from test_cli import Process
 
 
 def start_replicas(tmp_path: Path, url: str, n: int = 3, **env: str) -> list[Process]:
-    started = [Process(tmp_path, NBA_DATABASE_URL=url, NBA_SNAPSHOT_SECONDS="3600", NBA_SEED=str(i), **env)
-               for i in range(n)]  # started together: they race to create the schema and publish
+    env = {"NBA_SNAPSHOT_SECONDS": "3600", **env}
+    started = [Process(tmp_path, NBA_DATABASE_URL=url, NBA_SEED=str(i), **env) for i in range(n)]  # started together: they race to create the schema and publish
     for p in started:
         p.wait_serving()
     return started
@@ -151,6 +151,54 @@ def test_replicas_keep_learning_alike_while_redis_is_down_and_after(tmp_path: Pa
             assert [metric(p, "nba_bus_up") for p in processes] == [1, 1, 1]
             done += traffic(clients, 30, "again")
             converge(clients, start + done)
+        finally:
+            for p in processes:
+                p.stop()
+
+
+@pytest.mark.parametrize("bus", ["database", "redis"])
+def test_reward_windows_close_once_across_replicas(tmp_path: Path, bus: str) -> None:
+    """Every replica looks for closed windows (every 0.1 s here, with 1 s windows); each
+    unanswered offer still gets its default reward once, and every replica learns it once."""
+    windows = {f"NBA_WINDOW_{o}_SECONDS": "1" for o in ("IMPRESSED", "CLICKED", "ACCEPTED", "REJECTED")}
+    with ExitStack() as stack:
+        url = stack.enter_context(postgres_schema())
+        env = {"NBA_BUS": "database"} if bus == "database" else {
+            "NBA_BUS": REDIS, "NBA_BUS_STREAM": stack.enter_context(redis_stream())}
+        processes = start_replicas(tmp_path, url, NBA_WINDOW_CHECK_SECONDS="0.1", NBA_REWARD_DEFAULT="-0.1",
+                                   **windows, **env)
+        try:
+            clients = stubs(processes)
+            answered = 0
+            offered = 0
+            for i in range(30):
+                decision = clients[i % 3].Decide(pb.DecideRequest(customer_id=f"w-{i}", channel="web", limit=2,
+                                                                  context=struct({"customer": customer()})))
+                offered += len(decision.offers)
+                if i % 2:
+                    clients[(i + 1) % 3].Feedback(pb.FeedbackRequest(
+                        event_id=f"w-{i}", decision_id=decision.decision_id,
+                        offer_id=decision.offers[0].offer_id, outcome=pb.OUTCOME_CLICKED))
+                    answered += 1
+            unanswered = offered - answered
+            time.sleep(2.5)
+            import psycopg
+
+            libpq = url.replace("postgresql+psycopg://", "postgresql://", 1)
+            with psycopg.connect(libpq) as conn:
+                rows = conn.execute("SELECT decision_id, offer_id, count(*) FROM feedback WHERE outcome = 'no_response' "
+                                    "GROUP BY decision_id, offer_id").fetchall()
+                applied = conn.execute("SELECT count(*) FROM feedback WHERE applied").fetchone()[0]
+            assert rows and all(n == 1 for _, _, n in rows)  # once per offer, whoever closed it
+            assert len({d for d, _, _ in rows}) >= 15  # the 15 decisions without feedback, at least
+            assert len(rows) == unanswered
+            # each replica applied each event once (counted without a Decide, which would
+            # open another window)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(metric(p, "nba_learning_updates_total") != applied
+                                                      for p in processes):
+                time.sleep(0.1)
+            assert [metric(p, "nba_learning_updates_total") for p in processes] == [applied] * 3
         finally:
             for p in processes:
                 p.stop()

@@ -94,3 +94,34 @@ def test_windows_are_configurable_per_outcome(settings_for) -> None:
     settings = settings_for(window_clicked_seconds=60, window_accepted_seconds=120)
     windows = settings.windows()
     assert windows.seconds["clicked"] == 60 and windows.longest == 7 * 86400  # rejections: 7 days
+
+
+def test_retention_deletes_old_closed_decisions_once_a_snapshot_holds_their_feedback(start, monkeypatch) -> None:
+    monkeypatch.setattr("nba.server.RETENTION_SECONDS", 0.0)  # look at every log write
+    clock = ManualClock()
+    server = start(clock=clock, window_check_seconds=0, decision_retention_days=10, snapshot_seconds=3600)
+    old = decide(server)
+    assert feedback(server, old, "old-accepted", pb.OUTCOME_ACCEPTED).applied
+    clock.advance(days=11)  # its windows have closed, and it is past retention
+    wait_for_updates(server, 2)  # the accepted offer, and the default reward of the other
+
+    def stored(decision_id: str) -> tuple[bool, int]:
+        server.service.log.flush()
+        with server.service.engine.connect() as conn:
+            events = conn.execute(select(FeedbackRow.__table__).where(
+                FeedbackRow.__table__.c.decision_id == decision_id)).all()
+        return server.service.store.find_decision(decision_id) is not None, len(events)
+
+    decide(server)  # a log write: retention looks, but no snapshot holds the feedback yet
+    assert stored(old.decision_id) == (True, 2)  # a restart would need it to replay
+
+    server.service.learning.maybe_snapshot(server.service.store, force=True)
+    recent = decide(server)
+    deadline = time.monotonic() + 5
+    while stored(old.decision_id)[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stored(old.decision_id) == (False, 0)  # gone, with its feedback
+    assert stored(recent.decision_id) == (True, 0)  # within retention
+    version = server.service.learning.version
+    server.stop()
+    assert start(clock=clock, window_check_seconds=0).service.learning.version == version

@@ -104,6 +104,11 @@ class RedisBus:
     def up(self) -> bool:
         return self._up
 
+    @property
+    def client(self) -> Any:
+        """The Redis connection pool, shared with reservations (``nba.reservations``)."""
+        return self._redis
+
     def _mark(self, up: bool, what: str, exc: Exception | None = None) -> None:
         changed = up != self._up
         if changed:
@@ -136,6 +141,11 @@ class RedisBus:
 
     def start(self, on_entry: Callable[[BusEntry], None]) -> None:
         self._on_entry = on_entry
+        try:  # up (or not) before the service says it is serving
+            self._redis.ping()
+            self._mark(True, "connect")
+        except self._errors as exc:
+            self._mark(False, "connect", exc)
         self._thread = threading.Thread(target=self._read, name="nba-bus", daemon=True)
         self._thread.start()
 
@@ -155,6 +165,7 @@ class RedisBus:
                 if position is None:  # from now on: what came before is in the database
                     info: Any = self._redis.xinfo_stream(self.stream) if self._redis.exists(self.stream) else None
                     position = info["last-generated-id"].decode() if info else "0-0"
+                    self._mark(True, "read")
                 # blocks less than the socket timeout, so a quiet stream is not an error
                 answer = self._redis.xread({self.stream: position}, count=500, block=int(SOCKET_TIMEOUT_SECONDS * 600))
             except self._errors as exc:

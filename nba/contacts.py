@@ -111,6 +111,7 @@ class ContactSummary:
     def __init__(self, events: list[ContactEvent], now: float, channel: str, windows: Iterable[tuple[str, float]]) -> None:
         self.now = now
         self.channel = channel
+        self._events = events
         # counts[(kind, window)][scope key] where scope key is ("offer", id), ("group", g),
         # ("channel", c) or ("customer", "")
         self._counts: dict[tuple[str, float], dict[tuple[str, str], int]] = {}
@@ -155,6 +156,13 @@ class ContactSummary:
             per, ("customer", "")
         )
         return self._counts.get((kind, window), {}).get(key, 0)
+
+    def times(self, kind: str, window: float, per: str, offer_id: str, group: str) -> tuple[float, ...]:
+        """When each event ``count`` counts happened (for reservations to start from)."""
+        since = self.now - window
+        match = {"offer": lambda e: e.offer_id == offer_id, "group": lambda e: e.group == group,
+                 "channel": lambda e: e.channel == self.channel}.get(per, lambda e: True)
+        return tuple(e.at for e in self._events if e.kind == kind and e.at >= since and match(e))
 
     def suppressed_until(self, after: str, ignored: int, days: float, per: str, offer_id: str, group: str) -> float | None:
         """When the suppression ends, if it is in force now."""

@@ -32,7 +32,8 @@ from nba.contacts import ContactEvent, ContactHistory, ContactSummary, OfferCoun
 from nba.errors import AlreadyExists, InvalidArgument, Unavailable
 from nba.learning import LearningLoop
 from nba.policy_set import PolicySet
-from nba.screening import screen
+from nba.reservations import Reservations, reserve_or_degrade
+from nba.screening import Screening, Verdict, claims, screen
 
 __all__ = ["DecideInput", "DecisionRecord", "Decider", "new_decision_id"]
 
@@ -89,6 +90,19 @@ class DecisionRecord:
         return expand_candidates(self.candidates, self.offers)
 
 
+@dataclass
+class _Ranked:
+    """One ranking of a decision: the offers answered and what is logged of the draw."""
+
+    offers: list[dict[str, Any]] = field(default_factory=list)
+    model_version: str = ""
+    exploration: str = ""
+    eligible_block: dict[str, Any] | None = None
+    fallback_row: list[Any] | None = None
+    explored: bool = False
+    fallback: bool = False
+
+
 class DecisionSink(Protocol):
     def record(self, decision: DecisionRecord, durable: bool = False) -> Future[Any] | None: ...
 
@@ -114,10 +128,13 @@ class Decider:
         request_id_ttl_seconds: float = 86400.0,
         clock: Clock | None = None,
         durable_timeout_seconds: float | None = None,
+        reservations: Reservations | None = None,
     ) -> None:
         self.policy_set = policy_set
         #: with a timeout, Decide answers only once the decision is committed (--durable-decisions)
         self._durable_timeout = durable_timeout_seconds
+        #: where caps and budgets counting decisions are reserved (None: screening alone)
+        self._reservations = reservations
         self._learning = learning
         self._log = log
         self._contacts = contacts
@@ -143,13 +160,21 @@ class Decider:
             summary = ContactSummary(events, now.timestamp(), request.channel, policy_set.cap_windows)
         screening = screen(policy_set, request.channel, features, request.customer_id, now, summary, self._counters)
         eligible = screening.eligible
+        decision_id = new_decision_id()
+        held: list[Verdict] = []  # taken out: a cap or budget had no unit left to reserve
+        while True:
+            ranked = self._rank(eligible, screening, request, features)
+            refused = self._reserve(ranked.offers, policy_set, request, now, summary, decision_id)
+            if refused is None:
+                break
+            eligible = [v for v in eligible if v is not refused[0]]
+            held.append(replace(refused[0], eligible=False, reason=refused[1], policy=refused[2],
+                                detail="no unit left: taken by concurrent decisions"))
+        offers = ranked.offers
         # Candidates are kept as rows, not one dict each: a decision over a thousand offers
         # would otherwise build (and log) a thousand dicts. candidate_list() expands them.
         groups: dict[tuple[str, str | None, str | None], list[str]] = {}
-        eligible_block: dict[str, Any] | None = None
-        fallback_row: list[Any] | None = None
-        offers: list[dict[str, Any]] = []
-        for verdict in screening.verdicts:
+        for verdict in (*screening.verdicts, *held):
             if not verdict.eligible:
                 key = (verdict.reason, verdict.policy, verdict.detail)
                 members = groups.get(key)
@@ -161,46 +186,21 @@ class Decider:
             reasons[reason] = reasons.get(reason, 0) + len(members)
         for reason, count in reasons.items():
             metrics.filtered(reason).inc(count)
-
-        exploration = ""
-        if eligible:
-            limit = max(1, request.limit)
-            factors = [(v.offer.offer.value, v.offer.lever, v.weight) for v in eligible]
-            multipliers = np.fromiter((min(a * b * c, MAX_MULTIPLIER) for a, b, c in factors), dtype=float, count=len(factors))
-            ids = [v.offer.id for v in eligible]
-            draw, model_version, exploration = self._learning.draw(ids, features, limit, multipliers)
-            numbers = np.column_stack((draw.predicted, np.asarray(factors, dtype=float), draw.scores, draw.probabilities))
-            eligible_block = {
-                "ids": ids,
-                "numbers": base64.b64encode(numbers.astype("<f8").tobytes()).decode(),
-                "errors": [[i, "; ".join(v.weight_errors)] for i, v in enumerate(eligible) if v.weight_errors],
-            }
-            scores = draw.scores.tolist()
-            explored = _explored(draw.scores, draw.slots)
-            for slot, (i, propensity) in enumerate(draw.slots, start=1):
-                answer = _answer(eligible[i].offer.offer, request.channel, slot, scores[i], propensity, False)
-                answer["explored"] = explored[slot - 1]
-                offers.append(answer)
-            if explored and explored[0]:
-                metrics.EXPLORED.inc()
-        else:
-            model_version = self._learning.version
-            fallback = screening.fallback
-            if fallback is not None:
-                fallback_row = [fallback.offer.id, fallback.eligible, fallback.reason, fallback.policy, fallback.detail]
-                if fallback.eligible:
-                    offers.append(_answer(fallback.offer.offer, request.channel, 1, 0.0, 1.0, True))
-                    metrics.FALLBACKS.labels(request.channel).inc()
-            if not offers:
-                metrics.EMPTY.labels(request.channel).inc()
+        if ranked.explored:
+            metrics.EXPLORED.inc()
+        if ranked.fallback:
+            metrics.FALLBACKS.labels(request.channel).inc()
+        if not offers:
+            metrics.EMPTY.labels(request.channel).inc()
         candidates = {
             "filtered": [[reason, policy, detail, members] for (reason, policy, detail), members in groups.items()],
-            "eligible": eligible_block,
-            "fallback": fallback_row,
+            "eligible": ranked.eligible_block,
+            "fallback": ranked.fallback_row,
         }
+        model_version, exploration = ranked.model_version, ranked.exploration
 
         record = DecisionRecord(
-            decision_id=new_decision_id(),
+            decision_id=decision_id,
             request_id=request.request_id or None,
             customer_id=request.customer_id,
             channel=request.channel,
@@ -227,6 +227,58 @@ class Decider:
         self._count_contacts(record, now.timestamp(), policy_set.needs_contacts)
         metrics.DECISIONS.labels(request.channel).inc()
         return self._explained(record, request, policy_set), False
+
+    def _rank(self, eligible: list[Verdict], screening: Screening, request: DecideInput,
+              features: dict[str, Any]) -> _Ranked:
+        """The learner's draw over the eligible offers (or the channel's fallback)."""
+        ranked = _Ranked()
+        if eligible:
+            limit = max(1, request.limit)
+            factors = [(v.offer.offer.value, v.offer.lever, v.weight) for v in eligible]
+            multipliers = np.fromiter((min(a * b * c, MAX_MULTIPLIER) for a, b, c in factors), dtype=float, count=len(factors))
+            ids = [v.offer.id for v in eligible]
+            draw, ranked.model_version, ranked.exploration = self._learning.draw(ids, features, limit, multipliers)
+            numbers = np.column_stack((draw.predicted, np.asarray(factors, dtype=float), draw.scores, draw.probabilities))
+            ranked.eligible_block = {
+                "ids": ids,
+                "numbers": base64.b64encode(numbers.astype("<f8").tobytes()).decode(),
+                "errors": [[i, "; ".join(v.weight_errors)] for i, v in enumerate(eligible) if v.weight_errors],
+            }
+            scores = draw.scores.tolist()
+            explored = _explored(draw.scores, draw.slots)
+            for slot, (i, propensity) in enumerate(draw.slots, start=1):
+                answer = _answer(eligible[i].offer.offer, request.channel, slot, scores[i], propensity, False)
+                answer["explored"] = explored[slot - 1]
+                answer["_verdict"] = eligible[i]
+                ranked.offers.append(answer)
+            ranked.explored = bool(explored and explored[0])
+        else:
+            ranked.model_version = self._learning.version
+            fallback = screening.fallback
+            if fallback is not None:
+                ranked.fallback_row = [fallback.offer.id, fallback.eligible, fallback.reason, fallback.policy, fallback.detail]
+                if fallback.eligible:
+                    ranked.offers.append(_answer(fallback.offer.offer, request.channel, 1, 0.0, 1.0, True))
+                    ranked.fallback = True
+        return ranked
+
+    def _reserve(self, offers: list[dict[str, Any]], policy_set: PolicySet,
+                 request: DecideInput, now: datetime, summary: ContactSummary | None,
+                 token: str) -> tuple[Verdict, str, str] | None:
+        """Reserves the answered offers' units of caps and budgets that count decisions; on a
+        refusal, the lowest-ranked offer that claimed the exhausted key, its reason and policy
+        (it is taken out, and the rest ranked again)."""
+        answered = [o.pop("_verdict") for o in offers if "_verdict" in o]
+        if self._reservations is None or not answered:
+            return None
+        claimed = [(verdict, claim) for verdict in answered
+                   for claim in claims(policy_set, verdict.offer, request.channel, request.customer_id, now,
+                                       summary, self._counters)]
+        refused = reserve_or_degrade(self._reservations, [c for _, c in claimed], now.timestamp(), token)
+        if refused is None:
+            return None
+        verdict, claim = [(v, c) for v, c in claimed if c.key == refused][-1]
+        return verdict, claim.reason, claim.policy
 
     @staticmethod
     def _explained(record: DecisionRecord, request: DecideInput, policy_set: PolicySet) -> DecisionRecord:

@@ -52,6 +52,13 @@ NO_RESPONSE = Counter(
 DECISIONS_PURGED = Counter(
     "nba_decisions_purged_total", "Decisions deleted by retention (decision_retention_days), with their feedback"
 )
+RESERVATIONS = Counter(
+    "nba_reservations_total",
+    "Decisions that reserved units of caps and budgets counting decisions, by result: taken, refused "
+    "(an offer was taken out and the rest ranked again), unavailable (the shared store was down: "
+    "screening alone decided)",
+    ["result"],
+)
 STORE_UP = Gauge(
     "nba_store_up", "1 while the database answers; 0 while Decide answers from memory and Feedback is refused"
 )

@@ -25,11 +25,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from nba.contacts import ContactSummary, OfferCounters
+from nba.policies import Budget
 from nba.policy_set import CompiledOffer, PolicySet
+from nba.reservations import Claim
 from nba.rules import RuleError, activation
 
 __all__ = ["REASONS", "Screening", "Verdict", "day_start", "screen"]
@@ -212,14 +214,58 @@ class _State:
                 return Verdict(compiled, False, "budget", budget.id,
                                f"{spent} {budget.counts} {'today' if budget.period == 'day' else 'in total'} (max {budget.max})")
             if budget.pacing == "even" and budget.period == "day":
-                schedule = compiled.offer.schedule
-                fraction = schedule.day_fraction(self.local) if schedule else _fraction_of_day(self.local)
-                allowed = budget.max * fraction + max(1.0, math.ceil(budget.max * PACING_BURST))
+                allowed = _paced(budget, compiled, self.local)
                 if spent >= allowed:
                     return Verdict(compiled, False, "pacing", budget.id,
                                    f"{spent} {budget.counts} by {self.local.strftime('%H:%M')}, "
                                    f"{int(allowed)} allowed so far of {budget.max} today")
         return None
+
+
+def _paced(budget: Budget, compiled: CompiledOffer, local: datetime) -> float:
+    """How much of a daily budget under even pacing may be spent by ``local``'s time."""
+    schedule = compiled.offer.schedule
+    fraction = schedule.day_fraction(local) if schedule else _fraction_of_day(local)
+    return budget.max * fraction + max(1.0, math.ceil(budget.max * PACING_BURST))
+
+
+def claims(policy_set: PolicySet, compiled: CompiledOffer, channel: str, customer_id: str, now: datetime,
+           summary: ContactSummary | None, counters: OfferCounters | None) -> list[Claim]:
+    """The units an answered offer takes of the caps and budgets that count decisions
+    (``nba.reservations``), each starting from what this process has counted."""
+    found: list[Claim] = []
+    at = now.timestamp()
+    offer = compiled.offer
+    if summary is not None:
+        for cap in compiled.caps:
+            if cap.counts != "decided" or not cap.applies_to.on(channel):
+                continue
+            scope = {"offer": f"offer:{offer.id}", "group": f"group:{offer.group}",
+                     "channel": f"channel:{channel}"}.get(cap.per, "all")
+            known = tuple(t + cap.window for t in summary.times("decided", cap.window, cap.per, offer.id, offer.group))
+            found.append(Claim(f"cap:{cap.id}:{scope}:{customer_id}", cap.max, "window", at + cap.window, known,
+                               "contact_cap", cap.id))
+    if counters is not None:
+        local = now.astimezone(policy_set.timezone)
+        for budget in compiled.budgets:
+            if budget.counts != "decided" or not budget.applies_to.on(channel):
+                continue
+            shared = budget.per == "policy"
+            members = policy_set.budget_members.get(budget.id, (compiled.id,)) if shared else (compiled.id,)
+            member = "*" if shared else compiled.id
+            if budget.period == "total":
+                spent = sum(counters.total(m, "decided") for m in members)
+                found.append(Claim(f"budget:{budget.id}:{member}:total", budget.max, "counter", None, spent,
+                                   "budget", budget.id))
+                continue
+            midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+            spent = sum(counters.since(m, "decided", midnight.timestamp()) for m in members)
+            limit = budget.max
+            if budget.pacing == "even":
+                limit = min(limit, math.ceil(_paced(budget, compiled, local)))
+            found.append(Claim(f"budget:{budget.id}:{member}:{midnight.date().isoformat()}", limit, "counter",
+                               (midnight + timedelta(days=1)).timestamp(), spent, "budget", budget.id))
+    return found
 
 
 def _fraction_of_day(local: datetime) -> float:

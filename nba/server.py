@@ -38,6 +38,7 @@ from nba.policy_set import PolicySet
 from nba.publishing import Publisher
 from nba.servicers import AdminServicer, DecisionServicer
 from nba.bus import RedisBus
+from nba.reservations import LocalReservations, RedisReservations, Reservations
 from nba.store import DecisionLog, Store, is_outage, open_engine
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import admin_service_pb2_grpc as apb_grpc
@@ -163,6 +164,7 @@ class Service:
         self.decider = Decider(
             live, self.learning, self.log, self.contacts, self.counters, settings.request_id_ttl_seconds, self.clock,
             durable_timeout_seconds=settings.feedback_timeout_seconds if settings.durable_decisions else None,
+            reservations=self._reservations(),
         )
         self.intake = FeedbackIntake(
             self.log, settings.rewards(), settings.feedback_timeout_seconds, self.clock,
@@ -215,6 +217,15 @@ class Service:
         (Decide answers from memory), so load balancers keep sending it traffic."""
         if self._serving:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _reservations(self) -> Reservations | None:
+        """Exact caps and budgets counting decisions: through Redis for replicas on a Redis bus,
+        a lock for a process alone; workers and replicas on the database bus rely on screening
+        (bounded by how fast they hear each other)."""
+        bus = self.bus
+        if bus is not None:
+            return RedisReservations(bus.client, f"{self.settings.bus_stream}:hold:", lambda: bus.up)
+        return None if self.shared else LocalReservations()
 
     def _load_contacts(self, customer_id: str, since: float) -> list[ContactEvent]:
         if self.log is not None and not self.log.available:  # do not wait on a database known to be down

@@ -10,6 +10,8 @@ Limits protect the service from a single oversized request (all checked before a
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -65,7 +67,10 @@ def features_from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
                 stack.append((name + ".", value.struct_value, depth + 1))
                 continue
             if kind == "number_value":
-                out[name] = value.number_value
+                number = value.number_value
+                if number - number != 0.0:  # NaN or ±inf (cheaper than math.isfinite here)
+                    raise InvalidArgument(f"context.{name}: {number} is not a finite number")
+                out[name] = number
             elif kind == "string_value":
                 out[name] = value.string_value
             elif kind == "bool_value":
@@ -102,7 +107,10 @@ def _value(value: struct_pb2.Value, path: str, depth: int, counter: list[int]) -
     if counter[0] > MAX_CONTEXT_LEAVES:
         raise InvalidArgument(f"context: more than {MAX_CONTEXT_LEAVES} values (at {path})")
     if kind == "number_value":
-        return value.number_value
+        number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidArgument(f"{path}: {number} is not a finite number")
+        return number
     if kind == "string_value":
         return value.string_value
     if kind == "bool_value":

@@ -32,7 +32,7 @@ from nba.contacts import ContactEvent, ContactHistory, ContactSummary, OfferCoun
 from nba.errors import AlreadyExists, InvalidArgument, Unavailable
 from nba.learning import LearningLoop
 from nba.policy_set import PolicySet
-from nba.reservations import Reservations, reserve_or_degrade
+from nba.reservations import Claim, Reservations, first_misfit, release_quietly, reserve_or_degrade
 from nba.screening import Screening, Verdict, claims, screen
 
 __all__ = ["DecideInput", "DecisionRecord", "Decider", "new_decision_id"]
@@ -101,12 +101,20 @@ class _Ranked:
     fallback_row: list[Any] | None = None
     explored: bool = False
     fallback: bool = False
+    #: the screening verdict of each answered offer (not the fallback's)
+    verdicts: list[Verdict] = field(default_factory=list)
+    #: set by a refused reservation: the offer and the claim that found no unit left
+    refused: tuple[Verdict, Claim] | None = None
 
 
 class DecisionSink(Protocol):
     def record(self, decision: DecisionRecord, durable: bool = False) -> Future[Any] | None: ...
 
     def by_request(self, request_id: str, newer_than: datetime, memory_only: bool = False) -> DecisionRecord | None: ...
+
+
+#: refused reservations after which a contended decision answers only offers no such policy holds
+MAX_RESERVATION_PASSES = 3
 
 
 def new_decision_id() -> str:
@@ -151,7 +159,10 @@ class Decider:
         if request.request_id:
             stored = self._stored(request, now)
             if stored is not None:
+                self._await_stored(stored)
                 return self._explained(stored, request, policy_set), True
+        if self._durable_timeout is not None and not getattr(self._log, "available", True):
+            raise Unavailable("the database is unavailable: a decision cannot be made durable now; retry")
 
         features = request.features if request.features is not None else flatten(request.context or {})
         summary = None
@@ -162,14 +173,20 @@ class Decider:
         eligible = screening.eligible
         decision_id = new_decision_id()
         held: list[Verdict] = []  # taken out: a cap or budget had no unit left to reserve
-        while True:
+        for attempt in range(MAX_RESERVATION_PASSES + 1):
             ranked = self._rank(eligible, screening, request, features)
-            refused = self._reserve(ranked.offers, policy_set, request, now, summary, decision_id)
-            if refused is None:
+            taken = self._reserve(ranked, policy_set, request, now, summary, decision_id)
+            if taken is not None:
                 break
-            eligible = [v for v in eligible if v is not refused[0]]
-            held.append(replace(refused[0], eligible=False, reason=refused[1], policy=refused[2],
-                                detail="no unit left: taken by concurrent decisions"))
+            verdict, claim = ranked.refused
+            held.append(replace(verdict, eligible=False, reason=claim.reason, policy=claim.policy,
+                                detail="no unit left: taken by a concurrent decision"))
+            eligible = [v for v in eligible if v is not verdict]
+            if attempt + 1 == MAX_RESERVATION_PASSES:  # contended: answer only what no such policy holds
+                out = [v for v in eligible if any(c.check for c in self._claims(v.offer, policy_set, request, now, summary))]
+                held += [replace(v, eligible=False, reason=claim.reason, policy=claim.policy,
+                                 detail="contended: taken out after repeated refusals") for v in out]
+                eligible = [v for v in eligible if v not in out]
         offers = ranked.offers
         # Candidates are kept as rows, not one dict each: a decision over a thousand offers
         # would otherwise build (and log) a thousand dicts. candidate_list() expands them.
@@ -212,18 +229,26 @@ class Decider:
             offers=offers,
             exploration=exploration,
         )
+        stored = None
         if request.request_id:
             with self._requests_lock:
                 # Two calls with one request_id at once: the first to get here wins. Both
                 # are in this process, so memory alone settles it.
                 stored = self._stored(request, now, memory_only=True)
-                if stored is not None:
-                    return self._explained(stored, request, policy_set), True
-                written = self._log.record(record, durable=self._durable_timeout is not None)
+                if stored is None:
+                    written = self._log.record(record, durable=self._durable_timeout is not None)
         else:
             written = self._log.record(record, durable=self._durable_timeout is not None)
+        if stored is not None:  # the other call's decision stands; this one's units go back
+            release_quietly(self._reservations, taken, decision_id)
+            self._await_stored(stored)
+            return self._explained(stored, request, policy_set), True
         if written is not None:
-            self._wait_durable(written)
+            try:
+                self._wait_durable(written)
+            except Unavailable:
+                release_quietly(self._reservations, taken, decision_id)
+                raise
         self._count_contacts(record, now.timestamp(), policy_set.needs_contacts)
         metrics.DECISIONS.labels(request.channel).inc()
         return self._explained(record, request, policy_set), False
@@ -249,8 +274,8 @@ class Decider:
             for slot, (i, propensity) in enumerate(draw.slots, start=1):
                 answer = _answer(eligible[i].offer.offer, request.channel, slot, scores[i], propensity, False)
                 answer["explored"] = explored[slot - 1]
-                answer["_verdict"] = eligible[i]
                 ranked.offers.append(answer)
+                ranked.verdicts.append(eligible[i])
             ranked.explored = bool(explored and explored[0])
         else:
             ranked.model_version = self._learning.version
@@ -262,29 +287,55 @@ class Decider:
                     ranked.fallback = True
         return ranked
 
-    def _reserve(self, offers: list[dict[str, Any]], policy_set: PolicySet,
-                 request: DecideInput, now: datetime, summary: ContactSummary | None,
-                 token: str) -> tuple[Verdict, str, str] | None:
-        """Reserves the answered offers' units of caps and budgets that count decisions; on a
-        refusal, the lowest-ranked offer that claimed the exhausted key, its reason and policy
-        (it is taken out, and the rest ranked again)."""
-        answered = [o.pop("_verdict") for o in offers if "_verdict" in o]
-        if self._reservations is None or not answered:
-            return None
-        claimed = [(verdict, claim) for verdict in answered
-                   for claim in claims(policy_set, verdict.offer, request.channel, request.customer_id, now,
-                                       summary, self._counters)]
-        refused = reserve_or_degrade(self._reservations, [c for _, c in claimed], now.timestamp(), token)
+    def _claims(self, compiled: Any, policy_set: PolicySet, request: DecideInput, now: datetime,
+                summary: ContactSummary | None, fallback: bool = False) -> list[Claim]:
+        return claims(policy_set, compiled, request.channel, request.customer_id, now, summary, self._counters, fallback)
+
+    def _reserve(self, ranked: _Ranked, policy_set: PolicySet, request: DecideInput, now: datetime,
+                 summary: ContactSummary | None, token: str) -> list[Claim] | None:
+        """Reserves the answered offers' units of caps and budgets that count decisions, in
+        rank order. First the answer is cut where this process's own count leaves no unit
+        (several answered offers under one cap: each was screened alone). Returns the claims
+        taken; None when the store refused one (``ranked.refused`` says which offer and why:
+        it is taken out, and the rest ranked again)."""
+        verdicts = ranked.verdicts
+        owners: list[int] = []
+        found: list[Claim] = []
+        for slot, offer in enumerate(ranked.offers):
+            compiled = verdicts[slot].offer if slot < len(verdicts) else policy_set.offers[offer["offer_id"]]
+            for claim in self._claims(compiled, policy_set, request, now, summary, fallback=offer["fallback"]):
+                owners.append(slot)
+                found.append(claim)
+        if not found:
+            return found
+        at = now.timestamp()
+        misfit = first_misfit(found, at)
+        if misfit is not None:
+            cut = owners[misfit]
+            if cut == 0:  # nothing left to answer: take it out and rank again (the fallback, maybe)
+                ranked.refused = (verdicts[0], found[misfit])
+                return None
+            del ranked.offers[cut:]
+            found = [c for c, o in zip(found, owners, strict=True) if o < cut]
+        refused = reserve_or_degrade(self._reservations, found, at, token)
         if refused is None:
-            return None
-        verdict, claim = [(v, c) for v, c in claimed if c.key == refused][-1]
-        return verdict, claim.reason, claim.policy
+            return found
+        ranked.refused = (verdicts[owners[refused]], found[refused])
+        return None
 
     @staticmethod
     def _explained(record: DecisionRecord, request: DecideInput, policy_set: PolicySet) -> DecisionRecord:
         if not request.explain:
             return record
         return replace(record, explanation=explain(record, policy_set))
+
+    def _await_stored(self, stored: DecisionRecord) -> None:
+        """With durable decisions, a replayed decision still being committed is answered once it is."""
+        if self._durable_timeout is None:
+            return
+        written = getattr(self._log, "written", lambda _: None)(stored.decision_id)
+        if written is not None:
+            self._wait_durable(written)
 
     def _wait_durable(self, written: Future[Any]) -> None:
         try:

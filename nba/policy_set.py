@@ -179,6 +179,8 @@ class PolicySet:
     history_seconds: float = field(init=False)
     #: (kind, window) pairs the caps count
     cap_windows: frozenset[tuple[str, float]] = field(init=False)
+    #: caps counting decisions, each with the groups of the offers it holds (reservations)
+    decided_caps: tuple[tuple[ContactCap, frozenset[str]], ...] = field(init=False)
     #: every channel's engagement rules, compiled to be evaluated together
     batches: dict[str, ChannelBatch] = field(init=False)
     #: the context paths rules read (None: possibly anything)
@@ -211,6 +213,12 @@ class PolicySet:
         windows += [s.days * 86400 for o in self.offers.values() for s in o.suppressions]
         self.history_seconds = max(windows, default=0.0)
         self.cap_windows = frozenset((c.counts, c.window) for o in self.offers.values() for c in o.caps)
+        decided: dict[str, tuple[ContactCap, set[str]]] = {}
+        for o in self.offers.values():
+            for c in o.caps:
+                if c.counts == "decided":
+                    decided.setdefault(c.id, (c, set()))[1].add(o.offer.group)
+        self.decided_caps = tuple((c, frozenset(groups)) for c, groups in decided.values())
         sources = [self.sources[k] for k in sorted(self.sources)] if self.sources else []
         self.context_paths = needed_paths(sources)
         self.uses = frozenset().union(*(b.rule.uses for o in self.offers.values() for b in (*o.rules, *o.weights)))

@@ -31,7 +31,7 @@ from typing import Any
 from nba.contacts import ContactSummary, OfferCounters
 from nba.policies import Budget
 from nba.policy_set import CompiledOffer, PolicySet
-from nba.reservations import Claim
+from nba.reservations import Claim, key
 from nba.rules import RuleError, activation
 
 __all__ = ["REASONS", "Screening", "Verdict", "day_start", "screen"]
@@ -230,41 +230,61 @@ def _paced(budget: Budget, compiled: CompiledOffer, local: datetime) -> float:
 
 
 def claims(policy_set: PolicySet, compiled: CompiledOffer, channel: str, customer_id: str, now: datetime,
-           summary: ContactSummary | None, counters: OfferCounters | None) -> list[Claim]:
+           summary: ContactSummary | None, counters: OfferCounters | None, fallback: bool = False) -> list[Claim]:
     """The units an answered offer takes of the caps and budgets that count decisions
-    (``nba.reservations``), each starting from what this process has counted."""
+    (``nba.reservations``), each starting from what this process has counted. Checked where
+    the policy holds the offer on this channel; unchecked where the contact only counts
+    towards it (a per-customer cap counts everything the customer got; a fallback is never
+    held back)."""
     found: list[Claim] = []
+    if not policy_set.decided_caps and not compiled.budgets:
+        return found
     at = now.timestamp()
     offer = compiled.offer
     if summary is not None:
-        for cap in compiled.caps:
-            if cap.counts != "decided" or not cap.applies_to.on(channel):
-                continue
-            scope = {"offer": f"offer:{offer.id}", "group": f"group:{offer.group}",
-                     "channel": f"channel:{channel}"}.get(cap.per, "all")
+        for cap, groups in policy_set.decided_caps:
+            holds = any(c.id == cap.id for c in compiled.caps)
+            if cap.per == "offer":
+                if not holds:
+                    continue  # nobody else reads this offer's key
+                scope = ("offer", offer.id)
+            elif cap.per == "group":
+                if offer.group not in groups:
+                    continue
+                scope = ("group", offer.group or "")
+            elif cap.per == "channel":
+                if not cap.applies_to.on(channel):
+                    continue  # checked on other channels only, where this channel's key is not read
+                scope = ("channel", channel)
+            else:
+                scope = ("customer", "")
             known = tuple(t + cap.window for t in summary.times("decided", cap.window, cap.per, offer.id, offer.group))
-            found.append(Claim(f"cap:{cap.id}:{scope}:{customer_id}", cap.max, "window", at + cap.window, known,
+            found.append(Claim(key("cap", cap.id, f"{cap.window:g}", *scope, customer_id), cap.max, "window",
+                               at + cap.window, known, holds and not fallback and cap.applies_to.on(channel),
                                "contact_cap", cap.id))
     if counters is not None:
         local = now.astimezone(policy_set.timezone)
         for budget in compiled.budgets:
-            if budget.counts != "decided" or not budget.applies_to.on(channel):
+            if budget.counts != "decided":
                 continue
+            check = not fallback and budget.applies_to.on(channel)
             shared = budget.per == "policy"
             members = policy_set.budget_members.get(budget.id, (compiled.id,)) if shared else (compiled.id,)
             member = "*" if shared else compiled.id
             if budget.period == "total":
                 spent = sum(counters.total(m, "decided") for m in members)
-                found.append(Claim(f"budget:{budget.id}:{member}:total", budget.max, "counter", None, spent,
-                                   "budget", budget.id))
+                found.append(Claim(key("budget", budget.id, member, "total"), budget.max, "counter", None, spent,
+                                   check, "budget", budget.id))
                 continue
             midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
             spent = sum(counters.since(m, "decided", midnight.timestamp()) for m in members)
-            limit = budget.max
+            limit, reason = budget.max, "budget"
             if budget.pacing == "even":
-                limit = min(limit, math.ceil(_paced(budget, compiled, local)))
-            found.append(Claim(f"budget:{budget.id}:{member}:{midnight.date().isoformat()}", limit, "counter",
-                               (midnight + timedelta(days=1)).timestamp(), spent, "budget", budget.id))
+                paced = math.ceil(_paced(budget, compiled, local))
+                if paced < limit:
+                    limit, reason = paced, "pacing"
+            found.append(Claim(key("budget", budget.id, member, midnight.date().isoformat()), limit, "counter",
+                               (midnight + timedelta(days=1)).timestamp(), spent, check, reason, budget.id))
     return found
 
 

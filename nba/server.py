@@ -231,7 +231,7 @@ class Service:
         if self.log is not None and not self.log.available:  # do not wait on a database known to be down
             raise Unavailable("the database is unavailable")
         try:
-            return self.store.contact_events(customer_id, since)
+            return self.store.contact_events(customer_id, since, up_to=self.log.contact_position if self.log else None)
         except Exception as exc:
             if is_outage(exc):
                 raise Unavailable("the database is unavailable") from exc
@@ -323,7 +323,10 @@ class Service:
         self.log.close()
         if self.bus is not None:
             self.bus.close()
-        self.learning.maybe_snapshot(self.store, force=True)
+        try:
+            self.learning.maybe_snapshot(self.store, force=True)
+        except Exception as exc:  # the database is gone: the next start replays from the last snapshot
+            log.error("no snapshot at shutdown", extra={"error": repr(exc)})
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

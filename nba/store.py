@@ -171,7 +171,12 @@ def is_outage(exc: BaseException) -> bool:
     lock held too long) rather than a fault in what was asked of it. Outages are waited out
     and retried; faults are not."""
     if isinstance(exc, sa_exc.DBAPIError):
-        return exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+        # PostgreSQL's SQLSTATE says it for errors the driver classes do not: a read-only
+        # server (a standby, or a primary during failover: 25006), a shutdown (57P01-57P03),
+        # a lost connection (class 08).
+        state = str(getattr(exc.orig, "sqlstate", "") or "")
+        return (exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+                or state == "25006" or state.startswith(("57P", "08")))
     return isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError, OSError))
 
 
@@ -340,14 +345,17 @@ class Store:
 
     # Contact history and counters ---------------------------------------------------
 
-    def contact_events(self, customer_id: str, since: float) -> list[ContactEvent]:
+    def contact_events(self, customer_id: str, since: float, up_to: int | None = None) -> list[ContactEvent]:
+        """A customer's contact events since ``since``; with ``up_to``, only those with ids up
+        to it (a process that follows others' events: the later ones reach it by the bus or
+        the tail, and must not be counted twice)."""
         table = ContactEventRow.__table__
+        query = (select(table.c.at, table.c.kind, table.c.offer_id, table.c.group, table.c.channel)
+                 .where(table.c.customer_id == customer_id, table.c.at >= since).order_by(table.c.at))
+        if up_to is not None:
+            query = query.where(table.c.id <= up_to)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(table.c.at, table.c.kind, table.c.offer_id, table.c.group, table.c.channel)
-                .where(table.c.customer_id == customer_id, table.c.at >= since)
-                .order_by(table.c.at)
-            ).all()
+            rows = conn.execute(query).all()
         return [ContactEvent(customer_id, r.at, r.kind, r.offer_id, r.group, r.channel) for r in rows]
 
     def insert_contacts(self, conn: Any, events: list[ContactEvent]) -> None:
@@ -423,7 +431,10 @@ class Store:
         older than ``hours_before`` into each offer's total (hour 0)."""
         contacts, counters = ContactEventRow.__table__, OfferCounterRow.__table__
         with self.write() as conn:
-            conn.execute(contacts.delete().where(contacts.c.at < contacts_before))
+            # The newest row stays whatever its age: SQLite would give its id to the next
+            # event, and processes that follow the log by id would skip that one.
+            newest = select(func.max(contacts.c.id)).scalar_subquery()
+            conn.execute(contacts.delete().where(contacts.c.at < contacts_before, contacts.c.id < newest))
             old = (counters.c.hour > 0) & (counters.c.hour < hours_before)
             totals = conn.execute(
                 select(counters.c.offer_id, counters.c.kind, func.sum(counters.c.count))
@@ -627,6 +638,9 @@ class Store:
         while time.monotonic() - started < budget_seconds:
             with self.write() as conn:
                 absorbed = conn.execute(select(func.min(snapshots.c.last_feedback_id))).scalar() or 0
+                # the newest event stays too: SQLite would give its id to the next one
+                newest = conn.execute(select(func.max(f.c.id))).scalar() or 0
+                absorbed = min(absorbed, newest - 1)
                 ids = conn.execute(
                     select(d.c.decision_id).where(d.c.closed.is_(True), d.c.created_at < before).limit(batch)
                 ).scalars().all()
@@ -825,6 +839,8 @@ class DecisionLog:
         self._queued_decisions = 0
         self._cond = threading.Condition()
         self._pending: dict[str, DecisionRecord] = {}
+        #: durable decisions' commits, by decision id, until settled
+        self._durable: dict[str, Future[Any]] = {}
         self._recent: OrderedDict[str, DecisionRecord] = OrderedDict()
         self._by_request: dict[str, str] = {}
         self._cache_lock = threading.Lock()
@@ -844,6 +860,8 @@ class DecisionLog:
             return
         self._up = up
         metrics.STORE_UP.set(1 if up else 0)
+        if not up:
+            self._refuse_waiting()
         if up:
             log.warning("the database is back: writing the decisions queued meanwhile",
                         extra={"queued": self._queued_decisions})
@@ -854,6 +872,36 @@ class DecisionLog:
             self._on_state(up)
         except Exception:
             log.exception("on_state hook failed")
+
+    def _refuse_waiting(self) -> None:
+        """The database just went down: everyone waiting for a commit is told now (feedback,
+        durable decisions, flushes), rather than when it returns; write-behind decisions stay
+        queued, to be written then."""
+        with self._cond:
+            kept: deque[tuple[DecisionRecord | None, FeedbackEvent | None, Future[Any] | None]] = deque()
+            refused: list[DecisionRecord] = []
+            for decision, event, future in self._queue:
+                if future is None:
+                    kept.append((decision, event, future))
+                    continue
+                if decision is not None:
+                    refused.append(decision)
+                if not future.done():
+                    future.set_exception(Unavailable("the database is unavailable; retry"))
+            self._queue = kept
+            self._queued_decisions -= len(refused)
+            metrics.LOG_QUEUE.set(self._queued_decisions)
+        self._forget(refused)
+
+    def written(self, decision_id: str) -> Future[Any] | None:
+        """A durable decision's commit, while it is still pending (None once settled)."""
+        with self._cache_lock:
+            return self._durable.get(decision_id)
+
+    @property
+    def contact_position(self) -> int | None:
+        """The newest contact event id this process has applied, when it follows others."""
+        return self._contact_seen if self._shared else None
 
     def _outage(self, exc: BaseException) -> Unavailable:
         self._mark(False, exc)
@@ -876,6 +924,8 @@ class DecisionLog:
                 return future
             with self._cache_lock:
                 self._pending[decision.decision_id] = decision
+                if future is not None:
+                    self._durable[decision.decision_id] = future
                 if decision.request_id:
                     self._by_request[decision.request_id] = decision.decision_id
             self._queue.append((decision, None, future))
@@ -991,17 +1041,17 @@ class DecisionLog:
                 elif not self._queue and not self._stopping and not self._remote:
                     self._cond.wait(wait)
                 remote = [self._remote.popleft() for _ in range(len(self._remote))]
+            for entry in remote:  # even while the database is down: those that leave no gap
+                try:
+                    self._apply_remote(entry)
+                except Exception as exc:
+                    self._failed("applying another replica's events", exc)
             if not self._up and not self._probe():
                 if self._stopping:  # shutting down with the database gone: what is queued is lost
                     with self._cond:
                         self._abandon()
                     return
                 continue
-            for entry in remote:
-                try:
-                    self._apply_remote(entry)
-                except Exception as exc:
-                    self._failed("applying another replica's events", exc)
             with self._cond:
                 if not self._queue:
                     if self._stopping:
@@ -1042,6 +1092,9 @@ class DecisionLog:
         try:
             with self.store.engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
+                # a standby (or a primary mid-failover) answers, but cannot take writes
+                if conn.dialect.name == "postgresql" and conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "on":
+                    raise ConnectionError("the database is read-only (a standby?)")
         except Exception as exc:
             self._mark(False, exc)
             return False
@@ -1131,9 +1184,14 @@ class DecisionLog:
         if span.contacts_after > self._contact_seen:
             if span.contacts_before > self._contact_seen:
                 self._fill_contacts(span.contacts_before)
-            if entry.contacts:
-                self._on_remote_contacts(entry.contacts)
-            self._contact_seen = span.contacts_after
+            if self._contact_seen > span.contacts_before:
+                # part of this transaction was read from the database already (a tail read
+                # stops at a row limit): the rest comes from there too, by id
+                self._fill_contacts(span.contacts_after)
+            else:
+                if entry.contacts:
+                    self._on_remote_contacts(entry.contacts)
+                self._contact_seen = span.contacts_after
 
     def _publish(self, span: Span | None, events: list[LearningEvent], contacts: list[ContactEvent]) -> None:
         if self._bus is not None and span is not None and (events or contacts):
@@ -1173,12 +1231,24 @@ class DecisionLog:
                 span = self._span(conn, before)
         except Exception as exc:
             outage = is_outage(exc)
+            if not outage and len(decisions) + len(feedback) > 1:
+                # A fault in one item (a value the database refuses) must not cost the others:
+                # each is written on its own, in order, and only the bad one fails.
+                log.warning("a decision log write failed; writing its items one by one",
+                            extra={"error": repr(exc), "decisions": len(decisions), "feedback": len(feedback)})
+                for item in batch:
+                    if item[0] is not None or item[1] is not None:
+                        self._write([item])
+                for marker in markers:
+                    marker.set_result(FeedbackResult(False, False, 0.0))
+                return
+            if outage:
+                self._mark(False, exc)
             if outage and not self._stopping:
                 # Nothing was committed: the decisions go back to the front of the queue, in
-                # order, to be written when the database returns (a commit whose answer was
-                # lost is covered too: decisions are inserted once by id).
+                # order, to be written when the database returns (decisions are inserted
+                # once by id, should a commit have succeeded with its answer lost).
                 # Durable ones are refused instead: their callers are told now.
-                self._mark(False, exc)
                 kept = [d for d, _, f in batch if d is not None and f is None]
                 self._forget([d for d, _ in durable])
                 with self._cond:
@@ -1207,10 +1277,14 @@ class DecisionLog:
             for e, _, r in results
             if isinstance(r, FeedbackResult) and r.applied and r.feedback_id is not None
         ]
+        learned = True
         try:
             self._learn(learn, span)
-        except Exception:
-            log.exception("learning from feedback failed", extra={"events": len(learn)})
+        except Exception as exc:
+            # Committed, not learned yet: the events are learned, in order, when the gap
+            # before them can be read. Until then they are not acknowledged as applied.
+            learned = False
+            self._failed("learning from feedback", exc)
         if outcomes:
             try:
                 self._on_contacts(outcomes)
@@ -1219,6 +1293,10 @@ class DecisionLog:
         for _, future, result in results:
             if isinstance(result, Exception):
                 future.set_exception(result)
+            elif not learned and result.applied:
+                future.set_exception(Unavailable(
+                    "the event is stored but not yet learned (the database is unavailable); a retry is answered "
+                    "duplicate"))
             else:
                 future.set_result(result)
         for marker in markers:
@@ -1233,6 +1311,7 @@ class DecisionLog:
         with self._cache_lock:
             for d in decisions:
                 self._pending.pop(d.decision_id, None)
+                self._durable.pop(d.decision_id, None)
                 if d.request_id and self._by_request.get(d.request_id) == d.decision_id:
                     del self._by_request[d.request_id]
 
@@ -1241,6 +1320,7 @@ class DecisionLog:
         with self._cache_lock:
             for d in decisions:
                 self._pending.pop(d.decision_id, None)
+                self._durable.pop(d.decision_id, None)
                 if self._cache_size:
                     self._recent[d.decision_id] = d
             while len(self._recent) > self._cache_size:

@@ -56,6 +56,16 @@ def wait_for(condition, seconds: float, what: str) -> float:
     return time.monotonic() - started
 
 
+def refused(call) -> str:
+    """Makes a call that must be answered UNAVAILABLE; returns the message."""
+    try:
+        call()
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+        return exc.details()
+    raise AssertionError("answered while the database cannot keep it")
+
+
 def rows(url: str, sql: str) -> list[tuple]:
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), connect_timeout=5) as conn:
         return conn.execute(sql).fetchall()
@@ -75,12 +85,8 @@ def test_decide_goes_on_while_postgresql_is_down_and_feedback_waits_for_it(tmp_p
             during = [decide(stub, f"c-{i}") for i in range(20)]  # answered from memory
             assert all(d.offers for d in during)
             wait_for(lambda: metric(process, "nba_store_up") == 0, 10, "nba_store_up 0")
-            try:
-                accept(stub, during[0], "during")
-                raise AssertionError("feedback acknowledged while the database is down")
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
-                assert "database is unavailable" in exc.details() and "retry" in exc.details()
+            details = refused(lambda: accept(stub, during[0], "during"))
+            assert "database is unavailable" in details and "retry" in details
             assert health(process, "nba.store") == NOT_SERVING
             assert health(process, "") == SERVING  # load balancers keep sending Decide here
             assert decide(stub, "c-late").offers
@@ -299,3 +305,67 @@ def test_sigkill_loses_no_answered_decision_with_durable_decisions(tmp_path: Pat
     else:
         assert lost  # the window the default trades for speed (this test can tell the difference)
     print(f"\n{'durable' if durable else 'write-behind'}: {len(lost)} of {len(answered)} answered decisions lost")
+
+
+def test_durable_decisions_and_feedback_are_refused_at_once_while_postgresql_is_down(tmp_path: Path) -> None:
+    with OwnPostgres() as pg:
+        process = Process(tmp_path, NBA_DATABASE_URL=pg.url, NBA_DURABLE_DECISIONS="true")
+        try:
+            process.wait_serving()
+            stub = pb_grpc.DecisionServiceStub(process.channel)
+            before = decide(stub, "c-0")
+            pg.stop("immediate")
+            for call in (lambda: decide(stub, "c-1"), lambda: accept(stub, before, "during")):
+                started = time.monotonic()
+                refused(call)
+                assert time.monotonic() - started < 3  # told now, not after feedback_timeout_seconds (10 s)
+            pg.start()
+
+            def decided() -> bool:
+                try:
+                    return bool(decide(stub, "c-2").offers)
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                    return False
+
+            wait_for(decided, 15, "durable decisions after the database returned")
+        finally:
+            assert process.stop() == 0
+
+
+def test_a_read_only_postgresql_counts_as_down(tmp_path: Path) -> None:
+    """A standby, or a primary mid-failover, answers but refuses writes (SQLSTATE 25006): the
+    replica keeps its decisions queued and refuses Feedback, until the database takes writes."""
+    with OwnPostgres() as pg:
+        process = Process(tmp_path, NBA_DATABASE_URL=pg.url)
+        admin = pg.url.replace("postgresql+psycopg://", "postgresql://") + "?options=-cdefault_transaction_read_only%3Doff"
+        try:
+            process.wait_serving()
+            stub = pb_grpc.DecisionServiceStub(process.channel)
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+                conn.execute("SELECT pg_reload_conf()")
+            during = [decide(stub, f"c-{i}") for i in range(5)]
+            wait_for(lambda: metric(process, "nba_store_up") == 0, 10, "nba_store_up 0")
+            refused(lambda: accept(stub, during[0], "ro"))
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
+                conn.execute("SELECT pg_reload_conf()")
+            wait_for(lambda: metric(process, "nba_store_up") == 1, 15, "nba_store_up 1")
+            assert accept(stub, during[0], "ro").applied  # its decision was kept and written
+        finally:
+            assert process.stop() == 0
+
+
+def test_sigterm_with_postgresql_down_exits_promptly_and_says_what_is_lost(tmp_path: Path) -> None:
+    with OwnPostgres() as pg:
+        process = Process(tmp_path, NBA_DATABASE_URL=pg.url, NBA_LOG_BATCH_SIZE="5")
+        process.wait_serving()
+        stub = pb_grpc.DecisionServiceStub(process.channel)
+        pg.stop("immediate")
+        for i in range(40):
+            decide(stub, f"c-{i}")
+        started = time.monotonic()
+        assert process.stop() == 0
+        assert time.monotonic() - started < 20
+        assert "queued decisions are lost" in process.stderr.read_text()

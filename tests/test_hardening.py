@@ -155,3 +155,33 @@ def test_offers_may_be_named_in_any_script(start, tmp_path: Path) -> None:
         - {id: stars, name: "Étoiles ✨ 星", channels: [web], tags: ["🎁"]}
     """))
     assert "stars" in shown(decide(server, limit=10))
+
+
+def test_a_bad_item_costs_only_itself_not_its_batch(start) -> None:
+    """One decision the database refuses, written in one transaction with others: the others
+    are written all the same (each item is retried on its own)."""
+    server = start(log_flush_seconds=30.0, log_batch_size=10_000)  # one batch, written at the flush
+    context = struct({"customer": {"age": 30}})
+    server.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", context=context))
+    server.service.log.flush()
+    with server.service.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE UNIQUE INDEX one_per_customer ON decisions (customer_id)")
+    try:
+        bad = server.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", context=context))
+        good = [server.stub.Decide(pb.DecideRequest(customer_id=f"d-{i}", channel="web", context=context))
+                for i in range(5)]
+        server.service.log.flush()
+    finally:
+        with server.service.engine.begin() as conn:
+            conn.exec_driver_sql("DROP INDEX one_per_customer")
+    assert server.service.store.find_decision(bad.decision_id) is None
+    assert all(server.service.store.find_decision(g.decision_id) is not None for g in good)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_number_in_the_context_is_refused(server: Running, value: str) -> None:
+    context = struct({"customer": {"age": 30, "value": {"clv": float(value)}}})
+    with pytest.raises(grpc.RpcError) as raised:
+        server.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", context=context))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "context.customer.value.clv" in raised.value.details() and "finite" in raised.value.details()

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import grpc
 import pytest
 
-from nba.reservations import Claim, LocalReservations, RedisReservations, Reservations
+from nba.reservations import Claim, LocalReservations, RedisReservations, Reservations, key
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
 
@@ -37,45 +38,70 @@ def store(request: pytest.FixtureRequest) -> Iterator[Reservations]:
         client.close()
 
 
-def window(key: str, limit: int, now: float, seconds: float = 60, known: tuple[float, ...] = ()) -> Claim:
-    return Claim(key, limit, "window", now + seconds, known)
+def window(key: str, limit: int, now: float, seconds: float = 60, known: tuple[float, ...] = (),
+           check: bool = True) -> Claim:
+    return Claim(key, limit, "window", now + seconds, known, check)
 
 
-def counter(key: str, limit: int, known: int = 0, expires: float | None = None) -> Claim:
-    return Claim(key, limit, "counter", expires, known)
+def counter(key: str, limit: int, known: int = 0, expires: float | None = None, check: bool = True) -> Claim:
+    return Claim(key, limit, "counter", expires, known, check)
 
 
 def test_a_window_holds_its_limit_and_frees_units_as_they_expire(store: Reservations) -> None:
     now = time.time()  # Redis expires keys by its own clock
     assert store.reserve([window("w", 2, now)], now, "t1") is None
     assert store.reserve([window("w", 2, now + 10)], now + 10, "t2") is None
-    assert store.reserve([window("w", 2, now + 20)], now + 20, "t3") == "w"
+    assert store.reserve([window("w", 2, now + 20)], now + 20, "t3") == 0
     assert store.reserve([window("w", 2, now + 61)], now + 61, "t4") is None  # the first unit expired
-    assert store.reserve([window("w", 2, now + 62)], now + 62, "t5") == "w"
+    assert store.reserve([window("w", 2, now + 62)], now + 62, "t5") == 0
 
 
 def test_a_new_key_starts_from_what_the_process_knows_and_then_from_itself(store: Reservations) -> None:
-    now = time.time()  # Redis expires keys by its own clock
+    now = time.time()
     known = (now + 5, now + 50)  # two decisions already counted, expiring then
     assert store.reserve([window("k", 3, now, known=known)], now, "t1") is None
-    assert store.reserve([window("k", 3, now, known=known)], now, "t2") == "k"
+    assert store.reserve([window("k", 3, now, known=known)], now, "t2") == 0
     assert store.reserve([window("k", 3, now + 6, known=())], now + 6, "t3") is None  # one known unit expired
     assert store.reserve([counter("c", 5, known=3)], now, "t4") is None
     assert store.reserve([counter("c", 5, known=0)], now, "t5") is None  # the store has seen it: 5 now
-    assert store.reserve([counter("c", 5, known=0)], now, "t6") == "c"
+    assert store.reserve([counter("c", 5, known=0)], now, "t6") == 0
 
 
-def test_claims_are_taken_all_or_nothing_and_together_per_key(store: Reservations) -> None:
-    now = time.time()  # Redis expires keys by its own clock
+def test_claims_are_taken_all_or_nothing_in_order(store: Reservations) -> None:
+    now = time.time()
     assert store.reserve([counter("full", 1)], now, "t1") is None
-    assert store.reserve([counter("room", 1), counter("full", 1)], now, "t2") == "full"
+    assert store.reserve([counter("room", 1), counter("full", 1)], now, "t2") == 1
     assert store.reserve([counter("room", 1)], now, "t3") is None  # untouched by the refusal
-    assert store.reserve([window("pair", 1, now), window("pair", 1, now)], now, "t4") == "pair"  # two units, one left
-    assert store.reserve([window("pair", 2, now), window("pair", 2, now)], now, "t5") is None
+    # two answered offers under one cap with one unit left: the second is refused
+    assert store.reserve([window("pair", 1, now), window("pair", 1, now)], now, "t4") == 1
+    assert store.reserve([window("two", 2, now), window("two", 2, now)], now, "t5") is None
+
+
+def test_unchecked_claims_count_without_being_refused(store: Reservations) -> None:
+    """A contact that counts towards a cap which does not hold its offer (a per-customer cap
+    on alpha, and beta answered): it takes a unit, and is never refused for it."""
+    now = time.time()
+    assert store.reserve([window("cust", 1, now, check=False)], now, "beta") is None
+    assert store.reserve([window("cust", 1, now, check=False)], now, "beta2") is None  # over, but unchecked
+    assert store.reserve([window("cust", 1, now)], now, "alpha") == 0  # alpha is held back
+
+
+def test_released_units_are_free_again(store: Reservations) -> None:
+    now = time.time()
+    taken = [window("rw", 1, now), counter("rc", 1)]
+    assert store.reserve(taken, now, "t1") is None
+    assert store.reserve([counter("rc", 1)], now, "t2") == 0
+    store.release(taken, "t1")
+    assert store.reserve(taken, now, "t3") is None
+
+
+def test_keys_escape_their_parts() -> None:
+    assert key("cap", "a:b", "c") != key("cap", "a", "b:c")
+    assert key("x%3A", "y") != key("x:", "y")
 
 
 def test_concurrent_claims_never_exceed_the_limit(store: Reservations) -> None:
-    now = time.time()  # Redis expires keys by its own clock
+    now = time.time()
     taken: list[bool] = []
     lock = threading.Lock()
 
@@ -90,6 +116,23 @@ def test_concurrent_claims_never_exceed_the_limit(store: Reservations) -> None:
     for t in threads:
         t.join()
     assert sum(taken) == 25
+
+
+@pytest.mark.parametrize("kind", ["window", "counter"])
+def test_seeded_redis_keys_expire_even_when_refused(kind: str) -> None:
+    import redis
+
+    with redis_stream() as prefix:
+        client = redis.Redis.from_url(REDIS)
+        store = RedisReservations(client, prefix + ":")
+        now = time.time()
+        claim = window("full", 1, now, known=(now + 30,)) if kind == "window" else counter("full", 1, 1, now + 30)
+        assert store.reserve([claim], now, "t1") == 0
+        ttl = client.pttl(prefix + ":full")
+        assert ttl == -2 or 0 < ttl <= 32_000  # absent (a refused counter is not written), or expiring
+        for k in client.scan_iter(prefix + ":*"):
+            client.delete(k)
+        client.close()
 
 
 CAPPED = """
@@ -161,3 +204,93 @@ def test_replicas_on_redis_hold_caps_and_budgets_counting_decisions_together(tmp
             for key in client.scan_iter(stream + ":hold:*"):
                 client.delete(key)
             client.close()
+
+
+MANY = "".join(f"  - {{id: extra-{i:02d}, name: Extra {i}, channels: [web], value: 10}}\n" for i in range(27))
+
+
+def test_a_cap_shared_by_the_answer_is_cut_in_one_pass(start, tmp_path: Path) -> None:
+    """30 offers under a per-customer cap of 2, limit 3, no concurrency: the answer is cut to
+    2 at once (no refusals, no offer logged as taken by a concurrent decision)."""
+    from nba import metrics
+
+    folder = policy_dir(tmp_path, CAPPED)
+    (folder / "more.yaml").write_text("offers:\n" + MANY)
+    server = start(policies=folder)
+    refused = metrics.RESERVATIONS.labels("refused")._value.get()
+    reply = server.stub.Decide(pb.DecideRequest(customer_id="new", channel="web", limit=3, explain=True,
+                                                context=struct({"customer": {"age": 30, "segment": "a", "risk": False}})))
+    assert len(reply.offers) == 2 and not any(o.fallback for o in reply.offers)
+    assert metrics.RESERVATIONS.labels("refused")._value.get() == refused
+    assert not any("concurrent" in e.detail for e in reply.explanation.offers)
+
+
+SCOPED = """
+settings: {timezone: UTC}
+channels: [web, email]
+offers:
+  - {id: alpha, name: Alpha, channels: [email], value: 10}
+  - {id: beta, name: Beta, channels: [web], value: 10}
+  - {id: help, name: Help, channels: [web, email], fallback: true, value: 0}
+policies:
+  - id: alpha-only-if-untouched
+    type: contact_cap
+    applies_to: {offers: [alpha]}
+    max: 1
+    window: 1d
+    counts: decided
+    per: customer
+"""
+
+
+@pytest.mark.parametrize("where", ["one process", "two replicas on redis"])
+def test_contacts_a_cap_does_not_hold_still_count_towards_it(start, tmp_path: Path, where: str) -> None:
+    """A per-customer cap on alpha counts everything the customer got: beta on the web takes
+    its unit (unchecked), so alpha by email is held back, on whichever replica."""
+    folder = tmp_path / "scoped"
+    folder.mkdir()
+    (folder / "set.yaml").write_text(SCOPED)
+    context = struct({"customer": {"age": 30}})
+    with ExitStack() as stack:
+        if where == "one process":
+            stubs = [start(policies=folder).stub] * 2
+        else:
+            url = stack.enter_context(postgres_schema())
+            stream = stack.enter_context(redis_stream())
+            processes = start_replicas(tmp_path, url, n=2, NBA_BUS=REDIS, NBA_BUS_STREAM=stream,
+                                       NBA_POLICIES=str(folder))
+            stack.callback(lambda: [p.stop() for p in processes])
+            stubs = [pb_grpc.DecisionServiceStub(p.channel) for p in processes]
+        web = stubs[0].Decide(pb.DecideRequest(customer_id="c", channel="web", context=context))
+        assert [o.offer_id for o in web.offers] == ["beta"]
+        email = stubs[1].Decide(pb.DecideRequest(customer_id="c", channel="email", context=context))
+        assert [o.offer_id for o in email.offers] == ["help"]
+
+
+def test_units_of_a_decision_that_fails_to_be_made_durable_are_given_back(start, tmp_path: Path) -> None:
+    server = start(durable_decisions=True, policies=policy_dir(tmp_path, """
+        - id: two-alphas
+          type: budget
+          applies_to: {offers: [alpha]}
+          max: 2
+          counts: decided
+          period: total
+    """))
+
+    def alpha(customer_id: str) -> bool:
+        reply = server.stub.Decide(pb.DecideRequest(customer_id=customer_id, channel="web", limit=3,
+                                                    context=struct({"customer": {"age": 30, "segment": "a", "risk": False}})))
+        return "alpha" in {o.offer_id for o in reply.offers}
+
+    assert alpha("c")  # one unit of two
+    with server.service.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE UNIQUE INDEX one_per_customer ON decisions (customer_id)")
+    try:
+        with pytest.raises(grpc.RpcError) as raised:
+            alpha("c")  # reserves the second unit, then cannot be written
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        with server.service.engine.begin() as conn:
+            conn.exec_driver_sql("DROP INDEX one_per_customer")
+    assert alpha("d")  # the unit came back
+    assert not alpha("e")

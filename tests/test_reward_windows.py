@@ -117,11 +117,33 @@ def test_retention_deletes_old_closed_decisions_once_a_snapshot_holds_their_feed
 
     server.service.learning.maybe_snapshot(server.service.store, force=True)
     recent = decide(server)
+    # the newest event always stays (SQLite would give its id to the next one): one for recent
+    assert feedback(server, recent, "recent-clicked", pb.OUTCOME_CLICKED).applied
     deadline = time.monotonic() + 5
     while stored(old.decision_id)[0] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert stored(old.decision_id) == (False, 0)  # gone, with its feedback
-    assert stored(recent.decision_id) == (True, 0)  # within retention
+    assert stored(recent.decision_id) == (True, 1)  # within retention
     version = server.service.learning.version
     server.stop()
     assert start(clock=clock, window_check_seconds=0).service.learning.version == version
+
+
+def test_retention_never_deletes_the_newest_event(start, monkeypatch) -> None:
+    """On SQLite a deleted newest row gives its id to the next event, and every process that
+    follows the log by id would skip it: the newest event stays, whatever its age."""
+    monkeypatch.setattr("nba.server.RETENTION_SECONDS", 0.0)
+    clock = ManualClock()
+    server = start(clock=clock, window_check_seconds=0, decision_retention_days=1, snapshot_seconds=3600)
+    old = decide(server)
+    assert feedback(server, old, "only", pb.OUTCOME_ACCEPTED).applied
+    clock.advance(days=8)
+    wait_for_updates(server, 2)
+    server.service.learning.maybe_snapshot(server.service.store, force=True)
+    newest = rows(server)[-1].id
+    decide(server)  # a write: retention looks
+    server.service.log.flush()
+    assert rows(server)[-1].id == newest  # kept, with its decision
+    again = decide(server)
+    assert feedback(server, again, "next", pb.OUTCOME_ACCEPTED).applied
+    assert rows(server)[-1].id > newest

@@ -178,6 +178,7 @@ class Decider:
             taken = self._reserve(ranked, policy_set, request, now, summary, decision_id)
             if taken is not None:
                 break
+            assert ranked.refused is not None  # _reserve says why it refused
             verdict, claim = ranked.refused
             held.append(replace(verdict, eligible=False, reason=claim.reason, policy=claim.policy,
                                 detail="no unit left: taken by a concurrent decision"))
@@ -190,7 +191,7 @@ class Decider:
         offers = ranked.offers
         # Candidates are kept as rows, not one dict each: a decision over a thousand offers
         # would otherwise build (and log) a thousand dicts. candidate_list() expands them.
-        groups: dict[tuple[str, str | None, str | None], list[str]] = {}
+        groups: dict[tuple[str | None, str | None, str | None], list[str]] = {}
         for verdict in (*screening.verdicts, *held):
             if not verdict.eligible:
                 key = (verdict.reason, verdict.policy, verdict.detail)
@@ -198,7 +199,7 @@ class Decider:
                 if members is None:
                     members = groups[key] = []
                 members.append(verdict.offer.id)
-        reasons: dict[str, int] = {}
+        reasons: dict[str | None, int] = {}
         for (reason, _, _), members in groups.items():
             reasons[reason] = reasons.get(reason, 0) + len(members)
         for reason, count in reasons.items():

@@ -285,7 +285,7 @@ def reserve_or_degrade(store: Reservations | None, claims: Sequence[Claim], now:
     return refused
 
 
-def release_quietly(store: Reservations | None, claims: Sequence[Claim], token: str) -> None:
+def release_quietly(store: Reservations | None, claims: Sequence[Claim] | None, token: str) -> None:
     if store is None or not claims:
         return
     try:

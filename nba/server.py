@@ -110,7 +110,6 @@ class Service:
         self._last_window_check = 0.0
         self._serving = False
         self._last_purge = 0.0
-        self.log: DecisionLog | None = None  # set below; the contact history's loader asks it
         #: one of several worker processes sharing the port and the database
         self.is_worker = settings.workers > 1 and settings.worker >= 0
         #: learns the events other processes (workers, replicas) commit to the shared log
@@ -228,10 +227,12 @@ class Service:
         return None if self.shared else LocalReservations()
 
     def _load_contacts(self, customer_id: str, since: float) -> list[ContactEvent]:
-        if self.log is not None and not self.log.available:  # do not wait on a database known to be down
+        decision_log = getattr(self, "log", None)  # set after the contact history, which asks it
+        if decision_log is not None and not decision_log.available:  # do not wait on a database known to be down
             raise Unavailable("the database is unavailable")
         try:
-            return self.store.contact_events(customer_id, since, up_to=self.log.contact_position if self.log else None)
+            return self.store.contact_events(customer_id, since,
+                                             up_to=decision_log.contact_position if decision_log else None)
         except Exception as exc:
             if is_outage(exc):
                 raise Unavailable("the database is unavailable") from exc

@@ -835,7 +835,7 @@ class DecisionLog:
         self._batch_size = batch_size
         self._queue_limit = queue_limit
         self._cache_size = cache_size
-        self._queue: deque[tuple[DecisionRecord | None, FeedbackEvent | None, Future[FeedbackResult] | None]] = deque()
+        self._queue: deque[tuple[DecisionRecord | None, FeedbackEvent | None, Future[Any] | None]] = deque()
         self._queued_decisions = 0
         self._cond = threading.Condition()
         self._pending: dict[str, DecisionRecord] = {}
@@ -1197,7 +1197,7 @@ class DecisionLog:
         if self._bus is not None and span is not None and (events or contacts):
             self._bus.publish(BusEntry(self.store.origin, span, events, contacts))
 
-    def _write(self, batch: list[tuple[DecisionRecord | None, FeedbackEvent | None, Future[FeedbackResult] | None]]) -> None:
+    def _write(self, batch: list[tuple[DecisionRecord | None, FeedbackEvent | None, Future[Any] | None]]) -> None:
         decisions = [d for d, _, _ in batch if d is not None]
         durable = [(d, f) for d, _, f in batch if d is not None and f is not None]
         feedback = [(e, f) for _, e, f in batch if e is not None and f is not None]

@@ -12,7 +12,6 @@ import random
 import signal
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 

@@ -56,9 +56,10 @@ def test_hours_with_an_offset_are_refused() -> None:
     assert any("drop the offset" in m for m in messages)
 
 
-def test_a_decision_that_could_not_be_logged_takes_no_feedback(server: Running) -> None:
+def test_a_decision_that_could_not_be_logged_takes_no_feedback(start) -> None:
     """A write refused by the database (a fault, not an outage: retrying would fail again) is
     dropped, and feedback for its decision is NOT_FOUND rather than acknowledged."""
+    server = start(log_flush_seconds=30.0)  # written at the flush, with the flush's marker
     request = pb.DecideRequest(customer_id="c", channel="web", context=struct({"customer": {"age": 30}}))
     server.stub.Decide(request)
     server.service.log.flush()

@@ -184,10 +184,15 @@ class Decider:
                                 detail="no unit left: taken by a concurrent decision"))
             eligible = [v for v in eligible if v is not verdict]
             if attempt + 1 == MAX_RESERVATION_PASSES:  # contended: answer only what no such policy holds
-                out = [v for v in eligible if any(c.check for c in self._claims(v.offer, policy_set, request, now, summary))]
-                held += [replace(v, eligible=False, reason=claim.reason, policy=claim.policy,
-                                 detail="contended: taken out after repeated refusals") for v in out]
-                eligible = [v for v in eligible if v not in out]
+                kept = []
+                for v in eligible:
+                    checked = [c for c in self._claims(v.offer, policy_set, request, now, summary) if c.check]
+                    if checked:
+                        held.append(replace(v, eligible=False, reason=checked[0].reason, policy=checked[0].policy,
+                                            detail="contended: taken out after repeated refusals"))
+                    else:
+                        kept.append(v)
+                eligible = kept
         offers = ranked.offers
         # Candidates are kept as rows, not one dict each: a decision over a thousand offers
         # would otherwise build (and log) a thousand dicts. candidate_list() expands them.
@@ -231,23 +236,32 @@ class Decider:
             exploration=exploration,
         )
         stored = None
-        if request.request_id:
-            with self._requests_lock:
-                # Two calls with one request_id at once: the first to get here wins. Both
-                # are in this process, so memory alone settles it.
-                stored = self._stored(request, now, memory_only=True)
-                if stored is None:
-                    written = self._log.record(record, durable=self._durable_timeout is not None)
-        else:
-            written = self._log.record(record, durable=self._durable_timeout is not None)
+        try:
+            if request.request_id:
+                with self._requests_lock:
+                    # Two calls with one request_id at once: the first to get here wins. Both
+                    # are in this process, so memory alone settles it.
+                    stored = self._stored(request, now, memory_only=True)
+                    if stored is None:
+                        written = self._log.record(record, durable=self._durable_timeout is not None)
+            else:
+                written = self._log.record(record, durable=self._durable_timeout is not None)
+        except BaseException:  # not answered (a request_id reused for another customer): units go back
+            release_quietly(self._reservations, taken, decision_id)
+            raise
         if stored is not None:  # the other call's decision stands; this one's units go back
             release_quietly(self._reservations, taken, decision_id)
             self._await_stored(stored)
             return self._explained(stored, request, policy_set), True
         if written is not None:
             try:
-                self._wait_durable(written)
-            except Unavailable:
+                written.result(timeout=self._durable_timeout)
+            except TimeoutError:
+                # Not confirmed, but it may still be written: its units and contacts stand.
+                self._count_contacts(record, now.timestamp(), policy_set.needs_contacts)
+                raise Unavailable(f"decision not confirmed durable within {self._durable_timeout:g}s; "
+                                  "retry with the same request_id") from None
+            except Unavailable:  # refused: it will never be written
                 release_quietly(self._reservations, taken, decision_id)
                 raise
         self._count_contacts(record, now.timestamp(), policy_set.needs_contacts)
@@ -318,9 +332,9 @@ class Decider:
                 return None
             del ranked.offers[cut:]
             found = [c for c, o in zip(found, owners, strict=True) if o < cut]
-        refused = reserve_or_degrade(self._reservations, found, at, token)
+        refused, reserved = reserve_or_degrade(self._reservations, found, at, token)
         if refused is None:
-            return found
+            return found if reserved else []  # degraded: nothing was taken, nothing to give back
         ranked.refused = (verdicts[owners[refused]], found[refused])
         return None
 

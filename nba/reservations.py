@@ -266,11 +266,13 @@ _WARN_EVERY_SECONDS = 10.0
 _warned_at = -_WARN_EVERY_SECONDS
 
 
-def reserve_or_degrade(store: Reservations | None, claims: Sequence[Claim], now: float, token: str) -> int | None:
+def reserve_or_degrade(store: Reservations | None, claims: Sequence[Claim], now: float,
+                       token: str) -> tuple[int | None, bool]:
     """``store.reserve``, except that a store that cannot be reached refuses nothing: the
-    decision stands on screening alone, as without reservations, and is counted."""
+    decision stands on screening alone, as without reservations, and is counted. Returns
+    the refused claim's index (or None) and whether units were taken."""
     if store is None or not claims:
-        return None
+        return None, False
     try:
         refused = store.reserve(claims, now, token)
     except Exception as exc:  # noqa: BLE001 - any failure of the shared store degrades, never fails Decide
@@ -280,9 +282,9 @@ def reserve_or_degrade(store: Reservations | None, claims: Sequence[Claim], now:
             _warned_at = time.monotonic()
             log.warning("reservations unavailable: caps and budgets counting decisions rest on screening",
                         extra={"error": repr(exc)})
-        return None
+        return None, False
     metrics.RESERVATIONS.labels("taken" if refused is None else "refused").inc()
-    return refused
+    return refused, refused is None
 
 
 def release_quietly(store: Reservations | None, claims: Sequence[Claim] | None, token: str) -> None:

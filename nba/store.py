@@ -894,9 +894,16 @@ class DecisionLog:
         self._forget(refused)
 
     def written(self, decision_id: str) -> Future[Any] | None:
-        """A durable decision's commit, while it is still pending (None once settled)."""
+        """A durable decision's commit, while it is still pending; None once written; a failed
+        future for one that will never be (refused, forgotten)."""
         with self._cache_lock:
-            return self._durable.get(decision_id)
+            pending = self._durable.get(decision_id)
+            known = pending is not None or decision_id in self._pending or decision_id in self._recent
+        if pending is not None or known or self.store.find_decision(decision_id) is not None:
+            return pending
+        failed: Future[Any] = Future()
+        failed.set_exception(Unavailable("the decision could not be written: it was not made; retry"))
+        return failed
 
     @property
     def contact_position(self) -> int | None:
@@ -1124,9 +1131,10 @@ class DecisionLog:
         if events:
             self._on_learn(events)
             self._applied = events[-1].feedback_id
-        contacts, self._contact_seen = self.store.contact_events_after(self._contact_seen)
+        contacts, seen = self.store.contact_events_after(self._contact_seen)
         if contacts:
             self._on_remote_contacts(contacts)
+        self._contact_seen = seen  # after: a history loaded meanwhile stops before these
 
     def _span(self, conn: Any, before: tuple[int, int] | None) -> Span | None:
         if before is None:
@@ -1236,11 +1244,26 @@ class DecisionLog:
                 # each is written on its own, in order, and only the bad one fails.
                 log.warning("a decision log write failed; writing its items one by one",
                             extra={"error": repr(exc), "decisions": len(decisions), "feedback": len(feedback)})
-                for item in batch:
-                    if item[0] is not None or item[1] is not None:
-                        self._write([item])
-                for marker in markers:
-                    marker.set_result(FeedbackResult(False, False, 0.0))
+                items = [item for item in batch if item[0] is not None or item[1] is not None]
+                for n, item in enumerate(items):
+                    if not self._up:  # an outage meanwhile: the rest wait, or are told, as on any outage
+                        rest = items[n:]
+                        with self._cond:
+                            kept = [d for d, _, f in rest if d is not None and f is None]
+                            self._queue.extendleft((d, None, None) for d in reversed(kept))
+                            self._queued_decisions += len(kept)
+                            metrics.LOG_QUEUE.set(self._queued_decisions)
+                        self._forget([d for d, _, f in rest if d is not None and f is not None])
+                        for _, _, future in rest:
+                            if future is not None and not future.done():
+                                future.set_exception(Unavailable("the database is unavailable; retry"))
+                        break
+                    self._write([item])
+                for marker in markers:  # a flush succeeds only if nothing it waited for was left
+                    if self._up:
+                        marker.set_result(FeedbackResult(False, False, 0.0))
+                    else:
+                        marker.set_exception(Unavailable("the database is unavailable; retry"))
                 return
             if outage:
                 self._mark(False, exc)

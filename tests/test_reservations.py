@@ -294,3 +294,69 @@ def test_units_of_a_decision_that_fails_to_be_made_durable_are_given_back(start,
             conn.exec_driver_sql("DROP INDEX one_per_customer")
     assert alpha("d")  # the unit came back
     assert not alpha("e")
+
+
+ONE_ALPHA = """
+- id: one-alpha
+  type: budget
+  applies_to: {offers: [alpha]}
+  max: 1
+  counts: decided
+  period: total
+"""
+
+
+def _alpha(server, customer_id: str, request_id: str = "") -> bool:
+    reply = server.stub.Decide(pb.DecideRequest(customer_id=customer_id, channel="web", limit=3, request_id=request_id,
+                                                context=struct({"customer": {"age": 30, "segment": "a", "risk": False}})))
+    return "alpha" in {o.offer_id for o in reply.offers}
+
+
+def test_a_durable_decision_that_times_out_keeps_its_units(start, tmp_path: Path, monkeypatch) -> None:
+    """Not confirmed in time is not refused: the decision may still be written (and replayed),
+    so its unit stays taken."""
+    server = start(durable_decisions=True, feedback_timeout_seconds=0.3, policies=policy_dir(tmp_path, ONE_ALPHA))
+    store = server.service.store
+    slow = store.insert_decisions
+
+    def insert_slowly(conn, records):
+        time.sleep(1.0)
+        return slow(conn, records)
+
+    monkeypatch.setattr(store, "insert_decisions", insert_slowly)
+    with pytest.raises(grpc.RpcError) as raised:
+        _alpha(server, "c", request_id="r1")
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    time.sleep(1.2)  # the commit lands
+    monkeypatch.setattr(store, "insert_decisions", slow)
+    assert _alpha(server, "c", request_id="r1")  # the replay answers it, with alpha
+    assert not _alpha(server, "d")  # the budget of one was not given back
+
+
+class _Down:
+    """A reservation store that cannot be reached, and that must never be asked to give back."""
+
+    def __init__(self) -> None:
+        self.released = 0
+
+    def reserve(self, claims, now, token):
+        raise ConnectionError("down")
+
+    def release(self, claims, token):
+        self.released += 1
+
+
+def test_a_degraded_decision_gives_back_nothing_it_did_not_take(start, tmp_path: Path, monkeypatch) -> None:
+    down = _Down()
+    monkeypatch.setattr("nba.server.Service._reservations", lambda self: down)
+    server = start(durable_decisions=True, policies=policy_dir(tmp_path, ONE_ALPHA))
+    assert _alpha(server, "c")  # on screening alone
+    with server.service.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE UNIQUE INDEX one_per_customer ON decisions (customer_id)")
+    try:
+        with pytest.raises(grpc.RpcError):
+            _alpha(server, "c")  # not written: nothing to give back, since nothing was taken
+    finally:
+        with server.service.engine.begin() as conn:
+            conn.exec_driver_sql("DROP INDEX one_per_customer")
+    assert down.released == 0

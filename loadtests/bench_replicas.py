@@ -5,6 +5,8 @@ each pinned to its own core, first with `--bus database` and then with `--bus re
 (the machine's Redis, a stream of its own). A Feedback acknowledged by one replica; then
 the other is asked to Decide until its model version counts the event. Reported: the delay's
 p50, p99 and maximum in milliseconds (the resolution is one Decide call, about 1-2 ms).
+Then what a decision's reservation of two units (a per-customer cap and a daily budget)
+costs: through Redis (one script call) and with the in-process lock, in microseconds.
 Saved as JSON (loadtests/results/bench_replicas.json).
 """
 
@@ -44,6 +46,32 @@ def replicas(folder: Path, url: str, bus: str, stream: str) -> list[Server]:
                "NBA_WORKERS": "1", "NBA_SEED": "1", "NBA_BUS": bus, "NBA_BUS_STREAM": stream}
         started.append(Server([sys.executable, "-m", "nba", "serve"], port, {cpu}, env))
     return started
+
+
+def reservation_cost(calls: int) -> dict[str, float]:
+    """Microseconds per reservation of two claims, through Redis and in process."""
+    import time
+
+    import redis
+
+    from nba.reservations import Claim, LocalReservations, RedisReservations
+
+    client = redis.Redis.from_url(REDIS)
+    prefix = f"nba-bench:{uuid.uuid4().hex[:8]}:"
+    found: dict[str, float] = {}
+    try:
+        for name, store in (("redis_us", RedisReservations(client, prefix)), ("local_us", LocalReservations())):
+            now = time.time()
+            began = time.perf_counter()
+            for i in range(calls):
+                store.reserve([Claim(f"cap:c-{i}", 2, "window", now + 86400, (now + 100,)),
+                               Claim("budget:alpha:today", 10**9, "counter", now + 86400, 0)], now, f"t{i}")
+            found[name] = round((time.perf_counter() - began) / calls * 1e6, 1)
+    finally:
+        for key in client.scan_iter(prefix + "*"):
+            client.delete(key)
+        client.close()
+    return found
 
 
 def percentiles(delays: list[float]) -> dict[str, float]:
@@ -88,6 +116,9 @@ def main() -> None:
         name = "database" if bus == "database" else "redis"
         results[name] = found
         print(f"{name:<10}{found['p50']:>10}{found['p99']:>10}{found['max']:>10}", flush=True)
+    results["reservation"] = reservation_cost(max(100, args.rounds * 25))
+    print(f"\nreserving two units: {results['reservation']['redis_us']} µs through Redis, "
+          f"{results['reservation']['local_us']} µs in process")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"\nsaved {args.out}")

@@ -108,7 +108,12 @@ class _Ranked:
 
 
 class DecisionSink(Protocol):
+    @property
+    def available(self) -> bool: ...
+
     def record(self, decision: DecisionRecord, durable: bool = False) -> Future[Any] | None: ...
+
+    def written(self, decision_id: str) -> Future[Any] | None: ...
 
     def by_request(self, request_id: str, newer_than: datetime, memory_only: bool = False) -> DecisionRecord | None: ...
 
@@ -161,7 +166,7 @@ class Decider:
             if stored is not None:
                 self._await_stored(stored)
                 return self._explained(stored, request, policy_set), True
-        if self._durable_timeout is not None and not getattr(self._log, "available", True):
+        if self._durable_timeout is not None and not self._log.available:
             raise Unavailable("the database is unavailable: a decision cannot be made durable now; retry")
 
         features = request.features if request.features is not None else flatten(request.context or {})
@@ -259,8 +264,7 @@ class Decider:
             except TimeoutError:
                 # Not confirmed, but it may still be written: its units and contacts stand.
                 self._count_contacts(record, now.timestamp(), policy_set.needs_contacts)
-                raise Unavailable(f"decision not confirmed durable within {self._durable_timeout:g}s; "
-                                  "retry with the same request_id") from None
+                raise self._not_confirmed() from None
             except Unavailable:  # refused: it will never be written
                 release_quietly(self._reservations, taken, decision_id)
                 raise
@@ -313,6 +317,8 @@ class Decider:
         (several answered offers under one cap: each was screened alone). Returns the claims
         taken; None when the store refused one (``ranked.refused`` says which offer and why:
         it is taken out, and the rest ranked again)."""
+        if not policy_set.reserves:
+            return []
         verdicts = ranked.verdicts
         owners: list[int] = []
         found: list[Claim] = []
@@ -348,17 +354,16 @@ class Decider:
         """With durable decisions, a replayed decision still being committed is answered once it is."""
         if self._durable_timeout is None:
             return
-        written = getattr(self._log, "written", lambda _: None)(stored.decision_id)
+        written = self._log.written(stored.decision_id)
         if written is not None:
-            self._wait_durable(written)
+            try:
+                written.result(timeout=self._durable_timeout)
+            except TimeoutError:
+                raise self._not_confirmed() from None
 
-    def _wait_durable(self, written: Future[Any]) -> None:
-        try:
-            written.result(timeout=self._durable_timeout)
-        except TimeoutError:
-            raise Unavailable(
-                f"decision not confirmed durable within {self._durable_timeout:g}s; retry with the same request_id"
-            ) from None
+    def _not_confirmed(self) -> Unavailable:
+        return Unavailable(f"decision not confirmed durable within {self._durable_timeout:g}s; "
+                           "retry with the same request_id")
 
     def _count_contacts(self, record: DecisionRecord, at: float, track: bool) -> None:
         for o in record.offers:

@@ -181,6 +181,8 @@ class PolicySet:
     cap_windows: frozenset[tuple[str, float]] = field(init=False)
     #: caps counting decisions, each with the groups of the offers it holds (reservations)
     decided_caps: tuple[tuple[ContactCap, frozenset[str]], ...] = field(init=False)
+    #: whether any cap or budget counts decisions: only then do decisions reserve units
+    reserves: bool = field(init=False)
     #: every channel's engagement rules, compiled to be evaluated together
     batches: dict[str, ChannelBatch] = field(init=False)
     #: the context paths rules read (None: possibly anything)
@@ -219,6 +221,7 @@ class PolicySet:
                 if c.counts == "decided":
                     decided.setdefault(c.id, (c, set()))[1].add(o.offer.group)
         self.decided_caps = tuple((c, frozenset(groups)) for c, groups in decided.values())
+        self.reserves = bool(decided) or any(b.counts == "decided" for o in self.offers.values() for b in o.budgets)
         sources = [self.sources[k] for k in sorted(self.sources)] if self.sources else []
         self.context_paths = needed_paths(sources)
         self.uses = frozenset().union(*(b.rule.uses for o in self.offers.values() for b in (*o.rules, *o.weights)))

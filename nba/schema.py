@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from bandit import unflatten
+
 __all__ = ["ContextSchema", "FieldSpec", "field_paths"]
 
 FieldType = Literal["number", "string", "bool", "list", "list<string>", "list<number>", "list<bool>", "map"]
@@ -116,27 +118,16 @@ def prune(features: Mapping[str, Any], paths: Iterable[str]) -> dict[str, Any]:
     ...       ["customer.age", "customer.flags", "customer.nope.x"])
     {'customer': {'age': 3, 'flags': {'vip': True, 'new': False}}}
     """
-    out: dict[str, Any] = {}
+    kept: dict[str, Any] = {}
     for path in paths:
         if path in features:
-            _put(out, path, features[path])
+            kept[path] = features[path]
         else:
             prefix = path + "."
             for key, value in features.items():
                 if key.startswith(prefix):
-                    _put(out, key, value)
-    return out
-
-
-def _put(root: dict[str, Any], path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    node = root
-    for part in parents:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[leaf] = value
+                    kept[key] = value
+    return unflatten(kept)
 
 
 @dataclass(frozen=True)

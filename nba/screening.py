@@ -237,8 +237,6 @@ def claims(policy_set: PolicySet, compiled: CompiledOffer, channel: str, custome
     towards it (a per-customer cap counts everything the customer got; a fallback is never
     held back)."""
     found: list[Claim] = []
-    if not policy_set.decided_caps and not compiled.budgets:
-        return found
     at = now.timestamp()
     offer = compiled.offer
     if summary is not None:

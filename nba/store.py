@@ -408,8 +408,8 @@ class Store:
         return events, (rows[-1].id if rows else after_id)
 
     def positions(self, conn: Any) -> tuple[int, int]:
-        """The newest feedback and contact-event ids, within ``conn``'s write transaction
-        (which holds the write lock: nobody else commits meanwhile)."""
+        """The newest feedback and contact-event ids seen by ``conn`` (within a write
+        transaction, which holds the write lock, nobody else commits meanwhile)."""
         feedback = conn.execute(select(func.max(FeedbackRow.__table__.c.id))).scalar() or 0
         contacts = conn.execute(select(func.max(ContactEventRow.__table__.c.id))).scalar() or 0
         return int(feedback), int(contacts)
@@ -417,9 +417,7 @@ class Store:
     def last_ids(self) -> tuple[int, int]:
         """The newest feedback and contact-event ids: where a new process starts reading."""
         with self.engine.connect() as conn:
-            feedback = conn.execute(select(func.max(FeedbackRow.__table__.c.id))).scalar() or 0
-            contacts = conn.execute(select(func.max(ContactEventRow.__table__.c.id))).scalar() or 0
-        return int(feedback), int(contacts)
+            return self.positions(conn)
 
     def counter_rows(self) -> list[tuple[str, str, int, int]]:
         table = OfferCounterRow.__table__

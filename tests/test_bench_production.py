@@ -35,3 +35,4 @@ def test_the_replica_benchmark_times_both_buses(tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     for bus in ("database", "redis"):
         assert 0 < results[bus]["p50"] <= results[bus]["p99"] <= results[bus]["max"] < 5000  # 5 s: never seen
+    assert 0 < results["reservation"]["local_us"] < results["reservation"]["redis_us"]  # a round trip costs more

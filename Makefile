@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/nba/v1/*.proto)
 GEN    := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 
-.PHONY: serve test proto install clean bench bench-store bench-replicas bench-learning loadtest
+.PHONY: serve test lint proto install clean bench bench-store bench-replicas bench-learning loadtest
 
 serve: $(GEN)
 	mkdir -p var
@@ -16,6 +16,10 @@ serve: $(GEN)
 
 test: $(GEN)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Lint: pyflakes, pycodestyle, import order, bugbear, pyupgrade (configured in pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 install: $(STAMP)
 

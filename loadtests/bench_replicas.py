@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT / "loadtests"))
 
 import grpc  # noqa: E402
 import psycopg  # noqa: E402
-
 from bench_service import Server, free_port, propagation_between, requests  # noqa: E402
 from workload import write_policy_set  # noqa: E402
 

@@ -117,7 +117,7 @@ def _export(args: argparse.Namespace) -> int:
     until = _date(args.until, "--until")
     store = Store(open_engine(settings.database_url))
     count = 0
-    out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")
     try:
         for line in store.export(since, until):
             out.write(dumps(line) + "\n")

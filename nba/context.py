@@ -11,7 +11,6 @@ Limits protect the service from a single oversized request (all checked before a
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 from google.protobuf import struct_pb2

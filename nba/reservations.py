@@ -275,7 +275,7 @@ def reserve_or_degrade(store: Reservations | None, claims: Sequence[Claim], now:
         return None, False
     try:
         refused = store.reserve(claims, now, token)
-    except Exception as exc:  # noqa: BLE001 - any failure of the shared store degrades, never fails Decide
+    except Exception as exc:
         metrics.RESERVATIONS.labels("unavailable").inc()
         global _warned_at
         if time.monotonic() - _warned_at > _WARN_EVERY_SECONDS:  # once in a while, not every decision
@@ -292,5 +292,5 @@ def release_quietly(store: Reservations | None, claims: Sequence[Claim] | None, 
         return
     try:
         store.release(claims, token)
-    except Exception as exc:  # noqa: BLE001 - units not given back expire with their windows
+    except Exception as exc:
         log.warning("could not give back reserved units", extra={"error": repr(exc)})

@@ -106,7 +106,7 @@ def screen(
         if steps is None or compiled.timed or compiled.held or compiled.weights:
             append(verdict_of(compiled))
             continue
-        for index, bound in steps:
+        for index, _bound in steps:
             if results[index] is not True:
                 append(verdict_of(compiled))
                 break

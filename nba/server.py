@@ -27,6 +27,7 @@ from prometheus_client import start_http_server
 from bandit import limit_blas_threads
 from nba import metrics
 from nba.auth import AuthInterceptor
+from nba.bus import RedisBus
 from nba.clock import Clock, SystemClock
 from nba.config import Settings
 from nba.contacts import ContactEvent, ContactHistory, OfferCounters
@@ -36,9 +37,8 @@ from nba.feedback import FeedbackIntake
 from nba.learning import LearningLoop, build_learner
 from nba.policy_set import PolicySet
 from nba.publishing import Publisher
-from nba.servicers import AdminServicer, DecisionServicer
-from nba.bus import RedisBus
 from nba.reservations import LocalReservations, RedisReservations, Reservations
+from nba.servicers import AdminServicer, DecisionServicer
 from nba.store import DecisionLog, Store, is_outage, open_engine
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import admin_service_pb2_grpc as apb_grpc

@@ -23,7 +23,6 @@ import grpc
 import pytest
 
 from bandit import limit_blas_threads
-
 from nba.config import Settings
 from nba.server import Service, create_server
 from nba.v1 import admin_service_pb2_grpc as apb_grpc
@@ -56,7 +55,7 @@ def postgres_unavailable() -> str | None:
 
         with psycopg.connect(_libpq(POSTGRES), connect_timeout=3):
             return None
-    except Exception as exc:  # noqa: BLE001 - any reason to skip is reported as it is
+    except Exception as exc:
         return f"PostgreSQL at {POSTGRES} is unavailable ({type(exc).__name__}: {exc})"
 
 
@@ -82,7 +81,7 @@ def redis_unavailable() -> str | None:
 
         redis.Redis.from_url(REDIS, socket_connect_timeout=3).ping()
         return None
-    except Exception as exc:  # noqa: BLE001 - any reason to skip is reported as it is
+    except Exception as exc:
         return f"Redis at {REDIS} is unavailable ({type(exc).__name__}: {exc})"
 
 

@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from conftest import free_port, skip_or_fail
 
 

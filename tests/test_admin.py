@@ -8,12 +8,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import POLICIES, VIEWER_TOKEN, Running, customer, struct
+from test_policies_e2e import BASE, policy_dir
 
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import decision_service_pb2 as pb
-
-from conftest import POLICIES, VIEWER_TOKEN, Running, customer, struct
-from test_policies_e2e import BASE, policy_dir
 
 
 def draft(text: str = BASE, **more: str) -> apb.PolicySetDraft:

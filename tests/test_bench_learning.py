@@ -6,13 +6,12 @@ import random
 import sys
 
 import numpy as np
+from conftest import ROOT
 
 from bandit import LinearBandit, UniformRandom
 
-from conftest import ROOT
-
 sys.path.insert(0, str(ROOT / "loadtests"))
-from bench_learning import Ours, Stream, run  # noqa: E402
+from bench_learning import Ours, Stream, run
 
 
 def stream(n: int = 2000, classes: int = 4) -> Stream:

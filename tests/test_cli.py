@@ -14,11 +14,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import POLICIES, ROOT, customer, free_port
 from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-
-from conftest import POLICIES, ROOT, customer, free_port
 
 
 class Process:

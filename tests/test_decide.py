@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from conftest import Running, customer, struct
 
 from nba.context import MAX_CONTEXT_BYTES, MAX_CONTEXT_DEPTH, MAX_CONTEXT_LEAVES
 from nba.v1 import decision_service_pb2 as pb
-
-from conftest import Running, customer, struct
 
 WEB_ELIGIBLE = {"gold-card", "travel-insurance", "savings-account", "home-insurance", "mobile-bundle", "order-status",
                 "premium-subscription", "paperless-billing", "loyalty-bonus-points"}

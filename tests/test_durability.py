@@ -7,11 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-
-from nba.v1 import decision_service_pb2 as pb
-
 from conftest import customer, struct
 from test_feedback import feedback
+
+from nba.v1 import decision_service_pb2 as pb
 
 
 def test_graceful_shutdown_writes_every_decision(start) -> None:

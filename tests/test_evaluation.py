@@ -64,11 +64,11 @@ def test_hand_computed_ips_snips_dm_dr_for_uniform() -> None:
     values = by_estimator(evaluate(LOG, [Uniform()], n_bootstrap=50, reward_model=FixedModel({"a": 0.4, "b": 0.6})))
     w = [0.5 / 0.8, 0.5 / 0.8, 0.5 / 0.2, 0.5 / 0.5]
     r = [1.0, 0.0, 1.0, 0.0]
-    assert values["ips"] == pytest.approx(sum(wi * ri for wi, ri in zip(w, r)) / 4)  # (0.625 + 2.5) / 4
-    assert values["snips"] == pytest.approx(sum(wi * ri for wi, ri in zip(w, r)) / sum(w))
+    assert values["ips"] == pytest.approx(sum(wi * ri for wi, ri in zip(w, r, strict=True)) / 4)  # (0.625 + 2.5) / 4
+    assert values["snips"] == pytest.approx(sum(wi * ri for wi, ri in zip(w, r, strict=True)) / sum(w))
     assert values["dm"] == pytest.approx(0.5)  # 0.5 * 0.4 + 0.5 * 0.6 everywhere
     q_chosen = [0.4, 0.4, 0.6, 0.6]
-    assert values["dr"] == pytest.approx(0.5 + sum(wi * (ri - qi) for wi, ri, qi in zip(w, r, q_chosen)) / 4)
+    assert values["dr"] == pytest.approx(0.5 + sum(wi * (ri - qi) for wi, ri, qi in zip(w, r, q_chosen, strict=True)) / 4)
 
 
 def test_the_logged_policy_is_worth_its_observed_mean_reward() -> None:

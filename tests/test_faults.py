@@ -18,15 +18,14 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
+from conftest import customer, struct
+from engines import OwnPostgres, OwnRedis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_cli import Process
+from test_replicas import converge, metric, predictions, start_replicas, version
 
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
-
-from conftest import customer, struct
-from engines import OwnPostgres, OwnRedis
-from test_cli import Process
-from test_replicas import converge, metric, predictions, start_replicas, version
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

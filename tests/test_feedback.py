@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import time
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from conftest import Running, customer, struct
 from google.protobuf import timestamp_pb2
+from test_decide import decide
 
 from nba.v1 import decision_service_pb2 as pb
-
-from conftest import Running, customer, struct
-from test_decide import decide
 
 
 def feedback(server: Running, decision: pb.DecideResponse, event_id: str, outcome=pb.OUTCOME_ACCEPTED, offer_id=None, **fields):

@@ -7,15 +7,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from conftest import Running, struct
 from google.protobuf import timestamp_pb2
+from test_policies_e2e import BASE, decide, policy_dir, reason_for, shown, tell
 
 from bandit import Featurizer, LinearBandit
 from nba.errors import PolicySetError
 from nba.policy_set import parse_policy_set
 from nba.v1 import decision_service_pb2 as pb
-
-from conftest import Running, struct
-from test_policies_e2e import BASE, decide, policy_dir, reason_for, shown, tell
 
 
 def refused(text: str) -> list[str]:

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import struct
 
 from nba.v1 import decision_service_pb2 as pb
-
-from conftest import struct
 
 OFFERS = ["alpha", "bravo", "charlie", "delta", "echo"]
 # Acceptance probability by segment and offer: each segment has a different best offer.

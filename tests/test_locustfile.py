@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-
 from conftest import ROOT, Running
+
 from nba.v1 import decision_service_pb2 as pb
 
 

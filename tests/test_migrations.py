@@ -9,13 +9,12 @@ import sys
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from conftest import ROOT
 from sqlalchemy import create_engine, inspect
 from sqlmodel import SQLModel
 
 from nba.migrations import BASELINE, SchemaError, current_revision, ensure_schema, head_revision, upgrade
 from nba.store import Store, open_engine
-
-from conftest import ROOT
 
 
 def test_the_newest_revision_is_the_declared_schema(database_url: str) -> None:

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ManualClock, Running, struct
 
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import decision_service_pb2 as pb
-
-from conftest import ManualClock, Running, struct
 
 BASE = """
 settings: {timezone: UTC}

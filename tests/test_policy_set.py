@@ -6,12 +6,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import POLICIES
 
 from nba.errors import PolicySetError
-from nba.policy_set import load_policy_set as load_catalogue
 from nba.examples import check_examples, load_examples
-
-from conftest import POLICIES
+from nba.policy_set import load_policy_set as load_catalogue
 
 HEADER = "channels: [web, app, email, call_center]\n"
 

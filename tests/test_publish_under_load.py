@@ -9,11 +9,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import POLICIES, Running, customer, struct
 
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import decision_service_pb2 as pb
-
-from conftest import POLICIES, Running, customer, struct
 
 
 def files(extra: str = "") -> dict[str, str]:

@@ -13,13 +13,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-
-from nba.v1 import decision_service_pb2 as pb
-from nba.v1 import decision_service_pb2_grpc as pb_grpc
-
 from conftest import REDIS, customer, postgres_schema, redis_stream, struct
 from engines import OwnRedis
 from test_cli import Process
+
+from nba.v1 import decision_service_pb2 as pb
+from nba.v1 import decision_service_pb2_grpc as pb_grpc
 
 
 def start_replicas(tmp_path: Path, url: str, n: int = 3, **env: str) -> list[Process]:

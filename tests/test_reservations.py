@@ -13,14 +13,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import REDIS, postgres_schema, redis_stream, struct
+from test_policies_e2e import policy_dir
+from test_replicas import start_replicas
 
 from nba.reservations import Claim, LocalReservations, RedisReservations, Reservations, key
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
-
-from conftest import REDIS, postgres_schema, redis_stream, struct
-from test_policies_e2e import policy_dir
-from test_replicas import start_replicas
 
 
 @pytest.fixture(params=["local", "redis"])

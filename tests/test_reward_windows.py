@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 
+from conftest import ManualClock, Running, customer, struct
 from sqlalchemy import select
 
 from nba.store import FeedbackRow
 from nba.v1 import decision_service_pb2 as pb
-
-from conftest import ManualClock, Running, customer, struct
 
 
 def decide(server: Running, limit: int = 2) -> pb.DecideResponse:

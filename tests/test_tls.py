@@ -8,12 +8,11 @@ from pathlib import Path
 import grpc
 import pytest
 import trustme
+from conftest import customer, struct
 
 from nba.config import ConfigError, load_settings
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
-
-from conftest import customer, struct
 
 REQUEST = pb.DecideRequest(customer_id="c", channel="web", context=struct({"customer": customer()}))
 

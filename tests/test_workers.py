@@ -10,12 +10,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import customer, struct
+from test_cli import Process
 
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
-
-from conftest import customer, struct
-from test_cli import Process
 
 
 def channels_per_worker(port: int, workers: int = 2, seconds: float = 30.0) -> dict[str, tuple[grpc.Channel, pb_grpc.DecisionServiceStub]]:

@@ -77,7 +77,7 @@ def _locked(engine: Engine) -> Iterator[Connection]:
         database = engine.url.database
         handle = None
         if database and database != ":memory:":
-            handle = open(f"{database}.migrate-lock", "w")  # noqa: SIM115 - held across the block
+            handle = open(f"{database}.migrate-lock", "w")
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             with engine.begin() as conn:

@@ -21,6 +21,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from nba.feedback import NO_RESPONSE, OUTCOMES, FeedbackEvent, FeedbackResult, P
 from nba.learning import LearningEvent
 from nba.migrations import ensure_schema
 
-__all__ = ["DecisionLog", "Store", "open_engine"]
+__all__ = ["Activation", "DecisionLog", "Store", "open_engine"]
 
 #: decisions whose reward windows are closed per transaction
 CLOSE_BATCH = 1000
@@ -166,6 +167,21 @@ class SnapshotRow(SQLModel, table=True):
     state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
+@dataclass(frozen=True)
+class Activation:
+    """The live activation after an attempt to change it (``Store.publish``, ``Store.activate``)."""
+
+    #: the activation's id: monotonic, in commit order
+    id: int
+    #: the policy set version it made live
+    version: int
+    #: whether this attempt wrote it (False: the version was live already, or refused)
+    activated: bool
+    #: another version than the expected one was live: nothing was written, and ``version``
+    #: is the one live (0 before the first activation)
+    refused: bool = False
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether an error means the database cannot be reached (down, restarting, network, a
     lock held too long) rather than a fault in what was asked of it. Outages are waited out
@@ -275,16 +291,86 @@ class Store:
                 ).inserted_primary_key[0]
         return int(version)
 
-    def activate(self, version: int, actor: str, source: str, comment: str = "", at: datetime | None = None) -> int:
-        table = PolicyActivationRow.__table__
+    def publish(
+        self,
+        files: dict[str, str],
+        content_hash: str,
+        actor: str,
+        source: str,
+        comment: str = "",
+        at: datetime | None = None,
+        expected_version: int = 0,
+    ) -> Activation:
+        """Registers ``files`` as a version (content published before keeps its number) and
+        makes it live, in one write transaction: see ``activate``. When the activation is
+        refused nothing is registered."""
+        table = PolicySetRow.__table__
         with self.write() as conn:
-            return int(
-                conn.execute(
+            live = self._newest_activation(conn)
+            if refused := self._refused(live, expected_version):
+                return refused
+            version = conn.execute(select(table.c.version).where(table.c.content_hash == content_hash)).scalar()
+            if version is None:
+                version = conn.execute(
                     table.insert().values(
-                        version=version, activated_at=at or datetime.now(UTC), actor=actor, source=source, comment=comment
+                        content_hash=content_hash, created_at=datetime.now(UTC), created_by=actor,
+                        comment=comment, files=files,
                     )
                 ).inserted_primary_key[0]
+            return self._activate(conn, live, int(version), actor, source, comment, at)
+
+    def activate(
+        self,
+        version: int,
+        actor: str,
+        source: str,
+        comment: str = "",
+        at: datetime | None = None,
+        expected_version: int = 0,
+    ) -> Activation:
+        """Makes ``version`` live unless it is live already, and, with ``expected_version``,
+        only if that version is the live one.
+
+        The check and the insert are one write transaction, which holds the database's write
+        lock from its start (BEGIN IMMEDIATE on SQLite, the advisory lock on PostgreSQL): no
+        other process activates anything in between, whatever it remembers as live, and
+        activation ids follow commit order. Returns the live activation afterwards, with
+        ``activated`` False when nothing was written."""
+        with self.write() as conn:
+            live = self._newest_activation(conn)
+            if refused := self._refused(live, expected_version):
+                return refused
+            return self._activate(conn, live, version, actor, source, comment, at)
+
+    @staticmethod
+    def _refused(live: Any, expected_version: int) -> Activation | None:
+        if expected_version and (live is None or live.version != expected_version):
+            return Activation(live.id if live else 0, live.version if live else 0, activated=False, refused=True)
+        return None
+
+    @staticmethod
+    def _newest_activation(conn: Any) -> Any:
+        table = PolicyActivationRow.__table__
+        return conn.execute(select(table.c.id, table.c.version).order_by(table.c.id.desc()).limit(1)).first()
+
+    @staticmethod
+    def _activate(conn: Any, live: Any, version: int, actor: str, source: str, comment: str,
+                  at: datetime | None) -> Activation:
+        if live is not None and live.version == version:
+            return Activation(live.id, version, activated=False)
+        table = PolicyActivationRow.__table__
+        activation_id = conn.execute(
+            table.insert().values(
+                version=version, activated_at=at or datetime.now(UTC), actor=actor, source=source, comment=comment
             )
+        ).inserted_primary_key[0]
+        return Activation(int(activation_id), version, activated=True)
+
+    def newest_activation_id(self) -> int:
+        """The id of the newest activation (0 before the first): cheap enough to poll."""
+        table = PolicyActivationRow.__table__
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.max(table.c.id))).scalar() or 0)
 
     def live_activation(self) -> Any:
         """The newest activation joined with its version (None before the first)."""

@@ -29,7 +29,7 @@ from alembic.config import Config
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import Connection, Engine
 
 from nba.errors import SchemaError
@@ -150,19 +150,36 @@ def _known() -> set[str]:
     return {script.revision for script in ScriptDirectory.from_config(_config()).walk_revisions()}
 
 
+def _baseline_columns() -> dict[str, set[str]]:
+    """Every table of the ``BASELINE`` revision with its columns, made in a scratch in-memory
+    SQLite database: what a database from before migrations is brought to before stamping.
+    (Not the declared models: their columns of later revisions are those revisions' to add.)"""
+    scratch = create_engine("sqlite://")
+    try:
+        with scratch.begin() as conn:
+            command.upgrade(_config(conn), BASELINE)
+            inspector = inspect(conn)
+            return {t: {c["name"] for c in inspector.get_columns(t)} for t in inspector.get_table_names()
+                    if t != "alembic_version"}
+    finally:
+        scratch.dispose()
+
+
 def _add_legacy_columns(conn: Connection) -> None:
-    """Columns that versions before migrations added in place (all with constant defaults)."""
+    """Columns of the baseline that versions before migrations added in place (all with
+    constant defaults)."""
     from sqlmodel import SQLModel
 
     import nba.store  # noqa: F401 - declares the tables
 
+    baseline = _baseline_columns()
     inspector = inspect(conn)
     for table in SQLModel.metadata.sorted_tables:
-        if not inspector.has_table(table.name):
+        if not inspector.has_table(table.name) or table.name not in baseline:
             continue
         existing = {c["name"] for c in inspector.get_columns(table.name)}
         for column in table.columns:
-            if column.name in existing:
+            if column.name in existing or column.name not in baseline[table.name]:
                 continue
             default: Any = column.default.arg if column.default is not None else None
             if not isinstance(default, (bool, int, float, str)):

@@ -178,6 +178,17 @@ class Publisher:
             self._adopt(live)
         return True
 
+    def refresh(self) -> PolicySet:
+        """The live set, after adopting a newer activation if the database has one: what a
+        caller reading the live version (to send it back as ``expected_live_version``) must
+        see, whichever replica it asks. If the database cannot be read or the newer set not
+        loaded, the set this process serves (the watcher tries again)."""
+        try:
+            self.check_database()
+        except Exception as exc:
+            log.warning("reading the live policy set from the database failed", extra={"error": repr(exc)})
+        return self.live
+
     # Validate, publish, roll back -----------------------------------------------------
 
     def validate(self, files: Mapping[str, str]) -> tuple[PolicySet | None, list[Problem]]:

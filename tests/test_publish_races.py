@@ -113,6 +113,20 @@ def test_a_database_check_that_raced_a_publish_does_not_undo_it(start, tmp_path:
     assert history(database_url)[-1][2] == own.policy_set.version
 
 
+def test_every_replica_reports_the_live_version_of_the_database(start, tmp_path: Path) -> None:
+    one, two = replicas(start, tmp_path, watch=0)  # two's memory is never refreshed by a watcher
+    published = one.admin.PublishPolicySet(apb.PublishPolicySetRequest(draft=draft("newer")), metadata=one.auth())
+    live = two.admin.GetLivePolicySet(apb.GetLivePolicySetRequest(), metadata=two.auth())
+    assert (live.version, live.label) == (published.live.version, published.live.label)
+    listed = two.admin.ListPolicySetVersions(apb.ListPolicySetVersionsRequest(), metadata=two.auth())
+    assert [v.version for v in listed.versions if v.live] == [published.live.version]
+    assert listed.activations[0].version == published.live.version
+    # so an editor who read it there can publish with it there
+    again = two.admin.PublishPolicySet(apb.PublishPolicySetRequest(
+        draft=draft("newest"), expected_live_version=live.version), metadata=two.auth())
+    assert again.live.version == published.live.version + 1
+
+
 @dataclass
 class Op:
     replica: int

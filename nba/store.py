@@ -21,7 +21,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -578,42 +578,79 @@ class Store:
 
     def store_feedback(self, conn: Any, event: FeedbackEvent) -> FeedbackResult:
         """Deduplicates by event_id, resolves the pair's reward, inserts; within ``conn``'s
-        transaction."""
+        transaction. ``AlreadyExists`` if the event id was used for another event."""
+        result = self.store_feedback_batch(conn, [event])[0]
+        if isinstance(result, AlreadyExists):
+            raise result
+        return result
+
+    def store_feedback_batch(self, conn: Any, events: list[FeedbackEvent]) -> list[FeedbackResult | AlreadyExists]:
+        """Stores events as if one at a time, in order (deduplicated by event id, each pair's
+        reward resolved from the events before it, this batch's included), within ``conn``'s
+        transaction; returns each event's result, or the ``AlreadyExists`` its reused event
+        id earns (such an event writes nothing).
+
+        Four statements for the batch, not three an event: the event ids already stored, the
+        pairs' applied feedback, one executemany insert, the new rows' ids. The writer holds
+        the write lock throughout, so this is what a group commit costs the other writers."""
         table = self._feedback
-        seen = conn.execute(
-            select(table.c.decision_id, table.c.offer_id, table.c.outcome).where(table.c.event_id == event.event_id)
-        ).first()
-        if seen is not None:
-            if (seen.decision_id, seen.offer_id, seen.outcome) != (event.decision_id, event.offer_id, event.outcome):
-                raise AlreadyExists(
-                    f"event_id: '{event.event_id}' was already used for decision '{seen.decision_id}', "
-                    f"offer '{seen.offer_id}', outcome '{seen.outcome}'; use a new event_id"
-                )
-            state = self._pair_state(conn, event.decision_id, event.offer_id)
-            return FeedbackResult(duplicate=True, applied=False, reward=state.reward if state else 0.0)
-        previous = self._pair_state(conn, event.decision_id, event.offer_id)
-        late = self._late(conn, event)
-        if late:
-            applied, state, previous_reward = False, previous or PairState(0, 0.0), None
-        else:
-            applied, state, previous_reward = resolve(previous, event)
-        feedback_id = conn.execute(
-            table.insert().values(
-                event_id=event.event_id,
-                decision_id=event.decision_id,
-                offer_id=event.offer_id,
-                outcome=event.outcome,
-                reward=event.reward,
-                stage=OUTCOMES[event.outcome],
-                applied=applied,
-                pair_reward=state.reward,
-                previous_reward=previous_reward,
-                late=late,
-                occurred_at=event.occurred_at,
-                received_at=event.received_at,
-            )
-        ).inserted_primary_key[0]
-        return FeedbackResult(False, applied, state.reward, int(feedback_id), previous_reward, late)
+        seen: dict[str, tuple[str, str, str]] = {}
+        for chunk in _chunks(list({e.event_id for e in events})):
+            for r in conn.execute(select(table.c.event_id, table.c.decision_id, table.c.offer_id, table.c.outcome)
+                                  .where(table.c.event_id.in_(chunk))):
+                seen[r.event_id] = (r.decision_id, r.offer_id, r.outcome)
+        pairs = {(e.decision_id, e.offer_id) for e in events}
+        states: dict[tuple[str, str], PairState] = {}
+        for chunk in _chunks(list({e.decision_id for e in events})):
+            for r in conn.execute(
+                select(table.c.decision_id, table.c.offer_id, table.c.stage, table.c.pair_reward)
+                .where(table.c.decision_id.in_(chunk), table.c.applied)
+                .order_by(table.c.id)
+            ):
+                if (r.decision_id, r.offer_id) in pairs:
+                    states[(r.decision_id, r.offer_id)] = PairState(r.stage, r.pair_reward)  # the newest wins
+        results: list[FeedbackResult | AlreadyExists] = []
+        rows: list[dict[str, Any]] = []
+        for fb in events:
+            pair = (fb.decision_id, fb.offer_id)
+            before = seen.get(fb.event_id)
+            if before is not None:
+                if before != (fb.decision_id, fb.offer_id, fb.outcome):
+                    results.append(AlreadyExists(
+                        f"event_id: '{fb.event_id}' was already used for decision '{before[0]}', "
+                        f"offer '{before[1]}', outcome '{before[2]}'; use a new event_id"
+                    ))
+                else:
+                    state = states.get(pair)
+                    results.append(FeedbackResult(duplicate=True, applied=False, reward=state.reward if state else 0.0))
+                continue
+            previous = states.get(pair)
+            late = self._late(conn, fb)
+            if late:
+                applied, state, previous_reward = False, previous or PairState(0, 0.0), None
+            else:
+                applied, state, previous_reward = resolve(previous, fb)
+            stage = OUTCOMES[fb.outcome]
+            if applied:  # what reading this row back as the pair's newest applied one would give
+                states[pair] = PairState(stage, state.reward)
+            seen[fb.event_id] = (fb.decision_id, fb.offer_id, fb.outcome)
+            rows.append({
+                "event_id": fb.event_id, "decision_id": fb.decision_id, "offer_id": fb.offer_id,
+                "outcome": fb.outcome, "reward": fb.reward, "stage": stage, "applied": applied,
+                "pair_reward": state.reward, "previous_reward": previous_reward, "late": late,
+                "occurred_at": fb.occurred_at, "received_at": fb.received_at,
+            })
+            results.append(FeedbackResult(False, applied, state.reward, None, previous_reward, late))  # id below
+        if rows:
+            self._insert_feedback(conn, rows)
+            ids: dict[str, int] = {}
+            for chunk in _chunks([r["event_id"] for r in rows]):
+                ids.update((r.event_id, int(r.id)) for r in conn.execute(
+                    select(table.c.id, table.c.event_id).where(table.c.event_id.in_(chunk))))
+            for n, (fb, result) in enumerate(zip(events, results, strict=True)):
+                if isinstance(result, FeedbackResult) and not result.duplicate and result.feedback_id is None:
+                    results[n] = replace(result, feedback_id=ids[fb.event_id])
+        return results
 
     def _late(self, conn: Any, event: FeedbackEvent) -> bool:
         """Late is judged by when the event arrived, not when it is written: an event received
@@ -667,18 +704,15 @@ class Store:
                     "outcome": NO_RESPONSE, "reward": reward, "stage": 0, "applied": True, "pair_reward": reward,
                     "previous_reward": None, "late": False, "occurred_at": closed_at, "received_at": now,
                 }
-        candidates = list(due)
-        for start in range(0, len(candidates), IN_CHUNK):  # chunks: SQLite binds at most 32,766 values
-            chunk = candidates[start:start + IN_CHUNK]
+        for chunk in _chunks(list(due)):
             for taken in conn.execute(select(f.c.event_id).where(f.c.event_id.in_(chunk))).scalars():
                 del due[taken]  # another replica closed it first
         learn: list[LearningEvent] = []
         if due:
             self._insert_feedback(conn, list(due.values()))
             # The ids the rows got, by event id (the learner applies events in id order).
-            made = list(due)
-            for start in range(0, len(made), IN_CHUNK):
-                for r in conn.execute(select(f.c.id, f.c.event_id).where(f.c.event_id.in_(made[start:start + IN_CHUNK]))):
+            for chunk in _chunks(list(due)):
+                for r in conn.execute(select(f.c.id, f.c.event_id).where(f.c.event_id.in_(chunk))):
                     offer_id, row_features = features[r.event_id]
                     learn.append(LearningEvent(int(r.id), row_features, offer_id, reward, None))
             learn.sort(key=lambda e: e.feedback_id)
@@ -717,16 +751,6 @@ class Store:
     def count_open_decisions(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(self._decisions).where(self._decisions.c.closed.is_(False))).scalar_one())
-
-    def _pair_state(self, conn: Any, decision_id: str, offer_id: str) -> PairState | None:
-        table = self._feedback
-        row = conn.execute(
-            select(table.c.stage, table.c.pair_reward)
-            .where(table.c.decision_id == decision_id, table.c.offer_id == offer_id, table.c.applied)
-            .order_by(table.c.id.desc())
-            .limit(1)
-        ).first()
-        return PairState(row.stage, row.pair_reward) if row else None
 
     def learning_events(self, after_id: int, chunk: int = 1000, up_to: int | None = None) -> Iterator[LearningEvent]:
         """The applied feedback after ``after_id`` (up to ``up_to``), in the order it was
@@ -844,6 +868,12 @@ class Store:
             if len(rows) < chunk:
                 return
             after = (rows[-1].created_at, rows[-1].decision_id)
+
+
+def _chunks(values: list[Any]) -> Iterator[list[Any]]:
+    """``values`` in lists of at most ``IN_CHUNK``, for ``IN (...)`` look-ups."""
+    for start in range(0, len(values), IN_CHUNK):
+        yield values[start:start + IN_CHUNK]
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -1355,12 +1385,9 @@ class DecisionLog:
                         for d in decisions
                         for o in d.offers
                     )
-                for event, future in feedback:
-                    try:
-                        # A conflict is found before anything is written: nothing to undo.
-                        results.append((event, future, self.store.store_feedback(conn, event)))
-                    except AlreadyExists as exc:
-                        results.append((event, future, exc))
+                # A reused event id is found before anything is written: nothing to undo.
+                stored = self.store.store_feedback_batch(conn, [event for event, _ in feedback]) if feedback else []
+                results.extend((event, future, result) for (event, future), result in zip(feedback, stored, strict=True))
                 outcomes = [
                     ContactEvent(e.customer_id, e.occurred_at.timestamp(), e.outcome, e.offer_id, e.group, e.channel)
                     for e, _, r in results

@@ -1,6 +1,6 @@
-"""Closing reward windows in batches: a few statements per thousand decisions, however many
-offers they answered, while holding the write lock; each unanswered offer gets exactly one
-no_response event, with the id the learner applies it by."""
+"""The decision log writer's batches, which hold the write lock: closing reward windows and
+storing a group commit's feedback cost a few statements per batch, not a few per item, and
+give exactly what storing the items one at a time gave."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy import event, select
 
 from nba.decisions import DecisionRecord, new_decision_id
-from nba.feedback import NO_RESPONSE, FeedbackEvent, RewardWindows
+from nba.errors import AlreadyExists
+from nba.feedback import NO_RESPONSE, FeedbackEvent, FeedbackResult, RewardWindows
 from nba.store import FeedbackRow, Store, open_engine
 
 WINDOWS = RewardWindows({"impressed": 3600.0, "clicked": 86400.0, "accepted": 86400.0, "rejected": 86400.0},
@@ -106,4 +107,96 @@ def test_closing_stops_at_the_batch_limit_oldest_first(database_url: str) -> Non
     oldest = {r.decision_id for r in sorted(records, key=lambda r: r.created_at)[:10]}
     assert {e.features["customer.n"] for e in learn} == {r.features["customer.n"] for r in records if r.decision_id in oldest}
     assert store.count_open_decisions() == 20
+    engine.dispose()
+
+
+def counting(engine: Any) -> list[str]:
+    statements: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    return statements
+
+
+def test_a_batch_of_feedback_is_stored_as_one_at_a_time_would_in_four_statements(database_url: str) -> None:
+    engine = open_engine(database_url)
+    store = Store(engine, WINDOWS)
+    decided = NOW - timedelta(hours=3)
+    one, two = record(1, 2, decided), record(2, 2, decided)
+    with store.write() as conn:
+        store.insert_decisions(conn, [one, two])
+
+    def events(r: DecisionRecord, tag: str) -> list[FeedbackEvent]:
+        o1, o2 = r.offers[0]["offer_id"], r.offers[1]["offer_id"]
+
+        def fb(n: str, offer: str, outcome: str, reward: float, received: datetime = decided) -> FeedbackEvent:
+            return FeedbackEvent(event_id=f"{tag}-{n}", decision_id=r.decision_id, offer_id=offer, outcome=outcome,
+                                 reward=reward, occurred_at=received, received_at=received, features=r.features,
+                                 customer_id=r.customer_id, decided_at=r.created_at, channel="web", group="g")
+
+        return [
+            fb("e1", o1, "clicked", 0.3),  # revises the impression stored before
+            fb("e2", o1, "accepted", 1.0),  # revises e1, in the same batch
+            fb("e3", o1, "impressed", 0.0),  # not further: stored, not applied
+            fb("e1", o1, "clicked", 0.3),  # a retry: duplicate
+            fb("e0", o2, "accepted", 1.0),  # an id stored before, for another event
+            fb("e2", o2, "clicked", 0.3),  # an id of this batch, for another event
+            fb("e4", o2, "accepted", 1.0),
+            fb("e5", o2, "impressed", 0.0, decided + timedelta(hours=2)),  # after its 1-hour window: late
+        ]
+
+    def first(r: DecisionRecord, tag: str) -> None:
+        with store.write() as conn:
+            store.store_feedback(conn, FeedbackEvent(
+                event_id=f"{tag}-e0", decision_id=r.decision_id, offer_id=r.offers[0]["offer_id"], outcome="impressed",
+                reward=0.0, occurred_at=decided, received_at=decided, features=r.features, decided_at=r.created_at))
+
+    statements = counting(engine)
+    first(one, "b")
+    with store.write() as conn:
+        statements.clear()
+        batched = store.store_feedback_batch(conn, events(one, "b"))
+        inside = len(statements)
+    first(two, "s")
+    single: list[FeedbackResult | AlreadyExists] = []
+    for fb in events(two, "s"):
+        with store.write() as conn:
+            try:
+                single.append(store.store_feedback(conn, fb))
+            except AlreadyExists as exc:
+                single.append(exc)
+
+    def shape(results: list[Any], r: DecisionRecord, tag: str) -> list[Any]:
+        def message(exc: AlreadyExists) -> str:
+            text = str(exc).replace(f"'{tag}-", "'X-").replace(r.decision_id, "D")
+            return text.replace(f"'{r.offers[0]['offer_id']}'", "'O1'").replace(f"'{r.offers[1]['offer_id']}'", "'O2'")
+
+        return [("conflict", message(x)) if isinstance(x, AlreadyExists)
+                else (x.duplicate, x.applied, x.reward, x.previous_reward, x.late, x.feedback_id is not None)
+                for x in results]
+
+    assert shape(batched, one, "b") == shape(single, two, "s") == [
+        (False, True, 0.3, 0.0, False, True),
+        (False, True, 1.0, 0.3, False, True),
+        (False, False, 1.0, None, False, True),
+        (True, False, 1.0, None, False, False),
+        ("conflict", "event_id: 'X-e0' was already used for decision 'D', offer 'O1', outcome 'impressed'; "
+                     "use a new event_id"),
+        ("conflict", "event_id: 'X-e2' was already used for decision 'D', offer 'O1', outcome 'accepted'; "
+                     "use a new event_id"),
+        (False, True, 1.0, None, False, True),
+        (False, False, 1.0, None, True, True),
+    ]
+    ids = [r.feedback_id for r in batched if isinstance(r, FeedbackResult) and r.feedback_id is not None]
+    assert ids == sorted(ids)  # the order they were given: the learner applies them by id
+    f = FeedbackRow.__table__
+    with engine.connect() as conn:
+        stored = {r.event_id: r for r in conn.execute(select(f).where(f.c.decision_id == one.decision_id))}
+    assert sorted(stored) == ["b-e0", "b-e1", "b-e2", "b-e3", "b-e4", "b-e5"]
+    assert [stored[f"b-{n}"].id for n in ("e1", "e2", "e3", "e4", "e5")] == ids
+    assert (stored["b-e2"].pair_reward, stored["b-e2"].previous_reward, stored["b-e5"].late) == (1.0, 0.3, True)
+    print(f"\n{engine.dialect.name}: {len(batched)} events, {inside} statements")
+    assert inside <= 4, statements  # stored ids, pairs' applied feedback, insert, new ids
     engine.dispose()

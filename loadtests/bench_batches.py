@@ -1,10 +1,16 @@
-"""Closing reward windows, on SQLite and PostgreSQL: `python loadtests/bench_windows.py`.
+"""What the decision log's writer holds the write lock for, on SQLite and PostgreSQL:
+`python loadtests/bench_batches.py`.
 
-10,000 decisions of 3 offers each (a third with feedback on their first offer) are written with
-their windows already due; then they are closed as the decision log's writer closes them
-(``Store.close_windows``, 1,000 decisions a write transaction, each transaction holding the
-write lock). Reported: decisions closed a second, SQL statements per transaction, and how long
-each transaction held the write lock (while it does, no feedback and no decision is written).
+Closing reward windows: 10,000 decisions of 3 offers each (a third with feedback on their first
+offer) are written with their windows already due, then closed as the writer closes them
+(``Store.close_windows``, 1,000 decisions a write transaction).
+
+Storing feedback: 10,000 events (a first outcome for 3 offers of each of 2,500 decisions, then a
+revision of one in four: a click after an impression, a retry of an event already stored) in
+transactions of 500 events, as the writer's group commit stores what arrived together.
+
+Reported for each: the rate, SQL statements per transaction, and how long each transaction
+held the write lock (while it does, no other feedback and no decision is written).
 
 PostgreSQL is the machine's (NBA_BENCH_POSTGRES, default the `test` database on 127.0.0.1), in
 a schema of its own, dropped afterwards.
@@ -87,13 +93,72 @@ def run(name: str, url: str, decisions: int, offers: int) -> dict[str, Any]:
     return result
 
 
+def run_feedback(name: str, url: str, decisions: int, offers: int, batch: int) -> dict[str, Any]:
+    engine = open_engine(url)
+    statements = [0]
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _count(*_: Any) -> None:
+        statements[0] += 1
+
+    store = Store(engine, WINDOWS)
+    decided = datetime.now(UTC) - timedelta(minutes=5)
+    features = {f"customer.f{i}": float(i) for i in range(30)}
+    records = [
+        DecisionRecord(new_decision_id(), None, f"c-{n}", "web", decided, "1-abc", "linear-igw/0", features, {},
+                       [{"offer_id": f"offer-{k}", "slot": k + 1, "propensity": 0.3, "score": 1.0, "fallback": False,
+                         "treatment": "", "group": "g", "name": "x"} for k in range(offers)])
+        for n in range(decisions)
+    ]
+    with store.write() as conn:
+        store.insert_decisions(conn, records)
+
+    def event_for(r: DecisionRecord, k: int, outcome: str, tag: str) -> FeedbackEvent:
+        return FeedbackEvent(event_id=f"{tag}-{r.decision_id}-{k}", decision_id=r.decision_id, offer_id=f"offer-{k}",
+                             outcome=outcome, reward=1.0 if outcome == "accepted" else 0.0, occurred_at=decided,
+                             received_at=decided, features=features, customer_id=r.customer_id, decided_at=decided,
+                             channel="web", group="g")
+
+    events = [event_for(r, k, "impressed", "i") for r in records for k in range(offers)]
+    events += [event_for(r, 0, "clicked", "c") for r in records[::4]]  # revisions of a stored pair
+    events += [event_for(r, 1, "impressed", "i") for r in records[1::8]]  # retries: duplicates
+    many = getattr(store, "store_feedback_batch", None)
+    held: list[float] = []
+    per_batch: list[int] = []
+    began = time.perf_counter()
+    for start in range(0, len(events), batch):
+        chunk = events[start:start + batch]
+        statements[0] = 0
+        started = time.perf_counter()
+        with store.write() as conn:
+            if many is not None:
+                many(conn, chunk)
+            else:  # the writer before batches: one event at a time
+                for e in chunk:
+                    store.store_feedback(conn, e)
+        held.append(time.perf_counter() - started)
+        per_batch.append(statements[0])
+    seconds = time.perf_counter() - began
+    engine.dispose()
+    print(f"{name:10} {len(events)} feedback events in transactions of {batch}: {seconds:.2f} s "
+          f"({len(events) / seconds:,.0f} events/s); {statistics.median(per_batch):.0f} statements per transaction; "
+          f"write lock held {statistics.median(held) * 1000:.0f} ms (median), {max(held) * 1000:.0f} ms (max)")
+    return {"engine": name, "events": len(events), "seconds": seconds}
+
+
+def both(decisions: int, offers: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        run("sqlite", f"sqlite:///{folder}/windows.db", decisions, offers)
+    with tempfile.TemporaryDirectory() as folder:
+        run_feedback("sqlite", f"sqlite:///{folder}/feedback.db", decisions // 4, offers, 500)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decisions", type=int, default=10_000)
     parser.add_argument("--offers", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        run("sqlite", f"sqlite:///{folder}/windows.db", args.decisions, args.offers)
+    both(args.decisions, args.offers)
     import psycopg
 
     schema = f"bench_{uuid.uuid4().hex[:12]}"
@@ -102,6 +167,7 @@ def main() -> None:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
         run("postgresql", f"{POSTGRES}?options=-csearch_path%3D{schema}", args.decisions, args.offers)
+        run_feedback("postgresql", f"{POSTGRES}?options=-csearch_path%3D{schema}", args.decisions // 4, args.offers, 500)
     finally:
         with psycopg.connect(libpq, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -322,32 +322,7 @@ class _Builder:
             if document is not None:
                 parsed.append((name, document))
 
-        settings, settings_file = SetSettings(), ""
-        channels: list[str] = []
-        schema_fields: dict[str, FieldSpec] = {}
-        groups: dict[str, Group] = {}
-        group_files: dict[str, str] = {}
-        for name, doc in parsed:
-            if doc.settings is not None:
-                if settings_file:
-                    self.error(f"settings already given in {settings_file} (give them once)", file=name, field="settings")
-                settings, settings_file = doc.settings, name
-            channels.extend(c for c in doc.channels if c not in channels)
-            declared = {k: v if isinstance(v, FieldSpec) else FieldSpec(type=v) for k, v in doc.context_schema.items()}
-            for path, spec in declared.items():
-                if path in schema_fields and schema_fields[path] != spec:
-                    self.error("declared twice with different types", file=name, field=f"schema.{path}")
-                schema_fields[path] = spec
-        for path, spec in schema_fields.items():
-            inner = next((p for p in schema_fields if p.startswith(path + ".")), None)
-            if inner is not None and spec.type != "map":
-                self.error(f"is a {spec.type}, so '{inner}' cannot be below it (declare it a map, or drop one)",
-                           field=f"schema.{path}")
-            for group_name, group in doc.groups.items():
-                if group_name in groups:
-                    self.error(f"group '{group_name}' already declared in {group_files[group_name]}", file=name, field="groups")
-                groups[group_name] = group
-                group_files[group_name] = name
+        settings, channels, schema_fields, groups = self._merge_sections(parsed)
         if parsed and not channels:
             self.error("no file declares `channels:` (for example channels: [web, app])")
         schema = ContextSchema(schema_fields)
@@ -419,6 +394,53 @@ class _Builder:
             files=dict(files),
             content_hash=content_hash(files),
         )
+
+    def _merge_sections(
+        self, parsed: list[tuple[str, PolicySetFile]]
+    ) -> tuple[SetSettings, list[str], dict[str, FieldSpec], dict[str, Group]]:
+        """The set-wide sections (settings, channels, schema, groups) of every file, merged.
+
+        Each file contributes all of its sections, whichever file it is and in whatever
+        order the files come: a section may be split over files, and declaring the same
+        setting, group or schema field twice (differently, for the schema) is an error
+        naming both files."""
+        settings, settings_file = SetSettings(), ""
+        channels: list[str] = []
+        schema_fields: dict[str, FieldSpec] = {}
+        schema_files: dict[str, str] = {}
+        groups: dict[str, Group] = {}
+        group_files: dict[str, str] = {}
+        for name, doc in parsed:
+            if doc.settings is not None:
+                if settings_file:
+                    self.error(f"settings already given in {settings_file} (give them once)", file=name, field="settings")
+                else:
+                    settings, settings_file = doc.settings, name
+            channels.extend(c for c in doc.channels if c not in channels)
+            for path, value in doc.context_schema.items():
+                spec = value if isinstance(value, FieldSpec) else FieldSpec(type=value)
+                if path in schema_fields:
+                    if schema_fields[path] != spec:
+                        self.error(f"declared differently in {schema_files[path]}", file=name, field=f"schema.{path}")
+                    continue
+                schema_fields[path], schema_files[path] = spec, name
+            for group_name, group in doc.groups.items():
+                if group_name in groups:
+                    self.error(f"group '{group_name}' already declared in {group_files[group_name]}",
+                               file=name, field=f"groups.{group_name}")
+                    continue
+                groups[group_name], group_files[group_name] = group, name
+        below: dict[str, str] = {}  # a path -> one field declared below it
+        for path in schema_fields:
+            parts = path.split(".")
+            for i in range(1, len(parts)):
+                below.setdefault(".".join(parts[:i]), path)
+        for path, spec in schema_fields.items():
+            inner = below.get(path)
+            if inner is not None and spec.type != "map":
+                self.error(f"is a {spec.type}, so '{inner}' cannot be below it (declare it a map, or drop one)",
+                           file=schema_files[path], field=f"schema.{path}")
+        return settings, channels, schema_fields, groups
 
     def _parse(self, name: str, text: str) -> PolicySetFile | None:
         try:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -35,6 +36,7 @@ from nba.offers import Group, Identifier, Offer
 from nba.policies import ENGAGEMENT, Budget, ContactCap, EngagementRule, Policy, Suppression, Weight
 from nba.rules import Rule, RuleBatch, RuleSyntaxError
 from nba.schema import ContextSchema, FieldSpec, FieldType, needed_paths
+from nba.yaml_loader import DuplicateKeyError, load_yaml
 
 __all__ = [
     "EXAMPLE_SUFFIX",
@@ -444,7 +446,10 @@ class _Builder:
 
     def _parse(self, name: str, text: str) -> PolicySetFile | None:
         try:
-            raw = yaml.safe_load(text)
+            raw = load_yaml(text, name)
+        except DuplicateKeyError as exc:
+            self.problems.append(_duplicate(name, exc))
+            return None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -468,7 +473,8 @@ class _Builder:
             document = PolicySetFile.model_validate({k: v for k, v in raw.items() if k not in entries})
         except ValidationError as exc:
             for error in exc.errors():
-                self.problems.append(_describe(name, raw, error))
+                if not _other_branch(error):
+                    self.problems.append(_describe(name, raw, error))
             document = None
         valid: dict[str, list[Any]] = {"offers": [], "policies": []}
         for section, adapter in (("offers", _OFFER), ("policies", _POLICY)):
@@ -609,8 +615,8 @@ class _Builder:
 
 def _describe(file: str, raw: Mapping[str, Any], error: Mapping[str, Any]) -> Problem:
     """Turns a pydantic error location into a located ``Problem``."""
-    loc = list(error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
+    loc = [part for part in error["loc"] if not (isinstance(part, str) and _UNION_TAG.match(part))]
+    message = error["msg"].removeprefix("Value error, ") + _yaml_hint(error)
     if error["type"] == "extra_forbidden":
         message = "unknown field (misspelt?)"
     if len(loc) >= 2 and loc[0] in ("offers", "policies") and isinstance(loc[1], int):
@@ -628,3 +634,49 @@ def _describe(file: str, raw: Mapping[str, Any], error: Mapping[str, Any]) -> Pr
             return Problem(message, file=file, field=field_name, **{key: str(entry_id)})
         return Problem(message, file=file, field=f"{loc[0]}[{loc[1]}]" + (f".{field_name}" if field_name else ""))
     return Problem(message, file=file, field=".".join(str(part) for part in loc))
+
+
+def _duplicate(file: str, exc: DuplicateKeyError) -> Problem:
+    """A key given twice, located by offer or policy and field where it is inside one."""
+    mark = exc.problem_mark
+    message = f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}" if mark else str(exc.problem)
+    path = list(exc.path)
+    where: dict[str, str] = {}
+    if len(path) >= 2 and path[0] in ("offers", "policies") and isinstance(path[1], int) and exc.entry_id:
+        where["offer" if path[0] == "offers" else "policy"] = exc.entry_id
+        path = path[2:]
+    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    return Problem(message, file=file, field=field, **where)
+
+
+#: how pydantic names the member of a union in an error's location (a schema field is a type
+#: name or a FieldSpec mapping)
+_UNION_TAG = re.compile(r"^(?:literal|function-(?:after|before|wrap|plain))\[")
+
+
+def _other_branch(error: Mapping[str, Any]) -> bool:
+    """Whether the error is the union member's the value was plainly not written for: the type
+    name's, when a mapping was given, or the mapping's, when something else was."""
+    tags = [p for p in error["loc"] if isinstance(p, str) and _UNION_TAG.match(p)]
+    if not tags:
+        return False
+    if tags[-1].startswith("literal["):
+        return isinstance(error.get("input"), Mapping)
+    return error["type"] in ("model_type", "dict_type")
+
+
+def _yaml_hint(error: Mapping[str, Any]) -> str:
+    """Why YAML gave a value that is not text where text is expected, and what to write."""
+    if error["type"] != "string_type":
+        return ""
+    value = error.get("input")
+    if isinstance(value, bool):
+        return (f" (YAML read it as the boolean {str(value).lower()}: unquoted yes, no, on, off, true and false "
+                "are booleans; quote the text, as in 'no')")
+    if isinstance(value, (date, datetime)):
+        return f" (YAML read it as a date: quote it, as in '{value.isoformat()}')"
+    if isinstance(value, (int, float)):
+        return f" (YAML read it as the number {value!r}: quote it, as in '{value}')"
+    if value is None:
+        return " (the value is empty)"
+    return ""

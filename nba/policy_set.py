@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from nba.days import local_day, misaligned_day
 from nba.errors import PolicySetError, Problem
 from nba.offers import Group, Identifier, Offer
 from nba.policies import ENGAGEMENT, Budget, ContactCap, EngagementRule, Policy, Suppression, Weight
@@ -442,6 +443,13 @@ class _Builder:
             if inner is not None and spec.type != "map":
                 self.error(f"is a {spec.type}, so '{inner}' cannot be below it (declare it a map, or drop one)",
                            file=schema_files[path], field=f"schema.{path}")
+        misaligned = misaligned_day(ZoneInfo(settings.timezone), self.now.date())
+        if misaligned is not None:
+            begins = datetime.fromtimestamp(local_day(ZoneInfo(settings.timezone), misaligned).start, UTC)
+            self.error(f"'{settings.timezone}': its day of {misaligned.isoformat()} begins at {begins:%H:%M:%S} UTC, "
+                       "not on a quarter hour: budget days are counted in quarter hours (UTC), so its daily budgets "
+                       "could not be exact; choose a zone whose offsets are whole quarter hours",
+                       file=settings_file, field="settings.timezone")
         return settings, channels, schema_fields, groups
 
     def _parse(self, name: str, text: str) -> PolicySetFile | None:

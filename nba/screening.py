@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from nba.contacts import ContactSummary, OfferCounters
-from nba.days import LocalDay, day_of
+from nba.days import LocalDay, day_of, local_day
 from nba.policies import Budget
 from nba.policy_set import CompiledOffer, PolicySet
 from nba.reservations import Claim, key
@@ -205,7 +205,7 @@ class _State:
                 spent = sum(counters.total(m, budget.counts) for m in members)
             else:
                 if self._day is None:
-                    self._day = day_of(self.policy_set.timezone, self.now)
+                    self._day = local_day(self.policy_set.timezone, self.local.date())
                 spent = sum(counters.since(m, budget.counts, self._day.start) for m in members)
             if spent >= budget.max:
                 return Verdict(compiled, False, "budget", budget.id,

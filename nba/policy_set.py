@@ -663,8 +663,8 @@ _UNION_TAG = re.compile(r"^(?:literal|function-(?:after|before|wrap|plain))\[")
 
 
 def _other_branch(error: Mapping[str, Any]) -> bool:
-    """Whether the error is the union member's the value was plainly not written for: the type
-    name's, when a mapping was given, or the mapping's, when something else was."""
+    """Whether the error comes from the member of a union the value plainly was not written
+    for: the type name's, when a mapping was given; the mapping's, when anything else was."""
     tags = [p for p in error["loc"] if isinstance(p, str) and _UNION_TAG.match(p)]
     if not tags:
         return False

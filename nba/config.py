@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nba.feedback import RewardWindows
+from nba.yaml_loader import describe, load_yaml
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -231,8 +232,10 @@ def load_settings(
     if config_file:
         path = Path(config_file)
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            loaded = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: {describe(exc)}") from None
+        except OSError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"config file {path}: expected a mapping of settings")

@@ -55,8 +55,9 @@ ADMIN_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["AdminService"].full_name
 STORE_HEALTH = "nba.store"
 BUS_HEALTH = "nba.bus"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-#: hourly offer counters kept in memory and uncompacted (daily budgets need the last day)
-COUNTER_HOURS = 48
+#: quarter-hourly offer counters kept in memory and uncompacted (daily budgets need the
+#: current local day, which began at most 26 hours ago in any zone)
+COUNTER_SECONDS = 48 * 3600
 COMPACTION_SECONDS = 3600.0
 #: how often decisions past decision_retention_days are deleted
 RETENTION_SECONDS = 60.0
@@ -122,8 +123,7 @@ class Service:
             self._load_contacts, settings.contact_history_days * 86400, settings.contact_customers
         )
         self.counters = OfferCounters()
-        now_hour = int(self.clock.now().timestamp() // 3600)
-        self.counters.load(self.store.counter_rows(), recent_since_hour=now_hour - COUNTER_HOURS)
+        self.counters.load(self.store.counter_rows(), recent_since=self.clock.now().timestamp() - COUNTER_SECONDS)
         self.learning = LearningLoop(build_learner(settings), settings.snapshot_seconds)
         self.decider: Decider | None = None
         # With several workers, the first watches the folder; all follow the database.
@@ -265,9 +265,8 @@ class Service:
         now = self.clock.now().timestamp()
         if time.monotonic() - self._last_compaction >= COMPACTION_SECONDS:
             self._last_compaction = time.monotonic()
-            hours_before = int(now // 3600) - COUNTER_HOURS
-            self.store.compact(now - self.contacts.horizon_seconds, hours_before)
-            self.counters.prune(hours_before * 3600)
+            self.store.compact(now - self.contacts.horizon_seconds, now - COUNTER_SECONDS)
+            self.counters.prune(now - COUNTER_SECONDS)
         retention = self.settings.decision_retention_days
         if retention and time.monotonic() - self._last_purge >= RETENTION_SECONDS:
             # Every minute, half a second at most: at the deletion rate measured on PostgreSQL

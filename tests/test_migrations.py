@@ -7,14 +7,15 @@ import subprocess
 import sys
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from conftest import ROOT
 from sqlalchemy import create_engine, inspect
 from sqlmodel import SQLModel
 
-from nba.migrations import BASELINE, SchemaError, current_revision, ensure_schema, head_revision, upgrade
-from nba.store import Store, open_engine
+from nba.migrations import BASELINE, SchemaError, _config, current_revision, ensure_schema, head_revision, upgrade
+from nba.store import open_engine
 
 
 def test_the_newest_revision_is_the_declared_schema(database_url: str) -> None:
@@ -29,9 +30,12 @@ def test_the_newest_revision_is_the_declared_schema(database_url: str) -> None:
 
 
 def test_an_older_database_is_refused_until_upgraded_and_keeps_its_rows(database_url: str) -> None:
-    engine = open_engine(database_url)
-    Store(engine).register_policy_set({"a.yaml": "channels: [web]"}, "hash-1")
-    with engine.begin() as conn:  # as if a revision newer than the baseline were pending
+    engine = create_engine(database_url)
+    with engine.begin() as conn:  # a database the first release made, with a row
+        command.upgrade(_config(conn), BASELINE)
+        conn.exec_driver_sql("INSERT INTO policy_sets (version, content_hash, created_at, created_by, comment, files) "
+                             "VALUES (1, 'hash-1', '2026-11-23 00:00:00', '', '', '{}')")
+    with engine.begin() as conn:  # as if it had been migrated by a newer nba
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'old'")
     engine.dispose()
     with pytest.raises(SchemaError, match="newer than this nba"):
@@ -51,7 +55,9 @@ def test_an_older_database_is_refused_until_upgraded_and_keeps_its_rows(database
 
 def test_a_database_from_before_migrations_is_stamped_by_db_upgrade(database_url: str) -> None:
     engine = create_engine(database_url)
-    SQLModel.metadata.create_all(engine)  # what versions before migrations did
+    with engine.begin() as conn:  # what versions before migrations made: the baseline's tables, unstamped
+        command.upgrade(_config(conn), BASELINE)
+        conn.exec_driver_sql("DROP TABLE alembic_version")
     with engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE contact_events DROP COLUMN origin")  # added in place back then
     with pytest.raises(SchemaError, match="before schema migrations: run `nba db upgrade`"):

@@ -28,7 +28,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import Connection, Engine
 
 from nba.errors import SchemaError
@@ -143,20 +143,39 @@ def _known() -> set[str]:
     return {script.revision for script in ScriptDirectory.from_config(_config()).walk_revisions()}
 
 
+def _baseline_columns() -> dict[str, list[str]]:
+    """The columns of every table at the baseline revision, which a database made before
+    migrations is stamped as (the newest schema may have renamed or added columns since)."""
+    engine = create_engine("sqlite://")
+    try:
+        with engine.begin() as conn:
+            command.upgrade(_config(conn), BASELINE)
+            inspector = inspect(conn)
+            return {t: [c["name"] for c in inspector.get_columns(t)] for t in inspector.get_table_names()
+                    if t in _TABLES}
+    finally:
+        engine.dispose()
+
+
 def _add_legacy_columns(conn: Connection) -> None:
-    """Columns that versions before migrations added in place (all with constant defaults)."""
+    """Columns of the baseline that versions before migrations added in place (all with
+    constant defaults)."""
     from sqlmodel import SQLModel
 
     import nba.store  # noqa: F401 - declares the tables
 
     inspector = inspect(conn)
-    for table in SQLModel.metadata.sorted_tables:
-        if not inspector.has_table(table.name):
+    for name, columns in _baseline_columns().items():
+        if not inspector.has_table(name):
             continue
-        existing = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in existing:
+        table = SQLModel.metadata.tables[name]
+        existing = {c["name"] for c in inspector.get_columns(name)}
+        for column_name in columns:
+            if column_name in existing:
                 continue
+            column = table.columns.get(column_name)
+            if column is None:
+                raise SchemaError(f"table {name} lacks column {column_name}, which cannot be added in place")
             default: Any = column.default.arg if column.default is not None else None
             if not isinstance(default, (bool, int, float, str)):
                 raise SchemaError(f"table {table.name} lacks column {column.name}, which cannot be added in place")

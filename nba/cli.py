@@ -149,11 +149,9 @@ def _writable_file(path: str | Path, flag: str, make_folder: bool = False) -> Pa
     if p.is_dir():
         raise CliError(f"{flag} {path}: is a folder; name a file")
     folder = p.parent
-    if make_folder:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CliError(f"{flag} {path}: cannot create the folder {folder}: {exc.strerror}") from None
+    if make_folder:  # created when written, not before: a failed command leaves nothing behind
+        _creatable_folder(folder, flag)
+        return p
     if not folder.is_dir():
         raise CliError(f"{flag} {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
@@ -163,6 +161,7 @@ def _writable_file(path: str | Path, flag: str, make_folder: bool = False) -> Pa
 
 def _write_text(path: Path, text: str, flag: str) -> None:
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise CliError(f"{flag} {path}: cannot write: {exc.strerror}") from None
@@ -185,6 +184,15 @@ def _creatable_folder(path: Path, flag: str) -> None:
         raise CliError(f"{flag} {path}: cannot create the folder: {probe} is a file")
     if not os.access(probe, os.W_OK):
         raise CliError(f"{flag} {path}: not writable (permission denied)")
+
+
+def _sqlite_file(path: Path) -> None:
+    """Refuses a file that exists but is not a SQLite database (before anything touches it)."""
+    if path.is_file():
+        with path.open("rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+        if header and header != SQLITE_HEADER:
+            raise CliError(f"{DATABASE_FLAG}: {path} is not a SQLite database")
 
 
 def _safe_url(url: str) -> str:
@@ -245,10 +253,7 @@ def _open_existing(url: str) -> Any:
         if not path.is_file():
             raise CliError(f"{DATABASE_FLAG}: no database at {_shown(path)} (check the path; `nba serve` or "
                            "`nba db upgrade` creates one)")
-        with path.open("rb") as f:
-            header = f.read(len(SQLITE_HEADER))
-        if header and header != SQLITE_HEADER:
-            raise CliError(f"{DATABASE_FLAG}: {path} is not a SQLite database")
+        _sqlite_file(path)
     with _database_errors(url):
         connect_args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
         probe = create_engine(url, connect_args=connect_args)
@@ -275,27 +280,28 @@ def _serve(args: argparse.Namespace) -> int:
         raise CliError(f"policies (--policies, NBA_POLICIES) {settings.policies}: no such folder; name the policy "
                        "set's folder (the sample: policies)")
     if settings.workers > 1 and settings.worker < 0:
-        from nba.supervisor import supervise
+        from nba.supervisor import PortInUse, supervise
 
         with _database_errors(settings.database_url):
-            return supervise(settings, sys.argv[1:] if args.argv is None else args.argv)
+            try:
+                return supervise(settings, sys.argv[1:] if args.argv is None else args.argv)
+            except PortInUse as exc:
+                raise _port_in_use(settings, metrics=exc.kind == "metrics", reason=exc.strerror) from None
     from nba.server import Service  # imported late: `nba policies` needs no gRPC code
 
     with _database_errors(settings.database_url):
         try:
             service = Service(settings)
         except (RuntimeError, OSError) as exc:
-            if "bind" in str(exc).lower():
-                raise CliError(f"port {settings.port} on {settings.host} is in use (another nba serve?): stop it, or "
-                               "choose another with --port / NBA_PORT", EXIT_UNAVAILABLE) from None
+            if "bind" in str(exc).lower():  # gRPC says "Failed to bind to address ..."
+                raise _port_in_use(settings, metrics=False) from None
             raise
         try:
             service.start()
         except OSError as exc:
             service.stop(grace=0)
             if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-                raise CliError(f"metrics port {settings.metrics_port}: {exc.strerror}: choose another with "
-                               "--metrics-port / NBA_METRICS_PORT (-1: no metrics)", EXIT_UNAVAILABLE) from None
+                raise _port_in_use(settings, metrics=True, reason=exc.strerror) from None
             raise
     done = threading.Event()
 
@@ -309,6 +315,14 @@ def _serve(args: argparse.Namespace) -> int:
     done.wait()
     service.stop()
     return 0
+
+
+def _port_in_use(settings: Settings, metrics: bool, reason: str | None = None) -> CliError:
+    if metrics:
+        return CliError(f"metrics port {settings.metrics_port}: {reason or 'in use'}: choose another with "
+                        "--metrics-port / NBA_METRICS_PORT (-1: no metrics)", EXIT_UNAVAILABLE)
+    return CliError(f"port {settings.port} on {settings.host} is in use (another nba serve?): stop it, or choose "
+                    "another with --port / NBA_PORT", EXIT_UNAVAILABLE)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -358,6 +372,7 @@ def _db(args: argparse.Namespace) -> int:
         path = Path(parsed.database)
         if args.action == "current" and not path.is_file():
             raise CliError(f"{DATABASE_FLAG}: no database at {_shown(path)} (check the path; `nba db upgrade` creates one)")
+        _sqlite_file(path)
         if args.action == "upgrade":
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -500,7 +515,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"--default-reward: {args.default_reward}: a finite number within ±{REWARD_LIMIT:,.0f}")
     try:
         targets = [parse_target(spec) for spec in (args.policy or ["logged", "uniform", "popular", "learner"])]
-    except (ValueError, PolicySetError) as exc:
+    except PolicySetError as exc:
+        raise CliError(f"--policy: the draft is not a valid policy set: {'; '.join(str(p) for p in exc.problems)}") from None
+    except ValueError as exc:
         raise CliError(f"--policy {exc}") from None
     since, until = _date(args.since, "--since"), _date(args.until, "--until")
     truth = None
@@ -690,10 +707,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"nba: {exc}", file=sys.stderr)
         return exc.code
     except (ConfigError, SchemaError) as exc:
-        lines = str(exc).splitlines()
-        if len(lines) == 2 and lines[0].endswith(":"):  # one problem: one line
-            lines = [f"{lines[0]} {lines[1].strip()}"]
-        print("nba: " + "\n".join(lines), file=sys.stderr)
+        head, _, problems = str(exc).partition(":\n")
+        if head == "invalid configuration" and problems:
+            text = f"{head}: {'; '.join(p.strip() for p in problems.splitlines())}"
+        else:
+            text = " ".join(str(exc).split())
+        print(f"nba: {text}", file=sys.stderr)
         return EXIT_USAGE
     except (PolicySetError, LogError) as exc:
         print(f"nba: {exc}", file=sys.stderr)

@@ -107,6 +107,9 @@ def _setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Alembic narrates every migration context it sets up (a dozen lines per process):
+    # nba.migrations says what matters ("created the database schema").
+    logging.getLogger("alembic").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:

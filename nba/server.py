@@ -298,7 +298,8 @@ class Service:
         if self.bus is not None:
             self._dependency(BUS_HEALTH, self.bus.up)
         log.info(
-            "serving",
+            f"serving on port {self.port}" + (f" (worker {self.worker})" if self.is_worker else "")
+            + (f", metrics on http://localhost:{self.metrics_port}/metrics" if self.metrics_port else ""),
             extra={
                 "port": self.port,
                 "metrics_port": self.metrics_port,

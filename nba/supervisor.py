@@ -149,7 +149,7 @@ def supervise(settings: Settings, argv: list[str]) -> int:
         metrics_server = _serve_metrics(settings, folder)
         try:
             _publish_once(settings)
-            return _run(settings, argv, folder)
+            return _run(settings, argv, folder, metrics_server.server_port if metrics_server is not None else None)
         finally:
             if metrics_server is not None:
                 metrics_server.shutdown()
@@ -158,7 +158,7 @@ def supervise(settings: Settings, argv: list[str]) -> int:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run(settings: Settings, argv: list[str], folder: str) -> int:
+def _run(settings: Settings, argv: list[str], folder: str, metrics_port: int | None) -> int:
     command = [sys.executable, "-m", "nba", *argv]
     workers = [_Worker(i) for i in range(settings.workers)]
     stopping = threading.Event()
@@ -173,19 +173,26 @@ def _run(settings: Settings, argv: list[str], folder: str) -> int:
         worker.restart_at = None
         log.info("worker started", extra={"worker": worker.index, "pid": worker.proc.pid})
 
+    told: set[int] = set()  # workers already sent SIGTERM
+
     def forward(signum: int, _frame: Any) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             stopping.set()
         for w in workers:
             if w.proc is not None and w.proc.poll() is None:
-                w.proc.send_signal(signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
+                if signum == signal.SIGHUP:
+                    w.proc.send_signal(signal.SIGHUP)
+                elif w.proc.pid not in told:
+                    told.add(w.proc.pid)
+                    w.proc.send_signal(signal.SIGTERM)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     for w in workers:
         spawn(w)
-    log.info("serving", extra={"workers": settings.workers, "port": settings.port,
-                               "metrics_port": settings.metrics_port if settings.metrics_port >= 0 else None})
+    metrics = f"; metrics of all of them on http://localhost:{metrics_port}/metrics" if metrics_port is not None else ""
+    log.info(f"started {settings.workers} workers on port {settings.port}: each logs 'serving' when ready{metrics}",
+             extra={"workers": settings.workers, "port": settings.port, "metrics_port": metrics_port})
     while not stopping.wait(0.2):
         now = time.monotonic()
         for w in workers:
@@ -195,7 +202,7 @@ def _run(settings: Settings, argv: list[str], folder: str) -> int:
                 spawn(w)
     # A worker started in the instant the signal arrived has not been told yet.
     for w in workers:
-        if w.proc is not None and w.proc.poll() is None:
+        if w.proc is not None and w.proc.poll() is None and w.proc.pid not in told:
             w.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + settings.grace_seconds + 30
     for w in workers:

@@ -238,3 +238,16 @@ def test_restart_delay_doubles_to_a_cap_and_a_healthy_run_starts_it_again() -> N
         _exited(worker, now, "/nonexistent-metrics-folder", lambda _pid, _path: None)
         assert worker.exits_in_a_row == expected and worker.proc is None
         assert worker.restart_at == pytest.approx(now + restart_delay(expected))
+
+
+def test_every_gauge_says_how_it_adds_up_over_workers() -> None:
+    from prometheus_client import Gauge
+
+    import nba.metrics
+
+    gauges = [m for m in vars(nba.metrics).values() if isinstance(m, Gauge)]
+    assert len(gauges) >= 5
+    for gauge in gauges:
+        # The default, "all", would serve one series per worker pid: chosen deliberately instead.
+        assert gauge._multiprocess_mode != "all", gauge._name
+        assert gauge._multiprocess_mode.startswith("live"), (gauge._name, "a dead worker's value must not count")

@@ -353,8 +353,9 @@ def _export(args: argparse.Namespace) -> int:
         if partial is not None and target is not None:
             os.replace(partial, target)
     except OSError as exc:
-        if isinstance(exc, BrokenPipeError):
-            return EXIT_OK  # the reader stopped reading (`nba export --out - | head`)
+        if isinstance(exc, BrokenPipeError):  # the reader stopped reading (`nba export --out - | head`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return EXIT_OK
         raise CliError(f"--out {args.out}: cannot write: {exc.strerror}") from None
     finally:
         if partial is not None and partial.exists():
@@ -514,6 +515,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 1:
         raise CliError(f"--bootstrap: {args.bootstrap}: at least 1 resample")
+    if args.seed < 0:
+        raise CliError(f"--seed: {args.seed}: 0 or more")
     if not math.isfinite(args.default_reward) or abs(args.default_reward) > REWARD_LIMIT:
         raise CliError(f"--default-reward: {args.default_reward}: a finite number within ±{REWARD_LIMIT:,.0f}")
     try:

@@ -203,7 +203,12 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             from nba.errors import PolicySetError
 
             raise PolicySetError(problems)
-        report = preview(self._publisher.live, draft, self._recent(last_n), self._learning, self._make_learner)
+        from nba.evaluation.logs import LogError
+
+        try:
+            report = preview(self._publisher.live, draft, self._recent(last_n), self._learning, self._make_learner)
+        except LogError as exc:  # a logged decision evaluation refuses (it names which): not the caller's fault
+            raise FailedPrecondition(f"the decision log cannot be replayed: {exc}") from None
         return apb.PreviewPolicySetResponse(
             decisions=report.decisions,
             live_version=report.live_version,

@@ -57,6 +57,7 @@ BAD_INVOCATIONS = [
     (["evaluate", "--log", "{log}", "--policy", "learner:nope=1"], EXIT_USAGE, "unknown settings nope"),
     (["evaluate", "--log", "{log}", "--policy", "draft:{tmp}/nothere"], EXIT_USAGE, "--policy: the draft is not a valid policy set"),
     (["evaluate", "--log", "{log}", "--bootstrap", "0"], EXIT_USAGE, "--bootstrap: 0: at least 1"),
+    (["evaluate", "--log", "{log}", "--seed", "-1"], EXIT_USAGE, "--seed: -1: 0 or more"),
     (["evaluate", "--log", "{log}", "--bootstrap", "many"], EXIT_USAGE, "argument --bootstrap: invalid int value"),
     (["evaluate", "--log", "{log}", "--default-reward", "nan"], EXIT_USAGE, "--default-reward: nan: a finite number"),
     (["evaluate", "--log", "{log}", "--since", "2026-13-01"], EXIT_USAGE, "--since: '2026-13-01' is not an ISO date"),

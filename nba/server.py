@@ -283,10 +283,10 @@ class Service:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
-        if self.settings.metrics_port >= 0:
-            # Each worker has its own registry and port: the configured one plus its index.
-            port = self.settings.metrics_port + self.worker if self.settings.metrics_port else 0
-            self._metrics_server, _ = start_http_server(port)
+        # Workers write their metrics to the supervisor's folder (prometheus-client's
+        # multiprocess mode), and the supervisor serves them added up on the configured port.
+        if self.settings.metrics_port >= 0 and not (self.is_worker and os.environ.get("PROMETHEUS_MULTIPROC_DIR")):
+            self._metrics_server, _ = start_http_server(self.settings.metrics_port)
             self.metrics_port = self._metrics_server.server_port
         self.server.start()
         self.publisher.watch(self.settings.policies_watch_seconds)
@@ -297,7 +297,8 @@ class Service:
         if self.bus is not None:
             self._dependency(BUS_HEALTH, self.bus.up)
         log.info(
-            "serving",
+            f"serving on port {self.port}" + (f" (worker {self.worker})" if self.is_worker else "")
+            + (f", metrics on http://localhost:{self.metrics_port}/metrics" if self.metrics_port else ""),
             extra={
                 "port": self.port,
                 "metrics_port": self.metrics_port,

@@ -12,7 +12,7 @@ from google.protobuf import timestamp_pb2
 from nba.auth import current_caller
 from nba.context import features_from_struct
 from nba.decisions import DecideInput, Decider, DecisionRecord
-from nba.errors import InvalidArgument, Problem
+from nba.errors import FailedPrecondition, InvalidArgument, Problem
 from nba.feedback import FeedbackIntake
 from nba.policy_set import PolicySet
 from nba.preview import preview
@@ -133,7 +133,17 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
     def GetLivePolicySet(self, request: apb.GetLivePolicySetRequest, context: grpc.ServicerContext) -> apb.PolicySet:
         return _policy_set(self._publisher.live, live=True, with_files=True)
 
+    def _expect_live(self, expected: int) -> None:
+        """The same precondition PublishPolicySet checks, for Validate and Preview (one body for all three)."""
+        if expected < 0:
+            raise InvalidArgument(f"expected_live_version: a version number (1 or more), got {expected}")
+        live = self._publisher.live.number
+        if expected and expected != live:
+            raise FailedPrecondition(f"expected_live_version: {expected} is no longer live (version {live} is); "
+                                     "get the live set again, or leave expected_live_version out")
+
     def ValidatePolicySet(self, request: apb.ValidatePolicySetRequest, context: grpc.ServicerContext) -> apb.ValidatePolicySetResponse:
+        self._expect_live(request.expected_live_version)
         compiled, problems = self._publisher.validate(dict(request.draft.files))
         return apb.ValidatePolicySetResponse(
             valid=compiled is not None,
@@ -187,12 +197,18 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         last_n = request.last_n or 1000
         if not 0 < last_n <= 100_000:
             raise InvalidArgument(f"last_n: must be 1 to 100000, got {request.last_n}")
+        self._expect_live(request.expected_live_version)
         draft, problems = self._publisher.validate(dict(request.draft.files))
         if draft is None:
             from nba.errors import PolicySetError
 
             raise PolicySetError(problems)
-        report = preview(self._publisher.live, draft, self._recent(last_n), self._learning, self._make_learner)
+        from nba.evaluation.logs import LogError
+
+        try:
+            report = preview(self._publisher.live, draft, self._recent(last_n), self._learning, self._make_learner)
+        except LogError as exc:  # a logged decision evaluation refuses (it names which): not the caller's fault
+            raise FailedPrecondition(f"the decision log cannot be replayed: {exc}") from None
         return apb.PreviewPolicySetResponse(
             decisions=report.decisions,
             live_version=report.live_version,

@@ -36,6 +36,7 @@ from google.protobuf import struct_pb2
 from nba.evaluation.truth import Phase, Truth
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
+from nba.yaml_loader import load_yaml
 
 __all__ = ["DEFAULT_POPULATION", "Population", "SimulationResult", "Simulator"]
 
@@ -184,7 +185,7 @@ class Population:
         if not path:
             return cls.parse(DEFAULT_POPULATION)
         try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            raw = load_yaml(Path(path).read_text(encoding="utf-8"), str(path))
         except UnicodeDecodeError:
             raise ValueError("not a YAML file: not UTF-8 text") from None
         except yaml.YAMLError as exc:

@@ -16,6 +16,13 @@ never cover would grow without bound: the discounted data sum D is kept beside A
 is updated cheaply (it lets alpha I decay by at most forget^REFRESH) and recomputed exactly
 as (D + alpha I)^-1 every REFRESH observations of the arm.
 
+The state stays finite whatever the rewards: an update that would take an arm's estimate
+beyond ``MAX_ESTIMATE`` in norm is refused before anything changes (``ValueError``). A^-1 is
+bounded by construction (A includes alpha I, so its inverse has norm at most 1/alpha, or
+1/(alpha forget^REFRESH) between refreshes), and so the check needs only b: the new b must be
+finite and small enough that A^-1 b cannot exceed the bound. Rewards of any realistic size
+never come near it (a million observations of reward 1e6 over unit features is 1e12).
+
 Li, Chu, Langford & Schapire (2010), "A Contextual-Bandit Approach to Personalized News Article
 Recommendation", WWW (the disjoint linear model).
 """
@@ -32,6 +39,9 @@ __all__ = ["RidgeArms"]
 
 #: with forgetting, A^-1 is recomputed exactly every this many observations of an arm
 REFRESH = 32
+#: the largest norm an arm's estimate (theta) may reach: far beyond any real reward, far below
+#: where its products with features, weights and exploration could overflow
+MAX_ESTIMATE = 1e100
 
 
 class RidgeArms:
@@ -91,17 +101,47 @@ class RidgeArms:
 
         With ``previous_reward`` given, the observation ``(x, previous_reward)`` was learned
         before and its reward is now ``reward`` (a click that became a purchase): only b moves.
+
+        Raises ``ValueError``, changing nothing, if the update would leave the arm's state
+        non-finite or its estimate beyond ``MAX_ESTIMATE`` (``check_one``).
         """
+        b = self.check_one(arm_id, x, reward, previous_reward)
+        self._apply_one(arm_id, x, b, previous_reward is None)
+
+    def check_one(
+        self, arm_id: Hashable, x: np.ndarray, reward: float, previous_reward: float | None = None
+    ) -> np.ndarray:
+        """The arm's b after this update, if the update keeps its state finite and bounded;
+        raises ``ValueError`` naming the reward otherwise. Changes nothing."""
+        row = self._rows.get(arm_id)
+        old = self._b[row] if row is not None else np.zeros(self.dim)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is what is being checked for
+            if previous_reward is not None:
+                b = old + (reward - previous_reward) * x
+            elif self._data is not None:
+                b = self.forget * old + reward * x
+            else:
+                b = old + reward * x
+            # ||theta|| = ||A^-1 b|| <= ||b|| / (smallest eigenvalue of A), and A >= alpha I
+            # (decayed by at most forget^REFRESH between exact refreshes).
+            bound = float(np.sqrt(b @ b)) / (self.alpha * self.forget**REFRESH)
+        if not bound <= MAX_ESTIMATE:  # also NaN
+            change = f"reward {reward}" if previous_reward is None else f"reward {reward} (revising {previous_reward})"
+            raise ValueError(f"{change} would take arm {arm_id!r}'s estimate beyond {MAX_ESTIMATE:g} "
+                             "or out of the finite numbers; refused")
+        return b
+
+    def _apply_one(self, arm_id: Hashable, x: np.ndarray, b: np.ndarray, new_observation: bool) -> None:
+        """Applies an update ``check_one`` accepted: ``b`` is the arm's new b."""
         row = self._row(arm_id)
         ainv = self._ainv[row]
-        if previous_reward is None:
+        if new_observation:
             refresh = False
             if self._data is not None:
                 # Discounted ridge: D <- forget D + x x^T, b <- forget b + r x.
                 data = self._data[row]
                 data *= self.forget
                 dger(1.0, x, x, a=data.T, overwrite_a=True)
-                self._b[row] *= self.forget
                 refresh = (self._count[row] + 1) % REFRESH == 0
                 if not refresh:
                     ainv /= self.forget  # the cheap step: alpha I decays a little until the refresh
@@ -113,11 +153,13 @@ class RidgeArms:
                 # outer product and subtraction, which allocate a d x d temporary. A^-1 is
                 # symmetric, so its C-ordered row is a Fortran-ordered matrix dger updates in place.
                 dger(-1.0 / (1.0 + x @ ax), ax, ax, a=ainv.T, overwrite_a=True)
-            self._b[row] += reward * x
             self._count[row] += 1
-        else:
-            self._b[row] += (reward - previous_reward) * x
+        self._b[row] = b
         np.dot(ainv, self._b[row], out=self._theta[row])
+
+    def state_is_finite(self) -> bool:
+        """Whether every number held is finite (a model restored from elsewhere is checked)."""
+        return all(bool(np.isfinite(getattr(self, name)).all()) for name in self._arrays())
 
     def _row(self, arm_id: Hashable) -> int:
         row = self._rows.get(arm_id)

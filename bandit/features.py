@@ -255,7 +255,8 @@ class Featurizer:
 
     def state_is_finite(self) -> bool:
         """Whether the running statistics are all finite."""
-        return all(bool(np.isfinite(getattr(self, name)).all()) for name in ("_count", "_mean", "_m2", "_inv"))
+        used = len(self._numeric)
+        return all(bool(np.isfinite(getattr(self, name)[:used]).all()) for name in ("_count", "_mean", "_m2", "_inv"))
 
     def __getstate__(self) -> dict[str, Any]:
         # The caches are derived; leave them out of snapshots.

@@ -158,8 +158,10 @@ class RidgeArms:
         np.dot(ainv, self._b[row], out=self._theta[row])
 
     def state_is_finite(self) -> bool:
-        """Whether every number held is finite (a model restored from elsewhere is checked)."""
-        return all(bool(np.isfinite(getattr(self, name)).all()) for name in self._arrays())
+        """Whether every number held is finite (a model restored from elsewhere is checked);
+        the spare capacity beyond the rows in use is not state."""
+        used = len(self._rows) + 1
+        return all(bool(np.isfinite(getattr(self, name)[:used]).all()) for name in self._arrays())
 
     def _row(self, arm_id: Hashable) -> int:
         row = self._rows.get(arm_id)

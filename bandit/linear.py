@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterable, Mapping
 from itertools import repeat
 from typing import Any
@@ -184,13 +185,15 @@ class LinearBandit(Learner):
         # Every model this update touches is checked before any changes: a refused update
         # (one that would leave a model non-finite) leaves the learner exactly as it was.
         attributes = self._attributes_of(arm_id) if self.shared else ()
-        own = self._model.check_one(arm_id, x, target, previous)
-        shared = [self._attributes.check_one(a, x, target, previous) for a in attributes]
+        x_norm = math.sqrt(float(x @ x))
+        self._model.check_one(arm_id, x, target, previous, x_norm)
+        for attribute in attributes:
+            self._attributes.check_one(attribute, x, target, previous, x_norm)
         if previous_reward is None:
             self._featurizer.learn_one(context)
-        self._model._apply_one(arm_id, x, own, previous is None)
-        for attribute, b in zip(attributes, shared, strict=True):
-            self._attributes._apply_one(attribute, x, b, previous is None)
+        self._model._apply_one(arm_id, x, target, previous)
+        for attribute in attributes:
+            self._attributes._apply_one(attribute, x, target, previous)
 
     def state_is_finite(self) -> bool:
         return self._model.state_is_finite() and self._attributes.state_is_finite() and self._featurizer.state_is_finite()

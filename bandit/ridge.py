@@ -29,6 +29,7 @@ Recommendation", WWW (the disjoint linear model).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 from itertools import repeat
 
@@ -105,43 +106,51 @@ class RidgeArms:
         Raises ``ValueError``, changing nothing, if the update would leave the arm's state
         non-finite or its estimate beyond ``MAX_ESTIMATE`` (``check_one``).
         """
-        b = self.check_one(arm_id, x, reward, previous_reward)
-        self._apply_one(arm_id, x, b, previous_reward is None)
+        self.check_one(arm_id, x, reward, previous_reward)
+        self._apply_one(arm_id, x, reward, previous_reward)
 
     def check_one(
-        self, arm_id: Hashable, x: np.ndarray, reward: float, previous_reward: float | None = None
-    ) -> np.ndarray:
-        """The arm's b after this update, if the update keeps its state finite and bounded;
-        raises ``ValueError`` naming the reward otherwise. Changes nothing."""
+        self, arm_id: Hashable, x: np.ndarray, reward: float, previous_reward: float | None = None,
+        x_norm: float | None = None,
+    ) -> None:
+        """Raises ``ValueError`` naming the reward if this update would leave the arm's state
+        non-finite or its estimate beyond ``MAX_ESTIMATE``; changes nothing. ``x_norm`` is
+        ``||x||``, when the caller checks several models with one x."""
         row = self._rows.get(arm_id)
-        old = self._b[row] if row is not None else np.zeros(self.dim)
+        old = self._b[row] if row is not None else None
+        delta = reward if previous_reward is None else reward - previous_reward
+        keep = self.forget if previous_reward is None and self._data is not None else 1.0
+        # ||theta|| = ||A^-1 b|| <= ||b|| / (smallest eigenvalue of A), and A >= alpha I
+        # (decayed by at most forget^REFRESH between exact refreshes).
+        floor = self.alpha * self.forget**REFRESH
+        # First a bound by the triangle inequality, in Python floats (which overflow to inf
+        # quietly): enough for every ordinary update, and costs one dot product.
+        old_norm = math.sqrt(float(old @ old)) if old is not None else 0.0
+        if x_norm is None:
+            x_norm = math.sqrt(float(x @ x))
+        if (keep * old_norm + abs(delta) * x_norm) / floor <= MAX_ESTIMATE:
+            return
+        # Near the bound (or beyond): the exact new b decides.
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is what is being checked for
-            if previous_reward is not None:
-                b = old + (reward - previous_reward) * x
-            elif self._data is not None:
-                b = self.forget * old + reward * x
-            else:
-                b = old + reward * x
-            # ||theta|| = ||A^-1 b|| <= ||b|| / (smallest eigenvalue of A), and A >= alpha I
-            # (decayed by at most forget^REFRESH between exact refreshes).
-            bound = float(np.sqrt(b @ b)) / (self.alpha * self.forget**REFRESH)
-        if not bound <= MAX_ESTIMATE:  # also NaN
+            b = (keep * old if old is not None else 0.0) + delta * x
+            exact = float(np.sqrt(b @ b)) / floor
+        if not exact <= MAX_ESTIMATE:  # also NaN
             change = f"reward {reward}" if previous_reward is None else f"reward {reward} (revising {previous_reward})"
             raise ValueError(f"{change} would take arm {arm_id!r}'s estimate beyond {MAX_ESTIMATE:g} "
                              "or out of the finite numbers; refused")
-        return b
 
-    def _apply_one(self, arm_id: Hashable, x: np.ndarray, b: np.ndarray, new_observation: bool) -> None:
-        """Applies an update ``check_one`` accepted: ``b`` is the arm's new b."""
+    def _apply_one(self, arm_id: Hashable, x: np.ndarray, reward: float, previous_reward: float | None) -> None:
+        """Applies an update ``check_one`` accepted."""
         row = self._row(arm_id)
         ainv = self._ainv[row]
-        if new_observation:
+        if previous_reward is None:
             refresh = False
             if self._data is not None:
                 # Discounted ridge: D <- forget D + x x^T, b <- forget b + r x.
                 data = self._data[row]
                 data *= self.forget
                 dger(1.0, x, x, a=data.T, overwrite_a=True)
+                self._b[row] *= self.forget
                 refresh = (self._count[row] + 1) % REFRESH == 0
                 if not refresh:
                     ainv /= self.forget  # the cheap step: alpha I decays a little until the refresh
@@ -153,8 +162,10 @@ class RidgeArms:
                 # outer product and subtraction, which allocate a d x d temporary. A^-1 is
                 # symmetric, so its C-ordered row is a Fortran-ordered matrix dger updates in place.
                 dger(-1.0 / (1.0 + x @ ax), ax, ax, a=ainv.T, overwrite_a=True)
+            self._b[row] += reward * x
             self._count[row] += 1
-        self._b[row] = b
+        else:
+            self._b[row] += (reward - previous_reward) * x
         np.dot(ainv, self._b[row], out=self._theta[row])
 
     def state_is_finite(self) -> bool:

@@ -473,7 +473,7 @@ def _preview(args: argparse.Namespace, draft: Any) -> int:
                            f"once (or publish), or check {DATABASE_FLAG}")
         live = parse_policy_set(live_row.files)
         live.number = live_row.version
-        learning = LearningLoop(build_learner(settings))
+        learning = LearningLoop(build_learner(settings), reward_range=settings.reward_range)
         learning.restore(store, settings.seed)
         report = preview(live, draft, store.recent_lines(args.last), learning, lambda: build_learner(settings))
     print(f"replayed {report.decisions} decisions against live {report.live_version} and the draft")

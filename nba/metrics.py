@@ -36,6 +36,15 @@ LEARNING_LAG = Histogram(
     "From a feedback event's arrival to the learner applying it",
     buckets=_LATENCY_BUCKETS,
 )
+LEARNING_SKIPPED = Counter(
+    "nba_learning_events_skipped_total",
+    "Feedback events not learned: a reward outside the configured range or not finite (a log an older version "
+    "wrote), or an update the learner refused",
+)
+NONFINITE_SCORES = Counter(
+    "nba_nonfinite_scores_total",
+    "Decisions whose learner estimates were not all finite: ranked uniformly at random, answered with score 0",
+)
 SNAPSHOTS = Counter("nba_model_snapshots_total", "Model snapshots written")
 LOG_QUEUE = Gauge(
     "nba_decision_log_queue", "Decisions waiting to be written to the decision log (all workers)",

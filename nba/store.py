@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -1360,4 +1361,19 @@ class DecisionLog:
 
 
 def dumps(line: dict[str, Any]) -> str:
-    return json.dumps(line, separators=(",", ":"), ensure_ascii=False)
+    """One export line as JSON (RFC 8259). JSON has no NaN or infinity: a stored number that
+    is not finite (written by a version that let one through) is exported as null."""
+    try:
+        return json.dumps(line, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite_or_null(line), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    return value

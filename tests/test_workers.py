@@ -14,6 +14,7 @@ import grpc
 import pytest
 from conftest import customer, struct
 from test_cli import Process
+from test_in_flight import retrying
 
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
@@ -69,9 +70,9 @@ def test_every_worker_learns_every_event_and_they_rank_alike(two_workers) -> Non
         decider, reporter = (a, b) if i % 2 else (b, a)
         decision = decider.Decide(pb.DecideRequest(customer_id=f"c-{i}", channel="web", context=context, limit=2))
         # feedback through the other worker than the one that decided
-        reply = reporter.Feedback(pb.FeedbackRequest(event_id=f"e-{i}", decision_id=decision.decision_id,
-                                                     offer_id=decision.offers[0].offer_id,
-                                                     outcome=pb.OUTCOME_ACCEPTED if i % 3 == 0 else pb.OUTCOME_IMPRESSED))
+        reply = retrying(reporter.Feedback, pb.FeedbackRequest(
+            event_id=f"e-{i}", decision_id=decision.decision_id, offer_id=decision.offers[0].offer_id,
+            outcome=pb.OUTCOME_ACCEPTED if i % 3 == 0 else pb.OUTCOME_IMPRESSED))
         assert reply.applied
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not model_version(a) == model_version(b) == 20:
@@ -90,8 +91,8 @@ def test_a_killed_worker_is_restarted_and_catches_up(two_workers) -> None:
     process, workers = two_workers
     (_, a), (_, b) = workers["0"], workers["1"]
     decision = a.Decide(pb.DecideRequest(customer_id="c", channel="web", context=struct({"customer": customer()})))
-    b.Feedback(pb.FeedbackRequest(event_id="k-1", decision_id=decision.decision_id,
-                                  offer_id=decision.offers[0].offer_id, outcome=pb.OUTCOME_ACCEPTED))
+    retrying(b.Feedback, pb.FeedbackRequest(event_id="k-1", decision_id=decision.decision_id,
+                                            offer_id=decision.offers[0].offer_id, outcome=pb.OUTCOME_ACCEPTED))
     pids = children(process.proc.pid)
     assert len(pids) == 2
     os.kill(pids[0], signal.SIGKILL)

@@ -9,10 +9,12 @@ GEN    := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 
 .PHONY: serve test lint proto install clean bench bench-store bench-replicas bench-learning loadtest
 
+# Logs as plain text for a person at the terminal (NBA_LOG_FORMAT=json for machines).
 serve: $(GEN)
-	mkdir -p var
-	$(BIN)/nba db upgrade
-	$(BIN)/nba serve
+	@mkdir -p var
+	@$(BIN)/nba db upgrade
+	@echo "starting nba serve: ready when the log says 'serving on port $${NBA_PORT:-50051}' (Ctrl-C stops it)"
+	@NBA_LOG_FORMAT=$${NBA_LOG_FORMAT:-text} $(BIN)/nba serve
 
 test: $(GEN)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -55,15 +57,22 @@ loadtest: $(GEN)
 proto: $(GEN)
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	@echo "creating the virtualenv $(VENV) with $(PYTHON)..."
+	@$(PYTHON) -m venv $(VENV)
 
+# pip's own output goes to a log, shown only when it fails: a first install is quiet for a minute.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $@
+	@echo "installing dependencies into $(VENV) (the first time takes about a minute; pip's log: $(VENV)/install.log)..."
+	@$(BIN)/python -m pip install --disable-pip-version-check --upgrade pip > $(VENV)/install.log 2>&1 \
+		|| { tail -n 30 $(VENV)/install.log; echo "make: upgrading pip failed; the whole log is $(VENV)/install.log"; exit 1; }
+	@$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]' >> $(VENV)/install.log 2>&1 \
+		|| { tail -n 30 $(VENV)/install.log; echo "make: installing failed; the whole log is $(VENV)/install.log"; exit 1; }
+	@touch $@
+	@echo "installed"
 
 nba/v1/%_pb2.py: proto/nba/v1/%.proto $(STAMP)
-	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $<
+	@echo "generating the gRPC code of $<"
+	@$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $<
 
 clean:
 	rm -rf $(VENV) nba/v1/*_pb2*.py nba/v1/*_pb2.pyi *.egg-info

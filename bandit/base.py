@@ -3,6 +3,12 @@
 A learner estimates the expected reward of each arm for a context (``_predict``) and learns
 from observed rewards (``_update``); this base turns estimates into ranked draws with exact
 propensities, validates input, and counts updates, so every learner logs the same way.
+
+Every learner keeps its state finite, whatever it is fed: ``update`` refuses a non-finite
+reward or context number (``ValueError`` naming it) before the learner sees it, and a learner
+refuses, changing nothing, an update that would take its state out of the finite numbers (a
+finite reward so large that the sums it keeps would overflow). A model that cannot be poisoned
+by one event need not be rebuilt after one.
 """
 
 from __future__ import annotations
@@ -125,11 +131,16 @@ class Learner:
 
         With ``previous_reward``, this observation was learned before with that reward and is
         being revised (an impression that became a click): it is not counted twice.
+
+        Raises ``ValueError``, having changed nothing, for a non-finite ``reward`` or
+        ``previous_reward``, a non-finite number anywhere in ``context`` (lists included), or
+        an update that would leave the learner's state non-finite.
         """
         if not math.isfinite(reward):
             raise ValueError(f"reward must be a finite number, got {reward}")
         if previous_reward is not None and not math.isfinite(previous_reward):
             raise ValueError(f"previous_reward must be a finite number, got {previous_reward}")
+        check_finite(context)
         self._update(arm_id, context, float(reward), previous_reward)
         self.n_updates += 1
 
@@ -181,6 +192,11 @@ class Learner:
         """Checks everything before changing anything."""
         raise NotImplementedError(f"{type(self).__name__} cannot import a state")
 
+    def state_is_finite(self) -> bool:
+        """Whether every number the learner holds is finite: what a model restored from
+        elsewhere (a snapshot an older version wrote) is checked with before it is trusted."""
+        return True
+
     def _predict(self, arm_ids: list[Hashable], context: Mapping[str, Any]) -> np.ndarray:
         raise NotImplementedError
 
@@ -191,4 +207,51 @@ class Learner:
         reward: float,
         previous_reward: float | None,
     ) -> None:
+        """Learns one (validated) observation. Must raise ``ValueError`` and change nothing if
+        the update would leave the learner's state non-finite."""
         raise NotImplementedError
+
+
+def check_finite(context: Mapping[str, Any]) -> None:
+    """Raises ``ValueError`` naming the first non-finite number in ``context`` (nested
+    mappings and lists included; Python ints are always finite).
+
+    >>> check_finite({"customer": {"age": 30, "scores": [1.0, float("nan")]}})
+    Traceback (most recent call last):
+    ...
+    ValueError: context: customer.scores[1] is nan; every number must be finite
+    """
+    if not _all_finite(context):
+        _name_the_first(context)
+
+
+def _all_finite(context: Mapping[str, Any]) -> bool:
+    """The fast pass: no names built, plain types tested by identity (updates pay for this)."""
+    stack: list[Any] = [context]
+    while stack:
+        node = stack.pop()
+        for value in node.values() if type(node) is dict or isinstance(node, Mapping) else node:
+            kind = type(value)
+            if kind is float:
+                if value - value != 0.0:  # NaN and infinities give NaN; cheaper than isfinite
+                    return False
+            elif kind is str or kind is bool or kind is int or value is None:
+                continue
+            elif kind is list or kind is dict or kind is tuple or isinstance(value, Mapping):
+                stack.append(value)
+            elif isinstance(value, float | np.floating) and not math.isfinite(value):
+                return False
+    return True
+
+
+def _name_the_first(context: Mapping[str, Any]) -> None:
+    stack: list[tuple[str, Any]] = [("", context)]
+    while stack:
+        path, node = stack.pop()
+        mapping = isinstance(node, Mapping)
+        for key, value in node.items() if mapping else enumerate(node):
+            name = (f"{path}.{key}" if path else str(key)) if mapping else f"{path}[{key}]"
+            if isinstance(value, float | np.floating) and not math.isfinite(value):
+                raise ValueError(f"context: {name} is {value}; every number must be finite")
+            if isinstance(value, Mapping | list | tuple):
+                stack.append((name, value))

@@ -5,6 +5,10 @@ that probability must be the true one. Both strategies here compute it in closed
 argmax that logs 1.0, no Monte Carlo estimate of a posterior draw. Several slots are drawn
 without replacement; a slot's propensity is the probability of its arm given the arms already
 drawn for earlier slots, computed by the same rule over the arms that remain.
+
+Scores that are not all finite (a NaN from a corrupted model) rank nothing: every arm is then
+treated as tied, so the probabilities stay an exact, finite distribution (uniform under both
+strategies here) rather than NaN.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ class Exploration:
         """
         if len(scores) == 0:
             return np.zeros(0)
-        scores = np.asarray(scores, dtype=float) / (scale if scale > 0 else 1.0)
+        scores = _ranked_by(np.asarray(scores, dtype=float) / (scale if scale > 0 else 1.0))
         return self._probabilities(scores, t)
 
     def _probabilities(self, scores: np.ndarray, t: int) -> np.ndarray:
@@ -145,7 +149,7 @@ def draw_slots(
     first = exploration.probabilities(scores, scale, t)
     slots: list[tuple[int, float]] = []
     n = len(scores)
-    scaled = scores / scale if scale > 0 and scale != 1.0 else scores
+    scaled = _ranked_by(scores / scale if scale > 0 and scale != 1.0 else scores)
     alive = np.ones(n, dtype=bool)
     p = first
     for slot in range(min(k, n)):
@@ -163,3 +167,10 @@ def draw_slots(
         slots.append((i, float(p[i])))
         alive[i] = False
     return first, slots
+
+
+def _ranked_by(scores: np.ndarray) -> np.ndarray:
+    """The scores exploration ranks by: as given when all are finite, else all tied (zeros)."""
+    if np.isfinite(scores).all():
+        return scores
+    return np.zeros(len(scores))

@@ -287,6 +287,11 @@ class Featurizer:
             self._numeric[key] = i
         self.version = version
 
+    def state_is_finite(self) -> bool:
+        """Whether the running statistics are all finite."""
+        used = len(self._numeric)
+        return all(bool(np.isfinite(getattr(self, name)[:used]).all()) for name in ("_count", "_mean", "_m2", "_inv"))
+
     def __getstate__(self) -> dict[str, Any]:
         # The caches are derived; leave them out of snapshots.
         state = self.__dict__.copy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterable, Mapping
 from itertools import repeat
 from typing import Any
@@ -109,7 +110,7 @@ class LinearBandit(Learner):
         alone: it neither teaches nor borrows from the shared model (a fallback, say, whose
         responses say nothing about what the other offers are worth)."""
         self._arm_attributes = {
-            arm: () if attrs is None else ("*", *dict.fromkeys(attrs)) for arm, attrs in attributes.items()
+            arm: () if attrs is None else tuple(dict.fromkeys(("*", *attrs))) for arm, attrs in attributes.items()
         }
         names = ["*", *sorted({a for attrs in self._arm_attributes.values() for a in attrs} - {"*"})]
         column = {name: j for j, name in enumerate(names)}
@@ -206,10 +207,20 @@ class LinearBandit(Learner):
         # The observation is the vector as it was scored (before this context moves the running
         # statistics), so a pull's vector serves its update, and a replay rebuilds the same.
         x = self._features(context)
+        previous = None if previous_reward is None else previous_reward - self.prior
+        target = reward - self.prior
+        # Every model this update touches is checked before any changes: a refused update
+        # (one that would leave a model non-finite) leaves the learner exactly as it was.
+        attributes = self._attributes_of(arm_id) if self.shared else ()
+        x_norm = math.sqrt(float(x @ x))
+        self._model.check_one(arm_id, x, target, previous, x_norm)
+        for attribute in attributes:
+            self._attributes.check_one(attribute, x, target, previous, x_norm)
         if previous_reward is None:
             self._featurizer.learn_one(context)
-        previous = None if previous_reward is None else previous_reward - self.prior
-        self._model.learn_one(arm_id, x, reward - self.prior, previous)
-        if self.shared:
-            for attribute in self._attributes_of(arm_id):
-                self._attributes.learn_one(attribute, x, reward - self.prior, previous)
+        self._model._apply_one(arm_id, x, target, previous)
+        for attribute in attributes:
+            self._attributes._apply_one(attribute, x, target, previous)
+
+    def state_is_finite(self) -> bool:
+        return self._model.state_is_finite() and self._attributes.state_is_finite() and self._featurizer.state_is_finite()

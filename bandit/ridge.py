@@ -16,12 +16,20 @@ never cover would grow without bound: the discounted data sum D is kept beside A
 is updated cheaply (it lets alpha I decay by at most forget^REFRESH) and recomputed exactly
 as (D + alpha I)^-1 every REFRESH observations of the arm.
 
+The state stays finite whatever the rewards: an update that would take an arm's estimate
+beyond ``MAX_ESTIMATE`` in norm is refused before anything changes (``ValueError``). A^-1 is
+bounded by construction (A includes alpha I, so its inverse has norm at most 1/alpha, or
+1/(alpha forget^REFRESH) between refreshes), and so the check needs only b: the new b must be
+finite and small enough that A^-1 b cannot exceed the bound. Rewards of any realistic size
+never come near it (a million observations of reward 1e6 over unit features is 1e12).
+
 Li, Chu, Langford & Schapire (2010), "A Contextual-Bandit Approach to Personalized News Article
 Recommendation", WWW (the disjoint linear model).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from itertools import repeat
 from typing import Any
@@ -35,6 +43,9 @@ __all__ = ["RidgeArms"]
 
 #: with forgetting, A^-1 is recomputed exactly every this many observations of an arm
 REFRESH = 32
+#: the largest norm an arm's estimate (theta) may reach: far beyond any real reward, far below
+#: where its products with features, weights and exploration could overflow
+MAX_ESTIMATE = 1e100
 
 
 class RidgeArms:
@@ -94,7 +105,45 @@ class RidgeArms:
 
         With ``previous_reward`` given, the observation ``(x, previous_reward)`` was learned
         before and its reward is now ``reward`` (a click that became a purchase): only b moves.
+
+        Raises ``ValueError``, changing nothing, if the update would leave the arm's state
+        non-finite or its estimate beyond ``MAX_ESTIMATE`` (``check_one``).
         """
+        self.check_one(arm_id, x, reward, previous_reward)
+        self._apply_one(arm_id, x, reward, previous_reward)
+
+    def check_one(
+        self, arm_id: Hashable, x: np.ndarray, reward: float, previous_reward: float | None = None,
+        x_norm: float | None = None,
+    ) -> None:
+        """Raises ``ValueError`` naming the reward if this update would leave the arm's state
+        non-finite or its estimate beyond ``MAX_ESTIMATE``; changes nothing. ``x_norm`` is
+        ``||x||``, when the caller checks several models with one x."""
+        row = self._rows.get(arm_id)
+        old = self._b[row] if row is not None else None
+        delta = reward if previous_reward is None else reward - previous_reward
+        keep = self.forget if previous_reward is None and self._data is not None else 1.0
+        # ||theta|| = ||A^-1 b|| <= ||b|| / (smallest eigenvalue of A), and A >= alpha I
+        # (decayed by at most forget^REFRESH between exact refreshes).
+        floor = self.alpha * self.forget**REFRESH
+        # First a bound by the triangle inequality, in Python floats (which overflow to inf
+        # quietly): enough for every ordinary update, and costs one dot product.
+        old_norm = math.sqrt(float(old @ old)) if old is not None else 0.0
+        if x_norm is None:
+            x_norm = math.sqrt(float(x @ x))
+        if (keep * old_norm + abs(delta) * x_norm) / floor <= MAX_ESTIMATE:
+            return
+        # Near the bound (or beyond): the exact new b decides.
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is what is being checked for
+            b = (keep * old if old is not None else 0.0) + delta * x
+            exact = float(np.sqrt(b @ b)) / floor
+        if not exact <= MAX_ESTIMATE:  # also NaN
+            change = f"reward {reward}" if previous_reward is None else f"reward {reward} (revising {previous_reward})"
+            raise ValueError(f"{change} would take arm {arm_id!r}'s estimate beyond {MAX_ESTIMATE:g} "
+                             "or out of the finite numbers; refused")
+
+    def _apply_one(self, arm_id: Hashable, x: np.ndarray, reward: float, previous_reward: float | None) -> None:
+        """Applies an update ``check_one`` accepted."""
         row = self._row(arm_id)
         ainv = self._ainv[row]
         if previous_reward is None:
@@ -121,6 +170,12 @@ class RidgeArms:
         else:
             self._b[row] += (reward - previous_reward) * x
         np.dot(ainv, self._b[row], out=self._theta[row])
+
+    def state_is_finite(self) -> bool:
+        """Whether every number held is finite (a model restored from elsewhere is checked);
+        the spare capacity beyond the rows in use is not state."""
+        used = len(self._rows) + 1
+        return all(bool(np.isfinite(getattr(self, name)[:used]).all()) for name in self._arrays())
 
     def _row(self, arm_id: Hashable) -> int:
         row = self._rows.get(arm_id)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nba.feedback import RewardWindows
+from nba.yaml_loader import describe, load_yaml
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -27,7 +28,9 @@ class ConfigError(ValueError):
 class Settings(BaseModel):
     """Every setting of ``nba serve``. Field docs double as ``--help``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No setting means anything as NaN or infinity (a reward of NaN would poison the model,
+    # a timeout of infinity overflows): "nan", "inf" and their kin are refused everywhere.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     policies: Path = Field(Path("policies"), description="folder of policy set *.yaml files")
     host: str = Field("[::]", description="address the gRPC server binds")
@@ -85,7 +88,12 @@ class Settings(BaseModel):
     )
     seed: int | None = Field(None, description="seed for exploration draws (unset: random)")
 
-    # Rewards by outcome, when a Feedback event carries none.
+    # Rewards: the range a reward must lie in (Feedback outside it is INVALID_ARGUMENT), and
+    # by outcome, when a Feedback event carries none.
+    reward_min: float = Field(
+        -1e6, description="smallest reward a Feedback event may carry (the learner's sums stay finite within the range)"
+    )
+    reward_max: float = Field(1e6, description="largest reward a Feedback event may carry")
     reward_impressed: float = Field(0.0, description="reward of an impression")
     reward_clicked: float = Field(0.3, description="reward of a click")
     reward_accepted: float = Field(1.0, description="reward of an acceptance")
@@ -185,6 +193,26 @@ class Settings(BaseModel):
                              "client certificates are checked over TLS only")
         return self
 
+    @model_validator(mode="after")
+    def _rewards_in_range(self) -> Settings:
+        if not self.reward_min < self.reward_max:
+            raise ValueError(f"reward_min (--reward-min, NBA_REWARD_MIN) {self.reward_min:g} must be below "
+                             f"reward_max (--reward-max, NBA_REWARD_MAX) {self.reward_max:g}")
+        for name in ("reward_impressed", "reward_clicked", "reward_accepted", "reward_rejected", "reward_default"):
+            value = getattr(self, name)
+            if not self.reward_min <= value <= self.reward_max:
+                raise ValueError(
+                    f"{name} (--{name.replace('_', '-')}, NBA_{name.upper()}) {value:g} is outside the reward range "
+                    f"[{self.reward_min:g}, {self.reward_max:g}] (reward_min and reward_max: --reward-min, --reward-max, "
+                    "NBA_REWARD_MIN, NBA_REWARD_MAX)"
+                )
+        return self
+
+    @property
+    def reward_range(self) -> tuple[float, float]:
+        """(reward_min, reward_max): the rewards Feedback may carry, and the learner learns."""
+        return self.reward_min, self.reward_max
+
     def tls_credentials(self) -> tuple[bytes, bytes, bytes | None] | None:
         """(private key, certificate chain, client CA or None), or None for plaintext."""
         if self.tls_cert is None or self.tls_key is None:
@@ -231,8 +259,10 @@ def load_settings(
     if config_file:
         path = Path(config_file)
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            loaded = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: {describe(exc)}") from None
+        except OSError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"config file {path}: expected a mapping of settings")

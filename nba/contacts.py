@@ -10,7 +10,7 @@ needs in memory:
   feedback; bounded (least recently seen customers are dropped, loaded again if they return).
 * ``ContactSummary``: one request's view of one customer, computed in one pass over their
   events, answering every cap, suppression and ``contacts.*`` question in O(1).
-* ``OfferCounters``: events per offer and kind in hourly buckets, for daily and total budgets.
+* ``OfferCounters``: events per offer and kind in quarter-hour buckets, for daily and total budgets.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from nba import metrics
+from nba.days import BUCKET_SECONDS
 from nba.errors import Unavailable
 from nba.rules import CONTACT_FIELDS, NEVER_DAYS
 
@@ -180,43 +181,67 @@ class ContactSummary:
 
 
 class OfferCounters:
-    """Events per (offer, kind) in hourly buckets (UTC), plus lifetime totals; thread-safe."""
+    """Events per (offer, kind) in quarter-hour buckets (UTC, ``nba.days.BUCKET_SECONDS``),
+    plus lifetime totals; thread-safe.
+
+    A local day of any timezone in use begins on a quarter hour (half-hour and quarter-hour
+    offsets included), so the events of a budget day are an exact run of buckets, whatever
+    timezone the live set has, and however it changes. The running sum from the day's first
+    bucket is kept per (offer, kind), so a budget check is one lookup, not a sum."""
 
     def __init__(self) -> None:
-        self._hours: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
+        self._buckets: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
         self._totals: dict[tuple[str, str], int] = defaultdict(int)
+        #: (offer, kind) -> (first bucket, events in it and every later bucket)
+        self._since: dict[tuple[str, str], tuple[int, int]] = {}
         self._lock = threading.Lock()
 
     def add(self, offer_id: str, kind: str, at: float, n: int = 1) -> None:
-        hour = int(at // 3600)
+        bucket = int(at // BUCKET_SECONDS)
+        key = (offer_id, kind)
         with self._lock:
-            buckets = self._hours[(offer_id, kind)]
-            buckets[hour] = buckets.get(hour, 0) + n
-            self._totals[(offer_id, kind)] += n
+            buckets = self._buckets[key]
+            buckets[bucket] = buckets.get(bucket, 0) + n
+            self._totals[key] += n
+            cached = self._since.get(key)
+            if cached is not None and bucket >= cached[0]:
+                self._since[key] = (cached[0], cached[1] + n)
 
-    def load(self, rows: Iterable[tuple[str, str, int, int]], recent_since_hour: int) -> None:
-        """Replaces the counters with stored ones: (offer, kind, hour, count) rows. Hours before
-        ``recent_since_hour`` count towards totals only."""
+    def load(self, rows: Iterable[tuple[str, str, int, int]], recent_since: float) -> None:
+        """Replaces the counters with stored ones: (offer, kind, bucket, count) rows. Buckets
+        before ``recent_since`` (epoch seconds) count towards totals only."""
+        first = int(recent_since // BUCKET_SECONDS)
         with self._lock:
-            self._hours.clear()
+            self._buckets.clear()
             self._totals.clear()
-            for offer_id, kind, hour, count in rows:
+            self._since.clear()
+            for offer_id, kind, bucket, count in rows:
                 self._totals[(offer_id, kind)] += count
-                if hour >= recent_since_hour:
-                    self._hours[(offer_id, kind)][hour] = count
+                if bucket >= first:
+                    self._buckets[(offer_id, kind)][bucket] = count
 
     def since(self, offer_id: str, kind: str, start: float) -> int:
-        first = math.floor(start / 3600)
+        """Events from the bucket holding ``start`` (epoch seconds) on: from a local day's
+        first instant, that day's events (a day begins on a bucket's edge)."""
+        first = math.floor(start / BUCKET_SECONDS)
+        key = (offer_id, kind)
         with self._lock:
-            return sum(c for h, c in self._hours.get((offer_id, kind), {}).items() if h >= first)
+            cached = self._since.get(key)
+            if cached is not None and cached[0] == first:
+                return cached[1]
+            count = sum(c for b, c in self._buckets.get(key, {}).items() if b >= first)
+            self._since[key] = (first, count)
+            return count
 
     def total(self, offer_id: str, kind: str) -> int:
         with self._lock:
             return self._totals.get((offer_id, kind), 0)
 
     def prune(self, before: float) -> None:
-        cutoff = int(before // 3600)
+        """Drops buckets before ``before`` (epoch seconds); totals keep them."""
+        cutoff = int(before // BUCKET_SECONDS)
         with self._lock:
-            for buckets in self._hours.values():
-                for hour in [h for h in buckets if h < cutoff]:
-                    del buckets[hour]
+            for buckets in self._buckets.values():
+                for bucket in [b for b in buckets if b < cutoff]:
+                    del buckets[bucket]
+            self._since = {k: v for k, v in self._since.items() if v[0] >= cutoff}

@@ -14,9 +14,8 @@
 from __future__ import annotations
 
 import base64
-import os
+import logging
 import threading
-import time
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -25,11 +24,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bandit import flatten
+from bandit import EpsilonGreedy, draw_slots, flatten
 from nba import metrics
 from nba.clock import Clock, SystemClock
 from nba.contacts import ContactEvent, ContactHistory, ContactSummary, OfferCounters
 from nba.errors import AlreadyExists, InvalidArgument, Unavailable
+from nba.ids import new_decision_id
+from nba.inputs import check_id
 from nba.learning import LearningLoop
 from nba.policy_set import PolicySet
 from nba.reservations import Claim, Reservations, first_misfit, release_quietly, reserve_or_degrade
@@ -37,9 +38,12 @@ from nba.screening import Screening, Verdict, claims, screen
 
 __all__ = ["DecideInput", "DecisionRecord", "Decider", "new_decision_id"]
 
-MAX_ID_LENGTH = 256
+log = logging.getLogger(__name__)
+
 #: value x levers x weights is capped here, so no context can overflow a score
 MAX_MULTIPLIER = 1e9
+#: when the learner's estimates are not all finite: every eligible offer equally likely
+_UNIFORM = EpsilonGreedy(epsilon=1.0)
 
 
 @dataclass(frozen=True)
@@ -122,11 +126,6 @@ class DecisionSink(Protocol):
 MAX_RESERVATION_PASSES = 3
 
 
-def new_decision_id() -> str:
-    """Time-ordered (milliseconds, then 80 random bits): sorts and indexes well."""
-    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
-
-
 class Decider:
     """Makes decisions against the live policy set; ``policy_set`` may be swapped at any time
     and a decision in flight finishes on the set it started with."""
@@ -155,6 +154,8 @@ class Decider:
         self._ttl = request_id_ttl_seconds
         self._clock = clock or SystemClock()
         self._requests_lock = threading.Lock()
+        #: draws for decisions whose estimates were not finite (see _rank)
+        self._rng = np.random.default_rng()
 
     def decide(self, request: DecideInput) -> tuple[DecisionRecord, bool]:
         """Returns the decision and whether it is a stored one replayed for its request_id."""
@@ -279,9 +280,12 @@ class Decider:
         if eligible:
             limit = max(1, request.limit)
             factors = [(v.offer.offer.value, v.offer.lever, v.weight) for v in eligible]
-            multipliers = np.fromiter((min(a * b * c, MAX_MULTIPLIER) for a, b, c in factors), dtype=float, count=len(factors))
+            multipliers = np.fromiter((_multiplier(a * b * c) for a, b, c in factors), dtype=float, count=len(factors))
             ids = [v.offer.id for v in eligible]
             draw, ranked.model_version, ranked.exploration = self._learning.draw(ids, features, limit, multipliers)
+            if not (np.isfinite(draw.predicted).all() and np.isfinite(draw.scores).all()):
+                draw = self._uniform(draw, limit)
+                ranked.exploration = "uniform: the learner's estimates were not all finite"
             numbers = np.column_stack((draw.predicted, np.asarray(factors, dtype=float), draw.scores, draw.probabilities))
             ranked.eligible_block = {
                 "ids": ids,
@@ -305,6 +309,18 @@ class Decider:
                     ranked.offers.append(_answer(fallback.offer.offer, request.channel, 1, 0.0, 1.0, True))
                     ranked.fallback = True
         return ranked
+
+    def _uniform(self, draw: Any, limit: int) -> Any:
+        """The guard where scores become probabilities: estimates that are not all finite (a
+        model poisoned before rewards were bounded) rank nothing. Every eligible offer is then
+        equally likely, drawn with exact propensities, and answered and logged with estimate
+        and score 0 (never NaN); counted in nba_nonfinite_scores_total."""
+        metrics.NONFINITE_SCORES.inc()
+        log.warning("the learner's estimates are not all finite: ranking uniformly",
+                    extra={"offers": len(draw.arm_ids)})
+        zeros = np.zeros(len(draw.arm_ids))
+        first, slots = draw_slots(_UNIFORM, zeros, limit, self._rng)
+        return replace(draw, predicted=zeros, scores=zeros.copy(), probabilities=first, slots=slots)
 
     def _claims(self, compiled: Any, policy_set: PolicySet, request: DecideInput, now: datetime,
                 summary: ContactSummary | None, fallback: bool = False) -> list[Claim]:
@@ -388,12 +404,9 @@ class Decider:
 
     @staticmethod
     def _validate(request: DecideInput, policy_set: PolicySet) -> None:
-        if not request.customer_id:
-            raise InvalidArgument("customer_id: required")
-        if len(request.customer_id) > MAX_ID_LENGTH:
-            raise InvalidArgument(f"customer_id: longer than {MAX_ID_LENGTH} characters")
-        if len(request.request_id) > MAX_ID_LENGTH:
-            raise InvalidArgument(f"request_id: longer than {MAX_ID_LENGTH} characters")
+        check_id("customer_id", request.customer_id)
+        check_id("request_id", request.request_id, required=False)
+        check_id("channel", request.channel, required=False)  # empty: named below, with the choices
         if request.channel not in policy_set.channels:
             shown = repr(request.channel) if request.channel else "empty"
             raise InvalidArgument(
@@ -461,6 +474,14 @@ def expand_candidates(candidates: Any, offers: list[dict[str, Any]]) -> list[dic
                 entry["detail"] = detail
         out.append(entry)
     return out
+
+
+def _multiplier(product: float) -> float:
+    """An offer's value x levers x weights as exploration may use it: within [0, MAX_MULTIPLIER],
+    so no policy value and no context can overflow a score; NaN counts as 0."""
+    if not product > 0.0:  # also NaN
+        return 0.0
+    return min(product, MAX_MULTIPLIER)
 
 
 def _explored(scores: np.ndarray, slots: list[tuple[int, float]]) -> list[bool]:

@@ -14,17 +14,18 @@ marketer can change a rule and see at once which expectations it breaks::
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bandit import flatten
 from nba.errors import PolicySetError
 from nba.policy_set import EXAMPLE_SUFFIX, PolicySet
 from nba.screening import screen
+from nba.yaml_loader import describe, load_yaml
 
 __all__ = ["Example", "check_examples", "load_examples"]
 
@@ -57,6 +58,36 @@ class Example(BaseModel):
     #: the offer returned when nothing else is eligible
     fallback: str | None = None
 
+    @field_validator("now", mode="before")
+    @classmethod
+    def _utc(cls, value: Any) -> Any:
+        # As in offers' dates: `2026-11-24` is midnight UTC, a time without offset is UTC (not
+        # the clock of the machine that happens to run the examples).
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return datetime(value.year, value.month, value.day, tzinfo=UTC)
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    @field_validator("customer", "context", mode="after")
+    @classmethod
+    def _as_sent(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # YAML reads an unquoted 1990-01-01 as a date; a channel system sends JSON, where it
+        # can only be the text "1990-01-01": rules must see what they will see in production.
+        return None if value is None else _as_json(value)
+
+
+def _as_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_json(v) for v in value]
+    if isinstance(value, datetime):
+        return (value.replace(tzinfo=UTC) if value.tzinfo is None else value).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
 
 class _File(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -69,8 +100,11 @@ def load_examples(directory: str | Path) -> list[tuple[str, Example]]:
     problems: list[str] = []
     for path in sorted(Path(directory).glob(f"*{EXAMPLE_SUFFIX}")):
         try:
-            document = _File.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-        except (yaml.YAMLError, ValidationError) as exc:
+            document = _File.model_validate(load_yaml(path.read_text(encoding="utf-8"), path.name))
+        except yaml.YAMLError as exc:
+            problems.append(f"{path.name}: {describe(exc)}")
+            continue
+        except ValidationError as exc:
             problems.append(f"{path.name}: {exc}")
             continue
         found.extend((path.name, example) for example in document.examples)

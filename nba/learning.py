@@ -8,6 +8,15 @@ order they were made durable, and replaying that order rebuilds the same state.
 A snapshot is the learner's state as data (``bandit.state``: NumPy arrays and a JSON header,
 never a pickle, so loading one from the database cannot run code). Its arrays are copied under
 the lock, which is all a Decide can wait for, and encoded and written outside it.
+
+Every event, whether from this process, the log replayed at start, or another worker or
+replica (the database and Redis buses), passes one guard before the learner sees it: an event
+whose reward is not finite or outside the configured range (a log written by an older
+version, or a replica configured otherwise), or that the learner refuses (one that would leave
+its state non-finite), is skipped with a warning and counted in
+``nba_learning_events_skipped_total``. Every process applies the same rule to the same log, so
+replicas still agree. An event revising a reward that was skipped is learned as the
+observation it then is: new.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from bandit import Draw, InverseGapWeighting, Learner, LinearBandit
 from bandit import state as learner_state
 from nba import metrics
 from nba.config import Settings
+from nba.feedback import DEFAULT_REWARD_RANGE, reward_problem
 
 __all__ = ["LearningEvent", "LearningLoop", "SnapshotStore", "build_learner"]
 
@@ -76,8 +86,12 @@ def signature(learner: Learner) -> str:
 
 
 class LearningLoop:
-    def __init__(self, learner: Learner, snapshot_seconds: float = 60.0) -> None:
+    def __init__(
+        self, learner: Learner, snapshot_seconds: float = 60.0, reward_range: tuple[float, float] = DEFAULT_REWARD_RANGE
+    ) -> None:
         self._learner = learner
+        #: the rewards that may be learned (reward_min, reward_max); others are skipped
+        self._reward_range = reward_range
         self._signature = signature(learner)
         self._lock = threading.Lock()
         self._snapshot_seconds = snapshot_seconds
@@ -131,11 +145,27 @@ class LearningLoop:
             return self._learner.scores(arm_ids, features)
 
     def apply(self, events: Iterable[LearningEvent]) -> None:
+        """Learns each event in order; one that may not be learned is skipped (logged, counted)
+        and the rest go on."""
         now = time.time()
         with self._lock:
             for event in events:
-                self._learner.update(event.offer_id, event.features, event.reward, event.previous_reward)
                 self._last_feedback_id = max(self._last_feedback_id, event.feedback_id)
+                problem = reward_problem(event.reward, self._reward_range)
+                reason = None if problem is None else f"reward: {problem}"
+                previous = event.previous_reward
+                if previous is not None and reward_problem(previous, self._reward_range) is not None:
+                    previous = None  # the reward it revises was skipped: this is the observation
+                if reason is None:
+                    try:
+                        self._learner.update(event.offer_id, event.features, event.reward, previous)
+                    except ValueError as exc:  # a context or reward the learner refuses
+                        reason = str(exc)
+                if reason is not None:
+                    log.warning("feedback event not learned",
+                                extra={"feedback_id": event.feedback_id, "offer_id": event.offer_id, "reason": reason})
+                    metrics.LEARNING_SKIPPED.inc()
+                    continue
                 metrics.LEARNING_UPDATES.inc()
                 if event.received_at:
                     metrics.LEARNING_LAG.observe(max(0.0, now - event.received_at))

@@ -1,6 +1,10 @@
 """Every Prometheus metric the service exports: the single source of their names.
 
-Served over HTTP on ``--metrics-port`` (default 9464) at ``/metrics``.
+Served over HTTP on ``--metrics-port`` (default 9464) at ``/metrics``. With ``--workers N``
+every worker writes its values to files (prometheus-client's multiprocess mode) and the
+supervisor serves them added up on that port: counters and histograms are summed over the
+workers (a dead worker's counts stay, so totals never go down), and each gauge says below how
+it combines (``multiprocess_mode``; the ``live`` modes leave out workers that have exited).
 """
 
 from __future__ import annotations
@@ -32,18 +36,36 @@ LEARNING_LAG = Histogram(
     "From a feedback event's arrival to the learner applying it",
     buckets=_LATENCY_BUCKETS,
 )
+LEARNING_SKIPPED = Counter(
+    "nba_learning_events_skipped_total",
+    "Feedback events not learned: a reward outside the configured range or not finite (a log an older version "
+    "wrote), or an update the learner refused",
+)
+NONFINITE_SCORES = Counter(
+    "nba_nonfinite_scores_total",
+    "Decisions whose learner estimates were not all finite: ranked uniformly at random, answered with score 0",
+)
 SNAPSHOTS = Counter("nba_model_snapshots_total", "Model snapshots written")
-LOG_QUEUE = Gauge("nba_decision_log_queue", "Decisions waiting to be written to the decision log")
+LOG_QUEUE = Gauge(
+    "nba_decision_log_queue", "Decisions waiting to be written to the decision log (all workers)",
+    multiprocess_mode="livesum",  # each worker queues its own decisions: the service's queue is their sum
+)
 LOG_WRITTEN = Counter("nba_decision_log_written_total", "Decisions written to the decision log")
 LOG_DROPPED = Counter(
     "nba_decision_log_dropped_total", "Decisions not logged because the queue was full or the write failed"
 )
 LOG_FLUSH = Histogram("nba_decision_log_flush_seconds", "Time of one decision-log transaction", buckets=_LATENCY_BUCKETS)
-POLICY_VERSION = Gauge("nba_policy_set_version", "The live policy set's version number")
+POLICY_VERSION = Gauge(
+    "nba_policy_set_version", "The live policy set's version number (with workers: the oldest any of them serves)",
+    multiprocess_mode="livemin",  # a worker still on an older set shows, instead of hiding behind the newest
+)
 POLICY_RELOAD_FAILURES = Counter(
     "nba_policy_reload_failures_total", "Changes of the policies folder refused as invalid (the live set stayed)"
 )
-CONTACT_CUSTOMERS = Gauge("nba_contact_history_customers", "Customers whose contact history is held in memory")
+CONTACT_CUSTOMERS = Gauge(
+    "nba_contact_history_customers", "Customers whose contact history is held in memory (with workers: by the fullest)",
+    multiprocess_mode="livemax",  # each worker holds its own copy: memory per process is what to size
+)
 WINDOWS_CLOSED = Counter("nba_reward_windows_closed_total", "Decisions whose reward windows closed")
 NO_RESPONSE = Counter(
     "nba_no_response_total", "Offers that got the default reward because no feedback came before their windows closed"
@@ -60,13 +82,19 @@ RESERVATIONS = Counter(
     ["result"],
 )
 STORE_UP = Gauge(
-    "nba_store_up", "1 while the database answers; 0 while Decide answers from memory and Feedback is refused"
+    "nba_store_up", "1 while the database answers; 0 while Decide answers from memory and Feedback is refused "
+    "(with workers: 0 if any worker has lost it)",
+    multiprocess_mode="livemin",
 )
 CONTACT_HISTORY_UNAVAILABLE = Counter(
     "nba_contact_history_unavailable_total",
     "Decisions made without the customer's contact history: not in memory, and the database was down",
 )
-BUS_UP = Gauge("nba_bus_up", "1 while the Redis bus works; 0 while replicas learn from the database alone")
+BUS_UP = Gauge(
+    "nba_bus_up", "1 while the Redis bus works; 0 while replicas learn from the database alone "
+    "(with workers: 0 if any worker has lost it)",
+    multiprocess_mode="livemin",
+)
 BUS_PUBLISHED = Counter("nba_bus_published_total", "Entries (one per write transaction) added to the bus")
 BUS_RECEIVED = Counter("nba_bus_received_total", "Other replicas' entries read from the bus")
 BUS_ERRORS = Counter("nba_bus_errors_total", "Failed bus operations", ["operation"])

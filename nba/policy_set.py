@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -30,11 +31,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from nba.days import local_day, misaligned_day
 from nba.errors import PolicySetError, Problem
 from nba.offers import Group, Identifier, Offer
 from nba.policies import ENGAGEMENT, Budget, ContactCap, EngagementRule, Policy, Suppression, Weight
 from nba.rules import Rule, RuleBatch, RuleSyntaxError
 from nba.schema import ContextSchema, FieldSpec, FieldType, needed_paths
+from nba.yaml_loader import DuplicateKeyError, load_yaml
 
 __all__ = [
     "EXAMPLE_SUFFIX",
@@ -322,32 +325,7 @@ class _Builder:
             if document is not None:
                 parsed.append((name, document))
 
-        settings, settings_file = SetSettings(), ""
-        channels: list[str] = []
-        schema_fields: dict[str, FieldSpec] = {}
-        groups: dict[str, Group] = {}
-        group_files: dict[str, str] = {}
-        for name, doc in parsed:
-            if doc.settings is not None:
-                if settings_file:
-                    self.error(f"settings already given in {settings_file} (give them once)", file=name, field="settings")
-                settings, settings_file = doc.settings, name
-            channels.extend(c for c in doc.channels if c not in channels)
-            declared = {k: v if isinstance(v, FieldSpec) else FieldSpec(type=v) for k, v in doc.context_schema.items()}
-            for path, spec in declared.items():
-                if path in schema_fields and schema_fields[path] != spec:
-                    self.error("declared twice with different types", file=name, field=f"schema.{path}")
-                schema_fields[path] = spec
-        for path, spec in schema_fields.items():
-            inner = next((p for p in schema_fields if p.startswith(path + ".")), None)
-            if inner is not None and spec.type != "map":
-                self.error(f"is a {spec.type}, so '{inner}' cannot be below it (declare it a map, or drop one)",
-                           field=f"schema.{path}")
-            for group_name, group in doc.groups.items():
-                if group_name in groups:
-                    self.error(f"group '{group_name}' already declared in {group_files[group_name]}", file=name, field="groups")
-                groups[group_name] = group
-                group_files[group_name] = name
+        settings, channels, schema_fields, groups = self._merge_sections(parsed)
         if parsed and not channels:
             self.error("no file declares `channels:` (for example channels: [web, app])")
         schema = ContextSchema(schema_fields)
@@ -420,9 +398,66 @@ class _Builder:
             content_hash=content_hash(files),
         )
 
+    def _merge_sections(
+        self, parsed: list[tuple[str, PolicySetFile]]
+    ) -> tuple[SetSettings, list[str], dict[str, FieldSpec], dict[str, Group]]:
+        """The set-wide sections (settings, channels, schema, groups) of every file, merged.
+
+        Each file contributes all of its sections, whichever file it is and in whatever
+        order the files come: a section may be split over files, and declaring the same
+        setting, group or schema field twice (differently, for the schema) is an error
+        naming both files."""
+        settings, settings_file = SetSettings(), ""
+        channels: list[str] = []
+        schema_fields: dict[str, FieldSpec] = {}
+        schema_files: dict[str, str] = {}
+        groups: dict[str, Group] = {}
+        group_files: dict[str, str] = {}
+        for name, doc in parsed:
+            if doc.settings is not None:
+                if settings_file:
+                    self.error(f"settings already given in {settings_file} (give them once)", file=name, field="settings")
+                else:
+                    settings, settings_file = doc.settings, name
+            channels.extend(c for c in doc.channels if c not in channels)
+            for path, value in doc.context_schema.items():
+                spec = value if isinstance(value, FieldSpec) else FieldSpec(type=value)
+                if path in schema_fields:
+                    if schema_fields[path] != spec:
+                        self.error(f"declared differently in {schema_files[path]}", file=name, field=f"schema.{path}")
+                    continue
+                schema_fields[path], schema_files[path] = spec, name
+            for group_name, group in doc.groups.items():
+                if group_name in groups:
+                    self.error(f"group '{group_name}' already declared in {group_files[group_name]}",
+                               file=name, field=f"groups.{group_name}")
+                    continue
+                groups[group_name], group_files[group_name] = group, name
+        below: dict[str, str] = {}  # a path -> one field declared below it
+        for path in schema_fields:
+            parts = path.split(".")
+            for i in range(1, len(parts)):
+                below.setdefault(".".join(parts[:i]), path)
+        for path, spec in schema_fields.items():
+            inner = below.get(path)
+            if inner is not None and spec.type != "map":
+                self.error(f"is a {spec.type}, so '{inner}' cannot be below it (declare it a map, or drop one)",
+                           file=schema_files[path], field=f"schema.{path}")
+        misaligned = misaligned_day(ZoneInfo(settings.timezone), self.now.date())
+        if misaligned is not None:
+            begins = datetime.fromtimestamp(local_day(ZoneInfo(settings.timezone), misaligned).start, UTC)
+            self.error(f"'{settings.timezone}': its day of {misaligned.isoformat()} begins at {begins:%H:%M:%S} UTC, "
+                       "not on a quarter hour: budget days are counted in quarter hours (UTC), so its daily budgets "
+                       "could not be exact; choose a zone whose offsets are whole quarter hours",
+                       file=settings_file, field="settings.timezone")
+        return settings, channels, schema_fields, groups
+
     def _parse(self, name: str, text: str) -> PolicySetFile | None:
         try:
-            raw = yaml.safe_load(text)
+            raw = load_yaml(text, name)
+        except DuplicateKeyError as exc:
+            self.problems.append(_duplicate(name, exc))
+            return None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -446,7 +481,8 @@ class _Builder:
             document = PolicySetFile.model_validate({k: v for k, v in raw.items() if k not in entries})
         except ValidationError as exc:
             for error in exc.errors():
-                self.problems.append(_describe(name, raw, error))
+                if not _other_branch(error):
+                    self.problems.append(_describe(name, raw, error))
             document = None
         valid: dict[str, list[Any]] = {"offers": [], "policies": []}
         for section, adapter in (("offers", _OFFER), ("policies", _POLICY)):
@@ -587,8 +623,8 @@ class _Builder:
 
 def _describe(file: str, raw: Mapping[str, Any], error: Mapping[str, Any]) -> Problem:
     """Turns a pydantic error location into a located ``Problem``."""
-    loc = list(error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
+    loc = [part for part in error["loc"] if not (isinstance(part, str) and _UNION_TAG.match(part))]
+    message = error["msg"].removeprefix("Value error, ") + _yaml_hint(error)
     if error["type"] == "extra_forbidden":
         message = "unknown field (misspelt?)"
     if len(loc) >= 2 and loc[0] in ("offers", "policies") and isinstance(loc[1], int):
@@ -606,3 +642,49 @@ def _describe(file: str, raw: Mapping[str, Any], error: Mapping[str, Any]) -> Pr
             return Problem(message, file=file, field=field_name, **{key: str(entry_id)})
         return Problem(message, file=file, field=f"{loc[0]}[{loc[1]}]" + (f".{field_name}" if field_name else ""))
     return Problem(message, file=file, field=".".join(str(part) for part in loc))
+
+
+def _duplicate(file: str, exc: DuplicateKeyError) -> Problem:
+    """A key given twice, located by offer or policy and field where it is inside one."""
+    mark = exc.problem_mark
+    message = f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}" if mark else str(exc.problem)
+    path = list(exc.path)
+    where: dict[str, str] = {}
+    if len(path) >= 2 and path[0] in ("offers", "policies") and isinstance(path[1], int) and exc.entry_id:
+        where["offer" if path[0] == "offers" else "policy"] = exc.entry_id
+        path = path[2:]
+    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    return Problem(message, file=file, field=field, **where)
+
+
+#: how pydantic names the member of a union in an error's location (a schema field is a type
+#: name or a FieldSpec mapping)
+_UNION_TAG = re.compile(r"^(?:literal|function-(?:after|before|wrap|plain))\[")
+
+
+def _other_branch(error: Mapping[str, Any]) -> bool:
+    """Whether the error comes from the member of a union the value plainly was not written
+    for: the type name's, when a mapping was given; the mapping's, when anything else was."""
+    tags = [p for p in error["loc"] if isinstance(p, str) and _UNION_TAG.match(p)]
+    if not tags:
+        return False
+    if tags[-1].startswith("literal["):
+        return isinstance(error.get("input"), Mapping)
+    return error["type"] in ("model_type", "dict_type")
+
+
+def _yaml_hint(error: Mapping[str, Any]) -> str:
+    """Why YAML gave a value that is not text where text is expected, and what to write."""
+    if error["type"] != "string_type":
+        return ""
+    value = error.get("input")
+    if isinstance(value, bool):
+        return (f" (YAML read it as the boolean {str(value).lower()}: unquoted yes, no, on, off, true and false "
+                "are booleans; quote the text, as in 'no')")
+    if isinstance(value, (date, datetime)):
+        return f" (YAML read it as a date: quote it, as in '{value.isoformat()}')"
+    if isinstance(value, (int, float)):
+        return f" (YAML read it as the number {value!r}: quote it, as in '{value}')"
+    if value is None:
+        return " (the value is empty)"
+    return ""

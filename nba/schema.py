@@ -56,6 +56,16 @@ class FieldSpec(BaseModel):
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         if (self.min is not None or self.max is not None) and self.type != "number":
             raise ValueError("min and max apply to numbers only")
+        # YAML reads unquoted yes/no/on/off as booleans and 2 as a number: the values of a
+        # string field would then never equal the text a channel sends.
+        kind = self.type.removeprefix("list<").removesuffix(">")
+        wanted = {"string": (str,), "number": (int, float), "bool": (bool,)}.get(kind)
+        for value in self.values or ():
+            if wanted is not None and (not isinstance(value, wanted) or (kind == "number" and isinstance(value, bool))):
+                hint = " (YAML reads unquoted yes, no, on, off, true and false as booleans: quote the text)" if (
+                    isinstance(value, bool) and kind == "string") else " (quote it)" if kind == "string" else ""
+                noun = {"string": "text", "number": "numbers", "bool": "booleans"}[kind]
+                raise ValueError(f"values of a {self.type} field must be {noun}: {value!r} is not{hint}")
         return self
 
 

@@ -25,16 +25,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from nba.contacts import ContactSummary, OfferCounters
+from nba.days import LocalDay, day_of, local_day
 from nba.policies import Budget
 from nba.policy_set import CompiledOffer, PolicySet
 from nba.reservations import Claim, key
 from nba.rules import RuleError, activation
 
-__all__ = ["REASONS", "Screening", "Verdict", "day_start", "screen"]
+__all__ = ["REASONS", "Screening", "Verdict", "screen"]
 
 REASONS = (
     "status", "not_yet_valid", "expired", "schedule", "eligibility", "applicability", "suitability",
@@ -70,10 +71,6 @@ class Screening:
     @property
     def eligible(self) -> list[Verdict]:
         return [v for v in self.verdicts if v.eligible]
-
-
-def day_start(local: datetime) -> float:
-    return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
 def screen(
@@ -127,7 +124,7 @@ class _State:
         self.summary = summary
         self.counters = counters
         self.variables = variables
-        self._day_start: float | None = None
+        self._day: LocalDay | None = None
         #: the channel's rule results (RuleBatch), and per offer which to read
         self._results = results or []
         self._elements = elements or {}
@@ -207,14 +204,14 @@ class _State:
             if budget.period == "total":
                 spent = sum(counters.total(m, budget.counts) for m in members)
             else:
-                if self._day_start is None:
-                    self._day_start = day_start(self.local)
-                spent = sum(counters.since(m, budget.counts, self._day_start) for m in members)
+                if self._day is None:
+                    self._day = local_day(self.policy_set.timezone, self.local.date())
+                spent = sum(counters.since(m, budget.counts, self._day.start) for m in members)
             if spent >= budget.max:
                 return Verdict(compiled, False, "budget", budget.id,
                                f"{spent} {budget.counts} {'today' if budget.period == 'day' else 'in total'} (max {budget.max})")
             if budget.pacing == "even" and budget.period == "day":
-                allowed = _paced(budget, compiled, self.local)
+                allowed = _paced(budget, compiled, self._day, self.now.timestamp())
                 if spent >= allowed:
                     return Verdict(compiled, False, "pacing", budget.id,
                                    f"{spent} {budget.counts} by {self.local.strftime('%H:%M')}, "
@@ -222,10 +219,12 @@ class _State:
         return None
 
 
-def _paced(budget: Budget, compiled: CompiledOffer, local: datetime) -> float:
-    """How much of a daily budget under even pacing may be spent by ``local``'s time."""
+def _paced(budget: Budget, compiled: CompiledOffer, day: LocalDay, at: float) -> float:
+    """How much of a daily budget under even pacing may be spent by ``at`` (epoch seconds):
+    its share of the local day passed in real time (a day of 23 or 25 hours on a clock
+    change), or of the offer's scheduled time that day, plus the burst."""
     schedule = compiled.offer.schedule
-    fraction = schedule.day_fraction(local) if schedule else _fraction_of_day(local)
+    fraction = schedule.day_fraction(day, at) if schedule else day.fraction(at)
     return budget.max * fraction + max(1.0, math.ceil(budget.max * PACING_BURST))
 
 
@@ -261,7 +260,7 @@ def claims(policy_set: PolicySet, compiled: CompiledOffer, channel: str, custome
                                at + cap.window, known, holds and not fallback and cap.applies_to.on(channel),
                                "contact_cap", cap.id))
     if counters is not None:
-        local = now.astimezone(policy_set.timezone)
+        day = day_of(policy_set.timezone, now)
         for budget in compiled.budgets:
             if budget.counts != "decided":
                 continue
@@ -274,20 +273,17 @@ def claims(policy_set: PolicySet, compiled: CompiledOffer, channel: str, custome
                 found.append(Claim(key("budget", budget.id, member, "total"), budget.max, "counter", None, spent,
                                    check, "budget", budget.id))
                 continue
-            midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-            spent = sum(counters.since(m, "decided", midnight.timestamp()) for m in members)
+            spent = sum(counters.since(m, "decided", day.start) for m in members)
             limit, reason = budget.max, "budget"
             if budget.pacing == "even":
-                paced = math.ceil(_paced(budget, compiled, local))
+                paced = math.ceil(_paced(budget, compiled, day, at))
                 if paced < limit:
                     limit, reason = paced, "pacing"
-            found.append(Claim(key("budget", budget.id, member, midnight.date().isoformat()), limit, "counter",
-                               (midnight + timedelta(days=1)).timestamp(), spent, check, reason, budget.id))
+            # The day's label names its zone: after a publish that changes the timezone, the
+            # new day is a key of its own, not the old zone's day of the same date.
+            found.append(Claim(key("budget", budget.id, member, day.label), limit, "counter",
+                               day.end, spent, check, reason, budget.id))
     return found
-
-
-def _fraction_of_day(local: datetime) -> float:
-    return (local.hour * 3600 + local.minute * 60 + local.second) / 86400
 
 
 def _duration(seconds: float) -> str:

@@ -31,9 +31,10 @@ from nba.bus import RedisBus
 from nba.clock import Clock, SystemClock
 from nba.config import Settings
 from nba.contacts import ContactEvent, ContactHistory, OfferCounters
+from nba.context import MAX_CONTEXT_DEPTH
 from nba.decisions import Decider
-from nba.errors import NbaError, Unavailable
-from nba.feedback import FeedbackIntake
+from nba.errors import InvalidArgument, NbaError, Unavailable
+from nba.feedback import IN_FLIGHT_MARGIN_SECONDS, FeedbackIntake
 from nba.learning import LearningLoop, build_learner
 from nba.policy_set import PolicySet
 from nba.publishing import Publisher
@@ -45,7 +46,7 @@ from nba.v1 import admin_service_pb2_grpc as apb_grpc
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
 
-__all__ = ["ErrorInterceptor", "Service", "create_server"]
+__all__ = ["DecodingInterceptor", "ErrorInterceptor", "Service", "create_server"]
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ ADMIN_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["AdminService"].full_name
 STORE_HEALTH = "nba.store"
 BUS_HEALTH = "nba.bus"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-#: hourly offer counters kept in memory and uncompacted (daily budgets need the last day)
-COUNTER_HOURS = 48
+#: quarter-hourly offer counters kept in memory and uncompacted (daily budgets need the
+#: current local day, which began at most 26 hours ago in any zone)
+COUNTER_SECONDS = 48 * 3600
 COMPACTION_SECONDS = 3600.0
 #: how often decisions past decision_retention_days are deleted
 RETENTION_SECONDS = 60.0
@@ -99,6 +101,67 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         )
 
 
+class DecodingInterceptor(grpc.ServerInterceptor):
+    """Decodes every request itself, for every method of every service, so that a message
+    protobuf cannot decode (random bytes, a field of the wrong wire type that corrupts the
+    rest, invalid UTF-8 in a string, nesting beyond protobuf's own limit of about 33 context
+    levels) is ``INVALID_ARGUMENT`` naming the message type, never gRPC's own ``INTERNAL``
+    ("Exception deserializing request"). Innermost of the interceptors: the outer ones (auth,
+    errors) pass the raw bytes through, so a caller without a token is still told that first.
+    """
+
+    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        decode = handler.request_deserializer
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            def unary_unary(raw: bytes, context: grpc.ServicerContext) -> Any:
+                return inner(_decoded(decode, raw), context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=handler.response_serializer)
+        # Streaming methods (health Watch, reflection) are outside ErrorInterceptor: abort here.
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            def unary_stream(raw: bytes, context: grpc.ServicerContext) -> Any:
+                return inner_stream(_decoded_or_abort(decode, raw, context), context)
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=handler.response_serializer)
+        stream = handler.stream_unary or handler.stream_stream
+        make = grpc.stream_unary_rpc_method_handler if handler.stream_unary else grpc.stream_stream_rpc_method_handler
+
+        def streaming(requests: Any, context: grpc.ServicerContext) -> Any:
+            return stream((_decoded_or_abort(decode, raw, context) for raw in requests), context)
+
+        return make(streaming, response_serializer=handler.response_serializer)
+
+
+def _decoded(decode: Callable[[bytes], Any], raw: bytes) -> Any:
+    """The request, or ``InvalidArgument`` saying why it is not one."""
+    try:
+        return decode(raw)
+    except Exception as exc:  # DecodeError, and whatever else a parser may raise on hostile bytes
+        message_type = getattr(getattr(decode, "__self__", None), "DESCRIPTOR", None)
+        name = message_type.full_name if message_type is not None else "the request message"
+        reason = str(exc).rsplit(": ", 1)[-1] or type(exc).__name__
+        if "depth" in reason.lower() and message_type is not None and "context" in message_type.fields_by_name:
+            raise InvalidArgument(
+                f"context: nested deeper than protobuf decodes ({reason}); the context may be nested "
+                f"{MAX_CONTEXT_DEPTH} levels at most"
+            ) from None
+        raise InvalidArgument(f"request: not a valid {name} ({reason}); build it from the proto files") from None
+
+
+def _decoded_or_abort(decode: Callable[[bytes], Any], raw: bytes, context: grpc.ServicerContext) -> Any:
+    try:
+        return _decoded(decode, raw)
+    except InvalidArgument as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+
 class Service:
     """Everything one ``nba serve`` process runs."""
 
@@ -122,9 +185,8 @@ class Service:
             self._load_contacts, settings.contact_history_days * 86400, settings.contact_customers
         )
         self.counters = OfferCounters()
-        now_hour = int(self.clock.now().timestamp() // 3600)
-        self.counters.load(self.store.counter_rows(), recent_since_hour=now_hour - COUNTER_HOURS)
-        self.learning = LearningLoop(build_learner(settings), settings.snapshot_seconds)
+        self.counters.load(self.store.counter_rows(), recent_since=self.clock.now().timestamp() - COUNTER_SECONDS)
+        self.learning = LearningLoop(build_learner(settings), settings.snapshot_seconds, settings.reward_range)
         self.decider: Decider | None = None
         # With several workers, the first watches the folder; all follow the database.
         folder = settings.policies if not self.is_worker or self.worker == 0 else None
@@ -166,14 +228,17 @@ class Service:
             reservations=self._reservations(),
         )
         self.intake = FeedbackIntake(
-            self.log, settings.rewards(), settings.feedback_timeout_seconds, self.clock,
-            # Another worker may not have written the decision yet: wait up to two flushes.
-            lookup_wait_seconds=2 * settings.log_flush_seconds + 0.05 if self.shared else 0.0,
+            self.log, settings.rewards(), settings.feedback_timeout_seconds, self.clock, settings.reward_range,
+            # A decision another worker or replica made may not be written yet (write-behind);
+            # alone, or with durable decisions, what is not known is unknown.
+            in_flight_seconds=(settings.log_flush_seconds + IN_FLIGHT_MARGIN_SECONDS
+                               if self.shared and not settings.durable_decisions else 0.0),
+            poll_seconds=settings.log_flush_seconds,
         )
         self.health = health.HealthServicer()
         self.server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="nba-rpc"),
-            interceptors=[ErrorInterceptor(), AuthInterceptor(settings.admin_tokens)],
+            interceptors=[ErrorInterceptor(), AuthInterceptor(settings.admin_tokens), DecodingInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 # Workers share the port (the kernel spreads connections); alone, a second
@@ -265,9 +330,8 @@ class Service:
         now = self.clock.now().timestamp()
         if time.monotonic() - self._last_compaction >= COMPACTION_SECONDS:
             self._last_compaction = time.monotonic()
-            hours_before = int(now // 3600) - COUNTER_HOURS
-            self.store.compact(now - self.contacts.horizon_seconds, hours_before)
-            self.counters.prune(hours_before * 3600)
+            self.store.compact(now - self.contacts.horizon_seconds, now - COUNTER_SECONDS)
+            self.counters.prune(now - COUNTER_SECONDS)
         retention = self.settings.decision_retention_days
         if retention and time.monotonic() - self._last_purge >= RETENTION_SECONDS:
             # Every minute, half a second at most: at the deletion rate measured on PostgreSQL
@@ -284,10 +348,10 @@ class Service:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
-        if self.settings.metrics_port >= 0:
-            # Each worker has its own registry and port: the configured one plus its index.
-            port = self.settings.metrics_port + self.worker if self.settings.metrics_port else 0
-            self._metrics_server, _ = start_http_server(port)
+        # Workers write their metrics to the supervisor's folder (prometheus-client's
+        # multiprocess mode), and the supervisor serves them added up on the configured port.
+        if self.settings.metrics_port >= 0 and not (self.is_worker and os.environ.get("PROMETHEUS_MULTIPROC_DIR")):
+            self._metrics_server, _ = start_http_server(self.settings.metrics_port)
             self.metrics_port = self._metrics_server.server_port
         self.server.start()
         self.publisher.watch(self.settings.policies_watch_seconds)
@@ -298,7 +362,8 @@ class Service:
         if self.bus is not None:
             self._dependency(BUS_HEALTH, self.bus.up)
         log.info(
-            "serving",
+            f"serving on port {self.port}" + (f" (worker {self.worker})" if self.is_worker else "")
+            + (f", metrics on http://localhost:{self.metrics_port}/metrics" if self.metrics_port else ""),
             extra={
                 "port": self.port,
                 "metrics_port": self.metrics_port,

@@ -1,7 +1,11 @@
-"""gRPC servicers: translate messages to domain calls and back; no decisions are made here."""
+"""gRPC servicers: translate messages to domain calls and back; no decisions are made here.
+
+Every string and time a caller sends is checked here or in the domain call it reaches, with
+the shared rules of ``nba.inputs`` (ids, names, free text, timestamps)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -12,11 +16,12 @@ from google.protobuf import timestamp_pb2
 from nba.auth import current_caller
 from nba.context import features_from_struct
 from nba.decisions import DecideInput, Decider, DecisionRecord
-from nba.errors import InvalidArgument, Problem
+from nba.errors import FailedPrecondition, InvalidArgument, Problem
 from nba.feedback import FeedbackIntake
+from nba.inputs import MAX_COMMENT_LENGTH, check_id, check_text, timestamp
 from nba.policy_set import PolicySet
 from nba.preview import preview
-from nba.publishing import Published, Publisher
+from nba.publishing import MAX_FILES, Published, Publisher
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import admin_service_pb2_grpc as apb_grpc
 from nba.v1 import decision_service_pb2 as pb
@@ -52,14 +57,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             outcome = pb.Outcome.Name(request.outcome).removeprefix("OUTCOME_").lower()
         except ValueError:
             outcome = f"unknown value {request.outcome}"
-        occurred_at = None
-        if request.HasField("occurred_at"):
-            try:
-                occurred_at = request.occurred_at.ToDatetime(UTC)
-            except (ValueError, OverflowError, OSError):
-                raise InvalidArgument(
-                    f"occurred_at: {request.occurred_at.seconds}s {request.occurred_at.nanos}ns is not a valid time"
-                ) from None
+        occurred_at = timestamp("occurred_at", request.occurred_at) if request.HasField("occurred_at") else None
         result = self._intake.receive(
             event_id=request.event_id,
             decision_id=request.decision_id,
@@ -133,8 +131,19 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
     def GetLivePolicySet(self, request: apb.GetLivePolicySetRequest, context: grpc.ServicerContext) -> apb.PolicySet:
         return _policy_set(self._publisher.refresh(), live=True, with_files=True)
 
+    def _expect_live(self, expected: int, comment: str) -> None:
+        """The same checks PublishPolicySet makes of its body, for Validate and Preview (one body
+        for all three): the comment is free text, and expected_live_version must still be live."""
+        check_text("comment", comment, max_length=MAX_COMMENT_LENGTH)
+        _version("expected_live_version", expected)
+        live = self._publisher.live.number
+        if expected and expected != live:
+            raise FailedPrecondition(f"expected_live_version: {expected} is no longer live (version {live} is); "
+                                     "get the live set again, or leave expected_live_version out")
+
     def ValidatePolicySet(self, request: apb.ValidatePolicySetRequest, context: grpc.ServicerContext) -> apb.ValidatePolicySetResponse:
-        compiled, problems = self._publisher.validate(dict(request.draft.files))
+        self._expect_live(request.expected_live_version, request.comment)
+        compiled, problems = self._publisher.validate(_draft(request.draft))
         return apb.ValidatePolicySetResponse(
             valid=compiled is not None,
             problems=[_problem(p) for p in problems],
@@ -142,17 +151,23 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         )
 
     def PublishPolicySet(self, request: apb.PublishPolicySetRequest, context: grpc.ServicerContext) -> apb.PublishPolicySetResponse:
+        files = _draft(request.draft)
+        _version("expected_live_version", request.expected_live_version)
         published = self._publisher.publish(
-            dict(request.draft.files), actor=current_caller().name, source="api",
-            comment=request.comment, expected_live=request.expected_live_version,
+            files, actor=current_caller().name, source="api",
+            comment=check_text("comment", request.comment, max_length=MAX_COMMENT_LENGTH),
+            expected_live=request.expected_live_version,
         )
         return _published(published)
 
     def RollbackPolicySet(self, request: apb.RollbackPolicySetRequest, context: grpc.ServicerContext) -> apb.PublishPolicySetResponse:
         if request.version <= 0:
             raise InvalidArgument("version: required (a version number from ListPolicySetVersions)")
+        _version("version", request.version)
+        _version("expected_live_version", request.expected_live_version)
         published = self._publisher.rollback(
-            request.version, actor=current_caller().name, comment=request.comment,
+            request.version, actor=current_caller().name,
+            comment=check_text("comment", request.comment, max_length=MAX_COMMENT_LENGTH),
             expected_live=request.expected_live_version,
         )
         return _published(published)
@@ -163,8 +178,9 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             raise InvalidArgument(f"page_size: must be 1 to 500, got {request.page_size}")
         before = None
         if request.page_token:
-            if not request.page_token.isdigit():
-                raise InvalidArgument("page_token: not a token from next_page_token")
+            # str.isdigit() also takes "²" and Arabic digits, which int() refuses or misreads
+            if _PAGE_TOKEN.fullmatch(request.page_token) is None or int(request.page_token) > MAX_VERSION:
+                raise InvalidArgument("page_token: not a token from next_page_token (send it back unchanged, or none)")
             before = int(request.page_token)
         store = self._publisher.store
         rows = store.policy_set_versions(before, size + 1)
@@ -187,12 +203,18 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         last_n = request.last_n or 1000
         if not 0 < last_n <= 100_000:
             raise InvalidArgument(f"last_n: must be 1 to 100000, got {request.last_n}")
-        draft, problems = self._publisher.validate(dict(request.draft.files))
+        self._expect_live(request.expected_live_version, request.comment)
+        draft, problems = self._publisher.validate(_draft(request.draft))
         if draft is None:
             from nba.errors import PolicySetError
 
             raise PolicySetError(problems)
-        report = preview(self._publisher.live, draft, self._recent(last_n), self._learning, self._make_learner)
+        from nba.evaluation.logs import LogError
+
+        try:
+            report = preview(self._publisher.live, draft, self._recent(last_n), self._learning, self._make_learner)
+        except LogError as exc:  # a logged decision evaluation refuses (it names which): not the caller's fault
+            raise FailedPrecondition(f"the decision log cannot be replayed: {exc}") from None
         return apb.PreviewPolicySetResponse(
             decisions=report.decisions,
             live_version=report.live_version,
@@ -204,6 +226,30 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             live_value=_value(report.live_value),
             draft_value=_value(report.draft_value),
         )
+
+
+#: the tokens ListPolicySetVersions hands out: a version number, in ASCII digits
+_PAGE_TOKEN = re.compile(r"[0-9]{1,10}")
+#: version numbers are 32-bit in the store (policy_sets.version)
+MAX_VERSION = 2**31 - 1
+
+
+def _version(field: str, value: int) -> None:
+    """A version number a caller names: 0 (none) to MAX_VERSION; beyond, no version can exist,
+    and the database would refuse to compare it."""
+    if not 0 <= value <= MAX_VERSION:
+        raise InvalidArgument(f"{field}: must be a version number, 0 to {MAX_VERSION}, got {value}")
+
+
+def _draft(draft: apb.PolicySetDraft) -> dict[str, str]:
+    """A draft's files, each name a name and each text free text (``nba.inputs``)."""
+    files = dict(draft.files)
+    if len(files) > MAX_FILES:  # before looking at each: a draft of a million names is refused at once
+        raise InvalidArgument(f"draft.files: {len(files)} files, more than {MAX_FILES}")
+    for name, text in files.items():
+        check_id("draft.files: a file name", name)
+        check_text(f"draft.files[{name!r}]", text)
+    return files
 
 
 def _value(estimate: Any) -> apb.ValueEstimate | None:

@@ -36,6 +36,7 @@ from google.protobuf import struct_pb2
 from nba.evaluation.truth import Phase, Truth
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
+from nba.yaml_loader import load_yaml
 
 __all__ = ["DEFAULT_POPULATION", "Population", "SimulationResult", "Simulator"]
 
@@ -151,19 +152,47 @@ class Population:
     channels: Mapping[str, float] = field(default_factory=lambda: {"web": 1.0})
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any]) -> Population:
-        try:
-            personas = [Persona(p["name"], float(p["share"]), p["customer"], p.get("prefers", {}), p.get("drift", {}))
-                        for p in raw["personas"]]
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"population: every persona needs name, share and customer ({exc})") from None
-        if not personas:
-            raise ValueError("population: no personas")
-        return cls(personas, float(raw.get("base_rate", 0.02)), raw.get("channels") or {"web": 1.0})
+    def parse(cls, raw: Any) -> Population:
+        """A population from its YAML form, checked whole: ``ValueError`` names the persona and
+        field (a template that cannot generate a customer is found here, not mid-run)."""
+        if not isinstance(raw, Mapping):
+            raise ValueError("expected a mapping with 'personas' (see nba/simulation.py, DEFAULT_POPULATION)")
+        unknown = set(raw) - {"personas", "base_rate", "channels"}
+        if unknown:
+            raise ValueError(f"unknown keys {', '.join(sorted(map(str, unknown)))} (personas, base_rate, channels)")
+        base_rate = raw.get("base_rate", 0.02)
+        if not _probability(base_rate):
+            raise ValueError(f"base_rate: must be a probability in [0, 1], got {base_rate!r}")
+        channels = raw.get("channels") or {"web": 1.0}
+        if not isinstance(channels, Mapping) or not all(
+                isinstance(k, str) and _number(v) and v >= 0 for k, v in channels.items()) or not sum(channels.values()):
+            raise ValueError(f"channels: must map channel names to weights of 0 or more (not all 0), got {channels!r}")
+        items = raw.get("personas")
+        if not isinstance(items, list) or not items:
+            raise ValueError("personas: required, a list of personas")
+        personas = [_persona(p, i) for i, p in enumerate(items)]
+        names = [p.name for p in personas]
+        if len(set(names)) != len(names):
+            raise ValueError(f"personas: the name {next(n for n in names if names.count(n) > 1)!r} is used twice")
+        if not sum(p.share for p in personas):
+            raise ValueError("personas: every share is 0")
+        return cls(personas, float(base_rate), dict(channels))
 
     @classmethod
     def load(cls, path: str | Path | None) -> Population:
-        return cls.parse(yaml.safe_load(Path(path).read_text()) if path else DEFAULT_POPULATION)
+        """The population in a YAML file (``None``: the default one); ``ValueError`` names what
+        is wrong, ``OSError`` when it cannot be read."""
+        if not path:
+            return cls.parse(DEFAULT_POPULATION)
+        try:
+            raw = load_yaml(Path(path).read_text(encoding="utf-8"), str(path))
+        except UnicodeDecodeError:
+            raise ValueError("not a YAML file: not UTF-8 text") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ValueError(f"not YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+        return cls.parse(raw)
 
     def probability(self, persona: str, offer_id: str, drifted: bool) -> float:
         p = next(x for x in self.personas if x.name == persona)
@@ -178,6 +207,45 @@ class Population:
         if drift_time is not None:
             phases.append(Phase(None, after, self.base_rate))
         return Truth(PERSONA_FIELD, phases, 1.0)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _probability(value: Any) -> bool:
+    return _number(value) and 0 <= value <= 1
+
+
+def _persona(raw: Any, index: int) -> Persona:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"personas[{index}]: must be a mapping with name, share and customer")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"personas[{index}].name: required, a string")
+    where = f"persona {name!r}"
+    unknown = set(raw) - {"name", "share", "customer", "prefers", "drift"}
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {', '.join(sorted(map(str, unknown)))} (name, share, customer, prefers, drift)")
+    share = raw.get("share")
+    if not _number(share) or share < 0:
+        raise ValueError(f"{where}: share must be a number of 0 or more, got {share!r}")
+    customer = raw.get("customer")
+    if not isinstance(customer, Mapping):
+        raise ValueError(f"{where}: customer must be a mapping (a template of the customer's profile)")
+    for key in ("prefers", "drift"):
+        table = raw.get(key) or {}
+        if not isinstance(table, Mapping):
+            raise ValueError(f"{where}: {key} must map offer ids to probabilities")
+        for offer, q in table.items():
+            if not _probability(q):
+                raise ValueError(f"{where}: {key}.{offer} must be a probability in [0, 1], got {q!r}")
+    try:  # every template must generate a profile a Struct can carry
+        struct_pb2.Struct().update({"customer": generate(customer, random.Random(0))})
+    except Exception as exc:
+        raise ValueError(f"{where}: customer cannot generate a profile ({type(exc).__name__}: {exc}); templates are "
+                         "values, {range: [lo, hi]}, {choice: [...]}, {sample: [...], k: [lo, hi]}") from None
+    return Persona(name, float(share), customer, dict(raw.get("prefers") or {}), dict(raw.get("drift") or {}))
 
 
 def generate(template: Any, rng: random.Random) -> Any:
@@ -245,7 +313,7 @@ class Simulator:
         started = time.monotonic()
         channel = grpc.insecure_channel(self.address)
         try:
-            grpc.channel_ready_future(channel).result(timeout=10)
+            grpc.channel_ready_future(channel).result(timeout=5)
         except grpc.FutureTimeoutError:
             raise ConnectionError(f"no service answers at {self.address} (start one with `make serve`)") from None
         stub = pb_grpc.DecisionServiceStub(channel)

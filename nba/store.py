@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -35,6 +36,7 @@ from sqlmodel import Field, SQLModel, create_engine, select
 from nba import metrics
 from nba.bus import BusEntry, RedisBus, Span
 from nba.contacts import ContactEvent
+from nba.days import BUCKET_SECONDS
 from nba.decisions import DecisionRecord
 from nba.errors import AlreadyExists, Unavailable
 from nba.feedback import NO_RESPONSE, OUTCOMES, FeedbackEvent, FeedbackResult, PairState, RewardWindows, resolve
@@ -105,14 +107,15 @@ class ContactEventRow(SQLModel, table=True):
 
 
 class OfferCounterRow(SQLModel, table=True):
-    """Events per offer and kind per hour (UTC hours since the epoch); hour 0 holds the
-    compacted total of hours older than two days."""
+    """Events per offer and kind per quarter hour (UTC quarter hours since the epoch, the
+    buckets every local day of every zone is made of: ``nba.days``); quarter 0 holds the
+    compacted total of quarters older than two days."""
 
     __tablename__ = "offer_counters"
 
     offer_id: str = Field(primary_key=True, max_length=128)
     kind: str = Field(primary_key=True, max_length=16)
-    hour: int = Field(primary_key=True)
+    quarter: int = Field(primary_key=True)
     count: int
 
 
@@ -457,9 +460,9 @@ class Store:
         )
         increments: dict[tuple[str, str, int], int] = {}
         for e in events:
-            key = (e.offer_id, e.kind, int(e.at // 3600))
+            key = (e.offer_id, e.kind, int(e.at // BUCKET_SECONDS))
             increments[key] = increments.get(key, 0) + 1
-        self._add_counts(conn, [{"offer_id": o, "kind": k, "hour": h, "count": n} for (o, k, h), n in increments.items()])
+        self._add_counts(conn, [{"offer_id": o, "kind": k, "quarter": q, "count": n} for (o, k, q), n in increments.items()])
 
     def _add_counts(self, conn: Any, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -471,13 +474,13 @@ class Store:
             # statement with SQLAlchemy on every write cost more than running it.
             mark = "?" if dialect.paramstyle == "qmark" else "%s"
             conn.exec_driver_sql(
-                f"INSERT INTO offer_counters (offer_id, kind, hour, count) VALUES ({mark}, {mark}, {mark}, {mark}) "
-                "ON CONFLICT (offer_id, kind, hour) DO UPDATE SET count = offer_counters.count + excluded.count",
-                [(r["offer_id"], r["kind"], r["hour"], r["count"]) for r in rows],
+                f"INSERT INTO offer_counters (offer_id, kind, quarter, count) VALUES ({mark}, {mark}, {mark}, {mark}) "
+                "ON CONFLICT (offer_id, kind, quarter) DO UPDATE SET count = offer_counters.count + excluded.count",
+                [(r["offer_id"], r["kind"], r["quarter"], r["count"]) for r in rows],
             )
             return
         for row in rows:  # any other database: read, then write
-            key = (table.c.offer_id == row["offer_id"]) & (table.c.kind == row["kind"]) & (table.c.hour == row["hour"])
+            key = (table.c.offer_id == row["offer_id"]) & (table.c.kind == row["kind"]) & (table.c.quarter == row["quarter"])
             if conn.execute(table.update().where(key).values(count=table.c.count + row["count"])).rowcount == 0:
                 conn.execute(table.insert().values(**row))
 
@@ -508,27 +511,30 @@ class Store:
             return self.positions(conn)
 
     def counter_rows(self) -> list[tuple[str, str, int, int]]:
+        """Every (offer, kind, quarter, count) row; quarter 0 holds compacted totals."""
         table = OfferCounterRow.__table__
         with self.engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(select(table.c.offer_id, table.c.kind, table.c.hour, table.c.count)).all()]
+            return [tuple(r) for r in conn.execute(select(table.c.offer_id, table.c.kind, table.c.quarter, table.c.count)).all()]
 
-    def compact(self, contacts_before: float, hours_before: int) -> None:
-        """Drops contact events older than any policy looks back, and folds hourly counters
-        older than ``hours_before`` into each offer's total (hour 0)."""
+    def compact(self, contacts_before: float, counters_before: float) -> None:
+        """Drops contact events older than any policy looks back, and folds the counters of
+        quarter hours that began before ``counters_before`` (epoch seconds) into each offer's
+        total (quarter 0)."""
         contacts, counters = ContactEventRow.__table__, OfferCounterRow.__table__
         with self.write() as conn:
             # The newest row stays whatever its age: SQLite would give its id to the next
             # event, and processes that follow the log by id would skip that one.
             newest = select(func.max(contacts.c.id)).scalar_subquery()
             conn.execute(contacts.delete().where(contacts.c.at < contacts_before, contacts.c.id < newest))
-            old = (counters.c.hour > 0) & (counters.c.hour < hours_before)
+            quarters_before = int(counters_before // BUCKET_SECONDS)
+            old = (counters.c.quarter > 0) & (counters.c.quarter < quarters_before)
             totals = conn.execute(
                 select(counters.c.offer_id, counters.c.kind, func.sum(counters.c.count))
                 .where(old)
                 .group_by(counters.c.offer_id, counters.c.kind)
             ).all()
             conn.execute(counters.delete().where(old))
-            self._add_counts(conn, [{"offer_id": o, "kind": k, "hour": 0, "count": int(n)} for o, k, n in totals])
+            self._add_counts(conn, [{"offer_id": o, "kind": k, "quarter": 0, "count": int(n)} for o, k, n in totals])
 
     # Decisions ----------------------------------------------------------------------
 
@@ -1515,4 +1521,19 @@ class DecisionLog:
 
 
 def dumps(line: dict[str, Any]) -> str:
-    return json.dumps(line, separators=(",", ":"), ensure_ascii=False)
+    """One export line as JSON (RFC 8259). JSON has no NaN or infinity: a stored number that
+    is not finite (written by a version that let one through) is exported as null."""
+    try:
+        return json.dumps(line, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite_or_null(line), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    return value

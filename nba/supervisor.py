@@ -11,31 +11,68 @@ worker restarted after a crash catches up from the same place its snapshot left 
 on several machines (a later step) need a stream engine, since PostgreSQL's sequence order is
 not its commit order.
 
-The supervisor publishes the policy set once before the workers start (so they do not race to
-publish the same folder), forwards SIGTERM, SIGINT and SIGHUP, restarts a worker that dies,
-and exits when all have stopped. Workers die with it (PR_SET_PDEATHSIG).
+The supervisor checks that the port is free, publishes the policy set once before the workers
+start (so they do not race to publish the same folder), and serves the metrics of all workers
+as one: prometheus-client's multiprocess mode, each worker writing its values to files in a
+folder of this run (``PROMETHEUS_MULTIPROC_DIR``) and the supervisor's ``/metrics`` adding
+them up (counters and histograms summed, dead workers' counts kept; each gauge by the mode
+declared in ``nba.metrics``; a dead worker's live gauges dropped with ``mark_process_dead``).
+
+It forwards SIGTERM, SIGINT and SIGHUP, and restarts a worker that dies, after a delay that
+doubles with each exit in a row (1 s, 2 s, 4 s ... at most ``RESTART_MAX_SECONDS``) and starts
+again from 1 s once a worker has run ``HEALTHY_SECONDS``; from ``CRASH_LOOP_EXITS`` exits in a
+row the log says the worker is crash-looping. Once SIGTERM or SIGINT has arrived nothing is
+restarted. It exits when all workers have stopped. Workers die with it (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from nba.config import Settings
 
-__all__ = ["supervise"]
+__all__ = ["CRASH_LOOP_EXITS", "HEALTHY_SECONDS", "RESTART_MAX_SECONDS", "RESTART_MIN_SECONDS", "PortInUse",
+           "restart_delay", "supervise"]
 
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
-RESTART_BACKOFF_SECONDS = 1.0
+#: delay before the first restart of a worker; it doubles with each exit in a row
+RESTART_MIN_SECONDS = 1.0
+RESTART_MAX_SECONDS = 60.0
+#: a worker that ran this long before it exited starts the count of exits in a row again
+HEALTHY_SECONDS = 60.0
+#: exits in a row after which a worker is reported as crash-looping
+CRASH_LOOP_EXITS = 3
+#: environment of the workers that names the folder of their metric files
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class PortInUse(OSError):
+    """The gRPC or metrics port is taken by another process."""
+
+    def __init__(self, kind: str, host: str, port: int, reason: str) -> None:
+        super().__init__(errno.EADDRINUSE, reason)
+        self.kind, self.host, self.port = kind, host, port
+
+
+def restart_delay(exits_in_a_row: int, minimum: float = RESTART_MIN_SECONDS, maximum: float = RESTART_MAX_SECONDS) -> float:
+    """Seconds to wait before restarting a worker that exited ``exits_in_a_row`` times
+    (1, 2, ...) without running ``HEALTHY_SECONDS`` in between: exponential, capped."""
+    return min(maximum, minimum * 2 ** max(0, exits_in_a_row - 1))
 
 
 def _die_with_parent() -> None:
@@ -43,6 +80,23 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:  # not Linux: the supervisor's signal forwarding still stops them
         pass
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuses a gRPC port another process listens on. The workers share it with SO_REUSEPORT,
+    which would also let them join a stranger's socket silently; this probe binds without it."""
+    if port == 0:
+        return
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise PortInUse("gRPC", host, port, exc.strerror or "in use") from None
+            raise
 
 
 def _publish_once(settings: Settings) -> None:
@@ -57,42 +111,126 @@ def _publish_once(settings: Settings) -> None:
         engine.dispose()
 
 
-def supervise(settings: Settings, argv: list[str]) -> int:
-    _publish_once(settings)
-    command = [sys.executable, "-m", "nba", *argv]
-    workers: dict[int, subprocess.Popen[Any]] = {}
-    stopping = threading.Event()
+def _serve_metrics(settings: Settings, folder: str) -> Any:
+    """The workers' metrics, added up, on the configured port (None when metrics are off)."""
+    if settings.metrics_port < 0:
+        return None
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
 
-    def spawn(index: int) -> None:
-        env = {**os.environ, "NBA_WORKER": str(index), "NBA_WORKERS": str(settings.workers)}
-        workers[index] = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
-        log.info("worker started", extra={"worker": index, "pid": workers[index].pid})
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=folder)
+    try:
+        server, _thread = start_http_server(settings.metrics_port, registry=registry)
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise PortInUse("metrics", "", settings.metrics_port, exc.strerror or "in use") from None
+        raise
+    return server
+
+
+@dataclass
+class _Worker:
+    index: int
+    proc: subprocess.Popen[Any] | None = None
+    started: float = 0.0
+    #: exits without HEALTHY_SECONDS of running in between
+    exits_in_a_row: int = 0
+    #: monotonic time of the next start, while the worker is down
+    restart_at: float | None = None
+
+
+def supervise(settings: Settings, argv: list[str]) -> int:
+    """Runs ``settings.workers`` workers until SIGTERM or SIGINT; returns the exit code (0).
+    Raises ``PortInUse`` when the gRPC or metrics port is taken."""
+    _check_port(settings.host, settings.port)
+    folder = tempfile.mkdtemp(prefix="nba-metrics-")
+    try:
+        metrics_server = _serve_metrics(settings, folder)
+        try:
+            _publish_once(settings)
+            return _run(settings, argv, folder, metrics_server.server_port if metrics_server is not None else None)
+        finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run(settings: Settings, argv: list[str], folder: str, metrics_port: int | None) -> int:
+    command = [sys.executable, "-m", "nba", *argv]
+    workers = [_Worker(i) for i in range(settings.workers)]
+    stopping = threading.Event()
+    from prometheus_client.multiprocess import mark_process_dead
+
+    def spawn(worker: _Worker) -> None:
+        if stopping.is_set():  # checked at the last moment: no start once shutdown began
+            return
+        env = {**os.environ, "NBA_WORKER": str(worker.index), "NBA_WORKERS": str(settings.workers), MULTIPROC_ENV: folder}
+        worker.proc = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+        worker.started = time.monotonic()
+        worker.restart_at = None
+        log.info("worker started", extra={"worker": worker.index, "pid": worker.proc.pid})
+
+    told: set[int] = set()  # workers already sent SIGTERM
 
     def forward(signum: int, _frame: Any) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             stopping.set()
-        for proc in workers.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
+        for w in workers:
+            if w.proc is not None and w.proc.poll() is None:
+                if signum == signal.SIGHUP:
+                    w.proc.send_signal(signal.SIGHUP)
+                elif w.proc.pid not in told:
+                    told.add(w.proc.pid)
+                    w.proc.send_signal(signal.SIGTERM)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
-    for index in range(settings.workers):
-        spawn(index)
-    log.info("serving", extra={"workers": settings.workers, "port": settings.port})
-    while not stopping.is_set():
-        stopping.wait(0.5)
-        for index, proc in list(workers.items()):
-            code = proc.poll()
-            if code is not None and not stopping.is_set():
-                log.error("worker exited; starting it again", extra={"worker": index, "code": code})
-                time.sleep(RESTART_BACKOFF_SECONDS)
-                spawn(index)
+    for w in workers:
+        spawn(w)
+    metrics = f"; metrics of all of them on http://localhost:{metrics_port}/metrics" if metrics_port is not None else ""
+    log.info(f"started {settings.workers} workers on port {settings.port}: each logs 'serving' when ready{metrics}",
+             extra={"workers": settings.workers, "port": settings.port, "metrics_port": metrics_port})
+    while not stopping.wait(0.2):
+        now = time.monotonic()
+        for w in workers:
+            if w.proc is not None and w.proc.poll() is not None:
+                _exited(w, now, folder, mark_process_dead)
+            if w.proc is None and w.restart_at is not None and now >= w.restart_at:
+                spawn(w)
+    # A worker started in the instant the signal arrived has not been told yet.
+    for w in workers:
+        if w.proc is not None and w.proc.poll() is None and w.proc.pid not in told:
+            w.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + settings.grace_seconds + 30
-    for proc in workers.values():
+    for w in workers:
+        if w.proc is None:
+            continue
         try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            w.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            proc.kill()
+            w.proc.kill()
+            w.proc.wait()
     log.info("stopped")
     return 0
+
+
+def _exited(worker: _Worker, now: float, folder: str, mark_process_dead: Any) -> None:
+    """Books a worker's exit and schedules its restart, with backoff."""
+    assert worker.proc is not None
+    code, pid = worker.proc.returncode, worker.proc.pid
+    ran = now - worker.started
+    mark_process_dead(pid, folder)  # its live gauges go; its counts stay in the sums
+    worker.proc = None
+    worker.exits_in_a_row = 1 if ran >= HEALTHY_SECONDS else worker.exits_in_a_row + 1
+    delay = restart_delay(worker.exits_in_a_row)
+    worker.restart_at = now + delay
+    fields = {"worker": worker.index, "pid": pid, "code": code, "ran_seconds": round(ran, 1),
+              "exits_in_a_row": worker.exits_in_a_row, "restart_in_seconds": delay}
+    if worker.exits_in_a_row >= CRASH_LOOP_EXITS:
+        log.error("worker is crash-looping: it keeps exiting soon after it starts; see its own log lines above",
+                  extra=fields)
+    else:
+        log.error("worker exited; starting it again", extra=fields)

@@ -194,6 +194,14 @@ def test_export_writes_one_decision_a_line_with_its_feedback(processes, tmp_path
     assert [(f["event_id"], f["outcome"], f["applied"]) for f in line["feedback"]] == [("x-1", "impressed", True), ("x-2", "accepted", True)]
     assert line["rewards"] == {first: 1.0}
     assert lines[1]["feedback"] == [] and lines[1]["rewards"] == {}
+    # Every exported line passes the logged-data contract, and the export evaluates as a log.
+    from nba.evaluation.logs import validate_line
+
+    for number, exported in enumerate(lines, start=1):
+        validate_line(exported, f"export line {number}")
+    evaluated = run_cli("evaluate", "--log", str(out), "--policy", "logged", "--bootstrap", "10", "--include-open")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "2 decisions from" in evaluated.stdout and (tmp_path / "export.evaluation.html").exists()
 
     since = run_cli("export", "--out", "-", "--since", "2999-01-01", env={"NBA_DATABASE_URL": server.env["NBA_DATABASE_URL"]})
     assert since.returncode == 0 and since.stdout == ""

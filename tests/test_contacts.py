@@ -69,5 +69,5 @@ def test_offer_counters_by_day_and_in_total() -> None:
     counters.add("a", "accepted", NOW, n=2)
     assert counters.since("a", "accepted", NOW - 3600) == 3
     assert counters.total("a", "accepted") == 4
-    counters.load([("a", "accepted", 0, 10), ("a", "accepted", int(NOW // 3600), 2)], recent_since_hour=int(NOW // 3600) - 48)
+    counters.load([("a", "accepted", 0, 10), ("a", "accepted", int(NOW // 900), 2)], recent_since=NOW - 48 * 3600)
     assert counters.total("a", "accepted") == 12 and counters.since("a", "accepted", NOW - 3600) == 2

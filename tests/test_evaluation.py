@@ -169,23 +169,134 @@ def test_jsonl_in_the_minimal_format(tmp_path: Path) -> None:
     assert decisions[0].features == {"customer.age": 30}
 
 
-@pytest.mark.parametrize(
-    ("line", "message"),
-    [
-        ({"candidates": [], "chosen": "a", "propensity": 1}, "needs 'features'"),
-        ({"features": {}, "chosen": "a"}, "'chosen' needs its 'propensity'"),
-        ({"features": {}, "chosen": "a", "propensity": 0}, "propensity must be in (0, 1]"),
-        ({"features": {}, "chosen": "a", "propensity": 1, "candidates": [{"offer_id": "a", "probability": 0.5}]}, "sum to 0.5"),
-        ({"features": {}, "chosen": "z", "propensity": 1, "candidates": [{"offer_id": "a", "probability": 1}]}, "'z' is not among"),
-        ({"features": {}, "chosen": "a", "propensity": 1}, "needs 'candidates'"),
-    ],
-)
-def test_malformed_lines_name_the_line_and_field(tmp_path: Path, line: dict, message: str) -> None:
+MINIMAL = {"context": {"customer": {"age": 34}}, "candidates": [{"offer_id": "a", "probability": 0.7},
+           {"offer_id": "b", "probability": 0.3}], "chosen": "a", "propensity": 0.7, "reward": 1.0,
+           "decided_at": "2026-11-23T10:00:00Z", "channel": "web"}
+SLATE = {"features": {"customer.age": 34.0}, "candidates": [
+    {"offer_id": "a", "eligible": True, "probability": 0.5, "value": 2.0, "lever": 1.0, "weight": 1.0},
+    {"offer_id": "b", "eligible": True, "probability": 0.5},
+    {"offer_id": "x", "eligible": False, "reason": "eligibility", "policy": "adults"}],
+    "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.5}, {"offer_id": "b", "slot": 2, "propensity": 1.0}],
+    "rewards": {"a": 1.0}, "closed": True}
+
+
+def without(line: dict, *keys: str) -> dict:
+    return {k: v for k, v in line.items() if k not in keys}
+
+
+def candidates(*pairs: tuple) -> list[dict]:
+    return [{"offer_id": a, "probability": p} for a, p in pairs]
+
+
+# Every line breaks one rule of the contract (README "Logs from other systems"); the refusal
+# names the line and the field. Written as Open Bandit Pipeline writes its invalid-input tables.
+INVALID = [
+    ({**MINIMAL, "propensity": 0.01}, "propensity: 0.01 differs from the first-slot probability 0.7"),
+    ({**MINIMAL, "reward": float("nan")}, "reward: must be a finite number"),
+    ({**MINIMAL, "reward": float("inf")}, "reward: must be a finite number"),
+    ({**MINIMAL, "reward": "yes"}, "reward: must be a number, got 'yes'"),
+    ({**MINIMAL, "reward": 1e308}, "reward: must be within ±1,000,000"),
+    ({**MINIMAL, "reward": True}, "reward: must be a number"),
+    (without(MINIMAL, "reward"), "reward: required"),
+    ({**MINIMAL, "reward": None}, "reward: required"),
+    ({**MINIMAL, "candidates": candidates(("a", 0.7), ("a", 0.3))}, "candidates: offer 'a' is listed twice"),
+    ({**MINIMAL, "candidates": candidates(("a", 0.0), ("b", 1.0))}, "chosen: offer 'a' was chosen, but its candidate probability is 0"),
+    ({**MINIMAL, "propensity": True}, "propensity: must be a number"),
+    ({**MINIMAL, "propensity": 0}, "propensity: must be in (0, 1]"),
+    ({**MINIMAL, "propensity": 1.5}, "propensity: must be in (0, 1]"),
+    ({**MINIMAL, "propensity": "0.7"}, "propensity: must be a number"),
+    (without(MINIMAL, "propensity"), "propensity: required with 'chosen'"),
+    (without(MINIMAL, "chosen"), "chosen: required with 'propensity'"),
+    (without(MINIMAL, "chosen", "propensity"), "offers: required"),
+    ({**MINIMAL, "chosen": 7}, "chosen: must be a string"),
+    ({**MINIMAL, "chosen": ""}, "chosen: String should have at least 1 character"),
+    ({**MINIMAL, "chosen": "z"}, "chosen: offer 'z' is not among the eligible candidates"),
+    ({**MINIMAL, "candidates": [{"probability": 0.7}, {"offer_id": "b", "probability": 0.3}]}, "candidates[0].offer_id: required"),
+    ({**MINIMAL, "candidates": [{"offer_id": 1, "probability": 0.7}]}, "candidates[0].offer_id: must be a string"),
+    ({**MINIMAL, "candidates": [{"offer_id": "a"}, {"offer_id": "b", "probability": 1}]}, "candidates[0].probability: required"),
+    ({**MINIMAL, "candidates": candidates(("a", 0.7), ("b", -0.3))}, "candidates[1].probability: must be in [0, 1]"),
+    ({**MINIMAL, "candidates": candidates(("a", 0.7), ("b", float("nan")))}, "candidates[1].probability: must be a finite number"),
+    ({**MINIMAL, "candidates": candidates(("a", 0.7))}, "probabilities sum to 0.700000, not 1"),
+    ({**MINIMAL, "candidates": []}, "candidates: required"),
+    (without(MINIMAL, "candidates"), "candidates: required"),
+    ({**MINIMAL, "candidates": "a,b"}, "candidates: must be a list"),
+    ({**MINIMAL, "candidates": [{"offer_id": "a", "probability": 0.7, "eligible": False}, {"offer_id": "b", "probability": 1.0}]},
+     "chosen: offer 'a' is not among the eligible candidates"),
+    ({**MINIMAL, "candidates": [{"offer_id": "a", "probability": 0.7, "eligible": "yes"}]}, "candidates[0].eligible: must be true or false"),
+    ({**MINIMAL, "candidates": [{"offer_id": "a", "probability": 0.7, "value": float("inf")}]}, "candidates[0].value: must be a finite number"),
+    ({**MINIMAL, "rewrad": 1}, "rewrad: unknown field"),
+    ({**MINIMAL, "candidates": [{"offer_id": "a", "probabilty": 1.0}]}, "candidates[0].probabilty: unknown field"),
+    (without(MINIMAL, "context"), "features: give the context as 'features' (flattened) or 'context' (nested)"),
+    ({**MINIMAL, "features": {"customer.age": 34}}, "give the context as 'features' (flattened) or 'context' (nested), one of them"),
+    ({**MINIMAL, "context": {"customer": {"age": float("nan")}}}, "context.customer.age: nan is not a finite number"),
+    ({**MINIMAL, "context": "customer"}, "context: must be an object"),
+    ({**MINIMAL, "decided_at": "yesterday"}, "decided_at: 'yesterday' is not an ISO 8601 time"),
+    ({**MINIMAL, "decided_at": 1732356000}, "decided_at: must be a string"),
+    ({**MINIMAL, "channel": 3}, "channel: must be a string"),
+    ({**MINIMAL, "closed": "no"}, "closed: must be true or false"),
+    ({**MINIMAL, "rewards": {"a": 1.0}}, "reward: give 'reward' (of the first slot) or 'rewards' (per offer), not both"),
+    ({**MINIMAL, "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.7}]}, "chosen: give 'chosen' and 'propensity', or 'offers', not both"),
+    ({**SLATE, "offers": [{"offer_id": "a", "slot": "one", "propensity": 0.5}]}, "offers[0].slot: must be a whole number, got 'one'"),
+    ({**SLATE, "offers": [{"offer_id": "a", "slot": 1.0, "propensity": 0.5}]}, "offers[0].slot: must be a whole number"),
+    ({**SLATE, "offers": [{"offer_id": "a", "slot": 0, "propensity": 0.5}]}, "offers[0].slot: must be 1 or more"),
+    ({**SLATE, "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.5}, {"offer_id": "b", "slot": 3, "propensity": 1.0}]},
+     "offers: slots must be 1, 2, ... without gaps or repeats"),
+    ({**SLATE, "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.5}, {"offer_id": "a", "slot": 2, "propensity": 1.0}]},
+     "offers: offer 'a' is answered twice"),
+    ({**SLATE, "offers": [{"slot": 1, "propensity": 0.5}]}, "offers[0].offer_id: required"),
+    ({**SLATE, "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.9}]}, "offers[slot 1].propensity: 0.9 differs from the first-slot probability 0.5"),
+    ({**SLATE, "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.5}, {"offer_id": "x", "slot": 2, "propensity": 1.0}]},
+     "offers[slot 2]: offer 'x' is not among the eligible candidates"),
+    ({**SLATE, "rewards": {"a": "1"}}, "rewards.a: must be a number"),
+    ({**SLATE, "rewards": {"a": -2e6}}, "rewards.a: must be within ±1,000,000"),
+    ({**SLATE, "rewards": {"z": 1.0}}, "rewards.z: a reward for an offer this decision did not answer"),
+    ({**SLATE, "rewards": [1.0]}, "rewards: must be an object"),
+    ({**SLATE, "offers": [{"offer_id": "help", "slot": 1, "propensity": 0.5, "fallback": True}]},
+     "offers: the channel's fallback is answered alone, with propensity 1"),
+    ({**SLATE, "candidates": [{"offer_id": "a", "probability": 0.5, "slot": 1, "propensity": 0.4}, {"offer_id": "b", "probability": 0.5}]},
+     "candidates[0].propensity: 0.4 differs from the answered offer's propensity 0.5"),
+    ([MINIMAL], "expected a JSON object, got list"),
+    ("a line", "expected a JSON object, got str"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), INVALID, ids=[m[:60] for _, m in INVALID])
+def test_every_line_that_breaks_the_contract_is_refused_naming_line_and_field(tmp_path: Path, line: object, message: str) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps(line) + "\n")
-    with pytest.raises(LogError, match="line 1") as raised:
+    path.write_text(json.dumps(MINIMAL) + "\n\n" + json.dumps(line) + "\n")  # a blank line is skipped, not counted out
+    with pytest.raises(LogError) as raised:
+        from_jsonl(path, include_open=True)
+    assert str(raised.value).startswith(f"{path} line 3: "), raised.value
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "line 1: not UTF-8 text"),
+    (b'{"features": {}, ', "line 1: not JSON: Expecting property name enclosed in double quotes"),
+    (b"[" * 100_000 + b"]" * 100_000, "line 1: nested too deeply"),
+    (json.dumps(MINIMAL).encode() + b"\n" + b"{\"context\": " + b'{"a": ' * 40 + b"1" + b"}" * 41, "line 2: context.a.a"),
+])
+def test_files_that_are_not_json_lines_are_refused_by_line(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(LogError, match="line") as raised:
         from_jsonl(path)
     assert message in str(raised.value)
+
+
+def test_valid_lines_of_both_formats_are_read_as_written(tmp_path: Path) -> None:
+    fallback = {"features": {}, "candidates": [{"offer_id": "help", "eligible": True, "fallback": True, "probability": 1.0}],
+                "offers": [{"offer_id": "help", "slot": 1, "propensity": 1.0, "fallback": True}], "rewards": {}, "closed": True}
+    still_open = {**without(MINIMAL, "reward"), "closed": False}
+    path = tmp_path / "log.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in [MINIMAL, SLATE, fallback, still_open]) + "\n")
+    decisions = from_jsonl(path, default_reward=0.25)
+    assert [(d.chosen, d.propensity, d.reward) for d in decisions] == [("a", 0.7, 1.0), ("a", 0.5, 1.0), ("help", 1.0, 0.25)]
+    assert decisions[1].slots == [("a", 0.5), ("b", 1.0)] and decisions[1].rewards == {"a": 1.0, "b": 0.25}
+    assert decisions[1].multipliers.tolist() == [2.0, 1.0] and decisions[1].eligible == ["a", "b"]
+    assert decisions[2].fallback and decisions[2].eligible == ["help"]
+    with_open = from_jsonl(path, default_reward=0.25, include_open=True)
+    assert len(with_open) == 4 and with_open[3].open and with_open[3].reward == 0.25
 
 
 def test_target_specs() -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from conftest import Running, customer, struct
+from conftest import ManualClock, Running, customer, struct
 from google.protobuf import timestamp_pb2
 from test_decide import decide
 
@@ -107,9 +107,12 @@ def test_feedback_for_a_decision_made_before_a_restart(start) -> None:
     assert feedback(server, decision, "evt-late").applied
 
 
-def test_occurred_at_is_stored(server: Running) -> None:
+def test_occurred_at_is_stored(start) -> None:
+    clock = ManualClock()
+    server = start(clock=clock)
     decision = decide(server)
-    when = datetime.now(UTC) - timedelta(hours=2)
+    clock.advance(hours=3)
+    when = clock.now() - timedelta(hours=2)  # an hour after the decision, reported two hours later
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(when)
     feedback(server, decision, "evt-t", occurred_at=stamp)

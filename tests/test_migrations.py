@@ -60,6 +60,11 @@ def rows(engine: Engine) -> dict[str, dict[tuple, dict[str, Any]]]:
     return out
 
 
+def table_columns(engine: Engine) -> dict[str, list[tuple[str, str]]]:
+    inspector = inspect(engine)
+    return {t: [(c["name"], str(c["type"])) for c in inspector.get_columns(t)] for t in inspector.get_table_names()}
+
+
 def differences(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
@@ -79,15 +84,16 @@ def test_a_full_database_of_the_first_revision_upgrades_to_the_declared_schema_k
     before = rows(engine)
 
     for revision in revisions()[1:]:  # one step at a time: each must keep what the last one held
-        kept = rows(engine)
+        kept, columns = rows(engine), table_columns(engine)
         assert upgrade(engine, revision)[1] == revision
-        after = rows(engine)
+        after, reshaped = rows(engine), table_columns(engine)
         for table, by_key in kept.items():
-            if table in after and table != "alembic_version":
-                assert after[table].keys() == by_key.keys(), (revision, table)
-                for key, row in by_key.items():
-                    common = row.keys() & after[table][key].keys()
-                    assert {c: after[table][key][c] for c in common} == {c: row[c] for c in common}, (revision, table)
+            if table == "alembic_version":
+                continue
+            assert table in after and len(after[table]) == len(by_key), (revision, table)  # no row lost or added
+            if reshaped[table] == columns[table]:  # a table the revision did not reshape keeps every value
+                assert after[table] == by_key, (revision, table)
+            # a reshaped one is checked below through the code, for what its rows mean
     assert current_revision(engine) == head_revision()
     assert differences(engine) == []
     ensure_schema(engine)  # accepted as it is
@@ -106,7 +112,8 @@ def test_a_full_database_of_the_first_revision_upgrades_to_the_declared_schema_k
     live = store.live_activation()
     assert (live.id, live.version, live.files) == (1, 1, {"set.yaml": "channels: [web]\n"})
     assert [(e.offer_id, e.kind) for e in store.contact_events("c-1", 0)] == [("gold-card", "decided")]
-    assert store.counter_rows() == [("gold-card", "decided", int(AT.timestamp() // 3600), 3)]
+    # 0002: counters by quarter hour; an hour's count is in the hour's first quarter
+    assert store.counter_rows() == [("gold-card", "decided", 4 * int(AT.timestamp() // 3600), 3)]
     assert store.latest_snapshot() == ("old", 1, b"\x80\x04N.")
     line = next(store.export())
     assert line["rewards"] == {"gold-card": 1.0} and line["decided_at"] == "2026-11-20T09:30:00Z"

@@ -97,7 +97,7 @@ OFFER = "offers:\n  - {id: gold-card, name: Gold, channels: [web], %s}\n"
         ({"a.yaml": HEADER + OFFER % "value: -3"},
          "a.yaml: offer 'gold-card': field 'value': Input should be greater than or equal to 0"),
         ({"a.yaml": HEADER + OFFER % "value: .nan"}, "field 'value'"),
-        ({"a.yaml": HEADER + OFFER % "channels: [fax]"},
+        ({"a.yaml": HEADER + "offers:\n  - {id: gold-card, name: Gold, channels: [fax]}\n"},
          "a.yaml: offer 'gold-card': field 'channels': fax not declared"),
         ({"a.yaml": HEADER + OFFER % "treatment: {app: x}"},
          "offer 'gold-card': treatment names channels the offer is not on: app"),

@@ -16,6 +16,7 @@ import pytest
 from conftest import REDIS, customer, postgres_schema, redis_stream, struct
 from engines import OwnRedis
 from test_cli import Process
+from test_in_flight import retrying
 
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
@@ -75,8 +76,9 @@ def traffic(replicas: list[pb_grpc.DecisionServiceStub], rounds: int, tag: str) 
         outcome = pb.OUTCOME_ACCEPTED if i % 3 == 0 else pb.OUTCOME_IMPRESSED
         request = pb.FeedbackRequest(event_id=f"{tag}-{i}", decision_id=decision.decision_id,
                                      offer_id=decision.offers[0].offer_id, outcome=outcome)
-        reply = (b, c)[i % 2].Feedback(request)  # a replica that did not decide
-        retried = (c, b)[i % 2].Feedback(request)
+        # a replica that did not decide (which may not have the decision yet: UNAVAILABLE, retried)
+        reply = retrying((b, c)[i % 2].Feedback, request)
+        retried = retrying((c, b)[i % 2].Feedback, request)
         assert retried.duplicate and not retried.applied  # a retry elsewhere is not applied again
         return reply.applied
 
@@ -114,8 +116,8 @@ def test_a_contact_cap_holds_across_replicas(replicas) -> None:
     for i in range(24):
         decision = clients[i % 3].Decide(pb.DecideRequest(customer_id="capped", channel="web", context=profile))
         offer = decision.offers[0]
-        clients[(i + 1) % 3].Feedback(pb.FeedbackRequest(event_id=f"cap-{i}", decision_id=decision.decision_id,
-                                                         offer_id=offer.offer_id, outcome=pb.OUTCOME_IMPRESSED))
+        retrying(clients[(i + 1) % 3].Feedback, pb.FeedbackRequest(
+            event_id=f"cap-{i}", decision_id=decision.decision_id, offer_id=offer.offer_id, outcome=pb.OUTCOME_IMPRESSED))
         if offer.group in ("retention", "cross-sell", "up-sell"):
             shown[offer.offer_id] += 1
         time.sleep(0.1)  # a customer's pace: replicas learn each other's contacts within ~30 ms
@@ -175,7 +177,7 @@ def test_reward_windows_close_once_across_replicas(tmp_path: Path, bus: str) -> 
                                                                   context=struct({"customer": customer()})))
                 offered += len(decision.offers)
                 if i % 2:
-                    clients[(i + 1) % 3].Feedback(pb.FeedbackRequest(
+                    retrying(clients[(i + 1) % 3].Feedback, pb.FeedbackRequest(
                         event_id=f"w-{i}", decision_id=decision.decision_id,
                         offer_id=decision.offers[0].offer_id, outcome=pb.OUTCOME_CLICKED))
                     answered += 1

@@ -51,15 +51,40 @@ def test_evaluate_ranks_policies_by_their_true_value_on_a_simulated_log(start, t
     by_truth = sorted(dr, key=lambda p: dr[p]["truth"])
     by_estimate = sorted(dr, key=lambda p: dr[p]["value"])
     assert by_truth == by_estimate == ["uniform", "half-random", "logged"], {p: (dr[p]["value"], dr[p]["truth"]) for p in dr}
-    # The doubly robust interval (the estimator the README recommends) covers the truth for
-    # every policy the log supports well; a policy it does not (low effective sample size) is
-    # flagged instead of trusted blindly. (DM's intervals leave out the model's own error, and
-    # the estimators' coverage rates are pinned over many synthetic logs in test_evaluation.)
-    for e in estimates:
-        if e["estimator"] == "dr":
-            supported = e["ess"] >= 0.1 * e["n"]
-            assert supported or any("effective sample size" in w for w in e["warnings"]), e
-            if supported:
-                assert e["low"] <= e["truth"] <= e["high"], e
-    popular = next(e for e in estimates if e["policy"] == "popular" and e["estimator"] == "dr")
-    assert popular["ess"] < 0.1 * popular["n"]  # a deterministic policy the log rarely followed
+
+    def estimate(policy: str, estimator: str) -> dict:
+        return next(e for e in estimates if e["policy"] == policy and e["estimator"] == estimator)
+
+    # The logging policy evaluated against itself: every weight is 1, so its effective sample
+    # size is the whole log and its IPS is the observed mean reward (what a propensity logged
+    # apart from its candidate's probability would break).
+    logged_ips = estimate("logged", "ips")
+    assert logged_ips["ess"] == pytest.approx(logged_ips["n"], rel=1e-9)
+    assert logged_ips["max_weight"] == pytest.approx(1.0, rel=1e-9)
+    assert logged_ips["value"] == pytest.approx(estimate("logged", "snips")["value"], rel=1e-9)
+    # Policies the log supports well (they choose much like the logging policy, or spread
+    # their weight over what it chose) carry no low-support warning, and the doubly robust
+    # interval, the estimator the README recommends, covers their true value. (DM's intervals
+    # leave out the model's own error; coverage rates are pinned over many synthetic logs in
+    # test_evaluation.)
+    for policy in ("uniform", "half-random", "logged"):
+        e = estimate(policy, "dr")
+        assert e["ess"] >= 0.1 * e["n"], e
+        assert not any("effective sample size" in w for w in e["warnings"]), e
+        assert e["low"] <= e["truth"] <= e["high"], e
+    # The popular offer is a deterministic policy the log rarely followed: it is flagged with its
+    # effective sample size, on every estimator's row, instead of being trusted blindly.
+    popular = estimate("popular", "dr")
+    assert popular["ess"] < 0.1 * popular["n"]
+    expected = f"effective sample size {popular['ess']:.0f} of {popular['n']}"
+    assert all(any(w.startswith(expected) for w in e["warnings"]) for e in estimates if e["policy"] == "popular")
+    assert f"warning: popular: {expected}" in evaluated.stdout
+
+    # The README's walkthrough: `nba evaluate` right after `nba simulate`, every reward window
+    # still open, evaluates them with a note rather than finding "no logged decisions".
+    report = tmp_path / "walkthrough.html"
+    walkthrough = nba("evaluate", "--database-url", server.service.settings.database_url, "--policy", "logged",
+                      "--bootstrap", "20", "--truth", str(out / "truth.json"), "--html", str(report))
+    assert walkthrough.returncode == 0, walkthrough.stderr
+    assert "no decision's reward windows have closed yet: evaluating all 3000" in walkthrough.stderr
+    assert "3000 decisions from" in walkthrough.stdout

@@ -15,26 +15,57 @@ Sources: the decision log (``from_store``) or JSON Lines (``from_jsonl``): the f
      "rewards": {"a": 1.0},                              # or "reward": 1.0 for the chosen offer
      "decided_at": "2026-11-23T10:00:00Z", "channel": "web"}       # optional
 
-A chosen offer with no reward counts as ``default_reward``. Decisions whose reward windows are
-still open (``"closed": false`` in the export) are left out unless asked for, since their
-pending outcomes would count as the default. A decision that answered the channel's fallback
-(nothing else was eligible) is kept, as a choice made with probability 1.
+Every line, from either source, passes one validator (``LogLine``, pydantic models with
+strict types) before anything is estimated; a line that breaks the contract raises
+``LogError`` naming the line and the field. The rules, beyond each field's type:
+
+* ``features`` (flattened) or ``context`` (nested), one of them; no NaN or infinite number in
+  either, at most ``MAX_DEPTH`` levels deep;
+* ``candidates``: offer ids unique and non-empty; every eligible one (``"eligible"`` absent or
+  true) has a ``probability`` in [0, 1], and those probabilities sum to 1 (within 1e-6);
+* the chosen offers: ``chosen`` with ``propensity``, or ``offers`` (``offer_id``, ``slot``
+  1, 2, ... without gaps, ``propensity``), not both; each an eligible candidate, at most once;
+  every propensity in (0, 1], and the first slot's equal to its candidate's ``probability``
+  (the logging policy's first-slot probability is the propensity of the first slot; a
+  mismatch would bias every estimate silently); the channel's fallback (``"fallback": true``)
+  is the only choice, with propensity 1;
+* rewards: ``reward`` (of the first slot) or ``rewards`` (offer id -> reward, offers shown
+  only), finite and within ``REWARD_LIMIT``; a line without either is refused unless it says
+  ``"closed": false`` (its outcome not known yet). An offer shown but absent from ``rewards``
+  got no feedback: it counts as ``default_reward``, as the service's own log means it;
+* unknown fields are refused (a misspelt field would otherwise be silently absent).
+
+Decisions whose reward windows are still open (``"closed": false``) are left out unless asked
+for. A decision that answered the channel's fallback (nothing else was eligible) is kept, as a
+choice made with probability 1. A decision that answered nothing is skipped.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bandit import flatten
 
-__all__ = ["LogError", "LoggedDecision", "from_jsonl", "from_records", "from_store"]
+__all__ = ["MAX_DEPTH", "REWARD_LIMIT", "LogError", "LogLine", "LoggedDecision", "from_jsonl", "from_records",
+           "from_store", "read_jsonl", "validate_line"]
+
+#: largest reward magnitude a log may carry (estimators square weight x reward)
+REWARD_LIMIT = 1e6
+#: largest magnitude of a logged value, lever, weight, score or prediction
+NUMBER_LIMIT = 1e12
+#: deepest nesting of a context (the service itself allows 8 levels)
+MAX_DEPTH = 32
+#: how far the first slot's propensity may stray from its candidate's probability (relative)
+PROPENSITY_TOLERANCE = 1e-6
 
 
 class LogError(ValueError):
@@ -60,6 +91,8 @@ class LoggedDecision:
     policy_version: str = ""
     #: nothing was eligible and the channel's fallback was answered (with probability 1)
     fallback: bool = False
+    #: its reward windows were still open when it was read (missing rewards are the default)
+    open: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -81,133 +114,388 @@ class LoggedDecision:
             return 0.0
 
 
-def from_records(lines: Iterable[Mapping[str, Any]], default_reward: float = 0.0, final: bool = True,
+# The contract as types -------------------------------------------------------------------
+
+_STRICT = ConfigDict(strict=True, extra="forbid")
+OfferId = Annotated[str, Field(min_length=1)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Propensity = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
+Reward = Annotated[float, Field(ge=-REWARD_LIMIT, le=REWARD_LIMIT, allow_inf_nan=False)]
+Number = Annotated[float, Field(ge=-NUMBER_LIMIT, le=NUMBER_LIMIT, allow_inf_nan=False)]
+Slot = Annotated[int, Field(ge=1)]
+
+
+class Candidate(BaseModel):
+    """An offer the logging policy considered; with ``probability`` when it was eligible."""
+
+    model_config = _STRICT
+    offer_id: OfferId
+    eligible: bool = True
+    probability: Probability | None = None
+    predicted: Number | None = None
+    value: Number | None = None
+    lever: Number | None = None
+    weight: Number | None = None
+    score: Number | None = None
+    reason: str | None = None
+    policy: str | None = None
+    detail: str | None = None
+    slot: Slot | None = None
+    propensity: Propensity | None = None
+    explored: bool | None = None
+    fallback: bool = False
+
+    def multiplier(self) -> float:
+        return (1.0 if self.value is None else self.value) * (1.0 if self.lever is None else self.lever) * (
+            1.0 if self.weight is None else self.weight)
+
+
+class Answered(BaseModel):
+    """An offer answered in a slot (1 = first), with the probability of its draw."""
+
+    model_config = _STRICT
+    offer_id: OfferId
+    slot: Slot
+    propensity: Propensity
+    score: Number | None = None
+    fallback: bool = False
+    treatment: str | None = None
+    name: str | None = None
+    group: str | None = None
+    explored: bool | None = None
+
+
+class FeedbackEvent(BaseModel):
+    """One feedback event as ``nba export`` writes it (informational: rewards come from ``rewards``)."""
+
+    model_config = _STRICT
+    event_id: str
+    offer_id: str
+    outcome: str
+    reward: Reward | None = None
+    applied: bool | None = None
+    occurred_at: str | None = None
+    received_at: str | None = None
+
+
+class LogLine(BaseModel):
+    """One decision of a log, minimal or ``nba export`` format: see the module docstring."""
+
+    model_config = _STRICT
+    decision_id: str | None = None
+    request_id: str | None = None
+    customer_id: str | None = None
+    channel: str | None = None
+    decided_at: str | None = None
+    policy_version: str | None = None
+    model_version: str | None = None
+    features: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    candidates: list[Candidate] | None = None
+    offers: list[Answered] | None = None
+    chosen: OfferId | None = None
+    propensity: Propensity | None = None
+    reward: Reward | None = None
+    rewards: dict[str, Reward | None] | None = None
+    feedback: list[FeedbackEvent] | None = None
+    closed: bool | None = None
+
+    @model_validator(mode="after")
+    def _contract(self) -> LogLine:
+        self._features()
+        self._time()
+        slots = self._slots()
+        if slots:
+            self._choices(slots)
+            self._rewards(slots)
+        return self
+
+    def _features(self) -> None:
+        if (self.features is None) == (self.context is None):
+            raise _Refused("features", "give the context as 'features' (flattened) or 'context' (nested), one of them")
+        name = "features" if self.features is not None else "context"
+        _check_values(self.features if self.features is not None else self.context, name, 1)
+
+    def _time(self) -> None:
+        if self.decided_at is not None:
+            try:
+                datetime.fromisoformat(self.decided_at.replace("Z", "+00:00"))
+            except ValueError:
+                raise _Refused("decided_at", f"{self.decided_at!r} is not an ISO 8601 time (2026-11-23T10:00:00Z)") from None
+
+    def _slots(self) -> list[Answered]:
+        if self.chosen is not None or self.propensity is not None:
+            if self.offers is not None:
+                raise _Refused("chosen", "give 'chosen' and 'propensity', or 'offers', not both")
+            if self.chosen is None:
+                raise _Refused("chosen", "required with 'propensity': the offer the logging policy chose")
+            if self.propensity is None:
+                raise _Refused("propensity", f"required with 'chosen': the probability '{self.chosen}' was chosen with")
+            return [Answered(offer_id=self.chosen, slot=1, propensity=self.propensity)]
+        if self.offers is None:
+            raise _Refused("offers", "required: the offers answered (offer_id, slot, propensity), or 'chosen' and 'propensity'")
+        ordered = sorted(self.offers, key=lambda o: o.slot)
+        for position, offer in enumerate(ordered, start=1):
+            if offer.slot != position:
+                raise _Refused("offers", f"slots must be 1, 2, ... without gaps or repeats, got {[o.slot for o in self.offers]}")
+        ids = [o.offer_id for o in ordered]
+        if len(set(ids)) != len(ids):
+            raise _Refused("offers", f"offer '{_first_repeat(ids)}' is answered twice")
+        if any(o.fallback for o in ordered):
+            if len(ordered) != 1 or ordered[0].propensity != 1.0:
+                raise _Refused("offers", "the channel's fallback is answered alone, with propensity 1")
+        return ordered
+
+    def _choices(self, slots: list[Answered]) -> None:
+        if slots[0].fallback:
+            return  # nothing else was eligible: the candidates do not enter the estimate
+        if not self.candidates:
+            raise _Refused("candidates", "required: the eligible offers, each with the logging policy's "
+                           "first-slot 'probability'")
+        ids = [c.offer_id for c in self.candidates]
+        if len(set(ids)) != len(ids):
+            raise _Refused("candidates", f"offer '{_first_repeat(ids)}' is listed twice")
+        eligible: dict[str, Candidate] = {}
+        for i, c in enumerate(self.candidates):
+            if not c.eligible or c.fallback:
+                continue
+            if c.probability is None:
+                raise _Refused(f"candidates[{i}].probability", f"required for eligible offer '{c.offer_id}'")
+            eligible[c.offer_id] = c
+        total = math.fsum(c.probability or 0.0 for c in eligible.values())
+        if abs(total - 1.0) > 1e-6:
+            raise _Refused("candidates", f"the eligible offers' probabilities sum to {total:.6f}, not 1")
+        for k, answered in enumerate(slots):
+            where = "chosen" if self.chosen is not None else f"offers[slot {answered.slot}]"
+            candidate = eligible.get(answered.offer_id)
+            if candidate is None:
+                raise _Refused(where, f"offer '{answered.offer_id}' is not among the eligible candidates")
+            if candidate.propensity is not None and not _close(candidate.propensity, answered.propensity):
+                raise _Refused(f"candidates[{ids.index(answered.offer_id)}].propensity",
+                               f"{candidate.propensity} differs from the answered offer's propensity {answered.propensity}")
+            if k == 0:
+                probability = candidate.probability or 0.0
+                if probability <= 0.0:
+                    raise _Refused(where, f"offer '{answered.offer_id}' was chosen, but its candidate probability is 0")
+                if not _close(probability, answered.propensity):
+                    name = "propensity" if self.chosen is not None else f"offers[slot {answered.slot}].propensity"
+                    raise _Refused(name, f"{answered.propensity} differs from the first-slot probability "
+                                   f"{probability} of '{answered.offer_id}' in candidates: they are the same number")
+
+    def _rewards(self, slots: list[Answered]) -> None:
+        if self.reward is not None and self.rewards is not None:
+            raise _Refused("reward", "give 'reward' (of the first slot) or 'rewards' (per offer), not both")
+        shown = {o.offer_id for o in slots}
+        for offer_id in self.rewards or {}:
+            if offer_id not in shown:
+                raise _Refused(f"rewards.{offer_id}", "a reward for an offer this decision did not answer")
+        if self.reward is None and self.rewards is None and self.closed is not False:
+            raise _Refused("reward", "required: the chosen offer's reward (mark the line \"closed\": false "
+                           "if its outcome is not known yet)")
+
+    def slot_list(self) -> list[tuple[str, float]]:
+        if self.chosen is not None and self.propensity is not None:
+            return [(self.chosen, self.propensity)]
+        return [(o.offer_id, o.propensity) for o in sorted(self.offers or (), key=lambda o: o.slot)]
+
+
+class _Refused(ValueError):
+    """A rule across fields, broken: ``field`` names where."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+
+
+def _first_repeat(values: list[str]) -> str:
+    seen: set[str] = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return ""
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=PROPENSITY_TOLERANCE, abs_tol=1e-12)
+
+
+def _check_values(value: Any, where: str, depth: int) -> None:
+    """No NaN or infinite number anywhere in a context, and no deeper than MAX_DEPTH."""
+    if depth > MAX_DEPTH:
+        raise _Refused(where, f"nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Refused(where, f"{value} is not a finite number")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_values(item, f"{where}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_values(item, f"{where}[{i}]", depth + 1)
+
+
+_MESSAGES = {
+    "missing": "required",
+    "extra_forbidden": "unknown field",
+    "finite_number": "must be a finite number (not NaN or infinite)",
+    "float_type": "must be a number",
+    "int_type": "must be a whole number",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+}
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first problem of a validation error as 'field: what is wrong'."""
+    error = exc.errors(include_url=False)[0]
+    parts: list[str] = []
+    for part in error["loc"]:
+        if isinstance(part, int):
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{part}]"]
+        else:
+            parts.append(str(part))
+    name = ".".join(parts)
+    kind = error["type"]
+    if kind == "value_error":  # a rule across fields: the message names its field
+        return str(error["ctx"]["error"]) if "ctx" in error else error["msg"].removeprefix("Value error, ")
+    message = _MESSAGES.get(kind, error["msg"])
+    if kind not in ("missing", "extra_forbidden"):
+        message += f", got {error['input']!r}"[:200]
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        message = _range_message(name, error)
+    return f"{name}: {message}"
+
+
+def _range_message(name: str, error: Mapping[str, Any]) -> str:
+    leaf = name.rsplit(".", 1)[-1].split("[")[0]
+    got = error["input"]
+    if leaf == "probability":
+        return f"must be in [0, 1], got {got!r}"
+    if leaf == "propensity":
+        return f"must be in (0, 1], got {got!r}"
+    if leaf in ("reward", "rewards") or name.startswith("rewards."):
+        return f"must be within ±{REWARD_LIMIT:,.0f}, got {got!r}"
+    if leaf == "slot":
+        return f"must be 1 or more, got {got!r}"
+    return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got!r}"
+
+
+def validate_line(line: Any, where: str) -> LogLine:
+    """``line`` checked against the contract; raises ``LogError`` naming ``where`` and the field."""
+    if not isinstance(line, Mapping):
+        raise LogError(f"{where}: expected a JSON object, got {type(line).__name__}")
+    try:
+        return LogLine.model_validate(dict(line))
+    except ValidationError as exc:
+        raise LogError(f"{where}: {_describe(exc)}") from None
+    except RecursionError:
+        raise LogError(f"{where}: nested too deeply") from None
+
+
+def from_records(lines: Iterable[Any], default_reward: float = 0.0, final: bool = True,
                  source: str = "log", include_open: bool = True) -> Iterator[LoggedDecision]:
-    """Decisions from export-format (or minimal-format) mappings. Decisions that answered
-    nothing are skipped; a line marked ``"closed": false`` (its reward windows still open) is
-    skipped too, unless ``include_open``."""
+    """Decisions from export-format (or minimal-format) mappings, each validated first
+    (``LogError`` names the line and field). Decisions that answered nothing are skipped; a
+    line marked ``"closed": false`` (its reward windows still open) is skipped too, unless
+    ``include_open``. ``final``: the rewards are final, so a shown offer without one counts as
+    ``default_reward``; otherwise a decision without its first slot's reward is skipped."""
     for number, line in enumerate(lines, start=1):
-        where = f"{source} line {number}"
-        if not include_open and isinstance(line, Mapping) and line.get("closed") is False:
-            continue
-        decision = _decision(line, where, default_reward, final)
+        decision = _decision(line, f"{source} line {number}", default_reward, final, include_open)
         if decision is not None:
             yield decision
 
 
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) of every non-blank line; ``LogError`` for a line that is not
+    UTF-8 text or not JSON, and ``OSError`` when the file cannot be read."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise LogError(f"{path} line {number}: not UTF-8 text (a JSON Lines file has one JSON object a line)") from None
+            if not text.strip():
+                continue
+            try:
+                yield number, json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise LogError(f"{path} line {number}: not JSON: {exc.msg} at column {exc.colno}") from None
+            except RecursionError:
+                raise LogError(f"{path} line {number}: nested too deeply") from None
+
+
 def from_jsonl(path: str | Path, default_reward: float = 0.0, include_open: bool = False) -> list[LoggedDecision]:
-    def lines() -> Iterator[Mapping[str, Any]]:
-        with open(path, encoding="utf-8") as f:
-            for number, text in enumerate(f, start=1):
-                if text.strip():
-                    try:
-                        yield json.loads(text)
-                    except json.JSONDecodeError as exc:
-                        raise LogError(f"{path} line {number}: not JSON: {exc.msg}") from None
-
-    return list(from_records(lines(), default_reward, final=True, source=str(path), include_open=include_open))
-
-
-def from_store(store: Any, since: datetime | None = None, until: datetime | None = None,
-               include_open: bool = False, default_reward: float = 0.0) -> list[LoggedDecision]:
-    """Decisions from the decision log, oldest first. Decisions whose reward windows are still
-    open are left out unless ``include_open`` (their missing rewards then count as default)."""
+    """Every decision of a JSON Lines log, validated line by line."""
     out = []
-    for line in store.export(since, until):
-        if not line.get("closed", True) and not include_open:
-            continue
-        decision = _decision(line, f"decision {line.get('decision_id')}", default_reward, final=True)
+    for number, line in read_jsonl(path):
+        decision = _decision(line, f"{path} line {number}", default_reward, True, include_open)
         if decision is not None:
             out.append(decision)
     return out
 
 
-def _decision(line: Mapping[str, Any], where: str, default_reward: float, final: bool) -> LoggedDecision | None:
-    if not isinstance(line, Mapping):
-        raise LogError(f"{where}: expected an object")
-    features = line.get("features")
-    if features is None and isinstance(line.get("context"), Mapping):
-        features = flatten(line["context"])
-    if not isinstance(features, Mapping):
-        raise LogError(f"{where}: needs 'features' (flattened) or 'context' (nested)")
-    slots = _slots(line, where)
-    if not slots:
+def from_store(store: Any, since: datetime | None = None, until: datetime | None = None,
+               include_open: bool = False, default_reward: float = 0.0) -> list[LoggedDecision]:
+    """Decisions from the decision log, oldest first, through the same validator. Decisions
+    whose reward windows are still open are left out unless ``include_open`` (their missing
+    rewards then count as default)."""
+    out = []
+    for line in store.export(since, until):
+        decision = _decision(line, f"decision {line.get('decision_id')}", default_reward, True, include_open)
+        if decision is not None:
+            out.append(decision)
+    return out
+
+
+def _decision(line: Any, where: str, default_reward: float, final: bool, include_open: bool) -> LoggedDecision | None:
+    checked = validate_line(line, where)
+    if checked.closed is False and not include_open:
         return None
-    fallback = any(o.get("fallback") for o in line.get("offers") or () if isinstance(o, Mapping))
-    candidates = line.get("candidates")
+    slots = checked.slot_list()
+    if not slots:
+        return None  # the decision answered nothing
+    features = checked.features if checked.features is not None else flatten(checked.context or {})
+    fallback = bool(checked.offers and checked.offers[0].fallback)
     if fallback:
         # Nothing else was eligible: the fallback was the only choice, made for certain.
-        candidates = [{"offer_id": slots[0][0], "probability": 1.0}]
-    if not isinstance(candidates, list) or not candidates:
-        raise LogError(f"{where}: needs 'candidates', the eligible offers with their first-slot 'probability'")
-    eligible, probabilities, multipliers = [], [], []
-    for c in candidates:
-        if not isinstance(c, Mapping) or "offer_id" not in c:
-            raise LogError(f"{where}: every candidate needs an 'offer_id'")
-        if c.get("eligible", True) is False or c.get("fallback"):
-            continue
-        p = c.get("probability")
-        if not isinstance(p, (int, float)) or not 0 <= p <= 1:
-            raise LogError(f"{where}: candidate '{c['offer_id']}' needs a 'probability' in [0, 1]")
-        eligible.append(str(c["offer_id"]))
-        probabilities.append(float(p))
-        multipliers.append(float(c.get("value", 1.0)) * float(c.get("lever", 1.0)) * float(c.get("weight", 1.0)))
-    if not eligible:
-        return None  # the fallback was answered: no choice was made
-    total = sum(probabilities)
-    if abs(total - 1) > 1e-6:
-        raise LogError(f"{where}: the candidates' probabilities sum to {total:.6f}, not 1")
-    chosen, propensity = slots[0]
-    if chosen not in eligible:
-        raise LogError(f"{where}: chosen offer '{chosen}' is not among the eligible candidates")
-    rewards = line.get("rewards")
-    if rewards is None and "reward" in line:
-        rewards = {chosen: line["reward"]}
-    rewards = {str(k): float(v) for k, v in (rewards or {}).items() if v is not None}
+        eligible, probabilities, multipliers = [slots[0][0]], [1.0], [1.0]
+    else:
+        chosen = [c for c in checked.candidates or () if c.eligible and not c.fallback]
+        eligible = [c.offer_id for c in chosen]
+        probabilities = [float(c.probability or 0.0) for c in chosen]
+        multipliers = [c.multiplier() for c in chosen]
+    if checked.rewards is not None:
+        rewards = {k: float(v) for k, v in checked.rewards.items() if v is not None}
+    elif checked.reward is not None:
+        rewards = {slots[0][0]: float(checked.reward)}
+    else:
+        rewards = {}
     if final:
         for offer_id, _ in slots:
             rewards.setdefault(offer_id, default_reward)
-    elif chosen not in rewards:
+    elif slots[0][0] not in rewards:
         return None
     return LoggedDecision(
-        decision_id=str(line.get("decision_id", where)),
-        decided_at=_time(line.get("decided_at"), where),
-        channel=str(line.get("channel", "")),
-        customer_id=str(line.get("customer_id", "")),
+        decision_id=checked.decision_id or where,
+        decided_at=_time(checked.decided_at),
+        channel=checked.channel or "",
+        customer_id=checked.customer_id or "",
         features=dict(features),
         eligible=eligible,
-        probabilities=np.asarray(probabilities),
-        multipliers=np.asarray(multipliers),
+        probabilities=np.asarray(probabilities, dtype=float),
+        multipliers=np.asarray(multipliers, dtype=float),
         slots=slots,
         rewards=rewards,
-        policy_version=str(line.get("policy_version", "")),
+        policy_version=checked.policy_version or "",
         fallback=fallback,
+        open=checked.closed is False,
     )
 
 
-def _slots(line: Mapping[str, Any], where: str) -> list[tuple[str, float]]:
-    if "chosen" in line:
-        if "propensity" not in line:
-            raise LogError(f"{where}: 'chosen' needs its 'propensity'")
-        return [(str(line["chosen"]), _propensity(line["propensity"], where))]
-    offers = line.get("offers")
-    if not isinstance(offers, list):
-        raise LogError(f"{where}: needs 'offers' (each with offer_id, slot, propensity) or 'chosen' and 'propensity'")
-    ordered = sorted(offers, key=lambda o: o.get("slot", 0))
-    return [(str(o["offer_id"]), _propensity(o.get("propensity"), where)) for o in ordered]
-
-
-def _propensity(value: Any, where: str) -> float:
-    if not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise LogError(f"{where}: propensity must be in (0, 1], got {value!r}")
-    return float(value)
-
-
-def _time(value: Any, where: str) -> datetime:
+def _time(value: str | None) -> datetime:
     if value is None:
         return datetime.fromtimestamp(0, UTC)
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        raise LogError(f"{where}: decided_at {value!r} is not ISO 8601") from None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))  # checked by the validator
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

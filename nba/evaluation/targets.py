@@ -184,6 +184,9 @@ class Draft(PolicySetTarget):
     def __init__(self, directory: str | Path, **settings: Any) -> None:
         from nba.policy_set import load_policy_set
 
+        if not Path(directory).is_dir():
+            raise ValueError(f"draft:{directory}: no such folder (draft:DIR names a policy set's folder, "
+                             "for example a copy of policies/ you edited)")
         super().__init__(f"draft:{directory}", load_policy_set(directory), **settings)
 
 

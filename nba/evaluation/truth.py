@@ -14,9 +14,10 @@ midway), the probability that a customer of each persona accepts each offer::
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,56 @@ class Truth:
 
     @classmethod
     def load(cls, path: str | Path) -> Truth:
-        raw = json.loads(Path(path).read_text())
-        phases = [
-            Phase(datetime.fromisoformat(p["until"]) if p.get("until") else None, p["probabilities"], p.get("default", 0.02))
-            for p in raw["phases"]
-        ]
-        return cls(raw["field"], phases, raw.get("reward", 1.0))
+        """Reads ``truth.json``; ``ValueError`` names what is wrong (``OSError`` if unreadable)."""
+        try:
+            raw = json.loads(Path(path).read_bytes())
+        except UnicodeDecodeError:
+            raise ValueError("not a truth file: not UTF-8 text") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+        return cls.parse(raw)
+
+    @classmethod
+    def parse(cls, raw: Any) -> Truth:
+        """A truth from its JSON form, checked: ``field``, ``phases`` (each with ``probabilities``
+        persona -> offer -> probability in [0, 1], ``until`` an ISO time or null, ``default``)."""
+        if not isinstance(raw, Mapping):
+            raise ValueError("expected an object with 'field' and 'phases' (as nba simulate writes)")
+        if not isinstance(raw.get("field"), str) or not raw["field"]:
+            raise ValueError("field: required, the context field naming each customer's persona")
+        reward = raw.get("reward", 1.0)
+        if not _number(reward):
+            raise ValueError(f"reward: must be a finite number, got {reward!r}")
+        phases_raw = raw.get("phases")
+        if not isinstance(phases_raw, list) or not phases_raw:
+            raise ValueError("phases: required, a list of phases")
+        phases = []
+        for i, p in enumerate(phases_raw):
+            where = f"phases[{i}]"
+            if not isinstance(p, Mapping):
+                raise ValueError(f"{where}: must be an object")
+            until = p.get("until")
+            if until is not None:
+                try:
+                    until = datetime.fromisoformat(str(until).replace("Z", "+00:00"))
+                except ValueError:
+                    raise ValueError(f"{where}.until: {until!r} is not an ISO 8601 time") from None
+                until = until if until.tzinfo else until.replace(tzinfo=UTC)
+            default = p.get("default", 0.02)
+            if not _number(default) or not 0 <= default <= 1:
+                raise ValueError(f"{where}.default: must be a probability in [0, 1], got {default!r}")
+            probabilities = p.get("probabilities")
+            if not isinstance(probabilities, Mapping):
+                raise ValueError(f"{where}.probabilities: required, persona -> offer -> probability")
+            for persona, offers in probabilities.items():
+                if not isinstance(offers, Mapping):
+                    raise ValueError(f"{where}.probabilities.{persona}: must be an object of offer -> probability")
+                for offer, q in offers.items():
+                    if not _number(q) or not 0 <= q <= 1:
+                        raise ValueError(f"{where}.probabilities.{persona}.{offer}: must be a probability in [0, 1], got {q!r}")
+            phases.append(Phase(until, probabilities, float(default)))
+        return cls(raw["field"], phases, float(reward))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -150,19 +150,18 @@ def _known() -> set[str]:
     return {script.revision for script in ScriptDirectory.from_config(_config()).walk_revisions()}
 
 
-def _baseline_columns() -> dict[str, set[str]]:
-    """Every table of the ``BASELINE`` revision with its columns, made in a scratch in-memory
-    SQLite database: what a database from before migrations is brought to before stamping.
-    (Not the declared models: their columns of later revisions are those revisions' to add.)"""
-    scratch = create_engine("sqlite://")
+def _baseline_columns() -> dict[str, list[str]]:
+    """The columns of every table at the baseline revision, which a database made before
+    migrations is stamped as (the newest schema may have renamed or added columns since)."""
+    engine = create_engine("sqlite://")
     try:
-        with scratch.begin() as conn:
+        with engine.begin() as conn:
             command.upgrade(_config(conn), BASELINE)
             inspector = inspect(conn)
-            return {t: {c["name"] for c in inspector.get_columns(t)} for t in inspector.get_table_names()
-                    if t != "alembic_version"}
+            return {t: [c["name"] for c in inspector.get_columns(t)] for t in inspector.get_table_names()
+                    if t in _TABLES}
     finally:
-        scratch.dispose()
+        engine.dispose()
 
 
 def _add_legacy_columns(conn: Connection) -> None:
@@ -172,15 +171,18 @@ def _add_legacy_columns(conn: Connection) -> None:
 
     import nba.store  # noqa: F401 - declares the tables
 
-    baseline = _baseline_columns()
     inspector = inspect(conn)
-    for table in SQLModel.metadata.sorted_tables:
-        if not inspector.has_table(table.name) or table.name not in baseline:
+    for name, columns in _baseline_columns().items():
+        if not inspector.has_table(name):
             continue
-        existing = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in existing or column.name not in baseline[table.name]:
+        table = SQLModel.metadata.tables[name]
+        existing = {c["name"] for c in inspector.get_columns(name)}
+        for column_name in columns:
+            if column_name in existing:
                 continue
+            column = table.columns.get(column_name)
+            if column is None:
+                raise SchemaError(f"table {name} lacks column {column_name}, which cannot be added in place")
             default: Any = column.default.arg if column.default is not None else None
             if not isinstance(default, (bool, int, float, str)):
                 raise SchemaError(f"table {table.name} lacks column {column.name}, which cannot be added in place")

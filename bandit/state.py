@@ -94,12 +94,20 @@ def loads(data: bytes) -> LearnerState:
 
 def copied(source: np.ndarray, name: str, reuse: Mapping[str, np.ndarray] | None) -> np.ndarray:
     """A copy of ``source``, written into ``reuse[name]`` when that array has the same shape
-    and type: a periodic export then allocates (and page-faults) no new megabytes."""
+    and type: a periodic export then allocates (and page-faults) no new megabytes.
+
+    The bytes are copied through memoryviews, which keep the GIL: numpy's own copy of a large
+    array releases it, and a caller copying under a lock then queues for the GIL behind every
+    thread that ran meanwhile (measured with one other busy thread: 1.5 ms either way at the
+    median, but 38 ms at worst with numpy's copy against 2.3 ms)."""
     target = reuse.get(name) if reuse is not None else None
-    if target is not None and target.shape == source.shape and target.dtype == source.dtype and target.flags.writeable:
+    if target is None or target.shape != source.shape or target.dtype != source.dtype or not target.flags.writeable:
+        target = np.empty(source.shape, dtype=source.dtype)
+    if source.flags.c_contiguous and target.flags.c_contiguous and source.size:
+        memoryview(target).cast("B")[:] = memoryview(source).cast("B")
+    else:
         np.copyto(target, source)
-        return target
-    return source.copy()
+    return target
 
 
 def as_json(value: Any) -> Any:

@@ -3,7 +3,9 @@
 A library on its own: it knows nothing of gRPC, SQL or policies. Every learner follows one
 interface (``bandit.base.Learner``): ``pull(arm_ids, context, k, weights)`` draws ``k`` arms
 with exact propensities, ``update(arm_id, context, reward)`` learns, the same ``seed`` gives
-the same choices, and learners pickle.
+the same choices, and learners pickle. ``export_state``/``import_state`` give a learner's state
+as data, and ``bandit.state.dumps``/``loads`` turn it into bytes that can be loaded without
+running code (NumPy arrays and JSON, not a pickle).
 """
 
 from bandit.base import Draw, Learner
@@ -11,6 +13,7 @@ from bandit.exploration import EpsilonGreedy, Exploration, InverseGapWeighting, 
 from bandit.features import Featurizer, flatten, unflatten
 from bandit.linear import LinearBandit
 from bandit.ridge import RidgeArms
+from bandit.state import LearnerState
 from bandit.uniform import UniformRandom
 
 __all__ = [
@@ -20,6 +23,7 @@ __all__ = [
     "Featurizer",
     "InverseGapWeighting",
     "Learner",
+    "LearnerState",
     "LinearBandit",
     "RidgeArms",
     "UniformRandom",

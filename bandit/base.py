@@ -13,6 +13,7 @@ by one event need not be rebuilt after one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from bandit.exploration import Exploration, draw_slots
+from bandit.state import LearnerState, as_json
 
 __all__ = ["Draw", "Learner"]
 
@@ -141,6 +143,54 @@ class Learner:
         check_finite(context)
         self._update(arm_id, context, float(reward), previous_reward)
         self.n_updates += 1
+
+    def export_state(self, reuse: LearnerState | None = None) -> LearnerState:
+        """A copy of what this learner has learned, as JSON metadata and numpy arrays
+        (``bandit.state``): safe to encode while the learner goes on learning.
+
+        ``reuse``: an earlier export, done with, whose arrays are overwritten where they fit
+        rather than allocated anew (a periodic snapshot then costs a copy, not megabytes of
+        fresh memory). ``TypeError`` if an arm id is neither text nor an integer."""
+        meta, arrays = self._export_state(reuse.arrays if reuse is not None else None)
+        return LearnerState(type(self).__name__, self.hyperparameters(), {"n_updates": self.n_updates, **meta}, arrays)
+
+    def import_state(self, state: LearnerState) -> None:
+        """Replaces what this learner has learned with ``state``, exported by a learner of the
+        same kind and hyperparameters; the draws keep this learner's own generator.
+        ``ValueError`` naming what does not fit (kind, params, a missing or misshapen array,
+        a non-finite number), and then this learner is unchanged."""
+        if state.kind != type(self).__name__:
+            raise ValueError(f"kind: the state is of a {state.kind}, not a {type(self).__name__}")
+        params = self.hyperparameters()
+        if as_json(state.params) != params:
+            raise ValueError(f"params: the state was learned with {state.params}, this learner has {params}")
+        n_updates = state.meta.get("n_updates")
+        if not isinstance(n_updates, int) or isinstance(n_updates, bool) or n_updates < 0:
+            raise ValueError(f"meta: n_updates must be a count, got {n_updates!r}")
+        self._import_state(state.meta, state.arrays)
+        self.n_updates = n_updates
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """What changes what the same events teach, as JSON values: the public attributes
+        other than ``seed`` and ``n_updates``, the exploration by its kind and fields."""
+        params: dict[str, Any] = {}
+        for name, value in sorted(vars(self).items()):
+            if name.startswith("_") or name in ("seed", "n_updates"):
+                continue
+            if isinstance(value, Exploration):
+                fields = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else {}
+                value = {"kind": type(value).__name__, **fields}
+            params[name] = value
+        return as_json(params)
+
+    def _export_state(self, reuse: Mapping[str, np.ndarray] | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What ``export_state`` adds to ``n_updates``: metadata and array copies (into
+        ``reuse``'s arrays where they fit: ``bandit.state.copied``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot export its state")
+
+    def _import_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        """Checks everything before changing anything."""
+        raise NotImplementedError(f"{type(self).__name__} cannot import a state")
 
     def state_is_finite(self) -> bool:
         """Whether every number the learner holds is finite: what a model restored from

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from bandit.state import array, copied
+
 __all__ = ["Featurizer", "flatten", "unflatten"]
 
 # Bounds the token cache so a field with unbounded distinct values (a free-text note)
@@ -252,6 +254,38 @@ class Featurizer:
     def _set(self, x: np.ndarray, token: str, value: float) -> None:
         index, sign = self._slot(token)
         x[index] += sign * value
+
+    def export_state(self, prefix: str = "", reuse: Mapping[str, np.ndarray] | None = None
+                     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The numeric keys in order and copies of their running statistics, arrays named
+        ``prefix`` + ``count``, ``mean``, ``m2``, ``inv`` (slots and signs are hashes of the
+        keys, computed again on import); copied into ``reuse``'s arrays where they fit."""
+        m = len(self._numeric)
+        meta = {"numeric": list(self._numeric), "version": self.version}
+        return meta, {f"{prefix}{name[1:]}": copied(getattr(self, name)[:m], f"{prefix}{name[1:]}", reuse)
+                      for name in ("_count", "_mean", "_m2", "_inv")}
+
+    def import_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], prefix: str = "") -> None:
+        """Takes ``export_state``'s output; ``ValueError`` naming what does not fit, before
+        anything changes."""
+        keys, version = meta.get("numeric"), meta.get("version")
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or len(set(keys)) != len(keys):
+            raise ValueError(f"meta: {prefix}numeric must be a list of distinct feature names")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise ValueError(f"meta: {prefix}version must be a count, got {version!r}")
+        m = len(keys)
+        loaded = {name: array(arrays, f"{prefix}{name[1:]}", (m,)) for name in ("_count", "_mean", "_m2", "_inv")}
+        capacity = max(16, m)
+        for name, values in loaded.items():
+            grown = np.zeros(capacity)
+            grown[:m] = values
+            setattr(self, name, grown)
+        self._slot_of, self._sign_of = np.zeros(capacity, dtype=np.intp), np.zeros(capacity)
+        self._numeric, self._keys, self._slots = {}, {}, {}
+        for i, key in enumerate(keys):
+            _, self._slot_of[i], self._sign_of[i] = self._key(key)
+            self._numeric[key] = i
+        self.version = version
 
     def state_is_finite(self) -> bool:
         """Whether the running statistics are all finite."""

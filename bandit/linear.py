@@ -13,6 +13,7 @@ from bandit.base import Learner
 from bandit.exploration import Exploration, InverseGapWeighting
 from bandit.features import Featurizer
 from bandit.ridge import RidgeArms
+from bandit.state import arm_ids, arm_list
 
 __all__ = ["LinearBandit"]
 
@@ -157,6 +158,32 @@ class LinearBandit(Learner):
         n = self._model.counts(rows).astype(float)
         trust = np.where(self._solo[slots], 1.0, n / (n + self.shared))
         return self.prior + trust * own + (1 - trust) * from_attributes
+
+    def _export_state(self, reuse: Mapping[str, np.ndarray] | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        features, feature_arrays = self._featurizer.export_state("features.", reuse)
+        arms, arm_arrays = self._model.export_state("arms.", reuse)
+        attributes, attribute_arrays = self._attributes.export_state("attributes.", reuse)
+        described = [[arm, None if not attrs else list(attrs[1:])] for arm, attrs in self._arm_attributes.items()]
+        arm_list((arm for arm, _ in described), "arm_attributes")
+        meta = {"features": features, "arms": arms, "attributes": attributes, "arm_attributes": described}
+        return meta, {**feature_arrays, **arm_arrays, **attribute_arrays}
+
+    def _import_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        featurizer = Featurizer(self.n_features, self.clip, self.exclude, self.warmup)
+        model = RidgeArms(featurizer.dim, self.alpha, self.forget)
+        attributes = RidgeArms(featurizer.dim, self.alpha, self.forget)
+        for part, name in ((featurizer, "features"), (model, "arms"), (attributes, "attributes")):
+            if not isinstance(meta.get(name), dict):
+                raise ValueError(f"meta: {name} is missing")
+            part.import_state(meta[name], arrays, f"{name}.")
+        described = meta.get("arm_attributes", [])
+        if not isinstance(described, list) or not all(
+                isinstance(item, list) and len(item) == 2 and (item[1] is None or (
+                    isinstance(item[1], list) and all(isinstance(a, str) for a in item[1]))) for item in described):
+            raise ValueError("meta: arm_attributes must be a list of [arm id, [attribute, ...] or null]")
+        arm_ids([arm for arm, _ in described], "arm_attributes")
+        self._featurizer, self._model, self._attributes, self._cached = featurizer, model, attributes, None
+        self.set_arm_attributes({arm: attrs for arm, attrs in described})
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -30,11 +30,14 @@ Recommendation", WWW (the disjoint linear model).
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from itertools import repeat
+from typing import Any
 
 import numpy as np
 from scipy.linalg.blas import dger
+
+from bandit.state import arm_ids, arm_list, array, copied
 
 __all__ = ["RidgeArms"]
 
@@ -209,6 +212,33 @@ class RidgeArms:
     def __setstate__(self, state: dict) -> None:
         state.setdefault("_data", None)
         self.__dict__.update(state)
+
+    def export_state(self, prefix: str = "", reuse: Mapping[str, np.ndarray] | None = None
+                     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The arms in row order and copies of the rows in use, arrays named ``prefix`` +
+        ``ainv``, ``b``, ``theta``, ``count`` (and ``data`` with forgetting); copied into
+        ``reuse``'s arrays of the same name and shape, if given."""
+        used = len(self._rows) + 1
+        meta = {"arms": arm_list(sorted(self._rows, key=self._rows.__getitem__), f"{prefix}arms")}
+        return meta, {f"{prefix}{name[1:]}": copied(getattr(self, name)[:used], f"{prefix}{name[1:]}", reuse)
+                      for name in self._arrays()}
+
+    def import_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], prefix: str = "") -> None:
+        """Takes ``export_state``'s output (of a model of the same dimension); ``ValueError``
+        naming what does not fit, before anything changes."""
+        arms = arm_ids(meta.get("arms"), f"{prefix}arms")
+        n, d = len(arms) + 1, self.dim
+        loaded = {
+            "_ainv": array(arrays, f"{prefix}ainv", (n, d, d)),
+            "_b": array(arrays, f"{prefix}b", (n, d)),
+            "_theta": array(arrays, f"{prefix}theta", (n, d)),
+            "_count": array(arrays, f"{prefix}count", (n,), kind="i"),
+        }
+        if self._data is not None:
+            loaded["_data"] = array(arrays, f"{prefix}data", (n, d, d))
+        for name, value in loaded.items():
+            setattr(self, name, value)
+        self._rows = {arm: row for row, arm in enumerate(arms, start=1)}
 
     def _arrays(self) -> tuple[str, ...]:
         return ("_ainv", "_b", "_theta", "_count") + (("_data",) if self._data is not None else ())

@@ -10,6 +10,7 @@ import numpy as np
 
 from bandit.base import Learner
 from bandit.exploration import EpsilonGreedy
+from bandit.state import arm_ids, arm_list
 
 __all__ = ["UniformRandom"]
 
@@ -33,6 +34,18 @@ class UniformRandom(Learner):
 
     def count(self, arm_id: Hashable) -> int:
         return self._counts[arm_id]
+
+    def _export_state(self, reuse: Mapping[str, np.ndarray] | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"counts": [[arm, n] for arm, n in zip(arm_list(self._counts, "counts"), self._counts.values(), strict=True)]}, {}
+
+    def _import_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        counts = meta.get("counts")
+        if not isinstance(counts, list) or not all(
+                isinstance(item, list) and len(item) == 2 and isinstance(item[1], int) and not isinstance(item[1], bool)
+                and item[1] >= 0 for item in counts):
+            raise ValueError("meta: counts must be a list of [arm id, count]")
+        arms = arm_ids([arm for arm, _ in counts], "counts")
+        self._counts = Counter(dict(zip(arms, (n for _, n in counts), strict=True)))
 
     def _predict(self, arm_ids: list[Hashable], context: Mapping[str, Any]) -> np.ndarray:
         return np.zeros(len(arm_ids))

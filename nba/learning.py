@@ -5,6 +5,10 @@ both go through one lock; each holds it for microseconds. The learner's state su
 restart as a periodic snapshot plus the feedback logged after it: events are applied in the
 order they were made durable, and replaying that order rebuilds the same state.
 
+A snapshot is the learner's state as data (``bandit.state``: NumPy arrays and a JSON header,
+never a pickle, so loading one from the database cannot run code). Its arrays are copied under
+the lock, which is all a Decide can wait for, and encoded and written outside it.
+
 Every event, whether from this process, the log replayed at start, or another worker or
 replica (the database and Redis buses), passes one guard before the learner sees it: an event
 whose reward is not finite or outside the configured range (a log written by an older
@@ -18,7 +22,6 @@ observation it then is: new.
 from __future__ import annotations
 
 import logging
-import pickle
 import threading
 import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
@@ -28,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from bandit import Draw, InverseGapWeighting, Learner, LinearBandit
+from bandit import state as learner_state
 from nba import metrics
 from nba.config import Settings
 from nba.feedback import DEFAULT_REWARD_RANGE, reward_problem
@@ -70,13 +74,15 @@ def build_learner(settings: Settings) -> Learner:
 
 
 def signature(learner: Learner) -> str:
-    """What a snapshot must match to be reused: the learner's kind and hyperparameters."""
+    """What a snapshot must match to be reused: its format (``bandit.state``'s), the
+    learner's kind and its hyperparameters. Snapshots from before the format existed
+    (pickles) have no format here, so they never match."""
     params = {
         k: v
         for k, v in sorted(vars(learner).items())
         if not k.startswith("_") and k not in ("n_updates", "seed")
     }
-    return f"{type(learner).__name__}({params})"
+    return f"{learner_state.FORMAT} {type(learner).__name__}({params})"
 
 
 class LearningLoop:
@@ -93,6 +99,9 @@ class LearningLoop:
         self._last_feedback_id = 0
         self._snapshot_feedback_id = 0
         self._attributes: dict[Hashable, Sequence[str] | None] = {}
+        #: one snapshot at a time; the last one's arrays are reused by the next
+        self._snapshotting = threading.Lock()
+        self._last_state: learner_state.LearnerState | None = None
 
     @property
     def version(self) -> str:
@@ -171,21 +180,20 @@ class LearningLoop:
         snapshot = store.latest_snapshot()
         after = 0
         if snapshot is not None:
-            stored_signature, last_id, state = snapshot
-            restored = pickle.loads(state) if stored_signature == self._signature else None
-            if restored is not None and restored.state_is_finite():
-                self._learner = restored
-                after = last_id
-            elif restored is not None:
-                # Written by a version that let a reward poison the model: rebuilt from the log,
-                # where the guard in apply() skips what poisoned it.
-                log.warning("snapshot holds non-finite numbers; rebuilding from the feedback log",
-                            extra={"snapshot_feedback_id": last_id})
-            else:
+            stored_signature, last_id, data = snapshot
+            if stored_signature != self._signature:
                 log.warning(
-                    "snapshot is for another learner configuration; rebuilding from the feedback log",
-                    extra={"snapshot": stored_signature, "configured": self._signature},
+                    "snapshot is of another format or learner configuration; rebuilding from the feedback log",
+                    extra={"snapshot": stored_signature[:200], "configured": self._signature},
                 )
+            else:
+                try:
+                    state = learner_state.loads(data)
+                    with self._lock:
+                        self._learner.import_state(state)
+                    after = last_id
+                except (ValueError, TypeError) as exc:  # damaged or forged: the log is the truth
+                    log.error("snapshot unusable; rebuilding from the feedback log", extra={"error": str(exc)[:500]})
         self._last_feedback_id = after
         if self._attributes:
             self.describe_arms(self._attributes)
@@ -210,10 +218,13 @@ class LearningLoop:
         due = time.monotonic() - self._last_snapshot >= self._snapshot_seconds
         if not (force or due) or self._last_feedback_id == self._snapshot_feedback_id:
             return False
-        with self._lock:
-            state = pickle.dumps(self._learner, protocol=pickle.HIGHEST_PROTOCOL)
-            version, last_id = self._learner.version, self._last_feedback_id
-        store.save_snapshot(self._signature, version, last_id, state)
+        with self._snapshotting:
+            with self._lock:  # a copy of the arrays (into the last snapshot's): all a Decide can wait for
+                state = self._learner.export_state(reuse=self._last_state)
+                version, last_id = self._learner.version, self._last_feedback_id
+            data = learner_state.dumps(state)
+            self._last_state = state
+        store.save_snapshot(self._signature, version, last_id, data)
         self._last_snapshot = time.monotonic()
         self._snapshot_feedback_id = last_id
         metrics.SNAPSHOTS.inc()

@@ -20,12 +20,13 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nba import metrics
 from nba.clock import Clock, SystemClock
 from nba.errors import FailedPrecondition, InvalidArgument, NotFound, PolicySetError, Problem
 from nba.policy_set import PolicySet, content_hash, parse_policy_set, read_files
-from nba.store import Store, is_outage
+from nba.store import Activation, Store, is_outage
 
 __all__ = ["Publisher", "Published"]
 
@@ -162,15 +163,31 @@ class Publisher:
         return not published.unchanged
 
     def check_database(self) -> bool:
-        """Adopts a set another replica activated."""
-        live = self._store.live_activation()
-        if live is None or live.id == self._activation_id:
+        """Adopts a set another process activated after the one this process holds.
+
+        Only a newer activation (a larger id: ids follow commit order) is adopted, compared
+        under the lock: a read that raced with this process's own publish or rollback must
+        not put the older set back."""
+        newest = self._store.newest_activation_id()
+        if newest <= self._activation_id:
             return False
+        live = self._store.live_activation()
         with self._lock:
-            if live.id == self._activation_id:
+            if live is None or live.id <= self._activation_id:
                 return False
             self._adopt(live)
         return True
+
+    def refresh(self) -> PolicySet:
+        """The live set, after adopting a newer activation if the database has one: what a
+        caller reading the live version (to send it back as ``expected_live_version``) must
+        see, whichever replica it asks. If the database cannot be read or the newer set not
+        loaded, the set this process serves (the watcher tries again)."""
+        try:
+            self.check_database()
+        except Exception as exc:
+            log.warning("reading the live policy set from the database failed", extra={"error": repr(exc)})
+        return self.live
 
     # Validate, publish, roll back -----------------------------------------------------
 
@@ -191,18 +208,22 @@ class Publisher:
         comment: str = "",
         expected_live: int = 0,
     ) -> Published:
+        """Makes a draft live (``PolicySetError`` listing every problem if it is invalid).
+
+        With ``expected_live``, only if that version is live in the database at the moment of
+        the activation (``FailedPrecondition`` otherwise): the check and the activation are one
+        transaction, so of two editors expecting the same version on two replicas one wins.
+        Content that is live already changes nothing (``unchanged``)."""
         self._check_draft(files)
         policy_set = parse_policy_set(dict(files), self._clock.now())  # raises with every error
         with self._lock:
-            self._expect(expected_live)
-            if self._live is not None and self._live.content_hash == policy_set.content_hash:
-                return Published(self._live, unchanged=True)
-            policy_set.number = self._store.register_policy_set(policy_set.files, policy_set.content_hash, actor, comment)
-            self._activation_id = self._store.activate(policy_set.number, actor, source, comment, self._clock.now())
-            self._swap(policy_set, source, actor)
-            return Published(policy_set, unchanged=False)
+            result = self._store.publish(policy_set.files, policy_set.content_hash, actor, source, comment,
+                                         self._clock.now(), expected_live)
+            return self._settle(policy_set, result, expected_live, source, actor)
 
     def rollback(self, version: int, actor: str, comment: str = "", expected_live: int = 0) -> Published:
+        """Makes an earlier version live again; ``NotFound`` for an unknown version,
+        ``FailedPrecondition`` if it no longer loads or ``expected_live`` is not live."""
         row = self._store.policy_set_row(version)
         if row is None:
             raise NotFound(f"version: no policy set version {version}")
@@ -211,26 +232,39 @@ class Publisher:
         except PolicySetError as exc:
             raise FailedPrecondition(f"version: {version} no longer loads: {exc}") from None
         with self._lock:
-            self._expect(expected_live)
-            if self._live is not None and self._live.number == version:
-                return Published(self._live, unchanged=True)
-            policy_set.number = version
-            self._activation_id = self._store.activate(version, actor, "rollback", comment, self._clock.now())
-            self._swap(policy_set, "rollback", actor)
-            return Published(policy_set, unchanged=False)
+            result = self._store.activate(version, actor, "rollback", comment, self._clock.now(), expected_live)
+            return self._settle(policy_set, result, expected_live, "rollback", actor)
 
-    def _expect(self, expected_live: int) -> None:
-        if expected_live and self._live is not None and self._live.number != expected_live:
-            raise FailedPrecondition(
-                f"expected_live_version: version {self._live.number} is live, not {expected_live}; "
-                "reload it and try again"
-            )
+    def _settle(self, policy_set: PolicySet, result: Activation, expected_live: int, source: str,
+                actor: str) -> Published:
+        """After the database said what is live: swaps to ``policy_set`` if it is, or to the
+        newer set another process made live. Call with the lock held."""
+        if not result.refused:
+            policy_set.number = result.version
+            if result.id > self._activation_id:  # otherwise this process holds it already
+                self._activation_id = result.id
+                self._swap(policy_set, source, actor)
+            return Published(self.live, unchanged=not result.activated)
+        self._catch_up()
+        raise FailedPrecondition(
+            f"expected_live_version: version {result.version} is live, not {expected_live}; "
+            "reload it and try again"
+        )
 
-    def _adopt(self, live: object) -> None:
-        policy_set = parse_policy_set(live.files, self._clock.now())  # type: ignore[attr-defined]
-        policy_set.number = live.version  # type: ignore[attr-defined]
-        self._activation_id = live.id  # type: ignore[attr-defined]
-        self._swap(policy_set, live.source, live.actor)  # type: ignore[attr-defined]
+    def _catch_up(self) -> None:
+        """Adopts the newest activation if it is newer than the one held (lock held)."""
+        try:
+            live = self._store.live_activation()
+            if live is not None and live.id > self._activation_id:
+                self._adopt(live)
+        except Exception:  # the caller's answer does not depend on it; the watcher tries again
+            log.exception("adopting the live policy set failed")
+
+    def _adopt(self, live: Any) -> None:
+        policy_set = parse_policy_set(live.files, self._clock.now())
+        policy_set.number = live.version
+        self._activation_id = live.id
+        self._swap(policy_set, live.source, live.actor)
 
     def _swap(self, policy_set: PolicySet, source: str, actor: str) -> None:
         self._live = policy_set

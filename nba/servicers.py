@@ -129,7 +129,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         self._make_learner = make_learner
 
     def GetLivePolicySet(self, request: apb.GetLivePolicySetRequest, context: grpc.ServicerContext) -> apb.PolicySet:
-        return _policy_set(self._publisher.live, live=True, with_files=True)
+        return _policy_set(self._publisher.refresh(), live=True, with_files=True)
 
     def _expect_live(self, expected: int, comment: str) -> None:
         """The same checks PublishPolicySet makes of its body, for Validate and Preview (one body
@@ -184,7 +184,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             before = int(request.page_token)
         store = self._publisher.store
         rows = store.policy_set_versions(before, size + 1)
-        live = self._publisher.live.number
+        live = self._publisher.refresh().number  # the database's live version, not a lagging memory of it
         versions = [
             apb.PolicySet(
                 version=r.version, content_hash=r.content_hash, label=f"{r.version}-{r.content_hash[:12]}",

@@ -22,6 +22,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,12 @@ from nba.feedback import NO_RESPONSE, OUTCOMES, FeedbackEvent, FeedbackResult, P
 from nba.learning import LearningEvent
 from nba.migrations import ensure_schema
 
-__all__ = ["DecisionLog", "Store", "open_engine"]
+__all__ = ["Activation", "DecisionLog", "Store", "open_engine"]
 
 #: decisions whose reward windows are closed per transaction
 CLOSE_BATCH = 1000
+#: values bound in one ``IN (...)`` look-up (SQLite allows 32,766 in a statement)
+IN_CHUNK = 5000
 #: with a bus that works, how often the database is still read for events never published
 BUS_TAIL_SECONDS = 1.0
 #: while the database is unavailable, how often the writer tries it again
@@ -169,6 +172,21 @@ class SnapshotRow(SQLModel, table=True):
     state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
+@dataclass(frozen=True)
+class Activation:
+    """The live activation after an attempt to change it (``Store.publish``, ``Store.activate``)."""
+
+    #: the activation's id: monotonic, in commit order
+    id: int
+    #: the policy set version it made live
+    version: int
+    #: whether this attempt wrote it (False: the version was live already, or refused)
+    activated: bool
+    #: another version than the expected one was live: nothing was written, and ``version``
+    #: is the one live (0 before the first activation)
+    refused: bool = False
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether an error means the database cannot be reached (down, restarting, network, a
     lock held too long) rather than a fault in what was asked of it. Outages are waited out
@@ -278,16 +296,86 @@ class Store:
                 ).inserted_primary_key[0]
         return int(version)
 
-    def activate(self, version: int, actor: str, source: str, comment: str = "", at: datetime | None = None) -> int:
-        table = PolicyActivationRow.__table__
+    def publish(
+        self,
+        files: dict[str, str],
+        content_hash: str,
+        actor: str,
+        source: str,
+        comment: str = "",
+        at: datetime | None = None,
+        expected_version: int = 0,
+    ) -> Activation:
+        """Registers ``files`` as a version (content published before keeps its number) and
+        makes it live, in one write transaction: see ``activate``. When the activation is
+        refused nothing is registered."""
+        table = PolicySetRow.__table__
         with self.write() as conn:
-            return int(
-                conn.execute(
+            live = self._newest_activation(conn)
+            if refused := self._refused(live, expected_version):
+                return refused
+            version = conn.execute(select(table.c.version).where(table.c.content_hash == content_hash)).scalar()
+            if version is None:
+                version = conn.execute(
                     table.insert().values(
-                        version=version, activated_at=at or datetime.now(UTC), actor=actor, source=source, comment=comment
+                        content_hash=content_hash, created_at=datetime.now(UTC), created_by=actor,
+                        comment=comment, files=files,
                     )
                 ).inserted_primary_key[0]
+            return self._activate(conn, live, int(version), actor, source, comment, at)
+
+    def activate(
+        self,
+        version: int,
+        actor: str,
+        source: str,
+        comment: str = "",
+        at: datetime | None = None,
+        expected_version: int = 0,
+    ) -> Activation:
+        """Makes ``version`` live unless it is live already, and, with ``expected_version``,
+        only if that version is the live one.
+
+        The check and the insert are one write transaction, which holds the database's write
+        lock from its start (BEGIN IMMEDIATE on SQLite, the advisory lock on PostgreSQL): no
+        other process activates anything in between, whatever it remembers as live, and
+        activation ids follow commit order. Returns the live activation afterwards, with
+        ``activated`` False when nothing was written."""
+        with self.write() as conn:
+            live = self._newest_activation(conn)
+            if refused := self._refused(live, expected_version):
+                return refused
+            return self._activate(conn, live, version, actor, source, comment, at)
+
+    @staticmethod
+    def _refused(live: Any, expected_version: int) -> Activation | None:
+        if expected_version and (live is None or live.version != expected_version):
+            return Activation(live.id if live else 0, live.version if live else 0, activated=False, refused=True)
+        return None
+
+    @staticmethod
+    def _newest_activation(conn: Any) -> Any:
+        table = PolicyActivationRow.__table__
+        return conn.execute(select(table.c.id, table.c.version).order_by(table.c.id.desc()).limit(1)).first()
+
+    @staticmethod
+    def _activate(conn: Any, live: Any, version: int, actor: str, source: str, comment: str,
+                  at: datetime | None) -> Activation:
+        if live is not None and live.version == version:
+            return Activation(live.id, version, activated=False)
+        table = PolicyActivationRow.__table__
+        activation_id = conn.execute(
+            table.insert().values(
+                version=version, activated_at=at or datetime.now(UTC), actor=actor, source=source, comment=comment
             )
+        ).inserted_primary_key[0]
+        return Activation(int(activation_id), version, activated=True)
+
+    def newest_activation_id(self) -> int:
+        """The id of the newest activation (0 before the first): cheap enough to poll."""
+        table = PolicyActivationRow.__table__
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.max(table.c.id))).scalar() or 0)
 
     def live_activation(self) -> Any:
         """The newest activation joined with its version (None before the first)."""
@@ -496,42 +584,79 @@ class Store:
 
     def store_feedback(self, conn: Any, event: FeedbackEvent) -> FeedbackResult:
         """Deduplicates by event_id, resolves the pair's reward, inserts; within ``conn``'s
-        transaction."""
+        transaction. ``AlreadyExists`` if the event id was used for another event."""
+        result = self.store_feedback_batch(conn, [event])[0]
+        if isinstance(result, AlreadyExists):
+            raise result
+        return result
+
+    def store_feedback_batch(self, conn: Any, events: list[FeedbackEvent]) -> list[FeedbackResult | AlreadyExists]:
+        """Stores events as if one at a time, in order (deduplicated by event id, each pair's
+        reward resolved from the events before it, this batch's included), within ``conn``'s
+        transaction; returns each event's result, or the ``AlreadyExists`` its reused event
+        id earns (such an event writes nothing).
+
+        Four statements for the batch, not three an event: the event ids already stored, the
+        pairs' applied feedback, one executemany insert, the new rows' ids. The writer holds
+        the write lock throughout, so this is what a group commit costs the other writers."""
         table = self._feedback
-        seen = conn.execute(
-            select(table.c.decision_id, table.c.offer_id, table.c.outcome).where(table.c.event_id == event.event_id)
-        ).first()
-        if seen is not None:
-            if (seen.decision_id, seen.offer_id, seen.outcome) != (event.decision_id, event.offer_id, event.outcome):
-                raise AlreadyExists(
-                    f"event_id: '{event.event_id}' was already used for decision '{seen.decision_id}', "
-                    f"offer '{seen.offer_id}', outcome '{seen.outcome}'; use a new event_id"
-                )
-            state = self._pair_state(conn, event.decision_id, event.offer_id)
-            return FeedbackResult(duplicate=True, applied=False, reward=state.reward if state else 0.0)
-        previous = self._pair_state(conn, event.decision_id, event.offer_id)
-        late = self._late(conn, event)
-        if late:
-            applied, state, previous_reward = False, previous or PairState(0, 0.0), None
-        else:
-            applied, state, previous_reward = resolve(previous, event)
-        feedback_id = conn.execute(
-            table.insert().values(
-                event_id=event.event_id,
-                decision_id=event.decision_id,
-                offer_id=event.offer_id,
-                outcome=event.outcome,
-                reward=event.reward,
-                stage=OUTCOMES[event.outcome],
-                applied=applied,
-                pair_reward=state.reward,
-                previous_reward=previous_reward,
-                late=late,
-                occurred_at=event.occurred_at,
-                received_at=event.received_at,
-            )
-        ).inserted_primary_key[0]
-        return FeedbackResult(False, applied, state.reward, int(feedback_id), previous_reward, late)
+        seen: dict[str, tuple[str, str, str]] = {}
+        for chunk in _chunks(list({e.event_id for e in events})):
+            for r in conn.execute(select(table.c.event_id, table.c.decision_id, table.c.offer_id, table.c.outcome)
+                                  .where(table.c.event_id.in_(chunk))):
+                seen[r.event_id] = (r.decision_id, r.offer_id, r.outcome)
+        pairs = {(e.decision_id, e.offer_id) for e in events}
+        states: dict[tuple[str, str], PairState] = {}
+        for chunk in _chunks(list({e.decision_id for e in events})):
+            for r in conn.execute(
+                select(table.c.decision_id, table.c.offer_id, table.c.stage, table.c.pair_reward)
+                .where(table.c.decision_id.in_(chunk), table.c.applied)
+                .order_by(table.c.id)
+            ):
+                if (r.decision_id, r.offer_id) in pairs:
+                    states[(r.decision_id, r.offer_id)] = PairState(r.stage, r.pair_reward)  # the newest wins
+        results: list[FeedbackResult | AlreadyExists] = []
+        rows: list[dict[str, Any]] = []
+        for fb in events:
+            pair = (fb.decision_id, fb.offer_id)
+            before = seen.get(fb.event_id)
+            if before is not None:
+                if before != (fb.decision_id, fb.offer_id, fb.outcome):
+                    results.append(AlreadyExists(
+                        f"event_id: '{fb.event_id}' was already used for decision '{before[0]}', "
+                        f"offer '{before[1]}', outcome '{before[2]}'; use a new event_id"
+                    ))
+                else:
+                    state = states.get(pair)
+                    results.append(FeedbackResult(duplicate=True, applied=False, reward=state.reward if state else 0.0))
+                continue
+            previous = states.get(pair)
+            late = self._late(conn, fb)
+            if late:
+                applied, state, previous_reward = False, previous or PairState(0, 0.0), None
+            else:
+                applied, state, previous_reward = resolve(previous, fb)
+            stage = OUTCOMES[fb.outcome]
+            if applied:  # what reading this row back as the pair's newest applied one would give
+                states[pair] = PairState(stage, state.reward)
+            seen[fb.event_id] = (fb.decision_id, fb.offer_id, fb.outcome)
+            rows.append({
+                "event_id": fb.event_id, "decision_id": fb.decision_id, "offer_id": fb.offer_id,
+                "outcome": fb.outcome, "reward": fb.reward, "stage": stage, "applied": applied,
+                "pair_reward": state.reward, "previous_reward": previous_reward, "late": late,
+                "occurred_at": fb.occurred_at, "received_at": fb.received_at,
+            })
+            results.append(FeedbackResult(False, applied, state.reward, None, previous_reward, late))  # id below
+        if rows:
+            self._insert_feedback(conn, rows)
+            ids: dict[str, int] = {}
+            for chunk in _chunks([r["event_id"] for r in rows]):
+                ids.update((r.event_id, int(r.id)) for r in conn.execute(
+                    select(table.c.id, table.c.event_id).where(table.c.event_id.in_(chunk))))
+            for n, (fb, result) in enumerate(zip(events, results, strict=True)):
+                if isinstance(result, FeedbackResult) and not result.duplicate and result.feedback_id is None:
+                    results[n] = replace(result, feedback_id=ids[fb.event_id])
+        return results
 
     def _late(self, conn: Any, event: FeedbackEvent) -> bool:
         """Late is judged by when the event arrived, not when it is written: an event received
@@ -545,7 +670,14 @@ class Store:
         """Closes the reward windows of decisions older than the longest window: each offer
         with no feedback gets the default reward as a ``no_response`` event, exactly once (its
         event id is unique). Returns what the learner must apply and how many decisions were
-        closed; within ``conn``'s transaction."""
+        closed; within ``conn``'s transaction.
+
+        Six statements for up to ``limit`` decisions of up to five offers (a few more with
+        more offers): the due decisions, their applied feedback, the no_response event ids
+        already taken (another process closed them first), one executemany insert, the new
+        rows' ids, one update.
+        The caller holds the write lock throughout: this is what it costs every other
+        writer."""
         if self.windows is None:
             return [], 0
         d, f = self._decisions, self._feedback
@@ -558,48 +690,73 @@ class Store:
         ).all()
         if not rows:
             return [], 0
+        ids = [r.decision_id for r in rows]
         answered = {
             (r.decision_id, r.offer_id)
-            for r in conn.execute(
-                select(f.c.decision_id, f.c.offer_id).where(f.c.decision_id.in_([r.decision_id for r in rows]), f.c.applied)
-            ).all()
+            for r in conn.execute(select(f.c.decision_id, f.c.offer_id).where(f.c.decision_id.in_(ids), f.c.applied))
         }
-        learn: list[LearningEvent] = []
         reward = self.windows.default_reward
+        due: dict[str, dict[str, Any]] = {}
+        features: dict[str, tuple[str, dict[str, Any]]] = {}
         for row in rows:
             closed_at = _utc(row.created_at) + timedelta(seconds=self.windows.longest)
             for offer in row.offers:
                 if (row.decision_id, offer["offer_id"]) in answered:
                     continue
                 event_id = f"{NO_RESPONSE}:{row.decision_id}:{offer['offer_id']}"
-                if conn.execute(select(f.c.id).where(f.c.event_id == event_id)).first() is not None:
-                    continue  # another replica closed it first
-                feedback_id = conn.execute(
-                    f.insert().values(
-                        event_id=event_id, decision_id=row.decision_id, offer_id=offer["offer_id"],
-                        outcome=NO_RESPONSE, reward=reward, stage=0, applied=True, pair_reward=reward,
-                        previous_reward=None, late=False, occurred_at=closed_at, received_at=now,
-                    )
-                ).inserted_primary_key[0]
-                learn.append(LearningEvent(int(feedback_id), row.features, offer["offer_id"], reward, None))
-        conn.execute(d.update().where(d.c.decision_id.in_([r.decision_id for r in rows])).values(closed=True))
+                features[event_id] = (offer["offer_id"], row.features)
+                due[event_id] = {
+                    "event_id": event_id, "decision_id": row.decision_id, "offer_id": offer["offer_id"],
+                    "outcome": NO_RESPONSE, "reward": reward, "stage": 0, "applied": True, "pair_reward": reward,
+                    "previous_reward": None, "late": False, "occurred_at": closed_at, "received_at": now,
+                }
+        for chunk in _chunks(list(due)):
+            for taken in conn.execute(select(f.c.event_id).where(f.c.event_id.in_(chunk))).scalars():
+                del due[taken]  # another replica closed it first
+        learn: list[LearningEvent] = []
+        if due:
+            self._insert_feedback(conn, list(due.values()))
+            # The ids the rows got, by event id (the learner applies events in id order).
+            for chunk in _chunks(list(due)):
+                for r in conn.execute(select(f.c.id, f.c.event_id).where(f.c.event_id.in_(chunk))):
+                    offer_id, row_features = features[r.event_id]
+                    learn.append(LearningEvent(int(r.id), row_features, offer_id, reward, None))
+            learn.sort(key=lambda e: e.feedback_id)
+        conn.execute(d.update().where(d.c.decision_id.in_(ids)).values(closed=True))
         metrics.WINDOWS_CLOSED.inc(len(rows))
         metrics.NO_RESPONSE.inc(len(learn))
         return learn, len(rows)
 
+    def _insert_feedback(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+        """Inserts feedback rows (``FeedbackRow``'s columns but the id) with one executemany
+        through the driver. One multi-row INSERT ... RETURNING of a thousand rows spent most of
+        its time in psycopg parsing its 12,000 placeholders; the driver pipelines a short
+        statement instead. Values are made ready as the ORM would (SQLite: its DateTime text
+        format, booleans as 0/1), so they read back the same."""
+        columns = ("event_id", "decision_id", "offer_id", "outcome", "reward", "stage", "applied", "pair_reward",
+                   "previous_reward", "late", "occurred_at", "received_at")
+        dialect = self.engine.dialect
+        if dialect.name not in ("sqlite", "postgresql"):
+            conn.execute(self._feedback.insert(), rows)
+            return
+        sqlite = dialect.name == "sqlite"
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+
+        def ready(value: Any) -> Any:
+            if sqlite and isinstance(value, datetime):
+                return _sqlite_time(value)
+            if sqlite and isinstance(value, bool):
+                return int(value)
+            return value
+
+        conn.exec_driver_sql(
+            f"INSERT INTO feedback ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})",
+            [tuple(ready(row[c]) for c in columns) for row in rows],
+        )
+
     def count_open_decisions(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(self._decisions).where(self._decisions.c.closed.is_(False))).scalar_one())
-
-    def _pair_state(self, conn: Any, decision_id: str, offer_id: str) -> PairState | None:
-        table = self._feedback
-        row = conn.execute(
-            select(table.c.stage, table.c.pair_reward)
-            .where(table.c.decision_id == decision_id, table.c.offer_id == offer_id, table.c.applied)
-            .order_by(table.c.id.desc())
-            .limit(1)
-        ).first()
-        return PairState(row.stage, row.pair_reward) if row else None
 
     def learning_events(self, after_id: int, chunk: int = 1000, up_to: int | None = None) -> Iterator[LearningEvent]:
         """The applied feedback after ``after_id`` (up to ``up_to``), in the order it was
@@ -717,6 +874,12 @@ class Store:
             if len(rows) < chunk:
                 return
             after = (rows[-1].created_at, rows[-1].decision_id)
+
+
+def _chunks(values: list[Any]) -> Iterator[list[Any]]:
+    """``values`` in lists of at most ``IN_CHUNK``, for ``IN (...)`` look-ups."""
+    for start in range(0, len(values), IN_CHUNK):
+        yield values[start:start + IN_CHUNK]
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -1228,12 +1391,9 @@ class DecisionLog:
                         for d in decisions
                         for o in d.offers
                     )
-                for event, future in feedback:
-                    try:
-                        # A conflict is found before anything is written: nothing to undo.
-                        results.append((event, future, self.store.store_feedback(conn, event)))
-                    except AlreadyExists as exc:
-                        results.append((event, future, exc))
+                # A reused event id is found before anything is written: nothing to undo.
+                stored = self.store.store_feedback_batch(conn, [event for event, _ in feedback]) if feedback else []
+                results.extend((event, future, result) for (event, future), result in zip(feedback, stored, strict=True))
                 outcomes = [
                     ContactEvent(e.customer_id, e.occurred_at.timestamp(), e.outcome, e.offer_id, e.group, e.channel)
                     for e, _, r in results

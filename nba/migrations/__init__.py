@@ -26,6 +26,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
@@ -33,7 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from nba.errors import SchemaError
 
-__all__ = ["SchemaError", "current_revision", "ensure_schema", "head_revision", "upgrade"]
+__all__ = ["SchemaError", "current_revision", "ensure_schema", "head_revision", "revisions", "upgrade"]
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +94,18 @@ def _locked(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def upgrade(engine: Engine) -> tuple[str | None, str]:
-    """Brings the database to the newest revision; returns (before, after).
+def revisions() -> list[str]:
+    """Every revision, oldest first (``BASELINE`` first, ``head_revision()`` last)."""
+    return [script.revision for script in reversed(list(ScriptDirectory.from_config(_config()).walk_revisions()))]
+
+
+def upgrade(engine: Engine, target: str = "head") -> tuple[str | None, str]:
+    """Brings the database to the newest revision (or to ``target``, an older one: for
+    tests of the migrations themselves); returns (before, after).
 
     A database made before migrations existed is first given the columns later versions
     added without a migration, then stamped as the baseline, then upgraded."""
-    head = head_revision()
+    head = head_revision() if target == "head" else target
     with _locked(engine) as conn:
         before, has_tables = _state(conn)
         if before is None and has_tables:
@@ -109,7 +116,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
         if before not in (None, head) and before not in _known():
             raise SchemaError(f"the database is at revision {before}, which this nba does not know: "
                               f"it was migrated by a newer version (this one needs {head})")
-        command.upgrade(_config(conn), "head")
+        command.upgrade(_config(conn), target)
     return before, head
 
 
@@ -185,3 +192,8 @@ def _add_legacy_columns(conn: Connection) -> None:
             else:
                 literal = repr(default)
             conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind} NOT NULL DEFAULT {literal}')
+            # The default only filled the existing rows: the declared schema has none (new rows
+            # get theirs from the code), and a stamped database must be the declared schema.
+            # SQLite cannot drop a default in place; batch mode copies the table.
+            with Operations(MigrationContext.configure(conn)).batch_alter_table(table.name) as batch:
+                batch.alter_column(column.name, server_default=None, existing_type=column.type, existing_nullable=False)

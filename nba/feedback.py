@@ -219,6 +219,10 @@ class FeedbackIntake:
     ) -> FeedbackResult:
         for name, value in (("event_id", event_id), ("decision_id", decision_id), ("offer_id", offer_id)):
             check_id(name, value)
+        if event_id.startswith(NO_RESPONSE + ":"):
+            # The service's own events when reward windows close are named so; a client event
+            # of that name would take the place of the default reward of another decision.
+            raise InvalidArgument(f"event_id: the prefix '{NO_RESPONSE}:' is reserved for the service's own events")
         if outcome not in OUTCOMES:
             raise InvalidArgument(
                 f"outcome: {outcome or 'unspecified'} is not one of "

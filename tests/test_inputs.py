@@ -152,6 +152,19 @@ def test_a_control_character_in_a_feedback_id_is_invalid_on_every_engine(server:
     assert stored_feedback(server) == []
 
 
+def test_the_prefix_of_the_services_own_no_response_events_is_reserved(server: Running) -> None:
+    """A client event named as the service names its default-reward events would stand in for
+    the default reward of a decision whose windows close without feedback."""
+    decision = decide(server)
+    offer = decision.offers[0].offer_id
+    request = pb.FeedbackRequest(event_id=f"no_response:{decision.decision_id}:{offer}", decision_id=decision.decision_id,
+                                 offer_id=offer, outcome=pb.OUTCOME_CLICKED)
+    error = refused(server.stub.Feedback, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("event_id: the prefix 'no_response:' is reserved")
+    assert stored_feedback(server) == []
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

@@ -136,9 +136,11 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         for all three): the comment is free text, and expected_live_version must still be live."""
         check_text("comment", comment, max_length=MAX_COMMENT_LENGTH)
         _version("expected_live_version", expected)
-        live = self._publisher.live.number
-        if expected and expected != live:
-            raise FailedPrecondition(f"expected_live_version: {expected} is no longer live (version {live} is); "
+        if not expected:
+            return
+        live = self._publisher.refresh().number  # the database's live version, as Publish checks it
+        if expected != live:
+            raise FailedPrecondition(f"expected_live_version: {expected} is not the live version (version {live} is); "
                                      "get the live set again, or leave expected_live_version out")
 
     def ValidatePolicySet(self, request: apb.ValidatePolicySetRequest, context: grpc.ServicerContext) -> apb.ValidatePolicySetResponse:

@@ -116,6 +116,14 @@ def test_a_database_check_that_raced_a_publish_does_not_undo_it(start, tmp_path:
 def test_every_replica_reports_the_live_version_of_the_database(start, tmp_path: Path) -> None:
     one, two = replicas(start, tmp_path, watch=0)  # two's memory is never refreshed by a watcher
     published = one.admin.PublishPolicySet(apb.PublishPolicySetRequest(draft=draft("newer")), metadata=one.auth())
+    # Validate and Preview check the same precondition against the database, as Publish does
+    for call, request in ((two.admin.ValidatePolicySet, apb.ValidatePolicySetRequest),
+                          (two.admin.PreviewPolicySet, apb.PreviewPolicySetRequest)):
+        call(request(draft=draft("checked"), expected_live_version=published.live.version), metadata=two.auth())
+        with pytest.raises(grpc.RpcError) as refused:
+            call(request(draft=draft("checked"), expected_live_version=published.live.version - 1), metadata=two.auth())
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"(version {published.live.version} is)" in refused.value.details()
     live = two.admin.GetLivePolicySet(apb.GetLivePolicySetRequest(), metadata=two.auth())
     assert (live.version, live.label) == (published.live.version, published.live.label)
     listed = two.admin.ListPolicySetVersions(apb.ListPolicySetVersionsRequest(), metadata=two.auth())

@@ -60,6 +60,8 @@ EXIT_INTERRUPTED = 130
 
 DATABASE_FLAG = "--database-url / NBA_DATABASE_URL"
 SQLITE_HEADER = b"SQLite format 3\x00"
+# beyond this the intervals do not narrow further, and a mistyped count would run for days
+MAX_BOOTSTRAP = 100_000
 
 
 class CliError(Exception):
@@ -513,8 +515,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nba.evaluation.report import html_report, table
     from nba.evaluation.truth import Truth
 
-    if args.bootstrap < 1:
-        raise CliError(f"--bootstrap: {args.bootstrap}: at least 1 resample")
+    if not 1 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise CliError(f"--bootstrap: {args.bootstrap}: 1 to {MAX_BOOTSTRAP} resamples")
     if args.seed < 0:
         raise CliError(f"--seed: {args.seed}: 0 or more")
     if not math.isfinite(args.default_reward) or abs(args.default_reward) > REWARD_LIMIT:

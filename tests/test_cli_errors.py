@@ -51,6 +51,7 @@ BAD_INVOCATIONS = [
     (["evaluate", "--log", "{log}", "--truth", "{text}"], EXIT_USAGE, "--truth {text}: not JSON"),
     (["evaluate", "--log", "{log}", "--truth", "{log}"], EXIT_USAGE, "--truth {log}: field: required"),
     (["evaluate", "--log", "{log}", "--truth", "{truth_bad}"], EXIT_USAGE, "phases[0].probabilities.young.gold-card: must be a probability"),
+    (["evaluate", "--log", "{log}", "--truth", "{truth_huge}"], EXIT_USAGE, "phases[0].probabilities.young.gold-card: must be a probability"),
     (["evaluate", "--log", "{log}", "--html", "{tmp}/missing/report.html"], EXIT_USAGE, "--html {tmp}/missing/report.html: the folder"),
     (["evaluate", "--log", "{log}", "--json", "{tmp}"], EXIT_USAGE, "--json {tmp}: is a folder"),
     (["evaluate", "--log", "{log}", "--policy", "random"], EXIT_USAGE, "--policy random: not a policy"),
@@ -71,6 +72,7 @@ BAD_INVOCATIONS = [
     (["simulate", "--population", "{yaml}"], EXIT_USAGE, "--population {yaml}: not YAML at line"),
     (["simulate", "--population", "{log}"], EXIT_USAGE, "unknown keys"),
     (["simulate", "--population", "{population_bad}"], EXIT_USAGE, "persona 'young': share must be a number"),
+    (["simulate", "--population", "{population_huge}"], EXIT_USAGE, "persona 'young': share must be a number"),
     (["simulate", "--population", "{population_template}"], EXIT_USAGE, "persona 'young': customer cannot generate a profile"),
     (["simulate", "--decisions", "0"], EXIT_USAGE, "--decisions: 0: at least 1"),
     (["simulate", "--block", "0"], EXIT_USAGE, "--block: 0"),
@@ -118,6 +120,10 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
     (tmp_path / "truth.json").write_text(json.dumps({"field": "customer.persona", "phases": [
         {"until": None, "probabilities": {"young": {"gold-card": 1.5}}}]}))
     (tmp_path / "population.yaml").write_text("personas:\n  - {name: young, share: lots, customer: {age: 30}}\n")
+    # a 400-digit integer overflows float(): a refusal naming the field, not an OverflowError
+    (tmp_path / "huge.yaml").write_text("personas:\n  - {name: young, share: 1" + "0" * 400 + ", customer: {age: 30}}\n")
+    (tmp_path / "huge.json").write_text('{"field": "customer.persona", "phases": [{"until": null, "probabilities": '
+                                        '{"young": {"gold-card": 1' + "0" * 400 + '}}}]}')
     (tmp_path / "template.yaml").write_text("personas:\n  - {name: young, share: 1, customer: {age: {range: [a, 3]}}}\n")
     (tmp_path / "empty-folder").mkdir()
     with socket.socket() as s:
@@ -128,6 +134,7 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
         "bin": str(tmp_path / "binary.jsonl"), "text": str(tmp_path / "text.txt"), "empty": str(tmp_path / "empty.jsonl"),
         "yaml": str(tmp_path / "broken.yaml"), "truth_bad": str(tmp_path / "truth.json"),
         "population_bad": str(tmp_path / "population.yaml"), "population_template": str(tmp_path / "template.yaml"),
+        "population_huge": str(tmp_path / "huge.yaml"), "truth_huge": str(tmp_path / "huge.json"),
         "empty_dir": str(tmp_path / "empty-folder"), "closed": str(closed),
     }
 

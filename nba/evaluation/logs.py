@@ -54,6 +54,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bandit import flatten
+from nba.inputs import MAX_CONTEXT_NUMBER, finite_number
 
 __all__ = ["MAX_DEPTH", "REWARD_LIMIT", "LogError", "LogLine", "LoggedDecision", "from_jsonl", "from_records",
            "from_store", "read_jsonl", "validate_line"]
@@ -320,11 +321,15 @@ def _close(a: float, b: float) -> bool:
 
 
 def _check_values(value: Any, where: str, depth: int) -> None:
-    """No NaN or infinite number anywhere in a context, and no deeper than MAX_DEPTH."""
+    """Every number in a context finite and within ±2^53 (what Decide accepts), and no deeper than
+    MAX_DEPTH."""
     if depth > MAX_DEPTH:
         raise _Refused(where, f"nested more than {MAX_DEPTH} levels deep")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _Refused(where, f"{value} is not a finite number")
+    if isinstance(value, int | float) and not isinstance(value, bool) and not (
+        finite_number(value) and abs(value) <= MAX_CONTEXT_NUMBER
+    ):
+        shown = f"{value:g}" if isinstance(value, float) else f"an integer of {len(str(abs(value)))} digits"
+        raise _Refused(where, f"{shown} is not a finite number within ±2^53 (as Decide accepts)")
     if isinstance(value, Mapping):
         for key, item in value.items():
             _check_values(item, f"{where}.{key}", depth + 1)

@@ -194,6 +194,14 @@ class Settings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        # the second bind would fail later as "port in use", naming neither setting
+        if self.port > 0 and self.metrics_port > 0 and self.port == self.metrics_port:
+            raise ValueError(f"port (--port, NBA_PORT) and metrics_port (--metrics-port, NBA_METRICS_PORT) are both "
+                             f"{self.port}: give the metrics endpoint a port of its own, or -1 to turn it off")
+        return self
+
+    @model_validator(mode="after")
     def _rewards_in_range(self) -> Settings:
         if not self.reward_min < self.reward_max:
             raise ValueError(f"reward_min (--reward-min, NBA_REWARD_MIN) {self.reward_min:g} must be below "

@@ -95,6 +95,7 @@ BAD_INVOCATIONS = [
     (["db", "upgrade", "--database-url", "sqlite:///{text}"], EXIT_USAGE, "text.txt is not a SQLite database"),
     (["db", "downgrade"], EXIT_USAGE, "invalid choice: 'downgrade'"),
     (["serve", "--port", "eighty"], EXIT_USAGE, "invalid configuration: port (--port, NBA_PORT)"),
+    (["serve", "--port", "9999", "--metrics-port", "9999"], EXIT_USAGE, "port (--port, NBA_PORT) and metrics_port (--metrics-port, NBA_METRICS_PORT) are both 9999"),
     (["serve", "--log-level", "loud"], EXIT_USAGE, "argument --log-level: invalid choice"),
     (["serve", "--database-url", "foo://x"], EXIT_USAGE, "foo:// is not a database nba supports"),
     (["serve", "--policies", "{tmp}/none"], EXIT_USAGE, "policies (--policies, NBA_POLICIES) {tmp}/none: no such folder"),

@@ -511,7 +511,7 @@ def _default_report(args: argparse.Namespace, database_url: str | None) -> Path:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from nba.evaluation import evaluate, from_jsonl, from_store, parse_target
-    from nba.evaluation.logs import REWARD_LIMIT
+    from nba.evaluation.logs import REWARD_LIMIT, LogError
     from nba.evaluation.report import html_report, table
     from nba.evaluation.truth import Truth
 
@@ -547,10 +547,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         from nba.store import Store
 
         store = Store(_open_existing(database_url))
+        refused: list[LogError] = []
         with _database_errors(database_url):
-            decisions = from_store(store, since, until, True, args.default_reward)
+            decisions = from_store(store, since, until, True, args.default_reward, refused)
         store.engine.dispose()
         source = _safe_url(database_url)
+        if refused:
+            print(f"warning: {len(refused)} logged decisions break the logged-data contract and are left out "
+                  f"(stored by an older version, or before a range was narrowed); the first: {refused[0]}", file=sys.stderr)
     still_open = sum(1 for d in decisions if d.open)
     if still_open and not args.include_open:
         closed = [d for d in decisions if not d.open]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from nba.evaluation.estimators import Estimate, evaluate
-from nba.evaluation.logs import from_records
+from nba.evaluation.logs import LogError, from_records
 from nba.evaluation.targets import PolicySetTarget
 from nba.learning import LearningLoop
 from nba.policy_set import PolicySet
@@ -113,7 +113,13 @@ def preview(
         )
     changes.sort(key=lambda c: (-abs(c.draft_share - c.live_share), -abs(c.draft_eligible_rate - c.live_eligible_rate), c.offer_id))
     report = PreviewReport(len(decisions), live.version, stats["live"].totals(), stats["draft"].totals(), changes)
-    logged = list(from_records(lines, final=True, source="decision log"))
+    refused: list[LogError] = []
+    logged = list(from_records(lines, final=True, source="decision log", refused=refused))
+    if refused:
+        # the service's own log: a decision an older version stored outside today's contract
+        # is left out of the estimate, said in the note rather than failing the preview
+        report.note += (f"; {len(refused)} logged decisions break the logged-data contract and are left out of the "
+                        f"value estimates (the first: {refused[0]})")
     if logged and make_learner is not None:
         targets = [PolicySetTarget("live", live, make_learner()), PolicySetTarget("draft", draft, make_learner())]
         dr = {e.policy: e for e in evaluate(logged, targets, n_bootstrap=n_bootstrap) if e.estimator == "dr"}

@@ -214,6 +214,18 @@ def test_preview_reports_how_a_draft_would_change_eligibility_and_mix(start) -> 
     assert report.draft_value.value < report.live_value.value  # the draft withholds the offer that was accepted
     assert server.service.policy_set.version == report.live_version  # nothing was published
 
+    # A reward an older version stored (1e308, before rewards had a range) breaks the
+    # logged-data contract: that decision is left out of the estimates, and the note says so.
+    import sqlalchemy
+
+    with server.service.store.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE feedback SET reward = 1e308, pair_reward = 1e308 WHERE event_id = 'e-12'"))
+    again = server.admin.PreviewPolicySet(
+        apb.PreviewPolicySetRequest(draft=apb.PolicySetDraft(files=files), last_n=50), metadata=server.auth(VIEWER_TOKEN))
+    assert again.decisions == 50
+    assert "1 logged decisions break the logged-data contract and are left out of the value estimates" in again.note
+    assert "must be within ±1,000,000" in again.note
+
 
 @pytest.mark.parametrize(
     ("files", "message"),

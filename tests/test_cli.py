@@ -203,6 +203,21 @@ def test_export_writes_one_decision_a_line_with_its_feedback(processes, tmp_path
     assert evaluated.returncode == 0, evaluated.stderr
     assert "2 decisions from" in evaluated.stdout and (tmp_path / "export.evaluation.html").exists()
 
+    # A decision an older version stored outside today's contract (a reward of 1e308, accepted
+    # before rewards had a range) is left out of an evaluation of the service's own log, with
+    # a warning naming it, rather than stopping the run: nobody can edit that log.
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(server.env["NBA_DATABASE_URL"])
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE feedback SET reward = 1e308, pair_reward = 1e308 WHERE event_id = 'x-2'"))
+    engine.dispose()
+    own = run_cli("evaluate", "--database-url", server.env["NBA_DATABASE_URL"], "--policy", "logged", "--bootstrap", "10",
+                  "--include-open", "--html", str(tmp_path / "own.html"))
+    assert own.returncode == 0, own.stderr
+    assert "warning: 1 logged decisions break the logged-data contract and are left out" in own.stderr
+    assert f"decision {decision['decision_id']}" in own.stderr and "1 decisions from" in own.stdout
+
     since = run_cli("export", "--out", "-", "--since", "2999-01-01", env={"NBA_DATABASE_URL": server.env["NBA_DATABASE_URL"]})
     assert since.returncode == 0 and since.stdout == ""
     bad = run_cli("export", "--out", "-", "--since", "yesterday")

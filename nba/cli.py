@@ -100,12 +100,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """For a person at a terminal: time, level, logger, message, then every `extra=` field as
+    key=value (the fields carry what the message does not say: which version went live, which
+    worker, how many offers)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = [(k, v) for k, v in vars(record).items() if k not in _RECORD_FIELDS and not k.startswith("_")]
+        if not fields:
+            return text
+        head, _, tail = text.partition("\n")  # a traceback stays below the line
+        shown = " ".join(f"{k}={_text_value(v)}" for k, v in fields)
+        return f"{head} {shown}" + (f"\n{tail}" if tail else "")
+
+
+def _text_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if text and " " not in text and "=" not in text else json.dumps(text)
+
+
 def _setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -311,7 +331,13 @@ def _serve(args: argparse.Namespace) -> int:
     done = threading.Event()
 
     def _shutdown(signum: int, _frame: Any) -> None:
-        logging.getLogger("nba").info("shutting down", extra={"signal": signal.Signals(signum).name})
+        # Ctrl-C reaches every process of the terminal's group, and the supervisor forwards
+        # SIGTERM too: say it once
+        if not done.is_set():
+            extra = {"signal": signal.Signals(signum).name}
+            if settings.worker >= 0:
+                extra["worker"] = settings.worker
+            logging.getLogger("nba").info("shutting down", extra=extra)
         done.set()
 
     signal.signal(signal.SIGTERM, _shutdown)

@@ -330,3 +330,24 @@ def test_switches_are_flags_and_environment_booleans() -> None:
     assert load_settings(environ={"NBA_DURABLE_DECISIONS": "true"}).durable_decisions is True
     with pytest.raises(ValueError, match="durable_decisions"):
         load_settings(environ={"NBA_DURABLE_DECISIONS": "perhaps"})
+
+
+def test_text_logs_show_the_fields_the_message_does_not_say() -> None:
+    """`make serve` logs as text: 'policy set live' alone would not say which version."""
+    import logging
+
+    from nba.cli import TextFormatter
+
+    record = logging.LogRecord("nba.publishing", logging.INFO, __file__, 1, "policy set live", None, None)
+    record.policy_version, record.actor, record.offers = "3-abc", "policies folder", 24
+    line = TextFormatter().format(record)
+    assert line.endswith("INFO nba.publishing: policy set live policy_version=3-abc actor=\"policies folder\" offers=24")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        failed = logging.LogRecord("nba", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    failed.worker = 1
+    first, *rest = TextFormatter().format(failed).splitlines()
+    assert first.endswith("ERROR nba: failed worker=1") and rest[-1] == "ValueError: boom"

@@ -158,6 +158,18 @@ class Settings(BaseModel):
                     "each token is name:role:token with role viewer or editor and a token of at least "
                     "16 characters (for example alice:editor:$(openssl rand -hex 16))"
                 )
+            if any(c.isspace() or not c.isprintable() or not c.isascii() for c in parts[2]):
+                raise ValueError(f"the token of '{parts[0]}' holds a space or a character that is not printable "
+                                 "ASCII: an HTTP/2 header cannot carry it")
+        names = [str(e).split(":", 2)[0] for e in value or ()]
+        tokens = [str(e).split(":", 2)[2] for e in value or ()]
+        for listed, what in ((names, "name"), (tokens, "token")):
+            repeated = sorted({x for x in listed if listed.count(x) > 1})
+            if repeated:
+                # one token for two callers would make the caller (and the role) depend on
+                # the order of the list; one name twice would blur the audit trail
+                shown = ", ".join(repeated) if what == "name" else f"{len(repeated)} of them"
+                raise ValueError(f"each caller's {what} must be its own: given twice: {shown}")
         return value
 
     @field_validator("bus")

@@ -35,6 +35,7 @@ from nba.days import local_day, misaligned_day
 from nba.errors import PolicySetError, Problem
 from nba.offers import Group, Identifier, Offer
 from nba.policies import ENGAGEMENT, Budget, ContactCap, EngagementRule, Policy, Suppression, Weight
+from nba.rule_cost import check_call
 from nba.rules import Rule, RuleBatch, RuleSyntaxError
 from nba.schema import ContextSchema, FieldSpec, FieldType, needed_paths
 from nba.yaml_loader import DuplicateKeyError, load_yaml
@@ -284,7 +285,9 @@ def parse_policy_set(files: Mapping[str, str], now: datetime | None = None) -> P
         policy_set = builder.build(files)
         if policy_set is not None:
             policy_set.warnings = builder.problems + static_checks(policy_set, builder.now)
-    except Exception as exc:  # a file that trips something unforeseen is refused, never a crash
+    except BaseException as exc:  # a file that trips something unforeseen (a panic too) is refused, never a crash
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
         log.exception("validating a policy set failed")
         raise PolicySetError([*builder.problems, Problem(f"could not be validated ({type(exc).__name__}: {exc})")]) from None
     if policy_set is None:
@@ -379,6 +382,14 @@ class _Builder:
             own = self._rule(offer.eligibility, schema, file=name, offer=offer.id, field="eligibility")
             compiled[offer.id] = self._compile_offer(offer, name, own, policies, templates, groups)
         if any(p.severity == "error" for p in self.problems):
+            return None
+        too_costly = check_call(compiled.values())  # before any rule is evaluated (nba.rule_cost)
+        if too_costly is not None:
+            policy_id, message = too_costly
+            if policy_id.endswith(".eligibility"):
+                self.error(message, offer=policy_id.removesuffix(".eligibility"), field="eligibility")
+            else:
+                self.error(message, file=self._file_of(policy_id), policy=policy_id, field="rule")
             return None
         if schema:
             self._type_check(compiled.values(), schema)

@@ -275,18 +275,21 @@ def content_hash(files: Mapping[str, str]) -> str:
     return digest.hexdigest()
 
 
-def parse_policy_set(files: Mapping[str, str], now: datetime | None = None) -> PolicySet:
+def parse_policy_set(files: Mapping[str, str], now: datetime | None = None, *, sampled: bool = True) -> PolicySet:
     """Validates and compiles a set from file texts; raises ``PolicySetError`` with every
-    problem (warnings included) when any is an error."""
+    problem (warnings included) when any is an error. ``sampled=False`` skips what evaluates
+    rules (the type check and the checks on sampled contexts, ``nba.checks``): for a draft a
+    child process has validated already (``nba.sandbox``), whose warnings the caller has."""
     from nba.checks import static_checks  # checks need a compiled set
 
     builder = _Builder(now or datetime.now(UTC))
+    builder.sampled = sampled
     try:
         policy_set = builder.build(files)
         if policy_set is not None:
-            policy_set.warnings = builder.problems + static_checks(policy_set, builder.now)
+            policy_set.warnings = builder.problems + (static_checks(policy_set, builder.now) if sampled else [])
     except BaseException as exc:  # a file that trips something unforeseen (a panic too) is refused, never a crash
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, MemoryError)):
             raise
         log.exception("validating a policy set failed")
         raise PolicySetError([*builder.problems, Problem(f"could not be validated ({type(exc).__name__}: {exc})")]) from None
@@ -304,6 +307,8 @@ _OFFER = TypeAdapter(Offer)
 
 class _Builder:
     def __init__(self, now: datetime) -> None:
+        #: whether rules are evaluated on sampled contexts (``parse_policy_set``)
+        self.sampled = True
         self.now = now
         self.problems: list[Problem] = []
         self.policy_files: dict[str, str] = {}
@@ -391,7 +396,7 @@ class _Builder:
             else:
                 self.error(message, file=self._file_of(policy_id), policy=policy_id, field="rule")
             return None
-        if schema:
+        if schema and self.sampled:
             self._type_check(compiled.values(), schema)
             if any(p.severity == "error" for p in self.problems):
                 return None

@@ -145,7 +145,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
 
     def ValidatePolicySet(self, request: apb.ValidatePolicySetRequest, context: grpc.ServicerContext) -> apb.ValidatePolicySetResponse:
         self._expect_live(request.expected_live_version, request.comment)
-        compiled, problems = self._publisher.validate(_draft(request.draft))
+        compiled, problems = self._publisher.validate(_draft(request.draft), context.time_remaining(), context.is_active)
         return apb.ValidatePolicySetResponse(
             valid=compiled is not None,
             problems=[_problem(p) for p in problems],
@@ -159,6 +159,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             files, actor=current_caller().name, source="api",
             comment=check_text("comment", request.comment, max_length=MAX_COMMENT_LENGTH),
             expected_live=request.expected_live_version,
+            timeout=context.time_remaining(), is_active=context.is_active,
         )
         return _published(published)
 
@@ -206,7 +207,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         if not 0 < last_n <= 100_000:
             raise InvalidArgument(f"last_n: must be 1 to 100000, got {request.last_n}")
         self._expect_live(request.expected_live_version, request.comment)
-        draft, problems = self._publisher.validate(_draft(request.draft))
+        draft, problems = self._publisher.validate(_draft(request.draft), context.time_remaining(), context.is_active)
         if draft is None:
             from nba.errors import PolicySetError
 

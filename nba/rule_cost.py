@@ -12,21 +12,23 @@ keep a core busy for minutes. So a rule is refused at validation, before it is c
   refused if the rules one decision evaluates on a channel sum to more than ``CALL_BUDGET``.
 
 The estimate is an upper bound in *steps*, one step being about one element compared or
-copied (about 50 ns on the machine the budgets were measured on, see
+copied by CEL (about 30 ns on the machine the budgets were measured on, see
 ``loadtests/bench_hostile.py``):
 
 * every token of the rule is one step;
 * a comprehension (``all``, ``exists``, ``exists_one``, ``map``, ``filter``) runs its body once
-  per element of its range: the number of elements of a list literal, else up to
-  ``MAX_CONTEXT_LEAVES`` (a context holds no more leaves); each iteration costs
+  per element of its range: the number of elements of a list literal or of the offer's list,
+  else up to ``MAX_CONTEXT_LEAVES`` (a context holds no more leaves); each iteration costs
   ``ITERATION_STEPS`` plus its body;
 * inside a comprehension body, a reference to a value other than a bound variable
   (``context.wishlist``) may be a list or a string as large as the context, and an operation
   on it (``in``, ``==``, ``+``, ``contains``) touches all of it: ``MAX_CONTEXT_LEAVES`` steps per
-  iteration;
+  iteration. When the comprehension ranges over another context list, the two share the
+  context's leaves, and the whole comprehension reads at most a quarter of the square of
+  ``MAX_CONTEXT_LEAVES`` (``context.cart.exists(p, p in context.wishlist)``: 500 x 500 at worst);
 * nested comprehensions multiply;
 * ``map`` and ``filter`` build their result by copying it once per element (measured:
-  quadratic), so they add half the square of their range times the size of each element.
+  quadratic), so they add the square of their range times the size of each element.
 """
 
 from __future__ import annotations
@@ -53,18 +55,20 @@ __all__ = [
 MAX_RULE_LENGTH = 4096
 #: brackets nested in one rule (the CEL parser itself gives up near 100 and panics far beyond)
 MAX_RULE_DEPTH = 32
-#: steps of one comprehension iteration besides its body (measured: an empty `all` over 1,000
-#: elements takes about 0.35 ms, that is about 7 steps of 50 ns per element)
-ITERATION_STEPS = 7
-#: the most steps one rule may cost per evaluation. Chosen from loadtests/bench_hostile.py: the
-#: rules that estimate just under it (for example ``context.a.all(x, !(x in context.b))`` with
-#: 1,000 elements in all) take 20-60 ms of CEL in Decide on the reference machine; the usual
-#: ``context.cart.exists(p, p in context.wishlist)`` estimates 1.0 million and is accepted, two
-#: nested comprehensions over context lists (about 10 million) are refused.
-RULE_BUDGET = 1_500_000
+#: steps of one comprehension iteration besides its body (measured: an `all` over 1,000
+#: elements with a trivial body takes about 0.36 ms, 12 steps of 30 ns per element)
+ITERATION_STEPS = 12
+#: the most steps one rule may cost per evaluation. Set from loadtests/bench_hostile.py (README,
+#: Benchmarks): the costliest rules it accepts (a comprehension over one context list reading
+#: another, 500 x 500 elements at worst) take 7-25 ms of CEL in Decide; the usual
+#: ``context.cart.exists(p, p in context.wishlist)`` estimates 261,007 and is accepted; a
+#: comprehension reading the list it ranges over, map/filter over a context list, and nested
+#: comprehensions over context lists (a million steps or more: 30 ms to minutes) are refused.
+RULE_BUDGET = 500_000
 #: the most steps the rules one decision may evaluate on one channel may cost together
-#: (per-offer rules count once per offer they apply to): a few rules at the rule budget
-CALL_BUDGET = 3_000_000
+#: (per-offer rules count once per offer they apply to): three of the costliest accepted
+#: rules, about 50 ms of CEL per decision at worst (measured by the same benchmark)
+CALL_BUDGET = 1_000_000
 
 _MACROS = frozenset({"all", "exists", "exists_one", "existsOne", "map", "filter"})
 _KEYWORDS = frozenset({"true", "false", "null", "in"})
@@ -101,8 +105,8 @@ def check_rule(source: str, offer: Mapping[str, Any] | None = None) -> int:
             f"the rule may cost about {cost:,} steps per decision, more than the limit of {RULE_BUDGET:,}: "
             f"a comprehension (all, exists, exists_one, map, filter) runs once per element (up to "
             f"{MAX_CONTEXT_LEAVES:,}), nested comprehensions multiply, and a context list named inside one is "
-            "read once per element; do not nest comprehensions over context lists, and keep map/filter "
-            "for short lists")
+            "read once per element; do not nest comprehensions over context lists, do not read inside one "
+            "the list it ranges over, and keep map/filter for short lists")
     return cost
 
 
@@ -110,8 +114,8 @@ def estimate(source: str | list[_Token], offer: Mapping[str, Any] | None = None)
     """The rule's estimated cost in steps (module docstring); ``source`` is assumed within the
     length and depth limits (checked by ``check_rule``); ``offer`` as for ``check_rule``."""
     tokens = _tokens(source) if isinstance(source, str) else source
-    cost, _ = _cost(tokens, 0, len(tokens), frozenset(), False, offer or {})
-    return cost
+    cost, fixed, _ = _cost(tokens, 0, len(tokens), frozenset(), False, offer or {})
+    return cost + fixed
 
 
 #: variables bound to small values: the offer's contact counts, the channel, the id, the time
@@ -263,11 +267,49 @@ def _range_size(tokens: list[_Token], dot: int, offer: Mapping[str, Any]) -> int
     return 0 if k == dot - 2 else elements
 
 
+def _path(tokens: list[_Token], k: int, end: int) -> str:
+    """The dotted name starting at tokens[k] (``context.cart``), ``customer`` spelled as the
+    part of the context it is."""
+    parts = [tokens[k].text]
+    k += 1
+    while k + 1 < end and tokens[k].text == "." and tokens[k + 1].kind == "name" and not (
+            k + 2 < end and tokens[k + 2].text == "("):
+        parts.append(tokens[k + 1].text)
+        k += 2
+    if parts[0] == "customer":
+        parts.insert(0, "context")
+    return ".".join(parts)
+
+
+def _range_path(tokens: list[_Token], dot: int) -> str | None:
+    """The context path a comprehension ranges over (``context.cart`` in
+    ``context.cart.exists(...)``), or None if its range is anything else."""
+    k = dot - 1
+    if k < 0 or tokens[k].kind != "name":
+        return None
+    while k >= 2 and tokens[k - 1].text == "." and tokens[k - 2].kind == "name":
+        k -= 2
+    if k > 0 and tokens[k - 1].text == ".":
+        return None
+    path = _path(tokens, k, dot)
+    return path if path.startswith("context.") else None
+
+
+def _apart(one: str | None, other: str) -> bool:
+    """Whether two context paths hold separate leaves (neither contains the other)."""
+    return (one is not None and other.startswith("context.") and one != other
+            and not other.startswith(one + ".") and not one.startswith(other + "."))
+
+
 def _cost(tokens: list[_Token], start: int, end: int, bound: frozenset[str], in_body: bool,
-          offer: Mapping[str, Any]) -> tuple[int, bool]:
-    """Steps of tokens[start:end], and whether they read anything besides bound variables and
-    literals (a value possibly as large as the context)."""
-    cost, reads = 0, False
+          offer: Mapping[str, Any], ranging: str | None = None) -> tuple[int, int, bool]:
+    """The cost of tokens[start:end] in steps: what it costs each time it is evaluated, plus
+    what it costs in all over the iterations of the comprehension whose body it is (a context
+    list read in the body of a comprehension over another: ``ranging`` is that one's path);
+    and whether it reads anything besides bound variables and literals (a value possibly as
+    large as the context)."""
+    cost, fixed, reads = 0, 0, False
+    apart: list[str] = []  # context paths read, apart from the one iterated over
     k = start
     while k < end:
         token = tokens[k]
@@ -276,13 +318,15 @@ def _cost(tokens: list[_Token], start: int, end: int, bound: frozenset[str], in_
             close = _closing(tokens, k + 1, end)
             variable = tokens[k + 2].text
             size = _range_size(tokens, k - 1, offer)
-            body, body_reads = _cost(tokens, k + 4, close, bound | {variable}, True, offer)
-            cost += 3 + size * (ITERATION_STEPS + body)
+            body, body_fixed, body_reads = _cost(tokens, k + 4, close, bound | {variable}, True, offer,
+                                                 _range_path(tokens, k - 1) if size == MAX_CONTEXT_LEAVES else None)
+            cost += 3 + size * (ITERATION_STEPS + body) + body_fixed
             if token.text in ("map", "filter"):
-                # the result is copied once per element it gains: half the square of its length,
-                # times each element's size (a whole context's worth if the body reads one)
+                # the result is copied once per element it gains: the square of its length
+                # (measured: about 2 steps per element copied), times each element's size (a
+                # whole context's worth if the body reads one)
                 element = MAX_CONTEXT_LEAVES if token.text == "map" and body_reads else 1
-                cost += size * size * element // 2
+                cost += size * size * element
             reads = reads or body_reads or size == MAX_CONTEXT_LEAVES
             k = close + 1
             continue
@@ -291,12 +335,23 @@ def _cost(tokens: list[_Token], start: int, end: int, bound: frozenset[str], in_
             if not called and token.text not in bound:
                 size = _size(tokens, k, offer)
                 reads = reads or size == MAX_CONTEXT_LEAVES
-                cost += size if in_body else 1
+                if not in_body:
+                    cost += 1
+                elif size == MAX_CONTEXT_LEAVES and _apart(ranging, _path(tokens, k, end)):
+                    apart.append(_path(tokens, k, end))
+                else:
+                    cost += size
                 k += 1
                 continue
         cost += 1
         k += 1
-    return cost, reads
+    if apart:
+        # n iterations over one context list, each reading others of m elements in all: the
+        # context holds n + m <= MAX_CONTEXT_LEAVES leaves, so n * m <= MAX_CONTEXT_LEAVES^2 / 4,
+        # times the most reads of any one leaf per iteration (a path read twice, or within another)
+        overlap = max(sum(1 for q in apart if not _apart(p, q)) for p in apart)
+        fixed += overlap * (MAX_CONTEXT_LEAVES * MAX_CONTEXT_LEAVES // 4)
+    return cost, fixed, reads
 
 
 def check_call(offers: Iterable[Any]) -> tuple[str, str] | None:

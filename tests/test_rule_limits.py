@@ -31,7 +31,8 @@ ORDINARY = [
     'customer.age >= 18 && channel == "web"',
     '!offer.tags.exists(t, t in customer.history.products)',
     '[1, 2, 3].all(x, x > 0) && "a(b" != \'c)\'',
-    "context.items.filter(i, i > 2).size() > 1",
+    "size(context.items) > 1 && context.items.exists(i, i > 2) && [1, 2].map(x, x * 2)[0] == 2",
+    "context.items.all(i, !(i in context.blocked) && i != customer.id)",
 ]
 
 
@@ -75,6 +76,8 @@ def test_ordinary_rules_are_within_every_limit(source: str) -> None:
         (NESTED, f"more than the limit of {RULE_BUDGET:,}"),
         ("context.items.all(a, context.items.all(b, a == b))", "nested comprehensions multiply"),
         ("context.items.map(a, context.items).size() > 0", "keep map/filter for short lists"),
+        ("context.items.filter(i, i > 2).size() > 1", "keep map/filter for short lists"),
+        ("context.items.all(a, size(context.items + [a]) > 0)", "is read once per element"),
         ('"unclosed', "the string is not closed"),
     ],
 )

@@ -24,7 +24,15 @@ from typing import Any
 
 from nba import metrics, sandbox
 from nba.clock import Clock, SystemClock
-from nba.errors import FailedPrecondition, InvalidArgument, NotFound, PolicySetError, Problem
+from nba.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PolicySetError,
+    Problem,
+    ResourceExhausted,
+)
 from nba.policy_set import PolicySet, content_hash, parse_policy_set, read_files
 from nba.store import Activation, Store, is_outage
 
@@ -181,8 +189,8 @@ class Publisher:
             return False
         try:
             published = self.publish(files, actor="policies folder", source="file", comment=str(self._folder))
-        except (PolicySetError, InvalidArgument) as exc:
-            self._folder_hash = digest  # refused for good: wait for the next change
+        except (PolicySetError, InvalidArgument, DeadlineExceeded, ResourceExhausted) as exc:
+            self._folder_hash = digest  # refused for good (too slow or too big too): wait for the next change
             metrics.POLICY_RELOAD_FAILURES.inc()
             log.error("the changed policies folder is invalid; the live set is unchanged",
                       extra={"problems": exc.messages if isinstance(exc, PolicySetError) else [str(exc)]})

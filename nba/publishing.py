@@ -281,14 +281,16 @@ class Publisher:
                                          self._clock.now(), expected_live)
             return self._settle(policy_set, result, expected_live, source, actor)
 
-    def rollback(self, version: int, actor: str, comment: str = "", expected_live: int = 0) -> Published:
+    def rollback(self, version: int, actor: str, comment: str = "", expected_live: int = 0,
+                 timeout: float | None = None, is_active: Callable[[], bool] | None = None) -> Published:
         """Makes an earlier version live again; ``NotFound`` for an unknown version,
-        ``FailedPrecondition`` if it no longer loads or ``expected_live`` is not live."""
+        ``FailedPrecondition`` if it no longer loads or ``expected_live`` is not live.
+        ``timeout`` and ``is_active`` bound its validation, as for ``validate``."""
         row = self._store.policy_set_row(version)
         if row is None:
             raise NotFound(f"version: no policy set version {version}")
         try:
-            policy_set = parse_policy_set(row.files, self._clock.now())
+            policy_set = self._compile(row.files, timeout, is_active)  # as a draft: the limits may have changed
         except PolicySetError as exc:
             raise FailedPrecondition(f"version: {version} no longer loads: {exc}") from None
         with self._lock:
@@ -321,7 +323,9 @@ class Publisher:
             log.exception("adopting the live policy set failed")
 
     def _adopt(self, live: Any) -> None:
-        policy_set = parse_policy_set(live.files, self._clock.now())
+        # Activated after its validation (here or by another process): compiled without
+        # evaluating its rules again on sampled contexts, which could keep this process busy.
+        policy_set = parse_policy_set(live.files, self._clock.now(), sampled=False)
         policy_set.number = live.version
         self._activation_id = live.id
         self._swap(policy_set, live.source, live.actor)

@@ -172,6 +172,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             request.version, actor=current_caller().name,
             comment=check_text("comment", request.comment, max_length=MAX_COMMENT_LENGTH),
             expected_live=request.expected_live_version,
+            timeout=context.time_remaining(), is_active=context.is_active,
         )
         return _published(published)
 

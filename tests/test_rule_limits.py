@@ -307,3 +307,17 @@ def test_sigterm_stops_the_server_during_a_hostile_validation(tmp_path: Path, da
     finally:
         if server.proc.poll() is None:
             server.proc.kill()
+
+
+def test_a_cancelled_validation_kills_its_child(server: Running) -> None:
+    sandbox = server.service.publisher.sandbox
+    call = server.admin.ValidatePolicySet.future(
+        apb.ValidatePolicySetRequest(draft=apb.PolicySetDraft(files=slow_draft(5000))), metadata=server.auth(), timeout=120)
+    wait_for(lambda: bool(sandbox.children))
+    pids = sandbox.children
+    call.cancel()
+    wait_for(lambda: not sandbox.children, timeout=10)  # the validation alone takes far longer
+    for pid in pids:
+        wait_for(lambda pid=pid: _gone(pid), timeout=10)
+    assert call.cancelled()
+    assert decide(server).offers

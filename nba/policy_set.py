@@ -35,6 +35,7 @@ from nba.days import local_day, misaligned_day
 from nba.errors import PolicySetError, Problem
 from nba.offers import Group, Identifier, Offer
 from nba.policies import ENGAGEMENT, Budget, ContactCap, EngagementRule, Policy, Suppression, Weight
+from nba.rule_cost import check_call
 from nba.rules import Rule, RuleBatch, RuleSyntaxError
 from nba.schema import ContextSchema, FieldSpec, FieldType, needed_paths
 from nba.yaml_loader import DuplicateKeyError, load_yaml
@@ -274,17 +275,22 @@ def content_hash(files: Mapping[str, str]) -> str:
     return digest.hexdigest()
 
 
-def parse_policy_set(files: Mapping[str, str], now: datetime | None = None) -> PolicySet:
+def parse_policy_set(files: Mapping[str, str], now: datetime | None = None, *, sampled: bool = True) -> PolicySet:
     """Validates and compiles a set from file texts; raises ``PolicySetError`` with every
-    problem (warnings included) when any is an error."""
+    problem (warnings included) when any is an error. ``sampled=False`` skips what evaluates
+    rules (the type check and the checks on sampled contexts, ``nba.checks``): for a draft a
+    child process has validated already (``nba.sandbox``), whose warnings the caller has."""
     from nba.checks import static_checks  # checks need a compiled set
 
     builder = _Builder(now or datetime.now(UTC))
+    builder.sampled = sampled
     try:
         policy_set = builder.build(files)
         if policy_set is not None:
-            policy_set.warnings = builder.problems + static_checks(policy_set, builder.now)
-    except Exception as exc:  # a file that trips something unforeseen is refused, never a crash
+            policy_set.warnings = builder.problems + (static_checks(policy_set, builder.now) if sampled else [])
+    except BaseException as exc:  # a file that trips something unforeseen (a panic too) is refused, never a crash
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, MemoryError)):
+            raise
         log.exception("validating a policy set failed")
         raise PolicySetError([*builder.problems, Problem(f"could not be validated ({type(exc).__name__}: {exc})")]) from None
     if policy_set is None:
@@ -301,6 +307,8 @@ _OFFER = TypeAdapter(Offer)
 
 class _Builder:
     def __init__(self, now: datetime) -> None:
+        #: whether rules are evaluated on sampled contexts (``parse_policy_set``)
+        self.sampled = True
         self.now = now
         self.problems: list[Problem] = []
         self.policy_files: dict[str, str] = {}
@@ -380,7 +388,15 @@ class _Builder:
             compiled[offer.id] = self._compile_offer(offer, name, own, policies, templates, groups)
         if any(p.severity == "error" for p in self.problems):
             return None
-        if schema:
+        too_costly = check_call(compiled.values())  # before any rule is evaluated (nba.rule_cost)
+        if too_costly is not None:
+            policy_id, message = too_costly
+            if policy_id.endswith(".eligibility"):
+                self.error(message, offer=policy_id.removesuffix(".eligibility"), field="eligibility")
+            else:
+                self.error(message, file=self._file_of(policy_id), policy=policy_id, field="rule")
+            return None
+        if schema and self.sampled:
             self._type_check(compiled.values(), schema)
             if any(p.severity == "error" for p in self.problems):
                 return None

@@ -87,13 +87,18 @@ def preview(
     learning: LearningLoop,
     make_learner: Callable[[], Any] | None = None,
     n_bootstrap: int = 200,
+    check: Callable[[], None] | None = None,
 ) -> PreviewReport:
     """Replays logged decisions (export-format lines, oldest first) against both sets; with
-    ``make_learner``, also estimates each set's value."""
+    ``make_learner``, also estimates each set's value. ``check`` is called before each
+    decision is replayed, and raises to stop the preview (the caller's deadline passed, or it
+    went): the rules' cost per decision is bounded (``nba.rule_cost``), their number is not."""
     lines = list(lines)
     decisions = [_replayed(line) for line in lines]
     stats = {"live": _Stats(), "draft": _Stats()}
     for record in decisions:
+        if check is not None:
+            check()
         context = record.features
         for name, policy_set in (("live", live), ("draft", draft)):
             stats[name].add(policy_set, record, context, learning)

@@ -40,10 +40,10 @@ def test_runtime_errors_of_any_kind_filter_the_offer_as_rule_errors(start, tmp_p
     folder.mkdir()
     (folder / "set.yaml").write_text(BASE.replace("  customer.risk: bool\n", "  customer.risk: bool\n  customer.tags: list<string>\n  customer.size: number\n") + """
   - {id: first, name: First, channels: [web], eligibility: 'customer.tags[0] == "x"'}
-  - {id: huge, name: Huge, channels: [web], eligibility: 'int(customer.size) > 0'}
+  - {id: huge, name: Huge, channels: [web], eligibility: 'int(customer.size * 1e300) > 0'}
 """)
     server = start(policies=folder)
-    context = struct({"customer": {"age": 30, "segment": "a", "risk": False, "tags": [], "size": 1e300}})
+    context = struct({"customer": {"age": 30, "segment": "a", "risk": False, "tags": [], "size": 1e15}})
     response = server.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", context=context, limit=10, explain=True))
     for offer_id in ("first", "huge"):
         entry = reason_for(response, offer_id)
@@ -95,10 +95,11 @@ def test_an_absurd_weight_cannot_break_propensities(start, tmp_path: Path) -> No
         - id: spend
           type: weight
           applies_to: {offers: [alpha]}
-          weight: customer.age
+          weight: customer.age * 1e290
     """))
+    # context numbers are within ±2^53, but a rule can still compute an absurd weight (1e305)
     response = server.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", limit=3,
-                                                   context=struct({"customer": {"age": 1e308, "segment": "a", "risk": False}})))
+                                                   context=struct({"customer": {"age": 1e15, "segment": "a", "risk": False}})))
     assert all(0 < o.propensity <= 1 for o in response.offers)
 
 

@@ -14,23 +14,91 @@ are as good as the schema is complete:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bandit import flatten
 from nba.errors import Problem
 from nba.policies import Budget, ContactCap
-from nba.rules import activation
+from nba.rules import RuleError, activation
 
 if TYPE_CHECKING:
     from nba.policy_set import PolicySet
 
-__all__ = ["static_checks"]
+__all__ = ["SAMPLES", "TYPED_SAMPLES", "Sampled", "sample_contexts", "sample_rules", "static_checks"]
 
+#: contexts drawn from the schema for the checks below
 SAMPLES = 150
+#: of those, the first ones on which validation looks for type errors (refusing the set)
+TYPED_SAMPLES = 40
 
 
-def static_checks(policy_set: PolicySet, now: datetime) -> list[Problem]:
+@dataclass
+class Sampled:
+    """What each distinct engagement rule of a set (by ``id`` of its ``Rule``) gives on the
+    sampled contexts."""
+
+    #: bit i set when the rule holds (yields true) on sample i
+    holds: dict[int, int] = field(default_factory=dict)
+    #: the first type error within the first ``TYPED_SAMPLES`` samples, in sample order
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def type_error(error: str) -> bool:
+    """Whether an evaluation error means a rule compares or returns the wrong type."""
+    return error.startswith("type mismatch") or "not a boolean" in error or "not a finite number" in error
+
+
+def sample_contexts(policy_set: PolicySet, now: datetime, count: int = SAMPLES) -> list[Any]:
+    """``count`` activations drawn from the set's schema (the first ones are its corners)."""
+    return [activation(flatten(s), "", "sample", now, {}, {}) for s in policy_set.schema.samples(count)]
+
+
+def sample_rules(policy_set: PolicySet, samples: list[Any], typed: int = TYPED_SAMPLES) -> Sampled:
+    """Evaluates every distinct engagement rule of the set once per sample.
+
+    The channels' rule batches (compiled for Decide) evaluate many rules per CEL call, which
+    is what makes this linear in the rules at a small constant: one CEL call per rule per
+    sample cost most of the validation of a large set. Rules no batch holds (a fallback's,
+    one restricted to a channel its offer is not on) are evaluated one by one."""
+    sampled = Sampled()
+    holds, errors = sampled.holds, sampled.errors
+
+    def record(key: int, index: int, result: Any) -> None:
+        if result is True:
+            holds[key] |= 1 << index
+        elif index < typed and key not in errors:
+            error = result if isinstance(result, RuleError) else (
+                None if isinstance(result, bool) else f"returned {result!r}, not a boolean")
+            if error is not None and type_error(error):
+                errors[key] = str(error)
+
+    for channel_batch in policy_set.batches.values():
+        rules = channel_batch.batch.rules
+        new = [i for i, rule in enumerate(rules) if id(rule) not in holds]
+        if not new:
+            continue
+        for i in new:
+            holds[id(rules[i])] = 0
+        for index, variables in enumerate(samples):
+            results = channel_batch.batch.evaluate(variables)
+            for i in new:
+                record(id(rules[i]), index, results[i])
+    for compiled in policy_set.offers.values():
+        for bound in compiled.rules:
+            key = id(bound.rule)
+            if key not in holds:
+                holds[key] = 0
+                for index, variables in enumerate(samples):
+                    ok, error = bound.rule.evaluate(variables)
+                    record(key, index, RuleError(error) if error is not None else ok)
+    return sampled
+
+
+def static_checks(policy_set: PolicySet, now: datetime, sampled: Sampled | None = None) -> list[Problem]:
+    """The set's warnings; ``sampled``: its rules on ``sample_contexts(policy_set, now)``
+    when validation evaluated them already."""
     found: list[Problem] = []
 
     def warn(message: str, **where: str) -> None:
@@ -58,21 +126,28 @@ def static_checks(policy_set: PolicySet, now: datetime) -> list[Problem]:
         warn("no context schema declared: rules are not checked against field names and types, "
              "and unreachable offers are not detected")
         return found
-    samples = [activation(flatten(s), "", "sample", now, {}, {}) for s in policy_set.schema.samples(SAMPLES)]
+    samples = sample_contexts(policy_set, now)
+    # Each distinct rule is evaluated once per sample (group policies and shared eligibility
+    # texts serve many offers), its results kept as a bit mask over the samples: an offer is
+    # reachable when the masks of its rules have a bit in common.
+    masks = (sampled or sample_rules(policy_set, samples)).holds
     always_false: dict[str, bool] = {}
+
+    def mask(rule: Any) -> int:
+        return masks[id(rule)]
+
+    everything = (1 << len(samples)) - 1
     for compiled in policy_set.offers.values():
         if compiled.offer.status != "live":
             continue
-        reachable = False
-        for variables in samples:
-            passed = True
-            for bound in compiled.rules:
-                ok, _ = bound.rule.evaluate(variables)
-                always_false.setdefault(bound.policy, True)
-                if ok:
-                    always_false[bound.policy] = False
-                passed = passed and ok
-            reachable = reachable or passed
+        passed = everything
+        for bound in compiled.rules:
+            bits = mask(bound.rule)
+            always_false.setdefault(bound.policy, True)
+            if bits:
+                always_false[bound.policy] = False
+            passed &= bits
+        reachable = bool(passed)
         if not reachable and compiled.rules:
             warn("its rules filter every sampled context: it looks unreachable",
                  file=compiled.source, offer=compiled.id)

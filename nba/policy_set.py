@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -38,6 +38,9 @@ from nba.policies import ENGAGEMENT, Budget, ContactCap, EngagementRule, Policy,
 from nba.rules import Rule, RuleBatch, RuleSyntaxError
 from nba.schema import ContextSchema, FieldSpec, FieldType, needed_paths
 from nba.yaml_loader import DuplicateKeyError, load_yaml
+
+if TYPE_CHECKING:
+    from nba.checks import Sampled
 
 __all__ = [
     "EXAMPLE_SUFFIX",
@@ -283,7 +286,7 @@ def parse_policy_set(files: Mapping[str, str], now: datetime | None = None) -> P
     try:
         policy_set = builder.build(files)
         if policy_set is not None:
-            policy_set.warnings = builder.problems + static_checks(policy_set, builder.now)
+            policy_set.warnings = builder.problems + static_checks(policy_set, builder.now, builder.sampled)
     except Exception as exc:  # a file that trips something unforeseen is refused, never a crash
         log.exception("validating a policy set failed")
         raise PolicySetError([*builder.problems, Problem(f"could not be validated ({type(exc).__name__}: {exc})")]) from None
@@ -306,6 +309,10 @@ class _Builder:
         self.policy_files: dict[str, str] = {}
         #: ids of entries that failed validation: references to them are not errors again
         self.broken: set[str] = set()
+        #: rules that compiled and name only declared fields, by source
+        self.rules: dict[str, Rule] = {}
+        #: the engagement rules on the schema's sample contexts (None: no schema)
+        self.sampled: Sampled | None = None
 
     def error(self, message: str, **where: str) -> None:
         self.problems.append(Problem(message, **where))
@@ -374,19 +381,30 @@ class _Builder:
                 rule = self._rule(source, schema, file=name, policy=policy.id, field="rule" if isinstance(policy, EngagementRule) else "weight")
                 if rule is not None:
                     templates[policy.id] = rule
+        # Which policies may cover an offer, found through its id and group rather than by
+        # asking every policy about every offer (policies grow with offers: that was quadratic).
+        ordered = list(policies.values())
+        everyone: list[int] = []
+        by_offer: dict[str, list[int]] = {}
+        by_group: dict[str, list[int]] = {}
+        for i, (policy, _) in enumerate(ordered):
+            target = policy.applies_to
+            if not target.offers and not target.groups:
+                everyone.append(i)
+            for offer_id in target.offers:
+                by_offer.setdefault(offer_id, []).append(i)
+            for group in target.groups:
+                by_group.setdefault(group, []).append(i)
         compiled: dict[str, CompiledOffer] = {}
         for offer, name in offers.values():
             own = self._rule(offer.eligibility, schema, file=name, offer=offer.id, field="eligibility")
-            compiled[offer.id] = self._compile_offer(offer, name, own, policies, templates, groups)
+            candidates = sorted({*everyone, *by_offer.get(offer.id, ()), *by_group.get(offer.group, ())})
+            compiled[offer.id] = self._compile_offer(offer, name, own, [ordered[i] for i in candidates], templates, groups)
         if any(p.severity == "error" for p in self.problems):
             return None
-        if schema:
-            self._type_check(compiled.values(), schema)
-            if any(p.severity == "error" for p in self.problems):
-                return None
         sources = {pid: rule.source for pid, rule in templates.items()}
         sources.update({f"{oid}.eligibility": o.eligibility for oid, (o, _) in offers.items() if o.eligibility.strip() != "true"})
-        return PolicySet(
+        policy_set = PolicySet(
             sources=sources,
             channels=tuple(channels),
             offers=compiled,
@@ -397,6 +415,11 @@ class _Builder:
             files=dict(files),
             content_hash=content_hash(files),
         )
+        if schema:
+            self._type_check(policy_set)
+            if any(p.severity == "error" for p in self.problems):
+                return None
+        return policy_set
 
     def _merge_sections(
         self, parsed: list[tuple[str, PolicySetFile]]
@@ -518,6 +541,11 @@ class _Builder:
                        "(give the channel its own offer instead)", file=name, policy=policy.id, field="applies_to.channels")
 
     def _rule(self, source: str, schema: ContextSchema, **where: str) -> Rule | None:
+        # Offers of one set often share an eligibility text: it is compiled and checked once,
+        # and the offers share the Rule (a request then evaluates it once for all of them).
+        rule = self.rules.get(source)
+        if rule is not None:
+            return rule
         try:
             rule = Rule(source)
         except RuleSyntaxError as exc:
@@ -526,6 +554,7 @@ class _Builder:
         for path, column in schema.unknown_paths(source):
             self.error(f"line 1, column {column}: field '{path}' is not in the context schema", **where)
             return None
+        self.rules[source] = rule
         return rule
 
     def _compile_offer(
@@ -533,10 +562,12 @@ class _Builder:
         offer: Offer,
         name: str,
         own: Rule | None,
-        policies: Mapping[str, tuple[Any, str]],
+        policies: list[tuple[Any, str]],
         templates: Mapping[str, Rule],
         groups: Mapping[str, Group],
     ) -> CompiledOffer:
+        """The offer with the rules of ``policies`` (those that may cover it, in declaration
+        order) bound to it."""
         literal = offer.as_cel()
         rules: dict[str, list[BoundRule]] = {kind: [] for kind in ENGAGEMENT}
 
@@ -555,7 +586,7 @@ class _Builder:
         suppressions: list[Suppression] = []
         budgets: list[Budget] = []
         weights: list[BoundRule] = []
-        for policy, _ in policies.values():
+        for policy, _ in policies:
             if not policy.enabled or not policy.applies_to.covers(offer):
                 continue
             if offer.fallback and offer.id not in policy.applies_to.offers:
@@ -590,32 +621,45 @@ class _Builder:
             held=bool(caps or suppressions or budgets),
         )
 
-    def _type_check(self, offers: Any, schema: ContextSchema) -> None:
+    def _type_check(self, policy_set: PolicySet) -> None:
         """Evaluates every rule on contexts sampled from the schema: a type mismatch there is
-        a rule that compares a field with the wrong type."""
-        from bandit import flatten
-        from nba.rules import activation
+        a rule that compares a field with the wrong type. Keeps the engagement rules' results
+        (``self.sampled``) for the static checks, which use the same samples."""
+        from nba.checks import TYPED_SAMPLES, sample_contexts, sample_rules, type_error
 
-        samples = [activation(flatten(s), "", "sample", self.now, {}, {}) for s in schema.samples(40)]
+        samples = sample_contexts(policy_set, self.now)
+        # The schema's corners come first, all of them, however many: the type check reads
+        # what ``schema.samples(TYPED_SAMPLES)`` gives, a prefix of the static checks' samples.
+        typed = len(policy_set.schema.samples(TYPED_SAMPLES))
+        self.sampled = sample_rules(policy_set, samples, typed)
         reported: set[str] = set()
-        for compiled in offers:
+        # A weight shared by many offers is evaluated once (by its rule object).
+        weights: dict[int, str | None] = {}
+        for compiled in policy_set.offers.values():
             for bound in (*compiled.rules, *compiled.weights):
                 if bound.policy in reported:
                     continue
-                for variables in samples:
-                    if bound.kind == "weight":
-                        _, error = bound.rule.evaluate_number(variables)
-                    else:
-                        _, error = bound.rule.evaluate(variables)
-                    if error and (error.startswith("type mismatch") or "not a boolean" in error or "not a finite number" in error):
-                        reported.add(bound.policy)
-                        where = (
-                            {"offer": compiled.id, "field": "eligibility"}
-                            if bound.policy.endswith(".eligibility")
-                            else {"policy": bound.policy, "field": "weight" if bound.kind == "weight" else "rule"}
-                        )
-                        self.error(f"{error} (on the declared context schema)", file=compiled.source if "offer" in where else self._file_of(bound.policy), **where)
-                        break
+                key = id(bound.rule)
+                if bound.kind != "weight":
+                    error = self.sampled.errors.get(key)
+                else:
+                    if key not in weights:
+                        weights[key] = None
+                        for variables in samples[:typed]:
+                            _, found = bound.rule.evaluate_number(variables)
+                            if found and type_error(found):
+                                weights[key] = found
+                                break
+                    error = weights[key]
+                if error is not None:
+                    reported.add(bound.policy)
+                    where = (
+                        {"offer": compiled.id, "field": "eligibility"}
+                        if bound.policy.endswith(".eligibility")
+                        else {"policy": bound.policy, "field": "weight" if bound.kind == "weight" else "rule"}
+                    )
+                    self.error(f"{error} (on the declared context schema)",
+                               file=compiled.source if "offer" in where else self._file_of(bound.policy), **where)
 
     def _file_of(self, policy_id: str) -> str:
         return self.policy_files.get(policy_id, "")

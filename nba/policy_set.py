@@ -479,7 +479,7 @@ class _Builder:
         try:
             raw = load_yaml(text, name)
         except DuplicateKeyError as exc:
-            self.problems.append(_duplicate(name, exc))
+            self.problems.extend(_duplicate(name, each) for each in exc.duplicates or (exc,))
             return None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)

@@ -251,15 +251,38 @@ def json_schema() -> dict[str, Any]:
 
 
 def read_files(directory: str | Path) -> dict[str, str]:
-    """The set's files in ``directory`` (``*.yaml``, examples excluded), by name."""
+    """The set's files in ``directory`` (``*.yaml``, examples excluded), by name.
+
+    Raises ``PolicySetError`` naming every file that cannot be read as UTF-8 text (not UTF-8,
+    a directory, unreadable) and the directory when it is not one."""
     root = Path(directory)
     if not root.is_dir():
         raise PolicySetError([Problem(f"{root}: not a directory (set --policies or NBA_POLICIES)")])
-    return {
-        p.name: p.read_text(encoding="utf-8")
-        for p in sorted(root.glob("*.yaml"))
-        if not p.name.endswith(EXAMPLE_SUFFIX)
-    }
+    files: dict[str, str] = {}
+    problems: list[Problem] = []
+    for path in sorted(root.glob("*.yaml")):
+        if path.name.endswith(EXAMPLE_SUFFIX):
+            continue
+        try:
+            data = path.read_bytes()
+        except IsADirectoryError:
+            problems.append(Problem("is a directory, not a file: policy files are the *.yaml files of the folder "
+                                    "itself (rename the directory, or move its files up)", file=path.name))
+            continue
+        except OSError as exc:
+            problems.append(Problem(f"cannot be read: {exc.strerror or exc}", file=path.name))
+            continue
+        try:
+            files[path.name] = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            before = data[:exc.start]
+            line = before.count(b"\n") + 1
+            column = len(before.rsplit(b"\n", 1)[-1].decode("utf-8", "replace")) + 1
+            problems.append(Problem(f"line {line}, column {column}: byte 0x{data[exc.start]:02x} is not UTF-8 text "
+                                    "(save the file as UTF-8)", file=path.name))
+    if problems:
+        raise PolicySetError(problems)
+    return files
 
 
 def load_policy_set(directory: str | Path, now: datetime | None = None) -> PolicySet:
@@ -338,6 +361,9 @@ class _Builder:
         schema = ContextSchema(schema_fields)
 
         offers: dict[str, tuple[Offer, str]] = {}
+        # Once the set declares groups, an offer's group must be one of them: a misspelt group
+        # would otherwise escape the group's policies and lever without a word.
+        declared = sorted(groups)
         for name, doc in parsed:
             for offer in doc.offers:
                 if offer.id in offers:
@@ -351,7 +377,11 @@ class _Builder:
                     )
                 offers[offer.id] = (offer, name)
                 if offer.group and offer.group not in groups:
-                    groups[offer.group] = Group()
+                    if declared:
+                        self.error(f"group '{offer.group}' is not declared (groups: {', '.join(declared)}); "
+                                   "declare it under groups:, or correct the name", file=name, offer=offer.id, field="group")
+                    else:
+                        groups[offer.group] = Group()
         policies: dict[str, tuple[Any, str]] = {}
         for name, doc in parsed:
             for policy in doc.policies:

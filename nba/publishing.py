@@ -145,8 +145,12 @@ class Publisher:
             return False
         try:
             files = read_files(self._folder)
-        except PolicySetError as exc:
-            log.error("cannot read the policies folder", extra={"problems": exc.messages})
+        except PolicySetError as exc:  # a file that is not UTF-8 text, a directory named *.yaml
+            unreadable = "unreadable:" + "\n".join(exc.messages)
+            if unreadable != self._folder_hash:  # counted and said once, until the folder changes
+                self._folder_hash = unreadable
+                metrics.POLICY_RELOAD_FAILURES.inc()
+                log.error("cannot read the policies folder; the live set is unchanged", extra={"problems": exc.messages})
             return False
         digest = content_hash(files) if files else None
         if digest == self._folder_hash or not files:

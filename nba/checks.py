@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from bandit import flatten
 from nba.errors import Problem
 from nba.policies import Budget, ContactCap
-from nba.rules import RuleError, activation
+from nba.rules import activation
 
 if TYPE_CHECKING:
     from nba.policy_set import PolicySet
@@ -58,41 +58,27 @@ def sample_contexts(policy_set: PolicySet, now: datetime, count: int = SAMPLES) 
 def sample_rules(policy_set: PolicySet, samples: list[Any], typed: int = TYPED_SAMPLES) -> Sampled:
     """Evaluates every distinct engagement rule of the set once per sample.
 
-    The channels' rule batches (compiled for Decide) evaluate many rules per CEL call, which
-    is what makes this linear in the rules at a small constant: one CEL call per rule per
-    sample cost most of the validation of a large set. Rules no batch holds (a fallback's,
-    one restricted to a channel its offer is not on) are evaluated one by one."""
+    A rule that serves many offers (a group policy, an eligibility text several offers share)
+    is one ``Rule`` object: it is evaluated once, not once per offer, which made the checks of
+    a large set cost offers x rules x samples CEL calls. One CEL call per rule is faster here
+    than the channels' rule batches (a batch's list is built whole, and Decide's activation
+    holds only what the rules read, a sample's holds every field)."""
     sampled = Sampled()
     holds, errors = sampled.holds, sampled.errors
-
-    def record(key: int, index: int, result: Any) -> None:
-        if result is True:
-            holds[key] |= 1 << index
-        elif index < typed and key not in errors:
-            error = result if isinstance(result, RuleError) else (
-                None if isinstance(result, bool) else f"returned {result!r}, not a boolean")
-            if error is not None and type_error(error):
-                errors[key] = str(error)
-
-    for channel_batch in policy_set.batches.values():
-        rules = channel_batch.batch.rules
-        new = [i for i, rule in enumerate(rules) if id(rule) not in holds]
-        if not new:
-            continue
-        for i in new:
-            holds[id(rules[i])] = 0
-        for index, variables in enumerate(samples):
-            results = channel_batch.batch.evaluate(variables)
-            for i in new:
-                record(id(rules[i]), index, results[i])
     for compiled in policy_set.offers.values():
         for bound in compiled.rules:
-            key = id(bound.rule)
-            if key not in holds:
-                holds[key] = 0
-                for index, variables in enumerate(samples):
-                    ok, error = bound.rule.evaluate(variables)
-                    record(key, index, RuleError(error) if error is not None else ok)
+            rule = bound.rule
+            key = id(rule)
+            if key in holds:
+                continue
+            bits = 0
+            for index, variables in enumerate(samples):
+                ok, error = rule.evaluate(variables)
+                if ok:
+                    bits |= 1 << index
+                elif error is not None and index < typed and key not in errors and type_error(error):
+                    errors[key] = error
+            holds[key] = bits
     return sampled
 
 

@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -189,12 +190,17 @@ class PolicySet:
     decided_caps: tuple[tuple[ContactCap, frozenset[str]], ...] = field(init=False)
     #: whether any cap or budget counts decisions: only then do decisions reserve units
     reserves: bool = field(init=False)
-    #: every channel's engagement rules, compiled to be evaluated together
-    batches: dict[str, ChannelBatch] = field(init=False)
     #: the context paths rules read (None: possibly anything)
     context_paths: frozenset[str] | None = field(init=False)
     #: every variable any rule uses
     uses: frozenset[str] = field(init=False)
+
+    @cached_property
+    def batches(self) -> dict[str, ChannelBatch]:
+        """Every channel's engagement rules, compiled to be evaluated together; compiled when
+        first read (a set that is only validated never needs them; the service reads them when
+        a set goes live, before it serves a decision with it)."""
+        return {channel: ChannelBatch(channel, offers) for channel, offers in self.by_channel.items()}
 
     def __post_init__(self) -> None:
         self.by_channel = {c: [] for c in self.channels}
@@ -206,7 +212,6 @@ class PolicySet:
                         self.fallback[channel] = compiled
                 else:
                     self.by_channel[channel].append(compiled)
-        self.batches = {channel: ChannelBatch(channel, offers) for channel, offers in self.by_channel.items()}
         members: dict[str, list[str]] = {}
         for compiled in self.offers.values():
             for budget in compiled.budgets:

@@ -304,6 +304,7 @@ class Service:
             raise
 
     def _swap(self, policy_set: PolicySet) -> None:
+        policy_set.batches  # noqa: B018  # compiled now, not in the first decision it serves
         self.contacts.horizon_seconds = max(self.settings.contact_history_days * 86400, policy_set.history_seconds)
         self.learning.describe_arms({
             o.id: None if o.offer.fallback else [f"group={o.offer.group}", *(f"tag={t}" for t in o.offer.tags)]

@@ -46,6 +46,9 @@ sys.path.insert(0, str(ROOT / "loadtests"))
 import bench_service  # noqa: E402
 from bench_service import Server, free_port  # noqa: E402
 
+_ready = bench_service.wait_ready
+bench_service.wait_ready = lambda port, timeout=900.0: _ready(port, timeout)  # a large set starts slowly
+
 from nba.policy_set import parse_policy_set, read_files  # noqa: E402
 from nba.schema import ContextSchema, FieldSpec  # noqa: E402
 from nba.v1 import admin_service_pb2 as apb  # noqa: E402
@@ -203,8 +206,6 @@ def measure(size: int, work: Path, rounds: int, decides: int, profile: bool) -> 
            "NBA_DATABASE_URL": f"sqlite:///{work / f'db-{size}.sqlite'}", "NBA_LOG_LEVEL": "warning",
            "NBA_POLICIES_WATCH_SECONDS": "0", "NBA_SEED": "1", "NBA_ADMIN_TOKENS": f"bench:editor:{TOKEN}"}
     began = time.perf_counter()
-    ready = bench_service.wait_ready
-    bench_service.wait_ready = lambda port: ready(port, timeout=900)  # a large set takes long to start
     server = Server([sys.executable, "-m", "nba", "serve"], port, set(os.sched_getaffinity(0)), env)
     result["start_s"] = round(time.perf_counter() - began, 2)
     try:

@@ -37,12 +37,32 @@ TYPED_SAMPLES = 40
 @dataclass
 class Sampled:
     """What each distinct engagement rule of a set (by ``id`` of its ``Rule``) gives on the
-    sampled contexts."""
+    sampled contexts.
 
-    #: bit i set when the rule holds (yields true) on sample i
+    Every rule is evaluated on the first ``typed`` samples (the type check needs them all);
+    on the others only when a check needs to know (``full``): whether a rule is ever true, or
+    an offer ever reachable, is nearly always settled by the first samples."""
+
+    samples: list[Any]
+    typed: int
+    #: bit i set when the rule holds (yields true) on sample i, of the samples evaluated
     holds: dict[int, int] = field(default_factory=dict)
-    #: the first type error within the first ``TYPED_SAMPLES`` samples, in sample order
+    #: the first type error within the first ``typed`` samples, in sample order
     errors: dict[int, str] = field(default_factory=dict)
+    #: rules evaluated on every sample
+    complete: set[int] = field(default_factory=set)
+
+    def full(self, rule: Any) -> int:
+        """The rule's bits over every sample (evaluating those not evaluated yet)."""
+        key = id(rule)
+        if key not in self.complete:
+            bits = self.holds.get(key, 0)
+            for index in range(self.typed, len(self.samples)):
+                if rule.evaluate(self.samples[index])[0]:
+                    bits |= 1 << index
+            self.holds[key] = bits
+            self.complete.add(key)
+        return self.holds[key]
 
 
 def type_error(error: str) -> bool:
@@ -56,14 +76,15 @@ def sample_contexts(policy_set: PolicySet, now: datetime, count: int = SAMPLES) 
 
 
 def sample_rules(policy_set: PolicySet, samples: list[Any], typed: int = TYPED_SAMPLES) -> Sampled:
-    """Evaluates every distinct engagement rule of the set once per sample.
+    """Evaluates every distinct engagement rule of the set on the first ``typed`` samples.
 
     A rule that serves many offers (a group policy, an eligibility text several offers share)
     is one ``Rule`` object: it is evaluated once, not once per offer, which made the checks of
     a large set cost offers x rules x samples CEL calls. One CEL call per rule is faster here
     than the channels' rule batches (a batch's list is built whole, and Decide's activation
     holds only what the rules read, a sample's holds every field)."""
-    sampled = Sampled()
+    typed = min(typed, len(samples))
+    sampled = Sampled(samples, typed)
     holds, errors = sampled.holds, sampled.errors
     for compiled in policy_set.offers.values():
         for bound in compiled.rules:
@@ -72,13 +93,15 @@ def sample_rules(policy_set: PolicySet, samples: list[Any], typed: int = TYPED_S
             if key in holds:
                 continue
             bits = 0
-            for index, variables in enumerate(samples):
-                ok, error = rule.evaluate(variables)
+            for index in range(typed):
+                ok, error = rule.evaluate(samples[index])
                 if ok:
                     bits |= 1 << index
-                elif error is not None and index < typed and key not in errors and type_error(error):
+                elif error is not None and key not in errors and type_error(error):
                     errors[key] = error
             holds[key] = bits
+            if typed == len(samples):
+                sampled.complete.add(key)
     return sampled
 
 
@@ -116,23 +139,26 @@ def static_checks(policy_set: PolicySet, now: datetime, sampled: Sampled | None 
     # Each distinct rule is evaluated once per sample (group policies and shared eligibility
     # texts serve many offers), its results kept as a bit mask over the samples: an offer is
     # reachable when the masks of its rules have a bit in common.
-    masks = (sampled or sample_rules(policy_set, samples)).holds
+    # The first samples nearly always settle both questions; the rest are evaluated for the
+    # rules and offers they do not settle (``Sampled.full``), with the same answers.
+    sampled = sampled or sample_rules(policy_set, samples)
+    masks = sampled.holds
     always_false: dict[str, bool] = {}
-
-    def mask(rule: Any) -> int:
-        return masks[id(rule)]
-
     everything = (1 << len(samples)) - 1
     for compiled in policy_set.offers.values():
         if compiled.offer.status != "live":
             continue
         passed = everything
         for bound in compiled.rules:
-            bits = mask(bound.rule)
+            bits = masks[id(bound.rule)] or sampled.full(bound.rule)
             always_false.setdefault(bound.policy, True)
             if bits:
                 always_false[bound.policy] = False
             passed &= bits
+        if not passed and compiled.rules:
+            passed = everything
+            for bound in compiled.rules:
+                passed &= sampled.full(bound.rule)
         reachable = bool(passed)
         if not reachable and compiled.rules:
             warn("its rules filter every sampled context: it looks unreachable",

@@ -83,7 +83,7 @@ GROUP_RULES = [
 
 
 def generate(folder: Path, offers: int, seed: int = 1) -> Path:
-    """Writes a policy set of ``offers`` offers (plus one fallback per channel) into ``folder``."""
+    """Writes a policy set of ``offers`` offers (one fallback per channel among them) into ``folder``."""
     rng = random.Random(seed)
     if folder.exists():
         shutil.rmtree(folder)
@@ -95,7 +95,7 @@ def generate(folder: Path, offers: int, seed: int = 1) -> Path:
         f"settings: {{timezone: Europe/London}}\nchannels: [{', '.join(CHANNELS)}]\ngroups:\n{groups}\n")
     by_group: dict[str, list[str]] = {g: [] for g in GROUPS}
     ids_by_group: dict[str, list[str]] = {g: [] for g in GROUPS}
-    for i in range(offers):
+    for i in range(offers - len(CHANNELS)):
         group = GROUPS[i % len(GROUPS)]
         oid = f"{group}-{i:05d}"
         ids_by_group[group].append(oid)

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXAMPLE_SUFFIX",
+    "MAX_OFFERS",
+    "MAX_POLICIES",
     "PolicySetFile",
     "BoundRule",
     "CompiledOffer",
@@ -55,6 +57,10 @@ __all__ = [
 ]
 
 EXAMPLE_SUFFIX = "_test.yaml"
+#: the largest policy set supported: validation, publish and Decide are measured up to it
+#: (loadtests/bench_policy_scale.py); a larger one is refused rather than served slowly
+MAX_OFFERS = 10_000
+MAX_POLICIES = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -387,6 +393,9 @@ class _Builder:
                                    "declare it under groups:, or correct the name", file=name, offer=offer.id, field="group")
                     else:
                         groups[offer.group] = Group()
+        if len(offers) > MAX_OFFERS:
+            self.error(f"{len(offers)} offers, more than the {MAX_OFFERS} a policy set may hold (validation, publish "
+                       "and Decide are measured up to that size; split the catalogue, or retire expired offers)")
         policies: dict[str, tuple[Any, str]] = {}
         for name, doc in parsed:
             for policy in doc.policies:
@@ -396,6 +405,10 @@ class _Builder:
                 policies[policy.id] = (policy, name)
                 self._check_applies_to(policy, name, offers, groups, channels)
         self.policy_files = {pid: name for pid, (_, name) in policies.items()}
+        if len(policies) > MAX_POLICIES:
+            self.error(f"{len(policies)} policies, more than the {MAX_POLICIES} a policy set may hold")
+        if len(offers) > MAX_OFFERS or len(policies) > MAX_POLICIES:
+            return None  # not worth compiling: it is refused
 
         fallbacks: dict[str, str] = {}
         for offer, name in offers.values():

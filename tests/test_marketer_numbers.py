@@ -219,3 +219,12 @@ def test_hours_past_midnight_run_into_the_next_day_and_00_to_24_is_the_whole_day
     assert shown() == {"help"}
     clock.set(datetime(2026, 11, 28, 23, 59, 59, tzinfo=UTC))
     assert shown() == {"always"}
+
+
+def test_a_set_larger_than_the_supported_size_is_refused_saying_so() -> None:
+    from nba.policy_set import MAX_OFFERS
+
+    offers = "".join(f"  - {{id: o{i}, name: O, channels: [web]}}\n" for i in range(MAX_OFFERS + 1))
+    found = problems({"set.yaml": "channels: [web]\noffers:\n" + offers})
+    assert found == [f"{MAX_OFFERS + 1} offers, more than the {MAX_OFFERS} a policy set may hold (validation, "
+                     "publish and Decide are measured up to that size; split the catalogue, or retire expired offers)"]

@@ -312,6 +312,14 @@ class Service:
         })
         if self.decider is not None:
             self.decider.policy_set = policy_set
+        if gc.get_freeze_count():
+            # Started, so the heap was frozen out of the collector's sight (start()); the new
+            # set is not. A large set is millions of objects: left to the collector, each full
+            # collection would walk them all, in the middle of decisions (hundreds of ms at
+            # 10,000 offers). Collected once now, in the publisher's thread, and frozen.
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
 
     def _record_remote_contacts(self, events: list[ContactEvent]) -> None:
         """Contact events other workers wrote: decisions as well as outcomes."""

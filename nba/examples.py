@@ -37,7 +37,8 @@ class PastContact(BaseModel):
 
     offer: str
     kind: Literal["decided", "impressed", "clicked", "accepted", "rejected"] = "impressed"
-    days_ago: float = Field(default=1.0, ge=0)
+    #: at most 100 years (a finite date; older history counts as never, as in rules)
+    days_ago: float = Field(default=1.0, ge=0, le=36500)
     channel: str | None = None
 
 

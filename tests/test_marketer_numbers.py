@@ -228,3 +228,17 @@ def test_a_set_larger_than_the_supported_size_is_refused_saying_so() -> None:
     found = problems({"set.yaml": "channels: [web]\noffers:\n" + offers})
     assert found == [f"{MAX_OFFERS + 1} offers, more than the {MAX_OFFERS} a policy set may hold (validation, "
                      "publish and Decide are measured up to that size; split the catalogue, or retire expired offers)"]
+
+
+def test_an_example_contact_of_a_huge_age_is_refused_naming_the_field(tmp_path: Path) -> None:
+    from nba.examples import load_examples
+
+    (tmp_path / "a_test.yaml").write_text(textwrap.dedent("""\
+        examples:
+          - name: old history
+            channel: web
+            history: [{offer: alpha, days_ago: 1.0e+308}]
+    """))
+    with pytest.raises(PolicySetError) as raised:
+        load_examples(tmp_path)
+    assert "days_ago" in raised.value.messages[0] and "less than or equal to 36500" in raised.value.messages[0]

@@ -111,8 +111,9 @@ def load_yaml(text: str, source: str = "<text>") -> Any:
         document = loader.construct_document(root)
         duplicates = sorted(loader.__dict__.get("_duplicates", ()), key=lambda e: e.problem_mark.index)
         if duplicates:
+            where = _locate(root, {exc.problem_mark.index for exc in duplicates})  # one walk for all
             for exc in duplicates:
-                exc.path, exc.entry_id = _locate(root, exc.problem_mark)
+                exc.path, exc.entry_id = where.get(exc.problem_mark.index, ((), None))
             duplicates[0].duplicates = tuple(duplicates)
             raise duplicates[0]
         return document
@@ -120,11 +121,13 @@ def load_yaml(text: str, source: str = "<text>") -> Any:
         loader.dispose()
 
 
-def _locate(root: Node, mark: Any) -> tuple[tuple[str | int, ...], str | None]:
-    """The path to the key node at ``mark``, and the id of the outermost list entry on the way."""
+def _locate(root: Node, marks: set[int]) -> dict[int, tuple[tuple[str | int, ...], str | None]]:
+    """For each key node starting at one of ``marks`` (stream indexes): the path to it, and
+    the id of the outermost list entry on the way."""
+    found: dict[int, tuple[tuple[str | int, ...], str | None]] = {}
     stack: list[tuple[Node, tuple[str | int, ...], str | None]] = [(root, (), None)]
     seen: set[int] = set()
-    while stack:
+    while stack and len(found) < len(marks):
         node, path, entry_id = stack.pop()
         if id(node) in seen:  # aliases may share nodes
             continue
@@ -132,8 +135,8 @@ def _locate(root: Node, mark: Any) -> tuple[tuple[str | int, ...], str | None]:
         if isinstance(node, MappingNode):
             for key_node, value_node in node.value:
                 label: str | int = key_node.value if isinstance(key_node, ScalarNode) else "?"
-                if key_node.start_mark.index == mark.index and key_node.start_mark.line == mark.line:
-                    return (*path, label), entry_id
+                if key_node.start_mark.index in marks and key_node.start_mark.index not in found:
+                    found[key_node.start_mark.index] = ((*path, label), entry_id)
                 stack.append((value_node, (*path, label), entry_id))
         elif isinstance(node, SequenceNode):
             for i, item in enumerate(node.value):
@@ -142,7 +145,7 @@ def _locate(root: Node, mark: Any) -> tuple[tuple[str | int, ...], str | None]:
                     item_id = next((v.value for k, v in item.value
                                     if isinstance(k, ScalarNode) and k.value == "id" and isinstance(v, ScalarNode)), None)
                 stack.append((item, (*path, i), item_id))
-    return (), None
+    return found
 
 
 def describe(exc: yaml.YAMLError) -> str:

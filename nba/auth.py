@@ -55,11 +55,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler is None or handler.unary_unary is None or not method.startswith(ADMIN_PREFIX):
             return handler
         needed = "editor" if method[len(ADMIN_PREFIX):] in EDITOR_METHODS else "viewer"
-        metadata = dict(handler_call_details.invocation_metadata or ())
+        headers = [v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"]
         inner = handler.unary_unary
 
         def call(request: Any, context: grpc.ServicerContext) -> Any:
-            caller = self._authenticate(metadata.get("authorization", ""))
+            if len(headers) > 1:  # which one would count is not for us to guess (RFC 6750 §2.1: one)
+                raise Unauthenticated(f"authorization: sent {len(headers)} times; send one 'authorization: Bearer <token>'")
+            caller = self._authenticate(headers[0] if headers else "")
             if _RANK[caller.role] < _RANK[needed]:
                 raise PermissionDenied(f"authorization: '{caller.name}' is a {caller.role}; {method.rsplit('/', 1)[-1]} needs an {needed}")
             token = _caller.set(caller)
@@ -76,6 +78,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if not self._tokens:
             raise Unauthenticated("authorization: AdminService is disabled: no admin tokens are configured (NBA_ADMIN_TOKENS)")
         scheme, _, presented = header.partition(" ")
+        presented = presented.strip(" ")  # RFC 6750 §2.1: "Bearer" 1*SP b64token
         if scheme.lower() != "bearer" or not presented:
             raise Unauthenticated("authorization: send metadata 'authorization: Bearer <token>'")
         found = None

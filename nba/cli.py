@@ -60,6 +60,8 @@ EXIT_INTERRUPTED = 130
 
 DATABASE_FLAG = "--database-url / NBA_DATABASE_URL"
 SQLITE_HEADER = b"SQLite format 3\x00"
+# beyond this the intervals do not narrow further, and a mistyped count would run for days
+MAX_BOOTSTRAP = 100_000
 
 
 class CliError(Exception):
@@ -98,12 +100,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """For a person at a terminal: time, level, logger, message, then every `extra=` field as
+    key=value (the fields carry what the message does not say: which version went live, which
+    worker, how many offers)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = [(k, v) for k, v in vars(record).items() if k not in _RECORD_FIELDS and not k.startswith("_")]
+        if not fields:
+            return text
+        head, _, tail = text.partition("\n")  # a traceback stays below the line
+        shown = " ".join(f"{k}={_text_value(v)}" for k, v in fields)
+        return f"{head} {shown}" + (f"\n{tail}" if tail else "")
+
+
+def _text_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if text and " " not in text and "=" not in text else json.dumps(text)
+
+
 def _setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -309,7 +331,13 @@ def _serve(args: argparse.Namespace) -> int:
     done = threading.Event()
 
     def _shutdown(signum: int, _frame: Any) -> None:
-        logging.getLogger("nba").info("shutting down", extra={"signal": signal.Signals(signum).name})
+        # Ctrl-C reaches every process of the terminal's group, and the supervisor forwards
+        # SIGTERM too: say it once
+        if not done.is_set():
+            extra = {"signal": signal.Signals(signum).name}
+            if settings.worker >= 0:
+                extra["worker"] = settings.worker
+            logging.getLogger("nba").info("shutting down", extra=extra)
         done.set()
 
     signal.signal(signal.SIGTERM, _shutdown)
@@ -509,12 +537,12 @@ def _default_report(args: argparse.Namespace, database_url: str | None) -> Path:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from nba.evaluation import evaluate, from_jsonl, from_store, parse_target
-    from nba.evaluation.logs import REWARD_LIMIT
+    from nba.evaluation.logs import REWARD_LIMIT, LogError
     from nba.evaluation.report import html_report, table
     from nba.evaluation.truth import Truth
 
-    if args.bootstrap < 1:
-        raise CliError(f"--bootstrap: {args.bootstrap}: at least 1 resample")
+    if not 1 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise CliError(f"--bootstrap: {args.bootstrap}: 1 to {MAX_BOOTSTRAP} resamples")
     if args.seed < 0:
         raise CliError(f"--seed: {args.seed}: 0 or more")
     if not math.isfinite(args.default_reward) or abs(args.default_reward) > REWARD_LIMIT:
@@ -545,10 +573,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         from nba.store import Store
 
         store = Store(_open_existing(database_url))
+        refused: list[LogError] = []
         with _database_errors(database_url):
-            decisions = from_store(store, since, until, True, args.default_reward)
+            decisions = from_store(store, since, until, True, args.default_reward, refused)
         store.engine.dispose()
         source = _safe_url(database_url)
+        if refused:
+            print(f"warning: {len(refused)} logged decisions break the logged-data contract and are left out "
+                  f"(stored by an older version, or before a range was narrowed); the first: {refused[0]}", file=sys.stderr)
     still_open = sum(1 for d in decisions if d.open)
     if still_open and not args.include_open:
         closed = [d for d in decisions if not d.open]

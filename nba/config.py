@@ -158,6 +158,18 @@ class Settings(BaseModel):
                     "each token is name:role:token with role viewer or editor and a token of at least "
                     "16 characters (for example alice:editor:$(openssl rand -hex 16))"
                 )
+            if any(c.isspace() or not c.isprintable() or not c.isascii() for c in parts[2]):
+                raise ValueError(f"the token of '{parts[0]}' holds a space or a character that is not printable "
+                                 "ASCII: an HTTP/2 header cannot carry it")
+        names = [str(e).split(":", 2)[0] for e in value or ()]
+        tokens = [str(e).split(":", 2)[2] for e in value or ()]
+        for listed, what in ((names, "name"), (tokens, "token")):
+            repeated = sorted({x for x in listed if listed.count(x) > 1})
+            if repeated:
+                # one token for two callers would make the caller (and the role) depend on
+                # the order of the list; one name twice would blur the audit trail
+                shown = ", ".join(repeated) if what == "name" else f"{len(repeated)} of them"
+                raise ValueError(f"each caller's {what} must be its own: given twice: {shown}")
         return value
 
     @field_validator("bus")
@@ -191,6 +203,14 @@ class Settings(BaseModel):
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (--tls-client-ca, NBA_TLS_CLIENT_CA) needs tls_cert and tls_key: "
                              "client certificates are checked over TLS only")
+        return self
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        # the second bind would fail later as "port in use", naming neither setting
+        if self.port > 0 and self.metrics_port > 0 and self.port == self.metrics_port:
+            raise ValueError(f"port (--port, NBA_PORT) and metrics_port (--metrics-port, NBA_METRICS_PORT) are both "
+                             f"{self.port}: give the metrics endpoint a port of its own, or -1 to turn it off")
         return self
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ Limits protect the service from a single oversized request (all checked before a
     MAX_CONTEXT_LEAVES  1,000 leaf values: scalars (list members included), {} and []
     keys                names: 1 to 256 characters, no "." (dotted paths name nested fields in
                         rules and logs) and no control character (``nba.inputs``)
-    numbers             finite (no NaN or infinity)
+    numbers             finite (no NaN or infinity), within ±2^53 (``nba.inputs.MAX_CONTEXT_NUMBER``)
 
 Depth is one rule for every kind of value. A value's level is the number of keys on its path
 (``customer.flags.churn_risk`` is at level 3), plus one for each list it sits in when it is
@@ -28,7 +28,7 @@ from google.protobuf import struct_pb2
 
 from bandit import unflatten
 from nba.errors import InvalidArgument
-from nba.inputs import MAX_ID_LENGTH, control_character
+from nba.inputs import MAX_CONTEXT_NUMBER, MAX_ID_LENGTH, control_character
 
 __all__ = ["MAX_CONTEXT_BYTES", "MAX_CONTEXT_DEPTH", "MAX_CONTEXT_LEAVES", "context_from_struct", "features_from_struct"]
 
@@ -79,8 +79,8 @@ def features_from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
                 out[name] = {}
             elif kind == "number_value":
                 number = value.number_value
-                if number - number != 0.0:  # NaN or ±inf (cheaper than math.isfinite here)
-                    raise InvalidArgument(f"context.{name}: {number} is not a finite number")
+                if not -MAX_CONTEXT_NUMBER <= number <= MAX_CONTEXT_NUMBER:  # NaN fails it too
+                    raise _bad_number(f"context.{name}", number)
                 out[name] = number
             elif kind == "string_value":
                 out[name] = value.string_value
@@ -146,14 +146,23 @@ def _struct(struct: struct_pb2.Struct, path: str, level: int, counter: list[int]
 def _scalar(value: struct_pb2.Value, kind: str | None, path: str) -> Any:
     if kind == "number_value":
         number = value.number_value
-        if number - number != 0.0:
-            raise InvalidArgument(f"{path}: {number} is not a finite number")
+        if not -MAX_CONTEXT_NUMBER <= number <= MAX_CONTEXT_NUMBER:  # NaN fails it too
+            raise _bad_number(path, number)
         return number
     if kind == "string_value":
         return value.string_value
     if kind == "bool_value":
         return value.bool_value
     return None
+
+
+def _bad_number(path: str, number: float) -> InvalidArgument:
+    if number - number != 0.0:  # NaN or ±inf
+        return InvalidArgument(f"{path}: {number} is not a finite number")
+    return InvalidArgument(
+        f"{path}: {number:g} is beyond ±2^53 ({MAX_CONTEXT_NUMBER:.0f}), the largest magnitude a context "
+        "number may have; send an identifier as a string"
+    )
 
 
 def _count(counter: list[int], path: str) -> None:

@@ -56,6 +56,18 @@ class PermissionDenied(NbaError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class DeadlineExceeded(NbaError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(NbaError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class ResourceExhausted(NbaError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 @dataclass(frozen=True)
 class Problem:
     """One finding about a policy set, located as precisely as it can be."""

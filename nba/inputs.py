@@ -23,6 +23,7 @@ Every refusal is an ``InvalidArgument`` naming the field and saying what to fix.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,16 +33,23 @@ from nba.errors import InvalidArgument
 __all__ = [
     "CLOCK_SKEW",
     "MAX_COMMENT_LENGTH",
+    "MAX_CONTEXT_NUMBER",
     "MAX_ID_LENGTH",
     "check_id",
     "check_text",
     "control_character",
+    "finite_number",
     "timestamp",
 ]
 
 MAX_ID_LENGTH = 256
 MAX_COMMENT_LENGTH = 1000
 CLOCK_SKEW = timedelta(minutes=5)
+#: largest magnitude of a number in a context: 2**53, the largest a double holds as an exact
+#: whole number. Larger numbers are identifiers rather than quantities (send them as strings);
+#: and the learner's running statistics square the numbers it sees, which past about 1e154
+#: would leave the finite doubles, so the learner would have to refuse the decision's feedback.
+MAX_CONTEXT_NUMBER = 2.0**53
 
 #: the range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z
 MIN_TIMESTAMP_SECONDS = -62_135_596_800
@@ -50,6 +58,21 @@ MAX_TIMESTAMP_SECONDS = 253_402_300_799
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 #: the same, but tab, line feed and carriage return are text
 _CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def finite_number(value: Any) -> bool:
+    """True for an int or float (not a bool) that is a finite double: a 400-digit JSON or YAML
+    integer is not one (``float()`` of it overflows), nor NaN or infinity.
+
+    >>> finite_number(3), finite_number(1e308), finite_number(10**400), finite_number(True)
+    (True, True, False, False)
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the doubles
+        return False
 
 
 def control_character(value: str, text: bool = False) -> str | None:

@@ -36,6 +36,7 @@ from nba.days import local_day, misaligned_day
 from nba.errors import PolicySetError, Problem
 from nba.offers import Group, Identifier, Offer
 from nba.policies import ENGAGEMENT, Budget, ContactCap, EngagementRule, Policy, Suppression, Weight
+from nba.rule_cost import check_call
 from nba.rules import Rule, RuleBatch, RuleSyntaxError
 from nba.schema import ContextSchema, FieldSpec, FieldType, needed_paths
 from nba.yaml_loader import DuplicateKeyError, load_yaml
@@ -311,17 +312,23 @@ def content_hash(files: Mapping[str, str]) -> str:
     return digest.hexdigest()
 
 
-def parse_policy_set(files: Mapping[str, str], now: datetime | None = None) -> PolicySet:
+def parse_policy_set(files: Mapping[str, str], now: datetime | None = None, *, sampled: bool = True) -> PolicySet:
     """Validates and compiles a set from file texts; raises ``PolicySetError`` with every
-    problem (warnings included) when any is an error."""
+    problem (warnings included) when any is an error. ``sampled=False`` skips what evaluates
+    rules (the type check and the checks on sampled contexts, ``nba.checks``): for a draft a
+    child process has validated already (``nba.sandbox``), whose warnings the caller has."""
     from nba.checks import static_checks  # checks need a compiled set
 
     builder = _Builder(now or datetime.now(UTC))
+    builder.sampled = sampled
     try:
         policy_set = builder.build(files)
         if policy_set is not None:
-            policy_set.warnings = builder.problems + static_checks(policy_set, builder.now, builder.sampled)
-    except Exception as exc:  # a file that trips something unforeseen is refused, never a crash
+            policy_set.warnings = builder.problems + (
+                static_checks(policy_set, builder.now, builder.sample_results) if sampled else [])
+    except BaseException as exc:  # a file that trips something unforeseen (a panic too) is refused, never a crash
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, MemoryError)):
+            raise
         log.exception("validating a policy set failed")
         raise PolicySetError([*builder.problems, Problem(f"could not be validated ({type(exc).__name__}: {exc})")]) from None
     if policy_set is None:
@@ -338,6 +345,8 @@ _OFFER = TypeAdapter(Offer)
 
 class _Builder:
     def __init__(self, now: datetime) -> None:
+        #: whether rules are evaluated on sampled contexts (``parse_policy_set``)
+        self.sampled = True
         self.now = now
         self.problems: list[Problem] = []
         self.policy_files: dict[str, str] = {}
@@ -345,8 +354,8 @@ class _Builder:
         self.broken: set[str] = set()
         #: rules that compiled and name only declared fields, by source
         self.rules: dict[str, Rule] = {}
-        #: the engagement rules on the schema's sample contexts (None: no schema)
-        self.sampled: Sampled | None = None
+        #: the engagement rules on the schema's sample contexts (None: not evaluated)
+        self.sample_results: Sampled | None = None
 
     def error(self, message: str, **where: str) -> None:
         self.problems.append(Problem(message, **where))
@@ -450,6 +459,14 @@ class _Builder:
             compiled[offer.id] = self._compile_offer(offer, name, own, [ordered[i] for i in candidates], templates, groups)
         if any(p.severity == "error" for p in self.problems):
             return None
+        too_costly = check_call(compiled.values())  # before any rule is evaluated (nba.rule_cost)
+        if too_costly is not None:
+            policy_id, message = too_costly
+            if policy_id.endswith(".eligibility"):
+                self.error(message, offer=policy_id.removesuffix(".eligibility"), field="eligibility")
+            else:
+                self.error(message, file=self._file_of(policy_id), policy=policy_id, field="rule")
+            return None
         sources = {pid: rule.source for pid, rule in templates.items()}
         sources.update({f"{oid}.eligibility": o.eligibility for oid, (o, _) in offers.items() if o.eligibility.strip() != "true"})
         policy_set = PolicySet(
@@ -463,7 +480,7 @@ class _Builder:
             files=dict(files),
             content_hash=content_hash(files),
         )
-        if schema:
+        if schema and self.sampled:
             self._type_check(policy_set)
             if any(p.severity == "error" for p in self.problems):
                 return None
@@ -672,14 +689,14 @@ class _Builder:
     def _type_check(self, policy_set: PolicySet) -> None:
         """Evaluates every rule on contexts sampled from the schema: a type mismatch there is
         a rule that compares a field with the wrong type. Keeps the engagement rules' results
-        (``self.sampled``) for the static checks, which use the same samples."""
+        (``self.sample_results``) for the static checks, which use the same samples."""
         from nba.checks import TYPED_SAMPLES, sample_contexts, sample_rules, type_error
 
         samples = sample_contexts(policy_set, self.now)
         # The schema's corners come first, all of them, however many: the type check reads
         # what ``schema.samples(TYPED_SAMPLES)`` gives, a prefix of the static checks' samples.
         typed = len(policy_set.schema.samples(TYPED_SAMPLES))
-        self.sampled = sample_rules(policy_set, samples, typed)
+        self.sample_results = sample_rules(policy_set, samples, typed)
         reported: set[str] = set()
         # A weight shared by many offers is evaluated once (by its rule object).
         weights: dict[int, str | None] = {}
@@ -689,7 +706,7 @@ class _Builder:
                     continue
                 key = id(bound.rule)
                 if bound.kind != "weight":
-                    error = self.sampled.errors.get(key)
+                    error = self.sample_results.errors.get(key)
                 else:
                     if key not in weights:
                         weights[key] = None

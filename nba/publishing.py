@@ -22,9 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nba import metrics
+from nba import metrics, sandbox
 from nba.clock import Clock, SystemClock
-from nba.errors import FailedPrecondition, InvalidArgument, NotFound, PolicySetError, Problem
+from nba.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PolicySetError,
+    Problem,
+    ResourceExhausted,
+)
 from nba.policy_set import PolicySet, content_hash, parse_policy_set, read_files
 from nba.store import Activation, Store, is_outage
 
@@ -33,6 +41,8 @@ __all__ = ["Publisher", "Published"]
 log = logging.getLogger(__name__)
 
 MAX_FILES = 200
+#: what a background thread lets through (anything else is logged, counted, and survived)
+_FATAL = (KeyboardInterrupt, SystemExit)
 MAX_DRAFT_BYTES = 4 * 1024 * 1024
 
 
@@ -51,7 +61,12 @@ class Publisher:
         folder: Path | None,
         on_swap: Callable[[PolicySet], None],
         clock: Clock | None = None,
+        isolate: bool = True,
     ) -> None:
+        """``isolate``: validate drafts in a child process (``nba.sandbox``); off only where
+        the drafts are trusted and a process per validation is too much (tools, tests)."""
+        self._isolate = isolate
+        self._sandbox = sandbox.Sandbox()
         self._store = store
         self._folder = folder
         self._on_swap = on_swap
@@ -63,6 +78,11 @@ class Publisher:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._watcher: threading.Thread | None = None
+
+    @property
+    def sandbox(self) -> sandbox.Sandbox:
+        """Where drafts are validated (``nba.sandbox``)."""
+        return self._sandbox
 
     @property
     def store(self) -> Store:
@@ -113,12 +133,17 @@ class Publisher:
         def check() -> None:
             try:
                 self.check_folder()
-            except Exception:
+            except BaseException as exc:  # a panic in a library is a BaseException
+                if isinstance(exc, _FATAL):
+                    raise
+                metrics.POLICY_RELOAD_FAILURES.inc()
                 log.exception("reloading the policies folder failed")
 
         threading.Thread(target=check, name="nba-policies-reload", daemon=True).start()
 
     def stop(self) -> None:
+        """Stops the watcher, and every validation in flight (its child is killed)."""
+        self._sandbox.close()
         self._stop.set()
         self._wake.set()
         if self._watcher is not None:
@@ -130,10 +155,21 @@ class Publisher:
             self._wake.clear()
             if self._stop.is_set():
                 return
+            # Nothing one pass meets may end the thread: later changes and SIGHUP would never
+            # be published again. A panic inside a library (pyo3's PanicException) is a
+            # BaseException, not an Exception.
             try:
                 self.check_folder()
+            except BaseException as exc:
+                if isinstance(exc, _FATAL):
+                    raise
+                metrics.POLICY_RELOAD_FAILURES.inc()
+                log.exception("checking the policies folder failed")
+            try:
                 self.check_database()
-            except Exception as exc:
+            except BaseException as exc:
+                if isinstance(exc, _FATAL):
+                    raise
                 if is_outage(exc):  # said once by the decision log; looked at again next time
                     log.warning("checking for policy changes: the database is unavailable", extra={"error": repr(exc)})
                 else:
@@ -157,11 +193,11 @@ class Publisher:
             return False
         try:
             published = self.publish(files, actor="policies folder", source="file", comment=str(self._folder))
-        except PolicySetError as exc:
-            self._folder_hash = digest  # refused for good: wait for the next change
+        except (PolicySetError, InvalidArgument, DeadlineExceeded, ResourceExhausted) as exc:
+            self._folder_hash = digest  # refused for good (too slow or too big too): wait for the next change
             metrics.POLICY_RELOAD_FAILURES.inc()
             log.error("the changed policies folder is invalid; the live set is unchanged",
-                      extra={"problems": exc.messages})
+                      extra={"problems": exc.messages if isinstance(exc, PolicySetError) else [str(exc)]})
             return False
         self._folder_hash = digest
         return not published.unchanged
@@ -195,14 +231,35 @@ class Publisher:
 
     # Validate, publish, roll back -----------------------------------------------------
 
-    def validate(self, files: Mapping[str, str]) -> tuple[PolicySet | None, list[Problem]]:
-        """Compiles a draft; returns it (None if invalid) and every problem found."""
+    def validate(self, files: Mapping[str, str], timeout: float | None = None,
+                 is_active: Callable[[], bool] | None = None) -> tuple[PolicySet | None, list[Problem]]:
+        """Compiles a draft; returns it (None if invalid) and every problem found.
+
+        The draft is validated in a child process (``nba.sandbox``), then compiled here
+        without evaluating any rule. ``timeout`` (seconds) and ``is_active`` are the caller's:
+        ``DeadlineExceeded``, ``Cancelled``, ``ResourceExhausted`` when the validation had to
+        be stopped."""
         self._check_draft(files)
         try:
-            policy_set = parse_policy_set(files, self._clock.now())
+            policy_set = self._compile(files, timeout, is_active)
         except PolicySetError as exc:
             return None, exc.problems
         return policy_set, policy_set.warnings
+
+    def _compile(self, files: Mapping[str, str], timeout: float | None = None,
+                 is_active: Callable[[], bool] | None = None) -> PolicySet:
+        """A draft validated and compiled (``PolicySetError`` if it is invalid)."""
+        now = self._clock.now()
+        if not self._isolate:
+            return parse_policy_set(dict(files), now)
+        checked = self._sandbox.validate(files, now, timeout, is_active)
+        if not checked.valid:
+            raise PolicySetError(checked.problems)
+        # Valid in the child: compiling it here again evaluates no rule, and its rules are
+        # within the cost limits (nba.rule_cost), so this cannot stall the process.
+        policy_set = parse_policy_set(dict(files), now, sampled=False)
+        policy_set.warnings = checked.problems
+        return policy_set
 
     def publish(
         self,
@@ -211,28 +268,33 @@ class Publisher:
         source: str = "api",
         comment: str = "",
         expected_live: int = 0,
+        timeout: float | None = None,
+        is_active: Callable[[], bool] | None = None,
     ) -> Published:
         """Makes a draft live (``PolicySetError`` listing every problem if it is invalid).
 
         With ``expected_live``, only if that version is live in the database at the moment of
         the activation (``FailedPrecondition`` otherwise): the check and the activation are one
         transaction, so of two editors expecting the same version on two replicas one wins.
-        Content that is live already changes nothing (``unchanged``)."""
+        Content that is live already changes nothing (``unchanged``). ``timeout`` and
+        ``is_active`` bound the validation, as for ``validate``."""
         self._check_draft(files)
-        policy_set = parse_policy_set(dict(files), self._clock.now())  # raises with every error
+        policy_set = self._compile(files, timeout, is_active)  # raises with every error
         with self._lock:
             result = self._store.publish(policy_set.files, policy_set.content_hash, actor, source, comment,
                                          self._clock.now(), expected_live)
             return self._settle(policy_set, result, expected_live, source, actor)
 
-    def rollback(self, version: int, actor: str, comment: str = "", expected_live: int = 0) -> Published:
+    def rollback(self, version: int, actor: str, comment: str = "", expected_live: int = 0,
+                 timeout: float | None = None, is_active: Callable[[], bool] | None = None) -> Published:
         """Makes an earlier version live again; ``NotFound`` for an unknown version,
-        ``FailedPrecondition`` if it no longer loads or ``expected_live`` is not live."""
+        ``FailedPrecondition`` if it no longer loads or ``expected_live`` is not live.
+        ``timeout`` and ``is_active`` bound its validation, as for ``validate``."""
         row = self._store.policy_set_row(version)
         if row is None:
             raise NotFound(f"version: no policy set version {version}")
         try:
-            policy_set = parse_policy_set(row.files, self._clock.now())
+            policy_set = self._compile(row.files, timeout, is_active)  # as a draft: the limits may have changed
         except PolicySetError as exc:
             raise FailedPrecondition(f"version: {version} no longer loads: {exc}") from None
         with self._lock:
@@ -265,7 +327,9 @@ class Publisher:
             log.exception("adopting the live policy set failed")
 
     def _adopt(self, live: Any) -> None:
-        policy_set = parse_policy_set(live.files, self._clock.now())
+        # Activated after its validation (here or by another process): compiled without
+        # evaluating its rules again on sampled contexts, which could keep this process busy.
+        policy_set = parse_policy_set(live.files, self._clock.now(), sampled=False)
         policy_set.number = live.version
         self._activation_id = live.id
         self._swap(policy_set, live.source, live.actor)

@@ -20,6 +20,8 @@ from typing import Any
 
 import cel
 
+from nba.rule_cost import RuleLimitError, check_rule
+
 __all__ = [
     "CONTACT_FIELDS",
     "RuleBatch",
@@ -70,10 +72,17 @@ class Rule:
     (False, "missing field 'age'")
     """
 
-    __slots__ = ("program", "source", "uses")
+    __slots__ = ("cost", "program", "source", "uses")
 
     def __init__(self, source: str, variables: Iterable[str] = RULE_VARIABLES, *, _bound: bool = False) -> None:
         self.source = source
+        #: estimated steps per evaluation (``nba.rule_cost``); a bound rule has its template's
+        self.cost = 0
+        if not _bound:  # a bound rule is its (checked) template with literals put in
+            try:
+                self.cost = check_rule(source)
+            except RuleLimitError as exc:
+                raise RuleSyntaxError(str(exc)) from None
         self.program = _compile(source)
         names = set(self.program.variables())
         if not _bound:
@@ -108,8 +117,13 @@ class Rule:
                 f'_group_contacts[{cel_literal(offer["group"])}] : _no_contacts)'
             ),
         }
+        try:  # the template counted the offer's lists as one element each; this offer's are known
+            cost = check_rule(self.source, offer)
+        except RuleLimitError as exc:
+            raise RuleSyntaxError(str(exc)) from None
         bound = Rule(_substitute(self.source, replacements), _bound=True)
         bound.uses = self.uses  # what the rule names, not what it was rewritten into
+        bound.cost = cost
         return bound
 
     def evaluate(self, context: cel.Context) -> tuple[bool, str | None]:
@@ -138,7 +152,9 @@ class Rule:
             return None, f"type mismatch: {str(exc).split('.')[0]}"
         except (RuntimeError, ValueError) as exc:
             return None, str(exc).split(". ")[0]
-        except Exception as exc:  # IndexError, OverflowError, ZeroDivisionError, ...: never the caller's
+        except BaseException as exc:  # IndexError, OverflowError, a panic in CEL (BaseException): never the caller's
+            if isinstance(exc, _FATAL):
+                raise
             return None, f"{type(exc).__name__}: {exc}"
 
 
@@ -160,7 +176,12 @@ class RuleBatch:
         self.chunks: list[tuple[Any, int, int]] = []
         for start in range(0, len(rules), self.CHUNK):
             part = rules[start:start + self.CHUNK]
-            program = cel.compile("[" + ", ".join(f"({r.source})" for r in part) + "]")
+            try:
+                program = cel.compile("[" + ", ".join(f"({r.source})" for r in part) + "]")
+            except BaseException as exc:  # each rule compiled alone: evaluate them one by one
+                if isinstance(exc, _FATAL):
+                    raise
+                program = None
             self.chunks.append((program, start, start + len(part)))
 
     def evaluate(self, context: cel.Context) -> list[Any]:
@@ -169,8 +190,12 @@ class RuleBatch:
         results: list[Any] = [None] * len(self.rules)
         for program, start, end in self.chunks:
             try:
+                if program is None:
+                    raise LookupError("no chunk program")
                 results[start:end] = program.execute(context)
-            except Exception:
+            except BaseException as exc:  # a panic inside CEL is a BaseException too
+                if isinstance(exc, _FATAL):
+                    raise
                 for i in range(start, end):
                     ok, error = self.rules[i].evaluate(context)
                     results[i] = RuleError(error) if error is not None else ok
@@ -244,10 +269,19 @@ def cel_literal(value: Any) -> str:
     raise TypeError(f"no CEL literal for {type(value).__name__}")
 
 
+#: what a rule's failure must not swallow (a panic in CEL, pyo3's PanicException, is a
+#: BaseException, so catching Exception is not enough)
+_FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
 def _compile(source: str) -> Any:
     try:
         return cel.compile(source)
-    except ValueError as exc:
+    except BaseException as exc:
+        if isinstance(exc, _FATAL):
+            raise
+        if not isinstance(exc, ValueError):  # CEL's parser panicked: its message is of no use to a marketer
+            raise RuleSyntaxError(f"CEL could not parse it ({type(exc).__name__}); write it simpler") from None
         match = _POSITION.search(str(exc))
         if match:
             raise RuleSyntaxError(

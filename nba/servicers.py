@@ -16,7 +16,7 @@ from google.protobuf import timestamp_pb2
 from nba.auth import current_caller
 from nba.context import features_from_struct
 from nba.decisions import DecideInput, Decider, DecisionRecord
-from nba.errors import FailedPrecondition, InvalidArgument, Problem
+from nba.errors import Cancelled, DeadlineExceeded, FailedPrecondition, InvalidArgument, Problem
 from nba.feedback import FeedbackIntake
 from nba.inputs import MAX_COMMENT_LENGTH, check_id, check_text, timestamp
 from nba.policy_set import PolicySet
@@ -145,7 +145,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
 
     def ValidatePolicySet(self, request: apb.ValidatePolicySetRequest, context: grpc.ServicerContext) -> apb.ValidatePolicySetResponse:
         self._expect_live(request.expected_live_version, request.comment)
-        compiled, problems = self._publisher.validate(_draft(request.draft))
+        compiled, problems = self._publisher.validate(_draft(request.draft), context.time_remaining(), context.is_active)
         return apb.ValidatePolicySetResponse(
             valid=compiled is not None,
             problems=[_problem(p) for p in problems],
@@ -159,6 +159,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             files, actor=current_caller().name, source="api",
             comment=check_text("comment", request.comment, max_length=MAX_COMMENT_LENGTH),
             expected_live=request.expected_live_version,
+            timeout=context.time_remaining(), is_active=context.is_active,
         )
         return _published(published)
 
@@ -171,6 +172,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             request.version, actor=current_caller().name,
             comment=check_text("comment", request.comment, max_length=MAX_COMMENT_LENGTH),
             expected_live=request.expected_live_version,
+            timeout=context.time_remaining(), is_active=context.is_active,
         )
         return _published(published)
 
@@ -206,7 +208,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         if not 0 < last_n <= 100_000:
             raise InvalidArgument(f"last_n: must be 1 to 100000, got {request.last_n}")
         self._expect_live(request.expected_live_version, request.comment)
-        draft, problems = self._publisher.validate(_draft(request.draft))
+        draft, problems = self._publisher.validate(_draft(request.draft), context.time_remaining(), context.is_active)
         if draft is None:
             from nba.errors import PolicySetError
 
@@ -214,7 +216,8 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         from nba.evaluation.logs import LogError
 
         try:
-            report = preview(self._publisher.live, draft, self._recent(last_n), self._learning, self._make_learner)
+            report = preview(self._publisher.live, draft, self._recent(last_n), self._learning, self._make_learner,
+                             check=_call_alive(context))
         except LogError as exc:  # a logged decision evaluation refuses (it names which): not the caller's fault
             raise FailedPrecondition(f"the decision log cannot be replayed: {exc}") from None
         return apb.PreviewPolicySetResponse(
@@ -228,6 +231,21 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             live_value=_value(report.live_value),
             draft_value=_value(report.draft_value),
         )
+
+
+def _call_alive(context: grpc.ServicerContext) -> Callable[[], None]:
+    """A check that raises once the call's deadline has passed or its client has gone: work
+    for a call nobody waits for stops."""
+
+    def check() -> None:
+        if not context.is_active():
+            raise Cancelled("the call was cancelled; its preview was stopped")
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded("the preview took longer than the call's deadline and was stopped: "
+                                   "replay fewer decisions (last_n) or allow more time")
+
+    return check
 
 
 #: the tokens ListPolicySetVersions hands out: a version number, in ASCII digits

@@ -34,6 +34,7 @@ import yaml
 from google.protobuf import struct_pb2
 
 from nba.evaluation.truth import Phase, Truth
+from nba.inputs import finite_number
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
 from nba.yaml_loader import load_yaml
@@ -165,7 +166,7 @@ class Population:
             raise ValueError(f"base_rate: must be a probability in [0, 1], got {base_rate!r}")
         channels = raw.get("channels") or {"web": 1.0}
         if not isinstance(channels, Mapping) or not all(
-                isinstance(k, str) and _number(v) and v >= 0 for k, v in channels.items()) or not sum(channels.values()):
+                isinstance(k, str) and finite_number(v) and v >= 0 for k, v in channels.items()) or not sum(channels.values()):
             raise ValueError(f"channels: must map channel names to weights of 0 or more (not all 0), got {channels!r}")
         items = raw.get("personas")
         if not isinstance(items, list) or not items:
@@ -209,12 +210,8 @@ class Population:
         return Truth(PERSONA_FIELD, phases, 1.0)
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _probability(value: Any) -> bool:
-    return _number(value) and 0 <= value <= 1
+    return finite_number(value) and 0 <= value <= 1
 
 
 def _persona(raw: Any, index: int) -> Persona:
@@ -228,7 +225,7 @@ def _persona(raw: Any, index: int) -> Persona:
     if unknown:
         raise ValueError(f"{where}: unknown keys {', '.join(sorted(map(str, unknown)))} (name, share, customer, prefers, drift)")
     share = raw.get("share")
-    if not _number(share) or share < 0:
+    if not finite_number(share) or share < 0:
         raise ValueError(f"{where}: share must be a number of 0 or more, got {share!r}")
     customer = raw.get("customer")
     if not isinstance(customer, Mapping):

@@ -106,7 +106,10 @@ def _publish_once(settings: Settings) -> None:
 
     engine = open_engine(settings.database_url)
     try:
-        Publisher(Store(engine), settings.policies, lambda _set: None).start()
+        # Validated here, in the supervisor (the rules' cost limits hold all the same): no
+        # worker serves yet, and a validation process (nba.sandbox) would stay the
+        # supervisor's child for good, among the workers it watches.
+        Publisher(Store(engine), settings.policies, lambda _set: None, isolate=False).start()
     finally:
         engine.dispose()
 

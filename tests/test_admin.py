@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import POLICIES, VIEWER_TOKEN, Running, customer, struct
+from conftest import EDITOR_TOKEN, POLICIES, VIEWER_TOKEN, Running, customer, struct
 from test_policies_e2e import BASE, policy_dir
 
 from nba.v1 import admin_service_pb2 as apb
@@ -36,6 +36,11 @@ def web_decision(server: Running) -> pb.DecideResponse:
         ([("authorization", "Basic abc")], grpc.StatusCode.UNAUTHENTICATED, "Bearer"),
         ([("authorization", f"Bearer {VIEWER_TOKEN}")], grpc.StatusCode.PERMISSION_DENIED,
          "'vi' is a viewer; PublishPolicySet needs an editor"),
+        # two headers: neither is guessed at, whichever order a proxy left them in
+        ([("authorization", f"Bearer {VIEWER_TOKEN}"), ("authorization", f"Bearer {EDITOR_TOKEN}")],
+         grpc.StatusCode.UNAUTHENTICATED, "authorization: sent 2 times; send one"),
+        ([("authorization", f"Bearer {EDITOR_TOKEN}"), ("authorization", f"Bearer {VIEWER_TOKEN}")],
+         grpc.StatusCode.UNAUTHENTICATED, "authorization: sent 2 times; send one"),
     ],
 )
 def test_publishing_needs_an_editor_token(server: Running, metadata, code, message: str) -> None:
@@ -45,6 +50,12 @@ def test_publishing_needs_an_editor_token(server: Running, metadata, code, messa
     assert raised.value.code() == code
     assert message in raised.value.details()
     assert server.service.policy_set.version == before
+
+
+def test_the_scheme_is_case_insensitive_and_spaces_before_the_token_are_allowed(server: Running) -> None:
+    for header in (f"bearer {VIEWER_TOKEN}", f"BEARER   {VIEWER_TOKEN}"):  # RFC 6750 §2.1: 1*SP
+        live = server.admin.GetLivePolicySet(apb.GetLivePolicySetRequest(), metadata=[("authorization", header)])
+        assert live.live
 
 
 def test_viewers_may_read_and_validate(server: Running) -> None:
@@ -213,6 +224,18 @@ def test_preview_reports_how_a_draft_would_change_eligibility_and_mix(start) -> 
         assert value.estimator == "dr" and value.low <= value.value <= value.high and value.ess > 0
     assert report.draft_value.value < report.live_value.value  # the draft withholds the offer that was accepted
     assert server.service.policy_set.version == report.live_version  # nothing was published
+
+    # A reward an older version stored (1e308, before rewards had a range) breaks the
+    # logged-data contract: that decision is left out of the estimates, and the note says so.
+    import sqlalchemy
+
+    with server.service.store.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE feedback SET reward = 1e308, pair_reward = 1e308 WHERE event_id = 'e-12'"))
+    again = server.admin.PreviewPolicySet(
+        apb.PreviewPolicySetRequest(draft=apb.PolicySetDraft(files=files), last_n=50), metadata=server.auth(VIEWER_TOKEN))
+    assert again.decisions == 50
+    assert "1 logged decisions break the logged-data contract and are left out of the value estimates" in again.note
+    assert "must be within ±1,000,000" in again.note
 
 
 @pytest.mark.parametrize(

@@ -203,6 +203,21 @@ def test_export_writes_one_decision_a_line_with_its_feedback(processes, tmp_path
     assert evaluated.returncode == 0, evaluated.stderr
     assert "2 decisions from" in evaluated.stdout and (tmp_path / "export.evaluation.html").exists()
 
+    # A decision an older version stored outside today's contract (a reward of 1e308, accepted
+    # before rewards had a range) is left out of an evaluation of the service's own log, with
+    # a warning naming it, rather than stopping the run: nobody can edit that log.
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(server.env["NBA_DATABASE_URL"])
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE feedback SET reward = 1e308, pair_reward = 1e308 WHERE event_id = 'x-2'"))
+    engine.dispose()
+    own = run_cli("evaluate", "--database-url", server.env["NBA_DATABASE_URL"], "--policy", "logged", "--bootstrap", "10",
+                  "--include-open", "--html", str(tmp_path / "own.html"))
+    assert own.returncode == 0, own.stderr
+    assert "warning: 1 logged decisions break the logged-data contract and are left out" in own.stderr
+    assert f"decision {decision['decision_id']}" in own.stderr and "1 decisions from" in own.stdout
+
     since = run_cli("export", "--out", "-", "--since", "2999-01-01", env={"NBA_DATABASE_URL": server.env["NBA_DATABASE_URL"]})
     assert since.returncode == 0 and since.stdout == ""
     bad = run_cli("export", "--out", "-", "--since", "yesterday")
@@ -315,3 +330,24 @@ def test_switches_are_flags_and_environment_booleans() -> None:
     assert load_settings(environ={"NBA_DURABLE_DECISIONS": "true"}).durable_decisions is True
     with pytest.raises(ValueError, match="durable_decisions"):
         load_settings(environ={"NBA_DURABLE_DECISIONS": "perhaps"})
+
+
+def test_text_logs_show_the_fields_the_message_does_not_say() -> None:
+    """`make serve` logs as text: 'policy set live' alone would not say which version."""
+    import logging
+
+    from nba.cli import TextFormatter
+
+    record = logging.LogRecord("nba.publishing", logging.INFO, __file__, 1, "policy set live", None, None)
+    record.policy_version, record.actor, record.offers = "3-abc", "policies folder", 24
+    line = TextFormatter().format(record)
+    assert line.endswith("INFO nba.publishing: policy set live policy_version=3-abc actor=\"policies folder\" offers=24")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        failed = logging.LogRecord("nba", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    failed.worker = 1
+    first, *rest = TextFormatter().format(failed).splitlines()
+    assert first.endswith("ERROR nba: failed worker=1") and rest[-1] == "ValueError: boom"

@@ -51,13 +51,15 @@ BAD_INVOCATIONS = [
     (["evaluate", "--log", "{log}", "--truth", "{text}"], EXIT_USAGE, "--truth {text}: not JSON"),
     (["evaluate", "--log", "{log}", "--truth", "{log}"], EXIT_USAGE, "--truth {log}: field: required"),
     (["evaluate", "--log", "{log}", "--truth", "{truth_bad}"], EXIT_USAGE, "phases[0].probabilities.young.gold-card: must be a probability"),
+    (["evaluate", "--log", "{log}", "--truth", "{truth_huge}"], EXIT_USAGE, "phases[0].probabilities.young.gold-card: must be a probability"),
     (["evaluate", "--log", "{log}", "--html", "{tmp}/missing/report.html"], EXIT_USAGE, "--html {tmp}/missing/report.html: the folder"),
     (["evaluate", "--log", "{log}", "--json", "{tmp}"], EXIT_USAGE, "--json {tmp}: is a folder"),
     (["evaluate", "--log", "{log}", "--policy", "random"], EXIT_USAGE, "--policy random: not a policy"),
     (["evaluate", "--log", "{log}", "--policy", "learner:nope=1"], EXIT_USAGE, "unknown settings nope"),
     (["evaluate", "--log", "{log}", "--policy", "draft:{tmp}/nothere"], EXIT_USAGE, "--policy draft:{tmp}/nothere: no such folder"),
     (["evaluate", "--log", "{log}", "--policy", "draft:{empty_dir}"], EXIT_USAGE, "--policy: the draft is not a valid policy set"),
-    (["evaluate", "--log", "{log}", "--bootstrap", "0"], EXIT_USAGE, "--bootstrap: 0: at least 1"),
+    (["evaluate", "--log", "{log}", "--bootstrap", "0"], EXIT_USAGE, "--bootstrap: 0: 1 to 100000 resamples"),
+    (["evaluate", "--log", "{log}", "--bootstrap", "100001"], EXIT_USAGE, "--bootstrap: 100001: 1 to 100000 resamples"),
     (["evaluate", "--log", "{log}", "--seed", "-1"], EXIT_USAGE, "--seed: -1: 0 or more"),
     (["evaluate", "--log", "{log}", "--bootstrap", "many"], EXIT_USAGE, "argument --bootstrap: invalid int value"),
     (["evaluate", "--log", "{log}", "--default-reward", "nan"], EXIT_USAGE, "--default-reward: nan: a finite number"),
@@ -70,6 +72,7 @@ BAD_INVOCATIONS = [
     (["simulate", "--population", "{yaml}"], EXIT_USAGE, "--population {yaml}: not YAML at line"),
     (["simulate", "--population", "{log}"], EXIT_USAGE, "unknown keys"),
     (["simulate", "--population", "{population_bad}"], EXIT_USAGE, "persona 'young': share must be a number"),
+    (["simulate", "--population", "{population_huge}"], EXIT_USAGE, "persona 'young': share must be a number"),
     (["simulate", "--population", "{population_template}"], EXIT_USAGE, "persona 'young': customer cannot generate a profile"),
     (["simulate", "--decisions", "0"], EXIT_USAGE, "--decisions: 0: at least 1"),
     (["simulate", "--block", "0"], EXIT_USAGE, "--block: 0"),
@@ -92,6 +95,12 @@ BAD_INVOCATIONS = [
     (["db", "upgrade", "--database-url", "sqlite:///{text}"], EXIT_USAGE, "text.txt is not a SQLite database"),
     (["db", "downgrade"], EXIT_USAGE, "invalid choice: 'downgrade'"),
     (["serve", "--port", "eighty"], EXIT_USAGE, "invalid configuration: port (--port, NBA_PORT)"),
+    (["serve", "--port", "9999", "--metrics-port", "9999"], EXIT_USAGE, "port (--port, NBA_PORT) and metrics_port (--metrics-port, NBA_METRICS_PORT) are both 9999"),
+    (["serve", "--admin-tokens", "a:viewer:0123456789abcdef,b:editor:0123456789abcdef"], EXIT_USAGE,
+     "each caller's token must be its own: given twice: 1 of them"),
+    (["serve", "--admin-tokens", "a:viewer:0123456789abcdef,a:editor:fedcba9876543210"], EXIT_USAGE,
+     "each caller's name must be its own: given twice: a"),
+    (["serve", "--admin-tokens", "a:viewer:0123456789abcdef\u00e9"], EXIT_USAGE, "not printable ASCII"),
     (["serve", "--log-level", "loud"], EXIT_USAGE, "argument --log-level: invalid choice"),
     (["serve", "--database-url", "foo://x"], EXIT_USAGE, "foo:// is not a database nba supports"),
     (["serve", "--policies", "{tmp}/none"], EXIT_USAGE, "policies (--policies, NBA_POLICIES) {tmp}/none: no such folder"),
@@ -117,6 +126,10 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
     (tmp_path / "truth.json").write_text(json.dumps({"field": "customer.persona", "phases": [
         {"until": None, "probabilities": {"young": {"gold-card": 1.5}}}]}))
     (tmp_path / "population.yaml").write_text("personas:\n  - {name: young, share: lots, customer: {age: 30}}\n")
+    # a 400-digit integer overflows float(): a refusal naming the field, not an OverflowError
+    (tmp_path / "huge.yaml").write_text("personas:\n  - {name: young, share: 1" + "0" * 400 + ", customer: {age: 30}}\n")
+    (tmp_path / "huge.json").write_text('{"field": "customer.persona", "phases": [{"until": null, "probabilities": '
+                                        '{"young": {"gold-card": 1' + "0" * 400 + '}}}]}')
     (tmp_path / "template.yaml").write_text("personas:\n  - {name: young, share: 1, customer: {age: {range: [a, 3]}}}\n")
     (tmp_path / "empty-folder").mkdir()
     with socket.socket() as s:
@@ -127,6 +140,7 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
         "bin": str(tmp_path / "binary.jsonl"), "text": str(tmp_path / "text.txt"), "empty": str(tmp_path / "empty.jsonl"),
         "yaml": str(tmp_path / "broken.yaml"), "truth_bad": str(tmp_path / "truth.json"),
         "population_bad": str(tmp_path / "population.yaml"), "population_template": str(tmp_path / "template.yaml"),
+        "population_huge": str(tmp_path / "huge.yaml"), "truth_huge": str(tmp_path / "huge.json"),
         "empty_dir": str(tmp_path / "empty-folder"), "closed": str(closed),
     }
 

@@ -230,6 +230,8 @@ INVALID = [
     ({**MINIMAL, "features": {"customer.age": 34}}, "give the context as 'features' (flattened) or 'context' (nested), one of them"),
     ({**MINIMAL, "context": {"customer": {"age": float("nan")}}}, "context.customer.age: nan is not a finite number"),
     ({**MINIMAL, "context": "customer"}, "context: must be an object"),
+    ({**MINIMAL, "context": {"customer": {"age": 10**400}}}, "context.customer.age: an integer of 401 digits is not a finite number"),
+    ({**MINIMAL, "context": {"customer": {"ltv": [1.0, 1e200]}}}, "context.customer.ltv[1]: 1e+200 is not a finite number within ±2^53"),
     ({**MINIMAL, "decided_at": "yesterday"}, "decided_at: 'yesterday' is not an ISO 8601 time"),
     ({**MINIMAL, "decided_at": 1732356000}, "decided_at: must be a string"),
     ({**MINIMAL, "channel": 3}, "channel: must be a string"),

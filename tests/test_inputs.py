@@ -175,6 +175,8 @@ def test_the_prefix_of_the_services_own_no_response_events_is_reserved(server: R
         ({"context": struct({"customer": {"": 1}})}, "context.customer: an empty key"),
         ({"context": struct({"k" * 257: 1})}, "context: a key of 257 characters, longer than 256"),
         ({"context": struct({"orders": [{"bad\x07": 1}]})}, "context.orders[0]: key 'bad\\x07' contains a control"),
+        ({"context": struct({"customer": {"ltv": 1e200}})}, "context.customer.ltv: 1e+200 is beyond ±2^53"),
+        ({"context": struct({"orders": [{"total": -2.0**53 - 4}]})}, "context.orders[0].total: -9.0072e+15 is beyond ±2^53"),
     ],
 )
 def test_lengths_and_context_keys_follow_the_same_rules(server: Running, fields: dict, message: str) -> None:

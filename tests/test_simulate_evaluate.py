@@ -19,6 +19,9 @@ def nba(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+# The statistics are the same on either engine, and reading the log through PostgreSQL is
+# covered by test_cli's export-and-evaluate; one engine keeps a minute off the suite.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_evaluate_ranks_policies_by_their_true_value_on_a_simulated_log(start, tmp_path: Path) -> None:
     # One caller and fixed seeds make the whole run reproducible: the intervals are 95%
     # intervals, and a test that drew a new log each time would miss now and then by design.

@@ -54,6 +54,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bandit import flatten
+from nba.inputs import MAX_CONTEXT_NUMBER, finite_number
 
 __all__ = ["MAX_DEPTH", "REWARD_LIMIT", "LogError", "LogLine", "LoggedDecision", "from_jsonl", "from_records",
            "from_store", "read_jsonl", "validate_line"]
@@ -320,11 +321,15 @@ def _close(a: float, b: float) -> bool:
 
 
 def _check_values(value: Any, where: str, depth: int) -> None:
-    """No NaN or infinite number anywhere in a context, and no deeper than MAX_DEPTH."""
+    """Every number in a context finite and within ±2^53 (what Decide accepts), and no deeper than
+    MAX_DEPTH."""
     if depth > MAX_DEPTH:
         raise _Refused(where, f"nested more than {MAX_DEPTH} levels deep")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _Refused(where, f"{value} is not a finite number")
+    if isinstance(value, int | float) and not isinstance(value, bool) and not (
+        finite_number(value) and abs(value) <= MAX_CONTEXT_NUMBER
+    ):
+        shown = f"{value:g}" if isinstance(value, float) else f"an integer of {len(str(abs(value)))} digits"
+        raise _Refused(where, f"{shown} is not a finite number within ±2^53 (as Decide accepts)")
     if isinstance(value, Mapping):
         for key, item in value.items():
             _check_values(item, f"{where}.{key}", depth + 1)
@@ -395,14 +400,23 @@ def validate_line(line: Any, where: str) -> LogLine:
 
 
 def from_records(lines: Iterable[Any], default_reward: float = 0.0, final: bool = True,
-                 source: str = "log", include_open: bool = True) -> Iterator[LoggedDecision]:
+                 source: str = "log", include_open: bool = True,
+                 refused: list[LogError] | None = None) -> Iterator[LoggedDecision]:
     """Decisions from export-format (or minimal-format) mappings, each validated first
     (``LogError`` names the line and field). Decisions that answered nothing are skipped; a
     line marked ``"closed": false`` (its reward windows still open) is skipped too, unless
     ``include_open``. ``final``: the rewards are final, so a shown offer without one counts as
-    ``default_reward``; otherwise a decision without its first slot's reward is skipped."""
+    ``default_reward``; otherwise a decision without its first slot's reward is skipped.
+    ``refused``: a list to collect the lines that break the contract, which are then left out
+    rather than raised (for the service's own log, which the caller cannot edit)."""
     for number, line in enumerate(lines, start=1):
-        decision = _decision(line, f"{source} line {number}", default_reward, final, include_open)
+        try:
+            decision = _decision(line, f"{source} line {number}", default_reward, final, include_open)
+        except LogError as exc:
+            if refused is None:
+                raise
+            refused.append(exc)
+            continue
         if decision is not None:
             yield decision
 
@@ -437,13 +451,22 @@ def from_jsonl(path: str | Path, default_reward: float = 0.0, include_open: bool
 
 
 def from_store(store: Any, since: datetime | None = None, until: datetime | None = None,
-               include_open: bool = False, default_reward: float = 0.0) -> list[LoggedDecision]:
+               include_open: bool = False, default_reward: float = 0.0,
+               refused: list[LogError] | None = None) -> list[LoggedDecision]:
     """Decisions from the decision log, oldest first, through the same validator. Decisions
     whose reward windows are still open are left out unless ``include_open`` (their missing
-    rewards then count as default)."""
+    rewards then count as default). ``refused``: as for ``from_records`` (a decision an older
+    version stored outside today's contract, a reward past today's range, is left out and
+    collected there instead of stopping the run)."""
     out = []
     for line in store.export(since, until):
-        decision = _decision(line, f"decision {line.get('decision_id')}", default_reward, True, include_open)
+        try:
+            decision = _decision(line, f"decision {line.get('decision_id')}", default_reward, True, include_open)
+        except LogError as exc:
+            if refused is None:
+                raise
+            refused.append(exc)
+            continue
         if decision is not None:
             out.append(decision)
     return out

@@ -14,12 +14,13 @@ midway), the probability that a customer of each persona accepts each offer::
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from nba.inputs import finite_number
 
 __all__ = ["Phase", "Truth"]
 
@@ -84,7 +85,7 @@ class Truth:
         if not isinstance(raw.get("field"), str) or not raw["field"]:
             raise ValueError("field: required, the context field naming each customer's persona")
         reward = raw.get("reward", 1.0)
-        if not _number(reward):
+        if not finite_number(reward):
             raise ValueError(f"reward: must be a finite number, got {reward!r}")
         phases_raw = raw.get("phases")
         if not isinstance(phases_raw, list) or not phases_raw:
@@ -102,7 +103,7 @@ class Truth:
                     raise ValueError(f"{where}.until: {until!r} is not an ISO 8601 time") from None
                 until = until if until.tzinfo else until.replace(tzinfo=UTC)
             default = p.get("default", 0.02)
-            if not _number(default) or not 0 <= default <= 1:
+            if not finite_number(default) or not 0 <= default <= 1:
                 raise ValueError(f"{where}.default: must be a probability in [0, 1], got {default!r}")
             probabilities = p.get("probabilities")
             if not isinstance(probabilities, Mapping):
@@ -111,11 +112,8 @@ class Truth:
                 if not isinstance(offers, Mapping):
                     raise ValueError(f"{where}.probabilities.{persona}: must be an object of offer -> probability")
                 for offer, q in offers.items():
-                    if not _number(q) or not 0 <= q <= 1:
+                    if not finite_number(q) or not 0 <= q <= 1:
                         raise ValueError(f"{where}.probabilities.{persona}.{offer}: must be a probability in [0, 1], got {q!r}")
             phases.append(Phase(until, probabilities, float(default)))
         return cls(raw["field"], phases, float(reward))
 
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -335,6 +335,7 @@ class Publisher:
         self._swap(policy_set, live.source, live.actor)
 
     def _swap(self, policy_set: PolicySet, source: str, actor: str) -> None:
+        policy_set.batches  # noqa: B018  # compiled (seconds for a large set) before it is reported live
         self._live = policy_set
         self._on_swap(policy_set)
         metrics.POLICY_VERSION.set(policy_set.number)

@@ -37,7 +37,8 @@ class PastContact(BaseModel):
 
     offer: str
     kind: Literal["decided", "impressed", "clicked", "accepted", "rejected"] = "impressed"
-    days_ago: float = Field(default=1.0, ge=0)
+    #: at most 100 years (a finite date; older history counts as never, as in rules)
+    days_ago: float = Field(default=1.0, ge=0, le=36500)
     channel: str | None = None
 
 
@@ -101,6 +102,16 @@ def load_examples(directory: str | Path) -> list[tuple[str, Example]]:
     for path in sorted(Path(directory).glob(f"*{EXAMPLE_SUFFIX}")):
         try:
             document = _File.model_validate(load_yaml(path.read_text(encoding="utf-8"), path.name))
+        except IsADirectoryError:
+            problems.append(f"{path.name}: is a directory, not a file of examples")
+            continue
+        except UnicodeDecodeError as exc:
+            problems.append(f"{path.name}: byte {exc.start} (0x{exc.object[exc.start]:02x}) is not UTF-8 text "
+                            "(save the file as UTF-8)")
+            continue
+        except OSError as exc:
+            problems.append(f"{path.name}: cannot be read: {exc.strerror or exc}")
+            continue
         except yaml.YAMLError as exc:
             problems.append(f"{path.name}: {describe(exc)}")
             continue

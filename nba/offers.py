@@ -7,6 +7,7 @@ error at load time rather than an offer that silently matches everyone.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -15,7 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, WithJsonSchema, 
 if TYPE_CHECKING:
     from nba.days import LocalDay
 
-__all__ = ["DAYS", "Group", "Offer", "Schedule"]
+__all__ = ["DAYS", "MAX_LEVER", "MAX_VALUE", "Group", "Offer", "Schedule"]
+
+#: the largest business value of an offer (its currency's units)
+MAX_VALUE = 1e9
+#: the largest lever of an offer or a group: value x lever x group lever stays below 1e15,
+#: so every score and explanation is a finite number
+MAX_LEVER = 1000.0
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", max_length=128)]
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -36,9 +43,11 @@ def _finite(value: float) -> float:
 class Schedule(BaseModel):
     """When an offer may be shown, in the policy set's timezone.
 
-    ``hours`` are ``HH:MM-HH:MM`` ranges; a range that ends before it starts runs past
-    midnight (``22:00-02:00``: from 22:00 to midnight, and from midnight to 02:00 of a day the
-    schedule names). Omitted parts impose nothing. Times are clock times: on the day clocks
+    ``hours`` are ``HH:MM-HH:MM`` ranges, start included, end excluded; ``24:00`` ends a range
+    at midnight (``00:00-24:00`` is the whole day). A range that ends before it starts runs
+    past midnight into the next day: ``days: [fri], hours: ["22:00-02:00"]`` is Friday 22:00
+    to Saturday 02:00. A range that starts and ends at the same time is refused (empty).
+    Omitted parts impose nothing. Times are clock times: on the day clocks
     go forward, a range inside the skipped hour never comes, and on the day they go back, a
     range inside the repeated hour holds both times.
     """
@@ -61,20 +70,18 @@ class Schedule(BaseModel):
         return value
 
     def model_post_init(self, context: Any, /) -> None:
-        spans: list[tuple[float, float]] = []
-        for start, end in (_parse_range(text) for text in self.hours or ()):
-            a, b = _seconds(start), _seconds(end)
-            spans.extend([(a, b)] if a < b else [(a, 86400.0), (0.0, b)])
-        if self.hours is None:
-            spans = [(0.0, 86400.0)]
-        merged: list[tuple[float, float]] = []
-        for a, b in sorted(s for s in spans if s[1] > s[0]):
-            if merged and a <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-            else:
-                merged.append((a, b))
-        day = tuple(merged)
-        self._week = tuple(day if self.days is None or name in self.days else () for name in DAYS)
+        week: list[list[tuple[float, float]]] = [[] for _ in DAYS]
+        ranges = [_parse_range(text) for text in self.hours] if self.hours is not None else [(0.0, 86400.0)]
+        for index, name in enumerate(DAYS):
+            if self.days is not None and name not in self.days:
+                continue
+            for a, b in ranges:
+                if a < b:
+                    week[index].append((a, b))
+                else:  # past midnight: the rest of this day, and the next day up to its end
+                    week[index].append((a, 86400.0))
+                    week[(index + 1) % 7].append((0.0, b))
+        self._week = tuple(_merge(spans) for spans in week)
 
     def active_at(self, local: datetime) -> bool:
         """Whether the clock time ``local`` (in the set's timezone) is inside the schedule."""
@@ -106,19 +113,43 @@ class Schedule(BaseModel):
         return passed / total if total else 1.0
 
 
+def _merge(spans: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    """Sorted, disjoint spans covering the same time."""
+    merged: list[tuple[float, float]] = []
+    for a, b in sorted(s for s in spans if s[1] > s[0]):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return tuple(merged)
+
+
 def _seconds(t: time) -> float:
     return t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6
 
 
-def _parse_range(text: str) -> tuple[time, time]:
+_END_OF_DAY = re.compile(r"^24(?::00){1,2}$")
+
+
+def _parse_range(text: str) -> tuple[float, float]:
+    """A range ``HH:MM-HH:MM`` as seconds after midnight (start, end); 24:00 is the end of the
+    day. An end before the start runs past midnight into the next day."""
+    parts = [part.strip() for part in text.split("-")]
     try:
-        start, end = (time.fromisoformat(part.strip()) for part in text.split("-"))
+        if len(parts) != 2:
+            raise ValueError
+        begins = time.fromisoformat(parts[0])
+        clock = None if _END_OF_DAY.match(parts[1]) else time.fromisoformat(parts[1])
     except ValueError:
-        raise ValueError(f"{text!r} is not a range like 09:00-17:30") from None
-    if start.tzinfo is not None or end.tzinfo is not None:
+        if parts and _END_OF_DAY.match(parts[0]):
+            raise ValueError(f"{text!r}: 24:00 may only end a range (a day starts at 00:00)") from None
+        raise ValueError(f"{text!r} is not a range like 09:00-17:30 (00:00-24:00 is the whole day; "
+                         "22:00-02:00 runs past midnight into the next day)") from None
+    if begins.tzinfo is not None or (clock is not None and clock.tzinfo is not None):
         raise ValueError(f"{text!r}: hours are in the policy set's timezone (settings.timezone); drop the offset")
+    start, end = _seconds(begins), 86400.0 if clock is None else _seconds(clock)
     if start == end:
-        raise ValueError(f"{text!r} is empty (starts and ends at the same time)")
+        raise ValueError(f"{text!r} is empty (starts and ends at the same time); 00:00-24:00 is the whole day")
     return start, end
 
 
@@ -129,7 +160,7 @@ class Group(BaseModel):
 
     description: str = ""
     #: multiplies the score of every offer in the group
-    lever: float = Field(default=1.0, ge=0)
+    lever: float = Field(default=1.0, ge=0, le=MAX_LEVER)
 
     @field_validator("lever")
     @classmethod
@@ -149,9 +180,9 @@ class Offer(BaseModel):
     group: str = ""
     channels: list[Identifier] = Field(min_length=1)
     #: business value of an acceptance; the ranking weighs the learner's estimate by it
-    value: float = Field(default=1.0, ge=0)
+    value: float = Field(default=1.0, ge=0, le=MAX_VALUE)
     #: multiplies the score: push (> 1) or hold back (< 1) an offer without retraining
-    lever: float = Field(default=1.0, ge=0)
+    lever: float = Field(default=1.0, ge=0, le=MAX_LEVER)
     #: CEL over the request; an offer is a candidate only where it yields true
     eligibility: str = "true"
     #: only live offers are ever returned

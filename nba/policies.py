@@ -73,6 +73,10 @@ EventKind = Literal["decided", "impressed", "clicked", "accepted", "rejected"]
 
 #: the longest window or suppression a policy may use
 MAX_DAYS = 3650
+#: the largest count a cap or budget may allow (``max``)
+MAX_COUNT = 1_000_000_000
+#: the most impressions in a row a suppression may wait for (``ignored``)
+MAX_IGNORED = 1000
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 #: how the published JSON schema describes a window: seconds, or text like 7d
 WINDOW_SCHEMA = WithJsonSchema(
@@ -89,13 +93,15 @@ def parse_window(value: Any) -> float:
     (604800.0, 5400.0, 30.0)
     """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, int) and abs(value) > MAX_DAYS * 86400:
+            raise ValueError(f"{value!r} is longer than {MAX_DAYS} days")  # float() of a huge int overflows
         seconds = float(value)
     else:
         match = _WINDOW.match(str(value))
         if not match:
             raise ValueError(f"{value!r} is not a window like 30m, 24h, 7d or 2w")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if not math.isfinite(seconds) or seconds <= 0:
+    if math.isnan(seconds) or seconds <= 0:
         raise ValueError(f"{value!r} must be longer than zero")
     if seconds > MAX_DAYS * 86400:
         raise ValueError(f"{value!r} is longer than {MAX_DAYS} days")
@@ -155,7 +161,7 @@ class ContactCap(_Policy):
     the offer, its group, the request's channel, or everything the customer got."""
 
     type: Literal["contact_cap"]
-    max: int = Field(ge=0)
+    max: int = Field(ge=0, le=MAX_COUNT)
     window: Annotated[float, WINDOW_SCHEMA]
     counts: EventKind = "impressed"
     per: Literal["offer", "group", "channel", "customer"] = "offer"
@@ -172,7 +178,7 @@ class Suppression(_Policy):
 
     type: Literal["suppression"]
     after: Literal["rejected", "ignored"] = "rejected"
-    ignored: int = Field(default=3, ge=1)
+    ignored: int = Field(default=3, ge=1, le=MAX_IGNORED)
     days: float = Field(gt=0, le=MAX_DAYS)
     per: Literal["offer", "group"] = "offer"
 
@@ -187,7 +193,7 @@ class Budget(_Policy):
     """
 
     type: Literal["budget"]
-    max: int = Field(ge=0)
+    max: int = Field(ge=0, le=MAX_COUNT)
     counts: EventKind = "accepted"
     period: Literal["day", "total"] = "day"
     pacing: Literal["none", "even"] = "none"

@@ -24,8 +24,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -40,8 +41,13 @@ from nba.rules import Rule, RuleBatch, RuleSyntaxError
 from nba.schema import ContextSchema, FieldSpec, FieldType, needed_paths
 from nba.yaml_loader import DuplicateKeyError, load_yaml
 
+if TYPE_CHECKING:
+    from nba.checks import Sampled
+
 __all__ = [
     "EXAMPLE_SUFFIX",
+    "MAX_OFFERS",
+    "MAX_POLICIES",
     "PolicySetFile",
     "BoundRule",
     "CompiledOffer",
@@ -52,6 +58,10 @@ __all__ = [
 ]
 
 EXAMPLE_SUFFIX = "_test.yaml"
+#: the largest policy set supported: validation, publish and Decide are measured up to it
+#: (loadtests/bench_policy_scale.py); a larger one is refused rather than served slowly
+MAX_OFFERS = 10_000
+MAX_POLICIES = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +197,17 @@ class PolicySet:
     decided_caps: tuple[tuple[ContactCap, frozenset[str]], ...] = field(init=False)
     #: whether any cap or budget counts decisions: only then do decisions reserve units
     reserves: bool = field(init=False)
-    #: every channel's engagement rules, compiled to be evaluated together
-    batches: dict[str, ChannelBatch] = field(init=False)
     #: the context paths rules read (None: possibly anything)
     context_paths: frozenset[str] | None = field(init=False)
     #: every variable any rule uses
     uses: frozenset[str] = field(init=False)
+
+    @cached_property
+    def batches(self) -> dict[str, ChannelBatch]:
+        """Every channel's engagement rules, compiled to be evaluated together; compiled when
+        first read (a set that is only validated never needs them; the service reads them when
+        a set goes live, before it serves a decision with it)."""
+        return {channel: ChannelBatch(channel, offers) for channel, offers in self.by_channel.items()}
 
     def __post_init__(self) -> None:
         self.by_channel = {c: [] for c in self.channels}
@@ -204,7 +219,6 @@ class PolicySet:
                         self.fallback[channel] = compiled
                 else:
                     self.by_channel[channel].append(compiled)
-        self.batches = {channel: ChannelBatch(channel, offers) for channel, offers in self.by_channel.items()}
         members: dict[str, list[str]] = {}
         for compiled in self.offers.values():
             for budget in compiled.budgets:
@@ -249,15 +263,38 @@ def json_schema() -> dict[str, Any]:
 
 
 def read_files(directory: str | Path) -> dict[str, str]:
-    """The set's files in ``directory`` (``*.yaml``, examples excluded), by name."""
+    """The set's files in ``directory`` (``*.yaml``, examples excluded), by name.
+
+    Raises ``PolicySetError`` naming every file that cannot be read as UTF-8 text (not UTF-8,
+    a directory, unreadable) and the directory when it is not one."""
     root = Path(directory)
     if not root.is_dir():
         raise PolicySetError([Problem(f"{root}: not a directory (set --policies or NBA_POLICIES)")])
-    return {
-        p.name: p.read_text(encoding="utf-8")
-        for p in sorted(root.glob("*.yaml"))
-        if not p.name.endswith(EXAMPLE_SUFFIX)
-    }
+    files: dict[str, str] = {}
+    problems: list[Problem] = []
+    for path in sorted(root.glob("*.yaml")):
+        if path.name.endswith(EXAMPLE_SUFFIX):
+            continue
+        try:
+            data = path.read_bytes()
+        except IsADirectoryError:
+            problems.append(Problem("is a directory, not a file: policy files are the *.yaml files of the folder "
+                                    "itself (rename the directory, or move its files up)", file=path.name))
+            continue
+        except OSError as exc:
+            problems.append(Problem(f"cannot be read: {exc.strerror or exc}", file=path.name))
+            continue
+        try:
+            files[path.name] = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            before = data[:exc.start]
+            line = before.count(b"\n") + 1
+            column = len(before.rsplit(b"\n", 1)[-1].decode("utf-8", "replace")) + 1
+            problems.append(Problem(f"line {line}, column {column}: byte 0x{data[exc.start]:02x} is not UTF-8 text "
+                                    "(save the file as UTF-8)", file=path.name))
+    if problems:
+        raise PolicySetError(problems)
+    return files
 
 
 def load_policy_set(directory: str | Path, now: datetime | None = None) -> PolicySet:
@@ -287,7 +324,8 @@ def parse_policy_set(files: Mapping[str, str], now: datetime | None = None, *, s
     try:
         policy_set = builder.build(files)
         if policy_set is not None:
-            policy_set.warnings = builder.problems + (static_checks(policy_set, builder.now) if sampled else [])
+            policy_set.warnings = builder.problems + (
+                static_checks(policy_set, builder.now, builder.sample_results) if sampled else [])
     except BaseException as exc:  # a file that trips something unforeseen (a panic too) is refused, never a crash
         if isinstance(exc, (KeyboardInterrupt, SystemExit, MemoryError)):
             raise
@@ -314,6 +352,10 @@ class _Builder:
         self.policy_files: dict[str, str] = {}
         #: ids of entries that failed validation: references to them are not errors again
         self.broken: set[str] = set()
+        #: rules that compiled and name only declared fields, by source
+        self.rules: dict[str, Rule] = {}
+        #: the engagement rules on the schema's sample contexts (None: not evaluated)
+        self.sample_results: Sampled | None = None
 
     def error(self, message: str, **where: str) -> None:
         self.problems.append(Problem(message, **where))
@@ -339,6 +381,9 @@ class _Builder:
         schema = ContextSchema(schema_fields)
 
         offers: dict[str, tuple[Offer, str]] = {}
+        # Once the set declares groups, an offer's group must be one of them: a misspelt group
+        # would otherwise escape the group's policies and lever without a word.
+        declared = sorted(groups)
         for name, doc in parsed:
             for offer in doc.offers:
                 if offer.id in offers:
@@ -352,7 +397,14 @@ class _Builder:
                     )
                 offers[offer.id] = (offer, name)
                 if offer.group and offer.group not in groups:
-                    groups[offer.group] = Group()
+                    if declared:
+                        self.error(f"group '{offer.group}' is not declared (groups: {', '.join(declared)}); "
+                                   "declare it under groups:, or correct the name", file=name, offer=offer.id, field="group")
+                    else:
+                        groups[offer.group] = Group()
+        if len(offers) > MAX_OFFERS:
+            self.error(f"{len(offers)} offers, more than the {MAX_OFFERS} a policy set may hold (validation, publish "
+                       "and Decide are measured up to that size; split the catalogue, or retire expired offers)")
         policies: dict[str, tuple[Any, str]] = {}
         for name, doc in parsed:
             for policy in doc.policies:
@@ -362,6 +414,10 @@ class _Builder:
                 policies[policy.id] = (policy, name)
                 self._check_applies_to(policy, name, offers, groups, channels)
         self.policy_files = {pid: name for pid, (_, name) in policies.items()}
+        if len(policies) > MAX_POLICIES:
+            self.error(f"{len(policies)} policies, more than the {MAX_POLICIES} a policy set may hold")
+        if len(offers) > MAX_OFFERS or len(policies) > MAX_POLICIES:
+            return None  # not worth compiling: it is refused
 
         fallbacks: dict[str, str] = {}
         for offer, name in offers.values():
@@ -382,10 +438,25 @@ class _Builder:
                 rule = self._rule(source, schema, file=name, policy=policy.id, field="rule" if isinstance(policy, EngagementRule) else "weight")
                 if rule is not None:
                     templates[policy.id] = rule
+        # Which policies may cover an offer, found through its id and group rather than by
+        # asking every policy about every offer (policies grow with offers: that was quadratic).
+        ordered = list(policies.values())
+        everyone: list[int] = []
+        by_offer: dict[str, list[int]] = {}
+        by_group: dict[str, list[int]] = {}
+        for i, (policy, _) in enumerate(ordered):
+            target = policy.applies_to
+            if not target.offers and not target.groups:
+                everyone.append(i)
+            for offer_id in target.offers:
+                by_offer.setdefault(offer_id, []).append(i)
+            for group in target.groups:
+                by_group.setdefault(group, []).append(i)
         compiled: dict[str, CompiledOffer] = {}
         for offer, name in offers.values():
             own = self._rule(offer.eligibility, schema, file=name, offer=offer.id, field="eligibility")
-            compiled[offer.id] = self._compile_offer(offer, name, own, policies, templates, groups)
+            candidates = sorted({*everyone, *by_offer.get(offer.id, ()), *by_group.get(offer.group, ())})
+            compiled[offer.id] = self._compile_offer(offer, name, own, [ordered[i] for i in candidates], templates, groups)
         if any(p.severity == "error" for p in self.problems):
             return None
         too_costly = check_call(compiled.values())  # before any rule is evaluated (nba.rule_cost)
@@ -396,13 +467,9 @@ class _Builder:
             else:
                 self.error(message, file=self._file_of(policy_id), policy=policy_id, field="rule")
             return None
-        if schema and self.sampled:
-            self._type_check(compiled.values(), schema)
-            if any(p.severity == "error" for p in self.problems):
-                return None
         sources = {pid: rule.source for pid, rule in templates.items()}
         sources.update({f"{oid}.eligibility": o.eligibility for oid, (o, _) in offers.items() if o.eligibility.strip() != "true"})
-        return PolicySet(
+        policy_set = PolicySet(
             sources=sources,
             channels=tuple(channels),
             offers=compiled,
@@ -413,6 +480,11 @@ class _Builder:
             files=dict(files),
             content_hash=content_hash(files),
         )
+        if schema and self.sampled:
+            self._type_check(policy_set)
+            if any(p.severity == "error" for p in self.problems):
+                return None
+        return policy_set
 
     def _merge_sections(
         self, parsed: list[tuple[str, PolicySetFile]]
@@ -472,7 +544,7 @@ class _Builder:
         try:
             raw = load_yaml(text, name)
         except DuplicateKeyError as exc:
-            self.problems.append(_duplicate(name, exc))
+            self.problems.extend(_duplicate(name, each) for each in exc.duplicates or (exc,))
             return None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
@@ -534,6 +606,11 @@ class _Builder:
                        "(give the channel its own offer instead)", file=name, policy=policy.id, field="applies_to.channels")
 
     def _rule(self, source: str, schema: ContextSchema, **where: str) -> Rule | None:
+        # Offers of one set often share an eligibility text: it is compiled and checked once,
+        # and the offers share the Rule (a request then evaluates it once for all of them).
+        rule = self.rules.get(source)
+        if rule is not None:
+            return rule
         try:
             rule = Rule(source)
         except RuleSyntaxError as exc:
@@ -542,6 +619,7 @@ class _Builder:
         for path, column in schema.unknown_paths(source):
             self.error(f"line 1, column {column}: field '{path}' is not in the context schema", **where)
             return None
+        self.rules[source] = rule
         return rule
 
     def _compile_offer(
@@ -549,10 +627,12 @@ class _Builder:
         offer: Offer,
         name: str,
         own: Rule | None,
-        policies: Mapping[str, tuple[Any, str]],
+        policies: list[tuple[Any, str]],
         templates: Mapping[str, Rule],
         groups: Mapping[str, Group],
     ) -> CompiledOffer:
+        """The offer with the rules of ``policies`` (those that may cover it, in declaration
+        order) bound to it."""
         literal = offer.as_cel()
         rules: dict[str, list[BoundRule]] = {kind: [] for kind in ENGAGEMENT}
 
@@ -571,7 +651,7 @@ class _Builder:
         suppressions: list[Suppression] = []
         budgets: list[Budget] = []
         weights: list[BoundRule] = []
-        for policy, _ in policies.values():
+        for policy, _ in policies:
             if not policy.enabled or not policy.applies_to.covers(offer):
                 continue
             if offer.fallback and offer.id not in policy.applies_to.offers:
@@ -606,32 +686,45 @@ class _Builder:
             held=bool(caps or suppressions or budgets),
         )
 
-    def _type_check(self, offers: Any, schema: ContextSchema) -> None:
+    def _type_check(self, policy_set: PolicySet) -> None:
         """Evaluates every rule on contexts sampled from the schema: a type mismatch there is
-        a rule that compares a field with the wrong type."""
-        from bandit import flatten
-        from nba.rules import activation
+        a rule that compares a field with the wrong type. Keeps the engagement rules' results
+        (``self.sample_results``) for the static checks, which use the same samples."""
+        from nba.checks import TYPED_SAMPLES, sample_contexts, sample_rules, type_error
 
-        samples = [activation(flatten(s), "", "sample", self.now, {}, {}) for s in schema.samples(40)]
+        samples = sample_contexts(policy_set, self.now)
+        # The schema's corners come first, all of them, however many: the type check reads
+        # what ``schema.samples(TYPED_SAMPLES)`` gives, a prefix of the static checks' samples.
+        typed = len(policy_set.schema.samples(TYPED_SAMPLES))
+        self.sample_results = sample_rules(policy_set, samples, typed)
         reported: set[str] = set()
-        for compiled in offers:
+        # A weight shared by many offers is evaluated once (by its rule object).
+        weights: dict[int, str | None] = {}
+        for compiled in policy_set.offers.values():
             for bound in (*compiled.rules, *compiled.weights):
                 if bound.policy in reported:
                     continue
-                for variables in samples:
-                    if bound.kind == "weight":
-                        _, error = bound.rule.evaluate_number(variables)
-                    else:
-                        _, error = bound.rule.evaluate(variables)
-                    if error and (error.startswith("type mismatch") or "not a boolean" in error or "not a finite number" in error):
-                        reported.add(bound.policy)
-                        where = (
-                            {"offer": compiled.id, "field": "eligibility"}
-                            if bound.policy.endswith(".eligibility")
-                            else {"policy": bound.policy, "field": "weight" if bound.kind == "weight" else "rule"}
-                        )
-                        self.error(f"{error} (on the declared context schema)", file=compiled.source if "offer" in where else self._file_of(bound.policy), **where)
-                        break
+                key = id(bound.rule)
+                if bound.kind != "weight":
+                    error = self.sample_results.errors.get(key)
+                else:
+                    if key not in weights:
+                        weights[key] = None
+                        for variables in samples[:typed]:
+                            _, found = bound.rule.evaluate_number(variables)
+                            if found and type_error(found):
+                                weights[key] = found
+                                break
+                    error = weights[key]
+                if error is not None:
+                    reported.add(bound.policy)
+                    where = (
+                        {"offer": compiled.id, "field": "eligibility"}
+                        if bound.policy.endswith(".eligibility")
+                        else {"policy": bound.policy, "field": "weight" if bound.kind == "weight" else "rule"}
+                    )
+                    self.error(f"{error} (on the declared context schema)",
+                               file=compiled.source if "offer" in where else self._file_of(bound.policy), **where)
 
     def _file_of(self, policy_id: str) -> str:
         return self.policy_files.get(policy_id, "")

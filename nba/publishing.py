@@ -181,8 +181,12 @@ class Publisher:
             return False
         try:
             files = read_files(self._folder)
-        except PolicySetError as exc:
-            log.error("cannot read the policies folder", extra={"problems": exc.messages})
+        except PolicySetError as exc:  # a file that is not UTF-8 text, a directory named *.yaml
+            unreadable = "unreadable:" + "\n".join(exc.messages)
+            if unreadable != self._folder_hash:  # counted and said once, until the folder changes
+                self._folder_hash = unreadable
+                metrics.POLICY_RELOAD_FAILURES.inc()
+                log.error("cannot read the policies folder; the live set is unchanged", extra={"problems": exc.messages})
             return False
         digest = content_hash(files) if files else None
         if digest == self._folder_hash or not files:
@@ -331,6 +335,7 @@ class Publisher:
         self._swap(policy_set, live.source, live.actor)
 
     def _swap(self, policy_set: PolicySet, source: str, actor: str) -> None:
+        policy_set.batches  # noqa: B018  # compiled (seconds for a large set) before it is reported live
         self._live = policy_set
         self._on_swap(policy_set)
         metrics.POLICY_VERSION.set(policy_set.number)

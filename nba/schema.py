@@ -22,6 +22,7 @@ The same samples let the static checks warn about rules that are false for every
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import re
 from collections.abc import Iterable, Mapping
@@ -36,6 +37,8 @@ __all__ = ["ContextSchema", "FieldSpec", "field_paths"]
 
 FieldType = Literal["number", "string", "bool", "list", "list<string>", "list<number>", "list<bool>", "map"]
 
+#: the largest magnitude of a number field's bounds and values in the schema
+MAX_NUMBER = 1e15
 _STRING = re.compile(r"""(?:[rR]?(?:"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'))""")
 _CHAIN = re.compile(r"(?<![\w.])(customer|context)((?:\s*\.\s*[A-Za-z_]\w*)*)(\s*\()?")
 
@@ -52,6 +55,10 @@ class FieldSpec(BaseModel):
 
     @model_validator(mode="after")
     def _bounds(self) -> FieldSpec:
+        for name, number in (("min", self.min), ("max", self.max),
+                             *(("values", v) for v in self.values or () if isinstance(v, float))):
+            if number is not None and not (math.isfinite(number) and abs(number) <= MAX_NUMBER):
+                raise ValueError(f"{name}: {number!r} is outside -{MAX_NUMBER:g} to {MAX_NUMBER:g}")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         if (self.min is not None or self.max is not None) and self.type != "number":

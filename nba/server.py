@@ -304,6 +304,7 @@ class Service:
             raise
 
     def _swap(self, policy_set: PolicySet) -> None:
+        policy_set.batches  # noqa: B018  # compiled now, not in the first decision it serves
         self.contacts.horizon_seconds = max(self.settings.contact_history_days * 86400, policy_set.history_seconds)
         self.learning.describe_arms({
             o.id: None if o.offer.fallback else [f"group={o.offer.group}", *(f"tag={t}" for t in o.offer.tags)]
@@ -311,6 +312,14 @@ class Service:
         })
         if self.decider is not None:
             self.decider.policy_set = policy_set
+        if gc.get_freeze_count():
+            # Started, so the heap was frozen out of the collector's sight (start()); the new
+            # set is not. A large set is millions of objects: left to the collector, each full
+            # collection would walk them all, in the middle of decisions (hundreds of ms at
+            # 10,000 offers). Collected once now, in the publisher's thread, and frozen.
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
 
     def _record_remote_contacts(self, events: list[ContactEvent]) -> None:
         """Contact events other workers wrote: decisions as well as outcomes."""

@@ -51,6 +51,9 @@ class DuplicateKeyError(ConstructorError):
 
     path: tuple[str | int, ...] = ()
     entry_id: str | None = None
+    #: every key given twice in the document, in order (this one first): the loader reads
+    #: the whole document, so that all of them are reported at once
+    duplicates: tuple[DuplicateKeyError, ...] = ()
 
 
 class _Loader(_Base):  # type: ignore[misc,valid-type]
@@ -75,13 +78,14 @@ class _Loader(_Base):  # type: ignore[misc,valid-type]
                 except TypeError:
                     continue  # an unhashable key: PyYAML refuses it on its own
                 if seen is not None:
-                    raise DuplicateKeyError(
+                    self.__dict__.setdefault("_duplicates", []).append(DuplicateKeyError(
                         None, None,
                         f"key {key_node.value if isinstance(key_node.value, str) else key!r} is given twice in one "
                         f"mapping (first at line {seen.line + 1}, column {seen.column + 1}); "
                         "YAML would keep only the last: merge the two, or remove one",
                         key_node.start_mark,
-                    )
+                    ))
+                    continue
                 first[key] = key_node.start_mark
         super().flatten_mapping(node)
 
@@ -94,8 +98,9 @@ def load_yaml(text: str, source: str = "<text>") -> Any:
     """The one document in ``text`` as Python values (None when empty).
 
     ``source`` names the text in error marks (a file name). Raises ``DuplicateKeyError`` for a
-    key given twice in one mapping, and ``yaml.YAMLError`` for anything else YAML refuses;
-    both carry ``problem_mark`` (0-based line and column)."""
+    key given twice in one mapping (the first such key; ``duplicates`` holds them all), and
+    ``yaml.YAMLError`` for anything else YAML refuses; both carry ``problem_mark`` (0-based
+    line and column)."""
     stream = io.StringIO(text)
     stream.name = source  # type: ignore[misc]  # what marks call the text
     loader = _Loader(stream)
@@ -103,20 +108,26 @@ def load_yaml(text: str, source: str = "<text>") -> Any:
         root = loader.get_single_node()
         if root is None:
             return None
-        try:
-            return loader.construct_document(root)
-        except DuplicateKeyError as exc:
-            exc.path, exc.entry_id = _locate(root, exc.problem_mark)
-            raise
+        document = loader.construct_document(root)
+        duplicates = sorted(loader.__dict__.get("_duplicates", ()), key=lambda e: e.problem_mark.index)
+        if duplicates:
+            where = _locate(root, {exc.problem_mark.index for exc in duplicates})  # one walk for all
+            for exc in duplicates:
+                exc.path, exc.entry_id = where.get(exc.problem_mark.index, ((), None))
+            duplicates[0].duplicates = tuple(duplicates)
+            raise duplicates[0]
+        return document
     finally:
         loader.dispose()
 
 
-def _locate(root: Node, mark: Any) -> tuple[tuple[str | int, ...], str | None]:
-    """The path to the key node at ``mark``, and the id of the outermost list entry on the way."""
+def _locate(root: Node, marks: set[int]) -> dict[int, tuple[tuple[str | int, ...], str | None]]:
+    """For each key node starting at one of ``marks`` (stream indexes): the path to it, and
+    the id of the outermost list entry on the way."""
+    found: dict[int, tuple[tuple[str | int, ...], str | None]] = {}
     stack: list[tuple[Node, tuple[str | int, ...], str | None]] = [(root, (), None)]
     seen: set[int] = set()
-    while stack:
+    while stack and len(found) < len(marks):
         node, path, entry_id = stack.pop()
         if id(node) in seen:  # aliases may share nodes
             continue
@@ -124,8 +135,8 @@ def _locate(root: Node, mark: Any) -> tuple[tuple[str | int, ...], str | None]:
         if isinstance(node, MappingNode):
             for key_node, value_node in node.value:
                 label: str | int = key_node.value if isinstance(key_node, ScalarNode) else "?"
-                if key_node.start_mark.index == mark.index and key_node.start_mark.line == mark.line:
-                    return (*path, label), entry_id
+                if key_node.start_mark.index in marks and key_node.start_mark.index not in found:
+                    found[key_node.start_mark.index] = ((*path, label), entry_id)
                 stack.append((value_node, (*path, label), entry_id))
         elif isinstance(node, SequenceNode):
             for i, item in enumerate(node.value):
@@ -134,14 +145,19 @@ def _locate(root: Node, mark: Any) -> tuple[tuple[str | int, ...], str | None]:
                     item_id = next((v.value for k, v in item.value
                                     if isinstance(k, ScalarNode) and k.value == "id" and isinstance(v, ScalarNode)), None)
                 stack.append((item, (*path, i), item_id))
-    return (), None
+    return found
 
 
 def describe(exc: yaml.YAMLError) -> str:
-    """One line for a YAML error: ``line L, column C: what is wrong`` (1-based)."""
+    """One line for a YAML error: ``line L, column C: what is wrong`` (1-based); every
+    duplicate key of the document, separated by "; "."""
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
     if isinstance(exc, DuplicateKeyError):
-        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+        return "; ".join(  # every one, so that one edit fixes them all
+            f"line {each.problem_mark.line + 1}, column {each.problem_mark.column + 1}: {each.problem}"
+            if each.problem_mark else str(each.problem)
+            for each in exc.duplicates or (exc,)
+        )
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
     return f"{where}not valid YAML: {problem}"

@@ -288,18 +288,19 @@ def test_even_pacing_allows_the_share_of_the_real_day_passed(zone: str, now: dat
 # -- schedules: precomputed spans, the exact share of scheduled time -------------------------
 
 def reference_active(schedule: Schedule, local: datetime) -> bool:
-    """The definition, as a schedule reads: its days, then any of its hour ranges."""
+    """The definition, as a schedule reads: its days, then any of its hour ranges; a range
+    past midnight belongs to the day it starts on (its end is on the next day)."""
     from datetime import time as clock_time
 
     names = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-    if schedule.days is not None and names[local.weekday()] not in schedule.days:
-        return False
+    today = schedule.days is None or names[local.weekday()] in schedule.days
+    yesterday = schedule.days is None or names[(local.weekday() - 1) % 7] in schedule.days
     if schedule.hours is None:
-        return True
+        return today
     t = local.time()
     for text in schedule.hours:
         start, end = (clock_time.fromisoformat(p.strip()) for p in text.split("-"))
-        if (start <= t < end) if start < end else (t >= start or t < end):
+        if (today and start <= t < end) if start < end else ((today and t >= start) or (yesterday and t < end)):
             return True
     return False
 

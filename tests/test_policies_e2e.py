@@ -305,7 +305,7 @@ offers:
 
 def grouped_files(lever: float) -> dict[str, str]:
     """The group's lever in a file read before the offers' (files are read by name)."""
-    return {"a_groups.yaml": f"settings: {{timezone: UTC}}\ngroups:\n  retention: {{description: Keep them, lever: {lever}}}\n",
+    return {"a_groups.yaml": f"settings: {{timezone: UTC}}\ngroups:\n  retention: {{description: Keep them, lever: {lever}}}\n  cross-sell: {{}}\n",
             "b_offers.yaml": GROUPED}
 
 

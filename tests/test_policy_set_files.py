@@ -30,7 +30,7 @@ CHUNKS: dict[str, str] = {
           customer.products: list<string>
     """,
     "groups-1": "groups:\n  retention: {description: Keep them, lever: 1.7}\n",
-    "groups-2": "groups:\n  cross-sell: {lever: 0.6}\n  service: {description: Help}\n",
+    "groups-2": "groups:\n  cross-sell: {lever: 0.6}\n  service: {description: Help}\n  up-sell: {description: Better}\n",
     "offers-1": """
         offers:
           - {id: discount, name: Discount, group: retention, channels: [web, app], value: 50, lever: 2.0,
@@ -154,7 +154,8 @@ def test_a_file_with_groups_and_several_schema_fields_is_not_refused() -> None:
     """The case that was refused with "group already declared": groups beside two or more
     schema fields in one file."""
     policy_set = parse_policy_set({
-        "a.yaml": chunk("channels") + chunk("groups-1") + chunk("schema-1") + chunk("offers-1"),
+        "a.yaml": chunk("channels") + chunk("groups-1") + "  cross-sell: {}\n  up-sell: {}\n  service: {}\n"
+        + chunk("schema-1") + chunk("offers-1"),
     })
     assert policy_set.offers["discount"].lever == pytest.approx(2.0 * 1.7)
 

@@ -170,3 +170,19 @@ def test_an_example_means_utc_and_sends_dates_as_text(tmp_path: Path) -> None:
     assert first.now == datetime(2026, 11, 24, 10, 0, tzinfo=UTC)  # not the clock of the machine running it
     assert second.now == datetime(2026, 11, 24, tzinfo=UTC)
     assert first.customer == {"birthday": "1990-01-01"}  # what a channel system sends in JSON
+
+
+def test_every_key_given_twice_in_a_file_is_reported_not_only_the_first(tmp_path: Path) -> None:
+    text = (SET.replace("    channels: [web]\n", "    status: paused\n    channels: [web]\n    status: live\n", 1)
+            + "offers:\n  - {id: c, name: C, channels: [web], value: 1, value: 2}\n")
+    with pytest.raises(PolicySetError) as raised:
+        parse_policy_set({"a.yaml": text})
+    found = [str(p) for p in raised.value.problems]
+    assert any(p.startswith("a.yaml: offer 'b': field 'status': line 8, column 5: key 'status'") for p in found), found
+    assert any(p.startswith("a.yaml: field 'offers': line 11, column 1: key 'offers'") for p in found), found
+    assert any(p.startswith("a.yaml: offer 'c': field 'value': line 12, column 49: key 'value'") for p in found), found
+    (tmp_path / "a_test.yaml").write_text("examples:\n  - name: one\n    name: two\n    channel: web\n    channel: app\n")
+    with pytest.raises(PolicySetError) as examples:
+        load_examples(tmp_path)
+    assert "line 3, column 5: key 'name'" in examples.value.messages[0]
+    assert "line 5, column 5: key 'channel'" in examples.value.messages[0]

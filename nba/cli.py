@@ -20,8 +20,9 @@ Every failure is one line on stderr that names what to fix, and one of these exi
         breaks the contract, nothing to evaluate, calls that failed during a simulation
     2   usage or configuration: a flag, setting or config file; a file or folder named on the
         command line that is missing, unreadable or malformed; an output that cannot be
-        written; a database URL that is malformed or names no nba database; a schema that
-        needs `nba db upgrade`
+        written; a database URL that is malformed, names no nba database, or whose database,
+        user or password the server refuses; a --host that is not this machine's; a schema
+        that needs `nba db upgrade`
     3   something the command needs is unavailable: the database does not answer, a port is
         in use, no service answers at --address
     70  an unexpected error: a bug (the one line names it; NBA_DEBUG=1 prints the traceback)
@@ -262,9 +263,21 @@ def _database_errors(url: str) -> Iterator[None]:
         if _check_database_url(url).get_backend_name() == "sqlite":
             raise CliError(f"{DATABASE_FLAG}: {_safe_url(url)}: {detail}") from None
         if isinstance(exc, sa.OperationalError | sa.InterfaceError):
+            refusal = _server_refusal(str(exc.orig or ""))
+            if refusal is not None:  # the server answered: the URL names a database or role it has not
+                raise CliError(f"{DATABASE_FLAG}: {_safe_url(url)}: the server refused the connection: {refusal}; "
+                               "check the database name, user and password in the URL") from None
             raise CliError(f"the database {_safe_url(url)} does not answer ({detail}): check that it runs, "
                            f"and {DATABASE_FLAG}", EXIT_UNAVAILABLE) from None
         raise CliError(f"the database {_safe_url(url)} refused: {detail}", EXIT_UNAVAILABLE) from None
+
+
+def _server_refusal(message: str) -> str | None:
+    """What a PostgreSQL server said when it refused a connection (a database or role that does
+    not exist, a wrong password), or None when no server answered. libpq reports both as the
+    same OperationalError without a SQLSTATE; only the server's refusal carries 'FATAL:'."""
+    _, found, said = message.partition("FATAL:")
+    return " ".join(said.split()) if found else None
 
 
 def _open_existing(url: str) -> Any:
@@ -349,11 +362,44 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _port_in_use(settings: Settings, metrics: bool, reason: str | None = None) -> CliError:
+    """Why the gRPC or metrics port could not be bound, as one line naming the setting to change.
+    gRPC says only "failed to bind", so the gRPC address is probed again with a plain socket to
+    learn why: taken, not an address of this machine, a host name that does not resolve, or a
+    port that needs privileges."""
     if metrics:
         return CliError(f"metrics port {settings.metrics_port}: {reason or 'in use'}: choose another with "
                         "--metrics-port / NBA_METRICS_PORT (-1: no metrics)", EXIT_UNAVAILABLE)
+    cause = _bind_failure(settings.host, settings.port)
+    if cause == "no such address":
+        return CliError(f"--host / NBA_HOST: {settings.host} is not an address of this machine: give one of its "
+                        "addresses, or [::] for all of them")
+    if cause == "unresolved":
+        return CliError(f"--host / NBA_HOST: {settings.host!r} is not an address, nor a host name that resolves")
+    if cause == "privileged":
+        return CliError(f"--port / NBA_PORT: port {settings.port} needs privileges this process has not "
+                        "(ports below 1024): choose one above 1023")
     return CliError(f"port {settings.port} on {settings.host} is in use (another nba serve?): stop it, or choose "
                     "another with --port / NBA_PORT", EXIT_UNAVAILABLE)
+
+
+def _bind_failure(host: str, port: int) -> str:
+    """'in use', 'no such address', 'unresolved' or 'privileged': why binding ``host:port`` fails."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return "unresolved"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return "no such address"
+            if exc.errno == errno.EACCES:
+                return "privileged"
+    return "in use"
 
 
 def _export(args: argparse.Namespace) -> int:

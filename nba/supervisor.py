@@ -62,7 +62,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class PortInUse(OSError):
-    """The gRPC or metrics port is taken by another process."""
+    """The gRPC or metrics port cannot be bound: taken by another process, or (gRPC) a host
+    that is not an address of this machine."""
 
     def __init__(self, kind: str, host: str, port: int, reason: str) -> None:
         super().__init__(errno.EADDRINUSE, reason)
@@ -83,20 +84,20 @@ def _die_with_parent() -> None:
 
 
 def _check_port(host: str, port: int) -> None:
-    """Refuses a gRPC port another process listens on. The workers share it with SO_REUSEPORT,
-    which would also let them join a stranger's socket silently; this probe binds without it."""
-    if port == 0:
-        return
-    address = host.strip("[]")
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
+    """Refuses a gRPC port another process listens on, or a host that is not this machine's.
+    The workers share the port with SO_REUSEPORT, which would also let them join a stranger's
+    socket silently; this probe binds without it (port 0 checks the host alone)."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise PortInUse("gRPC", host, port, str(exc)) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((address, port))
+            probe.bind(address)
         except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                raise PortInUse("gRPC", host, port, exc.strerror or "in use") from None
-            raise
+            raise PortInUse("gRPC", host, port, exc.strerror or "in use") from None
 
 
 def _publish_once(settings: Settings) -> None:

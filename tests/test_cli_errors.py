@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import POLICIES, ROOT, free_port
+from conftest import POLICIES, POSTGRES, ROOT, free_port, need_postgres
 
 from nba.cli import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, main
 
@@ -208,6 +208,20 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path, workers: str
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(("host", "message"), [
+    ("192.0.2.1", "nba: --host / NBA_HOST: 192.0.2.1 is not an address of this machine"),  # TEST-NET-1
+    ("no-such-host.invalid", "nba: --host / NBA_HOST: 'no-such-host.invalid' is not an address, nor a host name that resolves"),
+])
+def test_serve_on_a_host_that_is_not_this_machines_says_so_not_port_in_use(tmp_path: Path, workers: str, host: str,
+                                                                         message: str) -> None:
+    result = serve("--host", host, "--port", "0", "--workers", workers, "--metrics-port", "-1",
+                   "--database-url", f"sqlite:///{tmp_path / 'nba.db'}", "--policies", str(POLICIES))
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_serve_on_a_metrics_port_in_use_says_so_in_one_line(tmp_path: Path, workers: str) -> None:
     with socket.socket() as busy:
         busy.bind(("", 0))
@@ -226,3 +240,15 @@ def test_the_exit_codes_are_the_ones_the_readme_documents() -> None:
     section = section[:section.index("\n## ")]
     for code in (0, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, 70, 130):
         assert f"| {code} |" in section, code
+
+
+@pytest.mark.parametrize("argv", [["export", "--out", "-"], ["db", "current"], ["db", "upgrade"]])
+def test_a_postgresql_url_naming_a_database_the_server_has_not_is_a_usage_error(capsys, argv: list[str]) -> None:
+    """The server answered and refused: the URL is wrong (exit 2), unlike a server that does
+    not answer (exit 3, retry later)."""
+    need_postgres()
+    missing = POSTGRES.rsplit("/", 1)[0] + "/nba_no_such_database"
+    assert run_main([*argv, "--database-url", missing]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert 'the server refused the connection: database "nba_no_such_database" does not exist' in err, err
+    assert "Traceback" not in err

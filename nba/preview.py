@@ -126,6 +126,8 @@ def preview(
         report.note += (f"; {len(refused)} logged decisions break the logged-data contract and are left out of the "
                         f"value estimates (the first: {refused[0]})")
     if logged and make_learner is not None:
+        if check is not None:
+            check()  # the estimate replays the learner over every decision: not for a call gone
         targets = [PolicySetTarget("live", live, make_learner()), PolicySetTarget("draft", draft, make_learner())]
         dr = {e.policy: e for e in evaluate(logged, targets, n_bootstrap=n_bootstrap) if e.estimator == "dr"}
         report.live_value, report.draft_value = dr["live"], dr["draft"]

@@ -238,6 +238,31 @@ def test_preview_reports_how_a_draft_would_change_eligibility_and_mix(start) -> 
     assert "must be within ±1,000,000" in again.note
 
 
+def test_a_preview_stops_replaying_when_its_check_says_the_call_is_over(start) -> None:
+    """PreviewPolicySet passes a check of its call's deadline and client; the replay asks it
+    before every decision, so a preview nobody waits for stops within one decision."""
+    from nba.errors import DeadlineExceeded
+    from nba.preview import preview
+
+    server = start()
+    for i in range(30):
+        server.stub.Decide(pb.DecideRequest(customer_id=f"c-{i}", channel="web", context=struct({"customer": customer()})))
+    server.service.log.flush()
+    asked = []
+
+    def check() -> None:
+        asked.append(1)
+        if len(asked) == 5:
+            raise DeadlineExceeded("the preview took longer than the call's deadline")
+
+    live = server.service.policy_set
+    with pytest.raises(DeadlineExceeded):
+        preview(live, live, server.service.store.recent_lines(30), server.service.learning, check=check)
+    assert len(asked) == 5  # not 30: it stopped at once
+    report = preview(live, live, server.service.store.recent_lines(30), server.service.learning, check=lambda: None)
+    assert report.decisions == 30
+
+
 @pytest.mark.parametrize(
     ("files", "message"),
     [

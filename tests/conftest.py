@@ -40,6 +40,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: gRPC shares subchannels between channels of one process by default: a channel to a port a
+#: stopped test server used (the OS hands ports out again) could inherit its "connection
+#: refused" backoff and fail at once against the new server on that port
+LOCAL_SUBCHANNELS = [("grpc.use_local_subchannel_pool", 1)]
+
 POSTGRES = os.environ.get("NBA_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -180,7 +185,7 @@ class Running:
     def __init__(self, service: Service, port: int) -> None:
         self.service = service
         self.port = port
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=LOCAL_SUBCHANNELS)
         self.stub = pb_grpc.DecisionServiceStub(self.channel)
         self.admin = apb_grpc.AdminServiceStub(self.channel)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import POLICIES, ROOT, customer, free_port
+from conftest import LOCAL_SUBCHANNELS, POLICIES, ROOT, customer, free_port
 from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -37,7 +37,7 @@ class Process:
         self.stderr = tmp_path / f"serve-{self.port}.log"
         with self.stderr.open("a") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "nba", "serve"], cwd=ROOT, env=self.env, stderr=log)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=LOCAL_SUBCHANNELS)
 
     def wait_serving(self, timeout: float = 30.0) -> None:
         health = health_pb2_grpc.HealthStub(self.channel)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Running, struct
+from conftest import LOCAL_SUBCHANNELS, Running, struct
 from test_policies_e2e import BASE, policy_dir
 
 from nba.store import PolicyActivationRow, PolicySetRow, open_engine
@@ -162,7 +162,7 @@ def test_publishes_and_rollbacks_on_two_replicas_under_decide_load_never_go_back
     ops_lock = threading.Lock()
 
     def load(replica: int, thread: int) -> None:
-        channel = grpc.insecure_channel(f"127.0.0.1:{servers[replica].port}")
+        channel = grpc.insecure_channel(f"127.0.0.1:{servers[replica].port}", options=LOCAL_SUBCHANNELS)
         stub = pb_grpc.DecisionServiceStub(channel)
         context = struct({"customer": {"age": 30, "segment": "a", "risk": False}})
         made = decisions.setdefault((replica, thread), [])

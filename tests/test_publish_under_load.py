@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import POLICIES, Running, customer, struct
+from conftest import LOCAL_SUBCHANNELS, POLICIES, Running, customer, struct
 
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import decision_service_pb2 as pb
@@ -29,7 +29,7 @@ def test_publish_and_rollback_under_load_fail_no_call(start, tmp_path: Path) -> 
     failures: list[str] = []
 
     def load(worker: int) -> None:
-        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=LOCAL_SUBCHANNELS)
         stub = server.stub.__class__(channel)
         context = struct({"customer": customer()})
         i = 0

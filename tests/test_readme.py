@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import POLICIES, ROOT, free_port, skip_or_fail
+from conftest import LOCAL_SUBCHANNELS, POLICIES, ROOT, free_port, skip_or_fail
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 README = (ROOT / "README.md").read_text()
@@ -68,7 +68,7 @@ class Checkout:
                 [str(BIN / "nba"), "serve", "--port", str(self.port), "--host", "127.0.0.1", "--workers", "1",
                  "--metrics-port", "-1", "--admin-tokens", f"alice:editor:{TOKEN}", "--snapshot-seconds", "3600"],
                 cwd=root, env=self.env, stderr=log)
-        channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=LOCAL_SUBCHANNELS)
         health = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + 60
         while True:

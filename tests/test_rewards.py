@@ -58,10 +58,12 @@ def stored_rewards(server: Running) -> list[float]:
 
 def add_old_event(server: Running, decision: pb.DecideResponse, event_id: str, reward: float,
                   previous: float | None = None, stage: int = 4) -> None:
-    """A feedback row as a version without reward bounds would have written it."""
+    """A feedback row as a version without reward bounds would have written it: in a write
+    transaction, under the write lock every version takes (processes following the log rely
+    on it: a row committed during another process's own write would be passed over)."""
     server.service.log.flush()
     now = datetime.now(UTC)
-    with server.service.engine.begin() as conn:
+    with server.service.store.write() as conn:
         conn.execute(FeedbackRow.__table__.insert().values(
             event_id=event_id, decision_id=decision.decision_id, offer_id=decision.offers[0].offer_id,
             outcome="accepted", reward=reward, stage=stage, applied=True, pair_reward=reward, previous_reward=previous,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Running, struct
+from conftest import POLICIES, Running, struct
 from test_cli import Process
 from test_policies_e2e import BASE, policy_dir
 
@@ -321,3 +321,26 @@ def test_a_cancelled_validation_kills_its_child(server: Running) -> None:
         wait_for(lambda pid=pid: _gone(pid), timeout=10)
     assert call.cancelled()
     assert decide(server).offers
+
+
+def test_a_draft_whose_validation_runs_out_of_memory_is_resource_exhausted(server: Running,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """No draft within the limits needs 2 GiB, so the child's limit is lowered to what the
+    sample set cannot be validated in (measured: it needs between 300 and 400 MiB of address
+    space): the real child runs out of memory, is refused, and nothing changes."""
+    import nba.sandbox
+
+    before = server.service.policy_set.version
+    sample = apb.PolicySetDraft(files={p.name: p.read_text() for p in POLICIES.glob("*.yaml") if not p.name.endswith("_test.yaml")})
+    monkeypatch.setattr(nba.sandbox, "MEMORY_BYTES", 64 * 1024**2)
+    with pytest.raises(grpc.RpcError) as raised:
+        server.admin.ValidatePolicySet(apb.ValidatePolicySetRequest(draft=sample), metadata=server.auth())
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, raised.value.details()
+    assert "validating the draft needed more than 64 MiB" in raised.value.details()
+    with pytest.raises(grpc.RpcError) as refused:
+        server.admin.PublishPolicySet(apb.PublishPolicySetRequest(draft=sample), metadata=server.auth())
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert server.service.policy_set.version == before and not server.service.publisher.sandbox.children
+    monkeypatch.undo()
+    valid = server.admin.ValidatePolicySet(apb.ValidatePolicySetRequest(draft=sample), metadata=server.auth())
+    assert valid.valid

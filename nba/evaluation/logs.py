@@ -410,13 +410,7 @@ def from_records(lines: Iterable[Any], default_reward: float = 0.0, final: bool 
     ``refused``: a list to collect the lines that break the contract, which are then left out
     rather than raised (for the service's own log, which the caller cannot edit)."""
     for number, line in enumerate(lines, start=1):
-        try:
-            decision = _decision(line, f"{source} line {number}", default_reward, final, include_open)
-        except LogError as exc:
-            if refused is None:
-                raise
-            refused.append(exc)
-            continue
+        decision = _kept(line, f"{source} line {number}", default_reward, final, include_open, refused)
         if decision is not None:
             yield decision
 
@@ -460,16 +454,23 @@ def from_store(store: Any, since: datetime | None = None, until: datetime | None
     collected there instead of stopping the run)."""
     out = []
     for line in store.export(since, until):
-        try:
-            decision = _decision(line, f"decision {line.get('decision_id')}", default_reward, True, include_open)
-        except LogError as exc:
-            if refused is None:
-                raise
-            refused.append(exc)
-            continue
+        decision = _kept(line, f"decision {line.get('decision_id')}", default_reward, True, include_open, refused)
         if decision is not None:
             out.append(decision)
     return out
+
+
+def _kept(line: Any, where: str, default_reward: float, final: bool, include_open: bool,
+          refused: list[LogError] | None) -> LoggedDecision | None:
+    """``_decision``, with a line that breaks the contract collected in ``refused`` (and left
+    out) when a list is given, raised otherwise."""
+    try:
+        return _decision(line, where, default_reward, final, include_open)
+    except LogError as exc:
+        if refused is None:
+            raise
+        refused.append(exc)
+        return None
 
 
 def _decision(line: Any, where: str, default_reward: float, final: bool, include_open: bool) -> LoggedDecision | None:

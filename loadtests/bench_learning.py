@@ -17,11 +17,11 @@ Reported per learner, in one table: progressive reward (the mean reward over the
 as it goes) per stream; recovery after the change (decisions 1,600-2,000 after it: the mean
 true reward of the arms chosen as a share of the oracle's, and the share of decisions that
 chose the new best arm); the newcomers' share of the first 500 decisions after they join; the
-cost of the delay (stationary minus delayed reward); microseconds per decision (choose +
-learn, one BLAS thread); and a propensity check: from the probabilities the learner logged,
-the IPS estimate of the uniform policy's value must land on its true value within its 95%
-interval (empirical Bernstein). A learner that logs wrong propensities, or none (a
-deterministic choice logs 1), fails it.
+cost of the delay (stationary minus delayed, on the true means of the arms chosen);
+microseconds per decision (choose + learn, one BLAS thread); and a propensity check: from the
+probabilities the learner logged, the IPS estimate of the uniform policy's value must land on
+its true value within its 95% interval (empirical Bernstein). A learner that logs wrong
+propensities, or none (a deterministic choice logs 1), fails it.
 
     make bench-learning            # or: python loadtests/bench_learning.py [--quick]
 
@@ -166,6 +166,8 @@ class Result:
     reward: float
     #: the oracle's expected reward (the mean of the best true mean on offer)
     oracle: float
+    #: the mean true mean of the arms chosen: the reward without the coin flips' noise
+    true_reward: float
     micros: float
     uniform_ips: float
     uniform_low: float
@@ -264,8 +266,9 @@ def run(stream: Stream, learner: Any, seed: int, delay: int = 0, name: str | Non
         rows: list[dict[str, float]] | None = None) -> Result:
     chosen, logged, rewards, elapsed = play(stream, learner, seed, delay, rows)
     ips, low, high, true = propensity_check(stream, logged, rewards)
+    true_reward = float(stream.means[np.arange(stream.rounds), chosen].mean())
     return Result(name or stream.name, learner.name, stream.rounds, delay, float(rewards.mean()),
-                  float(stream.oracle_means().mean()), elapsed / stream.rounds * 1e6, ips, low, high, true,
+                  float(stream.oracle_means().mean()), true_reward, elapsed / stream.rounds * 1e6, ips, low, high, true,
                   low <= true <= high, details(stream, chosen, rewards))
 
 
@@ -286,8 +289,10 @@ def columns(classification: list[str]) -> list[Column]:
         return lambda rows: rows[stream].detail.get(key) if stream in rows else None
 
     def cost(rows: dict[str, Result]) -> float | None:
+        # on true rewards: a difference of two runs' coin flips would be noise of about
+        # ±0.005 over 20,000 decisions, as large as the costs being compared
         if "stationary" in rows and "delayed" in rows:
-            return rows["stationary"].reward - rows["delayed"].reward
+            return rows["stationary"].true_reward - rows["delayed"].true_reward
         return None
 
     out = [Column(name, reward(name), "max") for name in classification]
@@ -398,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             r = run(stream, learner, args.seed, delay, name, rows)
             results.append(r)
             extra = " ".join(f"{k} {v:.3f}" for k, v in r.detail.items() if isinstance(v, float))
-            print(f"{name:14} {r.learner:32} reward {r.reward:.3f} (oracle {r.oracle:.3f}) {r.micros:7.1f} µs  "
+            print(f"{name:14} {r.learner:32} reward {r.reward:.3f} (true {r.true_reward:.3f}, oracle {r.oracle:.3f}) {r.micros:7.1f} µs  "
                   f"uniform by IPS {r.uniform_ips:.3f} [{r.uniform_low:.3f}, {r.uniform_high:.3f}] (true {r.uniform_true:.3f}) "
                   f"{'ok' if r.propensities_ok else 'WRONG PROPENSITIES'} {extra}", flush=True)
     wall = time.perf_counter() - started

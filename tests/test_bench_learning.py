@@ -154,7 +154,7 @@ def test_correct_propensities_pass_and_claimed_certainty_fails() -> None:
 
 def test_the_table_bolds_the_best_learner_not_the_baseline() -> None:
     def result(learner: str, stream: str, reward: float, micros: float) -> Result:
-        return Result(stream, learner, 100, 0, reward, 1.0, micros, 0.1, 0.0, 0.2, 0.1, True)
+        return Result(stream, learner, 100, 0, reward, 1.0, reward, micros, 0.1, 0.0, 0.2, 0.1, True)
 
     results = [result("uniform random", "toy", 0.2, 10), result("a", "toy", 0.9, 50), result("b", "toy", 0.7, 40),
                result("uniform random", "stationary", 0.2, 10), result("a", "stationary", 0.5, 50),

@@ -82,6 +82,9 @@ class Ours:
         arm = draw.chosen[0]
         return arm, float(draw.slots[0][1]), lambda reward: self.learner.update(arm, x, reward)
 
+    def describe(self) -> Any:
+        return {"class": type(self.learner).__name__, **self.learner.hyperparameters()}
+
 
 class River:
     """river's LinUCB: it returns an arm and exposes no probability (logged as 1, which the
@@ -93,6 +96,10 @@ class River:
     def play(self, x: dict[str, float], arms: list[str], rng: random.Random) -> Play:
         arm = self.policy.pull(arms, x)
         return arm, 1.0, lambda reward: self.policy.update(arm, x, reward)
+
+    def describe(self) -> Any:
+        params = getattr(self.policy, "_get_params", dict)()  # river's own parameter listing
+        return {"class": type(self.policy).__name__, **{k: repr(v) for k, v in params.items()}}
 
 
 class VowpalWabbit:
@@ -120,6 +127,10 @@ class VowpalWabbit:
             self.vw.learn(labeled)
 
         return arms[i], p, learn
+
+    def describe(self) -> Any:
+        """Every option VW resolved, defaults included (its cb_type, for one)."""
+        return self.vw.get_arguments()
 
 
 def vw_available() -> bool:
@@ -395,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     plan.append((stationary, DELAY, "delayed"))
     factories = learners(args.seed, args.nba)
     results: list[Result] = []
+    configurations = {name: factory().describe() for name, factory in factories}
     print("features: standardised for all (z-score on each stream, clipped at ±5); every data set played once")
     for stream, delay, name in plan:
         rows = contexts(stream)
@@ -423,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         "features": "standardised for all (z-score on the stream, clipped at ±5)",
         "passes": 1, "adversity_rounds": rounds, "dataset_cut": cut, "seed": args.seed, "delay": DELAY,
         "recovery_window": RECOVERY, "newcomer_window": NEWCOMER_WINDOW, "wall_seconds": wall,
-        "nba_defaults": LinearBandit().hyperparameters(),
+        "nba_defaults": LinearBandit().hyperparameters(), "learners": configurations,
         "machine": platform.platform(), "python": platform.python_version(), "versions": versions(),
         "streams": {s.name: s.description for s in [*classification, *adversity]},
         "results": [asdict(r) for r in results], "markdown": table, "after_change_markdown": after,

@@ -16,7 +16,7 @@ from conftest import ROOT
 from bandit import LinearBandit, UniformRandom
 
 sys.path.insert(0, str(ROOT / "loadtests"))
-from bench_learning import DELAY, RECOVERY, Ours, Result, details, markdown, play, run, vw_available
+from bench_learning import DELAY, RECOVERY, Ours, Result, details, learners, markdown, play, run, vw_available
 from learning_streams import Stream, multiclass_stream, newcomer_stream, segment_stream, standardise
 
 
@@ -164,6 +164,12 @@ def test_the_table_bolds_the_best_learner_not_the_baseline() -> None:
     assert "**0.900**" in rows["| a"] and "**0.600**" in rows["| b"]
     assert "**+0.050**" in rows["| b"] and "+0.200" in rows["| a"]  # the smaller delay cost
     assert "**40**" in rows["| b"] and "**" not in rows["| uniform random"]
+
+
+def test_an_nba_configuration_the_learner_does_not_take_drops_its_row_not_the_run() -> None:
+    names = [name for name, _ in learners(1, [("nba, gone", {"no_such_parameter": 1}), ("nba, alpha 2", {"alpha": 2.0})])]
+    assert names[0] == "nba LinearBandit() defaults" and "nba, alpha 2" in names
+    assert "nba, gone" not in names and "uniform random" in names
 
 
 @pytest.mark.skipif(not vw_available(), reason="vowpalwabbit is not installed (the bench extra)")

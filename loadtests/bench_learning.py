@@ -39,7 +39,7 @@ import random
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,7 +141,7 @@ def vw_available() -> bool:
     return True
 
 
-def learners(seed: int, extra: list[tuple[str, dict[str, Any]]] = ()) -> list[tuple[str, Callable[[], Any]]]:
+def learners(seed: int, extra: Sequence[tuple[str, dict[str, Any]]] = ()) -> list[tuple[str, Callable[[], Any]]]:
     """(name, factory) for every learner: a stream gets a fresh learner from each factory."""
     accepted = set(inspect.signature(LinearBandit).parameters)
     out: list[tuple[str, Callable[[], Any]]] = []
@@ -250,7 +250,7 @@ def details(stream: Stream, chosen: np.ndarray, rewards: np.ndarray) -> dict[str
     t = np.arange(stream.rounds)
     earned = stream.means[t, chosen]
     oracle = stream.oracle_means()
-    best = np.array([stream.oracle_arm(i) for i in range(stream.rounds)])
+    best = stream.oracle_arms()
     e = stream.event
     out: dict[str, Any] = {"event": e, "before": float(rewards[:e].mean()), "after": float(rewards[e:].mean())}
     if stream.name == "change":

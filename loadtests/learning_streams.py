@@ -62,6 +62,11 @@ class Stream:
         arms = self.available(t)
         return int(arms[np.argmax(self.means[t, arms])])
 
+    def oracle_arms(self) -> np.ndarray:
+        """``oracle_arm`` for every decision at once."""
+        offered = self.joins[None, :] <= np.arange(self.rounds)[:, None]
+        return np.where(offered, self.means, -np.inf).argmax(axis=1)
+
     def oracle_means(self) -> np.ndarray:
         """Per decision, the best true mean on offer: what an oracle expects to earn."""
         offered = self.joins[None, :] <= np.arange(self.rounds)[:, None]

@@ -88,6 +88,7 @@ def test_change_swaps_every_segments_best_arm_at_the_midpoint() -> None:
     assert np.array_equal(change.X, stationary.X) and np.array_equal(change.coins, stationary.coins)
     assert np.array_equal(change.means[:middle], stationary.means[:middle])
     best = np.array([change.oracle_arm(t) for t in range(change.rounds)])
+    assert np.array_equal(best, change.oracle_arms())
     still = np.array([stationary.oracle_arm(t) for t in range(stationary.rounds)])
     segments = sorted(set(change.segments.tolist()))
     assert len(segments) == 5

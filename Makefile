@@ -37,7 +37,8 @@ bench-store: $(GEN)
 bench-replicas: $(GEN)
 	$(BIN)/python loadtests/bench_replicas.py
 
-# Learning quality and speed against uniform, river and Vowpal Wabbit (the `bench` extra).
+# Learning quality and speed against uniform, river and Vowpal Wabbit (the `bench` extra): data sets
+# played once, a change of preferences, offers that arrive midway, late feedback (about 2.5 minutes).
 bench-learning: $(GEN)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python loadtests/bench_learning.py

@@ -17,6 +17,10 @@ from bandit.state import arm_ids, arm_list
 
 __all__ = ["LinearBandit"]
 
+#: optimism looks at the evidence about the customer at hand only for arms with fewer than this
+#: many times ``optimism`` observations in all
+YOUNG = 100
+
 
 class LinearBandit(Learner):
     """Per-arm ridge regression on hashed, online-scaled context features, exploring by
@@ -37,9 +41,24 @@ class LinearBandit(Learner):
     exploration
         How estimates become probabilities; ``InverseGapWeighting()`` by default.
     forget
-        In (0, 1]: below 1, every new observation of an arm discounts its older ones by this
-        factor, so the learner follows drifting preferences (0.99 halves the weight of
-        evidence after about 70 newer observations).
+        In (0, 1]: below 1, every update of the learner (whichever arm it concerns) discounts
+        every arm's earlier observations by this factor: exact discounted ridge
+        (``RidgeArms``), so the learner follows preferences that change, and an arm nobody
+        chooses any more drifts back towards what is assumed of an unknown arm (its evidence
+        decays, and with it the trust in its old estimate). 0.999 halves the weight of
+        evidence after about 690 updates.
+    optimism
+        A pseudo-count, 0 to turn it off. Above 0, an arm with evidence n (its observations,
+        discounted with forgetting) is estimated as n / (n + optimism) of its own estimate and
+        the rest the best estimate of any arm the learner knows for this context: an arm
+        nobody knows yet (an offer added to a running catalogue), or one whose evidence was
+        forgotten, is tried as if it were as good as the best, until its own observations say
+        otherwise. Arms that all have evidence are barely touched (weight optimism / n).
+    explore_by_age
+        With inverse gap weighting, scale each arm's gamma by its own age (updates since it
+        first learned) rather than by the learner's total updates; with forgetting, by the
+        discounted age (which stops growing at 1 / (1 - forget)). An arm that joins late is
+        explored as a young learner explores, not as one that has seen everything.
     shared
         A pseudo-count, 0 to turn it off. Above 0, a second set of ridge models, one per arm
         *attribute* (``set_arm_attributes``: its group, its tags, and ``*`` for every arm),
@@ -79,10 +98,14 @@ class LinearBandit(Learner):
         prior: float = 0.0,
         forget: float = 1.0,
         shared: float = 0.0,
+        optimism: float = 0.0,
+        explore_by_age: bool = False,
         seed: int | None = None,
     ) -> None:
         if shared < 0:
             raise ValueError(f"shared must be non-negative, got {shared}")
+        if not optimism >= 0:
+            raise ValueError(f"optimism must be non-negative, got {optimism}")
         super().__init__(exploration or InverseGapWeighting(), seed)
         self.n_features = n_features
         self.alpha = alpha
@@ -91,6 +114,8 @@ class LinearBandit(Learner):
         self.clip = clip
         self.exclude = tuple(exclude)
         self.shared = shared
+        self.optimism = optimism
+        self.explore_by_age = explore_by_age
         self.warmup = warmup
         self._featurizer = Featurizer(n_features, clip, self.exclude, warmup)
         self._model = RidgeArms(self._featurizer.dim, alpha, forget)
@@ -149,15 +174,35 @@ class LinearBandit(Learner):
         x = self._features(context)
         rows = self._model.rows(arm_ids)
         own = self._model.predict_rows(rows, x)
-        if not self.shared:
-            return self.prior + own
-        # Every attribute's estimate, then each arm's mean of its own: two matrix products.
-        per_attribute = self._attributes.predict(self._attribute_names, x)
-        slots = np.fromiter(map(self._arm_slot.get, arm_ids, repeat(0)), dtype=np.intp, count=len(arm_ids))
-        from_attributes = self._membership[slots] @ per_attribute
-        n = self._model.counts(rows).astype(float)
-        trust = np.where(self._solo[slots], 1.0, n / (n + self.shared))
-        return self.prior + trust * own + (1 - trust) * from_attributes
+        n = self._model.evidence(rows) if self.shared or self.optimism else None
+        if self.shared:
+            # Every attribute's estimate, then each arm's mean of its own: two matrix products.
+            per_attribute = self._attributes.predict(self._attribute_names, x)
+            slots = np.fromiter(map(self._arm_slot.get, arm_ids, repeat(0)), dtype=np.intp, count=len(arm_ids))
+            from_attributes = self._membership[slots] @ per_attribute
+            trust = np.where(self._solo[slots], 1.0, n / (n + self.shared))
+            own = trust * own + (1 - trust) * from_attributes
+        if self.optimism and len(rows):
+            # The best any known arm is expected to earn here, over every arm the learner knows
+            # (not only those offered): the same for any subset of arms, so a later slot's
+            # probabilities, computed over the arms left, agree with the first slot's.
+            best = max(float(np.max(self._model.known_estimates(x), initial=0.0)), float(np.max(own)))
+            # Evidence about customers like this one: an arm tried only elsewhere is still
+            # unknown here. Computed (O(d^2) an arm) only for arms with little evidence at all:
+            # past YOUNG x optimism observations, optimism weighs under 1% whatever the direction.
+            young = np.flatnonzero(n < YOUNG * self.optimism)
+            if len(young):
+                n = n.copy()
+                n[young] = np.minimum(n[young], self._model.direction_evidence(rows[young], x))
+            trust = n / (n + self.optimism)
+            own = trust * own + (1 - trust) * best
+        return self.prior + own
+
+    def _exploration_t(self, arm_ids: list[Hashable]) -> int | np.ndarray:
+        if not self.explore_by_age:
+            return self.n_updates
+        ages = self._model.ages(self._model.rows(arm_ids))
+        return ages
 
     def _export_state(self, reuse: Mapping[str, np.ndarray] | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         features, feature_arrays = self._featurizer.export_state("features.", reuse)
@@ -194,7 +239,8 @@ class LinearBandit(Learner):
         # Snapshots of earlier versions lack newer fields: start those empty (the service
         # describes the arms again after restoring).
         fresh = {"_attribute_names": ["*"], "_arm_slot": {}, "_membership": np.ones((1, 1)),
-                 "_solo": np.zeros(1, dtype=bool), "_cached": None, "shared": 0.0, "warmup": 1000}
+                 "_solo": np.zeros(1, dtype=bool), "_cached": None, "shared": 0.0, "warmup": 1000,
+                 "optimism": 0.0, "explore_by_age": False}
         self.__dict__.update({**fresh, **state})
 
     def _update(
@@ -218,6 +264,8 @@ class LinearBandit(Learner):
             self._attributes.check_one(attribute, x, target, previous, x_norm)
         if previous_reward is None:
             self._featurizer.learn_one(context)
+            self._model.advance()
+            self._attributes.advance()
         self._model._apply_one(arm_id, x, target, previous)
         for attribute in attributes:
             self._attributes._apply_one(attribute, x, target, previous)

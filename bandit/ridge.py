@@ -1,30 +1,40 @@
-"""Per-arm ridge regression kept exact online with the Sherman-Morrison identity.
+"""Per-arm ridge regression kept exact online.
 
-Each arm a holds A_a^-1 (A_a = alpha * I + sum of x x^T) and b_a (sum of r x); its estimate
-is theta_a = A_a^-1 b_a. One update costs O(d^2) and the estimate after n events equals the
-batch ridge solution, so a few responses already move the ranking, which is what a service
-learning "from every response at once" needs. A_a and b_a are sums of per-event terms: the
-order events arrive in does not change where the model ends up.
+Each arm a holds b_a (sum of r x) and either A_a^-1 (A_a = alpha * I + sum of x x^T, kept with
+the Sherman-Morrison identity) or, with forgetting, the discounted data sum D_a; its estimate is
+theta_a = A_a^-1 b_a. Without forgetting, one update costs O(d^2) and the estimate after n
+events equals the batch ridge solution, so a few responses already move the ranking, which is
+what a service learning "from every response at once" needs. A_a and b_a are sums of per-event
+terms: the order events arrive in does not change where the model ends up.
 
 Estimates for all eligible arms are one matrix-vector product over stacked rows; arms never
 updated share row 0, the prior (theta = 0).
 
-With ``forget`` below 1 each new observation of an arm discounts its earlier ones
-geometrically, so the estimate follows preferences that drift; the order of events then
-matters. The discount must not reach the regularisation (alpha I), or directions the data
-never cover would grow without bound: the discounted data sum D is kept beside A^-1, which
-is updated cheaply (it lets alpha I decay by at most forget^REFRESH) and recomputed exactly
-as (D + alpha I)^-1 every REFRESH observations of the arm.
+**Forgetting** (``forget`` below 1) is exact discounted ridge on a clock shared by every arm:
+each step of the clock (``advance``: one observation learned by the owner, whichever arm it
+was) discounts every arm's past observations by ``forget``, chosen or not:
+
+    A_a(t) = alpha I + sum_s forget^(t - s) x_s x_s^T,   b_a(t) = sum_s forget^(t - s) r_s x_s
+
+so the estimate of an arm nobody chooses any more decays towards the prior and its evidence
+(``evidence``) towards 0, as a learner that follows change needs. The discount never reaches
+the regularisation alpha I (that would let directions the data never cover grow without
+bound). An arm's D and b are brought to the current step when it learns (an exact Cholesky
+factorisation and inverse, O(d^3): about 100 microseconds at d = 129), and the estimates of
+arms not learning are solved again once they are ``stale_steps()`` steps old, so no estimate
+lags its exact value by more than a discount of ``STALE_DISCOUNT`` (1%: at forget 0.999, 10
+steps); ``tests/test_learners.py`` checks it against the batch solution.
 
 The state stays finite whatever the rewards: an update that would take an arm's estimate
 beyond ``MAX_ESTIMATE`` in norm is refused before anything changes (``ValueError``). A^-1 is
-bounded by construction (A includes alpha I, so its inverse has norm at most 1/alpha, or
-1/(alpha forget^REFRESH) between refreshes), and so the check needs only b: the new b must be
-finite and small enough that A^-1 b cannot exceed the bound. Rewards of any realistic size
-never come near it (a million observations of reward 1e6 over unit features is 1e12).
+bounded by construction (A includes alpha I, so its inverse has norm at most 1/alpha), and so
+the check needs only b: the new b must be finite and small enough that A^-1 b cannot exceed the
+bound. Rewards of any realistic size never come near it (a million observations of reward 1e6
+over unit features is 1e12).
 
 Li, Chu, Langford & Schapire (2010), "A Contextual-Bandit Approach to Personalized News Article
-Recommendation", WWW (the disjoint linear model).
+Recommendation", WWW (the disjoint linear model); discounted least squares as in Russac, Vernade
+& Cappé (2019), "Weighted Linear Bandits for Non-Stationary Environments", NeurIPS (D-LinUCB).
 """
 
 from __future__ import annotations
@@ -36,13 +46,15 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg.blas import dger
+from scipy.linalg.lapack import dpotrf, dpotri
 
 from bandit.state import arm_ids, arm_list, array, copied
 
 __all__ = ["RidgeArms"]
 
-#: with forgetting, A^-1 is recomputed exactly every this many observations of an arm
-REFRESH = 32
+#: with forgetting, the largest share by which an estimate may lag its exact discounted value:
+#: an arm not learning is solved again before its evidence has decayed by more than this
+STALE_DISCOUNT = 0.01
 #: the largest norm an arm's estimate (theta) may reach: far beyond any real reward, far below
 #: where its products with features, weights and exploration could overflow
 MAX_ESTIMATE = 1e100
@@ -68,19 +80,48 @@ class RidgeArms:
         self.dim = dim
         self.alpha = alpha
         self.forget = forget
+        #: steps of the shared clock (``advance``); only forgetting reads it
+        self.clock = 0
         self._rows: dict[Hashable, int] = {}
         capacity = 8
-        self._ainv = np.empty((capacity, dim, dim))
-        self._ainv[0] = np.eye(dim) / alpha
         self._b = np.zeros((capacity, dim))
         self._theta = np.zeros((capacity, dim))
         self._count = np.zeros(capacity, dtype=np.int64)
-        # Only with forgetting: the discounted sum of x x^T of each arm.
-        self._data = np.zeros((capacity, dim, dim)) if forget < 1.0 else None
+        #: the clock when each arm first learned (or was last reset): its age, for exploration
+        self._born = np.zeros(capacity, dtype=np.int64)
+        self._ainv = np.empty((capacity, dim, dim))
+        self._ainv[0] = np.eye(dim) / alpha
+        if forget < 1.0:
+            # The discounted sum of x x^T and the discounted count of each arm, current as of
+            # step _seen; A^-1 and theta current as of step _solved.
+            self._data = np.zeros((capacity, dim, dim))
+            self._weight = np.zeros(capacity)
+            self._seen = np.zeros(capacity, dtype=np.int64)
+            self._solved = np.zeros(capacity, dtype=np.int64)
+        else:
+            self._data = None
+
+    def stale_steps(self) -> int:
+        """How many steps an estimate may go unsolved with forgetting: the most whose discount
+        stays within ``STALE_DISCOUNT``."""
+        if self.forget >= 1.0:
+            return 2**62
+        return max(1, int(math.log1p(-STALE_DISCOUNT) / math.log(self.forget)))
+
+    def advance(self, steps: int = 1) -> None:
+        """Moves the shared clock on: with forgetting, every arm's past weighs ``forget`` less
+        per step, and the estimates of arms not learning are solved again as they reach
+        ``stale_steps()`` (here, not when read: an estimate is then a function of the updates
+        alone, so a replay of the same updates gives the same estimates, whoever read what)."""
+        self.clock += steps
+        if self._data is not None and self._rows:
+            used = len(self._rows) + 1
+            for row in np.flatnonzero(self.clock - self._solved[1:used] >= self.stale_steps()) + 1:
+                self._solve(int(row))
 
     def predict(self, arm_ids: Sequence[Hashable], x: np.ndarray) -> np.ndarray:
         """Expected reward of each arm for features ``x``."""
-        return self._theta[self.rows(arm_ids)] @ x
+        return self.predict_rows(self.rows(arm_ids), x)
 
     def rows(self, arm_ids: Sequence[Hashable]) -> np.ndarray:
         """Each arm's row (0, the prior, for arms never updated)."""
@@ -90,8 +131,35 @@ class RidgeArms:
     def predict_rows(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
         return self._theta[rows] @ x
 
+    def known_estimates(self, x: np.ndarray) -> np.ndarray:
+        """Every arm's estimate for ``x`` (as last solved), the prior's row excluded."""
+        return self._theta[1 : len(self._rows) + 1] @ x
+
     def counts(self, rows: np.ndarray) -> np.ndarray:
+        """How many observations each row has learned from, ever."""
         return self._count[rows]
+
+    def evidence(self, rows: np.ndarray) -> np.ndarray:
+        """Each row's weight of evidence now: its count, or with forgetting the discounted count
+        (sum of forget^age over its observations), which decays while the arm is not chosen."""
+        if self._data is None:
+            return self._count[rows].astype(float)
+        return self._weight[rows] * self.forget ** (self.clock - self._seen[rows]).astype(float)
+
+    def direction_evidence(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """How many observations like ``x`` each row has learned from, as ridge sees it:
+        1 / (x^T A^-1 x) - alpha / ||x||^2, which is m after m observations of x itself (and 0
+        for an arm never updated) and stays small for an arm that learned only from customers
+        unlike this one. Costs O(d^2) per row."""
+        xx = float(x @ x)
+        if not xx:
+            return self.evidence(rows)
+        v = (self._ainv[rows] @ x) @ x
+        return np.maximum(1.0 / np.maximum(v, 1e-300) - self.alpha / xx, 0.0)
+
+    def ages(self, rows: np.ndarray) -> np.ndarray:
+        """Steps of the clock since each row first learned (0 for the prior row)."""
+        return np.where(rows > 0, self.clock - self._born[rows], 0)
 
     def count(self, arm_id: Hashable) -> int:
         """How many observations the arm has learned from."""
@@ -101,15 +169,18 @@ class RidgeArms:
     def learn_one(
         self, arm_id: Hashable, x: np.ndarray, reward: float, previous_reward: float | None = None
     ) -> None:
-        """Learns one observation, or revises one already learned.
+        """Learns one observation (one step of the clock), or revises one already learned.
 
         With ``previous_reward`` given, the observation ``(x, previous_reward)`` was learned
-        before and its reward is now ``reward`` (a click that became a purchase): only b moves.
+        before and its reward is now ``reward`` (a click that became a purchase): only b moves,
+        and the clock does not.
 
         Raises ``ValueError``, changing nothing, if the update would leave the arm's state
         non-finite or its estimate beyond ``MAX_ESTIMATE`` (``check_one``).
         """
         self.check_one(arm_id, x, reward, previous_reward)
+        if previous_reward is None:
+            self.advance()
         self._apply_one(arm_id, x, reward, previous_reward)
 
     def check_one(
@@ -122,54 +193,78 @@ class RidgeArms:
         row = self._rows.get(arm_id)
         old = self._b[row] if row is not None else None
         delta = reward if previous_reward is None else reward - previous_reward
-        keep = self.forget if previous_reward is None and self._data is not None else 1.0
-        # ||theta|| = ||A^-1 b|| <= ||b|| / (smallest eigenvalue of A), and A >= alpha I
-        # (decayed by at most forget^REFRESH between exact refreshes).
-        floor = self.alpha * self.forget**REFRESH
+        # ||theta|| = ||A^-1 b|| <= ||b|| / (smallest eigenvalue of A), and A >= alpha I; with
+        # forgetting, b only shrinks before the new term is added (so the undiscounted b bounds it).
         # First a bound by the triangle inequality, in Python floats (which overflow to inf
         # quietly): enough for every ordinary update, and costs one dot product.
         old_norm = math.sqrt(float(old @ old)) if old is not None else 0.0
         if x_norm is None:
             x_norm = math.sqrt(float(x @ x))
-        if (keep * old_norm + abs(delta) * x_norm) / floor <= MAX_ESTIMATE:
+        if (old_norm + abs(delta) * x_norm) / self.alpha <= MAX_ESTIMATE:
             return
         # Near the bound (or beyond): the exact new b decides.
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is what is being checked for
-            b = (keep * old if old is not None else 0.0) + delta * x
-            exact = float(np.sqrt(b @ b)) / floor
+            b = (old if old is not None else 0.0) + delta * x
+            exact = float(np.sqrt(b @ b)) / self.alpha
         if not exact <= MAX_ESTIMATE:  # also NaN
             change = f"reward {reward}" if previous_reward is None else f"reward {reward} (revising {previous_reward})"
             raise ValueError(f"{change} would take arm {arm_id!r}'s estimate beyond {MAX_ESTIMATE:g} "
                              "or out of the finite numbers; refused")
 
     def _apply_one(self, arm_id: Hashable, x: np.ndarray, reward: float, previous_reward: float | None) -> None:
-        """Applies an update ``check_one`` accepted."""
+        """Applies an update ``check_one`` accepted, at the current step of the clock."""
         row = self._row(arm_id)
+        if self._data is not None:
+            self._catch_up(row)
+            if previous_reward is None:
+                # Discounted ridge: D <- D + x x^T, b <- b + r x at the current step.
+                dger(1.0, x, x, a=self._data[row].T, overwrite_a=True)
+                self._b[row] += reward * x
+                self._weight[row] += 1.0
+                self._count[row] += 1
+            else:
+                # The revised observation's own discount is not known here: revised at full weight.
+                self._b[row] += (reward - previous_reward) * x
+            self._solve(row)
+            return
         ainv = self._ainv[row]
         if previous_reward is None:
-            refresh = False
-            if self._data is not None:
-                # Discounted ridge: D <- forget D + x x^T, b <- forget b + r x.
-                data = self._data[row]
-                data *= self.forget
-                dger(1.0, x, x, a=data.T, overwrite_a=True)
-                self._b[row] *= self.forget
-                refresh = (self._count[row] + 1) % REFRESH == 0
-                if not refresh:
-                    ainv /= self.forget  # the cheap step: alpha I decays a little until the refresh
-            if refresh:
-                ainv[...] = np.linalg.inv(self._data[row] + self.alpha * np.eye(self.dim))
-            else:
-                ax = ainv @ x
-                # The rank-one downdate in place with BLAS dger: seven times faster than numpy's
-                # outer product and subtraction, which allocate a d x d temporary. A^-1 is
-                # symmetric, so its C-ordered row is a Fortran-ordered matrix dger updates in place.
-                dger(-1.0 / (1.0 + x @ ax), ax, ax, a=ainv.T, overwrite_a=True)
+            ax = ainv @ x
+            # The rank-one downdate in place with BLAS dger: seven times faster than numpy's
+            # outer product and subtraction, which allocate a d x d temporary. A^-1 is
+            # symmetric, so its C-ordered row is a Fortran-ordered matrix dger updates in place.
+            dger(-1.0 / (1.0 + x @ ax), ax, ax, a=ainv.T, overwrite_a=True)
             self._b[row] += reward * x
             self._count[row] += 1
         else:
             self._b[row] += (reward - previous_reward) * x
         np.dot(ainv, self._b[row], out=self._theta[row])
+
+    def _catch_up(self, row: int) -> None:
+        """Discounts a row's D, b and weight to the current step."""
+        steps = self.clock - int(self._seen[row])
+        if steps:
+            factor = self.forget**steps
+            self._data[row] *= factor
+            self._b[row] *= factor
+            self._weight[row] *= factor
+            self._seen[row] = self.clock
+
+    def _solve(self, row: int) -> None:
+        """A^-1 = (D + alpha I)^-1 and theta = A^-1 b at the current step, by Cholesky (D +
+        alpha I is positive definite: D is a sum of squares and alpha > 0)."""
+        self._catch_up(row)
+        a = self._data[row] + np.diag(np.full(self.dim, self.alpha))
+        factor, info = dpotrf(a, lower=1, clean=0, overwrite_a=1)
+        if info == 0:
+            inverse, info = dpotri(factor, lower=1, overwrite_c=1)
+        if info != 0:  # only if D stopped being a sum of squares: a general inverse
+            inverse = np.linalg.inv(self._data[row] + self.alpha * np.eye(self.dim))
+        else:  # dpotri fills the lower triangle only
+            inverse = np.tril(inverse) + np.tril(inverse, -1).T
+        self._ainv[row] = inverse
+        np.dot(inverse, self._b[row], out=self._theta[row])
+        self._solved[row] = self.clock
 
     def state_is_finite(self) -> bool:
         """Whether every number held is finite (a model restored from elsewhere is checked);
@@ -184,14 +279,32 @@ class RidgeArms:
         row = len(self._rows) + 1
         if row >= len(self._count):
             self._grow(2 * len(self._count))
-        self._ainv[row] = np.eye(self.dim) / self.alpha
         self._b[row] = 0.0
         self._theta[row] = 0.0
         self._count[row] = 0
+        self._born[row] = self.clock
+        self._ainv[row] = np.eye(self.dim) / self.alpha
         if self._data is not None:
             self._data[row] = 0.0
+            self._weight[row] = 0.0
+            self._seen[row] = self._solved[row] = self.clock
         self._rows[arm_id] = row
         return row
+
+    def reset(self, arm_id: Hashable) -> None:
+        """Forgets everything an arm learned: it is estimated as the prior again, and its age
+        starts anew (a change was detected in what it earns)."""
+        row = self._rows.get(arm_id)
+        if row is None:
+            return
+        self._b[row] = 0.0
+        self._theta[row] = 0.0
+        self._born[row] = self.clock
+        self._ainv[row] = np.eye(self.dim) / self.alpha
+        if self._data is not None:
+            self._data[row] = 0.0
+            self._weight[row] = 0.0
+            self._seen[row] = self._solved[row] = self.clock
 
     def _grow(self, capacity: int) -> None:
         n = len(self._count)
@@ -210,16 +323,24 @@ class RidgeArms:
         return state
 
     def __setstate__(self, state: dict) -> None:
+        # Pickles of earlier versions: no clock, no ages (every arm as old as the clock).
         state.setdefault("_data", None)
+        state.setdefault("clock", 0)
+        if "_born" not in state:
+            state["_born"] = np.zeros(len(state["_count"]), dtype=np.int64)
+        if state["_data"] is not None and "_weight" not in state:
+            raise ValueError("a forgetting model pickled by an earlier version cannot be restored: its "
+                             "forgetting was per arm; rebuild it from the log")
         self.__dict__.update(state)
 
     def export_state(self, prefix: str = "", reuse: Mapping[str, np.ndarray] | None = None
                      ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """The arms in row order and copies of the rows in use, arrays named ``prefix`` +
-        ``ainv``, ``b``, ``theta``, ``count`` (and ``data`` with forgetting); copied into
-        ``reuse``'s arrays of the same name and shape, if given."""
+        """The arms in row order, the clock, and copies of the rows in use, arrays named
+        ``prefix`` + ``b``, ``theta``, ``count``, ``born`` and ``ainv`` (without forgetting)
+        or ``data``, ``weight``, ``seen``, ``solved`` (with); copied into ``reuse``'s arrays
+        of the same name and shape, if given."""
         used = len(self._rows) + 1
-        meta = {"arms": arm_list(sorted(self._rows, key=self._rows.__getitem__), f"{prefix}arms")}
+        meta = {"arms": arm_list(sorted(self._rows, key=self._rows.__getitem__), f"{prefix}arms"), "clock": self.clock}
         return meta, {f"{prefix}{name[1:]}": copied(getattr(self, name)[:used], f"{prefix}{name[1:]}", reuse)
                       for name in self._arrays()}
 
@@ -227,18 +348,26 @@ class RidgeArms:
         """Takes ``export_state``'s output (of a model of the same dimension); ``ValueError``
         naming what does not fit, before anything changes."""
         arms = arm_ids(meta.get("arms"), f"{prefix}arms")
+        clock = meta.get("clock", 0)
+        if not isinstance(clock, int) or isinstance(clock, bool) or clock < 0:
+            raise ValueError(f"meta: {prefix}clock must be a count, got {clock!r}")
         n, d = len(arms) + 1, self.dim
-        loaded = {
-            "_ainv": array(arrays, f"{prefix}ainv", (n, d, d)),
-            "_b": array(arrays, f"{prefix}b", (n, d)),
-            "_theta": array(arrays, f"{prefix}theta", (n, d)),
-            "_count": array(arrays, f"{prefix}count", (n,), kind="i"),
-        }
-        if self._data is not None:
-            loaded["_data"] = array(arrays, f"{prefix}data", (n, d, d))
+        shapes = {"_b": ((n, d), "f"), "_theta": ((n, d), "f"), "_count": ((n,), "i"), "_born": ((n,), "i"),
+                  "_ainv": ((n, d, d), "f"), "_data": ((n, d, d), "f"), "_weight": ((n,), "f"),
+                  "_seen": ((n,), "i"), "_solved": ((n,), "i")}
+        loaded = {}
+        for name in self._arrays():
+            shape, kind = shapes[name]
+            if name == "_born" and f"{prefix}born" not in arrays:
+                loaded[name] = np.zeros(n, dtype=np.int64)  # written before ages were kept
+                continue
+            loaded[name] = array(arrays, f"{prefix}{name[1:]}", shape, kind=kind)
         for name, value in loaded.items():
             setattr(self, name, value)
         self._rows = {arm: row for row, arm in enumerate(arms, start=1)}
+        self.clock = clock
 
     def _arrays(self) -> tuple[str, ...]:
-        return ("_ainv", "_b", "_theta", "_count") + (("_data",) if self._data is not None else ())
+        if self._data is not None:
+            return ("_ainv", "_b", "_theta", "_count", "_born", "_data", "_weight", "_seen", "_solved")
+        return ("_ainv", "_b", "_theta", "_count", "_born")

@@ -774,10 +774,6 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     args.argv = argv
-    if args.command in ("evaluate", "simulate") or (args.command == "policies" and args.action == "preview"):
-        from bandit import limit_blas_threads
-
-        limit_blas_threads()
     return _run(args)
 
 

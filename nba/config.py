@@ -73,7 +73,17 @@ class Settings(BaseModel):
         3.0, ge=0, description="pseudo-count of the shared model over offer group and tags (0: off)"
     )
     learner_forget: float = Field(
-        1.0, gt=0, le=1, description="below 1, each new observation of an offer discounts its older ones (drift)"
+        0.999, gt=0, le=1,
+        description="each update discounts every offer's earlier evidence by this factor, so the learner follows "
+        "change (1: never forget)",
+    )
+    learner_optimism: float = Field(
+        3.0, ge=0,
+        description="pseudo-count: an offer with little evidence about a customer like this one is estimated as "
+        "good as the best known, so new offers are tried (0: off)",
+    )
+    learner_explore_by_age: bool = Field(
+        True, description="exploration: gamma grows with each offer's own age, not the learner's (new offers explored)"
     )
     learner_prior: float = Field(
         0.05, description="expected reward of an offer before any evidence (so value and levers rank from the start)"

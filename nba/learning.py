@@ -67,6 +67,8 @@ def build_learner(settings: Settings) -> Learner:
         prior=settings.learner_prior,
         forget=settings.learner_forget,
         shared=settings.learner_shared,
+        optimism=settings.learner_optimism,
+        explore_by_age=settings.learner_explore_by_age,
         exploration=InverseGapWeighting(settings.learner_gamma_scale, settings.learner_gamma_exponent),
         exclude=settings.learner_exclude,
         seed=settings.seed,

@@ -24,7 +24,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from bandit import limit_blas_threads
 from nba import metrics
 from nba.auth import AuthInterceptor
 from nba.bus import RedisBus
@@ -166,7 +165,6 @@ class Service:
     """Everything one ``nba serve`` process runs."""
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
-        limit_blas_threads()
         self.settings = settings
         self.clock = clock or SystemClock()
         self._last_compaction = 0.0

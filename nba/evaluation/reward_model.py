@@ -130,10 +130,6 @@ class _Encoder:
 _NONE: Mapping[str, Any] = {}
 
 
-def _offer_features(d: LoggedDecision, offer_id: str) -> Mapping[str, Any]:
-    return d.offer_features.get(offer_id, _NONE) if d.offer_features else _NONE
-
-
 class RewardModel:
     """q(x, a): the expected reward of each offer in each logged context, cross-fitted.
 
@@ -142,7 +138,9 @@ class RewardModel:
     prediction is inside it. ``penalty``: the base L2 penalty of the shared effects (context,
     offer identity, offer features; 1 is a standard normal prior on each standardised column's
     log-odds); ``interaction_penalty``: that of each offer's own response to the context. Each
-    fold multiplies both by the scale it chooses (``scales``).
+    fold multiplies both by the scale it chooses (``scales``). ``offers``: offer id -> features
+    (a catalogue, ``read_offers``), for offers a decision carries none for: those a target makes
+    eligible that the log did not.
     Raises ``ValueError`` for an empty log, fewer than 2 folds or a range with high < low.
 
     >>> from nba.evaluation.logs import from_records
@@ -160,12 +158,14 @@ class RewardModel:
         reward_range: tuple[float, float] | None = None,
         penalty: float = 1.0,
         interaction_penalty: float = 1.0,
+        offers: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if not decisions:
             raise ValueError("a reward model needs at least one logged decision")
         if folds < 2:
             raise ValueError(f"folds: {folds}: cross-fitting needs at least 2")
         self.decisions = decisions
+        self._catalogue = dict(offers or {})
         self.folds = min(folds, len(decisions)) if len(decisions) >= 2 else 2
         n = len(decisions)
         self._fold = np.arange(n) % self.folds
@@ -191,6 +191,7 @@ class RewardModel:
         offers = sorted({a for d in decisions for a in (*d.eligible, *(o for o, _ in d.slots))})
         self._offer_index = {a: j for j, a in enumerate(offers)}
         distinct = {id(f): f for d in decisions for f in (d.offer_features or {}).values()}
+        distinct.update((id(f), f) for f in self._catalogue.values())
         self._offer_encoder = _Encoder(distinct.values())
         self._slots = max(len(d.slots) for d in decisions)
         self._context_rows = self._context.matrix([d.features for d in decisions])
@@ -214,7 +215,12 @@ class RewardModel:
         #: each fold's chosen multiple of the penalties (PENALTY_SCALES)
         self.scales: np.ndarray | None = None
         self._coef = self._fit_folds(np.ones(n))
-        self.predictions = self._predict(self._coef, self._x_pairs, self._pair_decision)
+        self._predictions = self._predict(self._coef, self._x_pairs, self._pair_decision)
+        # Pairs added on demand (offers a target makes eligible that the log did not), kept
+        # apart and stacked once when needed, so that adding one costs O(1).
+        self._extra_x: list[sparse.csr_matrix] = []
+        self._extra_decision: list[int] = []
+        self._extra_predictions: list[float] = []
 
     # Features ------------------------------------------------------------------------------
 
@@ -230,7 +236,7 @@ class RewardModel:
         rows = np.arange(m)
         id_block = sparse.csr_matrix((np.ones(int(known.sum())), (rows[known], ident[known])), shape=(m, na))
         offer_block = self._offer_encoder.matrix(
-            [_offer_features(self.decisions[i], a)
+            [self._offer_features(self.decisions[i], a)
              for i, a in zip(decision.tolist(), offer_ids, strict=True)])
         later = slot > 0
         slot_block = sparse.csr_matrix((np.ones(int(later.sum())), (rows[later], slot[later] - 1)), shape=(m, ns))
@@ -242,6 +248,10 @@ class RewardModel:
             shape=(m, dc * na))
         intercept = sparse.csr_matrix(np.ones((m, 1)))
         return sparse.hstack([intercept, ctx, id_block, offer_block, slot_block, cross], format="csr")
+
+    def _offer_features(self, d: LoggedDecision, offer_id: str) -> Mapping[str, Any]:
+        found = d.offer_features.get(offer_id) if d.offer_features else None
+        return found if found is not None else self._catalogue.get(offer_id, _NONE)
 
     # Fitting -------------------------------------------------------------------------------
 
@@ -322,23 +332,41 @@ class RewardModel:
         row = self._pairs[index].get(offer_id)
         if row is None:
             x = self._design(np.array([index]), [offer_id], np.zeros(1, dtype=np.int64))
-            row = self._x_pairs.shape[0]
-            self._x_pairs = sparse.vstack([self._x_pairs, x], format="csr")
-            self._pair_decision = np.append(self._pair_decision, index)
-            self.predictions = np.append(self.predictions, self._predict(self._coef, x, np.array([index])))
+            row = len(self._predictions) + len(self._extra_predictions)
+            self._extra_x.append(x)
+            self._extra_decision.append(index)
+            self._extra_predictions.append(float(self._predict(self._coef, x, np.array([index]))[0]))
             self._pairs[index][offer_id] = row
         return row
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """Every (decision, offer) prediction so far, by row (``pair``)."""
+        self._stack()
+        return self._predictions
+
+    def _stack(self) -> None:
+        if self._extra_predictions:
+            self._predictions = np.concatenate([self._predictions, self._extra_predictions])
+            self._x_pairs = sparse.vstack([self._x_pairs, *self._extra_x], format="csr")
+            self._pair_decision = np.concatenate([self._pair_decision, self._extra_decision])
+            self._extra_x, self._extra_decision, self._extra_predictions = [], [], []
 
     def predict(self, index: int, d: LoggedDecision, offer_ids: Sequence[str]) -> np.ndarray:
         """q(x_index, a) for each offer in ``offer_ids``, from the model that did not see decision
         ``index``'s reward; always within the reward range."""
-        return self.predictions[[self.pair(index, d, a) for a in offer_ids]] if len(offer_ids) else np.zeros(0)
+        if not len(offer_ids):
+            return np.zeros(0)
+        rows = [self.pair(index, d, a) for a in offer_ids]
+        base = len(self._predictions)
+        return np.array([self._predictions[r] if r < base else self._extra_predictions[r - base] for r in rows])
 
     def refit(self, counts: np.ndarray) -> np.ndarray:
         """Every prediction again, from cross-fit models refit on a resample of the decisions
         (``counts[i]``: how often decision i was drawn); the folds stay those of the original
         decisions, so a repeated decision never predicts itself."""
         coef = self._fit_folds(np.asarray(counts, dtype=float), start=self._coef)
+        self._stack()
         return self._predict(coef, self._x_pairs, self._pair_decision)
 
     def brier(self) -> tuple[float, float]:

@@ -28,11 +28,14 @@ Features of a (decision, offer) pair, encoded from the log alone (no reward ente
 
 Cross-fitting (Chernozhukov et al. (2018), "Double/debiased machine learning"): decision i is in
 fold i mod K; its predictions come from the model fit on the other K - 1 folds, so no decision
-is predicted by a model that saw its reward. How strongly to penalise is chosen per fold, among
-``PENALTY_SCALES`` times the base penalties, by the held-out log loss of two halves of that
-fold's own training decisions (nested, so the choice does not see the fold's rewards either): a
-log with few rewards (38 clicks in the Open Bandit sample) gets a model close to a constant, a
-log with clear effects a flexible one.
+is predicted by a model that saw its reward.
+
+The penalty is fixed (a standard normal prior on each standardised coefficient's log-odds), not
+chosen for the best held-out prediction: DM averages the predictions over every decision and
+every offer a target might choose, so their variance mostly averages away while the bias of
+shrinkage stays. Choosing the penalty by held-out log loss (tried: nested, per fold, weighted by
+inverse propensity) picked penalties 10 to 30 times stronger, a Brier score 1% better on a
+simulated log, and a DM for uniform random 13% above its true value instead of 0.2%.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from scipy import optimize, sparse
 
 from nba.evaluation.logs import LoggedDecision
 
-__all__ = ["MIN_COUNT", "PENALTY_SCALES", "RewardModel"]
+__all__ = ["MIN_COUNT", "RewardModel"]
 
 #: a string value seen in fewer decisions than this is encoded as its key's ``<other>``
 MIN_COUNT = 2
@@ -54,8 +57,6 @@ MIN_COUNT = 2
 MAX_COLUMNS = 2000
 #: standardised numbers are clipped to this many standard deviations
 CLIP = 5.0
-#: the multiples of the penalties each fold chooses among (by nested held-out log loss)
-PENALTY_SCALES = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
 class _Encoder:
@@ -137,8 +138,8 @@ class RewardModel:
     ``(low, high)`` of the rewards (default: the log's smallest and largest reward); every
     prediction is inside it. ``penalty``: the base L2 penalty of the shared effects (context,
     offer identity, offer features; 1 is a standard normal prior on each standardised column's
-    log-odds); ``interaction_penalty``: that of each offer's own response to the context. Each
-    fold multiplies both by the scale it chooses (``scales``). ``offers``: offer id -> features
+    log-odds); ``interaction_penalty``: that of each offer's own response to the context.
+    ``offers``: offer id -> features
     (a catalogue, ``read_offers``), for offers a decision carries none for: those a target makes
     eligible that the log did not.
     Raises ``ValueError`` for an empty log, fewer than 2 folds or a range with high < low.
@@ -212,8 +213,6 @@ class RewardModel:
                 pair_offer.append(a)
         self._pair_decision = np.asarray(pair_decision, dtype=np.int64)
         self._x_pairs = self._design(self._pair_decision, pair_offer, np.zeros(len(pair_offer), dtype=np.int64))
-        #: each fold's chosen multiple of the penalties (PENALTY_SCALES)
-        self.scales: np.ndarray | None = None
         self._coef = self._fit_folds(np.ones(n))
         self._predictions = self._predict(self._coef, self._x_pairs, self._pair_decision)
         # Pairs added on demand (offers a target makes eligible that the log did not), kept
@@ -255,8 +254,7 @@ class RewardModel:
 
     # Fitting -------------------------------------------------------------------------------
 
-    def _fit(self, x: sparse.csr_matrix, y: np.ndarray, c: np.ndarray, start: np.ndarray | None,
-             scale: float = 1.0) -> np.ndarray:
+    def _fit(self, x: sparse.csr_matrix, y: np.ndarray, c: np.ndarray, start: np.ndarray | None) -> np.ndarray:
         total = c.sum()
         if self.high == self.low or total <= 0:
             return np.zeros(self._width)
@@ -264,7 +262,7 @@ class RewardModel:
         if start is None:
             start = np.zeros(self._width)
             start[0] = np.log(mean / (1 - mean))
-        lam = self._penalty * scale
+        lam = self._penalty
         xt = x.T.tocsr()
 
         def loss(beta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -278,40 +276,14 @@ class RewardModel:
 
     def _fit_folds(self, counts: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
         """One coefficient vector per fold, each fit on the other folds' decisions (weighted by
-        ``counts``, how often each decision was drawn). The first time, each fold's penalty
-        scale is chosen among ``PENALTY_SCALES`` by the held-out log loss of two halves of its
-        own training decisions (nested: no fold's choice sees its own rewards); refits keep it."""
+        ``counts``, how often each decision was drawn)."""
         coef = np.zeros((self.folds, self._width))
         weight = counts[self._train_decision]
         train_fold = self._fold[self._train_decision]
-        choose = self.scales is None
-        if choose:
-            self.scales = np.ones(self.folds)
         for f in range(self.folds):
             mask = (train_fold != f) & (weight > 0)
-            if choose:
-                self.scales[f] = self._choose_scale(np.flatnonzero(mask), weight)
-            coef[f] = self._fit(self._x_train[mask], self._y[mask], weight[mask],
-                                None if start is None else start[f], float(self.scales[f]))
+            coef[f] = self._fit(self._x_train[mask], self._y[mask], weight[mask], None if start is None else start[f])
         return coef
-
-    def _choose_scale(self, rows: np.ndarray, weight: np.ndarray) -> float:
-        if len(PENALTY_SCALES) == 1 or self.high == self.low:
-            return PENALTY_SCALES[0]
-        half = (self._train_decision[rows] // self.folds) % 2
-        losses = np.zeros(len(PENALTY_SCALES))
-        for h in (0, 1):
-            fit, held = rows[half != h], rows[half == h]
-            if not len(fit) or not len(held):
-                continue
-            x_fit, y_fit, c_fit = self._x_train[fit], self._y[fit], weight[fit]
-            x_held, y_held, c_held = self._x_train[held], self._y[held], weight[held]
-            beta = None
-            for k in np.argsort(PENALTY_SCALES)[::-1]:  # strongest first, each warm-starting the next
-                beta = self._fit(x_fit, y_fit, c_fit, beta, PENALTY_SCALES[k])
-                z = x_held @ beta
-                losses[k] += float(c_held @ (np.logaddexp(0.0, z) - y_held * z))
-        return float(PENALTY_SCALES[int(np.argmin(losses))])
 
     def _predict(self, coef: np.ndarray, x: sparse.csr_matrix, decision: np.ndarray) -> np.ndarray:
         if self.high == self.low:

@@ -210,3 +210,17 @@ def test_an_offer_the_log_never_showed_is_predicted_from_its_catalogue_features(
     assert abs(dm["with"] - truth) < 0.1, dm
     assert abs(dm["without"] - truth) > 2 * abs(dm["with"] - truth), dm
     assert len(with_catalogue.predictions) == 1500 * 21  # every decision's newcomer added once
+
+
+def test_without_the_offer_by_context_columns_a_large_catalogue_still_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_CROSSED columns (many offers x many context columns) each offer's own response
+    to the context is left out: the shared effects remain."""
+    import nba.evaluation.reward_model as reward_model
+
+    rng = np.random.default_rng(9)
+    decisions = uniform_log(500, ["a", "b", "c"], lambda f, a: 0.5 if a == "a" else 0.1, rng)
+    monkeypatch.setattr(reward_model, "MAX_CROSSED", 0)
+    model = RewardModel(decisions)
+    assert not model.crossed
+    q = model.predict(0, decisions[0], ["a", "b", "c"])
+    assert q[0] > q[1] + 0.2 and 0 < q.min() and q.max() < 1

@@ -22,7 +22,8 @@ Features of a (decision, offer) pair, encoded from the log alone (no reward ente
 * the offer's features (``features`` on a candidate, or the ``--offers`` catalogue), encoded
   as the context is; an offer the log never showed is predicted from these and the context;
 * the offer's identity crossed with every context column (each offer's own response to the
-  customer), shrunk towards the shared effects when an offer has few rewards;
+  customer), shrunk towards the shared effects when an offer has few rewards (left out when
+  there would be more than ``MAX_CROSSED`` such columns: 2,000 context columns x 250 offers);
 * the slot, for logs with several: the model is trained on every answered slot's reward and
   predicts the first slot's.
 
@@ -49,7 +50,7 @@ from scipy import optimize, sparse
 
 from nba.evaluation.logs import LoggedDecision
 
-__all__ = ["MIN_COUNT", "RewardModel"]
+__all__ = ["MAX_CROSSED", "MIN_COUNT", "RewardModel"]
 
 #: a string value seen in fewer decisions than this is encoded as its key's ``<other>``
 MIN_COUNT = 2
@@ -57,6 +58,8 @@ MIN_COUNT = 2
 MAX_COLUMNS = 2000
 #: standardised numbers are clipped to this many standard deviations
 CLIP = 5.0
+#: most offer x context columns (each offer's own response to the customer); beyond, left out
+MAX_CROSSED = 500_000
 
 
 class _Encoder:
@@ -136,13 +139,14 @@ class RewardModel:
 
     ``decisions``: the log. ``folds``: K of the cross-fit (at least 2). ``reward_range``:
     ``(low, high)`` of the rewards (default: the log's smallest and largest reward); every
-    prediction is inside it. ``penalty``: the base L2 penalty of the shared effects (context,
-    offer identity, offer features; 1 is a standard normal prior on each standardised column's
-    log-odds); ``interaction_penalty``: that of each offer's own response to the context.
-    ``offers``: offer id -> features
-    (a catalogue, ``read_offers``), for offers a decision carries none for: those a target makes
-    eligible that the log did not.
-    Raises ``ValueError`` for an empty log, fewer than 2 folds or a range with high < low.
+    prediction is inside it. ``penalty``: the L2 penalty of the shared effects (context, offer
+    identity, offer features; 1 is a standard normal prior on each standardised column's
+    log-odds); ``interaction_penalty``: that of each offer's own response to the context (left
+    out, ``crossed`` false, when offers x context columns exceed ``MAX_CROSSED``). ``offers``:
+    offer id -> features (a catalogue, ``read_offers``), for offers a decision carries none
+    for, such as those a target makes eligible that the log did not. Raises ``ValueError`` for
+    an empty log, fewer than 2 folds, or a range that is not finite, has high < low, or leaves
+    out a logged reward.
 
     >>> from nba.evaluation.logs import from_records
     >>> lines = [{"features": {"age": a}, "candidates": [{"offer_id": "x", "probability": 1.0}],
@@ -189,15 +193,17 @@ class RewardModel:
         self._train_decision = np.asarray(train_decision, dtype=np.int64)
 
         self._context = _Encoder(d.features for d in decisions)
-        offers = sorted({a for d in decisions for a in (*d.eligible, *(o for o, _ in d.slots))})
-        self._offer_index = {a: j for j, a in enumerate(offers)}
+        offer_ids = sorted({a for d in decisions for a in (*d.eligible, *(o for o, _ in d.slots))})
+        self._offer_index = {a: j for j, a in enumerate(offer_ids)}
         distinct = {id(f): f for d in decisions for f in (d.offer_features or {}).values()}
         distinct.update((id(f), f) for f in self._catalogue.values())
         self._offer_encoder = _Encoder(distinct.values())
         self._slots = max(len(d.slots) for d in decisions)
         self._context_rows = self._context.matrix([d.features for d in decisions])
-        dc, do, na = self._context.width, self._offer_encoder.width, len(offers)
-        self._blocks = (1, dc, na, do, max(self._slots - 1, 0), dc * na)  # intercept, context, id, offer, slot, cross
+        dc, do, na = self._context.width, self._offer_encoder.width, len(offer_ids)
+        self.crossed = dc * na <= MAX_CROSSED
+        # intercept, context, offer identity, offer features, slot, offer x context
+        self._blocks = (1, dc, na, do, max(self._slots - 1, 0), dc * na if self.crossed else 0)
         self._width = sum(self._blocks)
         penalties = [0.0, penalty, penalty, penalty, penalty, interaction_penalty]
         self._penalty = np.concatenate([np.full(w, p) for w, p in zip(self._blocks, penalties, strict=True)])
@@ -241,10 +247,10 @@ class RewardModel:
         slot_block = sparse.csr_matrix((np.ones(int(later.sum())), (rows[later], slot[later] - 1)), shape=(m, ns))
         # Each offer's own copy of the context columns: shift the context's columns by offer.
         counts = np.diff(ctx.indptr)
-        keep = np.repeat(known, counts)
+        keep = np.repeat(known & self.crossed, counts)
         cross = sparse.csr_matrix(
             (ctx.data[keep], (np.repeat(rows, counts)[keep], (ctx.indices + np.repeat(ident * dc, counts))[keep])),
-            shape=(m, dc * na))
+            shape=(m, self._blocks[5]))
         intercept = sparse.csr_matrix(np.ones((m, 1)))
         return sparse.hstack([intercept, ctx, id_block, offer_block, slot_block, cross], format="csr")
 

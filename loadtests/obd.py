@@ -16,7 +16,8 @@ log. This script
    evaluates position-wise; nba sees the position as context);
 3. runs ``nba evaluate`` and obp's IPS, SNIPS, DM and DR (DM/DR with obp's ``RegressionModel``
    on scikit-learn's ``LogisticRegression``, 3-fold cross-fitting, as obp's OBD example), and
-   prints one table against the on-policy value.
+   prints one table against the on-policy value. It exits with 1 when IPS or SNIPS differ from
+   obp's by more than 1e-12, or DM or DR is further from the on-policy value than obp's.
 
 obp is not a dependency of nba, nor of the ``bench`` extra: its declared pins (Python < 3.11,
 scikit-learn 1.1, scipy 1.9) no longer install. It runs unchanged on today's versions, installed
@@ -215,6 +216,12 @@ def main() -> None:
     print(f"  nba (cross-fitted logistic, 5 folds):           {model['brier']:.7f}, "
           f"predictions {model['q_min']:.5f} to {model['q_max']:.5f}")
     print(f"files: {out}")
+    failed = [f"{name}: nba {ours[name]['value']!r} is not obp's {reference[name]!r}" for name in ("ips", "snips")
+              if abs(ours[name]["value"] - reference[name]) > 1e-12]
+    failed += [f"{name}: nba is further from the on-policy value than obp" for name in ("dm", "dr")
+               if abs(ours[name]["value"] - on_policy) > abs(reference[name] - on_policy)]
+    if failed:
+        sys.exit("; ".join(failed))
 
 
 if __name__ == "__main__":

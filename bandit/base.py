@@ -121,7 +121,7 @@ class Learner:
     def _weighted(
         self, arm_ids: list[Hashable], context: Mapping[str, Any], weights: Sequence[float] | np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, float]:
-        predicted = self.scores(arm_ids, context)
+        predicted = self._predict(arm_ids, context) if arm_ids else np.zeros(0)
         if weights is None:
             return predicted, predicted, 1.0
         w = np.asarray(weights, dtype=float)

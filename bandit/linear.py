@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from bandit.base import Learner
+from bandit.drift import PageHinkley
 from bandit.exploration import Exploration, InverseGapWeighting
 from bandit.features import Featurizer
 from bandit.ridge import RidgeArms
@@ -17,9 +18,11 @@ from bandit.state import arm_ids, arm_list
 
 __all__ = ["LinearBandit"]
 
-#: optimism looks at the evidence about the customer at hand only for arms with fewer than this
-#: many times ``optimism`` observations in all
-YOUNG = 100
+#: an arm that first learns after this many updates of the learner is a newcomer to it
+LATE = 1000
+#: a newcomer is judged by its evidence about the customer at hand until it has this many times
+#: ``optimism`` observations in all
+YOUNG = 20
 
 
 class LinearBandit(Learner):
@@ -50,15 +53,20 @@ class LinearBandit(Learner):
     optimism
         A pseudo-count, 0 to turn it off. Above 0, an arm with evidence n (its observations,
         discounted with forgetting) is estimated as n / (n + optimism) of its own estimate and
-        the rest the best estimate of any arm the learner knows for this context: an arm
-        nobody knows yet (an offer added to a running catalogue), or one whose evidence was
+        the rest the best that any arm the learner knows earns for this context: an arm nobody
+        knows yet (an offer added to a running catalogue), or one whose evidence was
         forgotten, is tried as if it were as good as the best, until its own observations say
-        otherwise. Arms that all have evidence are barely touched (weight optimism / n).
+        otherwise. An arm with evidence is barely touched (weight optimism / (n + optimism)).
+    detect_changes
+        Run a change test (``bandit.drift.PageHinkley``) on each arm's residuals; when what
+        an arm earns has changed abruptly, its own model starts again from nothing (and, with
+        ``optimism``, is tried again like a new arm), rather than unlearning its past one
+        observation at a time.
     explore_by_age
-        With inverse gap weighting, scale each arm's gamma by its own age (updates since it
-        first learned) rather than by the learner's total updates; with forgetting, by the
-        discounted age (which stops growing at 1 / (1 - forget)). An arm that joins late is
-        explored as a young learner explores, not as one that has seen everything.
+        With inverse gap weighting, scale each arm's gamma by its own age (updates of the
+        learner since the arm first learned) rather than by the learner's total updates: an
+        arm that joins late is explored as a young learner explores, not as one that has
+        seen everything.
     shared
         A pseudo-count, 0 to turn it off. Above 0, a second set of ridge models, one per arm
         *attribute* (``set_arm_attributes``: its group, its tags, and ``*`` for every arm),
@@ -96,10 +104,11 @@ class LinearBandit(Learner):
         exclude: Iterable[str] = (),
         warmup: int = 1000,
         prior: float = 0.0,
-        forget: float = 1.0,
+        forget: float = 0.999,
         shared: float = 0.0,
-        optimism: float = 0.0,
-        explore_by_age: bool = False,
+        optimism: float = 5.0,
+        explore_by_age: bool = True,
+        detect_changes: bool = True,
         seed: int | None = None,
     ) -> None:
         if shared < 0:
@@ -116,6 +125,9 @@ class LinearBandit(Learner):
         self.shared = shared
         self.optimism = optimism
         self.explore_by_age = explore_by_age
+        self.detect_changes = detect_changes
+        self._detector = PageHinkley()
+        self._changes_detected = 0
         self.warmup = warmup
         self._featurizer = Featurizer(n_features, clip, self.exclude, warmup)
         self._model = RidgeArms(self._featurizer.dim, alpha, forget)
@@ -150,6 +162,11 @@ class LinearBandit(Learner):
                 solo[i] = True
             self._arm_slot[arm] = i
         self._attribute_names, self._membership, self._solo = names, membership, solo
+
+    @property
+    def changes_detected(self) -> int:
+        """How many times a change was detected in what an arm earns (and its model restarted)."""
+        return self._changes_detected
 
     def _attributes_of(self, arm_id: Hashable) -> tuple[str, ...]:
         return self._arm_attributes.get(arm_id, ("*",))
@@ -186,14 +203,16 @@ class LinearBandit(Learner):
             # The best any known arm is expected to earn here, over every arm the learner knows
             # (not only those offered): the same for any subset of arms, so a later slot's
             # probabilities, computed over the arms left, agree with the first slot's.
-            best = max(float(np.max(self._model.known_estimates(x), initial=0.0)), float(np.max(own)))
-            # Evidence about customers like this one: an arm tried only elsewhere is still
-            # unknown here. Computed (O(d^2) an arm) only for arms with little evidence at all:
-            # past YOUNG x optimism observations, optimism weighs under 1% whatever the direction.
-            young = np.flatnonzero(n < YOUNG * self.optimism)
-            if len(young):
+            best = float(np.max(self._model.known_estimates(x), initial=0.0))
+            # An arm that joined a learner which had already learned (a newcomer to a running
+            # catalogue) is judged by its evidence about customers like this one: tried only
+            # elsewhere, it is still unknown here. Not the arms a learner starts with, which
+            # all know equally little: on contexts of many dimensions every customer would be
+            # new to every arm, and optimism would never end. O(d^2) per young newcomer.
+            newcomers = np.flatnonzero((n < YOUNG * self.optimism) & (self._model.births(rows) >= LATE))
+            if len(newcomers):
                 n = n.copy()
-                n[young] = np.minimum(n[young], self._model.direction_evidence(rows[young], x))
+                n[newcomers] = np.minimum(n[newcomers], self._model.direction_evidence(rows[newcomers], x))
             trust = n / (n + self.optimism)
             own = trust * own + (1 - trust) * best
         return self.prior + own
@@ -210,8 +229,10 @@ class LinearBandit(Learner):
         attributes, attribute_arrays = self._attributes.export_state("attributes.", reuse)
         described = [[arm, None if not attrs else list(attrs[1:])] for arm, attrs in self._arm_attributes.items()]
         arm_list((arm for arm, _ in described), "arm_attributes")
-        meta = {"features": features, "arms": arms, "attributes": attributes, "arm_attributes": described}
-        return meta, {**feature_arrays, **arm_arrays, **attribute_arrays}
+        drift, drift_arrays = self._detector.export_state("drift.", reuse)
+        meta = {"features": features, "arms": arms, "attributes": attributes, "arm_attributes": described,
+                "drift": drift, "changes_detected": self._changes_detected}
+        return meta, {**feature_arrays, **arm_arrays, **attribute_arrays, **drift_arrays}
 
     def _import_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         featurizer = Featurizer(self.n_features, self.clip, self.exclude, self.warmup)
@@ -227,6 +248,13 @@ class LinearBandit(Learner):
                     isinstance(item[1], list) and all(isinstance(a, str) for a in item[1]))) for item in described):
             raise ValueError("meta: arm_attributes must be a list of [arm id, [attribute, ...] or null]")
         arm_ids([arm for arm, _ in described], "arm_attributes")
+        detector = PageHinkley()
+        if isinstance(meta.get("drift"), dict):  # absent from states written before change detection
+            detector.import_state(meta["drift"], arrays, "drift.")
+        changes = meta.get("changes_detected", 0)
+        if not isinstance(changes, int) or isinstance(changes, bool) or changes < 0:
+            raise ValueError(f"meta: changes_detected must be a count, got {changes!r}")
+        self._detector, self._changes_detected = detector, changes
         self._featurizer, self._model, self._attributes, self._cached = featurizer, model, attributes, None
         self.set_arm_attributes({arm: attrs for arm, attrs in described})
 
@@ -240,7 +268,8 @@ class LinearBandit(Learner):
         # describes the arms again after restoring).
         fresh = {"_attribute_names": ["*"], "_arm_slot": {}, "_membership": np.ones((1, 1)),
                  "_solo": np.zeros(1, dtype=bool), "_cached": None, "shared": 0.0, "warmup": 1000,
-                 "optimism": 0.0, "explore_by_age": False}
+                 "optimism": 0.0, "explore_by_age": False, "detect_changes": False, "_detector": PageHinkley(),
+                 "_changes_detected": 0}
         self.__dict__.update({**fresh, **state})
 
     def _update(
@@ -263,6 +292,11 @@ class LinearBandit(Learner):
         for attribute in attributes:
             self._attributes.check_one(attribute, x, target, previous, x_norm)
         if previous_reward is None:
+            if self.detect_changes:
+                residual = target - float(self._model.predict([arm_id], x)[0])
+                if self._detector.update(arm_id, residual):
+                    self._model.reset(arm_id)
+                    self._changes_detected += 1
             self._featurizer.learn_one(context)
             self._model.advance()
             self._attributes.advance()
@@ -271,4 +305,5 @@ class LinearBandit(Learner):
             self._attributes._apply_one(attribute, x, target, previous)
 
     def state_is_finite(self) -> bool:
-        return self._model.state_is_finite() and self._attributes.state_is_finite() and self._featurizer.state_is_finite()
+        return (self._model.state_is_finite() and self._attributes.state_is_finite()
+                and self._featurizer.state_is_finite() and self._detector.state_is_finite())

@@ -19,11 +19,14 @@ was) discounts every arm's past observations by ``forget``, chosen or not:
 so the estimate of an arm nobody chooses any more decays towards the prior and its evidence
 (``evidence``) towards 0, as a learner that follows change needs. The discount never reaches
 the regularisation alpha I (that would let directions the data never cover grow without
-bound). An arm's D and b are brought to the current step when it learns (an exact Cholesky
-factorisation and inverse, O(d^3): about 100 microseconds at d = 129), and the estimates of
-arms not learning are solved again once they are ``stale_steps()`` steps old, so no estimate
-lags its exact value by more than a discount of ``STALE_DISCOUNT`` (1%: at forget 0.999, 10
-steps); ``tests/test_learners.py`` checks it against the batch solution.
+bound). The exact solution costs an inverse, O(d^3) (about 100 microseconds at d = 129),
+too much for every update; so each arm keeps D beside A^-1, and between exact solves takes the
+cheap step: when it learns after k steps, A <- forget^k A + x x^T (Sherman-Morrison, O(d^2)),
+which discounts alpha I along with the data. The weight left on alpha I is tracked, and the arm
+is solved exactly from D before it falls more than ``STALE_DISCOUNT`` (5%) below 1; the
+estimates of arms not learning are solved exactly once they are ``stale_steps()`` steps old
+(51 at forget 0.999), so none lags its exact value by more than a 5% discount.
+``tests/test_learners.py`` checks the bound against the batch solution.
 
 The state stays finite whatever the rewards: an update that would take an arm's estimate
 beyond ``MAX_ESTIMATE`` in norm is refused before anything changes (``ValueError``). A^-1 is
@@ -53,8 +56,10 @@ from bandit.state import arm_ids, arm_list, array, copied
 __all__ = ["RidgeArms"]
 
 #: with forgetting, the largest share by which an estimate may lag its exact discounted value:
-#: an arm not learning is solved again before its evidence has decayed by more than this
-STALE_DISCOUNT = 0.01
+#: an arm not learning is solved again before its evidence has decayed by more than this, and
+#: the regularisation inside an arm's A^-1 kept by the cheap step may fall this far below alpha
+#: before the arm is solved again exactly
+STALE_DISCOUNT = 0.05
 #: the largest norm an arm's estimate (theta) may reach: far beyond any real reward, far below
 #: where its products with features, weights and exploration could overflow
 MAX_ESTIMATE = 1e100
@@ -98,6 +103,9 @@ class RidgeArms:
             self._weight = np.zeros(capacity)
             self._seen = np.zeros(capacity, dtype=np.int64)
             self._solved = np.zeros(capacity, dtype=np.int64)
+            #: the weight of alpha I inside the A^-1 kept (1 after an exact solve; the cheap
+            #: step discounts it with the data)
+            self._ridge = np.ones(capacity)
         else:
             self._data = None
 
@@ -131,6 +139,10 @@ class RidgeArms:
     def predict_rows(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
         return self._theta[rows] @ x
 
+    def estimate(self, arm_id: Hashable) -> np.ndarray:
+        """A copy of the arm's coefficients theta (zeros for an arm never updated)."""
+        return self._theta[self._rows.get(arm_id, 0)].copy()
+
     def known_estimates(self, x: np.ndarray) -> np.ndarray:
         """Every arm's estimate for ``x`` (as last solved), the prior's row excluded."""
         return self._theta[1 : len(self._rows) + 1] @ x
@@ -148,14 +160,20 @@ class RidgeArms:
 
     def direction_evidence(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
         """How many observations like ``x`` each row has learned from, as ridge sees it:
-        1 / (x^T A^-1 x) - alpha / ||x||^2, which is m after m observations of x itself (and 0
-        for an arm never updated) and stays small for an arm that learned only from customers
-        unlike this one. Costs O(d^2) per row."""
+        1 / (x^T A^-1 x) - alpha / ||x||^2, which is m after m observations of x itself (0 for
+        an arm never updated) and stays small for an arm that learned only from customers
+        unlike this one. O(d^2) per row."""
         xx = float(x @ x)
         if not xx:
             return self.evidence(rows)
-        v = (self._ainv[rows] @ x) @ x
+        # Row by row: indexing the stacked matrices by rows would copy them (d^2 floats each).
+        ainv = self._ainv
+        v = np.fromiter((x @ (ainv[row] @ x) for row in rows.tolist()), dtype=float, count=len(rows))
         return np.maximum(1.0 / np.maximum(v, 1e-300) - self.alpha / xx, 0.0)
+
+    def births(self, rows: np.ndarray) -> np.ndarray:
+        """The clock's step at which each row first learned (or was last reset)."""
+        return self._born[rows]
 
     def ages(self, rows: np.ndarray) -> np.ndarray:
         """Steps of the clock since each row first learned (0 for the prior row)."""
@@ -214,20 +232,22 @@ class RidgeArms:
     def _apply_one(self, arm_id: Hashable, x: np.ndarray, reward: float, previous_reward: float | None) -> None:
         """Applies an update ``check_one`` accepted, at the current step of the clock."""
         row = self._row(arm_id)
+        ainv = self._ainv[row]
         if self._data is not None:
             self._catch_up(row)
-            if previous_reward is None:
-                # Discounted ridge: D <- D + x x^T, b <- b + r x at the current step.
-                dger(1.0, x, x, a=self._data[row].T, overwrite_a=True)
-                self._b[row] += reward * x
-                self._weight[row] += 1.0
-                self._count[row] += 1
-            else:
+            if previous_reward is not None:
                 # The revised observation's own discount is not known here: revised at full weight.
                 self._b[row] += (reward - previous_reward) * x
-            self._solve(row)
-            return
-        ainv = self._ainv[row]
+                np.dot(ainv, self._b[row], out=self._theta[row])
+                return
+            # Discounted ridge: D <- D + x x^T, b <- b + r x at the current step.
+            dger(1.0, x, x, a=self._data[row].T, overwrite_a=True)
+            self._weight[row] += 1.0
+            if self._ridge[row] < 1.0 - STALE_DISCOUNT:
+                self._b[row] += reward * x
+                self._count[row] += 1
+                self._solve(row)
+                return
         if previous_reward is None:
             ax = ainv @ x
             # The rank-one downdate in place with BLAS dger: seven times faster than numpy's
@@ -241,13 +261,17 @@ class RidgeArms:
         np.dot(ainv, self._b[row], out=self._theta[row])
 
     def _catch_up(self, row: int) -> None:
-        """Discounts a row's D, b and weight to the current step."""
+        """Discounts a row's D, b and weight to the current step, and its A^-1 by the cheap step:
+        A <- factor * A discounts the regularisation with the data (A^-1 / factor, O(d^2)), which
+        ``_ridge`` records; the estimate A^-1 b does not move."""
         steps = self.clock - int(self._seen[row])
         if steps:
             factor = self.forget**steps
             self._data[row] *= factor
             self._b[row] *= factor
             self._weight[row] *= factor
+            self._ainv[row] /= factor
+            self._ridge[row] *= factor
             self._seen[row] = self.clock
 
     def _solve(self, row: int) -> None:
@@ -255,16 +279,18 @@ class RidgeArms:
         alpha I is positive definite: D is a sum of squares and alpha > 0)."""
         self._catch_up(row)
         a = self._data[row] + np.diag(np.full(self.dim, self.alpha))
-        factor, info = dpotrf(a, lower=1, clean=0, overwrite_a=1)
+        factor, info = dpotrf(a, lower=1, clean=1, overwrite_a=1)
         if info == 0:
             inverse, info = dpotri(factor, lower=1, overwrite_c=1)
+        target = self._ainv[row]
         if info != 0:  # only if D stopped being a sum of squares: a general inverse
-            inverse = np.linalg.inv(self._data[row] + self.alpha * np.eye(self.dim))
-        else:  # dpotri fills the lower triangle only
-            inverse = np.tril(inverse) + np.tril(inverse, -1).T
-        self._ainv[row] = inverse
-        np.dot(inverse, self._b[row], out=self._theta[row])
+            target[...] = np.linalg.inv(self._data[row] + self.alpha * np.eye(self.dim))
+        else:  # the lower triangle (the upper is zero), mirrored: L + L^T counts the diagonal twice
+            np.add(inverse, inverse.T, out=target)
+            target.flat[:: self.dim + 1] *= 0.5
+        np.dot(target, self._b[row], out=self._theta[row])
         self._solved[row] = self.clock
+        self._ridge[row] = 1.0
 
     def state_is_finite(self) -> bool:
         """Whether every number held is finite (a model restored from elsewhere is checked);
@@ -288,6 +314,7 @@ class RidgeArms:
             self._data[row] = 0.0
             self._weight[row] = 0.0
             self._seen[row] = self._solved[row] = self.clock
+            self._ridge[row] = 1.0
         self._rows[arm_id] = row
         return row
 
@@ -299,12 +326,14 @@ class RidgeArms:
             return
         self._b[row] = 0.0
         self._theta[row] = 0.0
+        self._count[row] = 0
         self._born[row] = self.clock
         self._ainv[row] = np.eye(self.dim) / self.alpha
         if self._data is not None:
             self._data[row] = 0.0
             self._weight[row] = 0.0
             self._seen[row] = self._solved[row] = self.clock
+            self._ridge[row] = 1.0
 
     def _grow(self, capacity: int) -> None:
         n = len(self._count)
@@ -354,7 +383,7 @@ class RidgeArms:
         n, d = len(arms) + 1, self.dim
         shapes = {"_b": ((n, d), "f"), "_theta": ((n, d), "f"), "_count": ((n,), "i"), "_born": ((n,), "i"),
                   "_ainv": ((n, d, d), "f"), "_data": ((n, d, d), "f"), "_weight": ((n,), "f"),
-                  "_seen": ((n,), "i"), "_solved": ((n,), "i")}
+                  "_seen": ((n,), "i"), "_solved": ((n,), "i"), "_ridge": ((n,), "f")}
         loaded = {}
         for name in self._arrays():
             shape, kind = shapes[name]
@@ -369,5 +398,5 @@ class RidgeArms:
 
     def _arrays(self) -> tuple[str, ...]:
         if self._data is not None:
-            return ("_ainv", "_b", "_theta", "_count", "_born", "_data", "_weight", "_seen", "_solved")
+            return ("_ainv", "_b", "_theta", "_count", "_born", "_data", "_weight", "_seen", "_solved", "_ridge")
         return ("_ainv", "_b", "_theta", "_count", "_born")

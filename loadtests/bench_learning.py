@@ -66,8 +66,12 @@ EPSILON = 0.05
 #: not take drops its row (with a note) instead of failing the run. Add rows here, or pass
 #: --nba 'label={"forget": 0.99}'.
 NBA_CONFIGS: list[tuple[str, dict[str, Any]]] = [
+    # What `nba serve` runs by default (nba.config: learner_shared 3, learner_prior 0.05).
+    ("nba, the service's defaults", {"shared": 3.0, "prior": 0.05}),
+    # The same with the setting that restores the behaviour before adaptation was the default.
+    ("nba, before adaptation", {"shared": 3.0, "prior": 0.05, "forget": 1.0, "optimism": 0.0, "explore_by_age": False,
+                                "detect_changes": False}),
     ("nba LinearBandit() defaults", {}),
-    ("nba, forget=1 (no adaptation)", {"forget": 1.0}),
 ]
 
 Play = tuple[str, float, Callable[[float], None]]

@@ -78,9 +78,13 @@ class Settings(BaseModel):
         "change (1: never forget)",
     )
     learner_optimism: float = Field(
-        3.0, ge=0,
-        description="pseudo-count: an offer with little evidence about a customer like this one is estimated as "
-        "good as the best known, so new offers are tried (0: off)",
+        5.0, ge=0, le=1e6,
+        description="pseudo-count: an offer with little evidence is estimated as good as the best known, blended "
+        "n / (n + 5) with its own estimate after n observations, so new offers are tried (0: off)",
+    )
+    learner_detect_changes: bool = Field(
+        True, description="a change test on each offer's residuals restarts an offer's model when what it earns "
+        "changes abruptly"
     )
     learner_explore_by_age: bool = Field(
         True, description="exploration: gamma grows with each offer's own age, not the learner's (new offers explored)"

@@ -69,6 +69,7 @@ def build_learner(settings: Settings) -> Learner:
         shared=settings.learner_shared,
         optimism=settings.learner_optimism,
         explore_by_age=settings.learner_explore_by_age,
+        detect_changes=settings.learner_detect_changes,
         exploration=InverseGapWeighting(settings.learner_gamma_scale, settings.learner_gamma_exponent),
         exclude=settings.learner_exclude,
         seed=settings.seed,

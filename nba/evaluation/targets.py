@@ -10,7 +10,8 @@ knows only what came before, as it would have live.
     uniform             uniform random among the eligible offers
     popular             the offer accepted most often so far (ties share)
     learner[:k=v,...]   a LinearBandit with these settings (features, alpha, prior, forget,
-                        gamma_scale, gamma_exponent, epsilon, seed), trained on the log as it goes
+                        shared, optimism, age, detect, gamma_scale, gamma_exponent, epsilon,
+                        seed), trained on the log as it goes
     draft:DIR           the policy set in DIR (its eligibility, levers and weights) ranked by
                         a learner like the one above
     file:PATH           a policy given from outside: per-decision probabilities over the logged
@@ -106,8 +107,9 @@ class Popular(TargetPolicy):
 
 
 def make_learner(name: str = "learner", **settings: Any) -> LinearBandit:
-    """A learner from ``key=value`` settings (features, alpha, prior, forget, shared,
-    gamma_scale, gamma_exponent, epsilon, seed); unknown keys are refused by name."""
+    """A learner from ``key=value`` settings (features, alpha, prior, forget, shared, optimism,
+    age, detect, gamma_scale, gamma_exponent, epsilon, seed: the service's defaults for those
+    not given); unknown keys are refused by name."""
     settings = dict(settings)
     epsilon = settings.pop("epsilon", None)
     exploration = (
@@ -119,15 +121,31 @@ def make_learner(name: str = "learner", **settings: Any) -> LinearBandit:
         n_features=int(settings.pop("features", 128)),
         alpha=float(settings.pop("alpha", 1.0)),
         prior=float(settings.pop("prior", 0.05)),
-        forget=float(settings.pop("forget", 1.0)),
+        forget=float(settings.pop("forget", 0.999)),
         shared=float(settings.pop("shared", 0.0)),
+        optimism=float(settings.pop("optimism", 5.0)),
+        explore_by_age=_switch(settings.pop("age", True), "age"),
+        detect_changes=_switch(settings.pop("detect", True), "detect"),
         exploration=exploration,
         seed=int(settings.pop("seed", 0)),
     )
     if settings:
         raise ValueError(f"{name}: unknown settings {', '.join(sorted(settings))} "
-                         "(features, alpha, prior, forget, shared, gamma_scale, gamma_exponent, epsilon, seed)")
+                         "(features, alpha, prior, forget, shared, optimism, age, detect, gamma_scale, gamma_exponent, "
+                         "epsilon, seed)")
     return learner
+
+
+def _switch(value: Any, key: str) -> bool:
+    """A yes/no setting given as text (``age=false``) or a bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{key}: expected true or false, got {value!r}")
 
 
 class LearnerTarget(TargetPolicy):

@@ -109,9 +109,13 @@ class Learner:
         the unit of gaps (for a later slot: the largest weight of all the slots' arms)."""
         arm_ids = list(arm_ids)
         with single_thread():
-            _, scores, own_scale = self._weighted(arm_ids, context, weights)
+            _, scores, own_scale = self._weighted(arm_ids, context, weights, scale)
         t = self._exploration_t(arm_ids)
-        return self.exploration.probabilities(scores, own_scale if scale is None else scale, t), scores
+        return self.exploration.probabilities(scores, own_scale, t), scores
+
+    def describe_exploration(self) -> str:
+        """One line for explanations: how exploration turns scores into probabilities now."""
+        return self.exploration.describe(self.n_updates)
 
     def _exploration_t(self, arm_ids: list[Hashable]) -> int | np.ndarray:
         """The evidence exploration scales with, per arm (``Exploration.probabilities``'s
@@ -119,17 +123,22 @@ class Learner:
         return self.n_updates
 
     def _weighted(
-        self, arm_ids: list[Hashable], context: Mapping[str, Any], weights: Sequence[float] | np.ndarray | None
+        self, arm_ids: list[Hashable], context: Mapping[str, Any], weights: Sequence[float] | np.ndarray | None,
+        scale: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Estimates, the scores exploration ranks by, and the unit of gaps: ``scale`` when
+        given (a later slot's: the largest weight of all the slots' arms), else the largest
+        weight."""
         predicted = self._predict(arm_ids, context) if arm_ids else np.zeros(0)
         if weights is None:
-            return predicted, predicted, 1.0
+            return predicted, predicted, 1.0 if scale is None else scale
         w = np.asarray(weights, dtype=float)
         if w.shape != predicted.shape:
             raise ValueError(f"weights has {w.shape[0]} values for {len(arm_ids)} arms")
         if not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ValueError("weights must be finite and non-negative")
-        scale = float(w.max()) if len(w) else 1.0
+        if scale is None:
+            scale = float(w.max()) if len(w) else 1.0
         return predicted, weighted_scores(predicted, w, scale), scale
 
     def update(

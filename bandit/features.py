@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import operator
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -135,7 +136,7 @@ class Featurizer:
         self._slots: dict[str, tuple[int, float]] = {}
         # The last transform's context and numbers (derived, not pickled), and whether every
         # numeric key's scale has stopped moving.
-        self._memo: tuple[Any, dict[str, Any], list[int], list[float], bool] | None = None
+        self._memo: tuple[Any, Shape, list[int], list[float], bool] | None = None
         self._settled = True
         self._registered_since = False
 
@@ -149,7 +150,7 @@ class Featurizer:
         A context just transformed (the same object, unchanged) is not read again: its numbers
         were kept, and once every scale has settled and it holds no new key, nothing moves."""
         memo = self._memo
-        if memo is not None and memo[0] is context and memo[1] == context and memo[4]:
+        if memo is not None and memo[0] is context and memo[4] and unchanged(context, memo[1]):
             if self._settled:
                 return
             index, values = memo[2], memo[3]
@@ -179,9 +180,10 @@ class Featurizer:
         """Returns the feature vector for ``context``; does not learn from it."""
         flat = _flat(context)
         index, values, complete = self._numbers(flat, register=False)
-        # Kept for a learn_one of the same context (a decision's update): a shallow copy tells
-        # a context changed in place since.
-        self._memo = (context, dict(context), index, values, complete)
+        # Kept for a learn_one of the same context (a decision's update), when it can be told
+        # whether the context changed in place since.
+        shape = shape_of(context) if flat is context else None
+        self._memo = None if shape is None else (context, shape, index, values, complete)
         if index:
             i = np.asarray(index, dtype=np.intp)
             # A key never seen in training has scale 0: its mean is unknown, it says nothing yet.
@@ -332,6 +334,27 @@ class Featurizer:
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Pickles of earlier versions lack the memo and the settled flag.
         self.__dict__.update({"_memo": None, "_settled": False, "_registered_since": False, **state})
+
+
+#: a flat context's keys and value objects, as ``shape_of`` takes them
+Shape = tuple[tuple[str, ...], tuple[Any, ...]]
+
+
+def shape_of(context: Mapping[str, Any]) -> Shape | None:
+    """What ``unchanged`` compares a flat context against later; None for a nested context
+    (a nested mapping changed in place keeps its identity, so no change could be told)."""
+    if _flat(context) is not context:
+        return None
+    return tuple(context), tuple(context.values())
+
+
+def unchanged(context: Mapping[str, Any], shape: Shape) -> bool:
+    """Whether a flat context still holds the same keys and the very same value objects as
+    when ``shape_of`` took it: by identity, so 1 turned into True, or 1.0 into 1, counts as a
+    change (equality would not). Only for flat contexts: a nested mapping changed in place
+    keeps its identity."""
+    keys, values = shape
+    return len(context) == len(keys) and all(map(operator.is_, context.values(), values)) and tuple(context) == keys
 
 
 def _flat(context: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -12,7 +12,7 @@ import numpy as np
 from bandit.base import Learner
 from bandit.drift import PageHinkley
 from bandit.exploration import Exploration, InverseGapWeighting
-from bandit.features import Featurizer
+from bandit.features import Featurizer, Shape, shape_of, unchanged
 from bandit.ridge import RidgeArms
 from bandit.state import arm_ids, arm_list
 
@@ -139,7 +139,7 @@ class LinearBandit(Learner):
         self._arm_slot: dict[Hashable, int] = {}
         self._membership = np.ones((1, 1))
         self._solo = np.zeros(1, dtype=bool)
-        self._cached: tuple[Mapping[str, Any], int, np.ndarray, dict[str, Any]] | None = None
+        self._cached: tuple[Mapping[str, Any], int, np.ndarray, Shape] | None = None
 
     def set_arm_attributes(self, attributes: Mapping[Hashable, Iterable[str] | None]) -> None:
         """Declares each arm's attributes (e.g. ``group=retention``, ``tag=credit-card``);
@@ -179,12 +179,15 @@ class LinearBandit(Learner):
         """The context's vector, reused when the same context object is asked for again before
         the featurizer learned anything (a pull followed by its update)."""
         cached = self._cached
-        if cached is not None and cached[0] is context and cached[1] == self._featurizer.version and cached[3] == context:
+        if (cached is not None and cached[0] is context and cached[1] == self._featurizer.version
+                and unchanged(context, cached[3])):
             return cached[2]
         x = self._featurizer.transform_one(context)
-        # A shallow copy too: a dict changed in place between the pull and the update must
-        # not get the vector of what it held before.
-        self._cached = (context, self._featurizer.version, x, dict(context))
+        # The context's keys and value objects too: a dict changed in place between the pull
+        # and the update must not get the vector of what it held before (a nested one, whose
+        # changes cannot be told, is not kept).
+        shape = shape_of(context)
+        self._cached = None if shape is None else (context, self._featurizer.version, x, shape)
         return x
 
     def _predict(self, arm_ids: list[Hashable], context: Mapping[str, Any]) -> np.ndarray:
@@ -216,6 +219,12 @@ class LinearBandit(Learner):
             trust = n / (n + self.optimism)
             own = trust * own + (1 - trust) * best
         return self.prior + own
+
+    def describe_exploration(self) -> str:
+        if self.explore_by_age and isinstance(self.exploration, InverseGapWeighting):
+            e = self.exploration
+            return f"inverse gap weighting, gamma {e.gamma_scale:g} x (each offer's age in updates)^{e.gamma_exponent:g}"
+        return super().describe_exploration()
 
     def _exploration_t(self, arm_ids: list[Hashable]) -> int | np.ndarray:
         if not self.explore_by_age:

@@ -60,6 +60,8 @@ __all__ = ["RidgeArms"]
 #: the regularisation inside an arm's A^-1 kept by the cheap step may fall this far below alpha
 #: before the arm is solved again exactly
 STALE_DISCOUNT = 0.05
+#: with forgetting, a row whose discounted count of observations falls below this is emptied
+EMPTY = 1e-9
 #: the largest norm an arm's estimate (theta) may reach: far beyond any real reward, far below
 #: where its products with features, weights and exploration could overflow
 MAX_ESTIMATE = 1e100
@@ -124,7 +126,10 @@ class RidgeArms:
         self.clock += steps
         if self._data is not None and self._rows:
             used = len(self._rows) + 1
-            for row in np.flatnonzero(self.clock - self._solved[1:used] >= self.stale_steps()) + 1:
+            # Rows whose evidence has all decayed away (an offer long gone) are emptied once and
+            # then cost nothing until they learn again.
+            stale = (self.clock - self._solved[1:used] >= self.stale_steps()) & (self._weight[1:used] > 0.0)
+            for row in np.flatnonzero(stale) + 1:
                 self._solve(int(row))
 
     def predict(self, arm_ids: Sequence[Hashable], x: np.ndarray) -> np.ndarray:
@@ -259,6 +264,8 @@ class RidgeArms:
         else:
             self._b[row] += (reward - previous_reward) * x
         np.dot(ainv, self._b[row], out=self._theta[row])
+        if self._data is not None:
+            self._solved[row] = self.clock
 
     def _catch_up(self, row: int) -> None:
         """Discounts a row's D, b and weight to the current step, and its A^-1 by the cheap step:
@@ -267,12 +274,26 @@ class RidgeArms:
         steps = self.clock - int(self._seen[row])
         if steps:
             factor = self.forget**steps
+            if factor * self._weight[row] < EMPTY:
+                self._empty(row)
+                return
             self._data[row] *= factor
             self._b[row] *= factor
             self._weight[row] *= factor
             self._ainv[row] /= factor
             self._ridge[row] *= factor
             self._seen[row] = self.clock
+
+    def _empty(self, row: int) -> None:
+        """A row whose evidence has decayed below ``EMPTY`` becomes the prior's (what is left
+        would be below any reward's precision)."""
+        self._data[row] = 0.0
+        self._b[row] = 0.0
+        self._theta[row] = 0.0
+        self._weight[row] = 0.0
+        self._ainv[row] = np.eye(self.dim) / self.alpha
+        self._ridge[row] = 1.0
+        self._seen[row] = self._solved[row] = self.clock
 
     def _solve(self, row: int) -> None:
         """A^-1 = (D + alpha I)^-1 and theta = A^-1 b at the current step, by Cholesky (D +
@@ -391,6 +412,13 @@ class RidgeArms:
                 loaded[name] = np.zeros(n, dtype=np.int64)  # written before ages were kept
                 continue
             loaded[name] = array(arrays, f"{prefix}{name[1:]}", shape, kind=kind)
+        for name in ("_born", "_seen", "_solved"):
+            if name in loaded and (loaded[name].min(initial=0) < 0 or loaded[name].max(initial=0) > clock):
+                raise ValueError(f"arrays: {prefix}{name[1:]} must hold steps of the clock, 0 to {clock}")
+        if "_ridge" in loaded and not np.all((loaded["_ridge"] > 0) & (loaded["_ridge"] <= 1)):
+            raise ValueError(f"arrays: {prefix}ridge must lie in (0, 1]")
+        if "_weight" in loaded and np.any(loaded["_weight"] < 0):
+            raise ValueError(f"arrays: {prefix}weight must not be negative")
         for name, value in loaded.items():
             setattr(self, name, value)
         self._rows = {arm: row for row, arm in enumerate(arms, start=1)}

@@ -124,7 +124,7 @@ class LearningLoop:
             return (
                 learner.pull(arm_ids, features, k, weights),
                 learner.version,
-                learner.exploration.describe(learner.n_updates),
+                learner.describe_exploration(),
             )
 
     def distribution(

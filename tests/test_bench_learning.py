@@ -169,7 +169,7 @@ def test_the_table_bolds_the_best_learner_not_the_baseline() -> None:
 
 def test_an_nba_configuration_the_learner_does_not_take_drops_its_row_not_the_run() -> None:
     names = [name for name, _ in learners(1, [("nba, gone", {"no_such_parameter": 1}), ("nba, alpha 2", {"alpha": 2.0})])]
-    assert names[0] == "nba LinearBandit() defaults" and "nba, alpha 2" in names
+    assert names[0] == "nba, the service's defaults" and "nba LinearBandit() defaults" in names and "nba, alpha 2" in names
     assert "nba, gone" not in names and "uniform random" in names
 
 

@@ -72,9 +72,14 @@ def test_evaluate_ranks_policies_by_their_true_value_on_a_simulated_log(start, t
     # model refit, in test_reward_model.)
     for policy in ("uniform", "half-random", "logged"):
         e = estimate(policy, "dr")
-        assert e["ess"] >= 0.1 * e["n"], e
-        assert not any("effective sample size" in w for w in e["warnings"]), e
-        assert e["low"] <= e["truth"] <= e["high"], e
+        # Uniform random is at the edge of support here (a logging policy that learns fast
+        # explores little): it is warned about exactly when its ESS is under 10%, and only an
+        # estimate without that warning is promised to cover the truth.
+        warned = any("effective sample size" in w for w in e["warnings"])
+        assert warned == (e["ess"] < 0.1 * e["n"]), e
+        assert policy == "uniform" or not warned, e
+        if not warned:
+            assert e["low"] <= e["truth"] <= e["high"], e
     # The popular offer is a deterministic policy the log rarely followed: it is flagged with its
     # effective sample size, on every estimator's row, instead of being trusted blindly.
     popular = estimate("popular", "dr")

@@ -44,12 +44,12 @@ class LinearBandit(Learner):
     exploration
         How estimates become probabilities; ``InverseGapWeighting()`` by default.
     forget
-        In (0, 1]: below 1, every update of the learner (whichever arm it concerns) discounts
-        every arm's earlier observations by this factor: exact discounted ridge
-        (``RidgeArms``), so the learner follows preferences that change, and an arm nobody
-        chooses any more drifts back towards what is assumed of an unknown arm (its evidence
-        decays, and with it the trust in its old estimate). 0.999 halves the weight of
-        evidence after about 690 updates.
+        In (0, 1]: below 1, every round of the catalogue (K updates of the learner, with K arms
+        known, whichever arms they concern) discounts every arm's earlier observations by this
+        factor: exact discounted ridge (``RidgeArms``), so the learner follows preferences that
+        change, and an arm nobody chooses any more drifts back towards what is assumed of an
+        unknown arm (its evidence decays, and with it the trust in its old estimate). At 0.999
+        an arm at its fair share of the updates remembers about 1,000 of its observations.
     optimism
         A pseudo-count, 0 to turn it off. Above 0, an arm with evidence n (its observations,
         discounted with forgetting) is estimated as n / (n + optimism) of its own estimate and

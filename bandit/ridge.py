@@ -10,23 +10,26 @@ terms: the order events arrive in does not change where the model ends up.
 Estimates for all eligible arms are one matrix-vector product over stacked rows; arms never
 updated share row 0, the prior (theta = 0).
 
-**Forgetting** (``forget`` below 1) is exact discounted ridge on a clock shared by every arm:
-each step of the clock (``advance``: one observation learned by the owner, whichever arm it
-was) discounts every arm's past observations by ``forget``, chosen or not:
+**Forgetting** (``forget`` below 1) is exact discounted ridge on a clock shared by every arm.
+Each step of the clock (``advance``: one observation learned by the owner, whichever arm it
+was) moves the forgetting time tau on by 1 / K, K the arms known, and an observation learned
+at tau_s weighs forget^(tau - tau_s), chosen or not:
 
-    A_a(t) = alpha I + sum_s forget^(t - s) x_s x_s^T,   b_a(t) = sum_s forget^(t - s) r_s x_s
+    A_a = alpha I + sum_s forget^(tau - tau_s) x_s x_s^T,   b_a = sum_s forget^(tau - tau_s) r_s x_s
 
-so the estimate of an arm nobody chooses any more decays towards the prior and its evidence
+so a round of the catalogue discounts by ``forget``, and an arm at its fair share of the
+updates remembers about 1 / (1 - forget) of its own observations however many arms there are.
+The estimate of an arm nobody chooses any more decays towards the prior and its evidence
 (``evidence``) towards 0, as a learner that follows change needs. The discount never reaches
 the regularisation alpha I (that would let directions the data never cover grow without
 bound). The exact solution costs an inverse, O(d^3) (about 100 microseconds at d = 129),
 too much for every update; so each arm keeps D beside A^-1, and between exact solves takes the
-cheap step: when it learns after k steps, A <- forget^k A + x x^T (Sherman-Morrison, O(d^2)),
+cheap step: when it learns after a discount f, A <- f A + x x^T (Sherman-Morrison, O(d^2)),
 which discounts alpha I along with the data. The weight left on alpha I is tracked, and the arm
 is solved exactly from D before it falls more than ``STALE_DISCOUNT`` (5%) below 1; the
-estimates of arms not learning are solved exactly once they are ``stale_steps()`` steps old
-(51 at forget 0.999), so none lags its exact value by more than a 5% discount.
-``tests/test_learners.py`` checks the bound against the batch solution.
+estimates of arms not learning are solved exactly once their discount since the last solve
+reaches 5% (``stale_time()``), so none lags its exact value by more than a 5% discount
+(``tests/test_adaptation.py`` checks the bound against the batch solution).
 
 The state stays finite whatever the rewards: an update that would take an arm's estimate
 beyond ``MAX_ESTIMATE`` in norm is refused before anything changes (``ValueError``). A^-1 is
@@ -89,6 +92,9 @@ class RidgeArms:
         self.forget = forget
         #: steps of the shared clock (``advance``); only forgetting reads it
         self.clock = 0
+        #: forgetting time: each step adds 1 / (the arms known), so an arm's past decays by
+        #: ``forget`` per round of the catalogue (only forgetting reads it)
+        self.time = 0.0
         self._rows: dict[Hashable, int] = {}
         capacity = 8
         self._b = np.zeros((capacity, dim))
@@ -103,32 +109,36 @@ class RidgeArms:
             # step _seen; A^-1 and theta current as of step _solved.
             self._data = np.zeros((capacity, dim, dim))
             self._weight = np.zeros(capacity)
-            self._seen = np.zeros(capacity, dtype=np.int64)
-            self._solved = np.zeros(capacity, dtype=np.int64)
+            self._seen = np.zeros(capacity)
+            self._solved = np.zeros(capacity)
             #: the weight of alpha I inside the A^-1 kept (1 after an exact solve; the cheap
             #: step discounts it with the data)
             self._ridge = np.ones(capacity)
         else:
             self._data = None
 
-    def stale_steps(self) -> int:
-        """How many steps an estimate may go unsolved with forgetting: the most whose discount
-        stays within ``STALE_DISCOUNT``."""
+    def stale_time(self) -> float:
+        """How long (in forgetting time) an estimate may go unsolved with forgetting: the most
+        whose discount stays within ``STALE_DISCOUNT``."""
         if self.forget >= 1.0:
-            return 2**62
-        return max(1, int(math.log1p(-STALE_DISCOUNT) / math.log(self.forget)))
+            return math.inf
+        return math.log1p(-STALE_DISCOUNT) / math.log(self.forget)
 
     def advance(self, steps: int = 1) -> None:
-        """Moves the shared clock on: with forgetting, every arm's past weighs ``forget`` less
-        per step, and the estimates of arms not learning are solved again as they reach
-        ``stale_steps()`` (here, not when read: an estimate is then a function of the updates
-        alone, so a replay of the same updates gives the same estimates, whoever read what)."""
+        """Moves the shared clock on. With forgetting, every arm's past weighs ``forget`` less
+        per round of the catalogue (a step adds 1 / the number of arms known to the forgetting
+        time: an arm's memory holds about 1 / (1 - forget) of its own observations at its fair
+        share of the updates, however many arms there are), and the estimates of arms not
+        learning are solved again as they reach ``stale_time()`` (here, not when read: an
+        estimate is then a function of the updates alone, so a replay of the same updates gives
+        the same estimates, whoever read what)."""
         self.clock += steps
         if self._data is not None and self._rows:
+            self.time += steps / len(self._rows)
             used = len(self._rows) + 1
             # Rows whose evidence has all decayed away (an offer long gone) are emptied once and
             # then cost nothing until they learn again.
-            stale = (self.clock - self._solved[1:used] >= self.stale_steps()) & (self._weight[1:used] > 0.0)
+            stale = (self.time - self._solved[1:used] >= self.stale_time()) & (self._weight[1:used] > 0.0)
             for row in np.flatnonzero(stale) + 1:
                 self._solve(int(row))
 
@@ -161,7 +171,7 @@ class RidgeArms:
         (sum of forget^age over its observations), which decays while the arm is not chosen."""
         if self._data is None:
             return self._count[rows].astype(float)
-        return self._weight[rows] * self.forget ** (self.clock - self._seen[rows]).astype(float)
+        return self._weight[rows] * self.forget ** (self.time - self._seen[rows])
 
     def direction_evidence(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
         """How many observations like ``x`` each row has learned from, as ridge sees it:
@@ -265,15 +275,15 @@ class RidgeArms:
             self._b[row] += (reward - previous_reward) * x
         np.dot(ainv, self._b[row], out=self._theta[row])
         if self._data is not None:
-            self._solved[row] = self.clock
+            self._solved[row] = self.time
 
     def _catch_up(self, row: int) -> None:
         """Discounts a row's D, b and weight to the current step, and its A^-1 by the cheap step:
         A <- factor * A discounts the regularisation with the data (A^-1 / factor, O(d^2)), which
         ``_ridge`` records; the estimate A^-1 b does not move."""
-        steps = self.clock - int(self._seen[row])
-        if steps:
-            factor = self.forget**steps
+        elapsed = self.time - float(self._seen[row])
+        if elapsed > 0.0:
+            factor = self.forget**elapsed
             if factor * self._weight[row] < EMPTY:
                 self._empty(row)
                 return
@@ -282,7 +292,7 @@ class RidgeArms:
             self._weight[row] *= factor
             self._ainv[row] /= factor
             self._ridge[row] *= factor
-            self._seen[row] = self.clock
+            self._seen[row] = self.time
 
     def _empty(self, row: int) -> None:
         """A row whose evidence has decayed below ``EMPTY`` becomes the prior's (what is left
@@ -293,7 +303,7 @@ class RidgeArms:
         self._weight[row] = 0.0
         self._ainv[row] = np.eye(self.dim) / self.alpha
         self._ridge[row] = 1.0
-        self._seen[row] = self._solved[row] = self.clock
+        self._seen[row] = self._solved[row] = self.time
 
     def _solve(self, row: int) -> None:
         """A^-1 = (D + alpha I)^-1 and theta = A^-1 b at the current step, by Cholesky (D +
@@ -310,7 +320,7 @@ class RidgeArms:
             np.add(inverse, inverse.T, out=target)
             target.flat[:: self.dim + 1] *= 0.5
         np.dot(target, self._b[row], out=self._theta[row])
-        self._solved[row] = self.clock
+        self._solved[row] = self.time
         self._ridge[row] = 1.0
 
     def state_is_finite(self) -> bool:
@@ -334,7 +344,7 @@ class RidgeArms:
         if self._data is not None:
             self._data[row] = 0.0
             self._weight[row] = 0.0
-            self._seen[row] = self._solved[row] = self.clock
+            self._seen[row] = self._solved[row] = self.time
             self._ridge[row] = 1.0
         self._rows[arm_id] = row
         return row
@@ -353,7 +363,7 @@ class RidgeArms:
         if self._data is not None:
             self._data[row] = 0.0
             self._weight[row] = 0.0
-            self._seen[row] = self._solved[row] = self.clock
+            self._seen[row] = self._solved[row] = self.time
             self._ridge[row] = 1.0
 
     def _grow(self, capacity: int) -> None:
@@ -376,6 +386,7 @@ class RidgeArms:
         # Pickles of earlier versions: no clock, no ages (every arm as old as the clock).
         state.setdefault("_data", None)
         state.setdefault("clock", 0)
+        state.setdefault("time", 0.0)
         if "_born" not in state:
             state["_born"] = np.zeros(len(state["_count"]), dtype=np.int64)
         if state["_data"] is not None and "_weight" not in state:
@@ -390,7 +401,8 @@ class RidgeArms:
         or ``data``, ``weight``, ``seen``, ``solved`` (with); copied into ``reuse``'s arrays
         of the same name and shape, if given."""
         used = len(self._rows) + 1
-        meta = {"arms": arm_list(sorted(self._rows, key=self._rows.__getitem__), f"{prefix}arms"), "clock": self.clock}
+        meta = {"arms": arm_list(sorted(self._rows, key=self._rows.__getitem__), f"{prefix}arms"), "clock": self.clock,
+                "time": self.time}
         return meta, {f"{prefix}{name[1:]}": copied(getattr(self, name)[:used], f"{prefix}{name[1:]}", reuse)
                       for name in self._arrays()}
 
@@ -404,7 +416,7 @@ class RidgeArms:
         n, d = len(arms) + 1, self.dim
         shapes = {"_b": ((n, d), "f"), "_theta": ((n, d), "f"), "_count": ((n,), "i"), "_born": ((n,), "i"),
                   "_ainv": ((n, d, d), "f"), "_data": ((n, d, d), "f"), "_weight": ((n,), "f"),
-                  "_seen": ((n,), "i"), "_solved": ((n,), "i"), "_ridge": ((n,), "f")}
+                  "_seen": ((n,), "f"), "_solved": ((n,), "f"), "_ridge": ((n,), "f")}
         loaded = {}
         for name in self._arrays():
             shape, kind = shapes[name]
@@ -412,9 +424,14 @@ class RidgeArms:
                 loaded[name] = np.zeros(n, dtype=np.int64)  # written before ages were kept
                 continue
             loaded[name] = array(arrays, f"{prefix}{name[1:]}", shape, kind=kind)
-        for name in ("_born", "_seen", "_solved"):
-            if name in loaded and (loaded[name].min(initial=0) < 0 or loaded[name].max(initial=0) > clock):
-                raise ValueError(f"arrays: {prefix}{name[1:]} must hold steps of the clock, 0 to {clock}")
+        time = meta.get("time", 0.0)
+        if isinstance(time, int) and not isinstance(time, bool):
+            time = float(time)
+        if not isinstance(time, float) or not 0.0 <= time < math.inf:
+            raise ValueError(f"meta: {prefix}time must be a finite non-negative number, got {time!r}")
+        for name, end in (("_born", clock), ("_seen", time), ("_solved", time)):
+            if name in loaded and (loaded[name].min(initial=0) < 0 or loaded[name].max(initial=0) > end):
+                raise ValueError(f"arrays: {prefix}{name[1:]} must lie within 0 to {end}")
         if "_ridge" in loaded and not np.all((loaded["_ridge"] > 0) & (loaded["_ridge"] <= 1)):
             raise ValueError(f"arrays: {prefix}ridge must lie in (0, 1]")
         if "_weight" in loaded and np.any(loaded["_weight"] < 0):
@@ -422,7 +439,7 @@ class RidgeArms:
         for name, value in loaded.items():
             setattr(self, name, value)
         self._rows = {arm: row for row, arm in enumerate(arms, start=1)}
-        self.clock = clock
+        self.clock, self.time = clock, time
 
     def _arrays(self) -> tuple[str, ...]:
         if self._data is not None:

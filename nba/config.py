@@ -74,8 +74,8 @@ class Settings(BaseModel):
     )
     learner_forget: float = Field(
         0.999, gt=0, le=1,
-        description="each update discounts every offer's earlier evidence by this factor, so the learner follows "
-        "change (1: never forget)",
+        description="each round of the catalogue discounts every offer's earlier evidence by this factor, so the "
+        "learner follows change (1: never forget)",
     )
     learner_optimism: float = Field(
         5.0, ge=0, le=1e6,

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/nba/v1/*.proto)
 GEN    := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 
-.PHONY: serve test lint proto install clean bench bench-store bench-replicas bench-learning loadtest
+.PHONY: serve test lint proto install clean bench bench-store bench-replicas bench-learning loadtest bench-obd
 
 # Logs as plain text for a person at the terminal (NBA_LOG_FORMAT=json for machines).
 serve: $(GEN)
@@ -37,10 +37,19 @@ bench-store: $(GEN)
 bench-replicas: $(GEN)
 	$(BIN)/python loadtests/bench_replicas.py
 
-# Learning quality and speed against uniform, river and Vowpal Wabbit (the `bench` extra).
+# Learning quality and speed against uniform, river and Vowpal Wabbit (the `bench` extra): data sets
+# played once, a change of preferences, offers that arrive midway, late feedback (about 2.5 minutes).
 bench-learning: $(GEN)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python loadtests/bench_learning.py
+
+# nba evaluate against Open Bandit Pipeline on the Open Bandit Dataset sample inside obp 0.5.7.
+# obp's declared pins (Python < 3.11, scikit-learn 1.1, scipy 1.9) no longer install: it is
+# installed without them, with the few packages it imports (pandas before 3, tqdm, seaborn).
+bench-obd: $(GEN)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' 'pandas<3' tqdm seaborn
+	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python obp==0.5.7
+	$(BIN)/python loadtests/obd.py
 
 # Channel traffic through locust against a fresh service on the sample catalogue: headless,
 # CSV under loadtests/results/. LOAD_USERS and LOAD_TIME change the run.

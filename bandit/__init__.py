@@ -38,11 +38,12 @@ LEARNERS: tuple[type[Learner], ...] = (LinearBandit, UniformRandom)
 
 
 def limit_blas_threads(threads: int = 1) -> None:
-    """Runs the BLAS libraries numpy and scipy load on ``threads`` threads.
+    """Runs the BLAS libraries numpy and scipy load on ``threads`` threads, for the whole
+    process.
 
-    The learners' matrices are small (129 x 129 by default): a multi-threaded OpenBLAS spends
-    more waking its threads than computing, ten times more on this machine (11 against 112
-    microseconds for one ridge update). Call it once, after import; the service does.
+    Not needed for the learners: they take one thread around their own calls
+    (``bandit.blas.single_thread``). For a program whose other small matrix work suffers from
+    OpenBLAS waking its threads (a benchmark timing its own bookkeeping, say).
     """
     import numpy  # noqa: F401  (its BLAS must be loaded to be limited)
     import scipy.linalg.blas  # noqa: F401

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from bandit.blas import single_thread
 from bandit.exploration import Exploration, draw_slots
 from bandit.state import LearnerState, as_json
 
-__all__ = ["Draw", "Learner"]
+__all__ = ["Draw", "Learner", "weighted_scores"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,10 @@ class Learner:
 
     def scores(self, arm_ids: Sequence[Hashable], context: Mapping[str, Any]) -> np.ndarray:
         """Expected reward of each arm for this context, without exploring."""
-        return self._predict(list(arm_ids), context) if arm_ids else np.zeros(0)
+        if not arm_ids:
+            return np.zeros(0)
+        with single_thread():
+            return self._predict(list(arm_ids), context)
 
     def pull(
         self,
@@ -81,14 +85,16 @@ class Learner:
         """Ranks ``k`` of ``arm_ids`` for this context, drawing each slot from an explicit
         distribution.
 
-        ``weights`` multiply the expected rewards, floored at zero, before exploring (the
-        business value of a success); gaps are measured in units of the largest weight.
+        ``weights`` multiply the expected rewards before exploring (the business value of a
+        success; an estimate below zero is multiplied by the largest weight instead: see
+        ``weighted_scores``); gaps are measured in units of the largest weight.
         """
         if k < 0:
             raise ValueError(f"k must be non-negative, got {k}")
         arm_ids = list(arm_ids)
-        predicted, scores, scale = self._weighted(arm_ids, context, weights)
-        first, slots = draw_slots(self.exploration, scores, k, self._rng, scale, self.n_updates)
+        with single_thread():
+            predicted, scores, scale = self._weighted(arm_ids, context, weights)
+            first, slots = draw_slots(self.exploration, scores, k, self._rng, scale, self._exploration_t(arm_ids))
         return Draw(arm_ids, predicted, scores, first, slots)
 
     def distribution(
@@ -102,23 +108,38 @@ class Learner:
         drawing: for what-if questions that must not disturb the draws. ``scale`` overrides
         the unit of gaps (for a later slot: the largest weight of all the slots' arms)."""
         arm_ids = list(arm_ids)
-        _, scores, own_scale = self._weighted(arm_ids, context, weights)
-        return self.exploration.probabilities(scores, own_scale if scale is None else scale, self.n_updates), scores
+        with single_thread():
+            _, scores, own_scale = self._weighted(arm_ids, context, weights, scale)
+        t = self._exploration_t(arm_ids)
+        return self.exploration.probabilities(scores, own_scale, t), scores
+
+    def describe_exploration(self) -> str:
+        """One line for explanations: how exploration turns scores into probabilities now."""
+        return self.exploration.describe(self.n_updates)
+
+    def _exploration_t(self, arm_ids: list[Hashable]) -> int | np.ndarray:
+        """The evidence exploration scales with, per arm (``Exploration.probabilities``'s
+        ``t``): the total update count unless a learner knows better."""
+        return self.n_updates
 
     def _weighted(
-        self, arm_ids: list[Hashable], context: Mapping[str, Any], weights: Sequence[float] | np.ndarray | None
+        self, arm_ids: list[Hashable], context: Mapping[str, Any], weights: Sequence[float] | np.ndarray | None,
+        scale: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, float]:
-        predicted = self.scores(arm_ids, context)
+        """Estimates, the scores exploration ranks by, and the unit of gaps: ``scale`` when
+        given (a later slot's: the largest weight of all the slots' arms), else the largest
+        weight."""
+        predicted = self._predict(arm_ids, context) if arm_ids else np.zeros(0)
         if weights is None:
-            return predicted, predicted, 1.0
+            return predicted, predicted, 1.0 if scale is None else scale
         w = np.asarray(weights, dtype=float)
         if w.shape != predicted.shape:
             raise ValueError(f"weights has {w.shape[0]} values for {len(arm_ids)} arms")
         if not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ValueError("weights must be finite and non-negative")
-        # A weight is the value of a success: an estimate below zero would turn a larger value
-        # into a lower score, so estimates are floored at zero before weighting.
-        return predicted, np.maximum(predicted, 0.0) * w, float(w.max()) if len(w) else 1.0
+        if scale is None:
+            scale = float(w.max()) if len(w) else 1.0
+        return predicted, weighted_scores(predicted, w, scale), scale
 
     def update(
         self,
@@ -141,7 +162,8 @@ class Learner:
         if previous_reward is not None and not math.isfinite(previous_reward):
             raise ValueError(f"previous_reward must be a finite number, got {previous_reward}")
         check_finite(context)
-        self._update(arm_id, context, float(reward), previous_reward)
+        with single_thread():
+            self._update(arm_id, context, float(reward), previous_reward)
         self.n_updates += 1
 
     def export_state(self, reuse: LearnerState | None = None) -> LearnerState:
@@ -210,6 +232,23 @@ class Learner:
         """Learns one (validated) observation. Must raise ``ValueError`` and change nothing if
         the update would leave the learner's state non-finite."""
         raise NotImplementedError
+
+
+def weighted_scores(predicted: np.ndarray, weights: np.ndarray, scale: float) -> np.ndarray:
+    """What exploration ranks by, for estimates (reward units) and weights (value of a success):
+    ``predicted * weights`` where the estimate is at least zero, ``predicted * scale`` (the
+    largest weight) where it is below.
+
+    A weight is the value of a success, so an estimate below zero (the model expects the arm
+    to fail, and by how much) must not turn a larger value into a lower score; nor may it be
+    floored at zero, which would tie every such arm and lose their order. Multiplied by the
+    largest weight, estimates below zero rank below every estimate at or above it, in their
+    own order, with gaps in the same unit as the rest.
+
+    >>> weighted_scores(np.array([0.5, -0.1, -0.3]), np.array([2.0, 4.0, 1.0]), 4.0).tolist()
+    [1.0, -0.4, -1.2]
+    """
+    return np.where(predicted >= 0.0, predicted * weights, predicted * scale)
 
 
 def check_finite(context: Mapping[str, Any]) -> None:

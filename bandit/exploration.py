@@ -23,26 +23,27 @@ __all__ = ["EpsilonGreedy", "Exploration", "InverseGapWeighting", "draw_slots"]
 class Exploration:
     """Base: subclasses say how scores become probabilities; drawing is shared."""
 
-    def probabilities(self, scores: np.ndarray, scale: float = 1.0, t: int = 0) -> np.ndarray:
+    def probabilities(self, scores: np.ndarray, scale: float = 1.0, t: int | np.ndarray = 0) -> np.ndarray:
         """Returns a probability for each score (all > 0 unless stated, summing to 1).
 
         ``scale`` is the size of a unit of score: scores in business value are divided by it
-        so that gaps mean the same whatever the currency. ``t`` is how many updates the learner
-        has seen, for strategies that explore less as evidence grows.
+        so that gaps mean the same whatever the currency. ``t`` is the evidence behind the
+        estimates, for strategies that explore less as evidence grows: one count for every arm
+        (how many updates the learner has seen), or one per arm (each arm's own).
         """
         if len(scores) == 0:
             return np.zeros(0)
         scores = _ranked_by(np.asarray(scores, dtype=float) / (scale if scale > 0 else 1.0))
         return self._probabilities(scores, t)
 
-    def _probabilities(self, scores: np.ndarray, t: int) -> np.ndarray:
+    def _probabilities(self, scores: np.ndarray, t: int | np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _masked(self, scores: np.ndarray, alive: np.ndarray, count: int, t: int) -> np.ndarray:
+    def _masked(self, scores: np.ndarray, alive: np.ndarray, count: int, t: int | np.ndarray) -> np.ndarray:
         """Probabilities over the ``alive`` arms (0 for the others), scores already scaled.
         Subclasses compute it in place over the whole array, which spares a copy per slot."""
         p = np.zeros(len(scores))
-        p[alive] = self._probabilities(scores[alive], t)
+        p[alive] = self._probabilities(scores[alive], t[alive] if isinstance(t, np.ndarray) else t)
         return p
 
     def describe(self, t: int = 0) -> str:
@@ -61,7 +62,9 @@ class InverseGapWeighting(Exploration):
 
     The theory sets gamma near sqrt(K t): exploration shrinks as evidence grows. As in Vowpal
     Wabbit's ``--squarecb``, gamma = gamma_scale * t ** gamma_exponent after t updates
-    (never below ``gamma_scale``); ``gamma_exponent=0`` keeps it fixed.
+    (never below ``gamma_scale``); ``gamma_exponent=0`` keeps it fixed. Given one t per arm,
+    each arm's probability uses its own gamma (an arm that joined late, or whose evidence was
+    forgotten, is explored as a young learner explores), and the distribution stays exact.
 
     Foster & Rakhlin (2020), "Beyond UCB: Optimal and Efficient Contextual Bandits with
     Regression Oracles", ICML.
@@ -82,13 +85,15 @@ class InverseGapWeighting(Exploration):
         if not self.gamma_exponent >= 0:
             raise ValueError(f"gamma_exponent must be non-negative, got {self.gamma_exponent}")
 
-    def gamma(self, t: int) -> float:
+    def gamma(self, t: int | np.ndarray) -> float | np.ndarray:
+        if isinstance(t, np.ndarray):
+            return self.gamma_scale * np.maximum(t, 1.0) ** self.gamma_exponent
         return self.gamma_scale * max(t, 1) ** self.gamma_exponent
 
     def describe(self, t: int = 0) -> str:
         return f"inverse gap weighting, gamma {self.gamma(t):.4g} after {t} updates"
 
-    def _probabilities(self, scores: np.ndarray, t: int) -> np.ndarray:
+    def _probabilities(self, scores: np.ndarray, t: int | np.ndarray) -> np.ndarray:
         k = len(scores)
         gaps = scores.max() - scores
         p = 1.0 / (k + self.gamma(t) * gaps)
@@ -97,7 +102,7 @@ class InverseGapWeighting(Exploration):
         p[best] = (1.0 - p.sum()) / best.sum()
         return p
 
-    def _masked(self, scores: np.ndarray, alive: np.ndarray, count: int, t: int) -> np.ndarray:
+    def _masked(self, scores: np.ndarray, alive: np.ndarray, count: int, t: int | np.ndarray) -> np.ndarray:
         gaps = np.max(scores, where=alive, initial=-np.inf) - scores
         p = 1.0 / (count + self.gamma(t) * gaps)
         p[~alive] = 0.0
@@ -124,7 +129,7 @@ class EpsilonGreedy(Exploration):
     def describe(self, t: int = 0) -> str:
         return f"epsilon-greedy, epsilon {self.epsilon:g}"
 
-    def _probabilities(self, scores: np.ndarray, t: int) -> np.ndarray:
+    def _probabilities(self, scores: np.ndarray, t: int | np.ndarray) -> np.ndarray:
         k = len(scores)
         best = scores >= scores.max() - 1e-12
         p = np.full(k, self.epsilon / k)
@@ -138,7 +143,7 @@ def draw_slots(
     k: int,
     rng: np.random.Generator,
     scale: float = 1.0,
-    t: int = 0,
+    t: int | np.ndarray = 0,
 ) -> tuple[np.ndarray, list[tuple[int, float]]]:
     """Draws ``k`` distinct arms slot by slot.
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import operator
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -133,14 +134,30 @@ class Featurizer:
         # token its slot and sign.
         self._keys: dict[str, tuple[bool, int, float]] = {}
         self._slots: dict[str, tuple[int, float]] = {}
+        # The last transform's context and numbers (derived, not pickled), and whether every
+        # numeric key's scale has stopped moving.
+        self._memo: tuple[Any, Shape, list[int], list[float], bool] | None = None
+        self._settled = True
+        self._registered_since = False
 
     @property
     def dim(self) -> int:
         return self.n_features + 1
 
     def learn_one(self, context: Mapping[str, Any]) -> None:
-        """Updates the running mean and variance of every numeric feature in ``context``."""
-        index, values = self._numbers(_flat(context), register=True)
+        """Updates the running mean and variance of every numeric feature in ``context``.
+
+        A context just transformed (the same object, unchanged) is not read again: its numbers
+        were kept, and once every scale has settled and it holds no new key, nothing moves."""
+        memo = self._memo
+        if memo is not None and memo[0] is context and memo[4] and unchanged(context, memo[1]):
+            if self._settled:
+                return
+            index, values = memo[2], memo[3]
+        else:
+            index, values, _ = self._numbers(_flat(context), register=True)
+            self._settled = self._settled and not self._registered_since
+        self._registered_since = False
         if index:
             i = np.asarray(index, dtype=np.intp)
             v = np.asarray(values)
@@ -156,12 +173,17 @@ class Featurizer:
             n = self._count[i]
             variance = np.divide(self._m2[i], n - 1, out=np.zeros(len(i)), where=n > 1)
             self._inv[i] = np.divide(1.0, np.sqrt(variance), out=np.ones(len(i)), where=variance > 0)
+            self._settled = bool(np.all(self._count[: len(self._numeric)] >= self.warmup))
         self.version += 1
 
     def transform_one(self, context: Mapping[str, Any]) -> np.ndarray:
         """Returns the feature vector for ``context``; does not learn from it."""
         flat = _flat(context)
-        index, values = self._numbers(flat, register=False)
+        index, values, complete = self._numbers(flat, register=False)
+        # Kept for a learn_one of the same context (a decision's update), when it can be told
+        # whether the context changed in place since.
+        shape = shape_of(context) if flat is context else None
+        self._memo = None if shape is None else (context, shape, index, values, complete)
         if index:
             i = np.asarray(index, dtype=np.intp)
             # A key never seen in training has scale 0: its mean is unknown, it says nothing yet.
@@ -198,12 +220,14 @@ class Featurizer:
         x[-1] = 1.0
         return x
 
-    def _numbers(self, flat: Mapping[str, Any], register: bool) -> tuple[list[int], list[float]]:
+    def _numbers(self, flat: Mapping[str, Any], register: bool) -> tuple[list[int], list[float], bool]:
         """Indices and (bounded) values of the finite numeric features, registering new keys
-        when learning; unknown keys are skipped when transforming."""
+        when learning; unknown keys are skipped when transforming (and then the last value,
+        complete, is False)."""
         numeric = self._numeric
         index: list[int] = []
         values: list[float] = []
+        complete = True
         for key, value in flat.items():
             kind = type(value)
             if kind is not float and kind is not int:
@@ -212,12 +236,15 @@ class Featurizer:
                 continue
             i = numeric.get(key)
             if i is None:
-                if not register or self._key(key)[0]:
+                if self._key(key)[0]:
+                    continue
+                if not register:
+                    complete = False
                     continue
                 i = self._register(key)
             index.append(i)
             values.append(RAW_LIMIT if value > RAW_LIMIT else -RAW_LIMIT if value < -RAW_LIMIT else float(value))
-        return index, values
+        return index, values, complete
 
     def _register(self, key: str) -> int:
         i = len(self._numeric)
@@ -230,6 +257,8 @@ class Featurizer:
         _, slot, sign = self._key(key)
         self._slot_of[i], self._sign_of[i] = slot, sign
         self._numeric[key] = i
+        self._settled = False
+        self._registered_since = True
         return i
 
     def _key(self, key: str) -> tuple[bool, int, float]:
@@ -286,6 +315,8 @@ class Featurizer:
             _, self._slot_of[i], self._sign_of[i] = self._key(key)
             self._numeric[key] = i
         self.version = version
+        self._memo, self._registered_since = None, False
+        self._settled = bool(np.all(self._count[:m] >= self.warmup))
 
     def state_is_finite(self) -> bool:
         """Whether the running statistics are all finite."""
@@ -297,7 +328,33 @@ class Featurizer:
         state = self.__dict__.copy()
         state["_slots"] = {}
         state["_keys"] = {}
+        state["_memo"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Pickles of earlier versions lack the memo and the settled flag.
+        self.__dict__.update({"_memo": None, "_settled": False, "_registered_since": False, **state})
+
+
+#: a flat context's keys and value objects, as ``shape_of`` takes them
+Shape = tuple[tuple[str, ...], tuple[Any, ...]]
+
+
+def shape_of(context: Mapping[str, Any]) -> Shape | None:
+    """What ``unchanged`` compares a flat context against later; None for a nested context
+    (a nested mapping changed in place keeps its identity, so no change could be told)."""
+    if _flat(context) is not context:
+        return None
+    return tuple(context), tuple(context.values())
+
+
+def unchanged(context: Mapping[str, Any], shape: Shape) -> bool:
+    """Whether a flat context still holds the same keys and the very same value objects as
+    when ``shape_of`` took it: by identity, so 1 turned into True, or 1.0 into 1, counts as a
+    change (equality would not). Only for flat contexts: a nested mapping changed in place
+    keeps its identity."""
+    keys, values = shape
+    return len(context) == len(keys) and all(map(operator.is_, context.values(), values)) and tuple(context) == keys
 
 
 def _flat(context: Mapping[str, Any]) -> Mapping[str, Any]:

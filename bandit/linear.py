@@ -10,12 +10,19 @@ from typing import Any
 import numpy as np
 
 from bandit.base import Learner
+from bandit.drift import PageHinkley
 from bandit.exploration import Exploration, InverseGapWeighting
-from bandit.features import Featurizer
+from bandit.features import Featurizer, Shape, shape_of, unchanged
 from bandit.ridge import RidgeArms
 from bandit.state import arm_ids, arm_list
 
 __all__ = ["LinearBandit"]
+
+#: an arm that first learns after this many updates of the learner is a newcomer to it
+LATE = 1000
+#: a newcomer is judged by its evidence about the customer at hand until it has this many times
+#: ``optimism`` observations in all
+YOUNG = 20
 
 
 class LinearBandit(Learner):
@@ -37,9 +44,29 @@ class LinearBandit(Learner):
     exploration
         How estimates become probabilities; ``InverseGapWeighting()`` by default.
     forget
-        In (0, 1]: below 1, every new observation of an arm discounts its older ones by this
-        factor, so the learner follows drifting preferences (0.99 halves the weight of
-        evidence after about 70 newer observations).
+        In (0, 1]: below 1, every round of the catalogue (K updates of the learner, with K arms
+        known, whichever arms they concern) discounts every arm's earlier observations by this
+        factor: exact discounted ridge (``RidgeArms``), so the learner follows preferences that
+        change, and an arm nobody chooses any more drifts back towards what is assumed of an
+        unknown arm (its evidence decays, and with it the trust in its old estimate). At 0.999
+        an arm at its fair share of the updates remembers about 1,000 of its observations.
+    optimism
+        A pseudo-count, 0 to turn it off. Above 0, an arm with evidence n (its observations,
+        discounted with forgetting) is estimated as n / (n + optimism) of its own estimate and
+        the rest the best that any arm the learner knows earns for this context: an arm nobody
+        knows yet (an offer added to a running catalogue), or one whose evidence was
+        forgotten, is tried as if it were as good as the best, until its own observations say
+        otherwise. An arm with evidence is barely touched (weight optimism / (n + optimism)).
+    detect_changes
+        Run a change test (``bandit.drift.PageHinkley``) on each arm's residuals; when what
+        an arm earns has changed abruptly, its own model starts again from nothing (and, with
+        ``optimism``, is tried again like a new arm), rather than unlearning its past one
+        observation at a time.
+    explore_by_age
+        With inverse gap weighting, scale each arm's gamma by its own age (updates of the
+        learner since the arm first learned) rather than by the learner's total updates: an
+        arm that joins late is explored as a young learner explores, not as one that has
+        seen everything.
     shared
         A pseudo-count, 0 to turn it off. Above 0, a second set of ridge models, one per arm
         *attribute* (``set_arm_attributes``: its group, its tags, and ``*`` for every arm),
@@ -77,12 +104,17 @@ class LinearBandit(Learner):
         exclude: Iterable[str] = (),
         warmup: int = 1000,
         prior: float = 0.0,
-        forget: float = 1.0,
+        forget: float = 0.999,
         shared: float = 0.0,
+        optimism: float = 5.0,
+        explore_by_age: bool = True,
+        detect_changes: bool = True,
         seed: int | None = None,
     ) -> None:
         if shared < 0:
             raise ValueError(f"shared must be non-negative, got {shared}")
+        if not optimism >= 0:
+            raise ValueError(f"optimism must be non-negative, got {optimism}")
         super().__init__(exploration or InverseGapWeighting(), seed)
         self.n_features = n_features
         self.alpha = alpha
@@ -91,6 +123,11 @@ class LinearBandit(Learner):
         self.clip = clip
         self.exclude = tuple(exclude)
         self.shared = shared
+        self.optimism = optimism
+        self.explore_by_age = explore_by_age
+        self.detect_changes = detect_changes
+        self._detector = PageHinkley()
+        self._changes_detected = 0
         self.warmup = warmup
         self._featurizer = Featurizer(n_features, clip, self.exclude, warmup)
         self._model = RidgeArms(self._featurizer.dim, alpha, forget)
@@ -102,7 +139,7 @@ class LinearBandit(Learner):
         self._arm_slot: dict[Hashable, int] = {}
         self._membership = np.ones((1, 1))
         self._solo = np.zeros(1, dtype=bool)
-        self._cached: tuple[Mapping[str, Any], int, np.ndarray, dict[str, Any]] | None = None
+        self._cached: tuple[Mapping[str, Any], int, np.ndarray, Shape] | None = None
 
     def set_arm_attributes(self, attributes: Mapping[Hashable, Iterable[str] | None]) -> None:
         """Declares each arm's attributes (e.g. ``group=retention``, ``tag=credit-card``);
@@ -126,6 +163,11 @@ class LinearBandit(Learner):
             self._arm_slot[arm] = i
         self._attribute_names, self._membership, self._solo = names, membership, solo
 
+    @property
+    def changes_detected(self) -> int:
+        """How many times a change was detected in what an arm earns (and its model restarted)."""
+        return self._changes_detected
+
     def _attributes_of(self, arm_id: Hashable) -> tuple[str, ...]:
         return self._arm_attributes.get(arm_id, ("*",))
 
@@ -137,27 +179,58 @@ class LinearBandit(Learner):
         """The context's vector, reused when the same context object is asked for again before
         the featurizer learned anything (a pull followed by its update)."""
         cached = self._cached
-        if cached is not None and cached[0] is context and cached[1] == self._featurizer.version and cached[3] == context:
+        if (cached is not None and cached[0] is context and cached[1] == self._featurizer.version
+                and unchanged(context, cached[3])):
             return cached[2]
         x = self._featurizer.transform_one(context)
-        # A shallow copy too: a dict changed in place between the pull and the update must
-        # not get the vector of what it held before.
-        self._cached = (context, self._featurizer.version, x, dict(context))
+        # The context's keys and value objects too: a dict changed in place between the pull
+        # and the update must not get the vector of what it held before (a nested one, whose
+        # changes cannot be told, is not kept).
+        shape = shape_of(context)
+        self._cached = None if shape is None else (context, self._featurizer.version, x, shape)
         return x
 
     def _predict(self, arm_ids: list[Hashable], context: Mapping[str, Any]) -> np.ndarray:
         x = self._features(context)
         rows = self._model.rows(arm_ids)
         own = self._model.predict_rows(rows, x)
-        if not self.shared:
-            return self.prior + own
-        # Every attribute's estimate, then each arm's mean of its own: two matrix products.
-        per_attribute = self._attributes.predict(self._attribute_names, x)
-        slots = np.fromiter(map(self._arm_slot.get, arm_ids, repeat(0)), dtype=np.intp, count=len(arm_ids))
-        from_attributes = self._membership[slots] @ per_attribute
-        n = self._model.counts(rows).astype(float)
-        trust = np.where(self._solo[slots], 1.0, n / (n + self.shared))
-        return self.prior + trust * own + (1 - trust) * from_attributes
+        n = self._model.evidence(rows) if self.shared or self.optimism else None
+        if self.shared:
+            # Every attribute's estimate, then each arm's mean of its own: two matrix products.
+            per_attribute = self._attributes.predict(self._attribute_names, x)
+            slots = np.fromiter(map(self._arm_slot.get, arm_ids, repeat(0)), dtype=np.intp, count=len(arm_ids))
+            from_attributes = self._membership[slots] @ per_attribute
+            trust = np.where(self._solo[slots], 1.0, n / (n + self.shared))
+            own = trust * own + (1 - trust) * from_attributes
+        if self.optimism and len(rows):
+            # The best any known arm is expected to earn here, over every arm the learner knows
+            # (not only those offered): the same for any subset of arms, so a later slot's
+            # probabilities, computed over the arms left, agree with the first slot's.
+            best = float(np.max(self._model.known_estimates(x), initial=0.0))
+            # An arm that joined a learner which had already learned (a newcomer to a running
+            # catalogue) is judged by its evidence about customers like this one: tried only
+            # elsewhere, it is still unknown here. Not the arms a learner starts with, which
+            # all know equally little: on contexts of many dimensions every customer would be
+            # new to every arm, and optimism would never end. O(d^2) per young newcomer.
+            newcomers = np.flatnonzero((n < YOUNG * self.optimism) & (self._model.births(rows) >= LATE))
+            if len(newcomers):
+                n = n.copy()
+                n[newcomers] = np.minimum(n[newcomers], self._model.direction_evidence(rows[newcomers], x))
+            trust = n / (n + self.optimism)
+            own = trust * own + (1 - trust) * best
+        return self.prior + own
+
+    def describe_exploration(self) -> str:
+        if self.explore_by_age and isinstance(self.exploration, InverseGapWeighting):
+            e = self.exploration
+            return f"inverse gap weighting, gamma {e.gamma_scale:g} x (each offer's age in updates)^{e.gamma_exponent:g}"
+        return super().describe_exploration()
+
+    def _exploration_t(self, arm_ids: list[Hashable]) -> int | np.ndarray:
+        if not self.explore_by_age:
+            return self.n_updates
+        ages = self._model.ages(self._model.rows(arm_ids))
+        return ages
 
     def _export_state(self, reuse: Mapping[str, np.ndarray] | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         features, feature_arrays = self._featurizer.export_state("features.", reuse)
@@ -165,8 +238,10 @@ class LinearBandit(Learner):
         attributes, attribute_arrays = self._attributes.export_state("attributes.", reuse)
         described = [[arm, None if not attrs else list(attrs[1:])] for arm, attrs in self._arm_attributes.items()]
         arm_list((arm for arm, _ in described), "arm_attributes")
-        meta = {"features": features, "arms": arms, "attributes": attributes, "arm_attributes": described}
-        return meta, {**feature_arrays, **arm_arrays, **attribute_arrays}
+        drift, drift_arrays = self._detector.export_state("drift.", reuse)
+        meta = {"features": features, "arms": arms, "attributes": attributes, "arm_attributes": described,
+                "drift": drift, "changes_detected": self._changes_detected}
+        return meta, {**feature_arrays, **arm_arrays, **attribute_arrays, **drift_arrays}
 
     def _import_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         featurizer = Featurizer(self.n_features, self.clip, self.exclude, self.warmup)
@@ -182,6 +257,13 @@ class LinearBandit(Learner):
                     isinstance(item[1], list) and all(isinstance(a, str) for a in item[1]))) for item in described):
             raise ValueError("meta: arm_attributes must be a list of [arm id, [attribute, ...] or null]")
         arm_ids([arm for arm, _ in described], "arm_attributes")
+        detector = PageHinkley()
+        if isinstance(meta.get("drift"), dict):  # absent from states written before change detection
+            detector.import_state(meta["drift"], arrays, "drift.")
+        changes = meta.get("changes_detected", 0)
+        if not isinstance(changes, int) or isinstance(changes, bool) or changes < 0:
+            raise ValueError(f"meta: changes_detected must be a count, got {changes!r}")
+        self._detector, self._changes_detected = detector, changes
         self._featurizer, self._model, self._attributes, self._cached = featurizer, model, attributes, None
         self.set_arm_attributes({arm: attrs for arm, attrs in described})
 
@@ -194,7 +276,9 @@ class LinearBandit(Learner):
         # Snapshots of earlier versions lack newer fields: start those empty (the service
         # describes the arms again after restoring).
         fresh = {"_attribute_names": ["*"], "_arm_slot": {}, "_membership": np.ones((1, 1)),
-                 "_solo": np.zeros(1, dtype=bool), "_cached": None, "shared": 0.0, "warmup": 1000}
+                 "_solo": np.zeros(1, dtype=bool), "_cached": None, "shared": 0.0, "warmup": 1000,
+                 "optimism": 0.0, "explore_by_age": False, "detect_changes": False, "_detector": PageHinkley(),
+                 "_changes_detected": 0}
         self.__dict__.update({**fresh, **state})
 
     def _update(
@@ -217,10 +301,18 @@ class LinearBandit(Learner):
         for attribute in attributes:
             self._attributes.check_one(attribute, x, target, previous, x_norm)
         if previous_reward is None:
+            if self.detect_changes:
+                residual = target - float(self._model.predict([arm_id], x)[0])
+                if self._detector.update(arm_id, residual):
+                    self._model.reset(arm_id)
+                    self._changes_detected += 1
             self._featurizer.learn_one(context)
+            self._model.advance()
+            self._attributes.advance()
         self._model._apply_one(arm_id, x, target, previous)
         for attribute in attributes:
             self._attributes._apply_one(attribute, x, target, previous)
 
     def state_is_finite(self) -> bool:
-        return self._model.state_is_finite() and self._attributes.state_is_finite() and self._featurizer.state_is_finite()
+        return (self._model.state_is_finite() and self._attributes.state_is_finite()
+                and self._featurizer.state_is_finite() and self._detector.state_is_finite())

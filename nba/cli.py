@@ -7,7 +7,7 @@
     nba policies preview DIR [--last N] [--database-url URL]
                                        what DIR would change against the live set
     nba policies schema                the JSON Schema of a policy file
-    nba evaluate [--log FILE.jsonl | --database-url URL] [--policy SPEC ...] [--truth truth.json]
+    nba evaluate [--log FILE.jsonl | --database-url URL] [--policy SPEC ...] [--offers FILE] [--truth truth.json]
                                        estimate what other policies would have earned
     nba simulate [--address HOST:PORT] [--decisions N] [--population FILE] [--out DIR]
                                        drive a running service with a synthetic population
@@ -583,8 +583,9 @@ def _default_report(args: argparse.Namespace, database_url: str | None) -> Path:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from nba.evaluation import evaluate, from_jsonl, from_store, parse_target
-    from nba.evaluation.logs import REWARD_LIMIT, LogError
+    from nba.evaluation.logs import REWARD_LIMIT, LogError, read_offers
     from nba.evaluation.report import html_report, table
+    from nba.evaluation.reward_model import RewardModel
     from nba.evaluation.truth import Truth
 
     if not 1 <= args.bootstrap <= MAX_BOOTSTRAP:
@@ -593,8 +594,24 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"--seed: {args.seed}: 0 or more")
     if not math.isfinite(args.default_reward) or abs(args.default_reward) > REWARD_LIMIT:
         raise CliError(f"--default-reward: {args.default_reward}: a finite number within ±{REWARD_LIMIT:,.0f}")
+    if args.refits != 0 and not 2 <= args.refits <= MAX_BOOTSTRAP:
+        raise CliError(f"--refits: {args.refits}: 0 (the reward model held fixed) or 2 to {MAX_BOOTSTRAP}")
+    reward_range = _reward_range(args.reward_range, REWARD_LIMIT) if args.reward_range else None
+    specs = args.policy or ["logged", "uniform", "popular", "learner"]
+    for spec in specs:  # a file: policy's file is checked as any file named on the command line
+        unlabelled = spec.split("=", 1)[1] if "=" in spec.split(":", 1)[0] else spec
+        kind, _, path = unlabelled.partition(":")
+        if kind == "file" and path:
+            try:
+                _readable_file(path, "--policy")
+            except CliError as exc:
+                raise CliError(str(exc).replace(f"--policy {path}:", f"--policy {spec}:", 1)) from None
     try:
-        targets = [parse_target(spec) for spec in (args.policy or ["logged", "uniform", "popular", "learner"])]
+        targets = [parse_target(spec) for spec in specs]
+    except LogError:
+        raise  # a line of a file: policy that breaks its format: a data error, as a log line's
+    except OSError as exc:
+        raise CliError(f"--policy: {exc}") from None
     except PolicySetError as exc:
         raise CliError(f"--policy: the draft is not a valid policy set: {'; '.join(str(p) for p in exc.problems)}") from None
     except ValueError as exc:
@@ -610,8 +627,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     html_path = _writable_file(args.html, "--html") if args.html else _writable_file(
         _default_report(args, database_url), "--html", make_folder=True)
     json_path = _writable_file(args.json, "--json") if args.json else None
+    offers = read_offers(_readable_file(args.offers, "--offers")) if args.offers else None
     if args.log:
-        decisions = from_jsonl(_readable_file(args.log, "--log"), args.default_reward, include_open=True)
+        decisions = from_jsonl(_readable_file(args.log, "--log"), args.default_reward, include_open=True, offers=offers)
         decisions = [d for d in decisions if (since is None or d.decided_at >= since) and (until is None or d.decided_at < until)]
         source = args.log
     else:
@@ -621,7 +639,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         store = Store(_open_existing(database_url))
         refused: list[LogError] = []
         with _database_errors(database_url):
-            decisions = from_store(store, since, until, True, args.default_reward, refused)
+            decisions = from_store(store, since, until, True, args.default_reward, refused, offers)
         store.engine.dispose()
         source = _safe_url(database_url)
         if refused:
@@ -642,14 +660,34 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"no logged decisions to evaluate in {source}" + (" between --since and --until" if since or until else ""),
                        EXIT_FAILED)
     curves: dict[str, Any] = {}
-    estimates = evaluate(decisions, targets, n_bootstrap=args.bootstrap, seed=args.seed, truth=truth, curves=curves)
+    if reward_range is not None:
+        outside = [r for d in decisions for r in d.rewards.values() if not reward_range[0] <= r <= reward_range[1]]
+        if outside:
+            raise CliError(f"--reward-range {args.reward_range}: the log has a reward of {outside[0]:g}, outside it", EXIT_FAILED)
+    model = RewardModel(decisions, reward_range=reward_range, offers=offers)
+    estimates = evaluate(decisions, targets, n_bootstrap=args.bootstrap, seed=args.seed, truth=truth, curves=curves,
+                         refits=args.refits, reward_model=model)
     print(f"{len(decisions)} decisions from {source}")
     print(table(estimates))
+    brier, constant = model.brier()
+    print(f"\nDM and DR's reward model: held-out Brier score {brier:.6g} (a constant's: {constant:.6g}; "
+          f"rewards scaled to [0, 1] from [{model.low:g}, {model.high:g}])")
     _write_text(html_path, html_report(estimates, decisions, curves, source), "--html")
     print(f"\nreport: {html_path}")
     if json_path is not None:
         _write_text(json_path, json.dumps([vars(e) for e in estimates], indent=2, default=str), "--json")
     return 0
+
+
+def _reward_range(text: str, limit: float) -> tuple[float, float]:
+    """``LOW,HIGH`` of --reward-range, or a CliError."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise CliError(f"--reward-range {text}: give LOW,HIGH, for example 0,1") from None
+    if not (math.isfinite(low) and math.isfinite(high)) or not -limit <= low < high <= limit:
+        raise CliError(f"--reward-range {text}: LOW below HIGH, both finite within ±{limit:,.0f}")
+    return low, high
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -725,9 +763,16 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
     evaluate.add_argument(
         "--policy", action="append",
-        help="a policy to evaluate, repeatable: logged, uniform, popular, learner[:k=v,...], draft:DIR "
-        "(name=... to label it; default: logged, uniform, popular, learner)",
+        help="a policy to evaluate, repeatable: logged, uniform, popular, learner[:k=v,...], draft:DIR, "
+        "file:PATH (per-decision probabilities, JSON Lines) (name=... to label it; default: logged, uniform, "
+        "popular, learner)",
     )
+    evaluate.add_argument("--offers", help="offer features for the reward model: JSON Lines of offer_id and features")
+    evaluate.add_argument("--refits", type=int, default=20,
+                          help="bootstrap refits of the reward model behind DM's interval (default 20; 0: held fixed)")
+    evaluate.add_argument("--reward-range", dest="reward_range",
+                          help="LOW,HIGH: the rewards' range, which the reward model predicts within "
+                          "(default: the log's smallest and largest reward; --reward-range=-1,3 when LOW is negative)")
     evaluate.add_argument("--since", help="only decisions at or after this time (ISO 8601)")
     evaluate.add_argument("--until", help="only decisions before this time (ISO 8601)")
     evaluate.add_argument("--include-open", action="store_true", help="include decisions whose reward windows are still open")
@@ -774,10 +819,6 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     args.argv = argv
-    if args.command in ("evaluate", "simulate") or (args.command == "policies" and args.action == "preview"):
-        from bandit import limit_blas_threads
-
-        limit_blas_threads()
     return _run(args)
 
 

@@ -73,7 +73,21 @@ class Settings(BaseModel):
         3.0, ge=0, description="pseudo-count of the shared model over offer group and tags (0: off)"
     )
     learner_forget: float = Field(
-        1.0, gt=0, le=1, description="below 1, each new observation of an offer discounts its older ones (drift)"
+        0.999, gt=0, le=1,
+        description="each round of the catalogue discounts every offer's earlier evidence by this factor, so the "
+        "learner follows change (1: never forget)",
+    )
+    learner_optimism: float = Field(
+        5.0, ge=0, le=1e6,
+        description="pseudo-count: an offer with little evidence is estimated as good as the best known, blended "
+        "n / (n + 5) with its own estimate after n observations, so new offers are tried (0: off)",
+    )
+    learner_detect_changes: bool = Field(
+        True, description="a change test on each offer's residuals restarts an offer's model when what it earns "
+        "changes abruptly"
+    )
+    learner_explore_by_age: bool = Field(
+        True, description="exploration: gamma grows with each offer's own age, not the learner's (new offers explored)"
     )
     learner_prior: float = Field(
         0.05, description="expected reward of an offer before any evidence (so value and levers rank from the start)"

@@ -67,6 +67,9 @@ def build_learner(settings: Settings) -> Learner:
         prior=settings.learner_prior,
         forget=settings.learner_forget,
         shared=settings.learner_shared,
+        optimism=settings.learner_optimism,
+        explore_by_age=settings.learner_explore_by_age,
+        detect_changes=settings.learner_detect_changes,
         exploration=InverseGapWeighting(settings.learner_gamma_scale, settings.learner_gamma_exponent),
         exclude=settings.learner_exclude,
         seed=settings.seed,
@@ -121,7 +124,7 @@ class LearningLoop:
             return (
                 learner.pull(arm_ids, features, k, weights),
                 learner.version,
-                learner.exploration.describe(learner.n_updates),
+                learner.describe_exploration(),
             )
 
     def distribution(

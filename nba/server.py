@@ -166,6 +166,11 @@ class Service:
     """Everything one ``nba serve`` process runs."""
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        # One BLAS thread for the whole process, set before any request thread starts: the
+        # learner's exact solves (forgetting) give results that differ in the last bits with
+        # the thread count, and replicas must hold bit-identical models. The library's own
+        # per-call context (bandit.blas) cannot promise that under OpenBLAS's pthreads build
+        # when several threads call in (measured: 15% of solves ran on two threads).
         limit_blas_threads()
         self.settings = settings
         self.clock = clock or SystemClock()

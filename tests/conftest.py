@@ -22,13 +22,10 @@ from typing import Any
 import grpc
 import pytest
 
-from bandit import limit_blas_threads
 from nba.config import Settings
 from nba.server import Service, create_server
 from nba.v1 import admin_service_pb2_grpc as apb_grpc
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
-
-limit_blas_threads()  # as the service does: the learners' matrices are small
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"

@@ -109,12 +109,24 @@ def test_an_absurd_weight_cannot_break_propensities(start, tmp_path: Path) -> No
 
 
 def test_negative_estimates_do_not_turn_value_upside_down() -> None:
-    learner = LinearBandit(seed=1, prior=0.0)
+    learner = LinearBandit(seed=1, prior=0.0, forget=1.0)  # without forgetting the two learn exactly alike
     for _ in range(30):
         learner.update("big", {}, -0.2)
         learner.update("small", {}, -0.2)
     draw = learner.pull(["big", "small"], {}, weights=[100.0, 1.0])
-    assert draw.scores.tolist() == [0.0, 0.0]  # equally bad, whatever their value
+    assert draw.scores[0] == draw.scores[1] < 0  # equally bad, whatever their value
+
+
+def test_estimates_below_zero_keep_their_order_with_value_weights() -> None:
+    learner = LinearBandit(seed=1, prior=0.0)
+    for _ in range(30):
+        learner.update("poor", {}, -0.1)
+        learner.update("worse", {}, -0.3)
+        learner.update("good", {}, 0.2)
+    for weights in ([1.0, 1.0, 1.0], [5.0, 5.0, 5.0], [1.0, 7.0, 3.0], [7.0, 1.0, 3.0]):
+        draw = learner.pull(["poor", "worse", "good"], {}, weights=weights)
+        assert draw.scores[2] > draw.scores[0] > draw.scores[1], (weights, draw.scores)  # never tied at 0
+        assert draw.probabilities[0] > draw.probabilities[1]  # exploration sees the order too
 
 
 def test_one_absurd_number_does_not_ruin_a_features_scaling() -> None:

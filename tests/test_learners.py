@@ -305,7 +305,7 @@ def test_a_context_changed_in_place_is_not_served_a_stale_vector() -> None:
 
 
 def test_an_arm_given_no_attributes_stands_alone() -> None:
-    learner = LinearBandit(seed=1, shared=3.0)
+    learner = LinearBandit(seed=1, shared=3.0, optimism=0.0)  # the shared model alone
     learner.set_arm_attributes({"a": ["group=g"], "fallback": None})
     for ctx in contexts(100):
         learner.update("fallback", ctx, 1.0)  # a fallback everyone accepts...

@@ -1,14 +1,19 @@
 """Offline evaluation: what would another policy have earned, from the decisions already logged.
 
-    logs        the logged-data contract, read from the decision log or JSON Lines
-    targets     the policies to evaluate: learners, draft policy sets, baselines
-    estimators  IPS, self-normalised IPS, direct method, doubly robust, position-wise IPS;
-                bootstrap intervals and effective sample sizes
-    report      the terminal table and the HTML page
+    logs          the logged-data contract, read from the decision log or JSON Lines; offer
+                  catalogues (offer features)
+    targets       the policies to evaluate: learners, draft policy sets, baselines, and policies
+                  given from outside as per-decision probabilities (``ExternalPolicy``)
+    reward_model  DM and DR's q(x, a): a cross-fitted logistic regression within the rewards' range
+    estimators    IPS, self-normalised IPS, direct method, doubly robust, position-wise IPS;
+                  bootstrap intervals (DM's with the reward model refit) and effective sample sizes
+    report        the terminal table and the HTML page
 """
 
 from nba.evaluation.estimators import Estimate, evaluate
-from nba.evaluation.logs import LoggedDecision, from_jsonl, from_store
-from nba.evaluation.targets import TargetPolicy, parse_target
+from nba.evaluation.logs import LoggedDecision, from_jsonl, from_store, read_offers
+from nba.evaluation.reward_model import RewardModel
+from nba.evaluation.targets import ExternalPolicy, TargetPolicy, parse_target
 
-__all__ = ["Estimate", "LoggedDecision", "TargetPolicy", "evaluate", "from_jsonl", "from_store", "parse_target"]
+__all__ = ["Estimate", "ExternalPolicy", "LoggedDecision", "RewardModel", "TargetPolicy", "evaluate", "from_jsonl",
+           "from_store", "parse_target", "read_offers"]

@@ -17,32 +17,43 @@ Horvitz & Thompson (1952); Swaminathan & Joachims (2015), "The self-normalized e
 counterfactual learning"; Dudik, Langford & Li (2011), "Doubly robust policy evaluation and
 learning"; Li et al. (2018), "Offline evaluation of ranking policies with click models".
 
-Intervals are percentile bootstrap intervals over decisions (the reward model held fixed).
-The effective sample size (sum w)^2 / sum w^2 says how many logged decisions the estimate is
-really worth. The reward model is a ridge regression per offer on the context features,
-cross-fitted over two halves of the log so that no decision is predicted by a model that saw
-its reward.
+The reward model q is a cross-fitted, regularised logistic regression whose predictions stay
+within the rewards' range (``nba.evaluation.reward_model``): no decision is predicted by a
+model that saw its reward.
+
+Intervals are percentile bootstrap intervals over decisions. For IPS, SNIPS, DR and IPS-slots
+the reward model is held fixed (DR's correction is unbiased whatever q is, as the propensities
+are logged, and q's error enters its spread only through the correction's residuals). DM's
+interval includes the model's own uncertainty: ``refits`` bootstrap resamples of the decisions,
+each with the cross-fit models fit again on it, give DM's spread, and the interval is the
+estimate ± 1.96 of their standard deviation (a normal interval: a few dozen refits estimate a
+spread well, but not 2.5% tails). With ``refits=0`` DM's interval holds the model fixed, as the
+others do, and leaves its error out. The effective sample size (sum w)^2 / sum w^2 says how
+many logged decisions the estimate is really worth.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from bandit import LinearBandit
 from nba.evaluation.logs import LoggedDecision
+from nba.evaluation.reward_model import RewardModel
 from nba.evaluation.targets import Logged, TargetPolicy
 from nba.evaluation.truth import Truth
 
-__all__ = ["ESTIMATORS", "Estimate", "RewardModel", "evaluate", "interval"]
+__all__ = ["ESTIMATORS", "REFITS", "Estimate", "RewardModel", "evaluate", "interval"]
 
 ESTIMATORS = ("ips", "snips", "dm", "dr", "ips-slots")
 #: below this share of n, the effective sample size is reported as a warning
 LOW_ESS = 0.1
 #: above this mean share of target weight without logging support, a warning
 UNSUPPORTED = 0.01
+#: bootstrap refits of the reward model behind DM's interval
+REFITS = 20
 
 
 @dataclass
@@ -76,35 +87,10 @@ class _Trace:
     slots: np.ndarray
     unsupported: np.ndarray
     truth: np.ndarray | None
-
-
-class RewardModel:
-    """q(x, a): expected reward of each offer in each logged context, cross-fitted."""
-
-    def __init__(self, decisions: Sequence[LoggedDecision], alpha: float = 1.0, features: int = 128) -> None:
-        self._predictions: list[dict[str, float]] = [{} for _ in decisions]
-        halves = [list(range(0, len(decisions), 2)), list(range(1, len(decisions), 2))]
-        for fit, predict in (halves, halves[::-1]):
-            model = LinearBandit(n_features=features, alpha=alpha, prior=_mean_reward(decisions, fit))
-            for i in fit:
-                for offer_id, _ in decisions[i].slots:
-                    model.update(offer_id, decisions[i].features, decisions[i].rewards.get(offer_id, 0.0))
-            for i in predict:
-                d = decisions[i]
-                self._predictions[i] = dict(zip(d.eligible, model.scores(d.eligible, d.features).tolist(), strict=True))
-            self._last = model
-
-    def predict(self, index: int, d: LoggedDecision, offer_ids: Sequence[str]) -> np.ndarray:
-        known = self._predictions[index]
-        missing = [a for a in offer_ids if a not in known]
-        if missing:  # offers a draft makes eligible that the log did not: extrapolate
-            known.update(zip(missing, self._last.scores(missing, d.features).tolist(), strict=True))
-        return np.array([known[a] for a in offer_ids])
-
-
-def _mean_reward(decisions: Sequence[LoggedDecision], indices: Sequence[int]) -> float:
-    rewards = [decisions[i].reward for i in indices]
-    return float(np.mean(rewards)) if rewards else 0.0
+    #: the target's first-slot probabilities as (decision, prediction row, probability) triples
+    pi_decision: np.ndarray | None = None
+    pi_row: np.ndarray | None = None
+    pi_value: np.ndarray | None = None
 
 
 def evaluate(
@@ -113,22 +99,49 @@ def evaluate(
     n_bootstrap: int = 500,
     seed: int = 0,
     truth: Truth | None = None,
-    reward_model: RewardModel | None = None,
+    reward_model: Any = None,
     curves: dict[str, np.ndarray] | None = None,
+    refits: int = REFITS,
+    reward_range: tuple[float, float] | None = None,
 ) -> list[Estimate]:
-    """Every estimator for every target, in the order given. ``curves``, when given, receives
-    each target's per-decision doubly robust terms (for plots of value over time)."""
+    """Every estimator for every target, in the order given, each an ``Estimate`` (value in
+    reward units per decision, 95% interval, effective sample size, warnings).
+
+    ``reward_model``: anything with ``predict(index, decision, offer_ids) -> array`` (default: a
+    ``RewardModel`` of the log, with ``reward_range`` as its range). ``refits``: bootstrap refits
+    of a ``RewardModel`` behind DM's interval (0: the model held fixed). ``curves``, when given,
+    receives each target's per-decision doubly robust terms (for plots of value over time).
+    Raises ``ValueError`` for an empty log."""
     if not decisions:
         raise ValueError("no logged decisions to evaluate (is the log empty, or are all reward windows still open?)")
-    model = reward_model or RewardModel(decisions)
-    estimates: list[Estimate] = []
+    model = reward_model if reward_model is not None else RewardModel(decisions, reward_range=reward_range)
     multi_slot = any(len(d.slots) > 1 for d in decisions)
-    for target in targets:
-        trace = _trace(decisions, target, model, truth)
+    traces = [_trace(decisions, target, model, truth) for target in targets]
+    dm_spread = _dm_refits(model, traces, len(decisions), refits, seed) if isinstance(model, RewardModel) else None
+    estimates: list[Estimate] = []
+    for k, (target, trace) in enumerate(zip(targets, traces, strict=True)):
         if curves is not None:
             curves[target.name] = trace.dm + trace.weights * (trace.rewards - trace.q_chosen)
-        estimates.extend(_estimates(target.name, trace, n_bootstrap, seed, multi_slot))
+        spread = None if dm_spread is None else float(dm_spread[k])
+        estimates.extend(_estimates(target.name, trace, n_bootstrap, seed, multi_slot, spread))
     return estimates
+
+
+def _dm_refits(model: RewardModel, traces: Sequence[_Trace], n: int, refits: int, seed: int) -> np.ndarray | None:
+    """The standard deviation of each target's DM over ``refits`` bootstrap resamples of the
+    decisions, with the reward model fit again on each; None when ``refits`` < 2."""
+    if refits < 2:
+        return None
+    rng = np.random.default_rng([seed, 1])
+    values = np.zeros((refits, len(traces)))
+    for b in range(refits):
+        counts = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(float)
+        q = model.refit(counts)
+        for k, t in enumerate(traces):
+            assert t.pi_decision is not None and t.pi_row is not None and t.pi_value is not None
+            dm = np.bincount(t.pi_decision, weights=t.pi_value * q[t.pi_row], minlength=n)
+            values[b, k] = float(counts @ dm) / n
+    return values.std(axis=0, ddof=1)
 
 
 def _trace(decisions: Sequence[LoggedDecision], target: TargetPolicy, model: RewardModel, truth: Truth | None) -> _Trace:
@@ -136,6 +149,10 @@ def _trace(decisions: Sequence[LoggedDecision], target: TargetPolicy, model: Rew
     weights, rewards, dm, q_chosen = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
     slots, unsupported = np.zeros(n), np.zeros(n)
     true_values = np.zeros(n) if truth is not None else None
+    pairs = isinstance(model, RewardModel)
+    pi_decision: list[int] = []
+    pi_row: list[int] = []
+    pi_value: list[float] = []
     for i, d in enumerate(decisions):
         ids, pi = target.first_slot(d)
         mu = np.array([d.logged_probability(a) for a in ids])
@@ -147,12 +164,21 @@ def _trace(decisions: Sequence[LoggedDecision], target: TargetPolicy, model: Rew
             q = model.predict(i, d, ids)
             dm[i] = float(pi @ q)
             unsupported[i] = float(pi[mu <= 0].sum())
+            if pairs:
+                for a, p in zip(ids, pi.tolist(), strict=True):
+                    if p > 0:
+                        pi_decision.append(i)
+                        pi_row.append(model.pair(i, d, a))
+                        pi_value.append(p)
         q_chosen[i] = model.predict(i, d, [d.chosen])[0]
         if true_values is not None and len(ids):
             true_values[i] = sum(p * truth.expected(d.features, a, d.decided_at) for a, p in zip(ids, pi, strict=True))
         slots[i] = _slot_term(d, target, ids, pi)
         target.learn(d)
-    return _Trace(weights, rewards, dm, q_chosen, slots, unsupported, true_values)
+    if not pairs:
+        return _Trace(weights, rewards, dm, q_chosen, slots, unsupported, true_values)
+    return _Trace(weights, rewards, dm, q_chosen, slots, unsupported, true_values,
+                  np.asarray(pi_decision, dtype=np.int64), np.asarray(pi_row, dtype=np.int64), np.asarray(pi_value))
 
 
 def _slot_term(d: LoggedDecision, target: TargetPolicy, ids: list[str], pi: np.ndarray) -> float:
@@ -183,7 +209,8 @@ def interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _estimates(policy: str, t: _Trace, n_bootstrap: int, seed: int, multi_slot: bool) -> list[Estimate]:
+def _estimates(policy: str, t: _Trace, n_bootstrap: int, seed: int, multi_slot: bool,
+               dm_spread: float | None = None) -> list[Estimate]:
     n = len(t.weights)
     rng = np.random.default_rng(seed)
     terms = {
@@ -224,6 +251,8 @@ def _estimates(policy: str, t: _Trace, n_bootstrap: int, seed: int, multi_slot: 
         if name not in values:
             continue
         low, high = interval(np.asarray(boot[name]))
+        if name == "dm" and dm_spread is not None:  # the model's own uncertainty included
+            low, high = values[name] - 1.96 * dm_spread, values[name] + 1.96 * dm_spread
         out.append(Estimate(policy, name, values[name], low, high, n, ess, unsupported, max_weight,
                             truth if name != "ips-slots" else None, list(warnings)))
     return out

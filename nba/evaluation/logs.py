@@ -9,8 +9,10 @@ each chosen offer.
 Sources: the decision log (``from_store``) or JSON Lines (``from_jsonl``): the format
 ``nba export`` writes, or a smaller one other systems can produce::
 
-    {"features": {"customer.age": 34, ...},              # or "context": {nested}
-     "candidates": [{"offer_id": "a", "probability": 0.7}, {"offer_id": "b", "probability": 0.3}],
+    {"decision_id": "d-1",                               # optional: needed by file: policies
+     "features": {"customer.age": 34, ...},              # or "context": {nested}
+     "candidates": [{"offer_id": "a", "probability": 0.7, "features": {"price": 9.5}},
+                    {"offer_id": "b", "probability": 0.3}],      # "features": optional
      "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.7}],   # or "chosen": "a", "propensity": 0.7
      "rewards": {"a": 1.0},                              # or "reward": 1.0 for the chosen offer
      "decided_at": "2026-11-23T10:00:00Z", "channel": "web"}       # optional
@@ -22,7 +24,9 @@ strict types) before anything is estimated; a line that breaks the contract rais
 * ``features`` (flattened) or ``context`` (nested), one of them; no NaN or infinite number in
   either, at most ``MAX_DEPTH`` levels deep;
 * ``candidates``: offer ids unique and non-empty; every eligible one (``"eligible"`` absent or
-  true) has a ``probability`` in [0, 1], and those probabilities sum to 1 (within 1e-6);
+  true) has a ``probability`` in [0, 1], and those probabilities sum to 1 (within 1e-6); a
+  candidate's ``features`` (the offer's own features, obp's "action context"), when given, an
+  object checked as the context is;
 * the chosen offers: ``chosen`` with ``propensity``, or ``offers`` (``offer_id``, ``slot``
   1, 2, ... without gaps, ``propensity``), not both; each an eligible candidate, at most once;
   every propensity in (0, 1], and the first slot's equal to its candidate's ``probability``
@@ -33,7 +37,13 @@ strict types) before anything is estimated; a line that breaks the contract rais
   only), finite and within ``REWARD_LIMIT``; a line without either is refused unless it says
   ``"closed": false`` (its outcome not known yet). An offer shown but absent from ``rewards``
   got no feedback: it counts as ``default_reward``, as the service's own log means it;
-* unknown fields are refused (a misspelt field would otherwise be silently absent).
+* unknown fields are refused (a misspelt field would otherwise be silently absent);
+* ``decision_id``, when given, unique within a file (a ``file:`` policy is keyed by it).
+
+Offer features may also come from a catalogue (``read_offers``, ``nba evaluate --offers``):
+JSON Lines of ``{"offer_id": "a", "features": {"price": 9.5, "category": "card"}}``, one line an
+offer, checked by the same rules (unknown fields refused, ids unique, numbers finite within
+±2^53). A candidate's own ``features`` replace the catalogue's for that decision.
 
 Decisions whose reward windows are still open (``"closed": false``) are left out unless asked
 for. A decision that answered the channel's fallback (nothing else was eligible) is kept, as a
@@ -56,8 +66,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from bandit import flatten
 from nba.inputs import MAX_CONTEXT_NUMBER, finite_number
 
-__all__ = ["MAX_DEPTH", "REWARD_LIMIT", "LogError", "LogLine", "LoggedDecision", "from_jsonl", "from_records",
-           "from_store", "read_jsonl", "validate_line"]
+__all__ = ["MAX_DEPTH", "REWARD_LIMIT", "LogError", "LogLine", "LoggedDecision", "OfferLine", "from_jsonl",
+           "from_records", "from_store", "read_jsonl", "read_offers", "validate_line"]
 
 #: largest reward magnitude a log may carry (estimators square weight x reward)
 REWARD_LIMIT = 1e6
@@ -95,6 +105,8 @@ class LoggedDecision:
     #: its reward windows were still open when it was read (missing rewards are the default)
     open: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    #: each offer's own features (flattened), from its candidate or the offer catalogue
+    offer_features: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def chosen(self) -> str:
@@ -145,6 +157,7 @@ class Candidate(BaseModel):
     propensity: Propensity | None = None
     explored: bool | None = None
     fallback: bool = False
+    features: dict[str, Any] | None = None
 
     def multiplier(self) -> float:
         return (1.0 if self.value is None else self.value) * (1.0 if self.lever is None else self.lever) * (
@@ -216,6 +229,9 @@ class LogLine(BaseModel):
             raise _Refused("features", "give the context as 'features' (flattened) or 'context' (nested), one of them")
         name = "features" if self.features is not None else "context"
         _check_values(self.features if self.features is not None else self.context, name, 1)
+        for i, c in enumerate(self.candidates or ()):
+            if c.features is not None:
+                _check_values(c.features, f"candidates[{i}].features", 2)
 
     def _time(self) -> None:
         if self.decided_at is not None:
@@ -352,7 +368,7 @@ _MESSAGES = {
 }
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_error(exc: ValidationError) -> str:
     """The first problem of a validation error as 'field: what is wrong'."""
     error = exc.errors(include_url=False)[0]
     parts: list[str] = []
@@ -394,23 +410,25 @@ def validate_line(line: Any, where: str) -> LogLine:
     try:
         return LogLine.model_validate(dict(line))
     except ValidationError as exc:
-        raise LogError(f"{where}: {_describe(exc)}") from None
+        raise LogError(f"{where}: {describe_error(exc)}") from None
     except RecursionError:
         raise LogError(f"{where}: nested too deeply") from None
 
 
 def from_records(lines: Iterable[Any], default_reward: float = 0.0, final: bool = True,
                  source: str = "log", include_open: bool = True,
-                 refused: list[LogError] | None = None) -> Iterator[LoggedDecision]:
+                 refused: list[LogError] | None = None,
+                 offers: Mapping[str, Mapping[str, Any]] | None = None) -> Iterator[LoggedDecision]:
     """Decisions from export-format (or minimal-format) mappings, each validated first
     (``LogError`` names the line and field). Decisions that answered nothing are skipped; a
     line marked ``"closed": false`` (its reward windows still open) is skipped too, unless
     ``include_open``. ``final``: the rewards are final, so a shown offer without one counts as
     ``default_reward``; otherwise a decision without its first slot's reward is skipped.
     ``refused``: a list to collect the lines that break the contract, which are then left out
-    rather than raised (for the service's own log, which the caller cannot edit)."""
+    rather than raised (for the service's own log, which the caller cannot edit). ``offers``:
+    offer id -> features (``read_offers``), for candidates that carry none."""
     for number, line in enumerate(lines, start=1):
-        decision = _kept(line, f"{source} line {number}", default_reward, final, include_open, refused)
+        decision = _kept(line, f"{source} line {number}", default_reward, final, include_open, refused, offers)
         if decision is not None:
             yield decision
 
@@ -434,19 +452,67 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                 raise LogError(f"{path} line {number}: nested too deeply") from None
 
 
-def from_jsonl(path: str | Path, default_reward: float = 0.0, include_open: bool = False) -> list[LoggedDecision]:
-    """Every decision of a JSON Lines log, validated line by line."""
+def from_jsonl(path: str | Path, default_reward: float = 0.0, include_open: bool = False,
+               offers: Mapping[str, Mapping[str, Any]] | None = None) -> list[LoggedDecision]:
+    """Every decision of a JSON Lines log, validated line by line (``LogError`` names the line
+    and field; a ``decision_id`` given twice is refused too). ``offers``: offer id -> features
+    (``read_offers``), for candidates that carry none."""
     out = []
+    first_line: dict[str, int] = {}
     for number, line in read_jsonl(path):
-        decision = _decision(line, f"{path} line {number}", default_reward, True, include_open)
+        where = f"{path} line {number}"
+        decision = _decision(line, where, default_reward, True, include_open, offers)
+        if isinstance(line, Mapping) and isinstance(line.get("decision_id"), str):
+            earlier = first_line.setdefault(line["decision_id"], number)
+            if earlier != number:
+                raise LogError(f"{where}: decision_id: '{line['decision_id']}' is already the id of line {earlier}")
         if decision is not None:
             out.append(decision)
     return out
 
 
+class OfferLine(BaseModel):
+    """One line of an offer catalogue: an offer's id and its features."""
+
+    model_config = _STRICT
+    offer_id: OfferId
+    features: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _contract(self) -> OfferLine:
+        _check_values(self.features, "features", 1)
+        return self
+
+
+def read_offers(path: str | Path) -> dict[str, dict[str, Any]]:
+    """An offer catalogue: JSON Lines of ``{"offer_id": "a", "features": {...}}`` (nested
+    features are flattened with dots, as a context is). Returns offer id -> features. Raises
+    ``LogError`` naming the line and field for a line that is not such an object, an unknown
+    field, a number that is not finite within ±2^53, or an offer listed twice; ``OSError`` when
+    the file cannot be read."""
+    out: dict[str, dict[str, Any]] = {}
+    first_line: dict[str, int] = {}
+    for number, line in read_jsonl(path):
+        where = f"{path} line {number}"
+        if not isinstance(line, Mapping):
+            raise LogError(f"{where}: expected a JSON object, got {type(line).__name__}")
+        try:
+            checked = OfferLine.model_validate(dict(line))
+        except ValidationError as exc:
+            raise LogError(f"{where}: {describe_error(exc)}") from None
+        except RecursionError:
+            raise LogError(f"{where}: nested too deeply") from None
+        earlier = first_line.setdefault(checked.offer_id, number)
+        if earlier != number:
+            raise LogError(f"{where}: offer_id: '{checked.offer_id}' is already listed on line {earlier}")
+        out[checked.offer_id] = flatten(checked.features)
+    return out
+
+
 def from_store(store: Any, since: datetime | None = None, until: datetime | None = None,
                include_open: bool = False, default_reward: float = 0.0,
-               refused: list[LogError] | None = None) -> list[LoggedDecision]:
+               refused: list[LogError] | None = None,
+               offers: Mapping[str, Mapping[str, Any]] | None = None) -> list[LoggedDecision]:
     """Decisions from the decision log, oldest first, through the same validator. Decisions
     whose reward windows are still open are left out unless ``include_open`` (their missing
     rewards then count as default). ``refused``: as for ``from_records`` (a decision an older
@@ -454,18 +520,19 @@ def from_store(store: Any, since: datetime | None = None, until: datetime | None
     collected there instead of stopping the run)."""
     out = []
     for line in store.export(since, until):
-        decision = _kept(line, f"decision {line.get('decision_id')}", default_reward, True, include_open, refused)
+        decision = _kept(line, f"decision {line.get('decision_id')}", default_reward, True, include_open, refused, offers)
         if decision is not None:
             out.append(decision)
     return out
 
 
 def _kept(line: Any, where: str, default_reward: float, final: bool, include_open: bool,
-          refused: list[LogError] | None) -> LoggedDecision | None:
+          refused: list[LogError] | None,
+          offers: Mapping[str, Mapping[str, Any]] | None = None) -> LoggedDecision | None:
     """``_decision``, with a line that breaks the contract collected in ``refused`` (and left
     out) when a list is given, raised otherwise."""
     try:
-        return _decision(line, where, default_reward, final, include_open)
+        return _decision(line, where, default_reward, final, include_open, offers)
     except LogError as exc:
         if refused is None:
             raise
@@ -473,7 +540,8 @@ def _kept(line: Any, where: str, default_reward: float, final: bool, include_ope
         return None
 
 
-def _decision(line: Any, where: str, default_reward: float, final: bool, include_open: bool) -> LoggedDecision | None:
+def _decision(line: Any, where: str, default_reward: float, final: bool, include_open: bool,
+              offers: Mapping[str, Mapping[str, Any]] | None = None) -> LoggedDecision | None:
     checked = validate_line(line, where)
     if checked.closed is False and not include_open:
         return None
@@ -490,6 +558,14 @@ def _decision(line: Any, where: str, default_reward: float, final: bool, include
         eligible = [c.offer_id for c in chosen]
         probabilities = [float(c.probability or 0.0) for c in chosen]
         multipliers = [c.multiplier() for c in chosen]
+    offer_features: dict[str, Mapping[str, Any]] = {}
+    for c in checked.candidates or ():
+        if c.features is not None:
+            offer_features[c.offer_id] = flatten(c.features)
+    if offers:
+        for offer_id in dict.fromkeys([*eligible, *(o for o, _ in slots)]):
+            if offer_id not in offer_features and offer_id in offers:
+                offer_features[offer_id] = offers[offer_id]  # shared, not copied: one object an offer
     if checked.rewards is not None:
         rewards = {k: float(v) for k, v in checked.rewards.items() if v is not None}
     elif checked.reward is not None:
@@ -515,6 +591,7 @@ def _decision(line: Any, where: str, default_reward: float, final: bool, include
         policy_version=checked.policy_version or "",
         fallback=fallback,
         open=checked.closed is False,
+        offer_features=offer_features,
     )
 
 

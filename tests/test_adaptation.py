@@ -84,7 +84,7 @@ def test_arms_that_join_a_running_catalogue_are_tried_in_every_run() -> None:
     assert newcomer_share(FIXED, seed=0) < 0.4  # before: left to the luck of the draws
 
 
-def stationary_reward(settings: dict, seed: int, rounds: int = 5000) -> float:
+def stationary_reward(settings: dict, seed: int, rounds: int = 3000) -> float:
     """The mean expected reward of the arms chosen on a catalogue that never changes."""
     rng = np.random.default_rng(seed)
     means = segment_means(rng, 5, 5)

@@ -45,6 +45,7 @@ def run(server, rounds: int, rng: np.random.Generator, start: int) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # snapshots on PostgreSQL: test_snapshots
 def test_the_service_learns_each_segments_best_offer_and_keeps_it_across_a_restart(start, tmp_path: Path) -> None:
     (tmp_path / "policies").mkdir()
     policies = catalogue(tmp_path / "policies")
@@ -94,11 +95,11 @@ def test_with_its_defaults_the_service_follows_when_every_segments_best_offer_ch
     (tmp_path / "policies").mkdir()
     server = start(policies=catalogue(tmp_path / "policies"), seed=11)
     rng = np.random.default_rng(11)
-    play(server, TRUTH, OFFERS, 2500, rng, 0)
+    play(server, TRUTH, OFFERS, 1500, rng, 0)
     # Every segment's favourite now pays what another offer paid, and that one pays 0.30.
     swapped = {"student": [0.05, 0.05, 0.05, 0.30, 0.08], "family": [0.30, 0.05, 0.05, 0.08, 0.05],
                "retired": [0.05, 0.30, 0.05, 0.05, 0.08]}
-    shown = play(server, swapped, OFFERS, 2000, rng, 2500)
+    shown = play(server, swapped, OFFERS, 2000, rng, 1500)
     late = shown[1600:]
     share = np.mean([OFFERS.index(offer) == int(np.argmax(swapped[segment])) for segment, offer in late])
     assert share >= 0.6, f"the new best offers took {share:.0%} of first slots in decisions 1,600-2,000 after the change"
@@ -108,7 +109,7 @@ def test_with_its_defaults_the_service_follows_when_every_segments_best_offer_ch
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_offers_published_into_a_running_service_are_tried(start, tmp_path: Path) -> None:
     """Three offers join a running catalogue, each the best for most customers: in every run
-    (here two seeds; tests/test_adaptation.py runs six on the library) they take at least 40%
+    (here one seed; tests/test_adaptation.py runs six on the library) they take at least 40%
     of first slots in their first 500 decisions."""
     from test_admin import publish
 
@@ -120,7 +121,7 @@ def test_offers_published_into_a_running_service_are_tried(start, tmp_path: Path
         return "channels: [web]\noffers:\n" + "".join(
             f"  - {{id: {o}, name: Offer {o}, channels: [web], value: 10.0}}\n" for o in offers)
 
-    for seed in (21, 22):
+    for seed in (21,):
         directory = tmp_path / f"policies-{seed}"
         directory.mkdir()
         (directory / "sim.yaml").write_text(text(old))

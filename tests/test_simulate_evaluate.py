@@ -43,7 +43,7 @@ def test_evaluate_ranks_policies_by_their_true_value_on_a_simulated_log(start, t
     evaluated = nba("evaluate", "--database-url", server.service.settings.database_url, "--include-open",
                     "--truth", str(out / "truth.json"), "--policy", "uniform",
                     "--policy", "half-random=learner:epsilon=0.5", "--policy", "logged", "--policy", "popular",
-                    "--bootstrap", "300", "--json", str(estimates_path),
+                    "--bootstrap", "300", "--refits", "5", "--json", str(estimates_path),
                     "--html", str(tmp_path / "report.html"))
     assert evaluated.returncode == 0, evaluated.stderr
     assert "truth" in evaluated.stdout

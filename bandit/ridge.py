@@ -336,16 +336,7 @@ class RidgeArms:
         row = len(self._rows) + 1
         if row >= len(self._count):
             self._grow(2 * len(self._count))
-        self._b[row] = 0.0
-        self._theta[row] = 0.0
-        self._count[row] = 0
-        self._born[row] = self.clock
-        self._ainv[row] = np.eye(self.dim) / self.alpha
-        if self._data is not None:
-            self._data[row] = 0.0
-            self._weight[row] = 0.0
-            self._seen[row] = self._solved[row] = self.time
-            self._ridge[row] = 1.0
+        self._clear(row)
         self._rows[arm_id] = row
         return row
 
@@ -353,8 +344,11 @@ class RidgeArms:
         """Forgets everything an arm learned: it is estimated as the prior again, and its age
         starts anew (a change was detected in what it earns)."""
         row = self._rows.get(arm_id)
-        if row is None:
-            return
+        if row is not None:
+            self._clear(row)
+
+    def _clear(self, row: int) -> None:
+        """A row as the prior's, born now."""
         self._b[row] = 0.0
         self._theta[row] = 0.0
         self._count[row] = 0

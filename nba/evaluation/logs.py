@@ -58,7 +58,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -433,6 +433,22 @@ def from_records(lines: Iterable[Any], default_reward: float = 0.0, final: bool 
             yield decision
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated(model: type[M], line: Any, where: str) -> M:
+    """One JSON Lines line checked against a pydantic ``model``; ``LogError`` naming ``where``
+    (file and line) and the field for anything else."""
+    if not isinstance(line, Mapping):
+        raise LogError(f"{where}: expected a JSON object, got {type(line).__name__}")
+    try:
+        return model.model_validate(dict(line))
+    except ValidationError as exc:
+        raise LogError(f"{where}: {describe_error(exc)}") from None
+    except RecursionError:
+        raise LogError(f"{where}: nested too deeply") from None
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed JSON) of every non-blank line; ``LogError`` for a line that is not
     UTF-8 text or not JSON, and ``OSError`` when the file cannot be read."""
@@ -494,14 +510,7 @@ def read_offers(path: str | Path) -> dict[str, dict[str, Any]]:
     first_line: dict[str, int] = {}
     for number, line in read_jsonl(path):
         where = f"{path} line {number}"
-        if not isinstance(line, Mapping):
-            raise LogError(f"{where}: expected a JSON object, got {type(line).__name__}")
-        try:
-            checked = OfferLine.model_validate(dict(line))
-        except ValidationError as exc:
-            raise LogError(f"{where}: {describe_error(exc)}") from None
-        except RecursionError:
-            raise LogError(f"{where}: nested too deeply") from None
+        checked = validated(OfferLine, line, where)
         earlier = first_line.setdefault(checked.offer_id, number)
         if earlier != number:
             raise LogError(f"{where}: offer_id: '{checked.offer_id}' is already listed on line {earlier}")

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from bandit import EpsilonGreedy, InverseGapWeighting, LinearBandit
-from nba.evaluation.logs import LogError, LoggedDecision, describe_error, read_jsonl
+from nba.evaluation.logs import LogError, LoggedDecision, read_jsonl, validated
 
 __all__ = [
     "Draft",
@@ -300,12 +300,7 @@ class ExternalPolicy(TargetPolicy):
         lines: dict[str, int] = {}
         for number, line in read_jsonl(path):
             where = f"{path} line {number}"
-            if not isinstance(line, Mapping):
-                raise LogError(f"{where}: expected a JSON object, got {type(line).__name__}")
-            try:
-                checked = _PolicyLine.model_validate(dict(line))
-            except ValidationError as exc:
-                raise LogError(f"{where}: {describe_error(exc)}") from None
+            checked = validated(_PolicyLine, line, where)
             if checked.decision_id in lines:
                 raise LogError(f"{where}: decision_id: '{checked.decision_id}' is already on line {lines[checked.decision_id]}")
             lines[checked.decision_id] = number

@@ -37,7 +37,8 @@ _DOWN = 6
 
 
 class PageHinkley:
-    """Two-sided Page-Hinkley tests, one per arm, on standardised, clipped residuals.
+    """Two-sided Page-Hinkley tests, one per arm, on standardised, clipped residuals
+    (one-sided, for falls only, with ``drops_only``).
 
     >>> detector = PageHinkley()
     >>> rng = np.random.default_rng(0)
@@ -48,9 +49,12 @@ class PageHinkley:
     True
     """
 
-    def __init__(self, threshold: float = 15.0, delta: float = 0.25, clip: float = 3.0, min_observations: int = 30) -> None:
+    def __init__(self, threshold: float = 15.0, delta: float = 0.25, clip: float = 3.0, min_observations: int = 30,
+                 drops_only: bool = False) -> None:
         if not threshold > 0 or not delta >= 0 or not clip > 0 or min_observations < 2:
             raise ValueError("threshold and clip must be positive, delta non-negative, min_observations at least 2")
+        #: alarm only when the residuals fall (the arm earns less than it is estimated to)
+        self.drops_only = drops_only
         self.threshold = threshold
         self.delta = delta
         self.clip = clip
@@ -79,7 +83,7 @@ class PageHinkley:
         row[_UP], row[_DOWN] = up, down
         row[_UP_MIN] = min(row[_UP_MIN], up)
         row[_DOWN_MAX] = max(row[_DOWN_MAX], down)
-        if up - row[_UP_MIN] > self.threshold or row[_DOWN_MAX] - down > self.threshold:
+        if (not self.drops_only and up - row[_UP_MIN] > self.threshold) or row[_DOWN_MAX] - down > self.threshold:
             row[:] = 0.0
             return True
         return False

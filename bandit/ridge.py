@@ -162,10 +162,6 @@ class RidgeArms:
         """Every arm's estimate for ``x`` (as last solved), the prior's row excluded."""
         return self._theta[1 : len(self._rows) + 1] @ x
 
-    def counts(self, rows: np.ndarray) -> np.ndarray:
-        """How many observations each row has learned from, ever."""
-        return self._count[rows]
-
     def evidence(self, rows: np.ndarray) -> np.ndarray:
         """Each row's weight of evidence now: its count, or with forgetting the discounted count
         (sum of forget^age over its observations), which decays while the arm is not chosen."""

@@ -84,7 +84,7 @@ class Settings(BaseModel):
     )
     learner_detect_changes: bool = Field(
         True, description="a change test on each offer's residuals restarts an offer's model when what it earns "
-        "changes abruptly"
+        "drops abruptly"
     )
     learner_explore_by_age: bool = Field(
         True, description="exploration: gamma grows with each offer's own age, not the learner's (new offers explored)"

@@ -270,7 +270,7 @@ def test_a_new_arm_starts_from_what_similar_arms_taught() -> None:
 
 def test_forgetting_follows_a_change_of_preference() -> None:
     def after_switch(forget: float) -> float:
-        learner = LinearBandit(seed=1, forget=forget)
+        learner = LinearBandit(seed=1, forget=forget, detect_changes=False)
         for _ in range(300):
             learner.update("a", {}, 1.0)
         for _ in range(60):  # then "a" stops paying

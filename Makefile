@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/nba/v1/*.proto)
 GEN    := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 
-.PHONY: serve test lint proto install clean bench bench-store bench-replicas bench-learning loadtest bench-obd
+.PHONY: serve test lint proto install clean bench bench-store bench-replicas bench-learning bench-adaptation loadtest bench-obd
 
 # Logs as plain text for a person at the terminal (NBA_LOG_FORMAT=json for machines).
 serve: $(GEN)
@@ -42,6 +42,12 @@ bench-replicas: $(GEN)
 bench-learning: $(GEN)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python loadtests/bench_learning.py
+
+# What adaptation (forgetting, change tests, optimism, exploration by age) costs and buys: the
+# service's learner defaults against adaptation off, every learning stream, 8 seeds (about 5 minutes).
+bench-adaptation: $(GEN)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python loadtests/bench_adaptation.py
 
 # nba evaluate against Open Bandit Pipeline on the Open Bandit Dataset sample inside obp 0.5.7.
 # obp's declared pins (Python < 3.11, scikit-learn 1.1, scipy 1.9) no longer install: it is

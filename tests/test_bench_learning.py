@@ -188,3 +188,23 @@ def test_vowpal_wabbit_is_read_right() -> None:
                              *(f"|a arm={a}" for a in order)])
         assert order[int(np.argmax(pmf))] == "2" and sum(pmf) == pytest.approx(1.0, abs=1e-5)
     assert DELAY == 500
+
+
+def test_the_adaptation_bench_averages_seed_by_seed_and_says_which_way_the_difference_goes() -> None:
+    from bench_adaptation import markdown as adaptation_markdown
+    from bench_adaptation import seeds_of, summary
+
+    assert seeds_of("1-3") == [1, 2, 3] and seeds_of("4,2") == [4, 2]
+    with pytest.raises(Exception, match="expected seeds"):
+        seeds_of("one")
+    results = {
+        1: {"new": {"digits": 0.70, "recovery": 0.9}, "old": {"digits": 0.72, "recovery": 0.1}},
+        2: {"new": {"digits": 0.80, "recovery": 0.7}, "old": {"digits": 0.81, "recovery": 0.0}},
+    }
+    table = summary(results, ["new", "old"])
+    assert table["digits"]["new"] == pytest.approx({"mean": 0.75, "min": 0.70, "max": 0.80, "difference": 0.0})
+    assert table["digits"]["old"]["difference"] == pytest.approx(-0.015)  # "new" loses 1.5 points
+    assert table["recovery"]["old"]["difference"] == pytest.approx(0.75)
+    text = adaptation_markdown(table, ["new", "old"], [1, 2])
+    assert "| digits: mean true reward | 0.750 (0.700-0.800) | 0.765 (0.720-0.810) | -1.5 pts |" in text
+    assert "80% (70%-90%) | 5% (0%-10%) | +75 pts |" in text

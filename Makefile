@@ -16,8 +16,11 @@ serve: $(GEN)
 	@echo "starting nba serve: ready when the log says 'serving on port $${NBA_PORT:-50051}' (Ctrl-C stops it)"
 	@NBA_LOG_FORMAT=$${NBA_LOG_FORMAT:-text} $(BIN)/nba serve
 
+# The suite in TEST_WORKERS processes (pytest-xdist): most tests wait on a server, a database
+# or a child process, so two processes halve the time on two cores. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(GEN)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Lint: pyflakes, pycodestyle, import order, bugbear, pyupgrade (configured in pyproject.toml).
 lint: $(STAMP)

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from bandit import EpsilonGreedy, draw_slots, flatten
-from nba import metrics
+from nba import arbitration, metrics
 from nba.clock import Clock, SystemClock
 from nba.contacts import ContactEvent, ContactHistory, ContactSummary, OfferCounters
 from nba.errors import AlreadyExists, InvalidArgument, Unavailable
@@ -40,8 +40,6 @@ __all__ = ["DecideInput", "DecisionRecord", "Decider", "new_decision_id"]
 
 log = logging.getLogger(__name__)
 
-#: value x levers x weights is capped here, so no context can overflow a score
-MAX_MULTIPLIER = 1e9
 #: when the learner's estimates are not all finite: every eligible offer equally likely
 _UNIFORM = EpsilonGreedy(epsilon=1.0)
 
@@ -280,7 +278,7 @@ class Decider:
         if eligible:
             limit = max(1, request.limit)
             factors = [(v.offer.offer.value, v.offer.lever, v.weight) for v in eligible]
-            multipliers = np.fromiter((_multiplier(a * b * c) for a, b, c in factors), dtype=float, count=len(factors))
+            multipliers = arbitration.multipliers(factors)
             ids = [v.offer.id for v in eligible]
             draw, ranked.model_version, ranked.exploration = self._learning.draw(ids, features, limit, multipliers)
             if not (np.isfinite(draw.predicted).all() and np.isfinite(draw.scores).all()):
@@ -474,14 +472,6 @@ def expand_candidates(candidates: Any, offers: list[dict[str, Any]]) -> list[dic
                 entry["detail"] = detail
         out.append(entry)
     return out
-
-
-def _multiplier(product: float) -> float:
-    """An offer's value x levers x weights as exploration may use it: within [0, MAX_MULTIPLIER],
-    so no policy value and no context can overflow a score; NaN counts as 0."""
-    if not product > 0.0:  # also NaN
-        return 0.0
-    return min(product, MAX_MULTIPLIER)
 
 
 def _explored(scores: np.ndarray, slots: list[tuple[int, float]]) -> list[bool]:

@@ -25,8 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from nba import arbitration
 from nba.evaluation.estimators import Estimate, evaluate
 from nba.evaluation.logs import LogError, from_records
 from nba.evaluation.targets import PolicySetTarget
@@ -171,7 +170,7 @@ class _Stats:
         eligible = result.eligible
         self.eligible_total += len(eligible)
         if eligible:
-            weights = np.array([v.offer.offer.value * v.offer.lever * v.weight for v in eligible])
+            weights = arbitration.multipliers((v.offer.offer.value, v.offer.lever, v.weight) for v in eligible)
             probabilities = learning.distribution([v.offer.id for v in eligible], record.features, weights)
             for verdict, p in zip(eligible, probabilities, strict=True):
                 self.shares[verdict.offer.id] += float(p)

@@ -355,3 +355,39 @@ def test_a_group_lever_ranks_its_group_and_preview_and_evaluation_use_the_same_m
         assert dict(zip(ids, multipliers.tolist(), strict=True)) == {"alpha": 10 * lever, "bravo": 10.0, "charlie": 10.0}
         assert dict(zip(ids, multipliers.tolist(), strict=True)) == dict(
             zip(decision.eligible, decision.multipliers.tolist(), strict=True))
+
+
+def test_multipliers_beyond_the_cap_rank_alike_live_in_preview_and_in_evaluation(start, tmp_path: Path) -> None:
+    """value x levers past MAX_MULTIPLIER is capped by Decide; the preview and a policy set
+    screened again offline must cap it the same way, or they rank differently from the live
+    service (alpha's 1e8 x 100 and bravo's 1e9 both count 1e9)."""
+    from nba.arbitration import MAX_MULTIPLIER
+    from nba.evaluation.logs import from_records
+    from nba.evaluation.targets import screen_logged
+    from nba.policy_set import load_policy_set
+
+    files = {"offers.yaml": GROUPED.replace("{id: alpha, name: Alpha, channels: [web], value: 10, group: retention}",
+                                            "{id: alpha, name: Alpha, channels: [web], value: 1.0e+8, lever: 100}")
+                                   .replace("value: 10, group: cross-sell", "value: 1.0e+9")
+                                   .replace("{id: charlie, name: Charlie, channels: [web], value: 10}",
+                                            "{id: charlie, name: Charlie, channels: [web], value: 1.0e+7}")}
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    server = start(clock=ManualClock(), policies=folder, seed=11)
+    response = decide(server, explain=True)
+    alpha, bravo, charlie = (reason_for(response, o) for o in ("alpha", "bravo", "charlie"))
+    assert alpha.probability == pytest.approx(bravo.probability) and charlie.probability < alpha.probability
+    server.service.log.flush()
+    report = server.admin.PreviewPolicySet(apb.PreviewPolicySetRequest(draft=apb.PolicySetDraft(files=files), last_n=10),
+                                           metadata=server.auth())
+    shares = {o.offer_id: o for o in report.offers}
+    for offer, live in (("alpha", alpha), ("bravo", bravo), ("charlie", charlie)):
+        assert shares[offer].live_share == pytest.approx(live.probability), offer
+        assert shares[offer].draft_share == pytest.approx(live.probability), offer
+    decision = next(d for d in from_records(server.service.store.recent_lines(10)) if d.decision_id == response.decision_id)
+    ids, multipliers = screen_logged(load_policy_set(folder), decision)
+    expected = {"alpha": MAX_MULTIPLIER, "bravo": MAX_MULTIPLIER, "charlie": 1e7}
+    assert dict(zip(ids, multipliers.tolist(), strict=True)) == expected
+    assert dict(zip(decision.eligible, decision.multipliers.tolist(), strict=True)) == expected

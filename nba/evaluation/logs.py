@@ -64,6 +64,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bandit import flatten
+from nba import arbitration
 from nba.inputs import MAX_CONTEXT_NUMBER, finite_number
 
 __all__ = ["MAX_DEPTH", "REWARD_LIMIT", "LogError", "LogLine", "LoggedDecision", "OfferLine", "from_jsonl",
@@ -160,8 +161,10 @@ class Candidate(BaseModel):
     features: dict[str, Any] | None = None
 
     def multiplier(self) -> float:
-        return (1.0 if self.value is None else self.value) * (1.0 if self.lever is None else self.lever) * (
-            1.0 if self.weight is None else self.weight)
+        """The arbitration multiplier the service ranked this candidate by (``nba.arbitration``;
+        a factor not logged counts as 1)."""
+        return arbitration.multiplier(1.0 if self.value is None else self.value, 1.0 if self.lever is None else self.lever,
+                                      1.0 if self.weight is None else self.weight)
 
 
 class Answered(BaseModel):

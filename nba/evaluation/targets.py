@@ -30,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from bandit import EpsilonGreedy, InverseGapWeighting, LinearBandit
+from nba import arbitration
 from nba.evaluation.logs import LogError, LoggedDecision, read_jsonl, validated
 
 __all__ = [
@@ -225,7 +226,7 @@ def screen_logged(policy_set: Any, d: LoggedDecision) -> tuple[list[str], np.nda
         if result.fallback is not None and result.fallback.eligible:
             return [result.fallback.offer.id], np.ones(1)
         return [], np.zeros(0)
-    return [v.offer.id for v in eligible], np.array([v.offer.offer.value * v.offer.lever * v.weight for v in eligible])
+    return [v.offer.id for v in eligible], arbitration.multipliers((v.offer.offer.value, v.offer.lever, v.weight) for v in eligible)
 
 
 #: how far a line's probabilities may stray from summing to 1

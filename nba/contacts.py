@@ -94,10 +94,6 @@ class ContactHistory:
                 else:
                     stored.append(event)
 
-    def forget(self) -> None:
-        with self._lock:
-            self._events.clear()
-
     def __len__(self) -> int:
         return len(self._events)
 

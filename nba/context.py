@@ -26,11 +26,10 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from bandit import unflatten
 from nba.errors import InvalidArgument
 from nba.inputs import MAX_CONTEXT_NUMBER, MAX_ID_LENGTH, control_character
 
-__all__ = ["MAX_CONTEXT_BYTES", "MAX_CONTEXT_DEPTH", "MAX_CONTEXT_LEAVES", "context_from_struct", "features_from_struct"]
+__all__ = ["MAX_CONTEXT_BYTES", "MAX_CONTEXT_DEPTH", "MAX_CONTEXT_LEAVES", "features_from_struct"]
 
 MAX_CONTEXT_BYTES = 64 * 1024
 MAX_CONTEXT_DEPTH = 8
@@ -39,11 +38,6 @@ MAX_CONTEXT_LEAVES = 1000
 #: keys already found valid: channel systems send the same few hundred keys again and again
 _KNOWN_KEYS: set[str] = set()
 _KNOWN_KEYS_LIMIT = 20_000
-
-
-def context_from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """Converts and checks a context, nested; raises ``InvalidArgument`` naming the field at fault."""
-    return unflatten(features_from_struct(struct))
 
 
 def features_from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:

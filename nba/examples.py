@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bandit import flatten
+from nba.contacts import ContactEvent, ContactSummary, OfferCounters
 from nba.errors import PolicySetError
 from nba.policy_set import EXAMPLE_SUFFIX, PolicySet
 from nba.screening import screen
@@ -137,8 +138,6 @@ def check_examples(policy_set: PolicySet, examples: list[tuple[str, Example]]) -
             context["customer"] = example.customer
         now = example.now or datetime.now(UTC)
         # Examples screen rules and dates; contact history and budgets start empty.
-        from nba.contacts import ContactEvent, ContactSummary, OfferCounters
-
         events = []
         for past in example.history:
             offer = policy_set.offers.get(past.offer)

@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from nba.checks import TYPED_SAMPLES, Sampled, sample_contexts, sample_rules, static_checks, type_error
 from nba.days import local_day, misaligned_day
 from nba.errors import PolicySetError, Problem
 from nba.offers import Group, Identifier, Offer
@@ -40,9 +41,6 @@ from nba.rule_cost import check_call
 from nba.rules import Rule, RuleBatch, RuleSyntaxError
 from nba.schema import ContextSchema, FieldSpec, FieldType, needed_paths
 from nba.yaml_loader import DuplicateKeyError, load_yaml
-
-if TYPE_CHECKING:
-    from nba.checks import Sampled
 
 __all__ = [
     "EXAMPLE_SUFFIX",
@@ -317,8 +315,6 @@ def parse_policy_set(files: Mapping[str, str], now: datetime | None = None, *, s
     problem (warnings included) when any is an error. ``sampled=False`` skips what evaluates
     rules (the type check and the checks on sampled contexts, ``nba.checks``): for a draft a
     child process has validated already (``nba.sandbox``), whose warnings the caller has."""
-    from nba.checks import static_checks  # checks need a compiled set
-
     builder = _Builder(now or datetime.now(UTC))
     builder.sampled = sampled
     try:
@@ -690,8 +686,6 @@ class _Builder:
         """Evaluates every rule on contexts sampled from the schema: a type mismatch there is
         a rule that compares a field with the wrong type. Keeps the engagement rules' results
         (``self.sample_results``) for the static checks, which use the same samples."""
-        from nba.checks import TYPED_SAMPLES, sample_contexts, sample_rules, type_error
-
         samples = sample_contexts(policy_set, self.now)
         # The schema's corners come first, all of them, however many: the type check reads
         # what ``schema.samples(TYPED_SAMPLES)`` gives, a prefix of the static checks' samples.

@@ -20,7 +20,9 @@ from typing import Any
 
 import cel
 
+from bandit import unflatten
 from nba.rule_cost import RuleLimitError, check_rule
+from nba.schema import prune
 
 __all__ = [
     "CONTACT_FIELDS",
@@ -220,9 +222,6 @@ def activation(
     ``features``. Converting a value into CEL costs about a microsecond, so only what the
     rules can read is converted: the variables they use (``uses``; all when None) and, of the
     context, the ``paths`` they name (all when None)."""
-    from bandit.features import unflatten
-    from nba.schema import prune
-
     context = prune(features, paths) if paths is not None else unflatten(features)
     variables: dict[str, Any] = {}
     if uses is None or "customer" in uses:

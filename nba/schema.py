@@ -218,7 +218,3 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[leaf] = value
     return root
-
-
-def declared(fields: Iterable[tuple[str, FieldSpec]]) -> ContextSchema:
-    return ContextSchema(dict(fields))

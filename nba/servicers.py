@@ -16,7 +16,7 @@ from google.protobuf import timestamp_pb2
 from nba.auth import current_caller
 from nba.context import features_from_struct
 from nba.decisions import DecideInput, Decider, DecisionRecord
-from nba.errors import Cancelled, DeadlineExceeded, FailedPrecondition, InvalidArgument, Problem
+from nba.errors import Cancelled, DeadlineExceeded, FailedPrecondition, InvalidArgument, PolicySetError, Problem
 from nba.feedback import FeedbackIntake
 from nba.inputs import MAX_COMMENT_LENGTH, check_id, check_text, timestamp
 from nba.policy_set import PolicySet
@@ -210,8 +210,6 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         self._expect_live(request.expected_live_version, request.comment)
         draft, problems = self._publisher.validate(_draft(request.draft), context.time_remaining(), context.is_active)
         if draft is None:
-            from nba.errors import PolicySetError
-
             raise PolicySetError(problems)
         # a logged decision that breaks the contract is left out and named in the note (nba.preview)
         report = preview(self._publisher.live, draft, self._recent(last_n), self._learning, self._make_learner,

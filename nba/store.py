@@ -27,11 +27,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, LargeBinary, event, func
+from sqlalchemy import event, func
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.url import make_url
-from sqlmodel import Field, SQLModel, create_engine, select
+from sqlmodel import create_engine, select
 
 from nba import metrics
 from nba.bus import BusEntry, RedisBus, Span
@@ -42,6 +42,15 @@ from nba.errors import AlreadyExists, Unavailable
 from nba.feedback import NO_RESPONSE, OUTCOMES, FeedbackEvent, FeedbackResult, PairState, RewardWindows, resolve
 from nba.learning import LearningEvent
 from nba.migrations import ensure_schema
+from nba.tables import (
+    ContactEventRow,
+    DecisionRow,
+    FeedbackRow,
+    OfferCounterRow,
+    PolicyActivationRow,
+    PolicySetRow,
+    SnapshotRow,
+)
 
 __all__ = ["Activation", "DecisionLog", "Store", "open_engine"]
 
@@ -57,119 +66,8 @@ RETRY_SECONDS = 1.0
 CONNECT_TIMEOUT_SECONDS = 5
 #: PostgreSQL advisory lock that serialises write transactions (any constant)
 WRITE_LOCK_KEY = 0x6E62615F77726974  # "nba_writ"
-#: 64-bit event ids on PostgreSQL; SQLite's INTEGER PRIMARY KEY is 64-bit and must stay the rowid
-ID = BigInteger().with_variant(Integer(), "sqlite")
 
 log = logging.getLogger(__name__)
-
-
-class PolicySetRow(SQLModel, table=True):
-    __tablename__ = "policy_sets"
-
-    version: int | None = Field(default=None, primary_key=True)
-    content_hash: str = Field(unique=True, max_length=64)
-    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
-    created_by: str = Field(default="", max_length=128)
-    comment: str = ""
-    files: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
-
-
-class PolicyActivationRow(SQLModel, table=True):
-    """What was live when: the newest row is the live set."""
-
-    __tablename__ = "policy_activations"
-
-    id: int | None = Field(default=None, primary_key=True)
-    version: int = Field(index=True)
-    activated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
-    actor: str = Field(default="", max_length=128)
-    #: file, api or rollback
-    source: str = Field(max_length=16)
-    comment: str = ""
-
-
-class ContactEventRow(SQLModel, table=True):
-    """Every offer returned (decided) and every outcome, per customer: contact history."""
-
-    __tablename__ = "contact_events"
-    __table_args__ = (Index("ix_contact_events_customer_at", "customer_id", "at"),)
-
-    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True))
-    customer_id: str = Field(max_length=256)
-    #: seconds since the epoch
-    at: float = Field(index=True)
-    #: the process that wrote it: the others learn of it by reading the table
-    origin: str = Field(default="", max_length=64)
-    kind: str = Field(max_length=16)
-    offer_id: str = Field(max_length=128)
-    group: str = Field(default="", max_length=128)
-    channel: str = Field(max_length=128)
-
-
-class OfferCounterRow(SQLModel, table=True):
-    """Events per offer and kind per quarter hour (UTC quarter hours since the epoch, the
-    buckets every local day of every zone is made of: ``nba.days``); quarter 0 holds the
-    compacted total of quarters older than two days."""
-
-    __tablename__ = "offer_counters"
-
-    offer_id: str = Field(primary_key=True, max_length=128)
-    kind: str = Field(primary_key=True, max_length=16)
-    quarter: int = Field(primary_key=True)
-    count: int
-
-
-class DecisionRow(SQLModel, table=True):
-    __tablename__ = "decisions"
-    __table_args__ = (Index("ix_decisions_open", "closed", "created_at"),)
-
-    decision_id: str = Field(primary_key=True, max_length=64)
-    request_id: str | None = Field(default=None, index=True, max_length=256)
-    customer_id: str = Field(index=True, max_length=256)
-    channel: str = Field(max_length=128)
-    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
-    policy_version: str = Field(max_length=64)
-    model_version: str = Field(max_length=128)
-    features: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    candidates: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    offers: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
-    #: its reward windows have closed: offers without feedback got the default reward
-    closed: bool = Field(default=False)
-
-
-class FeedbackRow(SQLModel, table=True):
-    __tablename__ = "feedback"
-    __table_args__ = (Index("ix_feedback_pair", "decision_id", "offer_id"),)
-
-    #: the order events were made durable, and so the order the learner applied them
-    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True))
-    event_id: str = Field(unique=True, max_length=256)
-    decision_id: str = Field(max_length=64)
-    offer_id: str = Field(max_length=128)
-    outcome: str = Field(max_length=16)
-    #: this event's reward
-    reward: float
-    stage: int
-    #: whether the event changed what the learner holds for the pair
-    applied: bool
-    #: the pair's reward after this event, and before it (None: the pair's first event)
-    pair_reward: float
-    previous_reward: float | None = None
-    #: arrived after its outcome's reward window: stored, not learned
-    late: bool = Field(default=False)
-    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
-    received_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
-
-
-class SnapshotRow(SQLModel, table=True):
-    __tablename__ = "model_snapshots"
-
-    id: int | None = Field(default=None, primary_key=True)
-    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
-    signature: str
-    model_version: str = Field(max_length=128)
-    last_feedback_id: int = Field(sa_column=Column(BigInteger, nullable=False))
-    state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 @dataclass(frozen=True)
@@ -427,12 +325,6 @@ class Store:
                 select(table.c.created_at).order_by(table.c.created_at.desc()).offset(max(limit - 1, 0)).limit(1)
             ).scalar()
         return list(self.export(since=_utc(since) if since is not None else None))[-limit:]
-
-    def recent_decisions(self, limit: int) -> list[DecisionRecord]:
-        table = self._decisions
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(table).order_by(table.c.created_at.desc()).limit(limit)).all()
-        return [_record(r) for r in rows]
 
     # Contact history and counters ---------------------------------------------------
 
@@ -780,10 +672,6 @@ class Store:
             if len(rows) < chunk:
                 return
             last = rows[-1].id
-
-    def count_feedback(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(self._feedback)).scalar_one())
 
     # Model snapshots ----------------------------------------------------------------
 

@@ -12,10 +12,11 @@ from conftest import EDITOR_TOKEN, POLICIES, ManualClock, Running, customer, str
 from google.protobuf import struct_pb2, timestamp_pb2
 from sqlalchemy import select
 
-from nba.context import MAX_CONTEXT_DEPTH, context_from_struct, features_from_struct
+from bandit import unflatten
+from nba.context import MAX_CONTEXT_DEPTH, features_from_struct
 from nba.errors import InvalidArgument
 from nba.inputs import check_id, check_text, timestamp
-from nba.store import FeedbackRow
+from nba.tables import FeedbackRow
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import decision_service_pb2 as pb
 
@@ -295,7 +296,7 @@ def test_every_kind_of_value_may_be_at_level_8_and_none_at_9(kind: str) -> None:
 def test_structs_and_lists_inside_lists_add_a_level(context: dict, deepest: int) -> None:
     message = struct(context)
     if deepest <= MAX_CONTEXT_DEPTH:
-        assert context_from_struct(message) == context
+        assert unflatten(features_from_struct(message)) == context
     else:
         with pytest.raises(InvalidArgument, match="at level 9"):
             features_from_struct(message)

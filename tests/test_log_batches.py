@@ -12,7 +12,8 @@ from sqlalchemy import event, select
 from nba.decisions import DecisionRecord, new_decision_id
 from nba.errors import AlreadyExists
 from nba.feedback import NO_RESPONSE, FeedbackEvent, FeedbackResult, RewardWindows
-from nba.store import FeedbackRow, Store, open_engine
+from nba.store import Store, open_engine
+from nba.tables import FeedbackRow
 
 WINDOWS = RewardWindows({"impressed": 3600.0, "clicked": 86400.0, "accepted": 86400.0, "rejected": 86400.0},
                         default_reward=-0.05)

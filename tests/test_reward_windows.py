@@ -7,7 +7,7 @@ import time
 from conftest import ManualClock, Running, customer, struct
 from sqlalchemy import select
 
-from nba.store import FeedbackRow
+from nba.tables import FeedbackRow
 from nba.v1 import decision_service_pb2 as pb
 
 

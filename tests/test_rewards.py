@@ -21,7 +21,7 @@ from test_cli import run_cli
 from nba.bus import BusEntry, Span, encode
 from nba.config import ConfigError, load_settings
 from nba.learning import LearningEvent
-from nba.store import FeedbackRow
+from nba.tables import FeedbackRow
 from nba.v1 import decision_service_pb2 as pb
 
 

@@ -16,7 +16,8 @@ from test_learner_state import _Touch
 
 from bandit.state import FORMAT, loads
 from nba.learning import signature
-from nba.store import SnapshotRow, Store, open_engine
+from nba.store import Store, open_engine
+from nba.tables import SnapshotRow
 from nba.v1 import decision_service_pb2 as pb
 
 

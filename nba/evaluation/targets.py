@@ -32,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from bandit import EpsilonGreedy, InverseGapWeighting, LinearBandit
 from nba import arbitration
 from nba.evaluation.logs import LogError, LoggedDecision, read_jsonl, validated
+from nba.policy_set import load_policy_set
+from nba.screening import screen
 
 __all__ = [
     "Draft",
@@ -206,8 +208,6 @@ class Draft(PolicySetTarget):
     """``draft:DIR``: the policy set in a folder."""
 
     def __init__(self, directory: str | Path, **settings: Any) -> None:
-        from nba.policy_set import load_policy_set
-
         if not Path(directory).is_dir():
             raise ValueError(f"draft:{directory}: no such folder (draft:DIR names a policy set's folder, "
                              "for example a copy of policies/ you edited)")
@@ -218,8 +218,6 @@ def screen_logged(policy_set: Any, d: LoggedDecision) -> tuple[list[str], np.nda
     """The offers ``policy_set`` makes eligible for a logged decision (at the time it was made;
     contact policies and budgets not simulated), with their arbitration multipliers; its
     fallback alone (multiplier 1) when nothing else is."""
-    from nba.screening import screen
-
     result = screen(policy_set, d.channel, d.features, d.customer_id, d.decided_at)
     eligible = result.eligible
     if not eligible:

@@ -31,7 +31,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import Connection, Engine
+from sqlmodel import SQLModel
 
+import nba.tables  # noqa: F401 - declares the tables
 from nba.errors import SchemaError
 
 __all__ = ["SchemaError", "current_revision", "ensure_schema", "head_revision", "revisions", "upgrade"]
@@ -167,10 +169,6 @@ def _baseline_columns() -> dict[str, list[str]]:
 def _add_legacy_columns(conn: Connection) -> None:
     """Columns of the baseline that versions before migrations added in place (all with
     constant defaults)."""
-    from sqlmodel import SQLModel
-
-    import nba.store  # noqa: F401 - declares the tables
-
     inspector = inspect(conn)
     for name, columns in _baseline_columns().items():
         if not inspector.has_table(name):

@@ -1,0 +1,163 @@
+"""The tree keeps its shape: no import cycle among nba's and bandit's modules, bandit imports
+nothing of nba, the leaf modules stay leaves, and nothing on the Decide or Feedback path
+imports inside a function (a first call would pay for the import, and an import hidden in a
+function is how a cycle hides).
+
+The imports are read from the source (``ast``), so an import inside a function counts as
+much as one at the top. Imports for type annotations only (under ``if TYPE_CHECKING:``) run
+nothing and are not counted."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGES = ("nba", "bandit")
+#: generated code and Alembic's revision scripts, which import nothing of ours that matters
+SKIPPED = ("nba/v1/", "nba/migrations/versions/")
+#: modules on the path of a Decide or a Feedback call (with bandit, all of it)
+REQUEST_PATH = (
+    "nba.servicers", "nba.decisions", "nba.screening", "nba.arbitration", "nba.rules", "nba.schema", "nba.contacts",
+    "nba.reservations", "nba.learning", "nba.feedback", "nba.store", "nba.tables", "nba.bus", "nba.context",
+    "nba.inputs", "nba.ids", "nba.days", "nba.clock", "nba.metrics", "nba.errors", "nba.auth", "nba.policy_set",
+)
+#: modules that import nothing of nba
+LEAVES = ("nba.arbitration", "nba.tables", "nba.errors", "nba.clock", "nba.ids")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if not any(path.relative_to(ROOT).as_posix().startswith(skip) for skip in SKIPPED):
+                out[module_name(path)] = path
+    return out
+
+
+def _type_checking_only(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imports(name: str, path: Path, known: set[str]) -> list[tuple[str, bool]]:
+    """(module imported, whether inside a function) for every import of ``name`` that names one
+    of ``known`` (``from a import b`` counts ``a.b`` when that is a module, else ``a``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: list[tuple[str, bool]] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _type_checking_only(child):
+                for other in child.orelse:
+                    visit(other, in_function)
+                continue
+            inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                found.extend((alias.name, inside) for alias in child.names if alias.name in known)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = package.split(".")[: len(package.split(".")) - child.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                for alias in child.names:
+                    target = f"{base}.{alias.name}"
+                    if target in known:
+                        found.append((target, inside))
+                    elif base in known:
+                        found.append((base, inside))
+            visit(child, inside)
+
+    visit(tree, False)
+    return [(target, inside) for target, inside in found if target != name]
+
+
+def graph() -> tuple[dict[str, set[str]], dict[str, list[str]]]:
+    """Each module's imports of our modules, and per module the ones made inside a function."""
+    found = modules()
+    known = set(found)
+    edges: dict[str, set[str]] = {}
+    nested: dict[str, list[str]] = {}
+    for name, path in found.items():
+        pairs = imports(name, path, known)
+        edges[name] = {target for target, _ in pairs}
+        nested[name] = sorted({target for target, inside in pairs if inside})
+    return edges, nested
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    counter = 0
+    for root in sorted(edges):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    out.append(sorted(component))
+    return out
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    edges, _ = graph()
+    assert len(edges) > 40  # the walk found the tree
+    assert cycles(edges) == []
+
+
+def test_bandit_imports_nothing_of_nba_and_the_leaves_nothing_of_ours() -> None:
+    edges, _ = graph()
+    assert {name: sorted(t for t in targets if t.startswith("nba"))
+            for name, targets in edges.items() if name.startswith("bandit") and any(t.startswith("nba") for t in targets)} == {}
+    assert {leaf: sorted(edges[leaf]) for leaf in LEAVES if edges[leaf]} == {}
+
+
+def test_nothing_on_the_decide_or_feedback_path_imports_inside_a_function() -> None:
+    _, nested = graph()
+    on_path = [name for name in nested if name in REQUEST_PATH or name.startswith("bandit")]
+    assert len(on_path) >= len(REQUEST_PATH)
+    assert {name: nested[name] for name in on_path if nested[name]} == {}

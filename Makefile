@@ -22,9 +22,11 @@ TEST_WORKERS ?= 2
 test: $(GEN)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-# Lint: pyflakes, pycodestyle, import order, bugbear, pyupgrade (configured in pyproject.toml).
+# Lint: pyflakes, pycodestyle, import order, bugbear, pyupgrade (ruff), then the type hints of
+# nba/ and bandit/ (mypy); both configured in pyproject.toml.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 install: $(STAMP)
 

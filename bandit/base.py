@@ -200,7 +200,7 @@ class Learner:
             if name.startswith("_") or name in ("seed", "n_updates"):
                 continue
             if isinstance(value, Exploration):
-                fields = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else {}
+                fields: dict[str, Any] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else {}
                 value = {"kind": type(value).__name__, **fields}
             params[name] = value
         return as_json(params)

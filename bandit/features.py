@@ -189,7 +189,7 @@ class Featurizer:
             # A key never seen in training has scale 0: its mean is unknown, it says nothing yet.
             z = (np.asarray(values) - self._mean[i]) * self._inv[i]
             np.clip(z, -self.clip, self.clip, out=z)
-            x = np.bincount(self._slot_of[i], weights=self._sign_of[i] * z, minlength=self.dim)
+            x: np.ndarray = np.bincount(self._slot_of[i], weights=self._sign_of[i] * z, minlength=self.dim)
         else:
             x = np.zeros(self.dim)
         keys = self._keys

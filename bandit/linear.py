@@ -213,7 +213,7 @@ class LinearBandit(Learner):
         x = self._features(context)
         rows = self._model.rows(arm_ids)
         own = self._model.predict_rows(rows, x)
-        n = self._model.evidence(rows) if self.shared or self.optimism else None
+        n = self._model.evidence(rows)
         if self.shared:
             # Every attribute's estimate, then each arm's mean of its own: two matrix products.
             per_attribute = self._attributes.predict(self._attribute_names, x)
@@ -260,7 +260,7 @@ class LinearBandit(Learner):
         features, feature_arrays = self._featurizer.export_state("features.", reuse)
         arms, arm_arrays = self._model.export_state("arms.", reuse)
         attributes, attribute_arrays = self._attributes.export_state("attributes.", reuse)
-        described = [[arm, None if not attrs else list(attrs[1:])] for arm, attrs in self._arm_attributes.items()]
+        described: list[list[Any]] = [[arm, None if not attrs else list(attrs[1:])] for arm, attrs in self._arm_attributes.items()]
         arm_list((arm for arm, _ in described), "arm_attributes")
         drift, drift_arrays = self._detector.export_state("drift.", reuse)
         meta = {"features": features, "arms": arms, "attributes": attributes, "arm_attributes": described,
@@ -299,7 +299,7 @@ class LinearBandit(Learner):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Snapshots of earlier versions lack newer fields: start those empty (the service
         # describes the arms again after restoring).
-        fresh = {"_attribute_names": ["*"], "_arm_slot": {}, "_membership": np.ones((1, 1)),
+        fresh: dict[str, Any] = {"_attribute_names": ["*"], "_arm_slot": {}, "_membership": np.ones((1, 1)),
                  "_solo": np.zeros(1, dtype=bool), "_cached": None, "shared": 0.0, "warmup": 1000,
                  "optimism": 0.0, "explore_by_age": False, "detect_changes": False, "_detector": change_test(),
                  "_changes_detected": 0}

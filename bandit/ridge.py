@@ -107,7 +107,7 @@ class RidgeArms:
         if forget < 1.0:
             # The discounted sum of x x^T and the discounted count of each arm, current as of
             # step _seen; A^-1 and theta current as of step _solved.
-            self._data = np.zeros((capacity, dim, dim))
+            self._data: np.ndarray | None = np.zeros((capacity, dim, dim))
             self._weight = np.zeros(capacity)
             self._seen = np.zeros(capacity)
             self._solved = np.zeros(capacity)
@@ -283,6 +283,7 @@ class RidgeArms:
             if factor * self._weight[row] < EMPTY:
                 self._empty(row)
                 return
+            assert self._data is not None  # only forgetting moves the forgetting time
             self._data[row] *= factor
             self._b[row] *= factor
             self._weight[row] *= factor
@@ -293,6 +294,7 @@ class RidgeArms:
     def _empty(self, row: int) -> None:
         """A row whose evidence has decayed below ``EMPTY`` becomes the prior's (what is left
         would be below any reward's precision)."""
+        assert self._data is not None  # only forgetting empties rows
         self._data[row] = 0.0
         self._b[row] = 0.0
         self._theta[row] = 0.0
@@ -305,6 +307,7 @@ class RidgeArms:
         """A^-1 = (D + alpha I)^-1 and theta = A^-1 b at the current step, by Cholesky (D +
         alpha I is positive definite: D is a sum of squares and alpha > 0)."""
         self._catch_up(row)
+        assert self._data is not None  # only forgetting solves from D
         a = self._data[row] + np.diag(np.full(self.dim, self.alpha))
         factor, info = dpotrf(a, lower=1, clean=1, overwrite_a=1)
         if info == 0:

@@ -66,7 +66,8 @@ def dumps(state: LearnerState) -> bytes:
         if array.dtype.hasobject:
             raise ValueError(f"arrays: {name!r} holds Python objects; only numeric arrays are data")
     buffer = io.BytesIO()
-    np.savez(buffer, **{_HEADER: np.frombuffer(header.encode(), dtype=np.uint8)}, **state.arrays)
+    arrays: dict[str, Any] = {_HEADER: np.frombuffer(header.encode(), dtype=np.uint8), **state.arrays}
+    np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
@@ -104,7 +105,7 @@ def copied(source: np.ndarray, name: str, reuse: Mapping[str, np.ndarray] | None
     if target is None or target.shape != source.shape or target.dtype != source.dtype or not target.flags.writeable:
         target = np.empty(source.shape, dtype=source.dtype)
     if source.flags.c_contiguous and target.flags.c_contiguous and source.size:
-        memoryview(target).cast("B")[:] = memoryview(source).cast("B")
+        target.data.cast("B")[:] = source.data.cast("B")
     else:
         np.copyto(target, source)
     return target

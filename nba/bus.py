@@ -131,7 +131,8 @@ class RedisBus:
         if not self._up and time.monotonic() < self._retry_at:
             return False
         try:
-            self._redis.xadd(self.stream, encode(entry), maxlen=self._max_length, approximate=True)
+            fields: dict[Any, Any] = encode(entry)
+            self._redis.xadd(self.stream, fields, maxlen=self._max_length, approximate=True)
         except self._errors as exc:
             self._mark(False, "publish", exc)
             return False
@@ -167,7 +168,7 @@ class RedisBus:
                     position = info["last-generated-id"].decode() if info else "0-0"
                     self._mark(True, "read")
                 # blocks less than the socket timeout, so a quiet stream is not an error
-                answer = self._redis.xread({self.stream: position}, count=500, block=int(SOCKET_TIMEOUT_SECONDS * 600))
+                answer: Any = self._redis.xread({self.stream: position}, count=500, block=int(SOCKET_TIMEOUT_SECONDS * 600))
             except self._errors as exc:
                 self._mark(False, "read", exc)
                 position = None  # entries missed meanwhile come from the database

@@ -140,7 +140,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         kind = field.annotation
-        default = field.default_factory() if field.default_factory else field.default
+        default = field.get_default(call_default_factory=True)
         help_text = f"{field.description} (NBA_{name.upper()}; default: {default})"
         choices = get_args(kind) if getattr(kind, "__origin__", None) is not None and str(kind).startswith("typing.Literal") else None
         if kind is bool:  # a switch: --durable-decisions, --no-durable-decisions
@@ -347,7 +347,7 @@ def _serve(args: argparse.Namespace) -> int:
         # Ctrl-C reaches every process of the terminal's group, and the supervisor forwards
         # SIGTERM too: say it once
         if not done.is_set():
-            extra = {"signal": signal.Signals(signum).name}
+            extra: dict[str, Any] = {"signal": signal.Signals(signum).name}
             if settings.worker >= 0:
                 extra["worker"] = settings.worker
             logging.getLogger("nba").info("shutting down", extra=extra)

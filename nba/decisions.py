@@ -208,9 +208,9 @@ class Decider:
                 if members is None:
                     members = groups[key] = []
                 members.append(verdict.offer.id)
-        reasons: dict[str | None, int] = {}
+        reasons: dict[str, int] = {}
         for (reason, _, _), members in groups.items():
-            reasons[reason] = reasons.get(reason, 0) + len(members)
+            reasons[reason or ""] = reasons.get(reason or "", 0) + len(members)
         for reason, count in reasons.items():
             metrics.filtered(reason).inc(count)
         if ranked.explored:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from nba.errors import InvalidArgument
 
@@ -60,7 +60,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-def finite_number(value: Any) -> bool:
+def finite_number(value: Any) -> TypeGuard[int | float]:
     """True for an int or float (not a bool) that is a finite double: a 400-digit JSON or YAML
     integer is not one (``float()`` of it overflows), nor NaN or infinity.
 

@@ -577,8 +577,8 @@ class _Builder:
                     if isinstance(entry, Mapping) and entry.get("id"):
                         self.broken.add(str(entry["id"]))
                     for error in exc.errors():
-                        error = dict(error, loc=(section, i, *error["loc"]))
-                        self.problems.append(_describe(name, raw, error))
+                        located = dict(error, loc=(section, i, *error["loc"]))
+                        self.problems.append(_describe(name, raw, located))
         if document is None:
             return None
         document.offers = valid["offers"]

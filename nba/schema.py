@@ -200,9 +200,8 @@ def _candidates(spec: FieldSpec) -> list[Any]:
         return [str(v) for v in spec.values] if spec.values else ["", "x", "sample"]
     if spec.type.startswith("list"):
         inner = spec.type[5:-1] if spec.type != "list" else "string"
-        pool: list[Any] = (
-            list(spec.values) if spec.values else {"string": ["x", "y"], "number": [1.0, 2.0], "bool": [True]}[inner]
-        )
+        defaults: dict[str, list[Any]] = {"string": ["x", "y"], "number": [1.0, 2.0], "bool": [True]}
+        pool: list[Any] = list(spec.values) if spec.values else defaults[inner]
         subsets = [[], pool, *([v] for v in pool)]
         subsets.extend(list(c) for c in itertools.combinations(pool, 2) if len(pool) > 2)
         return subsets

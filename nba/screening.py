@@ -167,7 +167,7 @@ class _State:
             value, error = bound.rule.evaluate_number(self.variables)
             if error is not None:
                 errors.append(f"{bound.policy}: {error}")
-            else:
+            elif value is not None:
                 weight *= min(max(0.0, value), MAX_WEIGHT)
         return Verdict(compiled, True, weight=weight, weight_errors=tuple(errors))
 
@@ -193,6 +193,13 @@ class _State:
                                f"after {why}, until {datetime.fromtimestamp(until, self.now.tzinfo).isoformat()}")
         return None
 
+    def _today(self) -> LocalDay:
+        """The request's local day in the set's timezone (worked out once, when a daily budget
+        first needs it)."""
+        if self._day is None:
+            self._day = local_day(self.policy_set.timezone, self.local.date())
+        return self._day
+
     def _budget(self, compiled: CompiledOffer) -> Verdict | None:
         counters = self.counters
         if counters is None:
@@ -204,14 +211,12 @@ class _State:
             if budget.period == "total":
                 spent = sum(counters.total(m, budget.counts) for m in members)
             else:
-                if self._day is None:
-                    self._day = local_day(self.policy_set.timezone, self.local.date())
-                spent = sum(counters.since(m, budget.counts, self._day.start) for m in members)
+                spent = sum(counters.since(m, budget.counts, self._today().start) for m in members)
             if spent >= budget.max:
                 return Verdict(compiled, False, "budget", budget.id,
                                f"{spent} {budget.counts} {'today' if budget.period == 'day' else 'in total'} (max {budget.max})")
             if budget.pacing == "even" and budget.period == "day":
-                allowed = _paced(budget, compiled, self._day, self.now.timestamp())
+                allowed = _paced(budget, compiled, self._today(), self.now.timestamp())
                 if spent >= allowed:
                     return Verdict(compiled, False, "pacing", budget.id,
                                    f"{spent} {budget.counts} by {self.local.strftime('%H:%M')}, "

@@ -27,11 +27,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, func
+from sqlalchemy import create_engine, event, func, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.url import make_url
-from sqlmodel import create_engine, select
 
 from nba import metrics
 from nba.bus import BusEntry, RedisBus, Span
@@ -43,13 +42,13 @@ from nba.feedback import NO_RESPONSE, OUTCOMES, FeedbackEvent, FeedbackResult, P
 from nba.learning import LearningEvent
 from nba.migrations import ensure_schema
 from nba.tables import (
-    ContactEventRow,
-    DecisionRow,
-    FeedbackRow,
-    OfferCounterRow,
-    PolicyActivationRow,
-    PolicySetRow,
-    SnapshotRow,
+    CONTACT_EVENTS,
+    DECISIONS,
+    FEEDBACK,
+    OFFER_COUNTERS,
+    POLICY_ACTIVATIONS,
+    POLICY_SETS,
+    SNAPSHOTS,
 )
 
 __all__ = ["Activation", "DecisionLog", "Store", "open_engine"]
@@ -175,14 +174,14 @@ class Store:
         self.windows = windows
         #: names the process in rows other processes must learn of (contact events)
         self.origin = origin
-        self._decisions = DecisionRow.__table__
-        self._feedback = FeedbackRow.__table__
+        self._decisions = DECISIONS
+        self._feedback = FEEDBACK
 
     # Policy set versions ------------------------------------------------------------
 
     def register_policy_set(self, files: dict[str, str], content_hash: str, actor: str = "", comment: str = "") -> int:
         """The version number of this content, recording it as the next version if new."""
-        table = PolicySetRow.__table__
+        table = POLICY_SETS
         with self.write() as conn:
             version = conn.execute(select(table.c.version).where(table.c.content_hash == content_hash)).scalar()
             if version is None:
@@ -207,7 +206,7 @@ class Store:
         """Registers ``files`` as a version (content published before keeps its number) and
         makes it live, in one write transaction: see ``activate``. When the activation is
         refused nothing is registered."""
-        table = PolicySetRow.__table__
+        table = POLICY_SETS
         with self.write() as conn:
             live = self._newest_activation(conn)
             if refused := self._refused(live, expected_version):
@@ -253,7 +252,7 @@ class Store:
 
     @staticmethod
     def _newest_activation(conn: Any) -> Any:
-        table = PolicyActivationRow.__table__
+        table = POLICY_ACTIVATIONS
         return conn.execute(select(table.c.id, table.c.version).order_by(table.c.id.desc()).limit(1)).first()
 
     @staticmethod
@@ -261,7 +260,7 @@ class Store:
                   at: datetime | None) -> Activation:
         if live is not None and live.version == version:
             return Activation(live.id, version, activated=False)
-        table = PolicyActivationRow.__table__
+        table = POLICY_ACTIVATIONS
         activation_id = conn.execute(
             table.insert().values(
                 version=version, activated_at=at or datetime.now(UTC), actor=actor, source=source, comment=comment
@@ -271,13 +270,13 @@ class Store:
 
     def newest_activation_id(self) -> int:
         """The id of the newest activation (0 before the first): cheap enough to poll."""
-        table = PolicyActivationRow.__table__
+        table = POLICY_ACTIVATIONS
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.max(table.c.id))).scalar() or 0)
 
     def live_activation(self) -> Any:
         """The newest activation joined with its version (None before the first)."""
-        a, p = PolicyActivationRow.__table__, PolicySetRow.__table__
+        a, p = POLICY_ACTIVATIONS, POLICY_SETS
         with self.engine.connect() as conn:
             return conn.execute(
                 select(a.c.id, a.c.version, a.c.source, a.c.actor, a.c.activated_at, p.c.content_hash, p.c.files)
@@ -288,7 +287,7 @@ class Store:
 
     def last_file_hash(self) -> str | None:
         """The content hash the policies folder last published, if it ever did."""
-        a, p = PolicyActivationRow.__table__, PolicySetRow.__table__
+        a, p = POLICY_ACTIVATIONS, POLICY_SETS
         with self.engine.connect() as conn:
             return conn.execute(
                 select(p.c.content_hash)
@@ -299,22 +298,22 @@ class Store:
             ).scalar()
 
     def policy_set_row(self, version: int) -> Any:
-        table = PolicySetRow.__table__
+        table = POLICY_SETS
         with self.engine.connect() as conn:
             return conn.execute(select(table).where(table.c.version == version)).first()
 
     def policy_set_versions(self, before: int | None, limit: int) -> list[Any]:
-        table = PolicySetRow.__table__
+        table = POLICY_SETS
         query = select(table.c.version, table.c.content_hash, table.c.created_at, table.c.created_by, table.c.comment)
         if before is not None:
             query = query.where(table.c.version < before)
         with self.engine.connect() as conn:
-            return conn.execute(query.order_by(table.c.version.desc()).limit(limit)).all()
+            return list(conn.execute(query.order_by(table.c.version.desc()).limit(limit)).all())
 
     def activations(self, limit: int) -> list[Any]:
-        table = PolicyActivationRow.__table__
+        table = POLICY_ACTIVATIONS
         with self.engine.connect() as conn:
-            return conn.execute(select(table).order_by(table.c.id.desc()).limit(limit)).all()
+            return list(conn.execute(select(table).order_by(table.c.id.desc()).limit(limit)).all())
 
     def recent_lines(self, limit: int) -> list[dict[str, Any]]:
         """The most recent ``limit`` decisions in the export format (feedback joined), oldest
@@ -332,7 +331,7 @@ class Store:
         """A customer's contact events since ``since``; with ``up_to``, only those with ids up
         to it (a process that follows others' events: the later ones reach it by the bus or
         the tail, and must not be counted twice)."""
-        table = ContactEventRow.__table__
+        table = CONTACT_EVENTS
         query = (select(table.c.at, table.c.kind, table.c.offer_id, table.c.group, table.c.channel)
                  .where(table.c.customer_id == customer_id, table.c.at >= since).order_by(table.c.at))
         if up_to is not None:
@@ -359,7 +358,7 @@ class Store:
     def _add_counts(self, conn: Any, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        table = OfferCounterRow.__table__
+        table = OFFER_COUNTERS
         dialect = self.engine.dialect
         if dialect.name in ("sqlite", "postgresql"):
             # Both speak INSERT ... ON CONFLICT DO UPDATE; written out once, since building the
@@ -380,7 +379,7 @@ class Store:
                              up_to: int | None = None) -> tuple[list[ContactEvent], int]:
         """Contact events other processes wrote after ``after_id`` (up to ``up_to``), and the
         last id seen."""
-        table = ContactEventRow.__table__
+        table = CONTACT_EVENTS
         query = select(table).where(table.c.id > after_id).order_by(table.c.id).limit(limit)
         if up_to is not None:
             query = query.where(table.c.id <= up_to)
@@ -393,8 +392,8 @@ class Store:
     def positions(self, conn: Any) -> tuple[int, int]:
         """The newest feedback and contact-event ids seen by ``conn`` (within a write
         transaction, which holds the write lock, nobody else commits meanwhile)."""
-        feedback = conn.execute(select(func.max(FeedbackRow.__table__.c.id))).scalar() or 0
-        contacts = conn.execute(select(func.max(ContactEventRow.__table__.c.id))).scalar() or 0
+        feedback = conn.execute(select(func.max(FEEDBACK.c.id))).scalar() or 0
+        contacts = conn.execute(select(func.max(CONTACT_EVENTS.c.id))).scalar() or 0
         return int(feedback), int(contacts)
 
     def last_ids(self) -> tuple[int, int]:
@@ -404,7 +403,7 @@ class Store:
 
     def counter_rows(self) -> list[tuple[str, str, int, int]]:
         """Every (offer, kind, quarter, count) row; quarter 0 holds compacted totals."""
-        table = OfferCounterRow.__table__
+        table = OFFER_COUNTERS
         with self.engine.connect() as conn:
             return [tuple(r) for r in conn.execute(select(table.c.offer_id, table.c.kind, table.c.quarter, table.c.count)).all()]
 
@@ -412,7 +411,7 @@ class Store:
         """Drops contact events older than any policy looks back, and folds the counters of
         quarter hours that began before ``counters_before`` (epoch seconds) into each offer's
         total (quarter 0)."""
-        contacts, counters = ContactEventRow.__table__, OfferCounterRow.__table__
+        contacts, counters = CONTACT_EVENTS, OFFER_COUNTERS
         with self.write() as conn:
             # The newest row stays whatever its age: SQLite would give its id to the next
             # event, and processes that follow the log by id would skip that one.
@@ -681,7 +680,7 @@ class Store:
         (the writer is held no longer; the rest go next time). Returns the decisions and
         feedback events deleted. A decision stays while any of its feedback is newer than
         every kept model snapshot: a restart replays those events and needs their features."""
-        d, f, snapshots = self._decisions, self._feedback, SnapshotRow.__table__
+        d, f, snapshots = self._decisions, self._feedback, SNAPSHOTS
         started = time.monotonic()
         decisions = events = 0
         while time.monotonic() - started < budget_seconds:
@@ -707,7 +706,7 @@ class Store:
         return decisions, events
 
     def save_snapshot(self, signature: str, model_version: str, last_feedback_id: int, state: bytes) -> None:
-        table = SnapshotRow.__table__
+        table = SNAPSHOTS
         with self.write() as conn:
             conn.execute(
                 table.insert().values(
@@ -723,7 +722,7 @@ class Store:
             conn.execute(table.delete().where(table.c.id.not_in(keep)))
 
     def latest_snapshot(self) -> tuple[str, int, bytes] | None:
-        table = SnapshotRow.__table__
+        table = SNAPSHOTS
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(table.c.signature, table.c.last_feedback_id, table.c.state).order_by(table.c.id.desc()).limit(1)

@@ -8,11 +8,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, LargeBinary
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, LargeBinary, Table
 from sqlmodel import Field, SQLModel
 
-__all__ = ["ContactEventRow", "DecisionRow", "FeedbackRow", "OfferCounterRow", "PolicyActivationRow", "PolicySetRow",
-           "SnapshotRow"]
+__all__ = [
+    "CONTACT_EVENTS", "DECISIONS", "FEEDBACK", "OFFER_COUNTERS", "POLICY_ACTIVATIONS", "POLICY_SETS", "SNAPSHOTS",
+    "ContactEventRow", "DecisionRow", "FeedbackRow", "OfferCounterRow", "PolicyActivationRow", "PolicySetRow", "SnapshotRow",
+]
 
 #: 64-bit event ids on PostgreSQL; SQLite's INTEGER PRIMARY KEY is 64-bit and must stay the rowid
 ID = BigInteger().with_variant(Integer(), "sqlite")
@@ -125,3 +127,18 @@ class SnapshotRow(SQLModel, table=True):
     model_version: str = Field(max_length=128)
     last_feedback_id: int = Field(sa_column=Column(BigInteger, nullable=False))
     state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+def table(model: type[SQLModel]) -> Table:
+    """A model's Core table, which the store queries (SQLModel sets ``__table__`` on a table
+    model when the class is made, so a type checker cannot see it)."""
+    return model.__table__  # type: ignore[attr-defined]
+
+
+POLICY_SETS = table(PolicySetRow)
+POLICY_ACTIVATIONS = table(PolicyActivationRow)
+CONTACT_EVENTS = table(ContactEventRow)
+OFFER_COUNTERS = table(OfferCounterRow)
+DECISIONS = table(DecisionRow)
+FEEDBACK = table(FeedbackRow)
+SNAPSHOTS = table(SnapshotRow)

@@ -56,7 +56,7 @@ class DuplicateKeyError(ConstructorError):
     duplicates: tuple[DuplicateKeyError, ...] = ()
 
 
-class _Loader(_Base):  # type: ignore[misc,valid-type]
+class _Loader(_Base):
     yaml_implicit_resolvers = {
         first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -102,7 +102,7 @@ def load_yaml(text: str, source: str = "<text>") -> Any:
     ``yaml.YAMLError`` for anything else YAML refuses; both carry ``problem_mark`` (0-based
     line and column)."""
     stream = io.StringIO(text)
-    stream.name = source  # type: ignore[misc]  # what marks call the text
+    stream.name = source  # what marks call the text
     loader = _Loader(stream)
     try:
         root = loader.get_single_node()

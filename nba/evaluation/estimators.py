@@ -171,7 +171,7 @@ def _trace(decisions: Sequence[LoggedDecision], target: TargetPolicy, model: Rew
                         pi_row.append(model.pair(i, d, a))
                         pi_value.append(p)
         q_chosen[i] = model.predict(i, d, [d.chosen])[0]
-        if true_values is not None and len(ids):
+        if true_values is not None and truth is not None and len(ids):
             true_values[i] = sum(p * truth.expected(d.features, a, d.decided_at) for a, p in zip(ids, pi, strict=True))
         slots[i] = _slot_term(d, target, ids, pi)
         target.learn(d)

@@ -211,7 +211,8 @@ class RewardModel:
         self._x_train = self._design(self._train_decision, train_offer, np.asarray(train_slot))
         # Prediction pairs: every decision's eligible and answered offers (more are added on demand).
         self._pairs: list[dict[str, int]] = [{} for _ in decisions]
-        pair_decision, pair_offer = [], []
+        pair_decision: list[int] = []
+        pair_offer: list[str] = []
         for i, d in enumerate(decisions):
             for a in dict.fromkeys((*d.eligible, *(o for o, _ in d.slots))):
                 self._pairs[i][a] = len(pair_decision)

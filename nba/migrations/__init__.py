@@ -181,7 +181,7 @@ def _add_legacy_columns(conn: Connection) -> None:
             column = table.columns.get(column_name)
             if column is None:
                 raise SchemaError(f"table {name} lacks column {column_name}, which cannot be added in place")
-            default: Any = column.default.arg if column.default is not None else None
+            default: Any = getattr(column.default, "arg", None)
             if not isinstance(default, (bool, int, float, str)):
                 raise SchemaError(f"table {table.name} lacks column {column.name}, which cannot be added in place")
             kind = column.type.compile(dialect=conn.dialect)

@@ -326,7 +326,10 @@ def test_a_durable_decision_that_times_out_keeps_its_units(start, tmp_path: Path
     with pytest.raises(grpc.RpcError) as raised:
         _alpha(server, "c", request_id="r1")
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-    time.sleep(1.2)  # the commit lands
+    deadline = time.monotonic() + 30  # liveness, not speed: the slow commit lands
+    while store.count_decisions() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.count_decisions() == 1
     monkeypatch.setattr(store, "insert_decisions", slow)
     assert _alpha(server, "c", request_id="r1")  # the replay answers it, with alpha
     assert not _alpha(server, "d")  # the budget of one was not given back

@@ -18,6 +18,7 @@ fix.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,7 +30,15 @@ class NbaError(Exception):
 
 
 class InvalidArgument(NbaError):
+    """A request field is missing or malformed. ``field`` names it (a dotted path, such as
+    ``context.customer.age``); by default it is read from the message, which by convention
+    starts with the field: ``"limit: must be 0 or more, got -1"``."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class NotFound(NbaError):
@@ -80,7 +89,9 @@ class Problem:
     #: "error" refuses the set; "warning" is reported and the set is still usable
     severity: str = "error"
 
-    def __str__(self) -> str:
+    def location(self) -> str:
+        """Where the problem is, as the message's prefix says it (file, offer, policy, field),
+        or "" when nothing locates it."""
         parts = [self.file] if self.file else []
         if self.offer:
             parts.append(f"offer '{self.offer}'")
@@ -88,7 +99,11 @@ class Problem:
             parts.append(f"policy '{self.policy}'")
         if self.field:
             parts.append(f"field '{self.field}'")
-        return ": ".join([*parts, self.message])
+        return ": ".join(parts)
+
+    def __str__(self) -> str:
+        location = self.location()
+        return f"{location}: {self.message}" if location else self.message
 
 
 class PolicySetError(NbaError):
@@ -111,3 +126,41 @@ class PolicySetError(NbaError):
 class SchemaError(RuntimeError):
     """The database's schema is not the one this code needs; the message says what to run.
     Not a request error: the process refuses to start (``nba.migrations``)."""
+
+
+#: a field path at the head of a message: ``limit``, ``context.customer.age``, ``files[offers.yaml]``
+_FIELD = re.compile(r"[A-Za-z_][\w.\-]*(\[[^\]]{1,256}\])?(\.[\w\-]+)*")
+#: the most field violations one error carries (the rest are in its message): gRPC's trailers
+#: are limited (8 KiB by default on most clients), and a policy set can have many problems
+MAX_VIOLATIONS = 10
+#: a violation's description is cut here, for the same reason
+MAX_DESCRIPTION = 300
+
+
+def field_violations(exc: NbaError) -> list[tuple[str, str]]:
+    """(field, description) for each field at fault in an ``INVALID_ARGUMENT`` error, as
+    ``google.rpc.BadRequest`` carries them (AIP-193): one per error of a policy set, located by
+    file, offer, policy and field; otherwise the error's ``field``, or the field its message
+    starts with, or ``request`` when it names none. At most ``MAX_VIOLATIONS``, descriptions cut
+    at ``MAX_DESCRIPTION`` characters; empty for any other error.
+
+    >>> field_violations(InvalidArgument("limit: must be 0 or more, got -1"))
+    [('limit', 'must be 0 or more, got -1')]
+    >>> field_violations(InvalidArgument("request: not a valid DecideRequest", field="request"))
+    [('request', 'not a valid DecideRequest')]
+    """
+    if isinstance(exc, PolicySetError):
+        found = [(p.location() or "policy_set", p.message) for p in exc.problems if p.severity == "error"]
+    elif isinstance(exc, InvalidArgument):
+        message = str(exc)
+        head, separator, rest = message.partition(": ")
+        if exc.field is not None:
+            found = [(exc.field, rest if separator and head == exc.field else message)]
+        elif separator and _FIELD.fullmatch(head):
+            found = [(head, rest)]
+        else:
+            found = [("request", message)]
+    else:
+        return []
+    return [(field[:MAX_DESCRIPTION], text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 1] + "…")
+            for field, text in found[:MAX_VIOLATIONS]]

@@ -17,11 +17,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 from prometheus_client import start_http_server
 
 from bandit import limit_blas_threads
@@ -33,7 +36,7 @@ from nba.config import Settings
 from nba.contacts import ContactEvent, ContactHistory, OfferCounters
 from nba.context import MAX_CONTEXT_DEPTH
 from nba.decisions import Decider
-from nba.errors import InvalidArgument, NbaError, Unavailable
+from nba.errors import InvalidArgument, NbaError, Unavailable, field_violations
 from nba.feedback import IN_FLIGHT_MARGIN_SECONDS, FeedbackIntake
 from nba.learning import LearningLoop, build_learner
 from nba.policy_set import PolicySet
@@ -81,7 +84,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 return inner(request, context)
             except NbaError as exc:
                 metrics.RPC_ERRORS.labels(method, exc.code.name).inc()
-                context.abort(exc.code, str(exc))
+                abort(context, exc)
             except Exception as exc:
                 if context.code() is not None:  # already aborted by the handler
                     raise
@@ -159,7 +162,24 @@ def _decoded_or_abort(decode: Callable[[bytes], Any], raw: bytes, context: grpc.
     try:
         return _decoded(decode, raw)
     except InvalidArgument as exc:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        abort(context, exc)
+
+
+def abort(context: grpc.ServicerContext, exc: NbaError) -> NoReturn:
+    """Ends the call with the error's status and message. An ``INVALID_ARGUMENT`` also carries
+    a ``google.rpc.BadRequest`` detail (``grpc-status-details-bin``: one field violation per
+    field at fault, ``nba.errors.field_violations``), so a client can point at the field
+    without parsing the text (``grpc_status.rpc_status.from_call``)."""
+    violations = field_violations(exc)
+    if not violations:
+        context.abort(exc.code, str(exc))
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+        for field, description in violations]))
+    context.abort_with_status(rpc_status.to_status(status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT, message=str(exc), details=[detail])))
+    raise AssertionError("unreachable: abort_with_status raises")  # for the type checker
 
 
 class Service:

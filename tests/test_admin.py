@@ -98,6 +98,12 @@ policies:
         publish(server, broken)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "invalid policy set, 4 problems" in raised.value.details()
+    # each problem is a field violation of the google.rpc.BadRequest detail, located
+    from test_decide import field_violations
+
+    violations = field_violations(raised.value)
+    assert len(violations) == 4 and all(field.startswith("set.yaml: ") for field, _ in violations), violations
+    assert ("set.yaml: offer 'delta': field 'channels'", errors[("delta", "channels")]) in violations
     assert server.service.policy_set.version == before
     assert web_decision(server).policy_version == before
 

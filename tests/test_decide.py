@@ -5,6 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 from conftest import Running, customer, struct
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from nba.context import MAX_CONTEXT_BYTES, MAX_CONTEXT_DEPTH, MAX_CONTEXT_LEAVES
 from nba.v1 import decision_service_pb2 as pb
@@ -129,26 +131,47 @@ def deep(levels: int) -> dict:
     return value
 
 
+def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """The google.rpc.BadRequest detail of a failed call, as (field, description) pairs."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "no google.rpc.Status in the trailers"
+    assert len(status.details) == 1 and status.details[0].Is(error_details_pb2.BadRequest.DESCRIPTOR)
+    bad = error_details_pb2.BadRequest()
+    status.details[0].Unpack(bad)
+    return [(v.field, v.description) for v in bad.field_violations]
+
+
 @pytest.mark.parametrize(
-    ("fields", "message"),
+    ("fields", "field", "message"),
     [
-        ({"customer_id": ""}, "customer_id: required"),
-        ({"customer_id": "x" * 300}, "customer_id: longer than 256"),
-        ({"channel": "fax"}, "channel: 'fax' is not one of the policy set's channels (web, app, email, call_center)"),
-        ({"channel": ""}, "channel: empty is not one of"),
-        ({"limit": -1}, "limit: must be 0 or more"),
-        ({"context": {"blob": "x" * (MAX_CONTEXT_BYTES + 1)}}, f"more than the limit of {MAX_CONTEXT_BYTES}"),
-        ({"context": deep(MAX_CONTEXT_DEPTH + 1)}, f"nested deeper than {MAX_CONTEXT_DEPTH} levels"),
-        ({"context": {"xs": list(range(MAX_CONTEXT_LEAVES + 1))}}, f"more than {MAX_CONTEXT_LEAVES} values"),
-        ({"context": {"customer": {"a.b": 1}}}, "context.customer: key 'a.b' contains '.'"),
-        ({"request_id": "r" * 300}, "request_id: longer than 256"),
+        ({"customer_id": ""}, "customer_id", "customer_id: required"),
+        ({"customer_id": "x" * 300}, "customer_id", "customer_id: longer than 256"),
+        ({"channel": "fax"}, "channel", "channel: 'fax' is not one of the policy set's channels (web, app, email, call_center)"),
+        ({"channel": ""}, "channel", "channel: empty is not one of"),
+        ({"limit": -1}, "limit", "limit: must be 0 or more"),
+        ({"context": {"blob": "x" * (MAX_CONTEXT_BYTES + 1)}}, "context", f"more than the limit of {MAX_CONTEXT_BYTES}"),
+        ({"context": deep(MAX_CONTEXT_DEPTH + 1)}, "context" + ".n" * MAX_CONTEXT_DEPTH + ".leaf",
+         f"nested deeper than {MAX_CONTEXT_DEPTH} levels"),
+        ({"context": {"xs": list(range(MAX_CONTEXT_LEAVES + 1))}}, "context", f"more than {MAX_CONTEXT_LEAVES} values"),
+        ({"context": {"customer": {"a.b": 1}}}, "context.customer", "context.customer: key 'a.b' contains '.'"),
+        ({"request_id": "r" * 300}, "request_id", "request_id: longer than 256"),
     ],
 )
-def test_bad_requests_get_invalid_argument_naming_the_field(server: Running, fields, message: str) -> None:
+def test_bad_requests_get_invalid_argument_naming_the_field(server: Running, fields, field: str, message: str) -> None:
     with pytest.raises(grpc.RpcError) as raised:
         decide(server, **fields)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in raised.value.details()
+    # The same, structured: a google.rpc.BadRequest naming the field, for clients that do not parse text.
+    [(named, description)] = field_violations(raised.value)
+    assert named == field and description and description in raised.value.details()
+
+
+def test_a_message_that_is_not_protobuf_is_a_bad_request_on_the_whole_request(server: Running) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        server.channel.unary_unary("/nba.v1.DecisionService/Decide")(b"\xff\xff\xff", timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in field_violations(raised.value)] == ["request"]
 
 
 def test_limits_themselves_are_accepted(server: Running) -> None:

@@ -24,7 +24,7 @@ test: $(GEN)
 
 # Lint: pyflakes, pycodestyle, import order, bugbear, pyupgrade (ruff), then the type hints of
 # nba/ and bandit/ (mypy); both configured in pyproject.toml.
-lint: $(STAMP)
+lint: $(GEN)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 

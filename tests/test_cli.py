@@ -317,7 +317,7 @@ def test_sighup_publishes_the_changed_folder_and_preview_compares_a_draft(proces
 def test_switches_are_flags_and_environment_booleans() -> None:
     import argparse
 
-    from nba.cli import _add_settings_flags, _settings
+    from nba.cli.common import _add_settings_flags, _settings
 
     parser = argparse.ArgumentParser()
     _add_settings_flags(parser)
@@ -336,7 +336,7 @@ def test_text_logs_show_the_fields_the_message_does_not_say() -> None:
     """`make serve` logs as text: 'policy set live' alone would not say which version."""
     import logging
 
-    from nba.cli import TextFormatter
+    from nba.cli.common import TextFormatter
 
     record = logging.LogRecord("nba.publishing", logging.INFO, __file__, 1, "policy set live", None, None)
     record.policy_version, record.actor, record.offers = "3-abc", "policies folder", 24

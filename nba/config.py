@@ -15,7 +15,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nba.feedback import RewardWindows
 from nba.yaml_loader import describe, load_yaml
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -260,17 +259,6 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
-
-    def windows(self) -> RewardWindows:
-        return RewardWindows(
-            {
-                "impressed": self.window_impressed_seconds,
-                "clicked": self.window_clicked_seconds,
-                "accepted": self.window_accepted_seconds,
-                "rejected": self.window_rejected_seconds,
-            },
-            self.reward_default,
-        )
 
     def rewards(self) -> dict[str, float]:
         return {

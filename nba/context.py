@@ -27,13 +27,17 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from nba.errors import InvalidArgument
-from nba.inputs import MAX_CONTEXT_NUMBER, MAX_ID_LENGTH, control_character
+from nba.inputs import (
+    MAX_CONTEXT_BYTES,
+    MAX_CONTEXT_DEPTH,
+    MAX_CONTEXT_LEAVES,
+    MAX_CONTEXT_NUMBER,
+    MAX_ID_LENGTH,
+    control_character,
+)
 
 __all__ = ["MAX_CONTEXT_BYTES", "MAX_CONTEXT_DEPTH", "MAX_CONTEXT_LEAVES", "features_from_struct"]
 
-MAX_CONTEXT_BYTES = 64 * 1024
-MAX_CONTEXT_DEPTH = 8
-MAX_CONTEXT_LEAVES = 1000
 
 #: keys already found valid: channel systems send the same few hundred keys again and again
 _KNOWN_KEYS: set[str] = set()

@@ -33,6 +33,9 @@ from nba.errors import InvalidArgument
 __all__ = [
     "CLOCK_SKEW",
     "MAX_COMMENT_LENGTH",
+    "MAX_CONTEXT_BYTES",
+    "MAX_CONTEXT_DEPTH",
+    "MAX_CONTEXT_LEAVES",
     "MAX_CONTEXT_NUMBER",
     "MAX_ID_LENGTH",
     "check_id",
@@ -50,6 +53,11 @@ CLOCK_SKEW = timedelta(minutes=5)
 #: and the learner's running statistics square the numbers it sees, which past about 1e154
 #: would leave the finite doubles, so the learner would have to refuse the decision's feedback.
 MAX_CONTEXT_NUMBER = 2.0**53
+#: a request's context: bytes serialised, levels of nesting, leaf values (``nba.context`` says
+#: how each is counted); the policy layer's rule limits are sized against these
+MAX_CONTEXT_BYTES = 64 * 1024
+MAX_CONTEXT_DEPTH = 8
+MAX_CONTEXT_LEAVES = 1000
 
 #: the range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z
 MIN_TIMESTAMP_SECONDS = -62_135_596_800

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nba.context import MAX_CONTEXT_LEAVES
+from nba.inputs import MAX_CONTEXT_LEAVES
 
 __all__ = [
     "CALL_BUDGET",

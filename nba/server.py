@@ -37,7 +37,7 @@ from nba.contacts import ContactEvent, ContactHistory, OfferCounters
 from nba.context import MAX_CONTEXT_DEPTH
 from nba.decisions import Decider
 from nba.errors import InvalidArgument, NbaError, Unavailable, field_violations
-from nba.feedback import IN_FLIGHT_MARGIN_SECONDS, FeedbackIntake
+from nba.feedback import IN_FLIGHT_MARGIN_SECONDS, FeedbackIntake, RewardWindows
 from nba.learning import LearningLoop, build_learner
 from nba.policy_set import PolicySet
 from nba.publishing import Publisher
@@ -158,6 +158,13 @@ def _decoded(decode: Callable[[bytes], Any], raw: bytes) -> Any:
         raise InvalidArgument(f"request: not a valid {name} ({reason}); build it from the proto files") from None
 
 
+def reward_windows(settings: Settings) -> RewardWindows:
+    """Each outcome's reward window and the default reward, as the settings give them."""
+    return RewardWindows({"impressed": settings.window_impressed_seconds, "clicked": settings.window_clicked_seconds,
+                          "accepted": settings.window_accepted_seconds, "rejected": settings.window_rejected_seconds},
+                         settings.reward_default)
+
+
 def _decoded_or_abort(decode: Callable[[bytes], Any], raw: bytes, context: grpc.ServicerContext) -> Any:
     try:
         return _decoded(decode, raw)
@@ -204,7 +211,7 @@ class Service:
         self.shared = self.is_worker or settings.bus != "local"
         self.worker = max(settings.worker, 0)
         self.engine = open_engine(settings.database_url)
-        self.store = Store(self.engine, settings.windows(), origin=f"{socket.gethostname()}:{os.getpid()}")
+        self.store = Store(self.engine, reward_windows(settings), origin=f"{socket.gethostname()}:{os.getpid()}")
         start_feedback_id, start_contact_id = self.store.last_ids()
         self.contacts = ContactHistory(
             self._load_contacts, settings.contact_history_days * 86400, settings.contact_customers

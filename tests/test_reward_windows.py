@@ -7,6 +7,7 @@ import time
 from conftest import ManualClock, Running, customer, struct
 from sqlalchemy import select
 
+from nba.server import reward_windows
 from nba.tables import FeedbackRow
 from nba.v1 import decision_service_pb2 as pb
 
@@ -91,7 +92,7 @@ def test_feedback_after_the_window_closed_is_late(start) -> None:
 
 def test_windows_are_configurable_per_outcome(settings_for) -> None:
     settings = settings_for(window_clicked_seconds=60, window_accepted_seconds=120)
-    windows = settings.windows()
+    windows = reward_windows(settings)
     assert windows.seconds["clicked"] == 60 and windows.longest == 7 * 86400  # rejections: 7 days
 
 

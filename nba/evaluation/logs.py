@@ -408,14 +408,7 @@ def _range_message(name: str, error: Mapping[str, Any]) -> str:
 
 def validate_line(line: Any, where: str) -> LogLine:
     """``line`` checked against the contract; raises ``LogError`` naming ``where`` and the field."""
-    if not isinstance(line, Mapping):
-        raise LogError(f"{where}: expected a JSON object, got {type(line).__name__}")
-    try:
-        return LogLine.model_validate(dict(line))
-    except ValidationError as exc:
-        raise LogError(f"{where}: {describe_error(exc)}") from None
-    except RecursionError:
-        raise LogError(f"{where}: nested too deeply") from None
+    return validated(LogLine, line, where)
 
 
 def from_records(lines: Iterable[Any], default_reward: float = 0.0, final: bool = True,

@@ -314,12 +314,14 @@ def _alpha(server, customer_id: str, request_id: str = "") -> bool:
 def test_a_durable_decision_that_times_out_keeps_its_units(start, tmp_path: Path, monkeypatch) -> None:
     """Not confirmed in time is not refused: the decision may still be written (and replayed),
     so its unit stays taken."""
-    server = start(durable_decisions=True, feedback_timeout_seconds=0.3, policies=policy_dir(tmp_path, ONE_ALPHA))
+    # a timeout the ordinary commits meet even on a loaded machine (0.3 s did not, under two
+    # test processes on PostgreSQL), and an insert slowed well past it
+    server = start(durable_decisions=True, feedback_timeout_seconds=1.0, policies=policy_dir(tmp_path, ONE_ALPHA))
     store = server.service.store
     slow = store.insert_decisions
 
     def insert_slowly(conn, records):
-        time.sleep(1.0)
+        time.sleep(3.0)
         return slow(conn, records)
 
     monkeypatch.setattr(store, "insert_decisions", insert_slowly)

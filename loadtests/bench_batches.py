@@ -29,9 +29,9 @@ from typing import Any
 
 from sqlalchemy import event
 
-from nba.decisions import DecisionRecord, new_decision_id
-from nba.feedback import FeedbackEvent, RewardWindows
-from nba.store import CLOSE_BATCH, Store, open_engine
+from nba.decision.decider import new_decision_id
+from nba.records import DecisionRecord, FeedbackEvent, RewardWindows
+from nba.storage.store import CLOSE_BATCH, Store, open_engine
 
 POSTGRES = os.environ.get("NBA_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 WINDOWS = RewardWindows({"impressed": 3600.0, "clicked": 86400.0, "accepted": 86400.0, "rejected": 86400.0})

@@ -3,11 +3,11 @@
 Two measurements:
 
 1. **Rules at the limits, in Decide's terms.** The costliest kinds of rule that
-   ``nba.rule_cost`` still accepts, evaluated with the real CEL library on the worst context
+   ``nba.policy.rule_cost`` still accepts, evaluated with the real CEL library on the worst context
    a caller may send (lists sized so that the whole context holds MAX_CONTEXT_LEAVES leaves),
    through ``RuleBatch`` as Decide evaluates them: milliseconds per evaluation next to the
    estimate. Then a set of such rules summing to just under the per-call budget. These set
-   RULE_BUDGET and CALL_BUDGET (nba/rule_cost.py).
+   RULE_BUDGET and CALL_BUDGET (nba/policy/rule_cost.py).
 2. **Decide during hostile validations.** ``nba serve`` (its own process) with the sample
    policy set; Decide p50/p99 from one client, first idle, then while two viewers loop
    ValidatePolicySet over hostile drafts (the issue's three nested comprehensions over a
@@ -62,8 +62,8 @@ def worst_rules() -> list[tuple[str, dict[str, Any]]]:
 
 def measure_rules() -> dict[str, Any]:
     from bandit.features import flatten
-    from nba.rule_cost import CALL_BUDGET, RULE_BUDGET, check_rule, estimate
-    from nba.rules import Rule, RuleBatch, activation
+    from nba.policy.rule_cost import CALL_BUDGET, RULE_BUDGET, check_rule, estimate
+    from nba.policy.rules import Rule, RuleBatch, activation
 
     rows = []
     for source, context in worst_rules():

@@ -15,9 +15,9 @@ import statistics
 import time
 from datetime import UTC, datetime
 
-from nba.contacts import OfferCounters
-from nba.policy_set import parse_policy_set
-from nba.screening import screen
+from nba.decision.contacts import OfferCounters
+from nba.decision.screening import screen
+from nba.policy.policy_set import parse_policy_set
 
 
 def policy_set(offers: int, timezone: str) -> object:

@@ -50,8 +50,8 @@ from bench_service import Server, free_port  # noqa: E402
 _ready = bench_service.wait_ready
 bench_service.wait_ready = lambda port, timeout=900.0: _ready(port, timeout)  # a large set starts slowly
 
-from nba.policy_set import parse_policy_set, read_files  # noqa: E402
-from nba.schema import ContextSchema, FieldSpec  # noqa: E402
+from nba.policy.policy_set import parse_policy_set, read_files  # noqa: E402
+from nba.policy.schema import ContextSchema, FieldSpec  # noqa: E402
 from nba.v1 import admin_service_pb2 as apb  # noqa: E402
 from nba.v1 import admin_service_pb2_grpc as apb_grpc  # noqa: E402
 from nba.v1 import decision_service_pb2 as pb  # noqa: E402
@@ -123,7 +123,7 @@ def generate(folder: Path, offers: int, seed: int = 1) -> Path:
     for group in GROUPS:
         for j, (kind, rule) in enumerate(GROUP_RULES):
             if "exists(" in rule and group != "cross-sell":
-                continue  # as in policies/: a comprehension over the context per offer is costly (nba.rule_cost)
+                continue  # as in policies/: a comprehension over the context per offer is costly (nba.policy.rule_cost)
             if rng.random() < 0.6:
                 policies.append(f"  - {{id: {group}-{kind}-{j}, type: {kind}, applies_to: {{groups: [{group}]}}, "
                                 f"rule: '{rule}'}}")

@@ -53,7 +53,7 @@ def reservation_cost(calls: int) -> dict[str, float]:
 
     import redis
 
-    from nba.reservations import Claim, LocalReservations, RedisReservations
+    from nba.decision.reservations import Claim, LocalReservations, RedisReservations
 
     client = redis.Redis.from_url(REDIS)
     prefix = f"nba-bench:{uuid.uuid4().hex[:8]}:"

@@ -327,7 +327,8 @@ def contact_memory(customers: int, events_each: int = 3) -> float:
     """Resident MB that ``customers`` customers' contact history adds to a process."""
     import gc
 
-    from nba.contacts import ContactEvent, ContactHistory
+    from nba.decision.contacts import ContactHistory
+    from nba.records import ContactEvent
 
     def rss() -> float:
         return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024

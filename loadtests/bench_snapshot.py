@@ -33,8 +33,9 @@ from bandit import limit_blas_threads  # noqa: E402
 from bandit.features import flatten  # noqa: E402
 from bandit.state import LearnerState, dumps  # noqa: E402
 from nba.config import Settings  # noqa: E402
-from nba.learning import LearningEvent, LearningLoop, build_learner  # noqa: E402
-from nba.store import Store, open_engine  # noqa: E402
+from nba.learning.loop import LearningLoop, build_learner  # noqa: E402
+from nba.records import LearningEvent  # noqa: E402
+from nba.storage.store import Store, open_engine  # noqa: E402
 
 
 def summary(seconds: list[float]) -> str:

@@ -1,7 +1,9 @@
-"""Errors that know their gRPC status.
+"""Errors that know their status.
 
-Every error a caller can cause is an ``NbaError`` carrying the status code it maps to, and
-one interceptor (``nba.server``) turns it into ``context.abort``. Messages name the field to
+Every error a caller can cause is an ``NbaError`` carrying the name of the status it maps to
+(a ``grpc.StatusCode`` name, which the HTTP surface maps to its own statuses), and one
+interceptor (``nba.service.server``) turns it into ``context.abort``. The domain never
+imports gRPC: the name is enough. Messages name the field to
 fix.
 
     NbaError
@@ -22,11 +24,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
-
 
 class NbaError(Exception):
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    #: the status, as a ``grpc.StatusCode`` name
+    code: str = "INTERNAL"
 
 
 class InvalidArgument(NbaError):
@@ -34,7 +35,7 @@ class InvalidArgument(NbaError):
     ``context.customer.age``); by default it is read from the message, which by convention
     starts with the field: ``"limit: must be 0 or more, got -1"``."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = "INVALID_ARGUMENT"
 
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
@@ -42,39 +43,39 @@ class InvalidArgument(NbaError):
 
 
 class NotFound(NbaError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = "NOT_FOUND"
 
 
 class AlreadyExists(NbaError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    code = "ALREADY_EXISTS"
 
 
 class Unavailable(NbaError):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = "UNAVAILABLE"
 
 
 class FailedPrecondition(NbaError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = "FAILED_PRECONDITION"
 
 
 class Unauthenticated(NbaError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code = "UNAUTHENTICATED"
 
 
 class PermissionDenied(NbaError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = "PERMISSION_DENIED"
 
 
 class DeadlineExceeded(NbaError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = "DEADLINE_EXCEEDED"
 
 
 class Cancelled(NbaError):
-    code = grpc.StatusCode.CANCELLED
+    code = "CANCELLED"
 
 
 class ResourceExhausted(NbaError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = "RESOURCE_EXHAUSTED"
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class Problem:
 class PolicySetError(NbaError):
     """A policy set cannot be used; ``problems`` lists every error (and any warnings)."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = "INVALID_ARGUMENT"
 
     def __init__(self, problems: Sequence[Problem | str]) -> None:
         self.problems = [p if isinstance(p, Problem) else Problem(p) for p in problems]
@@ -125,7 +126,7 @@ class PolicySetError(NbaError):
 
 class SchemaError(RuntimeError):
     """The database's schema is not the one this code needs; the message says what to run.
-    Not a request error: the process refuses to start (``nba.migrations``)."""
+    Not a request error: the process refuses to start (``nba.storage.migrations``)."""
 
 
 #: a field path at the head of a message: ``limit``, ``context.customer.age``, ``files[offers.yaml]``

@@ -53,7 +53,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 #: and the learner's running statistics square the numbers it sees, which past about 1e154
 #: would leave the finite doubles, so the learner would have to refuse the decision's feedback.
 MAX_CONTEXT_NUMBER = 2.0**53
-#: a request's context: bytes serialised, levels of nesting, leaf values (``nba.context`` says
+#: a request's context: bytes serialised, levels of nesting, leaf values (``nba.service.context`` says
 #: how each is counted); the policy layer's rule limits are sized against these
 MAX_CONTEXT_BYTES = 64 * 1024
 MAX_CONTEXT_DEPTH = 8

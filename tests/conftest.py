@@ -23,7 +23,7 @@ import grpc
 import pytest
 
 from nba.config import Settings
-from nba.server import Service, create_server
+from nba.service.server import Service, create_server
 from nba.v1 import admin_service_pb2_grpc as apb_grpc
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
 

@@ -248,7 +248,7 @@ def test_a_preview_stops_replaying_when_its_check_says_the_call_is_over(start) -
     """PreviewPolicySet passes a check of its call's deadline and client; the replay asks it
     before every decision, so a preview nobody waits for stops within one decision."""
     from nba.errors import DeadlineExceeded
-    from nba.preview import preview
+    from nba.evaluation.preview import preview
 
     server = start()
     for i in range(30):

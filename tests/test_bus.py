@@ -7,10 +7,9 @@ import threading
 import time
 from pathlib import Path
 
-from nba.bus import BusEntry, Span, decode, encode
-from nba.contacts import ContactEvent
-from nba.learning import LearningEvent
-from nba.store import DecisionLog, Store, open_engine
+from nba.records import ContactEvent, LearningEvent
+from nba.storage.bus import BusEntry, Span, decode, encode
+from nba.storage.store import DecisionLog, Store, open_engine
 
 
 def test_an_entry_survives_the_stream() -> None:

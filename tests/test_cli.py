@@ -338,10 +338,10 @@ def test_text_logs_show_the_fields_the_message_does_not_say() -> None:
 
     from nba.cli.common import TextFormatter
 
-    record = logging.LogRecord("nba.publishing", logging.INFO, __file__, 1, "policy set live", None, None)
+    record = logging.LogRecord("nba.service.publishing", logging.INFO, __file__, 1, "policy set live", None, None)
     record.policy_version, record.actor, record.offers = "3-abc", "policies folder", 24
     line = TextFormatter().format(record)
-    assert line.endswith("INFO nba.publishing: policy set live policy_version=3-abc actor=\"policies folder\" offers=24")
+    assert line.endswith("INFO nba.service.publishing: policy set live policy_version=3-abc actor=\"policies folder\" offers=24")
     try:
         raise ValueError("boom")
     except ValueError:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from nba.contacts import ContactEvent, ContactHistory, ContactSummary, OfferCounters
-from nba.rules import NEVER_DAYS
+from nba.decision.contacts import ContactHistory, ContactSummary, OfferCounters
+from nba.policy.rules import NEVER_DAYS
+from nba.records import ContactEvent
 
 DAY = 86400.0
 NOW = 1_800_000_000.0

@@ -8,7 +8,7 @@ from conftest import Running, customer, struct
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from nba.context import MAX_CONTEXT_BYTES, MAX_CONTEXT_DEPTH, MAX_CONTEXT_LEAVES
+from nba.service.context import MAX_CONTEXT_BYTES, MAX_CONTEXT_DEPTH, MAX_CONTEXT_LEAVES
 from nba.v1 import decision_service_pb2 as pb
 
 WEB_ELIGIBLE = {"gold-card", "travel-insurance", "savings-account", "home-insurance", "mobile-bundle", "order-status",

@@ -29,7 +29,7 @@ def feedback(server: Running, decision: pb.DecideResponse, event_id: str, outcom
 def stored_feedback(server: Running):
     from sqlalchemy import select
 
-    from nba.tables import FeedbackRow
+    from nba.storage.tables import FeedbackRow
 
     with server.service.engine.connect() as conn:
         return conn.execute(select(FeedbackRow.__table__).order_by(FeedbackRow.__table__.c.id)).all()

@@ -13,10 +13,10 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from sqlalchemy import select
 
 from bandit import unflatten
-from nba.context import MAX_CONTEXT_DEPTH, features_from_struct
 from nba.errors import InvalidArgument
 from nba.inputs import check_id, check_text, timestamp
-from nba.tables import FeedbackRow
+from nba.service.context import MAX_CONTEXT_DEPTH, features_from_struct
+from nba.storage.tables import FeedbackRow
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import decision_service_pb2 as pb
 

@@ -16,15 +16,36 @@ from conftest import ROOT
 
 PACKAGES = ("nba", "bandit")
 #: generated code and Alembic's revision scripts, which import nothing of ours that matters
-SKIPPED = ("nba/v1/", "nba/migrations/versions/")
+SKIPPED = ("nba/v1/", "nba/storage/migrations/versions/")
 #: modules on the path of a Decide or a Feedback call (with bandit, all of it)
 REQUEST_PATH = (
-    "nba.servicers", "nba.decisions", "nba.screening", "nba.arbitration", "nba.rules", "nba.schema", "nba.contacts",
-    "nba.reservations", "nba.learning", "nba.feedback", "nba.store", "nba.tables", "nba.bus", "nba.context",
-    "nba.inputs", "nba.ids", "nba.days", "nba.clock", "nba.metrics", "nba.errors", "nba.auth", "nba.policy_set",
+    "nba.service.servicers", "nba.service.auth", "nba.decision.decider", "nba.decision.screening",
+    "nba.decision.arbitration", "nba.decision.contacts", "nba.decision.reservations", "nba.service.context",
+    "nba.policy.rules", "nba.policy.schema", "nba.policy.policy_set", "nba.learning.loop", "nba.learning.feedback",
+    "nba.storage.store", "nba.storage.tables", "nba.storage.bus", "nba.inputs", "nba.ids", "nba.days", "nba.clock",
+    "nba.metrics", "nba.errors",
 )
+#: the kernel: modules at nba's top that every package may import
+KERNEL = ("nba", "nba.errors", "nba.clock", "nba.ids", "nba.inputs", "nba.days", "nba.metrics", "nba.config",
+          "nba.yaml_loader", "nba.records")
+#: what each part may import besides itself, the kernel and bandit (the README's Layout, and each
+#: package's docstring, say the same): the shell on top, the domain below it, storage beside it
+MAY_IMPORT = {
+    "kernel": set(),
+    "nba.policy": set(),
+    "nba.learning": set(),
+    "nba.decision": {"nba.policy", "nba.learning"},
+    "nba.storage": set(),
+    "nba.evaluation": {"nba.policy", "nba.learning", "nba.decision"},
+    "nba.service": {"nba.policy", "nba.learning", "nba.decision", "nba.storage", "nba.evaluation", "nba.v1"},
+    "nba.simulation": {"nba.evaluation"},
+    "nba.cli": {"nba.policy", "nba.learning", "nba.decision", "nba.storage", "nba.evaluation", "nba.service",
+                "nba.simulation"},
+}
+#: the parts that speak gRPC (the service shell, and the simulator and the CLI as its clients)
+GRPC_PARTS = ("nba.service", "nba.simulation", "nba.cli")
 #: modules that import nothing of nba
-LEAVES = ("nba.arbitration", "nba.tables", "nba.errors", "nba.clock", "nba.ids")
+LEAVES = ("nba.decision.arbitration", "nba.storage.tables", "nba.errors", "nba.clock", "nba.ids")
 
 
 def module_name(path: Path) -> str:
@@ -161,3 +182,59 @@ def test_nothing_on_the_decide_or_feedback_path_imports_inside_a_function() -> N
     on_path = [name for name in nested if name in REQUEST_PATH or name.startswith("bandit")]
     assert len(on_path) >= len(REQUEST_PATH)
     assert {name: nested[name] for name in on_path if nested[name]} == {}
+
+
+def part(module: str) -> str:
+    """The part a module belongs to: its package under nba, or "kernel" for nba's top modules."""
+    if module in KERNEL or module.startswith("bandit"):
+        return "kernel"
+    if module == "nba.__main__":
+        return "nba.cli"
+    return ".".join(module.split(".")[:2])
+
+
+def test_every_module_belongs_to_a_known_part() -> None:
+    edges, _ = graph()
+    assert sorted({part(name) for name in edges if name.startswith("nba")} - set(MAY_IMPORT)) == []
+
+
+def test_the_parts_import_one_way() -> None:
+    """Domain packages import no storage, gRPC or service; storage no decision or learning logic."""
+    edges, _ = graph()
+    wrong = {}
+    for name, targets in edges.items():
+        if name.startswith("bandit"):
+            continue
+        mine = part(name)
+        allowed = MAY_IMPORT[mine] | {mine, "kernel"}
+        bad = sorted(t for t in targets if part(t) not in allowed)
+        if bad:
+            wrong[name] = bad
+    assert wrong == {}
+
+
+def test_the_layer_check_catches_a_wrong_import() -> None:
+    assert part("nba.storage.store") == "nba.storage" and part("nba.errors") == "kernel"
+    assert "nba.decision" not in MAY_IMPORT["nba.storage"] | {"nba.storage", "kernel"}
+
+
+def test_only_the_shell_and_its_clients_speak_grpc() -> None:
+    """The domain, storage and kernel import neither grpc, nor protobuf, nor the generated
+    ``nba.v1``: the same domain code serves every surface."""
+    speaking = {}
+    for name, path in modules().items():
+        if name.startswith("bandit") or part(name) in GRPC_PARTS:
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+        wire = sorted(m for m in found if m.split(".")[0] in ("grpc", "grpc_status")
+                      or m.startswith(("google.protobuf", "google.rpc", "nba.v1")))
+        if wire:
+            speaking[name] = wire
+    assert len(modules()) > 40
+    assert speaking == {}

@@ -9,11 +9,11 @@ from typing import Any
 
 from sqlalchemy import event, select
 
-from nba.decisions import DecisionRecord, new_decision_id
+from nba.decision.decider import new_decision_id
 from nba.errors import AlreadyExists
-from nba.feedback import NO_RESPONSE, FeedbackEvent, FeedbackResult, RewardWindows
-from nba.store import Store, open_engine
-from nba.tables import FeedbackRow
+from nba.records import NO_RESPONSE, DecisionRecord, FeedbackEvent, FeedbackResult, RewardWindows
+from nba.storage.store import Store, open_engine
+from nba.storage.tables import FeedbackRow
 
 WINDOWS = RewardWindows({"impressed": 3600.0, "clicked": 86400.0, "accepted": 86400.0, "rejected": 86400.0},
                         default_reward=-0.05)

@@ -19,9 +19,9 @@ from conftest import ROOT, ManualClock, Running, struct
 from nba import metrics
 from nba.cli import EXIT_FAILED
 from nba.errors import PolicySetError
-from nba.offers import MAX_LEVER, MAX_VALUE
-from nba.policies import MAX_COUNT, MAX_IGNORED
-from nba.policy_set import parse_policy_set, read_files
+from nba.policy.offers import MAX_LEVER, MAX_VALUE
+from nba.policy.policies import MAX_COUNT, MAX_IGNORED
+from nba.policy.policy_set import parse_policy_set, read_files
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import decision_service_pb2 as pb
 
@@ -222,7 +222,7 @@ def test_hours_past_midnight_run_into_the_next_day_and_00_to_24_is_the_whole_day
 
 
 def test_a_set_larger_than_the_supported_size_is_refused_saying_so() -> None:
-    from nba.policy_set import MAX_OFFERS
+    from nba.policy.policy_set import MAX_OFFERS
 
     offers = "".join(f"  - {{id: o{i}, name: O, channels: [web]}}\n" for i in range(MAX_OFFERS + 1))
     found = problems({"set.yaml": "channels: [web]\noffers:\n" + offers})
@@ -231,7 +231,7 @@ def test_a_set_larger_than_the_supported_size_is_refused_saying_so() -> None:
 
 
 def test_an_example_contact_of_a_huge_age_is_refused_naming_the_field(tmp_path: Path) -> None:
-    from nba.examples import load_examples
+    from nba.evaluation.examples import load_examples
 
     (tmp_path / "a_test.yaml").write_text(textwrap.dedent("""\
         examples:

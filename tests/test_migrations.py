@@ -19,9 +19,9 @@ from sqlalchemy import MetaData, create_engine, inspect, select
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
-from nba.contacts import ContactEvent
-from nba.migrations import BASELINE, SchemaError, current_revision, ensure_schema, head_revision, revisions, upgrade
-from nba.store import Store, open_engine
+from nba.records import ContactEvent
+from nba.storage.migrations import BASELINE, SchemaError, current_revision, ensure_schema, head_revision, revisions, upgrade
+from nba.storage.store import Store, open_engine
 
 AT = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
 FEATURES = {"customer.age": 41.0, "customer.tags": ["a"], "customer.notes": {}}

@@ -9,8 +9,8 @@ import pytest
 from conftest import POLICIES
 
 from nba.errors import PolicySetError
-from nba.examples import check_examples, load_examples
-from nba.policy_set import load_policy_set as load_catalogue
+from nba.evaluation.examples import check_examples, load_examples
+from nba.policy.policy_set import load_policy_set as load_catalogue
 
 HEADER = "channels: [web, app, email, call_center]\n"
 
@@ -149,7 +149,7 @@ def test_the_published_json_schema_is_current_and_accepts_the_sample_files() -> 
     import jsonschema
     import yaml
 
-    from nba.policy_set import json_schema
+    from nba.policy.policy_set import json_schema
 
     published = json.loads((POLICIES / "policy-set.schema.json").read_text())
     assert published == json_schema(), "run: .venv/bin/nba policies schema > policies/policy-set.schema.json"

@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 
 from nba.errors import PolicySetError
-from nba.policy_set import PolicySet, parse_policy_set
+from nba.policy.policy_set import PolicySet, parse_policy_set
 
 #: one set holding every section, as chunks a set may be split into (the halves of a section
 #: split over two files)

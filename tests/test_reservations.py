@@ -17,7 +17,7 @@ from conftest import REDIS, postgres_schema, redis_stream, struct
 from test_policies_e2e import policy_dir
 from test_replicas import start_replicas
 
-from nba.reservations import Claim, LocalReservations, RedisReservations, Reservations, key
+from nba.decision.reservations import Claim, LocalReservations, RedisReservations, Reservations, key
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
 
@@ -352,7 +352,7 @@ class _Down:
 
 def test_a_degraded_decision_gives_back_nothing_it_did_not_take(start, tmp_path: Path, monkeypatch) -> None:
     down = _Down()
-    monkeypatch.setattr("nba.server.Service._reservations", lambda self: down)
+    monkeypatch.setattr("nba.service.server.Service._reservations", lambda self: down)
     server = start(durable_decisions=True, policies=policy_dir(tmp_path, ONE_ALPHA))
     assert _alpha(server, "c")  # on screening alone
     with server.service.engine.begin() as conn:

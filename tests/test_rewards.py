@@ -18,10 +18,10 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 from test_cli import run_cli
 
-from nba.bus import BusEntry, Span, encode
 from nba.config import ConfigError, load_settings
-from nba.learning import LearningEvent
-from nba.tables import FeedbackRow
+from nba.records import LearningEvent
+from nba.storage.bus import BusEntry, Span, encode
+from nba.storage.tables import FeedbackRow
 from nba.v1 import decision_service_pb2 as pb
 
 
@@ -225,7 +225,7 @@ def test_the_learner_refusing_an_event_does_not_stop_the_log(server: Running, ca
     decision = decide(server)
     features = dict(server.service.log.get(decision.decision_id).features)
     features["customer.age"] = float("nan")
-    caplog.set_level(logging.WARNING, logger="nba.learning")
+    caplog.set_level(logging.WARNING, logger="nba.learning.loop")
     server.service.learning.apply([LearningEvent(10**9, features, "gold-card", 1.0, None)])
     [warning] = [r for r in caplog.records if r.getMessage() == "feedback event not learned"]
     assert "customer.age is nan" in warning.reason and warning.feedback_id == 10**9

@@ -18,9 +18,9 @@ from test_policies_e2e import BASE, policy_dir
 
 from nba import metrics
 from nba.errors import PolicySetError
-from nba.policy_set import parse_policy_set
-from nba.rule_cost import CALL_BUDGET, MAX_RULE_DEPTH, MAX_RULE_LENGTH, RULE_BUDGET, estimate
-from nba.rules import Rule, RuleBatch, RuleSyntaxError, activation
+from nba.policy.policy_set import parse_policy_set
+from nba.policy.rule_cost import CALL_BUDGET, MAX_RULE_DEPTH, MAX_RULE_LENGTH, RULE_BUDGET, estimate
+from nba.policy.rules import Rule, RuleBatch, RuleSyntaxError, activation
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import decision_service_pb2 as pb
 
@@ -328,11 +328,11 @@ def test_a_draft_whose_validation_runs_out_of_memory_is_resource_exhausted(serve
     """No draft within the limits needs 2 GiB, so the child's limit is lowered to what the
     sample set cannot be validated in (measured: it needs between 300 and 400 MiB of address
     space): the real child runs out of memory, is refused, and nothing changes."""
-    import nba.sandbox
+    import nba.policy.sandbox
 
     before = server.service.policy_set.version
     sample = apb.PolicySetDraft(files={p.name: p.read_text() for p in POLICIES.glob("*.yaml") if not p.name.endswith("_test.yaml")})
-    monkeypatch.setattr(nba.sandbox, "MEMORY_BYTES", 64 * 1024**2)
+    monkeypatch.setattr(nba.policy.sandbox, "MEMORY_BYTES", 64 * 1024**2)
     with pytest.raises(grpc.RpcError) as raised:
         server.admin.ValidatePolicySet(apb.ValidatePolicySetRequest(draft=sample), metadata=server.auth())
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, raised.value.details()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nba.schema import ContextSchema, FieldSpec, field_paths
+from nba.policy.schema import ContextSchema, FieldSpec, field_paths
 
 
 def schema() -> ContextSchema:

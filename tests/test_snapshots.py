@@ -15,9 +15,9 @@ from test_feedback import feedback
 from test_learner_state import _Touch
 
 from bandit.state import FORMAT, loads
-from nba.learning import signature
-from nba.store import Store, open_engine
-from nba.tables import SnapshotRow
+from nba.learning.loop import signature
+from nba.storage.store import Store, open_engine
+from nba.storage.tables import SnapshotRow
 from nba.v1 import decision_service_pb2 as pb
 
 

@@ -226,7 +226,7 @@ def test_restart_delay_doubles_to_a_cap_and_a_healthy_run_starts_it_again() -> N
     import subprocess
     import sys
 
-    from nba.supervisor import HEALTHY_SECONDS, RESTART_MAX_SECONDS, _exited, _Worker, restart_delay
+    from nba.service.supervisor import HEALTHY_SECONDS, RESTART_MAX_SECONDS, _exited, _Worker, restart_delay
 
     assert [restart_delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
     assert restart_delay(1000) == RESTART_MAX_SECONDS

@@ -97,7 +97,7 @@ def _setup_logging(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Alembic narrates every migration context it sets up (a dozen lines per process):
-    # nba.migrations says what matters ("created the database schema").
+    # nba.storage.migrations says what matters ("created the database schema").
     logging.getLogger("alembic").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
@@ -265,7 +265,7 @@ def _open_existing(url: str) -> Any:
             probe.dispose()
         if "decisions" not in tables:
             raise CliError(f"{DATABASE_FLAG}: {_safe_url(url)} holds no nba decision log (no tables): check the URL")
-        from nba.store import open_engine
+        from nba.storage.store import open_engine
 
         return open_engine(url)
 

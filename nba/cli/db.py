@@ -11,7 +11,7 @@ from nba.cli.common import DATABASE_FLAG, CliError, _check_database_url, _databa
 def _db(args: argparse.Namespace) -> int:
     from sqlalchemy import create_engine
 
-    from nba.migrations import current_revision, head_revision, upgrade
+    from nba.storage.migrations import current_revision, head_revision, upgrade
 
     settings = _settings(args)
     parsed = _check_database_url(settings.database_url)

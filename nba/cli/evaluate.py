@@ -91,7 +91,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         source = args.log
     else:
         assert database_url is not None
-        from nba.store import Store
+        from nba.storage.store import Store
 
         store = Store(_open_existing(database_url))
         refused: list[LogError] = []

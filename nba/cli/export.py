@@ -10,7 +10,7 @@ from nba.cli.common import EXIT_OK, CliError, _database_errors, _date, _open_exi
 
 
 def _export(args: argparse.Namespace) -> int:
-    from nba.store import Store, dumps
+    from nba.storage.store import Store, dumps
 
     settings = _settings(args)
     since = _date(args.since, "--since")

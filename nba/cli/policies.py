@@ -19,11 +19,11 @@ _DIR_MEANING = {
 
 
 def _policies(args: argparse.Namespace) -> int:
-    from nba.examples import check_examples, load_examples
-    from nba.policy_set import load_policy_set
+    from nba.evaluation.examples import check_examples, load_examples
+    from nba.policy.policy_set import load_policy_set
 
     if args.action == "schema":
-        from nba.policy_set import json_schema
+        from nba.policy.policy_set import json_schema
 
         print(json.dumps(json_schema(), indent=2))
         return 0
@@ -62,10 +62,10 @@ def _policies(args: argparse.Namespace) -> int:
 
 
 def _preview(args: argparse.Namespace, draft: Any) -> int:
-    from nba.learning import LearningLoop, build_learner
-    from nba.policy_set import parse_policy_set
-    from nba.preview import preview
-    from nba.store import Store
+    from nba.evaluation.preview import preview
+    from nba.learning.loop import LearningLoop, build_learner
+    from nba.policy.policy_set import parse_policy_set
+    from nba.storage.store import Store
 
     settings = _settings(args)
     store = Store(_open_existing(settings.database_url))

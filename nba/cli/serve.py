@@ -22,14 +22,14 @@ def _serve(args: argparse.Namespace) -> int:
         raise CliError(f"policies (--policies, NBA_POLICIES) {settings.policies}: no such folder; name the policy "
                        "set's folder (the sample: policies)")
     if settings.workers > 1 and settings.worker < 0:
-        from nba.supervisor import PortInUse, supervise
+        from nba.service.supervisor import PortInUse, supervise
 
         with _database_errors(settings.database_url):
             try:
                 return supervise(settings, sys.argv[1:] if args.argv is None else args.argv)
             except PortInUse as exc:
                 raise _port_in_use(settings, metrics=exc.kind == "metrics", reason=exc.strerror) from None
-    from nba.server import Service  # imported late: `nba policies` needs no gRPC code
+    from nba.service.server import Service  # imported late: `nba policies` needs no gRPC code
 
     with _database_errors(settings.database_url):
         try:

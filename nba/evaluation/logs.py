@@ -64,7 +64,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bandit import flatten
-from nba import arbitration
+from nba.decision import arbitration
 from nba.inputs import MAX_CONTEXT_NUMBER, finite_number
 
 __all__ = ["MAX_DEPTH", "REWARD_LIMIT", "LogError", "LogLine", "LoggedDecision", "OfferLine", "from_jsonl",
@@ -161,7 +161,7 @@ class Candidate(BaseModel):
     features: dict[str, Any] | None = None
 
     def multiplier(self) -> float:
-        """The arbitration multiplier the service ranked this candidate by (``nba.arbitration``;
+        """The arbitration multiplier the service ranked this candidate by (``nba.decision.arbitration``;
         a factor not logged counts as 1)."""
         return arbitration.multiplier(1.0 if self.value is None else self.value, 1.0 if self.lever is None else self.lever,
                                       1.0 if self.weight is None else self.weight)

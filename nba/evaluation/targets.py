@@ -30,10 +30,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from bandit import EpsilonGreedy, InverseGapWeighting, LinearBandit
-from nba import arbitration
+from nba.decision import arbitration
+from nba.decision.screening import screen
 from nba.evaluation.logs import LogError, LoggedDecision, read_jsonl, validated
-from nba.policy_set import load_policy_set
-from nba.screening import screen
+from nba.policy.policy_set import load_policy_set
 
 __all__ = [
     "Draft",

@@ -1,16 +1,6 @@
 """Feedback: what a customer did with one offer of one decision, and what the learner learns.
 
-A (decision, offer) pair is one observation for the learner, however many events report on
-it. Its reward is that of its furthest outcome:
-
-    impressed (stage 1) < clicked (stage 2) < rejected (stage 3) < accepted (stage 4)
-
-The first event of a pair teaches the learner the observation with that event's reward; a
-further outcome (a click after the impression) revises the reward of the same observation; an
-outcome that is not further (an impression after the acceptance, a second click) is stored
-but changes nothing (``applied`` is false). An acceptance outranks a rejection (a customer who
-said no and then yes did accept). So the learner ends in the same place whatever order the
-events arrive in, and a pair is never counted twice.
+The outcome ladder a pair's reward follows is ``nba.records``' (``resolve``).
 
 Rewards that arrive late, or never: each outcome has a reward window from the decision
 (``RewardWindows``). An event arriving after its outcome's window is stored and reported
@@ -44,7 +34,6 @@ import math
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -53,25 +42,9 @@ from nba.clock import Clock, SystemClock
 from nba.errors import InvalidArgument, NotFound, Unavailable
 from nba.ids import decision_time
 from nba.inputs import CLOCK_SKEW, check_id
+from nba.records import NO_RESPONSE, OUTCOMES, FeedbackEvent, FeedbackResult
 
-__all__ = [
-    "DEFAULT_REWARD_RANGE",
-    "IN_FLIGHT_MARGIN_SECONDS",
-    "NO_RESPONSE",
-    "OUTCOMES",
-    "FeedbackEvent",
-    "FeedbackIntake",
-    "FeedbackResult",
-    "PairState",
-    "RewardWindows",
-    "resolve",
-]
-
-#: the outcome recorded when a decision's reward window closes without feedback
-NO_RESPONSE = "no_response"
-
-#: outcome name -> stage; names match the proto enum without its OUTCOME_ prefix
-OUTCOMES: dict[str, int] = {"impressed": 1, "clicked": 2, "rejected": 3, "accepted": 4}
+__all__ = ["DEFAULT_REWARD_RANGE", "IN_FLIGHT_MARGIN_SECONDS", "FeedbackIntake"]
 
 #: the rewards accepted unless configured otherwise (reward_min, reward_max): any response's
 #: reward in currency units fits, and the learner's sums stay far from overflowing
@@ -93,88 +66,6 @@ def reward_problem(reward: float, reward_range: tuple[float, float]) -> str | No
     if not low <= reward <= high:
         return f"must be within [{low:g}, {high:g}] (reward_min, reward_max), got {reward:g}"
     return None
-
-
-@dataclass(frozen=True)
-class FeedbackEvent:
-    event_id: str
-    decision_id: str
-    offer_id: str
-    outcome: str
-    reward: float
-    occurred_at: datetime
-    received_at: datetime
-    #: the decision's context features, carried for learning
-    features: dict[str, Any]
-    #: the decision's customer and channel, and the offer's group: for contact history
-    customer_id: str = ""
-    channel: str = ""
-    group: str = ""
-    #: when the decision was made: the reward windows run from it
-    decided_at: datetime | None = None
-
-    def __post_init__(self) -> None:
-        if self.outcome not in OUTCOMES:
-            raise InvalidArgument(f"outcome: must be one of {', '.join(OUTCOMES)}")
-        if not math.isfinite(self.reward):
-            raise InvalidArgument(f"reward: must be a finite number, got {self.reward}")
-
-
-@dataclass(frozen=True)
-class RewardWindows:
-    """How long after a decision each outcome still counts, in seconds, and the reward of an
-    offer that got no feedback at all by the time the longest window closed."""
-
-    seconds: Mapping[str, float]
-    default_reward: float = 0.0
-
-    @property
-    def longest(self) -> float:
-        return max(self.seconds.values())
-
-    def late(self, outcome: str, decided_at: datetime, received_at: datetime) -> bool:
-        return (received_at - decided_at).total_seconds() > self.seconds[outcome]
-
-
-@dataclass(frozen=True)
-class PairState:
-    """What the learner already holds for a (decision, offer): its stage and reward."""
-
-    stage: int
-    reward: float
-
-
-@dataclass(frozen=True)
-class FeedbackResult:
-    duplicate: bool
-    applied: bool
-    #: the pair's reward after this event
-    reward: float
-    #: the stored row's id (learning order); None for duplicates
-    feedback_id: int | None = None
-    #: the pair's reward before this event, when the event revises an earlier one
-    previous_reward: float | None = None
-    #: the event arrived after its outcome's reward window: stored, not learned
-    late: bool = False
-
-
-def resolve(previous: PairState | None, event: FeedbackEvent) -> tuple[bool, PairState, float | None]:
-    """Decides what ``event`` changes: (applied, the pair's new state, reward it replaces).
-
-    >>> from datetime import UTC, datetime
-    >>> t = datetime(2026, 1, 1, tzinfo=UTC)
-    >>> click = FeedbackEvent("e2", "d", "o", "clicked", 0.3, t, t, {})
-    >>> resolve(PairState(1, 0.0), click)
-    (True, PairState(stage=2, reward=0.3), 0.0)
-    >>> resolve(PairState(3, 1.0), click)
-    (False, PairState(stage=3, reward=1.0), None)
-    """
-    stage = OUTCOMES[event.outcome]
-    if previous is None:
-        return True, PairState(stage, event.reward), None
-    if stage > previous.stage:
-        return True, PairState(stage, event.reward), previous.reward
-    return False, previous, None
 
 
 class DecisionLookup(Protocol):

@@ -3,7 +3,7 @@
 Validating a draft compiles its rules with a third-party CEL library and evaluates them on
 contexts sampled from its schema. That library holds the GIL while it evaluates (every other
 thread of the process, Decide and health checks included, waits), cannot be cancelled, and
-can panic or crash on input it does not expect. ``nba.rule_cost`` refuses the costly rules it
+can panic or crash on input it does not expect. ``nba.policy.rule_cost`` refuses the costly rules it
 can see, before CEL; this module bounds what it cannot see: every validation runs in a child
 process,
 
@@ -167,7 +167,7 @@ def _mp() -> Any:
     with _lock:
         if _context is None:
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["nba.sandbox", "nba.policy_set", "nba.checks"])
+            context.set_forkserver_preload(["nba.policy.sandbox", "nba.policy.policy_set", "nba.policy.checks"])
             _context = context
         return _context
 
@@ -180,7 +180,7 @@ def _child(sender: Any, files: dict[str, str], now: str, memory: int) -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash leaves no core file behind
     except (OSError, ValueError) as exc:  # a platform without them still validates
         log.warning("could not limit the validating child", extra={"error": repr(exc)})
-    from nba.policy_set import parse_policy_set
+    from nba.policy.policy_set import parse_policy_set
 
     try:
         policy_set = parse_policy_set(files, datetime.fromisoformat(now))

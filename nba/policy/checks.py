@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from bandit import flatten
 from nba.errors import Problem
-from nba.policies import Budget, ContactCap
-from nba.rules import activation
+from nba.policy.policies import Budget, ContactCap
+from nba.policy.rules import activation
 
 if TYPE_CHECKING:
-    from nba.policy_set import PolicySet
+    from nba.policy.policy_set import PolicySet
 
 __all__ = ["SAMPLES", "TYPED_SAMPLES", "Sampled", "sample_contexts", "sample_rules", "static_checks"]
 

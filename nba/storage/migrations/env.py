@@ -1,12 +1,12 @@
-"""Alembic's environment for nba: the connection comes from ``nba.migrations.upgrade`` (or
-``nba db upgrade``), the target is the tables ``nba.tables`` declares."""
+"""Alembic's environment for nba: the connection comes from ``nba.storage.migrations.upgrade`` (or
+``nba db upgrade``), the target is the tables ``nba.storage.tables`` declares."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlmodel import SQLModel
 
-import nba.tables  # noqa: F401 - declares the tables
+import nba.storage.tables  # noqa: F401 - declares the tables
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -21,8 +21,8 @@ from typing import Any
 import cel
 
 from bandit import unflatten
-from nba.rule_cost import RuleLimitError, check_rule
-from nba.schema import prune
+from nba.policy.rule_cost import RuleLimitError, check_rule
+from nba.policy.schema import prune
 
 __all__ = [
     "CONTACT_FIELDS",
@@ -78,7 +78,7 @@ class Rule:
 
     def __init__(self, source: str, variables: Iterable[str] = RULE_VARIABLES, *, _bound: bool = False) -> None:
         self.source = source
-        #: estimated steps per evaluation (``nba.rule_cost``); a bound rule has its template's
+        #: estimated steps per evaluation (``nba.policy.rule_cost``); a bound rule has its template's
         self.cost = 0
         if not _bound:  # a bound rule is its (checked) template with literals put in
             try:

@@ -4,16 +4,16 @@ A policy set is the unit that is versioned, published and rolled back: channels,
 schema, groups, offers and policies together. It is built all or nothing from a mapping of
 file name to text (the folder, or a draft sent to the admin API): any error in any file
 refuses the whole set, and every problem is reported at once, each naming the file, the offer
-or policy, and the field. Files ending in ``_test.yaml`` hold examples (``nba.examples``).
+or policy, and the field. Files ending in ``_test.yaml`` hold examples (``nba.evaluation.examples``).
 
 Sections a file may hold (each optional; together they must declare channels)::
 
     settings: {timezone: Europe/London}     # once, for schedules and daily budgets
     channels: [web, app, email, call_center]
-    schema: {customer.age: number, ...}     # see nba.schema
-    groups: {retention: {lever: 1.2}}       # see nba.offers.Group
-    offers: [...]                           # see nba.offers.Offer
-    policies: [...]                         # see nba.policies
+    schema: {customer.age: number, ...}     # see nba.policy.schema
+    groups: {retention: {lever: 1.2}}       # see nba.policy.offers.Group
+    offers: [...]                           # see nba.policy.offers.Offer
+    policies: [...]                         # see nba.policy.policies
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from nba.checks import TYPED_SAMPLES, Sampled, sample_contexts, sample_rules, static_checks, type_error
 from nba.days import local_day, misaligned_day
 from nba.errors import PolicySetError, Problem
-from nba.offers import Group, Identifier, Offer
-from nba.policies import ENGAGEMENT, Budget, ContactCap, EngagementRule, Policy, Suppression, Weight
-from nba.rule_cost import check_call
-from nba.rules import Rule, RuleBatch, RuleSyntaxError
-from nba.schema import ContextSchema, FieldSpec, FieldType, needed_paths
+from nba.policy.checks import TYPED_SAMPLES, Sampled, sample_contexts, sample_rules, static_checks, type_error
+from nba.policy.offers import Group, Identifier, Offer
+from nba.policy.policies import ENGAGEMENT, Budget, ContactCap, EngagementRule, Policy, Suppression, Weight
+from nba.policy.rule_cost import check_call
+from nba.policy.rules import Rule, RuleBatch, RuleSyntaxError
+from nba.policy.schema import ContextSchema, FieldSpec, FieldType, needed_paths
 from nba.yaml_loader import DuplicateKeyError, load_yaml
 
 __all__ = [
@@ -313,8 +313,8 @@ def content_hash(files: Mapping[str, str]) -> str:
 def parse_policy_set(files: Mapping[str, str], now: datetime | None = None, *, sampled: bool = True) -> PolicySet:
     """Validates and compiles a set from file texts; raises ``PolicySetError`` with every
     problem (warnings included) when any is an error. ``sampled=False`` skips what evaluates
-    rules (the type check and the checks on sampled contexts, ``nba.checks``): for a draft a
-    child process has validated already (``nba.sandbox``), whose warnings the caller has."""
+    rules (the type check and the checks on sampled contexts, ``nba.policy.checks``): for a draft a
+    child process has validated already (``nba.policy.sandbox``), whose warnings the caller has."""
     builder = _Builder(now or datetime.now(UTC))
     builder.sampled = sampled
     try:
@@ -455,7 +455,7 @@ class _Builder:
             compiled[offer.id] = self._compile_offer(offer, name, own, [ordered[i] for i in candidates], templates, groups)
         if any(p.severity == "error" for p in self.problems):
             return None
-        too_costly = check_call(compiled.values())  # before any rule is evaluated (nba.rule_cost)
+        too_costly = check_call(compiled.values())  # before any rule is evaluated (nba.policy.rule_cost)
         if too_costly is not None:
             policy_id, message = too_costly
             if policy_id.endswith(".eligibility"):

@@ -17,7 +17,7 @@ value, as the schema says). Any value, whatever its kind (a number, a string, a 
 may be at level 8; nothing may be at level 9. The message names the first value too deep.
 
 Protobuf itself stops decoding a message nested about 33 levels deep; such a request never
-reaches this module and is refused as undecodable (``nba.server``), also ``INVALID_ARGUMENT``.
+reaches this module and is refused as undecodable (``nba.service.server``), also ``INVALID_ARGUMENT``.
 """
 
 from __future__ import annotations

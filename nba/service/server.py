@@ -29,21 +29,22 @@ from prometheus_client import start_http_server
 
 from bandit import limit_blas_threads
 from nba import metrics
-from nba.auth import AuthInterceptor
-from nba.bus import RedisBus
 from nba.clock import Clock, SystemClock
 from nba.config import Settings
-from nba.contacts import ContactEvent, ContactHistory, OfferCounters
-from nba.context import MAX_CONTEXT_DEPTH
-from nba.decisions import Decider
+from nba.decision.contacts import ContactHistory, OfferCounters
+from nba.decision.decider import Decider
+from nba.decision.reservations import LocalReservations, RedisReservations, Reservations
 from nba.errors import InvalidArgument, NbaError, Unavailable, field_violations
-from nba.feedback import IN_FLIGHT_MARGIN_SECONDS, FeedbackIntake, RewardWindows
-from nba.learning import LearningLoop, build_learner
-from nba.policy_set import PolicySet
-from nba.publishing import Publisher
-from nba.reservations import LocalReservations, RedisReservations, Reservations
-from nba.servicers import AdminServicer, DecisionServicer
-from nba.store import DecisionLog, Store, is_outage, open_engine
+from nba.learning.feedback import IN_FLIGHT_MARGIN_SECONDS, FeedbackIntake
+from nba.learning.loop import LearningLoop, build_learner
+from nba.policy.policy_set import PolicySet
+from nba.records import ContactEvent, RewardWindows
+from nba.service.auth import AuthInterceptor
+from nba.service.context import MAX_CONTEXT_DEPTH
+from nba.service.publishing import Publisher
+from nba.service.servicers import AdminServicer, DecisionServicer
+from nba.storage.bus import RedisBus
+from nba.storage.store import DecisionLog, Store, is_outage, open_engine
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import admin_service_pb2_grpc as apb_grpc
 from nba.v1 import decision_service_pb2 as pb
@@ -56,8 +57,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 ADMIN_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["AdminService"].full_name
 #: health names of the dependencies: NOT_SERVING while the database (or the Redis bus) is down
-STORE_HEALTH = "nba.store"
-BUS_HEALTH = "nba.bus"
+STORE_HEALTH = "nba.storage.store"
+BUS_HEALTH = "nba.storage.bus"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 #: quarter-hourly offer counters kept in memory and uncompacted (daily budgets need the
 #: current local day, which began at most 26 hours ago in any zone)
@@ -83,7 +84,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             try:
                 return inner(request, context)
             except NbaError as exc:
-                metrics.RPC_ERRORS.labels(method, exc.code.name).inc()
+                metrics.RPC_ERRORS.labels(method, exc.code).inc()
                 abort(context, exc)
             except Exception as exc:
                 if context.code() is not None:  # already aborted by the handler
@@ -179,7 +180,7 @@ def abort(context: grpc.ServicerContext, exc: NbaError) -> NoReturn:
     without parsing the text (``grpc_status.rpc_status.from_call``)."""
     violations = field_violations(exc)
     if not violations:
-        context.abort(exc.code, str(exc))
+        context.abort(grpc.StatusCode[exc.code], str(exc))
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.BadRequest(field_violations=[
         error_details_pb2.BadRequest.FieldViolation(field=field, description=description)

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from nba.contacts import ContactSummary, OfferCounters
 from nba.days import LocalDay, day_of, local_day
-from nba.policies import Budget
-from nba.policy_set import CompiledOffer, PolicySet
-from nba.reservations import Claim, key
-from nba.rules import RuleError, activation
+from nba.decision.contacts import ContactSummary, OfferCounters
+from nba.decision.reservations import Claim, key
+from nba.policy.policies import Budget
+from nba.policy.policy_set import CompiledOffer, PolicySet
+from nba.policy.rules import RuleError, activation
 
 __all__ = ["REASONS", "Screening", "Verdict", "screen"]
 
@@ -236,7 +236,7 @@ def _paced(budget: Budget, compiled: CompiledOffer, day: LocalDay, at: float) ->
 def claims(policy_set: PolicySet, compiled: CompiledOffer, channel: str, customer_id: str, now: datetime,
            summary: ContactSummary | None, counters: OfferCounters | None, fallback: bool = False) -> list[Claim]:
     """The units an answered offer takes of the caps and budgets that count decisions
-    (``nba.reservations``), each starting from what this process has counted. Checked where
+    (``nba.decision.reservations``), each starting from what this process has counted. Checked where
     the policy holds the offer on this channel; unchecked where the contact only counts
     towards it (a per-customer cap counts everything the customer got; a fallback is never
     held back)."""

@@ -102,13 +102,13 @@ def _check_port(host: str, port: int) -> None:
 
 def _publish_once(settings: Settings) -> None:
     """Makes the folder's set live (or refuses to start on an invalid one) before any worker."""
-    from nba.publishing import Publisher
-    from nba.store import Store, open_engine
+    from nba.service.publishing import Publisher
+    from nba.storage.store import Store, open_engine
 
     engine = open_engine(settings.database_url)
     try:
         # Validated here, in the supervisor (the rules' cost limits hold all the same): no
-        # worker serves yet, and a validation process (nba.sandbox) would stay the
+        # worker serves yet, and a validation process (nba.policy.sandbox) would stay the
         # supervisor's child for good, among the workers it watches.
         Publisher(Store(engine), settings.policies, lambda _set: None, isolate=False).start()
     finally:

@@ -33,7 +33,7 @@ from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
-import nba.tables  # noqa: F401 - declares the tables
+import nba.storage.tables  # noqa: F401 - declares the tables
 from nba.errors import SchemaError
 
 __all__ = ["SchemaError", "current_revision", "ensure_schema", "head_revision", "revisions", "upgrade"]
@@ -58,7 +58,7 @@ def _config(connection: Connection | None = None) -> Config:
 
 def head_revision() -> str:
     head = ScriptDirectory.from_config(_config()).get_current_head()
-    assert head is not None, "nba/migrations/versions holds no revision"
+    assert head is not None, "nba/storage/migrations/versions holds no revision"
     return head
 
 

@@ -357,7 +357,7 @@ def _cost(tokens: list[_Token], start: int, end: int, bound: frozenset[str], in_
 def check_call(offers: Iterable[Any]) -> tuple[str, str] | None:
     """Checks what one decision may evaluate against ``CALL_BUDGET``: on each channel, every
     distinct rule of the offers on it (a rule that names the offer is one rule per offer) and
-    their weights. ``offers`` are ``nba.policy_set.CompiledOffer``. Returns None, or the policy
+    their weights. ``offers`` are ``nba.policy.policy_set.CompiledOffer``. Returns None, or the policy
     id costing most on the worst channel and a message naming the channel and the rules to
     simplify."""
     per_channel: dict[str, dict[int, tuple[int, str]]] = {}

@@ -25,13 +25,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nba import arbitration
+from nba.decision import arbitration
+from nba.decision.screening import screen
 from nba.evaluation.estimators import Estimate, evaluate
 from nba.evaluation.logs import LogError, from_records
 from nba.evaluation.targets import PolicySetTarget
-from nba.learning import LearningLoop
-from nba.policy_set import PolicySet
-from nba.screening import screen
+from nba.learning.loop import LearningLoop
+from nba.policy.policy_set import PolicySet
 
 __all__ = ["OfferChange", "PreviewReport", "Replayed", "Totals", "preview"]
 
@@ -91,7 +91,7 @@ def preview(
     """Replays logged decisions (export-format lines, oldest first) against both sets; with
     ``make_learner``, also estimates each set's value. ``check`` is called before each
     decision is replayed, and raises to stop the preview (the caller's deadline passed, or it
-    went): the rules' cost per decision is bounded (``nba.rule_cost``), their number is not."""
+    went): the rules' cost per decision is bounded (``nba.policy.rule_cost``), their number is not."""
     lines = list(lines)
     decisions = [_replayed(line) for line in lines]
     stats = {"live": _Stats(), "draft": _Stats()}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nba import metrics, sandbox
+from nba import metrics
 from nba.clock import Clock, SystemClock
 from nba.errors import (
     DeadlineExceeded,
@@ -33,8 +33,9 @@ from nba.errors import (
     Problem,
     ResourceExhausted,
 )
-from nba.policy_set import PolicySet, content_hash, parse_policy_set, read_files
-from nba.store import Activation, Store, is_outage
+from nba.policy import sandbox
+from nba.policy.policy_set import PolicySet, content_hash, parse_policy_set, read_files
+from nba.storage.store import Activation, Store, is_outage
 
 __all__ = ["Publisher", "Published"]
 
@@ -63,7 +64,7 @@ class Publisher:
         clock: Clock | None = None,
         isolate: bool = True,
     ) -> None:
-        """``isolate``: validate drafts in a child process (``nba.sandbox``); off only where
+        """``isolate``: validate drafts in a child process (``nba.policy.sandbox``); off only where
         the drafts are trusted and a process per validation is too much (tools, tests)."""
         self._isolate = isolate
         self._sandbox = sandbox.Sandbox()
@@ -81,7 +82,7 @@ class Publisher:
 
     @property
     def sandbox(self) -> sandbox.Sandbox:
-        """Where drafts are validated (``nba.sandbox``)."""
+        """Where drafts are validated (``nba.policy.sandbox``)."""
         return self._sandbox
 
     @property
@@ -235,7 +236,7 @@ class Publisher:
                  is_active: Callable[[], bool] | None = None) -> tuple[PolicySet | None, list[Problem]]:
         """Compiles a draft; returns it (None if invalid) and every problem found.
 
-        The draft is validated in a child process (``nba.sandbox``), then compiled here
+        The draft is validated in a child process (``nba.policy.sandbox``), then compiled here
         without evaluating any rule. ``timeout`` (seconds) and ``is_active`` are the caller's:
         ``DeadlineExceeded``, ``Cancelled``, ``ResourceExhausted`` when the validation had to
         be stopped."""
@@ -256,7 +257,7 @@ class Publisher:
         if not checked.valid:
             raise PolicySetError(checked.problems)
         # Valid in the child: compiling it here again evaluates no rule, and its rules are
-        # within the cost limits (nba.rule_cost), so this cannot stall the process.
+        # within the cost limits (nba.policy.rule_cost), so this cannot stall the process.
         policy_set = parse_policy_set(dict(files), now, sampled=False)
         policy_set.warnings = checked.problems
         return policy_set

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nba import metrics
-from nba.contacts import ContactEvent
-from nba.learning import LearningEvent
+from nba.records import ContactEvent, LearningEvent
 
 __all__ = ["BusEntry", "RedisBus", "Span"]
 
@@ -106,7 +105,7 @@ class RedisBus:
 
     @property
     def client(self) -> Any:
-        """The Redis connection pool, shared with reservations (``nba.reservations``)."""
+        """The Redis connection pool, shared with reservations (``nba.decision.reservations``)."""
         return self._redis
 
     def _mark(self, up: bool, what: str, exc: Exception | None = None) -> None:

@@ -50,7 +50,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-from nba.offers import Identifier, Offer
+from nba.policy.offers import Identifier, Offer
 
 __all__ = [
     "ENGAGEMENT",

@@ -22,10 +22,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bandit import flatten
-from nba.contacts import ContactEvent, ContactSummary, OfferCounters
+from nba.decision.contacts import ContactSummary, OfferCounters
+from nba.decision.screening import screen
 from nba.errors import PolicySetError
-from nba.policy_set import EXAMPLE_SUFFIX, PolicySet
-from nba.screening import screen
+from nba.policy.policy_set import EXAMPLE_SUFFIX, PolicySet
+from nba.records import ContactEvent
 from nba.yaml_loader import describe, load_yaml
 
 __all__ = ["Example", "check_examples", "load_examples"]

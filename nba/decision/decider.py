@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 from collections.abc import Mapping
@@ -25,18 +24,20 @@ from typing import Any, Protocol
 import numpy as np
 
 from bandit import EpsilonGreedy, draw_slots, flatten
-from nba import arbitration, metrics
+from nba import metrics
 from nba.clock import Clock, SystemClock
-from nba.contacts import ContactEvent, ContactHistory, ContactSummary, OfferCounters
+from nba.decision import arbitration
+from nba.decision.contacts import ContactHistory, ContactSummary, OfferCounters
+from nba.decision.reservations import Claim, Reservations, first_misfit, release_quietly, reserve_or_degrade
+from nba.decision.screening import Screening, Verdict, claims, screen
 from nba.errors import AlreadyExists, InvalidArgument, Unavailable
 from nba.ids import new_decision_id
 from nba.inputs import check_id
-from nba.learning import LearningLoop
-from nba.policy_set import PolicySet
-from nba.reservations import Claim, Reservations, first_misfit, release_quietly, reserve_or_degrade
-from nba.screening import Screening, Verdict, claims, screen
+from nba.learning.loop import LearningLoop
+from nba.policy.policy_set import PolicySet
+from nba.records import ContactEvent, DecisionRecord, eligible_block
 
-__all__ = ["DecideInput", "DecisionRecord", "Decider", "new_decision_id"]
+__all__ = ["DecideInput", "Decider", "new_decision_id"]
 
 log = logging.getLogger(__name__)
 
@@ -54,42 +55,6 @@ class DecideInput:
     request_id: str = ""
     explain: bool = False
     features: dict[str, Any] | None = None
-
-
-@dataclass
-class DecisionRecord:
-    """One decision, as logged and as answered."""
-
-    decision_id: str
-    request_id: str | None
-    customer_id: str
-    channel: str
-    created_at: datetime
-    policy_version: str
-    model_version: str
-    #: the context, flattened to dotted keys (lossless: the nested context can be rebuilt)
-    features: dict[str, Any]
-    #: every offer on the channel, compactly: "filtered" [reason, policy, detail, [offers]];
-    #: "eligible" {"ids", "numbers": base64 of little-endian float64 rows (predicted, value,
-    #: lever, weight, score, probability), "errors": [[index, detail]]}; "fallback"
-    #: [offer, eligible, reason, policy, detail] or None. ``candidate_list`` gives the
-    #: documented one-dict-per-offer form.
-    candidates: dict[str, Any]
-    #: the offers answered, best first: offer_id, name, score, propensity, treatment, slot,
-    #: fallback, group
-    offers: list[dict[str, Any]] = field(default_factory=list)
-    #: how exploration turned scores into probabilities (not logged)
-    exploration: str = ""
-    #: every offer of the set as this decision saw it, when asked for (not logged)
-    explanation: list[dict[str, Any]] | None = None
-
-    def offer(self, offer_id: str) -> dict[str, Any] | None:
-        return next((o for o in self.offers if o["offer_id"] == offer_id), None)
-
-    def candidate_list(self) -> list[dict[str, Any]]:
-        """One dict per offer on the channel, as exported: filtered ones, eligible ones (with
-        slot, propensity and explored when answered), then the fallback."""
-        return expand_candidates(self.candidates, self.offers)
 
 
 @dataclass
@@ -285,11 +250,8 @@ class Decider:
                 draw = self._uniform(draw, limit)
                 ranked.exploration = "uniform: the learner's estimates were not all finite"
             numbers = np.column_stack((draw.predicted, np.asarray(factors, dtype=float), draw.scores, draw.probabilities))
-            ranked.eligible_block = {
-                "ids": ids,
-                "numbers": base64.b64encode(numbers.astype("<f8").tobytes()).decode(),
-                "errors": [[i, "; ".join(v.weight_errors)] for i, v in enumerate(eligible) if v.weight_errors],
-            }
+            ranked.eligible_block = eligible_block(
+                ids, numbers, [[i, "; ".join(v.weight_errors)] for i, v in enumerate(eligible) if v.weight_errors])
             scores = draw.scores.tolist()
             explored = _explored(draw.scores, draw.slots)
             for slot, (i, propensity) in enumerate(draw.slots, start=1):
@@ -430,48 +392,6 @@ def explain(record: DecisionRecord, policy_set: PolicySet) -> list[dict[str, Any
                          "detail": f"not on channel '{record.channel}'"}
         entries.append(entry)
     return entries
-
-
-def expand_candidates(candidates: Any, offers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if isinstance(candidates, list):  # logged before candidates were kept as rows
-        return candidates
-    answered = {o["offer_id"]: o for o in offers}
-    out: list[dict[str, Any]] = []
-    for reason, policy, detail, members in candidates.get("filtered", ()):
-        for offer_id in members:
-            entry: dict[str, Any] = {"offer_id": offer_id, "eligible": False, "reason": reason}
-            if policy:
-                entry["policy"] = policy
-            if detail:
-                entry["detail"] = detail
-            out.append(entry)
-    block = candidates.get("eligible") or {"ids": [], "numbers": "", "errors": []}
-    numbers = np.frombuffer(base64.b64decode(block["numbers"]), dtype="<f8").reshape(-1, 6)
-    errors = dict(block.get("errors", ()))
-    for i, offer_id in enumerate(block["ids"]):
-        predicted, value, lever, weight, score, probability = numbers[i].tolist()
-        entry = {"offer_id": offer_id, "eligible": True, "predicted": predicted, "value": value, "lever": lever,
-                 "weight": weight, "score": score, "probability": probability}
-        if i in errors:
-            entry["detail"] = errors[i]
-        chosen = answered.get(offer_id)
-        if chosen is not None:
-            entry.update(slot=chosen["slot"], propensity=chosen["propensity"], explored=chosen.get("explored", False))
-        out.append(entry)
-    fallback = candidates.get("fallback")
-    if fallback:
-        offer_id, eligible, reason, policy, detail = fallback
-        entry = {"offer_id": offer_id, "eligible": eligible, "fallback": True}
-        if eligible:
-            entry.update(slot=1, propensity=1.0, probability=1.0)
-        else:
-            entry["reason"] = reason
-            if policy:
-                entry["policy"] = policy
-            if detail:
-                entry["detail"] = detail
-        out.append(entry)
-    return out
 
 
 def _explored(scores: np.ndarray, slots: list[tuple[int, float]]) -> list[bool]:

@@ -1,5 +1,5 @@
-"""The decision log's tables, as SQLModel classes: what ``nba.store`` reads and writes and what
-the Alembic migrations (``nba.migrations``) bring every database to. Declaring a class here
+"""The decision log's tables, as SQLModel classes: what ``nba.storage.store`` reads and writes and what
+the Alembic migrations (``nba.storage.migrations``) bring every database to. Declaring a class here
 registers its table in ``SQLModel.metadata``. Imports nothing of nba.
 """
 

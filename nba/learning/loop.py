@@ -25,7 +25,6 @@ import logging
 import threading
 import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,22 +33,12 @@ from bandit import Draw, InverseGapWeighting, Learner, LinearBandit
 from bandit import state as learner_state
 from nba import metrics
 from nba.config import Settings
-from nba.feedback import DEFAULT_REWARD_RANGE, reward_problem
+from nba.learning.feedback import DEFAULT_REWARD_RANGE, reward_problem
+from nba.records import LearningEvent
 
-__all__ = ["LearningEvent", "LearningLoop", "SnapshotStore", "build_learner"]
+__all__ = ["LearningLoop", "SnapshotStore", "build_learner"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LearningEvent:
-    feedback_id: int
-    features: Mapping[str, Any]
-    offer_id: str
-    reward: float
-    #: set when the event revises a reward the learner already holds
-    previous_reward: float | None
-    received_at: float = 0.0
 
 
 class SnapshotStore(Protocol):

@@ -157,7 +157,7 @@ class Population:
         """A population from its YAML form, checked whole: ``ValueError`` names the persona and
         field (a template that cannot generate a customer is found here, not mid-run)."""
         if not isinstance(raw, Mapping):
-            raise ValueError("expected a mapping with 'personas' (see nba/simulation.py, DEFAULT_POPULATION)")
+            raise ValueError("expected a mapping with 'personas' (see nba/simulation/simulator.py, DEFAULT_POPULATION)")
         unknown = set(raw) - {"personas", "base_rate", "channels"}
         if unknown:
             raise ValueError(f"unknown keys {', '.join(sorted(map(str, unknown)))} (personas, base_rate, channels)")

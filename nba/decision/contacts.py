@@ -19,27 +19,16 @@ import math
 import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from nba import metrics
 from nba.days import BUCKET_SECONDS
 from nba.errors import Unavailable
-from nba.rules import CONTACT_FIELDS, NEVER_DAYS
+from nba.policy.rules import CONTACT_FIELDS, NEVER_DAYS
+from nba.records import ContactEvent
 
-__all__ = ["ContactEvent", "ContactHistory", "ContactSummary", "OfferCounters"]
+__all__ = ["ContactHistory", "ContactSummary", "OfferCounters"]
 
 RESPONSES = frozenset({"clicked", "accepted", "rejected"})
-
-
-@dataclass(frozen=True, slots=True)
-class ContactEvent:
-    customer_id: str
-    #: seconds since the epoch
-    at: float
-    kind: str
-    offer_id: str
-    group: str
-    channel: str
 
 
 class ContactHistory:

@@ -33,15 +33,23 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.engine.url import make_url
 
 from nba import metrics
-from nba.bus import BusEntry, RedisBus, Span
-from nba.contacts import ContactEvent
 from nba.days import BUCKET_SECONDS
-from nba.decisions import DecisionRecord
 from nba.errors import AlreadyExists, Unavailable
-from nba.feedback import NO_RESPONSE, OUTCOMES, FeedbackEvent, FeedbackResult, PairState, RewardWindows, resolve
-from nba.learning import LearningEvent
-from nba.migrations import ensure_schema
-from nba.tables import (
+from nba.records import (
+    NO_RESPONSE,
+    OUTCOMES,
+    ContactEvent,
+    DecisionRecord,
+    FeedbackEvent,
+    FeedbackResult,
+    LearningEvent,
+    PairState,
+    RewardWindows,
+    resolve,
+)
+from nba.storage.bus import BusEntry, RedisBus, Span
+from nba.storage.migrations import ensure_schema
+from nba.storage.tables import (
     CONTACT_EVENTS,
     DECISIONS,
     FEEDBACK,
@@ -99,7 +107,7 @@ def is_outage(exc: BaseException) -> bool:
 
 
 def open_engine(url: str) -> Engine:
-    """Creates the engine and checks the schema (``nba.migrations``: an empty database is
+    """Creates the engine and checks the schema (``nba.storage.migrations``: an empty database is
     created at the newest revision, an older one refused until ``nba db upgrade``). SQLite
     runs in WAL mode with full fsync, so a committed feedback event survives a crash of the
     process or the machine."""

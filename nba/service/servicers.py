@@ -13,15 +13,16 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from nba.auth import current_caller
-from nba.context import features_from_struct
-from nba.decisions import DecideInput, Decider, DecisionRecord
+from nba.decision.decider import DecideInput, Decider
 from nba.errors import Cancelled, DeadlineExceeded, FailedPrecondition, InvalidArgument, PolicySetError, Problem
-from nba.feedback import FeedbackIntake
+from nba.evaluation.preview import preview
 from nba.inputs import MAX_COMMENT_LENGTH, check_id, check_text, timestamp
-from nba.policy_set import PolicySet
-from nba.preview import preview
-from nba.publishing import MAX_FILES, Published, Publisher
+from nba.learning.feedback import FeedbackIntake
+from nba.policy.policy_set import PolicySet
+from nba.records import DecisionRecord
+from nba.service.auth import current_caller
+from nba.service.context import features_from_struct
+from nba.service.publishing import MAX_FILES, Published, Publisher
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import admin_service_pb2_grpc as apb_grpc
 from nba.v1 import decision_service_pb2 as pb
@@ -211,7 +212,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         draft, problems = self._publisher.validate(_draft(request.draft), context.time_remaining(), context.is_active)
         if draft is None:
             raise PolicySetError(problems)
-        # a logged decision that breaks the contract is left out and named in the note (nba.preview)
+        # a logged decision that breaks the contract is left out and named in the note (nba.evaluation.preview)
         report = preview(self._publisher.live, draft, self._recent(last_n), self._learning, self._make_learner,
                          check=_call_alive(context))
         return apb.PreviewPolicySetResponse(

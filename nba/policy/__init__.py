@@ -1,0 +1,14 @@
+"""The policy layer: what marketers own, as files, checked before it can be published.
+
+    offers       offers, groups, identifiers and their dates
+    policies     eligibility rules, suppressions, contact caps, budgets, weights, engagement
+    schema       the declared context schema (fields, types) and pruning of a context to it
+    rules        CEL rules compiled in batches, the CEL activation built from a context
+    rule_cost    the static cost check that refuses a rule too expensive to run per decision
+    checks       static checks of a whole set: types, references, sample contexts
+    policy_set   a policy set read from files (YAML), validated, compiled, hashed
+    sandbox      validation in a child process, so a hostile set cannot stall the server
+
+May import: the kernel modules at ``nba``'s top (errors, clock, ids, inputs, days, metrics,
+config, yaml_loader) and ``bandit``. Nothing of decision, learning, storage or service.
+"""

@@ -1,0 +1,12 @@
+"""The service shell: gRPC servicers and interceptors, and the one place that wires the parts.
+
+    server       the composition root: builds store, learner, decider, publisher and loops,
+                 serves gRPC (health, reflection), runs maintenance
+    servicers    DecisionService and AdminService: protobuf in, domain calls, protobuf out
+    auth         bearer tokens and roles (an interceptor)
+    context      a request's context (a protobuf Struct) to features, within size limits
+    publishing   versioned publishing of policy sets, activation, rollback
+    supervisor   worker processes sharing one port, restarted when they die
+
+May import: everything else in ``nba``. Nothing imports it but ``nba.cli``.
+"""

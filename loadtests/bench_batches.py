@@ -31,7 +31,9 @@ from sqlalchemy import event
 
 from nba.decision.decider import new_decision_id
 from nba.records import DecisionRecord, FeedbackEvent, RewardWindows
-from nba.storage.store import CLOSE_BATCH, Store, open_engine
+from nba.storage.decision_log import CLOSE_BATCH
+from nba.storage.engine import open_engine
+from nba.storage.store import Store
 
 POSTGRES = os.environ.get("NBA_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 WINDOWS = RewardWindows({"impressed": 3600.0, "clicked": 86400.0, "accepted": 86400.0, "rejected": 86400.0})

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from nba.decision.contacts import OfferCounters
 from nba.decision.screening import screen
-from nba.policy.policy_set import parse_policy_set
+from nba.policy.loading import parse_policy_set
 
 
 def policy_set(offers: int, timezone: str) -> object:

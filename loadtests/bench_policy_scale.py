@@ -50,7 +50,7 @@ from bench_service import Server, free_port  # noqa: E402
 _ready = bench_service.wait_ready
 bench_service.wait_ready = lambda port, timeout=900.0: _ready(port, timeout)  # a large set starts slowly
 
-from nba.policy.policy_set import parse_policy_set, read_files  # noqa: E402
+from nba.policy.loading import parse_policy_set, read_files  # noqa: E402
 from nba.policy.schema import ContextSchema, FieldSpec  # noqa: E402
 from nba.v1 import admin_service_pb2 as apb  # noqa: E402
 from nba.v1 import admin_service_pb2_grpc as apb_grpc  # noqa: E402

@@ -35,7 +35,8 @@ from bandit.state import LearnerState, dumps  # noqa: E402
 from nba.config import Settings  # noqa: E402
 from nba.learning.loop import LearningLoop, build_learner  # noqa: E402
 from nba.records import LearningEvent  # noqa: E402
-from nba.storage.store import Store, open_engine  # noqa: E402
+from nba.storage.engine import open_engine  # noqa: E402
+from nba.storage.store import Store  # noqa: E402
 
 
 def summary(seconds: list[float]) -> str:

@@ -37,7 +37,8 @@ from nba.config import Settings  # noqa: E402
 from nba.decision.decider import DecideInput, new_decision_id  # noqa: E402
 from nba.records import ContactEvent, DecisionRecord  # noqa: E402
 from nba.service.server import Service  # noqa: E402
-from nba.storage.store import Store, open_engine  # noqa: E402
+from nba.storage.engine import open_engine  # noqa: E402
+from nba.storage.store import Store  # noqa: E402
 
 BATCH = 500
 POSTGRES = os.environ.get("NBA_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

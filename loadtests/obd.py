@@ -153,8 +153,8 @@ def nba_reward_model(log: Path, offers: Path) -> dict[str, float]:
     """nba's reward model on the converted log: held-out Brier scores and its range."""
     sys.path.insert(0, str(ROOT))
     from bandit import limit_blas_threads
-    from nba.evaluation.logs import from_jsonl, read_offers
     from nba.evaluation.reward_model import RewardModel
+    from nba.evaluation.sources import from_jsonl, read_offers
 
     limit_blas_threads()
     model = RewardModel(from_jsonl(log, offers=read_offers(offers)))

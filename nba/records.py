@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -46,6 +46,7 @@ __all__ = [
     "LearningEvent",
     "PairState",
     "RewardWindows",
+    "candidates_block",
     "eligible_block",
     "expand_candidates",
     "resolve",
@@ -204,6 +205,27 @@ def eligible_block(ids: Sequence[str], numbers: np.ndarray, errors: list[list[An
     little-endian float64 (exact, and a tenth of the size of JSON numbers); ``errors`` are
     [index, detail] pairs for offers whose weights failed."""
     return {"ids": list(ids), "numbers": base64.b64encode(numbers.astype("<f8").tobytes()).decode(), "errors": errors}
+
+
+def candidates_block(filtered: Iterable[tuple[str, str | None, str | None, str | None]],
+                     eligible: dict[str, Any] | None, fallback: list[Any] | None) -> dict[str, Any]:
+    """A decision's candidates as logged: ``filtered`` (offer id, reason, policy, detail) for
+    every offer screened out, grouped into one row per (reason, policy, detail) with its
+    offers; ``eligible`` from ``eligible_block``; ``fallback`` as [offer, eligible, reason,
+    policy, detail] or None. Rows, not a dict per offer: a decision over a thousand offers
+    would otherwise build (and log) a thousand dicts. ``expand_candidates`` reverses it."""
+    groups: dict[tuple[str | None, str | None, str | None], list[str]] = {}
+    for offer_id, reason, policy, detail in filtered:
+        key = (reason, policy, detail)
+        members = groups.get(key)
+        if members is None:
+            members = groups[key] = []
+        members.append(offer_id)
+    return {
+        "filtered": [[reason, policy, detail, members] for (reason, policy, detail), members in groups.items()],
+        "eligible": eligible,
+        "fallback": fallback,
+    }
 
 
 def expand_candidates(candidates: Any, offers: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -31,10 +31,20 @@ ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
 
 
+#: ports this process has handed out: the OS may hand a just-closed port out again at once,
+#: and a test that asks for two (a server's and its metrics endpoint's) must get two
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free port found that this process has not handed out already")
 
 
 #: gRPC shares subchannels between channels of one process by default: a channel to a port a

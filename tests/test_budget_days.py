@@ -18,8 +18,8 @@ from conftest import ManualClock, Running, struct
 from nba.days import BUCKET_SECONDS, local_day, misaligned_day
 from nba.decision.contacts import OfferCounters
 from nba.decision.screening import claims, screen
+from nba.policy.loading import parse_policy_set
 from nba.policy.offers import Schedule
-from nba.policy.policy_set import parse_policy_set
 from nba.v1 import decision_service_pb2 as pb
 
 
@@ -348,8 +348,9 @@ def test_hourly_counters_stored_before_the_upgrade_keep_their_meaning(database_u
     from alembic import command
     from sqlalchemy import create_engine
 
+    from nba.storage.engine import open_engine
     from nba.storage.migrations import _config, upgrade
-    from nba.storage.store import Store, open_engine
+    from nba.storage.store import Store
 
     now = utc(2026, 11, 24, 12)
     hour = int(now.timestamp() // 3600)
@@ -384,7 +385,8 @@ def test_hourly_counters_stored_before_the_upgrade_keep_their_meaning(database_u
 
 def test_compaction_folds_old_quarters_into_totals_and_keeps_the_local_day(database_url: str) -> None:
     from nba.records import ContactEvent
-    from nba.storage.store import Store, open_engine
+    from nba.storage.engine import open_engine
+    from nba.storage.store import Store
 
     store = Store(open_engine(database_url))
     now = utc(2026, 11, 24, 18, 40)  # 00:10 on 25 November in Asia/Kolkata

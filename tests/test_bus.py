@@ -9,7 +9,9 @@ from pathlib import Path
 
 from nba.records import ContactEvent, LearningEvent
 from nba.storage.bus import BusEntry, Span, decode, encode
-from nba.storage.store import DecisionLog, Store, open_engine
+from nba.storage.decision_log import DecisionLog, LogOptions
+from nba.storage.engine import open_engine
+from nba.storage.store import Store
 
 
 def test_an_entry_survives_the_stream() -> None:
@@ -28,12 +30,21 @@ def test_contacts_half_read_by_the_tail_are_not_applied_twice(database_url: str,
     heard: list[ContactEvent] = []
     lock = threading.Lock()
 
-    def remote(events: list[ContactEvent]) -> None:
-        with lock:
-            heard.extend(events)
+    class Listener:
+        def learned(self, events: list[LearningEvent]) -> None:
+            pass
 
-    log = DecisionLog(Store(engine, origin="here"), on_learn=lambda events: None, shared=True,
-                      on_remote_contacts=remote, tail_seconds=3600)
+        def contacted(self, events: list[ContactEvent]) -> None:
+            with lock:
+                heard.extend(events)
+
+        def state_changed(self, up: bool) -> None:
+            pass
+
+        def after_write(self) -> None:
+            pass
+
+    log = DecisionLog(Store(engine, origin="here"), Listener(), LogOptions(tail_seconds=3600), shared=True)
     try:
         time.sleep(0.2)  # the writer's first tail (of nothing) is done; the next is an hour away
         other = Store(engine, origin="there")
@@ -42,7 +53,7 @@ def test_contacts_half_read_by_the_tail_are_not_applied_twice(database_url: str,
             before = other.positions(conn)
             other.insert_contacts(conn, events)
             after = other.positions(conn)
-        log._tail()  # reads 5,000 of them
+        log.replication.tail()  # reads 5,000 of them
         with lock:
             assert len(heard) == 5000
         log.deliver(BusEntry("there", Span(before[0], after[0], before[1], after[1]), [], events))

@@ -15,8 +15,9 @@ import pytest
 from conftest import ROOT
 
 from nba.evaluation import evaluate, from_jsonl
-from nba.evaluation.logs import LogError, read_offers
+from nba.evaluation.logs import LogError
 from nba.evaluation.reward_model import RewardModel
+from nba.evaluation.sources import read_offers
 from nba.evaluation.targets import ExternalPolicy, Uniform, parse_target
 
 

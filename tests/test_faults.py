@@ -77,7 +77,7 @@ def test_decide_goes_on_while_postgresql_is_down_and_feedback_waits_for_it(tmp_p
             stub = pb_grpc.DecisionServiceStub(process.channel)
             before = decide(stub, "c-0")
             assert accept(stub, before, "before").applied
-            assert health(process, "nba.storage.store") == SERVING and metric(process, "nba_store_up") == 1
+            assert health(process, "nba.store") == SERVING and metric(process, "nba_store_up") == 1
 
             pg.stop("immediate")  # as a crash of the database server
             during = [decide(stub, f"c-{i}") for i in range(20)]  # answered from memory
@@ -85,7 +85,7 @@ def test_decide_goes_on_while_postgresql_is_down_and_feedback_waits_for_it(tmp_p
             wait_for(lambda: metric(process, "nba_store_up") == 0, 10, "nba_store_up 0")
             details = refused(lambda: accept(stub, during[0], "during"))
             assert "database is unavailable" in details and "retry" in details
-            assert health(process, "nba.storage.store") == NOT_SERVING
+            assert health(process, "nba.store") == NOT_SERVING
             assert health(process, "") == SERVING  # load balancers keep sending Decide here
             assert decide(stub, "c-late").offers
 
@@ -99,7 +99,7 @@ def test_decide_goes_on_while_postgresql_is_down_and_feedback_waits_for_it(tmp_p
                     return False
 
             recovered = wait_for(retried, 15, "feedback accepted after the database returned")
-            assert health(process, "nba.storage.store") == SERVING and metric(process, "nba_store_up") == 1
+            assert health(process, "nba.store") == SERVING and metric(process, "nba_store_up") == 1
             # the decisions made during the outage were kept and written once it returned
             ids = ", ".join(f"'{d.decision_id}'" for d in during)
             assert rows(pg.url, f"SELECT count(*) FROM decisions WHERE decision_id IN ({ids})") == [(20,)]
@@ -220,7 +220,7 @@ def test_replicas_survive_sigkill_and_restarts_of_redis_and_postgresql(tmp_path:
                 load.phase("postgresql down")
                 pg.stop("immediate")
                 wait_for(lambda: all(metric(p, "nba_store_up") == 0 for p in replicas), 15, "store down")
-                assert all(health(p, "nba.storage.store") == NOT_SERVING and health(p, "") == SERVING for p in replicas)
+                assert all(health(p, "nba.store") == NOT_SERVING and health(p, "") == SERVING for p in replicas)
                 time.sleep(2)
                 load.phase("postgresql back")
                 pg.start()
@@ -297,7 +297,8 @@ def test_sigkill_loses_no_answered_decision_with_durable_decisions(tmp_path: Pat
         t.join(10)
     process.channel.close()
 
-    from nba.storage.store import Store, open_engine
+    from nba.storage.engine import open_engine
+    from nba.storage.store import Store
 
     engine = open_engine(database_url)
     try:

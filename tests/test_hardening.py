@@ -13,7 +13,7 @@ from test_policies_e2e import BASE, decide, policy_dir, reason_for, shown, tell
 
 from bandit import Featurizer, LinearBandit
 from nba.errors import PolicySetError
-from nba.policy.policy_set import parse_policy_set
+from nba.policy.loading import parse_policy_set
 from nba.v1 import decision_service_pb2 as pb
 
 

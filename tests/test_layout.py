@@ -21,7 +21,7 @@ SKIPPED = ("nba/v1/", "nba/storage/migrations/versions/")
 REQUEST_PATH = (
     "nba.service.servicers", "nba.service.auth", "nba.decision.decider", "nba.decision.screening",
     "nba.decision.arbitration", "nba.decision.contacts", "nba.decision.reservations", "nba.service.context",
-    "nba.policy.rules", "nba.policy.schema", "nba.policy.policy_set", "nba.learning.loop", "nba.learning.feedback",
+    "nba.policy.rules", "nba.policy.schema", "nba.policy.policy_set", "nba.policy.loading", "nba.learning.loop", "nba.learning.feedback",
     "nba.storage.store", "nba.storage.tables", "nba.storage.bus", "nba.inputs", "nba.ids", "nba.days", "nba.clock",
     "nba.metrics", "nba.errors",
 )

@@ -12,7 +12,8 @@ from sqlalchemy import event, select
 from nba.decision.decider import new_decision_id
 from nba.errors import AlreadyExists
 from nba.records import NO_RESPONSE, DecisionRecord, FeedbackEvent, FeedbackResult, RewardWindows
-from nba.storage.store import Store, open_engine
+from nba.storage.engine import open_engine
+from nba.storage.store import Store
 from nba.storage.tables import FeedbackRow
 
 WINDOWS = RewardWindows({"impressed": 3600.0, "clicked": 86400.0, "accepted": 86400.0, "rejected": 86400.0},

@@ -19,9 +19,9 @@ from conftest import ROOT, ManualClock, Running, struct
 from nba import metrics
 from nba.cli import EXIT_FAILED
 from nba.errors import PolicySetError
+from nba.policy.loading import parse_policy_set, read_files
 from nba.policy.offers import MAX_LEVER, MAX_VALUE
 from nba.policy.policies import MAX_COUNT, MAX_IGNORED
-from nba.policy.policy_set import parse_policy_set, read_files
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import decision_service_pb2 as pb
 

@@ -20,8 +20,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from nba.records import ContactEvent
+from nba.storage.engine import open_engine
 from nba.storage.migrations import BASELINE, SchemaError, current_revision, ensure_schema, head_revision, revisions, upgrade
-from nba.storage.store import Store, open_engine
+from nba.storage.store import Store
 
 AT = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
 FEATURES = {"customer.age": 41.0, "customer.tags": ["a"], "customer.notes": {}}

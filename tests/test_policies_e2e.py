@@ -310,9 +310,9 @@ def grouped_files(lever: float) -> dict[str, str]:
 
 
 def test_a_group_lever_ranks_its_group_and_preview_and_evaluation_use_the_same_multiplier(start, tmp_path: Path) -> None:
-    from nba.evaluation.logs import from_records
+    from nba.evaluation.sources import from_records
     from nba.evaluation.targets import screen_logged
-    from nba.policy.policy_set import load_policy_set
+    from nba.policy.loading import load_policy_set
 
     folder = tmp_path / "policies"
     folder.mkdir()
@@ -362,9 +362,9 @@ def test_multipliers_beyond_the_cap_rank_alike_live_in_preview_and_in_evaluation
     screened again offline must cap it the same way, or they rank differently from the live
     service (alpha's 1e8 x 100 and bravo's 1e9 both count 1e9)."""
     from nba.decision.arbitration import MAX_MULTIPLIER
-    from nba.evaluation.logs import from_records
+    from nba.evaluation.sources import from_records
     from nba.evaluation.targets import screen_logged
-    from nba.policy.policy_set import load_policy_set
+    from nba.policy.loading import load_policy_set
 
     files = {"offers.yaml": GROUPED.replace("{id: alpha, name: Alpha, channels: [web], value: 10, group: retention}",
                                             "{id: alpha, name: Alpha, channels: [web], value: 1.0e+8, lever: 100}")

@@ -10,7 +10,7 @@ from conftest import POLICIES
 
 from nba.errors import PolicySetError
 from nba.evaluation.examples import check_examples, load_examples
-from nba.policy.policy_set import load_policy_set as load_catalogue
+from nba.policy.loading import load_policy_set as load_catalogue
 
 HEADER = "channels: [web, app, email, call_center]\n"
 

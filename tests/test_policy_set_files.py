@@ -12,7 +12,10 @@ import pytest
 from conftest import ROOT
 
 from nba.errors import PolicySetError
-from nba.policy.policy_set import PolicySet, parse_policy_set
+
+#: one set holding every section, as chunks a set may be split into (the halves of a section
+from nba.policy.loading import parse_policy_set
+from nba.policy.policy_set import PolicySet
 
 #: one set holding every section, as chunks a set may be split into (the halves of a section
 #: split over two files)

@@ -22,7 +22,7 @@ import pytest
 from conftest import LOCAL_SUBCHANNELS, Running, struct
 from test_policies_e2e import BASE, policy_dir
 
-from nba.storage.store import open_engine
+from nba.storage.engine import open_engine
 from nba.storage.tables import PolicyActivationRow, PolicySetRow
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import decision_service_pb2 as pb

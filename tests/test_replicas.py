@@ -24,9 +24,16 @@ from nba.v1 import decision_service_pb2_grpc as pb_grpc
 
 def start_replicas(tmp_path: Path, url: str, n: int = 3, **env: str) -> list[Process]:
     env = {"NBA_SNAPSHOT_SECONDS": "3600", **env}
-    started = [Process(tmp_path, NBA_DATABASE_URL=url, NBA_SEED=str(i), **env) for i in range(n)]  # started together: they race to create the schema and publish
-    for p in started:
-        p.wait_serving()
+    started: list[Process] = []
+    try:
+        for i in range(n):  # started together: they race to create the schema and publish
+            started.append(Process(tmp_path, NBA_DATABASE_URL=url, NBA_SEED=str(i), **env))
+        for p in started:
+            p.wait_serving()
+    except BaseException:  # none left running for a later test to trip over
+        for p in started:
+            p.stop()
+        raise
     return started
 
 

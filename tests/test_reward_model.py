@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from nba.evaluation import LoggedDecision, evaluate
-from nba.evaluation.logs import from_records
 from nba.evaluation.reward_model import RewardModel
+from nba.evaluation.sources import from_records
 from nba.evaluation.targets import TargetPolicy, Uniform
 
 

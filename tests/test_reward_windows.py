@@ -97,7 +97,7 @@ def test_windows_are_configurable_per_outcome(settings_for) -> None:
 
 
 def test_retention_deletes_old_closed_decisions_once_a_snapshot_holds_their_feedback(start, monkeypatch) -> None:
-    monkeypatch.setattr("nba.service.server.RETENTION_SECONDS", 0.0)  # look at every log write
+    monkeypatch.setattr("nba.service.maintenance.RETENTION_SECONDS", 0.0)  # look at every log write
     clock = ManualClock()
     server = start(clock=clock, window_check_seconds=0, decision_retention_days=10, snapshot_seconds=3600)
     old = decide(server)
@@ -132,7 +132,7 @@ def test_retention_deletes_old_closed_decisions_once_a_snapshot_holds_their_feed
 def test_retention_never_deletes_the_newest_event(start, monkeypatch) -> None:
     """On SQLite a deleted newest row gives its id to the next event, and every process that
     follows the log by id would skip it: the newest event stays, whatever its age."""
-    monkeypatch.setattr("nba.service.server.RETENTION_SECONDS", 0.0)
+    monkeypatch.setattr("nba.service.maintenance.RETENTION_SECONDS", 0.0)
     clock = ManualClock()
     server = start(clock=clock, window_check_seconds=0, decision_retention_days=1, snapshot_seconds=3600)
     old = decide(server)

@@ -18,7 +18,7 @@ from test_policies_e2e import BASE, policy_dir
 
 from nba import metrics
 from nba.errors import PolicySetError
-from nba.policy.policy_set import parse_policy_set
+from nba.policy.loading import parse_policy_set
 from nba.policy.rule_cost import CALL_BUDGET, MAX_RULE_DEPTH, MAX_RULE_LENGTH, RULE_BUDGET, estimate
 from nba.policy.rules import Rule, RuleBatch, RuleSyntaxError, activation
 from nba.v1 import admin_service_pb2 as apb

@@ -16,7 +16,8 @@ from test_learner_state import _Touch
 
 from bandit.state import FORMAT, loads
 from nba.learning.loop import signature
-from nba.storage.store import Store, open_engine
+from nba.storage.engine import open_engine
+from nba.storage.store import Store
 from nba.storage.tables import SnapshotRow
 from nba.v1 import decision_service_pb2 as pb
 

@@ -16,7 +16,7 @@ from conftest import ROOT, Running
 from nba.config import ConfigError, load_settings
 from nba.errors import PolicySetError
 from nba.evaluation.examples import load_examples
-from nba.policy.policy_set import parse_policy_set
+from nba.policy.loading import parse_policy_set
 from nba.v1 import admin_service_pb2 as apb
 from nba.yaml_loader import DuplicateKeyError, load_yaml
 

@@ -265,7 +265,7 @@ def _open_existing(url: str) -> Any:
             probe.dispose()
         if "decisions" not in tables:
             raise CliError(f"{DATABASE_FLAG}: {_safe_url(url)} holds no nba decision log (no tables): check the URL")
-        from nba.storage.store import open_engine
+        from nba.storage.engine import open_engine
 
         return open_engine(url)
 

@@ -40,9 +40,10 @@ def _default_report(args: argparse.Namespace, database_url: str | None) -> Path:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from nba.evaluation import evaluate, from_jsonl, from_store, parse_target
-    from nba.evaluation.logs import REWARD_LIMIT, LogError, read_offers
+    from nba.evaluation.logs import REWARD_LIMIT, LogError
     from nba.evaluation.report import html_report, table
     from nba.evaluation.reward_model import RewardModel
+    from nba.evaluation.sources import read_offers
     from nba.evaluation.truth import Truth
 
     if not 1 <= args.bootstrap <= MAX_BOOTSTRAP:

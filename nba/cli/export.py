@@ -10,7 +10,8 @@ from nba.cli.common import EXIT_OK, CliError, _database_errors, _date, _open_exi
 
 
 def _export(args: argparse.Namespace) -> int:
-    from nba.storage.store import Store, dumps
+    from nba.storage.decisions import dumps
+    from nba.storage.store import Store
 
     settings = _settings(args)
     since = _date(args.since, "--since")

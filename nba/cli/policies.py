@@ -20,7 +20,7 @@ _DIR_MEANING = {
 
 def _policies(args: argparse.Namespace) -> int:
     from nba.evaluation.examples import check_examples, load_examples
-    from nba.policy.policy_set import load_policy_set
+    from nba.policy.loading import load_policy_set
 
     if args.action == "schema":
         from nba.policy.policy_set import json_schema
@@ -64,7 +64,7 @@ def _policies(args: argparse.Namespace) -> int:
 def _preview(args: argparse.Namespace, draft: Any) -> int:
     from nba.evaluation.preview import preview
     from nba.learning.loop import LearningLoop, build_learner
-    from nba.policy.policy_set import parse_policy_set
+    from nba.policy.loading import parse_policy_set
     from nba.storage.store import Store
 
     settings = _settings(args)

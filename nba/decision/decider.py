@@ -35,7 +35,7 @@ from nba.ids import new_decision_id
 from nba.inputs import check_id
 from nba.learning.loop import LearningLoop
 from nba.policy.policy_set import PolicySet
-from nba.records import ContactEvent, DecisionRecord, eligible_block
+from nba.records import ContactEvent, DecisionRecord, candidates_block, eligible_block
 
 __all__ = ["DecideInput", "Decider", "new_decision_id"]
 
@@ -121,7 +121,13 @@ class Decider:
         self._rng = np.random.default_rng()
 
     def decide(self, request: DecideInput) -> tuple[DecisionRecord, bool]:
-        """Returns the decision and whether it is a stored one replayed for its request_id."""
+        """Returns the decision and whether it is a stored one replayed for its request_id.
+
+        The pipeline, each stage entered once: the request checked (and replayed when its
+        request_id was decided already) -> features -> the contact summary -> screening ->
+        the learner's draw over the arbitrated scores, with exploration -> reservation of
+        caps and budgets (a refused offer is taken out and the rest ranked again) -> the
+        record -> the log -> contacts counted -> the answer."""
         policy_set = self.policy_set  # one set for the whole decision
         self._validate(request, policy_set)
         now = self._clock.now()
@@ -134,19 +140,50 @@ class Decider:
             raise Unavailable("the database is unavailable: a decision cannot be made durable now; retry")
 
         features = request.features if request.features is not None else flatten(request.context or {})
-        summary = None
-        if policy_set.needs_contacts:
-            events = self._contacts.events(request.customer_id, now.timestamp())
-            summary = ContactSummary(events, now.timestamp(), request.channel, policy_set.cap_windows)
+        summary = self._summary(request, policy_set, now)
         screening = screen(policy_set, request.channel, features, request.customer_id, now, summary, self._counters)
-        eligible = screening.eligible
         decision_id = new_decision_id()
+        ranked, taken, held = self._rank_and_reserve(screening, policy_set, request, features, now, summary, decision_id)
+        record = DecisionRecord(
+            decision_id=decision_id,
+            request_id=request.request_id or None,
+            customer_id=request.customer_id,
+            channel=request.channel,
+            created_at=now,
+            policy_version=policy_set.version,
+            model_version=ranked.model_version,
+            features=features,
+            candidates=candidates_block(
+                ((v.offer.id, v.reason, v.policy, v.detail) for v in (*screening.verdicts, *held) if not v.eligible),
+                ranked.eligible_block, ranked.fallback_row),
+            offers=ranked.offers,
+            exploration=ranked.exploration,
+        )
+        self._count_outcome(record, ranked, request.channel)
+        return self._log_and_answer(record, request, policy_set, taken, now)
+
+    def _summary(self, request: DecideInput, policy_set: PolicySet, now: datetime) -> ContactSummary | None:
+        """The customer's contact history, summarised once for every stage that reads it
+        (screening, reservation); None when no policy of the set counts contacts."""
+        if not policy_set.needs_contacts:
+            return None
+        events = self._contacts.events(request.customer_id, now.timestamp())
+        return ContactSummary(events, now.timestamp(), request.channel, policy_set.cap_windows)
+
+    def _rank_and_reserve(self, screening: Screening, policy_set: PolicySet, request: DecideInput,
+                          features: dict[str, Any], now: datetime, summary: ContactSummary | None,
+                          decision_id: str) -> tuple[_Ranked, list[Claim], list[Verdict]]:
+        """Ranks the eligible offers and reserves what the answer takes of caps and budgets;
+        an offer whose reservation is refused (a concurrent decision took the last unit) is
+        taken out and the rest ranked again, at most ``MAX_RESERVATION_PASSES`` times. Returns
+        the ranking, the claims taken, and the verdicts of the offers taken out."""
+        eligible = screening.eligible
         held: list[Verdict] = []  # taken out: a cap or budget had no unit left to reserve
         for attempt in range(MAX_RESERVATION_PASSES + 1):
             ranked = self._rank(eligible, screening, request, features)
             taken = self._reserve(ranked, policy_set, request, now, summary, decision_id)
             if taken is not None:
-                break
+                return ranked, taken, held
             assert ranked.refused is not None  # _reserve says why it refused
             verdict, claim = ranked.refused
             held.append(replace(verdict, eligible=False, reason=claim.reason, policy=claim.policy,
@@ -162,49 +199,30 @@ class Decider:
                     else:
                         kept.append(v)
                 eligible = kept
-        offers = ranked.offers
-        # Candidates are kept as rows, not one dict each: a decision over a thousand offers
-        # would otherwise build (and log) a thousand dicts. candidate_list() expands them.
-        groups: dict[tuple[str | None, str | None, str | None], list[str]] = {}
-        for verdict in (*screening.verdicts, *held):
-            if not verdict.eligible:
-                key = (verdict.reason, verdict.policy, verdict.detail)
-                members = groups.get(key)
-                if members is None:
-                    members = groups[key] = []
-                members.append(verdict.offer.id)
+        raise AssertionError("unreachable: the last pass ranks only offers no reservation can refuse")
+
+    @staticmethod
+    def _count_outcome(record: DecisionRecord, ranked: _Ranked, channel: str) -> None:
+        """The decision's metrics: offers filtered by reason, exploration, fallbacks, empty answers."""
         reasons: dict[str, int] = {}
-        for (reason, _, _), members in groups.items():
+        for reason, _, _, members in record.candidates["filtered"]:
             reasons[reason or ""] = reasons.get(reason or "", 0) + len(members)
         for reason, count in reasons.items():
             metrics.filtered(reason).inc(count)
         if ranked.explored:
             metrics.EXPLORED.inc()
         if ranked.fallback:
-            metrics.FALLBACKS.labels(request.channel).inc()
-        if not offers:
-            metrics.EMPTY.labels(request.channel).inc()
-        candidates = {
-            "filtered": [[reason, policy, detail, members] for (reason, policy, detail), members in groups.items()],
-            "eligible": ranked.eligible_block,
-            "fallback": ranked.fallback_row,
-        }
-        model_version, exploration = ranked.model_version, ranked.exploration
+            metrics.FALLBACKS.labels(channel).inc()
+        if not record.offers:
+            metrics.EMPTY.labels(channel).inc()
 
-        record = DecisionRecord(
-            decision_id=decision_id,
-            request_id=request.request_id or None,
-            customer_id=request.customer_id,
-            channel=request.channel,
-            created_at=now,
-            policy_version=policy_set.version,
-            model_version=model_version,
-            features=features,
-            candidates=candidates,
-            offers=offers,
-            exploration=exploration,
-        )
+    def _log_and_answer(self, record: DecisionRecord, request: DecideInput, policy_set: PolicySet,
+                        taken: list[Claim], now: datetime) -> tuple[DecisionRecord, bool]:
+        """Queues the record (and waits for its commit with durable decisions), counts its
+        contacts, and answers; reserved units go back if the decision is not made."""
+        decision_id = record.decision_id
         stored = None
+        written = None
         try:
             if request.request_id:
                 with self._requests_lock:

@@ -28,7 +28,8 @@ from typing import Any
 from nba.decision import arbitration
 from nba.decision.screening import screen
 from nba.evaluation.estimators import Estimate, evaluate
-from nba.evaluation.logs import LogError, from_records
+from nba.evaluation.logs import LogError
+from nba.evaluation.sources import from_records
 from nba.evaluation.targets import PolicySetTarget
 from nba.learning.loop import LearningLoop
 from nba.policy.policy_set import PolicySet

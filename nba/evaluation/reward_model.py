@@ -148,7 +148,7 @@ class RewardModel:
     an empty log, fewer than 2 folds, or a range that is not finite, has high < low, or leaves
     out a logged reward.
 
-    >>> from nba.evaluation.logs import from_records
+    >>> from nba.evaluation.sources import from_records
     >>> lines = [{"features": {"age": a}, "candidates": [{"offer_id": "x", "probability": 1.0}],
     ...           "chosen": "x", "propensity": 1.0, "reward": float(a > 40)} for a in range(20, 60)]
     >>> model = RewardModel(list(from_records(lines)))

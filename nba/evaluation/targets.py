@@ -32,8 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from bandit import EpsilonGreedy, InverseGapWeighting, LinearBandit
 from nba.decision import arbitration
 from nba.decision.screening import screen
-from nba.evaluation.logs import LogError, LoggedDecision, read_jsonl, validated
-from nba.policy.policy_set import load_policy_set
+from nba.evaluation.logs import LogError, LoggedDecision, validated
+from nba.evaluation.sources import read_jsonl
+from nba.policy.loading import load_policy_set
 
 __all__ = [
     "Draft",
@@ -255,7 +256,7 @@ class ExternalPolicy(TargetPolicy):
     line, or an offer that is not one of its eligible candidates (for a later slot: not one of
     the offers left).
 
-    >>> from nba.evaluation.logs import from_records
+    >>> from nba.evaluation.sources import from_records
     >>> [d] = from_records([{"decision_id": "d-1", "features": {}, "chosen": "a", "propensity": 0.5, "reward": 1.0,
     ...     "candidates": [{"offer_id": "a", "probability": 0.5}, {"offer_id": "b", "probability": 0.5}]}])
     >>> ExternalPolicy({"d-1": {"a": 1.0}}).first_slot(d)

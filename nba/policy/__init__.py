@@ -6,7 +6,9 @@
     rules        CEL rules compiled in batches, the CEL activation built from a context
     rule_cost    the static cost check that refuses a rule too expensive to run per decision
     checks       static checks of a whole set: types, references, sample contexts
-    policy_set   a policy set read from files (YAML), validated, compiled, hashed
+    policy_set   the compiled set: offers by channel, rule batches, what it needs; its hash
+    loading      a set read from files (YAML), validated and compiled all or nothing
+    problems     validation errors told the way a marketer can act on them
     sandbox      validation in a child process, so a hostile set cannot stall the server
 
 May import: the kernel modules at ``nba``'s top (errors, clock, ids, inputs, days, metrics,

@@ -167,7 +167,7 @@ def _mp() -> Any:
     with _lock:
         if _context is None:
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["nba.policy.sandbox", "nba.policy.policy_set", "nba.policy.checks"])
+            context.set_forkserver_preload(["nba.policy.sandbox", "nba.policy.loading", "nba.policy.checks"])
             _context = context
         return _context
 
@@ -180,7 +180,7 @@ def _child(sender: Any, files: dict[str, str], now: str, memory: int) -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash leaves no core file behind
     except (OSError, ValueError) as exc:  # a platform without them still validates
         log.warning("could not limit the validating child", extra={"error": repr(exc)})
-    from nba.policy.policy_set import parse_policy_set
+    from nba.policy.loading import parse_policy_set
 
     try:
         policy_set = parse_policy_set(files, datetime.fromisoformat(now))

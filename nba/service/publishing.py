@@ -34,8 +34,11 @@ from nba.errors import (
     ResourceExhausted,
 )
 from nba.policy import sandbox
-from nba.policy.policy_set import PolicySet, content_hash, parse_policy_set, read_files
-from nba.storage.store import Activation, Store, is_outage
+from nba.policy.loading import parse_policy_set, read_files
+from nba.policy.policy_set import PolicySet, content_hash
+from nba.storage.engine import DatabaseUnavailable
+from nba.storage.policy_sets import Activation
+from nba.storage.store import Store
 
 __all__ = ["Publisher", "Published"]
 
@@ -171,7 +174,7 @@ class Publisher:
             except BaseException as exc:
                 if isinstance(exc, _FATAL):
                     raise
-                if is_outage(exc):  # said once by the decision log; looked at again next time
+                if isinstance(exc, DatabaseUnavailable):  # said once by the decision log; looked at again next time
                     log.warning("checking for policy changes: the database is unavailable", extra={"error": repr(exc)})
                 else:
                     log.exception("checking for policy changes failed")

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import grpc
@@ -38,13 +37,16 @@ from nba.errors import InvalidArgument, NbaError, Unavailable, field_violations
 from nba.learning.feedback import IN_FLIGHT_MARGIN_SECONDS, FeedbackIntake
 from nba.learning.loop import LearningLoop, build_learner
 from nba.policy.policy_set import PolicySet
-from nba.records import ContactEvent, RewardWindows
+from nba.records import ContactEvent, LearningEvent, RewardWindows
 from nba.service.auth import AuthInterceptor
 from nba.service.context import MAX_CONTEXT_DEPTH
+from nba.service.maintenance import COUNTER_SECONDS, Maintenance
 from nba.service.publishing import Publisher
 from nba.service.servicers import AdminServicer, DecisionServicer
 from nba.storage.bus import RedisBus
-from nba.storage.store import DecisionLog, Store, is_outage, open_engine
+from nba.storage.decision_log import DecisionLog, LogOptions
+from nba.storage.engine import open_engine
+from nba.storage.store import Store
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import admin_service_pb2_grpc as apb_grpc
 from nba.v1 import decision_service_pb2 as pb
@@ -57,15 +59,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 ADMIN_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["AdminService"].full_name
 #: health names of the dependencies: NOT_SERVING while the database (or the Redis bus) is down
-STORE_HEALTH = "nba.storage.store"
-BUS_HEALTH = "nba.storage.bus"
+STORE_HEALTH = "nba.store"
+BUS_HEALTH = "nba.bus"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-#: quarter-hourly offer counters kept in memory and uncompacted (daily budgets need the
-#: current local day, which began at most 26 hours ago in any zone)
-COUNTER_SECONDS = 48 * 3600
-COMPACTION_SECONDS = 3600.0
-#: how often decisions past decision_retention_days are deleted
-RETENTION_SECONDS = 60.0
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
@@ -86,12 +82,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             except NbaError as exc:
                 metrics.RPC_ERRORS.labels(method, exc.code).inc()
                 abort(context, exc)
-            except Exception as exc:
+            except Exception:
                 if context.code() is not None:  # already aborted by the handler
                     raise
-                if is_outage(exc):
-                    metrics.RPC_ERRORS.labels(method, "UNAVAILABLE").inc()
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later")
                 log.exception("unexpected error", extra={"method": method})
                 metrics.RPC_ERRORS.labels(method, "INTERNAL").inc()
                 context.abort(grpc.StatusCode.INTERNAL, "internal error; the service log has the details")
@@ -202,10 +195,7 @@ class Service:
         limit_blas_threads()
         self.settings = settings
         self.clock = clock or SystemClock()
-        self._last_compaction = 0.0
-        self._last_window_check = 0.0
         self._serving = False
-        self._last_purge = 0.0
         #: one of several worker processes sharing the port and the database
         self.is_worker = settings.workers > 1 and settings.worker >= 0
         #: learns the events other processes (workers, replicas) commit to the shared log
@@ -237,22 +227,19 @@ class Service:
         )
         self.bus = RedisBus(settings.bus, settings.bus_stream, self.store.origin, settings.bus_stream_length,
                             on_state=lambda up: self._dependency(BUS_HEALTH, up)) if settings.redis_bus else None
+        self.maintenance = Maintenance(self.store, self.learning, self.contacts, self.counters, self.clock,
+                                       settings.window_check_seconds, settings.decision_retention_days)
         self.log = DecisionLog(
             self.store,
-            on_learn=self.learning.apply,
-            after_write=self._after_write,
-            on_contacts=self._record_outcomes,
-            flush_seconds=settings.log_flush_seconds,
-            batch_size=settings.log_batch_size,
-            queue_limit=settings.log_queue_limit,
-            cache_size=settings.decision_cache_size,
+            self,
+            LogOptions(settings.log_flush_seconds, settings.log_batch_size, settings.log_queue_limit,
+                       settings.decision_cache_size),
             shared=self.shared,
+            bus=self.bus,
             applied_id=self.learning.last_feedback_id,
             contact_id=start_contact_id,
-            on_remote_contacts=self._record_remote_contacts,
-            bus=self.bus,
-            on_state=lambda up: self._dependency(STORE_HEALTH, up),
         )
+        self.maintenance.log = self.log
         if self.bus is not None:
             self.bus.start(self.log.deliver)
         self.decider = Decider(
@@ -328,13 +315,9 @@ class Service:
         decision_log = getattr(self, "log", None)  # set after the contact history, which asks it
         if decision_log is not None and not decision_log.available:  # do not wait on a database known to be down
             raise Unavailable("the database is unavailable")
-        try:
-            return self.store.contact_events(customer_id, since,
-                                             up_to=decision_log.contact_position if decision_log else None)
-        except Exception as exc:
-            if is_outage(exc):
-                raise Unavailable("the database is unavailable") from exc
-            raise
+        # an outage is DatabaseUnavailable (UNAVAILABLE): translated by the store
+        return self.store.contact_events(customer_id, since,
+                                         up_to=decision_log.contact_position if decision_log else None)
 
     def _swap(self, policy_set: PolicySet) -> None:
         policy_set.batches  # noqa: B018  # compiled now, not in the first decision it serves
@@ -354,32 +337,23 @@ class Service:
             gc.collect()
             gc.freeze()
 
-    def _record_remote_contacts(self, events: list[ContactEvent]) -> None:
-        """Contact events other workers wrote: decisions as well as outcomes."""
-        self._record_outcomes(events)
+    # The decision log's listener (nba.storage.decision_log.LogListener) ----------------
 
-    def _record_outcomes(self, events: list[ContactEvent]) -> None:
+    def learned(self, events: list[LearningEvent]) -> None:
+        self.learning.apply(events)
+
+    def contacted(self, events: list[ContactEvent]) -> None:
+        """This process's outcomes, and the other processes' decisions and outcomes."""
         for event in events:
             self.counters.add(event.offer_id, event.kind, event.at)
         self.contacts.record(events)
         metrics.CONTACT_CUSTOMERS.set(len(self.contacts))
 
-    def _after_write(self) -> None:
-        if time.monotonic() - self._last_window_check >= self.settings.window_check_seconds:
-            self._last_window_check = time.monotonic()
-            self.log.close_windows(self.clock.now())
-        self.learning.maybe_snapshot(self.store)
-        now = self.clock.now().timestamp()
-        if time.monotonic() - self._last_compaction >= COMPACTION_SECONDS:
-            self._last_compaction = time.monotonic()
-            self.store.compact(now - self.contacts.horizon_seconds, now - COUNTER_SECONDS)
-            self.counters.prune(now - COUNTER_SECONDS)
-        retention = self.settings.decision_retention_days
-        if retention and time.monotonic() - self._last_purge >= RETENTION_SECONDS:
-            # Every minute, half a second at most: at the deletion rate measured on PostgreSQL
-            # (README, Benchmarks) that keeps up with far more decisions a day than one replica makes.
-            self._last_purge = time.monotonic()
-            self.store.purge(datetime.fromtimestamp(now - retention * 86400, UTC))
+    def state_changed(self, up: bool) -> None:
+        self._dependency(STORE_HEALTH, up)
+
+    def after_write(self) -> None:
+        self.maintenance.run()
 
     def start(self) -> int:
         # Everything loaded so far (the policy set, the model, the libraries) lives as long as

@@ -103,7 +103,8 @@ def _check_port(host: str, port: int) -> None:
 def _publish_once(settings: Settings) -> None:
     """Makes the folder's set live (or refuses to start on an invalid one) before any worker."""
     from nba.service.publishing import Publisher
-    from nba.storage.store import Store, open_engine
+    from nba.storage.engine import open_engine
+    from nba.storage.store import Store
 
     engine = open_engine(settings.database_url)
     try:

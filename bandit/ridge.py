@@ -29,7 +29,7 @@ which discounts alpha I along with the data. The weight left on alpha I is track
 is solved exactly from D before it falls more than ``STALE_DISCOUNT`` (5%) below 1; the
 estimates of arms not learning are solved exactly once their discount since the last solve
 reaches 5% (``stale_time()``), so none lags its exact value by more than a 5% discount
-(``tests/test_adaptation.py`` checks the bound against the batch solution).
+(``tests/bandit/test_adaptation.py`` checks the bound against the batch solution).
 
 The state stays finite whatever the rewards: an update that would take an arm's estimate
 beyond ``MAX_ESTIMATE`` in norm is refused before anything changes (``ValueError``). A^-1 is

@@ -7,6 +7,7 @@ has all three spellings; unknown keys in the file are refused by name.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -190,6 +191,8 @@ class Settings(BaseModel):
     def _bus(cls, value: str) -> str:
         if value not in ("local", "database") and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("local, database, or a Redis URL (redis://HOST:6379/0, rediss:// for TLS)")
+        if value not in ("local", "database") and importlib.util.find_spec("redis") is None:
+            raise ValueError("a Redis bus needs the redis package: pip install 'nba[redis]'")
         return value
 
     @property

@@ -10,6 +10,7 @@ nothing and are not counted."""
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 from conftest import ROOT
@@ -238,3 +239,14 @@ def test_only_the_shell_and_its_clients_speak_grpc() -> None:
             speaking[name] = wire
     assert len(modules()) > 40
     assert speaking == {}
+
+
+def test_the_tests_mirror_the_parts() -> None:
+    """A folder of tests per part (unit tests beside the end-to-end ones of that part), and
+    every folder on pytest's path (pyproject.toml), so a file runs alone as in the suite."""
+    folders = sorted(p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    parts = {name.split(".")[1] for name in MAY_IMPORT if name.startswith("nba.")} | {"bandit", "loadtests"}
+    assert folders and set(folders) <= parts, f"test folders that are no part: {set(folders) - parts}"
+    assert sorted(p.name for p in (ROOT / "tests").glob("test_*.py")) == ["test_layout.py"]  # the tree-wide one
+    paths = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["pythonpath"]
+    assert sorted(paths) == sorted(["tests", *(f"tests/{f}" for f in folders)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib.util
 import io
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -49,7 +50,32 @@ def html_report(
     curves: Mapping[str, np.ndarray],
     source: str,
 ) -> str:
-    """A page with the table, the estimates with their intervals, and value over time."""
+    """A page with the table, the estimates with their intervals, and value over time (the
+    plots need matplotlib, the ``plots`` extra; without it the page says so and keeps the table)."""
+    if importlib.util.find_spec("matplotlib") is None:
+        figures = ("<p>The plots need matplotlib, which is not installed: <code>pip install 'nba[plots]'</code>."
+                   "</p>")
+    else:
+        figures = _figures(estimates, decisions, curves)
+
+    first = decisions[0].decided_at.isoformat() if decisions else ""
+    last = decisions[-1].decided_at.isoformat() if decisions else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>nba offline evaluation</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}}
+pre{{background:#f6f6f6;padding:1rem;overflow-x:auto}}img{{max-width:100%}}</style></head>
+<body><h1>Offline evaluation</h1>
+<p>{len(decisions)} logged decisions from {html.escape(source)}, {html.escape(first)} to {html.escape(last)};
+written {datetime.now(UTC).isoformat(timespec='seconds')}.</p>
+{figures}
+<h2>Table</h2><pre>{html.escape(table(estimates))}</pre>
+<p>IPS: inverse propensity scoring; SNIPS: self-normalised IPS; DM: direct method (a reward model);
+DR: doubly robust. ESS: effective sample size.</p></body></html>
+"""
+
+
+def _figures(estimates: Sequence[Estimate], decisions: Sequence[LoggedDecision], curves: Mapping[str, np.ndarray]) -> str:
+    """The estimates with their intervals, and value over time, as inline PNG images."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,21 +113,8 @@ def html_report(
     axis.grid(alpha=0.3)
     time_png = _png(figure, plt)
 
-    first = decisions[0].decided_at.isoformat() if decisions else ""
-    last = decisions[-1].decided_at.isoformat() if decisions else ""
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>nba offline evaluation</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}}
-pre{{background:#f6f6f6;padding:1rem;overflow-x:auto}}img{{max-width:100%}}</style></head>
-<body><h1>Offline evaluation</h1>
-<p>{len(decisions)} logged decisions from {html.escape(source)}, {html.escape(first)} to {html.escape(last)};
-written {datetime.now(UTC).isoformat(timespec='seconds')}.</p>
-<h2>Estimates with 95% intervals</h2><img alt="estimates" src="data:image/png;base64,{estimates_png}">
-<h2>Value over time</h2><img alt="value over time" src="data:image/png;base64,{time_png}">
-<h2>Table</h2><pre>{html.escape(table(estimates))}</pre>
-<p>IPS: inverse propensity scoring; SNIPS: self-normalised IPS; DM: direct method (a reward model);
-DR: doubly robust. ESS: effective sample size.</p></body></html>
-"""
+    return (f'<h2>Estimates with 95% intervals</h2><img alt="estimates" src="data:image/png;base64,{estimates_png}">\n'
+            f'<h2>Value over time</h2><img alt="value over time" src="data:image/png;base64,{time_png}">')
 
 
 def _rolling(values: np.ndarray, window: int) -> np.ndarray:

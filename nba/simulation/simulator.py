@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import csv
 import heapq
+import importlib.util
+import logging
 import math
 import random
 import sys
@@ -40,6 +42,8 @@ from nba.v1 import decision_service_pb2_grpc as pb_grpc
 from nba.yaml_loader import load_yaml
 
 __all__ = ["DEFAULT_POPULATION", "Population", "SimulationResult", "Simulator"]
+
+log = logging.getLogger(__name__)
 
 PERSONA_FIELD = "customer.persona"
 
@@ -420,12 +424,8 @@ class Simulator:
 
 
 def write_outputs(result: SimulationResult, out: Path) -> list[Path]:
-    """curve.csv, learning_curve.png and truth.json in ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """curve.csv, learning_curve.png and truth.json in ``out``; the picture only when
+    matplotlib (the ``plots`` extra) is installed."""
     out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path, truth_path = out / "curve.csv", out / "learning_curve.png", out / "truth.json"
     with csv_path.open("w", newline="") as f:
@@ -433,6 +433,14 @@ def write_outputs(result: SimulationResult, out: Path) -> list[Path]:
         writer.writeheader()
         writer.writerows(result.curve)
     result.truth.save(truth_path)
+    if importlib.util.find_spec("matplotlib") is None:
+        log.warning("no learning_curve.png: plots need matplotlib (pip install 'nba[plots]')")
+        return [csv_path, truth_path]
+    import matplotlib  # here: only the picture needs it (the plots extra)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     figure, axis = plt.subplots(figsize=(9, 4.5))
     x = [row["decisions"] for row in result.curve]
     axis.plot(x, [r["oracle"] for r in result.curve], "--", color="black", label="oracle (best eligible offer)")

@@ -109,7 +109,7 @@ def test_with_its_defaults_the_service_follows_when_every_segments_best_offer_ch
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_offers_published_into_a_running_service_are_tried(start, tmp_path: Path) -> None:
     """Three offers join a running catalogue, each the best for most customers: in every run
-    (here one seed; tests/test_adaptation.py runs six on the library) they take at least 40%
+    (here one seed; tests/bandit/test_adaptation.py runs six on the library) they take at least 40%
     of first slots in their first 500 decisions."""
     from test_admin import publish
 

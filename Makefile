@@ -22,10 +22,12 @@ TEST_WORKERS ?= 2
 test: $(GEN)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-# Lint: pyflakes, pycodestyle, import order, bugbear, pyupgrade (ruff), then the type hints of
-# nba/ and bandit/ (mypy); both configured in pyproject.toml.
+# Lint: pyflakes, pycodestyle, import order, bugbear, pyupgrade (ruff check), the layout (ruff
+# format --check: `.venv/bin/ruff format .` fixes it), then the type hints of nba/ and bandit/
+# (mypy); all configured in pyproject.toml.
 lint: $(GEN)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 install: $(STAMP)

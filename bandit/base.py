@@ -123,7 +123,10 @@ class Learner:
         return self.n_updates
 
     def _weighted(
-        self, arm_ids: list[Hashable], context: Mapping[str, Any], weights: Sequence[float] | np.ndarray | None,
+        self,
+        arm_ids: list[Hashable],
+        context: Mapping[str, Any],
+        weights: Sequence[float] | np.ndarray | None,
         scale: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, float]:
         """Estimates, the scores exploration ranks by, and the unit of gaps: ``scale`` when

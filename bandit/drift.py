@@ -49,8 +49,14 @@ class PageHinkley:
     True
     """
 
-    def __init__(self, threshold: float = 15.0, delta: float = 0.25, clip: float = 3.0, min_observations: int = 30,
-                 drops_only: bool = False) -> None:
+    def __init__(
+        self,
+        threshold: float = 15.0,
+        delta: float = 0.25,
+        clip: float = 3.0,
+        min_observations: int = 30,
+        drops_only: bool = False,
+    ) -> None:
         if not threshold > 0 or not delta >= 0 or not clip > 0 or min_observations < 2:
             raise ValueError("threshold and clip must be positive, delta non-negative, min_observations at least 2")
         #: alarm only when the residuals fall (the arm earns less than it is estimated to)
@@ -92,8 +98,9 @@ class PageHinkley:
         """Starts the arm's test again."""
         self._rows.pop(arm_id, None)
 
-    def export_state(self, prefix: str = "", reuse: Mapping[str, np.ndarray] | None = None
-                     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def export_state(
+        self, prefix: str = "", reuse: Mapping[str, np.ndarray] | None = None
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The arms in order and their tests as one array ``prefix + "tests"`` (arms x 7)."""
         arms = arm_list(self._rows, f"{prefix}arms")
         stacked = np.array([self._rows[arm] for arm in arms]).reshape(len(arms), 7)

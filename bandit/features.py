@@ -103,9 +103,7 @@ class Featurizer:
     (9,)
     """
 
-    def __init__(
-        self, n_features: int = 128, clip: float = 5.0, exclude: Iterable[str] = (), warmup: int = 1000
-    ) -> None:
+    def __init__(self, n_features: int = 128, clip: float = 5.0, exclude: Iterable[str] = (), warmup: int = 1000) -> None:
         if n_features < 1:
             raise ValueError(f"n_features must be at least 1, got {n_features}")
         if clip <= 0:
@@ -284,15 +282,18 @@ class Featurizer:
         index, sign = self._slot(token)
         x[index] += sign * value
 
-    def export_state(self, prefix: str = "", reuse: Mapping[str, np.ndarray] | None = None
-                     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def export_state(
+        self, prefix: str = "", reuse: Mapping[str, np.ndarray] | None = None
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The numeric keys in order and copies of their running statistics, arrays named
         ``prefix`` + ``count``, ``mean``, ``m2``, ``inv`` (slots and signs are hashes of the
         keys, computed again on import); copied into ``reuse``'s arrays where they fit."""
         m = len(self._numeric)
         meta = {"numeric": list(self._numeric), "version": self.version}
-        return meta, {f"{prefix}{name[1:]}": copied(getattr(self, name)[:m], f"{prefix}{name[1:]}", reuse)
-                      for name in ("_count", "_mean", "_m2", "_inv")}
+        return meta, {
+            f"{prefix}{name[1:]}": copied(getattr(self, name)[:m], f"{prefix}{name[1:]}", reuse)
+            for name in ("_count", "_mean", "_m2", "_inv")
+        }
 
     def import_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], prefix: str = "") -> None:
         """Takes ``export_state``'s output; ``ValueError`` naming what does not fit, before

@@ -198,8 +198,12 @@ class LinearBandit(Learner):
         """The context's vector, reused when the same context object is asked for again before
         the featurizer learned anything (a pull followed by its update)."""
         cached = self._cached
-        if (cached is not None and cached[0] is context and cached[1] == self._featurizer.version
-                and unchanged(context, cached[3])):
+        if (
+            cached is not None
+            and cached[0] is context
+            and cached[1] == self._featurizer.version
+            and unchanged(context, cached[3])
+        ):
             return cached[2]
         x = self._featurizer.transform_one(context)
         # The context's keys and value objects too: a dict changed in place between the pull
@@ -260,11 +264,19 @@ class LinearBandit(Learner):
         features, feature_arrays = self._featurizer.export_state("features.", reuse)
         arms, arm_arrays = self._model.export_state("arms.", reuse)
         attributes, attribute_arrays = self._attributes.export_state("attributes.", reuse)
-        described: list[list[Any]] = [[arm, None if not attrs else list(attrs[1:])] for arm, attrs in self._arm_attributes.items()]
+        described: list[list[Any]] = [
+            [arm, None if not attrs else list(attrs[1:])] for arm, attrs in self._arm_attributes.items()
+        ]
         arm_list((arm for arm, _ in described), "arm_attributes")
         drift, drift_arrays = self._detector.export_state("drift.", reuse)
-        meta = {"features": features, "arms": arms, "attributes": attributes, "arm_attributes": described,
-                "drift": drift, "changes_detected": self._changes_detected}
+        meta = {
+            "features": features,
+            "arms": arms,
+            "attributes": attributes,
+            "arm_attributes": described,
+            "drift": drift,
+            "changes_detected": self._changes_detected,
+        }
         return meta, {**feature_arrays, **arm_arrays, **attribute_arrays, **drift_arrays}
 
     def _import_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
@@ -277,8 +289,11 @@ class LinearBandit(Learner):
             part.import_state(meta[name], arrays, f"{name}.")
         described = meta.get("arm_attributes", [])
         if not isinstance(described, list) or not all(
-                isinstance(item, list) and len(item) == 2 and (item[1] is None or (
-                    isinstance(item[1], list) and all(isinstance(a, str) for a in item[1]))) for item in described):
+            isinstance(item, list)
+            and len(item) == 2
+            and (item[1] is None or (isinstance(item[1], list) and all(isinstance(a, str) for a in item[1])))
+            for item in described
+        ):
             raise ValueError("meta: arm_attributes must be a list of [arm id, [attribute, ...] or null]")
         arm_ids([arm for arm, _ in described], "arm_attributes")
         detector = change_test()
@@ -299,10 +314,20 @@ class LinearBandit(Learner):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Snapshots of earlier versions lack newer fields: start those empty (the service
         # describes the arms again after restoring).
-        fresh: dict[str, Any] = {"_attribute_names": ["*"], "_arm_slot": {}, "_membership": np.ones((1, 1)),
-                 "_solo": np.zeros(1, dtype=bool), "_cached": None, "shared": 0.0, "warmup": 1000,
-                 "optimism": 0.0, "explore_by_age": False, "detect_changes": False, "_detector": change_test(),
-                 "_changes_detected": 0}
+        fresh: dict[str, Any] = {
+            "_attribute_names": ["*"],
+            "_arm_slot": {},
+            "_membership": np.ones((1, 1)),
+            "_solo": np.zeros(1, dtype=bool),
+            "_cached": None,
+            "shared": 0.0,
+            "warmup": 1000,
+            "optimism": 0.0,
+            "explore_by_age": False,
+            "detect_changes": False,
+            "_detector": change_test(),
+            "_changes_detected": 0,
+        }
         self.__dict__.update({**fresh, **state})
 
     def _update(
@@ -338,5 +363,9 @@ class LinearBandit(Learner):
             self._attributes._apply_one(attribute, x, target, previous)
 
     def state_is_finite(self) -> bool:
-        return (self._model.state_is_finite() and self._attributes.state_is_finite()
-                and self._featurizer.state_is_finite() and self._detector.state_is_finite())
+        return (
+            self._model.state_is_finite()
+            and self._attributes.state_is_finite()
+            and self._featurizer.state_is_finite()
+            and self._detector.state_is_finite()
+        )

@@ -195,9 +195,7 @@ class RidgeArms:
         row = self._rows.get(arm_id)
         return 0 if row is None else int(self._count[row])
 
-    def learn_one(
-        self, arm_id: Hashable, x: np.ndarray, reward: float, previous_reward: float | None = None
-    ) -> None:
+    def learn_one(self, arm_id: Hashable, x: np.ndarray, reward: float, previous_reward: float | None = None) -> None:
         """Learns one observation (one step of the clock), or revises one already learned.
 
         With ``previous_reward`` given, the observation ``(x, previous_reward)`` was learned
@@ -213,7 +211,11 @@ class RidgeArms:
         self._apply_one(arm_id, x, reward, previous_reward)
 
     def check_one(
-        self, arm_id: Hashable, x: np.ndarray, reward: float, previous_reward: float | None = None,
+        self,
+        arm_id: Hashable,
+        x: np.ndarray,
+        reward: float,
+        previous_reward: float | None = None,
         x_norm: float | None = None,
     ) -> None:
         """Raises ``ValueError`` naming the reward if this update would leave the arm's state
@@ -237,8 +239,9 @@ class RidgeArms:
             exact = float(np.sqrt(b @ b)) / self.alpha
         if not exact <= MAX_ESTIMATE:  # also NaN
             change = f"reward {reward}" if previous_reward is None else f"reward {reward} (revising {previous_reward})"
-            raise ValueError(f"{change} would take arm {arm_id!r}'s estimate beyond {MAX_ESTIMATE:g} "
-                             "or out of the finite numbers; refused")
+            raise ValueError(
+                f"{change} would take arm {arm_id!r}'s estimate beyond {MAX_ESTIMATE:g} or out of the finite numbers; refused"
+            )
 
     def _apply_one(self, arm_id: Hashable, x: np.ndarray, reward: float, previous_reward: float | None) -> None:
         """Applies an update ``check_one`` accepted, at the current step of the clock."""
@@ -383,21 +386,28 @@ class RidgeArms:
         if "_born" not in state:
             state["_born"] = np.zeros(len(state["_count"]), dtype=np.int64)
         if state["_data"] is not None and "_weight" not in state:
-            raise ValueError("a forgetting model pickled by an earlier version cannot be restored: its "
-                             "forgetting was per arm; rebuild it from the log")
+            raise ValueError(
+                "a forgetting model pickled by an earlier version cannot be restored: its "
+                "forgetting was per arm; rebuild it from the log"
+            )
         self.__dict__.update(state)
 
-    def export_state(self, prefix: str = "", reuse: Mapping[str, np.ndarray] | None = None
-                     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def export_state(
+        self, prefix: str = "", reuse: Mapping[str, np.ndarray] | None = None
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The arms in row order, the clock, and copies of the rows in use, arrays named
         ``prefix`` + ``b``, ``theta``, ``count``, ``born`` and ``ainv`` (without forgetting)
         or ``data``, ``weight``, ``seen``, ``solved`` (with); copied into ``reuse``'s arrays
         of the same name and shape, if given."""
         used = len(self._rows) + 1
-        meta = {"arms": arm_list(sorted(self._rows, key=self._rows.__getitem__), f"{prefix}arms"), "clock": self.clock,
-                "time": self.time}
-        return meta, {f"{prefix}{name[1:]}": copied(getattr(self, name)[:used], f"{prefix}{name[1:]}", reuse)
-                      for name in self._arrays()}
+        meta = {
+            "arms": arm_list(sorted(self._rows, key=self._rows.__getitem__), f"{prefix}arms"),
+            "clock": self.clock,
+            "time": self.time,
+        }
+        return meta, {
+            f"{prefix}{name[1:]}": copied(getattr(self, name)[:used], f"{prefix}{name[1:]}", reuse) for name in self._arrays()
+        }
 
     def import_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], prefix: str = "") -> None:
         """Takes ``export_state``'s output (of a model of the same dimension); ``ValueError``
@@ -407,9 +417,18 @@ class RidgeArms:
         if not isinstance(clock, int) or isinstance(clock, bool) or clock < 0:
             raise ValueError(f"meta: {prefix}clock must be a count, got {clock!r}")
         n, d = len(arms) + 1, self.dim
-        shapes = {"_b": ((n, d), "f"), "_theta": ((n, d), "f"), "_count": ((n,), "i"), "_born": ((n,), "i"),
-                  "_ainv": ((n, d, d), "f"), "_data": ((n, d, d), "f"), "_weight": ((n,), "f"),
-                  "_seen": ((n,), "f"), "_solved": ((n,), "f"), "_ridge": ((n,), "f")}
+        shapes = {
+            "_b": ((n, d), "f"),
+            "_theta": ((n, d), "f"),
+            "_count": ((n,), "i"),
+            "_born": ((n,), "i"),
+            "_ainv": ((n, d, d), "f"),
+            "_data": ((n, d, d), "f"),
+            "_weight": ((n,), "f"),
+            "_seen": ((n,), "f"),
+            "_solved": ((n,), "f"),
+            "_ridge": ((n,), "f"),
+        }
         loaded = {}
         for name in self._arrays():
             shape, kind = shapes[name]

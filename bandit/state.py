@@ -58,8 +58,9 @@ def dumps(state: LearnerState) -> bytes:
     """The state as ``.npz`` bytes (uncompressed: the arrays are dense floats that would not
     shrink much, and encoding stays a copy). ``ValueError`` for metadata that is not JSON
     or an array of objects."""
-    header = json.dumps({"format": FORMAT, "kind": state.kind, "params": state.params, "meta": state.meta},
-                        allow_nan=False, separators=(",", ":"))
+    header = json.dumps(
+        {"format": FORMAT, "kind": state.kind, "params": state.params, "meta": state.meta}, allow_nan=False, separators=(",", ":")
+    )
     if _HEADER in state.arrays:
         raise ValueError(f"arrays: {_HEADER!r} is reserved for the header")
     for name, array in state.arrays.items():

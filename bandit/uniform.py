@@ -41,8 +41,13 @@ class UniformRandom(Learner):
     def _import_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         counts = meta.get("counts")
         if not isinstance(counts, list) or not all(
-                isinstance(item, list) and len(item) == 2 and isinstance(item[1], int) and not isinstance(item[1], bool)
-                and item[1] >= 0 for item in counts):
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[1], int)
+            and not isinstance(item[1], bool)
+            and item[1] >= 0
+            for item in counts
+        ):
             raise ValueError("meta: counts must be a list of [arm id, count]")
         arms = arm_ids([arm for arm, _ in counts], "counts")
         self._counts = Counter(dict(zip(arms, (n for _, n in counts), strict=True)))

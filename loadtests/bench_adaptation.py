@@ -90,8 +90,12 @@ def summary(results: dict[int, dict[str, dict[str, float]]], configs: list[str])
         base = np.array([results[s][configs[0]][figure] for s in seeds])
         for config in configs:
             values = np.array([results[s][config][figure] for s in seeds])
-            row[config] = {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max()),
-                           "difference": float((base - values).mean())}
+            row[config] = {
+                "mean": float(values.mean()),
+                "min": float(values.min()),
+                "max": float(values.max()),
+                "difference": float((base - values).mean()),
+            }
         out[figure] = row
     return out
 
@@ -125,12 +129,22 @@ def markdown(table: dict[str, dict[str, dict[str, float]]], configs: list[str], 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=seeds_of, default=seeds_of("1-8"), help="seeds, as 1-8 or 1,2,5 (default 1-8)")
-    parser.add_argument("--rounds", type=int, default=20_000,
-                        help="decisions in each adversity stream (default 20000; at least 4000 for the recovery window)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=20_000,
+        help="decisions in each adversity stream (default 20000; at least 4000 for the recovery window)",
+    )
     parser.add_argument("--quick", action="store_true", help="4000-decision adversity streams, data sets cut to 1000 rows")
     parser.add_argument("--jobs", type=int, default=2, help="seeds played at once, one process each (default 2)")
-    parser.add_argument("--nba", type=parse_config, action="append", default=[], metavar="LABEL=JSON",
-                        help="another configuration, compared with the defaults like the one without adaptation")
+    parser.add_argument(
+        "--nba",
+        type=parse_config,
+        action="append",
+        default=[],
+        metavar="LABEL=JSON",
+        help="another configuration, compared with the defaults like the one without adaptation",
+    )
     parser.add_argument("--out", default="loadtests/results/bench_adaptation.json")
     args = parser.parse_args(argv)
     if args.jobs < 1:
@@ -146,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         futures = {seed: pool.submit(one_seed, configs, seed, rounds, cut) for seed in args.seeds}
         for seed, future in futures.items():
             results[seed] = future.result()
-            print(f"seed {seed}: " + "; ".join(
-                f"{label}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[seed][label].items()) for label in labels),
-                flush=True)
+            print(
+                f"seed {seed}: "
+                + "; ".join(
+                    f"{label}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[seed][label].items()) for label in labels
+                ),
+                flush=True,
+            )
     wall = time.perf_counter() - started
     table = summary(results, labels)
     text = markdown(table, labels, args.seeds)
@@ -157,11 +175,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwall time {wall:.0f} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "seeds": args.seeds, "adversity_rounds": rounds, "dataset_cut": cut, "configs": dict(configs),
-        "wall_seconds": wall, "machine": platform.platform(), "python": platform.python_version(),
-        "per_seed": {str(s): r for s, r in results.items()}, "summary": table, "markdown": text,
-    }, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "seeds": args.seeds,
+                "adversity_rounds": rounds,
+                "dataset_cut": cut,
+                "configs": dict(configs),
+                "wall_seconds": wall,
+                "machine": platform.platform(),
+                "python": platform.python_version(),
+                "per_seed": {str(s): r for s, r in results.items()},
+                "summary": table,
+                "markdown": text,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
     return 0
 

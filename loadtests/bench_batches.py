@@ -43,19 +43,53 @@ def fill(store: Store, decisions: int, offers: int) -> None:
     decided = datetime.now(UTC) - timedelta(days=3)
     features = {f"customer.f{i}": float(i) for i in range(30)}
     records = [
-        DecisionRecord(new_decision_id(), None, f"c-{n}", "web", decided, "1-abc", "linear-igw/0", features, {},
-                       [{"offer_id": f"offer-{(n + k) % 100:04d}", "slot": k + 1, "propensity": 0.3, "score": 1.0,
-                         "fallback": False, "treatment": "", "group": "g", "name": "x"} for k in range(offers)])
+        DecisionRecord(
+            new_decision_id(),
+            None,
+            f"c-{n}",
+            "web",
+            decided,
+            "1-abc",
+            "linear-igw/0",
+            features,
+            {},
+            [
+                {
+                    "offer_id": f"offer-{(n + k) % 100:04d}",
+                    "slot": k + 1,
+                    "propensity": 0.3,
+                    "score": 1.0,
+                    "fallback": False,
+                    "treatment": "",
+                    "group": "g",
+                    "name": "x",
+                }
+                for k in range(offers)
+            ],
+        )
         for n in range(decisions)
     ]
     for start in range(0, decisions, 500):
         with store.write() as conn:
-            store.insert_decisions(conn, records[start:start + 500])
-            for r in records[start:start + 500:3]:
-                store.store_feedback(conn, FeedbackEvent(
-                    event_id=f"e-{r.decision_id}", decision_id=r.decision_id, offer_id=r.offers[0]["offer_id"],
-                    outcome="accepted", reward=1.0, occurred_at=decided, received_at=decided, customer_id=r.customer_id,
-                    features=features, decided_at=decided, channel="web", group="g"))
+            store.insert_decisions(conn, records[start : start + 500])
+            for r in records[start : start + 500 : 3]:
+                store.store_feedback(
+                    conn,
+                    FeedbackEvent(
+                        event_id=f"e-{r.decision_id}",
+                        decision_id=r.decision_id,
+                        offer_id=r.offers[0]["offer_id"],
+                        outcome="accepted",
+                        reward=1.0,
+                        occurred_at=decided,
+                        received_at=decided,
+                        customer_id=r.customer_id,
+                        features=features,
+                        decided_at=decided,
+                        channel="web",
+                        group="g",
+                    ),
+                )
 
 
 def run(name: str, url: str, decisions: int, offers: int) -> dict[str, Any]:
@@ -85,13 +119,22 @@ def run(name: str, url: str, decisions: int, offers: int) -> dict[str, Any]:
     seconds = time.perf_counter() - began
     assert store.count_open_decisions() == 0
     engine.dispose()
-    result = {"engine": name, "decisions": decisions, "no_response_events": learned, "seconds": seconds,
-              "decisions_per_second": decisions / seconds, "statements_per_transaction": statistics.median(per_batch),
-              "lock_held_ms_median": statistics.median(held) * 1000, "lock_held_ms_max": max(held) * 1000}
-    print(f"{name:10} {decisions} decisions x {offers} offers: {learned} no_response events in {seconds:.2f} s "
-          f"({decisions / seconds:,.0f} decisions/s); {statistics.median(per_batch):.0f} statements per "
-          f"transaction of {CLOSE_BATCH}; write lock held {statistics.median(held) * 1000:.0f} ms (median), "
-          f"{max(held) * 1000:.0f} ms (max)")
+    result = {
+        "engine": name,
+        "decisions": decisions,
+        "no_response_events": learned,
+        "seconds": seconds,
+        "decisions_per_second": decisions / seconds,
+        "statements_per_transaction": statistics.median(per_batch),
+        "lock_held_ms_median": statistics.median(held) * 1000,
+        "lock_held_ms_max": max(held) * 1000,
+    }
+    print(
+        f"{name:10} {decisions} decisions x {offers} offers: {learned} no_response events in {seconds:.2f} s "
+        f"({decisions / seconds:,.0f} decisions/s); {statistics.median(per_batch):.0f} statements per "
+        f"transaction of {CLOSE_BATCH}; write lock held {statistics.median(held) * 1000:.0f} ms (median), "
+        f"{max(held) * 1000:.0f} ms (max)"
+    )
     return result
 
 
@@ -107,19 +150,50 @@ def run_feedback(name: str, url: str, decisions: int, offers: int, batch: int) -
     decided = datetime.now(UTC) - timedelta(minutes=5)
     features = {f"customer.f{i}": float(i) for i in range(30)}
     records = [
-        DecisionRecord(new_decision_id(), None, f"c-{n}", "web", decided, "1-abc", "linear-igw/0", features, {},
-                       [{"offer_id": f"offer-{k}", "slot": k + 1, "propensity": 0.3, "score": 1.0, "fallback": False,
-                         "treatment": "", "group": "g", "name": "x"} for k in range(offers)])
+        DecisionRecord(
+            new_decision_id(),
+            None,
+            f"c-{n}",
+            "web",
+            decided,
+            "1-abc",
+            "linear-igw/0",
+            features,
+            {},
+            [
+                {
+                    "offer_id": f"offer-{k}",
+                    "slot": k + 1,
+                    "propensity": 0.3,
+                    "score": 1.0,
+                    "fallback": False,
+                    "treatment": "",
+                    "group": "g",
+                    "name": "x",
+                }
+                for k in range(offers)
+            ],
+        )
         for n in range(decisions)
     ]
     with store.write() as conn:
         store.insert_decisions(conn, records)
 
     def event_for(r: DecisionRecord, k: int, outcome: str, tag: str) -> FeedbackEvent:
-        return FeedbackEvent(event_id=f"{tag}-{r.decision_id}-{k}", decision_id=r.decision_id, offer_id=f"offer-{k}",
-                             outcome=outcome, reward=1.0 if outcome == "accepted" else 0.0, occurred_at=decided,
-                             received_at=decided, features=features, customer_id=r.customer_id, decided_at=decided,
-                             channel="web", group="g")
+        return FeedbackEvent(
+            event_id=f"{tag}-{r.decision_id}-{k}",
+            decision_id=r.decision_id,
+            offer_id=f"offer-{k}",
+            outcome=outcome,
+            reward=1.0 if outcome == "accepted" else 0.0,
+            occurred_at=decided,
+            received_at=decided,
+            features=features,
+            customer_id=r.customer_id,
+            decided_at=decided,
+            channel="web",
+            group="g",
+        )
 
     events = [event_for(r, k, "impressed", "i") for r in records for k in range(offers)]
     events += [event_for(r, 0, "clicked", "c") for r in records[::4]]  # revisions of a stored pair
@@ -129,7 +203,7 @@ def run_feedback(name: str, url: str, decisions: int, offers: int, batch: int) -
     per_batch: list[int] = []
     began = time.perf_counter()
     for start in range(0, len(events), batch):
-        chunk = events[start:start + batch]
+        chunk = events[start : start + batch]
         statements[0] = 0
         started = time.perf_counter()
         with store.write() as conn:
@@ -142,9 +216,11 @@ def run_feedback(name: str, url: str, decisions: int, offers: int, batch: int) -
         per_batch.append(statements[0])
     seconds = time.perf_counter() - began
     engine.dispose()
-    print(f"{name:10} {len(events)} feedback events in transactions of {batch}: {seconds:.2f} s "
-          f"({len(events) / seconds:,.0f} events/s); {statistics.median(per_batch):.0f} statements per transaction; "
-          f"write lock held {statistics.median(held) * 1000:.0f} ms (median), {max(held) * 1000:.0f} ms (max)")
+    print(
+        f"{name:10} {len(events)} feedback events in transactions of {batch}: {seconds:.2f} s "
+        f"({len(events) / seconds:,.0f} events/s); {statistics.median(per_batch):.0f} statements per transaction; "
+        f"write lock held {statistics.median(held) * 1000:.0f} ms (median), {max(held) * 1000:.0f} ms (max)"
+    )
     return {"engine": name, "events": len(events), "seconds": seconds}
 
 

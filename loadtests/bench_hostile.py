@@ -97,8 +97,12 @@ def measure_rules() -> dict[str, Any]:
     batch.evaluate(variables)
     call_ms = 1000 * (time.perf_counter() - started)
     print(f"{count} x the costliest ({count * worst['estimate']:,} steps of {CALL_BUDGET:,}): {call_ms:.1f} ms per decision")
-    return {"rule_budget": RULE_BUDGET, "call_budget": CALL_BUDGET, "rules": rows,
-            "call": {"rules": count, "estimate": count * worst["estimate"], "ms": round(call_ms, 1)}}
+    return {
+        "rule_budget": RULE_BUDGET,
+        "call_budget": CALL_BUDGET,
+        "rules": rows,
+        "call": {"rules": count, "estimate": count * worst["estimate"], "ms": round(call_ms, 1)},
+    }
 
 
 def free_port() -> int:
@@ -126,11 +130,18 @@ def measure_service(seconds: float) -> dict[str, Any]:
 
     folder = tempfile.mkdtemp(prefix="nba-bench-hostile-")
     port = free_port()
-    env = {**os.environ, "NBA_PORT": str(port), "NBA_HOST": "127.0.0.1", "NBA_METRICS_PORT": "-1",
-           "NBA_DATABASE_URL": f"sqlite:///{folder}/nba.db", "NBA_POLICIES": str(ROOT / "policies"),
-           "NBA_WORKERS": "1", "NBA_ADMIN_TOKENS": f"bench:editor:{TOKEN}", "NBA_LOG_LEVEL": "warning"}
-    server = subprocess.Popen([sys.executable, "-m", "nba", "serve"], cwd=ROOT, env=env,
-                              stderr=open(f"{folder}/serve.log", "w"))
+    env = {
+        **os.environ,
+        "NBA_PORT": str(port),
+        "NBA_HOST": "127.0.0.1",
+        "NBA_METRICS_PORT": "-1",
+        "NBA_DATABASE_URL": f"sqlite:///{folder}/nba.db",
+        "NBA_POLICIES": str(ROOT / "policies"),
+        "NBA_WORKERS": "1",
+        "NBA_ADMIN_TOKENS": f"bench:editor:{TOKEN}",
+        "NBA_LOG_LEVEL": "warning",
+    }
+    server = subprocess.Popen([sys.executable, "-m", "nba", "serve"], cwd=ROOT, env=env, stderr=open(f"{folder}/serve.log", "w"))
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
         health = health_pb2_grpc.HealthStub(channel)
@@ -164,8 +175,12 @@ def measure_service(seconds: float) -> dict[str, Any]:
         files = {name: (ROOT / "policies" / name).read_text() for name in os.listdir(ROOT / "policies") if name.endswith(".yaml")}
         from test_rule_limits import slow_draft
 
-        drafts = [("nested comprehensions", {"set.yaml": HOSTILE}), ("80,000 parentheses", {"set.yaml": with_rule(PARENS)}),
-                  ("2,000 offers", slow_draft(2000)), ("sample set", files)]
+        drafts = [
+            ("nested comprehensions", {"set.yaml": HOSTILE}),
+            ("80,000 parentheses", {"set.yaml": with_rule(PARENS)}),
+            ("2,000 offers", slow_draft(2000)),
+            ("sample set", files),
+        ]
 
         def loop(offset: int) -> None:
             i = offset
@@ -173,8 +188,11 @@ def measure_service(seconds: float) -> dict[str, Any]:
                 name, draft = drafts[i % len(drafts)]
                 started = time.perf_counter()
                 try:
-                    response = admin.ValidatePolicySet(apb.ValidatePolicySetRequest(draft=apb.PolicySetDraft(files=draft)),
-                                                       metadata=[("authorization", f"Bearer {TOKEN}")], timeout=1.5)
+                    response = admin.ValidatePolicySet(
+                        apb.ValidatePolicySetRequest(draft=apb.PolicySetDraft(files=draft)),
+                        metadata=[("authorization", f"Bearer {TOKEN}")],
+                        timeout=1.5,
+                    )
                     outcome = "valid" if response.valid else "invalid"
                 except grpc.RpcError as exc:
                     outcome = exc.code().name
@@ -191,9 +209,12 @@ def measure_service(seconds: float) -> dict[str, Any]:
             t.join()
         result = {}
         for name, latencies in (("idle", idle), ("hostile", busy)):
-            result[name] = {"calls": len(latencies), "p50_ms": round(1000 * percentile(latencies, 0.5), 2),
-                            "p99_ms": round(1000 * percentile(latencies, 0.99), 2),
-                            "max_ms": round(1000 * max(latencies), 2)}
+            result[name] = {
+                "calls": len(latencies),
+                "p50_ms": round(1000 * percentile(latencies, 0.5), 2),
+                "p99_ms": round(1000 * percentile(latencies, 0.99), 2),
+                "max_ms": round(1000 * max(latencies), 2),
+            }
             print(f"Decide {name:8} {result[name]}")
         summary: dict[str, dict[str, Any]] = {}
         for name, outcome, took in hostile:
@@ -225,8 +246,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="Decide measured this long, idle and hostile")
     parser.add_argument("--service-only", action="store_true", help="skip the rule measurements")
     args = parser.parse_args()
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-               "rules": None if args.service_only else measure_rules(), "service": measure_service(args.seconds)}
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "rules": None if args.service_only else measure_rules(),
+        "service": measure_service(args.seconds),
+    }
     out = ROOT / "loadtests" / "results" / "bench_hostile.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"saved {out.relative_to(ROOT)}")

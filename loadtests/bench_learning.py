@@ -69,8 +69,10 @@ NBA_CONFIGS: list[tuple[str, dict[str, Any]]] = [
     # What `nba serve` runs by default (nba.config: learner_shared 3, learner_prior 0.05).
     ("nba, the service's defaults", {"shared": 3.0, "prior": 0.05}),
     # The same with the setting that restores the behaviour before adaptation was the default.
-    ("nba, before adaptation", {"shared": 3.0, "prior": 0.05, "forget": 1.0, "optimism": 0.0, "explore_by_age": False,
-                                "detect_changes": False}),
+    (
+        "nba, before adaptation",
+        {"shared": 3.0, "prior": 0.05, "forget": 1.0, "optimism": 0.0, "explore_by_age": False, "detect_changes": False},
+    ),
     ("nba LinearBandit() defaults", {}),
 ]
 
@@ -157,8 +159,10 @@ def learners(seed: int, extra: Sequence[tuple[str, dict[str, Any]]] = ()) -> lis
         out.append((label, lambda label=label, kwargs=kwargs: Ours(label, LinearBandit(**kwargs, seed=seed))))
     out.append(("uniform random", lambda: Ours("uniform random", UniformRandom(seed=seed))))
     if vw_available():
-        for label, arguments in (("VW --squarecb", "--cb_explore_adf -q sa --squarecb"),
-                                 (f"VW --epsilon {EPSILON}", f"--cb_explore_adf -q sa --epsilon {EPSILON}")):
+        for label, arguments in (
+            ("VW --squarecb", "--cb_explore_adf -q sa --squarecb"),
+            (f"VW --epsilon {EPSILON}", f"--cb_explore_adf -q sa --epsilon {EPSILON}"),
+        ):
             out.append((label, lambda label=label, arguments=arguments: VowpalWabbit(label, arguments, seed)))
     else:
         print("vowpalwabbit is not installed: VW is left out (pip install -e '.[bench]')", file=sys.stderr)
@@ -200,8 +204,9 @@ def contexts(stream: Stream) -> list[dict[str, float]]:
     return [dict(zip(names, row, strict=True)) for row in stream.X.tolist()]
 
 
-def play(stream: Stream, learner: Any, seed: int, delay: int = 0,
-         rows: list[dict[str, float]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def play(
+    stream: Stream, learner: Any, seed: int, delay: int = 0, rows: list[dict[str, float]] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Plays the stream once: per decision the arm chosen, its logged probability and the reward
     drawn, and the seconds spent in the learner. Decision t's reward is learned after decision
     t + ``delay`` is made and before the next: with ``delay`` 0, before decision t + 1 (the
@@ -277,14 +282,28 @@ def details(stream: Stream, chosen: np.ndarray, rewards: np.ndarray) -> dict[str
     return out
 
 
-def run(stream: Stream, learner: Any, seed: int, delay: int = 0, name: str | None = None,
-        rows: list[dict[str, float]] | None = None) -> Result:
+def run(
+    stream: Stream, learner: Any, seed: int, delay: int = 0, name: str | None = None, rows: list[dict[str, float]] | None = None
+) -> Result:
     chosen, logged, rewards, elapsed = play(stream, learner, seed, delay, rows)
     ips, low, high, true = propensity_check(stream, logged, rewards)
     true_reward = float(stream.means[np.arange(stream.rounds), chosen].mean())
-    return Result(name or stream.name, learner.name, stream.rounds, delay, float(rewards.mean()),
-                  float(stream.oracle_means().mean()), true_reward, elapsed / stream.rounds * 1e6, ips, low, high, true,
-                  low <= true <= high, details(stream, chosen, rewards))
+    return Result(
+        name or stream.name,
+        learner.name,
+        stream.rounds,
+        delay,
+        float(rewards.mean()),
+        float(stream.oracle_means().mean()),
+        true_reward,
+        elapsed / stream.rounds * 1e6,
+        ips,
+        low,
+        high,
+        true,
+        low <= true <= high,
+        details(stream, chosen, rewards),
+    )
 
 
 @dataclass
@@ -322,8 +341,12 @@ def columns(classification: list[str]) -> list[Column]:
         Column(f"delayed {DELAY}", reward("delayed"), "max"),
         Column("delay cost", cost, "min", "{:+.3f}"),
         # over all the decisions of the run, so a 150-row data set weighs as little as it is long
-        Column("µs / decision", lambda rows: sum(r.micros * r.rounds for r in rows.values())
-               / sum(r.rounds for r in rows.values()), "min", "{:,.0f}"),
+        Column(
+            "µs / decision",
+            lambda rows: sum(r.micros * r.rounds for r in rows.values()) / sum(r.rounds for r in rows.values()),
+            "min",
+            "{:,.0f}",
+        ),
     ]
     return out
 
@@ -353,7 +376,11 @@ def markdown(results: list[Result], classification: list[str], baseline: str = "
                     target = min(rivals)
                 else:
                     target = min(rivals, key=lambda r, b=col.best: abs(r - b))
-                near = abs(v - target) < 1e-9 if col.best in ("max", "min") else abs(abs(v - col.best) - abs(target - col.best)) < 1e-9
+                near = (
+                    abs(v - target) < 1e-9
+                    if col.best in ("max", "min")
+                    else abs(abs(v - col.best) - abs(target - col.best)) < 1e-9
+                )
                 if near:
                     text = f"**{text}**"
             cells.append(text)
@@ -387,13 +414,24 @@ def parse_config(text: str) -> tuple[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=20_000,
-                        help="decisions in each adversity stream (default 20000; at least 4000 for the recovery window)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a short run: 4000-decision adversity streams, data sets cut to 1000 rows")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=20_000,
+        help="decisions in each adversity stream (default 20000; at least 4000 for the recovery window)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run: 4000-decision adversity streams, data sets cut to 1000 rows"
+    )
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--nba", type=parse_config, action="append", default=[], metavar="LABEL=JSON",
-                        help="another nba configuration: LinearBandit keyword arguments, e.g. 'forget 0.99={\"forget\": 0.99}'")
+    parser.add_argument(
+        "--nba",
+        type=parse_config,
+        action="append",
+        default=[],
+        metavar="LABEL=JSON",
+        help="another nba configuration: LinearBandit keyword arguments, e.g. 'forget 0.99={\"forget\": 0.99}'",
+    )
     parser.add_argument("--out", default="loadtests/results/bench_learning.json")
     args = parser.parse_args(argv)
     rounds, cut = (4000, 1000) if args.quick else (args.rounds, None)
@@ -419,9 +457,12 @@ def main(argv: list[str] | None = None) -> int:
             r = run(stream, learner, args.seed, delay, name, rows)
             results.append(r)
             extra = " ".join(f"{k} {v:.3f}" for k, v in r.detail.items() if isinstance(v, float))
-            print(f"{name:14} {r.learner:32} reward {r.reward:.3f} (true {r.true_reward:.3f}, oracle {r.oracle:.3f}) {r.micros:7.1f} µs  "
-                  f"uniform by IPS {r.uniform_ips:.3f} [{r.uniform_low:.3f}, {r.uniform_high:.3f}] (true {r.uniform_true:.3f}) "
-                  f"{'ok' if r.propensities_ok else 'WRONG PROPENSITIES'} {extra}", flush=True)
+            print(
+                f"{name:14} {r.learner:32} reward {r.reward:.3f} (true {r.true_reward:.3f}, oracle {r.oracle:.3f}) {r.micros:7.1f} µs  "
+                f"uniform by IPS {r.uniform_ips:.3f} [{r.uniform_low:.3f}, {r.uniform_high:.3f}] (true {r.uniform_true:.3f}) "
+                f"{'ok' if r.propensities_ok else 'WRONG PROPENSITIES'} {extra}",
+                flush=True,
+            )
     wall = time.perf_counter() - started
     names = [s.name for s in classification]
     table = markdown(results, names)
@@ -435,15 +476,31 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwall time {wall:.0f} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "features": "standardised for all (z-score on the stream, clipped at ±5)",
-        "passes": 1, "adversity_rounds": rounds, "dataset_cut": cut, "seed": args.seed, "delay": DELAY,
-        "recovery_window": RECOVERY, "newcomer_window": NEWCOMER_WINDOW, "wall_seconds": wall,
-        "nba_defaults": LinearBandit().hyperparameters(), "learners": configurations,
-        "machine": platform.platform(), "python": platform.python_version(), "versions": versions(),
-        "streams": {s.name: s.description for s in [*classification, *adversity]},
-        "results": [asdict(r) for r in results], "markdown": table, "after_change_markdown": after,
-    }, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "features": "standardised for all (z-score on the stream, clipped at ±5)",
+                "passes": 1,
+                "adversity_rounds": rounds,
+                "dataset_cut": cut,
+                "seed": args.seed,
+                "delay": DELAY,
+                "recovery_window": RECOVERY,
+                "newcomer_window": NEWCOMER_WINDOW,
+                "wall_seconds": wall,
+                "nba_defaults": LinearBandit().hyperparameters(),
+                "learners": configurations,
+                "machine": platform.platform(),
+                "python": platform.python_version(),
+                "versions": versions(),
+                "streams": {s.name: s.description for s in [*classification, *adversity]},
+                "results": [asdict(r) for r in results],
+                "markdown": table,
+                "after_change_markdown": after,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
     return 0
 

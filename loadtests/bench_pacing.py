@@ -48,8 +48,10 @@ def main() -> None:
         runs.append((time.perf_counter() - started) / args.calls * 1e6)
     assert all(v.eligible for v in result.verdicts)
     per_call = statistics.median(runs)
-    print(f"{args.offers} offers with evenly paced daily budgets ({args.offers // 2} scheduled), {args.timezone}: "
-          f"{per_call:.1f} us per screening call, {per_call / args.offers:.1f} us per offer")
+    print(
+        f"{args.offers} offers with evenly paced daily budgets ({args.offers // 2} scheduled), {args.timezone}: "
+        f"{per_call:.1f} us per screening call, {per_call / args.offers:.1f} us per offer"
+    )
 
 
 if __name__ == "__main__":

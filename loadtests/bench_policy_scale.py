@@ -60,14 +60,13 @@ from nba.yaml_loader import load_yaml  # noqa: E402
 
 CHANNELS = ["web", "app", "email", "call_center", "sms"]
 GROUPS = ["retention", "cross-sell", "up-sell", "service", "loyalty", "win-back", "onboarding", "insurance"]
-PRODUCTS = ["current-account", "credit-card", "savings", "loan", "mobile-plan", "travel-insurance",
-            "home-insurance", "paperless"]
+PRODUCTS = ["current-account", "credit-card", "savings", "loan", "mobile-plan", "travel-insurance", "home-insurance", "paperless"]
 TOKEN = "bench-editor-token-0123456789"
 ELIGIBILITY = [
     "customer.age >= {n}",
     'customer.value.segment in ["gold", "platinum"]',
     "customer.flags.churn_risk && customer.history.tenure_months >= {n}",
-    "customer.activity.complaints_90d >= 1 || customer.mood == \"negative\"",
+    'customer.activity.complaints_90d >= 1 || customer.mood == "negative"',
     '!("{p}" in customer.history.products)',
     "customer.value.clv > {k}.0 && customer.consent.marketing",
     "customer.activity.days_since_login > {n} && customer.consent.email",
@@ -93,7 +92,8 @@ def generate(folder: Path, offers: int, seed: int = 1) -> Path:
     (folder / "schema.yaml").write_text(schema)
     groups = "\n".join(f"  {g}: {{description: The {g} offers, lever: {1.0 + i / 10:.1f}}}" for i, g in enumerate(GROUPS))
     (folder / "channels.yaml").write_text(
-        f"settings: {{timezone: Europe/London}}\nchannels: [{', '.join(CHANNELS)}]\ngroups:\n{groups}\n")
+        f"settings: {{timezone: Europe/London}}\nchannels: [{', '.join(CHANNELS)}]\ngroups:\n{groups}\n"
+    )
     by_group: dict[str, list[str]] = {g: [] for g in GROUPS}
     ids_by_group: dict[str, list[str]] = {g: [] for g in GROUPS}
     for i in range(offers - len(CHANNELS)):
@@ -101,11 +101,21 @@ def generate(folder: Path, offers: int, seed: int = 1) -> Path:
         oid = f"{group}-{i:05d}"
         ids_by_group[group].append(oid)
         channels = rng.sample(CHANNELS, rng.randint(1, 3))
-        rule = rng.choice(ELIGIBILITY).format(n=rng.randint(1, 60), p=rng.choice(PRODUCTS),
-                                             k=rng.randint(1, 50) * 100, r=rng.choice(["north", "south", "east", "west"]))
-        lines = [f"  - id: {oid}", f"    name: Offer {i}", f"    group: {group}",
-                 f"    channels: [{', '.join(channels)}]", f"    value: {rng.randint(5, 300)}.0",
-                 f"    tags: [{rng.choice(PRODUCTS)}]", f"    eligibility: '{rule}'"]
+        rule = rng.choice(ELIGIBILITY).format(
+            n=rng.randint(1, 60),
+            p=rng.choice(PRODUCTS),
+            k=rng.randint(1, 50) * 100,
+            r=rng.choice(["north", "south", "east", "west"]),
+        )
+        lines = [
+            f"  - id: {oid}",
+            f"    name: Offer {i}",
+            f"    group: {group}",
+            f"    channels: [{', '.join(channels)}]",
+            f"    value: {rng.randint(5, 300)}.0",
+            f"    tags: [{rng.choice(PRODUCTS)}]",
+            f"    eligibility: '{rule}'",
+        ]
         if rng.random() < 0.3:
             lines.append(f"    lever: {rng.choice(['0.8', '1.2', '1.5'])}")
         if rng.random() < 0.2:
@@ -117,41 +127,55 @@ def generate(folder: Path, offers: int, seed: int = 1) -> Path:
         by_group[group].append("\n".join(lines))
     for group, entries in by_group.items():
         (folder / f"{group}.yaml").write_text("offers:\n" + "\n".join(entries) + "\n")
-    fallbacks = "\n".join(f"  - {{id: fallback-{c}, name: Fallback {c}, group: service, channels: [{c}], fallback: true, "
-                          f"value: 0.0}}" for c in CHANNELS)
+    fallbacks = "\n".join(
+        f"  - {{id: fallback-{c}, name: Fallback {c}, group: service, channels: [{c}], fallback: true, value: 0.0}}"
+        for c in CHANNELS
+    )
     policies: list[str] = []
     for group in GROUPS:
         for j, (kind, rule) in enumerate(GROUP_RULES):
             if "exists(" in rule and group != "cross-sell":
                 continue  # as in policies/: a comprehension over the context per offer is costly (nba.policy.rule_cost)
             if rng.random() < 0.6:
-                policies.append(f"  - {{id: {group}-{kind}-{j}, type: {kind}, applies_to: {{groups: [{group}]}}, "
-                                f"rule: '{rule}'}}")
-        policies.append(f"  - {{id: {group}-three-a-week, type: contact_cap, applies_to: {{groups: [{group}]}}, "
-                        "max: 3, window: 7d, counts: impressed, per: offer}")
-        policies.append(f"  - {{id: {group}-cool-off, type: suppression, applies_to: {{groups: [{group}]}}, "
-                        "after: rejected, days: 30, per: group}")
-        policies.append(f"  - {{id: {group}-weight, type: weight, applies_to: {{groups: [{group}]}}, "
-                        "weight: 'customer.flags.churn_risk ? 2.0 : 1.0'}")
+                policies.append(
+                    f"  - {{id: {group}-{kind}-{j}, type: {kind}, applies_to: {{groups: [{group}]}}, rule: '{rule}'}}"
+                )
+        policies.append(
+            f"  - {{id: {group}-three-a-week, type: contact_cap, applies_to: {{groups: [{group}]}}, "
+            "max: 3, window: 7d, counts: impressed, per: offer}"
+        )
+        policies.append(
+            f"  - {{id: {group}-cool-off, type: suppression, applies_to: {{groups: [{group}]}}, "
+            "after: rejected, days: 30, per: group}"
+        )
+        policies.append(
+            f"  - {{id: {group}-weight, type: weight, applies_to: {{groups: [{group}]}}, "
+            "weight: 'customer.flags.churn_risk ? 2.0 : 1.0'}"
+        )
     policies.append("  - {id: ten-a-day-per-channel, type: contact_cap, max: 10, window: 1d, counts: impressed, per: channel}")
     policies.append("  - {id: stop-when-ignored, type: suppression, after: ignored, ignored: 3, days: 14}")
     # About one policy per ten offers: budgets over a few offers each, per-offer rules, caps.
     all_ids = [oid for ids in ids_by_group.values() for oid in ids]
     rng.shuffle(all_ids)
     for k in range(0, len(all_ids), 10):
-        chosen = all_ids[k:k + rng.randint(1, 4)]
+        chosen = all_ids[k : k + rng.randint(1, 4)]
         kind = rng.random()
         targets = f"{{offers: [{', '.join(chosen)}]}}"
         if kind < 0.5:
-            policies.append(f"  - {{id: budget-{k}, type: budget, applies_to: {targets}, max: {rng.randint(50, 500)}, "
-                            f"counts: accepted, period: day, pacing: {rng.choice(['none', 'even'])}, "
-                            f"per: {rng.choice(['offer', 'policy'])}}}")
+            policies.append(
+                f"  - {{id: budget-{k}, type: budget, applies_to: {targets}, max: {rng.randint(50, 500)}, "
+                f"counts: accepted, period: day, pacing: {rng.choice(['none', 'even'])}, "
+                f"per: {rng.choice(['offer', 'policy'])}}}"
+            )
         elif kind < 0.8:
-            policies.append(f"  - {{id: rule-{k}, type: suitability, applies_to: {targets}, "
-                            f"rule: 'customer.value.clv >= {rng.randint(0, 40) * 100}.0 || offer.value < 50.0'}}")
+            policies.append(
+                f"  - {{id: rule-{k}, type: suitability, applies_to: {targets}, "
+                f"rule: 'customer.value.clv >= {rng.randint(0, 40) * 100}.0 || offer.value < 50.0'}}"
+            )
         else:
-            policies.append(f"  - {{id: cap-{k}, type: contact_cap, applies_to: {targets}, max: 2, window: 1d, "
-                            "counts: decided, per: offer}")
+            policies.append(
+                f"  - {{id: cap-{k}, type: contact_cap, applies_to: {targets}, max: 2, window: 1d, counts: decided, per: offer}}"
+            )
     (folder / "fallbacks.yaml").write_text("offers:\n" + fallbacks + "\n")
     (folder / "policies.yaml").write_text("policies:\n" + "\n".join(policies) + "\n")
     return folder
@@ -160,8 +184,10 @@ def generate(folder: Path, offers: int, seed: int = 1) -> Path:
 def contexts(n: int) -> list[dict[str, Any]]:
     """Contexts drawn from the sample schema (corners and random values)."""
     raw = load_yaml((ROOT / "policies" / "schema.yaml").read_text())["schema"]
-    specs = {p: v if isinstance(v, FieldSpec) else (FieldSpec(type=v) if isinstance(v, str) else FieldSpec(**v))
-             for p, v in raw.items()}
+    specs = {
+        p: v if isinstance(v, FieldSpec) else (FieldSpec(type=v) if isinstance(v, str) else FieldSpec(**v))
+        for p, v in raw.items()
+    }
     return ContextSchema(specs).samples(n, seed=7)
 
 
@@ -189,8 +215,12 @@ def measure(size: int, work: Path, rounds: int, decides: int, profile: bool) -> 
     result["per_channel"] = {c: len(v) for c, v in compiled.by_channel.items()}
     result["warnings"] = len(compiled.warnings)
 
-    cli = timed(lambda: subprocess.run([sys.executable, "-m", "nba", "policies", "validate", str(folder)], cwd=ROOT,
-                                       check=True, stdout=subprocess.DEVNULL), max(1, rounds // 2))
+    cli = timed(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "nba", "policies", "validate", str(folder)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL
+        ),
+        max(1, rounds // 2),
+    )
     result["cli_validate_s"] = round(min(cli), 2)
     parse = timed(lambda: parse_policy_set(files), rounds)
     result["parse_s"] = round(min(parse), 2)
@@ -205,29 +235,41 @@ def measure(size: int, work: Path, rounds: int, decides: int, profile: bool) -> 
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
 
     port = free_port()
-    env = {"NBA_PORT": str(port), "NBA_HOST": "127.0.0.1", "NBA_METRICS_PORT": "-1", "NBA_POLICIES": str(folder),
-           "NBA_DATABASE_URL": f"sqlite:///{work / f'db-{size}.sqlite'}", "NBA_LOG_LEVEL": "warning",
-           "NBA_POLICIES_WATCH_SECONDS": "0", "NBA_SEED": "1", "NBA_ADMIN_TOKENS": f"bench:editor:{TOKEN}"}
+    env = {
+        "NBA_PORT": str(port),
+        "NBA_HOST": "127.0.0.1",
+        "NBA_METRICS_PORT": "-1",
+        "NBA_POLICIES": str(folder),
+        "NBA_DATABASE_URL": f"sqlite:///{work / f'db-{size}.sqlite'}",
+        "NBA_LOG_LEVEL": "warning",
+        "NBA_POLICIES_WATCH_SECONDS": "0",
+        "NBA_SEED": "1",
+        "NBA_ADMIN_TOKENS": f"bench:editor:{TOKEN}",
+    }
     began = time.perf_counter()
     server = Server([sys.executable, "-m", "nba", "serve"], port, set(os.sched_getaffinity(0)), env)
     result["start_s"] = round(time.perf_counter() - began, 2)
     try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20),
-                                                                       ("grpc.max_receive_message_length", 64 << 20)])
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{port}",
+            options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)],
+        )
         admin = apb_grpc.AdminServiceStub(channel)
         decide = pb_grpc.DecisionServiceStub(channel)
         auth = [("authorization", f"Bearer {TOKEN}")]
         draft = apb.PolicySetDraft(files=files)
-        validate = timed(lambda: admin.ValidatePolicySet(apb.ValidatePolicySetRequest(draft=draft), metadata=auth,
-                                                         timeout=300), rounds)
+        validate = timed(
+            lambda: admin.ValidatePolicySet(apb.ValidatePolicySetRequest(draft=draft), metadata=auth, timeout=300), rounds
+        )
         result["validate_rpc_s"] = round(min(validate), 2)
         publishes = []
         for r in range(rounds):
             changed = dict(files)
             changed["policies.yaml"] = files["policies.yaml"] + f"# revision {r}\n"
             began = time.perf_counter()
-            response = admin.PublishPolicySet(apb.PublishPolicySetRequest(draft=apb.PolicySetDraft(files=changed),
-                                                                          comment=f"r{r}"), metadata=auth, timeout=300)
+            response = admin.PublishPolicySet(
+                apb.PublishPolicySetRequest(draft=apb.PolicySetDraft(files=changed), comment=f"r{r}"), metadata=auth, timeout=300
+            )
             publishes.append(time.perf_counter() - began)
             assert not response.unchanged
         result["publish_rpc_s"] = round(min(publishes), 2)
@@ -254,8 +296,10 @@ def measure(size: int, work: Path, rounds: int, decides: int, profile: bool) -> 
             decide.Decide(request, timeout=30)
             if i >= 0:
                 latencies[ch].append(time.perf_counter() - began)
-        result["decide_ms"] = {c: {"p50": round(statistics.median(v) * 1000, 1), "p99": round(percentile(v, 0.99) * 1000, 1)}
-                               for c, v in latencies.items()}
+        result["decide_ms"] = {
+            c: {"p50": round(statistics.median(v) * 1000, 1), "p99": round(percentile(v, 0.99) * 1000, 1)}
+            for c, v in latencies.items()
+        }
         channel.close()
     finally:
         server.stop()

@@ -40,9 +40,19 @@ def replicas(folder: Path, url: str, bus: str, stream: str) -> list[Server]:
     started = []
     for cpu in (0, 1):
         port = free_port()
-        env = {"NBA_PORT": str(port), "NBA_HOST": "127.0.0.1", "NBA_METRICS_PORT": "-1", "NBA_POLICIES": str(folder),
-               "NBA_DATABASE_URL": url, "NBA_LOG_LEVEL": "warning", "NBA_POLICIES_WATCH_SECONDS": "0",
-               "NBA_WORKERS": "1", "NBA_SEED": "1", "NBA_BUS": bus, "NBA_BUS_STREAM": stream}
+        env = {
+            "NBA_PORT": str(port),
+            "NBA_HOST": "127.0.0.1",
+            "NBA_METRICS_PORT": "-1",
+            "NBA_POLICIES": str(folder),
+            "NBA_DATABASE_URL": url,
+            "NBA_LOG_LEVEL": "warning",
+            "NBA_POLICIES_WATCH_SECONDS": "0",
+            "NBA_WORKERS": "1",
+            "NBA_SEED": "1",
+            "NBA_BUS": bus,
+            "NBA_BUS_STREAM": stream,
+        }
         started.append(Server([sys.executable, "-m", "nba", "serve"], port, {cpu}, env))
     return started
 
@@ -63,8 +73,14 @@ def reservation_cost(calls: int) -> dict[str, float]:
             now = time.time()
             began = time.perf_counter()
             for i in range(calls):
-                store.reserve([Claim(f"cap:c-{i}", 2, "window", now + 86400, (now + 100,)),
-                               Claim("budget:alpha:today", 10**9, "counter", now + 86400, 0)], now, f"t{i}")
+                store.reserve(
+                    [
+                        Claim(f"cap:c-{i}", 2, "window", now + 86400, (now + 100,)),
+                        Claim("budget:alpha:today", 10**9, "counter", now + 86400, 0),
+                    ],
+                    now,
+                    f"t{i}",
+                )
             found[name] = round((time.perf_counter() - began) / calls * 1e6, 1)
     finally:
         for key in client.scan_iter(prefix + "*"):
@@ -75,8 +91,11 @@ def reservation_cost(calls: int) -> dict[str, float]:
 
 def percentiles(delays: list[float]) -> dict[str, float]:
     ordered = sorted(delays)
-    return {"p50": round(ordered[len(ordered) // 2], 2), "p99": round(ordered[max(0, int(0.99 * len(ordered)) - 1)], 2),
-            "max": round(ordered[-1], 2)}
+    return {
+        "p50": round(ordered[len(ordered) // 2], 2),
+        "p99": round(ordered[max(0, int(0.99 * len(ordered)) - 1)], 2),
+        "max": round(ordered[-1], 2),
+    }
 
 
 def main() -> None:
@@ -116,8 +135,10 @@ def main() -> None:
         results[name] = found
         print(f"{name:<10}{found['p50']:>10}{found['p99']:>10}{found['max']:>10}", flush=True)
     results["reservation"] = reservation_cost(max(100, args.rounds * 25))
-    print(f"\nreserving two units: {results['reservation']['redis_us']} µs through Redis, "
-          f"{results['reservation']['local_us']} µs in process")
+    print(
+        f"\nreserving two units: {results['reservation']['redis_us']} µs through Redis, "
+        f"{results['reservation']['local_us']} µs in process"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"\nsaved {args.out}")

@@ -79,8 +79,9 @@ class Measurement:
         out = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
         out.update(throughput=round(self.throughput, 1), cpu_per_call_us=round(self.cpu_per_call_us, 1))
         if self.latencies_ms:
-            out.update(p50_ms=round(self.percentile(50), 3), p95_ms=round(self.percentile(95), 3),
-                       p99_ms=round(self.percentile(99), 3))
+            out.update(
+                p50_ms=round(self.percentile(50), 3), p95_ms=round(self.percentile(95), 3), p99_ms=round(self.percentile(99), 3)
+            )
         return out
 
 
@@ -104,7 +105,7 @@ def cpu_seconds(pid: int) -> float:
                 text = f.read()
         except OSError:
             continue
-        fields_ = text[text.rindex(")") + 2:].split()
+        fields_ = text[text.rindex(")") + 2 :].split()
         stats[int(entry)] = fields_
         children.setdefault(int(fields_[1]), []).append(int(entry))
     stack = [pid]
@@ -147,7 +148,11 @@ class Server:
     def __init__(self, command: list[str], port: int, cpus: set[int], env: dict[str, str] | None = None) -> None:
         self.port = port
         self.proc = subprocess.Popen(
-            command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            command,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             preexec_fn=lambda: os.sched_setaffinity(0, cpus),
         )
         try:
@@ -205,9 +210,18 @@ async def connect(port: int, workers: int, probe: Any) -> tuple[list[Any], list[
     return stubs, channels
 
 
-async def closed_loop(port: int, pid: int, calls: list[Any], method: str, concurrency: int, seconds: float,
-                      warmup: float = 1.5, keep: list[Any] | None = None, workers: int = 1,
-                      probe: Any = None) -> Measurement:
+async def closed_loop(
+    port: int,
+    pid: int,
+    calls: list[Any],
+    method: str,
+    concurrency: int,
+    seconds: float,
+    warmup: float = 1.5,
+    keep: list[Any] | None = None,
+    workers: int = 1,
+    probe: Any = None,
+) -> Measurement:
     """As fast as ``concurrency`` callers go; counts only calls after the warm-up."""
     stubs, channels = await connect(port, workers, probe or calls[0])
     try:
@@ -243,8 +257,9 @@ async def closed_loop(port: int, pid: int, calls: list[Any], method: str, concur
             await channel.close()
 
 
-async def open_loop(port: int, pid: int, calls: list[Any], rate: float, seconds: float, warmup: float = 1.0,
-                    workers: int = 1) -> Measurement:
+async def open_loop(
+    port: int, pid: int, calls: list[Any], rate: float, seconds: float, warmup: float = 1.0, workers: int = 1
+) -> Measurement:
     """A fixed offered load: calls start on schedule whether or not earlier ones finished;
     latency counts from the scheduled start (no coordinated omission)."""
     stubs, channels = await connect(port, workers, calls[0])
@@ -275,7 +290,9 @@ async def open_loop(port: int, pid: int, calls: list[Any], rate: float, seconds:
             tasks.append(asyncio.create_task(one(i, scheduled)))
         await asyncio.gather(*tasks)
         cpu1, t1 = cpu_seconds(pid), time.monotonic()
-        return Measurement(f"Decide at {rate:.0f}/s", len(latencies), t1 - (t0 or start), cpu1 - (cpu0 or 0.0), errors[0], latencies)
+        return Measurement(
+            f"Decide at {rate:.0f}/s", len(latencies), t1 - (t0 or start), cpu1 - (cpu0 or 0.0), errors[0], latencies
+        )
     finally:
         for channel in channels:
             await channel.close()
@@ -313,8 +330,14 @@ def propagation_between(a: Any, b: Any, request: pb.DecideRequest, rounds: int) 
     for i in range(rounds):
         decision = a.Decide(request)
         before = int(b.Decide(request).model_version.rsplit("/", 1)[1])
-        a.Feedback(pb.FeedbackRequest(event_id=f"prop-{time.time_ns()}-{i}", decision_id=decision.decision_id,
-                                      offer_id=decision.offers[0].offer_id, outcome=pb.OUTCOME_ACCEPTED))
+        a.Feedback(
+            pb.FeedbackRequest(
+                event_id=f"prop-{time.time_ns()}-{i}",
+                decision_id=decision.decision_id,
+                offer_id=decision.offers[0].offer_id,
+                outcome=pb.OUTCOME_ACCEPTED,
+            )
+        )
         acked = time.monotonic()
         while int(b.Decide(request).model_version.rsplit("/", 1)[1]) <= before:
             if time.monotonic() - acked > 5:
@@ -340,8 +363,12 @@ def contact_memory(customers: int, events_each: int = 3) -> float:
     for c in range(customers):
         customer_id = f"customer-{c:08d}"
         history.events(customer_id, now)
-        history.record([ContactEvent(customer_id, now - e * 3600, "impressed", f"offer-{e % 100:04d}", "g1", "web")
-                        for e in range(events_each)])
+        history.record(
+            [
+                ContactEvent(customer_id, now - e * 3600, "impressed", f"offer-{e % 100:04d}", "g1", "web")
+                for e in range(events_each)
+            ]
+        )
     gc.collect()
     grown = rss() - before
     del history
@@ -351,9 +378,15 @@ def contact_memory(customers: int, events_each: int = 3) -> float:
 def service(folder: Path, database: Path, workers: int, cpus: set[int], extra: dict[str, str] | None = None) -> Server:
     port = free_port()
     env = {
-        "NBA_PORT": str(port), "NBA_HOST": "127.0.0.1", "NBA_METRICS_PORT": "-1", "NBA_POLICIES": str(folder),
-        "NBA_DATABASE_URL": f"sqlite:///{database}", "NBA_LOG_LEVEL": "warning", "NBA_POLICIES_WATCH_SECONDS": "0",
-        "NBA_WORKERS": str(workers), "NBA_SEED": "1",
+        "NBA_PORT": str(port),
+        "NBA_HOST": "127.0.0.1",
+        "NBA_METRICS_PORT": "-1",
+        "NBA_POLICIES": str(folder),
+        "NBA_DATABASE_URL": f"sqlite:///{database}",
+        "NBA_LOG_LEVEL": "warning",
+        "NBA_POLICIES_WATCH_SECONDS": "0",
+        "NBA_WORKERS": str(workers),
+        "NBA_SEED": "1",
         **(extra or {}),
     }
     return Server([sys.executable, "-m", "nba", "serve"], port, cpus, env)
@@ -367,10 +400,13 @@ def durable_decisions(work: Path, base: list[Any], args: Any, rate: float, show:
     for label, extra in (("write-behind", {}), ("durable", {"NBA_DURABLE_DECISIONS": "true"})):
         server = service(folder, work / f"durable-{label}.db", 1, {SERVER_CPU}, extra)
         try:
-            found[f"{label}_max"] = show(f"nba: Decide, {label}, max", run(closed_loop(
-                server.port, server.proc.pid, base, "Decide", args.concurrency, args.seconds)))
-            found[f"{label}_fixed"] = show(f"nba: Decide, {label}, at {rate:.0f}/s", run(open_loop(
-                server.port, server.proc.pid, base, rate, args.seconds)))
+            found[f"{label}_max"] = show(
+                f"nba: Decide, {label}, max",
+                run(closed_loop(server.port, server.proc.pid, base, "Decide", args.concurrency, args.seconds)),
+            )
+            found[f"{label}_fixed"] = show(
+                f"nba: Decide, {label}, at {rate:.0f}/s", run(open_loop(server.port, server.proc.pid, base, rate, args.seconds))
+            )
         finally:
             server.stop()
     return found
@@ -383,8 +419,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="skip the scaling and worker phases")
     parser.add_argument("--out", default=str(ROOT / "loadtests" / "results" / "bench_service.json"))
     parser.add_argument("--contact-memory", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--durable-only", type=float, metavar="RATE",
-                        help="only compare --durable-decisions with write-behind, at RATE calls/s and flat out")
+    parser.add_argument(
+        "--durable-only",
+        type=float,
+        metavar="RATE",
+        help="only compare --durable-decisions with write-behind, at RATE calls/s and flat out",
+    )
     args = parser.parse_args(argv)
     if args.contact_memory:  # measured in a fresh process, so no earlier phase's memory is reused
         print(contact_memory(args.contact_memory))
@@ -438,11 +478,21 @@ def main(argv: list[str] | None = None) -> int:
         own_rate = svc_max.throughput / 2
         svc_half = run(open_loop(server.port, server.proc.pid, base, own_rate, args.seconds))
         results["service_half_own_max"] = show(f"nba: Decide at {own_rate:.0f}/s (half its own max)", svc_half)
-        feedback = [pb.FeedbackRequest(event_id=f"bench-{i}", decision_id=d.decision_id, offer_id=d.offers[0].offer_id,
-                                       outcome=pb.OUTCOME_IMPRESSED if i % 5 else pb.OUTCOME_ACCEPTED)
-                    for i, d in enumerate(decisions) if d.offers]
-        fb = run(closed_loop(server.port, server.proc.pid, feedback, "Feedback", args.concurrency, args.seconds, warmup=0.5,
-                             probe=base[0]))
+        feedback = [
+            pb.FeedbackRequest(
+                event_id=f"bench-{i}",
+                decision_id=d.decision_id,
+                offer_id=d.offers[0].offer_id,
+                outcome=pb.OUTCOME_IMPRESSED if i % 5 else pb.OUTCOME_ACCEPTED,
+            )
+            for i, d in enumerate(decisions)
+            if d.offers
+        ]
+        fb = run(
+            closed_loop(
+                server.port, server.proc.pid, feedback, "Feedback", args.concurrency, args.seconds, warmup=0.5, probe=base[0]
+            )
+        )
         results["feedback_max"] = show("nba: Feedback, max", fb)
         results["memory_mb_100_offers"] = rss_mb(server.proc.pid)
         # Last: the floor's half-load overloads the service, whose backlog would spill into later phases.
@@ -456,9 +506,11 @@ def main(argv: list[str] | None = None) -> int:
         "throughput": round(svc_max.throughput / floor_max.throughput, 2),
         "feedback_vs_decide_cpu": round(fb.cpu_per_call_us / svc_max.cpu_per_call_us, 2),
     }
-    print(f"\nratios: service/floor CPU per call {results['ratios']['cpu_per_call']}×, "
-          f"throughput {results['ratios']['throughput']:.0%} of the floor's; Feedback/Decide CPU "
-          f"{results['ratios']['feedback_vs_decide_cpu']}×")
+    print(
+        f"\nratios: service/floor CPU per call {results['ratios']['cpu_per_call']}×, "
+        f"throughput {results['ratios']['throughput']:.0%} of the floor's; Feedback/Decide CPU "
+        f"{results['ratios']['feedback_vs_decide_cpu']}×"
+    )
 
     if not args.quick:
         scaling: dict[str, Any] = {}
@@ -466,8 +518,9 @@ def main(argv: list[str] | None = None) -> int:
             folder = write_policy_set(work / f"p{offers}-f{fields_}", offers, fields_)
             server = service(folder, work / f"p{offers}-f{fields_}.db", 1, {SERVER_CPU})
             try:
-                m = run(closed_loop(server.port, server.proc.pid, requests(fields_, 1000), "Decide",
-                                    args.concurrency, args.seconds))
+                m = run(
+                    closed_loop(server.port, server.proc.pid, requests(fields_, 1000), "Decide", args.concurrency, args.seconds)
+                )
                 scaling[f"{offers} offers, {fields_} fields"] = show(f"nba: Decide ({offers} offers, {fields_} fields)", m)
                 if offers == 1000:
                     results["memory_mb_1000_offers"] = rss_mb(server.proc.pid)
@@ -491,24 +544,38 @@ def main(argv: list[str] | None = None) -> int:
             results["two_workers_half_own_max"] = show(f"nba: Decide at {own_rate:.0f}/s, --workers 2", two_fixed)
             delays = propagation(server.port, 200)
             ordered = sorted(delays)
-            results["propagation_ms"] = {"p50": round(ordered[len(ordered) // 2], 2),
-                                         "p99": round(ordered[int(0.99 * len(ordered)) - 1], 2),
-                                         "max": round(ordered[-1], 2)}
-            print(f"feedback reaches the other worker: p50 {results['propagation_ms']['p50']} ms, "
-                  f"p99 {results['propagation_ms']['p99']} ms")
+            results["propagation_ms"] = {
+                "p50": round(ordered[len(ordered) // 2], 2),
+                "p99": round(ordered[int(0.99 * len(ordered)) - 1], 2),
+                "max": round(ordered[-1], 2),
+            }
+            print(
+                f"feedback reaches the other worker: p50 {results['propagation_ms']['p50']} ms, "
+                f"p99 {results['propagation_ms']['p99']} ms"
+            )
             results["memory_mb_two_workers"] = rss_mb(server.proc.pid)
         finally:
             server.stop()
         results["durable_decisions"] = durable_decisions(work, base, args, own_rate, show)
         results["ratios"]["two_workers_cpu"] = round(two.cpu_per_call_us / svc_max.cpu_per_call_us, 2)
         results["ratios"]["two_workers_cpu_same_load"] = round(two_fixed.cpu_per_call_us / svc_half.cpu_per_call_us, 2)
-        print(f"ratios: --workers 2 CPU per call {results['ratios']['two_workers_cpu']}× one worker's at full load, "
-              f"{results['ratios']['two_workers_cpu_same_load']}× at the same offered load ({own_rate:.0f}/s)")
+        print(
+            f"ratios: --workers 2 CPU per call {results['ratios']['two_workers_cpu']}× one worker's at full load, "
+            f"{results['ratios']['two_workers_cpu_same_load']}× at the same offered load ({own_rate:.0f}/s)"
+        )
 
         results["contact_history_mb"] = {
-            f"{n:,} customers": round(float(subprocess.run(
-                [sys.executable, __file__, "--contact-memory", str(n)], capture_output=True, text=True, check=True,
-            ).stdout.strip()), 1)
+            f"{n:,} customers": round(
+                float(
+                    subprocess.run(
+                        [sys.executable, __file__, "--contact-memory", str(n)],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    ).stdout.strip()
+                ),
+                1,
+            )
             for n in (100_000, 1_000_000)
         }
         print(f"contact history (3 events each): {results['contact_history_mb']}")

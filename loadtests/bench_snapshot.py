@@ -55,8 +55,10 @@ def main() -> None:
     offers = [f"offer-{i:04d}" for i in range(args.offers)]
     loop = LearningLoop(build_learner(Settings()), snapshot_seconds=0)
     loop.describe_arms({o: [f"group=g{i % 5}"] for i, o in enumerate(offers)})
-    loop.apply(LearningEvent(i + 1, flatten(context(30, rng)), offers[i % len(offers)], float(rng.random() < 0.2), None)
-               for i in range(args.events))
+    loop.apply(
+        LearningEvent(i + 1, flatten(context(30, rng)), offers[i % len(offers)], float(rng.random() < 0.2), None)
+        for i in range(args.events)
+    )
     probe = [flatten(context(30, rng)) for _ in range(50)]
     weights = np.ones(len(offers))
     stop = threading.Event()
@@ -112,12 +114,16 @@ def main() -> None:
     print(f"learner: {args.offers} offers, {args.events} events; a snapshot is {size / 1e6:.1f} MB")
     for kind in ("pickled", "exported"):
         during = [s for b, s in draws if any(w0 - s <= b <= w1 for w0, w1 in windows[kind])]
-        print(f"lock held, {kind} under it: {summary(held[kind])}; longest draw waiting on it "
-              f"{max(during, default=0) * 1000:.1f} ms")
+        print(
+            f"lock held, {kind} under it: {summary(held[kind])}; longest draw waiting on it "
+            f"{max(during, default=0) * 1000:.1f} ms"
+        )
     quiet = [s for b, s in draws if not any(w0 - 0.05 <= b <= w1 + 0.05 for w in windows.values() for w0, w1 in w)]
     print(f"draws away from snapshots: median {statistics.median(quiet) * 1000:.3f} ms")
-    print(f"a snapshot in all (export, encode, write to SQLite): median {statistics.median(written) * 1000:.0f} ms; "
-          f"restore (load it, nothing to replay): {restored * 1000:.0f} ms")
+    print(
+        f"a snapshot in all (export, encode, write to SQLite): median {statistics.median(written) * 1000:.0f} ms; "
+        f"restore (load it, nothing to replay): {restored * 1000:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

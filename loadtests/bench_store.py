@@ -46,13 +46,22 @@ POSTGRES = os.environ.get("NBA_BENCH_POSTGRES", "postgresql+psycopg://postgres@1
 
 def real_records(folder: Path, count: int) -> list[DecisionRecord]:
     policies = write_policy_set(folder / "policies", offers=100, field_count=30)
-    settings = Settings(policies=policies, database_url=f"sqlite:///{folder / 'templates.db'}", port=0,
-                        metrics_port=-1, policies_watch_seconds=0, log_format="text", log_level="warning")
+    settings = Settings(
+        policies=policies,
+        database_url=f"sqlite:///{folder / 'templates.db'}",
+        port=0,
+        metrics_port=-1,
+        policies_watch_seconds=0,
+        log_format="text",
+        log_level="warning",
+    )
     service = Service(settings)
     rng = random.Random(7)
     try:
-        return [service.decider.decide(DecideInput(customer_id=f"c-{i}", channel="web", limit=3,
-                                                   context=context(30, rng)))[0] for i in range(count)]
+        return [
+            service.decider.decide(DecideInput(customer_id=f"c-{i}", channel="web", limit=3, context=context(30, rng)))[0]
+            for i in range(count)
+        ]
     finally:
         service.log.close()
         service.engine.dispose()
@@ -68,11 +77,20 @@ def write(store: Store, templates: list[DecisionRecord], total: int, slices: int
     for _ in range(slices):
         began = time.perf_counter()
         for _ in range(per_slice // BATCH):
-            batch = [replace(templates[(n + i) % len(templates)], decision_id=new_decision_id(),
-                             customer_id=f"c-{(n + i) % 200_000}", created_at=start + step * (n + i))
-                     for i in range(BATCH)]
-            contacts = [ContactEvent(d.customer_id, d.created_at.timestamp(), "decided", o["offer_id"], o["group"],
-                                     d.channel) for d in batch for o in d.offers]
+            batch = [
+                replace(
+                    templates[(n + i) % len(templates)],
+                    decision_id=new_decision_id(),
+                    customer_id=f"c-{(n + i) % 200_000}",
+                    created_at=start + step * (n + i),
+                )
+                for i in range(BATCH)
+            ]
+            contacts = [
+                ContactEvent(d.customer_id, d.created_at.timestamp(), "decided", o["offer_id"], o["group"], d.channel)
+                for d in batch
+                for o in d.offers
+            ]
             with store.write() as conn:
                 store.insert_decisions(conn, batch)
                 store.insert_contacts(conn, contacts)
@@ -88,8 +106,9 @@ def size_bytes(store: Store, url: str) -> int:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         return path.stat().st_size
     with store.engine.connect() as conn:
-        return int(conn.exec_driver_sql(
-            "SELECT pg_total_relation_size('decisions') + pg_total_relation_size('contact_events')").scalar())
+        return int(
+            conn.exec_driver_sql("SELECT pg_total_relation_size('decisions') + pg_total_relation_size('contact_events')").scalar()
+        )
 
 
 def purge_rate(store: Store) -> tuple[int, float]:
@@ -116,9 +135,14 @@ def run_engine(name: str, url: str, templates: list[DecisionRecord], total: int,
         deleted, deletes_per_second = purge_rate(store)
     finally:
         engine.dispose()
-    return {"engine": name, "decisions": total, "rates": [round(r) for r in rates],
-            "bytes_per_decision": round(size / total), "purged": deleted,
-            "purged_per_second": round(deletes_per_second)}
+    return {
+        "engine": name,
+        "decisions": total,
+        "rates": [round(r) for r in rates],
+        "bytes_per_decision": round(size / total),
+        "purged": deleted,
+        "purged_per_second": round(deletes_per_second),
+    }
 
 
 def main() -> None:
@@ -142,8 +166,11 @@ def main() -> None:
             admin.execute(f"CREATE SCHEMA {schema}")
             try:
                 print(f"PostgreSQL: {args.decisions:,} decisions ...", flush=True)
-                results.append(run_engine("postgresql", f"{POSTGRES}?options=-csearch_path%3D{schema}", templates,
-                                          args.decisions, args.slices))
+                results.append(
+                    run_engine(
+                        "postgresql", f"{POSTGRES}?options=-csearch_path%3D{schema}", templates, args.decisions, args.slices
+                    )
+                )
             finally:
                 admin.execute(f"DROP SCHEMA {schema} CASCADE")
     print()
@@ -152,8 +179,9 @@ def main() -> None:
         rates = " → ".join(f"{x:,}" for x in r["rates"])
         print(f"{r['engine']:<12}{rates:<42}{r['bytes_per_decision']:>16,}{r['purged_per_second']:>12,}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"when": datetime.now(UTC).isoformat(timespec="seconds"),
-                                    "batch": BATCH, "results": results}, indent=2))
+    args.out.write_text(
+        json.dumps({"when": datetime.now(UTC).isoformat(timespec="seconds"), "batch": BATCH, "results": results}, indent=2)
+    )
     print(f"\nsaved {args.out}")
 
 

@@ -21,8 +21,14 @@ from nba.v1 import decision_service_pb2_grpc as pb_grpc
 RESPONSE = pb.DecideResponse(
     decision_id="019ab2c4e1f05c0d3a9e4b1f27c8d6a0",
     offers=[
-        pb.RankedOffer(offer_id=f"offer-{i:04d}", name=f"Offer {i}", score=1.5 + i, propensity=0.3 + i / 10,
-                       treatment=f"treatment-{i}", group="g1")
+        pb.RankedOffer(
+            offer_id=f"offer-{i:04d}",
+            name=f"Offer {i}",
+            score=1.5 + i,
+            propensity=0.3 + i / 10,
+            treatment=f"treatment-{i}",
+            group="g1",
+        )
         for i in range(3)
     ],
     policy_version="1-0123456789ab",

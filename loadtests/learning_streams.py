@@ -108,8 +108,9 @@ def _segment_means(rng: np.random.Generator, segments: int, arms: int, best: flo
     return table
 
 
-def segment_stream(rounds: int = 20_000, seed: int = 7, change: bool = True, segments: int = 5, arms: int = 5,
-                   noise: int = 5, best: float = 0.5) -> Stream:
+def segment_stream(
+    rounds: int = 20_000, seed: int = 7, change: bool = True, segments: int = 5, arms: int = 5, noise: int = 5, best: float = 0.5
+) -> Stream:
     """The "stationary" stream (``change=False``) and the "change" stream (``change=True``).
 
     Customers come from ``segments`` equally likely segments (context: the segment one-hot and
@@ -136,13 +137,20 @@ def segment_stream(rounds: int = 20_000, seed: int = 7, change: bool = True, seg
     if change:
         means[middle:] = swapped[seg[middle:]]
     name = "change" if change else "stationary"
-    what = ("every segment's best arm swapped for another at the midpoint" if change else "no change")
-    return Stream(name, X, means, coins, np.zeros(arms, dtype=int), event=middle if change else -1, segments=seg,
-                  description=f"{segments} segments, {arms} arms, {noise} noise features; {what}")
+    what = "every segment's best arm swapped for another at the midpoint" if change else "no change"
+    return Stream(
+        name,
+        X,
+        means,
+        coins,
+        np.zeros(arms, dtype=int),
+        event=middle if change else -1,
+        segments=seg,
+        description=f"{segments} segments, {arms} arms, {noise} noise features; {what}",
+    )
 
 
-def newcomer_stream(rounds: int = 20_000, seed: int = 7, noise: int = 5, best: float = 0.5,
-                    fallback: float = 0.3) -> Stream:
+def newcomer_stream(rounds: int = 20_000, seed: int = 7, noise: int = 5, best: float = 0.5, fallback: float = 0.3) -> Stream:
     """The "newcomers" stream: 5 arms from the start, 5 more join at the midpoint.
 
     Ten equally likely segments (context: the segment one-hot and ``noise`` irrelevant normal
@@ -161,8 +169,16 @@ def newcomer_stream(rounds: int = 20_000, seed: int = 7, noise: int = 5, best: f
     coins = rng.random(rounds)
     middle = rounds // 2
     joins = np.array([0] * 5 + [middle] * 5)
-    return Stream("newcomers", X, table[seg], coins, joins, event=middle, segments=seg,
-                  description=f"10 segments; arms 0-4 from the start, arms 5-9 join at decision {middle}")
+    return Stream(
+        "newcomers",
+        X,
+        table[seg],
+        coins,
+        joins,
+        event=middle,
+        segments=seg,
+        description=f"10 segments; arms 0-4 from the start, arms 5-9 join at decision {middle}",
+    )
 
 
 def multiclass_stream(name: str, X: np.ndarray, y: np.ndarray, seed: int, rounds: int | None = None) -> Stream:
@@ -176,8 +192,14 @@ def multiclass_stream(name: str, X: np.ndarray, y: np.ndarray, seed: int, rounds
     order = rng.permutation(len(y))[:rounds]
     y = y[order]
     means = np.eye(classes)[y]
-    return Stream(name, standardise(np.asarray(X, dtype=float)[order]), means, rng.random(len(y)),
-                  np.zeros(classes, dtype=int), description=f"{len(y)} rows, {classes} classes, each row once")
+    return Stream(
+        name,
+        standardise(np.asarray(X, dtype=float)[order]),
+        means,
+        rng.random(len(y)),
+        np.zeros(classes, dtype=int),
+        description=f"{len(y)} rows, {classes} classes, each row once",
+    )
 
 
 def classification_streams(seed: int, rounds: int | None = None) -> list[Stream]:
@@ -186,28 +208,50 @@ def classification_streams(seed: int, rounds: int | None = None) -> list[Stream]
     from sklearn import datasets
 
     out = []
-    for name, loader in (("iris", datasets.load_iris), ("wine", datasets.load_wine),
-                         ("breast-cancer", datasets.load_breast_cancer), ("digits", datasets.load_digits)):
+    for name, loader in (
+        ("iris", datasets.load_iris),
+        ("wine", datasets.load_wine),
+        ("breast-cancer", datasets.load_breast_cancer),
+        ("digits", datasets.load_digits),
+    ):
         data = loader()
         out.append(multiclass_stream(name, data.data, data.target, seed, rounds))
-    X, y = datasets.make_classification(n_samples=4000, n_features=20, n_informative=10, n_redundant=2,
-                                        n_classes=5, n_clusters_per_class=1, random_state=seed)
+    X, y = datasets.make_classification(
+        n_samples=4000, n_features=20, n_informative=10, n_redundant=2, n_classes=5, n_clusters_per_class=1, random_state=seed
+    )
     out.append(multiclass_stream("synthetic-5", X, y, seed, rounds))
-    X, y = datasets.make_classification(n_samples=4000, n_features=40, n_informative=20, n_classes=10,
-                                        n_clusters_per_class=1, class_sep=1.5, random_state=seed + 1)
+    X, y = datasets.make_classification(
+        n_samples=4000,
+        n_features=40,
+        n_informative=20,
+        n_classes=10,
+        n_clusters_per_class=1,
+        class_sep=1.5,
+        random_state=seed + 1,
+    )
     out.append(multiclass_stream("synthetic-10", X, y, seed, rounds))
-    X, y = datasets.make_classification(n_samples=6000, n_features=30, n_informative=20, n_classes=50,
-                                        n_clusters_per_class=1, class_sep=2.0, random_state=seed + 2)
+    X, y = datasets.make_classification(
+        n_samples=6000,
+        n_features=30,
+        n_informative=20,
+        n_classes=50,
+        n_clusters_per_class=1,
+        class_sep=2.0,
+        random_state=seed + 2,
+    )
     out.append(multiclass_stream("synthetic-50", X, y, seed, rounds))  # many arms, as a catalogue has offers
     return out
 
 
 def adversity_streams(rounds: int, seed: int) -> list[Stream]:
-    """"stationary", "change" and "newcomers" ("delayed" replays "stationary" with late
+    """ "stationary", "change" and "newcomers" ("delayed" replays "stationary" with late
     feedback: the runner, not the stream, delays). Standardised like every other stream."""
     out = []
-    for stream in (segment_stream(rounds, seed, change=False), segment_stream(rounds, seed, change=True),
-                   newcomer_stream(rounds, seed)):
+    for stream in (
+        segment_stream(rounds, seed, change=False),
+        segment_stream(rounds, seed, change=True),
+        newcomer_stream(rounds, seed),
+    ):
         stream.X = standardise(stream.X)
         out.append(stream)
     return out

@@ -92,20 +92,38 @@ class ChannelUser(User):
         persona = self.rng.choices(self.personas, self.shares)[0]
         context = struct_pb2.Struct()
         context.update({"customer": generate(persona.customer, self.rng)})
-        decision = self.call("Decide", self.stub.Decide, pb.DecideRequest(
-            customer_id=f"load-{self.rng.randrange(CUSTOMERS):07d}",
-            channel=self.rng.choices(self.channels, self.channel_weights)[0],
-            context=context, limit=3, explain=EXPLAIN,
-        ))
+        decision = self.call(
+            "Decide",
+            self.stub.Decide,
+            pb.DecideRequest(
+                customer_id=f"load-{self.rng.randrange(CUSTOMERS):07d}",
+                channel=self.rng.choices(self.channels, self.channel_weights)[0],
+                context=context,
+                limit=3,
+                explain=EXPLAIN,
+            ),
+        )
         if decision is None or not decision.offers or self.rng.random() >= FEEDBACK_SHARE:
             return
         shown = decision.offers[0]
-        self.call("Feedback", self.stub.Feedback, pb.FeedbackRequest(
-            event_id=str(uuid.uuid4()), decision_id=decision.decision_id,
-            offer_id=shown.offer_id, outcome=pb.OUTCOME_IMPRESSED,
-        ))
+        self.call(
+            "Feedback",
+            self.stub.Feedback,
+            pb.FeedbackRequest(
+                event_id=str(uuid.uuid4()),
+                decision_id=decision.decision_id,
+                offer_id=shown.offer_id,
+                outcome=pb.OUTCOME_IMPRESSED,
+            ),
+        )
         accepted = self.rng.random() < POPULATION.probability(persona.name, shown.offer_id, drifted=False)
-        self.call("Feedback", self.stub.Feedback, pb.FeedbackRequest(
-            event_id=str(uuid.uuid4()), decision_id=decision.decision_id, offer_id=shown.offer_id,
-            outcome=pb.OUTCOME_ACCEPTED if accepted else pb.OUTCOME_REJECTED,
-        ))
+        self.call(
+            "Feedback",
+            self.stub.Feedback,
+            pb.FeedbackRequest(
+                event_id=str(uuid.uuid4()),
+                decision_id=decision.decision_id,
+                offer_id=shown.offer_id,
+                outcome=pb.OUTCOME_ACCEPTED if accepted else pb.OUTCOME_REJECTED,
+            ),
+        )

@@ -45,8 +45,10 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-INSTALL = ("make bench-obd installs them; by hand: .venv/bin/pip install -e '.[bench]' 'pandas<3' tqdm seaborn "
-           "&& .venv/bin/pip install --no-deps --ignore-requires-python obp==0.5.7")
+INSTALL = (
+    "make bench-obd installs them; by hand: .venv/bin/pip install -e '.[bench]' 'pandas<3' tqdm seaborn "
+    "&& .venv/bin/pip install --no-deps --ignore-requires-python obp==0.5.7"
+)
 
 
 def _torch_stand_in() -> None:
@@ -104,8 +106,11 @@ def convert(feedback: dict[str, Any], data: Any, item_context: Any, out: Path) -
     offers = out / "offers.jsonl"
     with offers.open("w") as f:
         for _, row in item_context.iterrows():
-            features = {c: (float(row[c]) if c == "item_feature_0" else str(row[c]))
-                        for c in item_context.columns if c.startswith("item_feature")}
+            features = {
+                c: (float(row[c]) if c == "item_feature_0" else str(row[c]))
+                for c in item_context.columns
+                if c.startswith("item_feature")
+            }
             f.write(json.dumps({"offer_id": f"item-{int(row['item_id'])}", "features": features}) + "\n")
     return log, offers
 
@@ -115,8 +120,12 @@ def policy_file(feedback: dict[str, Any], action_dist: np.ndarray, path: Path) -
     with path.open("w") as f:
         for i in range(feedback["n_rounds"]):
             p = action_dist[i, :, int(feedback["position"][i])]
-            f.write(json.dumps({"decision_id": f"obd-{i}",
-                                "probabilities": {f"item-{a}": float(v) for a, v in enumerate(p) if v > 0}}) + "\n")
+            f.write(
+                json.dumps(
+                    {"decision_id": f"obd-{i}", "probabilities": {f"item-{a}": float(v) for a, v in enumerate(p) if v > 0}}
+                )
+                + "\n"
+            )
     return path
 
 
@@ -132,13 +141,29 @@ def obp_estimates(obp: Any, feedback: dict[str, Any], action_dist: np.ndarray, s
     from sklearn.linear_model import LogisticRegression
 
     model = RegressionModel(
-        n_actions=feedback["n_actions"], len_list=3, action_context=feedback["action_context"],
+        n_actions=feedback["n_actions"],
+        len_list=3,
+        action_context=feedback["action_context"],
         base_model=LogisticRegression(max_iter=10000, C=100, random_state=seed),
     )
-    q = model.fit_predict(context=feedback["context"], action=feedback["action"], reward=feedback["reward"],
-                          position=feedback["position"], pscore=feedback["pscore"], n_folds=3, random_state=seed)
-    ope = OffPolicyEvaluation(bandit_feedback=feedback, ope_estimators=[
-        InverseProbabilityWeighting(), SelfNormalizedInverseProbabilityWeighting(), DirectMethod(), DoublyRobust()])
+    q = model.fit_predict(
+        context=feedback["context"],
+        action=feedback["action"],
+        reward=feedback["reward"],
+        position=feedback["position"],
+        pscore=feedback["pscore"],
+        n_folds=3,
+        random_state=seed,
+    )
+    ope = OffPolicyEvaluation(
+        bandit_feedback=feedback,
+        ope_estimators=[
+            InverseProbabilityWeighting(),
+            SelfNormalizedInverseProbabilityWeighting(),
+            DirectMethod(),
+            DoublyRobust(),
+        ],
+    )
     values = ope.estimate_policy_values(action_dist=action_dist, estimated_rewards_by_reg_model=q)
     names = {"ipw": "ips", "snipw": "snips", "dm": "dm", "dr": "dr"}
     out = {names[k]: float(v) for k, v in values.items()}
@@ -159,8 +184,12 @@ def nba_reward_model(log: Path, offers: Path) -> dict[str, float]:
     limit_blas_threads()
     model = RewardModel(from_jsonl(log, offers=read_offers(offers)))
     brier, constant = model.brier()
-    return {"brier": brier, "constant": constant, "q_min": float(model.predictions.min()),
-            "q_max": float(model.predictions.max())}
+    return {
+        "brier": brier,
+        "constant": constant,
+        "q_min": float(model.predictions.min()),
+        "q_max": float(model.predictions.max()),
+    }
 
 
 def main() -> None:
@@ -179,8 +208,9 @@ def main() -> None:
     dataset = OpenBanditDataset(behavior_policy="random", campaign="all")
     feedback = dataset.obtain_batch_bandit_feedback()
     on_policy = float(OpenBanditDataset.calc_on_policy_policy_value_estimate(behavior_policy="bts", campaign="all"))
-    bts = BernoulliTS(n_actions=dataset.n_actions, len_list=dataset.len_list, is_zozotown_prior=True,
-                      campaign="all", random_state=args.seed)
+    bts = BernoulliTS(
+        n_actions=dataset.n_actions, len_list=dataset.len_list, is_zozotown_prior=True, campaign="all", random_state=args.seed
+    )
     action_dist = bts.compute_batch_action_dist(n_sim=args.n_sim, n_rounds=feedback["n_rounds"])
 
     log, offers = convert(feedback, dataset.data, dataset.item_context, out)
@@ -190,36 +220,74 @@ def main() -> None:
     estimates_path = out / "estimates.json"
     started = time.perf_counter()
     run = subprocess.run(
-        [sys.executable, "-m", "nba", "evaluate", "--log", str(log), "--offers", str(offers),
-         "--policy", f"bts=file:{policy}", "--policy", "logged", "--refits", str(args.refits),
-         "--seed", str(args.seed % 2**31), "--json", str(estimates_path), "--html", str(out / "report.html")],
-        cwd=ROOT, capture_output=True, text=True, check=False)
+        [
+            sys.executable,
+            "-m",
+            "nba",
+            "evaluate",
+            "--log",
+            str(log),
+            "--offers",
+            str(offers),
+            "--policy",
+            f"bts=file:{policy}",
+            "--policy",
+            "logged",
+            "--refits",
+            str(args.refits),
+            "--seed",
+            str(args.seed % 2**31),
+            "--json",
+            str(estimates_path),
+            "--html",
+            str(out / "report.html"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     seconds = time.perf_counter() - started
     if run.returncode != 0:
         sys.exit(f"nba evaluate failed ({run.returncode}): {run.stderr.strip()}")
     ours = {e["estimator"]: e for e in json.loads(estimates_path.read_text()) if e["policy"] == "bts"}
 
-    print(f"Open Bandit Dataset sample (obp {obp.__version__}): {feedback['n_rounds']} rounds logged by uniform random, "
-          f"{dataset.n_actions} items, {dataset.len_list} positions; target: Bernoulli TS (production prior, "
-          f"{args.n_sim} draws); nba evaluate took {seconds:.1f} s")
-    print(f"{'estimator':10} {'obp':>9} {'nba':>9} {'nba - obp':>10} {'on-policy':>10} {'obp error':>10} "
-          f"{'nba error':>10}  nba 95% interval")
+    print(
+        f"Open Bandit Dataset sample (obp {obp.__version__}): {feedback['n_rounds']} rounds logged by uniform random, "
+        f"{dataset.n_actions} items, {dataset.len_list} positions; target: Bernoulli TS (production prior, "
+        f"{args.n_sim} draws); nba evaluate took {seconds:.1f} s"
+    )
+    print(
+        f"{'estimator':10} {'obp':>9} {'nba':>9} {'nba - obp':>10} {'on-policy':>10} {'obp error':>10} "
+        f"{'nba error':>10}  nba 95% interval"
+    )
     for name in ("ips", "snips", "dm", "dr"):
         e, theirs = ours[name], reference[name]
-        print(f"{name:10} {theirs:9.6f} {e['value']:9.6f} {e['value'] - theirs:10.1e} {on_policy:10.6f} "
-              f"{theirs / on_policy - 1:+10.1%} {e['value'] / on_policy - 1:+10.1%}  [{e['low']:.6f}, {e['high']:.6f}]")
+        print(
+            f"{name:10} {theirs:9.6f} {e['value']:9.6f} {e['value'] - theirs:10.1e} {on_policy:10.6f} "
+            f"{theirs / on_policy - 1:+10.1%} {e['value'] / on_policy - 1:+10.1%}  [{e['low']:.6f}, {e['high']:.6f}]"
+        )
     model = nba_reward_model(log, offers)
-    print(f"\nreward models, held-out Brier score on the logged clicks (a constant, each fold's mean: "
-          f"{model['constant']:.7f}):")
-    print(f"  obp (logistic regression per position, C=100): {reference['brier']:.7f}, "
-          f"predictions {reference['q_min']:.5f} to {reference['q_max']:.5f}")
-    print(f"  nba (cross-fitted logistic, 5 folds):           {model['brier']:.7f}, "
-          f"predictions {model['q_min']:.5f} to {model['q_max']:.5f}")
+    print(f"\nreward models, held-out Brier score on the logged clicks (a constant, each fold's mean: {model['constant']:.7f}):")
+    print(
+        f"  obp (logistic regression per position, C=100): {reference['brier']:.7f}, "
+        f"predictions {reference['q_min']:.5f} to {reference['q_max']:.5f}"
+    )
+    print(
+        f"  nba (cross-fitted logistic, 5 folds):           {model['brier']:.7f}, "
+        f"predictions {model['q_min']:.5f} to {model['q_max']:.5f}"
+    )
     print(f"files: {out}")
-    failed = [f"{name}: nba {ours[name]['value']!r} is not obp's {reference[name]!r}" for name in ("ips", "snips")
-              if abs(ours[name]["value"] - reference[name]) > 1e-12]
-    failed += [f"{name}: nba is further from the on-policy value than obp" for name in ("dm", "dr")
-               if abs(ours[name]["value"] - on_policy) > abs(reference[name] - on_policy)]
+    failed = [
+        f"{name}: nba {ours[name]['value']!r} is not obp's {reference[name]!r}"
+        for name in ("ips", "snips")
+        if abs(ours[name]["value"] - reference[name]) > 1e-12
+    ]
+    failed += [
+        f"{name}: nba is further from the on-policy value than obp"
+        for name in ("dm", "dr")
+        if abs(ours[name]["value"] - on_policy) > abs(reference[name] - on_policy)
+    ]
     if failed:
         sys.exit("; ".join(failed))
 

@@ -17,10 +17,15 @@ PRODUCTS = ["current-account", "credit-card", "savings", "loan", "mobile-plan", 
 def fields(count: int) -> list[tuple[str, str]]:
     """``count`` context fields (path, type): a few named ones, then numbered extras."""
     named = [
-        ("customer.age", "number"), ("customer.value.segment", "string"), ("customer.flags.churn_risk", "bool"),
-        ("customer.flags.fraud_risk", "bool"), ("customer.history.tenure_months", "number"),
-        ("customer.history.products", "list<string>"), ("customer.activity.complaints_90d", "number"),
-        ("customer.demographics.region", "string"), ("customer.value.clv", "number"),
+        ("customer.age", "number"),
+        ("customer.value.segment", "string"),
+        ("customer.flags.churn_risk", "bool"),
+        ("customer.flags.fraud_risk", "bool"),
+        ("customer.history.tenure_months", "number"),
+        ("customer.history.products", "list<string>"),
+        ("customer.activity.complaints_90d", "number"),
+        ("customer.demographics.region", "string"),
+        ("customer.value.clv", "number"),
         ("customer.activity.days_since_login", "number"),
     ]
     out = named[:count]
@@ -52,10 +57,13 @@ def write_policy_set(folder: Path, offers: int, field_count: int, seed: int = 1)
     ]
     for i in range(offers):
         rule = rng.choice(rules[: max(1, min(len(rules), field_count))]).format(
-            n=rng.randint(1, 40), s=rng.choice(SEGMENTS), p=rng.choice(PRODUCTS))
+            n=rng.randint(1, 40), s=rng.choice(SEGMENTS), p=rng.choice(PRODUCTS)
+        )
         channels = rng.sample(CHANNELS, rng.randint(2, 4))
-        lines.append(f"  - {{id: offer-{i:04d}, name: Offer {i}, group: g{i % 5}, channels: [{', '.join(channels)}], "
-                     f"value: {rng.randint(5, 200)}.0, eligibility: '{rule}'}}")
+        lines.append(
+            f"  - {{id: offer-{i:04d}, name: Offer {i}, group: g{i % 5}, channels: [{', '.join(channels)}], "
+            f"value: {rng.randint(5, 200)}.0, eligibility: '{rule}'}}"
+        )
     for channel in CHANNELS:
         lines.append(f"  - {{id: fallback-{channel}, name: Fallback, channels: [{channel}], fallback: true, value: 0.0}}")
     (folder / "policies.yaml").write_text("\n".join(lines) + "\n")

@@ -35,15 +35,13 @@ class Settings(BaseModel):
     policies: Path = Field(Path("policies"), description="folder of policy set *.yaml files")
     host: str = Field("[::]", description="address the gRPC server binds")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port)")
-    database_url: str = Field(
-        "sqlite:///var/nba.db", description="decision log database (SQLAlchemy URL)"
-    )
-    metrics_port: int = Field(
-        9464, ge=-1, le=65535, description="Prometheus metrics HTTP port (0: any free port, -1: off)"
-    )
+    database_url: str = Field("sqlite:///var/nba.db", description="decision log database (SQLAlchemy URL)")
+    metrics_port: int = Field(9464, ge=-1, le=65535, description="Prometheus metrics HTTP port (0: any free port, -1: off)")
     threads: int = Field(16, ge=1, le=1024, description="gRPC handler threads")
     workers: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1, le=256,
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=256,
         description="processes serving the port together (default: one per core)",
     )
     worker: int = Field(-1, ge=-1, description="internal: this process's index among the workers (set by nba serve)")
@@ -69,22 +67,23 @@ class Settings(BaseModel):
     # The learner.
     learner_features: int = Field(128, ge=1, le=4096, description="hashed feature slots per offer")
     learner_alpha: float = Field(1.0, gt=0, description="ridge regularisation")
-    learner_shared: float = Field(
-        3.0, ge=0, description="pseudo-count of the shared model over offer group and tags (0: off)"
-    )
+    learner_shared: float = Field(3.0, ge=0, description="pseudo-count of the shared model over offer group and tags (0: off)")
     learner_forget: float = Field(
-        0.999, gt=0, le=1,
+        0.999,
+        gt=0,
+        le=1,
         description="each round of the catalogue discounts every offer's earlier evidence by this factor, so the "
         "learner follows change (1: never forget)",
     )
     learner_optimism: float = Field(
-        5.0, ge=0, le=1e6,
+        5.0,
+        ge=0,
+        le=1e6,
         description="pseudo-count: an offer with little evidence is estimated as good as the best known, blended "
         "n / (n + 5) with its own estimate after n observations, so new offers are tried (0: off)",
     )
     learner_detect_changes: bool = Field(
-        True, description="a change test on each offer's residuals restarts an offer's model when what it earns "
-        "drops abruptly"
+        True, description="a change test on each offer's residuals restarts an offer's model when what it earns drops abruptly"
     )
     learner_explore_by_age: bool = Field(
         True, description="exploration: gamma grows with each offer's own age, not the learner's (new offers explored)"
@@ -123,25 +122,24 @@ class Settings(BaseModel):
     )
 
     # The decision log.
-    request_id_ttl_seconds: float = Field(
-        86400.0, gt=0, description="how long a request_id returns the same decision"
-    )
+    request_id_ttl_seconds: float = Field(86400.0, gt=0, description="how long a request_id returns the same decision")
     log_flush_seconds: float = Field(0.05, gt=0, description="longest wait before decisions are written")
     log_batch_size: int = Field(500, ge=1, description="decisions written per transaction at most")
     log_queue_limit: int = Field(
         100_000, ge=1, description="decisions waiting to be written before new ones are dropped (counted)"
     )
     durable_decisions: bool = Field(
-        False, description="Decide answers only once its decision is committed to the log (a group commit, "
-        "not a 50 ms wait); without it, a crash loses at most the last log_flush_seconds of decisions"
+        False,
+        description="Decide answers only once its decision is committed to the log (a group commit, "
+        "not a 50 ms wait); without it, a crash loses at most the last log_flush_seconds of decisions",
     )
     decision_retention_days: float = Field(
-        0.0, ge=0, description="decisions older than this, whose reward windows have closed, are deleted "
-        "with their feedback, every minute (0: kept forever)"
+        0.0,
+        ge=0,
+        description="decisions older than this, whose reward windows have closed, are deleted "
+        "with their feedback, every minute (0: kept forever)",
     )
-    decision_cache_size: int = Field(
-        20_000, ge=0, description="recent decisions kept in memory for feedback and request_id"
-    )
+    decision_cache_size: int = Field(20_000, ge=0, description="recent decisions kept in memory for feedback and request_id")
     feedback_timeout_seconds: float = Field(
         10.0, gt=0, description="longest a Feedback call waits for durability before UNAVAILABLE"
     )
@@ -173,8 +171,10 @@ class Settings(BaseModel):
                     "16 characters (for example alice:editor:$(openssl rand -hex 16))"
                 )
             if any(c.isspace() or not c.isprintable() or not c.isascii() for c in parts[2]):
-                raise ValueError(f"the token of '{parts[0]}' holds a space or a character that is not printable "
-                                 "ASCII: an HTTP/2 header cannot carry it")
+                raise ValueError(
+                    f"the token of '{parts[0]}' holds a space or a character that is not printable "
+                    "ASCII: an HTTP/2 header cannot carry it"
+                )
         names = [str(e).split(":", 2)[0] for e in value or ()]
         tokens = [str(e).split(":", 2)[2] for e in value or ()]
         for listed, what in ((names, "name"), (tokens, "token")):
@@ -214,26 +214,33 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _tls_pairs(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert (--tls-cert, NBA_TLS_CERT) and tls_key (--tls-key, NBA_TLS_KEY) go together: "
-                             "give both, or neither")
+            raise ValueError(
+                "tls_cert (--tls-cert, NBA_TLS_CERT) and tls_key (--tls-key, NBA_TLS_KEY) go together: give both, or neither"
+            )
         if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ValueError("tls_client_ca (--tls-client-ca, NBA_TLS_CLIENT_CA) needs tls_cert and tls_key: "
-                             "client certificates are checked over TLS only")
+            raise ValueError(
+                "tls_client_ca (--tls-client-ca, NBA_TLS_CLIENT_CA) needs tls_cert and tls_key: "
+                "client certificates are checked over TLS only"
+            )
         return self
 
     @model_validator(mode="after")
     def _ports_differ(self) -> Settings:
         # the second bind would fail later as "port in use", naming neither setting
         if self.port > 0 and self.metrics_port > 0 and self.port == self.metrics_port:
-            raise ValueError(f"port (--port, NBA_PORT) and metrics_port (--metrics-port, NBA_METRICS_PORT) are both "
-                             f"{self.port}: give the metrics endpoint a port of its own, or -1 to turn it off")
+            raise ValueError(
+                f"port (--port, NBA_PORT) and metrics_port (--metrics-port, NBA_METRICS_PORT) are both "
+                f"{self.port}: give the metrics endpoint a port of its own, or -1 to turn it off"
+            )
         return self
 
     @model_validator(mode="after")
     def _rewards_in_range(self) -> Settings:
         if not self.reward_min < self.reward_max:
-            raise ValueError(f"reward_min (--reward-min, NBA_REWARD_MIN) {self.reward_min:g} must be below "
-                             f"reward_max (--reward-max, NBA_REWARD_MAX) {self.reward_max:g}")
+            raise ValueError(
+                f"reward_min (--reward-min, NBA_REWARD_MIN) {self.reward_min:g} must be below "
+                f"reward_max (--reward-max, NBA_REWARD_MAX) {self.reward_max:g}"
+            )
         for name in ("reward_impressed", "reward_clicked", "reward_accepted", "reward_rejected", "reward_default"):
             value = getattr(self, name)
             if not self.reward_min <= value <= self.reward_max:

@@ -163,5 +163,7 @@ def field_violations(exc: NbaError) -> list[tuple[str, str]]:
             found = [("request", message)]
     else:
         return []
-    return [(field[:MAX_DESCRIPTION], text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 1] + "…")
-            for field, text in found[:MAX_VIOLATIONS]]
+    return [
+        (field[:MAX_DESCRIPTION], text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 1] + "…")
+        for field, text in found[:MAX_VIOLATIONS]
+    ]

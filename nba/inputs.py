@@ -124,8 +124,9 @@ def check_text(field: str, value: str, *, max_length: int | None = None) -> str:
         raise InvalidArgument(f"{field}: longer than {max_length} characters (got {len(value)})")
     bad = control_character(value, text=True)
     if bad is not None:
-        raise InvalidArgument(f"{field}: contains {bad}; only tab, line feed and carriage return may appear "
-                              "among control characters")
+        raise InvalidArgument(
+            f"{field}: contains {bad}; only tab, line feed and carriage return may appear among control characters"
+        )
     return value
 
 

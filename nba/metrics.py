@@ -13,19 +13,13 @@ from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-RPC_DURATION = Histogram(
-    "nba_rpc_duration_seconds", "Time to answer a call, by method", ["method"], buckets=_LATENCY_BUCKETS
-)
+RPC_DURATION = Histogram("nba_rpc_duration_seconds", "Time to answer a call, by method", ["method"], buckets=_LATENCY_BUCKETS)
 RPC_ERRORS = Counter("nba_rpc_errors_total", "Calls answered with an error, by method and status", ["method", "code"])
 DECISIONS = Counter("nba_decisions_total", "Decisions made, by channel", ["channel"])
-DECISIONS_REPLAYED = Counter(
-    "nba_decisions_replayed_total", "Repeated request_ids answered with the stored decision"
-)
+DECISIONS_REPLAYED = Counter("nba_decisions_replayed_total", "Repeated request_ids answered with the stored decision")
 FALLBACKS = Counter("nba_fallback_total", "Decisions answered with the channel's fallback", ["channel"])
 EMPTY = Counter("nba_empty_decisions_total", "Decisions with no eligible offer and no fallback", ["channel"])
-EXPLORED = Counter(
-    "nba_explored_decisions_total", "Decisions whose first slot was not the learner's best offer"
-)
+EXPLORED = Counter("nba_explored_decisions_total", "Decisions whose first slot was not the learner's best offer")
 FILTERED = Counter("nba_offers_filtered_total", "Offers filtered out of a decision, by reason", ["reason"])
 FEEDBACK = Counter(
     "nba_feedback_total", "Feedback events, by outcome and result (applied, stored, duplicate)", ["outcome", "result"]
@@ -47,23 +41,24 @@ NONFINITE_SCORES = Counter(
 )
 SNAPSHOTS = Counter("nba_model_snapshots_total", "Model snapshots written")
 LOG_QUEUE = Gauge(
-    "nba_decision_log_queue", "Decisions waiting to be written to the decision log (all workers)",
+    "nba_decision_log_queue",
+    "Decisions waiting to be written to the decision log (all workers)",
     multiprocess_mode="livesum",  # each worker queues its own decisions: the service's queue is their sum
 )
 LOG_WRITTEN = Counter("nba_decision_log_written_total", "Decisions written to the decision log")
-LOG_DROPPED = Counter(
-    "nba_decision_log_dropped_total", "Decisions not logged because the queue was full or the write failed"
-)
+LOG_DROPPED = Counter("nba_decision_log_dropped_total", "Decisions not logged because the queue was full or the write failed")
 LOG_FLUSH = Histogram("nba_decision_log_flush_seconds", "Time of one decision-log transaction", buckets=_LATENCY_BUCKETS)
 POLICY_VERSION = Gauge(
-    "nba_policy_set_version", "The live policy set's version number (with workers: the oldest any of them serves)",
+    "nba_policy_set_version",
+    "The live policy set's version number (with workers: the oldest any of them serves)",
     multiprocess_mode="livemin",  # a worker still on an older set shows, instead of hiding behind the newest
 )
 POLICY_RELOAD_FAILURES = Counter(
     "nba_policy_reload_failures_total", "Changes of the policies folder refused as invalid (the live set stayed)"
 )
 CONTACT_CUSTOMERS = Gauge(
-    "nba_contact_history_customers", "Customers whose contact history is held in memory (with workers: by the fullest)",
+    "nba_contact_history_customers",
+    "Customers whose contact history is held in memory (with workers: by the fullest)",
     multiprocess_mode="livemax",  # each worker holds its own copy: memory per process is what to size
 )
 WINDOWS_CLOSED = Counter("nba_reward_windows_closed_total", "Decisions whose reward windows closed")
@@ -82,7 +77,8 @@ RESERVATIONS = Counter(
     ["result"],
 )
 STORE_UP = Gauge(
-    "nba_store_up", "1 while the database answers; 0 while Decide answers from memory and Feedback is refused "
+    "nba_store_up",
+    "1 while the database answers; 0 while Decide answers from memory and Feedback is refused "
     "(with workers: 0 if any worker has lost it)",
     multiprocess_mode="livemin",
 )
@@ -91,8 +87,8 @@ CONTACT_HISTORY_UNAVAILABLE = Counter(
     "Decisions made without the customer's contact history: not in memory, and the database was down",
 )
 BUS_UP = Gauge(
-    "nba_bus_up", "1 while the Redis bus works; 0 while replicas learn from the database alone "
-    "(with workers: 0 if any worker has lost it)",
+    "nba_bus_up",
+    "1 while the Redis bus works; 0 while replicas learn from the database alone (with workers: 0 if any worker has lost it)",
     multiprocess_mode="livemin",
 )
 BUS_PUBLISHED = Counter("nba_bus_published_total", "Entries (one per write transaction) added to the bus")

@@ -207,8 +207,11 @@ def eligible_block(ids: Sequence[str], numbers: np.ndarray, errors: list[list[An
     return {"ids": list(ids), "numbers": base64.b64encode(numbers.astype("<f8").tobytes()).decode(), "errors": errors}
 
 
-def candidates_block(filtered: Iterable[tuple[str, str | None, str | None, str | None]],
-                     eligible: dict[str, Any] | None, fallback: list[Any] | None) -> dict[str, Any]:
+def candidates_block(
+    filtered: Iterable[tuple[str, str | None, str | None, str | None]],
+    eligible: dict[str, Any] | None,
+    fallback: list[Any] | None,
+) -> dict[str, Any]:
     """A decision's candidates as logged: ``filtered`` (offer id, reason, policy, detail) for
     every offer screened out, grouped into one row per (reason, policy, detail) with its
     offers; ``eligible`` from ``eligible_block``; ``fallback`` as [offer, eligible, reason,
@@ -246,8 +249,16 @@ def expand_candidates(candidates: Any, offers: list[dict[str, Any]]) -> list[dic
     errors = dict(block.get("errors", ()))
     for i, offer_id in enumerate(block["ids"]):
         predicted, value, lever, weight, score, probability = numbers[i].tolist()
-        entry = {"offer_id": offer_id, "eligible": True, "predicted": predicted, "value": value, "lever": lever,
-                 "weight": weight, "score": score, "probability": probability}
+        entry = {
+            "offer_id": offer_id,
+            "eligible": True,
+            "predicted": predicted,
+            "value": value,
+            "lever": lever,
+            "weight": weight,
+            "score": score,
+            "probability": probability,
+        }
         if i in errors:
             entry["detail"] = errors[i]
         chosen = answered.get(offer_id)

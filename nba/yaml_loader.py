@@ -78,13 +78,16 @@ class _Loader(_Base):
                 except TypeError:
                     continue  # an unhashable key: PyYAML refuses it on its own
                 if seen is not None:
-                    self.__dict__.setdefault("_duplicates", []).append(DuplicateKeyError(
-                        None, None,
-                        f"key {key_node.value if isinstance(key_node.value, str) else key!r} is given twice in one "
-                        f"mapping (first at line {seen.line + 1}, column {seen.column + 1}); "
-                        "YAML would keep only the last: merge the two, or remove one",
-                        key_node.start_mark,
-                    ))
+                    self.__dict__.setdefault("_duplicates", []).append(
+                        DuplicateKeyError(
+                            None,
+                            None,
+                            f"key {key_node.value if isinstance(key_node.value, str) else key!r} is given twice in one "
+                            f"mapping (first at line {seen.line + 1}, column {seen.column + 1}); "
+                            "YAML would keep only the last: merge the two, or remove one",
+                            key_node.start_mark,
+                        )
+                    )
                     continue
                 first[key] = key_node.start_mark
         super().flatten_mapping(node)
@@ -142,8 +145,14 @@ def _locate(root: Node, marks: set[int]) -> dict[int, tuple[tuple[str | int, ...
             for i, item in enumerate(node.value):
                 item_id = entry_id
                 if item_id is None and isinstance(item, MappingNode):
-                    item_id = next((v.value for k, v in item.value
-                                    if isinstance(k, ScalarNode) and k.value == "id" and isinstance(v, ScalarNode)), None)
+                    item_id = next(
+                        (
+                            v.value
+                            for k, v in item.value
+                            if isinstance(k, ScalarNode) and k.value == "id" and isinstance(v, ScalarNode)
+                        ),
+                        None,
+                    )
                 stack.append((item, (*path, i), item_id))
     return found
 
@@ -156,7 +165,8 @@ def describe(exc: yaml.YAMLError) -> str:
     if isinstance(exc, DuplicateKeyError):
         return "; ".join(  # every one, so that one edit fixes them all
             f"line {each.problem_mark.line + 1}, column {each.problem_mark.column + 1}: {each.problem}"
-            if each.problem_mark else str(each.problem)
+            if each.problem_mark
+            else str(each.problem)
             for each in exc.duplicates or (exc,)
         )
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -245,7 +245,12 @@ def customer(**overrides: Any) -> dict[str, Any]:
         "age": 34,
         "demographics": {"region": "north", "household": "family", "income_band": "mid"},
         "activity": {"open_orders": 1, "complaints_90d": 0, "returns_90d": 0, "days_since_login": 2, "cart_value": 80},
-        "history": {"tenure_months": 20, "products": ["current-account"], "channels_used": ["app", "web"], "last_purchase_days": 5},
+        "history": {
+            "tenure_months": 20,
+            "products": ["current-account"],
+            "channels_used": ["app", "web"],
+            "last_purchase_days": 5,
+        },
         "value": {"segment": "silver", "clv": 2100, "monthly_spend": 260},
         "flags": {"churn_risk": False, "churn_score": 0.1, "fraud_risk": False, "vulnerable": False},
         "mood": "positive",

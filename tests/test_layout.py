@@ -20,15 +20,43 @@ PACKAGES = ("nba", "bandit")
 SKIPPED = ("nba/v1/", "nba/storage/migrations/versions/")
 #: modules on the path of a Decide or a Feedback call (with bandit, all of it)
 REQUEST_PATH = (
-    "nba.service.servicers", "nba.service.auth", "nba.decision.decider", "nba.decision.screening",
-    "nba.decision.arbitration", "nba.decision.contacts", "nba.decision.reservations", "nba.service.context",
-    "nba.policy.rules", "nba.policy.schema", "nba.policy.policy_set", "nba.policy.loading", "nba.learning.loop", "nba.learning.feedback",
-    "nba.storage.store", "nba.storage.tables", "nba.storage.bus", "nba.inputs", "nba.ids", "nba.days", "nba.clock",
-    "nba.metrics", "nba.errors",
+    "nba.service.servicers",
+    "nba.service.auth",
+    "nba.decision.decider",
+    "nba.decision.screening",
+    "nba.decision.arbitration",
+    "nba.decision.contacts",
+    "nba.decision.reservations",
+    "nba.service.context",
+    "nba.policy.rules",
+    "nba.policy.schema",
+    "nba.policy.policy_set",
+    "nba.policy.loading",
+    "nba.learning.loop",
+    "nba.learning.feedback",
+    "nba.storage.store",
+    "nba.storage.tables",
+    "nba.storage.bus",
+    "nba.inputs",
+    "nba.ids",
+    "nba.days",
+    "nba.clock",
+    "nba.metrics",
+    "nba.errors",
 )
 #: the kernel: modules at nba's top that every package may import
-KERNEL = ("nba", "nba.errors", "nba.clock", "nba.ids", "nba.inputs", "nba.days", "nba.metrics", "nba.config",
-          "nba.yaml_loader", "nba.records")
+KERNEL = (
+    "nba",
+    "nba.errors",
+    "nba.clock",
+    "nba.ids",
+    "nba.inputs",
+    "nba.days",
+    "nba.metrics",
+    "nba.config",
+    "nba.yaml_loader",
+    "nba.records",
+)
 #: what each part may import besides itself, the kernel and bandit (the README's Layout, and each
 #: package's docstring, say the same): the shell on top, the domain below it, storage beside it
 MAY_IMPORT = {
@@ -40,8 +68,7 @@ MAY_IMPORT = {
     "nba.evaluation": {"nba.policy", "nba.learning", "nba.decision"},
     "nba.service": {"nba.policy", "nba.learning", "nba.decision", "nba.storage", "nba.evaluation", "nba.v1"},
     "nba.simulation": {"nba.evaluation"},
-    "nba.cli": {"nba.policy", "nba.learning", "nba.decision", "nba.storage", "nba.evaluation", "nba.service",
-                "nba.simulation"},
+    "nba.cli": {"nba.policy", "nba.learning", "nba.decision", "nba.storage", "nba.evaluation", "nba.service", "nba.simulation"},
 }
 #: the parts that speak gRPC (the service shell, and the simulator and the CLI as its clients)
 GRPC_PARTS = ("nba.service", "nba.simulation", "nba.cli")
@@ -66,7 +93,8 @@ def modules() -> dict[str, Path]:
 def _type_checking_only(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports(name: str, path: Path, known: set[str]) -> list[tuple[str, bool]]:
@@ -173,8 +201,11 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
 
 def test_bandit_imports_nothing_of_nba_and_the_leaves_nothing_of_ours() -> None:
     edges, _ = graph()
-    assert {name: sorted(t for t in targets if t.startswith("nba"))
-            for name, targets in edges.items() if name.startswith("bandit") and any(t.startswith("nba") for t in targets)} == {}
+    assert {
+        name: sorted(t for t in targets if t.startswith("nba"))
+        for name, targets in edges.items()
+        if name.startswith("bandit") and any(t.startswith("nba") for t in targets)
+    } == {}
     assert {leaf: sorted(edges[leaf]) for leaf in LEAVES if edges[leaf]} == {}
 
 
@@ -233,8 +264,11 @@ def test_only_the_shell_and_its_clients_speak_grpc() -> None:
                 found.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module:
                 found.add(node.module)
-        wire = sorted(m for m in found if m.split(".")[0] in ("grpc", "grpc_status")
-                      or m.startswith(("google.protobuf", "google.rpc", "nba.v1")))
+        wire = sorted(
+            m
+            for m in found
+            if m.split(".")[0] in ("grpc", "grpc_status") or m.startswith(("google.protobuf", "google.rpc", "nba.v1"))
+        )
         if wire:
             speaking[name] = wire
     assert len(modules()) > 40

@@ -108,7 +108,9 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         kind = field.annotation
         default = field.get_default(call_default_factory=True)
         help_text = f"{field.description} (NBA_{name.upper()}; default: {default})"
-        choices = get_args(kind) if getattr(kind, "__origin__", None) is not None and str(kind).startswith("typing.Literal") else None
+        choices = (
+            get_args(kind) if getattr(kind, "__origin__", None) is not None and str(kind).startswith("typing.Literal") else None
+        )
         if kind is bool:  # a switch: --durable-decisions, --no-durable-decisions
             parser.add_argument(flag, dest=name, default=None, help=help_text, action=argparse.BooleanOptionalAction)
         else:
@@ -228,10 +230,14 @@ def _database_errors(url: str) -> Iterator[None]:
         if isinstance(exc, sa.OperationalError | sa.InterfaceError):
             refusal = _server_refusal(str(exc.orig or ""))
             if refusal is not None:  # the server answered: the URL names a database or role it has not
-                raise CliError(f"{DATABASE_FLAG}: {_safe_url(url)}: the server refused the connection: {refusal}; "
-                               "check the database name, user and password in the URL") from None
-            raise CliError(f"the database {_safe_url(url)} does not answer ({detail}): check that it runs, "
-                           f"and {DATABASE_FLAG}", EXIT_UNAVAILABLE) from None
+                raise CliError(
+                    f"{DATABASE_FLAG}: {_safe_url(url)}: the server refused the connection: {refusal}; "
+                    "check the database name, user and password in the URL"
+                ) from None
+            raise CliError(
+                f"the database {_safe_url(url)} does not answer ({detail}): check that it runs, and {DATABASE_FLAG}",
+                EXIT_UNAVAILABLE,
+            ) from None
         raise CliError(f"the database {_safe_url(url)} refused: {detail}", EXIT_UNAVAILABLE) from None
 
 
@@ -252,8 +258,9 @@ def _open_existing(url: str) -> Any:
     if parsed.get_backend_name() == "sqlite":
         path = Path(parsed.database)
         if not path.is_file():
-            raise CliError(f"{DATABASE_FLAG}: no database at {_shown(path)} (check the path; `nba serve` or "
-                           "`nba db upgrade` creates one)")
+            raise CliError(
+                f"{DATABASE_FLAG}: no database at {_shown(path)} (check the path; `nba serve` or `nba db upgrade` creates one)"
+            )
         _sqlite_file(path)
     with _database_errors(url):
         connect_args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}

@@ -82,8 +82,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise CliError(f"--truth {args.truth}: {exc}") from None
     database_url = None if args.log else _settings(args).database_url
-    html_path = _writable_file(args.html, "--html") if args.html else _writable_file(
-        _default_report(args, database_url), "--html", make_folder=True)
+    html_path = (
+        _writable_file(args.html, "--html")
+        if args.html
+        else _writable_file(_default_report(args, database_url), "--html", make_folder=True)
+    )
     json_path = _writable_file(args.json, "--json") if args.json else None
     offers = read_offers(_readable_file(args.offers, "--offers")) if args.offers else None
     if args.log:
@@ -101,35 +104,56 @@ def _evaluate(args: argparse.Namespace) -> int:
         store.engine.dispose()
         source = _safe_url(database_url)
         if refused:
-            print(f"warning: {len(refused)} logged decisions break the logged-data contract and are left out "
-                  f"(stored by an older version, or before a range was narrowed); the first: {refused[0]}", file=sys.stderr)
+            print(
+                f"warning: {len(refused)} logged decisions break the logged-data contract and are left out "
+                f"(stored by an older version, or before a range was narrowed); the first: {refused[0]}",
+                file=sys.stderr,
+            )
     still_open = sum(1 for d in decisions if d.open)
     if still_open and not args.include_open:
         closed = [d for d in decisions if not d.open]
         if closed:
-            print(f"note: {still_open} decisions whose reward windows are still open are left out "
-                  "(--include-open counts their missing outcomes as --default-reward)", file=sys.stderr)
+            print(
+                f"note: {still_open} decisions whose reward windows are still open are left out "
+                "(--include-open counts their missing outcomes as --default-reward)",
+                file=sys.stderr,
+            )
             decisions = closed
         else:
-            print(f"note: no decision's reward windows have closed yet: evaluating all {still_open}, with every outcome "
-                  f"not reported yet counted as --default-reward ({args.default_reward:g}); the figures are final once "
-                  "the windows close (--include-open makes this choice explicit)", file=sys.stderr)
+            print(
+                f"note: no decision's reward windows have closed yet: evaluating all {still_open}, with every outcome "
+                f"not reported yet counted as --default-reward ({args.default_reward:g}); the figures are final once "
+                "the windows close (--include-open makes this choice explicit)",
+                file=sys.stderr,
+            )
     if not decisions:
-        raise CliError(f"no logged decisions to evaluate in {source}" + (" between --since and --until" if since or until else ""),
-                       EXIT_FAILED)
+        raise CliError(
+            f"no logged decisions to evaluate in {source}" + (" between --since and --until" if since or until else ""),
+            EXIT_FAILED,
+        )
     curves: dict[str, Any] = {}
     if reward_range is not None:
         outside = [r for d in decisions for r in d.rewards.values() if not reward_range[0] <= r <= reward_range[1]]
         if outside:
             raise CliError(f"--reward-range {args.reward_range}: the log has a reward of {outside[0]:g}, outside it", EXIT_FAILED)
     model = RewardModel(decisions, reward_range=reward_range, offers=offers)
-    estimates = evaluate(decisions, targets, n_bootstrap=args.bootstrap, seed=args.seed, truth=truth, curves=curves,
-                         refits=args.refits, reward_model=model)
+    estimates = evaluate(
+        decisions,
+        targets,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        truth=truth,
+        curves=curves,
+        refits=args.refits,
+        reward_model=model,
+    )
     print(f"{len(decisions)} decisions from {source}")
     print(table(estimates))
     brier, constant = model.brier()
-    print(f"\nDM and DR's reward model: held-out Brier score {brier:.6g} (a constant's: {constant:.6g}; "
-          f"rewards scaled to [0, 1] from [{model.low:g}, {model.high:g}])")
+    print(
+        f"\nDM and DR's reward model: held-out Brier score {brier:.6g} (a constant's: {constant:.6g}; "
+        f"rewards scaled to [0, 1] from [{model.low:g}, {model.high:g}])"
+    )
     _write_text(html_path, html_report(estimates, decisions, curves, source), "--html")
     print(f"\nreport: {html_path}")
     if json_path is not None:

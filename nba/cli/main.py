@@ -20,9 +20,12 @@ from nba.errors import PolicySetError, SchemaError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="nba", description="Next-best-action decisioning service.",
-                     epilog="exit codes: 0 success, 1 what was checked failed, 2 usage or configuration, "
-                     "3 a database, port or service unavailable, 70 a bug")
+    parser = _Parser(
+        prog="nba",
+        description="Next-best-action decisioning service.",
+        epilog="exit codes: 0 success, 1 what was checked failed, 2 usage or configuration, "
+        "3 a database, port or service unavailable, 70 a bug",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve DecisionService over gRPC")
@@ -42,21 +45,31 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--database-url", dest="database_url", help="the decision log (NBA_DATABASE_URL)")
     evaluate.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
     evaluate.add_argument(
-        "--policy", action="append",
+        "--policy",
+        action="append",
         help="a policy to evaluate, repeatable: logged, uniform, popular, learner[:k=v,...], draft:DIR, "
         "file:PATH (per-decision probabilities, JSON Lines) (name=... to label it; default: logged, uniform, "
         "popular, learner)",
     )
     evaluate.add_argument("--offers", help="offer features for the reward model: JSON Lines of offer_id and features")
-    evaluate.add_argument("--refits", type=int, default=20,
-                          help="bootstrap refits of the reward model behind DM's interval (default 20; 0: held fixed)")
-    evaluate.add_argument("--reward-range", dest="reward_range",
-                          help="LOW,HIGH: the rewards' range, which the reward model predicts within "
-                          "(default: the log's smallest and largest reward; --reward-range=-1,3 when LOW is negative)")
+    evaluate.add_argument(
+        "--refits",
+        type=int,
+        default=20,
+        help="bootstrap refits of the reward model behind DM's interval (default 20; 0: held fixed)",
+    )
+    evaluate.add_argument(
+        "--reward-range",
+        dest="reward_range",
+        help="LOW,HIGH: the rewards' range, which the reward model predicts within "
+        "(default: the log's smallest and largest reward; --reward-range=-1,3 when LOW is negative)",
+    )
     evaluate.add_argument("--since", help="only decisions at or after this time (ISO 8601)")
     evaluate.add_argument("--until", help="only decisions before this time (ISO 8601)")
     evaluate.add_argument("--include-open", action="store_true", help="include decisions whose reward windows are still open")
-    evaluate.add_argument("--default-reward", type=float, default=0.0, help="reward of a shown offer with no feedback (default 0)")
+    evaluate.add_argument(
+        "--default-reward", type=float, default=0.0, help="reward of a shown offer with no feedback (default 0)"
+    )
     evaluate.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples for the intervals (default 500)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the replayed learners")
     evaluate.add_argument("--truth", help="truth.json from nba simulate: report each policy's true value too")
@@ -68,9 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("--address", default="localhost:50051", help="the service (default localhost:50051)")
     simulate.add_argument("--decisions", type=int, default=10_000, help="how many (default 10000)")
     simulate.add_argument("--population", help="a population YAML file (default: one for the sample policy set)")
-    simulate.add_argument("--drift-at", type=float, default=0.5, help="share of the run after which preferences change (default 0.5; 1: never)")
-    simulate.add_argument("--delay", type=float, default=20.0, help="mean delay of an acceptance or rejection, in decisions (default 20)")
-    simulate.add_argument("--reject-rate", type=float, default=0.2, help="share of non-acceptances reported as rejections (default 0.2)")
+    simulate.add_argument(
+        "--drift-at", type=float, default=0.5, help="share of the run after which preferences change (default 0.5; 1: never)"
+    )
+    simulate.add_argument(
+        "--delay", type=float, default=20.0, help="mean delay of an acceptance or rejection, in decisions (default 20)"
+    )
+    simulate.add_argument(
+        "--reject-rate", type=float, default=0.2, help="share of non-acceptances reported as rejections (default 0.2)"
+    )
     simulate.add_argument("--concurrency", type=int, default=4, help="parallel callers (default 4)")
     simulate.add_argument("--block", type=int, default=1000, help="decisions per point of the learning curve (default 1000)")
     simulate.add_argument("--seed", type=int, help="seed of the population and its responses (default: random, printed)")
@@ -80,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     policies = commands.add_parser("policies", help="check a policy set")
     policies.add_argument(
-        "action", choices=["validate", "test", "preview", "schema"],
+        "action",
+        choices=["validate", "test", "preview", "schema"],
         help="validate the files, run their *_test.yaml examples, preview them against the live set, "
         "or print the JSON Schema of a policy file",
     )
@@ -91,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     policies.set_defaults(run=_policies)
 
     db = commands.add_parser("db", help="the database's schema: apply migrations, or show the revision")
-    db.add_argument("action", choices=["upgrade", "current"],
-                    help="upgrade: apply every pending migration (safe to run again); current: print the revision")
+    db.add_argument(
+        "action",
+        choices=["upgrade", "current"],
+        help="upgrade: apply every pending migration (safe to run again); current: print the revision",
+    )
     db.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
     db.add_argument("--database-url", dest="database_url", help="the database (NBA_DATABASE_URL)")
     db.set_defaults(run=_db)
@@ -129,6 +152,5 @@ def _run(args: argparse.Namespace) -> int:
         if os.environ.get("NBA_DEBUG") == "1":
             traceback.print_exc()
         text = " ".join(str(exc).split())[:300]
-        print(f"nba: unexpected error ({type(exc).__name__}: {text}); this is a bug: NBA_DEBUG=1 shows where",
-              file=sys.stderr)
+        print(f"nba: unexpected error ({type(exc).__name__}: {text}); this is a bug: NBA_DEBUG=1 shows where", file=sys.stderr)
         return EXIT_BUG

@@ -72,8 +72,10 @@ def _preview(args: argparse.Namespace, draft: Any) -> int:
     with _database_errors(settings.database_url):
         live_row = store.live_activation()
         if live_row is None:
-            raise CliError(f"nothing is live in {_safe_url(settings.database_url)} yet: start the service on it "
-                           f"once (or publish), or check {DATABASE_FLAG}")
+            raise CliError(
+                f"nothing is live in {_safe_url(settings.database_url)} yet: start the service on it "
+                f"once (or publish), or check {DATABASE_FLAG}"
+            )
         live = parse_policy_set(live_row.files)
         live.number = live_row.version
         learning = LearningLoop(build_learner(settings), reward_range=settings.reward_range)
@@ -82,8 +84,10 @@ def _preview(args: argparse.Namespace, draft: Any) -> int:
     print(f"replayed {report.decisions} decisions against live {report.live_version} and the draft")
     for name, estimate in (("live", report.live_value), ("draft", report.draft_value)):
         if estimate is not None:
-            print(f"value of the {name:5} set: {estimate.value:.4f} [{estimate.low:.4f}, {estimate.high:.4f}] "
-                  f"(doubly robust, 95% interval, effective sample size {estimate.ess:.0f})")
+            print(
+                f"value of the {name:5} set: {estimate.value:.4f} [{estimate.low:.4f}, {estimate.high:.4f}] "
+                f"(doubly robust, 95% interval, effective sample size {estimate.ess:.0f})"
+            )
             for warning in estimate.warnings:
                 print(f"  warning: {warning}")
     print(f"{'':24}{'live':>10}{'draft':>10}")
@@ -92,7 +96,9 @@ def _preview(args: argparse.Namespace, draft: Any) -> int:
     print()
     print(f"{'offer':28}{'eligible live':>14}{'draft':>8}{'share live':>12}{'draft':>8}  change")
     for o in report.offers:
-        print(f"{o.offer_id:28}{o.live_eligible_rate:>14.1%}{o.draft_eligible_rate:>8.1%}"
-              f"{o.live_share:>12.1%}{o.draft_share:>8.1%}  {o.change}")
+        print(
+            f"{o.offer_id:28}{o.live_eligible_rate:>14.1%}{o.draft_eligible_rate:>8.1%}"
+            f"{o.live_share:>12.1%}{o.draft_share:>8.1%}  {o.change}"
+        )
     print(f"\nnote: {report.note}")
     return 0

@@ -19,8 +19,10 @@ def _serve(args: argparse.Namespace) -> int:
     _setup_logging(settings.log_level, settings.log_format)
     _check_database_url(settings.database_url)
     if not settings.policies.is_dir():
-        raise CliError(f"policies (--policies, NBA_POLICIES) {settings.policies}: no such folder; name the policy "
-                       "set's folder (the sample: policies)")
+        raise CliError(
+            f"policies (--policies, NBA_POLICIES) {settings.policies}: no such folder; name the policy "
+            "set's folder (the sample: policies)"
+        )
     if settings.workers > 1 and settings.worker < 0:
         from nba.service.supervisor import PortInUse, supervise
 
@@ -71,19 +73,29 @@ def _port_in_use(settings: Settings, metrics: bool, reason: str | None = None) -
     learn why: taken, not an address of this machine, a host name that does not resolve, or a
     port that needs privileges."""
     if metrics:
-        return CliError(f"metrics port {settings.metrics_port}: {reason or 'in use'}: choose another with "
-                        "--metrics-port / NBA_METRICS_PORT (-1: no metrics)", EXIT_UNAVAILABLE)
+        return CliError(
+            f"metrics port {settings.metrics_port}: {reason or 'in use'}: choose another with "
+            "--metrics-port / NBA_METRICS_PORT (-1: no metrics)",
+            EXIT_UNAVAILABLE,
+        )
     cause = _bind_failure(settings.host, settings.port)
     if cause == "no such address":
-        return CliError(f"--host / NBA_HOST: {settings.host} is not an address of this machine: give one of its "
-                        "addresses, or [::] for all of them")
+        return CliError(
+            f"--host / NBA_HOST: {settings.host} is not an address of this machine: give one of its "
+            "addresses, or [::] for all of them"
+        )
     if cause == "unresolved":
         return CliError(f"--host / NBA_HOST: {settings.host!r} is not an address, nor a host name that resolves")
     if cause == "privileged":
-        return CliError(f"--port / NBA_PORT: port {settings.port} needs privileges this process has not "
-                        "(ports below 1024): choose one above 1023")
-    return CliError(f"port {settings.port} on {settings.host} is in use (another nba serve?): stop it, or choose "
-                    "another with --port / NBA_PORT", EXIT_UNAVAILABLE)
+        return CliError(
+            f"--port / NBA_PORT: port {settings.port} needs privileges this process has not "
+            "(ports below 1024): choose one above 1023"
+        )
+    return CliError(
+        f"port {settings.port} on {settings.host} is in use (another nba serve?): stop it, or choose "
+        "another with --port / NBA_PORT",
+        EXIT_UNAVAILABLE,
+    )
 
 
 def _bind_failure(host: str, port: int) -> str:

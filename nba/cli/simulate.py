@@ -37,8 +37,15 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.seed is None:
         args.seed = random.randrange(1 << 31)
     simulator = Simulator(
-        args.address, population, decisions=args.decisions, seed=args.seed, drift_at=args.drift_at,
-        delay=args.delay, reject_rate=args.reject_rate, concurrency=args.concurrency, block=args.block,
+        args.address,
+        population,
+        decisions=args.decisions,
+        seed=args.seed,
+        drift_at=args.drift_at,
+        delay=args.delay,
+        reject_rate=args.reject_rate,
+        concurrency=args.concurrency,
+        block=args.block,
         progress=None if args.quiet else sys.stderr,
     )
     try:
@@ -53,7 +60,9 @@ def _simulate(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"--out {args.out}: cannot write: {exc.strerror}") from None
     rate = args.decisions / result.seconds if result.seconds else 0.0
-    print(f"\n{args.decisions} decisions in {result.seconds:.1f} s ({rate:.0f}/s), seed {args.seed}; "
-          f"wrote {', '.join(str(p) for p in paths)}")
+    print(
+        f"\n{args.decisions} decisions in {result.seconds:.1f} s ({rate:.0f}/s), seed {args.seed}; "
+        f"wrote {', '.join(str(p) for p in paths)}"
+    )
     print(f"evaluate it: nba evaluate --include-open --truth {paths[2]}")
     return 0

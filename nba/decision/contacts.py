@@ -132,7 +132,7 @@ class ContactSummary:
             for key, entry in table.items():
                 for name in CONTACT_FIELDS:
                     if name.startswith("days_since_"):
-                        last = self._last.get((scope, key, name[len("days_since_"):]))
+                        last = self._last.get((scope, key, name[len("days_since_") :]))
                         entry[name] = NEVER_DAYS if last is None else max(0.0, (now - last) / 86400)
                     else:
                         entry.setdefault(name, 0.0)
@@ -146,8 +146,11 @@ class ContactSummary:
     def times(self, kind: str, window: float, per: str, offer_id: str, group: str) -> tuple[float, ...]:
         """When each event ``count`` counts happened (for reservations to start from)."""
         since = self.now - window
-        match = {"offer": lambda e: e.offer_id == offer_id, "group": lambda e: e.group == group,
-                 "channel": lambda e: e.channel == self.channel}.get(per, lambda e: True)
+        match = {
+            "offer": lambda e: e.offer_id == offer_id,
+            "group": lambda e: e.group == group,
+            "channel": lambda e: e.channel == self.channel,
+        }.get(per, lambda e: True)
         return tuple(e.at for e in self._events if e.kind == kind and e.at >= since and match(e))
 
     def suppressed_until(self, after: str, ignored: int, days: float, per: str, offer_id: str, group: str) -> float | None:

@@ -1,14 +1,14 @@
 """The decision pipeline: from a request to ranked offers, and the record of how they were chosen.
 
-    features  <- the customer context, flattened once (logged, learned from, screened)
-    screening -> eligible offers, every other offer with the policy that filtered it
-    learner   -> expected reward of each eligible offer
-    arbitration -> score = expected reward x value x levers x context weights; exploration
-                 draws `limit` slots from an explicit distribution over the scores, each
-                 with its propensity
-    fallback  -> the channel's fallback when nothing else is eligible
-    history   -> the offers returned count as contacts at once (caps, budgets)
-    log       -> the whole record, written off the request path
+features  <- the customer context, flattened once (logged, learned from, screened)
+screening -> eligible offers, every other offer with the policy that filtered it
+learner   -> expected reward of each eligible offer
+arbitration -> score = expected reward x value x levers x context weights; exploration
+             draws `limit` slots from an explicit distribution over the scores, each
+             with its propensity
+fallback  -> the channel's fallback when nothing else is eligible
+history   -> the offers returned count as contacts at once (caps, budgets)
+log       -> the whole record, written off the request path
 """
 
 from __future__ import annotations
@@ -155,7 +155,9 @@ class Decider:
             features=features,
             candidates=candidates_block(
                 ((v.offer.id, v.reason, v.policy, v.detail) for v in (*screening.verdicts, *held) if not v.eligible),
-                ranked.eligible_block, ranked.fallback_row),
+                ranked.eligible_block,
+                ranked.fallback_row,
+            ),
             offers=ranked.offers,
             exploration=ranked.exploration,
         )
@@ -170,9 +172,16 @@ class Decider:
         events = self._contacts.events(request.customer_id, now.timestamp())
         return ContactSummary(events, now.timestamp(), request.channel, policy_set.cap_windows)
 
-    def _rank_and_reserve(self, screening: Screening, policy_set: PolicySet, request: DecideInput,
-                          features: dict[str, Any], now: datetime, summary: ContactSummary | None,
-                          decision_id: str) -> tuple[_Ranked, list[Claim], list[Verdict]]:
+    def _rank_and_reserve(
+        self,
+        screening: Screening,
+        policy_set: PolicySet,
+        request: DecideInput,
+        features: dict[str, Any],
+        now: datetime,
+        summary: ContactSummary | None,
+        decision_id: str,
+    ) -> tuple[_Ranked, list[Claim], list[Verdict]]:
         """Ranks the eligible offers and reserves what the answer takes of caps and budgets;
         an offer whose reservation is refused (a concurrent decision took the last unit) is
         taken out and the rest ranked again, at most ``MAX_RESERVATION_PASSES`` times. Returns
@@ -186,16 +195,30 @@ class Decider:
                 return ranked, taken, held
             assert ranked.refused is not None  # _reserve says why it refused
             verdict, claim = ranked.refused
-            held.append(replace(verdict, eligible=False, reason=claim.reason, policy=claim.policy,
-                                detail="no unit left: taken by a concurrent decision"))
+            held.append(
+                replace(
+                    verdict,
+                    eligible=False,
+                    reason=claim.reason,
+                    policy=claim.policy,
+                    detail="no unit left: taken by a concurrent decision",
+                )
+            )
             eligible = [v for v in eligible if v is not verdict]
             if attempt + 1 == MAX_RESERVATION_PASSES:  # contended: answer only what no such policy holds
                 kept = []
                 for v in eligible:
                     checked = [c for c in self._claims(v.offer, policy_set, request, now, summary) if c.check]
                     if checked:
-                        held.append(replace(v, eligible=False, reason=checked[0].reason, policy=checked[0].policy,
-                                            detail="contended: taken out after repeated refusals"))
+                        held.append(
+                            replace(
+                                v,
+                                eligible=False,
+                                reason=checked[0].reason,
+                                policy=checked[0].policy,
+                                detail="contended: taken out after repeated refusals",
+                            )
+                        )
                     else:
                         kept.append(v)
                 eligible = kept
@@ -216,8 +239,9 @@ class Decider:
         if not record.offers:
             metrics.EMPTY.labels(channel).inc()
 
-    def _log_and_answer(self, record: DecisionRecord, request: DecideInput, policy_set: PolicySet,
-                        taken: list[Claim], now: datetime) -> tuple[DecisionRecord, bool]:
+    def _log_and_answer(
+        self, record: DecisionRecord, request: DecideInput, policy_set: PolicySet, taken: list[Claim], now: datetime
+    ) -> tuple[DecisionRecord, bool]:
         """Queues the record (and waits for its commit with durable decisions), counts its
         contacts, and answers; reserved units go back if the decision is not made."""
         decision_id = record.decision_id
@@ -254,8 +278,7 @@ class Decider:
         metrics.DECISIONS.labels(request.channel).inc()
         return self._explained(record, request, policy_set), False
 
-    def _rank(self, eligible: list[Verdict], screening: Screening, request: DecideInput,
-              features: dict[str, Any]) -> _Ranked:
+    def _rank(self, eligible: list[Verdict], screening: Screening, request: DecideInput, features: dict[str, Any]) -> _Ranked:
         """The learner's draw over the eligible offers (or the channel's fallback)."""
         ranked = _Ranked()
         if eligible:
@@ -269,7 +292,8 @@ class Decider:
                 ranked.exploration = "uniform: the learner's estimates were not all finite"
             numbers = np.column_stack((draw.predicted, np.asarray(factors, dtype=float), draw.scores, draw.probabilities))
             ranked.eligible_block = eligible_block(
-                ids, numbers, [[i, "; ".join(v.weight_errors)] for i, v in enumerate(eligible) if v.weight_errors])
+                ids, numbers, [[i, "; ".join(v.weight_errors)] for i, v in enumerate(eligible) if v.weight_errors]
+            )
             scores = draw.scores.tolist()
             explored = _explored(draw.scores, draw.slots)
             for slot, (i, propensity) in enumerate(draw.slots, start=1):
@@ -294,18 +318,31 @@ class Decider:
         equally likely, drawn with exact propensities, and answered and logged with estimate
         and score 0 (never NaN); counted in nba_nonfinite_scores_total."""
         metrics.NONFINITE_SCORES.inc()
-        log.warning("the learner's estimates are not all finite: ranking uniformly",
-                    extra={"offers": len(draw.arm_ids)})
+        log.warning("the learner's estimates are not all finite: ranking uniformly", extra={"offers": len(draw.arm_ids)})
         zeros = np.zeros(len(draw.arm_ids))
         first, slots = draw_slots(_UNIFORM, zeros, limit, self._rng)
         return replace(draw, predicted=zeros, scores=zeros.copy(), probabilities=first, slots=slots)
 
-    def _claims(self, compiled: Any, policy_set: PolicySet, request: DecideInput, now: datetime,
-                summary: ContactSummary | None, fallback: bool = False) -> list[Claim]:
+    def _claims(
+        self,
+        compiled: Any,
+        policy_set: PolicySet,
+        request: DecideInput,
+        now: datetime,
+        summary: ContactSummary | None,
+        fallback: bool = False,
+    ) -> list[Claim]:
         return claims(policy_set, compiled, request.channel, request.customer_id, now, summary, self._counters, fallback)
 
-    def _reserve(self, ranked: _Ranked, policy_set: PolicySet, request: DecideInput, now: datetime,
-                 summary: ContactSummary | None, token: str) -> list[Claim] | None:
+    def _reserve(
+        self,
+        ranked: _Ranked,
+        policy_set: PolicySet,
+        request: DecideInput,
+        now: datetime,
+        summary: ContactSummary | None,
+        token: str,
+    ) -> list[Claim] | None:
         """Reserves the answered offers' units of caps and budgets that count decisions, in
         rank order. First the answer is cut where this process's own count leaves no unit
         (several answered offers under one cap: each was screened alone). Returns the claims
@@ -356,15 +393,17 @@ class Decider:
                 raise self._not_confirmed() from None
 
     def _not_confirmed(self) -> Unavailable:
-        return Unavailable(f"decision not confirmed durable within {self._durable_timeout:g}s; "
-                           "retry with the same request_id")
+        return Unavailable(f"decision not confirmed durable within {self._durable_timeout:g}s; retry with the same request_id")
 
     def _count_contacts(self, record: DecisionRecord, at: float, track: bool) -> None:
         for o in record.offers:
             self._counters.add(o["offer_id"], "decided", at)
         if track and record.offers:
             self._contacts.record(
-                [ContactEvent(record.customer_id, at, "decided", o["offer_id"], o["group"], record.channel) for o in record.offers]
+                [
+                    ContactEvent(record.customer_id, at, "decided", o["offer_id"], o["group"], record.channel)
+                    for o in record.offers
+                ]
             )
 
     def _stored(self, request: DecideInput, now: datetime, memory_only: bool = False) -> DecisionRecord | None:
@@ -387,9 +426,7 @@ class Decider:
         check_id("channel", request.channel, required=False)  # empty: named below, with the choices
         if request.channel not in policy_set.channels:
             shown = repr(request.channel) if request.channel else "empty"
-            raise InvalidArgument(
-                f"channel: {shown} is not one of the policy set's channels ({', '.join(policy_set.channels)})"
-            )
+            raise InvalidArgument(f"channel: {shown} is not one of the policy set's channels ({', '.join(policy_set.channels)})")
         if request.limit < 0:
             raise InvalidArgument(f"limit: must be 0 or more (0 means 1), got {request.limit}")
 
@@ -403,11 +440,20 @@ def explain(record: DecisionRecord, policy_set: PolicySet) -> list[dict[str, Any
         entry = seen.get(offer_id)
         if entry is None:
             if compiled.offer.fallback and record.channel in compiled.offer.channels:
-                entry = {"offer_id": offer_id, "eligible": False, "reason": "fallback", "fallback": True,
-                         "detail": "the channel's fallback, used only when nothing else is eligible"}
+                entry = {
+                    "offer_id": offer_id,
+                    "eligible": False,
+                    "reason": "fallback",
+                    "fallback": True,
+                    "detail": "the channel's fallback, used only when nothing else is eligible",
+                }
             else:
-                entry = {"offer_id": offer_id, "eligible": False, "reason": "channel",
-                         "detail": f"not on channel '{record.channel}'"}
+                entry = {
+                    "offer_id": offer_id,
+                    "eligible": False,
+                    "reason": "channel",
+                    "detail": f"not on channel '{record.channel}'",
+                }
         entries.append(entry)
     return entries
 

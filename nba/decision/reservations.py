@@ -32,8 +32,16 @@ from typing import Any, Literal, Protocol
 
 from nba import metrics
 
-__all__ = ["Claim", "LocalReservations", "RedisReservations", "Reservations", "first_misfit", "key",
-           "release_quietly", "reserve_or_degrade"]
+__all__ = [
+    "Claim",
+    "LocalReservations",
+    "RedisReservations",
+    "Reservations",
+    "first_misfit",
+    "key",
+    "release_quietly",
+    "reserve_or_degrade",
+]
 
 log = logging.getLogger(__name__)
 
@@ -258,16 +266,16 @@ class RedisReservations:
         return None if refused is None else int(refused) - 1
 
     def release(self, claims: Sequence[Claim], token: str) -> None:
-        self._release(keys=[self._prefix + c.key for c in claims],
-                      args=[token, *("w" if c.kind == "window" else "c" for c in claims)])
+        self._release(
+            keys=[self._prefix + c.key for c in claims], args=[token, *("w" if c.kind == "window" else "c" for c in claims)]
+        )
 
 
 _WARN_EVERY_SECONDS = 10.0
 _warned_at = -_WARN_EVERY_SECONDS
 
 
-def reserve_or_degrade(store: Reservations | None, claims: Sequence[Claim], now: float,
-                       token: str) -> tuple[int | None, bool]:
+def reserve_or_degrade(store: Reservations | None, claims: Sequence[Claim], now: float, token: str) -> tuple[int | None, bool]:
     """``store.reserve``, except that a store that cannot be reached refuses nothing: the
     decision stands on screening alone, as without reservations, and is counted. Returns
     the refused claim's index (or None) and whether units were taken."""
@@ -280,8 +288,9 @@ def reserve_or_degrade(store: Reservations | None, claims: Sequence[Claim], now:
         global _warned_at
         if time.monotonic() - _warned_at > _WARN_EVERY_SECONDS:  # once in a while, not every decision
             _warned_at = time.monotonic()
-            log.warning("reservations unavailable: caps and budgets counting decisions rest on screening",
-                        extra={"error": repr(exc)})
+            log.warning(
+                "reservations unavailable: caps and budgets counting decisions rest on screening", extra={"error": repr(exc)}
+            )
         return None, False
     metrics.RESERVATIONS.labels("taken" if refused is None else "refused").inc()
     return refused, refused is None

@@ -38,8 +38,18 @@ from nba.policy.rules import RuleError, activation
 __all__ = ["REASONS", "Screening", "Verdict", "screen"]
 
 REASONS = (
-    "status", "not_yet_valid", "expired", "schedule", "eligibility", "applicability", "suitability",
-    "rule_error", "contact_cap", "suppression", "budget", "pacing",
+    "status",
+    "not_yet_valid",
+    "expired",
+    "schedule",
+    "eligibility",
+    "applicability",
+    "suitability",
+    "rule_error",
+    "contact_cap",
+    "suppression",
+    "budget",
+    "pacing",
 )
 #: a daily budget under even pacing may run this share of the day ahead (at least 1 event)
 PACING_BURST = 0.05
@@ -86,8 +96,7 @@ def screen(
     ``features``. Without ``summary`` contact policies are skipped, without ``counters``
     budgets (the what-if preview screens that way)."""
     contacts = (summary.offers, summary.groups) if summary is not None else ({}, {})
-    variables = activation(features, channel, customer_id, now, *contacts, paths=policy_set.context_paths,
-                           uses=policy_set.uses)
+    variables = activation(features, channel, customer_id, now, *contacts, paths=policy_set.context_paths, uses=policy_set.uses)
     local = now.astimezone(policy_set.timezone)
     batch = policy_set.batches.get(channel)
     results = batch.batch.evaluate(variables) if batch is not None and batch.batch.rules else []
@@ -114,9 +123,18 @@ def screen(
 
 
 class _State:
-    def __init__(self, policy_set: PolicySet, channel: str, now: datetime, local: datetime,
-                 summary: ContactSummary | None, counters: OfferCounters | None, variables: Any,
-                 results: list[Any] | None = None, elements: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        policy_set: PolicySet,
+        channel: str,
+        now: datetime,
+        local: datetime,
+        summary: ContactSummary | None,
+        counters: OfferCounters | None,
+        variables: Any,
+        results: list[Any] | None = None,
+        elements: dict[str, Any] | None = None,
+    ) -> None:
         self.policy_set = policy_set
         self.channel = channel
         self.now = now
@@ -181,16 +199,26 @@ class _State:
                 continue
             count = summary.count(cap.counts, cap.window, cap.per, offer.id, offer.group)
             if count >= cap.max:
-                return Verdict(compiled, False, "contact_cap", cap.id,
-                               f"{count} {cap.counts} per {cap.per} within {_duration(cap.window)} (max {cap.max})")
+                return Verdict(
+                    compiled,
+                    False,
+                    "contact_cap",
+                    cap.id,
+                    f"{count} {cap.counts} per {cap.per} within {_duration(cap.window)} (max {cap.max})",
+                )
         for rule in compiled.suppressions:
             if not rule.applies_to.on(self.channel):
                 continue
             until = summary.suppressed_until(rule.after, rule.ignored, rule.days, rule.per, offer.id, offer.group)
             if until is not None:
                 why = "a rejection" if rule.after == "rejected" else f"{rule.ignored} ignored impressions"
-                return Verdict(compiled, False, "suppression", rule.id,
-                               f"after {why}, until {datetime.fromtimestamp(until, self.now.tzinfo).isoformat()}")
+                return Verdict(
+                    compiled,
+                    False,
+                    "suppression",
+                    rule.id,
+                    f"after {why}, until {datetime.fromtimestamp(until, self.now.tzinfo).isoformat()}",
+                )
         return None
 
     def _today(self) -> LocalDay:
@@ -213,14 +241,24 @@ class _State:
             else:
                 spent = sum(counters.since(m, budget.counts, self._today().start) for m in members)
             if spent >= budget.max:
-                return Verdict(compiled, False, "budget", budget.id,
-                               f"{spent} {budget.counts} {'today' if budget.period == 'day' else 'in total'} (max {budget.max})")
+                return Verdict(
+                    compiled,
+                    False,
+                    "budget",
+                    budget.id,
+                    f"{spent} {budget.counts} {'today' if budget.period == 'day' else 'in total'} (max {budget.max})",
+                )
             if budget.pacing == "even" and budget.period == "day":
                 allowed = _paced(budget, compiled, self._today(), self.now.timestamp())
                 if spent >= allowed:
-                    return Verdict(compiled, False, "pacing", budget.id,
-                                   f"{spent} {budget.counts} by {self.local.strftime('%H:%M')}, "
-                                   f"{int(allowed)} allowed so far of {budget.max} today")
+                    return Verdict(
+                        compiled,
+                        False,
+                        "pacing",
+                        budget.id,
+                        f"{spent} {budget.counts} by {self.local.strftime('%H:%M')}, "
+                        f"{int(allowed)} allowed so far of {budget.max} today",
+                    )
         return None
 
 
@@ -233,8 +271,16 @@ def _paced(budget: Budget, compiled: CompiledOffer, day: LocalDay, at: float) ->
     return budget.max * fraction + max(1.0, math.ceil(budget.max * PACING_BURST))
 
 
-def claims(policy_set: PolicySet, compiled: CompiledOffer, channel: str, customer_id: str, now: datetime,
-           summary: ContactSummary | None, counters: OfferCounters | None, fallback: bool = False) -> list[Claim]:
+def claims(
+    policy_set: PolicySet,
+    compiled: CompiledOffer,
+    channel: str,
+    customer_id: str,
+    now: datetime,
+    summary: ContactSummary | None,
+    counters: OfferCounters | None,
+    fallback: bool = False,
+) -> list[Claim]:
     """The units an answered offer takes of the caps and budgets that count decisions
     (``nba.decision.reservations``), each starting from what this process has counted. Checked where
     the policy holds the offer on this channel; unchecked where the contact only counts
@@ -261,9 +307,18 @@ def claims(policy_set: PolicySet, compiled: CompiledOffer, channel: str, custome
             else:
                 scope = ("customer", "")
             known = tuple(t + cap.window for t in summary.times("decided", cap.window, cap.per, offer.id, offer.group))
-            found.append(Claim(key("cap", cap.id, f"{cap.window:g}", *scope, customer_id), cap.max, "window",
-                               at + cap.window, known, holds and not fallback and cap.applies_to.on(channel),
-                               "contact_cap", cap.id))
+            found.append(
+                Claim(
+                    key("cap", cap.id, f"{cap.window:g}", *scope, customer_id),
+                    cap.max,
+                    "window",
+                    at + cap.window,
+                    known,
+                    holds and not fallback and cap.applies_to.on(channel),
+                    "contact_cap",
+                    cap.id,
+                )
+            )
     if counters is not None:
         day = day_of(policy_set.timezone, now)
         for budget in compiled.budgets:
@@ -275,8 +330,11 @@ def claims(policy_set: PolicySet, compiled: CompiledOffer, channel: str, custome
             member = "*" if shared else compiled.id
             if budget.period == "total":
                 spent = sum(counters.total(m, "decided") for m in members)
-                found.append(Claim(key("budget", budget.id, member, "total"), budget.max, "counter", None, spent,
-                                   check, "budget", budget.id))
+                found.append(
+                    Claim(
+                        key("budget", budget.id, member, "total"), budget.max, "counter", None, spent, check, "budget", budget.id
+                    )
+                )
                 continue
             spent = sum(counters.since(m, "decided", day.start) for m in members)
             limit, reason = budget.max, "budget"
@@ -286,8 +344,9 @@ def claims(policy_set: PolicySet, compiled: CompiledOffer, channel: str, custome
                     limit, reason = paced, "pacing"
             # The day's label names its zone: after a publish that changes the timezone, the
             # new day is a key of its own, not the old zone's day of the same date.
-            found.append(Claim(key("budget", budget.id, member, day.label), limit, "counter",
-                               day.end, spent, check, reason, budget.id))
+            found.append(
+                Claim(key("budget", budget.id, member, day.label), limit, "counter", day.end, spent, check, reason, budget.id)
+            )
     return found
 
 

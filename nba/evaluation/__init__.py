@@ -21,5 +21,15 @@ from nba.evaluation.reward_model import RewardModel
 from nba.evaluation.sources import from_jsonl, from_store, read_offers
 from nba.evaluation.targets import ExternalPolicy, TargetPolicy, parse_target
 
-__all__ = ["Estimate", "ExternalPolicy", "LoggedDecision", "RewardModel", "TargetPolicy", "evaluate", "from_jsonl",
-           "from_store", "parse_target", "read_offers"]
+__all__ = [
+    "Estimate",
+    "ExternalPolicy",
+    "LoggedDecision",
+    "RewardModel",
+    "TargetPolicy",
+    "evaluate",
+    "from_jsonl",
+    "from_store",
+    "parse_target",
+    "read_offers",
+]

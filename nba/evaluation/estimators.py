@@ -177,8 +177,18 @@ def _trace(decisions: Sequence[LoggedDecision], target: TargetPolicy, model: Rew
         target.learn(d)
     if not pairs:
         return _Trace(weights, rewards, dm, q_chosen, slots, unsupported, true_values)
-    return _Trace(weights, rewards, dm, q_chosen, slots, unsupported, true_values,
-                  np.asarray(pi_decision, dtype=np.int64), np.asarray(pi_row, dtype=np.int64), np.asarray(pi_value))
+    return _Trace(
+        weights,
+        rewards,
+        dm,
+        q_chosen,
+        slots,
+        unsupported,
+        true_values,
+        np.asarray(pi_decision, dtype=np.int64),
+        np.asarray(pi_row, dtype=np.int64),
+        np.asarray(pi_value),
+    )
 
 
 def _slot_term(d: LoggedDecision, target: TargetPolicy, ids: list[str], pi: np.ndarray) -> float:
@@ -209,8 +219,9 @@ def interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _estimates(policy: str, t: _Trace, n_bootstrap: int, seed: int, multi_slot: bool,
-               dm_spread: float | None = None) -> list[Estimate]:
+def _estimates(
+    policy: str, t: _Trace, n_bootstrap: int, seed: int, multi_slot: bool, dm_spread: float | None = None
+) -> list[Estimate]:
     n = len(t.weights)
     rng = np.random.default_rng(seed)
     terms = {
@@ -253,6 +264,19 @@ def _estimates(policy: str, t: _Trace, n_bootstrap: int, seed: int, multi_slot: 
         low, high = interval(np.asarray(boot[name]))
         if name == "dm" and dm_spread is not None:  # the model's own uncertainty included
             low, high = values[name] - 1.96 * dm_spread, values[name] + 1.96 * dm_spread
-        out.append(Estimate(policy, name, values[name], low, high, n, ess, unsupported, max_weight,
-                            truth if name != "ips-slots" else None, list(warnings)))
+        out.append(
+            Estimate(
+                policy,
+                name,
+                values[name],
+                low,
+                high,
+                n,
+                ess,
+                unsupported,
+                max_weight,
+                truth if name != "ips-slots" else None,
+                list(warnings),
+            )
+        )
     return out

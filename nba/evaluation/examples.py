@@ -108,8 +108,9 @@ def load_examples(directory: str | Path) -> list[tuple[str, Example]]:
             problems.append(f"{path.name}: is a directory, not a file of examples")
             continue
         except UnicodeDecodeError as exc:
-            problems.append(f"{path.name}: byte {exc.start} (0x{exc.object[exc.start]:02x}) is not UTF-8 text "
-                            "(save the file as UTF-8)")
+            problems.append(
+                f"{path.name}: byte {exc.start} (0x{exc.object[exc.start]:02x}) is not UTF-8 text (save the file as UTF-8)"
+            )
             continue
         except OSError as exc:
             problems.append(f"{path.name}: cannot be read: {exc.strerror or exc}")
@@ -146,8 +147,9 @@ def check_examples(policy_set: PolicySet, examples: list[tuple[str, Example]]) -
                 failures.append(f"{where}: history names unknown offer '{past.offer}'")
                 continue
             at = now.timestamp() - past.days_ago * 86400
-            events.append(ContactEvent(example.customer_id, at, past.kind, past.offer, offer.offer.group,
-                                       past.channel or example.channel))
+            events.append(
+                ContactEvent(example.customer_id, at, past.kind, past.offer, offer.offer.group, past.channel or example.channel)
+            )
         events.sort(key=lambda e: e.at)
         summary = ContactSummary(events, now.timestamp(), example.channel, policy_set.cap_windows)
         result = screen(policy_set, example.channel, flatten(context), example.customer_id, now, summary, OfferCounters())

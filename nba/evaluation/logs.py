@@ -65,8 +65,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from nba.decision import arbitration
 from nba.inputs import MAX_CONTEXT_NUMBER, finite_number
 
-__all__ = ["MAX_DEPTH", "REWARD_LIMIT", "LogError", "LogLine", "LoggedDecision", "describe_error", "validate_line",
-           "validated"]
+__all__ = ["MAX_DEPTH", "REWARD_LIMIT", "LogError", "LogLine", "LoggedDecision", "describe_error", "validate_line", "validated"]
 
 #: largest reward magnitude a log may carry (estimators square weight x reward)
 REWARD_LIMIT = 1e6
@@ -161,8 +160,11 @@ class Candidate(BaseModel):
     def multiplier(self) -> float:
         """The arbitration multiplier the service ranked this candidate by (``nba.decision.arbitration``;
         a factor not logged counts as 1)."""
-        return arbitration.multiplier(1.0 if self.value is None else self.value, 1.0 if self.lever is None else self.lever,
-                                      1.0 if self.weight is None else self.weight)
+        return arbitration.multiplier(
+            1.0 if self.value is None else self.value,
+            1.0 if self.lever is None else self.lever,
+            1.0 if self.weight is None else self.weight,
+        )
 
 
 class Answered(BaseModel):
@@ -268,8 +270,7 @@ class LogLine(BaseModel):
         if slots[0].fallback:
             return  # nothing else was eligible: the candidates do not enter the estimate
         if not self.candidates:
-            raise _Refused("candidates", "required: the eligible offers, each with the logging policy's "
-                           "first-slot 'probability'")
+            raise _Refused("candidates", "required: the eligible offers, each with the logging policy's first-slot 'probability'")
         ids = [c.offer_id for c in self.candidates]
         if len(set(ids)) != len(ids):
             raise _Refused("candidates", f"offer '{_first_repeat(ids)}' is listed twice")
@@ -289,16 +290,21 @@ class LogLine(BaseModel):
             if candidate is None:
                 raise _Refused(where, f"offer '{answered.offer_id}' is not among the eligible candidates")
             if candidate.propensity is not None and not _close(candidate.propensity, answered.propensity):
-                raise _Refused(f"candidates[{ids.index(answered.offer_id)}].propensity",
-                               f"{candidate.propensity} differs from the answered offer's propensity {answered.propensity}")
+                raise _Refused(
+                    f"candidates[{ids.index(answered.offer_id)}].propensity",
+                    f"{candidate.propensity} differs from the answered offer's propensity {answered.propensity}",
+                )
             if k == 0:
                 probability = candidate.probability or 0.0
                 if probability <= 0.0:
                     raise _Refused(where, f"offer '{answered.offer_id}' was chosen, but its candidate probability is 0")
                 if not _close(probability, answered.propensity):
                     name = "propensity" if self.chosen is not None else f"offers[slot {answered.slot}].propensity"
-                    raise _Refused(name, f"{answered.propensity} differs from the first-slot probability "
-                                   f"{probability} of '{answered.offer_id}' in candidates: they are the same number")
+                    raise _Refused(
+                        name,
+                        f"{answered.propensity} differs from the first-slot probability "
+                        f"{probability} of '{answered.offer_id}' in candidates: they are the same number",
+                    )
 
     def _rewards(self, slots: list[Answered]) -> None:
         if self.reward is not None and self.rewards is not None:
@@ -308,8 +314,9 @@ class LogLine(BaseModel):
             if offer_id not in shown:
                 raise _Refused(f"rewards.{offer_id}", "a reward for an offer this decision did not answer")
         if self.reward is None and self.rewards is None and self.closed is not False:
-            raise _Refused("reward", "required: the chosen offer's reward (mark the line \"closed\": false "
-                           "if its outcome is not known yet)")
+            raise _Refused(
+                "reward", 'required: the chosen offer\'s reward (mark the line "closed": false if its outcome is not known yet)'
+            )
 
     def slot_list(self) -> list[tuple[str, float]]:
         if self.chosen is not None and self.propensity is not None:
@@ -342,8 +349,10 @@ def check_values(value: Any, where: str, depth: int) -> None:
     MAX_DEPTH."""
     if depth > MAX_DEPTH:
         raise _Refused(where, f"nested more than {MAX_DEPTH} levels deep")
-    if isinstance(value, int | float) and not isinstance(value, bool) and not (
-        finite_number(value) and abs(value) <= MAX_CONTEXT_NUMBER
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and not (finite_number(value) and abs(value) <= MAX_CONTEXT_NUMBER)
     ):
         shown = f"{value:g}" if isinstance(value, float) else f"an integer of {len(str(abs(value)))} digits"
         raise _Refused(where, f"{shown} is not a finite number within ±2^53 (as Decide accepts)")

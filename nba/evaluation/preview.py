@@ -116,15 +116,19 @@ def preview(
                 change,
             )
         )
-    changes.sort(key=lambda c: (-abs(c.draft_share - c.live_share), -abs(c.draft_eligible_rate - c.live_eligible_rate), c.offer_id))
+    changes.sort(
+        key=lambda c: (-abs(c.draft_share - c.live_share), -abs(c.draft_eligible_rate - c.live_eligible_rate), c.offer_id)
+    )
     report = PreviewReport(len(decisions), live.version, stats["live"].totals(), stats["draft"].totals(), changes)
     refused: list[LogError] = []
     logged = list(from_records(lines, final=True, source="decision log", refused=refused))
     if refused:
         # the service's own log: a decision an older version stored outside today's contract
         # is left out of the estimate, said in the note rather than failing the preview
-        report.note += (f"; {len(refused)} logged decisions break the logged-data contract and are left out of the "
-                        f"value estimates (the first: {refused[0]})")
+        report.note += (
+            f"; {len(refused)} logged decisions break the logged-data contract and are left out of the "
+            f"value estimates (the first: {refused[0]})"
+        )
     if logged and make_learner is not None:
         if check is not None:
             check()  # the estimate replays the learner over every decision: not for a call gone

@@ -53,8 +53,7 @@ def html_report(
     """A page with the table, the estimates with their intervals, and value over time (the
     plots need matplotlib, the ``plots`` extra; without it the page says so and keeps the table)."""
     if importlib.util.find_spec("matplotlib") is None:
-        figures = ("<p>The plots need matplotlib, which is not installed: <code>pip install 'nba[plots]'</code>."
-                   "</p>")
+        figures = "<p>The plots need matplotlib, which is not installed: <code>pip install 'nba[plots]'</code>.</p>"
     else:
         figures = _figures(estimates, decisions, curves)
 
@@ -66,7 +65,7 @@ def html_report(
 pre{{background:#f6f6f6;padding:1rem;overflow-x:auto}}img{{max-width:100%}}</style></head>
 <body><h1>Offline evaluation</h1>
 <p>{len(decisions)} logged decisions from {html.escape(source)}, {html.escape(first)} to {html.escape(last)};
-written {datetime.now(UTC).isoformat(timespec='seconds')}.</p>
+written {datetime.now(UTC).isoformat(timespec="seconds")}.</p>
 {figures}
 <h2>Table</h2><pre>{html.escape(table(estimates))}</pre>
 <p>IPS: inverse propensity scoring; SNIPS: self-normalised IPS; DM: direct method (a reward model);
@@ -90,8 +89,15 @@ def _figures(estimates: Sequence[Estimate], decisions: Sequence[LoggedDecision],
             if e is None:
                 continue
             y = i + (k - 1.5) * 0.15
-            axis.errorbar(e.value, y, xerr=[[e.value - e.low], [e.high - e.value]], fmt="o", capsize=3,
-                          color=f"C{k}", label=name if i == 0 else None)
+            axis.errorbar(
+                e.value,
+                y,
+                xerr=[[e.value - e.low], [e.high - e.value]],
+                fmt="o",
+                capsize=3,
+                color=f"C{k}",
+                label=name if i == 0 else None,
+            )
             if e.truth is not None and k == 0:
                 axis.plot([e.truth], [i], marker="|", markersize=22, color="black", label="truth" if i == 0 else None)
     axis.set_yticks(range(len(policies)), policies)
@@ -113,8 +119,10 @@ def _figures(estimates: Sequence[Estimate], decisions: Sequence[LoggedDecision],
     axis.grid(alpha=0.3)
     time_png = _png(figure, plt)
 
-    return (f'<h2>Estimates with 95% intervals</h2><img alt="estimates" src="data:image/png;base64,{estimates_png}">\n'
-            f'<h2>Value over time</h2><img alt="value over time" src="data:image/png;base64,{time_png}">')
+    return (
+        f'<h2>Estimates with 95% intervals</h2><img alt="estimates" src="data:image/png;base64,{estimates_png}">\n'
+        f'<h2>Value over time</h2><img alt="value over time" src="data:image/png;base64,{time_png}">'
+    )
 
 
 def _rolling(values: np.ndarray, window: int) -> np.ndarray:

@@ -127,8 +127,10 @@ class _Encoder:
             indices += cols
             data += vals
             indptr.append(len(indices))
-        return sparse.csr_matrix((np.asarray(data, dtype=float), np.asarray(indices, dtype=np.int64),
-                                  np.asarray(indptr, dtype=np.int64)), shape=(len(rows), self.width))
+        return sparse.csr_matrix(
+            (np.asarray(data, dtype=float), np.asarray(indices, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
+            shape=(len(rows), self.width),
+        )
 
 
 _NONE: Mapping[str, Any] = {}
@@ -242,8 +244,8 @@ class RewardModel:
         rows = np.arange(m)
         id_block = sparse.csr_matrix((np.ones(int(known.sum())), (rows[known], ident[known])), shape=(m, na))
         offer_block = self._offer_encoder.matrix(
-            [self._offer_features(self.decisions[i], a)
-             for i, a in zip(decision.tolist(), offer_ids, strict=True)])
+            [self._offer_features(self.decisions[i], a) for i, a in zip(decision.tolist(), offer_ids, strict=True)]
+        )
         later = slot > 0
         slot_block = sparse.csr_matrix((np.ones(int(later.sum())), (rows[later], slot[later] - 1)), shape=(m, ns))
         # Each offer's own copy of the context columns: shift the context's columns by offer.
@@ -251,7 +253,8 @@ class RewardModel:
         keep = np.repeat(known & self.crossed, counts)
         cross = sparse.csr_matrix(
             (ctx.data[keep], (np.repeat(rows, counts)[keep], (ctx.indices + np.repeat(ident * dc, counts))[keep])),
-            shape=(m, self._blocks[5]))
+            shape=(m, self._blocks[5]),
+        )
         intercept = sparse.csr_matrix(np.ones((m, 1)))
         return sparse.hstack([intercept, ctx, id_block, offer_block, slot_block, cross], format="csr")
 

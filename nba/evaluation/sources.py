@@ -20,10 +20,15 @@ from nba.evaluation.logs import STRICT, LogError, LoggedDecision, OfferId, check
 __all__ = ["OfferLine", "from_jsonl", "from_records", "from_store", "read_jsonl", "read_offers"]
 
 
-def from_records(lines: Iterable[Any], default_reward: float = 0.0, final: bool = True,
-                 source: str = "log", include_open: bool = True,
-                 refused: list[LogError] | None = None,
-                 offers: Mapping[str, Mapping[str, Any]] | None = None) -> Iterator[LoggedDecision]:
+def from_records(
+    lines: Iterable[Any],
+    default_reward: float = 0.0,
+    final: bool = True,
+    source: str = "log",
+    include_open: bool = True,
+    refused: list[LogError] | None = None,
+    offers: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Iterator[LoggedDecision]:
     """Decisions from export-format (or minimal-format) mappings, each validated first
     (``LogError`` names the line and field). Decisions that answered nothing are skipped; a
     line marked ``"closed": false`` (its reward windows still open) is skipped too, unless
@@ -57,8 +62,12 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                 raise LogError(f"{path} line {number}: nested too deeply") from None
 
 
-def from_jsonl(path: str | Path, default_reward: float = 0.0, include_open: bool = False,
-               offers: Mapping[str, Mapping[str, Any]] | None = None) -> list[LoggedDecision]:
+def from_jsonl(
+    path: str | Path,
+    default_reward: float = 0.0,
+    include_open: bool = False,
+    offers: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[LoggedDecision]:
     """Every decision of a JSON Lines log, validated line by line (``LogError`` names the line
     and field; a ``decision_id`` given twice is refused too). ``offers``: offer id -> features
     (``read_offers``), for candidates that carry none."""
@@ -107,10 +116,15 @@ def read_offers(path: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def from_store(store: Any, since: datetime | None = None, until: datetime | None = None,
-               include_open: bool = False, default_reward: float = 0.0,
-               refused: list[LogError] | None = None,
-               offers: Mapping[str, Mapping[str, Any]] | None = None) -> list[LoggedDecision]:
+def from_store(
+    store: Any,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    include_open: bool = False,
+    default_reward: float = 0.0,
+    refused: list[LogError] | None = None,
+    offers: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[LoggedDecision]:
     """Decisions from the decision log, oldest first, through the same validator. Decisions
     whose reward windows are still open are left out unless ``include_open`` (their missing
     rewards then count as default). ``refused``: as for ``from_records`` (a decision an older
@@ -124,9 +138,15 @@ def from_store(store: Any, since: datetime | None = None, until: datetime | None
     return out
 
 
-def _kept(line: Any, where: str, default_reward: float, final: bool, include_open: bool,
-          refused: list[LogError] | None,
-          offers: Mapping[str, Mapping[str, Any]] | None = None) -> LoggedDecision | None:
+def _kept(
+    line: Any,
+    where: str,
+    default_reward: float,
+    final: bool,
+    include_open: bool,
+    refused: list[LogError] | None,
+    offers: Mapping[str, Mapping[str, Any]] | None = None,
+) -> LoggedDecision | None:
     """``_decision``, with a line that breaks the contract collected in ``refused`` (and left
     out) when a list is given, raised otherwise."""
     try:
@@ -138,8 +158,14 @@ def _kept(line: Any, where: str, default_reward: float, final: bool, include_ope
         return None
 
 
-def _decision(line: Any, where: str, default_reward: float, final: bool, include_open: bool,
-              offers: Mapping[str, Mapping[str, Any]] | None = None) -> LoggedDecision | None:
+def _decision(
+    line: Any,
+    where: str,
+    default_reward: float,
+    final: bool,
+    include_open: bool,
+    offers: Mapping[str, Mapping[str, Any]] | None = None,
+) -> LoggedDecision | None:
     checked = validate_line(line, where)
     if checked.closed is False and not include_open:
         return None

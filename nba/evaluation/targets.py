@@ -134,9 +134,11 @@ def make_learner(name: str = "learner", **settings: Any) -> LinearBandit:
         seed=int(settings.pop("seed", 0)),
     )
     if settings:
-        raise ValueError(f"{name}: unknown settings {', '.join(sorted(settings))} "
-                         "(features, alpha, prior, forget, shared, optimism, age, detect, gamma_scale, gamma_exponent, "
-                         "epsilon, seed)")
+        raise ValueError(
+            f"{name}: unknown settings {', '.join(sorted(settings))} "
+            "(features, alpha, prior, forget, shared, optimism, age, detect, gamma_scale, gamma_exponent, "
+            "epsilon, seed)"
+        )
     return learner
 
 
@@ -210,8 +212,10 @@ class Draft(PolicySetTarget):
 
     def __init__(self, directory: str | Path, **settings: Any) -> None:
         if not Path(directory).is_dir():
-            raise ValueError(f"draft:{directory}: no such folder (draft:DIR names a policy set's folder, "
-                             "for example a copy of policies/ you edited)")
+            raise ValueError(
+                f"draft:{directory}: no such folder (draft:DIR names a policy set's folder, "
+                "for example a copy of policies/ you edited)"
+            )
         super().__init__(f"draft:{directory}", load_policy_set(directory), **settings)
 
 
@@ -225,7 +229,9 @@ def screen_logged(policy_set: Any, d: LoggedDecision) -> tuple[list[str], np.nda
         if result.fallback is not None and result.fallback.eligible:
             return [result.fallback.offer.id], np.ones(1)
         return [], np.zeros(0)
-    return [v.offer.id for v in eligible], arbitration.multipliers((v.offer.offer.value, v.offer.lever, v.weight) for v in eligible)
+    return [v.offer.id for v in eligible], arbitration.multipliers(
+        (v.offer.offer.value, v.offer.lever, v.weight) for v in eligible
+    )
 
 
 #: how far a line's probabilities may stray from summing to 1
@@ -263,9 +269,14 @@ class ExternalPolicy(TargetPolicy):
     (['a', 'b'], array([1., 0.]))
     """
 
-    def __init__(self, probabilities: Mapping[str, Mapping[str, float]], name: str = "external",
-                 source: str = "policy", lines: Mapping[str, int] | None = None,
-                 later: Mapping[str, Sequence[Mapping[str, float]]] | None = None) -> None:
+    def __init__(
+        self,
+        probabilities: Mapping[str, Mapping[str, float]],
+        name: str = "external",
+        source: str = "policy",
+        lines: Mapping[str, int] | None = None,
+        later: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
+    ) -> None:
         self.name = name
         self._source = source
         self._lines = dict(lines or {})
@@ -312,13 +323,17 @@ class ExternalPolicy(TargetPolicy):
     def first_slot(self, d: LoggedDecision) -> tuple[list[str], np.ndarray]:
         p = self._probabilities.get(d.decision_id)
         if p is None:
-            raise LogError(f"{self._source}: decision_id: no line for the logged decision '{d.decision_id}' "
-                           "(every decision evaluated needs one; a log line without a decision_id is named by its line)")
+            raise LogError(
+                f"{self._source}: decision_id: no line for the logged decision '{d.decision_id}' "
+                "(every decision evaluated needs one; a log line without a decision_id is named by its line)"
+            )
         eligible = set(d.eligible)
         for offer_id in p:
             if offer_id not in eligible:
-                raise LogError(f"{self._where(d.decision_id)}: probabilities.{offer_id}: not one of the decision's "
-                               f"eligible candidates ({', '.join(d.eligible)})")
+                raise LogError(
+                    f"{self._where(d.decision_id)}: probabilities.{offer_id}: not one of the decision's "
+                    f"eligible candidates ({', '.join(d.eligible)})"
+                )
         return d.eligible, np.array([float(p.get(a, 0.0)) for a in d.eligible])
 
     def slot(self, d: LoggedDecision, remaining: list[str]) -> np.ndarray:
@@ -330,8 +345,10 @@ class ExternalPolicy(TargetPolicy):
         left = set(remaining)
         for offer_id in p:
             if offer_id not in left:
-                raise LogError(f"{self._where(d.decision_id)}: later_slots[{k - 1}].{offer_id}: not one of the offers left "
-                               f"for slot {k + 1} ({', '.join(remaining)}: the eligible ones less those logged above)")
+                raise LogError(
+                    f"{self._where(d.decision_id)}: later_slots[{k - 1}].{offer_id}: not one of the offers left "
+                    f"for slot {k + 1} ({', '.join(remaining)}: the eligible ones less those logged above)"
+                )
         return np.array([float(p.get(a, 0.0)) for a in remaining])
 
 

@@ -56,8 +56,11 @@ class Truth:
             "field": self.field,
             "reward": self.reward,
             "phases": [
-                {"until": p.until.isoformat() if p.until else None, "default": p.default,
-                 "probabilities": {k: dict(v) for k, v in p.probabilities.items()}}
+                {
+                    "until": p.until.isoformat() if p.until else None,
+                    "default": p.default,
+                    "probabilities": {k: dict(v) for k, v in p.probabilities.items()},
+                }
                 for p in self.phases
             ],
         }
@@ -116,4 +119,3 @@ class Truth:
                         raise ValueError(f"{where}.probabilities.{persona}.{offer}: must be a probability in [0, 1], got {q!r}")
             phases.append(Phase(until, probabilities, float(default)))
         return cls(raw["field"], phases, float(reward))
-

@@ -116,8 +116,7 @@ class FeedbackIntake:
             raise InvalidArgument(f"event_id: the prefix '{NO_RESPONSE}:' is reserved for the service's own events")
         if outcome not in OUTCOMES:
             raise InvalidArgument(
-                f"outcome: {outcome or 'unspecified'} is not one of "
-                + ", ".join(f"OUTCOME_{o.upper()}" for o in OUTCOMES)
+                f"outcome: {outcome or 'unspecified'} is not one of " + ", ".join(f"OUTCOME_{o.upper()}" for o in OUTCOMES)
             )
         if reward is not None:
             problem = reward_problem(reward, self._reward_range)
@@ -165,9 +164,7 @@ class FeedbackIntake:
         try:
             result = future.result(timeout=self._timeout)
         except TimeoutError:
-            raise Unavailable(
-                f"feedback not confirmed durable within {self._timeout:g}s; retry with the same event_id"
-            ) from None
+            raise Unavailable(f"feedback not confirmed durable within {self._timeout:g}s; retry with the same event_id") from None
         kind = "duplicate" if result.duplicate else "late" if result.late else "applied" if result.applied else "stored"
         metrics.FEEDBACK.labels(outcome, kind).inc()
         return result

@@ -69,11 +69,7 @@ def signature(learner: Learner) -> str:
     """What a snapshot must match to be reused: its format (``bandit.state``'s), the
     learner's kind and its hyperparameters. Snapshots from before the format existed
     (pickles) have no format here, so they never match."""
-    params = {
-        k: v
-        for k, v in sorted(vars(learner).items())
-        if not k.startswith("_") and k not in ("n_updates", "seed")
-    }
+    params = {k: v for k, v in sorted(vars(learner).items()) if not k.startswith("_") and k not in ("n_updates", "seed")}
     return f"{learner_state.FORMAT} {type(learner).__name__}({params})"
 
 
@@ -116,9 +112,7 @@ class LearningLoop:
                 learner.describe_exploration(),
             )
 
-    def distribution(
-        self, arm_ids: Sequence[Hashable], features: Mapping[str, Any], weights: np.ndarray
-    ) -> np.ndarray:
+    def distribution(self, arm_ids: Sequence[Hashable], features: Mapping[str, Any], weights: np.ndarray) -> np.ndarray:
         """First-slot probabilities without drawing (what-if preview)."""
         with self._lock:
             return self._learner.distribution(arm_ids, features, weights)[0]
@@ -154,8 +148,10 @@ class LearningLoop:
                     except ValueError as exc:  # a context or reward the learner refuses
                         reason = str(exc)
                 if reason is not None:
-                    log.warning("feedback event not learned",
-                                extra={"feedback_id": event.feedback_id, "offer_id": event.offer_id, "reason": reason})
+                    log.warning(
+                        "feedback event not learned",
+                        extra={"feedback_id": event.feedback_id, "offer_id": event.offer_id, "reason": reason},
+                    )
                     metrics.LEARNING_SKIPPED.inc()
                     continue
                 metrics.LEARNING_UPDATES.inc()

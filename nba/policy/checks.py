@@ -119,8 +119,12 @@ def static_checks(policy_set: PolicySet, now: datetime, sampled: Sampled | None 
     for compiled in policy_set.offers.values():
         offer = compiled.offer
         if offer.status == "live" and offer.valid_until is not None and offer.valid_until <= now:
-            warn(f"expired on {offer.valid_until.date().isoformat()} but its status is still live",
-                 file=compiled.source, offer=offer.id, field="status")
+            warn(
+                f"expired on {offer.valid_until.date().isoformat()} but its status is still live",
+                file=compiled.source,
+                offer=offer.id,
+                field="status",
+            )
     covered: set[str] = set()
     for compiled in policy_set.offers.values():
         covered.update(p.policy for p in (*compiled.rules, *compiled.weights))
@@ -132,8 +136,10 @@ def static_checks(policy_set: PolicySet, now: datetime, sampled: Sampled | None 
             warn("covers no offer", policy=policy.id, field="applies_to")
 
     if not policy_set.schema:
-        warn("no context schema declared: rules are not checked against field names and types, "
-             "and unreachable offers are not detected")
+        warn(
+            "no context schema declared: rules are not checked against field names and types, "
+            "and unreachable offers are not detected"
+        )
         return found
     samples = sample_contexts(policy_set, now)
     # Each distinct rule is evaluated once per sample (group policies and shared eligibility
@@ -161,15 +167,18 @@ def static_checks(policy_set: PolicySet, now: datetime, sampled: Sampled | None 
                 passed &= sampled.full(bound.rule)
         reachable = bool(passed)
         if not reachable and compiled.rules:
-            warn("its rules filter every sampled context: it looks unreachable",
-                 file=compiled.source, offer=compiled.id)
+            warn("its rules filter every sampled context: it looks unreachable", file=compiled.source, offer=compiled.id)
     for policy_id, false in always_false.items():
         if not false:
             continue
         if policy_id.endswith(".eligibility"):
             offer_id = policy_id[: -len(".eligibility")]
-            warn("eligibility is false for every sampled context", file=policy_set.offers[offer_id].source,
-                 offer=offer_id, field="eligibility")
+            warn(
+                "eligibility is false for every sampled context",
+                file=policy_set.offers[offer_id].source,
+                offer=offer_id,
+                field="eligibility",
+            )
         else:
             warn("rule is false for every sampled context of the offers it covers", policy=policy_id, field="rule")
     return found

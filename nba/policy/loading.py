@@ -57,8 +57,13 @@ def read_files(directory: str | Path) -> dict[str, str]:
         try:
             data = path.read_bytes()
         except IsADirectoryError:
-            problems.append(Problem("is a directory, not a file: policy files are the *.yaml files of the folder "
-                                    "itself (rename the directory, or move its files up)", file=path.name))
+            problems.append(
+                Problem(
+                    "is a directory, not a file: policy files are the *.yaml files of the folder "
+                    "itself (rename the directory, or move its files up)",
+                    file=path.name,
+                )
+            )
             continue
         except OSError as exc:
             problems.append(Problem(f"cannot be read: {exc.strerror or exc}", file=path.name))
@@ -66,11 +71,15 @@ def read_files(directory: str | Path) -> dict[str, str]:
         try:
             files[path.name] = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            before = data[:exc.start]
+            before = data[: exc.start]
             line = before.count(b"\n") + 1
             column = len(before.rsplit(b"\n", 1)[-1].decode("utf-8", "replace")) + 1
-            problems.append(Problem(f"line {line}, column {column}: byte 0x{data[exc.start]:02x} is not UTF-8 text "
-                                    "(save the file as UTF-8)", file=path.name))
+            problems.append(
+                Problem(
+                    f"line {line}, column {column}: byte 0x{data[exc.start]:02x} is not UTF-8 text (save the file as UTF-8)",
+                    file=path.name,
+                )
+            )
     if problems:
         raise PolicySetError(problems)
     return files
@@ -95,7 +104,8 @@ def parse_policy_set(files: Mapping[str, str], now: datetime | None = None, *, s
         policy_set = builder.build(files)
         if policy_set is not None:
             policy_set.warnings = builder.problems + (
-                static_checks(policy_set, builder.now, builder.sample_results) if sampled else [])
+                static_checks(policy_set, builder.now, builder.sample_results) if sampled else []
+            )
     except BaseException as exc:  # a file that trips something unforeseen (a panic too) is refused, never a crash
         if isinstance(exc, (KeyboardInterrupt, SystemExit, MemoryError)):
             raise
@@ -163,18 +173,27 @@ class _Builder:
                 if unknown:
                     self.error(
                         f"{', '.join(unknown)} not declared (declared: {', '.join(channels)})",
-                        file=name, offer=offer.id, field="channels",
+                        file=name,
+                        offer=offer.id,
+                        field="channels",
                     )
                 offers[offer.id] = (offer, name)
                 if offer.group and offer.group not in groups:
                     if declared:
-                        self.error(f"group '{offer.group}' is not declared (groups: {', '.join(declared)}); "
-                                   "declare it under groups:, or correct the name", file=name, offer=offer.id, field="group")
+                        self.error(
+                            f"group '{offer.group}' is not declared (groups: {', '.join(declared)}); "
+                            "declare it under groups:, or correct the name",
+                            file=name,
+                            offer=offer.id,
+                            field="group",
+                        )
                     else:
                         groups[offer.group] = Group()
         if len(offers) > MAX_OFFERS:
-            self.error(f"{len(offers)} offers, more than the {MAX_OFFERS} a policy set may hold (validation, publish "
-                       "and Decide are measured up to that size; split the catalogue, or retire expired offers)")
+            self.error(
+                f"{len(offers)} offers, more than the {MAX_OFFERS} a policy set may hold (validation, publish "
+                "and Decide are measured up to that size; split the catalogue, or retire expired offers)"
+            )
         policies: dict[str, tuple[Any, str]] = {}
         for name, doc in parsed:
             for policy in doc.policies:
@@ -196,7 +215,9 @@ class _Builder:
                     if channel in fallbacks:
                         self.error(
                             f"channel '{channel}' already has fallback '{fallbacks[channel]}' (one per channel)",
-                            file=name, offer=offer.id, field="fallback",
+                            file=name,
+                            offer=offer.id,
+                            field="fallback",
                         )
                     fallbacks[channel] = offer.id
 
@@ -205,7 +226,9 @@ class _Builder:
         for policy, name in policies.values():
             source = getattr(policy, "rule", None) or getattr(policy, "weight", None)
             if source is not None:
-                rule = self._rule(source, schema, file=name, policy=policy.id, field="rule" if isinstance(policy, EngagementRule) else "weight")
+                rule = self._rule(
+                    source, schema, file=name, policy=policy.id, field="rule" if isinstance(policy, EngagementRule) else "weight"
+                )
                 if rule is not None:
                     templates[policy.id] = rule
         # Which policies may cover an offer, found through its id and group rather than by
@@ -287,8 +310,11 @@ class _Builder:
                 schema_fields[path], schema_files[path] = spec, name
             for group_name, group in doc.groups.items():
                 if group_name in groups:
-                    self.error(f"group '{group_name}' already declared in {group_files[group_name]}",
-                               file=name, field=f"groups.{group_name}")
+                    self.error(
+                        f"group '{group_name}' already declared in {group_files[group_name]}",
+                        file=name,
+                        field=f"groups.{group_name}",
+                    )
                     continue
                 groups[group_name], group_files[group_name] = group, name
         below: dict[str, str] = {}  # a path -> one field declared below it
@@ -299,15 +325,21 @@ class _Builder:
         for path, spec in schema_fields.items():
             inner = below.get(path)
             if inner is not None and spec.type != "map":
-                self.error(f"is a {spec.type}, so '{inner}' cannot be below it (declare it a map, or drop one)",
-                           file=schema_files[path], field=f"schema.{path}")
+                self.error(
+                    f"is a {spec.type}, so '{inner}' cannot be below it (declare it a map, or drop one)",
+                    file=schema_files[path],
+                    field=f"schema.{path}",
+                )
         misaligned = misaligned_day(ZoneInfo(settings.timezone), self.now.date())
         if misaligned is not None:
             begins = datetime.fromtimestamp(local_day(ZoneInfo(settings.timezone), misaligned).start, UTC)
-            self.error(f"'{settings.timezone}': its day of {misaligned.isoformat()} begins at {begins:%H:%M:%S} UTC, "
-                       "not on a quarter hour: budget days are counted in quarter hours (UTC), so its daily budgets "
-                       "could not be exact; choose a zone whose offsets are whole quarter hours",
-                       file=settings_file, field="settings.timezone")
+            self.error(
+                f"'{settings.timezone}': its day of {misaligned.isoformat()} begins at {begins:%H:%M:%S} UTC, "
+                "not on a quarter hour: budget days are counted in quarter hours (UTC), so its daily budgets "
+                "could not be exact; choose a zone whose offsets are whole quarter hours",
+                file=settings_file,
+                field="settings.timezone",
+            )
         return settings, channels, schema_fields, groups
 
     def _parse(self, name: str, text: str) -> PolicySetFile | None:
@@ -359,7 +391,9 @@ class _Builder:
         document.policies = valid["policies"]
         return document
 
-    def _check_applies_to(self, policy: Any, name: str, offers: Mapping[str, Any], groups: Mapping[str, Any], channels: list[str]) -> None:
+    def _check_applies_to(
+        self, policy: Any, name: str, offers: Mapping[str, Any], groups: Mapping[str, Any], channels: list[str]
+    ) -> None:
         target = policy.applies_to
         for offer_id in target.offers:
             if offer_id not in offers and offer_id not in self.broken:
@@ -372,8 +406,13 @@ class _Builder:
             if channel not in channels:
                 self.error(f"channel '{channel}' not declared", file=name, policy=policy.id, field="applies_to.channels")
         if isinstance(policy, Budget) and target.channels:
-            self.error("a budget counts events on every channel: it cannot be restricted to channels "
-                       "(give the channel its own offer instead)", file=name, policy=policy.id, field="applies_to.channels")
+            self.error(
+                "a budget counts events on every channel: it cannot be restricted to channels "
+                "(give the channel its own offer instead)",
+                file=name,
+                policy=policy.id,
+                field="applies_to.channels",
+            )
 
     def _rule(self, source: str, schema: ContextSchema, **where: str) -> Rule | None:
         # Offers of one set often share an eligibility text: it is compiled and checked once,
@@ -451,7 +490,9 @@ class _Builder:
             budgets=tuple(budgets),
             weights=tuple(weights),
             lever=offer.lever * (group.lever if group else 1.0),
-            timed=offer.status != "live" or offer.valid_from is not None or offer.valid_until is not None
+            timed=offer.status != "live"
+            or offer.valid_from is not None
+            or offer.valid_until is not None
             or offer.schedule is not None,
             held=bool(caps or suppressions or budgets),
         )
@@ -491,8 +532,11 @@ class _Builder:
                         if bound.policy.endswith(".eligibility")
                         else {"policy": bound.policy, "field": "weight" if bound.kind == "weight" else "rule"}
                     )
-                    self.error(f"{error} (on the declared context schema)",
-                               file=compiled.source if "offer" in where else self._file_of(bound.policy), **where)
+                    self.error(
+                        f"{error} (on the declared context schema)",
+                        file=compiled.source if "offer" in where else self._file_of(bound.policy),
+                        **where,
+                    )
 
     def _file_of(self, policy_id: str) -> str:
         return self.policy_files.get(policy_id, "")

@@ -30,7 +30,9 @@ Status = Literal["live", "draft", "paused", "expired"]
 #: a timestamp, or a date meaning midnight UTC
 Moment = Annotated[
     datetime | None,
-    WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date"}, {"type": "null"}]}),
+    WithJsonSchema(
+        {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date"}, {"type": "null"}]}
+    ),
 ]
 
 
@@ -143,8 +145,10 @@ def _parse_range(text: str) -> tuple[float, float]:
     except ValueError:
         if parts and _END_OF_DAY.match(parts[0]):
             raise ValueError(f"{text!r}: 24:00 may only end a range (a day starts at 00:00)") from None
-        raise ValueError(f"{text!r} is not a range like 09:00-17:30 (00:00-24:00 is the whole day; "
-                         "22:00-02:00 runs past midnight into the next day)") from None
+        raise ValueError(
+            f"{text!r} is not a range like 09:00-17:30 (00:00-24:00 is the whole day; "
+            "22:00-02:00 runs past midnight into the next day)"
+        ) from None
     if begins.tzinfo is not None or (clock is not None and clock.tzinfo is not None):
         raise ValueError(f"{text!r}: hours are in the policy set's timezone (settings.timezone); drop the offset")
     start, end = _seconds(begins), 86400.0 if clock is None else _seconds(clock)
@@ -224,8 +228,7 @@ class Offer(BaseModel):
             raise ValueError(f"channels lists a channel twice: {self.channels}")
         if self.valid_from and self.valid_until and self.valid_from >= self.valid_until:
             raise ValueError(
-                f"valid_from ({self.valid_from.isoformat()}) must be before "
-                f"valid_until ({self.valid_until.isoformat()})"
+                f"valid_from ({self.valid_from.isoformat()}) must be before valid_until ({self.valid_until.isoformat()})"
             )
         stray = sorted(set(self.treatment) - set(self.channels))
         if stray:

@@ -80,8 +80,10 @@ MAX_IGNORED = 1000
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 #: how the published JSON schema describes a window: seconds, or text like 7d
 WINDOW_SCHEMA = WithJsonSchema(
-    {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(s|m|h|d|w)\s*$"}],
-     "description": "a window: 30m, 24h, 7d, 2w, or seconds"}
+    {
+        "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(s|m|h|d|w)\s*$"}],
+        "description": "a window: 30m, 24h, 7d, 2w, or seconds",
+    }
 )
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -136,8 +138,12 @@ class _Policy(BaseModel):
     description: str = ""
     applies_to: Annotated[
         AppliesTo,
-        WithJsonSchema({"anyOf": [AppliesTo.model_json_schema(), {"const": "all"}],
-                        "description": "offers, groups and channels covered; omitted or 'all': everything"}),
+        WithJsonSchema(
+            {
+                "anyOf": [AppliesTo.model_json_schema(), {"const": "all"}],
+                "description": "offers, groups and channels covered; omitted or 'all': everything",
+            }
+        ),
     ] = Field(default_factory=AppliesTo)
     #: a disabled policy is validated but not applied
     enabled: bool = True

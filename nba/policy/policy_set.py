@@ -217,8 +217,7 @@ class PolicySet:
                     members.setdefault(budget.id, []).append(compiled.id)
         self.budget_members = {k: tuple(v) for k, v in members.items()}
         self.needs_contacts = any(
-            o.caps or o.suppressions or any(r.rule.uses_contacts for r in (*o.rules, *o.weights))
-            for o in self.offers.values()
+            o.caps or o.suppressions or any(r.rule.uses_contacts for r in (*o.rules, *o.weights)) for o in self.offers.values()
         )
         windows = [c.window for o in self.offers.values() for c in o.caps]
         windows += [s.days * 86400 for o in self.offers.values() for s in o.suppressions]

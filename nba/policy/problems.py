@@ -71,8 +71,10 @@ def _yaml_hint(error: Mapping[str, Any]) -> str:
         return ""
     value = error.get("input")
     if isinstance(value, bool):
-        return (f" (YAML read it as the boolean {str(value).lower()}: unquoted yes, no, on, off, true and false "
-                "are booleans; quote the text, as in 'no')")
+        return (
+            f" (YAML read it as the boolean {str(value).lower()}: unquoted yes, no, on, off, true and false "
+            "are booleans; quote the text, as in 'no')"
+        )
     if isinstance(value, (date, datetime)):
         return f" (YAML read it as a date: quote it, as in '{value.isoformat()}')"
     if isinstance(value, (int, float)):

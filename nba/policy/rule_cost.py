@@ -95,8 +95,9 @@ def check_rule(source: str, offer: Mapping[str, Any] | None = None) -> int:
     as one element (the real cost is checked again for each offer the rule is bound to).
     Raises ``RuleLimitError`` (a ``ValueError``) naming the limit and what to change."""
     if len(source) > MAX_RULE_LENGTH:
-        raise RuleLimitError(f"the rule is {len(source)} characters long, more than the limit of {MAX_RULE_LENGTH}: "
-                             "split it into several rules")
+        raise RuleLimitError(
+            f"the rule is {len(source)} characters long, more than the limit of {MAX_RULE_LENGTH}: split it into several rules"
+        )
     tokens = _tokens(source)
     _check_depth(tokens)
     cost = estimate(tokens, offer or {})
@@ -106,7 +107,8 @@ def check_rule(source: str, offer: Mapping[str, Any] | None = None) -> int:
             f"a comprehension (all, exists, exists_one, map, filter) runs once per element (up to "
             f"{MAX_CONTEXT_LEAVES:,}), nested comprehensions multiply, and a context list named inside one is "
             "read once per element; do not nest comprehensions over context lists, do not read inside one "
-            "the list it ranges over, and keep map/filter for short lists")
+            "the list it ranges over, and keep map/filter for short lists"
+        )
     return cost
 
 
@@ -144,6 +146,7 @@ def _size(tokens: list[_Token], k: int, offer: Mapping[str, Any], end: int | Non
 
 
 # Scanning -------------------------------------------------------------------------------
+
 
 def _tokens(source: str) -> list[_Token]:
     """CEL's lexical structure, as far as costs need it: strings (with their escapes, raw and
@@ -189,7 +192,7 @@ def _tokens(source: str) -> list[_Token]:
                 i += 1
             tokens.append(_Token("number", source[start:i], start))
         else:
-            two = source[i:i + 2]
+            two = source[i : i + 2]
             text = two if two in _OPERATORS else c
             tokens.append(_Token("punct", text, i))
             i += len(text)
@@ -212,8 +215,10 @@ def _check_depth(tokens: list[_Token]) -> None:
         if token.text in _OPEN:
             depth += 1
             if depth > MAX_RULE_DEPTH:
-                raise RuleLimitError(f"column {token.at + 1}: brackets nested more than {MAX_RULE_DEPTH} deep: "
-                                     "write the rule flatter (or split it into several rules)")
+                raise RuleLimitError(
+                    f"column {token.at + 1}: brackets nested more than {MAX_RULE_DEPTH} deep: "
+                    "write the rule flatter (or split it into several rules)"
+                )
         elif token.text in _CLOSE:
             depth -= 1
 
@@ -272,8 +277,9 @@ def _path(tokens: list[_Token], k: int, end: int) -> str:
     part of the context it is."""
     parts = [tokens[k].text]
     k += 1
-    while k + 1 < end and tokens[k].text == "." and tokens[k + 1].kind == "name" and not (
-            k + 2 < end and tokens[k + 2].text == "("):
+    while (
+        k + 1 < end and tokens[k].text == "." and tokens[k + 1].kind == "name" and not (k + 2 < end and tokens[k + 2].text == "(")
+    ):
         parts.append(tokens[k + 1].text)
         k += 2
     if parts[0] == "customer":
@@ -297,12 +303,24 @@ def _range_path(tokens: list[_Token], dot: int) -> str | None:
 
 def _apart(one: str | None, other: str) -> bool:
     """Whether two context paths hold separate leaves (neither contains the other)."""
-    return (one is not None and other.startswith("context.") and one != other
-            and not other.startswith(one + ".") and not one.startswith(other + "."))
+    return (
+        one is not None
+        and other.startswith("context.")
+        and one != other
+        and not other.startswith(one + ".")
+        and not one.startswith(other + ".")
+    )
 
 
-def _cost(tokens: list[_Token], start: int, end: int, bound: frozenset[str], in_body: bool,
-          offer: Mapping[str, Any], ranging: str | None = None) -> tuple[int, int, bool]:
+def _cost(
+    tokens: list[_Token],
+    start: int,
+    end: int,
+    bound: frozenset[str],
+    in_body: bool,
+    offer: Mapping[str, Any],
+    ranging: str | None = None,
+) -> tuple[int, int, bool]:
     """The cost of tokens[start:end] in steps: what it costs each time it is evaluated, plus
     what it costs in all over the iterations of the comprehension whose body it is (a context
     list read in the body of a comprehension over another: ``ranging`` is that one's path);
@@ -313,13 +331,28 @@ def _cost(tokens: list[_Token], start: int, end: int, bound: frozenset[str], in_
     k = start
     while k < end:
         token = tokens[k]
-        if (token.kind == "name" and token.text in _MACROS and k > start and tokens[k - 1].text == "."
-                and k + 3 < end and tokens[k + 1].text == "(" and tokens[k + 2].kind == "name" and tokens[k + 3].text == ","):
+        if (
+            token.kind == "name"
+            and token.text in _MACROS
+            and k > start
+            and tokens[k - 1].text == "."
+            and k + 3 < end
+            and tokens[k + 1].text == "("
+            and tokens[k + 2].kind == "name"
+            and tokens[k + 3].text == ","
+        ):
             close = _closing(tokens, k + 1, end)
             variable = tokens[k + 2].text
             size = _range_size(tokens, k - 1, offer)
-            body, body_fixed, body_reads = _cost(tokens, k + 4, close, bound | {variable}, True, offer,
-                                                 _range_path(tokens, k - 1) if size == MAX_CONTEXT_LEAVES else None)
+            body, body_fixed, body_reads = _cost(
+                tokens,
+                k + 4,
+                close,
+                bound | {variable},
+                True,
+                offer,
+                _range_path(tokens, k - 1) if size == MAX_CONTEXT_LEAVES else None,
+            )
             cost += 3 + size * (ITERATION_STEPS + body) + body_fixed
             if token.text in ("map", "filter"):
                 # the result is copied once per element it gains: the square of its length
@@ -383,4 +416,5 @@ def check_call(offers: Iterable[Any]) -> tuple[str, str] | None:
         f"the rules one decision on channel '{channel}' evaluates may cost about {total:,} steps together, "
         f"more than the limit of {CALL_BUDGET:,}; the costliest: {named}: simplify them (fewer comprehensions "
         "over context lists), or make a rule that names the offer into one that does not (it is then "
-        "evaluated once, not once per offer)")
+        "evaluated once, not once per offer)"
+    )

@@ -113,10 +113,10 @@ class Rule:
             return self
         replacements = {
             "offer": cel_literal(offer),
-            "contacts": f'({cel_literal(offer["id"])} in _contacts ? _contacts[{cel_literal(offer["id"])}] : _no_contacts)',
+            "contacts": f"({cel_literal(offer['id'])} in _contacts ? _contacts[{cel_literal(offer['id'])}] : _no_contacts)",
             "group_contacts": (
-                f'({cel_literal(offer["group"])} in _group_contacts ? '
-                f'_group_contacts[{cel_literal(offer["group"])}] : _no_contacts)'
+                f"({cel_literal(offer['group'])} in _group_contacts ? "
+                f"_group_contacts[{cel_literal(offer['group'])}] : _no_contacts)"
             ),
         }
         try:  # the template counted the offer's lists as one element each; this offer's are known
@@ -177,7 +177,7 @@ class RuleBatch:
         self.rules = rules
         self.chunks: list[tuple[Any, int, int]] = []
         for start in range(0, len(rules), self.CHUNK):
-            part = rules[start:start + self.CHUNK]
+            part = rules[start : start + self.CHUNK]
             try:
                 program = cel.compile("[" + ", ".join(f"({r.source})" for r in part) + "]")
             except BaseException as exc:  # each rule compiled alone: evaluate them one by one
@@ -242,9 +242,7 @@ def activation(
     return cel.Context(variables)
 
 
-NO_CONTACTS: dict[str, float] = {
-    name: (NEVER_DAYS if name.startswith("days_since_") else 0.0) for name in CONTACT_FIELDS
-}
+NO_CONTACTS: dict[str, float] = {name: (NEVER_DAYS if name.startswith("days_since_") else 0.0) for name in CONTACT_FIELDS}
 
 
 def cel_literal(value: Any) -> str:
@@ -297,14 +295,14 @@ def _identifiers(source: str, name: str) -> list[int]:
     return [
         m.start()
         for m in re.finditer(rf"(?<![\w.]){re.escape(name)}(?!\w)", blanked)
-        if not re.match(r"\s*:", blanked[m.end():])  # a map key: {offer: 1}
+        if not re.match(r"\s*:", blanked[m.end() :])  # a map key: {offer: 1}
     ]
 
 
 def _substitute(source: str, replacements: Mapping[str, str]) -> str:
     edits = sorted(((i, name) for name in replacements for i in _identifiers(source, name)), reverse=True)
     for start, name in edits:
-        source = source[:start] + replacements[name] + source[start + len(name):]
+        source = source[:start] + replacements[name] + source[start + len(name) :]
     return source
 
 

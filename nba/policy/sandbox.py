@@ -91,8 +91,9 @@ class Sandbox:
             raise Unavailable("the service is stopping; validate on another replica or retry later")
         context = _mp()
         receiver, sender = context.Pipe(duplex=False)
-        child = context.Process(target=_child, args=(sender, dict(files), now.isoformat(), MEMORY_BYTES),
-                                name="nba-validate", daemon=True)
+        child = context.Process(
+            target=_child, args=(sender, dict(files), now.isoformat(), MEMORY_BYTES), name="nba-validate", daemon=True
+        )
         started = time.monotonic()
         with self._lock:
             self._children.add(child)
@@ -109,8 +110,10 @@ class Sandbox:
             with self._lock:
                 self._children.discard(child)
         if answer.get("memory"):
-            raise ResourceExhausted(f"validating the draft needed more than {MEMORY_BYTES // 1024**2} MiB: "
-                                    "simplify its rules (fewer comprehensions, shorter lists) or its schema")
+            raise ResourceExhausted(
+                f"validating the draft needed more than {MEMORY_BYTES // 1024**2} MiB: "
+                "simplify its rules (fewer comprehensions, shorter lists) or its schema"
+            )
         problems = [Problem(**p) for p in answer["problems"]]
         return Validation(bool(answer["valid"]), problems, str(answer.get("content_hash", "")))
 
@@ -149,7 +152,8 @@ class Sandbox:
                 raise DeadlineExceeded(
                     "validating the draft took longer than the call's deadline (at most "
                     f"{MAX_SECONDS:.0f} s) and was stopped: simplify its rules (fewer or smaller comprehensions "
-                    "over context lists) or its schema (fewer listed values), or allow more time")
+                    "over context lists) or its schema (fewer listed values), or allow more time"
+                )
 
     def _died(self, child: Any) -> dict[str, Any]:
         child.join(5)
@@ -157,9 +161,17 @@ class Sandbox:
         if self._closing.is_set():
             raise Unavailable("the service is stopping; validate on another replica or retry later")
         log.error("a validating child process died without answering", extra={"exitcode": code})
-        return {"valid": False, "problems": [asdict(Problem(
-            f"could not be validated: the rule engine died (exit code {code}); simplify the rules "
-            "(shorter, fewer nested brackets and comprehensions)"))]}
+        return {
+            "valid": False,
+            "problems": [
+                asdict(
+                    Problem(
+                        f"could not be validated: the rule engine died (exit code {code}); simplify the rules "
+                        "(shorter, fewer nested brackets and comprehensions)"
+                    )
+                )
+            ],
+        }
 
 
 def _mp() -> Any:
@@ -184,8 +196,11 @@ def _child(sender: Any, files: dict[str, str], now: str, memory: int) -> None:
 
     try:
         policy_set = parse_policy_set(files, datetime.fromisoformat(now))
-        answer: dict[str, Any] = {"valid": True, "problems": [asdict(p) for p in policy_set.warnings],
-                                  "content_hash": policy_set.content_hash}
+        answer: dict[str, Any] = {
+            "valid": True,
+            "problems": [asdict(p) for p in policy_set.warnings],
+            "content_hash": policy_set.content_hash,
+        }
     except PolicySetError as exc:
         answer = {"valid": False, "problems": [asdict(p) for p in exc.problems]}
     except MemoryError:

@@ -55,8 +55,11 @@ class FieldSpec(BaseModel):
 
     @model_validator(mode="after")
     def _bounds(self) -> FieldSpec:
-        for name, number in (("min", self.min), ("max", self.max),
-                             *(("values", v) for v in self.values or () if isinstance(v, float))):
+        for name, number in (
+            ("min", self.min),
+            ("max", self.max),
+            *(("values", v) for v in self.values or () if isinstance(v, float)),
+        ):
             if number is not None and not (math.isfinite(number) and abs(number) <= MAX_NUMBER):
                 raise ValueError(f"{name}: {number!r} is outside -{MAX_NUMBER:g} to {MAX_NUMBER:g}")
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -69,8 +72,13 @@ class FieldSpec(BaseModel):
         wanted = {"string": (str,), "number": (int, float), "bool": (bool,)}.get(kind)
         for value in self.values or ():
             if wanted is not None and (not isinstance(value, wanted) or (kind == "number" and isinstance(value, bool))):
-                hint = " (YAML reads unquoted yes, no, on, off, true and false as booleans: quote the text)" if (
-                    isinstance(value, bool) and kind == "string") else " (quote it)" if kind == "string" else ""
+                hint = (
+                    " (YAML reads unquoted yes, no, on, off, true and false as booleans: quote the text)"
+                    if (isinstance(value, bool) and kind == "string")
+                    else " (quote it)"
+                    if kind == "string"
+                    else ""
+                )
                 noun = {"string": "text", "number": "numbers", "bool": "booleans"}[kind]
                 raise ValueError(f"values of a {self.type} field must be {noun}: {value!r} is not{hint}")
         return self
@@ -117,9 +125,11 @@ def needed_paths(sources: Iterable[str]) -> frozenset[str] | None:
             segments = [s.strip() for s in rest.split(".") if s.strip()]
             if call and segments:
                 segments = segments[:-1]
-            after = blanked[match.end():].lstrip()
-            if (not call and after.startswith("[")) or (root == "context" and len(segments) < 1) or (
-                root == "customer" and not segments
+            after = blanked[match.end() :].lstrip()
+            if (
+                (not call and after.startswith("["))
+                or (root == "context" and len(segments) < 1)
+                or (root == "customer" and not segments)
             ):
                 return None
             path = [root, *segments] if root == "customer" else segments

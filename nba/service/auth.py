@@ -54,7 +54,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or handler.unary_unary is None or not method.startswith(ADMIN_PREFIX):
             return handler
-        needed = "editor" if method[len(ADMIN_PREFIX):] in EDITOR_METHODS else "viewer"
+        needed = "editor" if method[len(ADMIN_PREFIX) :] in EDITOR_METHODS else "viewer"
         headers = [v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"]
         inner = handler.unary_unary
 
@@ -63,7 +63,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 raise Unauthenticated(f"authorization: sent {len(headers)} times; send one 'authorization: Bearer <token>'")
             caller = self._authenticate(headers[0] if headers else "")
             if _RANK[caller.role] < _RANK[needed]:
-                raise PermissionDenied(f"authorization: '{caller.name}' is a {caller.role}; {method.rsplit('/', 1)[-1]} needs an {needed}")
+                raise PermissionDenied(
+                    f"authorization: '{caller.name}' is a {caller.role}; {method.rsplit('/', 1)[-1]} needs an {needed}"
+                )
             token = _caller.set(caller)
             try:
                 return inner(request, context)

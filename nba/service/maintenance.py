@@ -30,8 +30,16 @@ class Maintenance:
     has passed. ``window_check_seconds``: how often due reward windows are looked for;
     ``retention_days``: decisions older are deleted (0 keeps them all)."""
 
-    def __init__(self, store: Store, learning: LearningLoop, contacts: ContactHistory, counters: OfferCounters,
-                 clock: Clock, window_check_seconds: float, retention_days: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        learning: LearningLoop,
+        contacts: ContactHistory,
+        counters: OfferCounters,
+        clock: Clock,
+        window_check_seconds: float,
+        retention_days: float,
+    ) -> None:
         self.store = store
         self.learning = learning
         self.contacts = contacts

@@ -114,8 +114,10 @@ class Publisher:
                 except PolicySetError as exc:
                     if not folder_files:
                         raise
-                    log.error("the live policy set no longer loads; publishing the folder instead",
-                              extra={"version": live.version, "problems": exc.messages})
+                    log.error(
+                        "the live policy set no longer loads; publishing the folder instead",
+                        extra={"version": live.version, "problems": exc.messages},
+                    )
                     self.publish(folder_files, actor="policies folder", source="file", comment=str(self._folder))
             elif not folder_files:
                 raise PolicySetError([Problem(f"{self._folder}: no *.yaml policy files and nothing published")])
@@ -200,8 +202,10 @@ class Publisher:
         except (PolicySetError, InvalidArgument, DeadlineExceeded, ResourceExhausted) as exc:
             self._folder_hash = digest  # refused for good (too slow or too big too): wait for the next change
             metrics.POLICY_RELOAD_FAILURES.inc()
-            log.error("the changed policies folder is invalid; the live set is unchanged",
-                      extra={"problems": exc.messages if isinstance(exc, PolicySetError) else [str(exc)]})
+            log.error(
+                "the changed policies folder is invalid; the live set is unchanged",
+                extra={"problems": exc.messages if isinstance(exc, PolicySetError) else [str(exc)]},
+            )
             return False
         self._folder_hash = digest
         return not published.unchanged
@@ -235,8 +239,9 @@ class Publisher:
 
     # Validate, publish, roll back -----------------------------------------------------
 
-    def validate(self, files: Mapping[str, str], timeout: float | None = None,
-                 is_active: Callable[[], bool] | None = None) -> tuple[PolicySet | None, list[Problem]]:
+    def validate(
+        self, files: Mapping[str, str], timeout: float | None = None, is_active: Callable[[], bool] | None = None
+    ) -> tuple[PolicySet | None, list[Problem]]:
         """Compiles a draft; returns it (None if invalid) and every problem found.
 
         The draft is validated in a child process (``nba.policy.sandbox``), then compiled here
@@ -250,8 +255,9 @@ class Publisher:
             return None, exc.problems
         return policy_set, policy_set.warnings
 
-    def _compile(self, files: Mapping[str, str], timeout: float | None = None,
-                 is_active: Callable[[], bool] | None = None) -> PolicySet:
+    def _compile(
+        self, files: Mapping[str, str], timeout: float | None = None, is_active: Callable[[], bool] | None = None
+    ) -> PolicySet:
         """A draft validated and compiled (``PolicySetError`` if it is invalid)."""
         now = self._clock.now()
         if not self._isolate:
@@ -285,12 +291,20 @@ class Publisher:
         self._check_draft(files)
         policy_set = self._compile(files, timeout, is_active)  # raises with every error
         with self._lock:
-            result = self._store.publish(policy_set.files, policy_set.content_hash, actor, source, comment,
-                                         self._clock.now(), expected_live)
+            result = self._store.publish(
+                policy_set.files, policy_set.content_hash, actor, source, comment, self._clock.now(), expected_live
+            )
             return self._settle(policy_set, result, expected_live, source, actor)
 
-    def rollback(self, version: int, actor: str, comment: str = "", expected_live: int = 0,
-                 timeout: float | None = None, is_active: Callable[[], bool] | None = None) -> Published:
+    def rollback(
+        self,
+        version: int,
+        actor: str,
+        comment: str = "",
+        expected_live: int = 0,
+        timeout: float | None = None,
+        is_active: Callable[[], bool] | None = None,
+    ) -> Published:
         """Makes an earlier version live again; ``NotFound`` for an unknown version,
         ``FailedPrecondition`` if it no longer loads or ``expected_live`` is not live.
         ``timeout`` and ``is_active`` bound its validation, as for ``validate``."""
@@ -305,8 +319,7 @@ class Publisher:
             result = self._store.activate(version, actor, "rollback", comment, self._clock.now(), expected_live)
             return self._settle(policy_set, result, expected_live, "rollback", actor)
 
-    def _settle(self, policy_set: PolicySet, result: Activation, expected_live: int, source: str,
-                actor: str) -> Published:
+    def _settle(self, policy_set: PolicySet, result: Activation, expected_live: int, source: str, actor: str) -> Published:
         """After the database said what is live: swaps to ``policy_set`` if it is, or to the
         newer set another process made live. Call with the lock held."""
         if not result.refused:
@@ -317,8 +330,7 @@ class Publisher:
             return Published(self.live, unchanged=not result.activated)
         self._catch_up()
         raise FailedPrecondition(
-            f"expected_live_version: version {result.version} is live, not {expected_live}; "
-            "reload it and try again"
+            f"expected_live_version: version {result.version} is live, not {expected_live}; reload it and try again"
         )
 
     def _catch_up(self) -> None:

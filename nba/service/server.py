@@ -154,9 +154,15 @@ def _decoded(decode: Callable[[bytes], Any], raw: bytes) -> Any:
 
 def reward_windows(settings: Settings) -> RewardWindows:
     """Each outcome's reward window and the default reward, as the settings give them."""
-    return RewardWindows({"impressed": settings.window_impressed_seconds, "clicked": settings.window_clicked_seconds,
-                          "accepted": settings.window_accepted_seconds, "rejected": settings.window_rejected_seconds},
-                         settings.reward_default)
+    return RewardWindows(
+        {
+            "impressed": settings.window_impressed_seconds,
+            "clicked": settings.window_clicked_seconds,
+            "accepted": settings.window_accepted_seconds,
+            "rejected": settings.window_rejected_seconds,
+        },
+        settings.reward_default,
+    )
 
 
 def _decoded_or_abort(decode: Callable[[bytes], Any], raw: bytes, context: grpc.ServicerContext) -> Any:
@@ -175,11 +181,17 @@ def abort(context: grpc.ServicerContext, exc: NbaError) -> NoReturn:
     if not violations:
         context.abort(grpc.StatusCode[exc.code], str(exc))
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.BadRequest(field_violations=[
-        error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
-        for field, description in violations]))
-    context.abort_with_status(rpc_status.to_status(status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT, message=str(exc), details=[detail])))
+    detail.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+                for field, description in violations
+            ]
+        )
+    )
+    context.abort_with_status(
+        rpc_status.to_status(status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(exc), details=[detail]))
+    )
     raise AssertionError("unreachable: abort_with_status raises")  # for the type checker
 
 
@@ -204,9 +216,7 @@ class Service:
         self.engine = open_engine(settings.database_url)
         self.store = Store(self.engine, reward_windows(settings), origin=f"{socket.gethostname()}:{os.getpid()}")
         start_feedback_id, start_contact_id = self.store.last_ids()
-        self.contacts = ContactHistory(
-            self._load_contacts, settings.contact_history_days * 86400, settings.contact_customers
-        )
+        self.contacts = ContactHistory(self._load_contacts, settings.contact_history_days * 86400, settings.contact_customers)
         self.counters = OfferCounters()
         self.counters.load(self.store.counter_rows(), recent_since=self.clock.now().timestamp() - COUNTER_SECONDS)
         self.learning = LearningLoop(build_learner(settings), settings.snapshot_seconds, settings.reward_range)
@@ -225,15 +235,32 @@ class Service:
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )
-        self.bus = RedisBus(settings.bus, settings.bus_stream, self.store.origin, settings.bus_stream_length,
-                            on_state=lambda up: self._dependency(BUS_HEALTH, up)) if settings.redis_bus else None
-        self.maintenance = Maintenance(self.store, self.learning, self.contacts, self.counters, self.clock,
-                                       settings.window_check_seconds, settings.decision_retention_days)
+        self.bus = (
+            RedisBus(
+                settings.bus,
+                settings.bus_stream,
+                self.store.origin,
+                settings.bus_stream_length,
+                on_state=lambda up: self._dependency(BUS_HEALTH, up),
+            )
+            if settings.redis_bus
+            else None
+        )
+        self.maintenance = Maintenance(
+            self.store,
+            self.learning,
+            self.contacts,
+            self.counters,
+            self.clock,
+            settings.window_check_seconds,
+            settings.decision_retention_days,
+        )
         self.log = DecisionLog(
             self.store,
             self,
-            LogOptions(settings.log_flush_seconds, settings.log_batch_size, settings.log_queue_limit,
-                       settings.decision_cache_size),
+            LogOptions(
+                settings.log_flush_seconds, settings.log_batch_size, settings.log_queue_limit, settings.decision_cache_size
+            ),
             shared=self.shared,
             bus=self.bus,
             applied_id=self.learning.last_feedback_id,
@@ -243,16 +270,27 @@ class Service:
         if self.bus is not None:
             self.bus.start(self.log.deliver)
         self.decider = Decider(
-            live, self.learning, self.log, self.contacts, self.counters, settings.request_id_ttl_seconds, self.clock,
+            live,
+            self.learning,
+            self.log,
+            self.contacts,
+            self.counters,
+            settings.request_id_ttl_seconds,
+            self.clock,
             durable_timeout_seconds=settings.feedback_timeout_seconds if settings.durable_decisions else None,
             reservations=self._reservations(),
         )
         self.intake = FeedbackIntake(
-            self.log, settings.rewards(), settings.feedback_timeout_seconds, self.clock, settings.reward_range,
+            self.log,
+            settings.rewards(),
+            settings.feedback_timeout_seconds,
+            self.clock,
+            settings.reward_range,
             # A decision another worker or replica made may not be written yet (write-behind);
             # alone, or with durable decisions, what is not known is unknown.
-            in_flight_seconds=(settings.log_flush_seconds + IN_FLIGHT_MARGIN_SECONDS
-                               if self.shared and not settings.durable_decisions else 0.0),
+            in_flight_seconds=(
+                settings.log_flush_seconds + IN_FLIGHT_MARGIN_SECONDS if self.shared and not settings.durable_decisions else 0.0
+            ),
             poll_seconds=settings.log_flush_seconds,
         )
         self.health = health.HealthServicer()
@@ -266,9 +304,7 @@ class Service:
                 ("grpc.so_reuseport", 1 if self.is_worker else 0),
             ],
         )
-        pb_grpc.add_DecisionServiceServicer_to_server(
-            DecisionServicer(self.decider, self.intake, str(self.worker)), self.server
-        )
+        pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(self.decider, self.intake, str(self.worker)), self.server)
         apb_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.publisher, self.store.recent_lines, self.learning, lambda: build_learner(settings)),
             self.server,
@@ -283,9 +319,14 @@ class Service:
             self.port = self.server.add_insecure_port(address)
         else:
             key, chain, client_ca = tls
-            self.port = self.server.add_secure_port(address, grpc.ssl_server_credentials(
-                [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None,
-            ))
+            self.port = self.server.add_secure_port(
+                address,
+                grpc.ssl_server_credentials(
+                    [(key, chain)],
+                    root_certificates=client_ca,
+                    require_client_auth=client_ca is not None,
+                ),
+            )
         if self.port == 0:
             raise OSError(f"could not bind {settings.host}:{settings.port}")
         self.metrics_port: int | None = None
@@ -316,16 +357,17 @@ class Service:
         if decision_log is not None and not decision_log.available:  # do not wait on a database known to be down
             raise Unavailable("the database is unavailable")
         # an outage is DatabaseUnavailable (UNAVAILABLE): translated by the store
-        return self.store.contact_events(customer_id, since,
-                                         up_to=decision_log.contact_position if decision_log else None)
+        return self.store.contact_events(customer_id, since, up_to=decision_log.contact_position if decision_log else None)
 
     def _swap(self, policy_set: PolicySet) -> None:
         policy_set.batches  # noqa: B018  # compiled now, not in the first decision it serves
         self.contacts.horizon_seconds = max(self.settings.contact_history_days * 86400, policy_set.history_seconds)
-        self.learning.describe_arms({
-            o.id: None if o.offer.fallback else [f"group={o.offer.group}", *(f"tag={t}" for t in o.offer.tags)]
-            for o in policy_set.offers.values()
-        })
+        self.learning.describe_arms(
+            {
+                o.id: None if o.offer.fallback else [f"group={o.offer.group}", *(f"tag={t}" for t in o.offer.tags)]
+                for o in policy_set.offers.values()
+            }
+        )
         if self.decider is not None:
             self.decider.policy_set = policy_set
         if gc.get_freeze_count():
@@ -378,7 +420,8 @@ class Service:
         if self.bus is not None:
             self._dependency(BUS_HEALTH, self.bus.up)
         log.info(
-            f"serving on port {self.port}" + (f" (worker {self.worker})" if self.is_worker else "")
+            f"serving on port {self.port}"
+            + (f" (worker {self.worker})" if self.is_worker else "")
             + (f", metrics on http://localhost:{self.metrics_port}/metrics" if self.metrics_port else ""),
             extra={
                 "port": self.port,

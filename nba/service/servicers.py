@@ -122,8 +122,13 @@ def _offer_explanation(entry: dict[str, Any]) -> pb.OfferExplanation:
 class AdminServicer(apb_grpc.AdminServiceServicer):
     """Policy sets over gRPC; authentication is the AuthInterceptor's."""
 
-    def __init__(self, publisher: Publisher, recent: Callable[[int], list[dict[str, Any]]], learning: Any,
-                 make_learner: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        recent: Callable[[int], list[dict[str, Any]]],
+        learning: Any,
+        make_learner: Callable[[], Any] | None = None,
+    ) -> None:
         self._publisher = publisher
         self._recent = recent
         self._learning = learning
@@ -141,10 +146,14 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             return
         live = self._publisher.refresh().number  # the database's live version, as Publish checks it
         if expected != live:
-            raise FailedPrecondition(f"expected_live_version: {expected} is not the live version (version {live} is); "
-                                     "get the live set again, or leave expected_live_version out")
+            raise FailedPrecondition(
+                f"expected_live_version: {expected} is not the live version (version {live} is); "
+                "get the live set again, or leave expected_live_version out"
+            )
 
-    def ValidatePolicySet(self, request: apb.ValidatePolicySetRequest, context: grpc.ServicerContext) -> apb.ValidatePolicySetResponse:
+    def ValidatePolicySet(
+        self, request: apb.ValidatePolicySetRequest, context: grpc.ServicerContext
+    ) -> apb.ValidatePolicySetResponse:
         self._expect_live(request.expected_live_version, request.comment)
         compiled, problems = self._publisher.validate(_draft(request.draft), context.time_remaining(), context.is_active)
         return apb.ValidatePolicySetResponse(
@@ -153,31 +162,42 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             content_hash=compiled.content_hash if compiled else "",
         )
 
-    def PublishPolicySet(self, request: apb.PublishPolicySetRequest, context: grpc.ServicerContext) -> apb.PublishPolicySetResponse:
+    def PublishPolicySet(
+        self, request: apb.PublishPolicySetRequest, context: grpc.ServicerContext
+    ) -> apb.PublishPolicySetResponse:
         files = _draft(request.draft)
         _version("expected_live_version", request.expected_live_version)
         published = self._publisher.publish(
-            files, actor=current_caller().name, source="api",
+            files,
+            actor=current_caller().name,
+            source="api",
             comment=check_text("comment", request.comment, max_length=MAX_COMMENT_LENGTH),
             expected_live=request.expected_live_version,
-            timeout=context.time_remaining(), is_active=context.is_active,
+            timeout=context.time_remaining(),
+            is_active=context.is_active,
         )
         return _published(published)
 
-    def RollbackPolicySet(self, request: apb.RollbackPolicySetRequest, context: grpc.ServicerContext) -> apb.PublishPolicySetResponse:
+    def RollbackPolicySet(
+        self, request: apb.RollbackPolicySetRequest, context: grpc.ServicerContext
+    ) -> apb.PublishPolicySetResponse:
         if request.version <= 0:
             raise InvalidArgument("version: required (a version number from ListPolicySetVersions)")
         _version("version", request.version)
         _version("expected_live_version", request.expected_live_version)
         published = self._publisher.rollback(
-            request.version, actor=current_caller().name,
+            request.version,
+            actor=current_caller().name,
             comment=check_text("comment", request.comment, max_length=MAX_COMMENT_LENGTH),
             expected_live=request.expected_live_version,
-            timeout=context.time_remaining(), is_active=context.is_active,
+            timeout=context.time_remaining(),
+            is_active=context.is_active,
         )
         return _published(published)
 
-    def ListPolicySetVersions(self, request: apb.ListPolicySetVersionsRequest, context: grpc.ServicerContext) -> apb.ListPolicySetVersionsResponse:
+    def ListPolicySetVersions(
+        self, request: apb.ListPolicySetVersionsRequest, context: grpc.ServicerContext
+    ) -> apb.ListPolicySetVersionsResponse:
         size = request.page_size or 50
         if not 0 < size <= 500:
             raise InvalidArgument(f"page_size: must be 1 to 500, got {request.page_size}")
@@ -192,19 +212,28 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         live = self._publisher.refresh().number  # the database's live version, not a lagging memory of it
         versions = [
             apb.PolicySet(
-                version=r.version, content_hash=r.content_hash, label=f"{r.version}-{r.content_hash[:12]}",
-                created_at=_timestamp(r.created_at), created_by=r.created_by, comment=r.comment, live=r.version == live,
+                version=r.version,
+                content_hash=r.content_hash,
+                label=f"{r.version}-{r.content_hash[:12]}",
+                created_at=_timestamp(r.created_at),
+                created_by=r.created_by,
+                comment=r.comment,
+                live=r.version == live,
             )
             for r in rows[:size]
         ]
         activations = [
-            apb.Activation(version=a.version, activated_at=_timestamp(a.activated_at), actor=a.actor, source=a.source, comment=a.comment)
+            apb.Activation(
+                version=a.version, activated_at=_timestamp(a.activated_at), actor=a.actor, source=a.source, comment=a.comment
+            )
             for a in store.activations(size)
         ]
         token = str(rows[size - 1].version) if len(rows) > size else ""
         return apb.ListPolicySetVersionsResponse(versions=versions, next_page_token=token, activations=activations)
 
-    def PreviewPolicySet(self, request: apb.PreviewPolicySetRequest, context: grpc.ServicerContext) -> apb.PreviewPolicySetResponse:
+    def PreviewPolicySet(
+        self, request: apb.PreviewPolicySetRequest, context: grpc.ServicerContext
+    ) -> apb.PreviewPolicySetResponse:
         last_n = request.last_n or 1000
         if not 0 < last_n <= 100_000:
             raise InvalidArgument(f"last_n: must be 1 to 100000, got {request.last_n}")
@@ -213,8 +242,9 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         if draft is None:
             raise PolicySetError(problems)
         # a logged decision that breaks the contract is left out and named in the note (nba.evaluation.preview)
-        report = preview(self._publisher.live, draft, self._recent(last_n), self._learning, self._make_learner,
-                         check=_call_alive(context))
+        report = preview(
+            self._publisher.live, draft, self._recent(last_n), self._learning, self._make_learner, check=_call_alive(context)
+        )
         return apb.PreviewPolicySetResponse(
             decisions=report.decisions,
             live_version=report.live_version,
@@ -237,8 +267,10 @@ def _call_alive(context: grpc.ServicerContext) -> Callable[[], None]:
             raise Cancelled("the call was cancelled; its preview was stopped")
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
-            raise DeadlineExceeded("the preview took longer than the call's deadline and was stopped: "
-                                   "replay fewer decisions (last_n) or allow more time")
+            raise DeadlineExceeded(
+                "the preview took longer than the call's deadline and was stopped: "
+                "replay fewer decisions (last_n) or allow more time"
+            )
 
     return check
 
@@ -270,8 +302,14 @@ def _draft(draft: apb.PolicySetDraft) -> dict[str, str]:
 def _value(estimate: Any) -> apb.ValueEstimate | None:
     if estimate is None:
         return None
-    return apb.ValueEstimate(estimator=estimate.estimator, value=estimate.value, low=estimate.low,
-                             high=estimate.high, ess=estimate.ess, warnings=estimate.warnings)
+    return apb.ValueEstimate(
+        estimator=estimate.estimator,
+        value=estimate.value,
+        low=estimate.low,
+        high=estimate.high,
+        ess=estimate.ess,
+        warnings=estimate.warnings,
+    )
 
 
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -282,8 +320,12 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 
 def _problem(problem: Problem) -> apb.Problem:
     return apb.Problem(
-        severity=problem.severity, file=problem.file, offer=problem.offer, policy=problem.policy,
-        field=problem.field, message=problem.message,
+        severity=problem.severity,
+        file=problem.file,
+        offer=problem.offer,
+        policy=problem.policy,
+        field=problem.field,
+        message=problem.message,
     )
 
 

@@ -44,8 +44,15 @@ from typing import Any
 
 from nba.config import Settings
 
-__all__ = ["CRASH_LOOP_EXITS", "HEALTHY_SECONDS", "RESTART_MAX_SECONDS", "RESTART_MIN_SECONDS", "PortInUse",
-           "restart_delay", "supervise"]
+__all__ = [
+    "CRASH_LOOP_EXITS",
+    "HEALTHY_SECONDS",
+    "RESTART_MAX_SECONDS",
+    "RESTART_MIN_SECONDS",
+    "PortInUse",
+    "restart_delay",
+    "supervise",
+]
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +203,10 @@ def _run(settings: Settings, argv: list[str], folder: str, metrics_port: int | N
     for w in workers:
         spawn(w)
     metrics = f"; metrics of all of them on http://localhost:{metrics_port}/metrics" if metrics_port is not None else ""
-    log.info(f"started {settings.workers} workers on port {settings.port}: each logs 'serving' when ready{metrics}",
-             extra={"workers": settings.workers, "port": settings.port, "metrics_port": metrics_port})
+    log.info(
+        f"started {settings.workers} workers on port {settings.port}: each logs 'serving' when ready{metrics}",
+        extra={"workers": settings.workers, "port": settings.port, "metrics_port": metrics_port},
+    )
     while not stopping.wait(0.2):
         now = time.monotonic()
         for w in workers:
@@ -232,10 +241,15 @@ def _exited(worker: _Worker, now: float, folder: str, mark_process_dead: Any) ->
     worker.exits_in_a_row = 1 if ran >= HEALTHY_SECONDS else worker.exits_in_a_row + 1
     delay = restart_delay(worker.exits_in_a_row)
     worker.restart_at = now + delay
-    fields = {"worker": worker.index, "pid": pid, "code": code, "ran_seconds": round(ran, 1),
-              "exits_in_a_row": worker.exits_in_a_row, "restart_in_seconds": delay}
+    fields = {
+        "worker": worker.index,
+        "pid": pid,
+        "code": code,
+        "ran_seconds": round(ran, 1),
+        "exits_in_a_row": worker.exits_in_a_row,
+        "restart_in_seconds": delay,
+    }
     if worker.exits_in_a_row >= CRASH_LOOP_EXITS:
-        log.error("worker is crash-looping: it keeps exiting soon after it starts; see its own log lines above",
-                  extra=fields)
+        log.error("worker is crash-looping: it keeps exiting soon after it starts; see its own log lines above", extra=fields)
     else:
         log.error("worker exited; starting it again", extra=fields)

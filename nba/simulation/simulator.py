@@ -57,11 +57,24 @@ DEFAULT_POPULATION: dict[str, Any] = {
             "customer": {
                 "age": {"range": [19, 32]},
                 "demographics": {"region": {"choice": ["north", "east"]}, "household": "single", "income_band": "mid"},
-                "activity": {"open_orders": {"range": [0, 2]}, "complaints_90d": 0, "returns_90d": 0,
-                             "days_since_login": {"range": [0, 10]}, "cart_value": {"range": [0, 200]}},
-                "history": {"tenure_months": {"range": [3, 40]}, "products": ["current-account"],
-                            "channels_used": {"sample": ["app", "web"], "k": [1, 2]}, "last_purchase_days": {"range": [1, 30]}},
-                "value": {"segment": {"choice": ["bronze", "silver"]}, "clv": {"range": [300, 2500]}, "monthly_spend": {"range": [200, 600]}},
+                "activity": {
+                    "open_orders": {"range": [0, 2]},
+                    "complaints_90d": 0,
+                    "returns_90d": 0,
+                    "days_since_login": {"range": [0, 10]},
+                    "cart_value": {"range": [0, 200]},
+                },
+                "history": {
+                    "tenure_months": {"range": [3, 40]},
+                    "products": ["current-account"],
+                    "channels_used": {"sample": ["app", "web"], "k": [1, 2]},
+                    "last_purchase_days": {"range": [1, 30]},
+                },
+                "value": {
+                    "segment": {"choice": ["bronze", "silver"]},
+                    "clv": {"range": [300, 2500]},
+                    "monthly_spend": {"range": [200, 600]},
+                },
                 "flags": {"churn_risk": False, "churn_score": {"range": [0, 0.3]}, "fraud_risk": False, "vulnerable": False},
                 "mood": {"choice": ["positive", "neutral"]},
                 "consent": {"email": True, "marketing": True, "phone": False},
@@ -75,10 +88,19 @@ DEFAULT_POPULATION: dict[str, Any] = {
             "customer": {
                 "age": {"range": [30, 44]},
                 "demographics": {"region": {"choice": ["south", "west"]}, "household": "family", "income_band": "mid"},
-                "activity": {"open_orders": {"range": [0, 3]}, "complaints_90d": 0, "returns_90d": {"range": [0, 1]},
-                             "days_since_login": {"range": [0, 20]}, "cart_value": {"range": [0, 300]}},
-                "history": {"tenure_months": {"range": [12, 120]}, "products": ["current-account", "credit-card"],
-                            "channels_used": ["web", "app"], "last_purchase_days": {"range": [1, 20]}},
+                "activity": {
+                    "open_orders": {"range": [0, 3]},
+                    "complaints_90d": 0,
+                    "returns_90d": {"range": [0, 1]},
+                    "days_since_login": {"range": [0, 20]},
+                    "cart_value": {"range": [0, 300]},
+                },
+                "history": {
+                    "tenure_months": {"range": [12, 120]},
+                    "products": ["current-account", "credit-card"],
+                    "channels_used": ["web", "app"],
+                    "last_purchase_days": {"range": [1, 20]},
+                },
                 "value": {"segment": "silver", "clv": {"range": [1500, 4000]}, "monthly_spend": {"range": [300, 900]}},
                 "flags": {"churn_risk": False, "churn_score": {"range": [0, 0.3]}, "fraud_risk": False, "vulnerable": False},
                 "mood": "neutral",
@@ -91,12 +113,29 @@ DEFAULT_POPULATION: dict[str, Any] = {
             "share": 0.2,
             "customer": {
                 "age": {"range": [40, 64]},
-                "demographics": {"region": {"choice": ["north", "south", "east", "west"]}, "household": "couple", "income_band": "high"},
-                "activity": {"open_orders": {"range": [0, 2]}, "complaints_90d": 0, "returns_90d": 0,
-                             "days_since_login": {"range": [0, 15]}, "cart_value": {"range": [0, 800]}},
-                "history": {"tenure_months": {"range": [48, 240]}, "products": ["current-account", "credit-card", "loan", "savings"],
-                            "channels_used": ["web", "app", "call_center"], "last_purchase_days": {"range": [1, 15]}},
-                "value": {"segment": {"choice": ["gold", "platinum"]}, "clv": {"range": [6000, 20000]}, "monthly_spend": {"range": [800, 3000]}},
+                "demographics": {
+                    "region": {"choice": ["north", "south", "east", "west"]},
+                    "household": "couple",
+                    "income_band": "high",
+                },
+                "activity": {
+                    "open_orders": {"range": [0, 2]},
+                    "complaints_90d": 0,
+                    "returns_90d": 0,
+                    "days_since_login": {"range": [0, 15]},
+                    "cart_value": {"range": [0, 800]},
+                },
+                "history": {
+                    "tenure_months": {"range": [48, 240]},
+                    "products": ["current-account", "credit-card", "loan", "savings"],
+                    "channels_used": ["web", "app", "call_center"],
+                    "last_purchase_days": {"range": [1, 15]},
+                },
+                "value": {
+                    "segment": {"choice": ["gold", "platinum"]},
+                    "clv": {"range": [6000, 20000]},
+                    "monthly_spend": {"range": [800, 3000]},
+                },
                 "flags": {"churn_risk": False, "churn_score": {"range": [0, 0.2]}, "fraud_risk": False, "vulnerable": False},
                 "mood": "positive",
                 "consent": {"email": True, "marketing": True, "phone": True},
@@ -109,12 +148,29 @@ DEFAULT_POPULATION: dict[str, Any] = {
             "share": 0.15,
             "customer": {
                 "age": {"range": [25, 70]},
-                "demographics": {"region": {"choice": ["north", "south"]}, "household": {"choice": ["single", "couple"]}, "income_band": "low"},
-                "activity": {"open_orders": 0, "complaints_90d": {"range": [1, 4]}, "returns_90d": {"range": [0, 2]},
-                             "days_since_login": {"range": [5, 90]}, "cart_value": 0},
-                "history": {"tenure_months": {"range": [18, 200]}, "products": ["current-account", "savings", "paperless"],
-                            "channels_used": ["call_center", "email"], "last_purchase_days": {"range": [30, 200]}},
-                "value": {"segment": {"choice": ["bronze", "silver"]}, "clv": {"range": [200, 3000]}, "monthly_spend": {"range": [50, 300]}},
+                "demographics": {
+                    "region": {"choice": ["north", "south"]},
+                    "household": {"choice": ["single", "couple"]},
+                    "income_band": "low",
+                },
+                "activity": {
+                    "open_orders": 0,
+                    "complaints_90d": {"range": [1, 4]},
+                    "returns_90d": {"range": [0, 2]},
+                    "days_since_login": {"range": [5, 90]},
+                    "cart_value": 0,
+                },
+                "history": {
+                    "tenure_months": {"range": [18, 200]},
+                    "products": ["current-account", "savings", "paperless"],
+                    "channels_used": ["call_center", "email"],
+                    "last_purchase_days": {"range": [30, 200]},
+                },
+                "value": {
+                    "segment": {"choice": ["bronze", "silver"]},
+                    "clv": {"range": [200, 3000]},
+                    "monthly_spend": {"range": [50, 300]},
+                },
                 "flags": {"churn_risk": True, "churn_score": {"range": [0.6, 1.0]}, "fraud_risk": False, "vulnerable": False},
                 "mood": "negative",
                 "consent": {"email": True, "marketing": True, "phone": True},
@@ -126,12 +182,35 @@ DEFAULT_POPULATION: dict[str, Any] = {
             "share": 0.1,
             "customer": {
                 "age": {"range": [65, 85]},
-                "demographics": {"region": {"choice": ["west", "south"]}, "household": {"choice": ["single", "couple"]}, "income_band": "mid"},
-                "activity": {"open_orders": 0, "complaints_90d": 0, "returns_90d": 0, "days_since_login": {"range": [1, 40]}, "cart_value": 0},
-                "history": {"tenure_months": {"range": [120, 400]}, "products": ["current-account", "savings"],
-                            "channels_used": ["web", "email"], "last_purchase_days": {"range": [5, 60]}},
-                "value": {"segment": {"choice": ["silver", "gold"]}, "clv": {"range": [2000, 8000]}, "monthly_spend": {"range": [150, 500]}},
-                "flags": {"churn_risk": False, "churn_score": {"range": [0, 0.4]}, "fraud_risk": False, "vulnerable": {"choice": [False, False, True]}},
+                "demographics": {
+                    "region": {"choice": ["west", "south"]},
+                    "household": {"choice": ["single", "couple"]},
+                    "income_band": "mid",
+                },
+                "activity": {
+                    "open_orders": 0,
+                    "complaints_90d": 0,
+                    "returns_90d": 0,
+                    "days_since_login": {"range": [1, 40]},
+                    "cart_value": 0,
+                },
+                "history": {
+                    "tenure_months": {"range": [120, 400]},
+                    "products": ["current-account", "savings"],
+                    "channels_used": ["web", "email"],
+                    "last_purchase_days": {"range": [5, 60]},
+                },
+                "value": {
+                    "segment": {"choice": ["silver", "gold"]},
+                    "clv": {"range": [2000, 8000]},
+                    "monthly_spend": {"range": [150, 500]},
+                },
+                "flags": {
+                    "churn_risk": False,
+                    "churn_score": {"range": [0, 0.4]},
+                    "fraud_risk": False,
+                    "vulnerable": {"choice": [False, False, True]},
+                },
                 "mood": {"choice": ["positive", "neutral"]},
                 "consent": {"email": True, "marketing": {"choice": [True, False]}, "phone": True},
             },
@@ -169,8 +248,11 @@ class Population:
         if not _probability(base_rate):
             raise ValueError(f"base_rate: must be a probability in [0, 1], got {base_rate!r}")
         channels = raw.get("channels") or {"web": 1.0}
-        if not isinstance(channels, Mapping) or not all(
-                isinstance(k, str) and finite_number(v) and v >= 0 for k, v in channels.items()) or not sum(channels.values()):
+        if (
+            not isinstance(channels, Mapping)
+            or not all(isinstance(k, str) and finite_number(v) and v >= 0 for k, v in channels.items())
+            or not sum(channels.values())
+        ):
             raise ValueError(f"channels: must map channel names to weights of 0 or more (not all 0), got {channels!r}")
         items = raw.get("personas")
         if not isinstance(items, list) or not items:
@@ -244,8 +326,10 @@ def _persona(raw: Any, index: int) -> Persona:
     try:  # every template must generate a profile a Struct can carry
         struct_pb2.Struct().update({"customer": generate(customer, random.Random(0))})
     except Exception as exc:
-        raise ValueError(f"{where}: customer cannot generate a profile ({type(exc).__name__}: {exc}); templates are "
-                         "values, {range: [lo, hi]}, {choice: [...]}, {sample: [...], k: [lo, hi]}") from None
+        raise ValueError(
+            f"{where}: customer cannot generate a profile ({type(exc).__name__}: {exc}); templates are "
+            "values, {range: [lo, hi]}, {choice: [...]}, {sample: [...], k: [lo, hi]}"
+        ) from None
     return Persona(name, float(share), customer, dict(raw.get("prefers") or {}), dict(raw.get("drift") or {}))
 
 
@@ -329,8 +413,9 @@ class Simulator:
             raise RuntimeError(f"{len(self._errors)} calls failed, the first: {self._errors[0]}")
         if self.progress:
             self.progress.write("\n")
-        return SimulationResult(self._curve(), self.n, self.drift_index, self.population.truth(self._drift_time),
-                                time.monotonic() - started)
+        return SimulationResult(
+            self._curve(), self.n, self.drift_index, self.population.truth(self._drift_time), time.monotonic() - started
+        )
 
     def _work(self, stub: pb_grpc.DecisionServiceStub, worker: int) -> None:
         rng = random.Random(f"{self.seed}-{worker}")
@@ -353,8 +438,10 @@ class Simulator:
             context.update({"customer": customer})
             channel = rng.choices(channels, channel_weights)[0]
             try:
-                response = stub.Decide(pb.DecideRequest(customer_id=f"sim-{self.seed}-{i}", channel=channel,
-                                                        context=context, explain=True), timeout=10)
+                response = stub.Decide(
+                    pb.DecideRequest(customer_id=f"sim-{self.seed}-{i}", channel=channel, context=context, explain=True),
+                    timeout=10,
+                )
             except grpc.RpcError as exc:
                 self._errors.append(f"Decide: {exc.code().name}: {exc.details()}")
                 continue
@@ -370,15 +457,33 @@ class Simulator:
             p = self.population.probability(persona.name, shown, drifted)
             accepted = rng.random() < p
             self._rows[i] = (i, float(accepted), p, max(truths.values()), sum(truths.values()) / len(truths))
-            self._send(stub, pb.FeedbackRequest(event_id=f"sim-{self.seed}-{i}-seen", decision_id=response.decision_id,
-                                                offer_id=shown, outcome=pb.OUTCOME_IMPRESSED))
+            self._send(
+                stub,
+                pb.FeedbackRequest(
+                    event_id=f"sim-{self.seed}-{i}-seen",
+                    decision_id=response.decision_id,
+                    offer_id=shown,
+                    outcome=pb.OUTCOME_IMPRESSED,
+                ),
+            )
             outcome = pb.OUTCOME_ACCEPTED if accepted else (pb.OUTCOME_REJECTED if rng.random() < self.reject_rate else None)
             if outcome is not None:
                 due = i + max(1, int(rng.expovariate(1 / self.delay))) if self.delay > 0 else i
                 with self._lock:
                     self._sequence += 1
-                    heapq.heappush(self._pending, (due, self._sequence, pb.FeedbackRequest(
-                        event_id=f"sim-{self.seed}-{i}-outcome", decision_id=response.decision_id, offer_id=shown, outcome=outcome)))
+                    heapq.heappush(
+                        self._pending,
+                        (
+                            due,
+                            self._sequence,
+                            pb.FeedbackRequest(
+                                event_id=f"sim-{self.seed}-{i}-outcome",
+                                decision_id=response.decision_id,
+                                offer_id=shown,
+                                outcome=outcome,
+                            ),
+                        ),
+                    )
             self._flush(stub, until=i)
             self._report(i)
 
@@ -401,7 +506,7 @@ class Simulator:
             return
         done = i + 1
         filled = math.floor(30 * done / self.n)
-        earned = [r[1] for r in self._rows[max(0, done - self.block):done] if r is not None]
+        earned = [r[1] for r in self._rows[max(0, done - self.block) : done] if r is not None]
         rate = sum(earned) / len(earned) if earned else 0.0
         self.progress.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.n} reward {rate:.3f}")
         self.progress.flush()
@@ -413,13 +518,15 @@ class Simulator:
             block = [r for r in rows if start <= r[0] < start + self.block]
             if not block:
                 continue
-            curve.append({
-                "decisions": float(start + len(block)),
-                "earned": sum(r[1] for r in block) / len(block),
-                "expected": sum(r[2] for r in block) / len(block),
-                "oracle": sum(r[3] for r in block) / len(block),
-                "uniform": sum(r[4] for r in block) / len(block),
-            })
+            curve.append(
+                {
+                    "decisions": float(start + len(block)),
+                    "earned": sum(r[1] for r in block) / len(block),
+                    "expected": sum(r[2] for r in block) / len(block),
+                    "oracle": sum(r[3] for r in block) / len(block),
+                    "uniform": sum(r[4] for r in block) / len(block),
+                }
+            )
         return curve
 
 
@@ -465,5 +572,7 @@ def curve_table(result: SimulationResult) -> str:
     lines = [f"{'decisions':>10} {'earned':>8} {'expected':>9} {'oracle':>8} {'uniform':>8} {'of oracle':>10}"]
     for r in result.curve:
         share = r["expected"] / r["oracle"] if r["oracle"] else 0.0
-        lines.append(f"{int(r['decisions']):>10} {r['earned']:8.3f} {r['expected']:9.3f} {r['oracle']:8.3f} {r['uniform']:8.3f} {share:10.0%}")
+        lines.append(
+            f"{int(r['decisions']):>10} {r['earned']:8.3f} {r['expected']:9.3f} {r['oracle']:8.3f} {r['uniform']:8.3f} {share:10.0%}"
+        )
     return "\n".join(lines)

@@ -63,10 +63,13 @@ def encode(entry: BusEntry) -> dict[str, str]:
     return {
         "origin": entry.origin,
         "span": f"{s.feedback_before},{s.feedback_after},{s.contacts_before},{s.contacts_after}",
-        "events": json.dumps([[e.feedback_id, e.features, e.offer_id, e.reward, e.previous_reward, e.received_at]
-                              for e in entry.events], separators=(",", ":")),
-        "contacts": json.dumps([[c.customer_id, c.at, c.kind, c.offer_id, c.group, c.channel] for c in entry.contacts],
-                               separators=(",", ":")),
+        "events": json.dumps(
+            [[e.feedback_id, e.features, e.offer_id, e.reward, e.previous_reward, e.received_at] for e in entry.events],
+            separators=(",", ":"),
+        ),
+        "contacts": json.dumps(
+            [[c.customer_id, c.at, c.kind, c.offer_id, c.group, c.channel] for c in entry.contacts], separators=(",", ":")
+        ),
     }
 
 
@@ -80,12 +83,14 @@ def decode(fields: dict[bytes, bytes]) -> BusEntry:
 class RedisBus:
     """Publishes this replica's committed events and hands the others' to ``on_entry``."""
 
-    def __init__(self, url: str, stream: str, origin: str, max_length: int = 100_000,
-                 on_state: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self, url: str, stream: str, origin: str, max_length: int = 100_000, on_state: Callable[[bool], None] | None = None
+    ) -> None:
         import redis  # imported here: only replicas on Redis need it
 
-        self._redis = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
-                                           socket_connect_timeout=SOCKET_TIMEOUT_SECONDS)
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=SOCKET_TIMEOUT_SECONDS
+        )
         self._errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
         self.url = url
         self.stream = stream
@@ -114,8 +119,10 @@ class RedisBus:
             if up:
                 log.info("the bus is back", extra={"bus": self.stream})
             else:
-                log.warning("the bus is unavailable: learning from the database until it returns",
-                            extra={"bus": self.stream, "during": what, "error": repr(exc)})
+                log.warning(
+                    "the bus is unavailable: learning from the database until it returns",
+                    extra={"bus": self.stream, "during": what, "error": repr(exc)},
+                )
         self._up = up
         if changed:
             self._on_state(up)

@@ -23,8 +23,11 @@ class Contacts(Repository):
         to it (a process that follows others' events: the later ones reach it by the bus or
         the tail, and must not be counted twice)."""
         table = CONTACT_EVENTS
-        query = (select(table.c.at, table.c.kind, table.c.offer_id, table.c.group, table.c.channel)
-                 .where(table.c.customer_id == customer_id, table.c.at >= since).order_by(table.c.at))
+        query = (
+            select(table.c.at, table.c.kind, table.c.offer_id, table.c.group, table.c.channel)
+            .where(table.c.customer_id == customer_id, table.c.at >= since)
+            .order_by(table.c.at)
+        )
         if up_to is not None:
             query = query.where(table.c.id <= up_to)
         with self.read() as conn:
@@ -66,8 +69,7 @@ class Contacts(Repository):
             if conn.execute(table.update().where(key).values(count=table.c.count + row["count"])).rowcount == 0:
                 conn.execute(table.insert().values(**row))
 
-    def contact_events_after(self, after_id: int, limit: int = 5000,
-                             up_to: int | None = None) -> tuple[list[ContactEvent], int]:
+    def contact_events_after(self, after_id: int, limit: int = 5000, up_to: int | None = None) -> tuple[list[ContactEvent], int]:
         """Contact events other processes wrote after ``after_id`` (up to ``up_to``), and the
         last id seen."""
         table = CONTACT_EVENTS
@@ -76,8 +78,9 @@ class Contacts(Repository):
             query = query.where(table.c.id <= up_to)
         with self.read() as conn:
             rows = conn.execute(query).all()
-        events = [ContactEvent(r.customer_id, r.at, r.kind, r.offer_id, r.group, r.channel)
-                  for r in rows if r.origin != self.origin]
+        events = [
+            ContactEvent(r.customer_id, r.at, r.kind, r.offer_id, r.group, r.channel) for r in rows if r.origin != self.origin
+        ]
         return events, (rows[-1].id if rows else after_id)
 
     def positions(self, conn: Any) -> tuple[int, int]:

@@ -108,8 +108,9 @@ class DecisionLog:
         self.store = store
         self._listener = listener
         self._options = options or LogOptions()
-        self.replication = Replication(store, listener, shared or bus is not None, bus, applied_id, contact_id,
-                                       self._options.tail_seconds)
+        self.replication = Replication(
+            store, listener, shared or bus is not None, bus, applied_id, contact_id, self._options.tail_seconds
+        )
         self._up = True
         self._retry_at = 0.0
         metrics.STORE_UP.set(1)
@@ -137,11 +138,12 @@ class DecisionLog:
         if not up:
             self._refuse_waiting()
         if up:
-            log.warning("the database is back: writing the decisions queued meanwhile",
-                        extra={"queued": self._queued_decisions})
+            log.warning("the database is back: writing the decisions queued meanwhile", extra={"queued": self._queued_decisions})
         else:
-            log.error("the database is unavailable: Decide answers from memory, Feedback is refused until it returns",
-                      extra={"error": repr(exc)})
+            log.error(
+                "the database is unavailable: Decide answers from memory, Feedback is refused until it returns",
+                extra={"error": repr(exc)},
+            )
         try:
             self._listener.state_changed(up)
         except Exception:
@@ -377,8 +379,7 @@ class DecisionLog:
         metrics.LOG_QUEUE.set(0)
         metrics.LOG_DROPPED.inc(len(decisions))
         self._recent.forget(decisions)
-        log.error("shutting down with the database unavailable: queued decisions are lost",
-                  extra={"decisions": len(decisions)})
+        log.error("shutting down with the database unavailable: queued decisions are lost", extra={"decisions": len(decisions)})
         for _, _, future in batch:
             if future is not None and not future.done():
                 future.set_exception(Unavailable("the database is unavailable; retry"))
@@ -417,8 +418,10 @@ class DecisionLog:
             if not outage and len(decisions) + len(feedback) > 1:
                 # A fault in one item (a value the database refuses) must not cost the others:
                 # each is written on its own, in order, and only the bad one fails.
-                log.warning("a decision log write failed; writing its items one by one",
-                            extra={"error": repr(exc), "decisions": len(decisions), "feedback": len(feedback)})
+                log.warning(
+                    "a decision log write failed; writing its items one by one",
+                    extra={"error": repr(exc), "decisions": len(decisions), "feedback": len(feedback)},
+                )
                 items = [item for item in batch if item[0] is not None or item[1] is not None]
                 for n, item in enumerate(items):
                     if not self._up:  # an outage meanwhile: the rest wait, or are told, as on any outage
@@ -458,11 +461,15 @@ class DecisionLog:
                 metrics.LOG_DROPPED.inc(len(decisions))
                 self._recent.forget(decisions)
             for _, future in durable:
-                future.set_exception(Unavailable(
-                    f"the decision could not be written ({type(exc).__name__}): it was not made; retry"))
+                future.set_exception(
+                    Unavailable(f"the decision could not be written ({type(exc).__name__}): it was not made; retry")
+                )
             for _, future in feedback:
-                future.set_exception(self._outage(exc) if outage else Unavailable(
-                    f"the decision log could not be written ({type(exc).__name__}); retry"))
+                future.set_exception(
+                    self._outage(exc)
+                    if outage
+                    else Unavailable(f"the decision log could not be written ({type(exc).__name__}); retry")
+                )
             for marker in markers:
                 marker.set_exception(exc)
             return
@@ -492,9 +499,11 @@ class DecisionLog:
             if isinstance(result, Exception):
                 future.set_exception(result)
             elif not learned and result.applied:
-                future.set_exception(Unavailable(
-                    "the event is stored but not yet learned (the database is unavailable); a retry is answered "
-                    "duplicate"))
+                future.set_exception(
+                    Unavailable(
+                        "the event is stored but not yet learned (the database is unavailable); a retry is answered duplicate"
+                    )
+                )
             else:
                 future.set_result(result)
         for marker in markers:

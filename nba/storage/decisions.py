@@ -28,17 +28,38 @@ class Decisions(Repository):
         datetime in SQLAlchemy's storage format, so that everything reads back the same."""
         dialect = self.engine.dialect
         sqlite = dialect.name == "sqlite"
-        columns = ("decision_id", "request_id", "customer_id", "channel", "created_at", "policy_version",
-                   "model_version", "features", "candidates", "offers", "closed")
+        columns = (
+            "decision_id",
+            "request_id",
+            "customer_id",
+            "channel",
+            "created_at",
+            "policy_version",
+            "model_version",
+            "features",
+            "candidates",
+            "offers",
+            "closed",
+        )
         marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in columns)
         # ON CONFLICT: decisions queued again after a failed commit may have been written by a
         # commit whose answer was lost; each is stored once.
         sql = f"INSERT INTO decisions ({', '.join(columns)}) VALUES ({marks}) ON CONFLICT (decision_id) DO NOTHING"
         dumps = json.dumps
         rows = [
-            (r.decision_id, r.request_id, r.customer_id, r.channel,
-             sqlite_time(r.created_at) if sqlite else r.created_at, r.policy_version, r.model_version,
-             dumps(r.features), dumps(r.candidates), dumps(r.offers), 0 if sqlite else False)
+            (
+                r.decision_id,
+                r.request_id,
+                r.customer_id,
+                r.channel,
+                sqlite_time(r.created_at) if sqlite else r.created_at,
+                r.policy_version,
+                r.model_version,
+                dumps(r.features),
+                dumps(r.candidates),
+                dumps(r.offers),
+                0 if sqlite else False,
+            )
             for r in records
         ]
         conn.exec_driver_sql(sql, rows)
@@ -65,7 +86,9 @@ class Decisions(Repository):
 
     def count_open_decisions(self) -> int:
         with self.read() as conn:
-            return int(conn.execute(select(func.count()).select_from(DECISIONS).where(DECISIONS.c.closed.is_(False))).scalar_one())
+            return int(
+                conn.execute(select(func.count()).select_from(DECISIONS).where(DECISIONS.c.closed.is_(False))).scalar_one()
+            )
 
     def recent_lines(self, limit: int) -> list[dict[str, Any]]:
         """The most recent ``limit`` decisions in the export format (feedback joined), oldest
@@ -77,9 +100,7 @@ class Decisions(Repository):
             ).scalar()
         return list(self.export(since=utc(since) if since is not None else None))[-limit:]
 
-    def export(
-        self, since: datetime | None = None, until: datetime | None = None, chunk: int = 500
-    ) -> Iterator[dict[str, Any]]:
+    def export(self, since: datetime | None = None, until: datetime | None = None, chunk: int = 500) -> Iterator[dict[str, Any]]:
         """Every decision (oldest first) with its feedback joined: the JSON Lines format."""
         d, f = DECISIONS, FEEDBACK
         after: tuple[datetime, str] | None = None
@@ -90,9 +111,7 @@ class Decisions(Repository):
             if until is not None:
                 query = query.where(d.c.created_at < until)
             if after is not None:
-                query = query.where(
-                    (d.c.created_at > after[0]) | ((d.c.created_at == after[0]) & (d.c.decision_id > after[1]))
-                )
+                query = query.where((d.c.created_at > after[0]) | ((d.c.created_at == after[0]) & (d.c.decision_id > after[1])))
             with self.read() as conn:
                 rows = conn.execute(query).all()
                 ids = [r.decision_id for r in rows]
@@ -144,8 +163,7 @@ def _export_line(record: DecisionRecord, feedback: list[Any]) -> dict[str, Any]:
         "features": record.features,
         "candidates": record.candidate_list(),
         "offers": [
-            {k: o[k] for k in ("offer_id", "slot", "propensity", "score", "fallback", "treatment")}
-            for o in record.offers
+            {k: o[k] for k in ("offer_id", "slot", "propensity", "score", "fallback", "treatment")} for o in record.offers
         ],
         "feedback": [
             {

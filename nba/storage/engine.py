@@ -49,8 +49,12 @@ def is_outage(exc: BaseException) -> bool:
         # server (a standby, or a primary during failover: 25006), a shutdown (57P01-57P03),
         # a lost connection (class 08).
         state = str(getattr(exc.orig, "sqlstate", "") or "")
-        return (exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
-                or state == "25006" or state.startswith(("57P", "08")))
+        return (
+            exc.connection_invalidated
+            or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+            or state == "25006"
+            or state.startswith(("57P", "08"))
+        )
     return isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError, OSError))
 
 
@@ -123,7 +127,7 @@ def sqlite_time(value: datetime) -> str:
 def chunks(values: list[Any]) -> Iterator[list[Any]]:
     """``values`` in lists of at most ``IN_CHUNK``, for ``IN (...)`` look-ups."""
     for start in range(0, len(values), IN_CHUNK):
-        yield values[start:start + IN_CHUNK]
+        yield values[start : start + IN_CHUNK]
 
 
 @contextmanager

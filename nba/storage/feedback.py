@@ -47,8 +47,11 @@ class Feedback(Repository):
         table = FEEDBACK
         seen: dict[str, tuple[str, str, str]] = {}
         for chunk in chunks(list({e.event_id for e in events})):
-            for r in conn.execute(select(table.c.event_id, table.c.decision_id, table.c.offer_id, table.c.outcome)
-                                  .where(table.c.event_id.in_(chunk))):
+            for r in conn.execute(
+                select(table.c.event_id, table.c.decision_id, table.c.offer_id, table.c.outcome).where(
+                    table.c.event_id.in_(chunk)
+                )
+            ):
                 seen[r.event_id] = (r.decision_id, r.offer_id, r.outcome)
         pairs = {(e.decision_id, e.offer_id) for e in events}
         states: dict[tuple[str, str], PairState] = {}
@@ -67,10 +70,12 @@ class Feedback(Repository):
             before = seen.get(fb.event_id)
             if before is not None:
                 if before != (fb.decision_id, fb.offer_id, fb.outcome):
-                    results.append(AlreadyExists(
-                        f"event_id: '{fb.event_id}' was already used for decision '{before[0]}', "
-                        f"offer '{before[1]}', outcome '{before[2]}'; use a new event_id"
-                    ))
+                    results.append(
+                        AlreadyExists(
+                            f"event_id: '{fb.event_id}' was already used for decision '{before[0]}', "
+                            f"offer '{before[1]}', outcome '{before[2]}'; use a new event_id"
+                        )
+                    )
                 else:
                     state = states.get(pair)
                     results.append(FeedbackResult(duplicate=True, applied=False, reward=state.reward if state else 0.0))
@@ -85,19 +90,31 @@ class Feedback(Repository):
             if applied:  # what reading this row back as the pair's newest applied one would give
                 states[pair] = PairState(stage, state.reward)
             seen[fb.event_id] = (fb.decision_id, fb.offer_id, fb.outcome)
-            rows.append({
-                "event_id": fb.event_id, "decision_id": fb.decision_id, "offer_id": fb.offer_id,
-                "outcome": fb.outcome, "reward": fb.reward, "stage": stage, "applied": applied,
-                "pair_reward": state.reward, "previous_reward": previous_reward, "late": late,
-                "occurred_at": fb.occurred_at, "received_at": fb.received_at,
-            })
+            rows.append(
+                {
+                    "event_id": fb.event_id,
+                    "decision_id": fb.decision_id,
+                    "offer_id": fb.offer_id,
+                    "outcome": fb.outcome,
+                    "reward": fb.reward,
+                    "stage": stage,
+                    "applied": applied,
+                    "pair_reward": state.reward,
+                    "previous_reward": previous_reward,
+                    "late": late,
+                    "occurred_at": fb.occurred_at,
+                    "received_at": fb.received_at,
+                }
+            )
             results.append(FeedbackResult(False, applied, state.reward, None, previous_reward, late))  # id below
         if rows:
             self._insert_feedback(conn, rows)
             ids: dict[str, int] = {}
             for chunk in chunks([r["event_id"] for r in rows]):
-                ids.update((r.event_id, int(r.id)) for r in conn.execute(
-                    select(table.c.id, table.c.event_id).where(table.c.event_id.in_(chunk))))
+                ids.update(
+                    (r.event_id, int(r.id))
+                    for r in conn.execute(select(table.c.id, table.c.event_id).where(table.c.event_id.in_(chunk)))
+                )
             for n, (fb, result) in enumerate(zip(events, results, strict=True)):
                 if isinstance(result, FeedbackResult) and not result.duplicate and result.feedback_id is None:
                     results[n] = replace(result, feedback_id=ids[fb.event_id])
@@ -151,9 +168,18 @@ class Feedback(Repository):
                 event_id = f"{NO_RESPONSE}:{row.decision_id}:{offer['offer_id']}"
                 features[event_id] = (offer["offer_id"], row.features)
                 due[event_id] = {
-                    "event_id": event_id, "decision_id": row.decision_id, "offer_id": offer["offer_id"],
-                    "outcome": NO_RESPONSE, "reward": reward, "stage": 0, "applied": True, "pair_reward": reward,
-                    "previous_reward": None, "late": False, "occurred_at": closed_at, "received_at": now,
+                    "event_id": event_id,
+                    "decision_id": row.decision_id,
+                    "offer_id": offer["offer_id"],
+                    "outcome": NO_RESPONSE,
+                    "reward": reward,
+                    "stage": 0,
+                    "applied": True,
+                    "pair_reward": reward,
+                    "previous_reward": None,
+                    "late": False,
+                    "occurred_at": closed_at,
+                    "received_at": now,
                 }
         for chunk in chunks(list(due)):
             for taken in conn.execute(select(f.c.event_id).where(f.c.event_id.in_(chunk))).scalars():
@@ -178,8 +204,20 @@ class Feedback(Repository):
         its time in psycopg parsing its 12,000 placeholders; the driver pipelines a short
         statement instead. Values are made ready as the ORM would (SQLite: its DateTime text
         format, booleans as 0/1), so they read back the same."""
-        columns = ("event_id", "decision_id", "offer_id", "outcome", "reward", "stage", "applied", "pair_reward",
-                   "previous_reward", "late", "occurred_at", "received_at")
+        columns = (
+            "event_id",
+            "decision_id",
+            "offer_id",
+            "outcome",
+            "reward",
+            "stage",
+            "applied",
+            "pair_reward",
+            "previous_reward",
+            "late",
+            "occurred_at",
+            "received_at",
+        )
         dialect = self.engine.dialect
         if dialect.name not in ("sqlite", "postgresql"):
             conn.execute(FEEDBACK.insert(), rows)
@@ -237,12 +275,16 @@ class Feedback(Repository):
                 # the newest event stays too: SQLite would give its id to the next one
                 newest = conn.execute(select(func.max(f.c.id))).scalar() or 0
                 absorbed = min(absorbed, newest - 1)
-                ids = conn.execute(
-                    select(d.c.decision_id).where(d.c.closed.is_(True), d.c.created_at < before).limit(batch)
-                ).scalars().all()
-                replayable = set(conn.execute(
-                    select(f.c.decision_id).where(f.c.decision_id.in_(ids), f.c.id > absorbed)
-                ).scalars()) if ids else set()
+                ids = (
+                    conn.execute(select(d.c.decision_id).where(d.c.closed.is_(True), d.c.created_at < before).limit(batch))
+                    .scalars()
+                    .all()
+                )
+                replayable = (
+                    set(conn.execute(select(f.c.decision_id).where(f.c.decision_id.in_(ids), f.c.id > absorbed)).scalars())
+                    if ids
+                    else set()
+                )
                 gone = [i for i in ids if i not in replayable]
                 if gone:
                     events += conn.execute(f.delete().where(f.c.decision_id.in_(gone))).rowcount

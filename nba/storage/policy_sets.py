@@ -44,7 +44,10 @@ class PolicySets(Repository):
         if version is None:
             version = conn.execute(
                 table.insert().values(
-                    content_hash=content_hash, created_at=datetime.now(UTC), created_by=actor, comment=comment,
+                    content_hash=content_hash,
+                    created_at=datetime.now(UTC),
+                    created_by=actor,
+                    comment=comment,
                     files=files,
                 )
             ).inserted_primary_key[0]
@@ -105,8 +108,7 @@ class PolicySets(Repository):
         return conn.execute(select(table.c.id, table.c.version).order_by(table.c.id.desc()).limit(1)).first()
 
     @staticmethod
-    def _activate(conn: Any, live: Any, version: int, actor: str, source: str, comment: str,
-                  at: datetime | None) -> Activation:
+    def _activate(conn: Any, live: Any, version: int, actor: str, source: str, comment: str, at: datetime | None) -> Activation:
         if live is not None and live.version == version:
             return Activation(live.id, version, activated=False)
         table = POLICY_ACTIVATIONS

@@ -41,8 +41,16 @@ class Replication:
     (``apply_remote``) and from the database (``tail``). Alone on the database (not
     ``shared``), it only applies this process's own events. Used on the writer thread only."""
 
-    def __init__(self, store: Store, sink: EventSink, shared: bool, bus: RedisBus | None, applied_id: int,
-                 contact_id: int, tail_seconds: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        sink: EventSink,
+        shared: bool,
+        bus: RedisBus | None,
+        applied_id: int,
+        contact_id: int,
+        tail_seconds: float,
+    ) -> None:
         self.store = store
         self.shared = shared
         self._sink = sink

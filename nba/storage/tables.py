@@ -12,8 +12,20 @@ from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, Large
 from sqlmodel import Field, SQLModel
 
 __all__ = [
-    "CONTACT_EVENTS", "DECISIONS", "FEEDBACK", "OFFER_COUNTERS", "POLICY_ACTIVATIONS", "POLICY_SETS", "SNAPSHOTS",
-    "ContactEventRow", "DecisionRow", "FeedbackRow", "OfferCounterRow", "PolicyActivationRow", "PolicySetRow", "SnapshotRow",
+    "CONTACT_EVENTS",
+    "DECISIONS",
+    "FEEDBACK",
+    "OFFER_COUNTERS",
+    "POLICY_ACTIVATIONS",
+    "POLICY_SETS",
+    "SNAPSHOTS",
+    "ContactEventRow",
+    "DecisionRow",
+    "FeedbackRow",
+    "OfferCounterRow",
+    "PolicyActivationRow",
+    "PolicySetRow",
+    "SnapshotRow",
 ]
 
 #: 64-bit event ids on PostgreSQL; SQLite's INTEGER PRIMARY KEY is 64-bit and must stay the rowid

@@ -24,8 +24,9 @@ def segment_means(rng: np.random.Generator, segments: int, arms: int) -> np.ndar
     return table
 
 
-def play(learner: LinearBandit, means: np.ndarray, rounds: int, rng: np.random.Generator,
-         arms: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def play(
+    learner: LinearBandit, means: np.ndarray, rounds: int, rng: np.random.Generator, arms: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Plays ``rounds`` customers of random segments; returns each one's segment and the arm
     chosen first."""
     segments, k = means.shape
@@ -100,15 +101,15 @@ def test_a_catalogue_that_does_not_change_loses_at_most_a_point() -> None:
     assert adaptive >= fixed - 0.01, (adaptive, fixed)
 
 
-def multiclass_stream(seed: int, rows: int = 3000, classes: int = 10, informative: int = 20,
-                      noise: int = 20) -> tuple[np.ndarray, np.ndarray]:
+def multiclass_stream(
+    seed: int, rows: int = 3000, classes: int = 10, informative: int = 20, noise: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian clusters, one per class (reward 1 for the arm of the row's class): a stationary
     stream on which every arm's estimate is still catching up for hundreds of rows."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(0.0, 1.0, (classes, informative))
     y = rng.integers(classes, size=rows)
-    X = np.concatenate([centres[y] + rng.normal(0.0, 1.0, (rows, informative)),
-                        rng.normal(0.0, 1.0, (rows, noise))], axis=1)
+    X = np.concatenate([centres[y] + rng.normal(0.0, 1.0, (rows, informative)), rng.normal(0.0, 1.0, (rows, noise))], axis=1)
     return X, y
 
 
@@ -138,8 +139,9 @@ def test_the_change_test_ignores_rises_and_catches_drops() -> None:
     assert True in alarms[:40], alarms.index(True) if True in alarms else None
 
 
-def discounted_ridge(xs: list[np.ndarray], rewards: list[float], steps: list[float], now: float,
-                     forget: float, alpha: float) -> np.ndarray:
+def discounted_ridge(
+    xs: list[np.ndarray], rewards: list[float], steps: list[float], now: float, forget: float, alpha: float
+) -> np.ndarray:
     """The batch solution: observation i, learned at forgetting time steps[i], weighs
     forget^(now - steps[i])."""
     d = len(xs[0])
@@ -210,6 +212,7 @@ def test_optimism_grows_with_the_learners_updates() -> None:
     """In a learner's first updates an arm's few observations outweigh the guess that it is as
     good as the best (inverse gap weighting explores enough then); after LATE updates the
     guess has its full weight, and a newcomer is tried."""
+
     def poor_score(good_updates: int) -> float:
         learner = LinearBandit(seed=1, optimism=5.0)
         for _ in range(2):

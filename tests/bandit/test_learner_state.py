@@ -105,17 +105,27 @@ def test_an_archive_with_an_object_array_is_refused_and_never_run(tmp_path: Path
         (lambda s: LearnerState("UniformRandom", s.params, s.meta, s.arrays), "kind: the state is of a UniformRandom"),
         (lambda s: LearnerState(s.kind, {**s.params, "alpha": 2.0}, s.meta, s.arrays), "params: the state was learned"),
         (lambda s: LearnerState(s.kind, s.params, {**s.meta, "n_updates": -1}, s.arrays), "n_updates must be a count"),
-        (lambda s: LearnerState(s.kind, s.params, s.meta, {k: v for k, v in s.arrays.items() if k != "arms.b"}),
-         "'arms.b' is missing"),
-        (lambda s: LearnerState(s.kind, s.params, s.meta, {**s.arrays, "arms.theta": s.arrays["arms.theta"][:2]}),
-         "'arms.theta' has shape"),
-        (lambda s: LearnerState(s.kind, s.params, s.meta, {**s.arrays, "arms.b": s.arrays["arms.b"] * np.nan}),
-         "'arms.b' must hold finite numbers"),
-        (lambda s: LearnerState(s.kind, s.params, s.meta, {**s.arrays, "arms.count": s.arrays["arms.count"] * 0.5}),
-         "'arms.count' must hold integers"),
+        (
+            lambda s: LearnerState(s.kind, s.params, s.meta, {k: v for k, v in s.arrays.items() if k != "arms.b"}),
+            "'arms.b' is missing",
+        ),
+        (
+            lambda s: LearnerState(s.kind, s.params, s.meta, {**s.arrays, "arms.theta": s.arrays["arms.theta"][:2]}),
+            "'arms.theta' has shape",
+        ),
+        (
+            lambda s: LearnerState(s.kind, s.params, s.meta, {**s.arrays, "arms.b": s.arrays["arms.b"] * np.nan}),
+            "'arms.b' must hold finite numbers",
+        ),
+        (
+            lambda s: LearnerState(s.kind, s.params, s.meta, {**s.arrays, "arms.count": s.arrays["arms.count"] * 0.5}),
+            "'arms.count' must hold integers",
+        ),
         (lambda s: LearnerState(s.kind, s.params, {**s.meta, "arms": {"arms": [1.5]}}, s.arrays), "arm id 1.5"),
-        (lambda s: LearnerState(s.kind, s.params, {**s.meta, "features": {"numeric": [1], "version": 0}}, s.arrays),
-         "features.numeric must be a list of distinct feature names"),
+        (
+            lambda s: LearnerState(s.kind, s.params, {**s.meta, "features": {"numeric": [1], "version": 0}}, s.arrays),
+            "features.numeric must be a list of distinct feature names",
+        ),
     ],
 )
 def test_a_state_that_does_not_fit_is_refused_by_name_and_changes_nothing(damage, message: str) -> None:

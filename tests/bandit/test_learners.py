@@ -259,7 +259,9 @@ def test_a_new_arm_starts_from_what_similar_arms_taught() -> None:
         learner.update("a", ctx, 1.0)
         learner.update("b", ctx, 0.8)
         learner.update("c", ctx, 0.0)
-    scores = dict(zip(["a", "b", "c", "new"], learner.scores(["a", "b", "c", "new"], contexts(1, seed=8)[0]).tolist(), strict=True))
+    scores = dict(
+        zip(["a", "b", "c", "new"], learner.scores(["a", "b", "c", "new"], contexts(1, seed=8)[0]).tolist(), strict=True)
+    )
     assert scores["new"] > 0.5 > scores["c"]  # like its group, not like the prior (0)
     assert scores["a"] > scores["b"]  # arms with evidence keep their own estimates
     plain = LinearBandit(seed=1)

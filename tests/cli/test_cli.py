@@ -102,8 +102,12 @@ def test_an_independent_client_decides_and_gives_feedback_through_reflection(pro
     client = ReflectionClient(server.channel)
     decision = client.call("Decide", {"customer_id": "c-9", "channel": "web", "context": {"customer": customer()}, "limit": 2})
     assert len(decision["offers"]) == 2 and decision["decision_id"]
-    event = {"event_id": "ev-1", "decision_id": decision["decision_id"], "offer_id": decision["offers"][0]["offer_id"],
-             "outcome": "OUTCOME_CLICKED"}
+    event = {
+        "event_id": "ev-1",
+        "decision_id": decision["decision_id"],
+        "offer_id": decision["offers"][0]["offer_id"],
+        "outcome": "OUTCOME_CLICKED",
+    }
     assert client.call("Feedback", event) == {"applied": True, "reward": 0.3}
     assert client.call("Feedback", event) == {"duplicate": True, "reward": 0.3}
     for method, body, code in [
@@ -135,8 +139,9 @@ def test_sigterm_flushes_every_decision_and_sigkill_loses_no_acknowledged_feedba
     # Decisions are written every 30 s at the earliest: only a graceful stop can write them.
     server = processes(NBA_LOG_FLUSH_SECONDS="30", NBA_LOG_BATCH_SIZE="100000", NBA_SNAPSHOT_SECONDS="3600")
     client = ReflectionClient(server.channel)
-    decisions = [client.call("Decide", {"customer_id": f"c-{i}", "channel": "app", "context": {"customer": customer()}})
-                 for i in range(50)]
+    decisions = [
+        client.call("Decide", {"customer_id": f"c-{i}", "channel": "app", "context": {"customer": customer()}}) for i in range(50)
+    ]
     assert server.stop(signal.SIGTERM) == 0
     exported = tmp_path / "log.jsonl"
     run_cli("export", "--out", str(exported), env={"NBA_DATABASE_URL": server.env["NBA_DATABASE_URL"]})
@@ -146,8 +151,15 @@ def test_sigterm_flushes_every_decision_and_sigkill_loses_no_acknowledged_feedba
     client = ReflectionClient(server.channel)
     acknowledged = 0
     for i, d in enumerate(decisions):
-        reply = client.call("Feedback", {"event_id": f"k-{i}", "decision_id": d["decision_id"],
-                                         "offer_id": d["offers"][0]["offer_id"], "outcome": "OUTCOME_ACCEPTED"})
+        reply = client.call(
+            "Feedback",
+            {
+                "event_id": f"k-{i}",
+                "decision_id": d["decision_id"],
+                "offer_id": d["offers"][0]["offer_id"],
+                "outcome": "OUTCOME_ACCEPTED",
+            },
+        )
         acknowledged += reply.get("applied", False)
     assert acknowledged == 50
     assert server.stop(signal.SIGKILL) == -signal.SIGKILL
@@ -161,19 +173,29 @@ def test_sigterm_flushes_every_decision_and_sigkill_loses_no_acknowledged_feedba
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "nba", *args], cwd=ROOT, env={**os.environ, **(env or {})},
-        capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, "-m", "nba", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
 def test_export_writes_one_decision_a_line_with_its_feedback(processes, tmp_path: Path) -> None:
     server = processes()
     client = ReflectionClient(server.channel)
-    decision = client.call("Decide", {"request_id": "r-1", "customer_id": "c-1", "channel": "web",
-                                      "context": {"customer": customer()}, "limit": 2})
+    decision = client.call(
+        "Decide", {"request_id": "r-1", "customer_id": "c-1", "channel": "web", "context": {"customer": customer()}, "limit": 2}
+    )
     first = decision["offers"][0]["offer_id"]
-    client.call("Feedback", {"event_id": "x-1", "decision_id": decision["decision_id"], "offer_id": first, "outcome": "OUTCOME_IMPRESSED"})
-    client.call("Feedback", {"event_id": "x-2", "decision_id": decision["decision_id"], "offer_id": first, "outcome": "OUTCOME_ACCEPTED"})
+    client.call(
+        "Feedback", {"event_id": "x-1", "decision_id": decision["decision_id"], "offer_id": first, "outcome": "OUTCOME_IMPRESSED"}
+    )
+    client.call(
+        "Feedback", {"event_id": "x-2", "decision_id": decision["decision_id"], "offer_id": first, "outcome": "OUTCOME_ACCEPTED"}
+    )
     client.call("Decide", {"customer_id": "c-2", "channel": "email", "context": {"customer": customer()}})
     assert server.stop() == 0
 
@@ -184,14 +206,30 @@ def test_export_writes_one_decision_a_line_with_its_feedback(processes, tmp_path
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["channel"] for line in lines] == ["web", "email"]
     line = lines[0]
-    assert set(line) == {"decision_id", "request_id", "customer_id", "channel", "decided_at", "policy_version",
-                         "model_version", "features", "candidates", "offers", "feedback", "rewards", "closed"}
+    assert set(line) == {
+        "decision_id",
+        "request_id",
+        "customer_id",
+        "channel",
+        "decided_at",
+        "policy_version",
+        "model_version",
+        "features",
+        "candidates",
+        "offers",
+        "feedback",
+        "rewards",
+        "closed",
+    }
     assert line["closed"] is False  # its reward windows are still open
     assert line["decision_id"] == decision["decision_id"] and line["request_id"] == "r-1"
     assert line["features"]["customer.age"] == 34
     assert [o["slot"] for o in line["offers"]] == [1, 2]
     assert all(0 < o["propensity"] <= 1 for o in line["offers"])
-    assert [(f["event_id"], f["outcome"], f["applied"]) for f in line["feedback"]] == [("x-1", "impressed", True), ("x-2", "accepted", True)]
+    assert [(f["event_id"], f["outcome"], f["applied"]) for f in line["feedback"]] == [
+        ("x-1", "impressed", True),
+        ("x-2", "accepted", True),
+    ]
     assert line["rewards"] == {first: 1.0}
     assert lines[1]["feedback"] == [] and lines[1]["rewards"] == {}
     # Every exported line passes the logged-data contract, and the export evaluates as a log.
@@ -212,8 +250,18 @@ def test_export_writes_one_decision_a_line_with_its_feedback(processes, tmp_path
     with engine.begin() as conn:
         conn.execute(sqlalchemy.text("UPDATE feedback SET reward = 1e308, pair_reward = 1e308 WHERE event_id = 'x-2'"))
     engine.dispose()
-    own = run_cli("evaluate", "--database-url", server.env["NBA_DATABASE_URL"], "--policy", "logged", "--bootstrap", "10",
-                  "--include-open", "--html", str(tmp_path / "own.html"))
+    own = run_cli(
+        "evaluate",
+        "--database-url",
+        server.env["NBA_DATABASE_URL"],
+        "--policy",
+        "logged",
+        "--bootstrap",
+        "10",
+        "--include-open",
+        "--html",
+        str(tmp_path / "own.html"),
+    )
     assert own.returncode == 0, own.stderr
     assert "warning: 1 logged decisions break the logged-data contract and are left out" in own.stderr
     assert f"decision {decision['decision_id']}" in own.stderr and "1 decisions from" in own.stdout
@@ -225,9 +273,20 @@ def test_export_writes_one_decision_a_line_with_its_feedback(processes, tmp_path
 
 
 def test_serve_refuses_an_invalid_catalogue_naming_file_offer_and_field(tmp_path: Path) -> None:
-    (tmp_path / "bad.yaml").write_text("channels: [web]\noffers:\n  - {id: x, name: X, channels: [web], eligibility: 'customer.age >'}\n")
-    result = run_cli("serve", "--policies", str(tmp_path), "--port", str(free_port()), "--metrics-port", "-1",
-                     "--database-url", f"sqlite:///{tmp_path / 'x.db'}")
+    (tmp_path / "bad.yaml").write_text(
+        "channels: [web]\noffers:\n  - {id: x, name: X, channels: [web], eligibility: 'customer.age >'}\n"
+    )
+    result = run_cli(
+        "serve",
+        "--policies",
+        str(tmp_path),
+        "--port",
+        str(free_port()),
+        "--metrics-port",
+        "-1",
+        "--database-url",
+        f"sqlite:///{tmp_path / 'x.db'}",
+    )
     assert result.returncode == 1
     assert "bad.yaml: offer 'x': field 'eligibility': line 1, column" in result.stderr
 
@@ -259,7 +318,9 @@ def test_policies_test_runs_the_examples() -> None:
 
 
 def test_policies_test_reports_a_broken_expectation(tmp_path: Path) -> None:
-    (tmp_path / "a.yaml").write_text("channels: [web]\noffers:\n  - {id: x, name: X, channels: [web], eligibility: 'customer.age >= 18'}\n")
+    (tmp_path / "a.yaml").write_text(
+        "channels: [web]\noffers:\n  - {id: x, name: X, channels: [web], eligibility: 'customer.age >= 18'}\n"
+    )
     (tmp_path / "a_test.yaml").write_text("examples:\n  - {name: minors, channel: web, customer: {age: 12}, eligible: [x]}\n")
     result = run_cli("policies", "test", str(tmp_path))
     assert result.returncode == 1
@@ -269,8 +330,13 @@ def test_policies_test_reports_a_broken_expectation(tmp_path: Path) -> None:
 def test_the_readme_python_example_runs(processes) -> None:
     server = processes()
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py")], cwd=ROOT,
-        env={**os.environ, "NBA_ADDRESS": f"127.0.0.1:{server.port}"}, capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        cwd=ROOT,
+        env={**os.environ, "NBA_ADDRESS": f"127.0.0.1:{server.port}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -284,8 +350,9 @@ def test_sighup_publishes_the_changed_folder_and_preview_compares_a_draft(proces
 
     folder = tmp_path / "live-policies"
     shutil.copytree(POLICIES, folder)
-    server = processes(NBA_POLICIES=str(folder), NBA_POLICIES_WATCH_SECONDS="0",
-                       NBA_ADMIN_TOKENS="ops:viewer:0123456789abcdef0123")
+    server = processes(
+        NBA_POLICIES=str(folder), NBA_POLICIES_WATCH_SECONDS="0", NBA_ADMIN_TOKENS="ops:viewer:0123456789abcdef0123"
+    )
     client = ReflectionClient(server.channel)
     for i in range(30):
         client.call("Decide", {"customer_id": f"c-{i}", "channel": "web", "context": {"customer": customer(age=18 + i)}})
@@ -309,7 +376,9 @@ def test_sighup_publishes_the_changed_folder_and_preview_compares_a_draft(proces
     version = first
     while version == first and time.monotonic() < deadline:
         time.sleep(0.1)
-        version = client.call("Decide", {"customer_id": "c", "channel": "web", "context": {"customer": customer()}})["policy_version"]
+        version = client.call("Decide", {"customer_id": "c", "channel": "web", "context": {"customer": customer()}})[
+            "policy_version"
+        ]
     assert version.startswith("2-")
     assert server.stop() == 0
 
@@ -341,7 +410,7 @@ def test_text_logs_show_the_fields_the_message_does_not_say() -> None:
     record = logging.LogRecord("nba.service.publishing", logging.INFO, __file__, 1, "policy set live", None, None)
     record.policy_version, record.actor, record.offers = "3-abc", "policies folder", 24
     line = TextFormatter().format(record)
-    assert line.endswith("INFO nba.service.publishing: policy set live policy_version=3-abc actor=\"policies folder\" offers=24")
+    assert line.endswith('INFO nba.service.publishing: policy set live policy_version=3-abc actor="policies folder" offers=24')
     try:
         raise ValueError("boom")
     except ValueError:

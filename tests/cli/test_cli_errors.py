@@ -16,8 +16,13 @@ from conftest import POLICIES, POSTGRES, ROOT, free_port, need_postgres
 
 from nba.cli import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, main
 
-GOOD_LINE = {"context": {"customer": {"age": 34}}, "candidates": [{"offer_id": "a", "probability": 0.7},
-             {"offer_id": "b", "probability": 0.3}], "chosen": "a", "propensity": 0.7, "reward": 1.0}
+GOOD_LINE = {
+    "context": {"customer": {"age": 34}},
+    "candidates": [{"offer_id": "a", "probability": 0.7}, {"offer_id": "b", "probability": 0.3}],
+    "chosen": "a",
+    "propensity": 0.7,
+    "reward": 1.0,
+}
 
 # (arguments, exit code, what the one line says). {tmp} is a fresh folder; {db} an nba database
 # there; {log} a valid log; {bad_log} a log whose line 2 breaks the contract; {bin} a binary
@@ -33,31 +38,66 @@ BAD_INVOCATIONS = [
     (["export", "--out", "-", "--database-url", "sqlite://"], EXIT_USAGE, "an in-memory SQLite database keeps nothing"),
     (["export", "--out", "-", "--database-url", "sqlite:///{text}"], EXIT_USAGE, "is not a SQLite database"),
     (["export", "--out", "-", "--database-url", "sqlite:///{empty}"], EXIT_USAGE, "holds no nba decision log"),
-    (["export", "--out", "-", "--database-url", "postgresql+psycopg://nobody@127.0.0.1:{closed}/x"], EXIT_UNAVAILABLE,
-     "does not answer"),
-    (["export", "--out", "{tmp}/missing/out.jsonl", "--database-url", "sqlite:///{db}"], EXIT_USAGE, "--out {tmp}/missing/out.jsonl: the folder"),
+    (
+        ["export", "--out", "-", "--database-url", "postgresql+psycopg://nobody@127.0.0.1:{closed}/x"],
+        EXIT_UNAVAILABLE,
+        "does not answer",
+    ),
+    (
+        ["export", "--out", "{tmp}/missing/out.jsonl", "--database-url", "sqlite:///{db}"],
+        EXIT_USAGE,
+        "--out {tmp}/missing/out.jsonl: the folder",
+    ),
     (["export", "--out", "{tmp}", "--database-url", "sqlite:///{db}"], EXIT_USAGE, "--out {tmp}: is a folder"),
     (["export", "--out", "{text}/out.jsonl", "--database-url", "sqlite:///{db}"], EXIT_USAGE, "does not exist"),
-    (["export", "--out", "-", "--since", "yesterday", "--database-url", "sqlite:///{db}"], EXIT_USAGE, "--since: 'yesterday' is not an ISO date"),
+    (
+        ["export", "--out", "-", "--since", "yesterday", "--database-url", "sqlite:///{db}"],
+        EXIT_USAGE,
+        "--since: 'yesterday' is not an ISO date",
+    ),
     (["export", "--out", "-", "--config", "{tmp}/none.yaml"], EXIT_USAGE, "config file {tmp}/none.yaml"),
     (["export", "--out", "-", "--config", "{yaml}"], EXIT_USAGE, "config file {yaml}"),
     (["evaluate", "--log", "{tmp}/none.jsonl"], EXIT_USAGE, "--log {tmp}/none.jsonl: no such file"),
     (["evaluate", "--log", "{tmp}"], EXIT_USAGE, "--log {tmp}: is a folder"),
-    (["evaluate", "--log", "{bad_log}"], EXIT_FAILED, "{bad_log} line 2: propensity: 0.01 differs from the first-slot probability 0.7"),
+    (
+        ["evaluate", "--log", "{bad_log}"],
+        EXIT_FAILED,
+        "{bad_log} line 2: propensity: 0.01 differs from the first-slot probability 0.7",
+    ),
     (["evaluate", "--log", "{bin}"], EXIT_FAILED, "{bin} line 1: not UTF-8 text"),
     (["evaluate", "--log", "{text}"], EXIT_FAILED, "{text} line 1: not JSON"),
     (["evaluate", "--log", "{empty}"], EXIT_FAILED, "no logged decisions to evaluate in {empty}"),
     (["evaluate", "--log", "{log}", "--truth", "{tmp}/none.json"], EXIT_USAGE, "--truth {tmp}/none.json: no such file"),
     (["evaluate", "--log", "{log}", "--truth", "{text}"], EXIT_USAGE, "--truth {text}: not JSON"),
     (["evaluate", "--log", "{log}", "--truth", "{log}"], EXIT_USAGE, "--truth {log}: field: required"),
-    (["evaluate", "--log", "{log}", "--truth", "{truth_bad}"], EXIT_USAGE, "phases[0].probabilities.young.gold-card: must be a probability"),
-    (["evaluate", "--log", "{log}", "--truth", "{truth_huge}"], EXIT_USAGE, "phases[0].probabilities.young.gold-card: must be a probability"),
-    (["evaluate", "--log", "{log}", "--html", "{tmp}/missing/report.html"], EXIT_USAGE, "--html {tmp}/missing/report.html: the folder"),
+    (
+        ["evaluate", "--log", "{log}", "--truth", "{truth_bad}"],
+        EXIT_USAGE,
+        "phases[0].probabilities.young.gold-card: must be a probability",
+    ),
+    (
+        ["evaluate", "--log", "{log}", "--truth", "{truth_huge}"],
+        EXIT_USAGE,
+        "phases[0].probabilities.young.gold-card: must be a probability",
+    ),
+    (
+        ["evaluate", "--log", "{log}", "--html", "{tmp}/missing/report.html"],
+        EXIT_USAGE,
+        "--html {tmp}/missing/report.html: the folder",
+    ),
     (["evaluate", "--log", "{log}", "--json", "{tmp}"], EXIT_USAGE, "--json {tmp}: is a folder"),
     (["evaluate", "--log", "{log}", "--policy", "random"], EXIT_USAGE, "--policy random: not a policy"),
     (["evaluate", "--log", "{log}", "--policy", "learner:nope=1"], EXIT_USAGE, "unknown settings nope"),
-    (["evaluate", "--log", "{log}", "--policy", "draft:{tmp}/nothere"], EXIT_USAGE, "--policy draft:{tmp}/nothere: no such folder"),
-    (["evaluate", "--log", "{log}", "--policy", "draft:{empty_dir}"], EXIT_USAGE, "--policy: the draft is not a valid policy set"),
+    (
+        ["evaluate", "--log", "{log}", "--policy", "draft:{tmp}/nothere"],
+        EXIT_USAGE,
+        "--policy draft:{tmp}/nothere: no such folder",
+    ),
+    (
+        ["evaluate", "--log", "{log}", "--policy", "draft:{empty_dir}"],
+        EXIT_USAGE,
+        "--policy: the draft is not a valid policy set",
+    ),
     (["evaluate", "--log", "{log}", "--bootstrap", "0"], EXIT_USAGE, "--bootstrap: 0: 1 to 100000 resamples"),
     (["evaluate", "--log", "{log}", "--bootstrap", "100001"], EXIT_USAGE, "--bootstrap: 100001: 1 to 100000 resamples"),
     (["evaluate", "--log", "{log}", "--seed", "-1"], EXIT_USAGE, "--seed: -1: 0 or more"),
@@ -72,13 +112,20 @@ BAD_INVOCATIONS = [
     (["evaluate", "--log", "{log}", "--offers", "{tmp}/none.jsonl"], EXIT_USAGE, "--offers {tmp}/none.jsonl: no such file"),
     (["evaluate", "--log", "{log}", "--offers", "{text}"], EXIT_FAILED, "{text} line 1: not JSON"),
     (["evaluate", "--log", "{log}", "--offers", "{log}"], EXIT_FAILED, "{log} line 1: offer_id: required"),
-    (["evaluate", "--log", "{log}", "--policy", "file:{tmp}/none.jsonl"], EXIT_USAGE, "--policy file:{tmp}/none.jsonl: no such file"),
+    (
+        ["evaluate", "--log", "{log}", "--policy", "file:{tmp}/none.jsonl"],
+        EXIT_USAGE,
+        "--policy file:{tmp}/none.jsonl: no such file",
+    ),
     (["evaluate", "--log", "{log}", "--policy", "mine=file:{log}"], EXIT_FAILED, "{log} line 1: decision_id: required"),
     (["evaluate", "--log", "{log}", "--policy", "file:"], EXIT_USAGE, "--policy file:: name the file"),
     (["evaluate", "--database-url", "sqlite:///{tmp}/typo.db"], EXIT_USAGE, "no database at"),
     (["evaluate", "--database-url", "sqlite:///{db}"], EXIT_FAILED, "no logged decisions to evaluate"),
-    (["simulate", "--address", "127.0.0.1:{closed}", "--decisions", "1", "--out", "{tmp}/sim"], EXIT_UNAVAILABLE,
-     "--address 127.0.0.1:{closed}: no service answers"),
+    (
+        ["simulate", "--address", "127.0.0.1:{closed}", "--decisions", "1", "--out", "{tmp}/sim"],
+        EXIT_UNAVAILABLE,
+        "--address 127.0.0.1:{closed}: no service answers",
+    ),
     (["simulate", "--population", "{tmp}/none.yaml"], EXIT_USAGE, "--population {tmp}/none.yaml: no such file"),
     (["simulate", "--population", "{yaml}"], EXIT_USAGE, "--population {yaml}: not YAML at line"),
     (["simulate", "--population", "{log}"], EXIT_USAGE, "unknown keys"),
@@ -106,11 +153,21 @@ BAD_INVOCATIONS = [
     (["db", "upgrade", "--database-url", "sqlite:///{text}"], EXIT_USAGE, "text.txt is not a SQLite database"),
     (["db", "downgrade"], EXIT_USAGE, "invalid choice: 'downgrade'"),
     (["serve", "--port", "eighty"], EXIT_USAGE, "invalid configuration: port (--port, NBA_PORT)"),
-    (["serve", "--port", "9999", "--metrics-port", "9999"], EXIT_USAGE, "port (--port, NBA_PORT) and metrics_port (--metrics-port, NBA_METRICS_PORT) are both 9999"),
-    (["serve", "--admin-tokens", "a:viewer:0123456789abcdef,b:editor:0123456789abcdef"], EXIT_USAGE,
-     "each caller's token must be its own: given twice: 1 of them"),
-    (["serve", "--admin-tokens", "a:viewer:0123456789abcdef,a:editor:fedcba9876543210"], EXIT_USAGE,
-     "each caller's name must be its own: given twice: a"),
+    (
+        ["serve", "--port", "9999", "--metrics-port", "9999"],
+        EXIT_USAGE,
+        "port (--port, NBA_PORT) and metrics_port (--metrics-port, NBA_METRICS_PORT) are both 9999",
+    ),
+    (
+        ["serve", "--admin-tokens", "a:viewer:0123456789abcdef,b:editor:0123456789abcdef"],
+        EXIT_USAGE,
+        "each caller's token must be its own: given twice: 1 of them",
+    ),
+    (
+        ["serve", "--admin-tokens", "a:viewer:0123456789abcdef,a:editor:fedcba9876543210"],
+        EXIT_USAGE,
+        "each caller's name must be its own: given twice: a",
+    ),
     (["serve", "--admin-tokens", "a:viewer:0123456789abcdef\u00e9"], EXIT_USAGE, "not printable ASCII"),
     (["serve", "--log-level", "loud"], EXIT_USAGE, "argument --log-level: invalid choice"),
     (["serve", "--database-url", "foo://x"], EXIT_USAGE, "foo:// is not a database nba supports"),
@@ -134,25 +191,37 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
     (tmp_path / "text.txt").write_text("hello\n")
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "broken.yaml").write_text("a: [1, 2\nb: {\n")
-    (tmp_path / "truth.json").write_text(json.dumps({"field": "customer.persona", "phases": [
-        {"until": None, "probabilities": {"young": {"gold-card": 1.5}}}]}))
+    (tmp_path / "truth.json").write_text(
+        json.dumps({"field": "customer.persona", "phases": [{"until": None, "probabilities": {"young": {"gold-card": 1.5}}}]})
+    )
     (tmp_path / "population.yaml").write_text("personas:\n  - {name: young, share: lots, customer: {age: 30}}\n")
     # a 400-digit integer overflows float(): a refusal naming the field, not an OverflowError
     (tmp_path / "huge.yaml").write_text("personas:\n  - {name: young, share: 1" + "0" * 400 + ", customer: {age: 30}}\n")
-    (tmp_path / "huge.json").write_text('{"field": "customer.persona", "phases": [{"until": null, "probabilities": '
-                                        '{"young": {"gold-card": 1' + "0" * 400 + '}}}]}')
+    (tmp_path / "huge.json").write_text(
+        '{"field": "customer.persona", "phases": [{"until": null, "probabilities": '
+        '{"young": {"gold-card": 1' + "0" * 400 + "}}}]}"
+    )
     (tmp_path / "template.yaml").write_text("personas:\n  - {name: young, share: 1, customer: {age: {range: [a, 3]}}}\n")
     (tmp_path / "empty-folder").mkdir()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]  # a port nobody listens on
     yield {
-        "tmp": str(tmp_path), "db": str(db), "log": str(tmp_path / "log.jsonl"), "bad_log": str(tmp_path / "bad.jsonl"),
-        "bin": str(tmp_path / "binary.jsonl"), "text": str(tmp_path / "text.txt"), "empty": str(tmp_path / "empty.jsonl"),
-        "yaml": str(tmp_path / "broken.yaml"), "truth_bad": str(tmp_path / "truth.json"),
-        "population_bad": str(tmp_path / "population.yaml"), "population_template": str(tmp_path / "template.yaml"),
-        "population_huge": str(tmp_path / "huge.yaml"), "truth_huge": str(tmp_path / "huge.json"),
-        "empty_dir": str(tmp_path / "empty-folder"), "closed": str(closed),
+        "tmp": str(tmp_path),
+        "db": str(db),
+        "log": str(tmp_path / "log.jsonl"),
+        "bad_log": str(tmp_path / "bad.jsonl"),
+        "bin": str(tmp_path / "binary.jsonl"),
+        "text": str(tmp_path / "text.txt"),
+        "empty": str(tmp_path / "empty.jsonl"),
+        "yaml": str(tmp_path / "broken.yaml"),
+        "truth_bad": str(tmp_path / "truth.json"),
+        "population_bad": str(tmp_path / "population.yaml"),
+        "population_template": str(tmp_path / "template.yaml"),
+        "population_huge": str(tmp_path / "huge.yaml"),
+        "truth_huge": str(tmp_path / "huge.json"),
+        "empty_dir": str(tmp_path / "empty-folder"),
+        "closed": str(closed),
     }
 
 
@@ -201,8 +270,15 @@ def test_export_to_a_file_that_cannot_be_finished_leaves_the_previous_one(files:
 
 def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("NBA_")}
-    return subprocess.run([sys.executable, "-m", "nba", "serve", "--host", "127.0.0.1", "--log-level", "error", *args],
-                          cwd=ROOT, env={**environment, **(env or {})}, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "nba", "serve", "--host", "127.0.0.1", "--log-level", "error", *args],
+        cwd=ROOT,
+        env={**environment, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -211,22 +287,51 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path, workers: str
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = serve("--port", str(port), "--workers", workers, "--metrics-port", "-1",
-                       "--database-url", f"sqlite:///{tmp_path / 'nba.db'}", "--policies", str(POLICIES))
+        result = serve(
+            "--port",
+            str(port),
+            "--workers",
+            workers,
+            "--metrics-port",
+            "-1",
+            "--database-url",
+            f"sqlite:///{tmp_path / 'nba.db'}",
+            "--policies",
+            str(POLICIES),
+        )
     assert result.returncode == EXIT_UNAVAILABLE, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"nba: port {port} on 127.0.0.1 is in use"), result.stderr
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-@pytest.mark.parametrize(("host", "message"), [
-    ("192.0.2.1", "nba: --host / NBA_HOST: 192.0.2.1 is not an address of this machine"),  # TEST-NET-1
-    ("no-such-host.invalid", "nba: --host / NBA_HOST: 'no-such-host.invalid' is not an address, nor a host name that resolves"),
-])
-def test_serve_on_a_host_that_is_not_this_machines_says_so_not_port_in_use(tmp_path: Path, workers: str, host: str,
-                                                                         message: str) -> None:
-    result = serve("--host", host, "--port", "0", "--workers", workers, "--metrics-port", "-1",
-                   "--database-url", f"sqlite:///{tmp_path / 'nba.db'}", "--policies", str(POLICIES))
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("192.0.2.1", "nba: --host / NBA_HOST: 192.0.2.1 is not an address of this machine"),  # TEST-NET-1
+        (
+            "no-such-host.invalid",
+            "nba: --host / NBA_HOST: 'no-such-host.invalid' is not an address, nor a host name that resolves",
+        ),
+    ],
+)
+def test_serve_on_a_host_that_is_not_this_machines_says_so_not_port_in_use(
+    tmp_path: Path, workers: str, host: str, message: str
+) -> None:
+    result = serve(
+        "--host",
+        host,
+        "--port",
+        "0",
+        "--workers",
+        workers,
+        "--metrics-port",
+        "-1",
+        "--database-url",
+        f"sqlite:///{tmp_path / 'nba.db'}",
+        "--policies",
+        str(POLICIES),
+    )
     assert result.returncode == EXIT_USAGE, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
@@ -238,8 +343,18 @@ def test_serve_on_a_metrics_port_in_use_says_so_in_one_line(tmp_path: Path, work
         busy.bind(("", 0))
         busy.listen()
         metrics = busy.getsockname()[1]
-        result = serve("--port", str(free_port()), "--workers", workers, "--metrics-port", str(metrics),
-                       "--database-url", f"sqlite:///{tmp_path / 'nba.db'}", "--policies", str(POLICIES))
+        result = serve(
+            "--port",
+            str(free_port()),
+            "--workers",
+            workers,
+            "--metrics-port",
+            str(metrics),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'nba.db'}",
+            "--policies",
+            str(POLICIES),
+        )
     assert result.returncode == EXIT_UNAVAILABLE, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"nba: metrics port {metrics}"), result.stderr
@@ -247,8 +362,8 @@ def test_serve_on_a_metrics_port_in_use_says_so_in_one_line(tmp_path: Path, work
 
 def test_the_exit_codes_are_the_ones_the_readme_documents() -> None:
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Exit codes"):]
-    section = section[:section.index("\n## ")]
+    section = readme[readme.index("### Exit codes") :]
+    section = section[: section.index("\n## ")]
     for code in (0, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, 70, 130):
         assert f"| {code} |" in section, code
 

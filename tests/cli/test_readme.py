@@ -65,9 +65,26 @@ class Checkout:
         self.log = root / "serve.log"
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [str(BIN / "nba"), "serve", "--port", str(self.port), "--host", "127.0.0.1", "--workers", "1",
-                 "--metrics-port", "-1", "--admin-tokens", f"alice:editor:{TOKEN}", "--snapshot-seconds", "3600"],
-                cwd=root, env=self.env, stderr=log)
+                [
+                    str(BIN / "nba"),
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--host",
+                    "127.0.0.1",
+                    "--workers",
+                    "1",
+                    "--metrics-port",
+                    "-1",
+                    "--admin-tokens",
+                    f"alice:editor:{TOKEN}",
+                    "--snapshot-seconds",
+                    "3600",
+                ],
+                cwd=root,
+                env=self.env,
+                stderr=log,
+            )
         channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=LOCAL_SUBCHANNELS)
         health = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + 60
@@ -94,8 +111,15 @@ class Checkout:
         return "\n".join(lines) + "\n"
 
     def run(self, script: str) -> subprocess.CompletedProcess:
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", self.adapt(script)], cwd=self.root, env=self.env,
-                                capture_output=True, text=True, timeout=600, check=False)
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", self.adapt(script)],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         assert result.returncode == 0, f"{self.adapt(script)}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         return result
 
@@ -134,7 +158,8 @@ def test_the_api_by_example_runs_as_written_and_shows_what_grpcurl_prints(checko
 
     # The Feedback example, with the id and an offer of the decision this service made.
     mine = feedback.replace(SAMPLE_DECISION, decision["decision_id"]).replace(
-        '"offer_id": "gold-card"', f'"offer_id": "{decision["offers"][0]["offer_id"]}"')
+        '"offer_id": "gold-card"', f'"offer_id": "{decision["offers"][0]["offer_id"]}"'
+    )
     assert mine != feedback
     first, again = (last_json(checkout.run(mine).stdout) for _ in range(2))
     said = re.search(r"# (\{.*?\})\s+the same event_id again: (\{.*?\})", feedback)
@@ -158,9 +183,19 @@ def test_publishing_commands_run_as_written_one_body_for_validate_preview_and_pu
     (checkout.root / "stale.json").write_text(json.dumps({**body, "expected_live_version": 7}))
     for call in ("ValidatePolicySet", "PreviewPolicySet", "PublishPolicySet"):
         refused = subprocess.run(
-            ["bash", "-c", f'grpcurl -plaintext -H "authorization: Bearer {TOKEN}" -d @ 127.0.0.1:{checkout.port} '
-             f"nba.v1.AdminService/{call} < stale.json"],
-            cwd=checkout.root, env=checkout.env, capture_output=True, text=True, timeout=60, check=False)
+            [
+                "bash",
+                "-c",
+                f'grpcurl -plaintext -H "authorization: Bearer {TOKEN}" -d @ 127.0.0.1:{checkout.port} '
+                f"nba.v1.AdminService/{call} < stale.json",
+            ],
+            cwd=checkout.root,
+            env=checkout.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert refused.returncode != 0 and "FailedPrecondition" in refused.stdout + refused.stderr, (call, refused)
 
 
@@ -189,8 +224,14 @@ def test_the_policies_simulation_and_evaluation_walkthrough_runs_as_written(chec
 def test_the_python_example_runs_as_the_readme_says(checkout: Checkout) -> None:
     said = re.search(r"in another terminal: `(\.venv/bin/python examples/quickstart\.py)`", README)
     assert said is not None
-    result = subprocess.run(["bash", "-c", said.group(1)], cwd=checkout.root,
-                            env={**checkout.env, "NBA_ADDRESS": f"127.0.0.1:{checkout.port}"},
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["bash", "-c", said.group(1)],
+        cwd=checkout.root,
+        env={**checkout.env, "NBA_ADDRESS": f"127.0.0.1:{checkout.port}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 4 and result.stdout.splitlines()[-1] == "applied 1.0"

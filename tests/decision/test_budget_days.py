@@ -45,8 +45,9 @@ DAYS = [
 
 
 @pytest.mark.parametrize(("zone", "day", "start", "hours"), DAYS, ids=[f"{z}-{d}" for z, d, _, _ in DAYS])
-def test_a_local_day_begins_at_its_first_instant_and_lasts_23_24_or_25_hours(zone: str, day: date, start: datetime,
-                                                                             hours: int) -> None:
+def test_a_local_day_begins_at_its_first_instant_and_lasts_23_24_or_25_hours(
+    zone: str, day: date, start: datetime, hours: int
+) -> None:
     local = local_day(ZoneInfo(zone), day)
     assert datetime.fromtimestamp(local.start, UTC) == start
     assert local.seconds == hours * 3600
@@ -67,8 +68,11 @@ def test_every_zone_in_use_begins_its_days_on_a_quarter_hour_and_others_are_refu
     assert misaligned_day(ZoneInfo("Europe/Amsterdam"), date(1930, 1, 1)) == date(1930, 1, 1)
     from nba.errors import PolicySetError
 
-    with pytest.raises(PolicySetError, match=r"settings.timezone': 'Africa/Monrovia': its day of 1971-06-01 begins at "
-                                             r"00:44:30 UTC, not on a quarter hour"):
+    with pytest.raises(
+        PolicySetError,
+        match=r"settings.timezone': 'Africa/Monrovia': its day of 1971-06-01 begins at "
+        r"00:44:30 UTC, not on a quarter hour",
+    ):
         parse_policy_set({"a.yaml": "settings: {timezone: Africa/Monrovia}\nchannels: [web]\n"}, now=utc(1971, 6, 1))
 
 
@@ -79,7 +83,7 @@ def test_offer_counters_count_from_any_quarter_hour_exactly() -> None:
     for i, (offer, at) in enumerate(events):
         counters.add(offer, "decided", at)
         if i % 97 == 0:  # the running sum kept per key stays right as events arrive, late ones too
-            start = (1_789_999_200 + rng.randrange(0, 3 * 96) * BUCKET_SECONDS)
+            start = 1_789_999_200 + rng.randrange(0, 3 * 96) * BUCKET_SECONDS
             seen = events[: i + 1]
             assert counters.since(offer, "decided", start) == sum(1 for o, t in seen if o == offer and t >= start)
     start = 1_789_999_200 + 100 * BUCKET_SECONDS
@@ -92,6 +96,7 @@ def test_offer_counters_count_from_any_quarter_hour_exactly() -> None:
 
 
 # -- through a real server, with a clock the test moves -------------------------------------
+
 
 def budget_set(timezone: str, extra: str = "") -> str:
     return textwrap.dedent(f"""\
@@ -114,8 +119,9 @@ def folder_with(tmp_path: Path, text: str) -> Path:
 
 
 def alpha_shown(server: Running, customer_id: str) -> bool:
-    reply = server.stub.Decide(pb.DecideRequest(customer_id=customer_id, channel="web", limit=2,
-                                                context=struct({"customer": {"age": 30}})))
+    reply = server.stub.Decide(
+        pb.DecideRequest(customer_id=customer_id, channel="web", limit=2, context=struct({"customer": {"age": 30}}))
+    )
     return "alpha" in {o.offer_id for o in reply.offers}
 
 
@@ -139,8 +145,9 @@ MIDNIGHTS = [
 
 
 @pytest.mark.parametrize(("zone", "midnight", "hours"), MIDNIGHTS, ids=[f"{z}-{m:%m%d}" for z, m, _ in MIDNIGHTS])
-def test_a_daily_budget_resets_at_local_midnight_and_survives_a_restart(start, tmp_path: Path, zone: str,
-                                                                        midnight: datetime, hours: int) -> None:
+def test_a_daily_budget_resets_at_local_midnight_and_survives_a_restart(
+    start, tmp_path: Path, zone: str, midnight: datetime, hours: int
+) -> None:
     assert datetime.fromtimestamp(midnight.timestamp(), ZoneInfo(zone)).strftime("%H:%M") == "00:00"
     folder = folder_with(tmp_path, budget_set(zone))
     clock = ManualClock(midnight - timedelta(minutes=10))  # 23:50 local
@@ -166,23 +173,30 @@ def test_replicas_share_a_half_hour_zone_budget_day(start, tmp_path: Path, monke
     import socket
 
     midnight = utc(2026, 11, 24, 18, 30)  # 00:00 in Asia/Kolkata
-    folder = folder_with(tmp_path, budget_set("Asia/Kolkata", textwrap.dedent("""\
+    folder = folder_with(
+        tmp_path,
+        budget_set(
+            "Asia/Kolkata",
+            textwrap.dedent("""\
           - {id: one-accepted, type: budget, applies_to: {offers: [bravo]}, max: 1, counts: accepted, period: day}
-    """)))
+    """),
+        ),
+    )
     clock = ManualClock(midnight - timedelta(minutes=20))
     one = start(clock=clock, policies=folder, bus="database")
     with monkeypatch.context() as patch:  # another machine: replicas tell their own events apart by host and pid
         patch.setattr(socket, "gethostname", lambda: "replica-two")
         two = start(clock=clock, policies=folder, bus="database")
-    reply = one.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", limit=2,
-                                             context=struct({"customer": {"age": 30}})))
+    reply = one.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", limit=2, context=struct({"customer": {"age": 30}})))
     assert "bravo" in {o.offer_id for o in reply.offers}
-    one.stub.Feedback(pb.FeedbackRequest(event_id="e-1", decision_id=reply.decision_id, offer_id="bravo",
-                                         outcome=pb.OUTCOME_ACCEPTED))
+    one.stub.Feedback(
+        pb.FeedbackRequest(event_id="e-1", decision_id=reply.decision_id, offer_id="bravo", outcome=pb.OUTCOME_ACCEPTED)
+    )
 
     def bravo_on_two(customer_id: str) -> bool:
-        answer = two.stub.Decide(pb.DecideRequest(customer_id=customer_id, channel="web", limit=2,
-                                                  context=struct({"customer": {"age": 30}})))
+        answer = two.stub.Decide(
+            pb.DecideRequest(customer_id=customer_id, channel="web", limit=2, context=struct({"customer": {"age": 30}}))
+        )
         return "bravo" in {o.offer_id for o in answer.offers}
 
     deadline = time.monotonic() + 10
@@ -196,15 +210,20 @@ def test_replicas_share_a_half_hour_zone_budget_day(start, tmp_path: Path, monke
 
 
 def test_schedules_read_the_clock_of_half_hour_zones_and_clock_changes(start, tmp_path: Path) -> None:
-    folder = folder_with(tmp_path, budget_set("Asia/Kolkata").replace(
-        "{id: bravo, name: Bravo, channels: [web], value: 10}",
-        '{id: bravo, name: Bravo, channels: [web], value: 10, schedule: {days: [wed], hours: ["00:00-00:30"]}}'))
+    folder = folder_with(
+        tmp_path,
+        budget_set("Asia/Kolkata").replace(
+            "{id: bravo, name: Bravo, channels: [web], value: 10}",
+            '{id: bravo, name: Bravo, channels: [web], value: 10, schedule: {days: [wed], hours: ["00:00-00:30"]}}',
+        ),
+    )
     clock = ManualClock(utc(2026, 11, 24, 18, 25))  # Tuesday 23:55 in Kolkata
     server = start(clock=clock, policies=folder)
 
     def bravo() -> bool:
-        reply = server.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", limit=3,
-                                                    context=struct({"customer": {"age": 30}})))
+        reply = server.stub.Decide(
+            pb.DecideRequest(customer_id="c", channel="web", limit=3, context=struct({"customer": {"age": 30}}))
+        )
         return "bravo" in {o.offer_id for o in reply.offers}
 
     assert not bravo()
@@ -236,15 +255,22 @@ def test_clock_times_in_daylight_saving_gaps_never_come_and_in_overlaps_hold_twi
 def test_contact_caps_count_real_hours_across_a_clock_change(start, tmp_path: Path) -> None:
     """A cap's window is a duration (1d is 24 hours), the same in every zone and across clock
     changes; only budgets and schedules follow the calendar."""
-    folder = folder_with(tmp_path, budget_set("Europe/London", textwrap.dedent("""\
+    folder = folder_with(
+        tmp_path,
+        budget_set(
+            "Europe/London",
+            textwrap.dedent("""\
           - {id: once-a-day, type: contact_cap, applies_to: {offers: [bravo]}, max: 1, window: 1d, counts: decided}
-    """)))
+    """),
+        ),
+    )
     clock = ManualClock(utc(2026, 10, 24, 12))  # noon BST, the day before clocks go back
     server = start(clock=clock, policies=folder)
 
     def bravo() -> bool:
-        reply = server.stub.Decide(pb.DecideRequest(customer_id="same", channel="web", limit=3,
-                                                    context=struct({"customer": {"age": 30}})))
+        reply = server.stub.Decide(
+            pb.DecideRequest(customer_id="same", channel="web", limit=3, context=struct({"customer": {"age": 30}}))
+        )
         return "bravo" in {o.offer_id for o in reply.offers}
 
     assert bravo()
@@ -255,6 +281,7 @@ def test_contact_caps_count_real_hours_across_a_clock_change(start, tmp_path: Pa
 
 
 # -- even pacing over local days of 23, 24 and 25 hours ---------------------------------------
+
 
 @pytest.mark.parametrize(
     ("zone", "now", "share"),
@@ -267,8 +294,9 @@ def test_contact_caps_count_real_hours_across_a_clock_change(start, tmp_path: Pa
     ],
 )
 def test_even_pacing_allows_the_share_of_the_real_day_passed(zone: str, now: datetime, share: float) -> None:
-    policy_set = parse_policy_set({"a.yaml": budget_set(zone).replace("max: 2, counts: decided, period: day",
-                                                                      "max: 2300, counts: decided, pacing: even")})
+    policy_set = parse_policy_set(
+        {"a.yaml": budget_set(zone).replace("max: 2, counts: decided, period: day", "max: 2300, counts: decided, pacing: even")}
+    )
     allowed = 2300 * share + 115  # and a burst of 5%
     counters = OfferCounters()
     day_start = local_day(ZoneInfo(zone), now.astimezone(ZoneInfo(zone)).date()).start
@@ -286,6 +314,7 @@ def test_even_pacing_allows_the_share_of_the_real_day_passed(zone: str, now: dat
 
 
 # -- schedules: precomputed spans, the exact share of scheduled time -------------------------
+
 
 def reference_active(schedule: Schedule, local: datetime) -> bool:
     """The definition, as a schedule reads: its days, then any of its hour ranges; a range
@@ -305,8 +334,10 @@ def reference_active(schedule: Schedule, local: datetime) -> bool:
     return False
 
 
-@pytest.mark.parametrize("hours", [None, ["08:00-12:30", "14:00-20:00"], ["22:00-02:00"], ["09:00-17:00", "12:00-18:30"],
-                                   ["00:00-00:15"], ["23:45-00:00"]])
+@pytest.mark.parametrize(
+    "hours",
+    [None, ["08:00-12:30", "14:00-20:00"], ["22:00-02:00"], ["09:00-17:00", "12:00-18:30"], ["00:00-00:15"], ["23:45-00:00"]],
+)
 def test_a_schedule_is_active_exactly_when_its_definition_says(hours: list[str] | None) -> None:
     schedule = Schedule(days=["mon", "wed", "sun"], hours=hours)
     start = datetime(2026, 11, 23)  # a Monday
@@ -338,8 +369,9 @@ WORKDAYS = ["08:00-12:30", "14:00-20:00"]  # 4.5 + 6 = 10.5 scheduled hours a da
         (["00:00-04:00"], "America/St_Johns", date(2026, 3, 8), utc(2026, 3, 8, 5, 30, 0), 2 / 3),  # 03:00 NDT
     ],
 )
-def test_pacing_a_scheduled_offer_uses_the_exact_share_of_its_scheduled_time(hours: list[str], zone: str, day: date,
-                                                                             at: datetime, expected: float) -> None:
+def test_pacing_a_scheduled_offer_uses_the_exact_share_of_its_scheduled_time(
+    hours: list[str], zone: str, day: date, at: datetime, expected: float
+) -> None:
     schedule = Schedule(days=["mon", "tue", "wed", "thu", "fri", "sun"], hours=hours)
     assert schedule.day_fraction(local_day(ZoneInfo(zone), day), at.timestamp()) == pytest.approx(expected, abs=1e-12)
 
@@ -360,26 +392,40 @@ def test_hourly_counters_stored_before_the_upgrade_keep_their_meaning(database_u
         conn.exec_driver_sql(
             "INSERT INTO offer_counters (offer_id, kind, hour, count) VALUES "
             f"('alpha', 'decided', 0, 5), ('alpha', 'decided', {hour - 13}, 3), ('alpha', 'decided', {hour - 1}, 2), "
-            f"('alpha', 'decided', {hour // 4}, 7)")  # an hour whose number is another's quarter: no collision
+            f"('alpha', 'decided', {hour // 4}, 7)"
+        )  # an hour whose number is another's quarter: no collision
     assert upgrade(engine) == ("0001", "0002")
     engine.dispose()
     engine = open_engine(database_url)
     rows = sorted(Store(engine).counter_rows())
-    assert rows == sorted([("alpha", "decided", 0, 5), ("alpha", "decided", 4 * (hour - 13), 3),
-                           ("alpha", "decided", 4 * (hour - 1), 2), ("alpha", "decided", 4 * (hour // 4), 7)])
+    assert rows == sorted(
+        [
+            ("alpha", "decided", 0, 5),
+            ("alpha", "decided", 4 * (hour - 13), 3),
+            ("alpha", "decided", 4 * (hour - 1), 2),
+            ("alpha", "decided", 4 * (hour // 4), 7),
+        ]
+    )
     counters = OfferCounters()
     counters.load(rows, recent_since=now.timestamp() - 48 * 3600)
     today = local_day(ZoneInfo("UTC"), now.date())
     assert counters.since("alpha", "decided", today.start) == 2  # 11:00 today, not 23:00 yesterday
     assert counters.total("alpha", "decided") == 17
     with engine.begin() as conn:  # and back: the quarters of each hour add up again
-        conn.exec_driver_sql("INSERT INTO offer_counters (offer_id, kind, quarter, count) "
-                             f"VALUES ('alpha', 'decided', {4 * (hour - 1) + 3}, 4)")
+        conn.exec_driver_sql(
+            f"INSERT INTO offer_counters (offer_id, kind, quarter, count) VALUES ('alpha', 'decided', {4 * (hour - 1) + 3}, 4)"
+        )
         command.downgrade(_config(conn), "0001")
     with engine.connect() as conn:
         back = sorted(tuple(r) for r in conn.exec_driver_sql("SELECT offer_id, kind, hour, count FROM offer_counters"))
-    assert back == sorted([("alpha", "decided", 0, 5), ("alpha", "decided", hour - 13, 3), ("alpha", "decided", hour - 1, 6),
-                           ("alpha", "decided", hour // 4, 7)])
+    assert back == sorted(
+        [
+            ("alpha", "decided", 0, 5),
+            ("alpha", "decided", hour - 13, 3),
+            ("alpha", "decided", hour - 1, 6),
+            ("alpha", "decided", hour // 4, 7),
+        ]
+    )
     engine.dispose()
 
 

@@ -11,8 +11,17 @@ from grpc_status import rpc_status
 from nba.service.context import MAX_CONTEXT_BYTES, MAX_CONTEXT_DEPTH, MAX_CONTEXT_LEAVES
 from nba.v1 import decision_service_pb2 as pb
 
-WEB_ELIGIBLE = {"gold-card", "travel-insurance", "savings-account", "home-insurance", "mobile-bundle", "order-status",
-                "premium-subscription", "paperless-billing", "loyalty-bonus-points"}
+WEB_ELIGIBLE = {
+    "gold-card",
+    "travel-insurance",
+    "savings-account",
+    "home-insurance",
+    "mobile-bundle",
+    "order-status",
+    "premium-subscription",
+    "paperless-billing",
+    "loyalty-bonus-points",
+}
 
 
 def decide(server: Running, **fields) -> pb.DecideResponse:
@@ -58,8 +67,12 @@ def test_every_candidate_is_logged_with_eligibility_reason_and_probability(serve
     by_id = {c["offer_id"]: c for c in record.candidate_list()}
     web_offers = {o.id for o in server.service.policy_set.by_channel["web"]}
     assert set(by_id) == web_offers
-    assert by_id["gold-card"] == {"offer_id": "gold-card", "eligible": False, "reason": "eligibility",
-                                  "policy": "no-marketing-to-fraud-risk"}
+    assert by_id["gold-card"] == {
+        "offer_id": "gold-card",
+        "eligible": False,
+        "reason": "eligibility",
+        "policy": "no-marketing-to-fraud-risk",
+    }
     assert by_id["security-check"]["eligible"] is True
     # Propensities of the first slot form a distribution over the eligible offers.
     eligible = [c for c in record.candidate_list() if c["eligible"]]
@@ -87,8 +100,14 @@ def test_fallback_when_nothing_else_is_eligible(server: Running) -> None:
     assert [(o.offer_id, o.fallback, o.propensity) for o in response.offers] == [("help-centre", True, 1.0)]
     record = logged(server, response.decision_id)
     assert not any(c["eligible"] for c in record.candidate_list() if not c.get("fallback"))
-    assert record.candidate_list()[-1] == {"offer_id": "help-centre", "eligible": True, "fallback": True,
-                                     "slot": 1, "propensity": 1.0, "probability": 1.0}
+    assert record.candidate_list()[-1] == {
+        "offer_id": "help-centre",
+        "eligible": True,
+        "fallback": True,
+        "slot": 1,
+        "propensity": 1.0,
+        "probability": 1.0,
+    }
 
 
 def test_the_same_request_id_returns_the_same_decision(server: Running) -> None:
@@ -150,8 +169,11 @@ def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
         ({"channel": ""}, "channel", "channel: empty is not one of"),
         ({"limit": -1}, "limit", "limit: must be 0 or more"),
         ({"context": {"blob": "x" * (MAX_CONTEXT_BYTES + 1)}}, "context", f"more than the limit of {MAX_CONTEXT_BYTES}"),
-        ({"context": deep(MAX_CONTEXT_DEPTH + 1)}, "context" + ".n" * MAX_CONTEXT_DEPTH + ".leaf",
-         f"nested deeper than {MAX_CONTEXT_DEPTH} levels"),
+        (
+            {"context": deep(MAX_CONTEXT_DEPTH + 1)},
+            "context" + ".n" * MAX_CONTEXT_DEPTH + ".leaf",
+            f"nested deeper than {MAX_CONTEXT_DEPTH} levels",
+        ),
         ({"context": {"xs": list(range(MAX_CONTEXT_LEAVES + 1))}}, "context", f"more than {MAX_CONTEXT_LEAVES} values"),
         ({"context": {"customer": {"a.b": 1}}}, "context.customer", "context.customer: key 'a.b' contains '.'"),
         ({"request_id": "r" * 300}, "request_id", "request_id: longer than 256"),

@@ -37,8 +37,7 @@ def store(request: pytest.FixtureRequest) -> Iterator[Reservations]:
         client.close()
 
 
-def window(key: str, limit: int, now: float, seconds: float = 60, known: tuple[float, ...] = (),
-           check: bool = True) -> Claim:
+def window(key: str, limit: int, now: float, seconds: float = 60, known: tuple[float, ...] = (), check: bool = True) -> Claim:
     return Claim(key, limit, "window", now + seconds, known, check)
 
 
@@ -159,8 +158,9 @@ def race(stubs: list[pb_grpc.DecisionServiceStub], calls: int, customer_id: str 
     def one(i: int) -> None:
         context = struct({"customer": {"age": 30, "segment": "a", "risk": False}})
         barrier.wait()
-        reply = stubs[i % len(stubs)].Decide(pb.DecideRequest(customer_id=customer_id or f"c-{i}", channel="web",
-                                                              context=context, limit=3))
+        reply = stubs[i % len(stubs)].Decide(
+            pb.DecideRequest(customer_id=customer_id or f"c-{i}", channel="web", context=context, limit=3)
+        )
         with lock:
             answered.update(o.offer_id for o in reply.offers)
 
@@ -186,8 +186,9 @@ def test_replicas_on_redis_hold_caps_and_budgets_counting_decisions_together(tmp
     with ExitStack() as stack:
         url = stack.enter_context(postgres_schema())
         stream = stack.enter_context(redis_stream())
-        processes = start_replicas(tmp_path, url, NBA_BUS=REDIS, NBA_BUS_STREAM=stream,
-                                   NBA_POLICIES=str(policy_dir(tmp_path, CAPPED)))
+        processes = start_replicas(
+            tmp_path, url, NBA_BUS=REDIS, NBA_BUS_STREAM=stream, NBA_POLICIES=str(policy_dir(tmp_path, CAPPED))
+        )
         try:
             stubs = [pb_grpc.DecisionServiceStub(p.channel) for p in processes]
             same = race(stubs, 24, customer_id="one")
@@ -217,8 +218,15 @@ def test_a_cap_shared_by_the_answer_is_cut_in_one_pass(start, tmp_path: Path) ->
     (folder / "more.yaml").write_text("offers:\n" + MANY)
     server = start(policies=folder)
     refused = metrics.RESERVATIONS.labels("refused")._value.get()
-    reply = server.stub.Decide(pb.DecideRequest(customer_id="new", channel="web", limit=3, explain=True,
-                                                context=struct({"customer": {"age": 30, "segment": "a", "risk": False}})))
+    reply = server.stub.Decide(
+        pb.DecideRequest(
+            customer_id="new",
+            channel="web",
+            limit=3,
+            explain=True,
+            context=struct({"customer": {"age": 30, "segment": "a", "risk": False}}),
+        )
+    )
     assert len(reply.offers) == 2 and not any(o.fallback for o in reply.offers)
     assert metrics.RESERVATIONS.labels("refused")._value.get() == refused
     assert not any("concurrent" in e.detail for e in reply.explanation.offers)
@@ -256,8 +264,7 @@ def test_contacts_a_cap_does_not_hold_still_count_towards_it(start, tmp_path: Pa
         else:
             url = stack.enter_context(postgres_schema())
             stream = stack.enter_context(redis_stream())
-            processes = start_replicas(tmp_path, url, n=2, NBA_BUS=REDIS, NBA_BUS_STREAM=stream,
-                                       NBA_POLICIES=str(folder))
+            processes = start_replicas(tmp_path, url, n=2, NBA_BUS=REDIS, NBA_BUS_STREAM=stream, NBA_POLICIES=str(folder))
             stack.callback(lambda: [p.stop() for p in processes])
             stubs = [pb_grpc.DecisionServiceStub(p.channel) for p in processes]
         web = stubs[0].Decide(pb.DecideRequest(customer_id="c", channel="web", context=context))
@@ -267,18 +274,30 @@ def test_contacts_a_cap_does_not_hold_still_count_towards_it(start, tmp_path: Pa
 
 
 def test_units_of_a_decision_that_fails_to_be_made_durable_are_given_back(start, tmp_path: Path) -> None:
-    server = start(durable_decisions=True, policies=policy_dir(tmp_path, """
+    server = start(
+        durable_decisions=True,
+        policies=policy_dir(
+            tmp_path,
+            """
         - id: two-alphas
           type: budget
           applies_to: {offers: [alpha]}
           max: 2
           counts: decided
           period: total
-    """))
+    """,
+        ),
+    )
 
     def alpha(customer_id: str) -> bool:
-        reply = server.stub.Decide(pb.DecideRequest(customer_id=customer_id, channel="web", limit=3,
-                                                    context=struct({"customer": {"age": 30, "segment": "a", "risk": False}})))
+        reply = server.stub.Decide(
+            pb.DecideRequest(
+                customer_id=customer_id,
+                channel="web",
+                limit=3,
+                context=struct({"customer": {"age": 30, "segment": "a", "risk": False}}),
+            )
+        )
         return "alpha" in {o.offer_id for o in reply.offers}
 
     assert alpha("c")  # one unit of two
@@ -306,8 +325,15 @@ ONE_ALPHA = """
 
 
 def _alpha(server, customer_id: str, request_id: str = "") -> bool:
-    reply = server.stub.Decide(pb.DecideRequest(customer_id=customer_id, channel="web", limit=3, request_id=request_id,
-                                                context=struct({"customer": {"age": 30, "segment": "a", "risk": False}})))
+    reply = server.stub.Decide(
+        pb.DecideRequest(
+            customer_id=customer_id,
+            channel="web",
+            limit=3,
+            request_id=request_id,
+            context=struct({"customer": {"age": 30, "segment": "a", "risk": False}}),
+        )
+    )
     return "alpha" in {o.offer_id for o in reply.offers}
 
 

@@ -51,8 +51,7 @@ def policy_set() -> PolicySet:
     return parse_policy_set(FILES, NOW)
 
 
-def verdicts(features: dict[str, object], events: list[ContactEvent] | None = None,
-             channel: str = "web") -> dict[str, Verdict]:
+def verdicts(features: dict[str, object], events: list[ContactEvent] | None = None, channel: str = "web") -> dict[str, Verdict]:
     ps = policy_set()
     summary = ContactSummary(events or [], NOW.timestamp(), channel, ps.cap_windows) if events is not None else None
     screening = screen(ps, channel, features, "c-1", NOW, summary)
@@ -79,7 +78,9 @@ def test_a_rule_filters_with_the_policy_that_says_so() -> None:
     assert young["silver"].eligible
     fraud = verdicts({"customer.age": 40.0, "customer.flags.fraud_risk": True})
     assert {(o, fraud[o].reason, fraud[o].policy) for o in ("gold", "silver")} == {
-        ("gold", "eligibility", "no-fraud"), ("silver", "eligibility", "no-fraud")}
+        ("gold", "eligibility", "no-fraud"),
+        ("silver", "eligibility", "no-fraud"),
+    }
 
 
 def test_contact_caps_and_suppressions_read_the_contact_summary() -> None:

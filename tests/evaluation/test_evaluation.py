@@ -17,13 +17,25 @@ from nba.evaluation.targets import Logged, TargetPolicy, Uniform, parse_target
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-def logged(chosen: str, probabilities: dict[str, float], reward: float, features: dict | None = None,
-           slots: list[tuple[str, float]] | None = None, rewards: dict[str, float] | None = None) -> LoggedDecision:
+def logged(
+    chosen: str,
+    probabilities: dict[str, float],
+    reward: float,
+    features: dict | None = None,
+    slots: list[tuple[str, float]] | None = None,
+    rewards: dict[str, float] | None = None,
+) -> LoggedDecision:
     eligible = list(probabilities)
     return LoggedDecision(
-        decision_id=f"d{id(probabilities)}", decided_at=T0, channel="web", customer_id="c",
-        features=features or {}, eligible=eligible, probabilities=np.array([probabilities[a] for a in eligible]),
-        multipliers=np.ones(len(eligible)), slots=slots or [(chosen, probabilities[chosen])],
+        decision_id=f"d{id(probabilities)}",
+        decided_at=T0,
+        channel="web",
+        customer_id="c",
+        features=features or {},
+        eligible=eligible,
+        probabilities=np.array([probabilities[a] for a in eligible]),
+        multipliers=np.ones(len(eligible)),
+        slots=slots or [(chosen, probabilities[chosen])],
         rewards=rewards or {chosen: reward},
     )
 
@@ -114,8 +126,15 @@ def test_position_wise_ips_is_unbiased_for_a_slate_policy() -> None:
         first = str(rng.choice(["a", "b", "c"]))
         second = str(rng.choice([x for x in "abc" if x != first]))
         rewards = {o: float(o == "a") for o in (first, second)}
-        decisions.append(logged(first, {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, rewards[first],
-                                slots=[(first, 1 / 3), (second, 0.5)], rewards=rewards))
+        decisions.append(
+            logged(
+                first,
+                {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3},
+                rewards[first],
+                slots=[(first, 1 / 3), (second, 0.5)],
+                rewards=rewards,
+            )
+        )
     e = next(e for e in evaluate(decisions, [Slate()], n_bootstrap=100) if e.estimator == "ips-slots")
     assert e.low <= 1.0 <= e.high
 
@@ -158,10 +177,19 @@ def test_intervals_cover_the_true_value_at_about_the_stated_rate() -> None:
 def test_jsonl_in_the_minimal_format(tmp_path: Path) -> None:
     path = tmp_path / "log.jsonl"
     lines = [
-        {"context": {"customer": {"age": 30}}, "candidates": [{"offer_id": "a", "probability": 0.7}, {"offer_id": "b", "probability": 0.3}],
-         "chosen": "a", "propensity": 0.7, "reward": 1},
-        {"features": {"customer.age": 40}, "candidates": [{"offer_id": "a", "probability": 0.5}, {"offer_id": "b", "probability": 0.5}],
-         "offers": [{"offer_id": "b", "slot": 1, "propensity": 0.5}], "rewards": {}},
+        {
+            "context": {"customer": {"age": 30}},
+            "candidates": [{"offer_id": "a", "probability": 0.7}, {"offer_id": "b", "probability": 0.3}],
+            "chosen": "a",
+            "propensity": 0.7,
+            "reward": 1,
+        },
+        {
+            "features": {"customer.age": 40},
+            "candidates": [{"offer_id": "a", "probability": 0.5}, {"offer_id": "b", "probability": 0.5}],
+            "offers": [{"offer_id": "b", "slot": 1, "propensity": 0.5}],
+            "rewards": {},
+        },
     ]
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     decisions = from_jsonl(path, default_reward=0.0)
@@ -169,15 +197,26 @@ def test_jsonl_in_the_minimal_format(tmp_path: Path) -> None:
     assert decisions[0].features == {"customer.age": 30}
 
 
-MINIMAL = {"context": {"customer": {"age": 34}}, "candidates": [{"offer_id": "a", "probability": 0.7},
-           {"offer_id": "b", "probability": 0.3}], "chosen": "a", "propensity": 0.7, "reward": 1.0,
-           "decided_at": "2026-11-23T10:00:00Z", "channel": "web"}
-SLATE = {"features": {"customer.age": 34.0}, "candidates": [
-    {"offer_id": "a", "eligible": True, "probability": 0.5, "value": 2.0, "lever": 1.0, "weight": 1.0},
-    {"offer_id": "b", "eligible": True, "probability": 0.5},
-    {"offer_id": "x", "eligible": False, "reason": "eligibility", "policy": "adults"}],
+MINIMAL = {
+    "context": {"customer": {"age": 34}},
+    "candidates": [{"offer_id": "a", "probability": 0.7}, {"offer_id": "b", "probability": 0.3}],
+    "chosen": "a",
+    "propensity": 0.7,
+    "reward": 1.0,
+    "decided_at": "2026-11-23T10:00:00Z",
+    "channel": "web",
+}
+SLATE = {
+    "features": {"customer.age": 34.0},
+    "candidates": [
+        {"offer_id": "a", "eligible": True, "probability": 0.5, "value": 2.0, "lever": 1.0, "weight": 1.0},
+        {"offer_id": "b", "eligible": True, "probability": 0.5},
+        {"offer_id": "x", "eligible": False, "reason": "eligibility", "policy": "adults"},
+    ],
     "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.5}, {"offer_id": "b", "slot": 2, "propensity": 1.0}],
-    "rewards": {"a": 1.0}, "closed": True}
+    "rewards": {"a": 1.0},
+    "closed": True,
+}
 
 
 def without(line: dict, *keys: str) -> dict:
@@ -200,7 +239,10 @@ INVALID = [
     (without(MINIMAL, "reward"), "reward: required"),
     ({**MINIMAL, "reward": None}, "reward: required"),
     ({**MINIMAL, "candidates": candidates(("a", 0.7), ("a", 0.3))}, "candidates: offer 'a' is listed twice"),
-    ({**MINIMAL, "candidates": candidates(("a", 0.0), ("b", 1.0))}, "chosen: offer 'a' was chosen, but its candidate probability is 0"),
+    (
+        {**MINIMAL, "candidates": candidates(("a", 0.0), ("b", 1.0))},
+        "chosen: offer 'a' was chosen, but its candidate probability is 0",
+    ),
     ({**MINIMAL, "propensity": True}, "propensity: must be a number"),
     ({**MINIMAL, "propensity": 0}, "propensity: must be in (0, 1]"),
     ({**MINIMAL, "propensity": 1.5}, "propensity: must be in (0, 1]"),
@@ -211,52 +253,103 @@ INVALID = [
     ({**MINIMAL, "chosen": 7}, "chosen: must be a string"),
     ({**MINIMAL, "chosen": ""}, "chosen: String should have at least 1 character"),
     ({**MINIMAL, "chosen": "z"}, "chosen: offer 'z' is not among the eligible candidates"),
-    ({**MINIMAL, "candidates": [{"probability": 0.7}, {"offer_id": "b", "probability": 0.3}]}, "candidates[0].offer_id: required"),
+    (
+        {**MINIMAL, "candidates": [{"probability": 0.7}, {"offer_id": "b", "probability": 0.3}]},
+        "candidates[0].offer_id: required",
+    ),
     ({**MINIMAL, "candidates": [{"offer_id": 1, "probability": 0.7}]}, "candidates[0].offer_id: must be a string"),
     ({**MINIMAL, "candidates": [{"offer_id": "a"}, {"offer_id": "b", "probability": 1}]}, "candidates[0].probability: required"),
     ({**MINIMAL, "candidates": candidates(("a", 0.7), ("b", -0.3))}, "candidates[1].probability: must be in [0, 1]"),
-    ({**MINIMAL, "candidates": candidates(("a", 0.7), ("b", float("nan")))}, "candidates[1].probability: must be a finite number"),
+    (
+        {**MINIMAL, "candidates": candidates(("a", 0.7), ("b", float("nan")))},
+        "candidates[1].probability: must be a finite number",
+    ),
     ({**MINIMAL, "candidates": candidates(("a", 0.7))}, "probabilities sum to 0.700000, not 1"),
     ({**MINIMAL, "candidates": []}, "candidates: required"),
     (without(MINIMAL, "candidates"), "candidates: required"),
     ({**MINIMAL, "candidates": "a,b"}, "candidates: must be a list"),
-    ({**MINIMAL, "candidates": [{"offer_id": "a", "probability": 0.7, "eligible": False}, {"offer_id": "b", "probability": 1.0}]},
-     "chosen: offer 'a' is not among the eligible candidates"),
-    ({**MINIMAL, "candidates": [{"offer_id": "a", "probability": 0.7, "eligible": "yes"}]}, "candidates[0].eligible: must be true or false"),
-    ({**MINIMAL, "candidates": [{"offer_id": "a", "probability": 0.7, "value": float("inf")}]}, "candidates[0].value: must be a finite number"),
+    (
+        {
+            **MINIMAL,
+            "candidates": [{"offer_id": "a", "probability": 0.7, "eligible": False}, {"offer_id": "b", "probability": 1.0}],
+        },
+        "chosen: offer 'a' is not among the eligible candidates",
+    ),
+    (
+        {**MINIMAL, "candidates": [{"offer_id": "a", "probability": 0.7, "eligible": "yes"}]},
+        "candidates[0].eligible: must be true or false",
+    ),
+    (
+        {**MINIMAL, "candidates": [{"offer_id": "a", "probability": 0.7, "value": float("inf")}]},
+        "candidates[0].value: must be a finite number",
+    ),
     ({**MINIMAL, "rewrad": 1}, "rewrad: unknown field"),
     ({**MINIMAL, "candidates": [{"offer_id": "a", "probabilty": 1.0}]}, "candidates[0].probabilty: unknown field"),
     (without(MINIMAL, "context"), "features: give the context as 'features' (flattened) or 'context' (nested)"),
-    ({**MINIMAL, "features": {"customer.age": 34}}, "give the context as 'features' (flattened) or 'context' (nested), one of them"),
+    (
+        {**MINIMAL, "features": {"customer.age": 34}},
+        "give the context as 'features' (flattened) or 'context' (nested), one of them",
+    ),
     ({**MINIMAL, "context": {"customer": {"age": float("nan")}}}, "context.customer.age: nan is not a finite number"),
     ({**MINIMAL, "context": "customer"}, "context: must be an object"),
-    ({**MINIMAL, "context": {"customer": {"age": 10**400}}}, "context.customer.age: an integer of 401 digits is not a finite number"),
-    ({**MINIMAL, "context": {"customer": {"ltv": [1.0, 1e200]}}}, "context.customer.ltv[1]: 1e+200 is not a finite number within ±2^53"),
+    (
+        {**MINIMAL, "context": {"customer": {"age": 10**400}}},
+        "context.customer.age: an integer of 401 digits is not a finite number",
+    ),
+    (
+        {**MINIMAL, "context": {"customer": {"ltv": [1.0, 1e200]}}},
+        "context.customer.ltv[1]: 1e+200 is not a finite number within ±2^53",
+    ),
     ({**MINIMAL, "decided_at": "yesterday"}, "decided_at: 'yesterday' is not an ISO 8601 time"),
     ({**MINIMAL, "decided_at": 1732356000}, "decided_at: must be a string"),
     ({**MINIMAL, "channel": 3}, "channel: must be a string"),
     ({**MINIMAL, "closed": "no"}, "closed: must be true or false"),
     ({**MINIMAL, "rewards": {"a": 1.0}}, "reward: give 'reward' (of the first slot) or 'rewards' (per offer), not both"),
-    ({**MINIMAL, "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.7}]}, "chosen: give 'chosen' and 'propensity', or 'offers', not both"),
-    ({**SLATE, "offers": [{"offer_id": "a", "slot": "one", "propensity": 0.5}]}, "offers[0].slot: must be a whole number, got 'one'"),
+    (
+        {**MINIMAL, "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.7}]},
+        "chosen: give 'chosen' and 'propensity', or 'offers', not both",
+    ),
+    (
+        {**SLATE, "offers": [{"offer_id": "a", "slot": "one", "propensity": 0.5}]},
+        "offers[0].slot: must be a whole number, got 'one'",
+    ),
     ({**SLATE, "offers": [{"offer_id": "a", "slot": 1.0, "propensity": 0.5}]}, "offers[0].slot: must be a whole number"),
     ({**SLATE, "offers": [{"offer_id": "a", "slot": 0, "propensity": 0.5}]}, "offers[0].slot: must be 1 or more"),
-    ({**SLATE, "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.5}, {"offer_id": "b", "slot": 3, "propensity": 1.0}]},
-     "offers: slots must be 1, 2, ... without gaps or repeats"),
-    ({**SLATE, "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.5}, {"offer_id": "a", "slot": 2, "propensity": 1.0}]},
-     "offers: offer 'a' is answered twice"),
+    (
+        {**SLATE, "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.5}, {"offer_id": "b", "slot": 3, "propensity": 1.0}]},
+        "offers: slots must be 1, 2, ... without gaps or repeats",
+    ),
+    (
+        {**SLATE, "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.5}, {"offer_id": "a", "slot": 2, "propensity": 1.0}]},
+        "offers: offer 'a' is answered twice",
+    ),
     ({**SLATE, "offers": [{"slot": 1, "propensity": 0.5}]}, "offers[0].offer_id: required"),
-    ({**SLATE, "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.9}]}, "offers[slot 1].propensity: 0.9 differs from the first-slot probability 0.5"),
-    ({**SLATE, "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.5}, {"offer_id": "x", "slot": 2, "propensity": 1.0}]},
-     "offers[slot 2]: offer 'x' is not among the eligible candidates"),
+    (
+        {**SLATE, "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.9}]},
+        "offers[slot 1].propensity: 0.9 differs from the first-slot probability 0.5",
+    ),
+    (
+        {**SLATE, "offers": [{"offer_id": "a", "slot": 1, "propensity": 0.5}, {"offer_id": "x", "slot": 2, "propensity": 1.0}]},
+        "offers[slot 2]: offer 'x' is not among the eligible candidates",
+    ),
     ({**SLATE, "rewards": {"a": "1"}}, "rewards.a: must be a number"),
     ({**SLATE, "rewards": {"a": -2e6}}, "rewards.a: must be within ±1,000,000"),
     ({**SLATE, "rewards": {"z": 1.0}}, "rewards.z: a reward for an offer this decision did not answer"),
     ({**SLATE, "rewards": [1.0]}, "rewards: must be an object"),
-    ({**SLATE, "offers": [{"offer_id": "help", "slot": 1, "propensity": 0.5, "fallback": True}]},
-     "offers: the channel's fallback is answered alone, with propensity 1"),
-    ({**SLATE, "candidates": [{"offer_id": "a", "probability": 0.5, "slot": 1, "propensity": 0.4}, {"offer_id": "b", "probability": 0.5}]},
-     "candidates[0].propensity: 0.4 differs from the answered offer's propensity 0.5"),
+    (
+        {**SLATE, "offers": [{"offer_id": "help", "slot": 1, "propensity": 0.5, "fallback": True}]},
+        "offers: the channel's fallback is answered alone, with propensity 1",
+    ),
+    (
+        {
+            **SLATE,
+            "candidates": [
+                {"offer_id": "a", "probability": 0.5, "slot": 1, "propensity": 0.4},
+                {"offer_id": "b", "probability": 0.5},
+            ],
+        },
+        "candidates[0].propensity: 0.4 differs from the answered offer's propensity 0.5",
+    ),
     ([MINIMAL], "expected a JSON object, got list"),
     ("a line", "expected a JSON object, got str"),
 ]
@@ -272,12 +365,15 @@ def test_every_line_that_breaks_the_contract_is_refused_naming_line_and_field(tm
     assert message in str(raised.value)
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "line 1: not UTF-8 text"),
-    (b'{"features": {}, ', "line 1: not JSON: Expecting property name enclosed in double quotes"),
-    (b"[" * 100_000 + b"]" * 100_000, "line 1: nested too deeply"),
-    (json.dumps(MINIMAL).encode() + b"\n" + b"{\"context\": " + b'{"a": ' * 40 + b"1" + b"}" * 41, "line 2: context.a.a"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "line 1: not UTF-8 text"),
+        (b'{"features": {}, ', "line 1: not JSON: Expecting property name enclosed in double quotes"),
+        (b"[" * 100_000 + b"]" * 100_000, "line 1: nested too deeply"),
+        (json.dumps(MINIMAL).encode() + b"\n" + b'{"context": ' + b'{"a": ' * 40 + b"1" + b"}" * 41, "line 2: context.a.a"),
+    ],
+)
 def test_files_that_are_not_json_lines_are_refused_by_line(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "log.jsonl"
     path.write_bytes(content)
@@ -287,8 +383,13 @@ def test_files_that_are_not_json_lines_are_refused_by_line(tmp_path: Path, conte
 
 
 def test_valid_lines_of_both_formats_are_read_as_written(tmp_path: Path) -> None:
-    fallback = {"features": {}, "candidates": [{"offer_id": "help", "eligible": True, "fallback": True, "probability": 1.0}],
-                "offers": [{"offer_id": "help", "slot": 1, "propensity": 1.0, "fallback": True}], "rewards": {}, "closed": True}
+    fallback = {
+        "features": {},
+        "candidates": [{"offer_id": "help", "eligible": True, "fallback": True, "probability": 1.0}],
+        "offers": [{"offer_id": "help", "slot": 1, "propensity": 1.0, "fallback": True}],
+        "rewards": {},
+        "closed": True,
+    }
     still_open = {**without(MINIMAL, "reward"), "closed": False}
     path = tmp_path / "log.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in [MINIMAL, SLATE, fallback, still_open]) + "\n")

@@ -12,14 +12,19 @@ from nba.evaluation.sources import from_records
 from nba.evaluation.targets import TargetPolicy, Uniform
 
 
-def line(features: dict, offers: list[str], chosen: str, reward: float, offer_features: dict | None = None,
-         decision_id: str | None = None) -> dict:
+def line(
+    features: dict,
+    offers: list[str],
+    chosen: str,
+    reward: float,
+    offer_features: dict | None = None,
+    decision_id: str | None = None,
+) -> dict:
     candidates = [{"offer_id": a, "probability": 1 / len(offers)} for a in offers]
     for c in candidates:
         if offer_features and c["offer_id"] in offer_features:
             c["features"] = offer_features[c["offer_id"]]
-    out = {"features": features, "candidates": candidates, "chosen": chosen, "propensity": 1 / len(offers),
-           "reward": reward}
+    out = {"features": features, "candidates": candidates, "chosen": chosen, "propensity": 1 / len(offers), "reward": reward}
     if decision_id is not None:
         out["decision_id"] = decision_id
     return out
@@ -30,8 +35,13 @@ def uniform_log(n: int, offers: list[str], rate, rng: np.random.Generator, rewar
     ``rate(features, offer)`` the probability of a reward of 1 (or ``reward`` draws it)."""
     lines = []
     for i in range(n):
-        features = {"segment": str(rng.choice(["x", "y", "z"])), "age": float(rng.integers(18, 90)),
-                    "vip": bool(rng.random() < 0.2), "tags": ["t1"] if rng.random() < 0.5 else [], "id": f"c{i}"}
+        features = {
+            "segment": str(rng.choice(["x", "y", "z"])),
+            "age": float(rng.integers(18, 90)),
+            "vip": bool(rng.random() < 0.2),
+            "tags": ["t1"] if rng.random() < 0.5 else [],
+            "id": f"c{i}",
+        }
         chosen = str(rng.choice(offers))
         r = reward(features, chosen, rng) if reward else float(rng.random() < rate(features, chosen))
         lines.append(line(features, offers, chosen, r))
@@ -100,8 +110,9 @@ def test_a_decisions_prediction_does_not_depend_on_its_own_reward() -> None:
     np.testing.assert_array_equal(before.predict(j, d, offers), after.predict(j, changed[j], offers))
     # ...while the decisions of the other folds, whose models saw it, do move.
     others = [i for i in range(len(decisions)) if i % before.folds != j % before.folds]
-    moved = [i for i in others if not np.array_equal(before.predict(i, decisions[i], offers),
-                                                     after.predict(i, changed[i], offers))]
+    moved = [
+        i for i in others if not np.array_equal(before.predict(i, decisions[i], offers), after.predict(i, changed[i], offers))
+    ]
     assert len(moved) == len(others)
 
 
@@ -120,8 +131,7 @@ def test_offer_features_are_used() -> None:
             eligible = [str(a) for a in draw.choice(offers, size=6, replace=False)]
             chosen = str(draw.choice(eligible))
             r = float(draw.random() < 0.05 + 0.6 * price[chosen])
-            out.append(line({"segment": str(draw.choice(["x", "y"]))}, eligible, chosen, r,
-                            features if with_features else None))
+            out.append(line({"segment": str(draw.choice(["x", "y"]))}, eligible, chosen, r, features if with_features else None))
         return out
 
     cheapest_first = CheapestFirst(price)
@@ -205,8 +215,10 @@ def test_an_offer_the_log_never_showed_is_predicted_from_its_catalogue_features(
     truth = 0.05 + 0.6 * price["new"]
     with_catalogue = RewardModel(decisions, offers=catalogue)
     without = RewardModel(decisions)
-    dm = {name: values(evaluate(decisions, [Newcomer()], n_bootstrap=10, refits=3, reward_model=model))[("newcomer", "dm")]
-          for name, model in (("with", with_catalogue), ("without", without))}
+    dm = {
+        name: values(evaluate(decisions, [Newcomer()], n_bootstrap=10, refits=3, reward_model=model))[("newcomer", "dm")]
+        for name, model in (("with", with_catalogue), ("without", without))
+    }
     assert abs(dm["with"] - truth) < 0.1, dm
     assert abs(dm["without"] - truth) > 2 * abs(dm["with"] - truth), dm
     assert len(with_catalogue.predictions) == 1500 * 21  # every decision's newcomer added once
@@ -239,8 +251,9 @@ def test_dm_intervals_with_refits_cover_the_truth_at_about_the_stated_rate() -> 
         decisions, true_values = synthetic_log(400, rng)
         seed = int(rng.integers(1 << 30))
         for refits in covered:
-            for e in evaluate(decisions, [Uniform(), AlwaysOffer("a"), AlwaysOffer("c")], n_bootstrap=100, seed=seed,
-                              refits=refits):
+            for e in evaluate(
+                decisions, [Uniform(), AlwaysOffer("a"), AlwaysOffer("c")], n_bootstrap=100, seed=seed, refits=refits
+            ):
                 if e.estimator == "dm":
                     covered[refits].append(e.low <= true_values[e.policy] <= e.high)
     assert np.mean(covered[10]) >= 0.85, np.mean(covered[10])

@@ -14,8 +14,15 @@ from conftest import ROOT, Running
 
 
 def nba(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nba", *args], cwd=ROOT, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "nba", *args],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 @pytest.mark.slow
@@ -27,8 +34,22 @@ def test_evaluate_ranks_policies_by_their_true_value_on_a_simulated_log(start, t
     # intervals, and a test that drew a new log each time would miss now and then by design.
     server: Running = start(seed=11)
     out = tmp_path / "sim"
-    simulated = nba("simulate", "--address", f"127.0.0.1:{server.port}", "--decisions", "3000", "--block", "500",
-                    "--seed", "3", "--concurrency", "1", "--out", str(out), "--quiet")
+    simulated = nba(
+        "simulate",
+        "--address",
+        f"127.0.0.1:{server.port}",
+        "--decisions",
+        "3000",
+        "--block",
+        "500",
+        "--seed",
+        "3",
+        "--concurrency",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert simulated.returncode == 0, simulated.stderr
     assert (out / "learning_curve.png").stat().st_size > 10_000
     curve = (out / "curve.csv").read_text().splitlines()
@@ -40,11 +61,30 @@ def test_evaluate_ranks_policies_by_their_true_value_on_a_simulated_log(start, t
     server.service.log.flush()
 
     estimates_path = tmp_path / "estimates.json"
-    evaluated = nba("evaluate", "--database-url", server.service.settings.database_url, "--include-open",
-                    "--truth", str(out / "truth.json"), "--policy", "uniform",
-                    "--policy", "half-random=learner:epsilon=0.5", "--policy", "logged", "--policy", "popular",
-                    "--bootstrap", "300", "--refits", "5", "--json", str(estimates_path),
-                    "--html", str(tmp_path / "report.html"))
+    evaluated = nba(
+        "evaluate",
+        "--database-url",
+        server.service.settings.database_url,
+        "--include-open",
+        "--truth",
+        str(out / "truth.json"),
+        "--policy",
+        "uniform",
+        "--policy",
+        "half-random=learner:epsilon=0.5",
+        "--policy",
+        "logged",
+        "--policy",
+        "popular",
+        "--bootstrap",
+        "300",
+        "--refits",
+        "5",
+        "--json",
+        str(estimates_path),
+        "--html",
+        str(tmp_path / "report.html"),
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     assert "truth" in evaluated.stdout
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 2
@@ -91,8 +131,19 @@ def test_evaluate_ranks_policies_by_their_true_value_on_a_simulated_log(start, t
     # The README's walkthrough: `nba evaluate` right after `nba simulate`, every reward window
     # still open, evaluates them with a note rather than finding "no logged decisions".
     report = tmp_path / "walkthrough.html"
-    walkthrough = nba("evaluate", "--database-url", server.service.settings.database_url, "--policy", "logged",
-                      "--bootstrap", "20", "--truth", str(out / "truth.json"), "--html", str(report))
+    walkthrough = nba(
+        "evaluate",
+        "--database-url",
+        server.service.settings.database_url,
+        "--policy",
+        "logged",
+        "--bootstrap",
+        "20",
+        "--truth",
+        str(out / "truth.json"),
+        "--html",
+        str(report),
+    )
     assert walkthrough.returncode == 0, walkthrough.stderr
     assert "no decision's reward windows have closed yet: evaluating all 3000" in walkthrough.stderr
     assert "3000 decisions from" in walkthrough.stdout

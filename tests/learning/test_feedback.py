@@ -133,7 +133,9 @@ def test_an_event_id_reused_for_another_event_is_refused(server: Running) -> Non
 def test_unknown_decision_or_offer_is_not_found(server: Running) -> None:
     decision = decide(server, limit=1)
     with pytest.raises(grpc.RpcError) as raised:
-        server.stub.Feedback(pb.FeedbackRequest(event_id="e", decision_id="nope", offer_id="gold-card", outcome=pb.OUTCOME_CLICKED))
+        server.stub.Feedback(
+            pb.FeedbackRequest(event_id="e", decision_id="nope", offer_id="gold-card", outcome=pb.OUTCOME_CLICKED)
+        )
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     assert "decision_id: no decision 'nope'" in raised.value.details()
     other = next(o.id for o in server.service.policy_set.offers.values() if o.id != decision.offers[0].offer_id)
@@ -158,8 +160,12 @@ def test_unknown_decision_or_offer_is_not_found(server: Running) -> None:
 )
 def test_bad_feedback_gets_invalid_argument_naming_the_field(server: Running, fields, message: str) -> None:
     decision = decide(server)
-    request = {"event_id": "evt", "decision_id": decision.decision_id, "offer_id": decision.offers[0].offer_id,
-               "outcome": pb.OUTCOME_CLICKED}
+    request = {
+        "event_id": "evt",
+        "decision_id": decision.decision_id,
+        "offer_id": decision.offers[0].offer_id,
+        "outcome": pb.OUTCOME_CLICKED,
+    }
     request.update(fields)
     with pytest.raises(grpc.RpcError) as raised:
         server.stub.Feedback(pb.FeedbackRequest(**request))

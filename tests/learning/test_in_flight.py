@@ -51,8 +51,9 @@ def lookups(server: Running, decision_id: str) -> Iterator[list[str]]:
 
 
 def feedback(server: Running, decision_id: str, offer_id: str = "gold-card", event_id: str = "e-1") -> pb.FeedbackResponse:
-    return server.stub.Feedback(pb.FeedbackRequest(event_id=event_id, decision_id=decision_id, offer_id=offer_id,
-                                                   outcome=pb.OUTCOME_IMPRESSED))
+    return server.stub.Feedback(
+        pb.FeedbackRequest(event_id=event_id, decision_id=decision_id, offer_id=offer_id, outcome=pb.OUTCOME_IMPRESSED)
+    )
 
 
 def code_and_details(server: Running, decision_id: str) -> tuple[grpc.StatusCode, str]:
@@ -71,8 +72,7 @@ def test_a_decision_still_in_flight_is_unavailable_then_applied(replicas: tuple[
     # The database's write lock (SQLite's BEGIN IMMEDIATE, PostgreSQL's advisory lock) held
     # from outside: the first replica answers its decision and cannot write it yet.
     with slow.service.store.write():
-        decision = slow.stub.Decide(pb.DecideRequest(customer_id="c-1", channel="web",
-                                                     context=struct({"customer": customer()})))
+        decision = slow.stub.Decide(pb.DecideRequest(customer_id="c-1", channel="web", context=struct({"customer": customer()})))
         offer = decision.offers[0].offer_id
         with lookups(other, decision.decision_id) as seen:
             with pytest.raises(grpc.RpcError) as raised:

@@ -39,7 +39,9 @@ def run(server, rounds: int, rng: np.random.Generator, start: int) -> float:
         offer = decision.offers[0].offer_id
         accepted = rng.random() < TRUTH[segment][OFFERS.index(offer)]
         outcome = pb.OUTCOME_ACCEPTED if accepted else pb.OUTCOME_IMPRESSED
-        server.stub.Feedback(pb.FeedbackRequest(event_id=f"e-{i}", decision_id=decision.decision_id, offer_id=offer, outcome=outcome))
+        server.stub.Feedback(
+            pb.FeedbackRequest(event_id=f"e-{i}", decision_id=decision.decision_id, offer_id=offer, outcome=outcome)
+        )
         best += OFFERS.index(offer) == int(np.argmax(TRUTH[segment]))
     return best / rounds
 
@@ -71,8 +73,9 @@ def test_the_service_learns_each_segments_best_offer_and_keeps_it_across_a_resta
     assert after_restart > 0.65, f"share after restart {after_restart:.2f}"
 
 
-def play(server, truth: dict[str, list[float]], offers: list[str], rounds: int, rng: np.random.Generator,
-         start: int, run: str = "") -> list[tuple[str, str]]:
+def play(
+    server, truth: dict[str, list[float]], offers: list[str], rounds: int, rng: np.random.Generator, start: int, run: str = ""
+) -> list[tuple[str, str]]:
     """Plays ``rounds`` customers against ``truth`` (acceptance by segment and offer); returns
     each one's segment and the offer answered first."""
     shown = []
@@ -83,8 +86,9 @@ def play(server, truth: dict[str, list[float]], offers: list[str], rounds: int, 
         offer = decision.offers[0].offer_id
         accepted = rng.random() < truth[segment][offers.index(offer)]
         outcome = pb.OUTCOME_ACCEPTED if accepted else pb.OUTCOME_IMPRESSED
-        server.stub.Feedback(pb.FeedbackRequest(event_id=f"e{run}-{i}", decision_id=decision.decision_id, offer_id=offer,
-                                                outcome=outcome))
+        server.stub.Feedback(
+            pb.FeedbackRequest(event_id=f"e{run}-{i}", decision_id=decision.decision_id, offer_id=offer, outcome=outcome)
+        )
         shown.append((segment, offer))
     return shown
 
@@ -97,8 +101,11 @@ def test_with_its_defaults_the_service_follows_when_every_segments_best_offer_ch
     rng = np.random.default_rng(11)
     play(server, TRUTH, OFFERS, 1500, rng, 0)
     # Every segment's favourite now pays what another offer paid, and that one pays 0.30.
-    swapped = {"student": [0.05, 0.05, 0.05, 0.30, 0.08], "family": [0.30, 0.05, 0.05, 0.08, 0.05],
-               "retired": [0.05, 0.30, 0.05, 0.05, 0.08]}
+    swapped = {
+        "student": [0.05, 0.05, 0.05, 0.30, 0.08],
+        "family": [0.30, 0.05, 0.05, 0.08, 0.05],
+        "retired": [0.05, 0.30, 0.05, 0.05, 0.08],
+    }
     shown = play(server, swapped, OFFERS, 2000, rng, 1500)
     late = shown[1600:]
     share = np.mean([OFFERS.index(offer) == int(np.argmax(swapped[segment])) for segment, offer in late])
@@ -114,12 +121,16 @@ def test_offers_published_into_a_running_service_are_tried(start, tmp_path: Path
     from test_admin import publish
 
     old, new = OFFERS[:2], OFFERS[2:]
-    truth = {"student": [0.10, 0.05, 0.40, 0.08, 0.08], "family": [0.05, 0.10, 0.08, 0.40, 0.08],
-             "retired": [0.10, 0.05, 0.08, 0.08, 0.40]}
+    truth = {
+        "student": [0.10, 0.05, 0.40, 0.08, 0.08],
+        "family": [0.05, 0.10, 0.08, 0.40, 0.08],
+        "retired": [0.10, 0.05, 0.08, 0.08, 0.40],
+    }
 
     def text(offers: list[str]) -> str:
         return "channels: [web]\noffers:\n" + "".join(
-            f"  - {{id: {o}, name: Offer {o}, channels: [web], value: 10.0}}\n" for o in offers)
+            f"  - {{id: {o}, name: Offer {o}, channels: [web], value: 10.0}}\n" for o in offers
+        )
 
     for seed in (21,):
         directory = tmp_path / f"policies-{seed}"

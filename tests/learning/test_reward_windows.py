@@ -13,12 +13,17 @@ from nba.v1 import decision_service_pb2 as pb
 
 
 def decide(server: Running, limit: int = 2) -> pb.DecideResponse:
-    return server.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", context=struct({"customer": customer()}), limit=limit))
+    return server.stub.Decide(
+        pb.DecideRequest(customer_id="c", channel="web", context=struct({"customer": customer()}), limit=limit)
+    )
 
 
 def feedback(server: Running, decision: pb.DecideResponse, event_id: str, outcome: int, offer: int = 0) -> pb.FeedbackResponse:
-    return server.stub.Feedback(pb.FeedbackRequest(
-        event_id=event_id, decision_id=decision.decision_id, offer_id=decision.offers[offer].offer_id, outcome=outcome))
+    return server.stub.Feedback(
+        pb.FeedbackRequest(
+            event_id=event_id, decision_id=decision.decision_id, offer_id=decision.offers[offer].offer_id, outcome=outcome
+        )
+    )
 
 
 def rows(server: Running) -> list:
@@ -74,7 +79,10 @@ def test_feedback_after_its_window_is_stored_and_reported_but_not_learned(start)
     assert (accepted.late, accepted.applied, accepted.reward) == (False, True, 1.0)
     assert server.service.learning._learner.n_updates == 1
     assert [(r.outcome, r.late, r.applied) for r in rows(server)] == [
-        ("impressed", True, False), ("clicked", True, False), ("accepted", False, True)]
+        ("impressed", True, False),
+        ("clicked", True, False),
+        ("accepted", False, True),
+    ]
     assert feedback(server, decision, "e3", pb.OUTCOME_ACCEPTED).duplicate
 
 
@@ -108,8 +116,7 @@ def test_retention_deletes_old_closed_decisions_once_a_snapshot_holds_their_feed
     def stored(decision_id: str) -> tuple[bool, int]:
         server.service.log.flush()
         with server.service.engine.connect() as conn:
-            events = conn.execute(select(FeedbackRow.__table__).where(
-                FeedbackRow.__table__.c.decision_id == decision_id)).all()
+            events = conn.execute(select(FeedbackRow.__table__).where(FeedbackRow.__table__.c.decision_id == decision_id)).all()
         return server.service.store.find_decision(decision_id) is not None, len(events)
 
     decide(server)  # a log write: retention looks, but no snapshot holds the feedback yet

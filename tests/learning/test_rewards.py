@@ -26,14 +26,21 @@ from nba.v1 import decision_service_pb2 as pb
 
 
 def decide(server: Running, limit: int = 3, explain: bool = False) -> pb.DecideResponse:
-    return server.stub.Decide(pb.DecideRequest(customer_id="c-1", channel="web", limit=limit, explain=explain,
-                                               context=struct({"customer": customer()})))
+    return server.stub.Decide(
+        pb.DecideRequest(customer_id="c-1", channel="web", limit=limit, explain=explain, context=struct({"customer": customer()}))
+    )
 
 
 def tell(server: Running, decision: pb.DecideResponse, event_id: str, **fields: Any) -> pb.FeedbackResponse:
-    return server.stub.Feedback(pb.FeedbackRequest(event_id=event_id, decision_id=decision.decision_id,
-                                                   offer_id=decision.offers[0].offer_id,
-                                                   outcome=fields.pop("outcome", pb.OUTCOME_ACCEPTED), **fields))
+    return server.stub.Feedback(
+        pb.FeedbackRequest(
+            event_id=event_id,
+            decision_id=decision.decision_id,
+            offer_id=decision.offers[0].offer_id,
+            outcome=fields.pop("outcome", pb.OUTCOME_ACCEPTED),
+            **fields,
+        )
+    )
 
 
 def counter(name: str) -> float:
@@ -56,18 +63,31 @@ def stored_rewards(server: Running) -> list[float]:
         return [r.reward for r in conn.execute(select(FeedbackRow.__table__).order_by(FeedbackRow.__table__.c.id))]
 
 
-def add_old_event(server: Running, decision: pb.DecideResponse, event_id: str, reward: float,
-                  previous: float | None = None, stage: int = 4) -> None:
+def add_old_event(
+    server: Running, decision: pb.DecideResponse, event_id: str, reward: float, previous: float | None = None, stage: int = 4
+) -> None:
     """A feedback row as a version without reward bounds would have written it: in a write
     transaction, under the write lock every version takes (processes following the log rely
     on it: a row committed during another process's own write would be passed over)."""
     server.service.log.flush()
     now = datetime.now(UTC)
     with server.service.store.write() as conn:
-        conn.execute(FeedbackRow.__table__.insert().values(
-            event_id=event_id, decision_id=decision.decision_id, offer_id=decision.offers[0].offer_id,
-            outcome="accepted", reward=reward, stage=stage, applied=True, pair_reward=reward, previous_reward=previous,
-            late=False, occurred_at=now, received_at=now))
+        conn.execute(
+            FeedbackRow.__table__.insert().values(
+                event_id=event_id,
+                decision_id=decision.decision_id,
+                offer_id=decision.offers[0].offer_id,
+                outcome="accepted",
+                reward=reward,
+                stage=stage,
+                applied=True,
+                pair_reward=reward,
+                previous_reward=previous,
+                late=False,
+                occurred_at=now,
+                received_at=now,
+            )
+        )
 
 
 @pytest.mark.parametrize("reward", [1e308, -1e308, 1e6 + 1, -2e6, float("inf"), float("nan")])
@@ -206,8 +226,10 @@ def test_other_replicas_poisoned_events_are_skipped_on_the_redis_bus(start) -> N
         server.service.log.flush()
         features = server.service.log.get(decision.decision_id).features
         applied = server.service.learning.last_feedback_id
-        poisoned = [LearningEvent(applied + 1, features, decision.offers[0].offer_id, 1e308, None, time.time()),
-                    LearningEvent(applied + 2, features, decision.offers[0].offer_id, float("inf"), None, time.time())]
+        poisoned = [
+            LearningEvent(applied + 1, features, decision.offers[0].offer_id, 1e308, None, time.time()),
+            LearningEvent(applied + 2, features, decision.offers[0].offer_id, float("inf"), None, time.time()),
+        ]
         entry = BusEntry("an-older-replica", Span(applied, applied + 2, 0, 0), poisoned, [])
         skipped = counter("nba_learning_events_skipped_total")
         server.service.bus.client.xadd(stream, encode(entry))

@@ -26,8 +26,11 @@ def teach(server: Running, n: int, tag: str) -> list[dict]:
     """``n`` decisions with feedback; returns contexts to score the model on."""
     contexts = []
     for i in range(n):
-        ctx = {"customer": customer(age=20 + i % 50, value={"segment": ["gold", "silver"][i % 2], "clv": 50.0 * i,
-                                                             "monthly_spend": 100 + i})}
+        ctx = {
+            "customer": customer(
+                age=20 + i % 50, value={"segment": ["gold", "silver"][i % 2], "clv": 50.0 * i, "monthly_spend": 100 + i}
+            )
+        }
         decision = server.stub.Decide(pb.DecideRequest(customer_id=f"c-{i}", channel="web", context=struct(ctx), limit=2))
         feedback(server, decision, f"{tag}-{i}", pb.OUTCOME_ACCEPTED if i % 3 == 0 else pb.OUTCOME_IMPRESSED)
         contexts.append(server.service.log.get(decision.decision_id).features)
@@ -53,8 +56,7 @@ def test_a_snapshot_is_a_numpy_archive_named_by_its_format(start, database_url: 
     assert state.kind == "LinearBandit" and state.meta["n_updates"] == 6
 
 
-def test_a_pickled_snapshot_is_never_unpickled_and_the_model_is_replayed(start, database_url: str,
-                                                                         tmp_path: Path) -> None:
+def test_a_pickled_snapshot_is_never_unpickled_and_the_model_is_replayed(start, database_url: str, tmp_path: Path) -> None:
     server = start(snapshot_seconds=3600)
     probes = teach(server, 24, "e")
     before, version = scores(server, probes), server.service.learning.version

@@ -157,10 +157,17 @@ def test_the_table_bolds_the_best_learner_not_the_baseline() -> None:
     def result(learner: str, stream: str, reward: float, micros: float) -> Result:
         return Result(stream, learner, 100, 0, reward, 1.0, reward, micros, 0.1, 0.0, 0.2, 0.1, True)
 
-    results = [result("uniform random", "toy", 0.2, 10), result("a", "toy", 0.9, 50), result("b", "toy", 0.7, 40),
-               result("uniform random", "stationary", 0.2, 10), result("a", "stationary", 0.5, 50),
-               result("b", "stationary", 0.6, 40), result("uniform random", "delayed", 0.2, 10),
-               result("a", "delayed", 0.3, 50), result("b", "delayed", 0.55, 40)]
+    results = [
+        result("uniform random", "toy", 0.2, 10),
+        result("a", "toy", 0.9, 50),
+        result("b", "toy", 0.7, 40),
+        result("uniform random", "stationary", 0.2, 10),
+        result("a", "stationary", 0.5, 50),
+        result("b", "stationary", 0.6, 40),
+        result("uniform random", "delayed", 0.2, 10),
+        result("a", "delayed", 0.3, 50),
+        result("b", "delayed", 0.55, 40),
+    ]
     rows = {line.split(" | ")[0]: line for line in markdown(results, ["toy"]).splitlines()}
     assert "**0.900**" in rows["| a"] and "**0.600**" in rows["| b"]
     assert "**+0.050**" in rows["| b"] and "+0.200" in rows["| a"]  # the smaller delay cost
@@ -184,8 +191,7 @@ def test_vowpal_wabbit_is_read_right() -> None:
     # the pmf VW returns is in the order the arms were given, not in order of preference
     x = {f"f{j}": v for j, v in enumerate(data.X[np.argmax(data.means[:, 2])])}
     for order in (["0", "1", "2", "3"], ["2", "3", "0", "1"], ["3", "0", "1", "2"]):
-        pmf = vw.vw.predict(["shared |s " + " ".join(f"{k}:{v:.6g}" for k, v in x.items()),
-                             *(f"|a arm={a}" for a in order)])
+        pmf = vw.vw.predict(["shared |s " + " ".join(f"{k}:{v:.6g}" for k, v in x.items()), *(f"|a arm={a}" for a in order)])
         assert order[int(np.argmax(pmf))] == "2" and sum(pmf) == pytest.approx(1.0, abs=1e-5)
     assert DELAY == 500
 

@@ -13,8 +13,13 @@ from conftest import ROOT, need_postgres, need_redis
 def test_the_store_benchmark_runs_on_both_engines(tmp_path: Path) -> None:
     need_postgres()
     out = tmp_path / "bench_store.json"
-    done = subprocess.run([sys.executable, "loadtests/bench_store.py", "--decisions", "2000", "--slices", "2",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "loadtests/bench_store.py", "--decisions", "2000", "--slices", "2", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     results = {r["engine"]: r for r in json.loads(out.read_text())["results"]}
     assert set(results) == {"sqlite", "postgresql"}
@@ -29,8 +34,13 @@ def test_the_replica_benchmark_times_both_buses(tmp_path: Path) -> None:
     need_postgres()
     need_redis()
     out = tmp_path / "bench_replicas.json"
-    done = subprocess.run([sys.executable, "loadtests/bench_replicas.py", "--rounds", "10", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "loadtests/bench_replicas.py", "--rounds", "10", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())
     for bus in ("database", "redis"):

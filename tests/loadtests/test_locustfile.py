@@ -18,10 +18,30 @@ from nba.v1 import decision_service_pb2 as pb
 def locust(port: int, out: Path, seconds: int = 4, users: int = 4, exit_code: int = 0) -> dict[str, dict[str, str]]:
     env = {**os.environ, "NBA_LOAD_FEEDBACK": "1.0", "NBA_LOAD_CUSTOMERS": "50"}
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
-         "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{seconds}s",
-         "--host", f"127.0.0.1:{port}", "--csv", str(out / "run"), "--only-summary", "--loglevel", "WARNING"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            str(Path(sys.executable).parent / "locust"),
+            "-f",
+            str(ROOT / "loadtests" / "locustfile.py"),
+            "--headless",
+            "--users",
+            str(users),
+            "--spawn-rate",
+            str(users),
+            "--run-time",
+            f"{seconds}s",
+            "--host",
+            f"127.0.0.1:{port}",
+            "--csv",
+            str(out / "run"),
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == exit_code, done.stderr  # locust exits 1 when any request failed
     with (out / "run_stats.csv").open() as f:

@@ -77,23 +77,31 @@ def test_a_number_out_of_its_range_is_refused_naming_the_field(old: str, new: st
 def test_the_largest_numbers_allowed_give_finite_decisions_on_a_server(start, tmp_path: Path) -> None:
     folder = tmp_path / "policies"
     folder.mkdir()
-    text = (SET.replace("retention: {lever: 1.0}", f"retention: {{lever: {MAX_LEVER}}}")
-            .replace("value: 10, lever: 1.0", f"value: {MAX_VALUE:.1f}, lever: {MAX_LEVER}")
-            .replace("max: 3, window", f"max: {MAX_COUNT}, window")
-            .replace("ignored: 3,", f"ignored: {MAX_IGNORED},")
-            .replace("max: 100,", f"max: {MAX_COUNT},"))
+    text = (
+        SET.replace("retention: {lever: 1.0}", f"retention: {{lever: {MAX_LEVER}}}")
+        .replace("value: 10, lever: 1.0", f"value: {MAX_VALUE:.1f}, lever: {MAX_LEVER}")
+        .replace("max: 3, window", f"max: {MAX_COUNT}, window")
+        .replace("ignored: 3,", f"ignored: {MAX_IGNORED},")
+        .replace("max: 100,", f"max: {MAX_COUNT},")
+    )
     (folder / "set.yaml").write_text(text)
     server = start(policies=folder)
     for i in range(5):
-        response = server.stub.Decide(pb.DecideRequest(customer_id=f"c-{i}", channel="web", limit=1, explain=True,
-                                                       context=struct({"customer": {"age": 30}})))
+        response = server.stub.Decide(
+            pb.DecideRequest(
+                customer_id=f"c-{i}", channel="web", limit=1, explain=True, context=struct({"customer": {"age": 30}})
+            )
+        )
         assert [o.offer_id for o in response.offers] == ["alpha"]
         alpha = next(e for e in response.explanation.offers if e.offer_id == "alpha")
         assert alpha.lever == MAX_LEVER * MAX_LEVER
         assert all(math.isfinite(x) for x in (alpha.value, alpha.lever, alpha.weight, alpha.score, alpha.probability))
         assert all(math.isfinite(o.score) and math.isfinite(o.propensity) for o in response.offers)
-        server.stub.Feedback(pb.FeedbackRequest(event_id=f"e-{i}", decision_id=response.decision_id, offer_id="alpha",
-                                                outcome=pb.OUTCOME_IMPRESSED))
+        server.stub.Feedback(
+            pb.FeedbackRequest(
+                event_id=f"e-{i}", decision_id=response.decision_id, offer_id="alpha", outcome=pb.OUTCOME_IMPRESSED
+            )
+        )
 
 
 def test_validate_over_the_admin_api_refuses_a_huge_cap_as_invalid_argument(server: Running) -> None:
@@ -106,8 +114,10 @@ def test_validate_over_the_admin_api_refuses_a_huge_cap_as_invalid_argument(serv
 def test_an_offer_of_an_undeclared_group_is_an_error_when_groups_are_declared() -> None:
     text = SET.replace("group: retention, channels", "group: retension, channels")
     found = problems({"set.yaml": text})
-    assert any(p.startswith("set.yaml: offer 'alpha': field 'group': group 'retension' is not declared (groups: retention)")
-               for p in found), found
+    assert any(
+        p.startswith("set.yaml: offer 'alpha': field 'group': group 'retension' is not declared (groups: retention)")
+        for p in found
+    ), found
     # without a groups: section, groups are whatever offers name (lever 1)
     loose = parse_policy_set({"set.yaml": text.replace("groups:\n  retention: {lever: 1.0}\n", "")})
     assert loose.offers["alpha"].offer.group == "retension"
@@ -134,22 +144,35 @@ def test_a_file_that_is_not_utf8_or_a_directory_is_a_problem_naming_it(tmp_path:
         "nested.yaml: is a directory, not a file: policy files are the *.yaml files of the folder itself "
         "(rename the directory, or move its files up)",
     ]
-    done = subprocess.run([sys.executable, "-m", "nba", "policies", "validate", str(folder)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "nba", "policies", "validate", str(folder)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == EXIT_FAILED, done.stderr
     assert "latin1.yaml: line 2, column 6: byte 0xe9 is not UTF-8" in done.stderr
     assert "nested.yaml: is a directory" in done.stderr and "Traceback" not in done.stderr
     (folder / "nested.yaml").rmdir()
     (folder / "latin1.yaml").unlink()
     (folder / "bad_test.yaml").write_bytes(b"examples: []\n\xff\n")
-    done = subprocess.run([sys.executable, "-m", "nba", "policies", "test", str(folder)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "nba", "policies", "test", str(folder)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == EXIT_FAILED, done.stderr
     assert "bad_test.yaml: byte 13 (0xff) is not UTF-8 text" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_the_folder_watcher_counts_an_unreadable_file_once_and_publishes_the_next_good_change(
-        start, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    start, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = folder_with(tmp_path)
     server = start(policies=folder)
     publisher = server.service.publisher
@@ -160,7 +183,8 @@ def test_the_folder_watcher_counts_an_unreadable_file_once_and_publishes_the_nex
         assert publisher.check_folder() is False
     assert metrics.POLICY_RELOAD_FAILURES._value.get() == failures + 1
     assert [r.getMessage() for r in caplog.records if "cannot read the policies folder" in r.getMessage()] == [
-        "cannot read the policies folder; the live set is unchanged"]
+        "cannot read the policies folder; the live set is unchanged"
+    ]
     assert not any(r.exc_info for r in caplog.records)
     assert publisher.live.number == first
     (folder / "nested.yaml").rmdir()
@@ -195,14 +219,16 @@ def test_empty_or_malformed_schedule_hours_are_refused_with_a_clear_message(hour
 def test_hours_past_midnight_run_into_the_next_day_and_00_to_24_is_the_whole_day(start, tmp_path: Path) -> None:
     folder = tmp_path / "policies"
     folder.mkdir()
-    (folder / "set.yaml").write_text(textwrap.dedent("""\
+    (folder / "set.yaml").write_text(
+        textwrap.dedent("""\
         settings: {timezone: UTC}
         channels: [web]
         offers:
           - {id: late, name: Late, channels: [web], schedule: {days: [fri], hours: ["22:00-02:00"]}}
           - {id: always, name: Always, channels: [web], schedule: {days: [sat], hours: ["00:00-24:00"]}}
           - {id: help, name: Help, channels: [web], fallback: true, value: 0}
-    """))
+    """)
+    )
     clock = ManualClock(datetime(2026, 11, 27, 23, 0, tzinfo=UTC))  # a Friday, 23:00
     server = start(clock=clock, policies=folder)
 
@@ -226,19 +252,23 @@ def test_a_set_larger_than_the_supported_size_is_refused_saying_so() -> None:
 
     offers = "".join(f"  - {{id: o{i}, name: O, channels: [web]}}\n" for i in range(MAX_OFFERS + 1))
     found = problems({"set.yaml": "channels: [web]\noffers:\n" + offers})
-    assert found == [f"{MAX_OFFERS + 1} offers, more than the {MAX_OFFERS} a policy set may hold (validation, "
-                     "publish and Decide are measured up to that size; split the catalogue, or retire expired offers)"]
+    assert found == [
+        f"{MAX_OFFERS + 1} offers, more than the {MAX_OFFERS} a policy set may hold (validation, "
+        "publish and Decide are measured up to that size; split the catalogue, or retire expired offers)"
+    ]
 
 
 def test_an_example_contact_of_a_huge_age_is_refused_naming_the_field(tmp_path: Path) -> None:
     from nba.evaluation.examples import load_examples
 
-    (tmp_path / "a_test.yaml").write_text(textwrap.dedent("""\
+    (tmp_path / "a_test.yaml").write_text(
+        textwrap.dedent("""\
         examples:
           - name: old history
             channel: web
             history: [{offer: alpha, days_ago: 1.0e+308}]
-    """))
+    """)
+    )
     with pytest.raises(PolicySetError) as raised:
         load_examples(tmp_path)
     assert "days_ago" in raised.value.messages[0] and "less than or equal to 36500" in raised.value.messages[0]

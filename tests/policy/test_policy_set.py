@@ -88,28 +88,44 @@ OFFER = "offers:\n  - {id: gold-card, name: Gold, channels: [web], %s}\n"
 @pytest.mark.parametrize(
     ("files", "expected"),
     [
-        ({"a.yaml": HEADER + OFFER % "eligibility: 'customer.age >= && 1'"},
-         "a.yaml: offer 'gold-card': field 'eligibility': line 1, column 17: syntax error"),
-        ({"a.yaml": HEADER + OFFER % "eligibility: 'custmer.age > 3'"},
-         "a.yaml: offer 'gold-card': field 'eligibility': line 1, column 1: unknown variable 'custmer'"),
-        ({"a.yaml": HEADER + OFFER % "eligibilty: 'true'"},
-         "a.yaml: offer 'gold-card': field 'eligibilty': unknown field"),
-        ({"a.yaml": HEADER + OFFER % "value: -3"},
-         "a.yaml: offer 'gold-card': field 'value': Input should be greater than or equal to 0"),
+        (
+            {"a.yaml": HEADER + OFFER % "eligibility: 'customer.age >= && 1'"},
+            "a.yaml: offer 'gold-card': field 'eligibility': line 1, column 17: syntax error",
+        ),
+        (
+            {"a.yaml": HEADER + OFFER % "eligibility: 'custmer.age > 3'"},
+            "a.yaml: offer 'gold-card': field 'eligibility': line 1, column 1: unknown variable 'custmer'",
+        ),
+        ({"a.yaml": HEADER + OFFER % "eligibilty: 'true'"}, "a.yaml: offer 'gold-card': field 'eligibilty': unknown field"),
+        (
+            {"a.yaml": HEADER + OFFER % "value: -3"},
+            "a.yaml: offer 'gold-card': field 'value': Input should be greater than or equal to 0",
+        ),
         ({"a.yaml": HEADER + OFFER % "value: .nan"}, "field 'value'"),
-        ({"a.yaml": HEADER + "offers:\n  - {id: gold-card, name: Gold, channels: [fax]}\n"},
-         "a.yaml: offer 'gold-card': field 'channels': fax not declared"),
-        ({"a.yaml": HEADER + OFFER % "treatment: {app: x}"},
-         "offer 'gold-card': treatment names channels the offer is not on: app"),
-        ({"a.yaml": HEADER + OFFER % "valid_from: 2027-01-01, valid_until: 2026-01-01"},
-         "offer 'gold-card': valid_from (2027-01-01T00:00:00+00:00) must be before valid_until"),
-        ({"a.yaml": HEADER + "offers:\n  - {name: Nameless, channels: [web]}\n"},
-         "a.yaml: field 'offers[0].id': Field required"),
-        ({"a.yaml": HEADER + OFFER % "value: 1", "b.yaml": OFFER % "value: 2"},
-         "b.yaml: offer 'gold-card': id already used in a.yaml"),
-        ({"a.yaml": HEADER + "offers:\n  - {id: f1, name: F, channels: [web], fallback: true}\n"
-                    "  - {id: f2, name: F, channels: [web, app], fallback: true}\n"},
-         "a.yaml: offer 'f2': field 'fallback': channel 'web' already has fallback 'f1'"),
+        (
+            {"a.yaml": HEADER + "offers:\n  - {id: gold-card, name: Gold, channels: [fax]}\n"},
+            "a.yaml: offer 'gold-card': field 'channels': fax not declared",
+        ),
+        (
+            {"a.yaml": HEADER + OFFER % "treatment: {app: x}"},
+            "offer 'gold-card': treatment names channels the offer is not on: app",
+        ),
+        (
+            {"a.yaml": HEADER + OFFER % "valid_from: 2027-01-01, valid_until: 2026-01-01"},
+            "offer 'gold-card': valid_from (2027-01-01T00:00:00+00:00) must be before valid_until",
+        ),
+        ({"a.yaml": HEADER + "offers:\n  - {name: Nameless, channels: [web]}\n"}, "a.yaml: field 'offers[0].id': Field required"),
+        (
+            {"a.yaml": HEADER + OFFER % "value: 1", "b.yaml": OFFER % "value: 2"},
+            "b.yaml: offer 'gold-card': id already used in a.yaml",
+        ),
+        (
+            {
+                "a.yaml": HEADER + "offers:\n  - {id: f1, name: F, channels: [web], fallback: true}\n"
+                "  - {id: f2, name: F, channels: [web, app], fallback: true}\n"
+            },
+            "a.yaml: offer 'f2': field 'fallback': channel 'web' already has fallback 'f1'",
+        ),
         ({"a.yaml": "offers: [{id: x, name: X, channels: [web]}]\n"}, "no file declares `channels:`"),
         ({"a.yaml": HEADER + "offers: [\n"}, "a.yaml: not valid YAML at line"),
         ({"a.yaml": "- just\n- a list\n"}, "a.yaml: expected a mapping"),
@@ -128,7 +144,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     write(
         tmp_path,
         {
-            "a.yaml": HEADER + "offers:\n  - {id: x, name: X, channels: [fax]}\n  - {id: y, name: Y, channels: [web], eligibility: '1 +'}\n",
+            "a.yaml": HEADER
+            + "offers:\n  - {id: x, name: X, channels: [fax]}\n  - {id: y, name: Y, channels: [web], eligibility: '1 +'}\n",
             "b.yaml": "offers:\n  - {id: z, channels: [web]}\n",
         },
     )

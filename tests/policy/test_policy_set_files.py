@@ -156,10 +156,15 @@ def test_every_section_counts_whatever_file_holds_it_and_whatever_the_order() ->
 def test_a_file_with_groups_and_several_schema_fields_is_not_refused() -> None:
     """The case that was refused with "group already declared": groups beside two or more
     schema fields in one file."""
-    policy_set = parse_policy_set({
-        "a.yaml": chunk("channels") + chunk("groups-1") + "  cross-sell: {}\n  up-sell: {}\n  service: {}\n"
-        + chunk("schema-1") + chunk("offers-1"),
-    })
+    policy_set = parse_policy_set(
+        {
+            "a.yaml": chunk("channels")
+            + chunk("groups-1")
+            + "  cross-sell: {}\n  up-sell: {}\n  service: {}\n"
+            + chunk("schema-1")
+            + chunk("offers-1"),
+        }
+    )
     assert policy_set.offers["discount"].lever == pytest.approx(2.0 * 1.7)
 
 
@@ -180,14 +185,22 @@ def test_the_readme_examples_load_together_in_either_order(names: tuple[str, str
 @pytest.mark.parametrize(
     ("files", "expected"),
     [
-        ({"a.yaml": "channels: [web]\ngroups: {g: {lever: 2}}\n", "b.yaml": "groups: {g: {lever: 3}}\n"},
-         "b.yaml: field 'groups.g': group 'g' already declared in a.yaml"),
-        ({"a.yaml": "channels: [web]\nschema: {customer.age: number}\n", "b.yaml": "schema: {customer.age: string}\n"},
-         "b.yaml: field 'schema.customer.age': declared differently in a.yaml"),
-        ({"a.yaml": "channels: [web]\nsettings: {timezone: UTC}\n", "b.yaml": "settings: {timezone: Europe/Paris}\n"},
-         "b.yaml: field 'settings': settings already given in a.yaml"),
-        ({"a.yaml": "channels: [web]\nschema: {customer.flags: bool}\n", "b.yaml": "schema: {customer.flags.vip: bool}\n"},
-         "a.yaml: field 'schema.customer.flags': is a bool, so 'customer.flags.vip' cannot be below it"),
+        (
+            {"a.yaml": "channels: [web]\ngroups: {g: {lever: 2}}\n", "b.yaml": "groups: {g: {lever: 3}}\n"},
+            "b.yaml: field 'groups.g': group 'g' already declared in a.yaml",
+        ),
+        (
+            {"a.yaml": "channels: [web]\nschema: {customer.age: number}\n", "b.yaml": "schema: {customer.age: string}\n"},
+            "b.yaml: field 'schema.customer.age': declared differently in a.yaml",
+        ),
+        (
+            {"a.yaml": "channels: [web]\nsettings: {timezone: UTC}\n", "b.yaml": "settings: {timezone: Europe/Paris}\n"},
+            "b.yaml: field 'settings': settings already given in a.yaml",
+        ),
+        (
+            {"a.yaml": "channels: [web]\nschema: {customer.flags: bool}\n", "b.yaml": "schema: {customer.flags.vip: bool}\n"},
+            "a.yaml: field 'schema.customer.flags': is a bool, so 'customer.flags.vip' cannot be below it",
+        ),
     ],
 )
 def test_a_section_declared_twice_across_files_names_both_files(files: dict[str, str], expected: str) -> None:
@@ -197,6 +210,7 @@ def test_a_section_declared_twice_across_files_names_both_files(files: dict[str,
 
 
 def test_the_same_schema_field_declared_alike_in_two_files_is_one_field() -> None:
-    policy_set = parse_policy_set({"a.yaml": "channels: [web]\nschema: {customer.age: number}\n",
-                                   "b.yaml": "schema: {customer.age: {type: number}}\n"})
+    policy_set = parse_policy_set(
+        {"a.yaml": "channels: [web]\nschema: {customer.age: number}\n", "b.yaml": "schema: {customer.age: {type: number}}\n"}
+    )
     assert list(policy_set.schema.fields) == ["customer.age"]

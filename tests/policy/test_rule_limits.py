@@ -29,8 +29,8 @@ NESTED = "context.items.all(a, context.items.all(b, context.items.all(c, a == b)
 ORDINARY = [
     "context.cart.exists(p, p in context.wishlist)",
     'customer.age >= 18 && channel == "web"',
-    '!offer.tags.exists(t, t in customer.history.products)',
-    '[1, 2, 3].all(x, x > 0) && "a(b" != \'c)\'',
+    "!offer.tags.exists(t, t in customer.history.products)",
+    "[1, 2, 3].all(x, x > 0) && \"a(b\" != 'c)'",
     "size(context.items) > 1 && context.items.exists(i, i > 2) && [1, 2].map(x, x * 2)[0] == 2",
     "context.items.all(i, !(i in context.blocked) && i != customer.id)",
 ]
@@ -43,8 +43,10 @@ def with_rule(rule: str, text: str = BASE) -> str:
 
 #: the issue's hostile draft: contexts sampled from its schema hold a 300-element list, over
 #: which the rule would run 27 million iterations per sample, holding the GIL throughout
-HOSTILE = with_rule("context.items.all(a, context.items.all(b, context.items.all(c, a + b + c >= 0)))", BASE.replace(
-    "schema:\n", "schema:\n  items: {type: 'list<number>', values: [" + ", ".join(map(str, range(300))) + "]}\n"))
+HOSTILE = with_rule(
+    "context.items.all(a, context.items.all(b, context.items.all(c, a + b + c >= 0)))",
+    BASE.replace("schema:\n", "schema:\n  items: {type: 'list<number>', values: [" + ", ".join(map(str, range(300))) + "]}\n"),
+)
 
 
 def slow_draft(offers: int) -> dict[str, str]:
@@ -52,14 +54,20 @@ def slow_draft(offers: int) -> dict[str, str]:
     (measured: 5,000 offers take about 25 s; 4,000 several seconds)."""
     lines = [BASE.rstrip("\n").replace("  - {id: help", "  - {id: keep")]
     for i in range(offers):
-        lines.append(f"  - {{id: o{i}, name: O{i}, channels: [web], value: {i % 50 + 1}, tags: [t{i % 7}], "
-                     f"eligibility: 'customer.age >= {i % 90} && offer.value > 0'}}")
-    lines += ["policies:", "  - {id: p1, type: applicability, rule: 'offer.value * 2.0 > customer.age'}",
-              "  - {id: p2, type: suitability, rule: '!(offer.tags.exists(t, t == \"x\"))'}"]
+        lines.append(
+            f"  - {{id: o{i}, name: O{i}, channels: [web], value: {i % 50 + 1}, tags: [t{i % 7}], "
+            f"eligibility: 'customer.age >= {i % 90} && offer.value > 0'}}"
+        )
+    lines += [
+        "policies:",
+        "  - {id: p1, type: applicability, rule: 'offer.value * 2.0 > customer.age'}",
+        "  - {id: p2, type: suitability, rule: '!(offer.tags.exists(t, t == \"x\"))'}",
+    ]
     return {"set.yaml": "\n".join(lines) + "\n"}
 
 
 # The rules themselves ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("source", ORDINARY)
 def test_ordinary_rules_are_within_every_limit(source: str) -> None:
@@ -139,6 +147,7 @@ def test_rules_one_decision_evaluates_are_budgeted_together() -> None:
 
 
 # Through a real server ----------------------------------------------------------------------
+
 
 def decide(server: Running, timeout: float = 30) -> pb.DecideResponse:
     context = struct({"customer": {"age": 30, "segment": "a", "risk": False}})
@@ -223,8 +232,11 @@ def test_validate_with_a_short_deadline_answers_deadline_exceeded_and_kills_the_
     watcher.start()
     try:
         with pytest.raises(grpc.RpcError) as raised:
-            server.admin.ValidatePolicySet(apb.ValidatePolicySetRequest(draft=apb.PolicySetDraft(files=slow_draft(4000))),
-                                           metadata=server.auth(), timeout=0.5)
+            server.admin.ValidatePolicySet(
+                apb.ValidatePolicySetRequest(draft=apb.PolicySetDraft(files=slow_draft(4000))),
+                metadata=server.auth(),
+                timeout=0.5,
+            )
     finally:
         done.set()
         watcher.join()
@@ -290,9 +302,13 @@ def test_sigterm_stops_the_server_during_a_hostile_validation(tmp_path: Path, da
 
         def validate() -> None:
             try:
-                answer.append(admin.ValidatePolicySet(
-                    apb.ValidatePolicySetRequest(draft=apb.PolicySetDraft(files=slow_draft(5000))),
-                    metadata=[("authorization", f"Bearer {EDITOR_TOKEN}")], timeout=120))
+                answer.append(
+                    admin.ValidatePolicySet(
+                        apb.ValidatePolicySetRequest(draft=apb.PolicySetDraft(files=slow_draft(5000))),
+                        metadata=[("authorization", f"Bearer {EDITOR_TOKEN}")],
+                        timeout=120,
+                    )
+                )
             except grpc.RpcError as exc:
                 answer.append(exc.code())
 
@@ -312,7 +328,8 @@ def test_sigterm_stops_the_server_during_a_hostile_validation(tmp_path: Path, da
 def test_a_cancelled_validation_kills_its_child(server: Running) -> None:
     sandbox = server.service.publisher.sandbox
     call = server.admin.ValidatePolicySet.future(
-        apb.ValidatePolicySetRequest(draft=apb.PolicySetDraft(files=slow_draft(5000))), metadata=server.auth(), timeout=120)
+        apb.ValidatePolicySetRequest(draft=apb.PolicySetDraft(files=slow_draft(5000))), metadata=server.auth(), timeout=120
+    )
     wait_for(lambda: bool(sandbox.children))
     pids = sandbox.children
     call.cancel()
@@ -323,15 +340,18 @@ def test_a_cancelled_validation_kills_its_child(server: Running) -> None:
     assert decide(server).offers
 
 
-def test_a_draft_whose_validation_runs_out_of_memory_is_resource_exhausted(server: Running,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_draft_whose_validation_runs_out_of_memory_is_resource_exhausted(
+    server: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No draft within the limits needs 2 GiB, so the child's limit is lowered to what the
     sample set cannot be validated in (measured: it needs between 300 and 400 MiB of address
     space): the real child runs out of memory, is refused, and nothing changes."""
     import nba.policy.sandbox
 
     before = server.service.policy_set.version
-    sample = apb.PolicySetDraft(files={p.name: p.read_text() for p in POLICIES.glob("*.yaml") if not p.name.endswith("_test.yaml")})
+    sample = apb.PolicySetDraft(
+        files={p.name: p.read_text() for p in POLICIES.glob("*.yaml") if not p.name.endswith("_test.yaml")}
+    )
     monkeypatch.setattr(nba.policy.sandbox, "MEMORY_BYTES", 64 * 1024**2)
     with pytest.raises(grpc.RpcError) as raised:
         server.admin.ValidatePolicySet(apb.ValidatePolicySetRequest(draft=sample), metadata=server.auth())

@@ -8,12 +8,14 @@ from nba.policy.schema import ContextSchema, FieldSpec, field_paths
 
 
 def schema() -> ContextSchema:
-    return ContextSchema({
-        "customer.age": FieldSpec(type="number", min=0, max=120),
-        "customer.segment": FieldSpec(type="string", values=["a", "b"]),
-        "customer.products": FieldSpec(type="list<string>", values=["x", "y", "z"]),
-        "customer.extra": FieldSpec(type="map"),
-    })
+    return ContextSchema(
+        {
+            "customer.age": FieldSpec(type="number", min=0, max=120),
+            "customer.segment": FieldSpec(type="string", values=["a", "b"]),
+            "customer.products": FieldSpec(type="list<string>", values=["x", "y", "z"]),
+            "customer.extra": FieldSpec(type="map"),
+        }
+    )
 
 
 def test_paths_are_read_outside_string_literals_and_method_calls() -> None:
@@ -23,8 +25,14 @@ def test_paths_are_read_outside_string_literals_and_method_calls() -> None:
 
 @pytest.mark.parametrize(
     ("path", "known"),
-    [("customer.age", True), ("customer", True), ("customer.agee", False), ("customer.age.value", False),
-     ("customer.extra.anything.below", True), ("other", False)],
+    [
+        ("customer.age", True),
+        ("customer", True),
+        ("customer.agee", False),
+        ("customer.age.value", False),
+        ("customer.extra.anything.below", True),
+        ("other", False),
+    ],
 )
 def test_known_paths(path: str, known: bool) -> None:
     assert schema().knows(path) is known

@@ -42,7 +42,9 @@ policies:
         ("1: a\n0x1: b\n", ("0x1",), (2, 1), (1, 1)),
     ],
 )
-def test_a_key_given_twice_at_any_depth_is_located(text: str, path: tuple, second: tuple[int, int], first: tuple[int, int]) -> None:
+def test_a_key_given_twice_at_any_depth_is_located(
+    text: str, path: tuple, second: tuple[int, int], first: tuple[int, int]
+) -> None:
     with pytest.raises(DuplicateKeyError) as raised:
         load_yaml(text, "f.yaml")
     error = raised.value
@@ -63,13 +65,19 @@ def test_a_merge_may_be_overridden_and_distinct_keys_load() -> None:
     ("text", "expected"),
     [
         # two `offers:` keys: the first list would vanish
-        (SET + "offers:\n  - {id: c, name: C, channels: [web]}\n",
-         "a.yaml: field 'offers': line 9, column 1: key 'offers' is given twice in one mapping (first at line 2, column 1)"),
+        (
+            SET + "offers:\n  - {id: c, name: C, channels: [web]}\n",
+            "a.yaml: field 'offers': line 9, column 1: key 'offers' is given twice in one mapping (first at line 2, column 1)",
+        ),
         # a key repeated inside an offer: paused, then live
-        (SET.replace("    channels: [web]\n", "    status: paused\n    channels: [web]\n    status: live\n", 1),
-         "a.yaml: offer 'b': field 'status': line 8, column 5: key 'status' is given twice in one mapping (first at line 6, column 5)"),
-        (SET.replace("{id: a, name: A, channels: [web]}", "{id: a, name: A, channels: [web], treatment: {web: x, web: y}}"),
-         "a.yaml: offer 'a': field 'treatment.web': line 3, column 59: key 'web' is given twice in one mapping (first at line 3, column 51)"),
+        (
+            SET.replace("    channels: [web]\n", "    status: paused\n    channels: [web]\n    status: live\n", 1),
+            "a.yaml: offer 'b': field 'status': line 8, column 5: key 'status' is given twice in one mapping (first at line 6, column 5)",
+        ),
+        (
+            SET.replace("{id: a, name: A, channels: [web]}", "{id: a, name: A, channels: [web], treatment: {web: x, web: y}}"),
+            "a.yaml: offer 'a': field 'treatment.web': line 3, column 59: key 'web' is given twice in one mapping (first at line 3, column 51)",
+        ),
         (SET.replace("window: 7d}", "window: 7d, max: 4}"), "a.yaml: policy 'cap': field 'max': line 8"),
         (SET + "groups:\n  g: {lever: 2}\n  g: {lever: 3}\n", "a.yaml: field 'groups.g': line 11, column 3"),
         (SET + "schema:\n  customer.age: number\n  customer.age: string\n", "a.yaml: field 'schema.customer.age': line 11"),
@@ -84,8 +92,9 @@ def test_policy_files_with_a_key_given_twice_are_refused(text: str, expected: st
 
 def test_validate_over_the_admin_api_reports_the_duplicate_structured(server: Running) -> None:
     text = SET + "offers:\n  - {id: c, name: C, channels: [web], fallback: true}\n"
-    response = server.admin.ValidatePolicySet(apb.ValidatePolicySetRequest(draft=apb.PolicySetDraft(files={"set.yaml": text})),
-                                              metadata=server.auth())
+    response = server.admin.ValidatePolicySet(
+        apb.ValidatePolicySetRequest(draft=apb.PolicySetDraft(files={"set.yaml": text})), metadata=server.auth()
+    )
     assert not response.valid
     problem = next(p for p in response.problems if p.severity == "error")
     assert (problem.file, problem.field) == ("set.yaml", "offers")
@@ -93,18 +102,21 @@ def test_validate_over_the_admin_api_reports_the_duplicate_structured(server: Ru
 
 
 def test_example_files_with_a_key_given_twice_are_refused(tmp_path: Path) -> None:
-    (tmp_path / "a_test.yaml").write_text(textwrap.dedent("""\
+    (tmp_path / "a_test.yaml").write_text(
+        textwrap.dedent("""\
         examples:
           - name: one
             channel: web
             eligible: [a]
             eligible: [b]
-    """))
+    """)
+    )
     with pytest.raises(PolicySetError) as raised:
         load_examples(tmp_path)
     assert raised.value.messages == [
         "a_test.yaml: line 5, column 5: key 'eligible' is given twice in one mapping (first at line 4, column 5); "
-        "YAML would keep only the last: merge the two, or remove one"]
+        "YAML would keep only the last: merge the two, or remove one"
+    ]
 
 
 def test_the_config_file_with_a_key_given_twice_is_refused(tmp_path: Path) -> None:
@@ -112,8 +124,14 @@ def test_the_config_file_with_a_key_given_twice_is_refused(tmp_path: Path) -> No
     config.write_text("port: 6000\nmetrics_port: 6001\nport: 7000\n")
     with pytest.raises(ConfigError, match=r"nba.yaml: line 3, column 1: key 'port' is given twice .*first at line 1"):
         load_settings(environ={}, config_file=config)
-    done = subprocess.run([sys.executable, "-m", "nba", "serve", "--config", str(config)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "nba", "serve", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     assert "line 3, column 1: key 'port' is given twice" in done.stderr and "Traceback" not in done.stderr
 
@@ -142,16 +160,26 @@ def test_a_leading_zero_is_a_decimal_number_not_octal() -> None:
     ("text", "expected"),
     [
         ("channels: [web, no]\n", "field 'channels.1': Input should be a valid string (YAML read it as the boolean false"),
-        ("channels: [web]\noffers:\n  - {id: a, name: on, channels: [web]}\n", "offer 'a': field 'name': Input should be a valid "
-         "string (YAML read it as the boolean true"),
-        ("channels: [web]\noffers:\n  - {id: 2026-01-01, name: A, channels: [web]}\n",
-         "field 'id': Input should be a valid string (YAML read it as a date: quote it, as in '2026-01-01')"),
-        ("channels: [web]\noffers:\n  - {id: a, name: A, channels: [web], tags: [12]}\n",
-         "field 'tags.0': Input should be a valid string (YAML read it as the number 12: quote it"),
-        ("channels: [web]\nschema: {customer.answer: {type: string, values: [yes, no]}}\n",
-         "field 'schema.customer.answer': values of a string field must be text: True is not (YAML reads unquoted yes"),
-        ("channels: [web]\nschema: {customer.age: {type: number, values: [1, yes]}}\n",
-         "field 'schema.customer.age': values of a number field must be numbers: True is not"),
+        (
+            "channels: [web]\noffers:\n  - {id: a, name: on, channels: [web]}\n",
+            "offer 'a': field 'name': Input should be a valid string (YAML read it as the boolean true",
+        ),
+        (
+            "channels: [web]\noffers:\n  - {id: 2026-01-01, name: A, channels: [web]}\n",
+            "field 'id': Input should be a valid string (YAML read it as a date: quote it, as in '2026-01-01')",
+        ),
+        (
+            "channels: [web]\noffers:\n  - {id: a, name: A, channels: [web], tags: [12]}\n",
+            "field 'tags.0': Input should be a valid string (YAML read it as the number 12: quote it",
+        ),
+        (
+            "channels: [web]\nschema: {customer.answer: {type: string, values: [yes, no]}}\n",
+            "field 'schema.customer.answer': values of a string field must be text: True is not (YAML reads unquoted yes",
+        ),
+        (
+            "channels: [web]\nschema: {customer.age: {type: number, values: [1, yes]}}\n",
+            "field 'schema.customer.age': values of a number field must be numbers: True is not",
+        ),
     ],
 )
 def test_values_yaml_reads_as_booleans_dates_or_numbers_where_text_is_expected_say_so(text: str, expected: str) -> None:
@@ -161,11 +189,13 @@ def test_values_yaml_reads_as_booleans_dates_or_numbers_where_text_is_expected_s
 
 
 def test_an_example_means_utc_and_sends_dates_as_text(tmp_path: Path) -> None:
-    (tmp_path / "a_test.yaml").write_text(textwrap.dedent("""\
+    (tmp_path / "a_test.yaml").write_text(
+        textwrap.dedent("""\
         examples:
           - {name: naive, channel: web, now: 2026-11-24 10:00:00, customer: {birthday: 1990-01-01}, eligible: [a]}
           - {name: date, channel: web, now: 2026-11-24, eligible: [a]}
-    """))
+    """)
+    )
     (naive, first), (_, second) = load_examples(tmp_path)
     assert first.now == datetime(2026, 11, 24, 10, 0, tzinfo=UTC)  # not the clock of the machine running it
     assert second.now == datetime(2026, 11, 24, tzinfo=UTC)
@@ -173,8 +203,10 @@ def test_an_example_means_utc_and_sends_dates_as_text(tmp_path: Path) -> None:
 
 
 def test_every_key_given_twice_in_a_file_is_reported_not_only_the_first(tmp_path: Path) -> None:
-    text = (SET.replace("    channels: [web]\n", "    status: paused\n    channels: [web]\n    status: live\n", 1)
-            + "offers:\n  - {id: c, name: C, channels: [web], value: 1, value: 2}\n")
+    text = (
+        SET.replace("    channels: [web]\n", "    status: paused\n    channels: [web]\n    status: live\n", 1)
+        + "offers:\n  - {id: c, name: C, channels: [web], value: 1, value: 2}\n"
+    )
     with pytest.raises(PolicySetError) as raised:
         parse_policy_set({"a.yaml": text})
     found = [str(p) for p in raised.value.problems]

@@ -34,13 +34,22 @@ def web_decision(server: Running) -> pb.DecideResponse:
         ([], grpc.StatusCode.UNAUTHENTICATED, "send metadata 'authorization: Bearer <token>'"),
         ([("authorization", "Bearer nope-nope-nope-nope")], grpc.StatusCode.UNAUTHENTICATED, "unknown token"),
         ([("authorization", "Basic abc")], grpc.StatusCode.UNAUTHENTICATED, "Bearer"),
-        ([("authorization", f"Bearer {VIEWER_TOKEN}")], grpc.StatusCode.PERMISSION_DENIED,
-         "'vi' is a viewer; PublishPolicySet needs an editor"),
+        (
+            [("authorization", f"Bearer {VIEWER_TOKEN}")],
+            grpc.StatusCode.PERMISSION_DENIED,
+            "'vi' is a viewer; PublishPolicySet needs an editor",
+        ),
         # two headers: neither is guessed at, whichever order a proxy left them in
-        ([("authorization", f"Bearer {VIEWER_TOKEN}"), ("authorization", f"Bearer {EDITOR_TOKEN}")],
-         grpc.StatusCode.UNAUTHENTICATED, "authorization: sent 2 times; send one"),
-        ([("authorization", f"Bearer {EDITOR_TOKEN}"), ("authorization", f"Bearer {VIEWER_TOKEN}")],
-         grpc.StatusCode.UNAUTHENTICATED, "authorization: sent 2 times; send one"),
+        (
+            [("authorization", f"Bearer {VIEWER_TOKEN}"), ("authorization", f"Bearer {EDITOR_TOKEN}")],
+            grpc.StatusCode.UNAUTHENTICATED,
+            "authorization: sent 2 times; send one",
+        ),
+        (
+            [("authorization", f"Bearer {EDITOR_TOKEN}"), ("authorization", f"Bearer {VIEWER_TOKEN}")],
+            grpc.StatusCode.UNAUTHENTICATED,
+            "authorization: sent 2 times; send one",
+        ),
     ],
 )
 def test_publishing_needs_an_editor_token(server: Running, metadata, code, message: str) -> None:
@@ -76,7 +85,9 @@ def test_without_configured_tokens_admin_is_disabled(start) -> None:
 
 
 def test_an_invalid_draft_reports_every_error_and_changes_nothing(server: Running) -> None:
-    broken = BASE + """
+    broken = (
+        BASE
+        + """
   - {id: delta, name: Delta, channels: [fax]}
   - {id: echo, name: Echo, channels: [web], eligibility: 'customer.agee > 3'}
   - {id: foxtrot, name: Foxtrot, channels: [web], eligibility: 'customer.age > "x"'}
@@ -84,6 +95,7 @@ policies:
   - {id: cap, type: contact_cap, max: 1, window: 3 fortnights}
   - {id: stray, type: applicability, applies_to: {groups: [nope]}, rule: 'true'}
 """
+    )
     response = server.admin.ValidatePolicySet(apb.ValidatePolicySetRequest(draft=draft(broken)), metadata=server.auth())
     assert not response.valid
     errors = {(p.offer or p.policy, p.field): p.message for p in response.problems if p.severity == "error"}
@@ -117,12 +129,15 @@ def test_a_type_mismatch_is_refused_on_the_declared_schema(server: Running) -> N
 
 
 def test_static_checks_are_warnings(server: Running) -> None:
-    text = BASE.replace("  - {id: help, name: Help, channels: [web], fallback: true, value: 0}\n", "") + """
+    text = (
+        BASE.replace("  - {id: help, name: Help, channels: [web], fallback: true, value: 0}\n", "")
+        + """
   - {id: never, name: Never, channels: [web], eligibility: 'customer.age > 200'}
   - {id: stale, name: Stale, channels: [web], valid_until: 2020-01-01}
 policies:
   - {id: zero, type: contact_cap, applies_to: {offers: [alpha]}, max: 0, window: 1d}
 """
+    )
     response = server.admin.ValidatePolicySet(apb.ValidatePolicySetRequest(draft=draft(text)), metadata=server.auth())
     assert response.valid
     warnings = [f"{p.offer or p.policy}: {p.message}" for p in response.problems if p.severity == "warning"]
@@ -156,11 +171,15 @@ def test_publish_rollback_and_the_version_history(server: Running) -> None:
     assert [(v.version, v.live) for v in history.versions] == [(2, False), (1, True)]
     assert history.versions[0].created_by == "ed" and history.versions[0].comment == "a smaller set"
     assert [(a.version, a.source, a.actor) for a in history.activations] == [
-        (1, "rollback", "ed"), (2, "api", "ed"), (1, "file", "policies folder")]
+        (1, "rollback", "ed"),
+        (2, "api", "ed"),
+        (1, "file", "policies folder"),
+    ]
     page = server.admin.ListPolicySetVersions(apb.ListPolicySetVersionsRequest(page_size=1), metadata=server.auth())
     assert [v.version for v in page.versions] == [2] and page.next_page_token == "2"
     rest = server.admin.ListPolicySetVersions(
-        apb.ListPolicySetVersionsRequest(page_size=1, page_token=page.next_page_token), metadata=server.auth())
+        apb.ListPolicySetVersionsRequest(page_size=1, page_token=page.next_page_token), metadata=server.auth()
+    )
     assert [v.version for v in rest.versions] == [1] and rest.next_page_token == ""
 
 
@@ -205,10 +224,18 @@ def test_preview_reports_how_a_draft_would_change_eligibility_and_mix(start) -> 
     server = start(seed=3)
     for i in range(60):
         profile = customer(age=16 + i % 40, flags={"churn_risk": i % 2 == 0, "fraud_risk": False, "vulnerable": False})
-        decision = server.stub.Decide(pb.DecideRequest(customer_id=f"c-{i}", channel="web", context=struct({"customer": profile})))
+        decision = server.stub.Decide(
+            pb.DecideRequest(customer_id=f"c-{i}", channel="web", context=struct({"customer": profile}))
+        )
         if decision.offers[0].offer_id == "gold-card" or i % 4 == 0:
-            server.stub.Feedback(pb.FeedbackRequest(event_id=f"e-{i}", decision_id=decision.decision_id,
-                                                    offer_id=decision.offers[0].offer_id, outcome=pb.OUTCOME_ACCEPTED))
+            server.stub.Feedback(
+                pb.FeedbackRequest(
+                    event_id=f"e-{i}",
+                    decision_id=decision.decision_id,
+                    offer_id=decision.offers[0].offer_id,
+                    outcome=pb.OUTCOME_ACCEPTED,
+                )
+            )
     server.service.log.flush()
     files = {p.name: p.read_text() for p in POLICIES.glob("*.yaml") if not p.name.endswith("_test.yaml")}
     files["policies.yaml"] += """
@@ -218,7 +245,8 @@ def test_preview_reports_how_a_draft_would_change_eligibility_and_mix(start) -> 
     rule: customer.age >= 40
 """
     report = server.admin.PreviewPolicySet(
-        apb.PreviewPolicySetRequest(draft=apb.PolicySetDraft(files=files), last_n=50), metadata=server.auth(VIEWER_TOKEN))
+        apb.PreviewPolicySetRequest(draft=apb.PolicySetDraft(files=files), last_n=50), metadata=server.auth(VIEWER_TOKEN)
+    )
     assert report.decisions == 50 and report.live_version == server.service.policy_set.version
     gold = next(o for o in report.offers if o.offer_id == "gold-card")
     assert gold.live_eligible_rate > gold.draft_eligible_rate
@@ -238,7 +266,8 @@ def test_preview_reports_how_a_draft_would_change_eligibility_and_mix(start) -> 
     with server.service.store.engine.begin() as conn:
         conn.execute(sqlalchemy.text("UPDATE feedback SET reward = 1e308, pair_reward = 1e308 WHERE event_id = 'e-12'"))
     again = server.admin.PreviewPolicySet(
-        apb.PreviewPolicySetRequest(draft=apb.PolicySetDraft(files=files), last_n=50), metadata=server.auth(VIEWER_TOKEN))
+        apb.PreviewPolicySetRequest(draft=apb.PolicySetDraft(files=files), last_n=50), metadata=server.auth(VIEWER_TOKEN)
+    )
     assert again.decisions == 50
     assert "1 logged decisions break the logged-data contract and are left out of the value estimates" in again.note
     assert "must be within ±1,000,000" in again.note

@@ -17,8 +17,11 @@ def body(**fields: object) -> dict:
     return {"draft": {"files": files}, "comment": "weekly review", "expected_live_version": 1, **fields}
 
 
-REQUESTS = [("ValidatePolicySet", apb.ValidatePolicySetRequest), ("PreviewPolicySet", apb.PreviewPolicySetRequest),
-            ("PublishPolicySet", apb.PublishPolicySetRequest)]
+REQUESTS = [
+    ("ValidatePolicySet", apb.ValidatePolicySetRequest),
+    ("PreviewPolicySet", apb.PreviewPolicySetRequest),
+    ("PublishPolicySet", apb.PublishPolicySetRequest),
+]
 
 
 def call(server: Running, method: str, request_type: type, fields: dict) -> object:

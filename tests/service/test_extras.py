@@ -28,8 +28,11 @@ def hide(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
 def test_a_redis_bus_without_the_redis_extra_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings({"bus": "redis://127.0.0.1:6379/0"}, environ={}).redis_bus  # installed: accepted
     hide(monkeypatch, "redis")
-    with pytest.raises(ConfigError, match=r"bus \(--bus, NBA_BUS\): a Redis bus needs the redis package: "
-                                          r"pip install 'nba\[redis\]'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"bus \(--bus, NBA_BUS\): a Redis bus needs the redis package: "
+        r"pip install 'nba\[redis\]'",
+    ):
         load_settings({"bus": "redis://127.0.0.1:6379/0"}, environ={})
     assert load_settings({"bus": "database"}, environ={}).bus == "database"  # the others need nothing
 

@@ -35,13 +35,39 @@ CASES = int(os.environ.get("NBA_FUZZ_CASES", "120"))
 
 #: what a caller can be told about a message it sent; anything else is a fault of ours
 CLIENT_CODES = {
-    grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
-    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.OUT_OF_RANGE,
 }
 
-HOSTILE_STRINGS = ["", "\x00", "a\x00b", "\x1b[31m", "\x7f", "\x85", "\u2028", "\ufeff", "é" * 300, "x" * 100_000,
-                   "../../etc/passwd", "%s%n", "' OR 1=1 --", "\\", "😀" * 70, "²", "٣", "9" * 40, "-1", "1e308"]
+HOSTILE_STRINGS = [
+    "",
+    "\x00",
+    "a\x00b",
+    "\x1b[31m",
+    "\x7f",
+    "\x85",
+    "\u2028",
+    "\ufeff",
+    "é" * 300,
+    "x" * 100_000,
+    "../../etc/passwd",
+    "%s%n",
+    "' OR 1=1 --",
+    "\\",
+    "😀" * 70,
+    "²",
+    "٣",
+    "9" * 40,
+    "-1",
+    "1e308",
+]
 HOSTILE_BYTES = [b"\xff", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"a\xfe\xffb", b"\x80"]
 INTS = [0, 1, -1, 2**31 - 1, -(2**31), 2**63 - 1, -(2**63), 2**64 - 1, 2**32]
 DOUBLES = [0.0, -0.0, 1e308, -1e308, 5e-324, math.inf, -math.inf, math.nan, 1e6, 1e6 + 1]
@@ -70,8 +96,9 @@ def deep_struct(levels: int, width: int = 1) -> bytes:
     data = struct_pb2.Struct(fields={"x": struct_pb2.Value(number_value=1)}).SerializeToString()
     for _ in range(levels - 1):
         value = length_delimited(5, data)  # Value.struct_value
-        entries = b"".join(length_delimited(1, length_delimited(1, f"k{i}".encode()) + length_delimited(2, value))
-                           for i in range(width))
+        entries = b"".join(
+            length_delimited(1, length_delimited(1, f"k{i}".encode()) + length_delimited(2, value)) for i in range(width)
+        )
         data = entries
     return data
 
@@ -121,8 +148,9 @@ def mutate_fields(rng: random.Random, message: Any) -> bytes:
     tail = b""
     for field in rng.sample(list(fields), k=min(len(fields), rng.randint(1, 3))):
         if field.message_type is not None and field.message_type.full_name == "google.protobuf.Timestamp":
-            getattr(message, field.name).CopyFrom(timestamp_pb2.Timestamp(seconds=rng.choice(INTS[:7]) % (2**63),
-                                                                          nanos=rng.choice([0, -1, 10**9, 2**31 - 1])))
+            getattr(message, field.name).CopyFrom(
+                timestamp_pb2.Timestamp(seconds=rng.choice(INTS[:7]) % (2**63), nanos=rng.choice([0, -1, 10**9, 2**31 - 1]))
+            )
             if rng.random() < 0.5:
                 getattr(message, field.name).seconds = rng.choice([-(2**63), 2**63 - 1, -62135596801, 253402300800])
         elif field.message_type is not None and field.message_type.full_name == "google.protobuf.Struct":
@@ -155,7 +183,7 @@ def mutate_bytes(rng: random.Random, data: bytes) -> bytes:
             i = rng.randrange(len(data))
             data[i] ^= 1 << rng.randrange(8)
         elif op == "cut" and data:
-            del data[rng.randrange(len(data)):]
+            del data[rng.randrange(len(data)) :]
         elif op == "insert":
             i = rng.randrange(len(data) + 1)
             data[i:i] = rng.randbytes(rng.randint(1, 16))
@@ -178,8 +206,13 @@ def payloads(rng: random.Random, template: Any, cases: int) -> Iterator[bytes]:
         elif kind == 3:
             yield mutate_fields(rng, template)
         elif kind == 4:  # a length that runs past the end, or a varint that never ends
-            yield rng.choice([valid + tag(rng.choice(numbers), 2) + varint(2**31), valid + b"\xff" * 11,
-                              tag(rng.choice(numbers), 2) + varint(2**64 - 1)])
+            yield rng.choice(
+                [
+                    valid + tag(rng.choice(numbers), 2) + varint(2**31),
+                    valid + b"\xff" * 11,
+                    tag(rng.choice(numbers), 2) + varint(2**64 - 1),
+                ]
+            )
         else:
             yield valid  # the real thing now and then: a hostile mix is not only garbage
 
@@ -192,16 +225,34 @@ def templates(decision: pb.DecideResponse) -> dict[str, tuple[Any, list[tuple[st
     now = timestamp_pb2.Timestamp()
     now.GetCurrentTime()
     return {
-        "/nba.v1.DecisionService/Decide": (pb.DecideRequest(
-            request_id="r-1", customer_id="c-1", channel="web", limit=2, explain=True,
-            context=struct({"customer": {"age": 30, "segment": "a", "risk": False, "tags": ["x"], "more": {}}})), []),
-        "/nba.v1.DecisionService/Feedback": (pb.FeedbackRequest(
-            event_id="e-1", decision_id=decision.decision_id, offer_id=decision.offers[0].offer_id,
-            outcome=pb.OUTCOME_CLICKED, reward=0.5, occurred_at=now), []),
+        "/nba.v1.DecisionService/Decide": (
+            pb.DecideRequest(
+                request_id="r-1",
+                customer_id="c-1",
+                channel="web",
+                limit=2,
+                explain=True,
+                context=struct({"customer": {"age": 30, "segment": "a", "risk": False, "tags": ["x"], "more": {}}}),
+            ),
+            [],
+        ),
+        "/nba.v1.DecisionService/Feedback": (
+            pb.FeedbackRequest(
+                event_id="e-1",
+                decision_id=decision.decision_id,
+                offer_id=decision.offers[0].offer_id,
+                outcome=pb.OUTCOME_CLICKED,
+                reward=0.5,
+                occurred_at=now,
+            ),
+            [],
+        ),
         "/nba.v1.AdminService/GetLivePolicySet": (apb.GetLivePolicySetRequest(), editor),
         "/nba.v1.AdminService/ValidatePolicySet": (apb.ValidatePolicySetRequest(draft=small), editor),
-        "/nba.v1.AdminService/PublishPolicySet": (apb.PublishPolicySetRequest(
-            draft=small, comment="fuzz", expected_live_version=1), editor),
+        "/nba.v1.AdminService/PublishPolicySet": (
+            apb.PublishPolicySetRequest(draft=small, comment="fuzz", expected_live_version=1),
+            editor,
+        ),
         "/nba.v1.AdminService/ListPolicySetVersions": (apb.ListPolicySetVersionsRequest(page_size=5, page_token="2"), editor),
         "/nba.v1.AdminService/RollbackPolicySet": (apb.RollbackPolicySetRequest(version=1, comment="back"), editor),
         "/nba.v1.AdminService/PreviewPolicySet": (apb.PreviewPolicySetRequest(draft=small, last_n=20), editor),
@@ -209,20 +260,28 @@ def templates(decision: pb.DecideResponse) -> dict[str, tuple[Any, list[tuple[st
 
 
 def every_method() -> set[str]:
-    return {f"/{service.full_name}/{method.name}"
-            for service in (pb.DESCRIPTOR.services_by_name["DecisionService"], apb.DESCRIPTOR.services_by_name["AdminService"])
-            for method in service.methods}
+    return {
+        f"/{service.full_name}/{method.name}"
+        for service in (pb.DESCRIPTOR.services_by_name["DecisionService"], apb.DESCRIPTOR.services_by_name["AdminService"])
+        for method in service.methods
+    }
 
 
 def internal_errors() -> float:
-    return sum(REGISTRY.get_sample_value("nba_rpc_errors_total", {"method": m.rsplit("/", 1)[1], "code": code}) or 0.0
-               for m in every_method() for code in ("INTERNAL", "UNKNOWN"))
+    return sum(
+        REGISTRY.get_sample_value("nba_rpc_errors_total", {"method": m.rsplit("/", 1)[1], "code": code}) or 0.0
+        for m in every_method()
+        for code in ("INTERNAL", "UNKNOWN")
+    )
 
 
 def test_hostile_messages_get_client_statuses_and_the_server_stays_healthy(start, tmp_path: Path) -> None:
     server: Running = start(policies=policy_dir(tmp_path))
-    decision = server.stub.Decide(pb.DecideRequest(customer_id="c-1", channel="web",
-                                                   context=struct({"customer": {"age": 30, "segment": "a", "risk": False}})))
+    decision = server.stub.Decide(
+        pb.DecideRequest(
+            customer_id="c-1", channel="web", context=struct({"customer": {"age": 30, "segment": "a", "risk": False}})
+        )
+    )
     cases = templates(decision)
     assert set(cases) == every_method()  # a new RPC must join the fuzzing
     rng = random.Random(SEED)
@@ -249,12 +308,26 @@ def test_hostile_messages_get_client_statuses_and_the_server_stays_healthy(start
 
     # Still healthy, and still deciding and learning.
     health = health_pb2_grpc.HealthStub(server.channel)
-    assert health.Check(health_pb2.HealthCheckRequest(service="nba.v1.DecisionService"), timeout=5).status == \
-        health_pb2.HealthCheckResponse.SERVING
-    response = server.stub.Decide(pb.DecideRequest(customer_id="c-after", channel="web", limit=2,
-                                                   context=struct({"customer": {"age": 41, "segment": "b", "risk": False}})))
-    reply = server.stub.Feedback(pb.FeedbackRequest(event_id=f"after-{time.time()}", decision_id=response.decision_id,
-                                                    offer_id=response.offers[0].offer_id, outcome=pb.OUTCOME_ACCEPTED))
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(service="nba.v1.DecisionService"), timeout=5).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
+    response = server.stub.Decide(
+        pb.DecideRequest(
+            customer_id="c-after",
+            channel="web",
+            limit=2,
+            context=struct({"customer": {"age": 41, "segment": "b", "risk": False}}),
+        )
+    )
+    reply = server.stub.Feedback(
+        pb.FeedbackRequest(
+            event_id=f"after-{time.time()}",
+            decision_id=response.decision_id,
+            offer_id=response.offers[0].offer_id,
+            outcome=pb.OUTCOME_ACCEPTED,
+        )
+    )
     assert reply.applied
     assert server.service.learning._learner.state_is_finite()
     assert all(math.isfinite(o.score) and 0 < o.propensity <= 1 for o in response.offers)
@@ -275,8 +348,10 @@ def test_a_huge_map_is_refused_by_its_limit(start, tmp_path: Path) -> None:
     """A context of 200,000 keys (well under gRPC's 8 MiB) and a draft of 50,000 files: each
     refused by its own limit, naming it."""
     server: Running = start(policies=policy_dir(tmp_path))
-    context = b"".join(length_delimited(1, length_delimited(1, f"k{i}".encode()) + length_delimited(2, b"\x11" + b"\0" * 8))
-                       for i in range(200_000))
+    context = b"".join(
+        length_delimited(1, length_delimited(1, f"k{i}".encode()) + length_delimited(2, b"\x11" + b"\0" * 8))
+        for i in range(200_000)
+    )
     request = pb.DecideRequest(customer_id="c", channel="web").SerializeToString() + length_delimited(4, context)
     with pytest.raises(grpc.RpcError) as raised:
         server.channel.unary_unary("/nba.v1.DecisionService/Decide")(request, timeout=30)
@@ -284,8 +359,9 @@ def test_a_huge_map_is_refused_by_its_limit(start, tmp_path: Path) -> None:
     assert raised.value.details().startswith("context: ") and "more than the limit of 65536" in raised.value.details()
     files = apb.PolicySetDraft(files={f"f{i}.yaml": "" for i in range(50_000)})
     with pytest.raises(grpc.RpcError) as raised:
-        server.admin.ValidatePolicySet(apb.ValidatePolicySetRequest(draft=files),
-                                       metadata=[("authorization", f"Bearer {EDITOR_TOKEN}")], timeout=30)
+        server.admin.ValidatePolicySet(
+            apb.ValidatePolicySetRequest(draft=files), metadata=[("authorization", f"Bearer {EDITOR_TOKEN}")], timeout=30
+        )
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.details().startswith("draft.files: 50000 files, more than")
 

@@ -24,11 +24,16 @@ def refused(text: str) -> list[str]:
 
 
 def test_a_rule_on_contact_history_alone_is_enforced(start, tmp_path: Path) -> None:
-    server = start(policies=policy_dir(tmp_path, """
+    server = start(
+        policies=policy_dir(
+            tmp_path,
+            """
         - id: once-accepted-never-again
           type: applicability
           rule: contacts.accepted < 1.0
-    """))
+    """,
+        )
+    )
     assert server.service.policy_set.needs_contacts
     response = decide(server)
     tell(server, response, "alpha", pb.OUTCOME_ACCEPTED)
@@ -38,10 +43,13 @@ def test_a_rule_on_contact_history_alone_is_enforced(start, tmp_path: Path) -> N
 def test_runtime_errors_of_any_kind_filter_the_offer_as_rule_errors(start, tmp_path: Path) -> None:
     folder = tmp_path / "policies"
     folder.mkdir()
-    (folder / "set.yaml").write_text(BASE.replace("  customer.risk: bool\n", "  customer.risk: bool\n  customer.tags: list<string>\n  customer.size: number\n") + """
+    (folder / "set.yaml").write_text(
+        BASE.replace("  customer.risk: bool\n", "  customer.risk: bool\n  customer.tags: list<string>\n  customer.size: number\n")
+        + """
   - {id: first, name: First, channels: [web], eligibility: 'customer.tags[0] == "x"'}
   - {id: huge, name: Huge, channels: [web], eligibility: 'int(customer.size * 1e300) > 0'}
-""")
+"""
+    )
     server = start(policies=folder)
     context = struct({"customer": {"age": 30, "segment": "a", "risk": False, "tags": [], "size": 1e15}})
     response = server.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", context=context, limit=10, explain=True))
@@ -78,8 +86,11 @@ def test_a_decision_that_could_not_be_logged_takes_no_feedback(start, caplog: py
             conn.exec_driver_sql("DROP INDEX one_per_customer")
     assert server.service.log.available  # a fault is not an outage
     with pytest.raises(grpc.RpcError) as raised:
-        server.stub.Feedback(pb.FeedbackRequest(event_id="e", decision_id=response.decision_id,
-                                                offer_id=response.offers[0].offer_id, outcome=pb.OUTCOME_ACCEPTED))
+        server.stub.Feedback(
+            pb.FeedbackRequest(
+                event_id="e", decision_id=response.decision_id, offer_id=response.offers[0].offer_id, outcome=pb.OUTCOME_ACCEPTED
+            )
+        )
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -87,24 +98,46 @@ def test_a_decision_that_could_not_be_logged_takes_no_feedback(start, caplog: py
 def test_acceptance_outranks_rejection_in_any_order(server: Running, order) -> None:
     response = server.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", context=struct({"customer": {"age": 30}})))
     outcomes = {"accepted": pb.OUTCOME_ACCEPTED, "rejected": pb.OUTCOME_REJECTED}
-    replies = [server.stub.Feedback(pb.FeedbackRequest(event_id=f"e-{o}", decision_id=response.decision_id,
-                                                       offer_id=response.offers[0].offer_id, outcome=outcomes[o]))
-               for o in order]
+    replies = [
+        server.stub.Feedback(
+            pb.FeedbackRequest(
+                event_id=f"e-{o}", decision_id=response.decision_id, offer_id=response.offers[0].offer_id, outcome=outcomes[o]
+            )
+        )
+        for o in order
+    ]
     assert replies[-1].reward == 1.0 or replies[0].reward == 1.0
-    assert server.stub.Feedback(pb.FeedbackRequest(event_id="e-again", decision_id=response.decision_id,
-                                                   offer_id=response.offers[0].offer_id, outcome=pb.OUTCOME_CLICKED)).applied is False
+    assert (
+        server.stub.Feedback(
+            pb.FeedbackRequest(
+                event_id="e-again",
+                decision_id=response.decision_id,
+                offer_id=response.offers[0].offer_id,
+                outcome=pb.OUTCOME_CLICKED,
+            )
+        ).applied
+        is False
+    )
 
 
 def test_an_absurd_weight_cannot_break_propensities(start, tmp_path: Path) -> None:
-    server = start(policies=policy_dir(tmp_path, """
+    server = start(
+        policies=policy_dir(
+            tmp_path,
+            """
         - id: spend
           type: weight
           applies_to: {offers: [alpha]}
           weight: customer.age * 1e290
-    """))
+    """,
+        )
+    )
     # context numbers are within ±2^53, but a rule can still compute an absurd weight (1e305)
-    response = server.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", limit=3,
-                                                   context=struct({"customer": {"age": 1e15, "segment": "a", "risk": False}})))
+    response = server.stub.Decide(
+        pb.DecideRequest(
+            customer_id="c", channel="web", limit=3, context=struct({"customer": {"age": 1e15, "segment": "a", "risk": False}})
+        )
+    )
     assert all(0 < o.propensity <= 1 for o in response.offers)
 
 
@@ -142,8 +175,15 @@ def test_one_absurd_number_does_not_ruin_a_features_scaling() -> None:
 def test_an_impossible_occurred_at_is_invalid_argument(server: Running) -> None:
     response = server.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", context=struct({"customer": {"age": 30}})))
     with pytest.raises(grpc.RpcError) as raised:
-        server.stub.Feedback(pb.FeedbackRequest(event_id="e", decision_id=response.decision_id, offer_id=response.offers[0].offer_id,
-                                                outcome=pb.OUTCOME_CLICKED, occurred_at=timestamp_pb2.Timestamp(seconds=-10**12)))
+        server.stub.Feedback(
+            pb.FeedbackRequest(
+                event_id="e",
+                decision_id=response.decision_id,
+                offer_id=response.offers[0].offer_id,
+                outcome=pb.OUTCOME_CLICKED,
+                occurred_at=timestamp_pb2.Timestamp(seconds=-(10**12)),
+            )
+        )
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "occurred_at" in raised.value.details()
 
 
@@ -165,13 +205,19 @@ def test_a_field_below_a_declared_leaf_is_refused() -> None:
 
 
 def test_offers_may_be_named_in_any_script(start, tmp_path: Path) -> None:
-    server = start(policies=policy_dir(tmp_path, """
+    server = start(
+        policies=policy_dir(
+            tmp_path,
+            """
         - id: by-group
           type: eligibility
           rule: offer.name != ""
-    """, offers="""
+    """,
+            offers="""
         - {id: stars, name: "Étoiles ✨ 星", channels: [web], tags: ["🎁"]}
-    """))
+    """,
+        )
+    )
     assert "stars" in shown(decide(server, limit=10))
 
 
@@ -186,8 +232,7 @@ def test_a_bad_item_costs_only_itself_not_its_batch(start) -> None:
         conn.exec_driver_sql("CREATE UNIQUE INDEX one_per_customer ON decisions (customer_id)")
     try:
         bad = server.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", context=context))
-        good = [server.stub.Decide(pb.DecideRequest(customer_id=f"d-{i}", channel="web", context=context))
-                for i in range(5)]
+        good = [server.stub.Decide(pb.DecideRequest(customer_id=f"d-{i}", channel="web", context=context)) for i in range(5)]
         server.service.log.flush()
     finally:
         with server.service.engine.begin() as conn:

@@ -65,9 +65,16 @@ def test_an_event_cannot_precede_its_decision(start, before: timedelta | None) -
     clock.advance(hours=1)
     when = datetime(1, 1, 1, tzinfo=UTC) if before is None else clock.now() - timedelta(hours=1) - before
     for outcome in (pb.OUTCOME_REJECTED, pb.OUTCOME_IMPRESSED):
-        error = refused(server.stub.Feedback, pb.FeedbackRequest(
-            event_id=f"e-{outcome}", decision_id=decision.decision_id, offer_id=decision.offers[0].offer_id,
-            outcome=outcome, occurred_at=stamp(when)))
+        error = refused(
+            server.stub.Feedback,
+            pb.FeedbackRequest(
+                event_id=f"e-{outcome}",
+                decision_id=decision.decision_id,
+                offer_id=decision.offers[0].offer_id,
+                outcome=outcome,
+                occurred_at=stamp(when),
+            ),
+        )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error.details().startswith("occurred_at: ") and "before its decision" in error.details()
         assert "5 minutes" in error.details()
@@ -82,15 +89,31 @@ def test_within_the_clock_skew_an_event_is_taken_at_its_decision_or_now(start) -
     decided = clock.now()
     clock.advance(minutes=10)
     first, second = (o.offer_id for o in decision.offers)
-    for event_id, offer, when in (("early", first, decided - timedelta(minutes=4)),
-                                  ("ahead", second, clock.now() + timedelta(minutes=4))):
-        server.stub.Feedback(pb.FeedbackRequest(event_id=event_id, decision_id=decision.decision_id, offer_id=offer,
-                                                outcome=pb.OUTCOME_IMPRESSED, occurred_at=stamp(when)))
+    for event_id, offer, when in (
+        ("early", first, decided - timedelta(minutes=4)),
+        ("ahead", second, clock.now() + timedelta(minutes=4)),
+    ):
+        server.stub.Feedback(
+            pb.FeedbackRequest(
+                event_id=event_id,
+                decision_id=decision.decision_id,
+                offer_id=offer,
+                outcome=pb.OUTCOME_IMPRESSED,
+                occurred_at=stamp(when),
+            )
+        )
     times = {r.event_id: r.occurred_at.replace(tzinfo=UTC) for r in stored_feedback(server)}
     assert times == {"early": decided, "ahead": clock.now()}
-    error = refused(server.stub.Feedback, pb.FeedbackRequest(
-        event_id="later", decision_id=decision.decision_id, offer_id=first, outcome=pb.OUTCOME_CLICKED,
-        occurred_at=stamp(clock.now() + timedelta(minutes=6))))
+    error = refused(
+        server.stub.Feedback,
+        pb.FeedbackRequest(
+            event_id="later",
+            decision_id=decision.decision_id,
+            offer_id=first,
+            outcome=pb.OUTCOME_CLICKED,
+            occurred_at=stamp(clock.now() + timedelta(minutes=6)),
+        ),
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "in the future" in error.details()
 
 
@@ -105,12 +128,20 @@ def test_within_the_clock_skew_an_event_is_taken_at_its_decision_or_now(start) -
         (-(2**63), 0, "occurred_at: seconds must be"),
     ],
 )
-def test_timestamps_out_of_their_range_are_invalid_never_internal(server: Running, seconds: int, nanos: int,
-                                                                  message: str) -> None:
+def test_timestamps_out_of_their_range_are_invalid_never_internal(
+    server: Running, seconds: int, nanos: int, message: str
+) -> None:
     decision = decide(server)
-    error = refused(server.stub.Feedback, pb.FeedbackRequest(
-        event_id="e", decision_id=decision.decision_id, offer_id=decision.offers[0].offer_id,
-        outcome=pb.OUTCOME_CLICKED, occurred_at=timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)))
+    error = refused(
+        server.stub.Feedback,
+        pb.FeedbackRequest(
+            event_id="e",
+            decision_id=decision.decision_id,
+            offer_id=decision.offers[0].offer_id,
+            outcome=pb.OUTCOME_CLICKED,
+            occurred_at=timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos),
+        ),
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in error.details()
 
@@ -144,8 +175,12 @@ def test_a_control_character_in_a_feedback_id_is_invalid_on_every_engine(server:
     """On PostgreSQL a NUL in event_id was UNAVAILABLE "retry": a client retried for ever."""
     decision = decide(server)
     for char in CONTROLS.values():
-        request = {"event_id": "e-1", "decision_id": decision.decision_id, "offer_id": decision.offers[0].offer_id,
-                   "outcome": pb.OUTCOME_CLICKED}
+        request = {
+            "event_id": "e-1",
+            "decision_id": decision.decision_id,
+            "offer_id": decision.offers[0].offer_id,
+            "outcome": pb.OUTCOME_CLICKED,
+        }
         request[field] = request[field][:3] + char + request[field][3:]
         error = refused(server.stub.Feedback, pb.FeedbackRequest(**request))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, repr(char)
@@ -158,8 +193,12 @@ def test_the_prefix_of_the_services_own_no_response_events_is_reserved(server: R
     the default reward of a decision whose windows close without feedback."""
     decision = decide(server)
     offer = decision.offers[0].offer_id
-    request = pb.FeedbackRequest(event_id=f"no_response:{decision.decision_id}:{offer}", decision_id=decision.decision_id,
-                                 offer_id=offer, outcome=pb.OUTCOME_CLICKED)
+    request = pb.FeedbackRequest(
+        event_id=f"no_response:{decision.decision_id}:{offer}",
+        decision_id=decision.decision_id,
+        offer_id=offer,
+        outcome=pb.OUTCOME_CLICKED,
+    )
     error = refused(server.stub.Feedback, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details().startswith("event_id: the prefix 'no_response:' is reserved")
@@ -177,7 +216,7 @@ def test_the_prefix_of_the_services_own_no_response_events_is_reserved(server: R
         ({"context": struct({"k" * 257: 1})}, "context: a key of 257 characters, longer than 256"),
         ({"context": struct({"orders": [{"bad\x07": 1}]})}, "context.orders[0]: key 'bad\\x07' contains a control"),
         ({"context": struct({"customer": {"ltv": 1e200}})}, "context.customer.ltv: 1e+200 is beyond ±2^53"),
-        ({"context": struct({"orders": [{"total": -2.0**53 - 4}]})}, "context.orders[0].total: -9.0072e+15 is beyond ±2^53"),
+        ({"context": struct({"orders": [{"total": -(2.0**53) - 4}]})}, "context.orders[0].total: -9.0072e+15 is beyond ±2^53"),
     ],
 )
 def test_lengths_and_context_keys_follow_the_same_rules(server: Running, fields: dict, message: str) -> None:
@@ -211,24 +250,51 @@ def draft(**changes: str) -> apb.PolicySetDraft:
 @pytest.mark.parametrize(
     ("method", "request_", "message"),
     [
-        ("PublishPolicySet", apb.PublishPolicySetRequest(draft=draft(), comment="weekly\x00review"),
-         "comment: contains a control character (U+0000)"),
-        ("PublishPolicySet", apb.PublishPolicySetRequest(draft=draft(), comment="x" * 1001),
-         "comment: longer than 1000 characters"),
-        ("RollbackPolicySet", apb.RollbackPolicySetRequest(version=1, comment="back\x1b[31m"),
-         "comment: contains a control character (U+001B)"),
-        ("PublishPolicySet", apb.PublishPolicySetRequest(draft=draft(**{"extra\x00.yaml": "channels: [web]\n"})),
-         "draft.files: a file name: contains a control character (U+0000)"),
-        ("ValidatePolicySet", apb.ValidatePolicySetRequest(draft=draft(**{"extra.yaml": "offers: []\x00\n"})),
-         "draft.files['extra.yaml']: contains a control character (U+0000)"),
-        ("PreviewPolicySet", apb.PreviewPolicySetRequest(draft=draft(**{"n" * 257 + ".yaml": ""})),
-         "draft.files: a file name: longer than 256 characters"),
+        (
+            "PublishPolicySet",
+            apb.PublishPolicySetRequest(draft=draft(), comment="weekly\x00review"),
+            "comment: contains a control character (U+0000)",
+        ),
+        (
+            "PublishPolicySet",
+            apb.PublishPolicySetRequest(draft=draft(), comment="x" * 1001),
+            "comment: longer than 1000 characters",
+        ),
+        (
+            "RollbackPolicySet",
+            apb.RollbackPolicySetRequest(version=1, comment="back\x1b[31m"),
+            "comment: contains a control character (U+001B)",
+        ),
+        (
+            "PublishPolicySet",
+            apb.PublishPolicySetRequest(draft=draft(**{"extra\x00.yaml": "channels: [web]\n"})),
+            "draft.files: a file name: contains a control character (U+0000)",
+        ),
+        (
+            "ValidatePolicySet",
+            apb.ValidatePolicySetRequest(draft=draft(**{"extra.yaml": "offers: []\x00\n"})),
+            "draft.files['extra.yaml']: contains a control character (U+0000)",
+        ),
+        (
+            "PreviewPolicySet",
+            apb.PreviewPolicySetRequest(draft=draft(**{"n" * 257 + ".yaml": ""})),
+            "draft.files: a file name: longer than 256 characters",
+        ),
         ("ListPolicySetVersions", apb.ListPolicySetVersionsRequest(page_token="²"), "page_token: not a token"),
         ("ListPolicySetVersions", apb.ListPolicySetVersionsRequest(page_token="٣"), "page_token: not a token"),
         ("ListPolicySetVersions", apb.ListPolicySetVersionsRequest(page_token="9" * 40), "page_token: not a token"),
     ],
-    ids=["comment-nul", "comment-long", "rollback-comment-escape", "file-name-nul", "file-text-nul", "file-name-long",
-         "token-superscript", "token-arabic-digit", "token-huge"],
+    ids=[
+        "comment-nul",
+        "comment-long",
+        "rollback-comment-escape",
+        "file-name-nul",
+        "file-text-nul",
+        "file-name-long",
+        "token-superscript",
+        "token-arabic-digit",
+        "token-huge",
+    ],
 )
 def test_admin_strings_follow_the_same_rules(server: Running, method: str, request_: Any, message: str) -> None:
     error = refused(getattr(server.admin, method), request_, metadata=AUTH)
@@ -238,8 +304,12 @@ def test_admin_strings_follow_the_same_rules(server: Running, method: str, reque
 
 
 def test_multiline_text_keeps_tabs_and_line_breaks(server: Running) -> None:
-    reply = server.admin.PublishPolicySet(apb.PublishPolicySetRequest(
-        draft=draft(**{"extra.yaml": "# a comment\r\n# with\ta tab\n"}), comment="line one\nline\ttwo"), metadata=AUTH)
+    reply = server.admin.PublishPolicySet(
+        apb.PublishPolicySetRequest(
+            draft=draft(**{"extra.yaml": "# a comment\r\n# with\ta tab\n"}), comment="line one\nline\ttwo"
+        ),
+        metadata=AUTH,
+    )
     assert reply.live.version == 2
     listed = server.admin.ListPolicySetVersions(apb.ListPolicySetVersionsRequest(), metadata=AUTH)
     assert listed.versions[0].comment == "line one\nline\ttwo"
@@ -268,8 +338,15 @@ def nested(levels: int, leaf: Any) -> dict:
     return value
 
 
-AT_LEVEL_8 = {"number": 1.0, "string": "s", "bool": True, "null": None, "empty struct": {}, "empty list": [],
-              "list of scalars": [1.0, "a", True]}
+AT_LEVEL_8 = {
+    "number": 1.0,
+    "string": "s",
+    "bool": True,
+    "null": None,
+    "empty struct": {},
+    "empty list": [],
+    "list of scalars": [1.0, "a", True],
+}
 
 
 @pytest.mark.parametrize("kind", AT_LEVEL_8)
@@ -305,6 +382,7 @@ def test_structs_and_lists_inside_lists_add_a_level(context: dict, deepest: int)
 def deep_context_bytes(levels: int) -> bytes:
     """A DecideRequest whose context is ``levels`` structs deep, serialised by hand: protobuf's
     own Python refuses to build one past its recursion limit."""
+
     def varint(n: int) -> bytes:
         out = b""
         while True:

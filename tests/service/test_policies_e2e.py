@@ -38,9 +38,13 @@ def policy_dir(tmp_path: Path, policies: str = "", offers: str = "", name: str =
     return folder
 
 
-def decide(server: Running, age: float = 30, limit: int = 3, explain: bool = False, customer_id: str = "c-1", risk: bool = False) -> pb.DecideResponse:
+def decide(
+    server: Running, age: float = 30, limit: int = 3, explain: bool = False, customer_id: str = "c-1", risk: bool = False
+) -> pb.DecideResponse:
     context = struct({"customer": {"age": age, "segment": "a", "risk": risk}})
-    return server.stub.Decide(pb.DecideRequest(customer_id=customer_id, channel="web", context=context, limit=limit, explain=explain))
+    return server.stub.Decide(
+        pb.DecideRequest(customer_id=customer_id, channel="web", context=context, limit=limit, explain=explain)
+    )
 
 
 def shown(response: pb.DecideResponse) -> set[str]:
@@ -49,7 +53,9 @@ def shown(response: pb.DecideResponse) -> set[str]:
 
 def tell(server: Running, response: pb.DecideResponse, offer_id: str, outcome: int, n: list[int] = [0]) -> None:  # noqa: B006
     n[0] += 1
-    server.stub.Feedback(pb.FeedbackRequest(event_id=f"ev-{n[0]}", decision_id=response.decision_id, offer_id=offer_id, outcome=outcome))
+    server.stub.Feedback(
+        pb.FeedbackRequest(event_id=f"ev-{n[0]}", decision_id=response.decision_id, offer_id=offer_id, outcome=outcome)
+    )
 
 
 def reason_for(response: pb.DecideResponse, offer_id: str) -> pb.OfferExplanation:
@@ -57,12 +63,17 @@ def reason_for(response: pb.DecideResponse, offer_id: str) -> pb.OfferExplanatio
 
 
 def test_an_ineligible_offer_is_never_returned(start, tmp_path: Path) -> None:
-    server = start(policies=policy_dir(tmp_path, """
+    server = start(
+        policies=policy_dir(
+            tmp_path,
+            """
         - id: adults
           type: eligibility
           applies_to: {offers: [alpha]}
           rule: customer.age >= 18
-    """))
+    """,
+        )
+    )
     assert not any("alpha" in shown(decide(server, age=16)) for _ in range(100))
     assert all("alpha" in shown(decide(server, age=30)) for _ in range(20))  # limit 3 of 3 eligible
     why = reason_for(decide(server, age=16, explain=True), "alpha")
@@ -71,14 +82,20 @@ def test_an_ineligible_offer_is_never_returned(start, tmp_path: Path) -> None:
 
 def test_a_capped_offer_stops_after_n_impressions_and_comes_back_after_its_window(start, tmp_path: Path) -> None:
     clock = ManualClock()
-    server = start(clock=clock, policies=policy_dir(tmp_path, """
+    server = start(
+        clock=clock,
+        policies=policy_dir(
+            tmp_path,
+            """
         - id: twice-a-day
           type: contact_cap
           applies_to: {offers: [alpha]}
           max: 2
           window: 1d
           counts: impressed
-    """))
+    """,
+        ),
+    )
     for _ in range(2):
         response = decide(server)
         assert "alpha" in shown(response)
@@ -96,13 +113,16 @@ def test_a_capped_offer_stops_after_n_impressions_and_comes_back_after_its_windo
 
 def test_contact_history_survives_a_restart(start, tmp_path: Path) -> None:
     clock = ManualClock()
-    policies = policy_dir(tmp_path, """
+    policies = policy_dir(
+        tmp_path,
+        """
         - id: once
           type: contact_cap
           applies_to: {offers: [alpha]}
           max: 1
           window: 7d
-    """)
+    """,
+    )
     server = start(clock=clock, policies=policies)
     response = decide(server)
     tell(server, response, "alpha", pb.OUTCOME_IMPRESSED)
@@ -113,12 +133,18 @@ def test_contact_history_survives_a_restart(start, tmp_path: Path) -> None:
 
 def test_a_rejected_offer_is_suppressed_for_d_days(start, tmp_path: Path) -> None:
     clock = ManualClock()
-    server = start(clock=clock, policies=policy_dir(tmp_path, """
+    server = start(
+        clock=clock,
+        policies=policy_dir(
+            tmp_path,
+            """
         - id: rest-after-no
           type: suppression
           after: rejected
           days: 7
-    """))
+    """,
+        ),
+    )
     response = decide(server)
     tell(server, response, "alpha", pb.OUTCOME_REJECTED)
     for _ in range(6):
@@ -132,13 +158,19 @@ def test_a_rejected_offer_is_suppressed_for_d_days(start, tmp_path: Path) -> Non
 
 def test_ignored_impressions_suppress_until_a_response(start, tmp_path: Path) -> None:
     clock = ManualClock()
-    server = start(clock=clock, policies=policy_dir(tmp_path, """
+    server = start(
+        clock=clock,
+        policies=policy_dir(
+            tmp_path,
+            """
         - id: ignored-twice
           type: suppression
           after: ignored
           ignored: 2
           days: 3
-    """))
+    """,
+        ),
+    )
     for _ in range(2):
         tell(server, decide(server), "bravo", pb.OUTCOME_IMPRESSED)
         clock.advance(minutes=5)
@@ -149,14 +181,20 @@ def test_ignored_impressions_suppress_until_a_response(start, tmp_path: Path) ->
 
 def test_a_budget_stops_an_offer_for_the_day(start, tmp_path: Path) -> None:
     clock = ManualClock(datetime(2026, 11, 24, 9, 0, tzinfo=UTC))
-    server = start(clock=clock, policies=policy_dir(tmp_path, """
+    server = start(
+        clock=clock,
+        policies=policy_dir(
+            tmp_path,
+            """
         - id: three-a-day
           type: budget
           applies_to: {offers: [alpha]}
           max: 3
           counts: accepted
           period: day
-    """))
+    """,
+        ),
+    )
     for _ in range(3):
         response = decide(server)
         tell(server, response, "alpha", pb.OUTCOME_ACCEPTED)
@@ -169,7 +207,11 @@ def test_a_budget_stops_an_offer_for_the_day(start, tmp_path: Path) -> None:
 
 def test_pacing_spreads_a_daily_budget_over_the_day(start, tmp_path: Path) -> None:
     clock = ManualClock(datetime(2026, 11, 24, 1, 0, tzinfo=UTC))
-    server = start(clock=clock, policies=policy_dir(tmp_path, """
+    server = start(
+        clock=clock,
+        policies=policy_dir(
+            tmp_path,
+            """
         - id: paced
           type: budget
           applies_to: {offers: [alpha]}
@@ -177,7 +219,9 @@ def test_pacing_spreads_a_daily_budget_over_the_day(start, tmp_path: Path) -> No
           counts: decided
           period: day
           pacing: even
-    """))
+    """,
+        ),
+    )
     # At 01:00, 1/24 of 240 (10) plus a burst of 12 (5%) may be spent: 22 decisions.
     early = sum("alpha" in shown(decide(server, customer_id=f"c-{i}")) for i in range(40))
     assert early == 22
@@ -193,7 +237,11 @@ def test_pacing_spreads_a_daily_budget_over_the_day(start, tmp_path: Path) -> No
 
 def test_expired_paused_draft_and_out_of_schedule_offers_never_appear(start, tmp_path: Path) -> None:
     clock = ManualClock(datetime(2026, 11, 24, 12, 0, tzinfo=UTC))  # Tuesday noon
-    server = start(clock=clock, policies=policy_dir(tmp_path, offers="""
+    server = start(
+        clock=clock,
+        policies=policy_dir(
+            tmp_path,
+            offers="""
         - {id: old, name: Old, channels: [web], valid_until: 2026-11-01}
         - {id: future, name: Future, channels: [web], valid_from: 2026-12-01}
         - {id: paused, name: Paused, channels: [web], status: paused}
@@ -201,25 +249,37 @@ def test_expired_paused_draft_and_out_of_schedule_offers_never_appear(start, tmp
         - {id: gone, name: Gone, channels: [web], status: expired}
         - {id: weekend, name: Weekend, channels: [web], schedule: {days: [sat, sun]}}
         - {id: mornings, name: Mornings, channels: [web], schedule: {hours: ["06:00-10:00"]}}
-    """))
+    """,
+        ),
+    )
     hidden = {"old", "future", "paused", "drafted", "gone", "weekend", "mornings"}
     for _ in range(30):
         assert not shown(decide(server, limit=20)) & hidden
     reasons = {e.offer_id: e.reason for e in decide(server, explain=True).explanation.offers}
     assert {k: reasons[k] for k in hidden} == {
-        "old": "expired", "future": "not_yet_valid", "paused": "status", "drafted": "status",
-        "gone": "status", "weekend": "schedule", "mornings": "schedule",
+        "old": "expired",
+        "future": "not_yet_valid",
+        "paused": "status",
+        "drafted": "status",
+        "gone": "status",
+        "weekend": "schedule",
+        "mornings": "schedule",
     }
     clock.set(datetime(2026, 11, 28, 8, 0, tzinfo=UTC))  # Saturday morning
     assert {"weekend", "mornings"} <= shown(decide(server, limit=20))
 
 
 def test_fallback_when_nothing_else_is_eligible(start, tmp_path: Path) -> None:
-    server = start(policies=policy_dir(tmp_path, """
+    server = start(
+        policies=policy_dir(
+            tmp_path,
+            """
         - id: adults
           type: eligibility
           rule: customer.age >= 18
-    """))
+    """,
+        )
+    )
     response = decide(server, age=12)
     assert [(o.offer_id, o.fallback, o.propensity) for o in response.offers] == [("help", True, 1.0)]
 
@@ -233,7 +293,9 @@ def train_everyone_equally(server: Running, rounds: int = 40) -> None:
 
 
 def mean_probability(server: Running, offer_id: str, n: int = 20) -> float:
-    return float(np.mean([reason_for(decide(server, explain=True, customer_id=f"m-{i}"), offer_id).probability for i in range(n)]))
+    return float(
+        np.mean([reason_for(decide(server, explain=True, customer_id=f"m-{i}"), offer_id).probability for i in range(n)])
+    )
 
 
 def test_levers_change_the_mix_without_retraining(start, tmp_path: Path) -> None:
@@ -241,9 +303,14 @@ def test_levers_change_the_mix_without_retraining(start, tmp_path: Path) -> None
     train_everyone_equally(server)
     before = mean_probability(server, "charlie")
     version_before = server.service.learning.version
-    files = {"set.yaml": (tmp_path / "policies" / "set.yaml").read_text().replace(
-        "{id: charlie, name: Charlie, channels: [web], value: 10}",
-        "{id: charlie, name: Charlie, channels: [web], value: 10, lever: 5}")}
+    files = {
+        "set.yaml": (tmp_path / "policies" / "set.yaml")
+        .read_text()
+        .replace(
+            "{id: charlie, name: Charlie, channels: [web], value: 10}",
+            "{id: charlie, name: Charlie, channels: [web], value: 10, lever: 5}",
+        )
+    }
     server.admin.PublishPolicySet(apb.PublishPolicySetRequest(draft=apb.PolicySetDraft(files=files)), metadata=server.auth())
     after = mean_probability(server, "charlie")
     assert server.service.learning.version == version_before  # nothing was retrained
@@ -253,12 +320,17 @@ def test_levers_change_the_mix_without_retraining(start, tmp_path: Path) -> None
 
 
 def test_context_weights_multiply_the_score(start, tmp_path: Path) -> None:
-    server = start(policies=policy_dir(tmp_path, """
+    server = start(
+        policies=policy_dir(
+            tmp_path,
+            """
         - id: risky-first
           type: weight
           applies_to: {offers: [bravo]}
           weight: 'customer.risk ? 3.0 : 1.0'
-    """))
+    """,
+        )
+    )
     plain = reason_for(decide(server, explain=True, risk=False), "bravo")
     risky = reason_for(decide(server, explain=True, risk=True), "bravo")
     assert (plain.weight, risky.weight) == (1.0, 3.0)
@@ -266,14 +338,20 @@ def test_context_weights_multiply_the_score(start, tmp_path: Path) -> None:
 
 
 def test_explain_accounts_for_every_offer(start, tmp_path: Path) -> None:
-    server = start(policies=policy_dir(tmp_path, """
+    server = start(
+        policies=policy_dir(
+            tmp_path,
+            """
         - id: adults
           type: eligibility
           applies_to: {offers: [alpha]}
           rule: customer.age >= 18
-    """, offers="""
+    """,
+            offers="""
         - {id: app-only, name: App only, channels: [web, app]}
-    """.replace("[web, app]", "[web]")))
+    """.replace("[web, app]", "[web]"),
+        )
+    )
     response = decide(server, age=10, limit=2, explain=True)
     entries = {e.offer_id: e for e in response.explanation.offers}
     assert set(entries) == {"alpha", "bravo", "charlie", "help", "app-only"}
@@ -305,8 +383,10 @@ offers:
 
 def grouped_files(lever: float) -> dict[str, str]:
     """The group's lever in a file read before the offers' (files are read by name)."""
-    return {"a_groups.yaml": f"settings: {{timezone: UTC}}\ngroups:\n  retention: {{description: Keep them, lever: {lever}}}\n  cross-sell: {{}}\n",
-            "b_offers.yaml": GROUPED}
+    return {
+        "a_groups.yaml": f"settings: {{timezone: UTC}}\ngroups:\n  retention: {{description: Keep them, lever: {lever}}}\n  cross-sell: {{}}\n",
+        "b_offers.yaml": GROUPED,
+    }
 
 
 def test_a_group_lever_ranks_its_group_and_preview_and_evaluation_use_the_same_multiplier(start, tmp_path: Path) -> None:
@@ -334,8 +414,9 @@ def test_a_group_lever_ranks_its_group_and_preview_and_evaluation_use_the_same_m
     # gives under each set.
     server.service.log.flush()
     draft = grouped_files(0.25)
-    report = server.admin.PreviewPolicySet(apb.PreviewPolicySetRequest(draft=apb.PolicySetDraft(files=draft), last_n=50),
-                                           metadata=server.auth())
+    report = server.admin.PreviewPolicySet(
+        apb.PreviewPolicySetRequest(draft=apb.PolicySetDraft(files=draft), last_n=50), metadata=server.auth()
+    )
     previewed = next(o for o in report.offers if o.offer_id == "alpha")
     assert previewed.live_share == pytest.approx(alpha.probability)
     server.admin.PublishPolicySet(apb.PublishPolicySetRequest(draft=apb.PolicySetDraft(files=draft)), metadata=server.auth())
@@ -348,13 +429,16 @@ def test_a_group_lever_ranks_its_group_and_preview_and_evaluation_use_the_same_m
     # offer lever x group lever x weights): the same products the decisions logged.
     server.service.log.flush()
     logged = {d.decision_id: d for d in from_records(server.service.store.recent_lines(1000))}
-    for decision_id, policy_set, lever in ((response.decision_id, load_policy_set(folder), 4.0),
-                                           (after.decision_id, server.service.policy_set, 0.25)):
+    for decision_id, policy_set, lever in (
+        (response.decision_id, load_policy_set(folder), 4.0),
+        (after.decision_id, server.service.policy_set, 0.25),
+    ):
         decision = logged[decision_id]
         ids, multipliers = screen_logged(policy_set, decision)
         assert dict(zip(ids, multipliers.tolist(), strict=True)) == {"alpha": 10 * lever, "bravo": 10.0, "charlie": 10.0}
         assert dict(zip(ids, multipliers.tolist(), strict=True)) == dict(
-            zip(decision.eligible, decision.multipliers.tolist(), strict=True))
+            zip(decision.eligible, decision.multipliers.tolist(), strict=True)
+        )
 
 
 def test_multipliers_beyond_the_cap_rank_alike_live_in_preview_and_in_evaluation(start, tmp_path: Path) -> None:
@@ -366,11 +450,17 @@ def test_multipliers_beyond_the_cap_rank_alike_live_in_preview_and_in_evaluation
     from nba.evaluation.targets import screen_logged
     from nba.policy.loading import load_policy_set
 
-    files = {"offers.yaml": GROUPED.replace("{id: alpha, name: Alpha, channels: [web], value: 10, group: retention}",
-                                            "{id: alpha, name: Alpha, channels: [web], value: 1.0e+8, lever: 100}")
-                                   .replace("value: 10, group: cross-sell", "value: 1.0e+9")
-                                   .replace("{id: charlie, name: Charlie, channels: [web], value: 10}",
-                                            "{id: charlie, name: Charlie, channels: [web], value: 1.0e+7}")}
+    files = {
+        "offers.yaml": GROUPED.replace(
+            "{id: alpha, name: Alpha, channels: [web], value: 10, group: retention}",
+            "{id: alpha, name: Alpha, channels: [web], value: 1.0e+8, lever: 100}",
+        )
+        .replace("value: 10, group: cross-sell", "value: 1.0e+9")
+        .replace(
+            "{id: charlie, name: Charlie, channels: [web], value: 10}",
+            "{id: charlie, name: Charlie, channels: [web], value: 1.0e+7}",
+        )
+    }
     folder = tmp_path / "policies"
     folder.mkdir()
     for name, text in files.items():
@@ -380,8 +470,9 @@ def test_multipliers_beyond_the_cap_rank_alike_live_in_preview_and_in_evaluation
     alpha, bravo, charlie = (reason_for(response, o) for o in ("alpha", "bravo", "charlie"))
     assert alpha.probability == pytest.approx(bravo.probability) and charlie.probability < alpha.probability
     server.service.log.flush()
-    report = server.admin.PreviewPolicySet(apb.PreviewPolicySetRequest(draft=apb.PolicySetDraft(files=files), last_n=10),
-                                           metadata=server.auth())
+    report = server.admin.PreviewPolicySet(
+        apb.PreviewPolicySetRequest(draft=apb.PolicySetDraft(files=files), last_n=10), metadata=server.auth()
+    )
     shares = {o.offer_id: o for o in report.offers}
     for offer, live in (("alpha", alpha), ("bravo", bravo), ("charlie", charlie)):
         assert shares[offer].live_share == pytest.approx(live.probability), offer

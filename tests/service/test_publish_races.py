@@ -40,8 +40,10 @@ def history(database_url: str) -> list[tuple[int, int, str, str]]:
     try:
         with engine.connect() as conn:
             rows = conn.execute(
-                a.select().with_only_columns(a.c.id, a.c.version, p.c.content_hash, a.c.comment)
-                .join_from(a, p, p.c.version == a.c.version).order_by(a.c.id)
+                a.select()
+                .with_only_columns(a.c.id, a.c.version, p.c.content_hash, a.c.comment)
+                .join_from(a, p, p.c.version == a.c.version)
+                .order_by(a.c.id)
             ).all()
     finally:
         engine.dispose()
@@ -50,12 +52,13 @@ def history(database_url: str) -> list[tuple[int, int, str, str]]:
 
 def replicas(start: Callable[..., Running], tmp_path: Path, watch: float) -> tuple[Running, Running]:
     folder = policy_dir(tmp_path)
-    return (start(policies=folder, policies_watch_seconds=watch, bus="database"),
-            start(policies=folder, policies_watch_seconds=watch, bus="database"))
+    return (
+        start(policies=folder, policies_watch_seconds=watch, bus="database"),
+        start(policies=folder, policies_watch_seconds=watch, bus="database"),
+    )
 
 
-def test_two_editors_on_two_replicas_with_the_same_expected_version_one_wins(start, tmp_path: Path,
-                                                                             database_url: str) -> None:
+def test_two_editors_on_two_replicas_with_the_same_expected_version_one_wins(start, tmp_path: Path, database_url: str) -> None:
     # No watcher: each replica's memory of the live set is as stale as it can be, so only the
     # database can tell who came first.
     one, two = replicas(start, tmp_path, watch=0)
@@ -63,15 +66,26 @@ def test_two_editors_on_two_replicas_with_the_same_expected_version_one_wins(sta
     for round_ in range(6):
         barrier = threading.Barrier(2)
         results: dict[str, object] = {}
-        calls = {side: (server.admin.PublishPolicySet, apb.PublishPolicySetRequest(
-            draft=draft(f"r{round_}{side}"), comment=f"r{round_}{side}", expected_live_version=expected))
-            for side, server in (("a", one), ("b", two))}
+        calls = {
+            side: (
+                server.admin.PublishPolicySet,
+                apb.PublishPolicySetRequest(
+                    draft=draft(f"r{round_}{side}"), comment=f"r{round_}{side}", expected_live_version=expected
+                ),
+            )
+            for side, server in (("a", one), ("b", two))
+        }
         if round_ % 2:  # a publish against a rollback, with the same expectation
-            calls["b"] = (two.admin.RollbackPolicySet, apb.RollbackPolicySetRequest(
-                version=1 if expected != 1 else 2, comment=f"r{round_}b", expected_live_version=expected))
+            calls["b"] = (
+                two.admin.RollbackPolicySet,
+                apb.RollbackPolicySetRequest(
+                    version=1 if expected != 1 else 2, comment=f"r{round_}b", expected_live_version=expected
+                ),
+            )
 
-        def edit(side: str, call: Callable[..., object], request: object, barrier: threading.Barrier,
-                 results: dict[str, object]) -> None:
+        def edit(
+            side: str, call: Callable[..., object], request: object, barrier: threading.Barrier, results: dict[str, object]
+        ) -> None:
             barrier.wait()
             try:
                 results[side] = call(request, metadata=Running.auth())
@@ -118,8 +132,10 @@ def test_every_replica_reports_the_live_version_of_the_database(start, tmp_path:
     one, two = replicas(start, tmp_path, watch=0)  # two's memory is never refreshed by a watcher
     published = one.admin.PublishPolicySet(apb.PublishPolicySetRequest(draft=draft("newer")), metadata=one.auth())
     # Validate and Preview check the same precondition against the database, as Publish does
-    for call, request in ((two.admin.ValidatePolicySet, apb.ValidatePolicySetRequest),
-                          (two.admin.PreviewPolicySet, apb.PreviewPolicySetRequest)):
+    for call, request in (
+        (two.admin.ValidatePolicySet, apb.ValidatePolicySetRequest),
+        (two.admin.PreviewPolicySet, apb.PreviewPolicySetRequest),
+    ):
         call(request(draft=draft("checked"), expected_live_version=published.live.version), metadata=two.auth())
         with pytest.raises(grpc.RpcError) as refused:
             call(request(draft=draft("checked"), expected_live_version=published.live.version - 1), metadata=two.auth())
@@ -131,8 +147,9 @@ def test_every_replica_reports_the_live_version_of_the_database(start, tmp_path:
     assert [v.version for v in listed.versions if v.live] == [published.live.version]
     assert listed.activations[0].version == published.live.version
     # so an editor who read it there can publish with it there
-    again = two.admin.PublishPolicySet(apb.PublishPolicySetRequest(
-        draft=draft("newest"), expected_live_version=live.version), metadata=two.auth())
+    again = two.admin.PublishPolicySet(
+        apb.PublishPolicySetRequest(draft=draft("newest"), expected_live_version=live.version), metadata=two.auth()
+    )
     assert again.live.version == published.live.version + 1
 
 
@@ -153,7 +170,8 @@ class Op:
 
 @pytest.mark.slow
 def test_publishes_and_rollbacks_on_two_replicas_under_decide_load_never_go_backwards(
-        start, tmp_path: Path, database_url: str) -> None:
+    start, tmp_path: Path, database_url: str
+) -> None:
     servers = replicas(start, tmp_path, watch=0.05)
     stop = threading.Event()
     # per (replica, thread): (began, ended, label) of every decision, in the order made
@@ -172,8 +190,9 @@ def test_publishes_and_rollbacks_on_two_replicas_under_decide_load_never_go_back
             i += 1
             began = time.monotonic()
             try:
-                reply = stub.Decide(pb.DecideRequest(customer_id=f"c-{replica}-{thread}-{i}", channel="web",
-                                                     context=context, limit=2))
+                reply = stub.Decide(
+                    pb.DecideRequest(customer_id=f"c-{replica}-{thread}-{i}", channel="web", context=context, limit=2)
+                )
             except grpc.RpcError as exc:
                 failures.append(f"{exc.code()}: {exc.details()}")
                 continue
@@ -191,12 +210,17 @@ def test_publishes_and_rollbacks_on_two_replicas_under_decide_load_never_go_back
             began = time.monotonic()
             try:
                 if n % 4 == 3:
-                    reply = server.admin.RollbackPolicySet(apb.RollbackPolicySetRequest(
-                        version=rng.choice(known), comment=comment, expected_live_version=expected), metadata=server.auth())
+                    reply = server.admin.RollbackPolicySet(
+                        apb.RollbackPolicySetRequest(version=rng.choice(known), comment=comment, expected_live_version=expected),
+                        metadata=server.auth(),
+                    )
                 else:
-                    reply = server.admin.PublishPolicySet(apb.PublishPolicySetRequest(
-                        draft=draft(f"p{replica}x{n % 7}"), comment=comment, expected_live_version=expected),
-                        metadata=server.auth())
+                    reply = server.admin.PublishPolicySet(
+                        apb.PublishPolicySetRequest(
+                            draft=draft(f"p{replica}x{n % 7}"), comment=comment, expected_live_version=expected
+                        ),
+                        metadata=server.auth(),
+                    )
             except grpc.RpcError as exc:
                 assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc.details()
                 with ops_lock:
@@ -205,8 +229,17 @@ def test_publishes_and_rollbacks_on_two_replicas_under_decide_load_never_go_back
             ended = time.monotonic()
             known.append(reply.live.version)
             with ops_lock:
-                ops.append(Op(replica, began, ended, comment, expected,
-                              "unchanged" if reply.unchanged else "activated", reply.live.version))
+                ops.append(
+                    Op(
+                        replica,
+                        began,
+                        ended,
+                        comment,
+                        expected,
+                        "unchanged" if reply.unchanged else "activated",
+                        reply.live.version,
+                    )
+                )
             time.sleep(rng.uniform(0, 0.03))
 
     loaders = [threading.Thread(target=load, args=(r, t), daemon=True) for r in (0, 1) for t in (0, 1)]
@@ -253,8 +286,7 @@ def test_publishes_and_rollbacks_on_two_replicas_under_decide_load_never_go_back
         at = 0
         for began, ended, label in made:
             floor = max([at] + [i for done, i in own[replica] if done < began])
-            match = next((i for i in range(floor, len(labels))
-                          if labels[i] == label and began_at.get(i, 0.0) <= ended), None)
+            match = next((i for i in range(floor, len(labels)) if labels[i] == label and began_at.get(i, 0.0) <= ended), None)
             if match is None:
                 backwards += 1
                 continue
@@ -263,11 +295,13 @@ def test_publishes_and_rollbacks_on_two_replicas_under_decide_load_never_go_back
             at = match
     total = sum(len(made) for made in decisions.values())
     counts = {kind: sum(op.outcome == kind for op in ops) for kind in ("activated", "unchanged", "refused")}
-    print(f"\n{database_url.split(':')[0]}: {total} decisions on 2 replicas, {len(activations) - 1} activations "
-          f"({counts}), {sum(0 < op.expected < NEVER_LIVE for op in ops)} with an expected version; {backwards} decisions on a "
-          f"version older than their replica already held; a replica first decided on a new activation "
-          f"{statistics.median(lags) if lags else 0:.3f} s (median), {max(lags, default=0):.3f} s (max) after "
-          "its publish began")
+    print(
+        f"\n{database_url.split(':')[0]}: {total} decisions on 2 replicas, {len(activations) - 1} activations "
+        f"({counts}), {sum(0 < op.expected < NEVER_LIVE for op in ops)} with an expected version; {backwards} decisions on a "
+        f"version older than their replica already held; a replica first decided on a new activation "
+        f"{statistics.median(lags) if lags else 0:.3f} s (median), {max(lags, default=0):.3f} s (max) after "
+        "its publish began"
+    )
     assert backwards == 0
     assert total > 200 and counts["activated"] > 20
     assert all(op.outcome == "refused" for op in ops if op.expected == NEVER_LIVE)

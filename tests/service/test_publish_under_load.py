@@ -53,8 +53,13 @@ def test_publish_and_rollback_under_load_fail_no_call(start, tmp_path: Path) -> 
         stop.set()
 
 
-def run_publishes(server: Running, stop: threading.Event, threads: list[threading.Thread],
-                  decisions: list[tuple[float, float, str]], failures: list[str]) -> None:
+def run_publishes(
+    server: Running,
+    stop: threading.Event,
+    threads: list[threading.Thread],
+    decisions: list[tuple[float, float, str]],
+    failures: list[str],
+) -> None:
 
     # (call began, call ended, version live after it)
     timeline: list[tuple[float, float, str]] = [(0.0, 0.0, server.service.policy_set.version)]
@@ -70,7 +75,9 @@ def run_publishes(server: Running, stop: threading.Event, threads: list[threadin
         if round_ % 6 == 5:
             live_before = server.service.policy_set.version
             with pytest.raises(grpc.RpcError) as raised:
-                server.admin.PublishPolicySet(apb.PublishPolicySetRequest(draft=apb.PolicySetDraft(files=invalid)), metadata=server.auth())
+                server.admin.PublishPolicySet(
+                    apb.PublishPolicySetRequest(draft=apb.PolicySetDraft(files=invalid)), metadata=server.auth()
+                )
             assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert server.service.policy_set.version == live_before  # an invalid draft changes nothing
             refused += 1
@@ -93,8 +100,10 @@ def run_publishes(server: Running, stop: threading.Event, threads: list[threadin
     assert len(decisions) > 300
     assert len({label for _, _, label in timeline}) >= 3
     # Version k was live from when its publish began until the next publish ended.
-    intervals = [(timeline[k][0], timeline[k + 1][1] if k + 1 < len(timeline) else float("inf"), timeline[k][2])
-                 for k in range(len(timeline))]
+    intervals = [
+        (timeline[k][0], timeline[k + 1][1] if k + 1 < len(timeline) else float("inf"), timeline[k][2])
+        for k in range(len(timeline))
+    ]
     for began, ended, version in decisions:
         live_then = {v for start_, end_, v in intervals if start_ <= ended and end_ >= began}
         assert version in live_then, (version, live_then)

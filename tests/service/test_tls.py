@@ -28,10 +28,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | bytes]:
     server.private_key_pem.write_to_path(str(folder / "server.key"))
     ca.cert_pem.write_to_path(str(folder / "ca.pem"))
     return {
-        "cert": folder / "server.pem", "key": folder / "server.key", "ca": folder / "ca.pem",
+        "cert": folder / "server.pem",
+        "key": folder / "server.key",
+        "ca": folder / "ca.pem",
         "ca_pem": ca.cert_pem.bytes(),
-        "client_key": client.private_key_pem.bytes(), "client_chain": client.cert_chain_pems[0].bytes(),
-        "outsider_key": outsider.private_key_pem.bytes(), "outsider_chain": outsider.cert_chain_pems[0].bytes(),
+        "client_key": client.private_key_pem.bytes(),
+        "client_chain": client.cert_chain_pems[0].bytes(),
+        "outsider_key": outsider.private_key_pem.bytes(),
+        "outsider_chain": outsider.cert_chain_pems[0].bytes(),
     }
 
 

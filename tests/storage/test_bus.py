@@ -15,9 +15,12 @@ from nba.storage.store import Store
 
 
 def test_an_entry_survives_the_stream() -> None:
-    entry = BusEntry("host:1", Span(3, 5, 10, 12),
-                     [LearningEvent(4, {"customer.age": 30.0, "x": "y"}, "alpha", 1.0, None, 123.5)],
-                     [ContactEvent("c", 1.5, "decided", "alpha", "g", "web")])
+    entry = BusEntry(
+        "host:1",
+        Span(3, 5, 10, 12),
+        [LearningEvent(4, {"customer.age": 30.0, "x": "y"}, "alpha", 1.0, None, 123.5)],
+        [ContactEvent("c", 1.5, "decided", "alpha", "g", "web")],
+    )
     fields = {k.encode(): v.encode() for k, v in encode(entry).items()}
     assert decode(fields) == entry
 

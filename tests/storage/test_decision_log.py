@@ -51,16 +51,35 @@ class Listener:
 
 def decision(customer: str = "c-1", request_id: str | None = None) -> DecisionRecord:
     return DecisionRecord(
-        new_decision_id(), request_id, customer, "web", datetime.now(UTC), "1-abc", "linear-igw/0",
-        {"customer.age": 40.0}, {},
-        [{"offer_id": "gold", "slot": 1, "propensity": 0.7, "score": 1.0, "fallback": False, "treatment": "",
-          "group": "cards", "name": "Gold"}])
+        new_decision_id(),
+        request_id,
+        customer,
+        "web",
+        datetime.now(UTC),
+        "1-abc",
+        "linear-igw/0",
+        {"customer.age": 40.0},
+        {},
+        [
+            {
+                "offer_id": "gold",
+                "slot": 1,
+                "propensity": 0.7,
+                "score": 1.0,
+                "fallback": False,
+                "treatment": "",
+                "group": "cards",
+                "name": "Gold",
+            }
+        ],
+    )
 
 
 def feedback(d: DecisionRecord, event_id: str, outcome: str = "clicked", reward: float = 1.0) -> FeedbackEvent:
     now = datetime.now(UTC)
-    return FeedbackEvent(event_id, d.decision_id, "gold", outcome, reward, now, now, d.features, d.customer_id, "web",
-                         "cards", d.created_at)
+    return FeedbackEvent(
+        event_id, d.decision_id, "gold", outcome, reward, now, now, d.features, d.customer_id, "web", "cards", d.created_at
+    )
 
 
 @pytest.fixture
@@ -97,7 +116,8 @@ def test_feedback_is_acknowledged_once_durable_and_learned(store: Store) -> None
         assert result.applied and not result.duplicate and result.feedback_id is not None
         # learned before it was acknowledged, with the decision's features
         assert [(e.feedback_id, e.offer_id, e.reward, e.features) for e in listener.learned_events] == [
-            (result.feedback_id, "gold", 1.0, d.features)]
+            (result.feedback_id, "gold", 1.0, d.features)
+        ]
         assert [(c.customer_id, c.kind, c.offer_id, c.group) for c in listener.contacts] == [("c-1", "clicked", "gold", "cards")]
         again = log.submit_feedback(feedback(d, "e-1")).result(timeout=5)
         assert again.duplicate and not again.applied

@@ -19,9 +19,13 @@ def test_graceful_shutdown_writes_every_decision(start) -> None:
     with ThreadPoolExecutor(8) as pool:
         ids = list(
             pool.map(
-                lambda i: server.stub.Decide(
-                    pb.DecideRequest(customer_id=f"c-{i}", channel="web", context=struct({"customer": customer(age=18 + i % 60)}))
-                ).decision_id,
+                lambda i: (
+                    server.stub.Decide(
+                        pb.DecideRequest(
+                            customer_id=f"c-{i}", channel="web", context=struct({"customer": customer(age=18 + i % 60)})
+                        )
+                    ).decision_id
+                ),
                 range(600),
             )
         )
@@ -33,8 +37,10 @@ def test_graceful_shutdown_writes_every_decision(start) -> None:
 
 def test_the_model_survives_a_restart_exactly(start) -> None:
     server = start(snapshot_seconds=3600)  # no snapshot until the stop
-    contexts = [{"customer": customer(age=20 + i, value={"segment": s, "clv": 100.0 * i, "monthly_spend": 300})}
-                for i, s in enumerate(["gold", "silver", "bronze"] * 10)]
+    contexts = [
+        {"customer": customer(age=20 + i, value={"segment": s, "clv": 100.0 * i, "monthly_spend": 300})}
+        for i, s in enumerate(["gold", "silver", "bronze"] * 10)
+    ]
     for i, ctx in enumerate(contexts):
         decision = server.stub.Decide(pb.DecideRequest(customer_id="c", channel="web", context=struct(ctx), limit=2))
         feedback(server, decision, f"e-{i}", pb.OUTCOME_ACCEPTED if i % 3 == 0 else pb.OUTCOME_IMPRESSED)
@@ -68,8 +74,9 @@ def test_durable_decisions_are_committed_before_decide_answers(start) -> None:
     server = start(durable_decisions=True, log_flush_seconds=30.0, log_batch_size=10_000)
 
     def decide_and_look(i: int) -> bool:
-        reply = server.stub.Decide(pb.DecideRequest(customer_id=f"c-{i}", channel="web",
-                                                    context=struct({"customer": customer(age=18 + i % 60)})))
+        reply = server.stub.Decide(
+            pb.DecideRequest(customer_id=f"c-{i}", channel="web", context=struct({"customer": customer(age=18 + i % 60)}))
+        )
         return server.service.store.find_decision(reply.decision_id) is not None  # already in the log
 
     with ThreadPoolExecutor(8) as pool:

@@ -36,13 +36,18 @@ def health(process: Process, name: str) -> int:
 
 
 def decide(stub: pb_grpc.DecisionServiceStub, customer_id: str) -> pb.DecideResponse:
-    return stub.Decide(pb.DecideRequest(customer_id=customer_id, channel="web",
-                                        context=struct({"customer": customer(age=30)})), timeout=5)
+    return stub.Decide(
+        pb.DecideRequest(customer_id=customer_id, channel="web", context=struct({"customer": customer(age=30)})), timeout=5
+    )
 
 
 def accept(stub: pb_grpc.DecisionServiceStub, decision: pb.DecideResponse, event_id: str) -> pb.FeedbackResponse:
-    return stub.Feedback(pb.FeedbackRequest(event_id=event_id, decision_id=decision.decision_id,
-                                            offer_id=decision.offers[0].offer_id, outcome=pb.OUTCOME_ACCEPTED), timeout=15)
+    return stub.Feedback(
+        pb.FeedbackRequest(
+            event_id=event_id, decision_id=decision.decision_id, offer_id=decision.offers[0].offer_id, outcome=pb.OUTCOME_ACCEPTED
+        ),
+        timeout=15,
+    )
 
 
 def wait_for(condition, seconds: float, what: str) -> float:
@@ -104,8 +109,10 @@ def test_decide_goes_on_while_postgresql_is_down_and_feedback_waits_for_it(tmp_p
             ids = ", ".join(f"'{d.decision_id}'" for d in during)
             assert rows(pg.url, f"SELECT count(*) FROM decisions WHERE decision_id IN ({ids})") == [(20,)]
             assert accept(stub, during[1], "during-1").applied
-            print(f"\nfeedback accepted again {recovered:.2f} s after PostgreSQL restarted; "
-                  f"20 of 20 decisions made during the outage written")
+            print(
+                f"\nfeedback accepted again {recovered:.2f} s after PostgreSQL restarted; "
+                f"20 of 20 decisions made during the outage written"
+            )
         finally:
             assert process.stop() == 0
 
@@ -200,8 +207,9 @@ def test_replicas_survive_sigkill_and_restarts_of_redis_and_postgresql(tmp_path:
                 victim.proc.wait(10)
                 made_by_victim = {d for d, i in load.decisions.items() if i == 1}
                 time.sleep(2)
-                restarted = Process(tmp_path, port=victim.port, metrics_port=victim.metrics_port,
-                                    NBA_DATABASE_URL=pg.url, NBA_SEED="1", **env)
+                restarted = Process(
+                    tmp_path, port=victim.port, metrics_port=victim.metrics_port, NBA_DATABASE_URL=pg.url, NBA_SEED="1", **env
+                )
                 t = time.monotonic()
                 restarted.wait_serving()
                 replicas[1] = restarted
@@ -263,8 +271,7 @@ def test_replicas_survive_sigkill_and_restarts_of_redis_and_postgresql(tmp_path:
 
 
 @pytest.mark.parametrize("durable", [True, False], ids=["durable-decisions", "write-behind"])
-def test_sigkill_loses_no_answered_decision_with_durable_decisions(tmp_path: Path, database_url: str,
-                                                                   durable: bool) -> None:
+def test_sigkill_loses_no_answered_decision_with_durable_decisions(tmp_path: Path, database_url: str, durable: bool) -> None:
     """With a flush window of 5 s, a SIGKILL under Decide load loses the decisions of that
     window (the write-behind default: at most log_flush_seconds of them), and none with
     --durable-decisions."""

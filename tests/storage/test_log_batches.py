@@ -16,22 +16,52 @@ from nba.storage.engine import open_engine
 from nba.storage.store import Store
 from nba.storage.tables import FeedbackRow
 
-WINDOWS = RewardWindows({"impressed": 3600.0, "clicked": 86400.0, "accepted": 86400.0, "rejected": 86400.0},
-                        default_reward=-0.05)
+WINDOWS = RewardWindows({"impressed": 3600.0, "clicked": 86400.0, "accepted": 86400.0, "rejected": 86400.0}, default_reward=-0.05)
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 def record(n: int, offers: int, decided: datetime) -> DecisionRecord:
     return DecisionRecord(
-        new_decision_id() + f"{n:05d}", None, f"c-{n}", "web", decided, "1-abc", "linear-igw/0", {"customer.n": float(n)},
-        {}, [{"offer_id": f"o-{(n + k) % 7}", "slot": k + 1, "propensity": 0.3, "score": 1.0, "fallback": False,
-              "treatment": "", "group": "g", "name": "x"} for k in range(offers)])
+        new_decision_id() + f"{n:05d}",
+        None,
+        f"c-{n}",
+        "web",
+        decided,
+        "1-abc",
+        "linear-igw/0",
+        {"customer.n": float(n)},
+        {},
+        [
+            {
+                "offer_id": f"o-{(n + k) % 7}",
+                "slot": k + 1,
+                "propensity": 0.3,
+                "score": 1.0,
+                "fallback": False,
+                "treatment": "",
+                "group": "g",
+                "name": "x",
+            }
+            for k in range(offers)
+        ],
+    )
 
 
 def event_for(r: DecisionRecord, offer: str, event_id: str, outcome: str, received: datetime) -> FeedbackEvent:
-    return FeedbackEvent(event_id=event_id, decision_id=r.decision_id, offer_id=offer, outcome=outcome, reward=1.0,
-                         occurred_at=received, received_at=received, features=r.features, customer_id=r.customer_id,
-                         decided_at=r.created_at, channel="web", group="g")
+    return FeedbackEvent(
+        event_id=event_id,
+        decision_id=r.decision_id,
+        offer_id=offer,
+        outcome=outcome,
+        reward=1.0,
+        occurred_at=received,
+        received_at=received,
+        features=r.features,
+        customer_id=r.customer_id,
+        decided_at=r.created_at,
+        channel="web",
+        group="g",
+    )
 
 
 def test_closing_a_batch_costs_a_few_statements_and_closes_each_offer_once(database_url: str) -> None:
@@ -46,23 +76,46 @@ def test_closing_a_batch_costs_a_few_statements_and_closes_each_offer_once(datab
         for r in records[::3]:  # answered in time: no default reward for that offer
             store.store_feedback(conn, event_for(r, r.offers[0]["offer_id"], f"e-{r.decision_id}", "accepted", decided))
         for r in records[1::7]:  # answered too late: stored, not applied, so still unanswered
-            store.store_feedback(conn, event_for(r, r.offers[1]["offer_id"], f"late-{r.decision_id}", "impressed",
-                                                 decided + timedelta(hours=5)))
+            store.store_feedback(
+                conn, event_for(r, r.offers[1]["offer_id"], f"late-{r.decision_id}", "impressed", decided + timedelta(hours=5))
+            )
         for r in records[2:40:9]:  # another replica closed this pair first
-            conn.execute(f.insert().values(
-                event_id=f"{NO_RESPONSE}:{r.decision_id}:{r.offers[2]['offer_id']}", decision_id=r.decision_id,
-                offer_id=r.offers[2]["offer_id"], outcome=NO_RESPONSE, reward=-0.05, stage=0, applied=True,
-                pair_reward=-0.05, late=False, occurred_at=NOW, received_at=NOW))
+            conn.execute(
+                f.insert().values(
+                    event_id=f"{NO_RESPONSE}:{r.decision_id}:{r.offers[2]['offer_id']}",
+                    decision_id=r.decision_id,
+                    offer_id=r.offers[2]["offer_id"],
+                    outcome=NO_RESPONSE,
+                    reward=-0.05,
+                    stage=0,
+                    applied=True,
+                    pair_reward=-0.05,
+                    late=False,
+                    occurred_at=NOW,
+                    received_at=NOW,
+                )
+            )
         # a client's event id that looks like one of ours, on another decision: its pair is
         # left alone rather than failing the whole batch on the unique event id
         squatted = records[4]
-        store.store_feedback(conn, event_for(records[5], records[5].offers[0]["offer_id"],
-                                             f"{NO_RESPONSE}:{squatted.decision_id}:{squatted.offers[0]['offer_id']}",
-                                             "clicked", decided))
+        store.store_feedback(
+            conn,
+            event_for(
+                records[5],
+                records[5].offers[0]["offer_id"],
+                f"{NO_RESPONSE}:{squatted.decision_id}:{squatted.offers[0]['offer_id']}",
+                "clicked",
+                decided,
+            ),
+        )
     answered = {(r.decision_id, r.offers[0]["offer_id"]) for r in [*records[::3], records[5]]}
     closed_before = {(r.decision_id, r.offers[2]["offer_id"]) for r in records[2:40:9]}
-    expected = {(r.decision_id, o["offer_id"]) for r in records for o in r.offers} - answered - closed_before - {
-        (squatted.decision_id, squatted.offers[0]["offer_id"])}
+    expected = (
+        {(r.decision_id, o["offer_id"]) for r in records for o in r.offers}
+        - answered
+        - closed_before
+        - {(squatted.decision_id, squatted.offers[0]["offer_id"])}
+    )
 
     statements: list[str] = []
 
@@ -79,8 +132,11 @@ def test_closing_a_batch_costs_a_few_statements_and_closes_each_offer_once(datab
     assert len(inside) <= 6, inside  # due decisions, applied feedback, taken ids, insert, new ids, update
 
     with engine.connect() as conn:
-        stored = {(r.decision_id, r.offer_id): r for r in conn.execute(
-            select(f).where(f.c.outcome == NO_RESPONSE, f.c.event_id.like(f"{NO_RESPONSE}:%"))) if r.received_at}
+        stored = {
+            (r.decision_id, r.offer_id): r
+            for r in conn.execute(select(f).where(f.c.outcome == NO_RESPONSE, f.c.event_id.like(f"{NO_RESPONSE}:%")))
+            if r.received_at
+        }
     features = {r.decision_id: r.features for r in records}
     made = {(r.decision_id, r.offer_id) for r in stored.values() if r.decision_id in features} - closed_before
     assert made == expected and len(learn) == len(expected)
@@ -134,9 +190,20 @@ def test_a_batch_of_feedback_is_stored_as_one_at_a_time_would_in_four_statements
         o1, o2 = r.offers[0]["offer_id"], r.offers[1]["offer_id"]
 
         def fb(n: str, offer: str, outcome: str, reward: float, received: datetime = decided) -> FeedbackEvent:
-            return FeedbackEvent(event_id=f"{tag}-{n}", decision_id=r.decision_id, offer_id=offer, outcome=outcome,
-                                 reward=reward, occurred_at=received, received_at=received, features=r.features,
-                                 customer_id=r.customer_id, decided_at=r.created_at, channel="web", group="g")
+            return FeedbackEvent(
+                event_id=f"{tag}-{n}",
+                decision_id=r.decision_id,
+                offer_id=offer,
+                outcome=outcome,
+                reward=reward,
+                occurred_at=received,
+                received_at=received,
+                features=r.features,
+                customer_id=r.customer_id,
+                decided_at=r.created_at,
+                channel="web",
+                group="g",
+            )
 
         return [
             fb("e1", o1, "clicked", 0.3),  # revises the impression stored before
@@ -151,9 +218,20 @@ def test_a_batch_of_feedback_is_stored_as_one_at_a_time_would_in_four_statements
 
     def first(r: DecisionRecord, tag: str) -> None:
         with store.write() as conn:
-            store.store_feedback(conn, FeedbackEvent(
-                event_id=f"{tag}-e0", decision_id=r.decision_id, offer_id=r.offers[0]["offer_id"], outcome="impressed",
-                reward=0.0, occurred_at=decided, received_at=decided, features=r.features, decided_at=r.created_at))
+            store.store_feedback(
+                conn,
+                FeedbackEvent(
+                    event_id=f"{tag}-e0",
+                    decision_id=r.decision_id,
+                    offer_id=r.offers[0]["offer_id"],
+                    outcome="impressed",
+                    reward=0.0,
+                    occurred_at=decided,
+                    received_at=decided,
+                    features=r.features,
+                    decided_at=r.created_at,
+                ),
+            )
 
     statements = counting(engine)
     first(one, "b")
@@ -175,22 +253,33 @@ def test_a_batch_of_feedback_is_stored_as_one_at_a_time_would_in_four_statements
             text = str(exc).replace(f"'{tag}-", "'X-").replace(r.decision_id, "D")
             return text.replace(f"'{r.offers[0]['offer_id']}'", "'O1'").replace(f"'{r.offers[1]['offer_id']}'", "'O2'")
 
-        return [("conflict", message(x)) if isinstance(x, AlreadyExists)
-                else (x.duplicate, x.applied, x.reward, x.previous_reward, x.late, x.feedback_id is not None)
-                for x in results]
+        return [
+            ("conflict", message(x))
+            if isinstance(x, AlreadyExists)
+            else (x.duplicate, x.applied, x.reward, x.previous_reward, x.late, x.feedback_id is not None)
+            for x in results
+        ]
 
-    assert shape(batched, one, "b") == shape(single, two, "s") == [
-        (False, True, 0.3, 0.0, False, True),
-        (False, True, 1.0, 0.3, False, True),
-        (False, False, 1.0, None, False, True),
-        (True, False, 1.0, None, False, False),
-        ("conflict", "event_id: 'X-e0' was already used for decision 'D', offer 'O1', outcome 'impressed'; "
-                     "use a new event_id"),
-        ("conflict", "event_id: 'X-e2' was already used for decision 'D', offer 'O1', outcome 'accepted'; "
-                     "use a new event_id"),
-        (False, True, 1.0, None, False, True),
-        (False, False, 1.0, None, True, True),
-    ]
+    assert (
+        shape(batched, one, "b")
+        == shape(single, two, "s")
+        == [
+            (False, True, 0.3, 0.0, False, True),
+            (False, True, 1.0, 0.3, False, True),
+            (False, False, 1.0, None, False, True),
+            (True, False, 1.0, None, False, False),
+            (
+                "conflict",
+                "event_id: 'X-e0' was already used for decision 'D', offer 'O1', outcome 'impressed'; use a new event_id",
+            ),
+            (
+                "conflict",
+                "event_id: 'X-e2' was already used for decision 'D', offer 'O1', outcome 'accepted'; use a new event_id",
+            ),
+            (False, True, 1.0, None, False, True),
+            (False, False, 1.0, None, True, True),
+        ]
+    )
     ids = [r.feedback_id for r in batched if isinstance(r, FeedbackResult) and r.feedback_id is not None]
     assert ids == sorted(ids)  # the order they were given: the learner applies them by id
     f = FeedbackRow.__table__

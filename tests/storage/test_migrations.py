@@ -26,26 +26,78 @@ from nba.storage.store import Store
 
 AT = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
 FEATURES = {"customer.age": 41.0, "customer.tags": ["a"], "customer.notes": {}}
-OFFERS = [{"offer_id": "gold-card", "slot": 1, "propensity": 0.6, "score": 1.5, "fallback": False, "treatment": "",
-           "group": "cards", "name": "Gold"}]
+OFFERS = [
+    {
+        "offer_id": "gold-card",
+        "slot": 1,
+        "propensity": 0.6,
+        "score": 1.5,
+        "fallback": False,
+        "treatment": "",
+        "group": "cards",
+        "name": "Gold",
+    }
+]
 
 #: rows of every table as the first revision (0001) made them (that revision never changes);
 #: ids come from the tables' own sequences, as they do in use (all 1 in a new database)
 FIRST_REVISION_ROWS: dict[str, list[dict[str, Any]]] = {
-    "policy_sets": [{"content_hash": "h" * 64, "created_at": AT, "created_by": "alice", "comment": "first",
-                     "files": {"set.yaml": "channels: [web]\n"}}],
+    "policy_sets": [
+        {
+            "content_hash": "h" * 64,
+            "created_at": AT,
+            "created_by": "alice",
+            "comment": "first",
+            "files": {"set.yaml": "channels: [web]\n"},
+        }
+    ],
     "policy_activations": [{"version": 1, "activated_at": AT, "actor": "alice", "source": "api", "comment": ""}],
-    "decisions": [{"decision_id": "d-1", "request_id": "r-1", "customer_id": "c-1", "channel": "web", "created_at": AT,
-                   "policy_version": "1-hhhhhhhhhhhh", "model_version": "linear-igw/0", "features": FEATURES,
-                   "candidates": {}, "offers": OFFERS, "closed": False}],
-    "feedback": [{"event_id": "e-1", "decision_id": "d-1", "offer_id": "gold-card", "outcome": "accepted",
-                  "reward": 1.0, "stage": 4, "applied": True, "pair_reward": 1.0, "previous_reward": None, "late": False,
-                  "occurred_at": AT, "received_at": AT}],
-    "contact_events": [{"customer_id": "c-1", "at": AT.timestamp(), "origin": "host:1", "kind": "decided",
-                        "offer_id": "gold-card", "group": "cards", "channel": "web"}],
+    "decisions": [
+        {
+            "decision_id": "d-1",
+            "request_id": "r-1",
+            "customer_id": "c-1",
+            "channel": "web",
+            "created_at": AT,
+            "policy_version": "1-hhhhhhhhhhhh",
+            "model_version": "linear-igw/0",
+            "features": FEATURES,
+            "candidates": {},
+            "offers": OFFERS,
+            "closed": False,
+        }
+    ],
+    "feedback": [
+        {
+            "event_id": "e-1",
+            "decision_id": "d-1",
+            "offer_id": "gold-card",
+            "outcome": "accepted",
+            "reward": 1.0,
+            "stage": 4,
+            "applied": True,
+            "pair_reward": 1.0,
+            "previous_reward": None,
+            "late": False,
+            "occurred_at": AT,
+            "received_at": AT,
+        }
+    ],
+    "contact_events": [
+        {
+            "customer_id": "c-1",
+            "at": AT.timestamp(),
+            "origin": "host:1",
+            "kind": "decided",
+            "offer_id": "gold-card",
+            "group": "cards",
+            "channel": "web",
+        }
+    ],
     "offer_counters": [{"offer_id": "gold-card", "kind": "decided", "hour": int(AT.timestamp() // 3600), "count": 3}],
-    "model_snapshots": [{"created_at": AT, "signature": "old", "model_version": "linear-igw/1",
-                         "last_feedback_id": 1, "state": b"\x80\x04N."}],
+    "model_snapshots": [
+        {"created_at": AT, "signature": "old", "model_version": "linear-igw/1", "last_feedback_id": 1, "state": b"\x80\x04N."}
+    ],
 }
 
 
@@ -72,8 +124,7 @@ def differences(engine: Engine) -> list[Any]:
         return compare_metadata(context, SQLModel.metadata)
 
 
-def test_a_full_database_of_the_first_revision_upgrades_to_the_declared_schema_keeping_every_row(
-        database_url: str) -> None:
+def test_a_full_database_of_the_first_revision_upgrades_to_the_declared_schema_keeping_every_row(database_url: str) -> None:
     engine = create_engine(database_url)
     assert upgrade(engine, BASELINE) == (None, BASELINE)
     metadata = MetaData()
@@ -104,12 +155,14 @@ def test_a_full_database_of_the_first_revision_upgrades_to_the_declared_schema_k
     engine = open_engine(database_url)
     store = Store(engine)
     assert {t: len(r) for t, r in rows(engine).items() if t != "alembic_version"} == {
-        t: len(r) for t, r in before.items() if t != "alembic_version"}
+        t: len(r) for t, r in before.items() if t != "alembic_version"
+    }
     decision = store.find_decision("d-1")
     assert decision is not None and decision.features == FEATURES and decision.offers == OFFERS
     assert decision.created_at == AT
     assert [(e.feedback_id, e.offer_id, e.reward, e.features) for e in store.learning_events(0)] == [
-        (1, "gold-card", 1.0, FEATURES)]
+        (1, "gold-card", 1.0, FEATURES)
+    ]
     live = store.live_activation()
     assert (live.id, live.version, live.files) == (1, 1, {"set.yaml": "channels: [web]\n"})
     assert [(e.offer_id, e.kind) for e in store.contact_events("c-1", 0)] == [("gold-card", "decided")]
@@ -171,19 +224,29 @@ def test_a_database_from_before_migrations_is_stamped_by_db_upgrade(database_url
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE alembic_version")
         conn.exec_driver_sql("ALTER TABLE contact_events DROP COLUMN origin")  # added in place back then
-        conn.exec_driver_sql("INSERT INTO contact_events (customer_id, at, kind, offer_id, \"group\", channel) "
-                             "VALUES ('c-1', 1.5, 'decided', 'gold-card', 'cards', 'web')")
+        conn.exec_driver_sql(
+            'INSERT INTO contact_events (customer_id, at, kind, offer_id, "group", channel) '
+            "VALUES ('c-1', 1.5, 'decided', 'gold-card', 'cards', 'web')"
+        )
     with pytest.raises(SchemaError, match="before schema migrations: run `nba db upgrade`"):
         ensure_schema(engine)
     engine.dispose()
-    done = subprocess.run([sys.executable, "-m", "nba", "db", "upgrade", "--database-url", database_url],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "nba", "db", "upgrade", "--database-url", database_url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert head_revision() in done.stdout
     engine = open_engine(database_url)
     assert "origin" in {c["name"] for c in inspect(engine).get_columns("contact_events")}
     assert differences(engine) == []
-    assert Store(engine, origin="reader").contact_events_after(0) == ([ContactEvent("c-1", 1.5, "decided", "gold-card", "cards", "web")], 1)
+    assert Store(engine, origin="reader").contact_events_after(0) == (
+        [ContactEvent("c-1", 1.5, "decided", "gold-card", "cards", "web")],
+        1,
+    )
     engine.dispose()
 
 
@@ -192,8 +255,25 @@ def test_serve_refuses_an_outdated_database_naming_the_command(database_url: str
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'zzzz'")
     engine.dispose()
-    done = subprocess.run([sys.executable, "-m", "nba", "serve", "--database-url", database_url, "--port", "0",
-                           "--metrics-port", "-1", "--workers", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nba",
+            "serve",
+            "--database-url",
+            database_url,
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            "--workers",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "revision zzzz" in done.stderr and "Traceback" not in done.stderr

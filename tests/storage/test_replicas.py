@@ -62,8 +62,9 @@ def version(stub: pb_grpc.DecisionServiceStub) -> int:
 
 
 def predictions(stub: pb_grpc.DecisionServiceStub) -> dict[str, float]:
-    reply = stub.Decide(pb.DecideRequest(customer_id="probe", channel="web", explain=True,
-                                         context=struct({"customer": customer(age=41)})))
+    reply = stub.Decide(
+        pb.DecideRequest(customer_id="probe", channel="web", explain=True, context=struct({"customer": customer(age=41)}))
+    )
     return {o.offer_id: o.predicted for o in reply.explanation.offers if o.eligible}
 
 
@@ -78,11 +79,15 @@ def traffic(replicas: list[pb_grpc.DecisionServiceStub], rounds: int, tag: str) 
     a, b, c = replicas
 
     def one(i: int) -> bool:
-        decision = a.Decide(pb.DecideRequest(customer_id=f"c-{i % 40}", channel="web", limit=2,
-                                             context=struct({"customer": customer(age=20 + i % 45)})))
+        decision = a.Decide(
+            pb.DecideRequest(
+                customer_id=f"c-{i % 40}", channel="web", limit=2, context=struct({"customer": customer(age=20 + i % 45)})
+            )
+        )
         outcome = pb.OUTCOME_ACCEPTED if i % 3 == 0 else pb.OUTCOME_IMPRESSED
-        request = pb.FeedbackRequest(event_id=f"{tag}-{i}", decision_id=decision.decision_id,
-                                     offer_id=decision.offers[0].offer_id, outcome=outcome)
+        request = pb.FeedbackRequest(
+            event_id=f"{tag}-{i}", decision_id=decision.decision_id, offer_id=decision.offers[0].offer_id, outcome=outcome
+        )
         # a replica that did not decide (which may not have the decision yet: UNAVAILABLE, retried)
         reply = retrying((b, c)[i % 2].Feedback, request)
         retried = retrying((c, b)[i % 2].Feedback, request)
@@ -123,8 +128,12 @@ def test_a_contact_cap_holds_across_replicas(replicas) -> None:
     for i in range(24):
         decision = clients[i % 3].Decide(pb.DecideRequest(customer_id="capped", channel="web", context=profile))
         offer = decision.offers[0]
-        retrying(clients[(i + 1) % 3].Feedback, pb.FeedbackRequest(
-            event_id=f"cap-{i}", decision_id=decision.decision_id, offer_id=offer.offer_id, outcome=pb.OUTCOME_IMPRESSED))
+        retrying(
+            clients[(i + 1) % 3].Feedback,
+            pb.FeedbackRequest(
+                event_id=f"cap-{i}", decision_id=decision.decision_id, offer_id=offer.offer_id, outcome=pb.OUTCOME_IMPRESSED
+            ),
+        )
         if offer.group in ("retention", "cross-sell", "up-sell"):
             shown[offer.offer_id] += 1
         time.sleep(0.1)  # a customer's pace: replicas learn each other's contacts within ~30 ms
@@ -171,22 +180,31 @@ def test_reward_windows_close_once_across_replicas(tmp_path: Path, bus: str) -> 
     windows = {f"NBA_WINDOW_{o}_SECONDS": "1" for o in ("IMPRESSED", "CLICKED", "ACCEPTED", "REJECTED")}
     with ExitStack() as stack:
         url = stack.enter_context(postgres_schema())
-        env = {"NBA_BUS": "database"} if bus == "database" else {
-            "NBA_BUS": REDIS, "NBA_BUS_STREAM": stack.enter_context(redis_stream())}
-        processes = start_replicas(tmp_path, url, NBA_WINDOW_CHECK_SECONDS="0.1", NBA_REWARD_DEFAULT="-0.1",
-                                   **windows, **env)
+        env = (
+            {"NBA_BUS": "database"}
+            if bus == "database"
+            else {"NBA_BUS": REDIS, "NBA_BUS_STREAM": stack.enter_context(redis_stream())}
+        )
+        processes = start_replicas(tmp_path, url, NBA_WINDOW_CHECK_SECONDS="0.1", NBA_REWARD_DEFAULT="-0.1", **windows, **env)
         try:
             clients = stubs(processes)
             answered = 0
             offered = 0
             for i in range(30):
-                decision = clients[i % 3].Decide(pb.DecideRequest(customer_id=f"w-{i}", channel="web", limit=2,
-                                                                  context=struct({"customer": customer()})))
+                decision = clients[i % 3].Decide(
+                    pb.DecideRequest(customer_id=f"w-{i}", channel="web", limit=2, context=struct({"customer": customer()}))
+                )
                 offered += len(decision.offers)
                 if i % 2:
-                    retrying(clients[(i + 1) % 3].Feedback, pb.FeedbackRequest(
-                        event_id=f"w-{i}", decision_id=decision.decision_id,
-                        offer_id=decision.offers[0].offer_id, outcome=pb.OUTCOME_CLICKED))
+                    retrying(
+                        clients[(i + 1) % 3].Feedback,
+                        pb.FeedbackRequest(
+                            event_id=f"w-{i}",
+                            decision_id=decision.decision_id,
+                            offer_id=decision.offers[0].offer_id,
+                            outcome=pb.OUTCOME_CLICKED,
+                        ),
+                    )
                     answered += 1
             unanswered = offered - answered
             time.sleep(2.5)
@@ -194,8 +212,10 @@ def test_reward_windows_close_once_across_replicas(tmp_path: Path, bus: str) -> 
 
             libpq = url.replace("postgresql+psycopg://", "postgresql://", 1)
             with psycopg.connect(libpq) as conn:
-                rows = conn.execute("SELECT decision_id, offer_id, count(*) FROM feedback WHERE outcome = 'no_response' "
-                                    "GROUP BY decision_id, offer_id").fetchall()
+                rows = conn.execute(
+                    "SELECT decision_id, offer_id, count(*) FROM feedback WHERE outcome = 'no_response' "
+                    "GROUP BY decision_id, offer_id"
+                ).fetchall()
                 applied = conn.execute("SELECT count(*) FROM feedback WHERE applied").fetchone()[0]
             assert rows and all(n == 1 for _, _, n in rows)  # once per offer, whoever closed it
             assert len({d for d, _, _ in rows}) >= 15  # the 15 decisions without feedback, at least
@@ -203,8 +223,7 @@ def test_reward_windows_close_once_across_replicas(tmp_path: Path, bus: str) -> 
             # each replica applied each event once (counted without a Decide, which would
             # open another window)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and any(metric(p, "nba_learning_updates_total") != applied
-                                                      for p in processes):
+            while time.monotonic() < deadline and any(metric(p, "nba_learning_updates_total") != applied for p in processes):
                 time.sleep(0.1)
             assert [metric(p, "nba_learning_updates_total") for p in processes] == [applied] * 3
         finally:

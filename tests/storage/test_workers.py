@@ -20,7 +20,9 @@ from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
 
 
-def channels_per_worker(port: int, workers: int = 2, seconds: float = 30.0) -> dict[str, tuple[grpc.Channel, pb_grpc.DecisionServiceStub]]:
+def channels_per_worker(
+    port: int, workers: int = 2, seconds: float = 30.0
+) -> dict[str, tuple[grpc.Channel, pb_grpc.DecisionServiceStub]]:
     """A connection to each worker: the kernel spreads new connections over the processes
     (a worker still starting is reached once it listens)."""
     found: dict[str, tuple[grpc.Channel, pb_grpc.DecisionServiceStub]] = {}
@@ -28,7 +30,9 @@ def channels_per_worker(port: int, workers: int = 2, seconds: float = 30.0) -> d
     while time.monotonic() < deadline:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
         stub = pb_grpc.DecisionServiceStub(channel)
-        _, call = stub.Decide.with_call(pb.DecideRequest(customer_id="probe", channel="web", context=struct({"customer": customer()})))
+        _, call = stub.Decide.with_call(
+            pb.DecideRequest(customer_id="probe", channel="web", context=struct({"customer": customer()}))
+        )
         worker = dict(call.trailing_metadata())["nba-worker"]
         if worker in found:
             channel.close()
@@ -70,9 +74,15 @@ def test_every_worker_learns_every_event_and_they_rank_alike(two_workers) -> Non
         decider, reporter = (a, b) if i % 2 else (b, a)
         decision = decider.Decide(pb.DecideRequest(customer_id=f"c-{i}", channel="web", context=context, limit=2))
         # feedback through the other worker than the one that decided
-        reply = retrying(reporter.Feedback, pb.FeedbackRequest(
-            event_id=f"e-{i}", decision_id=decision.decision_id, offer_id=decision.offers[0].offer_id,
-            outcome=pb.OUTCOME_ACCEPTED if i % 3 == 0 else pb.OUTCOME_IMPRESSED))
+        reply = retrying(
+            reporter.Feedback,
+            pb.FeedbackRequest(
+                event_id=f"e-{i}",
+                decision_id=decision.decision_id,
+                offer_id=decision.offers[0].offer_id,
+                outcome=pb.OUTCOME_ACCEPTED if i % 3 == 0 else pb.OUTCOME_IMPRESSED,
+            ),
+        )
         assert reply.applied
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not model_version(a) == model_version(b) == 20:
@@ -91,8 +101,12 @@ def test_a_killed_worker_is_restarted_and_catches_up(two_workers) -> None:
     process, workers = two_workers
     (_, a), (_, b) = workers["0"], workers["1"]
     decision = a.Decide(pb.DecideRequest(customer_id="c", channel="web", context=struct({"customer": customer()})))
-    retrying(b.Feedback, pb.FeedbackRequest(event_id="k-1", decision_id=decision.decision_id,
-                                            offer_id=decision.offers[0].offer_id, outcome=pb.OUTCOME_ACCEPTED))
+    retrying(
+        b.Feedback,
+        pb.FeedbackRequest(
+            event_id="k-1", decision_id=decision.decision_id, offer_id=decision.offers[0].offer_id, outcome=pb.OUTCOME_ACCEPTED
+        ),
+    )
     pids = children(process.proc.pid)
     assert len(pids) == 2
     os.kill(pids[0], signal.SIGKILL)
@@ -180,8 +194,10 @@ def test_no_worker_is_started_once_shutdown_began(tmp_path: Path) -> None:
     pids = set(children(process.proc.pid))
     os.kill(min(pids), signal.SIGKILL)
     # The supervisor has seen the exit and scheduled the restart; shutdown begins before it.
-    wait_for(lambda: any(line.get("msg", "").startswith("worker exited") for line in log_lines(process.stderr)),
-             what="the supervisor to see the exit")
+    wait_for(
+        lambda: any(line.get("msg", "").startswith("worker exited") for line in log_lines(process.stderr)),
+        what="the supervisor to see the exit",
+    )
     process.proc.send_signal(signal.SIGTERM)
     seen = set()
     while process.proc.poll() is None:
@@ -199,20 +215,26 @@ def test_a_crash_looping_worker_is_restarted_later_each_time_and_reported(tmp_pa
         process.wait_serving()
         wait_for(lambda: len(children(process.proc.pid)) == 2, what="two workers")
         # Worker 0 dies as soon as it is up, three times in a row.
-        started = [line["pid"] for line in log_lines(process.stderr) if line.get("msg") == "worker started" and line["worker"] == 0]
+        started = [
+            line["pid"] for line in log_lines(process.stderr) if line.get("msg") == "worker started" and line["worker"] == 0
+        ]
         for round_ in range(3):
             pid = started[-1]
             os.kill(pid, signal.SIGKILL)
             killed_at = time.monotonic()
 
             def restarted(known: tuple[int, ...] = tuple(started)) -> bool:
-                return any(line.get("msg") == "worker started" and line["worker"] == 0 and line["pid"] not in known
-                           for line in log_lines(process.stderr))
+                return any(
+                    line.get("msg") == "worker started" and line["worker"] == 0 and line["pid"] not in known
+                    for line in log_lines(process.stderr)
+                )
 
             wait_for(restarted, seconds=30, what=f"restart {round_ + 1}")
             waited = time.monotonic() - killed_at
-            started = [line["pid"] for line in log_lines(process.stderr) if line.get("msg") == "worker started" and line["worker"] == 0]
-            assert waited >= 2 ** round_ - 0.05, (round_, waited)  # 1 s, 2 s, 4 s: the delay doubles
+            started = [
+                line["pid"] for line in log_lines(process.stderr) if line.get("msg") == "worker started" and line["worker"] == 0
+            ]
+            assert waited >= 2**round_ - 0.05, (round_, waited)  # 1 s, 2 s, 4 s: the delay doubles
         exits = [line for line in log_lines(process.stderr) if line.get("worker") == 0 and "code" in line]
         assert [e["restart_in_seconds"] for e in exits] == [1.0, 2.0, 4.0]
         assert [e["exits_in_a_row"] for e in exits] == [1, 2, 3]

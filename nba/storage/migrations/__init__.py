@@ -45,8 +45,7 @@ SCRIPTS = Path(__file__).resolve().parent
 BASELINE = "0001"
 #: any constant: PostgreSQL advisory locks are keyed by a 64-bit number
 _PG_LOCK_KEY = 0x6E62615F6D6967  # "nba_mig"
-_TABLES = {"decisions", "feedback", "contact_events", "offer_counters", "policy_sets", "policy_activations",
-           "model_snapshots"}
+_TABLES = {"decisions", "feedback", "contact_events", "offer_counters", "policy_sets", "policy_activations", "model_snapshots"}
 
 
 def _config(connection: Connection | None = None) -> Config:
@@ -116,8 +115,10 @@ def upgrade(engine: Engine, target: str = "head") -> tuple[str | None, str]:
             log.warning("stamped a database made before migrations", extra={"revision": BASELINE})
             before = BASELINE
         if before not in (None, head) and before not in _known():
-            raise SchemaError(f"the database is at revision {before}, which this nba does not know: "
-                              f"it was migrated by a newer version (this one needs {head})")
+            raise SchemaError(
+                f"the database is at revision {before}, which this nba does not know: "
+                f"it was migrated by a newer version (this one needs {head})"
+            )
         command.upgrade(_config(conn), target)
     return before, head
 
@@ -139,13 +140,19 @@ def ensure_schema(engine: Engine) -> None:
                 log.info("created the database schema", extra={"revision": head})
         return
     if revision is None:
-        raise SchemaError(f"the database {url} was made by a version of nba from before schema migrations: "
-                          "run `nba db upgrade` once, then start again")
+        raise SchemaError(
+            f"the database {url} was made by a version of nba from before schema migrations: "
+            "run `nba db upgrade` once, then start again"
+        )
     if revision not in _known():
-        raise SchemaError(f"the database {url} is at revision {revision}, newer than this nba knows "
-                          f"(it needs {head}): run the newer version, or restore a backup")
-    raise SchemaError(f"the database {url} is at revision {revision}; this nba needs {head}: "
-                      "run `nba db upgrade` (with the same --database-url), then start again")
+        raise SchemaError(
+            f"the database {url} is at revision {revision}, newer than this nba knows "
+            f"(it needs {head}): run the newer version, or restore a backup"
+        )
+    raise SchemaError(
+        f"the database {url} is at revision {revision}; this nba needs {head}: "
+        "run `nba db upgrade` (with the same --database-url), then start again"
+    )
 
 
 def _known() -> set[str]:
@@ -160,8 +167,7 @@ def _baseline_columns() -> dict[str, list[str]]:
         with engine.begin() as conn:
             command.upgrade(_config(conn), BASELINE)
             inspector = inspect(conn)
-            return {t: [c["name"] for c in inspector.get_columns(t)] for t in inspector.get_table_names()
-                    if t in _TABLES}
+            return {t: [c["name"] for c in inspector.get_columns(t)] for t in inspector.get_table_names() if t in _TABLES}
     finally:
         engine.dispose()
 

@@ -1,7 +1,7 @@
 """Channel traffic against a running service, for locust (`make loadtest`, or by hand).
 
 Each simulated channel system asks ``Decide`` for a customer drawn from the simulator's
-personas (loadtests and the simulator share nba/simulation/simulator.py's population, which fits the
+personas (loadtests and the simulator share nba/simulation/population.py's population, which fits the
 sample catalogue in policies/), reports the impression of what it shows for a share of
 decisions, and the acceptance or rejection with the persona's ground-truth probability: the
 mix a campaign's callbacks produce. Every RPC is reported to locust as a request named after
@@ -31,7 +31,7 @@ import grpc.experimental.gevent as grpc_gevent
 from google.protobuf import struct_pb2
 from locust import User, between, events, task
 
-from nba.simulation.simulator import Population, generate
+from nba.simulation.population import Population, generate
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
 

@@ -13,7 +13,8 @@ from nba.cli.common import EXIT_FAILED, EXIT_UNAVAILABLE, CliError, _creatable_f
 def _simulate(args: argparse.Namespace) -> int:
     import random
 
-    from nba.simulation.simulator import Population, Simulator, curve_table, write_outputs
+    from nba.simulation.population import Population
+    from nba.simulation.simulator import Simulator, curve_table, write_outputs
 
     for flag, value, ok, meaning in (
         ("--decisions", args.decisions, args.decisions >= 1, "at least 1"),

@@ -24,7 +24,7 @@ from nba.policy.policies import Budget, ContactCap
 from nba.policy.rules import activation
 
 if TYPE_CHECKING:
-    from nba.policy.policy_set import PolicySet
+    from nba.policy.policy_set import BoundRule, CompiledOffer, PolicySet
 
 __all__ = ["SAMPLES", "TYPED_SAMPLES", "Sampled", "sample_contexts", "sample_rules", "static_checks"]
 
@@ -182,3 +182,39 @@ def static_checks(policy_set: PolicySet, now: datetime, sampled: Sampled | None 
         else:
             warn("rule is false for every sampled context of the offers it covers", policy=policy_id, field="rule")
     return found
+
+
+def type_check(policy_set: PolicySet, now: datetime) -> tuple[Sampled, list[tuple[CompiledOffer, BoundRule, str]]]:
+    """Evaluates every rule on contexts sampled from the schema: a type mismatch there is a
+    rule that compares a field with the wrong type. Returns the engagement rules' results on
+    the samples (the static checks use the same ones) and, once per policy, (offer, rule,
+    error) for each rule that failed on a type."""
+    samples = sample_contexts(policy_set, now)
+    # The schema's corners come first, all of them, however many: the type check reads what
+    # ``schema.samples(TYPED_SAMPLES)`` gives, a prefix of the static checks' samples.
+    typed = len(policy_set.schema.samples(TYPED_SAMPLES))
+    results = sample_rules(policy_set, samples, typed)
+    reported: set[str] = set()
+    mismatches: list[tuple[CompiledOffer, BoundRule, str]] = []
+    # A weight shared by many offers is evaluated once (by its rule object).
+    weights: dict[int, str | None] = {}
+    for compiled in policy_set.offers.values():
+        for bound in (*compiled.rules, *compiled.weights):
+            if bound.policy in reported:
+                continue
+            key = id(bound.rule)
+            if bound.kind != "weight":
+                error = results.errors.get(key)
+            else:
+                if key not in weights:
+                    weights[key] = None
+                    for variables in samples[:typed]:
+                        _, found = bound.rule.evaluate_number(variables)
+                        if found and type_error(found):
+                            weights[key] = found
+                            break
+                error = weights[key]
+            if error is not None:
+                reported.add(bound.policy)
+                mismatches.append((compiled, bound, error))
+    return results, mismatches

@@ -16,7 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from nba.days import local_day, misaligned_day
 from nba.errors import PolicySetError, Problem
-from nba.policy.checks import TYPED_SAMPLES, Sampled, sample_contexts, sample_rules, static_checks, type_error
+from nba.policy.checks import Sampled, static_checks, type_check
 from nba.policy.offers import Group, Offer
 from nba.policy.policies import ENGAGEMENT, Budget, ContactCap, EngagementRule, Policy, Suppression, Weight
 from nba.policy.policy_set import (
@@ -498,45 +498,20 @@ class _Builder:
         )
 
     def _type_check(self, policy_set: PolicySet) -> None:
-        """Evaluates every rule on contexts sampled from the schema: a type mismatch there is
-        a rule that compares a field with the wrong type. Keeps the engagement rules' results
-        (``self.sample_results``) for the static checks, which use the same samples."""
-        samples = sample_contexts(policy_set, self.now)
-        # The schema's corners come first, all of them, however many: the type check reads
-        # what ``schema.samples(TYPED_SAMPLES)`` gives, a prefix of the static checks' samples.
-        typed = len(policy_set.schema.samples(TYPED_SAMPLES))
-        self.sample_results = sample_rules(policy_set, samples, typed)
-        reported: set[str] = set()
-        # A weight shared by many offers is evaluated once (by its rule object).
-        weights: dict[int, str | None] = {}
-        for compiled in policy_set.offers.values():
-            for bound in (*compiled.rules, *compiled.weights):
-                if bound.policy in reported:
-                    continue
-                key = id(bound.rule)
-                if bound.kind != "weight":
-                    error = self.sample_results.errors.get(key)
-                else:
-                    if key not in weights:
-                        weights[key] = None
-                        for variables in samples[:typed]:
-                            _, found = bound.rule.evaluate_number(variables)
-                            if found and type_error(found):
-                                weights[key] = found
-                                break
-                    error = weights[key]
-                if error is not None:
-                    reported.add(bound.policy)
-                    where = (
-                        {"offer": compiled.id, "field": "eligibility"}
-                        if bound.policy.endswith(".eligibility")
-                        else {"policy": bound.policy, "field": "weight" if bound.kind == "weight" else "rule"}
-                    )
-                    self.error(
-                        f"{error} (on the declared context schema)",
-                        file=compiled.source if "offer" in where else self._file_of(bound.policy),
-                        **where,
-                    )
+        """Reports the rules that compare a field with the wrong type (``checks.type_check``),
+        keeping the sampled results for the static checks."""
+        self.sample_results, mismatches = type_check(policy_set, self.now)
+        for compiled, bound, error in mismatches:
+            where = (
+                {"offer": compiled.id, "field": "eligibility"}
+                if bound.policy.endswith(".eligibility")
+                else {"policy": bound.policy, "field": "weight" if bound.kind == "weight" else "rule"}
+            )
+            self.error(
+                f"{error} (on the declared context schema)",
+                file=compiled.source if "offer" in where else self._file_of(bound.policy),
+                **where,
+            )
 
     def _file_of(self, policy_id: str) -> str:
         return self.policy_files.get(policy_id, "")

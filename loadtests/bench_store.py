@@ -39,6 +39,7 @@ from nba.records import ContactEvent, DecisionRecord  # noqa: E402
 from nba.service.server import Service  # noqa: E402
 from nba.storage.engine import open_engine  # noqa: E402
 from nba.storage.store import Store  # noqa: E402
+from nba.storage.tables import DECISIONS  # noqa: E402
 
 BATCH = 500
 POSTGRES = os.environ.get("NBA_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -112,7 +113,7 @@ def size_bytes(store: Store, url: str) -> int:
 
 
 def purge_rate(store: Store) -> tuple[int, float]:
-    table = store._decisions
+    table = DECISIONS
     with store.write() as conn:
         conn.execute(table.update().values(closed=True))
     before = datetime.now(UTC) - timedelta(days=5)  # about half of them

@@ -16,13 +16,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nba.errors import InvalidArgument
 from nba.yaml_loader import describe, load_yaml
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(InvalidArgument, ValueError):
+    """A setting is invalid; the message names it with its flag and variable."""
 
 
 class Settings(BaseModel):

@@ -65,11 +65,6 @@ class LocalDay:
         """``2026-11-24@Asia/Kolkata``: names the day unambiguously across zones."""
         return f"{self.date.isoformat()}@{self.zone.key}"
 
-    def wall_seconds(self, at: float, offset: float) -> float:
-        """Clock time of day at ``at`` (seconds after 00:00 on the day's date), given the UTC
-        offset in force then."""
-        return at + offset - self.clock_base
-
 
 def _local_date(zone: ZoneInfo, at: float) -> date:
     return datetime.fromtimestamp(at, zone).date()

@@ -14,8 +14,16 @@ fix.
     ├── FailedPrecondition   FAILED_PRECONDITION: the state is not what the caller expected
     ├── Unauthenticated      UNAUTHENTICATED: no valid bearer token
     ├── PermissionDenied     PERMISSION_DENIED: the token's role may not do this
+    ├── DeadlineExceeded, Cancelled, ResourceExhausted
     └── PolicySetError       INVALID_ARGUMENT: a policy set is invalid; carries
                              every problem found, not just the first, each a ``Problem``
+
+The parts' own errors are in the same tree, so any of them that reaches a caller has its
+status: ``nba.config.ConfigError``, ``nba.evaluation.logs.LogError``, the rules'
+``RuleSyntaxError`` and ``RuleLimitError`` (all ``InvalidArgument``), ``SchemaError``
+(``FailedPrecondition``) and ``nba.storage.engine.DatabaseUnavailable`` (``Unavailable``).
+Each keeps the builtin base it had (``ValueError``, ``RuntimeError``), so callers that catch
+those still do.
 """
 
 from __future__ import annotations
@@ -124,7 +132,7 @@ class PolicySetError(NbaError):
         return [str(p) for p in self.problems if p.severity == "error"]
 
 
-class SchemaError(RuntimeError):
+class SchemaError(FailedPrecondition, RuntimeError):
     """The database's schema is not the one this code needs; the message says what to run.
     Not a request error: the process refuses to start (``nba.storage.migrations``)."""
 

@@ -239,7 +239,6 @@ class RedisReservations:
     at once); the caller answers on screening alone (degraded, counted)."""
 
     def __init__(self, client: Any, prefix: str, up: Callable[[], bool] = lambda: True) -> None:
-        self._client = client
         self._prefix = prefix
         self._reserve = client.register_script(_RESERVE)
         self._release = client.register_script(_RELEASE)

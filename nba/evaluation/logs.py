@@ -63,6 +63,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nba.decision import arbitration
+from nba.errors import InvalidArgument
 from nba.inputs import MAX_CONTEXT_NUMBER, finite_number
 
 __all__ = ["MAX_DEPTH", "REWARD_LIMIT", "LogError", "LogLine", "LoggedDecision", "describe_error", "validate_line", "validated"]
@@ -77,7 +78,7 @@ MAX_DEPTH = 32
 PROPENSITY_TOLERANCE = 1e-6
 
 
-class LogError(ValueError):
+class LogError(InvalidArgument, ValueError):
     """A log line that does not follow the contract; the message names the line and field."""
 
 

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nba.errors import InvalidArgument
 from nba.inputs import MAX_CONTEXT_LEAVES
 
 __all__ = [
@@ -77,7 +78,7 @@ _CLOSE = {")", "]", "}"}
 _OPERATORS = ("||", "&&", "==", "!=", "<=", ">=")
 
 
-class RuleLimitError(ValueError):
+class RuleLimitError(InvalidArgument, ValueError):
     """A rule beyond a limit; the message says which and what to change."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import cel
 
 from bandit import unflatten
+from nba.errors import InvalidArgument
 from nba.policy.rule_cost import RuleLimitError, check_rule
 from nba.policy.schema import prune
 
@@ -55,7 +56,7 @@ _MACRO_BINDING = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*(
 _STRING = re.compile(r"""(?:[rR]?(?:"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'))""")
 
 
-class RuleSyntaxError(ValueError):
+class RuleSyntaxError(InvalidArgument, ValueError):
     """A rule that does not compile; ``column`` is 1-based within the expression."""
 
     def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:

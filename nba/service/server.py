@@ -215,7 +215,7 @@ class Service:
         self.worker = max(settings.worker, 0)
         self.engine = open_engine(settings.database_url)
         self.store = Store(self.engine, reward_windows(settings), origin=f"{socket.gethostname()}:{os.getpid()}")
-        start_feedback_id, start_contact_id = self.store.last_ids()
+        _, start_contact_id = self.store.last_ids()
         self.contacts = ContactHistory(self._load_contacts, settings.contact_history_days * 86400, settings.contact_customers)
         self.counters = OfferCounters()
         self.counters.load(self.store.counter_rows(), recent_since=self.clock.now().timestamp() - COUNTER_SECONDS)

@@ -1,4 +1,7 @@
-"""The ``nba`` command: serve, export the decision log, and check policy sets.
+"""The ``nba`` command: serve, export the decision log, and check policy sets. One module per
+command (serve, export, db, policies, evaluate, simulate), ``common`` (exit codes, one-line
+errors, checks of what the command line names) and ``main`` (the parser). May import
+everything; nothing imports it.
 
     nba serve [--port 50051] [--policies policies/] [--database-url URL] [...]
     nba export --out decisions.jsonl [--since 2026-11-01] [--until ...] [--database-url URL]

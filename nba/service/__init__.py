@@ -1,7 +1,8 @@
 """The service shell: gRPC servicers and interceptors, and the one place that wires the parts.
 
-    server       the composition root: builds store, learner, decider, publisher and loops,
-                 serves gRPC (health, reflection), runs maintenance
+    server       the composition root: builds store, learner, decider, publisher and log,
+                 serves gRPC (health, reflection, metrics); the decision log's listener
+    maintenance  reward windows, snapshots, compaction and retention, on the log's writer
     servicers    DecisionService and AdminService: protobuf in, domain calls, protobuf out
     auth         bearer tokens and roles (an interceptor)
     context      a request's context (a protobuf Struct) to features, within size limits

@@ -29,10 +29,7 @@ Every failure is one line on stderr that names what to fix, and one of these exi
     3   something the command needs is unavailable: the database does not answer, a port is
         in use, no service answers at --address
     70  an unexpected error: a bug (the one line names it; NBA_DEBUG=1 prints the traceback)
-    130 interrupted (Ctrl-C)
-
-One module per command (``serve``, ``export``, ``db``, ``policies``, ``evaluate``, ``simulate``),
-``common`` for what they share, ``main`` for the parser and the exit codes."""
+    130 interrupted (Ctrl-C)"""
 
 from __future__ import annotations
 

@@ -221,8 +221,19 @@ def _database_errors(url: str) -> Iterator[None]:
     """Database failures as one line: an unreachable server (exit 3), a bad file (exit 2)."""
     from sqlalchemy import exc as sa
 
+    from nba.storage.engine import DatabaseUnavailable
+
     try:
-        yield
+        try:
+            yield
+        except DatabaseUnavailable as exc:  # the store's translation: the driver's error is its cause
+            if isinstance(exc.__cause__, sa.DBAPIError):
+                raise exc.__cause__ from None
+            raise CliError(
+                f"the database {_safe_url(url)} does not answer ({exc.__cause__ or exc}): check that it runs, and "
+                f"{DATABASE_FLAG}",
+                EXIT_UNAVAILABLE,
+            ) from None
     except sa.DBAPIError as exc:
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None and str(exc.orig).strip() else type(exc).__name__
         if _check_database_url(url).get_backend_name() == "sqlite":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import faulthandler
 import logging
 import signal
 import sys
@@ -62,6 +63,9 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _shutdown)
     signal.signal(signal.SIGINT, _shutdown)
     signal.signal(signal.SIGHUP, lambda _s, _f: service.publisher.reload())
+    # kill -USR1 PID writes every thread's stack to stderr: what a process that does not stop
+    # (or answer) is doing, without stopping it
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     done.wait()
     service.stop()
     return 0

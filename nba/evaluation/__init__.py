@@ -7,6 +7,7 @@
     reward_model  DM and DR's q(x, a): a cross-fitted logistic regression within the rewards' range
     estimators    IPS, self-normalised IPS, direct method, doubly robust, position-wise IPS;
                   bootstrap intervals (DM's with the reward model refit) and effective sample sizes
+    truth         a simulation's ground truth, to check estimates against (``--truth``)
     report        the terminal table and the HTML page
     preview       what a draft policy set would have decided on the recent log
     examples      a set's examples (``<name>_test.yaml``) checked against its screening

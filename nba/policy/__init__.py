@@ -11,6 +11,6 @@
     problems     validation errors told the way a marketer can act on them
     sandbox      validation in a child process, so a hostile set cannot stall the server
 
-May import: the kernel modules at ``nba``'s top (errors, clock, ids, inputs, days, metrics,
+May import: the kernel modules at ``nba``'s top (errors, records, clock, ids, inputs, days, metrics,
 config, yaml_loader) and ``bandit``. Nothing of decision, learning, storage or service.
 """

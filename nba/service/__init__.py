@@ -9,5 +9,6 @@
     publishing   versioned publishing of policy sets, activation, rollback
     supervisor   worker processes sharing one port, restarted when they die
 
-May import: everything else in ``nba``. Nothing imports it but ``nba.cli``.
+May import: everything in ``nba`` but ``nba.simulation`` and ``nba.cli``. Nothing imports it but
+``nba.cli``.
 """

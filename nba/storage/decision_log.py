@@ -23,7 +23,7 @@ from nba import metrics
 from nba.errors import Unavailable
 from nba.records import ContactEvent, DecisionRecord, FeedbackEvent, FeedbackResult, LearningEvent
 from nba.storage.bus import BusEntry, RedisBus, Span
-from nba.storage.engine import is_outage
+from nba.storage.engine import driver_error, is_outage
 from nba.storage.recent import RecentDecisions
 from nba.storage.replication import Replication
 from nba.storage.store import Store
@@ -142,7 +142,7 @@ class DecisionLog:
         else:
             log.error(
                 "the database is unavailable: Decide answers from memory, Feedback is refused until it returns",
-                extra={"error": repr(exc)},
+                extra={"error": repr(driver_error(exc) if exc is not None else None)},
             )
         try:
             self._listener.state_changed(up)
@@ -186,7 +186,9 @@ class DecisionLog:
 
     def _outage(self, exc: BaseException) -> Unavailable:
         self._mark(False, exc)
-        return Unavailable(f"the database is unavailable ({type(exc).__name__}); feedback cannot be kept now, retry")
+        return Unavailable(
+            f"the database is unavailable ({type(driver_error(exc)).__name__}); feedback cannot be kept now, retry"
+        )
 
     # Request path ---------------------------------------------------------------------
 
@@ -336,7 +338,9 @@ class DecisionLog:
                     log.exception("decision log writer failed")
                     for _, _, future in batch:
                         if future is not None and not future.done():
-                            future.set_exception(Unavailable(f"the decision log failed ({type(exc).__name__}); retry"))
+                            future.set_exception(
+                                Unavailable(f"the decision log failed ({type(driver_error(exc)).__name__}); retry")
+                            )
             if not self._up:
                 continue
             if self.replication.tail_due():
@@ -420,7 +424,7 @@ class DecisionLog:
                 # each is written on its own, in order, and only the bad one fails.
                 log.warning(
                     "a decision log write failed; writing its items one by one",
-                    extra={"error": repr(exc), "decisions": len(decisions), "feedback": len(feedback)},
+                    extra={"error": repr(driver_error(exc)), "decisions": len(decisions), "feedback": len(feedback)},
                 )
                 items = [item for item in batch if item[0] is not None or item[1] is not None]
                 for n, item in enumerate(items):
@@ -462,13 +466,13 @@ class DecisionLog:
                 self._recent.forget(decisions)
             for _, future in durable:
                 future.set_exception(
-                    Unavailable(f"the decision could not be written ({type(exc).__name__}): it was not made; retry")
+                    Unavailable(f"the decision could not be written ({type(driver_error(exc)).__name__}): it was not made; retry")
                 )
             for _, future in feedback:
                 future.set_exception(
                     self._outage(exc)
                     if outage
-                    else Unavailable(f"the decision log could not be written ({type(exc).__name__}); retry")
+                    else Unavailable(f"the decision log could not be written ({type(driver_error(exc)).__name__}); retry")
                 )
             for marker in markers:
                 marker.set_exception(exc)

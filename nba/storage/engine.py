@@ -23,7 +23,7 @@ from sqlalchemy.engine.url import make_url
 from nba.errors import Unavailable
 from nba.storage.migrations import ensure_schema
 
-__all__ = ["DatabaseUnavailable", "Repository", "is_outage", "open_engine", "translated"]
+__all__ = ["DatabaseUnavailable", "Repository", "driver_error", "is_outage", "open_engine", "translated"]
 
 #: values bound in one ``IN (...)`` look-up (SQLite allows 32,766 in a statement)
 IN_CHUNK = 5000
@@ -128,6 +128,14 @@ def chunks(values: list[Any]) -> Iterator[list[Any]]:
     """``values`` in lists of at most ``IN_CHUNK``, for ``IN (...)`` look-ups."""
     for start in range(0, len(values), IN_CHUNK):
         yield values[start : start + IN_CHUNK]
+
+
+def driver_error(exc: BaseException) -> BaseException:
+    """The driver's own error behind a ``DatabaseUnavailable`` (what logs and messages should
+    name: "OperationalError: connection refused"), or ``exc`` itself."""
+    if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
 
 
 @contextmanager

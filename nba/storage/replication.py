@@ -6,7 +6,7 @@ feedback event in the order the events were committed. Write transactions are se
 before and after it (a ``Span``): after its own commit a writer first applies the other
 processes' events committed before it, then its own. Every ``tail_seconds`` it reads what
 the others committed since; with a ``bus`` (Redis Streams), their entries arrive as they
-commit (``deliver``) and the database is read only to fill gaps, or every second as a
+commit (``DecisionLog.deliver``) and the database is read only to fill gaps, or every second as a
 safety net. Contact events of the others reach the listener's ``contacted`` the same way. So
 every process applies every event exactly once, in the same order, and all rank alike.
 """

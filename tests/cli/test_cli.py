@@ -57,7 +57,16 @@ class Process:
         self.channel.close()
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # say what it was doing (nba serve dumps its threads on SIGUSR1)
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(
+                f"did not stop within 30 s of {signal.Signals(sig).name}:\n{self.stderr.read_text()[-6000:]}"
+            ) from None
 
 
 @pytest.fixture
@@ -420,3 +429,17 @@ def test_text_logs_show_the_fields_the_message_does_not_say() -> None:
     failed.worker = 1
     first, *rest = TextFormatter().format(failed).splitlines()
     assert first.endswith("ERROR nba: failed worker=1") and rest[-1] == "ValueError: boom"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the database plays no part
+def test_sigusr1_dumps_every_threads_stack_and_the_service_goes_on(processes) -> None:
+    server = processes()
+    server.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "decision_log.py" not in server.stderr.read_text():
+        time.sleep(0.1)
+    dumped = server.stderr.read_text()
+    assert "Current thread" in dumped or "Thread 0x" in dumped, dumped[-2000:]
+    assert "decision_log.py" in dumped  # the writer thread, waiting for work
+    server.wait_serving()  # still answering
+    assert server.stop() == 0

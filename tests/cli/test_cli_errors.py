@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 from conftest import POLICIES, POSTGRES, ROOT, free_port, need_postgres
+from sqlalchemy import create_engine
 
 from nba.cli import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, main
+from nba.cli.common import CliError, _database_errors
+from nba.storage.store import Store
 
 GOOD_LINE = {
     "context": {"customer": {"age": 34}},
@@ -378,3 +381,26 @@ def test_a_postgresql_url_naming_a_database_the_server_has_not_is_a_usage_error(
     err = capsys.readouterr().err
     assert 'the server refused the connection: database "nba_no_such_database" does not exist' in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("url", "code", "says"),
+    [
+        ("postgresql+psycopg://nobody@127.0.0.1:1/none", EXIT_UNAVAILABLE, "does not answer"),
+        ("sqlite:///{tmp}/is-a-directory", EXIT_USAGE, "unable to open database file"),
+    ],
+)
+def test_an_outage_the_store_translated_is_still_one_line_and_its_exit_code(
+    tmp_path: Path, url: str, code: int, says: str
+) -> None:
+    """The store raises DatabaseUnavailable (the driver's error its cause): the command line
+    still answers as for the driver's own error, never "unexpected error ... a bug"."""
+    url = url.format(tmp=tmp_path)
+    (tmp_path / "is-a-directory").mkdir()
+    engine = create_engine(url, connect_args={"connect_timeout": 1} if url.startswith("postgresql") else {})
+    try:
+        with pytest.raises(CliError) as caught, _database_errors(url):
+            Store(engine).count_decisions()
+    finally:
+        engine.dispose()
+    assert caught.value.code == code and says in str(caught.value)

@@ -77,6 +77,7 @@ MAY_IMPORT = {
     "nba.learning": set(),
     "nba.decision": {"nba.policy", "nba.learning"},
     "nba.storage": set(),
+    "nba.profiles": {"nba.policy"},
     "nba.evaluation": {"nba.policy", "nba.learning", "nba.decision"},
     "nba.service": {"nba.policy", "nba.learning", "nba.decision", "nba.storage", "nba.evaluation", "nba.v1"},
     "nba.simulation": {"nba.evaluation"},

@@ -1,0 +1,324 @@
+"""Computed attributes: aggregates of a customer's events, kept up to date on every event and
+exact at any later read, without going back to the stored events.
+
+A definition is one line (``parse``)::
+
+    FUNCTION(EVENT[.PROPERTY]) [over WINDOW] [where CEL]
+
+    spend_365d:       sum(order.amount) over 365d
+    returns_90d:      count(return) over 90d
+    last_mood:        last(contact.sentiment)
+    channels_used:    distinct(*.source)
+    big_orders_30d:   count(order) over 30d where event.properties.amount >= 100.0
+    days_since_order: days_since(order)
+
+``EVENT`` is an event type, or ``*`` for every type; ``PROPERTY`` a dotted path in the event's
+properties, or ``source`` / ``type``. ``WINDOW`` is elapsed time (``30m``, ``24h``, ``7d``,
+``2w``), the half-open interval ``(now - WINDOW, now]`` whatever the time zone; without it, all
+time. ``where`` filters events with a CEL expression over ``event`` (``type``, ``source``,
+``properties``).
+
+Functions: ``count``, ``sum``, ``avg``, ``min``, ``max`` (numbers; an event without a number
+there does not count), ``distinct`` (the distinct values, sorted), ``distinct_count``,
+``first`` and ``last`` (by time; equal times by event id, so replays and replicas agree),
+``days_since`` (days from the newest matching event to now, all time).
+
+State (``State``): over all time, constant-size aggregates; over a window, the contributions
+inside the window (time, event id, value) in order, so that a read at any later time drops
+what has left the window, exactly, rather than only when a new event arrives. Late and
+out-of-order events are placed by their time. Contributions older than the window's reach
+(the newest time seen, minus the window) are dropped, so the state is bounded by the events
+of one window.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cel
+
+from nba.errors import InvalidArgument
+from nba.inputs import CLOCK_SKEW
+from nba.policy.policies import parse_window
+from nba.policy.rules import Rule, RuleSyntaxError
+
+__all__ = ["FUNCTIONS", "ComputedAttribute", "State", "parse"]
+
+#: the functions, and whether each needs a property
+FUNCTIONS: dict[str, bool] = {
+    "count": False,
+    "sum": True,
+    "avg": True,
+    "min": True,
+    "max": True,
+    "distinct": True,
+    "distinct_count": True,
+    "first": True,
+    "last": True,
+    "days_since": False,
+}
+_NUMERIC = frozenset({"sum", "avg", "min", "max"})
+SKEW_SECONDS = CLOCK_SKEW.total_seconds()
+_DEFINITION = re.compile(
+    r"\s*(?P<function>[a-z_]+)\s*\(\s*(?P<event>\*|[a-z][a-z0-9_]*)(?:\.(?P<property>[A-Za-z_][\w.]*))?\s*\)"
+    r"(?:\s+over\s+(?P<window>\S+))?(?:\s+where\s+(?P<where>.+?))?\s*"
+)
+
+
+@dataclass(frozen=True)
+class ComputedAttribute:
+    """One computed attribute's definition (``parse`` reads it from its line)."""
+
+    name: str
+    function: str
+    #: the event type it reads, or "*" for all
+    event: str
+    #: a dotted path in the properties, "source", "type", or None (count, days_since)
+    property: str | None
+    #: the window in seconds; None: all time
+    window: float | None
+    #: the filter, compiled (over ``event``), and its source
+    where: Rule | None = None
+    source: str = ""
+
+    def matches(self, event_type: str) -> bool:
+        return self.event == "*" or self.event == event_type
+
+    def value_of(self, event: Mapping[str, Any]) -> tuple[bool, Any]:
+        """(counts, value) for an event of a matching type: whether it passes the filter and
+        has what the function reads, and the value it contributes."""
+        if self.where is not None:
+            passed, _ = self.where.evaluate(_event_activation(event))
+            if not passed:
+                return False, None
+        if self.property is None:
+            return True, None
+        if self.property in ("source", "type"):
+            value: Any = event.get(self.property)
+        else:
+            value = event.get("properties", {})
+            for part in self.property.split("."):
+                value = value.get(part) if isinstance(value, Mapping) else None
+        if value is None:
+            return False, None
+        if self.function in _NUMERIC:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                return False, None
+            value = float(value)
+        elif isinstance(value, Mapping | list):
+            return False, None  # only scalars are kept
+        return True, value
+
+
+def _event_activation(event: Mapping[str, Any]) -> Any:
+    return cel.Context(
+        {
+            "event": {
+                "type": event.get("type", ""),
+                "source": event.get("source", ""),
+                "properties": dict(event.get("properties", {})),
+            }
+        }
+    )
+
+
+def parse(name: str, line: str) -> ComputedAttribute:
+    """Reads ``FUNCTION(EVENT[.PROPERTY]) [over WINDOW] [where CEL]``. Raises
+    ``InvalidArgument`` naming ``name`` and what to write instead.
+
+    >>> a = parse("spend_365d", "sum(order.amount) over 365d")
+    >>> (a.function, a.event, a.property, a.window)
+    ('sum', 'order', 'amount', 31536000.0)
+    """
+    where_field = f"profile.computed.{name}"
+    found = _DEFINITION.fullmatch(line)
+    if found is None:
+        raise InvalidArgument(
+            f"{where_field}: '{line}' is not FUNCTION(EVENT[.PROPERTY]) [over WINDOW] [where CONDITION], "
+            "such as sum(order.amount) over 365d",
+            field=where_field,
+        )
+    function, event, prop = found["function"], found["event"], found["property"]
+    if function not in FUNCTIONS:
+        raise InvalidArgument(f"{where_field}: unknown function '{function}'; one of {', '.join(FUNCTIONS)}", field=where_field)
+    if FUNCTIONS[function] and prop is None:
+        raise InvalidArgument(f"{where_field}: {function} needs a property: {function}({event}.PROPERTY)", field=where_field)
+    if not FUNCTIONS[function] and prop is not None:
+        raise InvalidArgument(f"{where_field}: {function} counts events, not a property: {function}({event})", field=where_field)
+    window = None
+    if found["window"] is not None:
+        if function == "days_since":
+            raise InvalidArgument(f"{where_field}: days_since is over all time; drop 'over {found['window']}'", field=where_field)
+        try:
+            window = float(parse_window(found["window"]))
+        except ValueError as exc:
+            raise InvalidArgument(f"{where_field}: over: {exc}", field=where_field) from None
+        if window <= 0:
+            raise InvalidArgument(f"{where_field}: over: a window must be longer than 0", field=where_field)
+    where = None
+    if found["where"] is not None:
+        try:
+            where = Rule(found["where"], ("event",))
+        except RuleSyntaxError as exc:
+            raise InvalidArgument(f"{where_field}: where: {exc}", field=where_field) from None
+    return ComputedAttribute(name, function, event, prop, window, where, line.strip())
+
+
+class State:
+    """One computed attribute's state for one customer. ``add`` an event's contribution (time
+    in epoch seconds, event id, value), read ``value(now)``; ``dump``/``load`` round-trip it
+    through JSON."""
+
+    __slots__ = ("_count", "_distinct", "_first", "_items", "_last", "_max", "_min", "_newest", "_sum", "attribute")
+
+    def __init__(self, attribute: ComputedAttribute) -> None:
+        self.attribute = attribute
+        #: sliding windows: (time, event id, value) in order, within reach
+        self._items: list[tuple[float, str, Any]] = []
+        #: all time: the aggregates
+        self._count = 0
+        self._sum = 0.0
+        self._min: float | None = None
+        self._max: float | None = None
+        self._first: tuple[float, str, Any] | None = None
+        self._last: tuple[float, str, Any] | None = None
+        self._distinct: dict[str, int] = {}
+        #: the newest event time seen: what a window can still reach starts a window before it
+        self._newest = -math.inf
+
+    def add(self, at: float, event_id: str, value: Any) -> None:
+        item = (at, event_id, value)
+        self._newest = max(self._newest, at)
+        window = self.attribute.window
+        if window is not None:
+            # a read comes at a time no earlier than the newest event less the clock skew
+            # (events are refused further ahead), so that is how far back a window can reach
+            reach = self._newest - window - SKEW_SECONDS
+            if at <= reach:
+                return  # older than any window from now on can hold
+            bisect.insort(self._items, item, key=_order)
+            drop = bisect.bisect_right(self._items, reach, key=lambda i: i[0])
+            del self._items[:drop]
+            return
+        self._count += 1
+        if self._first is None or _order(item) < _order(self._first):
+            self._first = item
+        if self._last is None or _order(item) > _order(self._last):
+            self._last = item
+        if self.attribute.function in _NUMERIC:
+            self._sum += value
+            self._min = value if self._min is None else min(self._min, value)
+            self._max = value if self._max is None else max(self._max, value)
+        elif self.attribute.function in ("distinct", "distinct_count"):
+            key = _key(value)
+            self._distinct[key] = self._distinct.get(key, 0) + 1
+
+    def value(self, now: float) -> Any:
+        """The attribute at ``now`` (epoch seconds): None where there is nothing to say (the
+        minimum of no orders, the last mood of a customer who never called), 0 for counts and
+        sums of nothing."""
+        window = self.attribute.window
+        if window is None:  # every event accepted counts, those dated within the skew ahead too
+            return _result(
+                self.attribute.function,
+                self._count,
+                self._sum,
+                self._min,
+                self._max,
+                self._first,
+                self._last,
+                sorted(self._distinct),
+                now,
+            )
+        start = bisect.bisect_right(self._items, now - window, key=lambda i: i[0])
+        end = bisect.bisect_right(self._items, now, key=lambda i: i[0])
+        inside = self._items[start:end]
+        values = [v for _, _, v in inside]
+        numeric = self.attribute.function in _NUMERIC
+        return _result(
+            self.attribute.function,
+            len(inside),
+            sum(values) if numeric else 0.0,
+            min(values) if numeric and values else None,
+            max(values) if numeric and values else None,
+            inside[0] if inside else None,
+            inside[-1] if inside else None,
+            sorted({_key(v) for v in values}) if not numeric else [],
+            now,
+        )
+
+    def dump(self) -> dict[str, Any]:
+        if self.attribute.window is not None:
+            return {"items": [list(i) for i in self._items], "newest": self._newest}
+        return {
+            "count": self._count,
+            "sum": self._sum,
+            "min": self._min,
+            "max": self._max,
+            "first": list(self._first) if self._first else None,
+            "last": list(self._last) if self._last else None,
+            "distinct": self._distinct,
+            "newest": self._newest,
+        }
+
+    @classmethod
+    def load(cls, attribute: ComputedAttribute, data: Mapping[str, Any]) -> State:
+        state = cls(attribute)
+        state._newest = float(data.get("newest", -math.inf))
+        if attribute.window is not None:
+            state._items = [(float(t), str(e), v) for t, e, v in data.get("items", [])]
+            return state
+        state._count = int(data.get("count", 0))
+        state._sum = float(data.get("sum", 0.0))
+        state._min, state._max = data.get("min"), data.get("max")
+        state._first = tuple(data["first"]) if data.get("first") else None
+        state._last = tuple(data["last"]) if data.get("last") else None
+        state._distinct = dict(data.get("distinct", {}))
+        return state
+
+
+def _order(item: tuple[float, str, Any]) -> tuple[float, str]:
+    return item[0], item[1]
+
+
+def _key(value: Any) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def _result(
+    function: str,
+    count: int,
+    total: float,
+    low: float | None,
+    high: float | None,
+    first: tuple[float, str, Any] | None,
+    last: tuple[float, str, Any] | None,
+    distinct: list[str],
+    now: float,
+) -> Any:
+    if function == "count":
+        return count
+    if function == "sum":
+        return total
+    if function == "avg":
+        return total / count if count else None
+    if function == "min":
+        return low
+    if function == "max":
+        return high
+    if function == "distinct":
+        return distinct
+    if function == "distinct_count":
+        return len(distinct)
+    if function == "first":
+        return first[2] if first else None
+    if function == "last":
+        return last[2] if last else None
+    if function == "days_since":
+        return max(0.0, (now - last[0]) / 86400.0) if last else None
+    raise AssertionError(f"unknown function {function}")

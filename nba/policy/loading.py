@@ -31,6 +31,7 @@ from nba.policy.policy_set import (
     content_hash,
 )
 from nba.policy.problems import describe_validation_error, duplicate_key_problem, other_branch
+from nba.policy.profile import ProfileDefinition, compile_profile
 from nba.policy.rule_cost import check_call
 from nba.policy.rules import Rule, RuleSyntaxError
 from nba.policy.schema import ContextSchema, FieldSpec
@@ -156,6 +157,7 @@ class _Builder:
                 parsed.append((name, document))
 
         settings, channels, schema_fields, groups = self._merge_sections(parsed)
+        profile = self._profile(parsed)
         if parsed and not channels:
             self.error("no file declares `channels:` (for example channels: [web, app])")
         schema = ContextSchema(schema_fields)
@@ -272,12 +274,24 @@ class _Builder:
             timezone=ZoneInfo(settings.timezone),
             files=dict(files),
             content_hash=content_hash(files),
+            profile=profile,
         )
         if schema and self.sampled:
             self._type_check(policy_set)
             if any(p.severity == "error" for p in self.problems):
                 return None
         return policy_set
+
+    def _profile(self, parsed: list[tuple[str, PolicySetFile]]) -> ProfileDefinition:
+        """The ``profile:`` section, given once in one file, checked and compiled."""
+        given = [(name, doc.profile) for name, doc in parsed if doc.profile is not None]
+        for name, _ in given[1:]:
+            self.error(f"profile already given in {given[0][0]} (give it once, in one file)", file=name, field="profile")
+        if not given:
+            return ProfileDefinition()
+        definition, problems = compile_profile(given[0][1], given[0][0])
+        self.problems.extend(problems)
+        return definition
 
     def _merge_sections(
         self, parsed: list[tuple[str, PolicySetFile]]

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from nba.errors import Problem
 from nba.policy.offers import Group, Identifier, Offer
 from nba.policy.policies import Budget, ContactCap, Policy, Suppression
+from nba.policy.profile import ProfileDefinition, ProfileSection
 from nba.policy.rules import Rule, RuleBatch
 from nba.policy.schema import ContextSchema, FieldSpec, FieldType, needed_paths
 
@@ -84,6 +85,7 @@ class PolicySetFile(BaseModel):
     groups: dict[str, Group] = Field(default_factory=dict)
     offers: list[Offer] = Field(default_factory=list)
     policies: list[Policy] = Field(default_factory=list)
+    profile: ProfileSection | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +176,8 @@ class PolicySet:
     number: int = 0
     #: every rule's source, by policy id (an offer's own: "<id>.eligibility")
     sources: dict[str, str] = field(default_factory=dict)
+    #: the customer profile's definition (the ``profile:`` section; defaults without one)
+    profile: ProfileDefinition = field(default_factory=ProfileDefinition)
     by_channel: dict[str, list[CompiledOffer]] = field(init=False)
     fallback: dict[str, CompiledOffer] = field(init=False)
     #: offers of each shared (per: policy) budget

@@ -3,8 +3,9 @@ what is kept and computed from them.
 
     identity   identifiers normalised (e-mail, E.164 phone numbers), and resolved to
                customers: which events belong together, which profiles merge
-    computed   computed attributes (count, sum, avg, min, max, distinct, first, last,
-               days_since over sliding windows), kept on every event, exact at any read
+    computed   the state of computed attributes (count, sum, avg, min, max, distinct,
+               first, last, days_since over sliding windows), kept on every event, exact at
+               any read; their definitions are the policy set's (``nba.policy.profile``)
 
 May import: the kernel modules and ``nba.policy`` (windows, and CEL for filters). Storage and
 the service wire it in; the decision pipeline will read profiles through it.

@@ -1,7 +1,8 @@
 """Computed attributes: aggregates of a customer's events, kept up to date on every event and
 exact at any later read, without going back to the stored events.
 
-A definition is one line (``parse``)::
+A definition is one line of the policy set's ``profile:`` section (read by
+``nba.policy.profile.parse``)::
 
     FUNCTION(EVENT[.PROPERTY]) [over WINDOW] [where CEL]
 
@@ -35,84 +36,49 @@ from __future__ import annotations
 
 import bisect
 import math
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import cel
 
-from nba.errors import InvalidArgument
 from nba.inputs import CLOCK_SKEW
-from nba.policy.policies import parse_window
-from nba.policy.rules import Rule, RuleSyntaxError
+from nba.policy.profile import NUMERIC, ComputedAttribute
 
-__all__ = ["FUNCTIONS", "ComputedAttribute", "State", "parse"]
+__all__ = ["State", "contribution", "matches"]
 
-#: the functions, and whether each needs a property
-FUNCTIONS: dict[str, bool] = {
-    "count": False,
-    "sum": True,
-    "avg": True,
-    "min": True,
-    "max": True,
-    "distinct": True,
-    "distinct_count": True,
-    "first": True,
-    "last": True,
-    "days_since": False,
-}
-_NUMERIC = frozenset({"sum", "avg", "min", "max"})
 SKEW_SECONDS = CLOCK_SKEW.total_seconds()
-_DEFINITION = re.compile(
-    r"\s*(?P<function>[a-z_]+)\s*\(\s*(?P<event>\*|[a-z][a-z0-9_]*)(?:\.(?P<property>[A-Za-z_][\w.]*))?\s*\)"
-    r"(?:\s+over\s+(?P<window>\S+))?(?:\s+where\s+(?P<where>.+?))?\s*"
-)
 
 
-@dataclass(frozen=True)
-class ComputedAttribute:
-    """One computed attribute's definition (``parse`` reads it from its line)."""
+def matches(attribute: ComputedAttribute, event_type: str) -> bool:
+    """Whether events of ``event_type`` are read by ``attribute``."""
+    return attribute.event == "*" or attribute.event == event_type
 
-    name: str
-    function: str
-    #: the event type it reads, or "*" for all
-    event: str
-    #: a dotted path in the properties, "source", "type", or None (count, days_since)
-    property: str | None
-    #: the window in seconds; None: all time
-    window: float | None
-    #: the filter, compiled (over ``event``), and its source
-    where: Rule | None = None
-    source: str = ""
 
-    def matches(self, event_type: str) -> bool:
-        return self.event == "*" or self.event == event_type
-
-    def value_of(self, event: Mapping[str, Any]) -> tuple[bool, Any]:
-        """(counts, value) for an event of a matching type: whether it passes the filter and
-        has what the function reads, and the value it contributes."""
-        if self.where is not None:
-            passed, _ = self.where.evaluate(_event_activation(event))
-            if not passed:
-                return False, None
-        if self.property is None:
-            return True, None
-        if self.property in ("source", "type"):
-            value: Any = event.get(self.property)
-        else:
-            value = event.get("properties", {})
-            for part in self.property.split("."):
-                value = value.get(part) if isinstance(value, Mapping) else None
-        if value is None:
+def contribution(attribute: ComputedAttribute, event: Mapping[str, Any]) -> tuple[bool, Any]:
+    """(counts, value) for an event of a matching type (a mapping with ``type``, ``source``,
+    ``properties``): whether it passes the filter and has what the function reads, and the
+    value it contributes."""
+    if attribute.where is not None:
+        passed, _ = attribute.where.evaluate(_event_activation(event))
+        if not passed:
             return False, None
-        if self.function in _NUMERIC:
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                return False, None
-            value = float(value)
-        elif isinstance(value, Mapping | list):
-            return False, None  # only scalars are kept
-        return True, value
+    if attribute.property is None:
+        return True, None
+    if attribute.property in ("source", "type"):
+        value: Any = event.get(attribute.property)
+    else:
+        value = event.get("properties", {})
+        for part in attribute.property.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+    if value is None:
+        return False, None
+    if attribute.function in NUMERIC:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return False, None
+        value = float(value)
+    elif isinstance(value, Mapping | list):
+        return False, None  # only scalars are kept
+    return True, value
 
 
 def _event_activation(event: Mapping[str, Any]) -> Any:
@@ -125,48 +91,6 @@ def _event_activation(event: Mapping[str, Any]) -> Any:
             }
         }
     )
-
-
-def parse(name: str, line: str) -> ComputedAttribute:
-    """Reads ``FUNCTION(EVENT[.PROPERTY]) [over WINDOW] [where CEL]``. Raises
-    ``InvalidArgument`` naming ``name`` and what to write instead.
-
-    >>> a = parse("spend_365d", "sum(order.amount) over 365d")
-    >>> (a.function, a.event, a.property, a.window)
-    ('sum', 'order', 'amount', 31536000.0)
-    """
-    where_field = f"profile.computed.{name}"
-    found = _DEFINITION.fullmatch(line)
-    if found is None:
-        raise InvalidArgument(
-            f"{where_field}: '{line}' is not FUNCTION(EVENT[.PROPERTY]) [over WINDOW] [where CONDITION], "
-            "such as sum(order.amount) over 365d",
-            field=where_field,
-        )
-    function, event, prop = found["function"], found["event"], found["property"]
-    if function not in FUNCTIONS:
-        raise InvalidArgument(f"{where_field}: unknown function '{function}'; one of {', '.join(FUNCTIONS)}", field=where_field)
-    if FUNCTIONS[function] and prop is None:
-        raise InvalidArgument(f"{where_field}: {function} needs a property: {function}({event}.PROPERTY)", field=where_field)
-    if not FUNCTIONS[function] and prop is not None:
-        raise InvalidArgument(f"{where_field}: {function} counts events, not a property: {function}({event})", field=where_field)
-    window = None
-    if found["window"] is not None:
-        if function == "days_since":
-            raise InvalidArgument(f"{where_field}: days_since is over all time; drop 'over {found['window']}'", field=where_field)
-        try:
-            window = float(parse_window(found["window"]))
-        except ValueError as exc:
-            raise InvalidArgument(f"{where_field}: over: {exc}", field=where_field) from None
-        if window <= 0:
-            raise InvalidArgument(f"{where_field}: over: a window must be longer than 0", field=where_field)
-    where = None
-    if found["where"] is not None:
-        try:
-            where = Rule(found["where"], ("event",))
-        except RuleSyntaxError as exc:
-            raise InvalidArgument(f"{where_field}: where: {exc}", field=where_field) from None
-    return ComputedAttribute(name, function, event, prop, window, where, line.strip())
 
 
 class State:
@@ -210,7 +134,7 @@ class State:
             self._first = item
         if self._last is None or _order(item) > _order(self._last):
             self._last = item
-        if self.attribute.function in _NUMERIC:
+        if self.attribute.function in NUMERIC:
             self._sum += value
             self._min = value if self._min is None else min(self._min, value)
             self._max = value if self._max is None else max(self._max, value)
@@ -239,7 +163,7 @@ class State:
         end = bisect.bisect_right(self._items, now, key=lambda i: i[0])
         inside = self._items[start:end]
         values = [v for _, _, v in inside]
-        numeric = self.attribute.function in _NUMERIC
+        numeric = self.attribute.function in NUMERIC
         return _result(
             self.attribute.function,
             len(inside),

@@ -33,11 +33,10 @@ import phonenumbers
 
 from nba.errors import FailedPrecondition, InvalidArgument
 from nba.inputs import check_id
+from nba.policy.profile import DEFAULT_KINDS, IdentifierKind
 
 __all__ = [
-    "DEFAULT_KINDS",
     "Candidate",
-    "IdentifierKind",
     "IdentityRules",
     "Resolution",
     "resolve",
@@ -49,30 +48,6 @@ NULL_LIKE = frozenset({"", "null", "none", "nil", "undefined", "nan", "n/a", "na
 KIND_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 #: a deliberately loose e-mail shape (RFC 5322 allows far more; systems send far less)
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
-
-
-@dataclass(frozen=True)
-class IdentifierKind:
-    """How one kind of identifier is normalised and trusted."""
-
-    name: str
-    #: two profiles sharing a value of this kind are one customer
-    merges: bool = True
-    #: a customer has at most one value of this kind
-    unique: bool = False
-    #: how values are normalised: "email", "phone" or "id" (trimmed, case kept)
-    format: str = "id"
-
-
-#: the kinds known without configuration
-DEFAULT_KINDS: tuple[IdentifierKind, ...] = (
-    IdentifierKind("email", format="email"),
-    IdentifierKind("phone", format="phone"),
-    IdentifierKind("crm_id", unique=True),
-    IdentifierKind("loyalty_id", unique=True),
-    IdentifierKind("device_id", merges=False),
-    IdentifierKind("cookie_id", merges=False),
-)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ import random
 import pytest
 
 from nba.errors import InvalidArgument
-from nba.profiles.computed import State, parse
+from nba.policy.profile import parse
+from nba.profiles.computed import State, contribution, matches
 
 DAY = 86400.0
 T0 = 1_800_000_000.0
@@ -22,8 +23,8 @@ def state(line: str) -> State:
 
 def feed(s: State, events: list[tuple[float, str, dict]]) -> State:
     for at, event_id, event in events:
-        counts, value = s.attribute.value_of(event)
-        if s.attribute.matches(event.get("type", "")) and counts:
+        counts, value = contribution(s.attribute, event)
+        if matches(s.attribute, event.get("type", "")) and counts:
             s.add(at, event_id, value)
     return s
 

@@ -8,7 +8,8 @@ import itertools
 import pytest
 
 from nba.errors import FailedPrecondition, InvalidArgument, field_violations
-from nba.profiles.identity import Candidate, IdentifierKind, IdentityRules, Resolution, resolve
+from nba.policy.profile import IdentifierKind
+from nba.profiles.identity import Candidate, IdentityRules, Resolution, resolve
 
 RULES = IdentityRules()
 

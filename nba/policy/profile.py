@@ -1,0 +1,269 @@
+"""The ``profile:`` section of a policy set: what a customer profile accepts, keeps and computes
+(issue 13: declared, validated and versioned with the set; profiles are being built to use it).
+
+::
+
+    profile:
+      identity:
+        default_region: GB                 # national phone numbers are read as this region's
+        kinds:                             # beyond email, phone, crm_id, loyalty_id, device_id, cookie_id
+          member_no: {merges: true, unique: true}
+      event_types:
+        order: {properties: {amount: number, status: string, order_id: string}}
+        contact: {properties: {sentiment: string, reason: string}}
+      attributes:                          # kept from events: the latest (or first) value
+        email: {from: signup.email, pii: true}
+        tier: {from: order.tier, keep: latest}
+      computed:                            # FUNCTION(EVENT[.PROPERTY]) [over WINDOW] [where CEL]
+        spend_365d: sum(order.amount) over 365d
+        last_mood: last(contact.sentiment)
+
+Computed attributes are read by ``parse``; their functions and windows are documented in
+``nba.profiles.computed``, which keeps them up to date.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nba.errors import InvalidArgument, Problem
+from nba.policy.policies import parse_window
+from nba.policy.rules import Rule, RuleSyntaxError
+
+__all__ = [
+    "DEFAULT_KINDS",
+    "FUNCTIONS",
+    "ComputedAttribute",
+    "IdentifierKind",
+    "ProfileDefinition",
+    "ProfileSection",
+    "compile_profile",
+    "parse",
+]
+
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+PropertyType = Literal["number", "string", "bool"]
+
+
+@dataclass(frozen=True)
+class IdentifierKind:
+    """How one kind of identifier is normalised and trusted (``nba.profiles.identity``)."""
+
+    name: str
+    #: two profiles sharing a value of this kind are one customer
+    merges: bool = True
+    #: a customer has at most one value of this kind
+    unique: bool = False
+    #: how values are normalised: "email", "phone" or "id" (trimmed, case kept)
+    format: str = "id"
+
+
+#: the kinds known without configuration
+DEFAULT_KINDS: tuple[IdentifierKind, ...] = (
+    IdentifierKind("email", format="email"),
+    IdentifierKind("phone", format="phone"),
+    IdentifierKind("crm_id", unique=True),
+    IdentifierKind("loyalty_id", unique=True),
+    IdentifierKind("device_id", merges=False),
+    IdentifierKind("cookie_id", merges=False),
+)
+
+#: the functions of computed attributes, and whether each reads a property
+FUNCTIONS: dict[str, bool] = {
+    "count": False,
+    "sum": True,
+    "avg": True,
+    "min": True,
+    "max": True,
+    "distinct": True,
+    "distinct_count": True,
+    "first": True,
+    "last": True,
+    "days_since": False,
+}
+NUMERIC = frozenset({"sum", "avg", "min", "max"})
+_DEFINITION = re.compile(
+    r"\s*(?P<function>[a-z_]+)\s*\(\s*(?P<event>\*|[a-z][a-z0-9_]*)(?:\.(?P<property>[A-Za-z_][\w.]*))?\s*\)"
+    r"(?:\s+over\s+(?P<window>\S+))?(?:\s+where\s+(?P<where>.+?))?\s*"
+)
+
+
+@dataclass(frozen=True)
+class ComputedAttribute:
+    """One computed attribute's definition (``parse`` reads it from its line)."""
+
+    name: str
+    function: str
+    #: the event type it reads, or "*" for all
+    event: str
+    #: a dotted path in the properties, "source", "type", or None (count, days_since)
+    property: str | None
+    #: the window in seconds; None: all time
+    window: float | None
+    #: the filter, compiled over ``event`` (type, source, properties)
+    where: Rule | None = None
+    source: str = ""
+
+
+def parse(name: str, line: str) -> ComputedAttribute:
+    """Reads ``FUNCTION(EVENT[.PROPERTY]) [over WINDOW] [where CEL]``. Raises
+    ``InvalidArgument`` naming the attribute (``profile.computed.NAME``) and what to write.
+
+    >>> a = parse("spend_365d", "sum(order.amount) over 365d")
+    >>> (a.function, a.event, a.property, a.window)
+    ('sum', 'order', 'amount', 31536000.0)
+    """
+    where_field = f"profile.computed.{name}"
+
+    def refuse(message: str) -> InvalidArgument:
+        return InvalidArgument(f"{where_field}: {message}", field=where_field)
+
+    found = _DEFINITION.fullmatch(line)
+    if found is None:
+        raise refuse(
+            f"'{line}' is not FUNCTION(EVENT[.PROPERTY]) [over WINDOW] [where CONDITION], such as sum(order.amount) over 365d"
+        )
+    function, event, prop = found["function"], found["event"], found["property"]
+    if function not in FUNCTIONS:
+        raise refuse(f"unknown function '{function}'; one of {', '.join(FUNCTIONS)}")
+    if FUNCTIONS[function] and prop is None:
+        raise refuse(f"{function} needs a property: {function}({event}.PROPERTY)")
+    if not FUNCTIONS[function] and prop is not None:
+        raise refuse(f"{function} counts events, not a property: {function}({event})")
+    window = None
+    if found["window"] is not None:
+        if function == "days_since":
+            raise refuse(f"days_since is over all time; drop 'over {found['window']}'")
+        try:
+            window = float(parse_window(found["window"]))
+        except ValueError as exc:
+            raise refuse(f"over: {exc}") from None
+        if window <= 0:
+            raise refuse("over: a window must be longer than 0")
+    where = None
+    if found["where"] is not None:
+        try:
+            where = Rule(found["where"], ("event",))
+        except RuleSyntaxError as exc:
+            raise refuse(f"where: {exc}") from None
+    return ComputedAttribute(name, function, event, prop, window, where, line.strip())
+
+
+class KindSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    merges: bool = True
+    unique: bool = False
+    format: Literal["email", "phone", "id"] = "id"
+
+
+class IdentitySection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    default_region: str = Field("GB", description="ISO 3166-1 alpha-2 region of national phone numbers")
+    kinds: dict[Name, KindSpec] = Field(default_factory=dict, description="identifier kinds beyond the defaults")
+
+
+class EventType(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    description: str = ""
+    properties: dict[Name, PropertyType] = Field(default_factory=dict)
+
+
+class AttributeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    source: str = Field(alias="from", description="EVENT.PROPERTY the value is taken from")
+    keep: Literal["latest", "first"] = "latest"
+    #: personal data: never learned from, masked in logs and exports
+    pii: bool = False
+
+
+class ProfileSection(BaseModel):
+    """The ``profile:`` section of a policy file."""
+
+    model_config = ConfigDict(extra="forbid")
+    identity: IdentitySection = Field(default_factory=lambda: IdentitySection(default_region="GB"))
+    event_types: dict[Name, EventType] = Field(default_factory=dict)
+    attributes: dict[Name, AttributeSpec] = Field(default_factory=dict)
+    computed: dict[Name, str] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProfileDefinition:
+    """The profile section, checked and compiled."""
+
+    kinds: Mapping[str, IdentifierKind] = field(default_factory=lambda: {k.name: k for k in DEFAULT_KINDS})
+    default_region: str = "GB"
+    event_types: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: attribute -> (event type, property, keep, pii)
+    attributes: Mapping[str, tuple[str, str, str, bool]] = field(default_factory=dict)
+    computed: tuple[ComputedAttribute, ...] = ()
+
+
+def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[ProfileDefinition, list[Problem]]:
+    """The definition and every problem found (each naming ``file`` and the field)."""
+    if section is None:
+        return ProfileDefinition(), []
+    problems: list[Problem] = []
+
+    def problem(where: str, message: str) -> None:
+        problems.append(Problem(message, file=file, field=f"profile.{where}"))
+
+    # imported here, not with the module: validation runs in a child process under a memory
+    # limit (nba.policy.sandbox), and a set without a profile section must not pay for the
+    # phone number library's tables there
+    import phonenumbers
+
+    region = section.identity.default_region.upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        problem("identity.default_region", f"'{section.identity.default_region}' is not a region code (GB, US, DE, ...)")
+    kinds = {k.name: k for k in DEFAULT_KINDS}
+    for name, kind_spec in section.identity.kinds.items():
+        kinds[name] = IdentifierKind(name, kind_spec.merges, kind_spec.unique, kind_spec.format)
+    types = {name: dict(t.properties) for name, t in section.event_types.items()}
+
+    def known(event: str, prop: str | None, where: str) -> str | None:
+        """The property's declared type, "string" for source/type; None (and a problem) when unknown."""
+        if event != "*" and event not in types:
+            declared = ", ".join(sorted(types)) or "none declared"
+            problem(where, f"unknown event type '{event}' (event_types: {declared})")
+            return None
+        if prop is None or prop in ("source", "type"):
+            return "string"
+        head = prop.split(".")[0]
+        found = {types[t].get(head) for t in (types if event == "*" else [event])} - {None}
+        if not found:
+            problem(where, f"'{prop}' is not a property of {'any event type' if event == '*' else event}")
+            return None
+        return found.pop() if len(found) == 1 else "string"
+
+    attributes: dict[str, tuple[str, str, str, bool]] = {}
+    for name, spec in section.attributes.items():
+        event, _, prop = spec.source.partition(".")
+        if not prop:
+            problem(f"attributes.{name}.from", f"'{spec.source}' is not EVENT.PROPERTY")
+            continue
+        if known(event, prop, f"attributes.{name}.from") is not None:
+            attributes[name] = (event, prop, spec.keep, spec.pii)
+    computed: list[ComputedAttribute] = []
+    for name, line in section.computed.items():
+        if name in attributes:
+            problem(f"computed.{name}", f"'{name}' is also an attribute: one name, one meaning")
+            continue
+        try:
+            attribute = parse(name, line)
+        except InvalidArgument as exc:
+            problem(f"computed.{name}", str(exc).split(": ", 1)[1])
+            continue
+        kind = known(attribute.event, attribute.property, f"computed.{name}")
+        if kind is None:
+            continue
+        if attribute.function in NUMERIC and kind != "number":
+            problem(f"computed.{name}", f"{attribute.function} needs a number, and '{attribute.property}' is a {kind}")
+            continue
+        computed.append(attribute)
+    definition = ProfileDefinition(kinds, region, types, attributes, tuple(computed))
+    return definition, problems

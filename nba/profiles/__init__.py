@@ -3,6 +3,8 @@ what is kept and computed from them.
 
     identity   identifiers normalised (e-mail, E.164 phone numbers), and resolved to
                customers: which events belong together, which profiles merge
+    profile    one customer's profile: events checked and applied, attributes kept, the
+               view rules and the learner will read, merges by replay, the JSON it is kept as
     computed   the state of computed attributes (count, sum, avg, min, max, distinct,
                first, last, days_since over sliding windows), kept on every event, exact at
                any read; their definitions are the policy set's (``nba.policy.profile``)

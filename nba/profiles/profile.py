@@ -1,0 +1,149 @@
+"""One customer's profile: the attributes kept from their events and the computed attributes
+maintained on each, as the policy set's ``profile:`` section defines them.
+
+``check`` says whether an event is one the profile accepts (a declared type, properties of the
+declared types); ``Profile.apply`` takes an accepted event into the profile; ``Profile.view``
+is what rules and the learner will see at a moment (personal data left out for the learner);
+``dump`` and ``load`` round-trip a profile through JSON, which is how it is stored. A merge of
+two customers is the survivor applying the absorbed profile's events: every aggregate is
+placed by event time, so the result does not depend on which profile saw which event first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nba.errors import InvalidArgument
+from nba.policy.profile import ProfileDefinition
+from nba.profiles.computed import State, contribution, matches
+
+__all__ = ["Profile", "TrackedEvent", "check"]
+
+_TYPES: dict[str, tuple[type, ...]] = {"number": (int, float), "string": (str,), "bool": (bool,)}
+
+
+@dataclass(frozen=True)
+class TrackedEvent:
+    """A touch-point event, resolved to its customer."""
+
+    event_id: str
+    customer_id: str
+    type: str
+    #: the touch point: web, app, store, call_center, e-mail, social, ...
+    source: str
+    #: when it happened, epoch seconds
+    occurred_at: float
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_mapping(self) -> dict[str, Any]:
+        return {"type": self.type, "source": self.source, "properties": dict(self.properties)}
+
+
+def check(definition: ProfileDefinition, event_type: str, properties: Mapping[str, Any]) -> None:
+    """Raises ``InvalidArgument`` naming the field when the profile does not accept the event:
+    a type that is not declared (once any is), or a declared property of another type. Other
+    properties are kept as they come.
+
+    >>> from nba.policy.profile import ProfileDefinition
+    >>> check(ProfileDefinition(event_types={"order": {"amount": "number"}}), "order", {"amount": "ten"})
+    Traceback (most recent call last):
+    ...
+    nba.errors.InvalidArgument: properties.amount: must be a number for 'order' events, got 'ten'
+    """
+    types = definition.event_types
+    if not types:
+        return
+    declared = types.get(event_type)
+    if declared is None:
+        raise InvalidArgument(
+            f"type: '{event_type}' is not an event type of the profile ({', '.join(sorted(types))})", field="type"
+        )
+    for name, kind in declared.items():
+        value = properties.get(name)
+        if value is None:
+            continue
+        wanted = _TYPES[kind]
+        if isinstance(value, bool) and kind != "bool" or not isinstance(value, wanted):
+            raise InvalidArgument(
+                f"properties.{name}: must be a {kind} for '{event_type}' events, got {value!r}", field=f"properties.{name}"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidArgument(f"properties.{name}: must be a finite number, got {value!r}", field=f"properties.{name}")
+
+
+class Profile:
+    """A customer's kept and computed attributes. ``version`` counts the events applied."""
+
+    def __init__(self, definition: ProfileDefinition, customer_id: str, created_at: float) -> None:
+        self.definition = definition
+        self.customer_id = customer_id
+        self.created_at = created_at
+        self.version = 0
+        #: attribute -> (value, time, event id) of the event it was kept from
+        self.attributes: dict[str, tuple[Any, float, str]] = {}
+        self.computed: dict[str, State] = {c.name: State(c) for c in definition.computed}
+
+    def apply(self, event: TrackedEvent) -> None:
+        """Takes an (accepted, first-seen) event into the profile."""
+        self.version += 1
+        order = (event.occurred_at, event.event_id)
+        for name, (event_type, prop, keep, _pii) in self.definition.attributes.items():
+            if event_type != event.type:
+                continue
+            value = event.properties.get(prop)
+            if value is None:
+                continue
+            held = self.attributes.get(name)
+            newer = held is None or (order > (held[1], held[2]) if keep == "latest" else order < (held[1], held[2]))
+            if newer:
+                self.attributes[name] = (value, event.occurred_at, event.event_id)
+        mapping = event.as_mapping()
+        for state in self.computed.values():
+            if matches(state.attribute, event.type):
+                counts, value = contribution(state.attribute, mapping)
+                if counts:
+                    state.add(event.occurred_at, event.event_id, value)
+
+    def absorb(self, events: Iterable[TrackedEvent]) -> None:
+        """A merge: the absorbed customer's events, applied here."""
+        for event in events:
+            self.apply(event)
+
+    def view(self, now: float, include_pii: bool = True) -> dict[str, Any]:
+        """Attribute and computed attribute values at ``now`` (epoch seconds), by name: what
+        rules read as ``profile``. Without ``include_pii``, what the learner may learn from."""
+        pii = {name for name, spec in self.definition.attributes.items() if spec[3]}
+        out: dict[str, Any] = {name: value for name, (value, _, _) in self.attributes.items() if include_pii or name not in pii}
+        out.update((name, state.value(now)) for name, state in self.computed.items())
+        return out
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "customer_id": self.customer_id,
+            "created_at": self.created_at,
+            "version": self.version,
+            "attributes": {name: list(held) for name, held in self.attributes.items()},
+            "computed": {
+                name: {"definition": state.attribute.source, "state": state.dump()} for name, state in self.computed.items()
+            },
+        }
+
+    @classmethod
+    def load(cls, definition: ProfileDefinition, data: Mapping[str, Any]) -> Profile:
+        """A stored profile under ``definition``. A computed attribute the stored state lacks, or
+        holds under another definition (added or changed since), starts empty: it is to be
+        backfilled from the stored events."""
+        profile = cls(definition, str(data["customer_id"]), float(data["created_at"]))
+        profile.version = int(data.get("version", 0))
+        for name, (value, at, event_id) in data.get("attributes", {}).items():
+            if name in definition.attributes:
+                profile.attributes[name] = (value, float(at), str(event_id))
+        stored = data.get("computed", {})
+        for attribute in definition.computed:
+            kept = stored.get(attribute.name)
+            if kept is not None and kept.get("definition") == attribute.source:
+                profile.computed[attribute.name] = State.load(attribute, kept["state"])
+        return profile

@@ -9,6 +9,7 @@ with the same schema works (PostgreSQL is tested). The repositories:
     feedback     feedback events, reward windows, replay for the learner, retention
     contacts     contact events and offer counters
     snapshots    the learner's snapshots
+    profiles     customer profiles, identifiers, touch-point events, merges (being built)
 
 Keeping SQL off the request path is the decision log's work (``nba.storage.decision_log``).
 """
@@ -22,12 +23,13 @@ from nba.storage.contacts import Contacts
 from nba.storage.decisions import Decisions
 from nba.storage.feedback import Feedback
 from nba.storage.policy_sets import PolicySets
+from nba.storage.profiles import Profiles
 from nba.storage.snapshots import Snapshots
 
 __all__ = ["Store"]
 
 
-class Store(PolicySets, Decisions, Feedback, Contacts, Snapshots):
+class Store(PolicySets, Decisions, Feedback, Contacts, Snapshots, Profiles):
     """Synchronous access to the decision log's tables. Outages raise ``DatabaseUnavailable``.
 
     ``windows``: the reward windows feedback is judged by (None: they never close, for tools

@@ -18,6 +18,10 @@ __all__ = [
     "OFFER_COUNTERS",
     "POLICY_ACTIVATIONS",
     "POLICY_SETS",
+    "PROFILES",
+    "PROFILE_EVENTS",
+    "PROFILE_IDENTITIES",
+    "PROFILE_MERGES",
     "SNAPSHOTS",
     "ContactEventRow",
     "DecisionRow",
@@ -25,6 +29,10 @@ __all__ = [
     "OfferCounterRow",
     "PolicyActivationRow",
     "PolicySetRow",
+    "ProfileEventRow",
+    "ProfileIdentityRow",
+    "ProfileMergeRow",
+    "ProfileRow",
     "SnapshotRow",
 ]
 
@@ -141,6 +149,67 @@ class SnapshotRow(SQLModel, table=True):
     state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
+class ProfileRow(SQLModel, table=True):
+    """A customer's profile: its kept and computed attributes (``nba.profiles.profile``'s JSON),
+    or, for an id merged into another customer, that customer's id."""
+
+    __tablename__ = "profiles"
+
+    customer_id: str = Field(primary_key=True, max_length=256)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    #: events applied: the profile version a decision records
+    version: int = Field(default=0)
+    #: set once merged into another customer: follow it to the survivor
+    merged_into: str | None = Field(default=None, index=True, max_length=256)
+    state: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class ProfileIdentityRow(SQLModel, table=True):
+    """Which customers hold an identifier (normalised): one for a kind that merges, possibly
+    several for one that does not (a shared device)."""
+
+    __tablename__ = "profile_identities"
+
+    kind: str = Field(primary_key=True, max_length=64)
+    value: str = Field(primary_key=True, max_length=256)
+    customer_id: str = Field(primary_key=True, index=True, max_length=256)
+
+
+class ProfileEventRow(SQLModel, table=True):
+    """Every touch-point event accepted, once (by ``event_id``), with the customer it resolved to."""
+
+    __tablename__ = "profile_events"
+    __table_args__ = (Index("ix_profile_events_customer", "customer_id", "occurred_at", "event_id"),)
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True))
+    event_id: str = Field(unique=True, max_length=256)
+    customer_id: str = Field(max_length=256)
+    type: str = Field(max_length=64)
+    source: str = Field(default="", max_length=128)
+    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    received_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    properties: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    identities: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
+    #: sha-256 of what the event says: its event_id reused for anything else is refused
+    content_hash: str = Field(max_length=64)
+
+
+class ProfileMergeRow(SQLModel, table=True):
+    """Each merge of two customers, and its undoing (the pair is then kept apart)."""
+
+    __tablename__ = "profile_merges"
+
+    id: int | None = Field(default=None, primary_key=True)
+    survivor: str = Field(index=True, max_length=256)
+    absorbed: str = Field(index=True, max_length=256)
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    #: the event that linked them, or the admin who merged them by hand
+    cause: str = Field(default="", max_length=256)
+    undone_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+    undone_by: str = Field(default="", max_length=128)
+
+
 def table(model: type[SQLModel]) -> Table:
     """A model's Core table, which the store queries (SQLModel sets ``__table__`` on a table
     model when the class is made, so a type checker cannot see it)."""
@@ -154,3 +223,7 @@ OFFER_COUNTERS = table(OfferCounterRow)
 DECISIONS = table(DecisionRow)
 FEEDBACK = table(FeedbackRow)
 SNAPSHOTS = table(SnapshotRow)
+PROFILES = table(ProfileRow)
+PROFILE_IDENTITIES = table(ProfileIdentityRow)
+PROFILE_EVENTS = table(ProfileEventRow)
+PROFILE_MERGES = table(ProfileMergeRow)

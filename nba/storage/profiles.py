@@ -1,0 +1,192 @@
+"""Customer profiles in the database: profiles (their JSON state), the identifiers customers
+hold, every touch-point event once, and merges (issue 13, being built).
+
+Everything here runs inside the caller's write transaction (``Repository.write``), which holds
+the database's write lock: an event's resolution, its storage and its profile's new state are
+one commit, and two processes tracking events of one customer never interleave. Returns plain
+values; identity resolution and the profile itself are ``nba.profiles``'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+
+from nba.storage.engine import Repository, utc
+from nba.storage.tables import PROFILE_EVENTS, PROFILE_IDENTITIES, PROFILE_MERGES, PROFILES
+
+__all__ = ["MAX_MERGE_CHAIN", "Profiles", "StoredProfile"]
+
+#: merges followed from an id to its survivor at most (a longer chain is a cycle: a bug)
+MAX_MERGE_CHAIN = 64
+
+#: (customer id, created at, version, state)
+StoredProfile = tuple[str, datetime, int, dict[str, Any]]
+
+
+class Profiles(Repository):
+    """The ``profiles``, ``profile_identities``, ``profile_events`` and ``profile_merges`` tables."""
+
+    def survivor(self, conn: Any, customer_id: str) -> str | None:
+        """The customer ``customer_id`` is now (itself, or the survivor of the merges that
+        absorbed it, through any chain of them); None for an id never seen."""
+        current = customer_id
+        for _ in range(MAX_MERGE_CHAIN):
+            merged_into = conn.execute(select(PROFILES.c.merged_into).where(PROFILES.c.customer_id == current)).first()
+            if merged_into is None:
+                return None if current == customer_id else current
+            if merged_into[0] is None:
+                return current
+            current = merged_into[0]
+        raise RuntimeError(f"the merges from customer '{customer_id}' do not end within {MAX_MERGE_CHAIN} steps")
+
+    def load(self, conn: Any, customer_id: str) -> StoredProfile | None:
+        """A profile that has not been merged away, or None."""
+        row = conn.execute(
+            select(PROFILES.c.created_at, PROFILES.c.version, PROFILES.c.state).where(
+                PROFILES.c.customer_id == customer_id, PROFILES.c.merged_into.is_(None)
+            )
+        ).first()
+        return (customer_id, utc(row.created_at), int(row.version), dict(row.state)) if row else None
+
+    def save(
+        self, conn: Any, customer_id: str, created_at: datetime, version: int, state: Mapping[str, Any], now: datetime
+    ) -> None:
+        """Writes a profile's state (inserting it the first time)."""
+        updated = conn.execute(
+            PROFILES.update()
+            .where(PROFILES.c.customer_id == customer_id)
+            .values(version=version, state=dict(state), updated_at=now)
+        ).rowcount
+        if not updated:
+            conn.execute(
+                PROFILES.insert().values(
+                    customer_id=customer_id,
+                    created_at=created_at,
+                    updated_at=now,
+                    version=version,
+                    merged_into=None,
+                    state=dict(state),
+                )
+            )
+
+    def holders(self, conn: Any, kind: str, value: str) -> list[str]:
+        """The customers (survivors) holding an identifier, oldest first."""
+        ids = (
+            conn.execute(
+                select(PROFILE_IDENTITIES.c.customer_id).where(
+                    PROFILE_IDENTITIES.c.kind == kind, PROFILE_IDENTITIES.c.value == value
+                )
+            )
+            .scalars()
+            .all()
+        )
+        survivors = {s for s in (self.survivor(conn, i) for i in ids) if s is not None}
+        return self._oldest_first(conn, survivors)
+
+    def identities(self, conn: Any, customer_id: str) -> dict[str, list[str]]:
+        """A customer's identifiers by kind."""
+        out: dict[str, list[str]] = {}
+        for kind, value in conn.execute(
+            select(PROFILE_IDENTITIES.c.kind, PROFILE_IDENTITIES.c.value)
+            .where(PROFILE_IDENTITIES.c.customer_id == customer_id)
+            .order_by(PROFILE_IDENTITIES.c.kind, PROFILE_IDENTITIES.c.value)
+        ):
+            out.setdefault(kind, []).append(value)
+        return out
+
+    def add_identities(self, conn: Any, customer_id: str, identities: Mapping[str, str]) -> None:
+        for kind, value in sorted(identities.items()):
+            key = and_(
+                PROFILE_IDENTITIES.c.kind == kind,
+                PROFILE_IDENTITIES.c.value == value,
+                PROFILE_IDENTITIES.c.customer_id == customer_id,
+            )
+            if conn.execute(select(PROFILE_IDENTITIES.c.kind).where(key)).first() is None:
+                conn.execute(PROFILE_IDENTITIES.insert().values(kind=kind, value=value, customer_id=customer_id))
+
+    def separated(self, conn: Any, a: str, b: str) -> bool:
+        """Whether a merge of the two was undone (the pair is kept apart since)."""
+        m = PROFILE_MERGES
+        pair = or_(and_(m.c.survivor == a, m.c.absorbed == b), and_(m.c.survivor == b, m.c.absorbed == a))
+        return conn.execute(select(m.c.id).where(pair, m.c.undone_at.is_not(None)).limit(1)).first() is not None
+
+    def merge(self, conn: Any, survivor: str, absorbed: str, cause: str, now: datetime) -> None:
+        """Records that ``absorbed`` is ``survivor``: its id resolves to the survivor from now
+        on, its identifiers and events are the survivor's (the caller rebuilds the survivor's
+        state from them)."""
+        conn.execute(PROFILES.update().where(PROFILES.c.customer_id == absorbed).values(merged_into=survivor, updated_at=now))
+        if conn.execute(select(PROFILES.c.customer_id).where(PROFILES.c.customer_id == absorbed)).first() is None:
+            # an id seen only on this event: kept, so that it resolves to the survivor
+            conn.execute(
+                PROFILES.insert().values(
+                    customer_id=absorbed, created_at=now, updated_at=now, version=0, merged_into=survivor, state={}
+                )
+            )
+        moved = self.identities(conn, absorbed)
+        conn.execute(PROFILE_IDENTITIES.delete().where(PROFILE_IDENTITIES.c.customer_id == absorbed))
+        for kind, values in moved.items():
+            for value in values:
+                self.add_identities(conn, survivor, {kind: value})
+        conn.execute(PROFILE_EVENTS.update().where(PROFILE_EVENTS.c.customer_id == absorbed).values(customer_id=survivor))
+        conn.execute(
+            PROFILE_MERGES.insert().values(
+                survivor=survivor, absorbed=absorbed, at=now, cause=cause[:256], undone_at=None, undone_by=""
+            )
+        )
+
+    def stored_event(self, conn: Any, event_id: str) -> tuple[str, str] | None:
+        """(content hash, customer id) of an event already stored under ``event_id``."""
+        row = conn.execute(
+            select(PROFILE_EVENTS.c.content_hash, PROFILE_EVENTS.c.customer_id).where(PROFILE_EVENTS.c.event_id == event_id)
+        ).first()
+        return (row.content_hash, row.customer_id) if row else None
+
+    def insert_event(
+        self,
+        conn: Any,
+        event_id: str,
+        customer_id: str,
+        event_type: str,
+        source: str,
+        occurred_at: datetime,
+        received_at: datetime,
+        properties: Mapping[str, Any],
+        identities: Mapping[str, str],
+        content_hash: str,
+    ) -> None:
+        conn.execute(
+            PROFILE_EVENTS.insert().values(
+                event_id=event_id,
+                customer_id=customer_id,
+                type=event_type,
+                source=source,
+                occurred_at=occurred_at,
+                received_at=received_at,
+                properties=dict(properties),
+                identities=dict(identities),
+                content_hash=content_hash,
+            )
+        )
+
+    def events(self, conn: Any, customer_id: str) -> Iterable[tuple[str, str, str, datetime, dict[str, Any]]]:
+        """A customer's events as (event id, type, source, occurred at, properties), in the
+        order their profile applies them: by time, equal times by event id."""
+        e = PROFILE_EVENTS
+        for row in conn.execute(
+            select(e.c.event_id, e.c.type, e.c.source, e.c.occurred_at, e.c.properties)
+            .where(e.c.customer_id == customer_id)
+            .order_by(e.c.occurred_at, e.c.event_id)
+        ):
+            yield row.event_id, row.type, row.source, utc(row.occurred_at), dict(row.properties)
+
+    def _oldest_first(self, conn: Any, customers: set[str]) -> list[str]:
+        if not customers:
+            return []
+        rows = conn.execute(
+            select(PROFILES.c.customer_id, PROFILES.c.created_at).where(PROFILES.c.customer_id.in_(sorted(customers)))
+        ).all()
+        return [r.customer_id for r in sorted(rows, key=lambda r: (utc(r.created_at), r.customer_id))]

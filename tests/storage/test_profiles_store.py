@@ -1,0 +1,67 @@
+"""Customer profiles in the database, on SQLite and PostgreSQL: states saved and loaded, the
+identifiers customers hold, merges that chain (an id absorbed two merges ago still resolves),
+identifiers and events moving to the survivor, events in the order a profile applies them,
+and pairs kept apart once a merge was undone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import update
+
+from nba.storage.engine import open_engine
+from nba.storage.store import Store
+from nba.storage.tables import PROFILE_MERGES
+
+T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+
+
+def test_profiles_identities_events_and_merges(database_url: str) -> None:
+    engine = open_engine(database_url)
+    store = Store(engine)
+    try:
+        with store.write() as conn:
+            for n, customer in enumerate(("c-1", "c-2", "c-3")):
+                store.save(conn, customer, T0 + timedelta(hours=n), 1, {"n": n}, T0)
+            store.add_identities(conn, "c-1", {"email": "a@example.com"})
+            store.add_identities(conn, "c-2", {"phone": "+442079460018", "device_id": "tablet"})
+            store.add_identities(conn, "c-3", {"device_id": "tablet", "crm_id": "C3"})
+            store.add_identities(conn, "c-3", {"crm_id": "C3"})  # again: no duplicate
+            for i, (customer, at) in enumerate((("c-2", T0 + timedelta(days=2)), ("c-1", T0), ("c-2", T0 + timedelta(days=1)))):
+                store.insert_event(conn, f"e-{i}", customer, "order", "web", at, T0, {"amount": float(i)}, {}, "h" * 64)
+            store.insert_event(conn, "e-tie-b", "c-1", "contact", "app", T0, T0, {}, {}, "h" * 64)
+        with store.read() as conn:
+            assert store.load(conn, "c-2")[1:] == (T0 + timedelta(hours=1), 1, {"n": 1})
+            assert store.load(conn, "c-9") is None and store.survivor(conn, "c-9") is None
+            assert store.holders(conn, "device_id", "tablet") == ["c-2", "c-3"]  # oldest first
+            assert store.identities(conn, "c-3") == {"crm_id": ["C3"], "device_id": ["tablet"]}
+            assert store.stored_event(conn, "e-1") == ("h" * 64, "c-1") and store.stored_event(conn, "nope") is None
+
+        with store.write() as conn:  # c-2 is c-1; then c-1 (and so c-2) is c-3's... the other way round
+            store.merge(conn, "c-1", "c-2", "event e-7", T0)
+            store.merge(conn, "c-3", "c-1", "event e-8", T0)
+            store.merge(conn, "c-3", "c-new", "event e-9", T0)  # an id seen only on an event
+        with store.read() as conn:
+            assert [store.survivor(conn, c) for c in ("c-1", "c-2", "c-3", "c-new")] == ["c-3"] * 4
+            assert store.load(conn, "c-1") is None  # merged away
+            assert store.identities(conn, "c-3") == {
+                "crm_id": ["C3"],
+                "device_id": ["tablet"],
+                "email": ["a@example.com"],
+                "phone": ["+442079460018"],
+            }
+            assert store.holders(conn, "email", "a@example.com") == ["c-3"]
+            assert [(e[0], e[3]) for e in store.events(conn, "c-3")] == [
+                ("e-1", T0),
+                ("e-tie-b", T0),
+                ("e-2", T0 + timedelta(days=1)),
+                ("e-0", T0 + timedelta(days=2)),
+            ]
+            assert not store.separated(conn, "c-1", "c-3")
+        with store.write() as conn:  # an admin undid c-3 <- c-1: the pair is kept apart since
+            conn.execute(update(PROFILE_MERGES).where(PROFILE_MERGES.c.absorbed == "c-1").values(undone_at=T0))
+        with store.read() as conn:
+            assert store.separated(conn, "c-3", "c-1") and store.separated(conn, "c-1", "c-3")
+            assert not store.separated(conn, "c-3", "c-2")
+    finally:
+        engine.dispose()

@@ -178,7 +178,7 @@ class State:
 
     def dump(self) -> dict[str, Any]:
         if self.attribute.window is not None:
-            return {"items": [list(i) for i in self._items], "newest": self._newest}
+            return {"items": [list(i) for i in self._items], "newest": self._newest if math.isfinite(self._newest) else None}
         return {
             "count": self._count,
             "sum": self._sum,
@@ -187,13 +187,14 @@ class State:
             "first": list(self._first) if self._first else None,
             "last": list(self._last) if self._last else None,
             "distinct": self._distinct,
-            "newest": self._newest,
+            "newest": self._newest if math.isfinite(self._newest) else None,
         }
 
     @classmethod
     def load(cls, attribute: ComputedAttribute, data: Mapping[str, Any]) -> State:
         state = cls(attribute)
-        state._newest = float(data.get("newest", -math.inf))
+        newest = data.get("newest")
+        state._newest = float(newest) if newest is not None else -math.inf
         if attribute.window is not None:
             state._items = [(float(t), str(e), v) for t, e, v in data.get("items", [])]
             return state

@@ -113,7 +113,7 @@ def test_the_state_round_trips_through_json(line: str) -> None:
     ]
     for kind in ("order", "contact"):
         original = feed(state(line.replace("order", kind, 1) if kind == "contact" and "contact" not in line else line), events)
-        restored = State.load(original.attribute, json.loads(json.dumps(original.dump())))
+        restored = State.load(original.attribute, json.loads(json.dumps(original.dump(), allow_nan=False)))
         for now in (T0 + 40 * 7000.0, T0 + 3 * DAY, T0 + 40 * DAY):
             assert restored.value(now) == original.value(now)
 
@@ -134,3 +134,13 @@ def test_a_definition_that_cannot_be_read_is_refused_naming_the_attribute(line: 
     with pytest.raises(InvalidArgument, match=message) as caught:
         parse("spend", line)
     assert caught.value.field == "profile.computed.spend"
+
+
+@pytest.mark.parametrize("line", ["count(order)", "sum(order.amount) over 7d"])
+def test_an_empty_state_is_strict_json(line: str) -> None:
+    """PostgreSQL's JSON has no infinity: a state that has seen nothing says so with null."""
+    empty = state(line)
+    restored = State.load(empty.attribute, json.loads(json.dumps(empty.dump(), allow_nan=False)))
+    assert restored.value(T0) == empty.value(T0)
+    restored.add(T0, "e1", 1.0)
+    assert restored.value(T0) == 1  # count or sum of one event of 1.0

@@ -93,7 +93,7 @@ def test_the_profile_round_trips_through_json_and_a_changed_definition_starts_em
     profile = Profile(DEFINITION, "c-1", T0)
     for e in EVENTS:
         profile.apply(e)
-    stored = json.loads(json.dumps(profile.dump()))
+    stored = json.loads(json.dumps(profile.dump(), allow_nan=False))
     assert Profile.load(DEFINITION, stored).view(T0 + 42 * DAY) == profile.view(T0 + 42 * DAY)
     changed_section = SECTION.model_copy(update={"computed": {**SECTION.computed, "orders": "count(order) over 7d"}})
     changed, _ = compile_profile(changed_section)

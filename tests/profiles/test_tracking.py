@@ -1,0 +1,148 @@
+"""Tracking events into profiles over a real database (SQLite and PostgreSQL): events under two
+identifiers merge into one profile, computed attributes are exact at known times (window
+expiry included), a repeated event changes nothing, an event id reused for another event is
+refused, and events the profile does not accept are refused naming the field."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import ManualClock
+
+from nba.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from nba.policy.profile import ProfileSection, compile_profile
+from nba.profiles.tracking import Tracker, TrackInput
+from nba.storage.engine import open_engine
+from nba.storage.store import Store
+
+T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+DEFINITION, _ = compile_profile(
+    ProfileSection.model_validate(
+        {
+            "event_types": {
+                "order": {"properties": {"amount": "number", "status": "string"}},
+                "complaint": {"properties": {"status": "string"}},
+                "signup": {"properties": {"email": "string"}},
+            },
+            "attributes": {"email": {"from": "signup.email", "pii": True}},
+            "computed": {
+                "spend_7d": "sum(order.amount) over 7d",
+                "orders": "count(order)",
+                "open_complaints": "count(complaint) where event.properties.status == 'open'",
+                "channels": "distinct(*.source)",
+            },
+        }
+    )
+)
+
+
+@pytest.fixture
+def tracker(database_url: str):  # type: ignore[no-untyped-def]
+    engine = open_engine(database_url)
+    clock = ManualClock(T0)
+    ids = itertools.count(1)
+    yield Tracker(Store(engine), lambda: DEFINITION, clock, lambda: f"cus-{next(ids)}"), clock
+    engine.dispose()
+
+
+def test_events_under_two_identifiers_merge_into_one_profile(tracker) -> None:  # type: ignore[no-untyped-def]
+    track, clock = tracker
+    web = track.track(
+        TrackInput(
+            "e-1",
+            "order",
+            identities={"email": "Ada@Example.com"},
+            source="web",
+            properties={"amount": 40.0},
+            occurred_at=T0 - timedelta(days=1),
+        )
+    )
+    store = track.track(
+        TrackInput(
+            "e-2",
+            "order",
+            identities={"phone": "020 7946 0018"},
+            source="store",
+            properties={"amount": 25.0},
+            occurred_at=T0 - timedelta(hours=2),
+        )
+    )
+    assert (web.customer_id, store.customer_id) == ("cus-1", "cus-2")  # two customers, as far as anyone knows
+    linked = track.track(
+        TrackInput(
+            "e-3",
+            "signup",
+            identities={"email": "ada@example.com", "phone": "+442079460018"},
+            source="app",
+            properties={"email": "ada@example.com"},
+            occurred_at=T0,
+        )
+    )
+    assert (linked.customer_id, linked.merged) == ("cus-1", ("cus-2",))  # the older survives
+    profile = track.profile("cus-2")  # the absorbed id still resolves
+    assert profile is not None and profile.customer_id == "cus-1"
+    assert profile.view(T0.timestamp()) == {
+        "email": "ada@example.com",
+        "spend_7d": 65.0,
+        "orders": 2,
+        "open_complaints": 0,
+        "channels": ["app", "store", "web"],
+    }
+    assert track.track(TrackInput("e-4", "order", customer_id="cus-2", properties={"amount": 1.0})).customer_id == "cus-1"
+
+
+def test_computed_attributes_are_exact_at_known_times(tracker) -> None:  # type: ignore[no-untyped-def]
+    track, clock = tracker
+    track.track(TrackInput("o-1", "order", customer_id="c-1", properties={"amount": 10.0}, occurred_at=T0 - timedelta(days=6)))
+    track.track(TrackInput("o-2", "order", customer_id="c-1", properties={"amount": 5.0}, occurred_at=T0))
+    track.track(TrackInput("x-1", "complaint", customer_id="c-1", properties={"status": "open"}, occurred_at=T0))
+    profile = track.profile("c-1")
+    assert profile is not None
+    at = T0.timestamp()
+    assert profile.view(at)["spend_7d"] == 15.0
+    assert profile.view(at + timedelta(days=1).total_seconds() - 1)["spend_7d"] == 15.0
+    assert profile.view(at + timedelta(days=1).total_seconds())["spend_7d"] == 5.0  # o-1 left the 7 days, by itself
+    assert profile.view(at)["open_complaints"] == 1
+
+
+def test_a_repeated_event_changes_nothing_and_a_reused_id_is_refused(tracker) -> None:  # type: ignore[no-untyped-def]
+    track, _ = tracker
+    event = TrackInput("e-1", "order", customer_id="c-1", properties={"amount": 10.0}, occurred_at=T0)
+    first, again = track.track(event), track.track(event)
+    assert (first.duplicate, again.duplicate, again.customer_id, again.version) == (False, True, "c-1", 1)
+    assert track.profile("c-1").view(T0.timestamp())["orders"] == 1  # type: ignore[union-attr]
+    with pytest.raises(AlreadyExists, match="event_id: 'e-1' was already used for another event"):
+        track.track(TrackInput("e-1", "order", customer_id="c-1", properties={"amount": 11.0}, occurred_at=T0))
+
+
+@pytest.mark.parametrize(
+    ("event", "error", "message"),
+    [
+        (TrackInput("", "order", customer_id="c-1"), InvalidArgument, "event_id: required"),
+        (TrackInput("e", "order"), InvalidArgument, "customer_id: required when the event carries no identifier"),
+        (TrackInput("e", "order", identities={"email": "null"}), InvalidArgument, "customer_id: required"),
+        (TrackInput("e", "visit", customer_id="c-1"), InvalidArgument, "type: 'visit' is not an event type"),
+        (TrackInput("e", "order", customer_id="c-1", properties={"amount": "lots"}), InvalidArgument, "properties.amount"),
+        (
+            TrackInput("e", "order", customer_id="c-1", occurred_at=T0 + timedelta(hours=1)),
+            InvalidArgument,
+            "occurred_at: .* is in the future",
+        ),
+        (TrackInput("e", "order", identities={"email": "nope"}), InvalidArgument, "identities.email: 'nope' is not"),
+    ],
+)
+def test_an_event_that_cannot_be_taken_is_refused_naming_the_field(tracker, event, error, message) -> None:  # type: ignore[no-untyped-def]
+    track, _ = tracker
+    with pytest.raises(error, match=message):
+        track.track(event)
+    assert track.profile("c-1") is None  # nothing stored
+
+
+def test_a_shared_device_alone_names_no_one(tracker) -> None:  # type: ignore[no-untyped-def]
+    track, _ = tracker
+    track.track(TrackInput("a", "order", customer_id="c-1", identities={"device_id": "tablet"}, occurred_at=T0))
+    track.track(TrackInput("b", "order", customer_id="c-2", identities={"device_id": "tablet"}, occurred_at=T0))
+    with pytest.raises(FailedPrecondition, match=r"shared by 2 customers \(c-1, c-2\)"):
+        track.track(TrackInput("c", "order", identities={"device_id": "tablet"}, occurred_at=T0))

@@ -146,6 +146,20 @@ MAX_VIOLATIONS = 10
 MAX_DESCRIPTION = 300
 
 
+def field_of(exc: NbaError) -> str:
+    """The field an error is about, whatever its status: its ``field``, or the field path its
+    message starts with ("event_id: already used ..."), or "" when it names none.
+
+    >>> field_of(AlreadyExists("event_id: 'e-1' was already used for another event"))
+    'event_id'
+    """
+    explicit = getattr(exc, "field", None)
+    if explicit:
+        return str(explicit)
+    head, separator, _ = str(exc).partition(": ")
+    return head if separator and _FIELD.fullmatch(head) else ""
+
+
 def field_violations(exc: NbaError) -> list[tuple[str, str]]:
     """(field, description) for each field at fault in an ``INVALID_ARGUMENT`` error, as
     ``google.rpc.BadRequest`` carries them (AIP-193): one per error of a policy set, located by

@@ -79,9 +79,18 @@ MAY_IMPORT = {
     "nba.storage": set(),
     "nba.profiles": {"nba.policy"},
     "nba.evaluation": {"nba.policy", "nba.learning", "nba.decision"},
-    "nba.service": {"nba.policy", "nba.learning", "nba.decision", "nba.storage", "nba.evaluation", "nba.v1"},
+    "nba.service": {"nba.policy", "nba.learning", "nba.decision", "nba.storage", "nba.evaluation", "nba.profiles", "nba.v1"},
     "nba.simulation": {"nba.evaluation"},
-    "nba.cli": {"nba.policy", "nba.learning", "nba.decision", "nba.storage", "nba.evaluation", "nba.service", "nba.simulation"},
+    "nba.cli": {
+        "nba.policy",
+        "nba.learning",
+        "nba.decision",
+        "nba.storage",
+        "nba.evaluation",
+        "nba.service",
+        "nba.simulation",
+        "nba.profiles",
+    },
 }
 #: the parts that speak gRPC (the service shell, and the simulator and the CLI as its clients)
 GRPC_PARTS = ("nba.service", "nba.simulation", "nba.cli")

@@ -201,6 +201,9 @@ class ProfileDefinition:
     #: attribute -> (event type, property, keep, pii)
     attributes: Mapping[str, tuple[str, str, str, bool]] = field(default_factory=dict)
     computed: tuple[ComputedAttribute, ...] = ()
+    #: attributes and computed attributes that carry personal data (a computed one reading a
+    #: property a pii attribute is kept from): never learned from, masked in logs and exports
+    pii: frozenset[str] = frozenset()
 
 
 def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[ProfileDefinition, list[Problem]]:
@@ -246,6 +249,9 @@ def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[Pro
         if not prop:
             problem(f"attributes.{name}.from", f"'{spec.source}' is not EVENT.PROPERTY")
             continue
+        if event == "*":
+            problem(f"attributes.{name}.from", f"'{spec.source}': an attribute is kept from one event type, not *")
+            continue
         if known(event, prop, f"attributes.{name}.from") is not None:
             attributes[name] = (event, prop, spec.keep, spec.pii)
     computed: list[ComputedAttribute] = []
@@ -265,5 +271,13 @@ def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[Pro
             problem(f"computed.{name}", f"{attribute.function} needs a number, and '{attribute.property}' is a {kind}")
             continue
         computed.append(attribute)
-    definition = ProfileDefinition(kinds, region, types, attributes, tuple(computed))
+    personal = {(event, prop) for event, prop, _, pii in attributes.values() if pii}
+    pii = {name for name, (_, _, _, flag) in attributes.items() if flag}
+    pii.update(
+        c.name
+        for c in computed
+        if c.property is not None
+        and ((c.event, c.property) in personal or (c.event == "*" and any(c.property == p for _, p in personal)))
+    )
+    definition = ProfileDefinition(kinds, region, types, attributes, tuple(computed), frozenset(pii))
     return definition, problems

@@ -43,7 +43,27 @@ __all__ = [
 ]
 
 #: values that stand for "no value" in the systems that send events
-NULL_LIKE = frozenset({"", "null", "none", "nil", "undefined", "nan", "n/a", "na", "-", "--", "unknown", "?"})
+NULL_LIKE = frozenset(
+    {
+        "",
+        "null",
+        "none",
+        "nil",
+        "undefined",
+        "nan",
+        "n/a",
+        "na",
+        "-",
+        "--",
+        "unknown",
+        "?",
+        "(null)",
+        "<null>",
+        "#n/a",
+        '""',
+        "''",
+    }
+)
 #: an identifier kind's name: what a map key of ``identities`` may be
 KIND_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 #: a deliberately loose e-mail shape (RFC 5322 allows far more; systems send far less)
@@ -96,6 +116,8 @@ class IdentityRules:
                     f"{self.default_region}'s; write others with their country code, +CC)",
                     field=where,
                 )
+            if not number.national_number:  # +44 0000 000000: a placeholder, not a number
+                return None
             return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
         return text
 
@@ -228,6 +250,11 @@ def resolve(
         group.append(c)
         for k, v in c.unique_values.items():
             values.setdefault(k, v)
+    for c in found.values():  # a unique value a customer kept apart holds stays theirs alone
+        if c.customer_id in apart:
+            for k, v in c.unique_values.items():
+                if kept.get(k) == v:
+                    del kept[k]
     survivor = min(group, key=lambda c: (c.created_at, c.customer_id))
     merged = tuple(c.customer_id for c in group if c.customer_id != survivor.customer_id)
     return Resolution(

@@ -93,7 +93,7 @@ class Profile:
         for name, (event_type, prop, keep, _pii) in self.definition.attributes.items():
             if event_type != event.type:
                 continue
-            value = event.properties.get(prop)
+            value = _read(event, prop)
             if value is None:
                 continue
             held = self.attributes.get(name)
@@ -115,9 +115,9 @@ class Profile:
     def view(self, now: float, include_pii: bool = True) -> dict[str, Any]:
         """Attribute and computed attribute values at ``now`` (epoch seconds), by name: what
         rules read as ``profile``. Without ``include_pii``, what the learner may learn from."""
-        pii = {name for name, spec in self.definition.attributes.items() if spec[3]}
+        pii = self.definition.pii
         out: dict[str, Any] = {name: value for name, (value, _, _) in self.attributes.items() if include_pii or name not in pii}
-        out.update((name, state.value(now)) for name, state in self.computed.items())
+        out.update((name, state.value(now)) for name, state in self.computed.items() if include_pii or name not in pii)
         return out
 
     def dump(self) -> dict[str, Any]:
@@ -147,3 +147,16 @@ class Profile:
             if kept is not None and kept.get("definition") == attribute.source:
                 profile.computed[attribute.name] = State.load(attribute, kept["state"])
         return profile
+
+
+def _read(event: TrackedEvent, prop: str) -> Any:
+    """What ``EVENT.PROPERTY`` reads: the event's source or type, or a dotted path in its
+    properties (a scalar; a map or a list is not kept)."""
+    if prop == "source":
+        return event.source or None
+    if prop == "type":
+        return event.type
+    value: Any = event.properties
+    for part in prop.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return None if isinstance(value, Mapping | list) else value

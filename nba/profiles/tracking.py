@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from nba.clock import Clock, SystemClock
-from nba.errors import AlreadyExists, InvalidArgument
+from nba.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from nba.inputs import CLOCK_SKEW, check_id
 from nba.policy.profile import ProfileDefinition
 from nba.profiles.identity import Candidate, IdentityRules, resolve
@@ -140,6 +140,7 @@ class Tracker:
         occurred = event.occurred_at or now
         if occurred.tzinfo is None:
             raise InvalidArgument("occurred_at: needs a time zone (UTC: ...Z)", field="occurred_at")
+        occurred = occurred.astimezone(UTC)  # stored as UTC: SQLite keeps no offset
         if occurred > now + CLOCK_SKEW:
             raise InvalidArgument(
                 f"occurred_at: {occurred.isoformat()} is in the future (beyond {CLOCK_SKEW.total_seconds() / 60:.0f} "
@@ -147,7 +148,8 @@ class Tracker:
                 field="occurred_at",
             )
         check(definition, event.type, event.properties)
-        digest = _content_hash(event.customer_id, identities, event.type, event.source, occurred, event.properties)
+        # an event sent without its time is the same event when sent again: its time is not part of it
+        digest = _content_hash(event.customer_id, identities, event.type, event.source, event.occurred_at, event.properties)
         repo = self._repository
         with repo.write() as conn:
             stored = repo.stored_event(conn, event.event_id)
@@ -196,14 +198,43 @@ class Tracker:
 
     def profile(self, customer_id: str) -> Profile | None:
         """A customer's profile (by any id it has had), or None."""
+        found = self.lookup(customer_id=customer_id)
+        return found[0] if found else None
+
+    def lookup(self, customer_id: str = "", kind: str = "", value: str = "") -> tuple[Profile, dict[str, list[str]]] | None:
+        """A customer's profile and identifiers, by any id it has had or by one identifier;
+        None when unknown. Raises ``InvalidArgument`` for a malformed identifier and
+        ``FailedPrecondition`` for one several customers hold."""
         definition = self._definition()
         repo = self._repository
+        if not customer_id and not kind:
+            raise InvalidArgument("customer_id: required, or identifier_kind and identifier_value", field="customer_id")
+        normalised = ""
+        if kind:
+            rules = IdentityRules(definition.kinds, definition.default_region)
+            found = rules.normalise(kind, value, "identifier_value")
+            if found is None:
+                raise InvalidArgument(f"identifier_value: '{value}' is no identifier", field="identifier_value")
+            normalised = found
         with repo.write() as conn:
-            customer = repo.survivor(conn, customer_id)
+            customer: str | None
+            if kind:
+                holders = repo.holders(conn, kind, normalised)
+                if len(holders) > 1:
+                    raise FailedPrecondition(
+                        f"identifier_value: {kind} '{normalised}' is held by {len(holders)} customers "
+                        f"({', '.join(holders)}); ask by customer_id"
+                    )
+                customer = holders[0] if holders else None
+            else:
+                check_id("customer_id", customer_id)
+                customer = repo.survivor(conn, customer_id)
             loaded = repo.load(conn, customer) if customer else None
+            identities = repo.identities(conn, customer) if loaded and customer else {}
         if loaded is None:
             return None
-        return Profile.load(definition, loaded[3]) if loaded[3] else Profile(definition, loaded[0], loaded[1].timestamp())
+        profile = Profile.load(definition, loaded[3]) if loaded[3] else Profile(definition, loaded[0], loaded[1].timestamp())
+        return profile, identities
 
 
 def _tracked(customer_id: str, row: tuple[str, str, str, datetime, dict[str, Any]]) -> TrackedEvent:
@@ -216,7 +247,7 @@ def _content_hash(
     identities: Mapping[str, str],
     event_type: str,
     source: str,
-    occurred: datetime,
+    occurred: datetime | None,
     properties: Mapping[str, Any],
 ) -> str:
     """sha-256 of what an event says, canonically (sorted keys, UTC time): the same event sent
@@ -226,7 +257,21 @@ def _content_hash(
         "identities": dict(sorted(identities.items())),
         "type": event_type,
         "source": source,
-        "occurred_at": occurred.astimezone(UTC).isoformat(),
-        "properties": properties,
+        "occurred_at": occurred.astimezone(UTC).isoformat() if occurred is not None else None,
+        "properties": _canonical(properties),
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    """Numbers as floats, recursively: 10 and 10.0 are one value (gRPC's Struct sends floats,
+    a JSON Lines import may send integers)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value

@@ -1,4 +1,5 @@
-"""Bearer tokens for AdminService: who may read, and who may change, the live policy set.
+"""Bearer tokens for AdminService (who may read, and who may change, the live policy set) and
+for reading customer profiles (ProfileService.GetProfile: a viewer).
 
 Tokens come from configuration as ``name:role:token`` (``--admin-tokens`` /
 ``NBA_ADMIN_TOKENS``). ``viewer`` may get, list, validate and preview; ``editor`` may also
@@ -22,6 +23,8 @@ __all__ = ["AuthInterceptor", "Caller", "current_caller"]
 
 ADMIN_PREFIX = "/nba.v1.AdminService/"
 EDITOR_METHODS = frozenset({"PublishPolicySet", "RollbackPolicySet"})
+#: methods outside AdminService that need a token, and the least role: profiles hold personal data
+PROTECTED = {"/nba.v1.ProfileService/GetProfile": "viewer"}
 _RANK = {"viewer": 1, "editor": 2}
 
 
@@ -52,9 +55,14 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or not method.startswith(ADMIN_PREFIX):
+        if handler is None or handler.unary_unary is None:
             return handler
-        needed = "editor" if method[len(ADMIN_PREFIX) :] in EDITOR_METHODS else "viewer"
+        if method.startswith(ADMIN_PREFIX):
+            needed = "editor" if method[len(ADMIN_PREFIX) :] in EDITOR_METHODS else "viewer"
+        elif method in PROTECTED:
+            needed = PROTECTED[method]
+        else:
+            return handler
         headers = [v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"]
         inner = handler.unary_unary
 

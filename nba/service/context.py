@@ -93,6 +93,15 @@ def features_from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
+def properties_from_struct(struct: struct_pb2.Struct, field: str = "properties") -> dict[str, Any]:
+    """An event's properties, nested as sent, checked as a context is (size, depth, leaves,
+    keys, finite numbers within range). Raises ``InvalidArgument`` naming the field."""
+    size = struct.ByteSize()
+    if size > MAX_CONTEXT_BYTES:
+        raise InvalidArgument(f"{field}: {size} bytes, more than the limit of {MAX_CONTEXT_BYTES}", field=field)
+    return _struct(struct, field, 0, [0]) if struct.fields else {}
+
+
 def _list(values: struct_pb2.ListValue, path: str, level: int, counter: list[int]) -> list[Any]:
     """A list at ``level``: scalar members at its level, structs and lists one deeper."""
     items = values.values

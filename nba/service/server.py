@@ -37,10 +37,12 @@ from nba.errors import InvalidArgument, NbaError, Unavailable, field_violations
 from nba.learning.feedback import IN_FLIGHT_MARGIN_SECONDS, FeedbackIntake
 from nba.learning.loop import LearningLoop, build_learner
 from nba.policy.policy_set import PolicySet
+from nba.profiles.tracking import Tracker
 from nba.records import ContactEvent, LearningEvent, RewardWindows
 from nba.service.auth import AuthInterceptor
 from nba.service.context import MAX_CONTEXT_DEPTH
 from nba.service.maintenance import COUNTER_SECONDS, Maintenance
+from nba.service.profiles import ProfileServicer
 from nba.service.publishing import Publisher
 from nba.service.servicers import AdminServicer, DecisionServicer
 from nba.storage.bus import RedisBus
@@ -51,6 +53,8 @@ from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import admin_service_pb2_grpc as apb_grpc
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
+from nba.v1 import profile_service_pb2 as ppb
+from nba.v1 import profile_service_pb2_grpc as ppb_grpc
 
 __all__ = ["DecodingInterceptor", "ErrorInterceptor", "Service", "create_server"]
 
@@ -58,6 +62,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 ADMIN_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["AdminService"].full_name
+PROFILE_SERVICE_NAME = ppb.DESCRIPTOR.services_by_name["ProfileService"].full_name
 #: health names of the dependencies: NOT_SERVING while the database (or the Redis bus) is down
 STORE_HEALTH = "nba.store"
 BUS_HEALTH = "nba.bus"
@@ -309,9 +314,12 @@ class Service:
             AdminServicer(self.publisher, self.store.recent_lines, self.learning, lambda: build_learner(settings)),
             self.server,
         )
+        self.tracker = Tracker(self.store, lambda: self.publisher.live.profile, self.clock)
+        ppb_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(self.tracker, self.clock), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (SERVICE_NAME, ADMIN_SERVICE_NAME, PROFILE_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.server,
         )
         address = f"{settings.host}:{settings.port}"
         tls = settings.tls_credentials()

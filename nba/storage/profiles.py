@@ -119,6 +119,8 @@ class Profiles(Repository):
         on, its identifiers and events are the survivor's (the caller rebuilds the survivor's
         state from them)."""
         conn.execute(PROFILES.update().where(PROFILES.c.customer_id == absorbed).values(merged_into=survivor, updated_at=now))
+        # ids absorbed into it before now point at the survivor directly: every chain is one step
+        conn.execute(PROFILES.update().where(PROFILES.c.merged_into == absorbed).values(merged_into=survivor, updated_at=now))
         if conn.execute(select(PROFILES.c.customer_id).where(PROFILES.c.customer_id == absorbed)).first() is None:
             # an id seen only on this event: kept, so that it resolves to the survivor
             conn.execute(

@@ -235,3 +235,19 @@ def test_the_python_example_runs_as_the_readme_says(checkout: Checkout) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 4 and result.stdout.splitlines()[-1] == "applied 1.0"
+
+
+@pytest.mark.slow
+def test_the_profile_walkthrough_runs_as_written_and_merges_the_two_customers(checkout: Checkout) -> None:
+    script = blocks("## Customer profiles (being built)")[0]
+    result = checkout.run(script)
+    answers = [json.loads(chunk) for chunk in re.findall(r"^\{.*?^\}", result.stdout, flags=re.DOTALL | re.MULTILINE)]
+    web, call, app, profile = answers
+    assert web["customer_id"] != call["customer_id"]  # two customers, as far as anyone knew
+    assert app["customer_id"] == web["customer_id"] and app["merged"] == [call["customer_id"]]
+    assert profile["customer_id"] == web["customer_id"] and profile["version"] == "3"
+    assert {(i["kind"], i["value"]) for i in profile["identities"]} == {
+        ("email", "ada.lovelace@example.com"),
+        ("phone", "+442079460018"),
+        ("crm_id", "CRM-1"),
+    }

@@ -135,3 +135,17 @@ def test_resolution_does_not_depend_on_the_order_identifiers_arrive_in() -> None
 def test_a_kind_can_be_declared_not_to_merge() -> None:
     rules = IdentityRules({"email": IdentifierKind("email", merges=False, format="email")})
     assert not rules.merging("email") and rules.normalise("email", "A@B.CO") == "a@b.co"
+
+
+def test_a_unique_value_a_customer_kept_apart_holds_is_not_attached_to_another() -> None:
+    """(Found in review.) P has no CRM id; B holds C1 and was unmerged from P: an event for P
+    carrying C1 must not give C1 a second holder."""
+    world = World(("P", 1.0, {"email": "p@example.com"}), ("B", 2.0, {"crm_id": "C1"}))
+    world.apart.add(frozenset(("P", "B")))
+    event = world.resolve("P", crm_id="C1")
+    assert event.customer_id == "P" and event.apart == ("B",) and "crm_id" not in event.identities
+
+
+def test_placeholder_phone_numbers_after_a_country_code_are_no_identifier() -> None:
+    for placeholder in ("+44 0000 000000", "+1 000-000-0000", "(null)", "#N/A"):
+        assert RULES.normalise("phone", placeholder) is None, placeholder

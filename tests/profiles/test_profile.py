@@ -118,3 +118,27 @@ def test_an_event_the_profile_does_not_accept_is_refused_naming_the_field(
     with pytest.raises(InvalidArgument, match=message.replace("(", r"\(").replace(")", r"\)")):
         check(DEFINITION, event_type, properties)
     check(DEFINITION, "order", {"amount": 3, "status": "open", "note": {"free": "form"}})  # others as they come
+
+
+def test_attributes_read_the_source_and_dotted_paths_and_personal_data_stays_out_of_learning() -> None:
+    section = ProfileSection.model_validate(
+        {
+            "event_types": {"signup": {"properties": {"email": "string", "address": "string"}}},
+            "attributes": {
+                "email": {"from": "signup.email", "pii": True},
+                "joined_via": {"from": "signup.source"},
+                "city": {"from": "signup.address.city"},
+            },
+            "computed": {"last_email": "last(signup.email)", "signups": "count(signup)"},
+        }
+    )
+    definition, problems = compile_profile(section)
+    assert problems == [] and definition.pii == {"email", "last_email"}
+    profile = Profile(definition, "c-1", T0)
+    profile.apply(TrackedEvent("e1", "c-1", "signup", "app", T0, {"email": "a@b.co", "address": {"city": "Leeds"}}))
+    assert profile.view(T0) == {"email": "a@b.co", "joined_via": "app", "city": "Leeds", "last_email": "a@b.co", "signups": 1}
+    assert profile.view(T0, include_pii=False) == {"joined_via": "app", "city": "Leeds", "signups": 1}
+    star, found = compile_profile(ProfileSection.model_validate({"attributes": {"x": {"from": "*.source"}}}))
+    assert [str(p) for p in found] == [
+        "field 'profile.attributes.x.from': '*.source': an attribute is kept from one event type, not *"
+    ]

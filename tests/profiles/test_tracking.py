@@ -6,7 +6,7 @@ refused, and events the profile does not accept are refused naming the field."""
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from conftest import ManualClock
@@ -146,3 +146,26 @@ def test_a_shared_device_alone_names_no_one(tracker) -> None:  # type: ignore[no
     track.track(TrackInput("b", "order", customer_id="c-2", identities={"device_id": "tablet"}, occurred_at=T0))
     with pytest.raises(FailedPrecondition, match=r"shared by 2 customers \(c-1, c-2\)"):
         track.track(TrackInput("c", "order", identities={"device_id": "tablet"}, occurred_at=T0))
+
+
+def test_a_time_with_another_offset_is_the_same_instant_and_numbers_hash_by_value(tracker) -> None:  # type: ignore[no-untyped-def]
+    """(Found in review: SQLite keeps no offset, so a +02:00 time was read back two hours
+    late; and 10 and 10.0 made two different events.)"""
+    track, _ = tracker
+    paris = timezone(timedelta(hours=2))
+    track.track(
+        TrackInput(
+            "o-1",
+            "order",
+            customer_id="c-1",
+            properties={"amount": 10},
+            occurred_at=(T0 - timedelta(minutes=10)).astimezone(paris),
+        )
+    )
+    again = track.track(
+        TrackInput("o-1", "order", customer_id="c-1", properties={"amount": 10.0}, occurred_at=T0 - timedelta(minutes=10))
+    )
+    assert again.duplicate  # the same instant, the same amount: the same event
+    store = track._repository
+    with store.read() as conn:
+        assert [e[3] for e in store.events(conn, "c-1")] == [T0 - timedelta(minutes=10)]

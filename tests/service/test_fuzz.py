@@ -29,6 +29,7 @@ from test_policies_e2e import BASE, policy_dir
 
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import decision_service_pb2 as pb
+from nba.v1 import profile_service_pb2 as ppb
 
 SEED = int(os.environ.get("NBA_FUZZ_SEED", "20261129"))
 CASES = int(os.environ.get("NBA_FUZZ_CASES", "120"))
@@ -158,6 +159,12 @@ def mutate_fields(rng: random.Random, message: Any) -> bytes:
         elif field.message_type is not None and field.message_type.GetOptions().map_entry:
             entries = {rng.choice(HOSTILE_STRINGS)[:300]: rng.choice(HOSTILE_STRINGS)[:1000] for _ in range(rng.randint(1, 5))}
             getattr(message, field.name).update(entries)
+        elif field.message_type is not None and field.is_repeated:
+            items = getattr(message, field.name)  # a batch: one item made hostile, and many copies
+            if len(items) and rng.random() < 0.5:  # appended as raw bytes: it may not decode
+                tail += length_delimited(field.number, mutate_fields(rng, items[0]))
+            else:
+                items.extend([items[0]] * rng.choice([0, 1, 50]) if len(items) else [])
         elif field.message_type is not None:
             nested = getattr(message, field.name)
             for inner in nested.DESCRIPTOR.fields:
@@ -224,6 +231,15 @@ def templates(decision: pb.DecideResponse) -> dict[str, tuple[Any, list[tuple[st
     small = apb.PolicySetDraft(files={"set.yaml": BASE})
     now = timestamp_pb2.Timestamp()
     now.GetCurrentTime()
+    track = ppb.TrackRequest(
+        event_id="t-1",
+        customer_id="c-1",
+        identities={"email": "a@b.co", "phone": "+442079460018"},
+        type="order",
+        source="web",
+        occurred_at=now,
+        properties=struct({"amount": 12.5, "items": [{"sku": "x"}]}),
+    )
     return {
         "/nba.v1.DecisionService/Decide": (
             pb.DecideRequest(
@@ -256,13 +272,20 @@ def templates(decision: pb.DecideResponse) -> dict[str, tuple[Any, list[tuple[st
         "/nba.v1.AdminService/ListPolicySetVersions": (apb.ListPolicySetVersionsRequest(page_size=5, page_token="2"), editor),
         "/nba.v1.AdminService/RollbackPolicySet": (apb.RollbackPolicySetRequest(version=1, comment="back"), editor),
         "/nba.v1.AdminService/PreviewPolicySet": (apb.PreviewPolicySetRequest(draft=small, last_n=20), editor),
+        "/nba.v1.ProfileService/Track": (track, []),
+        "/nba.v1.ProfileService/TrackBatch": (ppb.TrackBatchRequest(events=[track, track]), []),
+        "/nba.v1.ProfileService/GetProfile": (ppb.GetProfileRequest(identifier_kind="email", identifier_value="a@b.co"), editor),
     }
 
 
 def every_method() -> set[str]:
     return {
         f"/{service.full_name}/{method.name}"
-        for service in (pb.DESCRIPTOR.services_by_name["DecisionService"], apb.DESCRIPTOR.services_by_name["AdminService"])
+        for service in (
+            pb.DESCRIPTOR.services_by_name["DecisionService"],
+            apb.DESCRIPTOR.services_by_name["AdminService"],
+            ppb.DESCRIPTOR.services_by_name["ProfileService"],
+        )
         for method in service.methods
     }
 

@@ -1,0 +1,156 @@
+"""ProfileService through a real server on its port, on SQLite and PostgreSQL: events in by
+Track and TrackBatch (one result per event), the profile back by GetProfile (by id or by an
+identifier, with a viewer token), and every refusal a client status naming the field."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import POLICIES, VIEWER_TOKEN, Running, struct
+from google.protobuf import json_format, timestamp_pb2
+
+from nba.v1 import profile_service_pb2 as ppb
+from nba.v1 import profile_service_pb2_grpc as ppb_grpc
+
+PROFILE = """
+profile:
+  event_types:
+    order: {properties: {amount: number, status: string}}
+    contact: {properties: {sentiment: string}}
+  computed:
+    spend_30d: sum(order.amount) over 30d
+    last_mood: last(contact.sentiment)
+    orders: count(order)
+"""
+
+
+@pytest.fixture
+def server(start, tmp_path: Path) -> Running:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICIES, folder)
+    (folder / "profile.yaml").write_text(PROFILE)
+    return start(policies=folder)
+
+
+def at(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def viewer() -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {VIEWER_TOKEN}")]
+
+
+def test_events_in_and_the_profile_back(server: Running) -> None:
+    stub = ppb_grpc.ProfileServiceStub(server.channel)
+    now = datetime.now(UTC)
+    first = stub.Track(
+        ppb.TrackRequest(
+            event_id="e-1",
+            type="order",
+            source="web",
+            identities={"email": "Ada@Example.com"},
+            occurred_at=at(now - timedelta(days=2)),
+            properties=struct({"amount": 40.0}),
+        )
+    )
+    assert not first.duplicate and first.customer_id and first.version == 1
+    second = stub.Track(
+        ppb.TrackRequest(
+            event_id="e-2",
+            type="contact",
+            source="call_center",
+            customer_id="c-9",
+            identities={"email": "ada@example.com"},
+            properties=struct({"sentiment": "calm"}),
+        )
+    )
+    assert second.customer_id == first.customer_id and list(second.merged) == ["c-9"]  # the older profile survives
+    again = stub.Track(
+        ppb.TrackRequest(
+            event_id="e-2",
+            type="contact",
+            source="call_center",
+            customer_id="c-9",
+            identities={"email": "ada@example.com"},
+            properties=struct({"sentiment": "calm"}),
+        )
+    )
+    assert again.duplicate
+
+    by_id = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-9"), metadata=viewer())
+    by_email = stub.GetProfile(
+        ppb.GetProfileRequest(identifier_kind="email", identifier_value=" ADA@example.com"), metadata=viewer()
+    )
+    assert by_id == by_email and by_id.customer_id == first.customer_id and by_id.version == 2
+    assert json_format.MessageToDict(by_id.computed) == {"spend_30d": 40.0, "last_mood": "calm", "orders": 1.0}
+    assert [(i.kind, i.value) for i in by_id.identities] == [("email", "ada@example.com")]
+
+
+def test_a_batch_answers_each_event_on_its_own(server: Running) -> None:
+    stub = ppb_grpc.ProfileServiceStub(server.channel)
+    reply = stub.TrackBatch(
+        ppb.TrackBatchRequest(
+            events=[
+                ppb.TrackRequest(event_id="b-1", type="order", customer_id="c-1", properties=struct({"amount": 5.0})),
+                ppb.TrackRequest(event_id="b-2", type="order", customer_id="c-1", properties=struct({"amount": "five"})),
+                ppb.TrackRequest(event_id="b-3", type="visit", customer_id="c-1"),
+                ppb.TrackRequest(event_id="b-1", type="order", customer_id="c-1", properties=struct({"amount": 6.0})),
+                ppb.TrackRequest(event_id="b-4", type="order", customer_id="c-1", properties=struct({"amount": 7.0})),
+            ]
+        )
+    )
+    outcome = [(r.tracked.customer_id if r.HasField("tracked") else "", r.error_code, r.error_field) for r in reply.results]
+    assert outcome == [
+        ("c-1", "", ""),
+        ("", "INVALID_ARGUMENT", "events[1].properties.amount"),
+        ("", "INVALID_ARGUMENT", "events[2].type"),
+        ("", "ALREADY_EXISTS", "events[3].event_id"),
+        ("c-1", "", ""),
+    ]
+    assert "events[1]: properties.amount: must be a number" in reply.results[1].error_message
+    profile = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-1"), metadata=viewer())
+    assert profile.version == 2 and json_format.MessageToDict(profile.computed)["spend_30d"] == 12.0
+
+
+@pytest.mark.parametrize(
+    ("call", "code", "says"),
+    [
+        (lambda s: s.Track(ppb.TrackRequest(type="order", customer_id="c-1")), "INVALID_ARGUMENT", "event_id: required"),
+        (lambda s: s.Track(ppb.TrackRequest(event_id="x", type="order")), "INVALID_ARGUMENT", "customer_id: required"),
+        (
+            lambda s: s.Track(ppb.TrackRequest(event_id="x", type="order", identities={"email": "no"})),
+            "INVALID_ARGUMENT",
+            "identities.email: 'no' is not an e-mail address",
+        ),
+        (
+            lambda s: s.Track(
+                ppb.TrackRequest(
+                    event_id="x", type="order", customer_id="c", occurred_at=at(datetime.now(UTC) + timedelta(hours=1))
+                )
+            ),
+            "INVALID_ARGUMENT",
+            "occurred_at: .* is in the future",
+        ),
+        (lambda s: s.GetProfile(ppb.GetProfileRequest(customer_id="c-1")), "UNAUTHENTICATED", "authorization"),
+        (
+            lambda s: s.GetProfile(ppb.GetProfileRequest(customer_id="nobody"), metadata=viewer()),
+            "NOT_FOUND",
+            "customer_id: no profile",
+        ),
+        (
+            lambda s: s.GetProfile(ppb.GetProfileRequest(identifier_kind="email"), metadata=viewer()),
+            "INVALID_ARGUMENT",
+            "identifier_value: give identifier_kind and identifier_value together",
+        ),
+    ],
+)
+def test_refusals_are_client_statuses_naming_the_field(server: Running, call, code: str, says: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as caught:
+        call(ppb_grpc.ProfileServiceStub(server.channel))
+    assert caught.value.code().name == code and __import__("re").search(says, caught.value.details()), caught.value.details()

@@ -1,5 +1,5 @@
 """The ``nba`` command: serve, export the decision log, and check policy sets. One module per
-command (serve, export, db, policies, evaluate, simulate), ``common`` (exit codes, one-line
+command (serve, export, db, policies, profiles, evaluate, simulate), ``common`` (exit codes, one-line
 errors, checks of what the command line names) and ``main`` (the parser). May import
 everything; nothing imports it.
 
@@ -12,6 +12,7 @@ everything; nothing imports it.
     nba policies schema                the JSON Schema of a policy file
     nba evaluate [--log FILE.jsonl | --database-url URL] [--policy SPEC ...] [--offers FILE] [--truth truth.json]
                                        estimate what other policies would have earned
+    nba profiles import FILE           touch-point history (JSON Lines or CSV) into the profiles
     nba simulate [--address HOST:PORT] [--decisions N] [--population FILE] [--out DIR]
                                        drive a running service with a synthetic population
 
@@ -19,8 +20,9 @@ Every failure is one line on stderr that names what to fix, and one of these exi
 (README, "Exit codes"):
 
     0   success
-    1   what was checked failed: an invalid policy set, a failing example, a log line that
-        breaks the contract, nothing to evaluate, calls that failed during a simulation
+    1   what was checked failed: an invalid policy set, a failing example, lines an import
+        refused, a log line that breaks the contract, nothing to evaluate, calls that failed
+        during a simulation
     2   usage or configuration: a flag, setting or config file; a file or folder named on the
         command line that is missing, unreadable or malformed; an output that cannot be
         written; a database URL that is malformed, names no nba database, or whose database,

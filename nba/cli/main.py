@@ -13,6 +13,7 @@ from nba.cli.db import _db
 from nba.cli.evaluate import _evaluate
 from nba.cli.export import _export
 from nba.cli.policies import _policies
+from nba.cli.profiles import _profiles
 from nba.cli.serve import _serve
 from nba.cli.simulate import _simulate
 from nba.config import ConfigError
@@ -109,6 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     policies.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
     policies.add_argument("--database-url", dest="database_url", help="preview: the decision log (NBA_DATABASE_URL)")
     policies.set_defaults(run=_policies)
+
+    profiles = commands.add_parser("profiles", help="customer profiles: import touch-point history")
+    profiles.add_argument("action", choices=["import"], help="import: take a file of events into the profiles")
+    profiles.add_argument("file", help="JSON Lines (one event a line) or CSV (.csv) of events")
+    profiles.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
+    profiles.add_argument("--database-url", dest="database_url", help="the database (NBA_DATABASE_URL)")
+    profiles.add_argument("--policies", help="the policy set whose profile section applies, when none is live yet (NBA_POLICIES)")
+    profiles.set_defaults(run=_profiles)
 
     db = commands.add_parser("db", help="the database's schema: apply migrations, or show the revision")
     db.add_argument(

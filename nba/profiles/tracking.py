@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from nba.clock import Clock, SystemClock
-from nba.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from nba.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NbaError
 from nba.inputs import CLOCK_SKEW, check_id
 from nba.policy.profile import ProfileDefinition
 from nba.profiles.identity import Candidate, IdentityRules, resolve
@@ -107,6 +107,19 @@ class TrackResult:
     version: int = 0
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """An event past the checks that need no database."""
+
+    event: TrackInput
+    definition: ProfileDefinition
+    rules: IdentityRules
+    identities: Mapping[str, str]
+    occurred: datetime
+    now: datetime
+    digest: str
+
+
 class Tracker:
     """Tracks events against the profile definition ``definition()`` returns (the live policy
     set's), in ``repository``."""
@@ -127,6 +140,50 @@ class Tracker:
         """Raises ``InvalidArgument`` naming the field for an event that cannot be taken,
         ``AlreadyExists`` for an ``event_id`` used for another event, ``FailedPrecondition``
         for identifiers that name several customers and none that merges."""
+        prepared = self._prepare(event)
+        with self._repository.write() as conn:
+            return self._take(conn, prepared)
+
+    def track_many(self, events: list[TrackInput]) -> list[TrackResult | NbaError]:
+        """Each event's result, or the error it earned, in order: one write transaction for
+        the lot (a group commit: what makes a batch fast), each event taken or refused on its
+        own. An event refused inside the transaction is refused before it writes anything; a
+        database fault takes the batch again one event at a time, so it costs only its own."""
+        prepared: list[_Prepared | NbaError] = []
+        for event in events:
+            try:
+                prepared.append(self._prepare(event))
+            except NbaError as exc:
+                prepared.append(exc)
+        results: list[TrackResult | NbaError] = []
+        try:
+            with self._repository.write() as conn:
+                for item in prepared:
+                    if isinstance(item, NbaError):
+                        results.append(item)
+                        continue
+                    try:
+                        results.append(self._take(conn, item))
+                    except (InvalidArgument, AlreadyExists, FailedPrecondition) as exc:
+                        results.append(exc)
+        except Exception as exc:
+            if isinstance(exc, NbaError) and not isinstance(exc, (InvalidArgument, AlreadyExists, FailedPrecondition)):
+                raise  # the database is unavailable: nothing was taken, the caller retries the batch
+            results = []
+            for item in prepared:  # a fault in one event must not cost the others
+                if isinstance(item, NbaError):
+                    results.append(item)
+                    continue
+                try:
+                    with self._repository.write() as conn:
+                        results.append(self._take(conn, item))
+                except NbaError as one:
+                    results.append(one)
+        return results
+
+    def _prepare(self, event: TrackInput) -> _Prepared:
+        """The checks that need no database: ids, the time, identifiers normalised, the
+        event against the profile's declared types, and the content hash."""
         definition = self._definition()
         rules = IdentityRules(definition.kinds, definition.default_region)
         now = self._clock.now()
@@ -150,50 +207,58 @@ class Tracker:
         check(definition, event.type, event.properties)
         # an event sent without its time is the same event when sent again: its time is not part of it
         digest = _content_hash(event.customer_id, identities, event.type, event.source, event.occurred_at, event.properties)
-        repo = self._repository
-        with repo.write() as conn:
-            stored = repo.stored_event(conn, event.event_id)
-            if stored is not None:
-                if stored[0] != digest:
-                    raise AlreadyExists(
-                        f"event_id: '{event.event_id}' was already used for another event; use a new event_id",
-                    )
-                customer = repo.survivor(conn, stored[1]) or stored[1]
-                loaded = repo.load(conn, customer)
-                return TrackResult(True, customer, version=loaded[2] if loaded else 0)
+        return _Prepared(event, definition, rules, identities, occurred, now, digest)
 
-            def candidate(customer_id: str) -> Candidate | None:
-                loaded = repo.load(conn, customer_id)
-                if loaded is None:
-                    return None
-                unique = {k: v[0] for k, v in repo.identities(conn, customer_id).items() if rules.unique(k) and v}
-                return Candidate(customer_id, loaded[1].timestamp(), unique)
-
-            def owners(kind: str, value: str) -> list[Candidate]:
-                return [c for c in (candidate(h) for h in repo.holders(conn, kind, value)) if c is not None]
-
-            explicit = (repo.survivor(conn, event.customer_id) or event.customer_id) if event.customer_id else None
-            resolution = resolve(
-                rules, explicit, identities, owners, candidate, lambda a, b: repo.separated(conn, a, b), self._new_id
-            )
-            customer = resolution.customer_id
+    def _take(self, conn: Any, item: _Prepared) -> TrackResult:
+        """Within a write transaction: the event stored once and applied to its customer."""
+        repo, event, definition, rules, now = self._repository, item.event, item.definition, item.rules, item.now
+        stored = repo.stored_event(conn, event.event_id)
+        if stored is not None:
+            if stored[0] != item.digest:
+                raise AlreadyExists(f"event_id: '{event.event_id}' was already used for another event; use a new event_id")
+            customer = repo.survivor(conn, stored[1]) or stored[1]
             loaded = repo.load(conn, customer)
-            profile = (
-                Profile.load(definition, loaded[3]) if loaded and loaded[3] else Profile(definition, customer, now.timestamp())
-            )
-            created = loaded[1] if loaded else now
-            for absorbed in resolution.merged:
-                moved = [_tracked(absorbed, row) for row in repo.events(conn, absorbed)]
-                repo.merge(conn, customer, absorbed, f"event {event.event_id}", now)
-                profile.absorb(moved)
-            repo.add_identities(conn, customer, resolution.identities)
-            repo.insert_event(
-                conn, event.event_id, customer, event.type, event.source, occurred, now, event.properties, identities, digest
-            )
-            profile.apply(
-                TrackedEvent(event.event_id, customer, event.type, event.source, occurred.timestamp(), dict(event.properties))
-            )
-            repo.save(conn, customer, created, profile.version, profile.dump(), now)
+            return TrackResult(True, customer, version=loaded[2] if loaded else 0)
+
+        def candidate(customer_id: str) -> Candidate | None:
+            loaded = repo.load(conn, customer_id)
+            if loaded is None:
+                return None
+            unique = {k: v[0] for k, v in repo.identities(conn, customer_id).items() if rules.unique(k) and v}
+            return Candidate(customer_id, loaded[1].timestamp(), unique)
+
+        def owners(kind: str, value: str) -> list[Candidate]:
+            return [c for c in (candidate(h) for h in repo.holders(conn, kind, value)) if c is not None]
+
+        explicit = (repo.survivor(conn, event.customer_id) or event.customer_id) if event.customer_id else None
+        resolution = resolve(
+            rules, explicit, item.identities, owners, candidate, lambda a, b: repo.separated(conn, a, b), self._new_id
+        )
+        customer = resolution.customer_id
+        loaded = repo.load(conn, customer)
+        profile = Profile.load(definition, loaded[3]) if loaded and loaded[3] else Profile(definition, customer, now.timestamp())
+        created = loaded[1] if loaded else now
+        for absorbed in resolution.merged:
+            moved = [_tracked(absorbed, row) for row in repo.events(conn, absorbed)]
+            repo.merge(conn, customer, absorbed, f"event {event.event_id}", now)
+            profile.absorb(moved)
+        repo.add_identities(conn, customer, resolution.identities)
+        repo.insert_event(
+            conn,
+            event.event_id,
+            customer,
+            event.type,
+            event.source,
+            item.occurred,
+            now,
+            event.properties,
+            item.identities,
+            item.digest,
+        )
+        profile.apply(
+            TrackedEvent(event.event_id, customer, event.type, event.source, item.occurred.timestamp(), dict(event.properties))
+        )
+        repo.save(conn, customer, created, profile.version, profile.dump(), now)
         return TrackResult(False, customer, resolution.merged, resolution.apart, profile.version)
 
     def profile(self, customer_id: str) -> Profile | None:

@@ -10,7 +10,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from nba.errors import InvalidArgument, NbaError, NotFound, field_of
 from nba.inputs import timestamp
-from nba.profiles.tracking import Tracker, TrackInput
+from nba.profiles.tracking import Tracker, TrackInput, TrackResult
 from nba.service.context import properties_from_struct
 from nba.v1 import profile_service_pb2 as ppb
 from nba.v1 import profile_service_pb2_grpc as ppb_grpc
@@ -32,19 +32,27 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
     def TrackBatch(self, request: ppb.TrackBatchRequest, context: grpc.ServicerContext) -> ppb.TrackBatchResponse:
         if len(request.events) > MAX_BATCH:
             raise InvalidArgument(f"events: {len(request.events)} events, more than {MAX_BATCH} a call; split the batch")
-        results = []
-        for i, event in enumerate(request.events):
+        inputs: list[TrackInput | NbaError] = []
+        for event in request.events:
             try:
-                results.append(ppb.TrackResult(tracked=self._track(event)))
+                inputs.append(self._input(event))
             except NbaError as exc:
-                field = field_of(exc)
+                inputs.append(exc)
+        taken = iter(self._tracker.track_many([i for i in inputs if isinstance(i, TrackInput)]))
+        results = []
+        for n, item in enumerate(inputs):
+            outcome = item if isinstance(item, NbaError) else next(taken)
+            if isinstance(outcome, NbaError):
+                field = field_of(outcome)
                 results.append(
                     ppb.TrackResult(
-                        error_code=exc.code,
-                        error_message=f"events[{i}]: {exc}",
-                        error_field=f"events[{i}].{field}" if field else "",
+                        error_code=outcome.code,
+                        error_message=f"events[{n}]: {outcome}",
+                        error_field=f"events[{n}].{field}" if field else "",
                     )
                 )
+            else:
+                results.append(ppb.TrackResult(tracked=_response(outcome)))
         return ppb.TrackBatchResponse(results=results)
 
     def GetProfile(self, request: ppb.GetProfileRequest, context: grpc.ServicerContext) -> ppb.Profile:
@@ -72,18 +80,23 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
         )
 
     def _track(self, request: ppb.TrackRequest) -> ppb.TrackResponse:
+        return _response(self._tracker.track(self._input(request)))
+
+    @staticmethod
+    def _input(request: ppb.TrackRequest) -> TrackInput:
         occurred = timestamp("occurred_at", request.occurred_at) if request.HasField("occurred_at") else None
-        result = self._tracker.track(
-            TrackInput(
-                event_id=request.event_id,
-                type=request.type,
-                customer_id=request.customer_id,
-                identities=dict(request.identities),
-                source=request.source,
-                occurred_at=occurred,
-                properties=properties_from_struct(request.properties),
-            )
+        return TrackInput(
+            event_id=request.event_id,
+            type=request.type,
+            customer_id=request.customer_id,
+            identities=dict(request.identities),
+            source=request.source,
+            occurred_at=occurred,
+            properties=properties_from_struct(request.properties),
         )
-        return ppb.TrackResponse(
-            duplicate=result.duplicate, customer_id=result.customer_id, merged=list(result.merged), version=result.version
-        )
+
+
+def _response(result: TrackResult) -> ppb.TrackResponse:
+    return ppb.TrackResponse(
+        duplicate=result.duplicate, customer_id=result.customer_id, merged=list(result.merged), version=result.version
+    )

@@ -1,0 +1,159 @@
+"""``nba profiles import FILE``: touch-point history in bulk, through the same checks and identity
+resolution as ``ProfileService.Track``.
+
+A file is JSON Lines (one object a line: ``event_id``, ``type``, ``customer_id`` and/or
+``identities`` {kind: value}, ``source``, ``occurred_at`` ISO 8601, ``properties`` {...}) or CSV
+(a ``.csv`` name; columns ``event_id``, ``type``, ``customer_id``, ``source``, ``occurred_at``,
+``identities.KIND`` and ``properties.NAME``; a property the profile declares a number or a bool
+is read as one). Events are taken one by one, each durable before the next: an interrupted
+import is run again and what it took already is answered duplicate, never taken twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from nba.cli.common import EXIT_FAILED, CliError, _database_errors, _readable_file, _settings
+
+#: refusals printed in full (the rest are counted)
+SHOWN_REFUSALS = 20
+#: lines between two progress updates
+PROGRESS_EVERY = 500
+
+
+def _profiles(args: argparse.Namespace) -> int:
+    from nba.errors import NbaError
+    from nba.policy.loading import load_policy_set, parse_policy_set
+    from nba.profiles.tracking import Tracker, TrackInput
+    from nba.storage.engine import open_engine
+    from nba.storage.store import Store
+
+    path = _readable_file(args.file, "FILE")
+    settings = _settings(args)
+    with _database_errors(settings.database_url):
+        engine = open_engine(settings.database_url)
+        try:
+            store = Store(engine)
+            live = store.live_activation()
+            policy_set = parse_policy_set(live.files) if live is not None else load_policy_set(settings.policies)
+            definition = policy_set.profile
+            tracker = Tracker(store, lambda: definition)
+            counts = {"imported": 0, "duplicate": 0, "refused": 0}
+            refusals: list[str] = []
+            progress = sys.stderr.isatty()
+            for number, line in _lines(path, definition.event_types):
+                try:
+                    if isinstance(line, str):
+                        raise CliError(line)
+                    result = tracker.track(TrackInput(**line))
+                    counts["duplicate" if result.duplicate else "imported"] += 1
+                except (NbaError, CliError, TypeError, ValueError) as exc:
+                    counts["refused"] += 1
+                    if len(refusals) < SHOWN_REFUSALS:
+                        refusals.append(f"line {number}: {exc}")
+                if progress and number % PROGRESS_EVERY == 0:
+                    print(f"\r{number:,} lines: {_summary(counts)}", end="", file=sys.stderr, flush=True)
+        finally:
+            engine.dispose()
+    if progress:
+        print(file=sys.stderr)
+    for refusal in refusals:
+        print(f"refused: {refusal}", file=sys.stderr)
+    if counts["refused"] > len(refusals):
+        print(f"refused: ... and {counts['refused'] - len(refusals)} more", file=sys.stderr)
+    print(f"{path}: {_summary(counts)}")
+    return EXIT_FAILED if counts["refused"] else 0
+
+
+def _summary(counts: Mapping[str, int]) -> str:
+    return f"{counts['imported']:,} imported, {counts['duplicate']:,} duplicate, {counts['refused']:,} refused"
+
+
+def _lines(path: Path, types: Mapping[str, Mapping[str, str]]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(line number, the event's fields, or why the line is not one)."""
+    if path.suffix.lower() == ".csv":
+        yield from _csv(path, types)
+        return
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield number, "not UTF-8 text"
+                continue
+            if not text.strip():
+                continue
+            try:
+                data = json.loads(text)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                yield number, f"not JSON: {getattr(exc, 'msg', 'nested too deeply')}"
+                continue
+            yield number, _event(data)
+
+
+def _csv(path: Path, types: Mapping[str, Mapping[str, str]]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """CSV rows, numbered as lines (the header is line 1)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            for number, row in enumerate(csv.DictReader(f), start=2):
+                data: dict[str, Any] = {"identities": {}, "properties": {}}
+                declared = types.get(row.get("type") or "", {})
+                for column, value in row.items():
+                    if column is None:
+                        yield number, "more values than the header has columns"
+                        break
+                    if value in (None, ""):
+                        continue
+                    if column.startswith("identities."):
+                        data["identities"][column.split(".", 1)[1]] = value
+                    elif column.startswith("properties."):
+                        name = column.split(".", 1)[1]
+                        data["properties"][name] = _typed(value, declared.get(name))
+                    else:
+                        data[column] = value
+                else:
+                    yield number, _event(data)
+    except UnicodeDecodeError:
+        raise CliError(f"FILE {path}: not UTF-8 text (save the CSV as UTF-8)") from None
+
+
+def _typed(value: str, kind: str | None) -> Any:
+    if kind == "number":
+        try:
+            return float(value)
+        except ValueError:
+            return value  # the profile's check names the property
+    if kind == "bool":
+        return {"true": True, "false": False}.get(value.strip().lower(), value)
+    return value
+
+
+def _event(data: Any) -> dict[str, Any] | str:
+    """The keyword arguments of a ``TrackInput``, or why the line is not an event."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {type(data).__name__}"
+    known = {"event_id", "type", "customer_id", "identities", "source", "occurred_at", "properties"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        return f"{unknown[0]}: unknown field (fields: {', '.join(sorted(known))})"
+    out: dict[str, Any] = {k: data[k] for k in known if k in data}
+    for name in ("event_id", "type", "customer_id", "source"):
+        if name in out and not isinstance(out[name], str):
+            return f"{name}: must be a string"
+    if not isinstance(out.get("identities", {}), dict) or not all(isinstance(v, str) for v in out.get("identities", {}).values()):
+        return "identities: must be an object of strings"
+    if not isinstance(out.get("properties", {}), dict):
+        return "properties: must be an object"
+    if "occurred_at" in out:
+        try:
+            out["occurred_at"] = datetime.fromisoformat(str(out["occurred_at"]).replace("Z", "+00:00"))
+        except ValueError:
+            return f"occurred_at: '{out['occurred_at']}' is not an ISO 8601 time (2026-11-30T09:00:00Z)"
+    return out

@@ -66,7 +66,11 @@ def _serve(args: argparse.Namespace) -> int:
     # kill -USR1 PID writes every thread's stack to stderr: what a process that does not stop
     # (or answer) is doing, without stopping it
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    done.wait()
+    # Woken now and then, not blocked for good: a signal the kernel hands to another thread
+    # (gRPC's, the log writer's) does not interrupt the main thread's wait, and Python runs
+    # its handler only when the main thread next runs. Seen: SIGTERM ignored, shutdown hung.
+    while not done.wait(0.2):
+        pass
     service.stop()
     return 0
 

@@ -43,6 +43,8 @@ class ProfileRepository(Protocol):
 
     def load(self, conn: Any, customer_id: str) -> tuple[str, datetime, int, dict[str, Any]] | None: ...
 
+    def created_at(self, conn: Any, customer_id: str) -> datetime | None: ...
+
     def save(
         self, conn: Any, customer_id: str, created_at: datetime, version: int, state: Mapping[str, Any], now: datetime
     ) -> None: ...
@@ -221,11 +223,11 @@ class Tracker:
             return TrackResult(True, customer, version=loaded[2] if loaded else 0)
 
         def candidate(customer_id: str) -> Candidate | None:
-            loaded = repo.load(conn, customer_id)
-            if loaded is None:
+            created = repo.created_at(conn, customer_id)
+            if created is None:
                 return None
             unique = {k: v[0] for k, v in repo.identities(conn, customer_id).items() if rules.unique(k) and v}
-            return Candidate(customer_id, loaded[1].timestamp(), unique)
+            return Candidate(customer_id, created.timestamp(), unique)
 
         def owners(kind: str, value: str) -> list[Candidate]:
             return [c for c in (candidate(h) for h in repo.holders(conn, kind, value)) if c is not None]

@@ -251,3 +251,15 @@ def test_the_profile_walkthrough_runs_as_written_and_merges_the_two_customers(ch
         ("phone", "+442079460018"),
         ("crm_id", "CRM-1"),
     }
+
+
+@pytest.mark.slow
+def test_the_profile_python_example_runs_as_written(checkout: Checkout) -> None:
+    code = blocks("## Customer profiles (being built)", "python")[0].replace("localhost:50051", f"127.0.0.1:{checkout.port}")
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", code], cwd=checkout.root, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    first, second, third = result.stdout.splitlines()
+    assert first.endswith("version 1") and second == first.replace("version 1", "version 2")  # one customer: L-7
+    assert third.startswith("INVALID_ARGUMENT events[2].identities.email events[2]: identities.email: 'not an address'")

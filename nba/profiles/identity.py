@@ -64,8 +64,6 @@ NULL_LIKE = frozenset(
         "''",
     }
 )
-#: an identifier kind's name: what a map key of ``identities`` may be
-KIND_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 #: a deliberately loose e-mail shape (RFC 5322 allows far more; systems send far less)
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
 

@@ -39,6 +39,8 @@ class ProfileRepository(Protocol):
 
     def write(self) -> AbstractContextManager[Any]: ...
 
+    def read(self) -> AbstractContextManager[Any]: ...
+
     def survivor(self, conn: Any, customer_id: str) -> str | None: ...
 
     def load(self, conn: Any, customer_id: str) -> tuple[str, datetime, int, dict[str, Any]] | None: ...
@@ -283,7 +285,7 @@ class Tracker:
             if found is None:
                 raise InvalidArgument(f"identifier_value: '{value}' is no identifier", field="identifier_value")
             normalised = found
-        with repo.write() as conn:
+        with repo.read() as conn:  # a read: no write lock held against trackers
             customer: str | None
             if kind:
                 holders = repo.holders(conn, kind, normalised)

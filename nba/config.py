@@ -158,6 +158,15 @@ class Settings(BaseModel):
         90.0, gt=0, description="contact history kept at least this long (longer if a policy looks back further)"
     )
     contact_customers: int = Field(200_000, ge=1, description="customers whose contact history is held in memory")
+    profile_cache_size: int = Field(
+        100_000, ge=0, description="customer profiles held in memory for decisions and GetProfile (0: none)"
+    )
+    profile_cache_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="workers or replicas without a working Redis bus: how long a cached profile is trusted before it "
+        "is read again (with the bus, other replicas' changes arrive on it)",
+    )
 
     @field_validator("admin_tokens", mode="before")
     @classmethod

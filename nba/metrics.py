@@ -39,6 +39,13 @@ NONFINITE_SCORES = Counter(
     "nba_nonfinite_scores_total",
     "Decisions whose learner estimates were not all finite: ranked uniformly at random, answered with score 0",
 )
+PROFILE_READ_FAILURES = Counter(
+    "nba_profile_read_failures_total",
+    "Decisions made without the customer's stored profile because it could not be read (the database was down)",
+)
+PROFILE_CACHE = Counter(
+    "nba_profile_cache_total", "Stored profiles read by decisions and GetProfile, by where they came from", ["result"]
+)
 SNAPSHOTS = Counter("nba_model_snapshots_total", "Model snapshots written")
 LOG_QUEUE = Gauge(
     "nba_decision_log_queue",

@@ -42,6 +42,7 @@ __all__ = [
     "ContactEvent",
     "DecisionRecord",
     "FeedbackEvent",
+    "ProfileView",
     "FeedbackResult",
     "LearningEvent",
     "PairState",
@@ -163,6 +164,20 @@ class ContactEvent:
     channel: str
 
 
+@dataclass(frozen=True)
+class ProfileView:
+    """A stored customer profile as one decision reads it (``nba.profiles`` makes it)."""
+
+    #: the profile's customer (the survivor, when the decision named a merged id)
+    customer_id: str
+    #: events applied to the profile: what the decision log records as ``profile_version``
+    version: int
+    #: attribute and computed attribute values that may be logged and learned from, by name
+    learnable: Mapping[str, Any]
+    #: the personal (pii) ones: rules read them, nothing logs or learns from them
+    private: Mapping[str, Any]
+
+
 @dataclass
 class DecisionRecord:
     """One decision, as logged and as answered."""
@@ -189,6 +204,8 @@ class DecisionRecord:
     exploration: str = ""
     #: every offer of the set as this decision saw it, when asked for (not logged)
     explanation: list[dict[str, Any]] | None = None
+    #: the version of the stored profile the decision read (None: none was read)
+    profile_version: int | None = None
 
     def offer(self, offer_id: str) -> dict[str, Any] | None:
         return next((o for o in self.offers if o["offer_id"] == offer_id), None)

@@ -78,7 +78,7 @@ MAY_IMPORT = {
     "nba.decision": {"nba.policy", "nba.learning"},
     "nba.storage": set(),
     "nba.profiles": {"nba.policy"},
-    "nba.evaluation": {"nba.policy", "nba.learning", "nba.decision"},
+    "nba.evaluation": {"nba.policy", "nba.learning", "nba.decision", "nba.profiles"},
     "nba.service": {"nba.policy", "nba.learning", "nba.decision", "nba.storage", "nba.evaluation", "nba.profiles", "nba.v1"},
     "nba.simulation": {"nba.evaluation"},
     "nba.cli": {

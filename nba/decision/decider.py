@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -35,7 +36,7 @@ from nba.ids import new_decision_id
 from nba.inputs import check_id
 from nba.learning.loop import LearningLoop
 from nba.policy.policy_set import PolicySet
-from nba.records import ContactEvent, DecisionRecord, candidates_block, eligible_block
+from nba.records import ContactEvent, DecisionRecord, ProfileView, candidates_block, eligible_block
 
 __all__ = ["DecideInput", "Decider", "new_decision_id"]
 
@@ -85,6 +86,9 @@ class DecisionSink(Protocol):
     def by_request(self, request_id: str, newer_than: datetime, memory_only: bool = False) -> DecisionRecord | None: ...
 
 
+#: after a profile could not be read, how long decisions are made without reading profiles
+PROFILE_RETRY_SECONDS = 5.0
+
 #: refused reservations after which a contended decision answers only offers no such policy holds
 MAX_RESERVATION_PASSES = 3
 
@@ -104,8 +108,14 @@ class Decider:
         clock: Clock | None = None,
         durable_timeout_seconds: float | None = None,
         reservations: Reservations | None = None,
+        profiles: Callable[[str, float], ProfileView | None] | None = None,
     ) -> None:
         self.policy_set = policy_set
+        #: the stored profile of a customer at a time (epoch seconds), read by every decision
+        #: whose policy set defines a profile
+        self._profiles = profiles
+        #: time.monotonic() before which profiles are not read (the last read found the database down)
+        self._profiles_down_until = 0.0
         #: with a timeout, Decide answers only once the decision is committed (--durable-decisions)
         self._durable_timeout = durable_timeout_seconds
         #: where caps and budgets counting decisions are reserved (None: screening alone)
@@ -139,9 +149,7 @@ class Decider:
         if self._durable_timeout is not None and not self._log.available:
             raise Unavailable("the database is unavailable: a decision cannot be made durable now; retry")
 
-        features = request.features if request.features is not None else flatten(request.context or {})
-        summary = self._summary(request, policy_set, now)
-        screening = screen(policy_set, request.channel, features, request.customer_id, now, summary, self._counters)
+        features, profile, summary, screening = self._screen(request, policy_set, now)
         decision_id = new_decision_id()
         ranked, taken, held = self._rank_and_reserve(screening, policy_set, request, features, now, summary, decision_id)
         record = DecisionRecord(
@@ -160,9 +168,79 @@ class Decider:
             ),
             offers=ranked.offers,
             exploration=ranked.exploration,
+            profile_version=profile.version if profile is not None else None,
         )
         self._count_outcome(record, ranked, request.channel)
         return self._log_and_answer(record, request, policy_set, taken, now)
+
+    def _screen(
+        self, request: DecideInput, policy_set: PolicySet, now: datetime
+    ) -> tuple[dict[str, Any], ProfileView | None, ContactSummary | None, Screening]:
+        """The features (the context with the stored profile's learnable fields), the profile
+        read, the contact summary, and every offer's verdict."""
+        features = request.features if request.features is not None else flatten(request.context or {})
+        profile = self._profile(request.customer_id, policy_set, now)
+        if profile is not None:
+            features = with_profile(features, profile.learnable)
+        summary = self._summary(request, policy_set, now)
+        screening = screen(
+            policy_set,
+            request.channel,
+            features,
+            request.customer_id,
+            now,
+            summary,
+            self._counters,
+            private=profile.private if profile is not None else None,
+        )
+        return features, profile, summary, screening
+
+    def rank_only(self, request: DecideInput) -> DecisionRecord:
+        """What ``decide`` would answer now, made the same way (the stored profile, contact
+        policies, budgets as they stand, the learner's draw with exploration) but neither
+        logged nor counted: no contacts, no reservation of caps or budgets, no metrics. The
+        record has no decision id. Raises ``InvalidArgument`` as ``decide`` does."""
+        policy_set = self.policy_set
+        self._validate(request, policy_set)
+        now = self._clock.now()
+        features, profile, _, screening = self._screen(request, policy_set, now)
+        ranked = self._rank(screening.eligible, screening, request, features)
+        return DecisionRecord(
+            decision_id="",
+            request_id=None,
+            customer_id=request.customer_id,
+            channel=request.channel,
+            created_at=now,
+            policy_version=policy_set.version,
+            model_version=ranked.model_version,
+            features=features,
+            candidates={},
+            offers=ranked.offers,
+            exploration=ranked.exploration,
+            profile_version=profile.version if profile is not None else None,
+        )
+
+    def _profile(self, customer_id: str, policy_set: PolicySet, now: datetime) -> ProfileView | None:
+        """The customer's stored profile, when the policy set defines one. A profile that
+        cannot be read (the database is down) is a decision on the request's context alone:
+        counted (nba_profile_read_failures_total) and logged, not an error for the caller."""
+        if self._profiles is None or not policy_set.profile.names:
+            return None
+        if time.monotonic() < self._profiles_down_until:
+            metrics.PROFILE_READ_FAILURES.inc()
+            return None
+        try:
+            return self._profiles(customer_id, now.timestamp())
+        except Unavailable as exc:
+            # a database that is down can take seconds to say so: decisions do not wait for it
+            # again until PROFILE_RETRY_SECONDS have passed
+            self._profiles_down_until = time.monotonic() + PROFILE_RETRY_SECONDS
+            metrics.PROFILE_READ_FAILURES.inc()
+            log.warning(
+                "deciding without stored profiles: they could not be read",
+                extra={"error": str(exc), "retry_seconds": PROFILE_RETRY_SECONDS},
+            )
+            return None
 
     def _summary(self, request: DecideInput, policy_set: PolicySet, now: datetime) -> ContactSummary | None:
         """The customer's contact history, summarised once for every stage that reads it
@@ -429,6 +507,23 @@ class Decider:
             raise InvalidArgument(f"channel: {shown} is not one of the policy set's channels ({', '.join(policy_set.channels)})")
         if request.limit < 0:
             raise InvalidArgument(f"limit: must be 0 or more (0 means 1), got {request.limit}")
+
+
+def with_profile(features: dict[str, Any], learnable: Mapping[str, Any]) -> dict[str, Any]:
+    """``features`` with the stored profile's learnable fields as ``profile.NAME``, except
+    those the request sent itself (``context.profile.NAME`` wins over the stored value). An
+    empty value (no matching event yet) is left out, as a field the context did not send.
+
+    >>> with_profile({"profile.tier": "gold", "x": 1}, {"tier": "silver", "orders": 3, "avg": None})
+    {'profile.orders': 3, 'profile.tier': 'gold', 'x': 1}
+    """
+    sent = {key.split(".", 2)[1] for key in features if key.startswith("profile.")}
+    if "profile" in features:  # the context sent `profile` as a value of its own: it wins whole
+        return features
+    added = {f"profile.{name}": value for name, value in learnable.items() if value is not None and name not in sent}
+    if not added:
+        return features
+    return dict(sorted({**features, **added}.items()))
 
 
 def explain(record: DecisionRecord, policy_set: PolicySet) -> list[dict[str, Any]]:

@@ -91,12 +91,16 @@ def screen(
     now: datetime,
     summary: ContactSummary | None = None,
     counters: OfferCounters | None = None,
+    private: Mapping[str, Any] | None = None,
 ) -> Screening:
     """Screens every offer on ``channel`` for a request whose context is flattened into
     ``features``. Without ``summary`` contact policies are skipped, without ``counters``
-    budgets (the what-if preview screens that way)."""
+    budgets (the what-if preview screens that way). ``private``: the stored profile's
+    personal fields, which rules read as ``profile.*`` but nothing logs."""
     contacts = (summary.offers, summary.groups) if summary is not None else ({}, {})
-    variables = activation(features, channel, customer_id, now, *contacts, paths=policy_set.context_paths, uses=policy_set.uses)
+    variables = activation(
+        features, channel, customer_id, now, *contacts, paths=policy_set.context_paths, uses=policy_set.uses, private=private
+    )
     local = now.astimezone(policy_set.timezone)
     batch = policy_set.batches.get(channel)
     results = batch.batch.evaluate(variables) if batch is not None and batch.batch.rules else []

@@ -23,9 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bandit import flatten
 from nba.decision.contacts import ContactSummary, OfferCounters
+from nba.decision.decider import with_profile
 from nba.decision.screening import screen
 from nba.errors import PolicySetError
 from nba.policy.policy_set import EXAMPLE_SUFFIX, PolicySet
+from nba.profiles.profile import Profile
 from nba.records import ContactEvent
 from nba.yaml_loader import describe, load_yaml
 
@@ -52,6 +54,9 @@ class Example(BaseModel):
     customer_id: str = "example-customer"
     #: shorthand for context: {customer: ...}
     customer: dict[str, Any] | None = None
+    #: the customer's stored profile, by attribute name (with a profile section; unset
+    #: attributes read as a customer no event named: counts 0, the rest absent)
+    profile: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
     now: datetime | None = None
     #: what the customer was shown and did before, newest or oldest in any order
@@ -152,7 +157,24 @@ def check_examples(policy_set: PolicySet, examples: list[tuple[str, Example]]) -
             )
         events.sort(key=lambda e: e.at)
         summary = ContactSummary(events, now.timestamp(), example.channel, policy_set.cap_windows)
-        result = screen(policy_set, example.channel, flatten(context), example.customer_id, now, summary, OfferCounters())
+        features = flatten(context)
+        private = None
+        if policy_set.profile.names:
+            unknown = sorted(set(example.profile or {}) - policy_set.profile.names)
+            if unknown:
+                failures.append(f"{where}: profile names {', '.join(unknown)}, not in the profile section")
+                continue
+            values = {**Profile(policy_set.profile, example.customer_id, now.timestamp()).view(now.timestamp())}
+            values.update(example.profile or {})
+            pii = policy_set.profile.pii
+            features = with_profile(features, {k: v for k, v in values.items() if k not in pii})
+            private = {k: v for k, v in values.items() if k in pii}
+        elif example.profile:
+            failures.append(f"{where}: gives a profile, but the policy set has no profile section")
+            continue
+        result = screen(
+            policy_set, example.channel, features, example.customer_id, now, summary, OfferCounters(), private=private
+        )
         verdicts = {v.offer.id: v for v in result.verdicts}
         for offer_id in example.eligible + example.not_eligible:
             if offer_id not in policy_set.offers:

@@ -207,6 +207,8 @@ class LogLine(BaseModel):
     decided_at: str | None = None
     policy_version: str | None = None
     model_version: str | None = None
+    #: the version of the stored customer profile the decision read (its fields are in features)
+    profile_version: int | None = None
     features: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
     candidates: list[Candidate] | None = None

@@ -34,7 +34,7 @@ from nba.policy.problems import describe_validation_error, duplicate_key_problem
 from nba.policy.profile import ProfileDefinition, compile_profile
 from nba.policy.rule_cost import check_call
 from nba.policy.rules import Rule, RuleSyntaxError
-from nba.policy.schema import ContextSchema, FieldSpec
+from nba.policy.schema import ContextSchema, FieldSpec, field_paths
 from nba.yaml_loader import DuplicateKeyError, load_yaml
 
 __all__ = ["load_policy_set", "parse_policy_set", "read_files"]
@@ -135,6 +135,8 @@ class _Builder:
         self.broken: set[str] = set()
         #: rules that compiled and name only declared fields, by source
         self.rules: dict[str, Rule] = {}
+        #: what rules may read as profile.NAME (none declared: whatever the context sends)
+        self.profile_fields: frozenset[str] = frozenset()
         #: the engagement rules on the schema's sample contexts (None: not evaluated)
         self.sample_results: Sampled | None = None
 
@@ -158,6 +160,7 @@ class _Builder:
 
         settings, channels, schema_fields, groups = self._merge_sections(parsed)
         profile = self._profile(parsed)
+        self.profile_fields = profile.names
         if parsed and not channels:
             self.error("no file declares `channels:` (for example channels: [web, app])")
         schema = ContextSchema(schema_fields)
@@ -442,6 +445,16 @@ class _Builder:
         for path, column in schema.unknown_paths(source):
             self.error(f"line 1, column {column}: field '{path}' is not in the context schema", **where)
             return None
+        if self.profile_fields:
+            for path, column in field_paths(source):
+                name = path.split(".")[1] if path.startswith("profile.") else None
+                if name is not None and name not in self.profile_fields:
+                    self.error(
+                        f"line 1, column {column}: '{name}' is not an attribute or computed attribute of the "
+                        f"profile ({', '.join(sorted(self.profile_fields))})",
+                        **where,
+                    )
+                    return None
         self.rules[source] = rule
         return rule
 

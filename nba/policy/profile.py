@@ -205,6 +205,11 @@ class ProfileDefinition:
     #: property a pii attribute is kept from): never learned from, masked in logs and exports
     pii: frozenset[str] = frozenset()
 
+    @property
+    def names(self) -> frozenset[str]:
+        """Every attribute and computed attribute: what rules may read as ``profile.NAME``."""
+        return frozenset(self.attributes) | frozenset(c.name for c in self.computed)
+
 
 def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[ProfileDefinition, list[Problem]]:
     """The definition and every problem found (each naming ``file`` and the field)."""

@@ -38,8 +38,9 @@ __all__ = [
     "cel_literal",
 ]
 
-#: variables every rule may use
-REQUEST_VARIABLES = ("context", "customer", "channel", "customer_id", "now")
+#: variables every rule may use; ``profile`` is the customer's stored profile (``nba.profiles``)
+#: under the request's own ``context.profile`` fields, which win
+REQUEST_VARIABLES = ("context", "customer", "profile", "channel", "customer_id", "now")
 #: variables bound per offer
 OFFER_VARIABLES = ("offer", "contacts", "group_contacts")
 RULE_VARIABLES = REQUEST_VARIABLES + OFFER_VARIABLES
@@ -218,16 +219,25 @@ def activation(
     group_contacts: Mapping[str, Any] | None = None,
     paths: frozenset[str] | None = None,
     uses: frozenset[str] | None = None,
+    private: Mapping[str, Any] | None = None,
 ) -> cel.Context:
     """Builds the variables the rules of one request see, from the request's flattened
     ``features``. Converting a value into CEL costs about a microsecond, so only what the
     rules can read is converted: the variables they use (``uses``; all when None) and, of the
-    context, the ``paths`` they name (all when None)."""
+    context, the ``paths`` they name (all when None).
+
+    ``profile`` is the features' ``profile.*`` fields (the stored profile's learnable fields,
+    under any the request sent) with ``private`` (its personal fields, never logged or learned
+    from) beneath them."""
     context = prune(features, paths) if paths is not None else unflatten(features)
     variables: dict[str, Any] = {}
     if uses is None or "customer" in uses:
         customer = context.get("customer")
         variables["customer"] = customer if isinstance(customer, Mapping) else {}
+    if uses is None or "profile" in uses:
+        profile = context.get("profile")
+        profile = profile if isinstance(profile, Mapping) else {}
+        variables["profile"] = {**private, **profile} if private else profile
     if uses is None or "context" in uses:
         variables["context"] = context
     if uses is None or "channel" in uses:

@@ -40,7 +40,7 @@ FieldType = Literal["number", "string", "bool", "list", "list<string>", "list<nu
 #: the largest magnitude of a number field's bounds and values in the schema
 MAX_NUMBER = 1e15
 _STRING = re.compile(r"""(?:[rR]?(?:"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'))""")
-_CHAIN = re.compile(r"(?<![\w.])(customer|context)((?:\s*\.\s*[A-Za-z_]\w*)*)(\s*\()?")
+_CHAIN = re.compile(r"(?<![\w.])(customer|context|profile)((?:\s*\.\s*[A-Za-z_]\w*)*)(\s*\()?")
 
 
 class FieldSpec(BaseModel):
@@ -129,10 +129,10 @@ def needed_paths(sources: Iterable[str]) -> frozenset[str] | None:
             if (
                 (not call and after.startswith("["))
                 or (root == "context" and len(segments) < 1)
-                or (root == "customer" and not segments)
+                or (root in ("customer", "profile") and not segments)
             ):
                 return None
-            path = [root, *segments] if root == "customer" else segments
+            path = [root, *segments] if root != "context" else segments
             paths.add(".".join(path))
     return frozenset(paths)
 
@@ -165,10 +165,11 @@ class ContextSchema:
         return bool(self.fields)
 
     def unknown_paths(self, source: str) -> list[tuple[str, int]]:
-        """Paths the expression names that the schema does not declare."""
+        """Paths the expression names that the schema does not declare (``profile.*`` paths
+        are the profile section's to check)."""
         if not self.fields:
             return []
-        return [(p, col) for p, col in field_paths(source) if not self.knows(p)]
+        return [(p, col) for p, col in field_paths(source) if not self.knows(p) and p.split(".")[0] != "profile"]
 
     def knows(self, path: str) -> bool:
         if path in self.fields:

@@ -28,6 +28,7 @@ from nba.clock import Clock, SystemClock
 from nba.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NbaError
 from nba.inputs import CLOCK_SKEW, check_id
 from nba.policy.profile import ProfileDefinition
+from nba.profiles.cache import ProfileCache
 from nba.profiles.identity import Candidate, IdentityRules, resolve
 from nba.profiles.profile import Profile, TrackedEvent, check
 
@@ -61,21 +62,17 @@ class ProfileRepository(Protocol):
 
     def merge(self, conn: Any, survivor: str, absorbed: str, cause: str, now: datetime) -> None: ...
 
-    def stored_event(self, conn: Any, event_id: str) -> tuple[str, str] | None: ...
+    def stored_events(self, conn: Any, event_ids: list[str]) -> dict[str, tuple[str, str]]: ...
 
-    def insert_event(
-        self,
-        conn: Any,
-        event_id: str,
-        customer_id: str,
-        event_type: str,
-        source: str,
-        occurred_at: datetime,
-        received_at: datetime,
-        properties: Mapping[str, Any],
-        identities: Mapping[str, str],
-        content_hash: str,
-    ) -> None: ...
+    def profile_rows(
+        self, conn: Any, customer_ids: Iterable[str]
+    ) -> dict[str, tuple[datetime, int, dict[str, Any], str | None]]: ...
+
+    def identities_of(self, conn: Any, customer_ids: Iterable[str]) -> dict[str, dict[str, list[str]]]: ...
+
+    def save_many(self, conn: Any, profiles: list[tuple[str, int, Mapping[str, Any]]], now: datetime) -> None: ...
+
+    def insert_events(self, conn: Any, rows: list[dict[str, Any]]) -> None: ...
 
     def events(self, conn: Any, customer_id: str) -> Iterable[tuple[str, str, str, datetime, dict[str, Any]]]: ...
 
@@ -124,6 +121,139 @@ class _Prepared:
     digest: str
 
 
+class _Unit:
+    """One write transaction's unit of work: what it reads, kept for the rest of the
+    transaction, and what it writes, held until ``flush`` (before the commit, and before a
+    merge reads what was written). Tracking a batch then costs one read of each customer and
+    identifier and one write of each profile, not one of each per event; events are inserted
+    in one statement. A profile seen for the first time is inserted at once, so that the
+    database answers for it like for any other (its identifiers' holders, its survivor)."""
+
+    def __init__(self, repo: ProfileRepository, conn: Any, event_ids: list[str]) -> None:
+        self.repo, self.conn = repo, conn
+        #: event id -> (content hash, customer id): stored before, or earlier in this unit
+        self.stored = repo.stored_events(conn, event_ids) if event_ids else {}
+        self._survivors: dict[str, str | None] = {}
+        self._created: dict[str, datetime | None] = {}
+        self._identities: dict[str, dict[str, list[str]]] = {}
+        self._holders: dict[tuple[str, str], list[str]] = {}
+        #: customer -> (profile, created at), as changed by this unit
+        self.profiles: dict[str, tuple[Profile, datetime]] = {}
+        #: stored rows read ahead (``prefetch``): customer -> (created at, version, state)
+        self._rows: dict[str, tuple[datetime, int, dict[str, Any]]] = {}
+        self._dirty: dict[str, None] = {}
+        self._events: list[dict[str, Any]] = []
+
+    def prefetch(self, customer_ids: Iterable[str]) -> None:
+        """Reads ahead, in a few statements, what resolving events of these customers needs:
+        their rows (survivor, creation, state) and their survivors' identifiers."""
+        ids = sorted(set(customer_ids) - set(self._survivors))
+        if not ids:
+            return
+        rows = self.repo.profile_rows(self.conn, ids)
+        targets = sorted({r[3] for r in rows.values() if r[3] is not None} - set(rows) - set(self._survivors))
+        rows.update(self.repo.profile_rows(self.conn, targets))
+        survivors = []
+        for customer_id in (*ids, *targets):
+            row = rows.get(customer_id)
+            if row is None:
+                self._survivors[customer_id], self._created[customer_id] = None, None
+            elif row[3] is not None:
+                target = rows.get(row[3])
+                if target is None or target[3] is not None:  # not one step (never, as merges keep it): ask later
+                    continue
+                self._survivors[customer_id], self._created[customer_id] = row[3], None
+            else:
+                self._survivors[customer_id], self._created[customer_id] = customer_id, row[0]
+                self._rows[customer_id] = row[:3]
+                survivors.append(customer_id)
+        for customer_id, held in self.repo.identities_of(self.conn, survivors).items():
+            self._identities.setdefault(customer_id, held)
+
+    def survivor(self, customer_id: str) -> str | None:
+        if customer_id not in self._survivors:
+            self._survivors[customer_id] = self.repo.survivor(self.conn, customer_id)
+        return self._survivors[customer_id]
+
+    def created_at(self, customer_id: str) -> datetime | None:
+        if customer_id in self.profiles:
+            return self.profiles[customer_id][1]
+        if customer_id not in self._created:
+            self._created[customer_id] = self.repo.created_at(self.conn, customer_id)
+        return self._created[customer_id]
+
+    def identities(self, customer_id: str) -> dict[str, list[str]]:
+        if customer_id not in self._identities:
+            self._identities[customer_id] = self.repo.identities(self.conn, customer_id)
+        return self._identities[customer_id]
+
+    def holders(self, kind: str, value: str) -> list[str]:
+        key = (kind, value)
+        if key not in self._holders:
+            self._holders[key] = self.repo.holders(self.conn, kind, value)
+        return self._holders[key]
+
+    def add_identities(self, customer_id: str, identities: Mapping[str, str]) -> None:
+        held = self.identities(customer_id)
+        new = {k: v for k, v in identities.items() if v not in held.get(k, ())}
+        if not new:
+            return
+        self.repo.add_identities(self.conn, customer_id, new)
+        for kind, value in new.items():
+            held.setdefault(kind, []).append(value)
+            self._holders.pop((kind, value), None)
+
+    def profile(self, definition: ProfileDefinition, customer_id: str, now: datetime) -> Profile:
+        """The customer's profile as this unit has it: read once, or new (and inserted)."""
+        held = self.profiles.get(customer_id)
+        if held is not None:
+            return held[0]
+        row = self._rows.pop(customer_id, None)
+        loaded = (customer_id, *row) if row is not None else self.repo.load(self.conn, customer_id)
+        if loaded is not None:
+            profile = (
+                Profile.load(definition, loaded[3]) if loaded[3] else Profile(definition, customer_id, loaded[1].timestamp())
+            )
+            self.profiles[customer_id] = (profile, loaded[1])
+            return profile
+        profile = Profile(definition, customer_id, now.timestamp())
+        self.repo.save(self.conn, customer_id, now, 0, profile.dump(), now)
+        self.profiles[customer_id] = (profile, now)
+        self._survivors[customer_id] = customer_id
+        self._created[customer_id] = now
+        return profile
+
+    def changed(self, customer_id: str) -> None:
+        self._dirty[customer_id] = None
+
+    def add_event(self, row: dict[str, Any]) -> None:
+        self._events.append(row)
+        self.stored[row["event_id"]] = (row["content_hash"], row["customer_id"])
+
+    def merge(self, survivor: str, absorbed: str, cause: str, now: datetime) -> list[TrackedEvent]:
+        """Merges ``absorbed`` into ``survivor``; returns the absorbed customer's events."""
+        self.flush(now)  # what this unit wrote of either is read and moved by the merge
+        moved = [_tracked(absorbed, row) for row in self.repo.events(self.conn, absorbed)]
+        self.repo.merge(self.conn, survivor, absorbed, cause, now)
+        # ids, identifiers and holders moved: read them again
+        self._survivors.clear()
+        self._created.clear()
+        self._identities.clear()
+        self._holders.clear()
+        self._rows.clear()
+        self.profiles.pop(absorbed, None)
+        self._dirty.pop(absorbed, None)
+        return moved
+
+    def flush(self, now: datetime) -> None:
+        if self._events:
+            self.repo.insert_events(self.conn, self._events)
+            self._events = []
+        # every dirty profile has its row (``profile`` inserts a new one at once): one UPDATE for all
+        self.repo.save_many(self.conn, [(c, self.profiles[c][0].version, self.profiles[c][0].dump()) for c in self._dirty], now)
+        self._dirty.clear()
+
+
 class Tracker:
     """Tracks events against the profile definition ``definition()`` returns (the live policy
     set's), in ``repository``."""
@@ -134,19 +264,44 @@ class Tracker:
         definition: Callable[[], ProfileDefinition],
         clock: Clock | None = None,
         new_id: Callable[[], str] | None = None,
+        cache: ProfileCache | None = None,
+        changed: Callable[[list[str]], None] | None = None,
     ) -> None:
         self._repository = repository
         self._definition = definition
         self._clock = clock or SystemClock()
         self._new_id = new_id or (lambda: f"cus-{uuid.uuid4().hex[:20]}")
+        #: this process's hot profiles: each profile saved goes in after the commit
+        self.cache = cache
+        #: told the ids of every profile changed (survivors and absorbed ids), after the commit:
+        #: how other processes hear of it (the Redis bus)
+        self._changed = changed or (lambda ids: None)
 
     def track(self, event: TrackInput) -> TrackResult:
         """Raises ``InvalidArgument`` naming the field for an event that cannot be taken,
         ``AlreadyExists`` for an ``event_id`` used for another event, ``FailedPrecondition``
         for identifiers that name several customers and none that merges."""
         prepared = self._prepare(event)
-        with self._repository.write() as conn:
-            return self._take(conn, prepared)
+        saved: dict[str, tuple[Profile, tuple[str, ...]]] = {}
+        started = self.cache.begin() if self.cache is not None else 0
+        try:
+            with self._repository.write() as conn:
+                unit = _Unit(self._repository, conn, [prepared.event.event_id])
+                result = self._take(unit, prepared, saved)
+                unit.flush(prepared.now)
+        except BaseException:
+            if self.cache is not None:
+                self.cache.abandon(started)
+            raise
+        self._after(started, saved)
+        return result
+
+    def _after(self, started: int, saved: dict[str, tuple[Profile, tuple[str, ...]]]) -> None:
+        """After a commit: the saved profiles into the cache, their ids to the other processes."""
+        if self.cache is not None:
+            self.cache.saved(started, saved.values())
+        if saved:
+            self._changed([i for profile, absorbed in saved.values() for i in (profile.customer_id, *absorbed)])
 
     def track_many(self, events: list[TrackInput]) -> list[TrackResult | NbaError]:
         """Each event's result, or the error it earned, in order: one write transaction for
@@ -160,29 +315,50 @@ class Tracker:
             except NbaError as exc:
                 prepared.append(exc)
         results: list[TrackResult | NbaError] = []
+        saved: dict[str, tuple[Profile, tuple[str, ...]]] = {}
+        started = self.cache.begin() if self.cache is not None else 0
         try:
             with self._repository.write() as conn:
+                taken = [i for i in prepared if not isinstance(i, NbaError)]
+                unit = _Unit(self._repository, conn, [i.event.event_id for i in taken])
+                unit.prefetch(i.event.customer_id for i in taken if i.event.customer_id)
                 for item in prepared:
                     if isinstance(item, NbaError):
                         results.append(item)
                         continue
                     try:
-                        results.append(self._take(conn, item))
+                        results.append(self._take(unit, item, saved))
                     except (InvalidArgument, AlreadyExists, FailedPrecondition) as exc:
                         results.append(exc)
+                unit.flush(self._clock.now())
         except Exception as exc:
+            saved.clear()  # rolled back
             if isinstance(exc, NbaError) and not isinstance(exc, (InvalidArgument, AlreadyExists, FailedPrecondition)):
+                if self.cache is not None:
+                    self.cache.abandon(started)
                 raise  # the database is unavailable: nothing was taken, the caller retries the batch
             results = []
             for item in prepared:  # a fault in one event must not cost the others
                 if isinstance(item, NbaError):
                     results.append(item)
                     continue
+                one_saved: dict[str, tuple[Profile, tuple[str, ...]]] = {}
                 try:
                     with self._repository.write() as conn:
-                        results.append(self._take(conn, item))
+                        unit = _Unit(self._repository, conn, [item.event.event_id])
+                        results.append(self._take(unit, item, one_saved))
+                        unit.flush(item.now)
                 except NbaError as one:
                     results.append(one)
+                    continue
+                for key, value in one_saved.items():
+                    saved.pop(key, None)
+                    saved[key] = value
+        except BaseException:
+            if self.cache is not None:
+                self.cache.abandon(started)
+            raise
+        self._after(started, saved)
         return results
 
     def _prepare(self, event: TrackInput) -> _Prepared:
@@ -213,56 +389,70 @@ class Tracker:
         digest = _content_hash(event.customer_id, identities, event.type, event.source, event.occurred_at, event.properties)
         return _Prepared(event, definition, rules, identities, occurred, now, digest)
 
-    def _take(self, conn: Any, item: _Prepared) -> TrackResult:
-        """Within a write transaction: the event stored once and applied to its customer."""
-        repo, event, definition, rules, now = self._repository, item.event, item.definition, item.rules, item.now
-        stored = repo.stored_event(conn, event.event_id)
+    def _take(self, unit: _Unit, item: _Prepared, saved: dict[str, tuple[Profile, tuple[str, ...]]]) -> TrackResult:
+        """Within a write transaction (``unit``): the event stored once and applied to its
+        customer. The profile changed goes into ``saved`` (by customer, in the order of their
+        last change, with every id it absorbed in this transaction). Raises before it changes
+        anything."""
+        event, definition, rules, now = item.event, item.definition, item.rules, item.now
+        stored = unit.stored.get(event.event_id)
         if stored is not None:
             if stored[0] != item.digest:
                 raise AlreadyExists(f"event_id: '{event.event_id}' was already used for another event; use a new event_id")
-            customer = repo.survivor(conn, stored[1]) or stored[1]
-            loaded = repo.load(conn, customer)
+            customer = unit.survivor(stored[1]) or stored[1]
+            held = unit.profiles.get(customer)
+            if held is not None:
+                return TrackResult(True, customer, version=held[0].version)
+            loaded = unit.repo.load(unit.conn, customer)
             return TrackResult(True, customer, version=loaded[2] if loaded else 0)
 
         def candidate(customer_id: str) -> Candidate | None:
-            created = repo.created_at(conn, customer_id)
+            created = unit.created_at(customer_id)
             if created is None:
                 return None
-            unique = {k: v[0] for k, v in repo.identities(conn, customer_id).items() if rules.unique(k) and v}
+            unique = {k: v[0] for k, v in unit.identities(customer_id).items() if rules.unique(k) and v}
             return Candidate(customer_id, created.timestamp(), unique)
 
         def owners(kind: str, value: str) -> list[Candidate]:
-            return [c for c in (candidate(h) for h in repo.holders(conn, kind, value)) if c is not None]
+            return [c for c in (candidate(h) for h in unit.holders(kind, value)) if c is not None]
 
-        explicit = (repo.survivor(conn, event.customer_id) or event.customer_id) if event.customer_id else None
+        explicit = (unit.survivor(event.customer_id) or event.customer_id) if event.customer_id else None
         resolution = resolve(
-            rules, explicit, item.identities, owners, candidate, lambda a, b: repo.separated(conn, a, b), self._new_id
+            rules,
+            explicit,
+            item.identities,
+            owners,
+            candidate,
+            lambda a, b: unit.repo.separated(unit.conn, a, b),
+            self._new_id,
         )
         customer = resolution.customer_id
-        loaded = repo.load(conn, customer)
-        profile = Profile.load(definition, loaded[3]) if loaded and loaded[3] else Profile(definition, customer, now.timestamp())
-        created = loaded[1] if loaded else now
+        profile = unit.profile(definition, customer, now)
         for absorbed in resolution.merged:
-            moved = [_tracked(absorbed, row) for row in repo.events(conn, absorbed)]
-            repo.merge(conn, customer, absorbed, f"event {event.event_id}", now)
-            profile.absorb(moved)
-        repo.add_identities(conn, customer, resolution.identities)
-        repo.insert_event(
-            conn,
-            event.event_id,
-            customer,
-            event.type,
-            event.source,
-            item.occurred,
-            now,
-            event.properties,
-            item.identities,
-            item.digest,
+            profile.absorb(unit.merge(customer, absorbed, f"event {event.event_id}", now))
+        unit.add_identities(customer, resolution.identities)
+        unit.add_event(
+            {
+                "event_id": event.event_id,
+                "customer_id": customer,
+                "type": event.type,
+                "source": event.source,
+                "occurred_at": item.occurred,
+                "received_at": now,
+                "properties": dict(event.properties),
+                "identities": dict(item.identities),
+                "content_hash": item.digest,
+            }
         )
         profile.apply(
             TrackedEvent(event.event_id, customer, event.type, event.source, item.occurred.timestamp(), dict(event.properties))
         )
-        repo.save(conn, customer, created, profile.version, profile.dump(), now)
+        unit.changed(customer)
+        absorbed_ids = list(resolution.merged)
+        for gone in resolution.merged:  # absorbed in this transaction: its saved profile is gone
+            absorbed_ids.extend(saved.pop(gone, (None, ()))[1])
+        absorbed_ids.extend(saved.pop(customer, (None, ()))[1])
+        saved[customer] = (profile, tuple(dict.fromkeys(absorbed_ids)))
         return TrackResult(False, customer, resolution.merged, resolution.apart, profile.version)
 
     def profile(self, customer_id: str) -> Profile | None:
@@ -270,40 +460,50 @@ class Tracker:
         found = self.lookup(customer_id=customer_id)
         return found[0] if found else None
 
+    def load(self, customer_id: str, identities: bool = False) -> tuple[Profile | None, dict[str, list[str]] | None]:
+        """A customer's profile from the database, by any id it has had (None: unknown) and,
+        with ``identities``, its identifiers: the cache's loader."""
+        definition = self._definition()
+        repo = self._repository
+        with repo.read() as conn:  # a read: no write lock held against trackers
+            customer = repo.survivor(conn, customer_id)
+            loaded = repo.load(conn, customer) if customer else None
+            found = repo.identities(conn, customer) if identities and loaded and customer else None
+        if loaded is None:
+            return None, None
+        profile = Profile.load(definition, loaded[3]) if loaded[3] else Profile(definition, loaded[0], loaded[1].timestamp())
+        return profile, (found if found is not None else {}) if identities else None
+
     def lookup(self, customer_id: str = "", kind: str = "", value: str = "") -> tuple[Profile, dict[str, list[str]]] | None:
         """A customer's profile and identifiers, by any id it has had or by one identifier;
         None when unknown. Raises ``InvalidArgument`` for a malformed identifier and
         ``FailedPrecondition`` for one several customers hold."""
         definition = self._definition()
-        repo = self._repository
         if not customer_id and not kind:
             raise InvalidArgument("customer_id: required, or identifier_kind and identifier_value", field="customer_id")
-        normalised = ""
         if kind:
             rules = IdentityRules(definition.kinds, definition.default_region)
-            found = rules.normalise(kind, value, "identifier_value")
-            if found is None:
+            normalised = rules.normalise(kind, value, "identifier_value")
+            if normalised is None:
                 raise InvalidArgument(f"identifier_value: '{value}' is no identifier", field="identifier_value")
-            normalised = found
-        with repo.read() as conn:  # a read: no write lock held against trackers
-            customer: str | None
-            if kind:
-                holders = repo.holders(conn, kind, normalised)
-                if len(holders) > 1:
-                    raise FailedPrecondition(
-                        f"identifier_value: {kind} '{normalised}' is held by {len(holders)} customers "
-                        f"({', '.join(holders)}); ask by customer_id"
-                    )
-                customer = holders[0] if holders else None
-            else:
-                check_id("customer_id", customer_id)
-                customer = repo.survivor(conn, customer_id)
-            loaded = repo.load(conn, customer) if customer else None
-            identities = repo.identities(conn, customer) if loaded and customer else {}
-        if loaded is None:
+            with self._repository.read() as conn:
+                holders = self._repository.holders(conn, kind, normalised)
+            if len(holders) > 1:
+                raise FailedPrecondition(
+                    f"identifier_value: {kind} '{normalised}' is held by {len(holders)} customers "
+                    f"({', '.join(holders)}); ask by customer_id"
+                )
+            if not holders:
+                return None
+            customer_id = holders[0]
+        else:
+            check_id("customer_id", customer_id)
+        profile, identities = (
+            self.cache.get(customer_id, identities=True) if self.cache is not None else self.load(customer_id, True)
+        )
+        if profile is None:
             return None
-        profile = Profile.load(definition, loaded[3]) if loaded[3] else Profile(definition, loaded[0], loaded[1].timestamp())
-        return profile, identities
+        return profile, identities or {}
 
 
 def _tracked(customer_id: str, row: tuple[str, str, str, datetime, dict[str, Any]]) -> TrackedEvent:

@@ -3,28 +3,57 @@ calls, protobuf out)."""
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import binascii
+import json
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from nba.decision.decider import DecideInput, Decider
 from nba.errors import InvalidArgument, NbaError, NotFound, field_of
 from nba.inputs import timestamp
 from nba.profiles.tracking import Tracker, TrackInput, TrackResult
+from nba.records import DecisionRecord
 from nba.service.context import properties_from_struct
+from nba.service.servicers import decide_response
+from nba.storage.engine import utc
 from nba.v1 import profile_service_pb2 as ppb
 from nba.v1 import profile_service_pb2_grpc as ppb_grpc
 
-__all__ = ["MAX_BATCH", "ProfileServicer"]
+__all__ = ["MAX_BATCH", "ProfileHistory", "ProfileServicer"]
 
 #: events in one TrackBatch call, at most
 MAX_BATCH = 10_000
 
 
+#: timeline events and decisions a GetProfile answers: by default, and at most
+TIMELINE_DEFAULT, TIMELINE_MAX = 20, 500
+DECISIONS_DEFAULT, DECISIONS_MAX = 10, 100
+
+
+class ProfileHistory(Protocol):
+    """What GetProfile reads besides the profile (``nba.storage.store.Store`` is one)."""
+
+    def timeline(
+        self, customer_id: str, limit: int, before: tuple[datetime, str] | None = None
+    ) -> list[tuple[str, str, str, datetime, datetime, dict[str, Any]]]: ...
+
+    def absorbed_ids(self, customer_id: str) -> list[str]: ...
+
+    def for_customers(self, customer_ids: list[str], limit: int) -> list[tuple[DecisionRecord, list[Any]]]: ...
+
+
 class ProfileServicer(ppb_grpc.ProfileServiceServicer):
-    def __init__(self, tracker: Tracker, clock: Any) -> None:
+    def __init__(
+        self, tracker: Tracker, clock: Any, history: ProfileHistory | None = None, decider: Decider | None = None
+    ) -> None:
         self._tracker = tracker
         self._clock = clock
+        self._history = history
+        self._decider = decider
 
     def Track(self, request: ppb.TrackRequest, context: grpc.ServicerContext) -> ppb.TrackResponse:
         return self._track(request)
@@ -60,6 +89,21 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
             raise InvalidArgument(
                 "identifier_value: give identifier_kind and identifier_value together", field="identifier_value"
             )
+        timeline_limit = _limit("timeline_limit", request.timeline_limit, TIMELINE_DEFAULT, TIMELINE_MAX)
+        decisions_limit = _limit("decisions_limit", request.decisions_limit, DECISIONS_DEFAULT, DECISIONS_MAX)
+        before = _page_token(request.timeline_page_token) if request.timeline_page_token else None
+        if request.next_best_actions_limit < 0:
+            raise InvalidArgument(
+                f"next_best_actions_limit: must be 0 or more (0 means 1), got {request.next_best_actions_limit}",
+                field="next_best_actions_limit",
+            )
+        channel = request.next_best_actions_channel
+        if channel and self._decider is not None and channel not in self._decider.policy_set.channels:
+            raise InvalidArgument(
+                f"next_best_actions_channel: {channel[:80]!r} is not one of the policy set's channels "
+                f"({', '.join(self._decider.policy_set.channels)})",
+                field="next_best_actions_channel",
+            )
         found = self._tracker.lookup(request.customer_id, request.identifier_kind, request.identifier_value)
         if found is None:
             raise NotFound("customer_id: no profile for this customer (no event has named it)")
@@ -68,16 +112,72 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
         attributes, computed = struct_pb2.Struct(), struct_pb2.Struct()
         attributes.update({k: v for k, v in view.items() if k in profile.attributes})
         computed.update({k: v for k, v in view.items() if k in profile.computed})
-        created = timestamp_pb2.Timestamp()
-        created.FromSeconds(int(profile.created_at))
-        return ppb.Profile(
+        answer = ppb.Profile(
             customer_id=profile.customer_id,
             version=profile.version,
-            created_at=created,
+            created_at=_stamp(profile.created_at),
             identities=[ppb.Identifier(kind=k, value=v) for k, values in sorted(identities.items()) for v in values],
             attributes=attributes,
             computed=computed,
         )
+        if self._history is not None:
+            self._add_history(answer, profile.customer_id, timeline_limit, before, decisions_limit)
+        if request.next_best_actions_channel and self._decider is not None:
+            record = self._decider.rank_only(
+                DecideInput(
+                    customer_id=profile.customer_id,
+                    channel=request.next_best_actions_channel,
+                    limit=request.next_best_actions_limit,
+                )
+            )
+            answer.next_best_actions.extend(decide_response(record, False).offers)
+        return answer
+
+    def _add_history(
+        self, answer: ppb.Profile, customer_id: str, limit: int, before: tuple[datetime, str] | None, decisions: int
+    ) -> None:
+        assert self._history is not None
+        events = self._history.timeline(customer_id, limit + 1, before)
+        for event_id, event_type, source, occurred, received, properties in events[:limit]:
+            values = struct_pb2.Struct()
+            values.update(properties)
+            answer.timeline.append(
+                ppb.TimelineEvent(
+                    event_id=event_id,
+                    type=event_type,
+                    source=source,
+                    occurred_at=_stamp(occurred.timestamp()),
+                    received_at=_stamp(received.timestamp()),
+                    properties=values,
+                )
+            )
+        if len(events) > limit:
+            last = events[limit - 1]
+            answer.next_timeline_page_token = _token(last[3], last[0])
+        absorbed = self._history.absorbed_ids(customer_id)
+        answer.merged_ids.extend(absorbed)
+        for record, feedback in self._history.for_customers([customer_id, *absorbed], decisions):
+            answer.decisions.append(
+                ppb.ProfileDecision(
+                    decision_id=record.decision_id,
+                    customer_id=record.customer_id,
+                    channel=record.channel,
+                    decided_at=_stamp(record.created_at.timestamp()),
+                    policy_version=record.policy_version,
+                    profile_version=record.profile_version or 0,
+                    offer_ids=[o["offer_id"] for o in record.offers],
+                    feedback=[
+                        ppb.ProfileFeedback(
+                            event_id=fb.event_id,
+                            offer_id=fb.offer_id,
+                            outcome=fb.outcome,
+                            reward=fb.reward,
+                            occurred_at=_stamp(utc(fb.occurred_at).timestamp()),
+                        )
+                        for fb in feedback
+                    ],
+                )
+            )
 
     def _track(self, request: ppb.TrackRequest) -> ppb.TrackResponse:
         return _response(self._tracker.track(self._input(request)))
@@ -100,3 +200,36 @@ def _response(result: TrackResult) -> ppb.TrackResponse:
     return ppb.TrackResponse(
         duplicate=result.duplicate, customer_id=result.customer_id, merged=list(result.merged), version=result.version
     )
+
+
+def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(round(seconds * 1e9))
+    return stamp
+
+
+def _limit(name: str, value: int, default: int, most: int) -> int:
+    if value < 0 or value > most:
+        raise InvalidArgument(f"{name}: must be 0 (the default, {default}) to {most}, got {value}", field=name)
+    return value or default
+
+
+def _token(occurred: datetime, event_id: str) -> str:
+    """An opaque page token: where the page ended."""
+    raw = json.dumps([occurred.astimezone(UTC).isoformat(), event_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _page_token(token: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        at, event_id = json.loads(raw)
+        moment = datetime.fromisoformat(at)
+        if moment.tzinfo is None or not isinstance(event_id, str):
+            raise ValueError("not a page token")
+        return moment, event_id
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument(
+            "timeline_page_token: not a token this service gave (pass next_timeline_page_token as it came)",
+            field="timeline_page_token",
+        ) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import socket
 import threading
@@ -37,6 +38,7 @@ from nba.errors import InvalidArgument, NbaError, Unavailable, field_violations
 from nba.learning.feedback import IN_FLIGHT_MARGIN_SECONDS, FeedbackIntake
 from nba.learning.loop import LearningLoop, build_learner
 from nba.policy.policy_set import PolicySet
+from nba.profiles.cache import ProfileCache
 from nba.profiles.tracking import Tracker
 from nba.records import ContactEvent, LearningEvent, RewardWindows
 from nba.service.auth import AuthInterceptor
@@ -240,13 +242,19 @@ class Service:
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )
+        self.profile_cache = ProfileCache(
+            lambda customer_id, identities: self.tracker.load(customer_id, identities),
+            lambda: self.publisher.live.profile,
+            settings.profile_cache_size,
+            fresh_seconds=self._profile_fresh_seconds,
+        )
         self.bus = (
             RedisBus(
                 settings.bus,
                 settings.bus_stream,
                 self.store.origin,
                 settings.bus_stream_length,
-                on_state=lambda up: self._dependency(BUS_HEALTH, up),
+                on_state=self._bus_state,
             )
             if settings.redis_bus
             else None
@@ -272,8 +280,11 @@ class Service:
             contact_id=start_contact_id,
         )
         self.maintenance.log = self.log
+        self.tracker = Tracker(
+            self.store, lambda: self.publisher.live.profile, self.clock, cache=self.profile_cache, changed=self._profiles_changed
+        )
         if self.bus is not None:
-            self.bus.start(self.log.deliver)
+            self.bus.start(self.log.deliver, self.profile_cache.invalidate)
         self.decider = Decider(
             live,
             self.learning,
@@ -284,6 +295,7 @@ class Service:
             self.clock,
             durable_timeout_seconds=settings.feedback_timeout_seconds if settings.durable_decisions else None,
             reservations=self._reservations(),
+            profiles=self.profile_cache.view,
         )
         self.intake = FeedbackIntake(
             self.log,
@@ -314,8 +326,9 @@ class Service:
             AdminServicer(self.publisher, self.store.recent_lines, self.learning, lambda: build_learner(settings)),
             self.server,
         )
-        self.tracker = Tracker(self.store, lambda: self.publisher.live.profile, self.clock)
-        ppb_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(self.tracker, self.clock), self.server)
+        ppb_grpc.add_ProfileServiceServicer_to_server(
+            ProfileServicer(self.tracker, self.clock, self.store, self.decider), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, ADMIN_SERVICE_NAME, PROFILE_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
@@ -350,6 +363,22 @@ class Service:
         (Decide answers from memory), so load balancers keep sending it traffic."""
         if self._serving:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _profile_fresh_seconds(self) -> float:
+        """How long a cached profile is trusted: for ever alone on the database or with the
+        Redis bus up (other processes' changes arrive on it), a bounded time otherwise."""
+        if not self.shared or (self.bus is not None and self.bus.up):
+            return math.inf
+        return self.settings.profile_cache_seconds
+
+    def _bus_state(self, up: bool) -> None:
+        self._dependency(BUS_HEALTH, up)
+        if up:  # profile invalidations published while it was down were missed
+            self.profile_cache.clear()
+
+    def _profiles_changed(self, ids: list[str]) -> None:
+        if self.bus is not None:
+            self.bus.publish_profiles(ids)
 
     def _reservations(self) -> Reservations | None:
         """Exact caps and budgets counting decisions: through Redis for replicas on a Redis bus,

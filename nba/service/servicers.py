@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
+from bandit import unflatten
 from nba.decision.decider import DecideInput, Decider
 from nba.errors import Cancelled, DeadlineExceeded, FailedPrecondition, InvalidArgument, PolicySetError, Problem
 from nba.evaluation.preview import preview
@@ -92,11 +93,23 @@ def decide_response(record: DecisionRecord, replayed: bool) -> pb.DecideResponse
         replayed=replayed,
         decided_at=decided_at,
         explanation=(
-            pb.Explanation(offers=[_offer_explanation(e) for e in record.explanation], exploration=record.exploration)
+            pb.Explanation(
+                offers=[_offer_explanation(e) for e in record.explanation],
+                exploration=record.exploration,
+                profile=_profile_struct(record.features),
+            )
             if record.explanation is not None
             else None
         ),
+        profile_version=record.profile_version or 0,
     )
+
+
+def _profile_struct(features: dict[str, Any]) -> struct_pb2.Struct:
+    """The decision's ``profile.*`` features, nested as rules read them."""
+    profile = struct_pb2.Struct()
+    profile.update(unflatten({k[8:]: v for k, v in features.items() if k.startswith("profile.")}))
+    return profile
 
 
 def _offer_explanation(entry: dict[str, Any]) -> pb.OfferExplanation:

@@ -97,6 +97,7 @@ class RedisBus:
         self.origin = origin
         self._max_length = max_length
         self._on_entry: Callable[[BusEntry], None] = lambda entry: None
+        self._on_profiles: Callable[[list[str]], None] = lambda ids: None
         self._on_state = on_state or (lambda up: None)
         self._up = False
         self._retry_at = 0.0
@@ -146,8 +147,26 @@ class RedisBus:
         self._mark(True, "publish")
         return True
 
-    def start(self, on_entry: Callable[[BusEntry], None]) -> None:
+    def publish_profiles(self, ids: list[str]) -> bool:
+        """Says which customers' profiles this replica changed (their ids, absorbed ids
+        included), so that the others drop what they cached of them; False when Redis is
+        unavailable (the others then trust what they cached for a bounded time only)."""
+        if not self._up and time.monotonic() < self._retry_at:
+            return False
+        try:
+            fields: dict[Any, Any] = {"origin": self.origin, "profiles": json.dumps(ids, separators=(",", ":"))}
+            self._redis.xadd(self.stream, fields, maxlen=self._max_length, approximate=True)
+        except self._errors as exc:
+            self._mark(False, "publish", exc)
+            return False
+        metrics.BUS_PUBLISHED.inc()
+        self._mark(True, "publish")
+        return True
+
+    def start(self, on_entry: Callable[[BusEntry], None], on_profiles: Callable[[list[str]], None] | None = None) -> None:
         self._on_entry = on_entry
+        if on_profiles is not None:
+            self._on_profiles = on_profiles
         try:  # up (or not) before the service says it is serving
             self._redis.ping()
             self._mark(True, "connect")
@@ -183,6 +202,9 @@ class RedisBus:
             for _stream, entries in answer or ():
                 for entry_id, fields in entries:
                     position = entry_id.decode()
+                    if b"profiles" in fields:  # profiles another replica changed
+                        self._profiles_entry(position, fields)
+                        continue
                     try:
                         entry = decode(fields)
                     except (KeyError, ValueError, TypeError) as exc:
@@ -191,3 +213,16 @@ class RedisBus:
                     if entry.origin != self.origin:
                         metrics.BUS_RECEIVED.inc()
                         self._on_entry(entry)
+
+    def _profiles_entry(self, position: str, fields: dict[bytes, bytes]) -> None:
+        try:
+            ids = json.loads(fields[b"profiles"])
+            origin = fields[b"origin"].decode()
+            if not isinstance(ids, list):
+                raise ValueError("profiles: not a list")
+        except (KeyError, ValueError, TypeError) as exc:
+            log.warning("ignored a malformed bus entry", extra={"entry": position, "error": repr(exc)})
+            return
+        if origin != self.origin:
+            metrics.BUS_RECEIVED.inc()
+            self._on_profiles([str(i) for i in ids])

@@ -40,6 +40,7 @@ class Decisions(Repository):
             "candidates",
             "offers",
             "closed",
+            "profile_version",
         )
         marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in columns)
         # ON CONFLICT: decisions queued again after a failed commit may have been written by a
@@ -59,6 +60,7 @@ class Decisions(Repository):
                 dumps(r.candidates),
                 dumps(r.offers),
                 0 if sqlite else False,
+                r.profile_version,
             )
             for r in records
         ]
@@ -79,6 +81,25 @@ class Decisions(Repository):
                 .limit(1)
             ).first()
         return _record(row) if row else None
+
+    def for_customers(self, customer_ids: list[str], limit: int) -> list[tuple[DecisionRecord, list[Any]]]:
+        """The newest ``limit`` decisions made for any of ``customer_ids``, newest first, each
+        with its feedback rows (``event_id``, ``offer_id``, ``outcome``, ``reward``,
+        ``occurred_at``, ...) in the order they were received."""
+        d, f = DECISIONS, FEEDBACK
+        with self.read() as conn:
+            rows = conn.execute(
+                select(d)
+                .where(d.c.customer_id.in_(customer_ids))
+                .order_by(d.c.created_at.desc(), d.c.decision_id.desc())
+                .limit(limit)
+            ).all()
+            ids = [r.decision_id for r in rows]
+            events: dict[str, list[Any]] = {i: [] for i in ids}
+            if ids:
+                for fb in conn.execute(select(f).where(f.c.decision_id.in_(ids)).order_by(f.c.id)).all():
+                    events[fb.decision_id].append(fb)
+        return [(_record(r), events[r.decision_id]) for r in rows]
 
     def count_decisions(self) -> int:
         with self.read() as conn:
@@ -140,6 +161,7 @@ def _record(row: Any) -> DecisionRecord:
         features=row.features,
         candidates=row.candidates,
         offers=row.offers,
+        profile_version=row.profile_version,
     )
 
 
@@ -160,6 +182,7 @@ def _export_line(record: DecisionRecord, feedback: list[Any]) -> dict[str, Any]:
         "decided_at": _iso(record.created_at),
         "policy_version": record.policy_version,
         "model_version": record.model_version,
+        "profile_version": record.profile_version,
         "features": record.features,
         "candidates": record.candidate_list(),
         "offers": [

@@ -18,7 +18,7 @@ from sqlalchemy import and_, bindparam, or_, select
 from nba.storage.engine import Repository, utc
 from nba.storage.tables import PROFILE_EVENTS, PROFILE_IDENTITIES, PROFILE_MERGES, PROFILES
 
-__all__ = ["MAX_MERGE_CHAIN", "Profiles", "StoredProfile"]
+__all__ = ["MAX_MERGE_CHAIN", "ProfileRowValues", "Profiles", "StoredProfile"]
 
 #: merges followed from an id to its survivor at most (a longer chain is a cycle: a bug)
 MAX_MERGE_CHAIN = 64
@@ -41,6 +41,7 @@ _SAVE = (
     .where(PROFILES.c.customer_id == bindparam("key"))
     .values(version=bindparam("version"), state=bindparam("state"), updated_at=bindparam("updated_at"))
 )
+_INSERT = PROFILES.insert()
 _HOLDERS = select(PROFILE_IDENTITIES.c.customer_id).where(
     PROFILE_IDENTITIES.c.kind == bindparam("kind"), PROFILE_IDENTITIES.c.value == bindparam("value")
 )
@@ -54,9 +55,20 @@ _HOLDS = select(PROFILE_IDENTITIES.c.kind).where(
     PROFILE_IDENTITIES.c.value == bindparam("value"),
     PROFILE_IDENTITIES.c.customer_id == bindparam("customer_id"),
 )
-_STORED_EVENT = select(PROFILE_EVENTS.c.content_hash, PROFILE_EVENTS.c.customer_id).where(
-    PROFILE_EVENTS.c.event_id == bindparam("event_id")
+_STORED_EVENTS = select(PROFILE_EVENTS.c.event_id, PROFILE_EVENTS.c.content_hash, PROFILE_EVENTS.c.customer_id).where(
+    PROFILE_EVENTS.c.event_id.in_(bindparam("event_ids", expanding=True))
 )
+#: ids a query asks for at once, at most (SQLite's bound-parameter limit is far above it)
+_CHUNK = 1000
+_ROWS = select(PROFILES.c.customer_id, PROFILES.c.created_at, PROFILES.c.version, PROFILES.c.state, PROFILES.c.merged_into).where(
+    PROFILES.c.customer_id.in_(bindparam("ids", expanding=True))
+)
+_IDENTITIES_OF = select(PROFILE_IDENTITIES.c.customer_id, PROFILE_IDENTITIES.c.kind, PROFILE_IDENTITIES.c.value).where(
+    PROFILE_IDENTITIES.c.customer_id.in_(bindparam("ids", expanding=True))
+)
+
+#: (created at, version, state, merged into) of a stored profile row
+ProfileRowValues = tuple[datetime, int, dict[str, Any], str | None]
 _CREATED = select(PROFILES.c.customer_id, PROFILES.c.created_at).where(
     PROFILES.c.customer_id.in_(bindparam("customers", expanding=True))
 )
@@ -96,15 +108,45 @@ class Profiles(Repository):
         updated = conn.execute(_SAVE, {"key": customer_id, "version": version, "state": dict(state), "updated_at": now}).rowcount
         if not updated:
             conn.execute(
-                PROFILES.insert().values(
-                    customer_id=customer_id,
-                    created_at=created_at,
-                    updated_at=now,
-                    version=version,
-                    merged_into=None,
-                    state=dict(state),
-                )
+                _INSERT,
+                {
+                    "customer_id": customer_id,
+                    "created_at": created_at,
+                    "updated_at": now,
+                    "version": version,
+                    "merged_into": None,
+                    "state": dict(state),
+                },
             )
+
+    def profile_rows(self, conn: Any, customer_ids: Iterable[str]) -> dict[str, ProfileRowValues]:
+        """The rows of many customers at once, by id: (created at, version, state, the
+        customer it was merged into or None). Ids never seen are absent."""
+        found: dict[str, ProfileRowValues] = {}
+        unique = sorted(set(customer_ids))
+        for start in range(0, len(unique), _CHUNK):
+            for row in conn.execute(_ROWS, {"ids": unique[start : start + _CHUNK]}):
+                found[row.customer_id] = (utc(row.created_at), int(row.version), dict(row.state), row.merged_into)
+        return found
+
+    def identities_of(self, conn: Any, customer_ids: Iterable[str]) -> dict[str, dict[str, list[str]]]:
+        """The identifiers of many customers at once: customer -> kind -> values (sorted);
+        every customer asked for is there, with none perhaps."""
+        unique = sorted(set(customer_ids))
+        found: dict[str, dict[str, list[str]]] = {c: {} for c in unique}
+        for start in range(0, len(unique), _CHUNK):
+            for row in conn.execute(_IDENTITIES_OF, {"ids": unique[start : start + _CHUNK]}):
+                found[row.customer_id].setdefault(row.kind, []).append(row.value)
+        for held in found.values():
+            for values in held.values():
+                values.sort()
+        return found
+
+    def save_many(self, conn: Any, profiles: list[tuple[str, int, Mapping[str, Any]]], now: datetime) -> None:
+        """Writes the state of profiles that exist (customer id, version, state), in one
+        statement."""
+        if profiles:
+            conn.execute(_SAVE, [{"key": c, "version": v, "state": dict(state), "updated_at": now} for c, v, state in profiles])
 
     def holders(self, conn: Any, kind: str, value: str) -> list[str]:
         """The customers (survivors) holding an identifier, oldest first."""
@@ -156,37 +198,20 @@ class Profiles(Repository):
             )
         )
 
-    def stored_event(self, conn: Any, event_id: str) -> tuple[str, str] | None:
-        """(content hash, customer id) of an event already stored under ``event_id``."""
-        row = conn.execute(_STORED_EVENT, {"event_id": event_id}).first()
-        return (row.content_hash, row.customer_id) if row else None
+    def stored_events(self, conn: Any, event_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """(content hash, customer id) of each of ``event_ids`` already stored, by event id."""
+        found: dict[str, tuple[str, str]] = {}
+        unique = sorted(set(event_ids))
+        for start in range(0, len(unique), _CHUNK):
+            for row in conn.execute(_STORED_EVENTS, {"event_ids": unique[start : start + _CHUNK]}):
+                found[row.event_id] = (row.content_hash, row.customer_id)
+        return found
 
-    def insert_event(
-        self,
-        conn: Any,
-        event_id: str,
-        customer_id: str,
-        event_type: str,
-        source: str,
-        occurred_at: datetime,
-        received_at: datetime,
-        properties: Mapping[str, Any],
-        identities: Mapping[str, str],
-        content_hash: str,
-    ) -> None:
-        conn.execute(
-            PROFILE_EVENTS.insert().values(
-                event_id=event_id,
-                customer_id=customer_id,
-                type=event_type,
-                source=source,
-                occurred_at=occurred_at,
-                received_at=received_at,
-                properties=dict(properties),
-                identities=dict(identities),
-                content_hash=content_hash,
-            )
-        )
+    def insert_events(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+        """Events as rows of ``profile_events`` (event_id, customer_id, type, source,
+        occurred_at, received_at, properties, identities, content_hash), in one statement
+        (executemany; on PostgreSQL, multi-row INSERTs)."""
+        conn.execute(PROFILE_EVENTS.insert(), rows)
 
     def events(self, conn: Any, customer_id: str) -> Iterable[tuple[str, str, str, datetime, dict[str, Any]]]:
         """A customer's events as (event id, type, source, occurred at, properties), in the
@@ -198,6 +223,33 @@ class Profiles(Repository):
             .order_by(e.c.occurred_at, e.c.event_id)
         ):
             yield row.event_id, row.type, row.source, utc(row.occurred_at), dict(row.properties)
+
+    def timeline(
+        self, customer_id: str, limit: int, before: tuple[datetime, str] | None = None
+    ) -> list[tuple[str, str, str, datetime, datetime, dict[str, Any]]]:
+        """A page of a customer's events, newest first (equal times by event id, descending),
+        as (event id, type, source, occurred at, received at, properties); ``before``: the
+        (occurred at, event id) of the last event of the previous page."""
+        e = PROFILE_EVENTS
+        query = (
+            select(e.c.event_id, e.c.type, e.c.source, e.c.occurred_at, e.c.received_at, e.c.properties)
+            .where(e.c.customer_id == customer_id)
+            .order_by(e.c.occurred_at.desc(), e.c.event_id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            at, event_id = before
+            query = query.where(or_(e.c.occurred_at < at, and_(e.c.occurred_at == at, e.c.event_id < event_id)))
+        with self.read() as conn:
+            rows = conn.execute(query).all()
+        return [(r.event_id, r.type, r.source, utc(r.occurred_at), utc(r.received_at), dict(r.properties)) for r in rows]
+
+    def absorbed_ids(self, customer_id: str) -> list[str]:
+        """The ids merged into a customer (every chain is one step: ``merge`` keeps it so)."""
+        with self.read() as conn:
+            return sorted(
+                conn.execute(select(PROFILES.c.customer_id).where(PROFILES.c.merged_into == customer_id)).scalars().all()
+            )
 
     def _oldest_first(self, conn: Any, customers: set[str]) -> list[str]:
         if not customers:

@@ -112,6 +112,8 @@ class DecisionRow(SQLModel, table=True):
     offers: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
     #: its reward windows have closed: offers without feedback got the default reward
     closed: bool = Field(default=False)
+    #: the version of the stored customer profile the decision read (NULL: none)
+    profile_version: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 class FeedbackRow(SQLModel, table=True):

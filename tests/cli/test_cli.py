@@ -223,6 +223,7 @@ def test_export_writes_one_decision_a_line_with_its_feedback(processes, tmp_path
         "decided_at",
         "policy_version",
         "model_version",
+        "profile_version",
         "features",
         "candidates",
         "offers",
@@ -230,6 +231,8 @@ def test_export_writes_one_decision_a_line_with_its_feedback(processes, tmp_path
         "rewards",
         "closed",
     }
+    assert line["profile_version"] == 0  # the sample set's profile section: no event named the customer
+    assert line["features"]["profile.complaints_30d"] == 0
     assert line["closed"] is False  # its reward windows are still open
     assert line["decision_id"] == decision["decision_id"] and line["request_id"] == "r-1"
     assert line["features"]["customer.age"] == 34

@@ -31,8 +31,12 @@ profile:
 """
 
 
+#: a set of its own: the sample set's rules read the sample's own profile section
+BASE = {"channels.yaml": "channels: [web]\noffers:\n  - {id: hello, name: Hello, channels: [web], value: 1.0}\n"}
+
+
 def with_profile(text: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {**read_files(POLICIES), "profile.yaml": text, **(extra or {})}
+    return {**BASE, "profile.yaml": text, **(extra or {})}
 
 
 def problems(text: str, extra: dict[str, str] | None = None) -> list[str]:
@@ -56,8 +60,10 @@ def test_the_section_is_compiled_with_the_set() -> None:
         ("channels_used", "distinct", "*", "source", None),
         ("open_orders", "count", "order", None, None),
     ]
-    without = parse_policy_set(read_files(POLICIES)).profile  # a set without the section: the defaults
-    assert without.computed == () and "email" in without.kinds
+    without = parse_policy_set(BASE).profile  # a set without the section: the defaults
+    assert without.computed == () and "email" in without.kinds and not without.names
+    sample = parse_policy_set(read_files(POLICIES)).profile  # the sample set's, which its rules read
+    assert {"complaints_30d", "email", "tier"} <= sample.names and sample.pii == {"email"}
 
 
 def test_every_problem_of_the_section_is_named_by_file_and_field() -> None:
@@ -99,3 +105,12 @@ def test_the_readme_example_is_a_valid_section() -> None:
     block = readme.split("### The profile section", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     profile = parse_policy_set(with_profile(block)).profile
     assert [c.name for c in profile.computed] == ["spend_365d", "last_mood", "channels_used", "open_orders"]
+
+
+def test_a_rule_may_read_only_what_the_profile_declares() -> None:
+    offer = "offers:\n  - {id: sorry, name: Sorry, channels: [web], value: 1.0, eligibility: 'profile.open_order > 0'}\n"
+    found = problems(PROFILE, {"sorry.yaml": offer})
+    assert len(found) == 1 and "'open_order' is not an attribute or computed attribute of the profile" in found[0]
+    assert "open_orders" in found[0] and "sorry" in found[0]  # the choices, and which offer
+    good = "offers:\n  - {id: sorry, name: Sorry, channels: [web], value: 1.0, eligibility: 'profile.open_orders > 0'}\n"
+    assert parse_policy_set(with_profile(PROFILE, {"sorry.yaml": good})).offers["sorry"]

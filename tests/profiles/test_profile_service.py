@@ -21,10 +21,12 @@ profile:
   event_types:
     order: {properties: {amount: number, status: string}}
     contact: {properties: {sentiment: string}}
+    complaint: {properties: {topic: string}}
   computed:
     spend_30d: sum(order.amount) over 30d
     last_mood: last(contact.sentiment)
     orders: count(order)
+    complaints_30d: count(complaint) over 30d
 """
 
 
@@ -32,6 +34,8 @@ profile:
 def server(start, tmp_path: Path) -> Running:  # type: ignore[no-untyped-def]
     folder = tmp_path / "policies"
     shutil.copytree(POLICIES, folder)
+    # the sample set's profile section, with this test's in its place (the sample's retention
+    # rules read complaints_30d, so it stays)
     (folder / "profile.yaml").write_text(PROFILE)
     return start(policies=folder)
 
@@ -88,7 +92,12 @@ def test_events_in_and_the_profile_back(server: Running) -> None:
         ppb.GetProfileRequest(identifier_kind="email", identifier_value=" ADA@example.com"), metadata=viewer()
     )
     assert by_id == by_email and by_id.customer_id == first.customer_id and by_id.version == 2
-    assert json_format.MessageToDict(by_id.computed) == {"spend_30d": 40.0, "last_mood": "calm", "orders": 1.0}
+    assert json_format.MessageToDict(by_id.computed) == {
+        "spend_30d": 40.0,
+        "last_mood": "calm",
+        "orders": 1.0,
+        "complaints_30d": 0.0,
+    }
     assert [(i.kind, i.value) for i in by_id.identities] == [("email", "ada@example.com")]
 
 

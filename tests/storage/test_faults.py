@@ -87,6 +87,11 @@ def test_decide_goes_on_while_postgresql_is_down_and_feedback_waits_for_it(tmp_p
             pg.stop("immediate")  # as a crash of the database server
             during = [decide(stub, f"c-{i}") for i in range(20)]  # answered from memory
             assert all(d.offers for d in during)
+            # c-0's profile was cached before; the 19 new customers' could not be read: decided
+            # on their context alone, without waiting on the database for each (the first
+            # failure holds profile reads off for a few seconds)
+            assert all(d.profile_version == 0 for d in during)
+            assert metric(process, "nba_profile_read_failures_total") == 19
             wait_for(lambda: metric(process, "nba_store_up") == 0, 10, "nba_store_up 0")
             details = refused(lambda: accept(stub, during[0], "during"))
             assert "database is unavailable" in details and "retry" in details

@@ -164,6 +164,7 @@ def test_a_full_database_of_the_first_revision_upgrades_to_the_declared_schema_k
     }
     decision = store.find_decision("d-1")
     assert decision is not None and decision.features == FEATURES and decision.offers == OFFERS
+    assert decision.profile_version is None  # 0004: decisions made before profiles read none
     assert decision.created_at == AT
     assert [(e.feedback_id, e.offer_id, e.reward, e.features) for e in store.learning_events(0)] == [
         (1, "gold-card", 1.0, FEATURES)

@@ -16,6 +16,20 @@ from nba.storage.tables import PROFILE_MERGES
 T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 
+def event(event_id: str, customer: str, kind: str, source: str, at: datetime, properties: dict) -> dict:  # type: ignore[type-arg]
+    return {
+        "event_id": event_id,
+        "customer_id": customer,
+        "type": kind,
+        "source": source,
+        "occurred_at": at,
+        "received_at": T0,
+        "properties": properties,
+        "identities": {},
+        "content_hash": "h" * 64,
+    }
+
+
 def test_profiles_identities_events_and_merges(database_url: str) -> None:
     engine = open_engine(database_url)
     store = Store(engine)
@@ -27,15 +41,21 @@ def test_profiles_identities_events_and_merges(database_url: str) -> None:
             store.add_identities(conn, "c-2", {"phone": "+442079460018", "device_id": "tablet"})
             store.add_identities(conn, "c-3", {"device_id": "tablet", "crm_id": "C3"})
             store.add_identities(conn, "c-3", {"crm_id": "C3"})  # again: no duplicate
-            for i, (customer, at) in enumerate((("c-2", T0 + timedelta(days=2)), ("c-1", T0), ("c-2", T0 + timedelta(days=1)))):
-                store.insert_event(conn, f"e-{i}", customer, "order", "web", at, T0, {"amount": float(i)}, {}, "h" * 64)
-            store.insert_event(conn, "e-tie-b", "c-1", "contact", "app", T0, T0, {}, {}, "h" * 64)
+            rows = [
+                event(f"e-{i}", customer, "order", "web", at, {"amount": float(i)})
+                for i, (customer, at) in enumerate(
+                    (("c-2", T0 + timedelta(days=2)), ("c-1", T0), ("c-2", T0 + timedelta(days=1)))
+                )
+            ]
+            store.insert_events(conn, [*rows, event("e-tie-b", "c-1", "contact", "app", T0, {})])
         with store.read() as conn:
             assert store.load(conn, "c-2")[1:] == (T0 + timedelta(hours=1), 1, {"n": 1})
             assert store.load(conn, "c-9") is None and store.survivor(conn, "c-9") is None
             assert store.holders(conn, "device_id", "tablet") == ["c-2", "c-3"]  # oldest first
             assert store.identities(conn, "c-3") == {"crm_id": ["C3"], "device_id": ["tablet"]}
-            assert store.stored_event(conn, "e-1") == ("h" * 64, "c-1") and store.stored_event(conn, "nope") is None
+            assert store.stored_events(conn, ["e-1", "nope", "e-1"]) == {"e-1": ("h" * 64, "c-1")}
+            many = store.stored_events(conn, [f"x-{i}" for i in range(2500)] + ["e-0"])  # asked for in chunks
+            assert many == {"e-0": ("h" * 64, "c-2")}
 
         with store.write() as conn:  # c-2 is c-1; then c-1 (and so c-2) is c-3's... the other way round
             store.merge(conn, "c-1", "c-2", "event e-7", T0)

@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("--block", type=int, default=1000, help="decisions per point of the learning curve (default 1000)")
     simulate.add_argument("--seed", type=int, help="seed of the population and its responses (default: random, printed)")
     simulate.add_argument("--out", default="simulation", help="folder for curve.csv, learning_curve.png, truth.json")
+    simulate.add_argument(
+        "--no-events",
+        dest="events",
+        action="store_false",
+        help="send no touch-point events to ProfileService before each decision (by default the personas' events are tracked)",
+    )
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
     simulate.set_defaults(run=_simulate)
 

@@ -48,6 +48,7 @@ def _simulate(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         block=args.block,
         progress=None if args.quiet else sys.stderr,
+        events=args.events,
     )
     try:
         result = simulator.run()
@@ -65,5 +66,8 @@ def _simulate(args: argparse.Namespace) -> int:
         f"\n{args.decisions} decisions in {result.seconds:.1f} s ({rate:.0f}/s), seed {args.seed}; "
         f"wrote {', '.join(str(p) for p in paths)}"
     )
-    print(f"evaluate it: nba evaluate --include-open --truth {paths[2]}")
+    if result.events_tracked or result.events_refused:
+        print(f"touch-point events: {result.events_tracked} tracked, {result.events_refused} refused", end="")
+        print(f" (the first: {result.first_refusal})" if result.events_refused else "")
+    print(f"evaluate it: nba evaluate --include-open --truth {paths[-1]}")
     return 0

@@ -9,6 +9,7 @@ below; customer templates take literal values, ``{range: [lo, hi]}`` (a uniform 
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from nba.evaluation.truth import Phase, Truth
 from nba.inputs import finite_number
 from nba.yaml_loader import load_yaml
 
-__all__ = ["DEFAULT_POPULATION", "PERSONA_FIELD", "Persona", "Population", "generate"]
+__all__ = ["DEFAULT_POPULATION", "PERSONA_FIELD", "EventTemplate", "Persona", "Population", "generate"]
 
 PERSONA_FIELD = "customer.persona"
 
@@ -61,6 +62,22 @@ DEFAULT_POPULATION: dict[str, Any] = {
             },
             "prefers": {"mobile-bundle": 0.30, "travel-insurance": 0.12, "gold-card": 0.10},
             "drift": {"mobile-bundle": 0.04, "travel-insurance": 0.32},
+            "events": [
+                {
+                    "type": "page_view",
+                    "probability": 0.9,
+                    "source": {"choice": ["web", "app"]},
+                    "days_ago": {"range": [0, 3]},
+                    "properties": {"page": {"choice": ["offers", "cards", "travel"]}},
+                },
+                {
+                    "type": "order",
+                    "probability": 0.4,
+                    "source": {"choice": ["web", "app"]},
+                    "days_ago": {"range": [0, 60]},
+                    "properties": {"amount": {"range": [10, 120]}, "status": "delivered"},
+                },
+            ],
         },
         {
             "name": "young-family",
@@ -87,6 +104,22 @@ DEFAULT_POPULATION: dict[str, Any] = {
                 "consent": {"email": True, "marketing": True, "phone": True},
             },
             "prefers": {"home-insurance": 0.28, "savings-account": 0.14, "premium-subscription": 0.06},
+            "events": [
+                {
+                    "type": "order",
+                    "probability": 0.6,
+                    "source": {"choice": ["web", "store"]},
+                    "days_ago": {"range": [0, 90]},
+                    "properties": {"amount": {"range": [30, 300]}, "status": {"choice": ["open", "delivered"]}},
+                },
+                {
+                    "type": "page_view",
+                    "probability": 0.5,
+                    "source": "web",
+                    "days_ago": {"range": [0, 7]},
+                    "properties": {"page": "insurance"},
+                },
+            ],
         },
         {
             "name": "affluent",
@@ -122,6 +155,22 @@ DEFAULT_POPULATION: dict[str, Any] = {
             },
             "prefers": {"platinum-card": 0.30, "loyalty-bonus-points": 0.18, "premium-subscription": 0.10},
             "drift": {"platinum-card": 0.08, "premium-subscription": 0.30},
+            "events": [
+                {
+                    "type": "order",
+                    "probability": 0.5,
+                    "source": {"choice": ["web", "store", "app"]},
+                    "days_ago": {"range": [0, 180]},
+                    "properties": {"amount": {"range": [200, 2000]}, "status": "delivered"},
+                },
+                {
+                    "type": "contact",
+                    "probability": 0.2,
+                    "source": "call_center",
+                    "days_ago": {"range": [0, 30]},
+                    "properties": {"sentiment": "positive"},
+                },
+            ],
         },
         {
             "name": "at-risk",
@@ -156,6 +205,29 @@ DEFAULT_POPULATION: dict[str, Any] = {
                 "consent": {"email": True, "marketing": True, "phone": True},
             },
             "prefers": {"retention-discount-20": 0.35, "fee-waiver": 0.25, "complaint-callback": 0.15},
+            "events": [
+                {
+                    "type": "complaint",
+                    "probability": 0.8,
+                    "source": {"choice": ["call_center", "email", "social"]},
+                    "days_ago": {"range": [0, 25]},
+                    "properties": {"topic": {"choice": ["billing", "delivery", "service"]}},
+                },
+                {
+                    "type": "contact",
+                    "probability": 0.6,
+                    "source": "call_center",
+                    "days_ago": {"range": [0, 20]},
+                    "properties": {"sentiment": {"choice": ["negative", "angry"]}},
+                },
+                {
+                    "type": "return",
+                    "probability": 0.3,
+                    "source": "store",
+                    "days_ago": {"range": [0, 80]},
+                    "properties": {"amount": {"range": [10, 150]}},
+                },
+            ],
         },
         {
             "name": "retiree",
@@ -195,9 +267,44 @@ DEFAULT_POPULATION: dict[str, Any] = {
                 "consent": {"email": True, "marketing": {"choice": [True, False]}, "phone": True},
             },
             "prefers": {"travel-insurance": 0.22, "app-onboarding": 0.12, "paperless-billing": 0.10},
+            "events": [
+                {
+                    "type": "contact",
+                    "probability": 0.5,
+                    "source": "call_center",
+                    "days_ago": {"range": [0, 30]},
+                    "properties": {"sentiment": {"choice": ["positive", "neutral"]}},
+                },
+                {
+                    "type": "order",
+                    "probability": 0.3,
+                    "source": "store",
+                    "days_ago": {"range": [0, 120]},
+                    "properties": {"amount": {"range": [20, 200]}, "status": "delivered"},
+                },
+            ],
         },
     ],
 }
+
+
+@dataclass(frozen=True)
+class EventTemplate:
+    """A touch-point event a persona's customers send before their decision, with
+    ``probability``; ``source`` and ``properties`` are templates, ``days_ago`` a template of
+    how long before the decision it happened (days)."""
+
+    type: str
+    probability: float
+    source: Any = "web"
+    days_ago: Any = 0
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+    def draw(self, rng: random.Random) -> tuple[str, float, dict[str, Any]] | None:
+        """(source, days ago, properties), or None when this customer sent no such event."""
+        if rng.random() >= self.probability:
+            return None
+        return str(generate(self.source, rng)), max(0.0, float(generate(self.days_ago, rng))), generate(self.properties, rng)
 
 
 @dataclass(frozen=True)
@@ -207,6 +314,8 @@ class Persona:
     customer: Mapping[str, Any]
     prefers: Mapping[str, float]
     drift: Mapping[str, float] = field(default_factory=dict)
+    #: touch-point events its customers send (``nba simulate`` tracks them before deciding)
+    events: tuple[EventTemplate, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -287,9 +396,11 @@ def _persona(raw: Any, index: int) -> Persona:
     if not isinstance(name, str) or not name:
         raise ValueError(f"personas[{index}].name: required, a string")
     where = f"persona {name!r}"
-    unknown = set(raw) - {"name", "share", "customer", "prefers", "drift"}
+    unknown = set(raw) - {"name", "share", "customer", "prefers", "drift", "events"}
     if unknown:
-        raise ValueError(f"{where}: unknown keys {', '.join(sorted(map(str, unknown)))} (name, share, customer, prefers, drift)")
+        raise ValueError(
+            f"{where}: unknown keys {', '.join(sorted(map(str, unknown)))} (name, share, customer, prefers, drift, events)"
+        )
     share = raw.get("share")
     if not finite_number(share) or share < 0:
         raise ValueError(f"{where}: share must be a number of 0 or more, got {share!r}")
@@ -310,7 +421,37 @@ def _persona(raw: Any, index: int) -> Persona:
             f"{where}: customer cannot generate a profile ({type(exc).__name__}: {exc}); templates are "
             "values, {range: [lo, hi]}, {choice: [...]}, {sample: [...], k: [lo, hi]}"
         ) from None
-    return Persona(name, float(share), customer, dict(raw.get("prefers") or {}), dict(raw.get("drift") or {}))
+    events = tuple(_event(e, f"{where}: events[{i}]") for i, e in enumerate(raw.get("events") or []))
+    return Persona(name, float(share), customer, dict(raw.get("prefers") or {}), dict(raw.get("drift") or {}), events)
+
+
+def _event(raw: Any, where: str) -> EventTemplate:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: must be a mapping with type and probability")
+    unknown = set(raw) - {"type", "probability", "source", "days_ago", "properties"}
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown keys {', '.join(sorted(map(str, unknown)))} (type, probability, source, days_ago, properties)"
+        )
+    event_type = raw.get("type")
+    if not isinstance(event_type, str) or not event_type:
+        raise ValueError(f"{where}.type: required, a string (order, complaint, contact, ...)")
+    probability = raw.get("probability", 1.0)
+    if not _probability(probability):
+        raise ValueError(f"{where}.probability: must be a probability in [0, 1], got {probability!r}")
+    properties = raw.get("properties") or {}
+    if not isinstance(properties, Mapping):
+        raise ValueError(f"{where}.properties: must be a mapping (a template of the event's properties)")
+    template = EventTemplate(event_type, float(probability), raw.get("source", "web"), raw.get("days_ago", 0), properties)
+    try:  # a template that cannot generate an event is found here, not mid-run
+        source, days, values = template.draw(random.Random(0)) or ("web", 0.0, {})
+        struct_pb2.Struct().update(values)
+        template.draw(random.Random(1))
+    except Exception as exc:
+        raise ValueError(f"{where}: cannot generate an event ({type(exc).__name__}: {exc})") from None
+    if not math.isfinite(days):
+        raise ValueError(f"{where}.days_ago: must be a finite number of days")
+    return template
 
 
 def generate(template: Any, rng: random.Random) -> Any:

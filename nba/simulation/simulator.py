@@ -4,7 +4,10 @@ Each simulated customer belongs to a persona (young urban professionals, familie
 profile generator and a ground-truth probability of accepting each offer. The simulator asks
 ``Decide`` (with ``explain``, to learn which offers were eligible), reports the impression at
 once and the acceptance or rejection some decisions later (feedback is late in real life),
-and halfway through changes the personas' preferences (drift). It measures, per 1,000
+and halfway through changes the personas' preferences (drift). Before each decision, the
+customer's touch points report what the persona does (orders, complaints, contacts, ...) to
+``ProfileService.TrackBatch``, so that a policy set with a ``profile:`` section decides on
+profiles that fill up as the run goes (``events=False``: none). It measures, per 1,000
 decisions, the reward the service earned against what an oracle (the best eligible offer for
 each customer) and uniform random would have earned in expectation, and writes the ground
 truth so that ``nba evaluate --truth`` can check its estimates against it.
@@ -23,17 +26,19 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
 import grpc
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from nba.evaluation.truth import Truth
-from nba.simulation.population import Population, generate
+from nba.simulation.population import EventTemplate, Population, generate
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
+from nba.v1 import profile_service_pb2 as ppb
+from nba.v1 import profile_service_pb2_grpc as ppb_grpc
 
 __all__ = ["SimulationResult", "Simulator", "curve_table", "write_outputs"]
 
@@ -48,6 +53,10 @@ class SimulationResult:
     drift_at: int
     truth: Truth
     seconds: float
+    #: touch-point events tracked, and refused (with the first refusal's reason)
+    events_tracked: int = 0
+    events_refused: int = 0
+    first_refusal: str = ""
 
 
 class Simulator:
@@ -63,6 +72,7 @@ class Simulator:
         concurrency: int = 4,
         block: int = 1000,
         progress: TextIO | None = sys.stderr,
+        events: bool = True,
     ) -> None:
         if decisions < 1:
             raise ValueError("decisions must be at least 1")
@@ -83,6 +93,10 @@ class Simulator:
         self._drift_time: datetime | None = None
         self._errors: list[str] = []
         self._sequence = 0
+        self.events = events
+        self._tracked = 0
+        self._refused = 0
+        self._first_refusal = ""
 
     def run(self) -> SimulationResult:
         started = time.monotonic()
@@ -92,6 +106,7 @@ class Simulator:
         except grpc.FutureTimeoutError:
             raise ConnectionError(f"no service answers at {self.address} (start one with `make serve`)") from None
         stub = pb_grpc.DecisionServiceStub(channel)
+        self._profiles = ppb_grpc.ProfileServiceStub(channel)
         threads = [threading.Thread(target=self._work, args=(stub, w)) for w in range(self.concurrency)]
         for t in threads:
             t.start()
@@ -104,11 +119,20 @@ class Simulator:
         if self.progress:
             self.progress.write("\n")
         return SimulationResult(
-            self._curve(), self.n, self.drift_index, self.population.truth(self._drift_time), time.monotonic() - started
+            self._curve(),
+            self.n,
+            self.drift_index,
+            self.population.truth(self._drift_time),
+            time.monotonic() - started,
+            self._tracked,
+            self._refused,
+            self._first_refusal,
         )
 
     def _work(self, stub: pb_grpc.DecisionServiceStub, worker: int) -> None:
         rng = random.Random(f"{self.seed}-{worker}")
+        # the events draw from their own generator: the decisions' draws stay those of a run without them
+        event_rng = random.Random(f"{self.seed}-{worker}-events")
         personas = self.population.personas
         weights = [p.share for p in personas]
         channels, channel_weights = zip(*self.population.channels.items(), strict=True)
@@ -127,9 +151,12 @@ class Simulator:
             context = struct_pb2.Struct()
             context.update({"customer": customer})
             channel = rng.choices(channels, channel_weights)[0]
+            customer_id = f"sim-{self.seed}-{i}"
+            if self.events and persona.events:
+                self._track(customer_id, persona.events, event_rng)
             try:
                 response = stub.Decide(
-                    pb.DecideRequest(customer_id=f"sim-{self.seed}-{i}", channel=channel, context=context, explain=True),
+                    pb.DecideRequest(customer_id=customer_id, channel=channel, context=context, explain=True),
                     timeout=10,
                 )
             except grpc.RpcError as exc:
@@ -176,6 +203,45 @@ class Simulator:
                     )
             self._flush(stub, until=i)
             self._report(i)
+
+    def _track(self, customer_id: str, templates: tuple[EventTemplate, ...], rng: random.Random) -> None:
+        """The customer's touch-point events, in one TrackBatch. A refused event (a type the
+        live policy set's profile does not declare) is counted, not an error of the run."""
+        now = datetime.now(UTC)
+        events = []
+        for n, template in enumerate(templates):
+            drawn = template.draw(rng)
+            if drawn is None:
+                continue
+            source, days_ago, values = drawn
+            occurred = timestamp_pb2.Timestamp()
+            occurred.FromDatetime(now - timedelta(days=days_ago))
+            properties = struct_pb2.Struct()
+            properties.update(values)
+            events.append(
+                ppb.TrackRequest(
+                    event_id=f"{customer_id}-event-{n}",
+                    customer_id=customer_id,
+                    type=template.type,
+                    source=source,
+                    occurred_at=occurred,
+                    properties=properties,
+                )
+            )
+        if not events:
+            return
+        try:
+            reply = self._profiles.TrackBatch(ppb.TrackBatchRequest(events=events), timeout=10)
+        except grpc.RpcError as exc:
+            self._errors.append(f"TrackBatch: {exc.code().name}: {exc.details()}")
+            return
+        with self._lock:
+            for result in reply.results:
+                if result.HasField("tracked"):
+                    self._tracked += 1
+                else:
+                    self._refused += 1
+                    self._first_refusal = self._first_refusal or f"{result.error_code}: {result.error_message}"
 
     def _flush(self, stub: pb_grpc.DecisionServiceStub, until: int | None) -> None:
         while True:

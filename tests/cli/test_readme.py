@@ -210,6 +210,9 @@ def test_the_policies_simulation_and_evaluation_walkthrough_runs_as_written(chec
     result = checkout.run(simulate.replace("--decisions 6000", f"--decisions 200 --quiet --address 127.0.0.1:{checkout.port}"))
     assert "no decision's reward windows have closed yet: evaluating all 200" in result.stderr
     assert "200 decisions from sqlite:///var/nba.db" in result.stdout and "truth" in result.stdout
+    # the personas' touch points reported to the sample set's profile: every event taken
+    tracked = re.search(r"touch-point events: (\d+) tracked, 0 refused", result.stdout)
+    assert tracked and int(tracked.group(1)) > 100, result.stdout
     assert (checkout.root / "var" / "nba.evaluation.html").exists()
     assert (checkout.root / "simulation" / "truth.json").exists()
 

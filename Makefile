@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/nba/v1/*.proto)
 GEN    := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 
-.PHONY: serve test lint proto install clean bench bench-store bench-replicas bench-learning bench-adaptation loadtest bench-obd
+.PHONY: serve test lint proto install clean bench bench-store bench-profiles bench-replicas bench-learning bench-adaptation loadtest bench-obd
 
 # Logs as plain text for a person at the terminal (NBA_LOG_FORMAT=json for machines).
 serve: $(GEN)
@@ -39,6 +39,11 @@ bench: $(GEN)
 # The decision log's write throughput, size and retention, on SQLite and PostgreSQL.
 bench-store: $(GEN)
 	$(BIN)/python loadtests/bench_store.py
+
+# Customer profiles at scale on PostgreSQL: 100,000 and 1,000,000 customers (10 events each, loaded
+# with COPY), TrackBatch, GetProfile, Decide on a stored profile, replicas on Redis, memory, disk.
+bench-profiles: $(GEN)
+	$(BIN)/python loadtests/bench_profiles.py
 
 # How fast replicas on one PostgreSQL hear each other's feedback: --bus database and --bus redis://.
 bench-replicas: $(GEN)

@@ -25,6 +25,7 @@ import logging
 import multiprocessing
 import os
 import resource
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -160,6 +161,12 @@ class Sandbox:
         code = child.exitcode
         if self._closing.is_set():
             raise Unavailable("the service is stopping; validate on another replica or retry later")
+        if code == -signal.SIGABRT:
+            # Rust code (the CEL engine) that cannot allocate under the child's memory limit
+            # aborts the process ("memory allocation of N bytes failed") where Python would
+            # raise MemoryError: the same refusal
+            log.warning("a validating child ran out of memory in the rule engine", extra={"exitcode": code})
+            return {"memory": True}
         log.error("a validating child process died without answering", extra={"exitcode": code})
         return {
             "valid": False,

@@ -68,7 +68,7 @@ class ProfileCache:
         self,
         load: Loader,
         definition: Callable[[], ProfileDefinition],
-        size: int = 100_000,
+        size: int = 20_000,
         fresh_seconds: Callable[[], float] = lambda: math.inf,
     ) -> None:
         self._load = load

@@ -474,8 +474,11 @@ class Tracker:
         profile = Profile.load(definition, loaded[3]) if loaded[3] else Profile(definition, loaded[0], loaded[1].timestamp())
         return profile, (found if found is not None else {}) if identities else None
 
-    def lookup(self, customer_id: str = "", kind: str = "", value: str = "") -> tuple[Profile, dict[str, list[str]]] | None:
-        """A customer's profile and identifiers, by any id it has had or by one identifier;
+    def lookup(
+        self, customer_id: str = "", kind: str = "", value: str = "", identities: bool = True
+    ) -> tuple[Profile, dict[str, list[str]]] | None:
+        """A customer's profile and (unless ``identities`` is False: then none, and a cached
+        profile needs no database) its identifiers, by any id it has had or by one identifier;
         None when unknown. Raises ``InvalidArgument`` for a malformed identifier and
         ``FailedPrecondition`` for one several customers hold."""
         definition = self._definition()
@@ -498,12 +501,12 @@ class Tracker:
             customer_id = holders[0]
         else:
             check_id("customer_id", customer_id)
-        profile, identities = (
-            self.cache.get(customer_id, identities=True) if self.cache is not None else self.load(customer_id, True)
+        profile, found = (
+            self.cache.get(customer_id, identities=identities) if self.cache is not None else self.load(customer_id, identities)
         )
         if profile is None:
             return None
-        return profile, identities or {}
+        return profile, found or {}
 
 
 def _tracked(customer_id: str, row: tuple[str, str, str, datetime, dict[str, Any]]) -> TrackedEvent:

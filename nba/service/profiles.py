@@ -104,7 +104,10 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
                 f"({', '.join(self._decider.policy_set.channels)})",
                 field="next_best_actions_channel",
             )
-        found = self._tracker.lookup(request.customer_id, request.identifier_kind, request.identifier_value)
+        wanted = _read_mask(request)
+        found = self._tracker.lookup(
+            request.customer_id, request.identifier_kind, request.identifier_value, identities="identities" in wanted
+        )
         if found is None:
             raise NotFound("customer_id: no profile for this customer (no event has named it)")
         profile, identities = found
@@ -121,8 +124,8 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
             computed=computed,
         )
         if self._history is not None:
-            self._add_history(answer, profile.customer_id, timeline_limit, before, decisions_limit)
-        if request.next_best_actions_channel and self._decider is not None:
+            self._add_history(answer, profile.customer_id, timeline_limit, before, decisions_limit, wanted)
+        if request.next_best_actions_channel and self._decider is not None and "next_best_actions" in wanted:
             record = self._decider.rank_only(
                 DecideInput(
                     customer_id=profile.customer_id,
@@ -131,13 +134,21 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
                 )
             )
             answer.next_best_actions.extend(decide_response(record, False).offers)
+        for name in _PROFILE_FIELDS - wanted:
+            answer.ClearField(name)
         return answer
 
     def _add_history(
-        self, answer: ppb.Profile, customer_id: str, limit: int, before: tuple[datetime, str] | None, decisions: int
+        self,
+        answer: ppb.Profile,
+        customer_id: str,
+        limit: int,
+        before: tuple[datetime, str] | None,
+        decisions: int,
+        wanted: frozenset[str],
     ) -> None:
         assert self._history is not None
-        events = self._history.timeline(customer_id, limit + 1, before)
+        events = self._history.timeline(customer_id, limit + 1, before) if "timeline" in wanted else []
         for event_id, event_type, source, occurred, received, properties in events[:limit]:
             values = struct_pb2.Struct()
             values.update(properties)
@@ -154,8 +165,13 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
         if len(events) > limit:
             last = events[limit - 1]
             answer.next_timeline_page_token = _token(last[3], last[0])
+        if not wanted & {"merged_ids", "decisions"}:
+            return
         absorbed = self._history.absorbed_ids(customer_id)
-        answer.merged_ids.extend(absorbed)
+        if "merged_ids" in wanted:
+            answer.merged_ids.extend(absorbed)
+        if "decisions" not in wanted:
+            return
         for record, feedback in self._history.for_customers([customer_id, *absorbed], decisions):
             answer.decisions.append(
                 ppb.ProfileDecision(
@@ -233,3 +249,20 @@ def _page_token(token: str) -> tuple[datetime, str]:
             "timeline_page_token: not a token this service gave (pass next_timeline_page_token as it came)",
             field="timeline_page_token",
         ) from None
+
+
+_PROFILE_FIELDS = frozenset(f.name for f in ppb.Profile.DESCRIPTOR.fields)
+
+
+def _read_mask(request: ppb.GetProfileRequest) -> frozenset[str]:
+    """The Profile fields asked for (all without a mask); raises naming an unknown path."""
+    fields = _PROFILE_FIELDS
+    if not request.HasField("read_mask"):
+        return fields
+    for n, path in enumerate(request.read_mask.paths):
+        if path not in fields:
+            raise InvalidArgument(
+                f"read_mask.paths[{n}]: '{path[:80]}' is not a field of Profile ({', '.join(sorted(fields))})",
+                field=f"read_mask.paths[{n}]",
+            )
+    return frozenset(request.read_mask.paths)

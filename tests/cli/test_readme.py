@@ -242,10 +242,10 @@ def test_the_python_example_runs_as_the_readme_says(checkout: Checkout) -> None:
 
 @pytest.mark.slow
 def test_the_profile_walkthrough_runs_as_written_and_merges_the_two_customers(checkout: Checkout) -> None:
-    script = blocks("## Customer profiles (being built)")[0]
-    result = checkout.run(script)
+    walkthrough, view = blocks("## Customer profiles (being built)")[:2]
+    result = checkout.run(walkthrough + view)
     answers = [json.loads(chunk) for chunk in re.findall(r"^\{.*?^\}", result.stdout, flags=re.DOTALL | re.MULTILINE)]
-    web, call, app, profile = answers
+    web, call, app, profile, whole, computed = answers
     assert web["customer_id"] != call["customer_id"]  # two customers, as far as anyone knew
     assert app["customer_id"] == web["customer_id"] and app["merged"] == [call["customer_id"]]
     assert profile["customer_id"] == web["customer_id"] and profile["version"] == "3"
@@ -254,6 +254,9 @@ def test_the_profile_walkthrough_runs_as_written_and_merges_the_two_customers(ch
         ("phone", "+442079460018"),
         ("crm_id", "CRM-1"),
     }
+    assert [e["event_id"] for e in whole["timeline"]] == ["app-5", "cc-77"] and whole["next_timeline_page_token"]
+    assert whole["merged_ids"] == [call["customer_id"]] and 1 <= len(whole["next_best_actions"]) <= 3
+    assert set(computed) <= {"customer_id", "version", "computed"} and computed["version"] == "3"
 
 
 @pytest.mark.slow

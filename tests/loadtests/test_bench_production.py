@@ -46,3 +46,27 @@ def test_the_replica_benchmark_times_both_buses(tmp_path: Path) -> None:
     for bus in ("database", "redis"):
         assert 0 < results[bus]["p50"] <= results[bus]["p99"] <= results[bus]["max"] < 5000  # 5 s: never seen
     assert 0 < results["reservation"]["local_us"] < results["reservation"]["redis_us"]  # a round trip costs more
+
+
+def test_the_profiles_benchmark_measures_every_figure_at_two_scales(tmp_path: Path) -> None:
+    need_postgres()
+    need_redis()
+    out = tmp_path / "bench_profiles.json"
+    done = subprocess.run(
+        [sys.executable, "loadtests/bench_profiles.py", "--customers", "300,600", "--samples", "60", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    small, large = json.loads(out.read_text())["results"]
+    assert (small["customers"], large["customers"]) == (300, 600)
+    # loaded, plus the batches tracked (2,000 a scale) and the replicas' events (200 a scale) before
+    assert (small["events"], large["events"]) == (300 * 10 + 2000, 600 * 10 + 2 * 2000 + 200)
+    for row in (small, large):
+        assert row["trackbatch_events_per_s"] > 0 and row["bytes_per_event"] > 50 and row["bytes_per_cached_profile"] > 100
+        assert 0 < row["getprofile_cached_p50_ms"] <= row["getprofile_cached_p99_ms"]
+        assert 0 < row["replica_p50_ms"] <= row["replica_p99_ms"] < 5000
+        assert row["decide_stored_cpu_ms"] > 0 and row["decide_inline_cpu_ms"] > 0
+    assert "TrackBatch events/s" in done.stdout and "| 300 | 600 |" in done.stdout

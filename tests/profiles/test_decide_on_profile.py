@@ -279,3 +279,26 @@ def test_get_profile_answers_the_timeline_the_decisions_and_the_next_best_action
         with pytest.raises(grpc.RpcError) as caught:
             stub.GetProfile(bad, metadata=viewer)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in caught.value.details()
+
+
+def test_a_read_mask_answers_only_the_fields_asked_for(start, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import grpc
+    from conftest import VIEWER_TOKEN
+    from google.protobuf import field_mask_pb2
+
+    server = start(clock=ManualClock(T0), policies=folder(tmp_path))
+    stub = ppb_grpc.ProfileServiceStub(server.channel)
+    viewer = [("authorization", f"Bearer {VIEWER_TOKEN}")]
+    complain(server, "r-1", "c-7", T0 - timedelta(hours=1))
+    whole = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-7"), metadata=viewer)
+    assert whole.timeline and whole.computed["complaints_7d"] == 1.0
+    mask = field_mask_pb2.FieldMask(paths=["customer_id", "version", "computed"])
+    part = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-7", read_mask=mask), metadata=viewer)
+    assert (part.customer_id, part.version, part.computed) == (whole.customer_id, whole.version, whole.computed)
+    assert not part.timeline and not part.attributes and not part.HasField("created_at") and not part.identities
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetProfile(
+            ppb.GetProfileRequest(customer_id="c-7", read_mask=field_mask_pb2.FieldMask(paths=["version", "segments"])),
+            metadata=viewer,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "read_mask.paths[1]" in caught.value.details()

@@ -147,7 +147,8 @@ def stamp(moment: datetime) -> timestamp_pb2.Timestamp:
     return out
 
 
-def measure(url: str, policies: Path, customers: int, rng: random.Random, samples: int) -> dict[str, Any]:
+def started(url: str, policies: Path, **overrides: Any) -> Service:
+    """A service on a free port, quiet, the folder not watched."""
     settings = Settings(
         policies=policies,
         database_url=url,
@@ -156,10 +157,15 @@ def measure(url: str, policies: Path, customers: int, rng: random.Random, sample
         policies_watch_seconds=0,
         log_format="text",
         log_level="warning",
-        admin_tokens=[f"bench:viewer:{TOKEN}"],
+        **overrides,
     )
     service = Service(settings)
     service.start()
+    return service
+
+
+def measure(url: str, policies: Path, customers: int, rng: random.Random, samples: int) -> dict[str, Any]:
+    service = started(url, policies, admin_tokens=[f"bench:viewer:{TOKEN}"])
     channel = grpc.insecure_channel(f"127.0.0.1:{service.port}")
     profiles = ppb_grpc.ProfileServiceStub(channel)
     viewer = [("authorization", f"Bearer {TOKEN}")]
@@ -276,20 +282,7 @@ def replica_delay(url: str, policies: Path, customers: int, rng: random.Random, 
     try:
         for name in ("replica-one", "replica-two"):
             socket.gethostname = lambda name=name: name  # type: ignore[assignment]  # two machines' origins
-            settings = Settings(
-                policies=policies,
-                database_url=url,
-                port=0,
-                metrics_port=-1,
-                policies_watch_seconds=0,
-                log_format="text",
-                log_level="warning",
-                bus=REDIS,
-                bus_stream=stream,
-            )
-            service = Service(settings)
-            service.start()
-            replicas.append(service)
+            replicas.append(started(url, policies, bus=REDIS, bus_stream=stream))
         socket.gethostname = real_hostname
         one, two = replicas
         channel = grpc.insecure_channel(f"127.0.0.1:{one.port}")

@@ -191,7 +191,8 @@ class Decider:
             now,
             summary,
             self._counters,
-            private=profile.private if profile is not None else None,
+            # `profile` sent as a value of its own replaces the stored profile whole, personal fields too
+            private=profile.private if profile is not None and "profile" not in features else None,
         )
         return features, profile, summary, screening
 

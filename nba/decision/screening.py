@@ -33,7 +33,7 @@ from nba.decision.contacts import ContactSummary, OfferCounters
 from nba.decision.reservations import Claim, key
 from nba.policy.policies import Budget
 from nba.policy.policy_set import CompiledOffer, PolicySet
-from nba.policy.rules import RuleError, activation
+from nba.policy.rules import RuleError, activation, shown
 
 __all__ = ["REASONS", "Screening", "Verdict", "screen"]
 
@@ -175,7 +175,7 @@ class _State:
                 return Verdict(compiled, False, bound.kind, bound.policy)
             if isinstance(result, RuleError):
                 return Verdict(compiled, False, "rule_error", bound.policy, str(result))
-            return Verdict(compiled, False, "rule_error", bound.policy, f"returned {result!r}, not a boolean")
+            return Verdict(compiled, False, "rule_error", bound.policy, f"returned {shown(result)}, not a boolean")
         if compiled.held and not last_resort:
             held = self._contact(compiled) or self._budget(compiled)
             if held:

@@ -137,14 +137,14 @@ class Rule:
             return False, error
         if isinstance(result, bool):
             return result, None
-        return False, f"returned {result!r}, not a boolean"
+        return False, f"returned {shown(result)}, not a boolean"
 
     def evaluate_number(self, context: cel.Context) -> tuple[float | None, str | None]:
         result, error = self._run(context)
         if error is not None:
             return None, error
         if isinstance(result, bool) or not isinstance(result, (int, float)) or not math.isfinite(result):
-            return None, f"returned {result!r}, not a finite number"
+            return None, f"returned {shown(result)}, not a finite number"
         return float(result), None
 
     def _run(self, context: cel.Context) -> tuple[Any, str | None]:
@@ -254,6 +254,27 @@ def activation(
 
 
 NO_CONTACTS: dict[str, float] = {name: (NEVER_DAYS if name.startswith("days_since_") else 0.0) for name in CONTACT_FIELDS}
+
+
+def shown(value: Any) -> str:
+    """A rule's result as a reason may show it: numbers and booleans as they are, anything
+    else by its kind only. A reason goes into the decision log, exports and ``explain``, and a
+    text, list or map may be a personal field (``profile.email``).
+
+    >>> shown(40.0), shown("ada@example.com"), shown(["a"]), shown(None)
+    ('40.0', 'a text', 'a list', 'null')
+    """
+    if isinstance(value, bool | int | float):
+        return repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "a text"
+    if isinstance(value, Mapping):
+        return "a map"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"
 
 
 def cel_literal(value: Any) -> str:

@@ -128,7 +128,7 @@ class ProfileCache:
         values = profile.view(now)
         pii = profile.definition.pii
         learnable = {k: v for k, v in values.items() if k not in pii}
-        private = {k: v for k, v in values.items() if k in pii} if pii else {}
+        private = {k: v for k, v in values.items() if k in pii and v is not None} if pii else {}
         return ProfileView(profile.customer_id, profile.version, learnable, private)
 
     def begin(self) -> int:
@@ -142,25 +142,22 @@ class ProfileCache:
         unless another process changed it since ``started``."""
         with self._lock:
             changed = [(p, [p.customer_id, *absorbed]) for p, absorbed in profiles]
-            keep = self._end(started, [i for _, ids in changed for i in ids])
-            for profile, ids in changed:
-                self._drop(ids)
+            ids = [i for _, each in changed for i in each]
+            keep = self._end(started, ids)
+            # as an invalidation: a read (or another tracker's save) of these ids that began
+            # before this commit holds an older profile and must not be kept over this one
+            self._stamp_dropped(ids)
+            for profile, each in changed:
+                self._drop(each)
                 if keep:
                     self._put(profile.customer_id, _Entry(profile, profile.definition, time.monotonic()))
-
-    def abandon(self, started: int) -> None:
-        """A write that handed nothing to ``saved`` (it failed)."""
-        with self._lock:
-            self._end(started)
 
     def invalidate(self, ids: Iterable[str]) -> None:
         """Another process changed these customers' profiles (survivors and absorbed ids)."""
         with self._lock:
-            self._stamp += 1
-            for customer_id in ids:
-                if self._in_flight:
-                    self._dropped[customer_id] = self._stamp
-                self._drop([customer_id])
+            ids = list(ids)
+            self._stamp_dropped(ids)
+            self._drop(ids)
 
     def clear(self) -> None:
         """Every entry dropped (invalidations may have been missed)."""
@@ -176,6 +173,12 @@ class ProfileCache:
             return {"profiles": len(self._entries), "size": self._size}
 
     # under the lock
+
+    def _stamp_dropped(self, ids: list[str]) -> None:
+        self._stamp += 1
+        if self._in_flight:
+            for customer_id in ids:
+                self._dropped[customer_id] = self._stamp
 
     def _begin(self) -> int:
         self._in_flight[self._stamp] = self._in_flight.get(self._stamp, 0) + 1

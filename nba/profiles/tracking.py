@@ -283,25 +283,35 @@ class Tracker:
         for identifiers that name several customers and none that merges."""
         prepared = self._prepare(event)
         saved: dict[str, tuple[Profile, tuple[str, ...]]] = {}
+        doubtful: list[str] = []
         started = self.cache.begin() if self.cache is not None else 0
         try:
             with self._repository.write() as conn:
                 unit = _Unit(self._repository, conn, [prepared.event.event_id])
-                result = self._take(unit, prepared, saved)
-                unit.flush(prepared.now)
+                try:
+                    result = self._take(unit, prepared, saved)
+                    unit.flush(prepared.now)
+                except BaseException:
+                    doubtful, saved = _ids(saved), {}  # rolled back, or (at the commit) not known
+                    raise
         except BaseException:
-            if self.cache is not None:
-                self.cache.abandon(started)
+            doubtful, saved = doubtful or _ids(saved), {}
             raise
-        self._after(started, saved)
+        finally:
+            self._after(started, saved, doubtful)
         return result
 
-    def _after(self, started: int, saved: dict[str, tuple[Profile, tuple[str, ...]]]) -> None:
-        """After a commit: the saved profiles into the cache, their ids to the other processes."""
+    def _after(self, started: int, saved: dict[str, tuple[Profile, tuple[str, ...]]], doubtful: list[str]) -> None:
+        """After a write, whatever its end: the saved profiles into the cache, and their ids to
+        the other processes. ``doubtful``: ids of a write whose commit failed, perhaps after it
+        took effect: dropped here and announced too, so no process keeps an older profile."""
         if self.cache is not None:
             self.cache.saved(started, saved.values())
-        if saved:
-            self._changed([i for profile, absorbed in saved.values() for i in (profile.customer_id, *absorbed)])
+            if doubtful:
+                self.cache.invalidate(doubtful)
+        changed = [i for profile, absorbed in saved.values() for i in (profile.customer_id, *absorbed)]
+        if changed or doubtful:
+            self._changed(list(dict.fromkeys([*changed, *doubtful])))
 
     def track_many(self, events: list[TrackInput]) -> list[TrackResult | NbaError]:
         """Each event's result, or the error it earned, in order: one write transaction for
@@ -316,49 +326,46 @@ class Tracker:
                 prepared.append(exc)
         results: list[TrackResult | NbaError] = []
         saved: dict[str, tuple[Profile, tuple[str, ...]]] = {}
+        doubtful: list[str] = []
         started = self.cache.begin() if self.cache is not None else 0
         try:
-            with self._repository.write() as conn:
-                taken = [i for i in prepared if not isinstance(i, NbaError)]
-                unit = _Unit(self._repository, conn, [i.event.event_id for i in taken])
-                unit.prefetch(i.event.customer_id for i in taken if i.event.customer_id)
-                for item in prepared:
+            try:
+                with self._repository.write() as conn:
+                    taken = [i for i in prepared if not isinstance(i, NbaError)]
+                    unit = _Unit(self._repository, conn, [i.event.event_id for i in taken])
+                    unit.prefetch(i.event.customer_id for i in taken if i.event.customer_id)
+                    for item in prepared:
+                        if isinstance(item, NbaError):
+                            results.append(item)
+                            continue
+                        try:
+                            results.append(self._take(unit, item, saved))
+                        except (InvalidArgument, AlreadyExists, FailedPrecondition) as exc:
+                            results.append(exc)
+                    unit.flush(self._clock.now())
+            except Exception as exc:
+                doubtful, saved = _ids(saved), {}  # rolled back, or (at the commit) not known
+                if isinstance(exc, NbaError) and not isinstance(exc, (InvalidArgument, AlreadyExists, FailedPrecondition)):
+                    raise  # the database is unavailable: the caller retries the batch
+                results = []
+                for item in prepared:  # a fault in one event must not cost the others
                     if isinstance(item, NbaError):
                         results.append(item)
                         continue
+                    one_saved: dict[str, tuple[Profile, tuple[str, ...]]] = {}
                     try:
-                        results.append(self._take(unit, item, saved))
-                    except (InvalidArgument, AlreadyExists, FailedPrecondition) as exc:
-                        results.append(exc)
-                unit.flush(self._clock.now())
-        except Exception as exc:
-            saved.clear()  # rolled back
-            if isinstance(exc, NbaError) and not isinstance(exc, (InvalidArgument, AlreadyExists, FailedPrecondition)):
-                if self.cache is not None:
-                    self.cache.abandon(started)
-                raise  # the database is unavailable: nothing was taken, the caller retries the batch
-            results = []
-            for item in prepared:  # a fault in one event must not cost the others
-                if isinstance(item, NbaError):
-                    results.append(item)
-                    continue
-                one_saved: dict[str, tuple[Profile, tuple[str, ...]]] = {}
-                try:
-                    with self._repository.write() as conn:
-                        unit = _Unit(self._repository, conn, [item.event.event_id])
-                        results.append(self._take(unit, item, one_saved))
-                        unit.flush(item.now)
-                except NbaError as one:
-                    results.append(one)
-                    continue
-                for key, value in one_saved.items():
-                    saved.pop(key, None)
-                    saved[key] = value
-        except BaseException:
-            if self.cache is not None:
-                self.cache.abandon(started)
-            raise
-        self._after(started, saved)
+                        with self._repository.write() as conn:
+                            unit = _Unit(self._repository, conn, [item.event.event_id])
+                            results.append(self._take(unit, item, one_saved))
+                            unit.flush(item.now)
+                    except NbaError as one:
+                        results.append(one)
+                        continue
+                    for key, value in one_saved.items():
+                        saved.pop(key, None)
+                        saved[key] = value
+        finally:
+            self._after(started, saved, doubtful)
         return results
 
     def _prepare(self, event: TrackInput) -> _Prepared:
@@ -507,6 +514,10 @@ class Tracker:
         if profile is None:
             return None
         return profile, found or {}
+
+
+def _ids(saved: Mapping[str, tuple[Profile, tuple[str, ...]]]) -> list[str]:
+    return [i for profile, absorbed in saved.values() for i in (profile.customer_id, *absorbed)]
 
 
 def _tracked(customer_id: str, row: tuple[str, str, str, datetime, dict[str, Any]]) -> TrackedEvent:

@@ -238,13 +238,15 @@ def _token(occurred: datetime, event_id: str) -> str:
 
 def _page_token(token: str) -> tuple[datetime, str]:
     try:
+        if len(token) > 2048:
+            raise ValueError("too long for a page token")
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         at, event_id = json.loads(raw)
         moment = datetime.fromisoformat(at)
         if moment.tzinfo is None or not isinstance(event_id, str):
             raise ValueError("not a page token")
-        return moment, event_id
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        return moment.astimezone(UTC), event_id  # as stored: SQLite compares the text
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise InvalidArgument(
             "timeline_page_token: not a token this service gave (pass next_timeline_page_token as it came)",
             field="timeline_page_token",

@@ -284,7 +284,7 @@ class Service:
             self.store, lambda: self.publisher.live.profile, self.clock, cache=self.profile_cache, changed=self._profiles_changed
         )
         if self.bus is not None:
-            self.bus.start(self.log.deliver, self.profile_cache.invalidate)
+            self.bus.start(self.log.deliver, self._profiles_heard)
         self.decider = Decider(
             live,
             self.learning,
@@ -375,6 +375,13 @@ class Service:
         self._dependency(BUS_HEALTH, up)
         if up:  # profile invalidations published while it was down were missed
             self.profile_cache.clear()
+
+    def _profiles_heard(self, ids: list[str]) -> None:
+        """Another replica changed these profiles; ``*``: it could not say which for a while."""
+        if "*" in ids:
+            self.profile_cache.clear()
+        else:
+            self.profile_cache.invalidate(ids)
 
     def _profiles_changed(self, ids: list[str]) -> None:
         if self.bus is not None:

@@ -98,6 +98,8 @@ class RedisBus:
         self._max_length = max_length
         self._on_entry: Callable[[BusEntry], None] = lambda entry: None
         self._on_profiles: Callable[[list[str]], None] = lambda ids: None
+        #: a profiles entry could not be published: the next one says "drop everything"
+        self._profiles_lost = False
         self._on_state = on_state or (lambda up: None)
         self._up = False
         self._retry_at = 0.0
@@ -135,26 +137,22 @@ class RedisBus:
     def publish(self, entry: BusEntry) -> bool:
         """Adds the entry to the stream; False (logged, counted) when Redis is unavailable:
         the events are in the database, and the others will read them from there."""
-        if not self._up and time.monotonic() < self._retry_at:
-            return False
-        try:
-            fields: dict[Any, Any] = encode(entry)
-            self._redis.xadd(self.stream, fields, maxlen=self._max_length, approximate=True)
-        except self._errors as exc:
-            self._mark(False, "publish", exc)
-            return False
-        metrics.BUS_PUBLISHED.inc()
-        self._mark(True, "publish")
-        return True
+        return self._add(encode(entry))
 
     def publish_profiles(self, ids: list[str]) -> bool:
         """Says which customers' profiles this replica changed (their ids, absorbed ids
         included), so that the others drop what they cached of them; False when Redis is
         unavailable (the others then trust what they cached for a bounded time only)."""
+        if self._profiles_lost:  # some were not sent: the others drop everything they cached
+            ids = ["*"]
+        sent = self._add({"origin": self.origin, "profiles": json.dumps(ids, separators=(",", ":"))})
+        self._profiles_lost = not sent
+        return sent
+
+    def _add(self, fields: dict[Any, Any]) -> bool:
         if not self._up and time.monotonic() < self._retry_at:
             return False
         try:
-            fields: dict[Any, Any] = {"origin": self.origin, "profiles": json.dumps(ids, separators=(",", ":"))}
             self._redis.xadd(self.stream, fields, maxlen=self._max_length, approximate=True)
         except self._errors as exc:
             self._mark(False, "publish", exc)

@@ -155,3 +155,21 @@ def test_a_decision_reads_personal_fields_apart_and_an_unknown_customer_as_empty
     db.orders["c-1"] = 2
     view = cache.view("c-1", 10.0)
     assert view.version == 2 and dict(view.learnable) == {"orders": 2} and "email" not in view.learnable
+
+
+def test_a_read_that_began_before_this_process_saved_is_not_kept_over_the_save() -> None:
+    db = Database()
+    db.orders["c-1"] = 1
+    cache = ProfileCache(db.load, lambda: DEFINITION)
+    release = db.hold = threading.Event()
+    reader = threading.Thread(target=lambda: orders(cache, "c-1"))
+    reader.start()
+    assert db.reading.wait(5)  # a decision has version 1 in hand ...
+    started = cache.begin()  # ... when this process tracks an event and saves version 2
+    saved = Profile(DEFINITION, "c-1", 0.0)
+    for n in range(2):
+        saved.apply(TrackedEvent(f"s-{n}", "c-1", "order", "web", 1.0 + n, {"amount": 1.0}))
+    cache.saved(started, [(saved, ())])
+    release.set()
+    reader.join(5)
+    assert orders(cache, "c-1") == 2 and db.reads == 1  # the save stands; the older read was not kept

@@ -47,6 +47,13 @@ offers:
     value: 400.0
     eligibility: profile.email.endsWith("@vip.example")
     treatment: {web: banner-vip}
+  - id: careless
+    name: A rule that returns the address
+    group: service
+    channels: [web]
+    value: 1.0
+    eligibility: 'has(profile.email) ? profile.email : false'
+    treatment: {web: banner-careless}
 policies:
   - id: one-apology-a-day
     type: contact_cap
@@ -155,6 +162,11 @@ def test_context_wins_and_personal_fields_are_read_but_never_logged(start, tmp_p
     shown = json_format.MessageToDict(reply.explanation.profile)
     assert shown == {"complaints_7d": 1.0, "complaints_30d": 1.0, "tier": "gold"}  # ... which nothing shows
 
+    # a rule returning something other than a boolean names its kind, never a personal value
+    assert "ada@vip.example" not in str(reply.explanation)
+    careless = verdict(reply, "careless")
+    assert careless.reason == "rule_error" and careless.detail == "returned a text, not a boolean"
+
     # fields the request sends in context.profile win over the stored ones, for that request
     sent = decide(server, "c-2", {"customer": {"age": 30}, "profile": {"complaints_7d": 0, "email": "x@plain.example"}})
     assert not verdict(sent, "apology").eligible and not verdict(sent, "vip-desk").eligible
@@ -164,6 +176,7 @@ def test_context_wins_and_personal_fields_are_read_but_never_logged(start, tmp_p
     stored = server.service.store.find_decision(reply.decision_id)
     assert stored is not None and stored.profile_version == 2
     assert "profile.email" not in stored.features and "ada@vip.example" not in str(stored.features)
+    assert "ada@vip.example" not in str(stored.candidates)  # the careless rule's reason names a kind
     assert stored.features["profile.tier"] == "gold"
     given = server.service.store.find_decision(sent.decision_id)
     assert given is not None and "ada@vip.example" not in str(given.features)
@@ -271,8 +284,13 @@ def test_get_profile_answers_the_timeline_the_decisions_and_the_next_best_action
         again = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-5", next_best_actions_channel="web"), metadata=viewer)
         assert [o.offer_id for o in again.next_best_actions] == ["apology"]
 
+    import base64
+
+    nested = base64.urlsafe_b64encode(b"[" * 100_000).decode()  # JSON nested past any recursion limit
     for bad, field in (
         (ppb.GetProfileRequest(customer_id="c-5", timeline_page_token="not-a-token"), "timeline_page_token"),
+        (ppb.GetProfileRequest(customer_id="c-5", timeline_page_token=nested[:2000]), "timeline_page_token"),
+        (ppb.GetProfileRequest(customer_id="c-5", timeline_page_token=nested), "timeline_page_token"),
         (ppb.GetProfileRequest(customer_id="c-5", timeline_limit=501), "timeline_limit"),
         (ppb.GetProfileRequest(customer_id="c-5", next_best_actions_channel="fax"), "next_best_actions_channel"),
     ):

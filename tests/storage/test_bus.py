@@ -70,3 +70,37 @@ def test_contacts_half_read_by_the_tail_are_not_applied_twice(database_url: str,
     finally:
         log.close()
         engine.dispose()
+
+
+def test_profiles_a_replica_could_not_announce_make_the_others_drop_everything() -> None:
+    """Redis goes away while a replica changes profiles: once it is back, the next entry of
+    that replica says "*" (drop every cached profile), since the ids in between were lost."""
+    from engines import OwnRedis
+
+    from nba.storage.bus import RETRY_SECONDS, RedisBus
+
+    with OwnRedis() as own:
+        heard: list[list[str]] = []
+        publisher = RedisBus(own.url, "nba-test:profiles", "replica-one")
+        listener = RedisBus(own.url, "nba-test:profiles", "replica-two")
+        listener.start(lambda entry: None, heard.append)
+        publisher.start(lambda entry: None)
+        try:
+            assert publisher.publish_profiles(["c-1"])
+            own.stop()
+            assert not publisher.publish_profiles(["c-2", "c-3"])  # lost with Redis
+            own.start()
+            time.sleep(RETRY_SECONDS + 0.1)
+            assert publisher.publish_profiles(["c-4"])
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and (not heard or heard[-1] != ["*"]):
+                time.sleep(0.02)
+            assert heard[0] == ["c-1"] and heard[-1] == ["*"]
+            assert publisher.publish_profiles(["c-5"])  # and then ids again
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and heard[-1] != ["c-5"]:
+                time.sleep(0.02)
+            assert heard[-1] == ["c-5"]
+        finally:
+            publisher.close()
+            listener.close()

@@ -259,7 +259,7 @@ _PROFILE_FIELDS = frozenset(f.name for f in ppb.Profile.DESCRIPTOR.fields)
 def _read_mask(request: ppb.GetProfileRequest) -> frozenset[str]:
     """The Profile fields asked for (all without a mask); raises naming an unknown path."""
     fields = _PROFILE_FIELDS
-    if not request.HasField("read_mask"):
+    if not request.read_mask.paths:  # unset or empty: every field (AIP-157)
         return fields
     for n, path in enumerate(request.read_mask.paths):
         if path not in fields:

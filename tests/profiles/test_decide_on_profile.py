@@ -314,6 +314,8 @@ def test_a_read_mask_answers_only_the_fields_asked_for(start, tmp_path: Path) ->
     part = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-7", read_mask=mask), metadata=viewer)
     assert (part.customer_id, part.version, part.computed) == (whole.customer_id, whole.version, whole.computed)
     assert not part.timeline and not part.attributes and not part.HasField("created_at") and not part.identities
+    empty = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-7", read_mask=field_mask_pb2.FieldMask()), metadata=viewer)
+    assert empty == whole  # an empty mask is no mask
     with pytest.raises(grpc.RpcError) as caught:
         stub.GetProfile(
             ppb.GetProfileRequest(customer_id="c-7", read_mask=field_mask_pb2.FieldMask(paths=["version", "segments"])),

@@ -152,24 +152,12 @@ class Decider:
         features, profile, summary, screening = self._screen(request, policy_set, now)
         decision_id = new_decision_id()
         ranked, taken, held = self._rank_and_reserve(screening, policy_set, request, features, now, summary, decision_id)
-        record = DecisionRecord(
-            decision_id=decision_id,
-            request_id=request.request_id or None,
-            customer_id=request.customer_id,
-            channel=request.channel,
-            created_at=now,
-            policy_version=policy_set.version,
-            model_version=ranked.model_version,
-            features=features,
-            candidates=candidates_block(
-                ((v.offer.id, v.reason, v.policy, v.detail) for v in (*screening.verdicts, *held) if not v.eligible),
-                ranked.eligible_block,
-                ranked.fallback_row,
-            ),
-            offers=ranked.offers,
-            exploration=ranked.exploration,
-            profile_version=profile.version if profile is not None else None,
+        candidates = candidates_block(
+            ((v.offer.id, v.reason, v.policy, v.detail) for v in (*screening.verdicts, *held) if not v.eligible),
+            ranked.eligible_block,
+            ranked.fallback_row,
         )
+        record = _record(decision_id, request.request_id or None, request, now, policy_set, features, ranked, candidates, profile)
         self._count_outcome(record, ranked, request.channel)
         return self._log_and_answer(record, request, policy_set, taken, now)
 
@@ -206,20 +194,7 @@ class Decider:
         now = self._clock.now()
         features, profile, _, screening = self._screen(request, policy_set, now)
         ranked = self._rank(screening.eligible, screening, request, features)
-        return DecisionRecord(
-            decision_id="",
-            request_id=None,
-            customer_id=request.customer_id,
-            channel=request.channel,
-            created_at=now,
-            policy_version=policy_set.version,
-            model_version=ranked.model_version,
-            features=features,
-            candidates={},
-            offers=ranked.offers,
-            exploration=ranked.exploration,
-            profile_version=profile.version if profile is not None else None,
-        )
+        return _record("", None, request, now, policy_set, features, ranked, {}, profile)
 
     def _profile(self, customer_id: str, policy_set: PolicySet, now: datetime) -> ProfileView | None:
         """The customer's stored profile, when the policy set defines one. A profile that
@@ -508,6 +483,35 @@ class Decider:
             raise InvalidArgument(f"channel: {shown} is not one of the policy set's channels ({', '.join(policy_set.channels)})")
         if request.limit < 0:
             raise InvalidArgument(f"limit: must be 0 or more (0 means 1), got {request.limit}")
+
+
+def _record(
+    decision_id: str,
+    request_id: str | None,
+    request: DecideInput,
+    now: datetime,
+    policy_set: PolicySet,
+    features: dict[str, Any],
+    ranked: _Ranked,
+    candidates: dict[str, Any],
+    profile: ProfileView | None,
+) -> DecisionRecord:
+    """The record of a ranking: a decision's (with its id and candidates block) or, for
+    ``rank_only``, one that is neither logged nor counted (no id, no candidates)."""
+    return DecisionRecord(
+        decision_id=decision_id,
+        request_id=request_id,
+        customer_id=request.customer_id,
+        channel=request.channel,
+        created_at=now,
+        policy_version=policy_set.version,
+        model_version=ranked.model_version,
+        features=features,
+        candidates=candidates,
+        offers=ranked.offers,
+        exploration=ranked.exploration,
+        profile_version=profile.version if profile is not None else None,
+    )
 
 
 def with_profile(features: dict[str, Any], learnable: Mapping[str, Any]) -> dict[str, Any]:

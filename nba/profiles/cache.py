@@ -58,6 +58,20 @@ class _Entry:
         return self.profile.customer_id if self.profile is not None else None
 
 
+@dataclass(frozen=True)
+class _Empty:
+    definition: ProfileDefinition
+    view: ProfileView
+
+
+def _view(profile: Profile, customer_id: str, now: float) -> ProfileView:
+    values = profile.view(now)
+    pii = profile.definition.pii
+    learnable = {k: v for k, v in values.items() if k not in pii}
+    private = {k: v for k, v in values.items() if k in pii and v is not None} if pii else {}
+    return ProfileView(customer_id, profile.version, learnable, private)
+
+
 class ProfileCache:
     """Up to ``size`` profiles, least recently used out first. ``load`` reads one from the
     database; ``definition`` is the live policy set's profile definition (an entry loaded under
@@ -84,6 +98,7 @@ class ProfileCache:
         self._in_flight: dict[int, int] = {}
         #: id -> the stamp of its latest invalidation, kept only while fills are in flight
         self._dropped: dict[str, int] = {}
+        self._empty: _Empty | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -124,12 +139,16 @@ class ProfileCache:
         count of their complaints is 0, not missing."""
         profile, _ = self.get(customer_id)
         if profile is None:
-            profile = Profile(self._definition(), customer_id, now)
-        values = profile.view(now)
-        pii = profile.definition.pii
-        learnable = {k: v for k, v in values.items() if k not in pii}
-        private = {k: v for k, v in values.items() if k in pii and v is not None} if pii else {}
-        return ProfileView(profile.customer_id, profile.version, learnable, private)
+            return self._empty_view(customer_id)
+        return _view(profile, profile.customer_id, now)
+
+    def _empty_view(self, customer_id: str) -> ProfileView:
+        # an empty profile's values do not depend on time or customer: made once per definition
+        definition = self._definition()
+        empty = self._empty
+        if empty is None or empty.definition is not definition:
+            self._empty = empty = _Empty(definition, _view(Profile(definition, "", 0.0), "", 0.0))
+        return ProfileView(customer_id, 0, empty.view.learnable, empty.view.private)
 
     def begin(self) -> int:
         """Before a write that will hand its profiles to ``saved``: the stamp to hand back."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -37,13 +38,15 @@ DECISIONS_DEFAULT, DECISIONS_MAX = 10, 100
 class ProfileHistory(Protocol):
     """What GetProfile reads besides the profile (``nba.storage.store.Store`` is one)."""
 
+    def snapshot(self) -> AbstractContextManager[Any]: ...
+
     def timeline(
-        self, customer_id: str, limit: int, before: tuple[datetime, str] | None = None
+        self, customer_id: str, limit: int, before: tuple[datetime, str] | None = None, conn: Any = None
     ) -> list[tuple[str, str, str, datetime, datetime, dict[str, Any]]]: ...
 
-    def absorbed_ids(self, customer_id: str) -> list[str]: ...
+    def absorbed_ids(self, customer_id: str, conn: Any = None) -> list[str]: ...
 
-    def for_customers(self, customer_ids: list[str], limit: int) -> list[tuple[DecisionRecord, list[Any]]]: ...
+    def for_customers(self, customer_ids: list[str], limit: int, conn: Any = None) -> list[tuple[DecisionRecord, list[Any]]]: ...
 
 
 class ProfileServicer(ppb_grpc.ProfileServiceServicer):
@@ -123,8 +126,9 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
             attributes=attributes,
             computed=computed,
         )
-        if self._history is not None:
-            self._add_history(answer, profile.customer_id, timeline_limit, before, decisions_limit, wanted)
+        if self._history is not None and wanted & {"timeline", "merged_ids", "decisions"}:
+            with self._history.snapshot() as conn:
+                self._add_history(answer, conn, profile.customer_id, timeline_limit, before, decisions_limit, wanted)
         if request.next_best_actions_channel and self._decider is not None and "next_best_actions" in wanted:
             record = self._decider.rank_only(
                 DecideInput(
@@ -141,6 +145,7 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
     def _add_history(
         self,
         answer: ppb.Profile,
+        conn: Any,
         customer_id: str,
         limit: int,
         before: tuple[datetime, str] | None,
@@ -148,7 +153,7 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
         wanted: frozenset[str],
     ) -> None:
         assert self._history is not None
-        events = self._history.timeline(customer_id, limit + 1, before) if "timeline" in wanted else []
+        events = self._history.timeline(customer_id, limit + 1, before, conn) if "timeline" in wanted else []
         for event_id, event_type, source, occurred, received, properties in events[:limit]:
             values = struct_pb2.Struct()
             values.update(properties)
@@ -167,12 +172,12 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
             answer.next_timeline_page_token = _token(last[3], last[0])
         if not wanted & {"merged_ids", "decisions"}:
             return
-        absorbed = self._history.absorbed_ids(customer_id)
+        absorbed = self._history.absorbed_ids(customer_id, conn)
         if "merged_ids" in wanted:
             answer.merged_ids.extend(absorbed)
         if "decisions" not in wanted:
             return
-        for record, feedback in self._history.for_customers([customer_id, *absorbed], decisions):
+        for record, feedback in self._history.for_customers([customer_id, *absorbed], decisions, conn):
             answer.decisions.append(
                 ppb.ProfileDecision(
                     decision_id=record.decision_id,

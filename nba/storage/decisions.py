@@ -82,13 +82,14 @@ class Decisions(Repository):
             ).first()
         return _record(row) if row else None
 
-    def for_customers(self, customer_ids: list[str], limit: int) -> list[tuple[DecisionRecord, list[Any]]]:
+    def for_customers(self, customer_ids: list[str], limit: int, conn: Any = None) -> list[tuple[DecisionRecord, list[Any]]]:
         """The newest ``limit`` decisions made for any of ``customer_ids``, newest first, each
         with its feedback rows (``event_id``, ``offer_id``, ``outcome``, ``reward``,
-        ``occurred_at``, ...) in the order they were received."""
+        ``occurred_at``, ...) in the order they were received; ``conn``: a ``snapshot`` to
+        read in."""
         d, f = DECISIONS, FEEDBACK
-        with self.read() as conn:
-            rows = conn.execute(
+        with self.reading(conn) as reader:
+            rows = reader.execute(
                 select(d)
                 .where(d.c.customer_id.in_(customer_ids))
                 .order_by(d.c.created_at.desc(), d.c.decision_id.desc())
@@ -97,7 +98,7 @@ class Decisions(Repository):
             ids = [r.decision_id for r in rows]
             events: dict[str, list[Any]] = {i: [] for i in ids}
             if ids:
-                for fb in conn.execute(select(f).where(f.c.decision_id.in_(ids)).order_by(f.c.id)).all():
+                for fb in reader.execute(select(f).where(f.c.decision_id.in_(ids)).order_by(f.c.id)).all():
                     events[fb.decision_id].append(fb)
         return [(_record(r), events[r.decision_id]) for r in rows]
 

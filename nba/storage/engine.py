@@ -92,8 +92,11 @@ def open_engine(url: str) -> Engine:
             # check-then-insert (is this event_id new? what is this pair's reward?) must not
             # interleave. Other transactions keep the driver's own behaviour (it begins at
             # the first write, so reads never hold a snapshot a writer could invalidate).
-            if conn.get_execution_options().get("nba_write", False):
+            options = conn.get_execution_options()
+            if options.get("nba_write", False):
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
+            elif options.get("nba_snapshot", False):
+                conn.exec_driver_sql("BEGIN")
 
     elif engine.dialect.name == "postgresql":
 
@@ -162,6 +165,29 @@ class Repository:
         """A connection for reads; an outage raises ``DatabaseUnavailable``."""
         with translated(), self.engine.connect() as conn:
             yield conn
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Any]:
+        """A connection for several reads that must agree with each other (GetProfile's
+        timeline, merged ids and decisions): one read transaction that sees one state of the
+        database (REPEATABLE READ on PostgreSQL; on SQLite a transaction begun before the first
+        read, whose snapshot in WAL mode holds until it ends). Pass it to the reads as ``conn``."""
+        with translated(), self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            else:
+                conn = conn.execution_options(nba_snapshot=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def reading(self, conn: Any | None) -> Iterator[Any]:
+        """``conn`` when a caller holds one (``snapshot``), else a connection of its own."""
+        if conn is not None:
+            yield conn
+            return
+        with self.read() as own:
+            yield own
 
     @contextmanager
     def write(self) -> Iterator[Any]:

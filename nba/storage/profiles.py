@@ -225,11 +225,12 @@ class Profiles(Repository):
             yield row.event_id, row.type, row.source, utc(row.occurred_at), dict(row.properties)
 
     def timeline(
-        self, customer_id: str, limit: int, before: tuple[datetime, str] | None = None
+        self, customer_id: str, limit: int, before: tuple[datetime, str] | None = None, conn: Any = None
     ) -> list[tuple[str, str, str, datetime, datetime, dict[str, Any]]]:
         """A page of a customer's events, newest first (equal times by event id, descending),
         as (event id, type, source, occurred at, received at, properties); ``before``: the
-        (occurred at, event id) of the last event of the previous page."""
+        (occurred at, event id) of the last event of the previous page; ``conn``: a
+        ``snapshot`` to read in."""
         e = PROFILE_EVENTS
         query = (
             select(e.c.event_id, e.c.type, e.c.source, e.c.occurred_at, e.c.received_at, e.c.properties)
@@ -240,15 +241,15 @@ class Profiles(Repository):
         if before is not None:
             at, event_id = before
             query = query.where(or_(e.c.occurred_at < at, and_(e.c.occurred_at == at, e.c.event_id < event_id)))
-        with self.read() as conn:
-            rows = conn.execute(query).all()
+        with self.reading(conn) as reader:
+            rows = reader.execute(query).all()
         return [(r.event_id, r.type, r.source, utc(r.occurred_at), utc(r.received_at), dict(r.properties)) for r in rows]
 
-    def absorbed_ids(self, customer_id: str) -> list[str]:
+    def absorbed_ids(self, customer_id: str, conn: Any = None) -> list[str]:
         """The ids merged into a customer (every chain is one step: ``merge`` keeps it so)."""
-        with self.read() as conn:
+        with self.reading(conn) as reader:
             return sorted(
-                conn.execute(select(PROFILES.c.customer_id).where(PROFILES.c.merged_into == customer_id)).scalars().all()
+                reader.execute(select(PROFILES.c.customer_id).where(PROFILES.c.merged_into == customer_id)).scalars().all()
             )
 
     def _oldest_first(self, conn: Any, customers: set[str]) -> list[str]:

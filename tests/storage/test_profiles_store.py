@@ -85,3 +85,23 @@ def test_profiles_identities_events_and_merges(database_url: str) -> None:
             assert not store.separated(conn, "c-3", "c-2")
     finally:
         engine.dispose()
+
+
+def test_a_snapshot_reads_one_state_while_another_connection_writes(database_url: str) -> None:
+    """GetProfile's timeline, merged ids and decisions are read in one snapshot: an event
+    committed between two of its reads is in neither (or in both), never in one only."""
+    engine = open_engine(database_url)
+    store = Store(engine)
+    try:
+        with store.write() as conn:
+            store.insert_events(conn, [event("e-1", "c-1", "order", "web", T0, {})])
+        with store.snapshot() as conn:
+            before = store.timeline("c-1", 10, conn=conn)
+            with store.write() as other:  # another connection commits meanwhile
+                store.insert_events(other, [event("e-2", "c-1", "order", "web", T0 + timedelta(minutes=1), {})])
+            during = store.timeline("c-1", 10, conn=conn)
+        after = store.timeline("c-1", 10)
+        assert [e[0] for e in before] == [e[0] for e in during] == ["e-1"]
+        assert [e[0] for e in after] == ["e-2", "e-1"]
+    finally:
+        engine.dispose()

@@ -30,6 +30,12 @@ what has left the window, exactly, rather than only when a new event arrives. La
 out-of-order events are placed by their time. Contributions older than the window's reach
 (the newest time seen, minus the window) are dropped, so the state is bounded by the events
 of one window.
+
+Stored (``dump``), a window keeps only what its function reads: the times (``t``), the values
+(``v``) unless it counts, the event ids (``e``) only for ``first`` and ``last``, whose ties
+they break. A state read from storage is parsed when first used: tracking an event loads a
+customer's whole profile but touches only the attributes the event's type feeds, and an
+untouched state is written back as it was read.
 """
 
 from __future__ import annotations
@@ -98,7 +104,7 @@ class State:
     in epoch seconds, event id, value), read ``value(now)``; ``dump``/``load`` round-trip it
     through JSON."""
 
-    __slots__ = ("_count", "_distinct", "_first", "_items", "_last", "_max", "_min", "_newest", "_sum", "attribute")
+    __slots__ = ("_count", "_distinct", "_first", "_items", "_last", "_max", "_min", "_newest", "_raw", "_sum", "attribute")
 
     def __init__(self, attribute: ComputedAttribute) -> None:
         self.attribute = attribute
@@ -114,8 +120,12 @@ class State:
         self._distinct: dict[str, int] = {}
         #: the newest event time seen: what a window can still reach starts a window before it
         self._newest = -math.inf
+        #: as stored, until first used (``load``)
+        self._raw: Mapping[str, Any] | None = None
 
     def add(self, at: float, event_id: str, value: Any) -> None:
+        if self._raw is not None:
+            self._parse()
         item = (at, event_id, value)
         self._newest = max(self._newest, at)
         window = self.attribute.window
@@ -146,6 +156,8 @@ class State:
         """The attribute at ``now`` (epoch seconds): None where there is nothing to say (the
         minimum of no orders, the last mood of a customer who never called), 0 for counts and
         sums of nothing."""
+        if self._raw is not None:
+            self._parse()
         window = self.attribute.window
         if window is None:  # every event accepted counts, those dated within the skew ahead too
             return _result(
@@ -176,9 +188,19 @@ class State:
             now,
         )
 
-    def dump(self) -> dict[str, Any]:
+    def dump(self) -> Mapping[str, Any]:
+        """The state as plain data for JSON (a state never used since ``load``: as it was read)."""
+        if self._raw is not None:
+            return self._raw
+        newest = self._newest if math.isfinite(self._newest) else None
         if self.attribute.window is not None:
-            return {"items": [list(i) for i in self._items], "newest": self._newest if math.isfinite(self._newest) else None}
+            out: dict[str, Any] = {"t": [i[0] for i in self._items], "newest": newest}
+            function = self.attribute.function
+            if function in ("first", "last"):
+                out["e"] = [i[1] for i in self._items]
+            if function != "count":
+                out["v"] = [i[2] for i in self._items]
+            return out
         return {
             "count": self._count,
             "sum": self._sum,
@@ -187,24 +209,41 @@ class State:
             "first": list(self._first) if self._first else None,
             "last": list(self._last) if self._last else None,
             "distinct": self._distinct,
-            "newest": self._newest if math.isfinite(self._newest) else None,
+            "newest": newest,
         }
 
     @classmethod
     def load(cls, attribute: ComputedAttribute, data: Mapping[str, Any]) -> State:
+        """A state as ``dump`` gave it (parsed when first used)."""
         state = cls(attribute)
-        newest = data.get("newest")
-        state._newest = float(newest) if newest is not None else -math.inf
-        if attribute.window is not None:
-            state._items = [(float(t), str(e), v) for t, e, v in data.get("items", [])]
-            return state
-        state._count = int(data.get("count", 0))
-        state._sum = float(data.get("sum", 0.0))
-        state._min, state._max = data.get("min"), data.get("max")
-        state._first = tuple(data["first"]) if data.get("first") else None
-        state._last = tuple(data["last"]) if data.get("last") else None
-        state._distinct = dict(data.get("distinct", {}))
+        state._raw = data
         return state
+
+    def _parse(self) -> None:
+        # Cached profiles are read by many threads: parsing sets every field from the same data
+        # (two threads parsing at once write the same values) and clears _raw last, so a thread
+        # that sees _raw cleared sees the fields set.
+        data = self._raw
+        if data is None:
+            return
+        newest = data.get("newest")
+        self._newest = float(newest) if newest is not None else -math.inf
+        if self.attribute.window is not None:
+            if "items" in data:  # as stored before the compact form
+                self._items = [(float(t), str(e), v) for t, e, v in data["items"]]
+            else:
+                times = data.get("t", [])
+                ids = data.get("e") or [""] * len(times)
+                values = data.get("v") or [None] * len(times)
+                self._items = list(zip(times, ids, values, strict=True))
+        else:
+            self._count = int(data.get("count", 0))
+            self._sum = float(data.get("sum", 0.0))
+            self._min, self._max = data.get("min"), data.get("max")
+            self._first = tuple(data["first"]) if data.get("first") else None
+            self._last = tuple(data["last"]) if data.get("last") else None
+            self._distinct = dict(data.get("distinct", {}))
+        self._raw = None
 
 
 def _order(item: tuple[float, str, Any]) -> tuple[float, str]:

@@ -53,6 +53,7 @@ def check(definition: ProfileDefinition, event_type: str, properties: Mapping[st
     ...
     nba.errors.InvalidArgument: properties.amount: must be a number for 'order' events, got 'ten'
     """
+    _finite(properties, "properties")
     types = definition.event_types
     if not types:
         return
@@ -70,8 +71,20 @@ def check(definition: ProfileDefinition, event_type: str, properties: Mapping[st
             raise InvalidArgument(
                 f"properties.{name}: must be a {kind} for '{event_type}' events, got {value!r}", field=f"properties.{name}"
             )
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidArgument(f"properties.{name}: must be a finite number, got {value!r}", field=f"properties.{name}")
+
+
+def _finite(value: Any, path: str) -> None:
+    """Raises ``InvalidArgument`` at the first number that is not finite (NaN, infinity), in
+    any property, declared or not: JSON has no such numbers, so they could not be stored as
+    sent (PostgreSQL refuses them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgument(f"{path}: must be a finite number, got {value!r}", field=path)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _finite(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for n, item in enumerate(value):
+            _finite(item, f"{path}[{n}]")
 
 
 class Profile:

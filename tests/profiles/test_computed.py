@@ -60,7 +60,7 @@ def test_late_and_out_of_order_events_are_placed_by_their_time() -> None:
         )
     # an event too old for any window from now on is not kept
     late = feed(state("count(order) over 1d"), [(T0 + 10 * DAY, "new", order(1.0)), (T0, "old", order(1.0))])
-    assert late.dump()["items"] == [[T0 + 10 * DAY, "new", None]]  # count keeps no value
+    assert late.dump() == {"t": [T0 + 10 * DAY], "newest": T0 + 10 * DAY}  # a count keeps times alone
 
 
 def test_last_and_first_break_ties_by_event_id_whatever_the_arrival_order() -> None:
@@ -116,6 +116,33 @@ def test_the_state_round_trips_through_json(line: str) -> None:
         restored = State.load(original.attribute, json.loads(json.dumps(original.dump(), allow_nan=False)))
         for now in (T0 + 40 * 7000.0, T0 + 3 * DAY, T0 + 40 * DAY):
             assert restored.value(now) == original.value(now)
+
+
+def test_a_window_stores_what_its_function_reads_and_the_older_form_still_loads() -> None:
+    events = [(T0, "b", order(3.0)), (T0, "a", order(4.0)), (T0 + 60.0, "c", order(5.0))]
+    assert feed(state("sum(order.amount) over 7d"), events).dump() == {
+        "t": [T0, T0, T0 + 60.0],
+        "v": [4.0, 3.0, 5.0],
+        "newest": T0 + 60.0,
+    }
+    first = feed(state("first(order.amount) over 7d"), events)
+    assert first.dump()["e"] == ["a", "b", "c"]  # ties broken by event id: first and last keep them
+    assert first.value(T0 + 60.0) == 4.0
+    # the form stored before: (time, event id, value) items
+    older = State.load(
+        state("sum(order.amount) over 7d").attribute, {"items": [[T0, "a", 4.0], [T0 + 60.0, "c", 5.0]], "newest": T0 + 60.0}
+    )
+    assert older.value(T0 + 60.0) == 9.0
+    older.add(T0 + 120.0, "d", 1.0)
+    assert older.dump() == {"t": [T0, T0 + 60.0, T0 + 120.0], "v": [4.0, 5.0, 1.0], "newest": T0 + 120.0}
+
+
+def test_a_stored_state_is_written_back_as_read_until_used() -> None:
+    stored = {"t": [T0], "v": [2.0], "newest": T0}
+    loaded = State.load(state("sum(order.amount) over 7d").attribute, stored)
+    assert loaded.dump() is stored  # untouched: not parsed, not rebuilt
+    assert loaded.value(T0) == 2.0
+    assert loaded.dump() == stored and loaded.dump() is not stored
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
@@ -110,12 +111,14 @@ def test_the_profile_round_trips_through_json_and_a_changed_definition_starts_em
         ("order", {"amount": True}, "properties.amount: must be a number"),
         ("order", {"gift": "yes"}, "properties.gift: must be a bool"),
         ("order", {"amount": float("nan")}, "properties.amount: must be a finite number"),
+        ("order", {"note": {"score": float("inf")}}, "properties.note.score: must be a finite number"),
+        ("order", {"lines": [1.0, float("-inf")]}, "properties.lines[1]: must be a finite number"),
     ],
 )
 def test_an_event_the_profile_does_not_accept_is_refused_naming_the_field(
     event_type: str, properties: dict, message: str
 ) -> None:
-    with pytest.raises(InvalidArgument, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
         check(DEFINITION, event_type, properties)
     check(DEFINITION, "order", {"amount": 3, "status": "open", "note": {"free": "form"}})  # others as they come
 

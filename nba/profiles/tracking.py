@@ -25,14 +25,14 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from nba.clock import Clock, SystemClock
-from nba.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NbaError
+from nba.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NbaError, NotFound
 from nba.inputs import CLOCK_SKEW, check_id
 from nba.policy.profile import ProfileDefinition
 from nba.profiles.cache import ProfileCache
 from nba.profiles.identity import Candidate, IdentityRules, resolve
 from nba.profiles.profile import Profile, TrackedEvent, check
 
-__all__ = ["ProfileRepository", "TrackInput", "TrackResult", "Tracker"]
+__all__ = ["ProfileRepository", "TrackInput", "TrackResult", "Tracker", "UnmergeResult"]
 
 
 class ProfileRepository(Protocol):
@@ -64,6 +64,8 @@ class ProfileRepository(Protocol):
 
     def stored_events(self, conn: Any, event_ids: list[str]) -> dict[str, tuple[str, str]]: ...
 
+    def unmerge(self, conn: Any, customer_id: str, by: str, now: datetime) -> tuple[str, list[str]]: ...
+
     def profile_rows(
         self, conn: Any, customer_ids: Iterable[str]
     ) -> dict[str, tuple[datetime, int, dict[str, Any], str | None]]: ...
@@ -91,6 +93,19 @@ class TrackInput:
     #: when it happened (timezone-aware); None: when received
     occurred_at: datetime | None = None
     properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UnmergeResult:
+    #: the customer split off: a customer of its own again
+    customer_id: str
+    #: the customer it had been merged into
+    survivor: str
+    #: the ids merged into ``customer_id`` before it was absorbed: they resolve to it again
+    merged_ids: tuple[str, ...]
+    #: both profiles' versions after (each one more than before)
+    version: int
+    survivor_version: int
 
 
 @dataclass(frozen=True)
@@ -449,6 +464,7 @@ class Tracker:
                 "properties": dict(event.properties),
                 "identities": dict(item.identities),
                 "content_hash": item.digest,
+                "origin": customer,
             }
         )
         profile.apply(
@@ -461,6 +477,51 @@ class Tracker:
         absorbed_ids.extend(saved.pop(customer, (None, ()))[1])
         saved[customer] = (profile, tuple(dict.fromkeys(absorbed_ids)))
         return TrackResult(False, customer, resolution.merged, resolution.apart, profile.version)
+
+    def unmerge(self, customer_id: str, by: str) -> UnmergeResult:
+        """Undoes the merge that absorbed ``customer_id`` (``by``: who asked, recorded with it).
+        The customer is one of its own again, with the ids merged into it before, the events
+        and identifiers that were first theirs (events and identifiers stored before migration
+        0005 have no known origin: they stay with the survivor), and both profiles rebuilt
+        from their events. The pair is kept apart from now on: the identifiers that joined
+        them no longer merge them. Raises ``InvalidArgument`` for a malformed id, ``NotFound``
+        for an id never seen, ``FailedPrecondition`` for one that is not merged."""
+        check_id("customer_id", customer_id)
+        definition = self._definition()
+        now = self._clock.now()
+        repo = self._repository
+        saved: dict[str, tuple[Profile, tuple[str, ...]]] = {}
+        doubtful: list[str] = []
+        started = self.cache.begin() if self.cache is not None else 0
+        try:
+            with repo.write() as conn:
+                try:
+                    survivor, split = repo.unmerge(conn, customer_id, by, now)
+                except LookupError:
+                    raise NotFound(f"customer_id: no customer '{customer_id}' (no event has named it)") from None
+                except ValueError:
+                    raise FailedPrecondition(
+                        f"customer_id: '{customer_id}' is not merged into another customer: there is no merge to undo "
+                        "(name the absorbed id, not the survivor)"
+                    ) from None
+                try:
+                    for customer, absorbed in ((survivor, ()), (customer_id, tuple(split[1:]))):
+                        stored = repo.load(conn, customer)
+                        assert stored is not None, customer  # both are customers of their own now
+                        profile = Profile(definition, customer, stored[1].timestamp())
+                        profile.absorb(_tracked(customer, row) for row in repo.events(conn, customer))
+                        profile.version = stored[2] + 1  # a version is never reused for another state
+                        repo.save(conn, customer, stored[1], profile.version, profile.dump(), now)
+                        saved[customer] = (profile, absorbed)
+                except BaseException:
+                    doubtful, saved = [survivor, *split], {}
+                    raise
+        except BaseException:
+            doubtful, saved = doubtful or _ids(saved), {}
+            raise
+        finally:
+            self._after(started, saved, doubtful)
+        return UnmergeResult(customer_id, survivor, tuple(split[1:]), saved[customer_id][0].version, saved[survivor][0].version)
 
     def profile(self, customer_id: str) -> Profile | None:
         """A customer's profile (by any id it has had), or None."""

@@ -1,5 +1,5 @@
 """Bearer tokens for AdminService (who may read, and who may change, the live policy set) and
-for reading customer profiles (ProfileService.GetProfile: a viewer).
+for customer profiles (ProfileService.GetProfile: a viewer; ProfileService.Unmerge: an editor).
 
 Tokens come from configuration as ``name:role:token`` (``--admin-tokens`` /
 ``NBA_ADMIN_TOKENS``). ``viewer`` may get, list, validate and preview; ``editor`` may also
@@ -24,7 +24,7 @@ __all__ = ["AuthInterceptor", "Caller", "current_caller"]
 ADMIN_PREFIX = "/nba.v1.AdminService/"
 EDITOR_METHODS = frozenset({"PublishPolicySet", "RollbackPolicySet"})
 #: methods outside AdminService that need a token, and the least role: profiles hold personal data
-PROTECTED = {"/nba.v1.ProfileService/GetProfile": "viewer"}
+PROTECTED = {"/nba.v1.ProfileService/GetProfile": "viewer", "/nba.v1.ProfileService/Unmerge": "editor"}
 _RANK = {"viewer": 1, "editor": 2}
 
 

@@ -18,6 +18,7 @@ from nba.errors import InvalidArgument, NbaError, NotFound, field_of
 from nba.inputs import timestamp
 from nba.profiles.tracking import Tracker, TrackInput, TrackResult
 from nba.records import DecisionRecord
+from nba.service.auth import current_caller
 from nba.service.context import properties_from_struct
 from nba.service.servicers import decide_response
 from nba.storage.engine import utc
@@ -141,6 +142,16 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
         for name in _PROFILE_FIELDS - wanted:
             answer.ClearField(name)
         return answer
+
+    def Unmerge(self, request: ppb.UnmergeRequest, context: grpc.ServicerContext) -> ppb.UnmergeResponse:
+        result = self._tracker.unmerge(request.customer_id, current_caller().name)
+        return ppb.UnmergeResponse(
+            customer_id=result.customer_id,
+            survivor_id=result.survivor,
+            merged_ids=result.merged_ids,
+            version=result.version,
+            survivor_version=result.survivor_version,
+        )
 
     def _add_history(
         self,

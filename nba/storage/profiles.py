@@ -164,7 +164,9 @@ class Profiles(Repository):
     def add_identities(self, conn: Any, customer_id: str, identities: Mapping[str, str]) -> None:
         for kind, value in sorted(identities.items()):
             if conn.execute(_HOLDS, {"kind": kind, "value": value, "customer_id": customer_id}).first() is None:
-                conn.execute(PROFILE_IDENTITIES.insert().values(kind=kind, value=value, customer_id=customer_id))
+                conn.execute(
+                    PROFILE_IDENTITIES.insert().values(kind=kind, value=value, customer_id=customer_id, origin=customer_id)
+                )
 
     def separated(self, conn: Any, a: str, b: str) -> bool:
         """Whether a merge of the two was undone (the pair is kept apart since)."""
@@ -186,17 +188,74 @@ class Profiles(Repository):
                     customer_id=absorbed, created_at=now, updated_at=now, version=0, merged_into=survivor, state={}
                 )
             )
-        moved = self.identities(conn, absorbed)
-        conn.execute(PROFILE_IDENTITIES.delete().where(PROFILE_IDENTITIES.c.customer_id == absorbed))
-        for kind, values in moved.items():
-            for value in values:
-                self.add_identities(conn, survivor, {kind: value})
+        # identifiers move with their origin (an unmerge gives them back); one the survivor
+        # holds already stays the survivor's
+        i = PROFILE_IDENTITIES
+        held = select(i.c.kind, i.c.value).where(i.c.customer_id == survivor)
+        for kind, value in conn.execute(select(i.c.kind, i.c.value).where(i.c.customer_id == absorbed)).all():
+            if conn.execute(held.where(i.c.kind == kind, i.c.value == value)).first() is None:
+                conn.execute(
+                    i.update()
+                    .where(i.c.kind == kind, i.c.value == value, i.c.customer_id == absorbed)
+                    .values(customer_id=survivor)
+                )
+        conn.execute(i.delete().where(i.c.customer_id == absorbed))
         conn.execute(PROFILE_EVENTS.update().where(PROFILE_EVENTS.c.customer_id == absorbed).values(customer_id=survivor))
         conn.execute(
             PROFILE_MERGES.insert().values(
                 survivor=survivor, absorbed=absorbed, at=now, cause=cause[:256], undone_at=None, undone_by=""
             )
         )
+
+    def unmerge(self, conn: Any, customer_id: str, by: str, now: datetime) -> tuple[str, list[str]]:
+        """Undoes the merge that absorbed ``customer_id``: returns (the survivor it leaves, the
+        ids split off with it). Split off are ``customer_id`` and the ids merged into it before
+        it was absorbed (through any chain); the events and identifiers whose origin is one of
+        them go back to ``customer_id``, which is a customer of its own again. The merge is
+        marked undone (by ``by``, at ``now``), so the two are kept apart from now on
+        (``separated``). The caller rebuilds both profiles from their events. Raises
+        ``LookupError`` for an id never seen and ``ValueError`` for one not merged."""
+        p, m = PROFILES, PROFILE_MERGES
+        row = conn.execute(select(p.c.merged_into).where(p.c.customer_id == customer_id)).first()
+        if row is None:
+            raise LookupError(customer_id)
+        survivor = row.merged_into
+        if survivor is None:
+            raise ValueError(customer_id)
+        split = [customer_id]
+        for _ in range(MAX_MERGE_CHAIN):  # the ids customer_id had absorbed, and theirs
+            found = set(
+                conn.execute(
+                    select(m.c.absorbed).where(m.c.survivor.in_(split), m.c.undone_at.is_(None), m.c.absorbed.not_in(split))
+                ).scalars()
+            )
+            if not found:
+                break
+            split.extend(sorted(found))
+        conn.execute(
+            m.update().where(m.c.absorbed == customer_id, m.c.undone_at.is_(None)).values(undone_at=now, undone_by=by[:128])
+        )
+        # the pair is kept apart whichever merge joined them (customer_id may have been absorbed
+        # by a customer that was itself absorbed by the survivor since)
+        if not self.separated(conn, survivor, customer_id):
+            conn.execute(
+                m.insert().values(
+                    survivor=survivor,
+                    absorbed=customer_id,
+                    at=now,
+                    cause=f"unmerged by {by}"[:256],
+                    undone_at=now,
+                    undone_by=by[:128],
+                )
+            )
+        conn.execute(p.update().where(p.c.customer_id == customer_id).values(merged_into=None, updated_at=now))
+        others = split[1:]
+        if others:
+            conn.execute(p.update().where(p.c.customer_id.in_(others)).values(merged_into=customer_id, updated_at=now))
+        e, i = PROFILE_EVENTS, PROFILE_IDENTITIES
+        conn.execute(e.update().where(e.c.customer_id == survivor, e.c.origin.in_(split)).values(customer_id=customer_id))
+        conn.execute(i.update().where(i.c.customer_id == survivor, i.c.origin.in_(split)).values(customer_id=customer_id))
+        return survivor, split
 
     def stored_events(self, conn: Any, event_ids: list[str]) -> dict[str, tuple[str, str]]:
         """(content hash, customer id) of each of ``event_ids`` already stored, by event id."""

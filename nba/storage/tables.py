@@ -176,6 +176,9 @@ class ProfileIdentityRow(SQLModel, table=True):
     kind: str = Field(primary_key=True, max_length=64)
     value: str = Field(primary_key=True, max_length=256)
     customer_id: str = Field(primary_key=True, index=True, max_length=256)
+    #: the customer it was first attached to (kept through merges: an unmerge gives it back);
+    #: NULL for identifiers stored before migration 0005
+    origin: str | None = Field(default=None, max_length=256)
 
 
 class ProfileEventRow(SQLModel, table=True):
@@ -195,6 +198,9 @@ class ProfileEventRow(SQLModel, table=True):
     identities: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
     #: sha-256 of what the event says: its event_id reused for anything else is refused
     content_hash: str = Field(max_length=64)
+    #: the customer it was first resolved to (kept through merges: an unmerge gives it back);
+    #: NULL for events stored before migration 0005
+    origin: str | None = Field(default=None, index=True, max_length=256)
 
 
 class ProfileMergeRow(SQLModel, table=True):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import POLICIES, VIEWER_TOKEN, Running, struct
+from conftest import EDITOR_TOKEN, POLICIES, VIEWER_TOKEN, Running, struct
 from google.protobuf import json_format, timestamp_pb2
 
 from nba.v1 import profile_service_pb2 as ppb
@@ -125,6 +125,52 @@ def test_a_batch_answers_each_event_on_its_own(server: Running) -> None:
     assert "events[1]: properties.amount: must be a number" in reply.results[1].error_message
     profile = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-1"), metadata=viewer())
     assert profile.version == 2 and json_format.MessageToDict(profile.computed)["spend_30d"] == 12.0
+
+
+def test_an_editor_undoes_a_merge_and_the_two_stay_apart(server: Running) -> None:
+    stub = ppb_grpc.ProfileServiceStub(server.channel)
+    now = datetime.now(UTC)
+    for event_id, identities, amount in (
+        ("u-1", {"email": "kim@example.com"}, 10.0),
+        ("u-2", {"phone": "+447700900123"}, 20.0),
+        ("u-3", {"email": "kim@example.com", "phone": "+447700900123"}, 5.0),  # links the two
+    ):
+        stub.Track(
+            ppb.TrackRequest(
+                event_id=event_id,
+                type="order",
+                identities=identities,
+                occurred_at=at(now - timedelta(minutes=10 - len(event_id))),
+                properties=struct({"amount": amount}),
+            )
+        )
+    survivor = stub.GetProfile(
+        ppb.GetProfileRequest(identifier_kind="email", identifier_value="kim@example.com"), metadata=viewer()
+    )
+    assert len(survivor.merged_ids) == 1 and json_format.MessageToDict(survivor.computed)["orders"] == 3
+    absorbed = survivor.merged_ids[0]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Unmerge(ppb.UnmergeRequest(customer_id=absorbed), metadata=viewer())
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED and "Unmerge needs an editor" in caught.value.details()
+    editor = [("authorization", f"Bearer {EDITOR_TOKEN}")]
+    undone = stub.Unmerge(ppb.UnmergeRequest(customer_id=absorbed), metadata=editor)
+    assert (undone.customer_id, undone.survivor_id) == (absorbed, survivor.customer_id)
+    assert undone.survivor_version == survivor.version + 1
+    back = stub.GetProfile(ppb.GetProfileRequest(customer_id=absorbed), metadata=viewer())
+    kept = stub.GetProfile(ppb.GetProfileRequest(customer_id=survivor.customer_id), metadata=viewer())
+    assert back.customer_id == absorbed and [i.value for i in back.identities] == ["+447700900123"]
+    assert json_format.MessageToDict(back.computed)["spend_30d"] == 20.0 and [e.event_id for e in back.timeline] == ["u-2"]
+    assert not kept.merged_ids and json_format.MessageToDict(kept.computed)["spend_30d"] == 15.0
+    # the identifiers that joined them do not join them again
+    again = stub.Track(
+        ppb.TrackRequest(event_id="u-4", type="order", identities={"email": "kim@example.com", "phone": "+447700900123"})
+    )
+    assert again.customer_id == survivor.customer_id
+    assert not stub.GetProfile(ppb.GetProfileRequest(customer_id=survivor.customer_id), metadata=viewer()).merged_ids
+    for customer_id, code in ((absorbed, "FAILED_PRECONDITION"), ("nobody", "NOT_FOUND"), ("", "INVALID_ARGUMENT")):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Unmerge(ppb.UnmergeRequest(customer_id=customer_id), metadata=editor)
+        assert caught.value.code().name == code and "customer_id" in caught.value.details()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from conftest import ManualClock
 
-from nba.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from nba.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from nba.policy.profile import ProfileSection, compile_profile
 from nba.profiles.tracking import Tracker, TrackInput
 from nba.storage.engine import open_engine
@@ -91,6 +91,55 @@ def test_events_under_two_identifiers_merge_into_one_profile(tracker) -> None:  
         "channels": ["app", "store", "web"],
     }
     assert track.track(TrackInput("e-4", "order", customer_id="cus-2", properties={"amount": 1.0})).customer_id == "cus-1"
+
+
+def test_an_unmerge_gives_back_what_was_the_absorbed_customers_and_keeps_the_pair_apart(tracker) -> None:  # type: ignore[no-untyped-def]
+    track, _ = tracker
+
+    def order(event_id: str, hours: float, amount: float, **identities: str) -> TrackInput:
+        return TrackInput(
+            event_id,
+            "order",
+            identities=identities,
+            source="web",
+            properties={"amount": amount},
+            occurred_at=T0 - timedelta(hours=hours),
+        )
+
+    assert track.track(order("a-1", 5, 10.0, email="a@example.com")).customer_id == "cus-1"
+    assert track.track(order("b-1", 4, 20.0, phone="+442079460018")).customer_id == "cus-2"
+    assert track.track(order("c-1", 3, 40.0, loyalty_id="L-9")).customer_id == "cus-3"
+    # cus-3 into cus-2, then cus-2 (with it) into cus-1: a chain of two merges
+    assert track.track(order("bc", 2, 1.0, phone="+442079460018", loyalty_id="L-9")).merged == ("cus-3",)
+    assert track.track(order("ab", 1, 2.0, email="a@example.com", phone="+442079460018")).merged == ("cus-2",)
+    merged = track.lookup(customer_id="cus-3")
+    assert merged is not None and merged[0].customer_id == "cus-1" and merged[0].view(T0.timestamp())["orders"] == 5
+
+    with pytest.raises(FailedPrecondition, match="'cus-1' is not merged into another customer"):
+        track.unmerge("cus-1", "ada")
+    with pytest.raises(NotFound, match="no customer 'cus-404'"):
+        track.unmerge("cus-404", "ada")
+    with pytest.raises(InvalidArgument, match="customer_id"):
+        track.unmerge("", "ada")
+
+    before = merged[0].version
+    undone = track.unmerge("cus-2", "ada")
+    assert (undone.customer_id, undone.survivor, undone.merged_ids) == ("cus-2", "cus-1", ("cus-3",))
+    survivor = track.lookup(customer_id="cus-1")
+    split = track.lookup(customer_id="cus-3")  # merged into cus-2 before: follows it
+    assert survivor is not None and split is not None and split[0].customer_id == "cus-2"
+    # each keeps the events that were first its own (the linking event "ab" resolved to cus-1)
+    assert survivor[0].view(T0.timestamp())["orders"] == 2 and survivor[0].view(T0.timestamp())["spend_7d"] == 12.0
+    assert split[0].view(T0.timestamp())["orders"] == 3 and split[0].view(T0.timestamp())["spend_7d"] == 61.0
+    assert survivor[0].version == before + 1 and undone.survivor_version == before + 1
+    # identifiers go back to where they came from
+    assert survivor[1] == {"email": ["a@example.com"]}
+    assert split[1] == {"loyalty_id": ["L-9"], "phone": ["+442079460018"]}
+    # the identifiers that joined them no longer do
+    again = track.track(order("ab-2", 0.5, 3.0, email="a@example.com", phone="+442079460018"))
+    assert (again.customer_id, again.merged, again.apart) == ("cus-1", (), ("cus-2",))
+    with pytest.raises(FailedPrecondition, match="not merged"):
+        track.unmerge("cus-2", "ada")  # undone once: nothing left to undo
 
 
 def test_computed_attributes_are_exact_at_known_times(tracker) -> None:  # type: ignore[no-untyped-def]

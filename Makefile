@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/nba/v1/*.proto)
 GEN    := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 
-.PHONY: serve test lint proto install clean bench bench-store bench-profiles bench-replicas bench-learning bench-adaptation loadtest bench-obd
+.PHONY: serve test lint proto install clean bench bench-store bench-profiles bench-tracking bench-replicas bench-learning bench-adaptation loadtest bench-obd
 
 # Logs as plain text for a person at the terminal (NBA_LOG_FORMAT=json for machines).
 serve: $(GEN)
@@ -44,6 +44,10 @@ bench-store: $(GEN)
 # with COPY), TrackBatch, GetProfile, Decide on a stored profile, replicas on Redis, memory, disk.
 bench-profiles: $(GEN)
 	$(BIN)/python loadtests/bench_profiles.py
+
+# Tracking events in one process (no gRPC) on SQLite and PostgreSQL: one a call, and in batches.
+bench-tracking: $(GEN)
+	$(BIN)/python loadtests/bench_tracking.py
 
 # How fast replicas on one PostgreSQL hear each other's feedback: --bus database and --bus redis://.
 bench-replicas: $(GEN)

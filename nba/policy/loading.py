@@ -450,7 +450,7 @@ class _Builder:
                 name = path.split(".")[1] if path.startswith("profile.") else None
                 if name is not None and name not in self.profile_fields:
                     self.error(
-                        f"line 1, column {column}: '{name}' is not an attribute or computed attribute of the "
+                        f"line 1, column {column}: '{name}' is not an attribute, computed attribute or activity of the "
                         f"profile ({', '.join(sorted(self.profile_fields))})",
                         **where,
                     )

@@ -17,6 +17,10 @@
       computed:                            # FUNCTION(EVENT[.PROPERTY]) [over WINDOW] [where CEL]
         spend_365d: sum(order.amount) over 365d
         last_mood: last(contact.sentiment)
+      activity:                            # current activity: items open until a closing status
+        open_orders: {events: [order, delivery], key: order_id, status: status, closed: [delivered, cancelled]}
+      relationships:                       # customers an event links, kept on both profiles
+        household: {from: household_link.member_id}
 
 Computed attributes are read by ``parse``; their functions and windows are documented in
 ``nba.profiles.computed``, which keeps them up to date.
@@ -181,6 +185,25 @@ class AttributeSpec(BaseModel):
     pii: bool = False
 
 
+class ActivitySpec(BaseModel):
+    """Current activity: things a customer has under way (orders, deliveries, complaints,
+    returns), each named by a key property of its events, open until an event gives it a
+    closing status."""
+
+    model_config = ConfigDict(extra="forbid")
+    events: list[Name] = Field(min_length=1, description="event types that open or update an item")
+    key: str = Field(description="the property naming the item (an order id, a case number)")
+    status: str = Field("status", description="the property holding the item's status; the newest event's wins")
+    closed: list[str] = Field(min_length=1, description="statuses that close an item (any other keeps it open)")
+
+
+class RelationshipSpec(BaseModel):
+    """Customers linked by an event: its customer and the one a property names (by customer id)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    source: str = Field(alias="from", description="EVENT.PROPERTY holding the other customer's id")
+
+
 class ProfileSection(BaseModel):
     """The ``profile:`` section of a policy file."""
 
@@ -189,6 +212,25 @@ class ProfileSection(BaseModel):
     event_types: dict[Name, EventType] = Field(default_factory=dict)
     attributes: dict[Name, AttributeSpec] = Field(default_factory=dict)
     computed: dict[Name, str] = Field(default_factory=dict)
+    activity: dict[Name, ActivitySpec] = Field(default_factory=dict)
+    relationships: dict[Name, RelationshipSpec] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Activity:
+    """One kind of current activity, compiled: rules read ``profile.NAME`` as the number of
+    open items."""
+
+    name: str
+    events: frozenset[str]
+    key: str
+    status: str
+    closed: frozenset[str]
+
+    @property
+    def source(self) -> str:
+        """What a stored state was built under: a state built under another is rebuilt."""
+        return f"{sorted(self.events)} key={self.key} status={self.status} closed={sorted(self.closed)}"
 
 
 @dataclass(frozen=True)
@@ -204,11 +246,15 @@ class ProfileDefinition:
     #: attributes and computed attributes that carry personal data (a computed one reading a
     #: property a pii attribute is kept from): never learned from, masked in logs and exports
     pii: frozenset[str] = frozenset()
+    activities: tuple[Activity, ...] = ()
+    #: relationship kind -> (event type, property naming the other customer)
+    relationships: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def names(self) -> frozenset[str]:
-        """Every attribute and computed attribute: what rules may read as ``profile.NAME``."""
-        return frozenset(self.attributes) | frozenset(c.name for c in self.computed)
+        """Every attribute, computed attribute and activity: what rules may read as
+        ``profile.NAME``."""
+        return frozenset(self.attributes) | frozenset(c.name for c in self.computed) | frozenset(a.name for a in self.activities)
 
 
 def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[ProfileDefinition, list[Problem]]:
@@ -284,5 +330,35 @@ def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[Pro
         if c.property is not None
         and ((c.event, c.property) in personal or (c.event == "*" and any(c.property == p for _, p in personal)))
     )
-    definition = ProfileDefinition(kinds, region, types, attributes, tuple(computed), frozenset(pii))
+    activities: list[Activity] = []
+    for name, activity_spec in section.activity.items():
+        if name in attributes or name in section.computed:
+            problem(f"activity.{name}", f"'{name}' is also an attribute or a computed attribute: one name, one meaning")
+            continue
+        fine = True
+        for event in activity_spec.events:
+            for prop, field_name in ((activity_spec.key, "key"), (activity_spec.status, "status")):
+                if known(event, prop, f"activity.{name}.{field_name}") is None:
+                    fine = False
+        if fine:
+            activities.append(
+                Activity(
+                    name,
+                    frozenset(activity_spec.events),
+                    activity_spec.key,
+                    activity_spec.status,
+                    frozenset(activity_spec.closed),
+                )
+            )
+    relationships: dict[str, tuple[str, str]] = {}
+    for name, link in section.relationships.items():
+        event, _, prop = link.source.partition(".")
+        if not prop or event == "*":
+            problem(f"relationships.{name}.from", f"'{link.source}' is not EVENT.PROPERTY (one event type)")
+            continue
+        if known(event, prop, f"relationships.{name}.from") is not None:
+            relationships[name] = (event, prop)
+    definition = ProfileDefinition(
+        kinds, region, types, attributes, tuple(computed), frozenset(pii), tuple(activities), relationships
+    )
     return definition, problems

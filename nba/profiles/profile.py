@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nba.errors import InvalidArgument
-from nba.policy.profile import ProfileDefinition
+from nba.policy.profile import Activity, ProfileDefinition
 from nba.profiles.computed import State, contribution, matches
 
 __all__ = ["Profile", "TrackedEvent", "check"]
+
+#: closed items of current activity kept per activity (the newest): what a late event of one finds
+CLOSED_KEPT = 20
 
 _TYPES: dict[str, tuple[type, ...]] = {"number": (int, float), "string": (str,), "bool": (bool,)}
 
@@ -47,7 +50,7 @@ def check(definition: ProfileDefinition, event_type: str, properties: Mapping[st
     a type that is not declared (once any is), or a declared property of another type. Other
     properties are kept as they come.
 
-    >>> from nba.policy.profile import ProfileDefinition
+    >>> from nba.policy.profile import Activity, ProfileDefinition
     >>> check(ProfileDefinition(event_types={"order": {"amount": "number"}}), "order", {"amount": "ten"})
     Traceback (most recent call last):
     ...
@@ -98,6 +101,8 @@ class Profile:
         #: attribute -> (value, time, event id) of the event it was kept from
         self.attributes: dict[str, tuple[Any, float, str]] = {}
         self.computed: dict[str, State] = {c.name: State(c) for c in definition.computed}
+        #: activity -> item key -> the item (``_item``): open ones, and the latest closed ones
+        self.activity: dict[str, dict[str, dict[str, Any]]] = {a.name: {} for a in definition.activities}
 
     def apply(self, event: TrackedEvent) -> None:
         """Takes an (accepted, first-seen) event into the profile."""
@@ -113,12 +118,67 @@ class Profile:
             newer = held is None or (order > (held[1], held[2]) if keep == "latest" else order < (held[1], held[2]))
             if newer:
                 self.attributes[name] = (value, event.occurred_at, event.event_id)
+        for activity in self.definition.activities:
+            if event.type in activity.events:
+                self._update(activity, event)
         mapping = event.as_mapping()
         for state in self.computed.values():
             if matches(state.attribute, event.type):
                 counts, value = contribution(state.attribute, mapping)
                 if counts:
                     state.add(event.occurred_at, event.event_id, value)
+
+    def _update(self, activity: Activity, event: TrackedEvent) -> None:
+        """An item of current activity opened or moved on by ``event``. The status is the
+        newest status-bearing event's (by time, ties by event id), whatever the arrival order;
+        an event without one leaves it as it is (a new item's is "")."""
+        key = _key(_read(event, activity.key))
+        if key is None:
+            return
+        status = _read(event, activity.status)
+        status = None if status is None or isinstance(status, Mapping | list) else str(status)
+        items = self.activity[activity.name]
+        at, event_id = event.occurred_at, event.event_id
+        item = items.get(key)
+        if item is None:
+            item = items[key] = {
+                "status": "",
+                "status_at": None,
+                "status_event": "",
+                "since": at,
+                "updated_at": at,
+                "event": event_id,
+                "type": event.type,
+            }
+        else:
+            item["since"] = min(item["since"], at)
+            if (at, event_id) > (item["updated_at"], item["event"]):
+                item["updated_at"], item["event"], item["type"] = at, event_id, event.type
+        if status is not None and (item["status_at"] is None or (at, event_id) > (item["status_at"], item["status_event"])):
+            item["status"], item["status_at"], item["status_event"] = status, at, event_id
+        closed = [k for k, i in items.items() if i["status"] in activity.closed]
+        if len(closed) > CLOSED_KEPT:  # the newest closed ones are kept: a late event of one finds it
+            closed.sort(key=lambda k: (items[k]["updated_at"], items[k]["event"]))
+            for gone in closed[: len(closed) - CLOSED_KEPT]:
+                del items[gone]
+
+    def open_items(self) -> dict[str, int]:
+        """Open items of each activity, by activity."""
+        return {
+            a.name: sum(1 for i in self.activity[a.name].values() if i["status"] not in a.closed)
+            for a in self.definition.activities
+        }
+
+    def items(self) -> list[tuple[str, str, dict[str, Any], bool]]:
+        """Every item kept, as (activity, key, item, open), open ones first, then by the
+        newest update."""
+        out = [
+            (a.name, key, item, item["status"] not in a.closed)
+            for a in self.definition.activities
+            for key, item in self.activity[a.name].items()
+        ]
+        out.sort(key=lambda i: (not i[3], -i[2]["updated_at"], i[0], i[1]))
+        return out
 
     def absorb(self, events: Iterable[TrackedEvent]) -> None:
         """A merge: the absorbed customer's events, applied here."""
@@ -131,6 +191,8 @@ class Profile:
         pii = self.definition.pii
         out: dict[str, Any] = {name: value for name, (value, _, _) in self.attributes.items() if include_pii or name not in pii}
         out.update((name, state.value(now)) for name, state in self.computed.items() if include_pii or name not in pii)
+        if self.definition.activities:
+            out.update(self.open_items())
         return out
 
     def dump(self) -> dict[str, Any]:
@@ -142,6 +204,7 @@ class Profile:
             "computed": {
                 name: {"definition": state.attribute.source, "state": state.dump()} for name, state in self.computed.items()
             },
+            "activity": {a.name: {"definition": a.source, "items": self.activity[a.name]} for a in self.definition.activities},
         }
 
     @classmethod
@@ -159,7 +222,23 @@ class Profile:
             kept = stored.get(attribute.name)
             if kept is not None and kept.get("definition") == attribute.source:
                 profile.computed[attribute.name] = State.load(attribute, kept["state"])
+        activity = data.get("activity", {})
+        for a in definition.activities:
+            held = activity.get(a.name)
+            if held is not None and held.get("definition") == a.source:
+                profile.activity[a.name] = {str(k): dict(v) for k, v in held.get("items", {}).items()}
         return profile
+
+
+def _key(value: Any) -> str | None:
+    """An item's key as text: ``1234`` and ``1234.0`` (a number through gRPC's Struct) are one
+    order; None for no key (a missing, boolean or structured value)."""
+    if value is None or isinstance(value, bool | Mapping | list):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    return text or None
 
 
 def _read(event: TrackedEvent, prop: str) -> Any:

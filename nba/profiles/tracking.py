@@ -66,6 +66,8 @@ class ProfileRepository(Protocol):
 
     def unmerge(self, conn: Any, customer_id: str, by: str, now: datetime) -> tuple[str, list[str]]: ...
 
+    def add_relationship(self, conn: Any, customer_id: str, kind: str, other_id: str, event_id: str, at: datetime) -> None: ...
+
     def profile_rows(
         self, conn: Any, customer_ids: Iterable[str]
     ) -> dict[str, tuple[datetime, int, dict[str, Any], str | None]]: ...
@@ -407,6 +409,10 @@ class Tracker:
                 field="occurred_at",
             )
         check(definition, event.type, event.properties)
+        for event_type, prop in definition.relationships.values():
+            other = _other(event.properties.get(prop)) if event_type == event.type else None
+            if other is not None:
+                check_id(f"properties.{prop}", other)
         # an event sent without its time is the same event when sent again: its time is not part of it
         digest = _content_hash(event.customer_id, identities, event.type, event.source, event.occurred_at, event.properties)
         return _Prepared(event, definition, rules, identities, occurred, now, digest)
@@ -453,6 +459,12 @@ class Tracker:
         for absorbed in resolution.merged:
             profile.absorb(unit.merge(customer, absorbed, f"event {event.event_id}", now))
         unit.add_identities(customer, resolution.identities)
+        for kind, (event_type, prop) in definition.relationships.items():
+            other = _other(event.properties.get(prop)) if event_type == event.type else None
+            if other is not None:  # checked by _prepare
+                other = unit.survivor(other) or other
+                if other != customer:
+                    unit.repo.add_relationship(unit.conn, customer, kind, other, event.event_id, item.occurred)
         unit.add_event(
             {
                 "event_id": event.event_id,
@@ -575,6 +587,14 @@ class Tracker:
         if profile is None:
             return None
         return profile, found or {}
+
+
+def _other(value: Any) -> str | None:
+    """The other customer's id a relationship event names, or None when it names none."""
+    if value is None or isinstance(value, bool | Mapping | list):
+        return None
+    text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value).strip()
+    return text or None
 
 
 def _ids(saved: Mapping[str, tuple[Profile, tuple[str, ...]]]) -> list[str]:

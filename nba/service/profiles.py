@@ -47,6 +47,8 @@ class ProfileHistory(Protocol):
 
     def absorbed_ids(self, customer_id: str, conn: Any = None) -> list[str]: ...
 
+    def relationships(self, customer_id: str, conn: Any = None) -> list[tuple[str, str, datetime, str]]: ...
+
     def for_customers(self, customer_ids: list[str], limit: int, conn: Any = None) -> list[tuple[DecisionRecord, list[Any]]]: ...
 
 
@@ -126,8 +128,20 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
             identities=[ppb.Identifier(kind=k, value=v) for k, values in sorted(identities.items()) for v in values],
             attributes=attributes,
             computed=computed,
+            activity=[
+                ppb.ActivityItem(
+                    activity=name,
+                    key=key,
+                    status=item["status"],
+                    open=is_open,
+                    since=_stamp(item["since"]),
+                    updated_at=_stamp(item["updated_at"]),
+                    last_event_type=item["type"],
+                )
+                for name, key, item, is_open in profile.items()
+            ],
         )
-        if self._history is not None and wanted & {"timeline", "merged_ids", "decisions"}:
+        if self._history is not None and wanted & {"timeline", "merged_ids", "decisions", "relationships"}:
             with self._history.snapshot() as conn:
                 self._add_history(answer, conn, profile.customer_id, timeline_limit, before, decisions_limit, wanted)
         if request.next_best_actions_channel and self._decider is not None and "next_best_actions" in wanted:
@@ -181,6 +195,11 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
         if len(events) > limit:
             last = events[limit - 1]
             answer.next_timeline_page_token = _token(last[3], last[0])
+        if "relationships" in wanted:
+            answer.relationships.extend(
+                ppb.Relationship(kind=kind, customer_id=other, since=_stamp(since.timestamp()), event_id=event_id)
+                for kind, other, since, event_id in self._history.relationships(customer_id, conn)
+            )
         if not wanted & {"merged_ids", "decisions"}:
             return
         absorbed = self._history.absorbed_ids(customer_id, conn)
@@ -235,8 +254,10 @@ def _response(result: TrackResult) -> ppb.TrackResponse:
 
 
 def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
+    """Epoch seconds as a Timestamp, to the microsecond: every time nba stores has that
+    precision, and a float of today's epoch seconds carries noise below it."""
     stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(round(seconds * 1e9))
+    stamp.FromMicroseconds(round(seconds * 1e6))
     return stamp
 
 

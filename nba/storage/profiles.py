@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, or_, select
 
 from nba.storage.engine import Repository, utc
-from nba.storage.tables import PROFILE_EVENTS, PROFILE_IDENTITIES, PROFILE_MERGES, PROFILES
+from nba.storage.tables import PROFILE_EVENTS, PROFILE_IDENTITIES, PROFILE_MERGES, PROFILE_RELATIONSHIPS, PROFILES
 
 __all__ = ["MAX_MERGE_CHAIN", "ProfileRowValues", "Profiles", "StoredProfile"]
 
@@ -201,6 +201,18 @@ class Profiles(Repository):
                 )
         conn.execute(i.delete().where(i.c.customer_id == absorbed))
         conn.execute(PROFILE_EVENTS.update().where(PROFILE_EVENTS.c.customer_id == absorbed).values(customer_id=survivor))
+        r = PROFILE_RELATIONSHIPS
+        kept = {
+            (row.kind, row.other_id) for row in conn.execute(select(r.c.kind, r.c.other_id).where(r.c.customer_id == survivor))
+        }
+        for row in conn.execute(select(r.c.kind, r.c.other_id).where(r.c.customer_id == absorbed)).all():
+            if (row.kind, row.other_id) not in kept and row.other_id != survivor:
+                conn.execute(
+                    r.update()
+                    .where(r.c.customer_id == absorbed, r.c.kind == row.kind, r.c.other_id == row.other_id)
+                    .values(customer_id=survivor)
+                )
+        conn.execute(r.delete().where(r.c.customer_id == absorbed))
         conn.execute(
             PROFILE_MERGES.insert().values(
                 survivor=survivor, absorbed=absorbed, at=now, cause=cause[:256], undone_at=None, undone_by=""
@@ -255,7 +267,42 @@ class Profiles(Repository):
         e, i = PROFILE_EVENTS, PROFILE_IDENTITIES
         conn.execute(e.update().where(e.c.customer_id == survivor, e.c.origin.in_(split)).values(customer_id=customer_id))
         conn.execute(i.update().where(i.c.customer_id == survivor, i.c.origin.in_(split)).values(customer_id=customer_id))
+        r = PROFILE_RELATIONSHIPS
+        conn.execute(r.update().where(r.c.customer_id == survivor, r.c.origin.in_(split)).values(customer_id=customer_id))
         return survivor, split
+
+    def add_relationship(self, conn: Any, customer_id: str, kind: str, other_id: str, event_id: str, at: datetime) -> None:
+        """Links two customers (survivors, or an id no event has named yet), a row each way;
+        a link already kept keeps its earliest event."""
+        r = PROFILE_RELATIONSHIPS
+        for one, other in ((customer_id, other_id), (other_id, customer_id)):
+            key = and_(r.c.customer_id == one, r.c.kind == kind, r.c.other_id == other)
+            held = conn.execute(select(r.c.since, r.c.event_id).where(key)).first()
+            if held is None:
+                conn.execute(
+                    r.insert().values(customer_id=one, kind=kind, other_id=other, event_id=event_id, since=at, origin=one)
+                )
+            elif (at, event_id) < (utc(held.since), held.event_id):
+                conn.execute(r.update().where(key).values(since=at, event_id=event_id))
+
+    def relationships(self, customer_id: str, conn: Any = None) -> list[tuple[str, str, datetime, str]]:
+        """A customer's relationships as (kind, the other customer, since, event id), the other
+        followed through merges; by kind, then since. ``conn``: a ``snapshot`` to read in."""
+        r = PROFILE_RELATIONSHIPS
+        with self.reading(conn) as reader:
+            rows = reader.execute(
+                select(r.c.kind, r.c.other_id, r.c.since, r.c.event_id).where(r.c.customer_id == customer_id)
+            ).all()
+            found: dict[tuple[str, str], tuple[datetime, str]] = {}
+            for row in rows:
+                other = self.survivor(reader, row.other_id) or row.other_id
+                if other == customer_id:
+                    continue  # the two were merged since: one customer
+                held = found.get((row.kind, other))
+                since = (utc(row.since), row.event_id)
+                if held is None or since < held:
+                    found[(row.kind, other)] = since
+        return sorted(((k, o, at, e) for (k, o), (at, e) in found.items()), key=lambda x: (x[0], x[2], x[1]))
 
     def stored_events(self, conn: Any, event_ids: list[str]) -> dict[str, tuple[str, str]]:
         """(content hash, customer id) of each of ``event_ids`` already stored, by event id."""

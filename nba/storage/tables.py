@@ -22,6 +22,7 @@ __all__ = [
     "PROFILE_EVENTS",
     "PROFILE_IDENTITIES",
     "PROFILE_MERGES",
+    "PROFILE_RELATIONSHIPS",
     "SNAPSHOTS",
     "ContactEventRow",
     "DecisionRow",
@@ -32,6 +33,7 @@ __all__ = [
     "ProfileEventRow",
     "ProfileIdentityRow",
     "ProfileMergeRow",
+    "ProfileRelationshipRow",
     "ProfileRow",
     "SnapshotRow",
 ]
@@ -203,6 +205,22 @@ class ProfileEventRow(SQLModel, table=True):
     origin: str | None = Field(default=None, index=True, max_length=256)
 
 
+class ProfileRelationshipRow(SQLModel, table=True):
+    """A link between two customers (household, guarantor, referral), one row each way."""
+
+    __tablename__ = "profile_relationships"
+
+    customer_id: str = Field(primary_key=True, max_length=256)
+    kind: str = Field(primary_key=True, max_length=64)
+    #: the other customer as the event named it (followed through merges when read)
+    other_id: str = Field(primary_key=True, max_length=256)
+    #: the event that linked them (the earliest, when several did)
+    event_id: str = Field(max_length=256)
+    since: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    #: the customer the row was first kept for (an unmerge gives it back)
+    origin: str = Field(max_length=256)
+
+
 class ProfileMergeRow(SQLModel, table=True):
     """Each merge of two customers, and its undoing (the pair is then kept apart)."""
 
@@ -234,4 +252,5 @@ SNAPSHOTS = table(SnapshotRow)
 PROFILES = table(ProfileRow)
 PROFILE_IDENTITIES = table(ProfileIdentityRow)
 PROFILE_EVENTS = table(ProfileEventRow)
+PROFILE_RELATIONSHIPS = table(ProfileRelationshipRow)
 PROFILE_MERGES = table(ProfileMergeRow)

@@ -70,3 +70,33 @@ def test_the_profiles_benchmark_measures_every_figure_at_two_scales(tmp_path: Pa
         assert 0 < row["replica_p50_ms"] <= row["replica_p99_ms"] < 5000
         assert row["decide_stored_cpu_ms"] > 0 and row["decide_inline_cpu_ms"] > 0
     assert "TrackBatch events/s" in done.stdout and "| 300 | 600 |" in done.stdout
+
+
+def test_the_tracking_benchmark_measures_both_modes_on_both_engines(tmp_path: Path) -> None:
+    need_postgres()
+    out = tmp_path / "bench_tracking.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "loadtests/bench_tracking.py",
+            "--events",
+            "400",
+            "--customers",
+            "40",
+            "--batch",
+            "100",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    results = {r["engine"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) == {"sqlite", "postgresql"}
+    for r in results.values():
+        assert r["single_per_s"] > 0 and r["batch_per_s"] > 0
+        assert 0 < r["profile_share"] < 1 and 0 < r["json_share"] < 1
+    assert "| engine | one a call (events/s) | batches (events/s)" in done.stdout

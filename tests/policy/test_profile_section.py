@@ -104,13 +104,15 @@ def test_the_readme_example_is_a_valid_section() -> None:
     readme = (ROOT / "README.md").read_text()
     block = readme.split("### The profile section", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     profile = parse_policy_set(with_profile(block)).profile
-    assert [c.name for c in profile.computed] == ["spend_365d", "last_mood", "channels_used", "open_orders"]
+    assert [c.name for c in profile.computed] == ["spend_365d", "last_mood", "channels_used", "big_orders_30d"]
+    assert [a.name for a in profile.activities] == ["orders_in_progress", "complaint_cases"]
+    assert profile.relationships == {"household": ("household_link", "member_id")}
 
 
 def test_a_rule_may_read_only_what_the_profile_declares() -> None:
     offer = "offers:\n  - {id: sorry, name: Sorry, channels: [web], value: 1.0, eligibility: 'profile.open_order > 0'}\n"
     found = problems(PROFILE, {"sorry.yaml": offer})
-    assert len(found) == 1 and "'open_order' is not an attribute or computed attribute of the profile" in found[0]
+    assert len(found) == 1 and "'open_order' is not an attribute, computed attribute or activity of the profile" in found[0]
     assert "open_orders" in found[0] and "sorry" in found[0]  # the choices, and which offer
     good = "offers:\n  - {id: sorry, name: Sorry, channels: [web], value: 1.0, eligibility: 'profile.open_orders > 0'}\n"
     assert parse_policy_set(with_profile(PROFILE, {"sorry.yaml": good})).offers["sorry"]

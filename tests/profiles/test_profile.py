@@ -145,3 +145,72 @@ def test_attributes_read_the_source_and_dotted_paths_and_personal_data_stays_out
     assert [str(p) for p in found] == [
         "field 'profile.attributes.x.from': '*.source': an attribute is kept from one event type, not *"
     ]
+
+
+ACTIVITY, ACTIVITY_PROBLEMS = compile_profile(
+    ProfileSection.model_validate(
+        {
+            "event_types": {
+                "order": {"properties": {"order_id": "string", "status": "string"}},
+                "delivery": {"properties": {"order_id": "string", "status": "string"}},
+            },
+            "activity": {
+                "orders_open": {"events": ["order", "delivery"], "key": "order_id", "closed": ["delivered", "cancelled"]}
+            },
+        }
+    )
+)
+
+
+def test_current_activity_follows_each_item_to_its_newest_status_whatever_the_arrival_order() -> None:
+    assert ACTIVITY_PROBLEMS == []
+    events = [
+        TrackedEvent("o1", "c-1", "order", "web", T0, {"order_id": "A-1", "status": "placed"}),
+        TrackedEvent("d1", "c-1", "delivery", "courier", T0 + DAY, {"order_id": "A-1", "status": "shipped"}),
+        TrackedEvent("d2", "c-1", "delivery", "courier", T0 + 2 * DAY, {"order_id": "A-1", "status": "delivered"}),
+        TrackedEvent("o2", "c-1", "order", "app", T0 + DAY, {"order_id": 77.0}),  # no status: open, key as a number
+        TrackedEvent("o3", "c-1", "order", "app", T0 + 3 * DAY, {"order_id": "77", "status": "placed"}),  # the same order
+        TrackedEvent("o4", "c-1", "order", "app", T0, {"status": "placed"}),  # no key: no item
+    ]
+    for arrival in (events, events[::-1], [events[2], events[0], events[4], events[1], events[3], events[5]]):
+        profile = Profile(ACTIVITY, "c-1", T0)
+        profile.absorb(arrival)
+        assert profile.view(T0 + 3 * DAY)["orders_open"] == 1
+        items = [
+            (name, key, item["status"], is_open, item["since"], item["type"]) for name, key, item, is_open in profile.items()
+        ]
+        assert items == [
+            ("orders_open", "77", "placed", True, T0 + DAY, "order"),
+            ("orders_open", "A-1", "delivered", False, T0, "delivery"),
+        ]
+        restored = Profile.load(ACTIVITY, json.loads(json.dumps(profile.dump(), allow_nan=False)))
+        assert restored.items() == profile.items()
+
+
+def test_only_the_newest_closed_items_are_kept() -> None:
+    profile = Profile(ACTIVITY, "c-1", T0)
+    for n in range(30):
+        profile.apply(TrackedEvent(f"o{n}", "c-1", "order", "web", T0 + n, {"order_id": f"A-{n}", "status": "cancelled"}))
+    profile.apply(TrackedEvent("open", "c-1", "order", "web", T0, {"order_id": "B", "status": "placed"}))
+    kept = [key for _, key, _, _ in profile.items()]
+    assert kept[0] == "B" and len(kept) == 21 and "A-29" in kept and "A-9" not in kept
+
+
+def test_an_activity_reading_an_undeclared_property_is_refused_naming_it() -> None:
+    _, problems = compile_profile(
+        ProfileSection.model_validate(
+            {
+                "event_types": {"order": {"properties": {"status": "string"}}},
+                "computed": {"orders": "count(order)"},
+                "activity": {
+                    "orders": {"events": ["order"], "key": "id", "closed": ["done"]},
+                    "open": {"events": ["order"], "key": "case", "closed": ["done"]},
+                    "visits": {"events": ["visit"], "key": "status", "closed": ["done"]},
+                },
+            }
+        )
+    )
+    found = {(p.field, p.message) for p in problems}
+    assert ("profile.activity.orders", "'orders' is also an attribute or a computed attribute: one name, one meaning") in found
+    assert ("profile.activity.open.key", "'case' is not a property of order") in found
+    assert any(f == "profile.activity.visits.key" and "unknown event type 'visit'" in m for f, m in found)

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import EDITOR_TOKEN, POLICIES, VIEWER_TOKEN, Running, struct
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
 
 from nba.v1 import profile_service_pb2 as ppb
 from nba.v1 import profile_service_pb2_grpc as ppb_grpc
@@ -19,14 +19,19 @@ from nba.v1 import profile_service_pb2_grpc as ppb_grpc
 PROFILE = """
 profile:
   event_types:
-    order: {properties: {amount: number, status: string}}
+    order: {properties: {amount: number, status: string, order_id: string}}
     contact: {properties: {sentiment: string}}
     complaint: {properties: {topic: string}}
+    household_link: {properties: {member_id: string}}
   computed:
     spend_30d: sum(order.amount) over 30d
     last_mood: last(contact.sentiment)
     orders: count(order)
     complaints_30d: count(complaint) over 30d
+  activity:
+    orders_open: {events: [order], key: order_id, closed: [delivered]}
+  relationships:
+    household: {from: household_link.member_id}
 """
 
 
@@ -60,7 +65,7 @@ def test_events_in_and_the_profile_back(server: Running) -> None:
             source="web",
             identities={"email": "Ada@Example.com"},
             occurred_at=at(now - timedelta(days=2)),
-            properties=struct({"amount": 40.0}),
+            properties=struct({"amount": 40.0, "order_id": "A-1", "status": "placed"}),
         )
     )
     assert not first.duplicate and first.customer_id and first.version == 1
@@ -99,6 +104,10 @@ def test_events_in_and_the_profile_back(server: Running) -> None:
         "complaints_30d": 0.0,
     }
     assert [(i.kind, i.value) for i in by_id.identities] == [("email", "ada@example.com")]
+    assert [(a.activity, a.key, a.status, a.open, a.last_event_type) for a in by_id.activity] == [
+        ("orders_open", "A-1", "placed", True, "order")
+    ]
+    assert abs(by_id.activity[0].since.ToDatetime(UTC) - (now - timedelta(days=2))) < timedelta(milliseconds=1)
 
 
 def test_a_batch_answers_each_event_on_its_own(server: Running) -> None:
@@ -125,6 +134,26 @@ def test_a_batch_answers_each_event_on_its_own(server: Running) -> None:
     assert "events[1]: properties.amount: must be a number" in reply.results[1].error_message
     profile = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-1"), metadata=viewer())
     assert profile.version == 2 and json_format.MessageToDict(profile.computed)["spend_30d"] == 12.0
+
+
+def test_a_household_link_shows_on_both_profiles(server: Running) -> None:
+    stub = ppb_grpc.ProfileServiceStub(server.channel)
+    linked = at(datetime.now(UTC) - timedelta(hours=1))
+    stub.Track(
+        ppb.TrackRequest(
+            event_id="h-1", type="household_link", customer_id="h-a", occurred_at=linked, properties=struct({"member_id": "h-b"})
+        )
+    )
+    stub.Track(ppb.TrackRequest(event_id="h-2", type="order", customer_id="h-b", properties=struct({"amount": 1.0})))
+    for customer, other in (("h-a", "h-b"), ("h-b", "h-a")):
+        profile = stub.GetProfile(ppb.GetProfileRequest(customer_id=customer), metadata=viewer())
+        assert [(r.kind, r.customer_id, r.event_id, r.since) for r in profile.relationships] == [
+            ("household", other, "h-1", linked)
+        ]
+    masked = stub.GetProfile(
+        ppb.GetProfileRequest(customer_id="h-a", read_mask=field_mask_pb2.FieldMask(paths=["customer_id"])), metadata=viewer()
+    )
+    assert not masked.relationships
 
 
 def test_an_editor_undoes_a_merge_and_the_two_stay_apart(server: Running) -> None:

@@ -25,7 +25,9 @@ DEFINITION, _ = compile_profile(
                 "order": {"properties": {"amount": "number", "status": "string"}},
                 "complaint": {"properties": {"status": "string"}},
                 "signup": {"properties": {"email": "string"}},
+                "household_link": {"properties": {"member_id": "string"}},
             },
+            "relationships": {"household": {"from": "household_link.member_id"}},
             "attributes": {"email": {"from": "signup.email", "pii": True}},
             "computed": {
                 "spend_7d": "sum(order.amount) over 7d",
@@ -140,6 +142,33 @@ def test_an_unmerge_gives_back_what_was_the_absorbed_customers_and_keeps_the_pai
     assert (again.customer_id, again.merged, again.apart) == ("cus-1", (), ("cus-2",))
     with pytest.raises(FailedPrecondition, match="not merged"):
         track.unmerge("cus-2", "ada")  # undone once: nothing left to undo
+
+
+def test_a_relationship_is_kept_on_both_profiles_and_follows_merges(tracker) -> None:  # type: ignore[no-untyped-def]
+    track, clock = tracker
+    store = track._repository  # the Store the tracker writes to: GetProfile reads relationships from it
+    track.track(
+        TrackInput("m-1", "order", customer_id="c-x", identities={"email": "x@example.com"}, occurred_at=T0 - timedelta(days=9))
+    )
+    clock.advance(seconds=1)  # c-x is the older profile: it survives a merge
+    track.track(TrackInput("l-1", "household_link", customer_id="c-a", properties={"member_id": "c-b"}, occurred_at=T0))
+    track.track(
+        TrackInput(
+            "l-0", "household_link", customer_id="c-b", properties={"member_id": "c-a"}, occurred_at=T0 - timedelta(days=1)
+        )
+    )
+    assert [r[:2] for r in store.relationships("c-a")] == [("household", "c-b")]
+    assert store.relationships("c-b") == [("household", "c-a", T0 - timedelta(days=1), "l-0")]  # the earliest link
+    with pytest.raises(InvalidArgument, match="properties.member_id: contains a control character"):
+        track.track(TrackInput("l-2", "household_link", customer_id="c-a", properties={"member_id": "c\x00"}))
+    # c-b is absorbed by c-x: c-a's link now names c-x, and c-x holds c-b's side
+    track.track(TrackInput("m-2", "order", customer_id="c-b", identities={"email": "x@example.com"}, occurred_at=T0))
+    assert track.lookup(customer_id="c-b")[0].customer_id == "c-x"  # type: ignore[index]
+    assert [r[:2] for r in store.relationships("c-a")] == [("household", "c-x")]
+    assert [r[:2] for r in store.relationships("c-x")] == [("household", "c-a")]
+    track.unmerge("c-b", "ada")
+    assert [r[:2] for r in store.relationships("c-a")] == [("household", "c-b")]
+    assert [r[:2] for r in store.relationships("c-b")] == [("household", "c-a")] and store.relationships("c-x") == []
 
 
 def test_computed_attributes_are_exact_at_known_times(tracker) -> None:  # type: ignore[no-untyped-def]

@@ -243,7 +243,9 @@ def test_publishes_and_rollbacks_on_two_replicas_under_decide_load_never_go_back
             time.sleep(rng.uniform(0, 0.03))
 
     loaders = [threading.Thread(target=load, args=(r, t), daemon=True) for r in (0, 1) for t in (0, 1)]
-    editors = [threading.Thread(target=edit, args=(r, 40)) for r in (0, 1)]
+    # 24 rounds each: every kind of call (a publish, a rollback, a stale and a never-live
+    # expectation) more than twice on each replica, racing the other's
+    editors = [threading.Thread(target=edit, args=(r, 24)) for r in (0, 1)]
     for t in loaders + editors:
         t.start()
     for t in editors:
@@ -303,6 +305,6 @@ def test_publishes_and_rollbacks_on_two_replicas_under_decide_load_never_go_back
         "its publish began"
     )
     assert backwards == 0
-    assert total > 200 and counts["activated"] > 20
+    assert total > 200 and counts["activated"] > 12
     assert all(op.outcome == "refused" for op in ops if op.expected == NEVER_LIVE)
     assert counts["refused"] >= sum(op.expected == NEVER_LIVE for op in ops) > 0

@@ -70,7 +70,9 @@ def run_publishes(
     ]
     invalid = files("offers:\n  - {id: promo-c, name: Promo C, channels: [fax]}\n")
     refused = 0
-    for round_ in range(36):
+    # 18 rounds: three refusals, rollbacks and publishes of each draft, each round a sandboxed
+    # validation (about a second): the suite's budget, not the property, sets the number
+    for round_ in range(18):
         began = time.monotonic()
         if round_ % 6 == 5:
             live_before = server.service.policy_set.version
@@ -96,7 +98,7 @@ def run_publishes(
         t.join()
 
     assert failures == []
-    assert refused == 6
+    assert refused == 3
     assert len(decisions) > 300
     assert len({label for _, _, label in timeline}) >= 3
     # Version k was live from when its publish began until the next publish ended.

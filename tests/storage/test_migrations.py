@@ -161,6 +161,7 @@ def test_a_full_database_of_the_first_revision_upgrades_to_the_declared_schema_k
         "profile_identities": 0,
         "profile_events": 0,
         "profile_merges": 0,
+        "profile_relationships": 0,  # 0006
     }
     decision = store.find_decision("d-1")
     assert decision is not None and decision.features == FEATURES and decision.offers == OFFERS

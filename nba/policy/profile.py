@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -227,7 +228,7 @@ class Activity:
     status: str
     closed: frozenset[str]
 
-    @property
+    @cached_property
     def source(self) -> str:
         """What a stored state was built under: a state built under another is rebuilt."""
         return f"{sorted(self.events)} key={self.key} status={self.status} closed={sorted(self.closed)}"

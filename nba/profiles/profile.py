@@ -93,14 +93,15 @@ def _finite(value: Any, path: str) -> None:
 class Profile:
     """A customer's kept and computed attributes. ``version`` counts the events applied."""
 
-    def __init__(self, definition: ProfileDefinition, customer_id: str, created_at: float) -> None:
+    def __init__(self, definition: ProfileDefinition, customer_id: str, created_at: float, *, empty: bool = True) -> None:
         self.definition = definition
         self.customer_id = customer_id
         self.created_at = created_at
         self.version = 0
         #: attribute -> (value, time, event id) of the event it was kept from
         self.attributes: dict[str, tuple[Any, float, str]] = {}
-        self.computed: dict[str, State] = {c.name: State(c) for c in definition.computed}
+        # (``load`` fills the states it has, and only then makes the missing ones)
+        self.computed: dict[str, State] = {c.name: State(c) for c in definition.computed} if empty else {}
         #: activity -> item key -> the item (``_item``): open ones, and the latest closed ones
         self.activity: dict[str, dict[str, dict[str, Any]]] = {a.name: {} for a in definition.activities}
 
@@ -212,7 +213,7 @@ class Profile:
         """A stored profile under ``definition``. A computed attribute the stored state lacks, or
         holds under another definition (added or changed since), starts empty: it is to be
         backfilled from the stored events."""
-        profile = cls(definition, str(data["customer_id"]), float(data["created_at"]))
+        profile = cls(definition, str(data["customer_id"]), float(data["created_at"]), empty=False)
         profile.version = int(data.get("version", 0))
         for name, (value, at, event_id) in data.get("attributes", {}).items():
             if name in definition.attributes:
@@ -222,6 +223,8 @@ class Profile:
             kept = stored.get(attribute.name)
             if kept is not None and kept.get("definition") == attribute.source:
                 profile.computed[attribute.name] = State.load(attribute, kept["state"])
+            else:
+                profile.computed[attribute.name] = State(attribute)
         activity = data.get("activity", {})
         for a in definition.activities:
             held = activity.get(a.name)

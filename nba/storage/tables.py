@@ -201,8 +201,9 @@ class ProfileEventRow(SQLModel, table=True):
     #: sha-256 of what the event says: its event_id reused for anything else is refused
     content_hash: str = Field(max_length=64)
     #: the customer it was first resolved to (kept through merges: an unmerge gives it back);
-    #: NULL for events stored before migration 0005
-    origin: str | None = Field(default=None, index=True, max_length=256)
+    #: NULL for events stored before migration 0005. Not indexed: an unmerge reads a customer's
+    #: events by customer_id, and every tracked event would pay for the index.
+    origin: str | None = Field(default=None, max_length=256)
 
 
 class ProfileRelationshipRow(SQLModel, table=True):

@@ -25,7 +25,6 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("profile_events") as batch:
         batch.add_column(sa.Column("origin", sa.String(length=256), nullable=True))
-        batch.create_index("ix_profile_events_origin", ["origin"])
     with op.batch_alter_table("profile_identities") as batch:
         batch.add_column(sa.Column("origin", sa.String(length=256), nullable=True))
 
@@ -34,5 +33,4 @@ def downgrade() -> None:
     with op.batch_alter_table("profile_identities") as batch:
         batch.drop_column("origin")
     with op.batch_alter_table("profile_events") as batch:
-        batch.drop_index("ix_profile_events_origin")
         batch.drop_column("origin")

@@ -103,11 +103,22 @@ def load(url: str, policies: Path, start: int, count: int, per_customer: int) ->
                 profile = Profile(definition, customer, created.timestamp())
                 for event_id, kind, source, at, properties in generated:
                     profile.apply(TrackedEvent(event_id, customer, kind, source, at.timestamp(), properties))
-                    events.append((event_id, customer, kind, source, at, at, json.dumps(properties), "{}", uuid.uuid4().hex * 2))
-                profiles.append((customer, created, NOW, profile.version, None, json.dumps(profile.dump())))
-                identities.append(("email", f"{customer}@example.com", customer))
-            copy_rows(conn, "profiles", ("customer_id", "created_at", "updated_at", "version", "merged_into", "state"), profiles)
-            copy_rows(conn, "profile_identities", ("kind", "value", "customer_id"), identities)
+                    events.append(
+                        (event_id, customer, kind, source, at, at, json.dumps(properties), "{}", uuid.uuid4().hex * 2, customer)
+                    )
+                # as tracking writes them: the state with the definition it was built under
+                # (else the service would start backfilling every profile), events and
+                # identifiers with their origin
+                state = profile.dump()
+                profiles.append((customer, created, NOW, profile.version, None, json.dumps(state), state["built_under"]))
+                identities.append(("email", f"{customer}@example.com", customer, customer))
+            copy_rows(
+                conn,
+                "profiles",
+                ("customer_id", "created_at", "updated_at", "version", "merged_into", "state", "built_under"),
+                profiles,
+            )
+            copy_rows(conn, "profile_identities", ("kind", "value", "customer_id", "origin"), identities)
             copy_rows(
                 conn,
                 "profile_events",
@@ -121,6 +132,7 @@ def load(url: str, policies: Path, start: int, count: int, per_customer: int) ->
                     "properties",
                     "identities",
                     "content_hash",
+                    "origin",
                 ),
                 events,
             )

@@ -47,6 +47,12 @@ PROFILE_CACHE = Counter(
     "nba_profile_cache_total", "Stored profiles read by decisions and GetProfile, by where they came from", ["result"]
 )
 SNAPSHOTS = Counter("nba_model_snapshots_total", "Model snapshots written")
+PROFILE_BACKFILL_REMAINING = Gauge(
+    "nba_profile_backfill_remaining",
+    "Profiles still to rebuild under the live profile definition, as this process's backfill counts them",
+    multiprocess_mode="livemax",  # every worker walks the same profiles: the furthest behind says how much is left
+)
+PROFILE_BACKFILLED = Counter("nba_profile_backfilled_total", "Profiles rebuilt from their events under a changed definition")
 LOG_QUEUE = Gauge(
     "nba_decision_log_queue",
     "Decisions waiting to be written to the decision log (all workers)",

@@ -117,9 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     policies.add_argument("--database-url", dest="database_url", help="preview: the decision log (NBA_DATABASE_URL)")
     policies.set_defaults(run=_policies)
 
-    profiles = commands.add_parser("profiles", help="customer profiles: import touch-point history")
-    profiles.add_argument("action", choices=["import"], help="import: take a file of events into the profiles")
-    profiles.add_argument("file", help="JSON Lines (one event a line) or CSV (.csv) of events")
+    profiles = commands.add_parser(
+        "profiles", help="customer profiles: import touch-point history, backfill a changed definition"
+    )
+    profiles.add_argument(
+        "action",
+        choices=["import", "backfill"],
+        help="import: take a file of events into the profiles; backfill: rebuild every profile stored under "
+        "another definition than the live set's, from its events, now (the service does it in the background)",
+    )
+    profiles.add_argument("file", nargs="?", help="import: JSON Lines (one event a line) or CSV (.csv) of events")
     profiles.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
     profiles.add_argument("--database-url", dest="database_url", help="the database (NBA_DATABASE_URL)")
     profiles.add_argument("--policies", help="the policy set whose profile section applies, when none is live yet (NBA_POLICIES)")

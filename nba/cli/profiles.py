@@ -1,5 +1,6 @@
 """``nba profiles import FILE``: touch-point history in bulk, through the same checks and identity
-resolution as ``ProfileService.Track``.
+resolution as ``ProfileService.Track``; ``nba profiles backfill``: every profile rebuilt under the
+live definition now (``nba.profiles.backfill``; the service does it in the background).
 
 A file is JSON Lines (one object a line: ``event_id``, ``type``, ``customer_id`` and/or
 ``identities`` {kind: value}, ``source``, ``occurred_at`` ISO 8601, ``properties`` {...}) or CSV
@@ -35,6 +36,10 @@ def _profiles(args: argparse.Namespace) -> int:
     from nba.storage.engine import open_engine
     from nba.storage.store import Store
 
+    if args.action == "backfill":
+        return _backfill(args)
+    if not args.file:
+        raise CliError("FILE: name the file of events to import (JSON Lines, or CSV with a .csv name)")
     path = _readable_file(args.file, "FILE")
     settings = _settings(args)
     with _database_errors(settings.database_url):
@@ -70,6 +75,37 @@ def _profiles(args: argparse.Namespace) -> int:
         print(f"refused: ... and {counts['refused'] - len(refusals)} more", file=sys.stderr)
     print(f"{path}: {_summary(counts)}")
     return EXIT_FAILED if counts["refused"] else 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    """Every profile stored under another definition than the live set's, rebuilt now."""
+    from nba.policy.loading import load_policy_set, parse_policy_set
+    from nba.profiles.backfill import Backfill, Progress
+    from nba.profiles.tracking import Tracker
+    from nba.storage.engine import open_engine
+    from nba.storage.store import Store
+
+    settings = _settings(args)
+    progress = sys.stderr.isatty()
+    with _database_errors(settings.database_url):
+        engine = open_engine(settings.database_url)
+        try:
+            store = Store(engine)
+            live = store.live_activation()
+            policy_set = parse_policy_set(live.files) if live is not None else load_policy_set(settings.policies)
+            definition = policy_set.profile
+
+            def report(p: Progress) -> None:
+                if progress:
+                    print(f"\r{p.done:,} of {p.total:,} profiles rebuilt", end="", file=sys.stderr, flush=True)
+
+            done = Backfill(Tracker(store, lambda: definition), lambda: definition, store.count_built_under_other).run(report)
+        finally:
+            engine.dispose()
+    if progress and done.total:
+        print(file=sys.stderr)
+    print(f"{done.done:,} profiles rebuilt under definition {definition.fingerprint} in {done.seconds:.1f} s")
+    return 0
 
 
 def _summary(counts: Mapping[str, int]) -> str:

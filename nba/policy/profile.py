@@ -28,6 +28,7 @@ Computed attributes are read by ``parse``; their functions and windows are docum
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -250,6 +251,20 @@ class ProfileDefinition:
     activities: tuple[Activity, ...] = ()
     #: relationship kind -> (event type, property naming the other customer)
     relationships: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """What a profile's state is built under (attributes, computed attributes, activities),
+        16 hex digits: a profile stored under another is rebuilt from its events."""
+        parts = [f"a {name} {spec}" for name, spec in sorted(self.attributes.items())]
+        parts += [f"c {c.name} {c.source}" for c in self.computed]
+        parts += [f"x {a.name} {a.source}" for a in self.activities]
+        return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()[:16]
+
+    def attribute_source(self, name: str) -> str:
+        """What a kept attribute's stored value was kept under."""
+        event, prop, keep, _ = self.attributes[name]
+        return f"{event}.{prop} {keep}"
 
     @property
     def names(self) -> frozenset[str]:

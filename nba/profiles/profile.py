@@ -104,6 +104,9 @@ class Profile:
         self.computed: dict[str, State] = {c.name: State(c) for c in definition.computed} if empty else {}
         #: activity -> item key -> the item (``_item``): open ones, and the latest closed ones
         self.activity: dict[str, dict[str, dict[str, Any]]] = {a.name: {} for a in definition.activities}
+        #: attributes, computed attributes and activities ``load`` found stored under another
+        #: definition (or not at all) in a profile with events: empty until ``rebuild``
+        self.stale: frozenset[str] = frozenset()
 
     def apply(self, event: TrackedEvent) -> None:
         """Takes an (accepted, first-seen) event into the profile."""
@@ -181,6 +184,27 @@ class Profile:
         out.sort(key=lambda i: (not i[3], -i[2]["updated_at"], i[0], i[1]))
         return out
 
+    def rebuild(self, events: Iterable[TrackedEvent]) -> None:
+        """The ``stale`` parts made again from the customer's stored events (all of them, in
+        order): a backfill of a changed definition. The version does not change: the profile
+        says what it said, under the definition now live."""
+        stale = self.stale
+        if not stale:
+            return
+        fresh = Profile(self.definition, self.customer_id, self.created_at)
+        for event in events:
+            fresh.apply(event)
+        for name in stale:
+            if name in fresh.computed:
+                self.computed[name] = fresh.computed[name]
+            elif name in fresh.activity:
+                self.activity[name] = fresh.activity[name]
+            elif name in fresh.attributes:
+                self.attributes[name] = fresh.attributes[name]
+            else:
+                self.attributes.pop(name, None)  # an attribute no event sets under its new definition
+        self.stale = frozenset()
+
     def absorb(self, events: Iterable[TrackedEvent]) -> None:
         """A merge: the absorbed customer's events, applied here."""
         for event in events:
@@ -201,7 +225,10 @@ class Profile:
             "customer_id": self.customer_id,
             "created_at": self.created_at,
             "version": self.version,
+            # a profile with parts not yet rebuilt is not built under the live definition
+            "built_under": self.definition.fingerprint if not self.stale else None,
             "attributes": {name: list(held) for name, held in self.attributes.items()},
+            "attribute_definitions": {name: self.definition.attribute_source(name) for name in self.definition.attributes},
             "computed": {
                 name: {"definition": state.attribute.source, "state": state.dump()} for name, state in self.computed.items()
             },
@@ -215,8 +242,14 @@ class Profile:
         backfilled from the stored events."""
         profile = cls(definition, str(data["customer_id"]), float(data["created_at"]), empty=False)
         profile.version = int(data.get("version", 0))
+        stale: set[str] = set()
+        # (profiles stored before attribute definitions were recorded: taken as they are)
+        kept_under = data.get("attribute_definitions")
+        for name in definition.attributes:
+            if kept_under is not None and kept_under.get(name) != definition.attribute_source(name):
+                stale.add(name)
         for name, (value, at, event_id) in data.get("attributes", {}).items():
-            if name in definition.attributes:
+            if name in definition.attributes and name not in stale:
                 profile.attributes[name] = (value, float(at), str(event_id))
         stored = data.get("computed", {})
         for attribute in definition.computed:
@@ -225,11 +258,15 @@ class Profile:
                 profile.computed[attribute.name] = State.load(attribute, kept["state"])
             else:
                 profile.computed[attribute.name] = State(attribute)
+                stale.add(attribute.name)
         activity = data.get("activity", {})
         for a in definition.activities:
             held = activity.get(a.name)
             if held is not None and held.get("definition") == a.source:
                 profile.activity[a.name] = {str(k): dict(v) for k, v in held.get("items", {}).items()}
+            else:
+                stale.add(a.name)
+        profile.stale = frozenset(stale) if profile.version else frozenset()
         return profile
 
 

@@ -76,6 +76,12 @@ class ProfileRepository(Protocol):
 
     def save_many(self, conn: Any, profiles: list[tuple[str, int, Mapping[str, Any]]], now: datetime) -> None: ...
 
+    def built_under_other(self, conn: Any, fingerprint: str, after: str, limit: int) -> list[str]: ...
+
+    def events_of(
+        self, conn: Any, customer_ids: list[str]
+    ) -> dict[str, list[tuple[str, str, str, datetime, dict[str, Any]]]]: ...
+
     def insert_events(self, conn: Any, rows: list[dict[str, Any]]) -> None: ...
 
     def events(self, conn: Any, customer_id: str) -> Iterable[tuple[str, str, str, datetime, dict[str, Any]]]: ...
@@ -231,6 +237,9 @@ class _Unit:
             profile = (
                 Profile.load(definition, loaded[3]) if loaded[3] else Profile(definition, customer_id, loaded[1].timestamp())
             )
+            if profile.stale:  # stored under an older definition: made again before the event goes in
+                profile.rebuild(_tracked(customer_id, row) for row in self.repo.events(self.conn, customer_id))
+                self.changed(customer_id)
             self.profiles[customer_id] = (profile, loaded[1])
             return profile
         profile = Profile(definition, customer_id, now.timestamp())
@@ -549,10 +558,41 @@ class Tracker:
             customer = repo.survivor(conn, customer_id)
             loaded = repo.load(conn, customer) if customer else None
             found = repo.identities(conn, customer) if identities and loaded and customer else None
-        if loaded is None:
-            return None, None
-        profile = Profile.load(definition, loaded[3]) if loaded[3] else Profile(definition, loaded[0], loaded[1].timestamp())
+            if loaded is None:
+                return None, None
+            profile = Profile.load(definition, loaded[3]) if loaded[3] else Profile(definition, loaded[0], loaded[1].timestamp())
+            if profile.stale:
+                # stored under an older definition and not backfilled yet: read right now, from
+                # the events (the backfill, or the customer's next event, stores it)
+                profile.rebuild(_tracked(loaded[0], row) for row in repo.events(conn, loaded[0]))
         return profile, (found if found is not None else {}) if identities else None
+
+    def backfill(self, after: str = "", limit: int = 200) -> tuple[list[str], str | None]:
+        """Rebuilds, from their stored events, up to ``limit`` profiles (in id order after
+        ``after``) built under another definition than the live one, in one write transaction;
+        returns the ids rebuilt and where to go on from (None: none left after ``after``).
+        Idempotent: a profile another process rebuilt meanwhile is not among them. Caches drop
+        the profiles (here and, by the bus, elsewhere) rather than take them: a backfill walks
+        every profile, and would push the hot ones out."""
+        definition = self._definition()
+        repo = self._repository
+        ids: list[str] = []
+        started = self.cache.begin() if self.cache is not None else 0
+        try:
+            with repo.write() as conn:
+                ids = repo.built_under_other(conn, definition.fingerprint, after, limit)
+                rows = repo.profile_rows(conn, ids)
+                events = repo.events_of(conn, ids)
+                changed: list[tuple[str, int, Mapping[str, Any]]] = []
+                for customer_id in ids:
+                    created, version, state, _ = rows[customer_id]
+                    profile = Profile.load(definition, state) if state else Profile(definition, customer_id, created.timestamp())
+                    profile.rebuild(_tracked(customer_id, row) for row in events[customer_id])
+                    changed.append((customer_id, version, profile.dump()))
+                repo.save_many(conn, changed, self._clock.now())
+        finally:
+            self._after(started, {}, ids)  # dropped and announced, whether the commit took or not
+        return ids, (ids[-1] if len(ids) == limit else None)
 
     def lookup(
         self, customer_id: str = "", kind: str = "", value: str = "", identities: bool = True

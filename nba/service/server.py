@@ -38,6 +38,7 @@ from nba.errors import InvalidArgument, NbaError, Unavailable, field_violations
 from nba.learning.feedback import IN_FLIGHT_MARGIN_SECONDS, FeedbackIntake
 from nba.learning.loop import LearningLoop, build_learner
 from nba.policy.policy_set import PolicySet
+from nba.profiles.backfill import Backfill
 from nba.profiles.cache import ProfileCache
 from nba.profiles.tracking import Tracker
 from nba.records import ContactEvent, LearningEvent, RewardWindows
@@ -295,6 +296,8 @@ class Service:
         self.tracker = Tracker(
             self.store, lambda: self.publisher.live.profile, self.clock, cache=self.profile_cache, changed=self._profiles_changed
         )
+        #: rebuilds stored profiles when the live set changes the profile definition
+        self.backfill = Backfill(self.tracker, lambda: self.publisher.live.profile, self.store.count_built_under_other)
         if self.bus is not None:
             self.bus.start(self.log.deliver, self._profiles_heard)
         self.decider = Decider(
@@ -426,6 +429,8 @@ class Service:
         )
         if self.decider is not None:
             self.decider.policy_set = policy_set
+        if self._serving and policy_set.profile.names:
+            self.backfill.start()  # a set that changes the profile definition: stored profiles follow
         if gc.get_freeze_count():
             # Started, so the heap was frozen out of the collector's sight (start()); the new
             # set is not. A large set is millions of objects: left to the collector, each full
@@ -465,6 +470,8 @@ class Service:
         for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
+        if self.policy_set.profile.names:
+            self.backfill.start()  # the definition may have changed while the service was down
         self._dependency(STORE_HEALTH, self.log.available)
         if self.bus is not None:
             self._dependency(BUS_HEALTH, self.bus.up)
@@ -494,6 +501,7 @@ class Service:
         grace = self.settings.grace_seconds if grace is None else grace
         self.publisher.stop()
         self.server.stop(grace).wait()
+        self.backfill.stop()
         self.log.close()
         if self.bus is not None:
             self.bus.close()

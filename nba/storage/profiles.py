@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 
 from nba.storage.engine import Repository, utc
 from nba.storage.tables import PROFILE_EVENTS, PROFILE_IDENTITIES, PROFILE_MERGES, PROFILE_RELATIONSHIPS, PROFILES
@@ -39,7 +39,12 @@ _CREATED_AT = select(PROFILES.c.created_at).where(
 _SAVE = (
     PROFILES.update()
     .where(PROFILES.c.customer_id == bindparam("key"))
-    .values(version=bindparam("version"), state=bindparam("state"), updated_at=bindparam("updated_at"))
+    .values(
+        version=bindparam("version"),
+        state=bindparam("state"),
+        updated_at=bindparam("updated_at"),
+        built_under=bindparam("built_under"),
+    )
 )
 _INSERT = PROFILES.insert()
 _HOLDERS = select(PROFILE_IDENTITIES.c.customer_id).where(
@@ -105,7 +110,10 @@ class Profiles(Repository):
         self, conn: Any, customer_id: str, created_at: datetime, version: int, state: Mapping[str, Any], now: datetime
     ) -> None:
         """Writes a profile's state (inserting it the first time)."""
-        updated = conn.execute(_SAVE, {"key": customer_id, "version": version, "state": dict(state), "updated_at": now}).rowcount
+        built = state.get("built_under")
+        updated = conn.execute(
+            _SAVE, {"key": customer_id, "version": version, "state": dict(state), "updated_at": now, "built_under": built}
+        ).rowcount
         if not updated:
             conn.execute(
                 _INSERT,
@@ -116,6 +124,7 @@ class Profiles(Repository):
                     "version": version,
                     "merged_into": None,
                     "state": dict(state),
+                    "built_under": built,
                 },
             )
 
@@ -146,7 +155,13 @@ class Profiles(Repository):
         """Writes the state of profiles that exist (customer id, version, state), in one
         statement."""
         if profiles:
-            conn.execute(_SAVE, [{"key": c, "version": v, "state": dict(state), "updated_at": now} for c, v, state in profiles])
+            conn.execute(
+                _SAVE,
+                [
+                    {"key": c, "version": v, "state": dict(state), "updated_at": now, "built_under": state.get("built_under")}
+                    for c, v, state in profiles
+                ],
+            )
 
     def holders(self, conn: Any, kind: str, value: str) -> list[str]:
         """The customers (survivors) holding an identifier, oldest first."""
@@ -270,6 +285,49 @@ class Profiles(Repository):
         r = PROFILE_RELATIONSHIPS
         conn.execute(r.update().where(r.c.customer_id == survivor, r.c.origin.in_(split)).values(customer_id=customer_id))
         return survivor, split
+
+    def built_under_other(self, conn: Any, fingerprint: str, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` customers (not merged away), in id order after ``after``, whose
+        profile was built under a definition other than ``fingerprint``."""
+        p = PROFILES
+        return list(
+            conn.execute(
+                select(p.c.customer_id)
+                .where(
+                    p.c.customer_id > after,
+                    p.c.merged_into.is_(None),
+                    or_(p.c.built_under.is_(None), p.c.built_under != fingerprint),
+                )
+                .order_by(p.c.customer_id)
+                .limit(limit)
+            ).scalars()
+        )
+
+    def count_built_under_other(self, fingerprint: str) -> int:
+        """How many profiles (not merged away) were built under another definition."""
+        p = PROFILES
+        with self.read() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(p)
+                    .where(p.c.merged_into.is_(None), or_(p.c.built_under.is_(None), p.c.built_under != fingerprint))
+                ).scalar_one()
+            )
+
+    def events_of(self, conn: Any, customer_ids: list[str]) -> dict[str, list[tuple[str, str, str, datetime, dict[str, Any]]]]:
+        """The events of many customers at once, each customer's in the order ``events`` gives."""
+        e = PROFILE_EVENTS
+        found: dict[str, list[tuple[str, str, str, datetime, dict[str, Any]]]] = {c: [] for c in customer_ids}
+        for start in range(0, len(customer_ids), _CHUNK):
+            rows = conn.execute(
+                select(e.c.customer_id, e.c.event_id, e.c.type, e.c.source, e.c.occurred_at, e.c.properties)
+                .where(e.c.customer_id.in_(customer_ids[start : start + _CHUNK]))
+                .order_by(e.c.customer_id, e.c.occurred_at, e.c.event_id)
+            )
+            for row in rows:
+                found[row.customer_id].append((row.event_id, row.type, row.source, utc(row.occurred_at), dict(row.properties)))
+        return found
 
     def add_relationship(self, conn: Any, customer_id: str, kind: str, other_id: str, event_id: str, at: datetime) -> None:
         """Links two customers (survivors, or an id no event has named yet), a row each way;

@@ -167,6 +167,9 @@ class ProfileRow(SQLModel, table=True):
     #: set once merged into another customer: follow it to the survivor
     merged_into: str | None = Field(default=None, index=True, max_length=256)
     state: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    #: the fingerprint of the profile definition the state was built under (NULL: before 0007);
+    #: a profile built under another is rebuilt from its events (nba.profiles.backfill)
+    built_under: str | None = Field(default=None, max_length=32)
 
 
 class ProfileIdentityRow(SQLModel, table=True):

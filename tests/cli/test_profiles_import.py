@@ -5,6 +5,7 @@ re-run (after an interruption) that imports nothing twice."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,25 @@ def test_csv_columns_name_identities_and_properties(tmp_path: Path, database_url
 def test_a_missing_file_is_a_usage_error(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert run(str(tmp_path / "nope.jsonl"), "--database-url", f"sqlite:///{tmp_path}/nba.db") == EXIT_USAGE
     assert "FILE" in capsys.readouterr().err
+
+
+def test_backfill_rebuilds_what_a_changed_definition_left_and_then_nothing(
+    tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in LINES if isinstance(x, dict) and x["event_id"] in ("i-1", "i-2")) + "\n")
+    assert run(str(path), "--database-url", database_url) == 0
+    changed = tmp_path / "policies"
+    shutil.copytree(POLICIES, changed)
+    profile = (changed / "profile.yaml").read_text()
+    (changed / "profile.yaml").write_text(
+        profile.replace("spend_365d: sum(order.amount) over 365d", "spend_365d: sum(order.amount) over 30d")
+    )
+    capsys.readouterr()
+    backfill = ["profiles", "backfill", "--database-url", database_url, "--policies", str(changed)]
+    assert main(backfill) == 0
+    assert capsys.readouterr().out.startswith("2 profiles rebuilt under definition ")
+    assert main(backfill) == 0
+    assert capsys.readouterr().out.startswith("0 profiles rebuilt")
+    assert main(["profiles", "import", "--database-url", database_url]) == EXIT_USAGE
+    assert "FILE: name the file of events to import" in capsys.readouterr().err

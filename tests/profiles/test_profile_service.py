@@ -5,6 +5,7 @@ identifier, with a viewer token), and every refusal a client status naming the f
 from __future__ import annotations
 
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from conftest import EDITOR_TOKEN, POLICIES, VIEWER_TOKEN, Running, struct
 from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
 
+from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import profile_service_pb2 as ppb
 from nba.v1 import profile_service_pb2_grpc as ppb_grpc
 
@@ -154,6 +156,46 @@ def test_a_household_link_shows_on_both_profiles(server: Running) -> None:
         ppb.GetProfileRequest(customer_id="h-a", read_mask=field_mask_pb2.FieldMask(paths=["customer_id"])), metadata=viewer()
     )
     assert not masked.relationships
+
+
+def test_a_published_change_of_definition_is_read_right_at_once_and_backfilled(server: Running, tmp_path: Path) -> None:
+    stub = ppb_grpc.ProfileServiceStub(server.channel)
+    now = datetime.now(UTC)
+    for n in range(6):
+        stub.Track(
+            ppb.TrackRequest(
+                event_id=f"k-{n}",
+                type="order",
+                customer_id=f"k-{n % 3}",
+                occurred_at=at(now - timedelta(days=10 * n)),
+                properties=struct({"amount": 10.0 * (n + 1)}),
+            )
+        )
+    assert (
+        json_format.MessageToDict(stub.GetProfile(ppb.GetProfileRequest(customer_id="k-0"), metadata=viewer()).computed)[
+            "spend_30d"
+        ]
+        == 10.0
+    )
+    files = {
+        path.name: path.read_text() for path in (tmp_path / "policies").glob("*.yaml") if not path.name.endswith("_test.yaml")
+    }
+    files["profile.yaml"] = PROFILE.replace("spend_30d: sum(order.amount) over 30d", "spend_30d: sum(order.amount) over 45d")
+    server.admin.PublishPolicySet(apb.PublishPolicySetRequest(draft=apb.PolicySetDraft(files=files)), metadata=server.auth())
+    # k-0's orders are 0 and 30 days old: both within 45 days, whether or not the backfill has come by
+    assert (
+        json_format.MessageToDict(stub.GetProfile(ppb.GetProfileRequest(customer_id="k-0"), metadata=viewer()).computed)[
+            "spend_30d"
+        ]
+        == 50.0
+    )
+    deadline = time.monotonic() + 30
+    while server.service.backfill.progress().running or server.service.backfill.progress().done < 3:
+        assert time.monotonic() < deadline, server.service.backfill.progress()
+        time.sleep(0.05)
+    fingerprint = server.service.policy_set.profile.fingerprint
+    assert server.service.backfill.progress().fingerprint == fingerprint
+    assert server.service.store.count_built_under_other(fingerprint) == 0
 
 
 def test_an_editor_undoes_a_merge_and_the_two_stay_apart(server: Running) -> None:

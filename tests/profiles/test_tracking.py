@@ -13,6 +13,7 @@ from conftest import ManualClock
 
 from nba.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from nba.policy.profile import ProfileSection, compile_profile
+from nba.profiles.profile import Profile
 from nba.profiles.tracking import Tracker, TrackInput
 from nba.storage.engine import open_engine
 from nba.storage.store import Store
@@ -332,3 +333,64 @@ def postgres_or_sqlite_twin(database_url: str):  # type: ignore[no-untyped-def]
             yield f"sqlite:///{folder}/twin.db"
 
     return postgres_schema() if database_url.startswith("postgresql") else sqlite()
+
+
+def test_a_changed_definition_is_read_right_at_once_and_backfilled_from_the_events(database_url: str) -> None:
+    """A published set changes a computed attribute's window and adds one: a profile read before
+    the backfill reaches it is rebuilt on the spot from its events, the backfill stores every
+    profile under the new definition (with its progress), and one rebuilt twice is done once."""
+    from nba.profiles.backfill import Backfill
+
+    engine = open_engine(database_url)
+    try:
+        store = Store(engine)
+        clock = ManualClock(T0)
+        live = {"definition": DEFINITION}
+        track = Tracker(store, lambda: live["definition"], clock)
+        for n in range(30):
+            customer = f"b-{n % 6}"
+            track.track(
+                TrackInput(
+                    f"b{n}", "order", customer_id=customer, properties={"amount": 1.0 + n}, occurred_at=T0 - timedelta(days=n)
+                )
+            )
+        changed, _ = compile_profile(
+            ProfileSection.model_validate(
+                {
+                    "event_types": {"order": {"properties": {"amount": "number", "status": "string"}}},
+                    "computed": {
+                        "spend_7d": "sum(order.amount) over 14d",
+                        "biggest": "max(order.amount)",
+                        "orders": "count(order)",
+                    },
+                }
+            )
+        )
+        live["definition"] = changed
+        assert store.count_built_under_other(changed.fingerprint) == 6
+        # read before any backfill: the events say what the new definition says
+        read = track.load("b-1")[0]
+        assert read is not None and read.stale == frozenset()  # rebuilt as read
+        expected = {
+            f"b-{c}": {
+                "spend_7d": sum(1.0 + n for n in range(30) if n % 6 == c and n < 14),
+                "biggest": max(1.0 + n for n in range(30) if n % 6 == c),
+                "orders": 5,
+            }
+            for c in range(6)
+        }
+        assert read.view(T0.timestamp()) == expected["b-1"]
+        seen = []
+        done = Backfill(track, lambda: live["definition"], store.count_built_under_other, batch=4).run(
+            lambda p: seen.append((p.done, p.total))
+        )
+        assert (done.total, done.done, done.running) == (6, 6, False) and seen == [(4, 6), (6, 6)]
+        assert store.count_built_under_other(changed.fingerprint) == 0
+        for customer, values in expected.items():
+            with store.read() as conn:
+                state = store.load(conn, customer)[3]  # type: ignore[index]
+            stored = Profile.load(changed, state)
+            assert not stored.stale and stored.view(T0.timestamp()) == values
+        assert track.backfill() == ([], None)  # nothing left: a second pass finds nothing
+    finally:
+        engine.dispose()

@@ -140,6 +140,12 @@ class Settings(BaseModel):
         description="decisions older than this, whose reward windows have closed, are deleted "
         "with their feedback, every minute (0: kept forever)",
     )
+    profile_event_retention_days: float = Field(
+        0.0,
+        ge=0,
+        description="touch-point events received longer ago than this are deleted, every minute (0: kept forever); "
+        "profiles keep what the events made of them, but a repeat of a deleted event is no longer known as one",
+    )
     decision_cache_size: int = Field(20_000, ge=0, description="recent decisions kept in memory for feedback and request_id")
     feedback_timeout_seconds: float = Field(
         10.0, gt=0, description="longest a Feedback call waits for durability before UNAVAILABLE"

@@ -1,6 +1,6 @@
 """Maintenance the decision log's writer runs between writes, each on its own clock: closing
 due reward windows, snapshotting the model, compacting contact history and counters, and
-deleting decisions past their retention. It runs on the writer thread because none of it may
+deleting decisions and touch-point events past their retention. It runs on the writer thread because none of it may
 interleave with feedback writes (a snapshot must see one consistent position in the log)."""
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ RETENTION_SECONDS = 60.0
 class Maintenance:
     """``run()`` after each pass of the decision log's writer; each task runs when its interval
     has passed. ``window_check_seconds``: how often due reward windows are looked for;
-    ``retention_days``: decisions older are deleted (0 keeps them all)."""
+    ``retention_days``: decisions older are deleted (0 keeps them all); ``event_retention_days``:
+    touch-point events received longer ago are deleted (0 keeps them all)."""
 
     def __init__(
         self,
@@ -39,6 +40,7 @@ class Maintenance:
         clock: Clock,
         window_check_seconds: float,
         retention_days: float,
+        event_retention_days: float = 0.0,
     ) -> None:
         self.store = store
         self.learning = learning
@@ -47,11 +49,13 @@ class Maintenance:
         self.clock = clock
         self.window_check_seconds = window_check_seconds
         self.retention_days = retention_days
+        self.event_retention_days = event_retention_days
         #: set once the decision log exists (it runs this on its writer thread)
         self.log: DecisionLog | None = None
         self._last_window_check = 0.0
         self._last_compaction = 0.0
         self._last_purge = 0.0
+        self._last_event_purge = 0.0
 
     def run(self) -> None:
         if self.log is not None and time.monotonic() - self._last_window_check >= self.window_check_seconds:
@@ -68,3 +72,6 @@ class Maintenance:
             # (README, Benchmarks) that keeps up with far more decisions a day than one replica makes.
             self._last_purge = time.monotonic()
             self.store.purge(datetime.fromtimestamp(now - self.retention_days * 86400, UTC))
+        if self.event_retention_days and time.monotonic() - self._last_event_purge >= RETENTION_SECONDS:
+            self._last_event_purge = time.monotonic()
+            self.store.purge_events(datetime.fromtimestamp(now - self.event_retention_days * 86400, UTC))

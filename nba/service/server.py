@@ -280,6 +280,7 @@ class Service:
             self.clock,
             settings.window_check_seconds,
             settings.decision_retention_days,
+            settings.profile_event_retention_days,
         )
         self.log = DecisionLog(
             self.store,

@@ -9,6 +9,7 @@ values; identity resolution and the profile itself are ``nba.profiles``'.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -328,6 +329,25 @@ class Profiles(Repository):
             for row in rows:
                 found[row.customer_id].append((row.event_id, row.type, row.source, utc(row.occurred_at), dict(row.properties)))
         return found
+
+    def purge_events(self, received_before: datetime, batch: int = 5000, budget_seconds: float = 0.5) -> int:
+        """Retention: deletes touch-point events received before ``received_before``, oldest
+        first, ``batch`` a transaction for at most ``budget_seconds``; returns how many. Events
+        are read in id order, which is the order they were received (ids are taken under the
+        write lock), so a pass reads only what it deletes and the first row it keeps. Profiles
+        keep what the events made of them."""
+        e = PROFILE_EVENTS
+        started = time.monotonic()
+        deleted = 0
+        while time.monotonic() - started < budget_seconds:
+            with self.write() as conn:
+                rows = conn.execute(select(e.c.id, e.c.received_at).order_by(e.c.id).limit(batch)).all()
+                gone = [r.id for r in rows if utc(r.received_at) < received_before]
+                if gone:
+                    deleted += conn.execute(e.delete().where(e.c.id.in_(gone))).rowcount
+            if len(gone) < batch:
+                break
+        return deleted
 
     def add_relationship(self, conn: Any, customer_id: str, kind: str, other_id: str, event_id: str, at: datetime) -> None:
         """Links two customers (survivors, or an id no event has named yet), a row each way;

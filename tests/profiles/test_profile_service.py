@@ -11,10 +11,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import EDITOR_TOKEN, POLICIES, VIEWER_TOKEN, Running, struct
+from conftest import EDITOR_TOKEN, POLICIES, VIEWER_TOKEN, ManualClock, Running, struct
 from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
 
 from nba.v1 import admin_service_pb2 as apb
+from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import profile_service_pb2 as ppb
 from nba.v1 import profile_service_pb2_grpc as ppb_grpc
 
@@ -280,3 +281,21 @@ def test_refusals_are_client_statuses_naming_the_field(server: Running, call, co
     with pytest.raises(grpc.RpcError) as caught:
         call(ppb_grpc.ProfileServiceStub(server.channel))
     assert caught.value.code().name == code and __import__("re").search(says, caught.value.details()), caught.value.details()
+
+
+def test_events_past_their_retention_are_deleted_and_the_profile_keeps_what_they_made(start, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("nba.service.maintenance.RETENTION_SECONDS", 0.0)  # look at every log write
+    clock = ManualClock(datetime.now(UTC))
+    server = start(clock=clock, profile_event_retention_days=1)
+    stub = ppb_grpc.ProfileServiceStub(server.channel)
+    stub.Track(ppb.TrackRequest(event_id="old", type="order", customer_id="r-1", properties=struct({"amount": 7.0})))
+    clock.advance(days=2)
+    stub.Track(ppb.TrackRequest(event_id="new", type="order", customer_id="r-1", properties=struct({"amount": 5.0})))
+    deadline = time.monotonic() + 10
+    while [e[0] for e in server.service.store.timeline("r-1", 10)] != ["new"]:
+        assert time.monotonic() < deadline, server.service.store.timeline("r-1", 10)
+        server.stub.Decide(pb.DecideRequest(customer_id="someone", channel="web"))  # a log write: maintenance runs
+        time.sleep(0.05)
+    profile = stub.GetProfile(ppb.GetProfileRequest(customer_id="r-1"), metadata=viewer())
+    assert profile.version == 2 and json_format.MessageToDict(profile.computed)["spend_365d"] == 12.0
+    assert [e.event_id for e in profile.timeline] == ["new"]

@@ -105,3 +105,22 @@ def test_a_snapshot_reads_one_state_while_another_connection_writes(database_url
         assert [e[0] for e in after] == ["e-2", "e-1"]
     finally:
         engine.dispose()
+
+
+def test_retention_deletes_the_events_received_before_the_cut_oldest_first(database_url: str) -> None:
+    engine = open_engine(database_url)
+    store = Store(engine)
+    try:
+        with store.write() as conn:
+            rows = []
+            for n in range(12):
+                row = event(f"r-{n}", "c-1", "order", "web", T0 - timedelta(days=400), {})
+                row["received_at"] = T0 - timedelta(days=12 - n)  # received a day apart, oldest first
+                rows.append(row)
+            store.insert_events(conn, rows)
+        assert store.purge_events(T0 - timedelta(days=9, hours=12), batch=2) == 3  # r-0, r-1, r-2, two a transaction
+        assert {e[0] for e in store.timeline("c-1", 20)} == {f"r-{n}" for n in range(3, 12)}
+        assert store.purge_events(T0 - timedelta(days=30)) == 0
+        assert len(store.timeline("c-1", 20)) == 9
+    finally:
+        engine.dispose()

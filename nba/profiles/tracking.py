@@ -68,6 +68,8 @@ class ProfileRepository(Protocol):
 
     def add_relationship(self, conn: Any, customer_id: str, kind: str, other_id: str, event_id: str, at: datetime) -> None: ...
 
+    def profile_row(self, conn: Any, customer_id: str) -> tuple[datetime, int, dict[str, Any], str | None] | None: ...
+
     def profile_rows(
         self, conn: Any, customer_ids: Iterable[str]
     ) -> dict[str, tuple[datetime, int, dict[str, Any], str | None]]: ...
@@ -555,16 +557,23 @@ class Tracker:
         definition = self._definition()
         repo = self._repository
         with repo.read() as conn:  # a read: no write lock held against trackers
-            customer = repo.survivor(conn, customer_id)
-            loaded = repo.load(conn, customer) if customer else None
-            found = repo.identities(conn, customer) if identities and loaded and customer else None
+            # the customer's own row first: one query for a profile asked for by its own id,
+            # the merge chain followed only for an id merged into another
+            row = repo.profile_row(conn, customer_id)
+            loaded: tuple[str, datetime, int, dict[str, Any]] | None = None
+            if row is not None and row[3] is None:
+                loaded = (customer_id, row[0], row[1], row[2])
+            elif row is not None:
+                customer = repo.survivor(conn, customer_id)
+                loaded = repo.load(conn, customer) if customer else None
             if loaded is None:
                 return None, None
+            found = repo.identities(conn, loaded[0]) if identities else None
             profile = Profile.load(definition, loaded[3]) if loaded[3] else Profile(definition, loaded[0], loaded[1].timestamp())
             if profile.stale:
                 # stored under an older definition and not backfilled yet: read right now, from
                 # the events (the backfill, or the customer's next event, stores it)
-                profile.rebuild(_tracked(loaded[0], row) for row in repo.events(conn, loaded[0]))
+                profile.rebuild(_tracked(loaded[0], event) for event in repo.events(conn, loaded[0]))
         return profile, (found if found is not None else {}) if identities else None
 
     def backfill(self, after: str = "", limit: int = 200) -> tuple[list[str], str | None]:

@@ -69,6 +69,9 @@ _CHUNK = 1000
 _ROWS = select(PROFILES.c.customer_id, PROFILES.c.created_at, PROFILES.c.version, PROFILES.c.state, PROFILES.c.merged_into).where(
     PROFILES.c.customer_id.in_(bindparam("ids", expanding=True))
 )
+_ROW = select(PROFILES.c.created_at, PROFILES.c.version, PROFILES.c.state, PROFILES.c.merged_into).where(
+    PROFILES.c.customer_id == bindparam("customer_id")
+)
 _IDENTITIES_OF = select(PROFILE_IDENTITIES.c.customer_id, PROFILE_IDENTITIES.c.kind, PROFILE_IDENTITIES.c.value).where(
     PROFILE_IDENTITIES.c.customer_id.in_(bindparam("ids", expanding=True))
 )
@@ -128,6 +131,12 @@ class Profiles(Repository):
                     "built_under": built,
                 },
             )
+
+    def profile_row(self, conn: Any, customer_id: str) -> ProfileRowValues | None:
+        """One customer's row (created at, version, state, the customer it was merged into or
+        None), or None for an id never seen: a read of a profile by its own id in one query."""
+        row = conn.execute(_ROW, {"customer_id": customer_id}).first()
+        return (utc(row.created_at), int(row.version), dict(row.state), row.merged_into) if row else None
 
     def profile_rows(self, conn: Any, customer_ids: Iterable[str]) -> dict[str, ProfileRowValues]:
         """The rows of many customers at once, by id: (created at, version, state, the

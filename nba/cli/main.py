@@ -130,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     profiles.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
     profiles.add_argument("--database-url", dest="database_url", help="the database (NBA_DATABASE_URL)")
     profiles.add_argument("--policies", help="the policy set whose profile section applies, when none is live yet (NBA_POLICIES)")
+    profiles.add_argument(
+        "--bus",
+        help="import: the running replicas' Redis bus (redis://...; NBA_BUS): they drop the profiles the import changes",
+    )
+    profiles.add_argument("--bus-stream", dest="bus_stream", help="the bus's Redis stream key (NBA_BUS_STREAM)")
     profiles.set_defaults(run=_profiles)
 
     db = commands.add_parser("db", help="the database's schema: apply migrations, or show the revision")

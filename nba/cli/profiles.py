@@ -33,6 +33,7 @@ def _profiles(args: argparse.Namespace) -> int:
     from nba.errors import NbaError
     from nba.policy.loading import load_policy_set, parse_policy_set
     from nba.profiles.tracking import Tracker, TrackInput
+    from nba.storage.bus import RedisBus
     from nba.storage.engine import open_engine
     from nba.storage.store import Store
 
@@ -49,7 +50,15 @@ def _profiles(args: argparse.Namespace) -> int:
             live = store.live_activation()
             policy_set = parse_policy_set(live.files) if live is not None else load_policy_set(settings.policies)
             definition = policy_set.profile
-            tracker = Tracker(store, lambda: definition)
+            # replicas on a Redis bus are told which profiles changed, as after their own events,
+            # a batch at a time, so that none keeps an older profile in its cache
+            bus = (
+                RedisBus(settings.bus, settings.bus_stream, store.origin, settings.bus_stream_length)
+                if settings.bus.startswith(("redis://", "rediss://", "unix://"))
+                else None
+            )
+            changed: list[str] = []
+            tracker = Tracker(store, lambda: definition, changed=changed.extend)
             counts = {"imported": 0, "duplicate": 0, "refused": 0}
             refusals: list[str] = []
             progress = sys.stderr.isatty()
@@ -63,8 +72,11 @@ def _profiles(args: argparse.Namespace) -> int:
                     counts["refused"] += 1
                     if len(refusals) < SHOWN_REFUSALS:
                         refusals.append(f"line {number}: {exc}")
-                if progress and number % PROGRESS_EVERY == 0:
-                    print(f"\r{number:,} lines: {_summary(counts)}", end="", file=sys.stderr, flush=True)
+                if number % PROGRESS_EVERY == 0:
+                    _announce(bus, changed)
+                    if progress:
+                        print(f"\r{number:,} lines: {_summary(counts)}", end="", file=sys.stderr, flush=True)
+            _announce(bus, changed)
         finally:
             engine.dispose()
     if progress:
@@ -106,6 +118,14 @@ def _backfill(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     print(f"{done.done:,} profiles rebuilt under definition {definition.fingerprint} in {done.seconds:.1f} s")
     return 0
+
+
+def _announce(bus: Any, changed: list[str]) -> None:
+    """The ids of the profiles changed since the last call, published on the Redis bus."""
+    if bus is not None and changed:
+        if not bus.publish_profiles(sorted(set(changed))):
+            print("warning: the Redis bus is unavailable: running services' caches are not told", file=sys.stderr)
+    changed.clear()
 
 
 def _summary(counts: Mapping[str, int]) -> str:

@@ -6,6 +6,7 @@ logged, and the decision log records the profile's version."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import time
@@ -322,3 +323,25 @@ def test_a_read_mask_answers_only_the_fields_asked_for(start, tmp_path: Path) ->
             metadata=viewer,
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "read_mask.paths[1]" in caught.value.details()
+
+
+def test_an_import_with_the_bus_reaches_a_running_replicas_cache(start, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from nba.cli import main
+
+    with redis_stream() as stream:
+        server = start(policies=folder(tmp_path), bus=REDIS, bus_stream=stream)
+        assert not verdict(decide(server, "c-imp"), "apology").eligible  # cached: no profile
+        assert server.service.profile_cache.get("c-imp")[0] is None
+        history = tmp_path / "history.jsonl"
+        at = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+        history.write_text(
+            json.dumps({"event_id": "imp-1", "type": "complaint", "customer_id": "c-imp", "occurred_at": at}) + "\n"
+        )
+        url = server.service.settings.database_url
+        assert main(["profiles", "import", str(history), "--database-url", url, "--bus", REDIS, "--bus-stream", stream]) == 0
+        deadline = time.monotonic() + 5.0
+        reply = decide(server, "c-imp")
+        while time.monotonic() < deadline and not verdict(reply, "apology").eligible:
+            time.sleep(0.01)
+            reply = decide(server, "c-imp")
+        assert verdict(reply, "apology").eligible and reply.profile_version == 1

@@ -76,8 +76,8 @@ def contribution(attribute: ComputedAttribute, event: Mapping[str, Any]) -> tupl
         value = event.get("properties", {})
         for part in attribute.property.split("."):
             value = value.get(part) if isinstance(value, Mapping) else None
-    if value is None:
-        return False, None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return False, None  # an empty text (an event sent without its source) says nothing
     if attribute.function in NUMERIC:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return False, None
@@ -251,6 +251,12 @@ def _order(item: tuple[float, str, Any]) -> tuple[float, str]:
 
 
 def _key(value: Any) -> str:
+    """A distinct value as text: 3, 3.0 (a number through gRPC's Struct) and "3" are one value,
+    whichever path the event came by."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return value if isinstance(value, str) else repr(value)
 
 

@@ -206,7 +206,9 @@ def resolve(
         if primary is None:
             primary, new = Candidate(customer_id, float("inf"), {}), True
     else:
-        unique_owners = [c for kind in sorted(by_kind) if rules.unique(kind) for c in by_kind[kind]]
+        # a unique kind that does not merge may be held by several customers: it is no proof
+        # of who this is, so it is read with the other non-merging kinds below (several: the list)
+        unique_owners = [c for kind in sorted(by_kind) if rules.unique(kind) and rules.merging(kind) for c in by_kind[kind]]
         merging_owners = sorted(found.values(), key=lambda c: (c.created_at, c.customer_id))
         if unique_owners:
             primary = unique_owners[0]

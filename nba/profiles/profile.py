@@ -291,4 +291,6 @@ def _read(event: TrackedEvent, prop: str) -> Any:
     value: Any = event.properties
     for part in prop.split("."):
         value = value.get(part) if isinstance(value, Mapping) else None
+    if isinstance(value, str) and not value.strip():
+        return None  # an empty text says nothing: it does not replace what an attribute holds
     return None if isinstance(value, Mapping | list) else value

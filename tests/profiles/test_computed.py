@@ -171,3 +171,15 @@ def test_an_empty_state_is_strict_json(line: str) -> None:
     assert restored.value(T0) == empty.value(T0)
     restored.add(T0, "e1", 1.0)
     assert restored.value(T0) == 1  # count or sum of one event of 1.0
+
+
+def test_distinct_values_are_one_whichever_way_they_came_and_empty_text_says_nothing() -> None:
+    events = [
+        (T0, "e1", {"type": "order", "source": "", "properties": {"size": 3}}),  # an import's integer
+        (T0 + 1, "e2", {"type": "order", "source": "web", "properties": {"size": 3.0}}),  # gRPC's Struct: a double
+        (T0 + 2, "e3", {"type": "order", "source": " ", "properties": {"size": "3"}}),
+        (T0 + 3, "e4", {"type": "order", "source": "app", "properties": {"size": True}}),
+    ]
+    assert feed(state("distinct(order.size)"), events).value(T0 + 3) == ["3", "true"]
+    assert feed(state("distinct(*.source)"), events).value(T0 + 3) == ["app", "web"]  # no "" for a missing source
+    assert feed(state("last(order.source)"), events[:3]).value(T0 + 3) == "web"

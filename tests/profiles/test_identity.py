@@ -149,3 +149,24 @@ def test_a_unique_value_a_customer_kept_apart_holds_is_not_attached_to_another()
 def test_placeholder_phone_numbers_after_a_country_code_are_no_identifier() -> None:
     for placeholder in ("+44 0000 000000", "+1 000-000-0000", "(null)", "#N/A"):
         assert RULES.normalise("phone", placeholder) is None, placeholder
+
+
+def test_a_unique_kind_that_does_not_merge_and_names_several_customers_answers_with_the_list() -> None:
+    rules = IdentityRules({"household_card": IdentifierKind("household_card", merges=False, unique=True)})
+    owners = {"c-1": Candidate("c-1", 1.0, {"household_card": "H-1"}), "c-2": Candidate("c-2", 2.0, {"household_card": "H-1"})}
+
+    def run(**identities: str) -> Resolution:
+        return resolve(
+            rules,
+            None,
+            rules.normalise_all(identities),
+            lambda kind, value: [c for c in owners.values() if c.unique_values.get(kind) == value],
+            owners.get,
+            lambda a, b: False,
+            lambda: "new-1",
+        )
+
+    with pytest.raises(FailedPrecondition, match=r"identities.household_card: shared by 2 customers \(c-1, c-2\)"):
+        run(household_card="H-1")  # not the oldest: a guess
+    del owners["c-2"]
+    assert run(household_card="H-1").customer_id == "c-1"  # one holder: found

@@ -214,3 +214,11 @@ def test_an_activity_reading_an_undeclared_property_is_refused_naming_it() -> No
     assert ("profile.activity.orders", "'orders' is also an attribute or a computed attribute: one name, one meaning") in found
     assert ("profile.activity.open.key", "'case' is not a property of order") in found
     assert any(f == "profile.activity.visits.key" and "unknown event type 'visit'" in m for f, m in found)
+
+
+def test_an_empty_text_does_not_replace_what_an_attribute_holds() -> None:
+    profile = Profile(DEFINITION, "c-1", T0)
+    profile.apply(event(1, "signup", T0, tier="gold"))
+    profile.apply(event(2, "signup", T0 + DAY, tier=""))
+    profile.apply(event(3, "signup", T0 + 2 * DAY, tier="  "))
+    assert profile.view(T0 + 2 * DAY)["tier"] == "gold"

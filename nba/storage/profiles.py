@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, func, or_, select
 
-from nba.storage.engine import Repository, utc
+from nba.storage.engine import Repository, json_text, utc
 from nba.storage.tables import PROFILE_EVENTS, PROFILE_IDENTITIES, PROFILE_MERGES, PROFILE_RELATIONSHIPS, PROFILES
 
 __all__ = ["MAX_MERGE_CHAIN", "ProfileRowValues", "Profiles", "StoredProfile"]
@@ -74,6 +74,13 @@ _ROW = select(PROFILES.c.created_at, PROFILES.c.version, PROFILES.c.state, PROFI
 )
 _IDENTITIES_OF = select(PROFILE_IDENTITIES.c.customer_id, PROFILE_IDENTITIES.c.kind, PROFILE_IDENTITIES.c.value).where(
     PROFILE_IDENTITIES.c.customer_id.in_(bindparam("ids", expanding=True))
+)
+
+#: events a batch inserts with COPY on PostgreSQL from (fewer: an INSERT costs less than a COPY's set-up)
+_COPY_FROM = 20
+_COPY_EVENTS = (
+    "COPY profile_events (event_id, customer_id, type, source, occurred_at, received_at, properties, identities, "
+    "content_hash, origin) FROM STDIN"
 )
 
 #: (created at, version, state, merged into) of a stored profile row
@@ -402,9 +409,35 @@ class Profiles(Repository):
 
     def insert_events(self, conn: Any, rows: list[dict[str, Any]]) -> None:
         """Events as rows of ``profile_events`` (event_id, customer_id, type, source,
-        occurred_at, received_at, properties, identities, content_hash), in one statement
-        (executemany; on PostgreSQL, multi-row INSERTs)."""
-        conn.execute(PROFILE_EVENTS.insert(), rows)
+        occurred_at, received_at, properties, identities, content_hash, origin), in one
+        statement: on PostgreSQL a COPY (a batch's events in one stream, several times cheaper
+        than an INSERT a row), elsewhere an executemany."""
+        if not rows:
+            return
+        if conn.dialect.name != "postgresql" or len(rows) < _COPY_FROM:
+            conn.execute(PROFILE_EVENTS.insert(), rows)
+            return
+        # inside the caller's transaction: SQLAlchemy's connection is psycopg's, already in it
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            with cursor.copy(_COPY_EVENTS) as copy:
+                for row in rows:
+                    copy.write_row(
+                        (
+                            row["event_id"],
+                            row["customer_id"],
+                            row["type"],
+                            row["source"],
+                            row["occurred_at"],
+                            row["received_at"],
+                            json_text(row["properties"]),
+                            json_text(row["identities"]),
+                            row["content_hash"],
+                            row.get("origin"),
+                        )
+                    )
+        finally:
+            cursor.close()
 
     def events(self, conn: Any, customer_id: str) -> Iterable[tuple[str, str, str, datetime, dict[str, Any]]]:
         """A customer's events as (event id, type, source, occurred at, properties), in the

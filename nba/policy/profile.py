@@ -261,10 +261,10 @@ class ProfileDefinition:
         parts += [f"x {a.name} {a.source}" for a in self.activities]
         return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()[:16]
 
-    def attribute_source(self, name: str) -> str:
-        """What a kept attribute's stored value was kept under."""
-        event, prop, keep, _ = self.attributes[name]
-        return f"{event}.{prop} {keep}"
+    @cached_property
+    def attribute_sources(self) -> Mapping[str, str]:
+        """What each kept attribute's stored value is kept under (``EVENT.PROPERTY KEEP``)."""
+        return {name: f"{event}.{prop} {keep}" for name, (event, prop, keep, _) in self.attributes.items()}
 
     @property
     def names(self) -> frozenset[str]:

@@ -228,7 +228,7 @@ class Profile:
             # a profile with parts not yet rebuilt is not built under the live definition
             "built_under": self.definition.fingerprint if not self.stale else None,
             "attributes": {name: list(held) for name, held in self.attributes.items()},
-            "attribute_definitions": {name: self.definition.attribute_source(name) for name in self.definition.attributes},
+            "attribute_definitions": self.definition.attribute_sources,
             "computed": {
                 name: {"definition": state.attribute.source, "state": state.dump()} for name, state in self.computed.items()
             },
@@ -245,9 +245,9 @@ class Profile:
         stale: set[str] = set()
         # (profiles stored before attribute definitions were recorded: taken as they are)
         kept_under = data.get("attribute_definitions")
-        for name in definition.attributes:
-            if kept_under is not None and kept_under.get(name) != definition.attribute_source(name):
-                stale.add(name)
+        sources = definition.attribute_sources
+        if kept_under is not None and kept_under != sources:
+            stale.update(name for name, source in sources.items() if kept_under.get(name) != source)
         for name, (value, at, event_id) in data.get("attributes", {}).items():
             if name in definition.attributes and name not in stale:
                 profile.attributes[name] = (value, float(at), str(event_id))

@@ -11,7 +11,7 @@
     problems     validation errors told the way a marketer can act on them
     sandbox      validation in a child process, so a hostile set cannot stall the server
     profile      the profile: section: identifier kinds, event types, attributes, computed
-                 attributes (customer profiles, being built)
+                 attributes, activities, relationships (customer profiles)
 
 May import: the kernel modules at ``nba``'s top (errors, records, clock, ids, inputs, days, metrics,
 config, yaml_loader) and ``bandit``. Nothing of decision, learning, storage or service.

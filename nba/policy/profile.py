@@ -1,5 +1,5 @@
 """The ``profile:`` section of a policy set: what a customer profile accepts, keeps and computes
-(issue 13: declared, validated and versioned with the set; profiles are being built to use it).
+(declared, validated and versioned with the set; ``nba.profiles`` keeps profiles by it).
 
 ::
 

@@ -1,4 +1,4 @@
-"""Customer profiles (issue 13, being built): touch-point events resolved to customers, and
+"""Customer profiles: touch-point events resolved to customers, and
 what is kept and computed from them.
 
     identity   identifiers normalised (e-mail, E.164 phone numbers), and resolved to
@@ -10,7 +10,9 @@ what is kept and computed from them.
     computed   the state of computed attributes (count, sum, avg, min, max, distinct,
                first, last, days_since over sliding windows), kept on every event, exact at
                any read; their definitions are the policy set's (``nba.policy.profile``)
+    cache      hot profiles held in the process, kept consistent with other processes
+    backfill   a changed definition: every stored profile rebuilt from its events
 
 May import: the kernel modules and ``nba.policy`` (windows, and CEL for filters). Storage and
-the service wire it in; the decision pipeline will read profiles through it.
+the service wire it in; decisions read profiles through the cache.
 """

@@ -4,7 +4,7 @@
                  serves gRPC (health, reflection, metrics); the decision log's listener
     maintenance  reward windows, snapshots, compaction and retention, on the log's writer
     servicers    DecisionService and AdminService: protobuf in, domain calls, protobuf out
-    profiles     ProfileService: touch-point events in, customer profiles out (being built)
+    profiles     ProfileService: touch-point events in, customer profiles out, merges undone
     auth         bearer tokens and roles (an interceptor)
     context      a request's context (a protobuf Struct) to features, within size limits
     publishing   versioned publishing of policy sets, activation, rollback

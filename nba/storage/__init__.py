@@ -8,7 +8,7 @@
     feedback        feedback events, reward windows, replay for the learner, retention
     contacts        contact events and offer counters
     snapshots       the learner's snapshots
-    profiles        customer profiles, identifiers, touch-point events, merges (being built)
+    profiles        customer profiles, identifiers, touch-point events, merges, relationships
     decision_log  write-behind decisions, group-committed feedback, degraded mode
     recent        the decisions held in memory (pending, and recently written)
     replication   every process learns every process's events, in commit order

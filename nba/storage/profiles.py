@@ -1,5 +1,5 @@
 """Customer profiles in the database: profiles (their JSON state), the identifiers customers
-hold, every touch-point event once, and merges (issue 13, being built).
+hold, every touch-point event once, merges (and their undoing), and relationships.
 
 Everything here runs inside the caller's write transaction (``Repository.write``), which holds
 the database's write lock: an event's resolution, its storage and its profile's new state are

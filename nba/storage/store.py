@@ -9,7 +9,7 @@ with the same schema works (PostgreSQL is tested). The repositories:
     feedback     feedback events, reward windows, replay for the learner, retention
     contacts     contact events and offer counters
     snapshots    the learner's snapshots
-    profiles     customer profiles, identifiers, touch-point events, merges (being built)
+    profiles     customer profiles, identifiers, touch-point events, merges, relationships
 
 Keeping SQL off the request path is the decision log's work (``nba.storage.decision_log``).
 """

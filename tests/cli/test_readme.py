@@ -242,7 +242,7 @@ def test_the_python_example_runs_as_the_readme_says(checkout: Checkout) -> None:
 
 @pytest.mark.slow
 def test_the_profile_walkthrough_runs_as_written_and_merges_the_two_customers(checkout: Checkout) -> None:
-    walkthrough, view = blocks("## Customer profiles (being built)")[:2]
+    walkthrough, view = blocks("## Customer profiles")[:2]
     result = checkout.run(walkthrough + view)
     answers = [json.loads(chunk) for chunk in re.findall(r"^\{.*?^\}", result.stdout, flags=re.DOTALL | re.MULTILINE)]
     web, call, app, profile, whole, computed = answers
@@ -261,7 +261,7 @@ def test_the_profile_walkthrough_runs_as_written_and_merges_the_two_customers(ch
 
 @pytest.mark.slow
 def test_the_profile_python_example_runs_as_written(checkout: Checkout) -> None:
-    code = blocks("## Customer profiles (being built)", "python")[0].replace("localhost:50051", f"127.0.0.1:{checkout.port}")
+    code = blocks("## Customer profiles", "python")[0].replace("localhost:50051", f"127.0.0.1:{checkout.port}")
     result = subprocess.run(
         [str(BIN / "python"), "-c", code], cwd=checkout.root, capture_output=True, text=True, timeout=60, check=False
     )

@@ -39,6 +39,8 @@ BATCH = 200
 LOG_SECONDS = 10.0
 #: a database that is down is tried again after this long
 RETRY_SECONDS = 5.0
+#: a batch that failed for another reason is tried again after this long
+FAULT_RETRY_SECONDS = 60.0
 
 
 @dataclass
@@ -111,7 +113,13 @@ class Backfill:
                 log.warning("profile backfill paused: the database is unavailable", extra={"error": str(exc)})
                 self._stop.wait(RETRY_SECONDS)
                 continue
-            if finished:
+            except Exception:
+                # a fault (not an outage): said loudly, and tried again later rather than given up
+                log.exception("profile backfill failed; trying again", extra={"retry_seconds": FAULT_RETRY_SECONDS})
+                self._stop.wait(FAULT_RETRY_SECONDS)
+                continue
+            # a set published during the last batch (start() found this thread alive): once more
+            if finished and self._definition().fingerprint == fingerprint:
                 return
 
     def _pass(self, fingerprint: str, report: Callable[[Progress], None] | None) -> bool:

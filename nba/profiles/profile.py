@@ -11,12 +11,12 @@ placed by event time, so the result does not depend on which profile saw which e
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from nba.errors import InvalidArgument
+from nba.inputs import MAX_CONTEXT_NUMBER, finite_number
 from nba.policy.profile import Activity, ProfileDefinition
 from nba.profiles.computed import State, contribution, matches
 
@@ -77,17 +77,37 @@ def check(definition: ProfileDefinition, event_type: str, properties: Mapping[st
 
 
 def _finite(value: Any, path: str) -> None:
-    """Raises ``InvalidArgument`` at the first number that is not finite (NaN, infinity), in
-    any property, declared or not: JSON has no such numbers, so they could not be stored as
-    sent (PostgreSQL refuses them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidArgument(f"{path}: must be a finite number, got {value!r}", field=path)
-    if isinstance(value, Mapping):
+    """Raises ``InvalidArgument`` at the first value, in any property (declared or not), that
+    could not be stored and read back as sent: a number that is not finite or beyond 2**53 in
+    magnitude (NaN has no JSON; a larger integer comes back a float; sums of such numbers leave
+    the doubles), or a text or key holding a lone UTF-16 surrogate (no UTF-8 encodes it; only a
+    file can send one). Numbers past 2**53 are identifiers: send them as text."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int | float):
+        if not finite_number(value) or abs(value) > MAX_CONTEXT_NUMBER:
+            raise InvalidArgument(
+                f"{path}: must be a finite number of magnitude at most 2**53 (a larger id: send it as text), got {value!r}"[:300],
+                field=path,
+            )
+    elif isinstance(value, str):
+        _text(value, path)
+    elif isinstance(value, Mapping):
         for key, item in value.items():
+            _text(str(key), f"{path}.{key}")
             _finite(item, f"{path}.{key}")
     elif isinstance(value, list | tuple):
         for n, item in enumerate(value):
             _finite(item, f"{path}[{n}]")
+
+
+def _text(value: str, path: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(
+            f"{path}: holds a lone surrogate at position {exc.start}; send valid UTF-8 text", field=path
+        ) from None
 
 
 class Profile:
@@ -243,10 +263,11 @@ class Profile:
         profile = cls(definition, str(data["customer_id"]), float(data["created_at"]), empty=False)
         profile.version = int(data.get("version", 0))
         stale: set[str] = set()
-        # (profiles stored before attribute definitions were recorded: taken as they are)
-        kept_under = data.get("attribute_definitions")
+        # (a profile stored before attribute definitions were recorded: its attributes are
+        # rebuilt once, since nothing says what they were kept under)
+        kept_under = data.get("attribute_definitions") or {}
         sources = definition.attribute_sources
-        if kept_under is not None and kept_under != sources:
+        if kept_under != sources:
             stale.update(name for name, source in sources.items() if kept_under.get(name) != source)
         for name, (value, at, event_id) in data.get("attributes", {}).items():
             if name in definition.attributes and name not in stale:

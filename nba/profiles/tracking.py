@@ -56,7 +56,7 @@ class ProfileRepository(Protocol):
 
     def identities(self, conn: Any, customer_id: str) -> dict[str, list[str]]: ...
 
-    def add_identities(self, conn: Any, customer_id: str, identities: Mapping[str, str]) -> None: ...
+    def add_identities(self, conn: Any, customer_id: str, identities: Mapping[str, str], origin: str | None = None) -> None: ...
 
     def separated(self, conn: Any, a: str, b: str) -> bool: ...
 
@@ -218,12 +218,12 @@ class _Unit:
             self._holders[key] = self.repo.holders(self.conn, kind, value)
         return self._holders[key]
 
-    def add_identities(self, customer_id: str, identities: Mapping[str, str]) -> None:
+    def add_identities(self, customer_id: str, identities: Mapping[str, str], origin: str | None = None) -> None:
         held = self.identities(customer_id)
         new = {k: v for k, v in identities.items() if v not in held.get(k, ())}
         if not new:
             return
-        self.repo.add_identities(self.conn, customer_id, new)
+        self.repo.add_identities(self.conn, customer_id, new, origin)
         for kind, value in new.items():
             held.setdefault(kind, []).append(value)
             self._holders.pop((kind, value), None)
@@ -403,9 +403,9 @@ class Tracker:
         rules = IdentityRules(definition.kinds, definition.default_region)
         now = self._clock.now()
         check_id("event_id", event.event_id)
-        check_id("type", event.type)
+        check_id("type", event.type, max_length=64)  # the columns' lengths: longer would be the database's error
         check_id("customer_id", event.customer_id, required=False)
-        check_id("source", event.source, required=False)
+        check_id("source", event.source, required=False, max_length=128)
         identities = rules.normalise_all(event.identities)
         if not event.customer_id and not identities:
             raise InvalidArgument("customer_id: required when the event carries no identifier (identities)", field="customer_id")
@@ -469,7 +469,7 @@ class Tracker:
         profile = unit.profile(definition, customer, now)
         for absorbed in resolution.merged:
             profile.absorb(unit.merge(customer, absorbed, f"event {event.event_id}", now))
-        unit.add_identities(customer, resolution.identities)
+        unit.add_identities(customer, resolution.identities, origin=event.customer_id or customer)
         for kind, (event_type, prop) in definition.relationships.items():
             other = _other(event.properties.get(prop)) if event_type == event.type else None
             if other is not None:  # checked by _prepare
@@ -487,7 +487,9 @@ class Tracker:
                 "properties": dict(event.properties),
                 "identities": dict(item.identities),
                 "content_hash": item.digest,
-                "origin": customer,
+                # the id the event named (an absorbed one included), else the one it resolved to:
+                # an unmerge of that id gives the event back to it
+                "origin": event.customer_id or customer,
             }
         )
         profile.apply(
@@ -528,12 +530,16 @@ class Tracker:
                         "(name the absorbed id, not the survivor)"
                     ) from None
                 try:
+                    before = repo.load(conn, survivor)
+                    assert before is not None, survivor
                     for customer, absorbed in ((survivor, ()), (customer_id, tuple(split[1:]))):
                         stored = repo.load(conn, customer)
                         assert stored is not None, customer  # both are customers of their own now
                         profile = Profile(definition, customer, stored[1].timestamp())
                         profile.absorb(_tracked(customer, row) for row in repo.events(conn, customer))
-                        profile.version = stored[2] + 1  # a version is never reused for another state
+                        # each id's version goes on from the highest it has answered: the split-off
+                        # id answered the survivor's while merged
+                        profile.version = max(stored[2], before[2]) + 1
                         repo.save(conn, customer, stored[1], profile.version, profile.dump(), now)
                         saved[customer] = (profile, absorbed)
                 except BaseException:

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import exc as sa_exc
 
 from nba.storage.engine import Repository, json_text, utc
 from nba.storage.tables import PROFILE_EVENTS, PROFILE_IDENTITIES, PROFILE_MERGES, PROFILE_RELATIONSHIPS, PROFILES
@@ -193,17 +194,28 @@ class Profiles(Repository):
             out.setdefault(kind, []).append(value)
         return out
 
-    def add_identities(self, conn: Any, customer_id: str, identities: Mapping[str, str]) -> None:
+    def add_identities(self, conn: Any, customer_id: str, identities: Mapping[str, str], origin: str | None = None) -> None:
+        """Identifiers held by ``customer_id`` from now on; ``origin``: the id the event that
+        brought them named (an unmerge of it takes them back), ``customer_id`` by default."""
         for kind, value in sorted(identities.items()):
             if conn.execute(_HOLDS, {"kind": kind, "value": value, "customer_id": customer_id}).first() is None:
                 conn.execute(
-                    PROFILE_IDENTITIES.insert().values(kind=kind, value=value, customer_id=customer_id, origin=customer_id)
+                    PROFILE_IDENTITIES.insert().values(
+                        kind=kind, value=value, customer_id=customer_id, origin=origin or customer_id
+                    )
                 )
 
     def separated(self, conn: Any, a: str, b: str) -> bool:
-        """Whether a merge of the two was undone (the pair is kept apart since)."""
-        m = PROFILE_MERGES
-        pair = or_(and_(m.c.survivor == a, m.c.absorbed == b), and_(m.c.survivor == b, m.c.absorbed == a))
+        """Whether a merge between the two customers was undone (the pair is kept apart since):
+        between them, or between any ids merged into them since (an unmerged customer's
+        survivor may itself have been absorbed by another customer later)."""
+        m, p = PROFILE_MERGES, PROFILES
+        group_a = [a, *conn.execute(select(p.c.customer_id).where(p.c.merged_into == a)).scalars()]
+        group_b = [b, *conn.execute(select(p.c.customer_id).where(p.c.merged_into == b)).scalars()]
+        pair = or_(
+            and_(m.c.survivor.in_(group_a), m.c.absorbed.in_(group_b)),
+            and_(m.c.survivor.in_(group_b), m.c.absorbed.in_(group_a)),
+        )
         return conn.execute(select(m.c.id).where(pair, m.c.undone_at.is_not(None)).limit(1)).first() is not None
 
     def merge(self, conn: Any, survivor: str, absorbed: str, cause: str, now: datetime) -> None:
@@ -231,7 +243,9 @@ class Profiles(Repository):
                     .where(i.c.kind == kind, i.c.value == value, i.c.customer_id == absorbed)
                     .values(customer_id=survivor)
                 )
-        conn.execute(i.delete().where(i.c.customer_id == absorbed))
+        # one the survivor holds too (a shared device) stays under the absorbed id, unread while
+        # it is merged (the survivor's own row answers), and the absorbed customer's again after
+        # an unmerge
         conn.execute(PROFILE_EVENTS.update().where(PROFILE_EVENTS.c.customer_id == absorbed).values(customer_id=survivor))
         r = PROFILE_RELATIONSHIPS
         kept = {
@@ -244,7 +258,8 @@ class Profiles(Repository):
                     .where(r.c.customer_id == absorbed, r.c.kind == row.kind, r.c.other_id == row.other_id)
                     .values(customer_id=survivor)
                 )
-        conn.execute(r.delete().where(r.c.customer_id == absorbed))
+        # a link the survivor holds too, or one to the survivor itself, stays under the absorbed
+        # id (not shown while merged; the absorbed customer's again after an unmerge)
         conn.execute(
             PROFILE_MERGES.insert().values(
                 survivor=survivor, absorbed=absorbed, at=now, cause=cause[:256], undone_at=None, undone_by=""
@@ -420,24 +435,37 @@ class Profiles(Repository):
         # inside the caller's transaction: SQLAlchemy's connection is psycopg's, already in it
         cursor = conn.connection.driver_connection.cursor()
         try:
-            with cursor.copy(_COPY_EVENTS) as copy:
-                for row in rows:
-                    copy.write_row(
-                        (
-                            row["event_id"],
-                            row["customer_id"],
-                            row["type"],
-                            row["source"],
-                            row["occurred_at"],
-                            row["received_at"],
-                            json_text(row["properties"]),
-                            json_text(row["identities"]),
-                            row["content_hash"],
-                            row.get("origin"),
-                        )
-                    )
+            self._copy_events(cursor, rows)
+        except Exception as exc:
+            # raised by psycopg itself, not through SQLAlchemy: said as SQLAlchemy would say it,
+            # so an outage is told from a fault as for every other statement (is_outage)
+            import psycopg
+
+            if isinstance(exc, psycopg.Error):
+                error = sa_exc.DBAPIError.instance("COPY profile_events", None, exc, psycopg.Error)
+                raise error from exc
+            raise
         finally:
             cursor.close()
+
+    @staticmethod
+    def _copy_events(cursor: Any, rows: list[dict[str, Any]]) -> None:
+        with cursor.copy(_COPY_EVENTS) as copy:
+            for row in rows:
+                copy.write_row(
+                    (
+                        row["event_id"],
+                        row["customer_id"],
+                        row["type"],
+                        row["source"],
+                        row["occurred_at"],
+                        row["received_at"],
+                        json_text(row["properties"]),
+                        json_text(row["identities"]),
+                        row["content_hash"],
+                        row.get("origin"),
+                    )
+                )
 
     def events(self, conn: Any, customer_id: str) -> Iterable[tuple[str, str, str, datetime, dict[str, Any]]]:
         """A customer's events as (event id, type, source, occurred at, properties), in the

@@ -6,6 +6,7 @@ refused, and events the profile does not accept are refused naming the field."""
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -394,3 +395,54 @@ def test_a_changed_definition_is_read_right_at_once_and_backfilled_from_the_even
         assert track.backfill() == ([], None)  # nothing left: a second pass finds nothing
     finally:
         engine.dispose()
+
+
+def test_an_unmerge_gives_back_what_named_the_absorbed_id_and_what_both_held(tracker) -> None:  # type: ignore[no-untyped-def]
+    """Found in review: events sent under the absorbed id while it was merged, an identifier both
+    customers held (a shared device) and a link between the two went to the survivor or were
+    dropped at the merge; and the pair merged again once the survivor was absorbed elsewhere."""
+    track, clock = tracker
+    store = track._repository
+    track.track(TrackInput("o-1", "order", customer_id="c-old", identities={"email": "old@example.com"}, occurred_at=T0))
+    clock.advance(seconds=1)
+    track.track(TrackInput("x-1", "order", customer_id="c-x", identities={"email": "x@example.com", "device_id": "tab"}))
+    clock.advance(seconds=1)
+    track.track(TrackInput("b-1", "order", customer_id="c-b", identities={"device_id": "tab"}))
+    track.track(TrackInput("l-1", "household_link", customer_id="c-b", properties={"member_id": "c-x"}))
+    merged = track.track(TrackInput("bx", "order", customer_id="c-b", identities={"email": "x@example.com"}))
+    assert (merged.customer_id, merged.merged) == ("c-x", ("c-b",))
+    version = track.track(TrackInput("post", "order", customer_id="c-b", properties={"amount": 3.0})).version
+    undone = track.unmerge("c-b", "ada")
+    assert undone.version == version + 1  # on from the highest the id answered while merged
+    split = track.lookup(customer_id="c-b")
+    assert split is not None and split[0].view(T0.timestamp())["orders"] == 3  # b-1, bx and post named c-b
+    assert split[1] == {"device_id": ["tab"]}  # the shared device: still both customers'
+    assert [r[:2] for r in store.relationships("c-b")] == [("household", "c-x")]
+    assert [r[:2] for r in store.relationships("c-x")] == [("household", "c-b")]
+    # c-x is absorbed by the older c-old: c-b stays apart from it, whoever survives
+    track.track(TrackInput("ox", "order", identities={"email": "old@example.com", "phone": "+447700900123"}))
+    track.track(TrackInput("ox2", "order", identities={"email": "x@example.com", "phone": "+447700900123"}))
+    assert track.lookup(customer_id="c-x")[0].customer_id == "c-old"  # type: ignore[index]
+    again = track.track(TrackInput("b-2", "order", customer_id="c-b", identities={"email": "x@example.com"}))
+    assert (again.customer_id, again.merged, again.apart) == ("c-b", (), ("c-old",))
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        (TrackInput("n-1", "order", customer_id="c", properties={"amount": 1e308}), "properties.amount: must be a finite number"),
+        (TrackInput("n-2", "order", customer_id="c", properties={"ref": 10**400}), "properties.ref: must be a finite number"),
+        (
+            TrackInput("n-3", "order", customer_id="c", properties={"note": "a\ud800b"}),
+            "properties.note: holds a lone surrogate",
+        ),
+        (TrackInput("n-4", "order", customer_id="c", properties={"\udfff": 1}), "holds a lone surrogate"),
+        (TrackInput("n-5", "t" * 65, customer_id="c"), "type: "),
+        (TrackInput("n-6", "order", customer_id="c", source="s" * 129), "source: "),
+    ],
+)
+def test_values_that_could_not_be_stored_as_sent_are_refused_naming_the_field(tracker, event: TrackInput, message: str) -> None:  # type: ignore[no-untyped-def]
+    track, _ = tracker
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        track.track(event)
+    track.track(TrackInput("n-ok", "order", customer_id="c", properties={"amount": 2.0**53}))  # the largest taken

@@ -165,7 +165,7 @@ class Settings(BaseModel):
     )
     contact_customers: int = Field(200_000, ge=1, description="customers whose contact history is held in memory")
     profile_cache_size: int = Field(
-        20_000, ge=0, description="customer profiles held in memory for decisions and GetProfile (0: none; ~6 KB each)"
+        20_000, ge=0, description="customer profiles held in memory for decisions and GetProfile (0: none; ~8 KB each)"
     )
     profile_cache_seconds: float = Field(
         1.0,

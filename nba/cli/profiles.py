@@ -19,9 +19,14 @@ import sys
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nba.cli.common import EXIT_FAILED, CliError, _database_errors, _readable_file, _settings
+
+if TYPE_CHECKING:  # imported when run, not with the module: `nba --help` stays quick
+    from nba.config import Settings
+    from nba.policy.profile import ProfileDefinition
+    from nba.storage.store import Store
 
 #: refusals printed in full (the rest are counted)
 SHOWN_REFUSALS = 20
@@ -31,7 +36,6 @@ PROGRESS_EVERY = 500
 
 def _profiles(args: argparse.Namespace) -> int:
     from nba.errors import NbaError
-    from nba.policy.loading import load_policy_set, parse_policy_set
     from nba.profiles.tracking import Tracker, TrackInput
     from nba.storage.bus import RedisBus
     from nba.storage.engine import open_engine
@@ -47,9 +51,7 @@ def _profiles(args: argparse.Namespace) -> int:
         engine = open_engine(settings.database_url)
         try:
             store = Store(engine)
-            live = store.live_activation()
-            policy_set = parse_policy_set(live.files) if live is not None else load_policy_set(settings.policies)
-            definition = policy_set.profile
+            definition = _live_definition(store, settings)
             # replicas on a Redis bus are told which profiles changed, as after their own events,
             # a batch at a time, so that none keeps an older profile in its cache
             bus = (
@@ -91,7 +93,6 @@ def _profiles(args: argparse.Namespace) -> int:
 
 def _backfill(args: argparse.Namespace) -> int:
     """Every profile stored under another definition than the live set's, rebuilt now."""
-    from nba.policy.loading import load_policy_set, parse_policy_set
     from nba.profiles.backfill import Backfill, Progress
     from nba.profiles.tracking import Tracker
     from nba.storage.engine import open_engine
@@ -103,9 +104,7 @@ def _backfill(args: argparse.Namespace) -> int:
         engine = open_engine(settings.database_url)
         try:
             store = Store(engine)
-            live = store.live_activation()
-            policy_set = parse_policy_set(live.files) if live is not None else load_policy_set(settings.policies)
-            definition = policy_set.profile
+            definition = _live_definition(store, settings)
 
             def report(p: Progress) -> None:
                 if progress:
@@ -118,6 +117,16 @@ def _backfill(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     print(f"{done.done:,} profiles rebuilt under definition {definition.fingerprint} in {done.seconds:.1f} s")
     return 0
+
+
+def _live_definition(store: Store, settings: Settings) -> ProfileDefinition:
+    """The profile definition in force: the live policy set's, or (none published yet) that of
+    the policies folder the service would start from."""
+    from nba.policy.loading import load_policy_set, parse_policy_set
+
+    live = store.live_activation()
+    policy_set = parse_policy_set(live.files) if live is not None else load_policy_set(settings.policies)
+    return policy_set.profile
 
 
 def _announce(bus: Any, changed: list[str]) -> None:

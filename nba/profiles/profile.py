@@ -156,7 +156,7 @@ class Profile:
         """An item of current activity opened or moved on by ``event``. The status is the
         newest status-bearing event's (by time, ties by event id), whatever the arrival order;
         an event without one leaves it as it is (a new item's is "")."""
-        key = _key(_read(event, activity.key))
+        key = id_text(_read(event, activity.key))
         if key is None:
             return
         status = _read(event, activity.status)
@@ -291,9 +291,10 @@ class Profile:
         return profile
 
 
-def _key(value: Any) -> str | None:
-    """An item's key as text: ``1234`` and ``1234.0`` (a number through gRPC's Struct) are one
-    order; None for no key (a missing, boolean or structured value)."""
+def id_text(value: Any) -> str | None:
+    """An id a property holds (an activity item's key, a related customer's id) as text:
+    ``1234`` and ``1234.0`` (a number through gRPC's Struct) are one id; None for no id (a
+    missing, empty, boolean or structured value)."""
     if value is None or isinstance(value, bool | Mapping | list):
         return None
     if isinstance(value, float) and value.is_integer():

@@ -30,7 +30,7 @@ from nba.inputs import CLOCK_SKEW, check_id
 from nba.policy.profile import ProfileDefinition
 from nba.profiles.cache import ProfileCache
 from nba.profiles.identity import Candidate, IdentityRules, resolve
-from nba.profiles.profile import Profile, TrackedEvent, check
+from nba.profiles.profile import Profile, TrackedEvent, check, id_text
 
 __all__ = ["ProfileRepository", "TrackInput", "TrackResult", "Tracker", "UnmergeResult"]
 
@@ -421,7 +421,7 @@ class Tracker:
             )
         check(definition, event.type, event.properties)
         for event_type, prop in definition.relationships.values():
-            other = _other(event.properties.get(prop)) if event_type == event.type else None
+            other = id_text(event.properties.get(prop)) if event_type == event.type else None
             if other is not None:
                 check_id(f"properties.{prop}", other)
         # an event sent without its time is the same event when sent again: its time is not part of it
@@ -471,7 +471,7 @@ class Tracker:
             profile.absorb(unit.merge(customer, absorbed, f"event {event.event_id}", now))
         unit.add_identities(customer, resolution.identities, origin=event.customer_id or customer)
         for kind, (event_type, prop) in definition.relationships.items():
-            other = _other(event.properties.get(prop)) if event_type == event.type else None
+            other = id_text(event.properties.get(prop)) if event_type == event.type else None
             if other is not None:  # checked by _prepare
                 other = unit.survivor(other) or other
                 if other != customer:
@@ -642,14 +642,6 @@ class Tracker:
         if profile is None:
             return None
         return profile, found or {}
-
-
-def _other(value: Any) -> str | None:
-    """The other customer's id a relationship event names, or None when it names none."""
-    if value is None or isinstance(value, bool | Mapping | list):
-        return None
-    text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value).strip()
-    return text or None
 
 
 def _ids(saved: Mapping[str, tuple[Profile, tuple[str, ...]]]) -> list[str]:

@@ -146,6 +146,13 @@ class Settings(BaseModel):
         description="touch-point events received longer ago than this are deleted, every minute (0: kept forever); "
         "profiles keep what the events made of them, but a repeat of a deleted event is no longer known as one",
     )
+    segment_clock_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="how often profiles whose segments change with time alone (a window passing) are looked for and "
+        "the changes recorded, at their exact moments",
+    )
     decision_cache_size: int = Field(20_000, ge=0, description="recent decisions kept in memory for feedback and request_id")
     feedback_timeout_seconds: float = Field(
         10.0, gt=0, description="longest a Feedback call waits for durability before UNAVAILABLE"

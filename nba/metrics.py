@@ -53,6 +53,15 @@ PROFILE_BACKFILL_REMAINING = Gauge(
     multiprocess_mode="livemax",  # every worker walks the same profiles: the furthest behind says how much is left
 )
 PROFILE_BACKFILLED = Counter("nba_profile_backfilled_total", "Profiles rebuilt from their events under a changed definition")
+SEGMENT_MEMBERS = Gauge(
+    "nba_segment_members",
+    "Customers in each segment, as the database holds it (refreshed by the segment clock)",
+    ["segment"],
+    multiprocess_mode="livemostrecent",  # every worker counts the same table: the latest count is the size
+)
+SEGMENT_CLOCK_CHANGES = Counter(
+    "nba_segment_clock_profiles_total", "Profiles whose segments the segment clock evaluated at a due time-driven change"
+)
 LOG_QUEUE = Gauge(
     "nba_decision_log_queue",
     "Decisions waiting to be written to the decision log (all workers)",

@@ -118,15 +118,24 @@ def main(argv: list[str] | None = None) -> int:
     policies.set_defaults(run=_policies)
 
     profiles = commands.add_parser(
-        "profiles", help="customer profiles: import touch-point history, backfill a changed definition"
+        "profiles",
+        help="customer profiles: import touch-point history, backfill a changed definition, segment sizes and audiences",
     )
     profiles.add_argument(
         "action",
-        choices=["import", "backfill"],
+        choices=["import", "backfill", "segments", "segment"],
         help="import: take a file of events into the profiles; backfill: rebuild every profile stored under "
-        "another definition than the live set's, from its events, now (the service does it in the background)",
+        "another definition than the live set's, from its events, now (the service does it in the background); "
+        "segments: each segment's size, owner and recent entries and exits; segment NAME: its size (--count), "
+        "its members (--export FILE) or its size hour by hour (--history)",
     )
-    profiles.add_argument("file", nargs="?", help="import: JSON Lines (one event a line) or CSV (.csv) of events")
+    profiles.add_argument(
+        "file", nargs="?", help="import: JSON Lines (one event a line) or CSV (.csv) of events; segment: the segment's name"
+    )
+    audience = profiles.add_mutually_exclusive_group()
+    audience.add_argument("--count", action="store_true", help="segment: print how many customers are in it (the default)")
+    audience.add_argument("--export", metavar="FILE", help="segment: write its members to FILE (CSV: customer_id, entered_at)")
+    audience.add_argument("--history", action="store_true", help="segment: its entries, exits and size, hour by hour (UTC)")
     profiles.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
     profiles.add_argument("--database-url", dest="database_url", help="the database (NBA_DATABASE_URL)")
     profiles.add_argument("--policies", help="the policy set whose profile section applies, when none is live yet (NBA_POLICIES)")

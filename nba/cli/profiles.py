@@ -1,6 +1,9 @@
 """``nba profiles import FILE``: touch-point history in bulk, through the same checks and identity
 resolution as ``ProfileService.Track``; ``nba profiles backfill``: every profile rebuilt under the
-live definition now (``nba.profiles.backfill``; the service does it in the background).
+live definition now (``nba.profiles.backfill``; the service does it in the background);
+``nba profiles segments`` and ``nba profiles segment NAME --count|--export FILE|--history``:
+segment sizes and audiences (``nba.profiles.segments``), with the changes time alone brought
+recorded first, as the service's segment clock would.
 
 A file is JSON Lines (one object a line: ``event_id``, ``type``, ``customer_id`` and/or
 ``identities`` {kind: value}, ``source``, ``occurred_at`` ISO 8601, ``properties`` {...}) or CSV
@@ -17,7 +20,7 @@ import csv
 import json
 import sys
 from collections.abc import Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +46,10 @@ def _profiles(args: argparse.Namespace) -> int:
 
     if args.action == "backfill":
         return _backfill(args)
+    if args.action in ("segments", "segment"):
+        return _segments(args)
+    if args.count or args.export or args.history:
+        raise CliError("--count, --export and --history go with: nba profiles segment NAME")
     if not args.file:
         raise CliError("FILE: name the file of events to import (JSON Lines, or CSV with a .csv name)")
     path = _readable_file(args.file, "FILE")
@@ -116,6 +123,84 @@ def _backfill(args: argparse.Namespace) -> int:
     if progress and done.total:
         print(file=sys.stderr)
     print(f"{done.done:,} profiles rebuilt under definition {definition.fingerprint} in {done.seconds:.1f} s")
+    return 0
+
+
+def _segments(args: argparse.Namespace) -> int:
+    """Segment sizes (``segments``), or one segment's size, members or history (``segment NAME``)."""
+    from nba.profiles.tracking import Tracker
+    from nba.storage.engine import open_engine
+    from nba.storage.store import Store
+
+    settings = _settings(args)
+    with _database_errors(settings.database_url):
+        engine = open_engine(settings.database_url)
+        try:
+            store = Store(engine)
+            definition = _live_definition(store, settings)
+            declared = {s.name: s for s in definition.segments}
+            if args.action == "segment":
+                if not args.file:
+                    raise CliError("NAME: name the segment (nba profiles segment NAME --count)")
+                if args.file not in declared:
+                    known = ", ".join(sorted(declared)) or "none: the live profile section declares no segments"
+                    raise CliError(f"NAME: '{args.file}' is not a segment of the live policy set ({known})")
+            elif args.file or args.count or args.export or args.history:
+                raise CliError("nba profiles segments takes no NAME or option; for one segment: nba profiles segment NAME")
+            # what time alone changed since the last events (the service's segment clock does it
+            # every second; with no service running, nobody has)
+            tracker = Tracker(store, lambda: definition)
+            while len(tracker.sweep_segments(500)) == 500:
+                pass
+            if args.action == "segments":
+                return _segment_table(store, declared)
+            name = args.file
+            if args.export:
+                return _segment_export(store, name, Path(args.export))
+            if args.history:
+                size = 0
+                print("hour (UTC)         entered   exited     size")
+                for hour, entered, exited in store.segment_history(name):
+                    size += entered - exited
+                    stamp = datetime.fromtimestamp(hour * 3600, UTC).strftime("%Y-%m-%d %H:00")
+                    print(f"{stamp:<16} {entered:>9,} {exited:>8,} {size:>8,}")
+                return 0
+            print(store.segment_sizes().get(name, 0))
+        finally:
+            engine.dispose()
+    return 0
+
+
+def _segment_table(store: Store, declared: Mapping[str, Any]) -> int:
+    sizes = store.segment_sizes()
+    day_ago = int(datetime.now(UTC).timestamp() // 3600) - 24
+    print(f"{'segment':<24} {'members':>9} {'in 24h':>7} {'out 24h':>7}  owner / description")
+    for name, segment in sorted(declared.items()):
+        recent = [(e, x) for hour, e, x in store.segment_history(name) if hour >= day_ago]
+        entered, exited = sum(e for e, _ in recent), sum(x for _, x in recent)
+        about = " / ".join(part for part in (segment.owner, segment.description) if part)
+        print(f"{name:<24} {sizes.get(name, 0):>9,} {entered:>7,} {exited:>7,}  {about}")
+    if not declared:
+        print("(the live profile section declares no segments)")
+    return 0
+
+
+def _segment_export(store: Store, name: str, path: Path) -> int:
+    """The members, written to a file beside ``path`` and moved over it: a reader never finds half an audience."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        count = 0
+        with partial.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["customer_id", "entered_at"])
+            for customer_id, entered in store.segment_members(name):
+                writer.writerow([customer_id, entered.isoformat()])
+                count += 1
+        partial.replace(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise CliError(f"--export {path}: cannot write it ({exc.strerror or exc})") from None
+    print(f"{path}: {count:,} customers in segment {name}")
     return 0
 
 

@@ -21,9 +21,12 @@
         open_orders: {events: [order, delivery], key: order_id, status: status, closed: [delivered, cancelled]}
       relationships:                       # customers an event links, kept on both profiles
         household: {from: household_link.member_id}
+      segments:                            # CEL over profile, kept as the profile changes
+        frustrated: {when: profile.complaints_30d >= 2, description: Complained twice in 30 days, owner: care}
 
 Computed attributes are read by ``parse``; their functions and windows are documented in
-``nba.profiles.computed``, which keeps them up to date.
+``nba.profiles.computed``, which keeps them up to date. Segments are kept by
+``nba.profiles.segments``; rules read the ones a customer is in as ``profile.segments``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ __all__ = [
     "IdentifierKind",
     "ProfileDefinition",
     "ProfileSection",
+    "RESERVED",
+    "Segment",
     "compile_profile",
     "parse",
 ]
@@ -93,6 +98,10 @@ FUNCTIONS: dict[str, bool] = {
     "days_since": False,
 }
 NUMERIC = frozenset({"sum", "avg", "min", "max"})
+#: names of the profile that are not attributes: rules read the customer's segments and scores there
+RESERVED = frozenset({"segments", "scores"})
+#: ``profile.NAME`` or ``profile["NAME"]`` in a condition
+_PROFILE_FIELD = re.compile(r"\bprofile\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*[\"']([^\"']*)[\"']\s*\])")
 _DEFINITION = re.compile(
     r"\s*(?P<function>[a-z_]+)\s*\(\s*(?P<event>\*|[a-z][a-z0-9_]*)(?:\.(?P<property>[A-Za-z_][\w.]*))?\s*\)"
     r"(?:\s+over\s+(?P<window>\S+))?(?:\s+where\s+(?P<where>.+?))?\s*"
@@ -206,6 +215,15 @@ class RelationshipSpec(BaseModel):
     source: str = Field(alias="from", description="EVENT.PROPERTY holding the other customer's id")
 
 
+class SegmentSpec(BaseModel):
+    """A segment: the customers whose profile meets a condition, kept as profiles change."""
+
+    model_config = ConfigDict(extra="forbid")
+    when: str = Field(description="a CEL condition over profile (attributes, computed attributes, activity counts)")
+    description: str = Field("", description="what the segment is for, as marketers read it")
+    owner: str = Field("", description="who answers for it (a team or a person)")
+
+
 class ProfileSection(BaseModel):
     """The ``profile:`` section of a policy file."""
 
@@ -216,6 +234,19 @@ class ProfileSection(BaseModel):
     computed: dict[Name, str] = Field(default_factory=dict)
     activity: dict[Name, ActivitySpec] = Field(default_factory=dict)
     relationships: dict[Name, RelationshipSpec] = Field(default_factory=dict)
+    segments: dict[Name, SegmentSpec] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment, compiled: ``rule`` over ``profile``."""
+
+    name: str
+    rule: Rule
+    description: str = ""
+    owner: str = ""
+    #: the profile names the condition reads
+    reads: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -251,15 +282,23 @@ class ProfileDefinition:
     activities: tuple[Activity, ...] = ()
     #: relationship kind -> (event type, property naming the other customer)
     relationships: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    segments: tuple[Segment, ...] = ()
 
     @cached_property
     def fingerprint(self) -> str:
-        """What a profile's state is built under (attributes, computed attributes, activities),
-        16 hex digits: a profile stored under another is rebuilt from its events."""
+        """What a profile's state is built under (attributes, computed attributes, activities,
+        segments), 16 hex digits: a profile stored under another is rebuilt from its events
+        (or, when only segments changed, its segments evaluated again)."""
         parts = [f"a {name} {spec}" for name, spec in sorted(self.attributes.items())]
         parts += [f"c {c.name} {c.source}" for c in self.computed]
         parts += [f"x {a.name} {a.source}" for a in self.activities]
+        parts += [f"s {name} {when}" for name, when in self.segment_sources.items()]
         return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()[:16]
+
+    @cached_property
+    def segment_sources(self) -> Mapping[str, str]:
+        """Each segment's condition, by name: a stored membership kept under another is evaluated again."""
+        return {s.name: s.rule.source for s in self.segments}
 
     @cached_property
     def attribute_sources(self) -> Mapping[str, str]:
@@ -268,9 +307,10 @@ class ProfileDefinition:
 
     @property
     def names(self) -> frozenset[str]:
-        """Every attribute, computed attribute and activity: what rules may read as
-        ``profile.NAME``."""
-        return frozenset(self.attributes) | frozenset(c.name for c in self.computed) | frozenset(a.name for a in self.activities)
+        """Every attribute, computed attribute and activity, and ``segments`` once any is
+        declared: what rules may read as ``profile.NAME``."""
+        names = frozenset(self.attributes) | frozenset(c.name for c in self.computed) | frozenset(a.name for a in self.activities)
+        return names | {"segments"} if self.segments else names
 
 
 def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[ProfileDefinition, list[Problem]]:
@@ -374,7 +414,33 @@ def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[Pro
             continue
         if known(event, prop, f"relationships.{name}.from") is not None:
             relationships[name] = (event, prop)
+    for where, names in (("attributes", section.attributes), ("computed", section.computed), ("activity", section.activity)):
+        for name in sorted(RESERVED & set(names)):
+            problem(f"{where}.{name}", f"'{name}' is reserved: rules read the customer's {name} as profile.{name}")
+    readable = (set(attributes) | {c.name for c in computed} | {a.name for a in activities}) - RESERVED
+    segments: list[Segment] = []
+    for name, segment_spec in section.segments.items():
+        where = f"segments.{name}.when"
+        try:
+            rule = Rule(segment_spec.when, ("profile",))
+        except RuleSyntaxError as exc:
+            problem(where, str(exc))
+            continue
+        reads = {m[0] or m[1] for m in _PROFILE_FIELD.findall(segment_spec.when)}
+        inner = sorted(reads & RESERVED)
+        if inner:
+            problem(where, f"a segment reads the profile, not profile.{inner[0]}: write the condition out in full")
+            continue
+        unknown = sorted(reads - readable)
+        if unknown:
+            known_names = ", ".join(sorted(readable)) or "none declared"
+            problem(where, f"profile.{unknown[0]} is not an attribute, computed attribute or activity ({known_names})")
+            continue
+        # a condition that passes the whole profile on (size(profile)) may read any of it
+        if re.search(r"\bprofile\b(?!\s*[.\[])", segment_spec.when):
+            reads = set(readable)
+        segments.append(Segment(name, rule, segment_spec.description, segment_spec.owner, frozenset(reads)))
     definition = ProfileDefinition(
-        kinds, region, types, attributes, tuple(computed), frozenset(pii), tuple(activities), relationships
+        kinds, region, types, attributes, tuple(computed), frozenset(pii), tuple(activities), relationships, tuple(segments)
     )
     return definition, problems

@@ -188,6 +188,20 @@ class State:
             now,
         )
 
+    def changes(self, after: float, until: float) -> list[float]:
+        """The times in ``(after, until]`` (epoch seconds) at which the value changes with no new
+        event: a window's contribution leaving it (at its time plus the window: the window is
+        ``(now - WINDOW, now]``) or, dated ahead within the clock skew, entering it. Empty over
+        all time; ``days_since`` changes continuously, which this does not list."""
+        if self._raw is not None:
+            self._parse()
+        window = self.attribute.window
+        if window is None:
+            return []
+        times = [t + window for t, _, _ in self._items if after < t + window <= until]
+        times += [t for t, _, _ in self._items if after < t <= until]
+        return times
+
     def dump(self) -> Mapping[str, Any]:
         """The state as plain data for JSON (a state never used since ``load``: as it was read)."""
         if self._raw is not None:

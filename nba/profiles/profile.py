@@ -19,6 +19,7 @@ from nba.errors import InvalidArgument
 from nba.inputs import MAX_CONTEXT_NUMBER, finite_number
 from nba.policy.profile import Activity, ProfileDefinition
 from nba.profiles.computed import State, contribution, matches
+from nba.profiles.segments import HORIZON, SegmentChange, first_change, members, time_dependent
 
 __all__ = ["Profile", "TrackedEvent", "check"]
 
@@ -127,10 +128,25 @@ class Profile:
         #: attributes, computed attributes and activities ``load`` found stored under another
         #: definition (or not at all) in a profile with events: empty until ``rebuild``
         self.stale: frozenset[str] = frozenset()
+        #: segment -> when the customer entered it (epoch seconds), as of ``segments_at``
+        self.segments: dict[str, float] = {}
+        #: when the segments were last evaluated (None: never)
+        self.segments_at: float | None = None
+        #: the next time-driven change of a segment after ``segments_at`` (``plan``); None when
+        #: none can come without an event
+        self.segments_due: float | None = None
+        #: whether ``segments_due`` holds for the profile as it is (an event applied since: no)
+        self._due_known = True
+        #: segments stored under another condition (or not at all): evaluated again at the next ``settle``
+        self.segments_stale = False
+        #: entries and exits not yet recorded (the tracker writes them with the profile)
+        self.segment_changes: list[SegmentChange] = []
 
     def apply(self, event: TrackedEvent) -> None:
-        """Takes an (accepted, first-seen) event into the profile."""
+        """Takes an (accepted, first-seen) event into the profile (its segments are evaluated
+        by ``settle``)."""
         self.version += 1
+        self._due_known = False
         order = (event.occurred_at, event.event_id)
         for name, (event_type, prop, keep, _pii) in self.definition.attributes.items():
             if event_type != event.type:
@@ -204,12 +220,15 @@ class Profile:
         out.sort(key=lambda i: (not i[3], -i[2]["updated_at"], i[0], i[1]))
         return out
 
-    def rebuild(self, events: Iterable[TrackedEvent]) -> None:
+    def rebuild(self, events: Iterable[TrackedEvent], now: float) -> None:
         """The ``stale`` parts made again from the customer's stored events (all of them, in
-        order): a backfill of a changed definition. The version does not change: the profile
-        says what it said, under the definition now live."""
+        order), and the segments evaluated again at ``now``: a backfill of a changed definition.
+        The version does not change: the profile says what it said, under the definition now
+        live."""
         stale = self.stale
         if not stale:
+            if self.segments_stale:
+                self.settle(now)
             return
         fresh = Profile(self.definition, self.customer_id, self.created_at)
         for event in events:
@@ -224,6 +243,8 @@ class Profile:
             else:
                 self.attributes.pop(name, None)  # an attribute no event sets under its new definition
         self.stale = frozenset()
+        self._due_known = False
+        self.settle(now)
 
     def absorb(self, events: Iterable[TrackedEvent]) -> None:
         """A merge: the absorbed customer's events, applied here."""
@@ -231,8 +252,16 @@ class Profile:
             self.apply(event)
 
     def view(self, now: float, include_pii: bool = True) -> dict[str, Any]:
-        """Attribute and computed attribute values at ``now`` (epoch seconds), by name: what
+        """Attribute and computed attribute values at ``now`` (epoch seconds), by name, and
+        ``segments`` (the names of those the customer is in, sorted) once any is declared: what
         rules read as ``profile``. Without ``include_pii``, what the learner may learn from."""
+        out = self.values(now, include_pii)
+        if self.definition.segments:
+            out["segments"] = sorted(self.current_segments(now))
+        return out
+
+    def values(self, now: float, include_pii: bool = True) -> dict[str, Any]:
+        """The view without segments: what segment conditions read."""
         pii = self.definition.pii
         out: dict[str, Any] = {name: value for name, (value, _, _) in self.attributes.items() if include_pii or name not in pii}
         out.update((name, state.value(now)) for name, state in self.computed.items() if include_pii or name not in pii)
@@ -240,19 +269,105 @@ class Profile:
             out.update(self.open_items())
         return out
 
+    # Segments (nba.profiles.segments): the tracker calls advance (time-driven changes up to an
+    # event), apply, settle (the event's changes), and plan before saving.
+
+    def settle(self, at: float) -> None:
+        """Evaluates every segment at ``at`` (after events applied up to it) and records the
+        entries and exits there."""
+        if not self.definition.segments and not self.segments:
+            self.segments_stale = False
+            return
+        at = max(at, self.segments_at) if self.segments_at is not None else at
+        now_in = members(self.definition.segments, self.values(at))
+        self._record(now_in, at)
+        self.segments_at = at
+        self.segments_stale = False
+        self._due_known = False
+
+    def advance(self, until: float) -> None:
+        """Records the time-driven entries and exits up to ``until`` (epoch seconds)."""
+        if self.segments_at is None or until <= self.segments_at or self.segments_stale:
+            return
+        if not (self._due_known and (self.segments_due is None or until < self.segments_due)):
+            while (found := self._first_change(frozenset(self.segments), self.segments_at, until)) is not None:
+                at, moving_in = found
+                moving = {s.name for s in time_dependent(self.definition)[0]}
+                self._record((frozenset(self.segments) - moving) | moving_in, at)
+                self.segments_at = at
+            self._due_known = False
+        self.segments_at = until
+
+    def plan(self) -> None:
+        """Finds ``segments_due``, the next time-driven change after ``segments_at``."""
+        if self._due_known:
+            return
+        self._due_known = True
+        if self.segments_at is None or not time_dependent(self.definition)[0]:
+            self.segments_due = None
+            return
+        after = self.segments_at
+        found = self._first_change(frozenset(self.segments), after, after + HORIZON)
+        self.segments_due = found[0] if found is not None else after + HORIZON
+
+    def current_segments(self, now: float) -> dict[str, float]:
+        """The segments the customer is in at ``now``, with when they entered each, without
+        recording anything (what a read sees between the segment clock's passes)."""
+        held, at = dict(self.segments), self.segments_at
+        if at is None or self.segments_stale:
+            found = members(self.definition.segments, self.values(now))
+            return {name: held.get(name, now) for name in sorted(found)}
+        if now <= at or (self._due_known and (self.segments_due is None or now < self.segments_due)):
+            return held
+        moving = {s.name for s in time_dependent(self.definition)[0]}
+        while (found_at := self._first_change(frozenset(held), at, now)) is not None:
+            at, moving_in = found_at
+            kept = (frozenset(held) - moving) | moving_in
+            held = {name: held.get(name, at) for name in sorted(kept)}
+        return held
+
+    def _first_change(self, current: frozenset[str], after: float, until: float) -> tuple[float, frozenset[str]] | None:
+        return first_change(
+            self.definition,
+            lambda t: self.values(t),
+            lambda name, start, end: self.computed[name].changes(start, end),
+            current,
+            after,
+            until,
+        )
+
+    def _record(self, now_in: frozenset[str], at: float) -> None:
+        held = self.segments
+        for name in sorted(set(held) - now_in):
+            del held[name]
+            self.segment_changes.append(SegmentChange(name, at, False))
+        for name in sorted(now_in - set(held)):
+            held[name] = at
+            self.segment_changes.append(SegmentChange(name, at, True))
+
+    def carry_segments(self, other: Profile) -> None:
+        """Takes ``other``'s recorded membership (the same customer's, before its profile was
+        made again from its events): the next ``settle`` records only what changed."""
+        self.segments, self.segments_at = dict(other.segments), other.segments_at
+
     def dump(self) -> dict[str, Any]:
         return {
             "customer_id": self.customer_id,
             "created_at": self.created_at,
             "version": self.version,
             # a profile with parts not yet rebuilt is not built under the live definition
-            "built_under": self.definition.fingerprint if not self.stale else None,
+            "built_under": self.definition.fingerprint if not (self.stale or self.segments_stale) else None,
             "attributes": {name: list(held) for name, held in self.attributes.items()},
             "attribute_definitions": self.definition.attribute_sources,
             "computed": {
                 name: {"definition": state.attribute.source, "state": state.dump()} for name, state in self.computed.items()
             },
             "activity": {a.name: {"definition": a.source, "items": self.activity[a.name]} for a in self.definition.activities},
+            "segments": self.segments,
+            "segments_at": self.segments_at,
+            "segment_definitions": self.definition.segment_sources,
+            # only once known: a profile saved with it unknown has it found again when read
+            **({"segments_due": self.segments_due} if self._due_known else {}),
         }
 
     @classmethod
@@ -288,6 +403,16 @@ class Profile:
             else:
                 stale.add(a.name)
         profile.stale = frozenset(stale) if profile.version else frozenset()
+        profile.segments = {str(k): float(v) for k, v in (data.get("segments") or {}).items()}
+        at = data.get("segments_at")
+        profile.segments_at = float(at) if at is not None else None
+        due = data.get("segments_due")
+        profile.segments_due = float(due) if due is not None else None
+        profile._due_known = "segments_due" in data or at is None
+        kept_segments = data.get("segment_definitions") or {}
+        profile.segments_stale = dict(kept_segments) != dict(definition.segment_sources) or (
+            bool(definition.segments) and at is None and profile.version > 0
+        )
         return profile
 
 

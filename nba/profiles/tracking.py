@@ -88,6 +88,10 @@ class ProfileRepository(Protocol):
 
     def events(self, conn: Any, customer_id: str) -> Iterable[tuple[str, str, str, datetime, dict[str, Any]]]: ...
 
+    def record_segments(self, conn: Any, customer_id: str, changes: Iterable[tuple[str, float, bool]]) -> None: ...
+
+    def due_profiles(self, conn: Any, now: datetime, limit: int) -> list[str]: ...
+
 
 @dataclass(frozen=True)
 class TrackInput:
@@ -239,8 +243,8 @@ class _Unit:
             profile = (
                 Profile.load(definition, loaded[3]) if loaded[3] else Profile(definition, customer_id, loaded[1].timestamp())
             )
-            if profile.stale:  # stored under an older definition: made again before the event goes in
-                profile.rebuild(_tracked(customer_id, row) for row in self.repo.events(self.conn, customer_id))
+            if profile.stale or profile.segments_stale:  # stored under an older definition: made again first
+                profile.rebuild((_tracked(customer_id, row) for row in self.repo.events(self.conn, customer_id)), now.timestamp())
                 self.changed(customer_id)
             self.profiles[customer_id] = (profile, loaded[1])
             return profile
@@ -277,6 +281,8 @@ class _Unit:
         if self._events:
             self.repo.insert_events(self.conn, self._events)
             self._events = []
+        for customer_id in self._dirty:
+            _record_segments(self.repo, self.conn, self.profiles[customer_id][0])
         # every dirty profile has its row (``profile`` inserts a new one at once): one UPDATE for all
         self.repo.save_many(self.conn, [(c, self.profiles[c][0].version, self.profiles[c][0].dump()) for c in self._dirty], now)
         self._dirty.clear()
@@ -492,9 +498,11 @@ class Tracker:
                 "origin": event.customer_id or customer,
             }
         )
-        profile.apply(
-            TrackedEvent(event.event_id, customer, event.type, event.source, item.occurred.timestamp(), dict(event.properties))
-        )
+        at = item.occurred.timestamp()
+        if not resolution.merged:  # (a merged profile's past is not walked again: its segments are settled below)
+            profile.advance(at)  # what the clock changed before the event, at its moments
+        profile.apply(TrackedEvent(event.event_id, customer, event.type, event.source, at, dict(event.properties)))
+        profile.settle(at)
         unit.changed(customer)
         absorbed_ids = list(resolution.merged)
         for gone in resolution.merged:  # absorbed in this transaction: its saved profile is gone
@@ -537,6 +545,10 @@ class Tracker:
                         assert stored is not None, customer  # both are customers of their own now
                         profile = Profile(definition, customer, stored[1].timestamp())
                         profile.absorb(_tracked(customer, row) for row in repo.events(conn, customer))
+                        if customer == survivor and stored[3]:  # (the split-off one left its segments when merged)
+                            profile.carry_segments(Profile.load(definition, stored[3]))
+                        profile.settle(now.timestamp())
+                        _record_segments(repo, conn, profile)
                         # each id's version goes on from the highest it has answered: the split-off
                         # id answered the survivor's while merged
                         profile.version = max(stored[2], before[2]) + 1
@@ -576,10 +588,13 @@ class Tracker:
                 return None, None
             found = repo.identities(conn, loaded[0]) if identities else None
             profile = Profile.load(definition, loaded[3]) if loaded[3] else Profile(definition, loaded[0], loaded[1].timestamp())
-            if profile.stale:
+            if profile.stale or profile.segments_stale:
                 # stored under an older definition and not backfilled yet: read right now, from
                 # the events (the backfill, or the customer's next event, stores it)
-                profile.rebuild(_tracked(loaded[0], event) for event in repo.events(conn, loaded[0]))
+                profile.rebuild(
+                    (_tracked(loaded[0], event) for event in repo.events(conn, loaded[0])), self._clock.now().timestamp()
+                )
+                profile.segment_changes.clear()  # recorded by whoever stores it
         return profile, (found if found is not None else {}) if identities else None
 
     def backfill(self, after: str = "", limit: int = 200) -> tuple[list[str], str | None]:
@@ -599,15 +614,57 @@ class Tracker:
                 rows = repo.profile_rows(conn, ids)
                 events = repo.events_of(conn, ids)
                 changed: list[tuple[str, int, Mapping[str, Any]]] = []
+                now = self._clock.now()
                 for customer_id in ids:
                     created, version, state, _ = rows[customer_id]
                     profile = Profile.load(definition, state) if state else Profile(definition, customer_id, created.timestamp())
-                    profile.rebuild(_tracked(customer_id, row) for row in events[customer_id])
+                    profile.rebuild((_tracked(customer_id, row) for row in events[customer_id]), now.timestamp())
+                    _record_segments(repo, conn, profile)
                     changed.append((customer_id, version, profile.dump()))
-                repo.save_many(conn, changed, self._clock.now())
+                repo.save_many(conn, changed, now)
         finally:
             self._after(started, {}, ids)  # dropped and announced, whether the commit took or not
         return ids, (ids[-1] if len(ids) == limit else None)
+
+    def sweep_segments(self, limit: int = 200) -> list[str]:
+        """Records the segment entries and exits the clock brought (a window passing) for up to
+        ``limit`` profiles due by now (``profiles.due_at``), most overdue first, in one
+        write transaction; returns their ids. Versions do not change: no event was applied.
+        Idempotent: a profile another process did meanwhile is no longer due."""
+        definition = self._definition()
+        repo = self._repository
+        saved: dict[str, tuple[Profile, tuple[str, ...]]] = {}
+        doubtful: list[str] = []
+        started = self.cache.begin() if self.cache is not None else 0
+        try:
+            with repo.write() as conn:
+                now = self._clock.now()
+                ids = repo.due_profiles(conn, now, limit)
+                rows = repo.profile_rows(conn, ids)
+                changed: list[tuple[str, int, Mapping[str, Any]]] = []
+                try:
+                    for customer_id in ids:
+                        created, version, state, _ = rows[customer_id]
+                        profile = (
+                            Profile.load(definition, state) if state else Profile(definition, customer_id, created.timestamp())
+                        )
+                        if profile.stale or profile.segments_stale:
+                            profile.rebuild((_tracked(customer_id, r) for r in repo.events(conn, customer_id)), now.timestamp())
+                        else:
+                            profile.advance(now.timestamp())
+                        _record_segments(repo, conn, profile)
+                        changed.append((customer_id, version, profile.dump()))
+                        saved[customer_id] = (profile, ())
+                    repo.save_many(conn, changed, now)
+                except BaseException:
+                    doubtful, saved = list(ids), {}
+                    raise
+        except BaseException:
+            doubtful, saved = doubtful or _ids(saved), {}
+            raise
+        finally:
+            self._after(started, saved, doubtful)
+        return list(saved)
 
     def lookup(
         self, customer_id: str = "", kind: str = "", value: str = "", identities: bool = True
@@ -642,6 +699,15 @@ class Tracker:
         if profile is None:
             return None
         return profile, found or {}
+
+
+def _record_segments(repo: ProfileRepository, conn: Any, profile: Profile) -> None:
+    """The profile's segment entries and exits written, and its next time-driven change found,
+    before it is saved."""
+    profile.plan()
+    if profile.segment_changes:
+        repo.record_segments(conn, profile.customer_id, [(c.segment, c.at, c.entered) for c in profile.segment_changes])
+        profile.segment_changes = []
 
 
 def _ids(saved: Mapping[str, tuple[Profile, tuple[str, ...]]]) -> list[str]:

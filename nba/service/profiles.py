@@ -117,7 +117,8 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
         if found is None:
             raise NotFound("customer_id: no profile for this customer (no event has named it)")
         profile, identities = found
-        view = profile.view(self._clock.now().timestamp())
+        now = self._clock.now().timestamp()
+        view = profile.view(now)
         attributes, computed = struct_pb2.Struct(), struct_pb2.Struct()
         attributes.update({k: v for k, v in view.items() if k in profile.attributes})
         computed.update({k: v for k, v in view.items() if k in profile.computed})
@@ -139,6 +140,10 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
                     last_event_type=item["type"],
                 )
                 for name, key, item, is_open in profile.items()
+            ],
+            segments=[
+                ppb.SegmentMembership(name=name, since=_stamp(since))
+                for name, since in sorted(profile.current_segments(now).items())
             ],
         )
         if self._history is not None and wanted & {"timeline", "merged_ids", "decisions", "relationships"}:

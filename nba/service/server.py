@@ -40,6 +40,7 @@ from nba.learning.loop import LearningLoop, build_learner
 from nba.policy.policy_set import PolicySet
 from nba.profiles.backfill import Backfill
 from nba.profiles.cache import ProfileCache
+from nba.profiles.segment_clock import SegmentClock
 from nba.profiles.tracking import Tracker
 from nba.records import ContactEvent, LearningEvent, RewardWindows
 from nba.service.auth import AuthInterceptor
@@ -299,6 +300,13 @@ class Service:
         )
         #: rebuilds stored profiles when the live set changes the profile definition
         self.backfill = Backfill(self.tracker, lambda: self.publisher.live.profile, self.store.count_built_under_other)
+        #: records segment entries and exits that time alone brings
+        self.segment_clock = SegmentClock(
+            self.tracker,
+            self.store.segment_sizes,
+            lambda: [s.name for s in self.publisher.live.profile.segments],
+            settings.segment_clock_seconds,
+        )
         if self.bus is not None:
             self.bus.start(self.log.deliver, self._profiles_heard)
         self.decider = Decider(
@@ -473,6 +481,7 @@ class Service:
         self._serving = True
         if self.policy_set.profile.names:
             self.backfill.start()  # the definition may have changed while the service was down
+        self.segment_clock.start()
         self._dependency(STORE_HEALTH, self.log.available)
         if self.bus is not None:
             self._dependency(BUS_HEALTH, self.bus.up)
@@ -503,6 +512,7 @@ class Service:
         self.publisher.stop()
         self.server.stop(grace).wait()
         self.backfill.stop()
+        self.segment_clock.stop()
         self.log.close()
         if self.bus is not None:
             self.bus.close()

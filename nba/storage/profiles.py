@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy import exc as sa_exc
 
 from nba.storage.engine import Repository, json_text, utc
-from nba.storage.tables import PROFILE_EVENTS, PROFILE_IDENTITIES, PROFILE_MERGES, PROFILE_RELATIONSHIPS, PROFILES
+from nba.storage.tables import (
+    PROFILE_EVENTS,
+    PROFILE_IDENTITIES,
+    PROFILE_MERGES,
+    PROFILE_RELATIONSHIPS,
+    PROFILE_SEGMENTS,
+    PROFILES,
+    SEGMENT_COUNTS,
+)
 
 __all__ = ["MAX_MERGE_CHAIN", "ProfileRowValues", "Profiles", "StoredProfile"]
 
@@ -46,6 +54,7 @@ _SAVE = (
         state=bindparam("state"),
         updated_at=bindparam("updated_at"),
         built_under=bindparam("built_under"),
+        due_at=bindparam("due_at"),
     )
 )
 _INSERT = PROFILES.insert()
@@ -91,6 +100,11 @@ _CREATED = select(PROFILES.c.customer_id, PROFILES.c.created_at).where(
 )
 
 
+def _due(state: Mapping[str, Any]) -> datetime | None:
+    due = state.get("segments_due")
+    return datetime.fromtimestamp(due, UTC) if due is not None else None
+
+
 class Profiles(Repository):
     """The ``profiles``, ``profile_identities``, ``profile_events`` and ``profile_merges`` tables."""
 
@@ -123,8 +137,17 @@ class Profiles(Repository):
     ) -> None:
         """Writes a profile's state (inserting it the first time)."""
         built = state.get("built_under")
+        due = _due(state)
         updated = conn.execute(
-            _SAVE, {"key": customer_id, "version": version, "state": dict(state), "updated_at": now, "built_under": built}
+            _SAVE,
+            {
+                "key": customer_id,
+                "version": version,
+                "state": dict(state),
+                "updated_at": now,
+                "built_under": built,
+                "due_at": due,
+            },
         ).rowcount
         if not updated:
             conn.execute(
@@ -137,6 +160,7 @@ class Profiles(Repository):
                     "merged_into": None,
                     "state": dict(state),
                     "built_under": built,
+                    "due_at": due,
                 },
             )
 
@@ -176,7 +200,14 @@ class Profiles(Repository):
             conn.execute(
                 _SAVE,
                 [
-                    {"key": c, "version": v, "state": dict(state), "updated_at": now, "built_under": state.get("built_under")}
+                    {
+                        "key": c,
+                        "version": v,
+                        "state": dict(state),
+                        "updated_at": now,
+                        "built_under": state.get("built_under"),
+                        "due_at": _due(state),
+                    }
                     for c, v, state in profiles
                 ],
             )
@@ -265,6 +296,8 @@ class Profiles(Repository):
                 survivor=survivor, absorbed=absorbed, at=now, cause=cause[:256], undone_at=None, undone_by=""
             )
         )
+        # the absorbed customer leaves its segments: from now on the survivor's profile is theirs
+        self.leave_segments(conn, absorbed, now)
 
     def unmerge(self, conn: Any, customer_id: str, by: str, now: datetime) -> tuple[str, list[str]]:
         """Undoes the merge that absorbed ``customer_id``: returns (the survivor it leaves, the
@@ -317,6 +350,85 @@ class Profiles(Repository):
         r = PROFILE_RELATIONSHIPS
         conn.execute(r.update().where(r.c.customer_id == survivor, r.c.origin.in_(split)).values(customer_id=customer_id))
         return survivor, split
+
+    # Segments (nba.profiles.segments): stays, hourly counts, and when each profile is next due
+
+    def record_segments(self, conn: Any, customer_id: str, changes: Iterable[tuple[str, float, bool]]) -> None:
+        """Entries and exits (segment, epoch seconds, entered) of a customer, in order: an entry
+        opens a stay, an exit closes the open one; both counted in their hour."""
+        s = PROFILE_SEGMENTS
+        counts: dict[tuple[str, int], list[int]] = {}
+        for segment, at, entered in changes:
+            when = datetime.fromtimestamp(at, UTC)
+            if entered:
+                conn.execute(s.insert().values(customer_id=customer_id, segment=segment, entered_at=when, exited_at=None))
+            else:
+                conn.execute(
+                    s.update()
+                    .where(s.c.customer_id == customer_id, s.c.segment == segment, s.c.exited_at.is_(None))
+                    .values(exited_at=when)
+                )
+            counts.setdefault((segment, int(at // 3600)), [0, 0])[0 if entered else 1] += 1
+        self._count_segments(conn, counts)
+
+    def leave_segments(self, conn: Any, customer_id: str, now: datetime) -> list[str]:
+        """Closes every stay of a customer still open (merged away, or forgotten); returns the segments."""
+        s = PROFILE_SEGMENTS
+        open_stays = list(
+            conn.execute(select(s.c.segment).where(s.c.customer_id == customer_id, s.c.exited_at.is_(None))).scalars()
+        )
+        if open_stays:
+            conn.execute(s.update().where(s.c.customer_id == customer_id, s.c.exited_at.is_(None)).values(exited_at=now))
+            hour = int(now.timestamp() // 3600)
+            self._count_segments(conn, {(segment, hour): [0, 1] for segment in set(open_stays)})
+        return sorted(set(open_stays))
+
+    def _count_segments(self, conn: Any, counts: Mapping[tuple[str, int], list[int]]) -> None:
+        c = SEGMENT_COUNTS
+        for (segment, hour), (entered, exited) in sorted(counts.items()):
+            key = (c.c.segment == segment) & (c.c.hour == hour)
+            added = conn.execute(c.update().where(key).values(entered=c.c.entered + entered, exited=c.c.exited + exited))
+            if not added.rowcount:
+                conn.execute(c.insert().values(segment=segment, hour=hour, entered=entered, exited=exited))
+
+    def due_profiles(self, conn: Any, now: datetime, limit: int) -> list[str]:
+        """Up to ``limit`` customers (not merged away) whose segments change by ``now`` with no
+        event, the most overdue first."""
+        p = PROFILES
+        return list(
+            conn.execute(
+                select(p.c.customer_id)
+                .where(p.c.due_at <= now, p.c.merged_into.is_(None))
+                .order_by(p.c.due_at, p.c.customer_id)
+                .limit(limit)
+            ).scalars()
+        )
+
+    def segment_members(self, segment: str, conn: Any = None) -> Iterable[tuple[str, datetime]]:
+        """The customers in a segment now, with when they entered, by customer id."""
+        s = PROFILE_SEGMENTS
+        query = (
+            select(s.c.customer_id, s.c.entered_at)
+            .where(s.c.segment == segment, s.c.exited_at.is_(None))
+            .order_by(s.c.customer_id)
+        )
+        with self.reading(conn) as c:
+            for row in c.execute(query).yield_per(1000):
+                yield row.customer_id, utc(row.entered_at)
+
+    def segment_sizes(self, conn: Any = None) -> dict[str, int]:
+        """Customers in each segment now, by segment (a segment nobody is in is absent)."""
+        s = PROFILE_SEGMENTS
+        query = select(s.c.segment, func.count()).where(s.c.exited_at.is_(None)).group_by(s.c.segment)
+        with self.reading(conn) as c:
+            return {segment: int(n) for segment, n in c.execute(query)}
+
+    def segment_history(self, segment: str, conn: Any = None) -> list[tuple[int, int, int]]:
+        """(hour since the epoch, entries, exits) of each hour a segment changed, in order."""
+        c = SEGMENT_COUNTS
+        query = select(c.c.hour, c.c.entered, c.c.exited).where(c.c.segment == segment).order_by(c.c.hour)
+        with self.reading(conn) as db:
+            return [(int(h), int(e), int(x)) for h, e, x in db.execute(query)]
 
     def built_under_other(self, conn: Any, fingerprint: str, after: str, limit: int) -> list[str]:
         """Up to ``limit`` customers (not merged away), in id order after ``after``, whose

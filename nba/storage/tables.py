@@ -170,6 +170,9 @@ class ProfileRow(SQLModel, table=True):
     #: the fingerprint of the profile definition the state was built under (NULL: before 0007);
     #: a profile built under another is rebuilt from its events (nba.profiles.backfill)
     built_under: str | None = Field(default=None, max_length=32)
+    #: the next moment the profile has work with no event: a segment's membership changing as a
+    #: window passes (the segment clock records it then: nba.profiles.segment_clock); NULL: none
+    due_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True, index=True))
 
 
 class ProfileIdentityRow(SQLModel, table=True):
@@ -225,6 +228,34 @@ class ProfileRelationshipRow(SQLModel, table=True):
     origin: str = Field(max_length=256)
 
 
+class ProfileSegmentRow(SQLModel, table=True):
+    """A customer's stay in a segment: entered, and left (NULL while in it)."""
+
+    __tablename__ = "profile_segments"
+    __table_args__ = (
+        Index("ix_profile_segments_customer", "customer_id", "segment"),
+        Index("ix_profile_segments_members", "segment", "exited_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True))
+    customer_id: str = Field(max_length=256)
+    segment: str = Field(max_length=64)
+    entered_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    exited_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+
+
+class SegmentCountRow(SQLModel, table=True):
+    """Entries into and exits from a segment an hour (UTC): its size over time is their running sum."""
+
+    __tablename__ = "segment_counts"
+
+    segment: str = Field(primary_key=True, max_length=64)
+    #: hours since the epoch
+    hour: int = Field(primary_key=True)
+    entered: int = Field(default=0)
+    exited: int = Field(default=0)
+
+
 class ProfileMergeRow(SQLModel, table=True):
     """Each merge of two customers, and its undoing (the pair is then kept apart)."""
 
@@ -258,3 +289,5 @@ PROFILE_IDENTITIES = table(ProfileIdentityRow)
 PROFILE_EVENTS = table(ProfileEventRow)
 PROFILE_RELATIONSHIPS = table(ProfileRelationshipRow)
 PROFILE_MERGES = table(ProfileMergeRow)
+PROFILE_SEGMENTS = table(ProfileSegmentRow)
+SEGMENT_COUNTS = table(SegmentCountRow)

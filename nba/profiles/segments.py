@@ -1,0 +1,119 @@
+"""Segments: which named conditions over a customer's profile hold, kept as the profile changes
+(streaming segmentation), with the exact time each customer entered and left each one.
+
+A segment is a CEL condition over ``profile`` in the policy set's ``profile:`` section::
+
+    segments:
+      frustrated: {when: profile.complaints_30d >= 2, description: Complained twice in 30 days, owner: care}
+      lapsed:     {when: profile.days_since_order > 90}
+
+Membership changes for two reasons, and both are dated exactly:
+
+- an event changes the profile: the segments are evaluated at the event's time (an event
+  dated before the last evaluation, a late one, at the last evaluation's time: what was
+  stated is not rewritten);
+- time passes: a windowed computed attribute changes when a contribution leaves its window
+  (``State.changes`` lists the moments), and ``days_since`` grows continuously. Between two
+  events, the membership is evaluated at every such moment, and a change of a condition over
+  ``days_since`` is found by bisection to ``PRECISION`` seconds between probes at growing
+  distances (``PROBES``): a condition that holds and fails again between two probes (a band
+  narrower than a probe's step) may go unnoticed.
+
+``first_change`` is the one search both use: the tracker dates the changes of an event's
+customer with it, and ``nba.profiles.segment_clock`` wakes each profile at its next
+time-driven change (``profiles.due_at``) to record it, so sizes and exports follow
+the clock, not only events.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cel
+
+from nba.policy.profile import ProfileDefinition, Segment
+
+__all__ = ["HORIZON", "PRECISION", "PROBES", "SegmentChange", "first_change", "members", "time_dependent"]
+
+DAY = 86400.0
+#: how far ahead the next time-driven change is looked for; a profile with time-dependent
+#: segments and none found is looked at again then
+HORIZON = 730 * DAY
+#: distances (days) at which conditions over days_since are probed for a change
+PROBES = (1, 2, 4, 7, 14, 30, 60, 90, 180, 365, 730)
+#: a continuous change is dated to this many seconds
+PRECISION = 0.001
+
+
+@dataclass(frozen=True)
+class SegmentChange:
+    """A customer entering (``entered``) or leaving a segment at ``at`` (epoch seconds)."""
+
+    segment: str
+    at: float
+    entered: bool
+
+
+def members(segments: tuple[Segment, ...], values: Mapping[str, Any]) -> frozenset[str]:
+    """The segments whose condition holds for the profile ``values`` (by name; personal data
+    included). A condition that cannot be evaluated (a missing attribute) does not hold."""
+    if not segments:
+        return frozenset()
+    context = cel.Context({"profile": dict(values)})
+    return frozenset(s.name for s in segments if s.rule.evaluate(context)[0])
+
+
+def time_dependent(definition: ProfileDefinition) -> tuple[tuple[Segment, ...], frozenset[str], bool]:
+    """(the segments whose membership can change with no event, the windowed computed
+    attributes they read, whether any reads a continuous one: ``days_since``)."""
+    windowed = {c.name for c in definition.computed if c.window is not None}
+    continuous = {c.name for c in definition.computed if c.function == "days_since"}
+    moving = tuple(s for s in definition.segments if s.reads & (windowed | continuous))
+    reads = frozenset().union(*(s.reads for s in moving)) if moving else frozenset()
+    return moving, frozenset(reads & windowed), bool(reads & continuous)
+
+
+def first_change(
+    definition: ProfileDefinition,
+    values: Callable[[float], Mapping[str, Any]],
+    change_times: Callable[[str, float, float], list[float]],
+    current: frozenset[str],
+    after: float,
+    until: float,
+) -> tuple[float, frozenset[str]] | None:
+    """The first moment in ``(after, until]`` at which the time-dependent segments' membership
+    differs from ``current`` with no new event, and the members then (of those segments);
+    None when it does not change. ``values(t)``: the profile's values at t; ``change_times(name,
+    after, until)``: when a windowed attribute changes (``State.changes``)."""
+    moving, windowed, continuous = time_dependent(definition)
+    if not moving or until <= after:
+        return None
+    names = frozenset(s.name for s in moving)
+    held = current & names
+    points: set[float] = set()
+    for name in windowed:
+        points.update(change_times(name, after, until))
+    if continuous:
+        points.update(after + d * DAY for d in PROBES if after + d * DAY < until)
+        points.add(until)
+    previous = after
+    for t in sorted(points):
+        found = members(moving, values(t))
+        if found == held:
+            previous = t
+            continue
+        if continuous:  # the change lies somewhere in (previous, t]: bisect to the millisecond
+            low, high = previous, t
+            while high - low > PRECISION:
+                middle = (low + high) / 2
+                if members(moving, values(middle)) == held:
+                    low = middle
+                else:
+                    high = middle
+            t = min(math.ceil(high / PRECISION) * PRECISION, high + PRECISION)  # on the millisecond
+            found = members(moving, values(t))
+        return t, found
+    return None

@@ -53,6 +53,12 @@ PROFILE_BACKFILL_REMAINING = Gauge(
     multiprocess_mode="livemax",  # every worker walks the same profiles: the furthest behind says how much is left
 )
 PROFILE_BACKFILLED = Counter("nba_profile_backfilled_total", "Profiles rebuilt from their events under a changed definition")
+PROFILE_EVENTS = Counter(
+    "nba_profile_events_total",
+    "Touch-point events by source (the first 100 sources seen, then 'other') and outcome: taken, duplicate, "
+    "dead_letter (refused by the profile definition, kept), refused (malformed or conflicting, not kept)",
+    ["source", "outcome"],
+)
 SEGMENT_MEMBERS = Gauge(
     "nba_segment_members",
     "Customers in each segment, as the database holds it (refreshed by the segment clock)",

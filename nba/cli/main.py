@@ -123,11 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     profiles.add_argument(
         "action",
-        choices=["import", "backfill", "segments", "segment"],
+        choices=["import", "backfill", "segments", "segment", "dead-letters", "quality"],
         help="import: take a file of events into the profiles; backfill: rebuild every profile stored under "
         "another definition than the live set's, from its events, now (the service does it in the background); "
         "segments: each segment's size, owner and recent entries and exits; segment NAME: its size (--count), "
-        "its members (--export FILE) or its size hour by hour (--history)",
+        "its members (--export FILE) or its size hour by hour (--history); dead-letters: the events the profile "
+        "refused, kept (--replay: take them again under the live definition); quality: each attribute's "
+        "completeness and the refused events by source",
     )
     profiles.add_argument(
         "file", nargs="?", help="import: JSON Lines (one event a line) or CSV (.csv) of events; segment: the segment's name"
@@ -136,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     audience.add_argument("--count", action="store_true", help="segment: print how many customers are in it (the default)")
     audience.add_argument("--export", metavar="FILE", help="segment: write its members to FILE (CSV: customer_id, entered_at)")
     audience.add_argument("--history", action="store_true", help="segment: its entries, exits and size, hour by hour (UTC)")
+    profiles.add_argument(
+        "--replay", action="store_true", help="dead-letters: apply them under the live definition (those it accepts)"
+    )
+    profiles.add_argument("--type", dest="event_type", help="dead-letters: only events of this type")
     profiles.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
     profiles.add_argument("--database-url", dest="database_url", help="the database (NBA_DATABASE_URL)")
     profiles.add_argument("--policies", help="the policy set whose profile section applies, when none is live yet (NBA_POLICIES)")

@@ -44,12 +44,18 @@ def _profiles(args: argparse.Namespace) -> int:
     from nba.storage.engine import open_engine
     from nba.storage.store import Store
 
-    if args.action == "backfill":
-        return _backfill(args)
     if args.action in ("segments", "segment"):
         return _segments(args)
+    if args.action != "dead-letters" and (args.replay or args.event_type):
+        raise CliError("--replay and --type go with: nba profiles dead-letters")
+    if args.action == "dead-letters":
+        return _dead_letters(args)
+    if args.action == "quality":
+        return _quality(args)
     if args.count or args.export or args.history:
         raise CliError("--count, --export and --history go with: nba profiles segment NAME")
+    if args.action == "backfill":
+        return _backfill(args)
     if not args.file:
         raise CliError("FILE: name the file of events to import (JSON Lines, or CSV with a .csv name)")
     path = _readable_file(args.file, "FILE")
@@ -173,7 +179,7 @@ def _segments(args: argparse.Namespace) -> int:
 
 def _segment_table(store: Store, declared: Mapping[str, Any]) -> int:
     sizes = store.segment_sizes()
-    day_ago = int(datetime.now(UTC).timestamp() // 3600) - 24
+    day_ago = int(datetime.now(UTC).timestamp() // 3600) - 23  # this hour and the 23 before it
     print(f"{'segment':<24} {'members':>9} {'in 24h':>7} {'out 24h':>7}  owner / description")
     for name, segment in sorted(declared.items()):
         recent = [(e, x) for hour, e, x in store.segment_history(name) if hour >= day_ago]
@@ -198,9 +204,93 @@ def _segment_export(store: Store, name: str, path: Path) -> int:
                 count += 1
         partial.replace(path)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise CliError(f"--export {path}: cannot write it ({exc.strerror or exc})") from None
+    finally:
+        partial.unlink(missing_ok=True)  # gone once moved; left by nothing that failed
     print(f"{path}: {count:,} customers in segment {name}")
+    return 0
+
+
+#: dead letters listed in full (the rest are counted)
+SHOWN_DEAD_LETTERS = 50
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    """The events the profile refused and kept, or (``--replay``) them applied under the live definition."""
+    from nba.profiles.tracking import Tracker
+    from nba.storage.engine import open_engine
+    from nba.storage.store import Store
+
+    if args.file or args.count or args.export or args.history:
+        raise CliError("nba profiles dead-letters takes --replay and --type only")
+    settings = _settings(args)
+    progress = sys.stderr.isatty()
+    with _database_errors(settings.database_url):
+        engine = open_engine(settings.database_url)
+        try:
+            store = Store(engine)
+            if args.replay:
+                definition = _live_definition(store, settings)
+
+                def report(counts: Mapping[str, int]) -> None:
+                    if progress:
+                        print(f"\r{_replayed(counts)}", end="", file=sys.stderr, flush=True)
+
+                counts = Tracker(store, lambda: definition).replay_dead_letters(args.event_type, report=report)
+                if progress:
+                    print(file=sys.stderr)
+                print(_replayed(counts))
+                left = store.dead_letters(0, 1, args.event_type)
+                return EXIT_FAILED if left else 0
+            letters = store.dead_letters(0, SHOWN_DEAD_LETTERS + 1, args.event_type)
+            total = sum(n for _, event_type, _, n in store.dead_letter_counts() if args.event_type in (None, event_type))
+        finally:
+            engine.dispose()
+    if not letters:
+        print("no dead letters" + (f" of type {args.event_type}" if args.event_type else ""))
+        return 0
+    print(f"{'received (UTC)':<20} {'tries':>5}  {'event_id':<24} {'type':<16} {'source':<14} reason")
+    for d in letters[:SHOWN_DEAD_LETTERS]:
+        received = d.last_received_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{received:<20} {d.attempts:>5}  {d.event_id[:24]:<24} {d.type[:16]:<16} {d.source[:14]:<14} {d.reason[:120]}")
+    if total > SHOWN_DEAD_LETTERS:
+        print(f"... and {total - SHOWN_DEAD_LETTERS:,} more")
+    print(f"{total:,} dead letters: fix the profile section, publish it, then: nba profiles dead-letters --replay")
+    return 0
+
+
+def _replayed(counts: Mapping[str, int]) -> str:
+    return f"{counts['applied']:,} applied, {counts['duplicate']:,} applied before, {counts['refused']:,} still refused"
+
+
+def _quality(args: argparse.Namespace) -> int:
+    """Each attribute's completeness, and the refused events kept, by source."""
+    from nba.storage.engine import open_engine
+    from nba.storage.store import Store
+
+    if args.file or args.count or args.export or args.history:
+        raise CliError("nba profiles quality takes no NAME or option")
+    settings = _settings(args)
+    with _database_errors(settings.database_url):
+        engine = open_engine(settings.database_url)
+        try:
+            store = Store(engine)
+            definition = _live_definition(store, settings)
+            customers, held = store.completeness(definition.attributes)
+            refused = store.dead_letter_counts()
+        finally:
+            engine.dispose()
+    print(f"{customers:,} customers")
+    if held:
+        print(f"\n{'attribute':<28} {'customers':>10} {'complete':>9}")
+        for name, n in sorted(held.items()):
+            share = f"{100.0 * n / customers:.1f}%" if customers else "-"
+            print(f"{name:<28} {n:>10,} {share:>9}")
+    print(f"\n{'refused events kept (dead letters)':<40} {'events':>8}")
+    for source, event_type, field, n in refused:
+        print(f"{(source or '(no source)') + ' / ' + event_type + ' / ' + (field or '-'):<40} {n:>8,}")
+    if not refused:
+        print("none")
     return 0
 
 

@@ -439,6 +439,14 @@ def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[Pro
         # a condition that passes the whole profile on (size(profile)) may read any of it
         if re.search(r"\bprofile\b(?!\s*[.\[])", segment_spec.when):
             reads = set(readable)
+        personal_reads = sorted(reads & pii)
+        if personal_reads:
+            problem(
+                where,
+                f"profile.{personal_reads[0]} is personal data (pii): segments are learned from and logged, so they may not "
+                "read it; read it in an offer's rule instead",
+            )
+            continue
         segments.append(Segment(name, rule, segment_spec.description, segment_spec.owner, frozenset(reads)))
     definition = ProfileDefinition(
         kinds, region, types, attributes, tuple(computed), frozenset(pii), tuple(activities), relationships, tuple(segments)

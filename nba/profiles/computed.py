@@ -171,11 +171,21 @@ class State:
                 sorted(self._distinct),
                 now,
             )
-        start = bisect.bisect_right(self._items, now - window, key=lambda i: i[0])
-        end = bisect.bisect_right(self._items, now, key=lambda i: i[0])
-        inside = self._items[start:end]
+        items = self._items
+        start = bisect.bisect_right(items, now - window, key=_time)
+        end = bisect.bisect_right(items, now, key=_time)
+        function = self.attribute.function
+        # what needs no pass over the window, without one: segments read a window at every
+        # moment one of its events leaves it (nba.profiles.segments)
+        if function == "count":
+            return end - start
+        if function == "first":
+            return items[start][2] if end > start else None
+        if function == "last":
+            return items[end - 1][2] if end > start else None
+        inside = items[start:end]
         values = [v for _, _, v in inside]
-        numeric = self.attribute.function in NUMERIC
+        numeric = function in NUMERIC
         return _result(
             self.attribute.function,
             len(inside),
@@ -198,9 +208,14 @@ class State:
         window = self.attribute.window
         if window is None:
             return []
-        times = [t + window for t, _, _ in self._items if after < t + window <= until]
-        times += [t for t, _, _ in self._items if after < t <= until]
-        return times
+        items = self._items
+        # items are in time order: the ones that can leave in (after, until] (a second either
+        # side, then the exact test: subtracting the window rounds), then the ones entering
+        near = items[
+            bisect.bisect_right(items, after - window - 1, key=_time) : bisect.bisect_right(items, until - window + 1, key=_time)
+        ]
+        entering = items[bisect.bisect_right(items, after, key=_time) : bisect.bisect_right(items, until, key=_time)]
+        return [t + window for t, _, _ in near if after < t + window <= until] + [t for t, _, _ in entering]
 
     def dump(self) -> Mapping[str, Any]:
         """The state as plain data for JSON (a state never used since ``load``: as it was read)."""
@@ -258,6 +273,10 @@ class State:
             self._last = tuple(data["last"]) if data.get("last") else None
             self._distinct = dict(data.get("distinct", {}))
         self._raw = None
+
+
+def _time(item: tuple[float, str, Any]) -> float:
+    return item[0]
 
 
 def _order(item: tuple[float, str, Any]) -> tuple[float, str]:

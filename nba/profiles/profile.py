@@ -21,7 +21,7 @@ from nba.policy.profile import Activity, ProfileDefinition
 from nba.profiles.computed import State, contribution, matches
 from nba.profiles.segments import HORIZON, SegmentChange, first_change, members, time_dependent
 
-__all__ = ["Profile", "TrackedEvent", "check"]
+__all__ = ["NotInDefinition", "Profile", "TrackedEvent", "check"]
 
 #: closed items of current activity kept per activity (the newest): what a late event of one finds
 CLOSED_KEPT = 20
@@ -46,16 +46,22 @@ class TrackedEvent:
         return {"type": self.type, "source": self.source, "properties": dict(self.properties)}
 
 
+class NotInDefinition(InvalidArgument):
+    """An event the profile definition does not accept (its type, or a declared property's
+    type): well formed, so it is kept as a dead letter until a fixed definition applies it."""
+
+
 def check(definition: ProfileDefinition, event_type: str, properties: Mapping[str, Any]) -> None:
-    """Raises ``InvalidArgument`` naming the field when the profile does not accept the event:
-    a type that is not declared (once any is), or a declared property of another type. Other
-    properties are kept as they come.
+    """Raises ``InvalidArgument`` naming the field for a value that cannot be stored as sent,
+    and ``NotInDefinition`` when the profile does not accept the event: a type that is not
+    declared (once any is), or a declared property of another type. Other properties are kept
+    as they come.
 
     >>> from nba.policy.profile import Activity, ProfileDefinition
     >>> check(ProfileDefinition(event_types={"order": {"amount": "number"}}), "order", {"amount": "ten"})
     Traceback (most recent call last):
     ...
-    nba.errors.InvalidArgument: properties.amount: must be a number for 'order' events, got 'ten'
+    nba.profiles.profile.NotInDefinition: properties.amount: must be a number for 'order' events, got 'ten'
     """
     _finite(properties, "properties")
     types = definition.event_types
@@ -63,7 +69,7 @@ def check(definition: ProfileDefinition, event_type: str, properties: Mapping[st
         return
     declared = types.get(event_type)
     if declared is None:
-        raise InvalidArgument(
+        raise NotInDefinition(
             f"type: '{event_type}' is not an event type of the profile ({', '.join(sorted(types))})", field="type"
         )
     for name, kind in declared.items():
@@ -72,8 +78,8 @@ def check(definition: ProfileDefinition, event_type: str, properties: Mapping[st
             continue
         wanted = _TYPES[kind]
         if isinstance(value, bool) and kind != "bool" or not isinstance(value, wanted):
-            raise InvalidArgument(
-                f"properties.{name}: must be a {kind} for '{event_type}' events, got {value!r}", field=f"properties.{name}"
+            raise NotInDefinition(
+                f"properties.{name}: must be a {kind} for '{event_type}' events, got {value!r}"[:500], field=f"properties.{name}"
             )
 
 
@@ -260,12 +266,20 @@ class Profile:
             out["segments"] = sorted(self.current_segments(now))
         return out
 
-    def values(self, now: float, include_pii: bool = True) -> dict[str, Any]:
-        """The view without segments: what segment conditions read."""
+    def values(self, now: float, include_pii: bool = True, names: frozenset[str] | None = None) -> dict[str, Any]:
+        """The view without segments: what segment conditions read (only ``names``, when given)."""
         pii = self.definition.pii
-        out: dict[str, Any] = {name: value for name, (value, _, _) in self.attributes.items() if include_pii or name not in pii}
-        out.update((name, state.value(now)) for name, state in self.computed.items() if include_pii or name not in pii)
-        if self.definition.activities:
+        out: dict[str, Any] = {
+            name: value
+            for name, (value, _, _) in self.attributes.items()
+            if (include_pii or name not in pii) and (names is None or name in names)
+        }
+        out.update(
+            (name, state.value(now))
+            for name, state in self.computed.items()
+            if (include_pii or name not in pii) and (names is None or name in names)
+        )
+        if self.definition.activities and (names is None or any(a.name in names for a in self.definition.activities)):
             out.update(self.open_items())
         return out
 
@@ -329,7 +343,7 @@ class Profile:
     def _first_change(self, current: frozenset[str], after: float, until: float) -> tuple[float, frozenset[str]] | None:
         return first_change(
             self.definition,
-            lambda t: self.values(t),
+            lambda t, names: self.values(t, names=names),
             lambda name, start, end: self.computed[name].changes(start, end),
             current,
             after,

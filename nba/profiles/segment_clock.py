@@ -31,26 +31,31 @@ log = logging.getLogger("nba.profiles")
 BATCH = 200
 #: how often segment sizes are counted for the metrics
 SIZES_SECONDS = 15.0
+#: a database that is down is tried again after this long
+RETRY_SECONDS = 5.0
 #: a pass that failed for another reason than an outage waits this long
 FAULT_RETRY_SECONDS = 60.0
 
 
 class SegmentClock:
     """Runs ``tracker.sweep_segments`` every ``interval`` seconds in a thread of its own (at
-    once again while a batch comes back full); ``sizes()`` counts the members of each
-    segment, ``names()`` the segments declared."""
+    once again while a batch comes back full) while ``moving()`` says the live definition has
+    segments time can change; ``sizes()`` counts the members of each segment, ``names()`` the
+    segments declared."""
 
     def __init__(
         self,
         tracker: Tracker,
         sizes: Callable[[], dict[str, int]],
         names: Callable[[], list[str]],
+        moving: Callable[[], bool] = lambda: True,
         interval: float = 1.0,
         batch: int = BATCH,
     ) -> None:
         self._tracker = tracker
         self._sizes = sizes
         self._names = names
+        self._moving = moving
         self._interval = interval
         self._batch = batch
         self._stop = threading.Event()
@@ -74,7 +79,7 @@ class SegmentClock:
     def tick(self) -> int:
         """One pass: every profile due now, a batch at a time; how many were done."""
         done = 0
-        while not self._stop.is_set():
+        while self._moving() and not self._stop.is_set():
             ids = self._tracker.sweep_segments(self._batch)
             done += len(ids)
             metrics.SEGMENT_CLOCK_CHANGES.inc(len(ids))
@@ -88,10 +93,12 @@ class SegmentClock:
     def count(self) -> None:
         """``nba_segment_members`` from the database: every declared segment (0 when empty),
         and none that is no longer declared."""
-        sizes = self._sizes()
         names = set(self._names())
-        for name in self._labelled - names:
-            metrics.SEGMENT_MEMBERS.remove(name)
+        if not names and not self._labelled:
+            return
+        sizes = self._sizes()
+        for name in self._labelled - names:  # (remove() does not reach other workers' files: 0 does)
+            metrics.SEGMENT_MEMBERS.labels(name).set(0)
         for name in names:
             metrics.SEGMENT_MEMBERS.labels(name).set(sizes.get(name, 0))
         self._labelled = names
@@ -103,6 +110,7 @@ class SegmentClock:
                 self.tick()
             except Unavailable as exc:
                 log.warning("segment clock paused: the database is unavailable", extra={"error": str(exc)})
+                wait = max(wait, RETRY_SECONDS)
             except Exception:
                 log.exception("segment clock pass failed; trying again", extra={"retry_seconds": FAULT_RETRY_SECONDS})
                 wait = FAULT_RETRY_SECONDS

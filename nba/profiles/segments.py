@@ -36,7 +36,7 @@ import cel
 
 from nba.policy.profile import ProfileDefinition, Segment
 
-__all__ = ["HORIZON", "PRECISION", "PROBES", "SegmentChange", "first_change", "members", "time_dependent"]
+__all__ = ["HORIZON", "LINEAR", "PRECISION", "PROBES", "SegmentChange", "first_change", "members", "time_dependent"]
 
 DAY = 86400.0
 #: how far ahead the next time-driven change is looked for; a profile with time-dependent
@@ -46,6 +46,8 @@ HORIZON = 730 * DAY
 PROBES = (1, 2, 4, 7, 14, 30, 60, 90, 180, 365, 730)
 #: a continuous change is dated to this many seconds
 PRECISION = 0.001
+#: change moments looked at one by one before the search strides (``first_change``)
+LINEAR = 16
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def time_dependent(definition: ProfileDefinition) -> tuple[tuple[Segment, ...], 
 
 def first_change(
     definition: ProfileDefinition,
-    values: Callable[[float], Mapping[str, Any]],
+    values: Callable[[float, frozenset[str]], Mapping[str, Any]],
     change_times: Callable[[str, float, float], list[float]],
     current: frozenset[str],
     after: float,
@@ -86,34 +88,62 @@ def first_change(
 ) -> tuple[float, frozenset[str]] | None:
     """The first moment in ``(after, until]`` at which the time-dependent segments' membership
     differs from ``current`` with no new event, and the members then (of those segments);
-    None when it does not change. ``values(t)``: the profile's values at t; ``change_times(name,
-    after, until)``: when a windowed attribute changes (``State.changes``)."""
+    None when it does not change. ``values(t, names)``: the profile's values of ``names`` at t;
+    ``change_times(name, after, until)``: when a windowed attribute changes (``State.changes``).
+
+    The first ``LINEAR`` moments are looked at one by one; past them, at doubling steps, and
+    a change is then found by bisection between the last moment that agreed and the first
+    that did not: a customer with thousands of events in a window costs a few dozen
+    evaluations, not thousands. What this can miss is a condition that holds and fails again
+    between two looked-at moments (``count == 5`` among thousands of events): conditions are
+    expected to be thresholds."""
     moving, windowed, continuous = time_dependent(definition)
     if not moving or until <= after:
         return None
     names = frozenset(s.name for s in moving)
+    reads = frozenset().union(*(s.reads for s in moving))
     held = current & names
-    points: set[float] = set()
+
+    def differs(t: float) -> bool:
+        return members(moving, values(t, reads)) != held
+
+    found: set[float] = set()
     for name in windowed:
-        points.update(change_times(name, after, until))
+        found.update(change_times(name, after, until))
     if continuous:
-        points.update(after + d * DAY for d in PROBES if after + d * DAY < until)
-        points.add(until)
-    previous = after
-    for t in sorted(points):
-        found = members(moving, values(t))
-        if found == held:
-            previous = t
-            continue
-        if continuous:  # the change lies somewhere in (previous, t]: bisect to the millisecond
-            low, high = previous, t
-            while high - low > PRECISION:
-                middle = (low + high) / 2
-                if members(moving, values(middle)) == held:
-                    low = middle
-                else:
-                    high = middle
-            t = min(math.ceil(high / PRECISION) * PRECISION, high + PRECISION)  # on the millisecond
-            found = members(moving, values(t))
-        return t, found
-    return None
+        found.update(after + d * DAY for d in PROBES if after + d * DAY < until)
+        found.add(until)
+    points = sorted(found)
+    last = len(points) - 1
+    agreed, differing, i, step = -1, None, 0, 1
+    while i <= last:
+        if differs(points[i]):
+            differing = i
+            break
+        agreed = i
+        if i == last:
+            break
+        if i + 1 < LINEAR:
+            i += 1
+        else:  # doubling strides, the last moment always looked at
+            step *= 2
+            i = min(i + step, last)
+    if differing is None:
+        return None
+    while differing - agreed > 1:
+        middle = (agreed + differing) // 2
+        if differs(points[middle]):
+            differing = middle
+        else:
+            agreed = middle
+    t = points[differing]
+    if continuous:  # the change lies somewhere in (previous, t]: bisect to the millisecond
+        low, high = (points[agreed] if agreed >= 0 else after), t
+        while high - low > PRECISION:
+            middle_t = (low + high) / 2
+            if differs(middle_t):
+                high = middle_t
+            else:
+                low = middle_t
+        t = min(math.ceil(high / PRECISION) * PRECISION, t)  # on the millisecond, within the interval
+    return t, members(moving, values(t, reads))

@@ -17,22 +17,37 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
+from nba import metrics
 from nba.clock import Clock, SystemClock
 from nba.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NbaError, NotFound
 from nba.inputs import CLOCK_SKEW, check_id
 from nba.policy.profile import ProfileDefinition
 from nba.profiles.cache import ProfileCache
 from nba.profiles.identity import Candidate, IdentityRules, resolve
-from nba.profiles.profile import Profile, TrackedEvent, check, id_text
+from nba.profiles.profile import NotInDefinition, Profile, TrackedEvent, check, id_text
 
-__all__ = ["ProfileRepository", "TrackInput", "TrackResult", "Tracker", "UnmergeResult"]
+if TYPE_CHECKING:
+    from nba.storage.dead_letters import DeadLetter
+
+log = logging.getLogger("nba.profiles")
+
+__all__ = ["DeadLettered", "ProfileRepository", "TrackInput", "TrackResult", "Tracker", "UnmergeResult"]
+
+#: what a refused event's message says it became
+KEPT = "kept as a dead letter: once the profile section accepts it, `nba profiles dead-letters --replay` applies it"
+
+
+class DeadLettered(InvalidArgument):
+    """An event the profile definition refused, now kept as a dead letter (INVALID_ARGUMENT to
+    the caller, who learns it was not applied; nothing is lost)."""
 
 
 class ProfileRepository(Protocol):
@@ -90,7 +105,35 @@ class ProfileRepository(Protocol):
 
     def record_segments(self, conn: Any, customer_id: str, changes: Iterable[tuple[str, float, bool]]) -> None: ...
 
+    def leave_segments(self, conn: Any, customer_id: str, now: datetime) -> list[str]: ...
+
+    def postpone(self, conn: Any, customer_id: str, until: datetime) -> None: ...
+
+    def dead_letters(
+        self, after_id: int = 0, limit: int = 1000, event_type: str | None = None, conn: Any = None
+    ) -> list[DeadLetter]: ...
+
+    def drop_dead_letters(self, conn: Any, event_ids: Iterable[str]) -> None: ...
+
+    def note_dead_letter(self, conn: Any, event_id: str, reason: str, field: str, now: datetime) -> None: ...
+
     def due_profiles(self, conn: Any, now: datetime, limit: int) -> list[str]: ...
+
+    def add_dead_letter(
+        self,
+        conn: Any,
+        *,
+        event_id: str,
+        type: str,
+        source: str,
+        customer_id: str,
+        identities: Mapping[str, str],
+        occurred_at: datetime | None,
+        properties: Mapping[str, Any],
+        reason: str,
+        field: str,
+        now: datetime,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -107,6 +150,9 @@ class TrackInput:
     #: when it happened (timezone-aware); None: when received
     occurred_at: datetime | None = None
     properties: Mapping[str, Any] = field(default_factory=dict)
+    #: when it was first received, for an event taken later than that (a dead letter replayed):
+    #: an event sent without its time happened then; None: now
+    received_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +194,8 @@ class _Prepared:
     occurred: datetime
     now: datetime
     digest: str
+    #: why the definition refuses it (it is kept as a dead letter), or None
+    refused: NotInDefinition | None = None
 
 
 class _Unit:
@@ -262,8 +310,18 @@ class _Unit:
         self._events.append(row)
         self.stored[row["event_id"]] = (row["content_hash"], row["customer_id"])
 
-    def merge(self, survivor: str, absorbed: str, cause: str, now: datetime) -> list[TrackedEvent]:
-        """Merges ``absorbed`` into ``survivor``; returns the absorbed customer's events."""
+    def merge(
+        self, definition: ProfileDefinition, survivor: str, absorbed: str, cause: str, now: datetime, at: float
+    ) -> list[TrackedEvent]:
+        """Merges ``absorbed`` into ``survivor``; returns the absorbed customer's events. The
+        absorbed customer leaves its segments at ``at`` (the merging event's moment), after
+        the changes its own clock brought until then."""
+        gone = self.profile(definition, absorbed, now)
+        gone.advance(at)
+        _record_segments(self.repo, self.conn, gone)
+        if gone.segments:
+            left = max(at, gone.segments_at or at)
+            self.repo.leave_segments(self.conn, absorbed, datetime.fromtimestamp(left, UTC))
         self.flush(now)  # what this unit wrote of either is read and moved by the merge
         moved = [_tracked(absorbed, row) for row in self.repo.events(self.conn, absorbed)]
         self.repo.merge(self.conn, survivor, absorbed, cause, now)
@@ -314,25 +372,40 @@ class Tracker:
     def track(self, event: TrackInput) -> TrackResult:
         """Raises ``InvalidArgument`` naming the field for an event that cannot be taken,
         ``AlreadyExists`` for an ``event_id`` used for another event, ``FailedPrecondition``
-        for identifiers that name several customers and none that merges."""
-        prepared = self._prepare(event)
+        for identifiers that name several customers and none that merges, and ``DeadLettered``
+        (an ``InvalidArgument``) for one the profile definition refuses, once it is kept."""
+        try:
+            prepared = self._prepare(event)
+        except NbaError as exc:
+            _tally(event.source, exc)
+            raise
         saved: dict[str, tuple[Profile, tuple[str, ...]]] = {}
         doubtful: list[str] = []
         started = self.cache.begin() if self.cache is not None else 0
+        kept: DeadLettered | None = None
         try:
             with self._repository.write() as conn:
                 unit = _Unit(self._repository, conn, [prepared.event.event_id])
                 try:
-                    result = self._take(unit, prepared, saved)
+                    try:
+                        result = self._take(unit, prepared, saved)
+                    except DeadLettered as exc:
+                        kept = exc  # raised once the dead letter is committed
                     unit.flush(prepared.now)
                 except BaseException:
                     doubtful, saved = _ids(saved), {}  # rolled back, or (at the commit) not known
                     raise
-        except BaseException:
+        except BaseException as exc:
             doubtful, saved = doubtful or _ids(saved), {}
+            if isinstance(exc, NbaError):
+                _tally(event.source, exc)
             raise
         finally:
             self._after(started, saved, doubtful)
+        if kept is not None:
+            _tally(event.source, kept)
+            raise kept
+        _tally(event.source, result)
         return result
 
     def _after(self, started: int, saved: dict[str, tuple[Profile, tuple[str, ...]]], doubtful: list[str]) -> None:
@@ -390,7 +463,10 @@ class Tracker:
                     try:
                         with self._repository.write() as conn:
                             unit = _Unit(self._repository, conn, [item.event.event_id])
-                            results.append(self._take(unit, item, one_saved))
+                            try:
+                                results.append(self._take(unit, item, one_saved))
+                            except DeadLettered as exc:
+                                results.append(exc)  # kept: committed with the rest
                             unit.flush(item.now)
                     except NbaError as one:
                         results.append(one)
@@ -400,6 +476,8 @@ class Tracker:
                         saved[key] = value
         finally:
             self._after(started, saved, doubtful)
+        for event, outcome in zip(events, results, strict=True):
+            _tally(event.source, outcome)
         return results
 
     def _prepare(self, event: TrackInput) -> _Prepared:
@@ -415,7 +493,7 @@ class Tracker:
         identities = rules.normalise_all(event.identities)
         if not event.customer_id and not identities:
             raise InvalidArgument("customer_id: required when the event carries no identifier (identities)", field="customer_id")
-        occurred = event.occurred_at or now
+        occurred = event.occurred_at or event.received_at or now
         if occurred.tzinfo is None:
             raise InvalidArgument("occurred_at: needs a time zone (UTC: ...Z)", field="occurred_at")
         occurred = occurred.astimezone(UTC)  # stored as UTC: SQLite keeps no offset
@@ -425,14 +503,18 @@ class Tracker:
                 "minutes of clock skew); send the time the event happened",
                 field="occurred_at",
             )
-        check(definition, event.type, event.properties)
+        refused = None
+        try:
+            check(definition, event.type, event.properties)
+        except NotInDefinition as exc:
+            refused = exc
         for event_type, prop in definition.relationships.values():
             other = id_text(event.properties.get(prop)) if event_type == event.type else None
             if other is not None:
                 check_id(f"properties.{prop}", other)
         # an event sent without its time is the same event when sent again: its time is not part of it
         digest = _content_hash(event.customer_id, identities, event.type, event.source, event.occurred_at, event.properties)
-        return _Prepared(event, definition, rules, identities, occurred, now, digest)
+        return _Prepared(event, definition, rules, identities, occurred, now, digest, refused)
 
     def _take(self, unit: _Unit, item: _Prepared, saved: dict[str, tuple[Profile, tuple[str, ...]]]) -> TrackResult:
         """Within a write transaction (``unit``): the event stored once and applied to its
@@ -450,6 +532,21 @@ class Tracker:
                 return TrackResult(True, customer, version=held[0].version)
             loaded = unit.repo.load(unit.conn, customer)
             return TrackResult(True, customer, version=loaded[2] if loaded else 0)
+        if item.refused is not None:
+            unit.repo.add_dead_letter(
+                unit.conn,
+                event_id=event.event_id,
+                type=event.type,
+                source=event.source,
+                customer_id=event.customer_id,
+                identities=item.identities,
+                occurred_at=event.occurred_at.astimezone(UTC) if event.occurred_at is not None else None,
+                properties=event.properties,
+                reason=str(item.refused),
+                field=item.refused.field or "",
+                now=now,
+            )
+            raise DeadLettered(f"{item.refused}; {KEPT}", field=item.refused.field)
 
         def candidate(customer_id: str) -> Candidate | None:
             created = unit.created_at(customer_id)
@@ -473,8 +570,10 @@ class Tracker:
         )
         customer = resolution.customer_id
         profile = unit.profile(definition, customer, now)
+        at = _segment_time(item.occurred, now)
+        profile.advance(at)  # what the clock changed before the event, at its moments
         for absorbed in resolution.merged:
-            profile.absorb(unit.merge(customer, absorbed, f"event {event.event_id}", now))
+            profile.absorb(unit.merge(definition, customer, absorbed, f"event {event.event_id}", now, at))
         unit.add_identities(customer, resolution.identities, origin=event.customer_id or customer)
         for kind, (event_type, prop) in definition.relationships.items():
             other = id_text(event.properties.get(prop)) if event_type == event.type else None
@@ -498,10 +597,9 @@ class Tracker:
                 "origin": event.customer_id or customer,
             }
         )
-        at = item.occurred.timestamp()
-        if not resolution.merged:  # (a merged profile's past is not walked again: its segments are settled below)
-            profile.advance(at)  # what the clock changed before the event, at its moments
-        profile.apply(TrackedEvent(event.event_id, customer, event.type, event.source, at, dict(event.properties)))
+        profile.apply(
+            TrackedEvent(event.event_id, customer, event.type, event.source, item.occurred.timestamp(), dict(event.properties))
+        )
         profile.settle(at)
         unit.changed(customer)
         absorbed_ids = list(resolution.merged)
@@ -612,13 +710,17 @@ class Tracker:
             with repo.write() as conn:
                 ids = repo.built_under_other(conn, definition.fingerprint, after, limit)
                 rows = repo.profile_rows(conn, ids)
-                events = repo.events_of(conn, ids)
                 changed: list[tuple[str, int, Mapping[str, Any]]] = []
                 now = self._clock.now()
+                profiles = {
+                    c: Profile.load(definition, rows[c][2]) if rows[c][2] else Profile(definition, c, rows[c][0].timestamp())
+                    for c in ids
+                }
+                # events are read only for what is rebuilt from them (a changed segment needs none)
+                events = repo.events_of(conn, [c for c, p in profiles.items() if p.stale]) if ids else {}
                 for customer_id in ids:
-                    created, version, state, _ = rows[customer_id]
-                    profile = Profile.load(definition, state) if state else Profile(definition, customer_id, created.timestamp())
-                    profile.rebuild((_tracked(customer_id, row) for row in events[customer_id]), now.timestamp())
+                    version, profile = rows[customer_id][1], profiles[customer_id]
+                    profile.rebuild((_tracked(customer_id, row) for row in events.get(customer_id, ())), now.timestamp())
                     _record_segments(repo, conn, profile)
                     changed.append((customer_id, version, profile.dump()))
                 repo.save_many(conn, changed, now)
@@ -628,11 +730,16 @@ class Tracker:
 
     def sweep_segments(self, limit: int = 200) -> list[str]:
         """Records the segment entries and exits the clock brought (a window passing) for up to
-        ``limit`` profiles due by now (``profiles.due_at``), most overdue first, in one
-        write transaction; returns their ids. Versions do not change: no event was applied.
-        Idempotent: a profile another process did meanwhile is no longer due."""
+        ``limit`` profiles due by now (``profiles.due_at``), most overdue first, in one write
+        transaction; returns their ids. Versions do not change: no event was applied.
+        Idempotent: a profile another process did meanwhile is no longer due. A profile that
+        cannot be evaluated is logged and looked at again an hour later, not retried at once
+        ahead of the others."""
         definition = self._definition()
         repo = self._repository
+        with repo.read() as conn:  # most passes find nothing: no write lock taken for that
+            if not repo.due_profiles(conn, self._clock.now(), 1):
+                return []
         saved: dict[str, tuple[Profile, tuple[str, ...]]] = {}
         doubtful: list[str] = []
         started = self.cache.begin() if self.cache is not None else 0
@@ -645,13 +752,22 @@ class Tracker:
                 try:
                     for customer_id in ids:
                         created, version, state, _ = rows[customer_id]
-                        profile = (
-                            Profile.load(definition, state) if state else Profile(definition, customer_id, created.timestamp())
-                        )
-                        if profile.stale or profile.segments_stale:
-                            profile.rebuild((_tracked(customer_id, r) for r in repo.events(conn, customer_id)), now.timestamp())
-                        else:
-                            profile.advance(now.timestamp())
+                        try:
+                            profile = (
+                                Profile.load(definition, state)
+                                if state
+                                else Profile(definition, customer_id, created.timestamp())
+                            )
+                            if profile.stale or profile.segments_stale:
+                                events = [_tracked(customer_id, r) for r in repo.events(conn, customer_id)]
+                                profile.rebuild(events, now.timestamp())
+                            else:
+                                profile.advance(now.timestamp())
+                            profile.plan()
+                        except Exception:
+                            log.exception("segments of a profile could not be evaluated", extra={"customer_id": customer_id})
+                            repo.postpone(conn, customer_id, now + timedelta(hours=1))
+                            continue
                         _record_segments(repo, conn, profile)
                         changed.append((customer_id, version, profile.dump()))
                         saved[customer_id] = (profile, ())
@@ -664,7 +780,55 @@ class Tracker:
             raise
         finally:
             self._after(started, saved, doubtful)
-        return list(saved)
+        return ids
+
+    def replay_dead_letters(
+        self, event_type: str | None = None, batch: int = 500, report: Callable[[dict[str, int]], None] | None = None
+    ) -> dict[str, int]:
+        """Takes every dead letter (of ``event_type``, or all) again, oldest first, a batch a
+        transaction, under the definition now live: an event it accepts is applied (at the time
+        it happened; one sent without a time happened when first received) and its dead letter
+        dropped; one it still refuses keeps its dead letter with the new reason. Safe to run
+        again after an interruption: an event applied already answers duplicate. Returns
+        counts: applied, duplicate, refused (``report`` gets them after each batch)."""
+        repo = self._repository
+        counts = {"applied": 0, "duplicate": 0, "refused": 0}
+        after = 0
+        while letters := repo.dead_letters(after, batch, event_type):
+            after = letters[-1].id
+            results = self.track_many(
+                [
+                    TrackInput(
+                        d.event_id,
+                        d.type,
+                        d.customer_id,
+                        dict(d.identities),
+                        d.source,
+                        d.occurred_at,
+                        dict(d.properties),
+                        received_at=d.received_at,
+                    )
+                    for d in letters
+                ]
+            )
+            done: list[str] = []
+            other: list[tuple[str, NbaError]] = []
+            for letter, result in zip(letters, results, strict=True):
+                if isinstance(result, DeadLettered):
+                    counts["refused"] += 1  # its row has the new reason
+                elif isinstance(result, NbaError):
+                    counts["refused"] += 1
+                    other.append((letter.event_id, result))
+                else:
+                    counts["duplicate" if result.duplicate else "applied"] += 1
+                    done.append(letter.event_id)
+            with repo.write() as conn:
+                repo.drop_dead_letters(conn, done)
+                for event_id, error in other:
+                    repo.note_dead_letter(conn, event_id, str(error), getattr(error, "field", None) or "", self._clock.now())
+            if report is not None:
+                report(dict(counts))
+        return counts
 
     def lookup(
         self, customer_id: str = "", kind: str = "", value: str = "", identities: bool = True
@@ -699,6 +863,40 @@ class Tracker:
         if profile is None:
             return None
         return profile, found or {}
+
+
+#: sources given a label of their own in nba_profile_events_total (the rest: "other")
+SOURCE_LABELS = 100
+_sources: set[str] = set()
+
+
+def _tally(source: str, outcome: TrackResult | NbaError) -> None:
+    """Counts an event's outcome by its source (an outage is not the event's: not counted)."""
+    if isinstance(outcome, TrackResult):
+        kind = "duplicate" if outcome.duplicate else "taken"
+    elif isinstance(outcome, DeadLettered):
+        kind = "dead_letter"
+    elif isinstance(outcome, InvalidArgument | AlreadyExists | FailedPrecondition):
+        kind = "refused"
+    else:
+        return
+    label = source[:128] or "(none)"
+    if label not in _sources:
+        if len(_sources) >= SOURCE_LABELS:
+            label = "other"
+        else:
+            _sources.add(label)
+    metrics.PROFILE_EVENTS.labels(label, kind).inc()
+
+
+def _segment_time(occurred: datetime, received: datetime) -> float:
+    """When the segment changes an event brings are dated: at the event's time when it arrives
+    within the clock skew of it (never ahead of its arrival), else at its arrival: a late event
+    (an import of history) does not rewrite what was stated meanwhile. ``Profile.settle`` also
+    keeps it no earlier than the customer's last evaluation."""
+    if occurred >= received - CLOCK_SKEW:
+        return min(occurred, received).timestamp()
+    return received.timestamp()
 
 
 def _record_segments(repo: ProfileRepository, conn: Any, profile: Profile) -> None:

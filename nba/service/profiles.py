@@ -118,7 +118,8 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
             raise NotFound("customer_id: no profile for this customer (no event has named it)")
         profile, identities = found
         now = self._clock.now().timestamp()
-        view = profile.view(now)
+        view = profile.values(now)
+        segments = profile.current_segments(now) if profile.definition.segments else {}
         attributes, computed = struct_pb2.Struct(), struct_pb2.Struct()
         attributes.update({k: v for k, v in view.items() if k in profile.attributes})
         computed.update({k: v for k, v in view.items() if k in profile.computed})
@@ -141,10 +142,7 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
                 )
                 for name, key, item, is_open in profile.items()
             ],
-            segments=[
-                ppb.SegmentMembership(name=name, since=_stamp(since))
-                for name, since in sorted(profile.current_segments(now).items())
-            ],
+            segments=[ppb.SegmentMembership(name=name, since=_stamp(since)) for name, since in sorted(segments.items())],
         )
         if self._history is not None and wanted & {"timeline", "merged_ids", "decisions", "relationships"}:
             with self._history.snapshot() as conn:

@@ -41,6 +41,7 @@ from nba.policy.policy_set import PolicySet
 from nba.profiles.backfill import Backfill
 from nba.profiles.cache import ProfileCache
 from nba.profiles.segment_clock import SegmentClock
+from nba.profiles.segments import time_dependent
 from nba.profiles.tracking import Tracker
 from nba.records import ContactEvent, LearningEvent, RewardWindows
 from nba.service.auth import AuthInterceptor
@@ -305,6 +306,7 @@ class Service:
             self.tracker,
             self.store.segment_sizes,
             lambda: [s.name for s in self.publisher.live.profile.segments],
+            lambda: bool(time_dependent(self.publisher.live.profile)[0]),
             settings.segment_clock_seconds,
         )
         if self.bus is not None:
@@ -438,8 +440,10 @@ class Service:
         )
         if self.decider is not None:
             self.decider.policy_set = policy_set
-        if self._serving and policy_set.profile.names:
-            self.backfill.start()  # a set that changes the profile definition: stored profiles follow
+        if self._serving:
+            # a set that changes the profile definition (or drops it: segments left open are
+            # closed): stored profiles follow; one that does not finds none to do
+            self.backfill.start()
         if gc.get_freeze_count():
             # Started, so the heap was frozen out of the collector's sight (start()); the new
             # set is not. A large set is millions of objects: left to the collector, each full
@@ -479,8 +483,7 @@ class Service:
         for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
-        if self.policy_set.profile.names:
-            self.backfill.start()  # the definition may have changed while the service was down
+        self.backfill.start()  # the definition may have changed while the service was down
         self.segment_clock.start()
         self._dependency(STORE_HEALTH, self.log.available)
         if self.bus is not None:

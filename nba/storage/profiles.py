@@ -296,8 +296,6 @@ class Profiles(Repository):
                 survivor=survivor, absorbed=absorbed, at=now, cause=cause[:256], undone_at=None, undone_by=""
             )
         )
-        # the absorbed customer leaves its segments: from now on the survivor's profile is theirs
-        self.leave_segments(conn, absorbed, now)
 
     def unmerge(self, conn: Any, customer_id: str, by: str, now: datetime) -> tuple[str, list[str]]:
         """Undoes the merge that absorbed ``customer_id``: returns (the survivor it leaves, the
@@ -404,6 +402,26 @@ class Profiles(Repository):
             ).scalars()
         )
 
+    def completeness(self, attributes: Iterable[str], conn: Any = None) -> tuple[int, dict[str, int]]:
+        """(customers, how many of them hold a value of each attribute): one pass over the
+        profiles in the database (JSON paths, no state parsed in Python)."""
+        p = PROFILES
+        names = sorted(set(attributes))
+        held: list[Any]
+        if self.engine.dialect.name == "sqlite":  # (its JSON index quotes a missing path as 'null')
+            held = [func.json_extract(p.c.state, f"$.attributes.{name}") for name in names]
+        else:
+            held = [p.c.state["attributes"][name] for name in names]
+        columns = [func.count(), *(func.count(h) for h in held)]
+        query = select(*columns).where(p.c.merged_into.is_(None), p.c.version > 0)
+        with self.reading(conn) as c:
+            row = c.execute(query).one()
+        return int(row[0]), {name: int(n) for name, n in zip(names, row[1:], strict=True)}
+
+    def postpone(self, conn: Any, customer_id: str, until: datetime) -> None:
+        """Moves a profile's due time on (one that could not be evaluated: it must not block the rest)."""
+        conn.execute(PROFILES.update().where(PROFILES.c.customer_id == customer_id).values(due_at=until))
+
     def segment_members(self, segment: str, conn: Any = None) -> Iterable[tuple[str, datetime]]:
         """The customers in a segment now, with when they entered, by customer id."""
         s = PROFILE_SEGMENTS
@@ -417,11 +435,13 @@ class Profiles(Repository):
                 yield row.customer_id, utc(row.entered_at)
 
     def segment_sizes(self, conn: Any = None) -> dict[str, int]:
-        """Customers in each segment now, by segment (a segment nobody is in is absent)."""
-        s = PROFILE_SEGMENTS
-        query = select(s.c.segment, func.count()).where(s.c.exited_at.is_(None)).group_by(s.c.segment)
-        with self.reading(conn) as c:
-            return {segment: int(n) for segment, n in c.execute(query)}
+        """Customers in each segment now, by segment (a segment nobody is in is absent): the
+        running sum of the hourly counts, kept in the same transactions as the stays (a few
+        rows a segment a day to read, where counting the open stays would read every one)."""
+        c = SEGMENT_COUNTS
+        query = select(c.c.segment, func.sum(c.c.entered) - func.sum(c.c.exited)).group_by(c.c.segment)
+        with self.reading(conn) as db:
+            return {segment: int(n) for segment, n in db.execute(query) if n}
 
     def segment_history(self, segment: str, conn: Any = None) -> list[tuple[int, int, int]]:
         """(hour since the epoch, entries, exits) of each hour a segment changed, in order."""

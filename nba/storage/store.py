@@ -9,7 +9,8 @@ with the same schema works (PostgreSQL is tested). The repositories:
     feedback     feedback events, reward windows, replay for the learner, retention
     contacts     contact events and offer counters
     snapshots    the learner's snapshots
-    profiles     customer profiles, identifiers, touch-point events, merges, relationships
+    profiles     customer profiles, identifiers, touch-point events, merges, relationships, segments
+    dead_letters touch-point events the profile definition refused, kept until applied
 
 Keeping SQL off the request path is the decision log's work (``nba.storage.decision_log``).
 """
@@ -20,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from nba.records import RewardWindows
 from nba.storage.contacts import Contacts
+from nba.storage.dead_letters import DeadLetters
 from nba.storage.decisions import Decisions
 from nba.storage.feedback import Feedback
 from nba.storage.policy_sets import PolicySets
@@ -29,7 +31,7 @@ from nba.storage.snapshots import Snapshots
 __all__ = ["Store"]
 
 
-class Store(PolicySets, Decisions, Feedback, Contacts, Snapshots, Profiles):
+class Store(PolicySets, Decisions, Feedback, Contacts, Snapshots, Profiles, DeadLetters):
     """Synchronous access to the decision log's tables. Outages raise ``DatabaseUnavailable``.
 
     ``windows``: the reward windows feedback is judged by (None: they never close, for tools

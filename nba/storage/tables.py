@@ -256,6 +256,29 @@ class SegmentCountRow(SQLModel, table=True):
     exited: int = Field(default=0)
 
 
+class ProfileDeadLetterRow(SQLModel, table=True):
+    """A touch-point event the profile definition refused, kept whole with the reason until a
+    fixed definition applies it (nba.storage.dead_letters)."""
+
+    __tablename__ = "profile_dead_letters"
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True))
+    event_id: str = Field(unique=True, max_length=256)
+    type: str = Field(max_length=64)
+    source: str = Field(default="", max_length=128)
+    customer_id: str = Field(default="", max_length=256)
+    identities: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
+    #: as sent; NULL: sent without one (it happened when received)
+    occurred_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+    properties: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    received_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    last_received_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    attempts: int = Field(default=1)
+    reason: str = Field(max_length=1000)
+    #: the field at fault (type, properties.NAME)
+    field: str = Field(default="", max_length=256)
+
+
 class ProfileMergeRow(SQLModel, table=True):
     """Each merge of two customers, and its undoing (the pair is then kept apart)."""
 
@@ -290,4 +313,5 @@ PROFILE_EVENTS = table(ProfileEventRow)
 PROFILE_RELATIONSHIPS = table(ProfileRelationshipRow)
 PROFILE_MERGES = table(ProfileMergeRow)
 PROFILE_SEGMENTS = table(ProfileSegmentRow)
+PROFILE_DEAD_LETTERS = table(ProfileDeadLetterRow)
 SEGMENT_COUNTS = table(SegmentCountRow)

@@ -70,9 +70,11 @@ def test_conditions_are_checked_when_the_set_is_published() -> None:
         '"x" in profile.segments': "a segment reads the profile, not profile.segments",
         "profile.complaints_30d >": "segments.bad.when",
         "context.x == 1": "unknown variable 'context'",
+        'profile.email.endsWith("@rival.example")': "profile.email is personal data (pii)",
     }
     for when, message in cases.items():
-        section = {**SECTION, "segments": {"bad": {"when": when}}}
+        section = {**SECTION, "attributes": {"email": {"from": "order.email", "pii": True}}, "segments": {"bad": {"when": when}}}
+        section["event_types"] = {**SECTION["event_types"], "order": {"properties": {"amount": "number", "email": "string"}}}  # type: ignore[dict-item]
         _, problems = compile_profile(ProfileSection.model_validate(section), "profile.yaml")
         assert len(problems) == 1 and message in str(problems[0]), (when, problems)
         assert problems[0].field == "profile.segments.bad.when"
@@ -124,11 +126,36 @@ def test_a_condition_on_days_since_is_dated_to_the_millisecond() -> None:
     assert changes(profile)[-1] == ("lapsed", T0 + 201 * DAY, False)
 
 
-def test_a_late_event_is_dated_at_the_last_evaluation_not_in_the_past() -> None:
+def test_a_change_is_never_dated_before_the_last_evaluation() -> None:
     profile = Profile(definition(), "c-1", T0)
     track(profile, "e-1", "complaint", T0 + 10 * DAY)
-    track(profile, "e-2", "complaint", T0 + 2 * DAY)  # arrives late: what was stated is not rewritten
+    track(profile, "e-2", "complaint", T0 + 2 * DAY)  # what was stated is not rewritten
     assert changes(profile) == [("frustrated", T0 + 10 * DAY, True)]
+
+
+def test_thousands_of_events_in_a_window_cost_a_few_dozen_evaluations() -> None:
+    views = definition(
+        event_types={"view": {}},
+        computed={"views_7d": "count(view) over 7d"},
+        segments={"busy": {"when": "profile.views_7d >= 3"}},
+    )
+    profile = Profile(views, "c-1", T0)
+    for n in range(4000):
+        profile.apply(TrackedEvent(f"v-{n}", "c-1", "view", "web", T0 + n * 100, {}))
+    profile.settle(T0 + 4000 * 100)
+    evaluations = 0
+    values = profile.values
+
+    def counted(now: float, include_pii: bool = True, names: frozenset[str] | None = None) -> dict[str, object]:
+        nonlocal evaluations
+        evaluations += 1
+        return values(now, include_pii, names)
+
+    profile.values = counted  # type: ignore[method-assign]
+    profile.plan()
+    # busy until the third newest view is 7 days old, exactly
+    assert profile.segments_due == T0 + 3997 * 100 + 7 * DAY
+    assert evaluations <= 50
 
 
 def test_a_stored_profile_keeps_its_membership_and_a_changed_condition_is_evaluated_again() -> None:
@@ -298,6 +325,33 @@ def test_the_clock_records_the_exit_at_its_moment_even_when_it_comes_late(start,
     assert "frustrated" in table and "care / Complained twice in 30 days" in table
     server.service.segment_clock.count()
     assert members_metric("frustrated") == 0.0
+
+
+def test_an_event_dated_ahead_counts_from_its_arrival_and_a_late_one_at_its_arrival(start, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    clock = ManualClock(NOON)
+    server = start(clock=clock, policies=folder(tmp_path), segment_clock_seconds=0.05)
+    stub = ppb_grpc.ProfileServiceStub(server.channel)
+
+    def complaint(event_id: str, customer_id: str, when: datetime) -> None:
+        stub.Track(ppb.TrackRequest(event_id=event_id, type="complaint", customer_id=customer_id, occurred_at=stamp(when)))
+
+    complaint("f-1", "c-ahead", NOON - timedelta(minutes=1))
+    complaint("f-2", "c-ahead", NOON + timedelta(minutes=4))  # a device clock ahead, within the skew
+    # it counts from its time, not before: the customer enters then, by the clock
+    assert segments(server, "c-ahead") == [] and stays(server, "c-ahead") == []
+    clock.advance(minutes=5)
+    ahead = NOON + timedelta(minutes=4)
+    assert segments(server, "c-ahead") == [("frustrated", ahead)]
+    wait_for(lambda: stays(server, "c-ahead") == [("frustrated", ahead, None)])
+
+    now = clock.now()
+    complaint("l-1", "c-late", now - timedelta(minutes=2))  # within the skew: at its time
+    complaint("l-2", "c-late", now - timedelta(days=3))  # an import of history: at its arrival
+    assert stays(server, "c-late") == [("frustrated", now, None)]
+    clock.advance(days=40)
+    # the late complaint (3 days back) left the window first, 27 days after the stay began
+    left = now - timedelta(days=3) + timedelta(days=30)
+    wait_for(lambda: stays(server, "c-late") == [("frustrated", now, left)])
 
 
 def test_a_merge_ends_the_absorbed_customers_stays(start, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

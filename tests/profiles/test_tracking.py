@@ -257,14 +257,16 @@ def test_a_batch_is_one_transaction_with_one_result_per_event(tracker) -> None: 
         [
             TrackInput("b-1", "order", identities={"email": "a@example.com"}, properties={"amount": 1.0}, occurred_at=T0),
             TrackInput("b-2", "order", identities={"phone": "+442079460018"}, properties={"amount": 2.0}, occurred_at=T0),
-            TrackInput("b-3", "visit", customer_id="c-1"),  # refused by the profile's types
+            TrackInput("b-3", "visit", customer_id="c-1"),  # refused by the profile's types: kept as a dead letter
             TrackInput("b-1", "order", identities={"email": "a@example.com"}, properties={"amount": 1.0}, occurred_at=T0),
             TrackInput("b-1", "order", identities={"email": "a@example.com"}, properties={"amount": 9.0}, occurred_at=T0),
             TrackInput("b-4", "signup", identities={"email": "a@example.com", "phone": "+442079460018"}, occurred_at=T0),
         ]
     )
     kinds = [type(r).__name__ if isinstance(r, Exception) else ("duplicate" if r.duplicate else "taken") for r in results]
-    assert kinds == ["taken", "taken", "InvalidArgument", "duplicate", "AlreadyExists", "taken"]
+    assert kinds == ["taken", "taken", "DeadLettered", "duplicate", "AlreadyExists", "taken"]
+    assert isinstance(results[2], InvalidArgument) and "kept as a dead letter" in str(results[2])
+    assert [d.event_id for d in track._repository.dead_letters()] == ["b-3"]
     assert results[5].merged == (results[1].customer_id,)  # type: ignore[union-attr]
     assert track.profile(results[1].customer_id).view(T0.timestamp())["spend_7d"] == 3.0  # type: ignore[union-attr]
 

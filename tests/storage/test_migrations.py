@@ -164,6 +164,7 @@ def test_a_full_database_of_the_first_revision_upgrades_to_the_declared_schema_k
         "profile_relationships": 0,  # 0006
         "profile_segments": 0,  # 0008
         "segment_counts": 0,
+        "profile_dead_letters": 0,  # 0009
     }
     decision = store.find_decision("d-1")
     assert decision is not None and decision.features == FEATURES and decision.offers == OFFERS

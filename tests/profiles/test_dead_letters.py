@@ -1,0 +1,150 @@
+"""Data quality: an event the profile definition refuses is answered INVALID_ARGUMENT and kept as
+a dead letter (never lost, never half-applied), listed by ``nba profiles dead-letters``, and
+applied by ``--replay`` once a fixed definition is live; ``nba profiles quality`` reports each
+attribute's completeness and the refused events by source. Through a real server on SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import POLICIES, ManualClock, Running, struct
+from google.protobuf import timestamp_pb2
+from prometheus_client import REGISTRY
+
+from nba.cli import main
+from nba.v1 import admin_service_pb2 as apb
+from nba.v1 import profile_service_pb2 as ppb
+from nba.v1 import profile_service_pb2_grpc as ppb_grpc
+
+PROFILE = """
+profile:
+  event_types:
+    complaint: {properties: {topic: string}}
+    order: {properties: {amount: number}}
+    signup: {properties: {tier: string}}
+  attributes:
+    tier: {from: signup.tier}
+  computed:
+    complaints_30d: count(complaint) over 30d   # the sample set's retention rules read it
+    surveys: count(complaint) where event.type == "survey"
+"""
+FIXED = PROFILE.replace(
+    "    signup: {properties: {tier: string}}\n",
+    "    signup: {properties: {tier: string}}\n    survey: {properties: {score: number}}\n",
+).replace('surveys: count(complaint) where event.type == "survey"', "surveys: count(survey)")
+NOON = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def folder(tmp_path: Path, profile: str = PROFILE) -> Path:
+    target = tmp_path / "policies"
+    shutil.copytree(POLICIES, target)
+    (target / "profile.yaml").write_text(profile)
+    return target
+
+
+def tally(source: str, outcome: str) -> float:
+    return REGISTRY.get_sample_value("nba_profile_events_total", {"source": source, "outcome": outcome}) or 0.0
+
+
+def stamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(moment)
+    return out
+
+
+def test_a_refused_event_is_kept_and_applied_once_the_definition_accepts_it(start, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    clock = ManualClock(NOON)
+    server: Running = start(clock=clock, policies=folder(tmp_path))
+    stub = ppb_grpc.ProfileServiceStub(server.channel)
+    url = server.service.settings.database_url
+    before = {o: tally("app", o) for o in ("taken", "dead_letter")}
+    stub.Track(
+        ppb.TrackRequest(event_id="s-0", type="signup", source="web", customer_id="c-1", properties=struct({"tier": "gold"}))
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Track(
+            ppb.TrackRequest(
+                event_id="v-1",
+                type="survey",
+                source="app",
+                customer_id="c-1",
+                occurred_at=stamp(NOON - timedelta(hours=1)),
+                properties=struct({"score": 9}),
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "type: 'survey' is not an event type of the profile" in caught.value.details()
+    assert "kept as a dead letter" in caught.value.details()
+    assert tally("app", "dead_letter") == before["dead_letter"] + 1 and tally("app", "taken") == before["taken"]
+    batch = stub.TrackBatch(
+        ppb.TrackBatchRequest(
+            events=[
+                ppb.TrackRequest(event_id="v-2", type="survey", source="email", customer_id="c-2"),  # no time: now
+                ppb.TrackRequest(event_id="o-1", type="order", customer_id="c-2", properties=struct({"amount": "ten"})),
+                ppb.TrackRequest(event_id="o-2", type="order", customer_id="c-2", properties=struct({"amount": 10})),
+                ppb.TrackRequest(event_id="", type="order", customer_id="c-2"),  # malformed: refused, not kept
+            ]
+        )
+    )
+    assert [r.error_code for r in batch.results] == ["INVALID_ARGUMENT", "INVALID_ARGUMENT", "", "INVALID_ARGUMENT"]
+    assert [r.error_field for r in batch.results] == ["events[0].type", "events[1].properties.amount", "", "events[3].event_id"]
+    assert "kept as a dead letter" in batch.results[1].error_message
+    assert "dead letter" not in batch.results[3].error_message
+    # sent again: one dead letter each, the attempt counted
+    with pytest.raises(grpc.RpcError):
+        stub.Track(ppb.TrackRequest(event_id="v-2", type="survey", source="email", customer_id="c-2"))
+    profile = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-1"), metadata=Running.auth())
+    assert profile.version == 1 and [e.event_id for e in profile.timeline] == ["s-0"]  # nothing half-applied
+
+    capsys.readouterr()
+    assert main(["profiles", "dead-letters", "--database-url", url]) == 0
+    listing = capsys.readouterr().out
+    assert "3 dead letters" in listing and "properties.amount: must be a number" in listing
+    assert [line.split()[2] for line in listing.splitlines()[1:4]] == ["1", "2", "1"]  # v-1, v-2 (sent twice), o-1
+    assert main(["profiles", "quality", "--database-url", url]) == 0
+    quality = capsys.readouterr().out
+    assert "2 customers" in quality  # c-1 (signup) and c-2 (order o-2)
+    assert "tier" in quality and "50.0%" in quality
+    assert "app / survey / type" in quality and "email / survey / type" in quality
+
+    # replayed under the same definition: still refused, kept
+    assert main(["profiles", "dead-letters", "--replay", "--database-url", url]) != 0
+    assert "0 applied, 0 applied before, 3 still refused" in capsys.readouterr().out
+
+    files = {p.name: p.read_text() for p in (tmp_path / "policies").glob("*.yaml")}
+    files["profile.yaml"] = FIXED
+    server.admin.PublishPolicySet(apb.PublishPolicySetRequest(draft=apb.PolicySetDraft(files=files)), metadata=server.auth())
+    clock.advance(hours=2)
+    assert main(["profiles", "dead-letters", "--replay", "--type", "survey", "--database-url", url]) == 0
+    assert "2 applied, 0 applied before, 0 still refused" in capsys.readouterr().out
+    profile = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-1"), metadata=Running.auth())
+    surveyed = next(e for e in profile.timeline if e.event_id == "v-1")
+    assert surveyed.occurred_at.ToDatetime(UTC) == NOON - timedelta(hours=1)  # when it happened
+    assert profile.computed["surveys"] == 1.0
+    later = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-2"), metadata=Running.auth())
+    # sent without a time: it happened when first received, not when replayed
+    assert next(e for e in later.timeline if e.event_id == "v-2").occurred_at.ToDatetime(UTC) == NOON
+    assert main(["profiles", "dead-letters", "--database-url", url]) == 0
+    left = capsys.readouterr().out
+    assert "1 dead letters" in left and "o-1" in left  # the order's amount is still text
+    # a replay run again applies nothing twice
+    assert main(["profiles", "dead-letters", "--replay", "--type", "survey", "--database-url", url]) == 0
+    assert "0 applied" in capsys.readouterr().out
+    again = stub.Track(ppb.TrackRequest(event_id="v-2", type="survey", source="email", customer_id="c-2"))
+    assert again.duplicate
+
+
+def test_the_cli_names_what_goes_with_what(start, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    server = start(policies=folder(tmp_path))
+    url = server.service.settings.database_url
+    assert main(["profiles", "quality", "--replay", "--database-url", url]) != 0
+    assert "--replay and --type go with: nba profiles dead-letters" in capsys.readouterr().err
+    assert main(["profiles", "dead-letters", "x", "--database-url", url]) != 0
+    assert "takes --replay and --type only" in capsys.readouterr().err
+    assert main(["profiles", "dead-letters", "--database-url", url]) == 0
+    assert "no dead letters" in capsys.readouterr().out

@@ -55,7 +55,7 @@ PROFILE_BACKFILL_REMAINING = Gauge(
 PROFILE_BACKFILLED = Counter("nba_profile_backfilled_total", "Profiles rebuilt from their events under a changed definition")
 PROFILE_EVENTS = Counter(
     "nba_profile_events_total",
-    "Touch-point events by source (the first 100 sources seen, then 'other') and outcome: taken, duplicate, "
+    "Touch-point events by source (the first 100 sources seen, then 'other') and outcome: taken, duplicate, near_duplicate, "
     "dead_letter (refused by the profile definition, kept), refused (malformed or conflicting, not kept)",
     ["source", "outcome"],
 )

@@ -186,6 +186,11 @@ class EventType(BaseModel):
     model_config = ConfigDict(extra="forbid")
     description: str = ""
     properties: dict[Name, PropertyType] = Field(default_factory=dict)
+    dedupe_by: Name | None = Field(
+        None,
+        description="a property naming the thing the event is about (an order id): a later event of this type with "
+        "the same value, under any event_id, from any touch point, is a near-duplicate, counted once",
+    )
 
 
 class AttributeSpec(BaseModel):
@@ -283,6 +288,8 @@ class ProfileDefinition:
     #: relationship kind -> (event type, property naming the other customer)
     relationships: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     segments: tuple[Segment, ...] = ()
+    #: event type -> the property whose value makes two events of it one (``dedupe_by``)
+    dedupe: Mapping[str, str] = field(default_factory=dict)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -334,6 +341,19 @@ def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[Pro
     for name, kind_spec in section.identity.kinds.items():
         kinds[name] = IdentifierKind(name, kind_spec.merges, kind_spec.unique, kind_spec.format)
     types = {name: dict(t.properties) for name, t in section.event_types.items()}
+    dedupe: dict[str, str] = {}
+    for name, event_type in section.event_types.items():
+        if event_type.dedupe_by is None:
+            continue
+        key_kind = event_type.properties.get(event_type.dedupe_by)
+        if key_kind not in ("string", "number"):
+            declared = ", ".join(f"{p} ({k})" for p, k in event_type.properties.items() if k != "bool") or "none"
+            problem(
+                f"event_types.{name}.dedupe_by",
+                f"'{event_type.dedupe_by}' is not a declared string or number property of '{name}' ({declared})",
+            )
+            continue
+        dedupe[name] = event_type.dedupe_by
 
     def known(event: str, prop: str | None, where: str) -> str | None:
         """The property's declared type, "string" for source/type; None (and a problem) when unknown."""
@@ -449,6 +469,15 @@ def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[Pro
             continue
         segments.append(Segment(name, rule, segment_spec.description, segment_spec.owner, frozenset(reads)))
     definition = ProfileDefinition(
-        kinds, region, types, attributes, tuple(computed), frozenset(pii), tuple(activities), relationships, tuple(segments)
+        kinds,
+        region,
+        types,
+        attributes,
+        tuple(computed),
+        frozenset(pii),
+        tuple(activities),
+        relationships,
+        tuple(segments),
+        dedupe,
     )
     return definition, problems

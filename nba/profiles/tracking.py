@@ -117,6 +117,10 @@ class ProfileRepository(Protocol):
 
     def note_dead_letter(self, conn: Any, event_id: str, reason: str, field: str, now: datetime) -> None: ...
 
+    def key_holder(self, conn: Any, event_type: str, key: str) -> str | None: ...
+
+    def add_event_keys(self, conn: Any, rows: list[tuple[str, str, str]]) -> None: ...
+
     def due_profiles(self, conn: Any, now: datetime, limit: int) -> list[str]: ...
 
     def add_dead_letter(
@@ -181,6 +185,9 @@ class TrackResult:
     apart: tuple[str, ...] = ()
     #: the profile's version after the event
     version: int = 0
+    #: for a near-duplicate (``duplicate`` set): the event it repeats (the first with its type's
+    #: ``dedupe_by`` value)
+    duplicate_of: str = ""
 
 
 @dataclass(frozen=True)
@@ -220,6 +227,9 @@ class _Unit:
         self._rows: dict[str, tuple[datetime, int, dict[str, Any]]] = {}
         self._dirty: dict[str, None] = {}
         self._events: list[dict[str, Any]] = []
+        #: (type, dedupe_by value) -> its first event: read, or taken in this unit
+        self._keys: dict[tuple[str, str], str | None] = {}
+        self._new_keys: list[tuple[str, str, str]] = []
 
     def prefetch(self, customer_ids: Iterable[str]) -> None:
         """Reads ahead, in a few statements, what resolving events of these customers needs:
@@ -306,6 +316,15 @@ class _Unit:
     def changed(self, customer_id: str) -> None:
         self._dirty[customer_id] = None
 
+    def key_holder(self, event_type: str, key: str) -> str | None:
+        if (event_type, key) not in self._keys:
+            self._keys[(event_type, key)] = self.repo.key_holder(self.conn, event_type, key)
+        return self._keys[(event_type, key)]
+
+    def add_key(self, event_type: str, key: str, event_id: str) -> None:
+        self._keys[(event_type, key)] = event_id
+        self._new_keys.append((event_type, key, event_id))
+
     def add_event(self, row: dict[str, Any]) -> None:
         self._events.append(row)
         self.stored[row["event_id"]] = (row["content_hash"], row["customer_id"])
@@ -339,6 +358,9 @@ class _Unit:
         if self._events:
             self.repo.insert_events(self.conn, self._events)
             self._events = []
+        if self._new_keys:
+            self.repo.add_event_keys(self.conn, self._new_keys)
+            self._new_keys = []
         for customer_id in self._dirty:
             _record_segments(self.repo, self.conn, self.profiles[customer_id][0])
         # every dirty profile has its row (``profile`` inserts a new one at once): one UPDATE for all
@@ -508,7 +530,7 @@ class Tracker:
             check(definition, event.type, event.properties)
         except NotInDefinition as exc:
             refused = exc
-        for event_type, prop in definition.relationships.values():
+        for event_type, prop in (*definition.relationships.values(), *definition.dedupe.items()):
             other = id_text(event.properties.get(prop)) if event_type == event.type else None
             if other is not None:
                 check_id(f"properties.{prop}", other)
@@ -526,12 +548,7 @@ class Tracker:
         if stored is not None:
             if stored[0] != item.digest:
                 raise AlreadyExists(f"event_id: '{event.event_id}' was already used for another event; use a new event_id")
-            customer = unit.survivor(stored[1]) or stored[1]
-            held = unit.profiles.get(customer)
-            if held is not None:
-                return TrackResult(True, customer, version=held[0].version)
-            loaded = unit.repo.load(unit.conn, customer)
-            return TrackResult(True, customer, version=loaded[2] if loaded else 0)
+            return _repeated(unit, stored[1])
         if item.refused is not None:
             unit.repo.add_dead_letter(
                 unit.conn,
@@ -547,6 +564,16 @@ class Tracker:
                 now=now,
             )
             raise DeadLettered(f"{item.refused}; {KEPT}", field=item.refused.field)
+        dedupe_by = definition.dedupe.get(event.type)
+        key = id_text(event.properties.get(dedupe_by)) if dedupe_by is not None else None
+        if key is not None:
+            first = unit.key_holder(event.type, key)
+            if first is not None:  # the same thing from another touch point: counted once
+                if first not in unit.stored:
+                    unit.stored.update(unit.repo.stored_events(unit.conn, [first]))
+                held = unit.stored.get(first)
+                if held is not None:  # (its event deleted by retention: this one is taken)
+                    return _repeated(unit, held[1], first)
 
         def candidate(customer_id: str) -> Candidate | None:
             created = unit.created_at(customer_id)
@@ -581,6 +608,8 @@ class Tracker:
                 other = unit.survivor(other) or other
                 if other != customer:
                     unit.repo.add_relationship(unit.conn, customer, kind, other, event.event_id, item.occurred)
+        if key is not None:
+            unit.add_key(event.type, key, event.event_id)
         unit.add_event(
             {
                 "event_id": event.event_id,
@@ -873,7 +902,7 @@ _sources: set[str] = set()
 def _tally(source: str, outcome: TrackResult | NbaError) -> None:
     """Counts an event's outcome by its source (an outage is not the event's: not counted)."""
     if isinstance(outcome, TrackResult):
-        kind = "duplicate" if outcome.duplicate else "taken"
+        kind = "near_duplicate" if outcome.duplicate_of else "duplicate" if outcome.duplicate else "taken"
     elif isinstance(outcome, DeadLettered):
         kind = "dead_letter"
     elif isinstance(outcome, InvalidArgument | AlreadyExists | FailedPrecondition):
@@ -906,6 +935,17 @@ def _record_segments(repo: ProfileRepository, conn: Any, profile: Profile) -> No
     if profile.segment_changes:
         repo.record_segments(conn, profile.customer_id, [(c.segment, c.at, c.entered) for c in profile.segment_changes])
         profile.segment_changes = []
+
+
+def _repeated(unit: _Unit, customer_id: str, first: str = "") -> TrackResult:
+    """The answer to an event taken before (or, with ``first``, a near-duplicate of it): the
+    customer it went to, now, and the profile's version."""
+    customer = unit.survivor(customer_id) or customer_id
+    held = unit.profiles.get(customer)
+    if held is not None:
+        return TrackResult(True, customer, version=held[0].version, duplicate_of=first)
+    loaded = unit.repo.load(unit.conn, customer)
+    return TrackResult(True, customer, version=loaded[2] if loaded else 0, duplicate_of=first)
 
 
 def _ids(saved: Mapping[str, tuple[Profile, tuple[str, ...]]]) -> list[str]:

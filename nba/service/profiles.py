@@ -252,7 +252,11 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
 
 def _response(result: TrackResult) -> ppb.TrackResponse:
     return ppb.TrackResponse(
-        duplicate=result.duplicate, customer_id=result.customer_id, merged=list(result.merged), version=result.version
+        duplicate=result.duplicate,
+        customer_id=result.customer_id,
+        merged=list(result.merged),
+        version=result.version,
+        duplicate_of=result.duplicate_of,
     )
 
 

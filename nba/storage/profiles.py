@@ -19,6 +19,7 @@ from sqlalchemy import exc as sa_exc
 
 from nba.storage.engine import Repository, json_text, utc
 from nba.storage.tables import (
+    PROFILE_EVENT_KEYS,
     PROFILE_EVENTS,
     PROFILE_IDENTITIES,
     PROFILE_MERGES,
@@ -417,6 +418,16 @@ class Profiles(Repository):
         with self.reading(conn) as c:
             row = c.execute(query).one()
         return int(row[0]), {name: int(n) for name, n in zip(names, row[1:], strict=True)}
+
+    def key_holder(self, conn: Any, event_type: str, key: str) -> str | None:
+        """The first event of ``event_type`` with this ``dedupe_by`` value, or None."""
+        k = PROFILE_EVENT_KEYS
+        return conn.execute(select(k.c.event_id).where(k.c.type == event_type, k.c.key == key)).scalar()
+
+    def add_event_keys(self, conn: Any, rows: list[tuple[str, str, str]]) -> None:
+        """(type, key, event id) of events taken, each the first with its key."""
+        if rows:
+            conn.execute(PROFILE_EVENT_KEYS.insert(), [{"type": t, "key": k, "event_id": e} for t, k, e in rows])
 
     def postpone(self, conn: Any, customer_id: str, until: datetime) -> None:
         """Moves a profile's due time on (one that could not be evaluated: it must not block the rest)."""

@@ -279,6 +279,17 @@ class ProfileDeadLetterRow(SQLModel, table=True):
     field: str = Field(default="", max_length=256)
 
 
+class ProfileEventKeyRow(SQLModel, table=True):
+    """The first event of a type that declares ``dedupe_by`` with each value of it: a later one
+    with the same value is a near-duplicate (the same order from two touch points)."""
+
+    __tablename__ = "profile_event_keys"
+
+    type: str = Field(primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=256)
+    event_id: str = Field(max_length=256)
+
+
 class ProfileMergeRow(SQLModel, table=True):
     """Each merge of two customers, and its undoing (the pair is then kept apart)."""
 
@@ -314,4 +325,5 @@ PROFILE_RELATIONSHIPS = table(ProfileRelationshipRow)
 PROFILE_MERGES = table(ProfileMergeRow)
 PROFILE_SEGMENTS = table(ProfileSegmentRow)
 PROFILE_DEAD_LETTERS = table(ProfileDeadLetterRow)
+PROFILE_EVENT_KEYS = table(ProfileEventKeyRow)
 SEGMENT_COUNTS = table(SegmentCountRow)

@@ -1,8 +1,9 @@
 """Data quality: an event the profile definition refuses is answered INVALID_ARGUMENT and kept as
 a dead letter (never lost, never half-applied), listed by ``nba profiles dead-letters``, and
-applied by ``--replay`` once a fixed definition is live; ``nba profiles quality`` reports each
-attribute's completeness and the refused events by source. Through a real server on SQLite and
-PostgreSQL."""
+applied by ``--replay`` once a fixed definition is live; near-duplicates (the same order from two
+touch points, by the type's ``dedupe_by``) are counted once; ``nba profiles quality`` reports
+each attribute's completeness and the refused events by source. Through a real server on SQLite
+and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -25,13 +26,15 @@ PROFILE = """
 profile:
   event_types:
     complaint: {properties: {topic: string}}
-    order: {properties: {amount: number}}
+    order: {properties: {amount: number, order_id: string}, dedupe_by: order_id}
     signup: {properties: {tier: string}}
   attributes:
     tier: {from: signup.tier}
   computed:
     complaints_30d: count(complaint) over 30d   # the sample set's retention rules read it
     surveys: count(complaint) where event.type == "survey"
+    orders: count(order)
+    spend: sum(order.amount)
 """
 FIXED = PROFILE.replace(
     "    signup: {properties: {tier: string}}\n",
@@ -148,3 +151,51 @@ def test_the_cli_names_what_goes_with_what(start, tmp_path: Path, capsys) -> Non
     assert "takes --replay and --type only" in capsys.readouterr().err
     assert main(["profiles", "dead-letters", "--database-url", url]) == 0
     assert "no dead letters" in capsys.readouterr().out
+
+
+def test_the_same_order_from_two_touch_points_counts_once(start, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server: Running = start(policies=folder(tmp_path))
+    stub = ppb_grpc.ProfileServiceStub(server.channel)
+    before = tally("store", "near_duplicate")
+
+    def order(event_id: str, source: str, order_id: object, amount: float, **who: object) -> ppb.TrackResponse:
+        return stub.Track(
+            ppb.TrackRequest(
+                event_id=event_id, type="order", source=source, properties=struct({"order_id": order_id, "amount": amount}), **who
+            )
+        )
+
+    first = order("web-1", "web", "A-1234", 40.0, customer_id="c-9")
+    assert not first.duplicate and not first.duplicate_of
+    again = order("store-77", "store", "A-1234", 40.0, identities={"email": "ada@example.com"}, customer_id="c-9")
+    assert again.duplicate and again.duplicate_of == "web-1" and again.customer_id == "c-9" and again.version == 1
+    # sent again, it is the same answer; the key is read trimmed
+    assert order("store-77", "store", "A-1234", 40.0, customer_id="c-9").duplicate_of == "web-1"
+    assert not order("web-2", "web", "A-5678", 5.0, customer_id="c-9").duplicate
+    assert order("app-2", "app", " A-5678 ", 5.0, customer_id="c-9").duplicate_of == "web-2"
+    batch = stub.TrackBatch(
+        ppb.TrackBatchRequest(
+            events=[
+                ppb.TrackRequest(
+                    event_id="b-1", type="order", customer_id="c-8", properties=struct({"order_id": "B-1", "amount": 1})
+                ),
+                ppb.TrackRequest(
+                    event_id="b-2", type="order", customer_id="c-8", properties=struct({"order_id": "B-1", "amount": 1})
+                ),
+            ]
+        )
+    )
+    assert [(r.tracked.duplicate, r.tracked.duplicate_of) for r in batch.results] == [(False, ""), (True, "b-1")]
+    profile = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-9"), metadata=Running.auth())
+    assert profile.computed["orders"] == 2.0 and profile.computed["spend"] == 45.0
+    assert sorted(e.event_id for e in profile.timeline) == ["web-1", "web-2"]
+    assert tally("store", "near_duplicate") == before + 2
+
+
+def test_dedupe_by_names_a_declared_property() -> None:
+    from nba.policy.profile import ProfileSection, compile_profile
+
+    section = {"event_types": {"order": {"properties": {"amount": "number", "paid": "bool"}, "dedupe_by": "paid"}}}
+    _, problems = compile_profile(ProfileSection.model_validate(section), "profile.yaml")
+    assert [p.field for p in problems] == ["profile.event_types.order.dedupe_by"]
+    assert "'paid' is not a declared string or number property of 'order' (amount (number))" in str(problems[0])

@@ -167,6 +167,16 @@ class Settings(BaseModel):
         default_factory=list,
         description="AdminService bearer tokens as name:role:token, role viewer or editor (comma-separated)",
     )
+    pii_role: Literal["viewer", "editor"] = Field(
+        "editor",
+        description="the least admin role shown personal data in GetProfile (pii attributes, identifiers, the event "
+        "properties they come from); below it, they read ***",
+    )
+    pseudonym_key: str = Field(
+        "",
+        description="the secret key of the pseudonyms a forgotten customer's decisions carry (HMAC-SHA256; at least "
+        "16 characters, from a secret store); empty: one is made and kept in the database",
+    )
     contact_history_days: float = Field(
         90.0, gt=0, description="contact history kept at least this long (longer if a policy looks back further)"
     )
@@ -180,6 +190,13 @@ class Settings(BaseModel):
         description="workers or replicas without a working Redis bus: how long a cached profile is trusted before it "
         "is read again (with the bus, other replicas' changes arrive on it)",
     )
+
+    @field_validator("pseudonym_key")
+    @classmethod
+    def _pseudonym_key(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("a pseudonym key needs at least 16 characters (for example $(openssl rand -hex 32))")
+        return value
 
     @field_validator("admin_tokens", mode="before")
     @classmethod

@@ -111,10 +111,12 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         choices = (
             get_args(kind) if getattr(kind, "__origin__", None) is not None and str(kind).startswith("typing.Literal") else None
         )
+        # the touch-point events' retention answers to the shorter name too
+        flags = [flag, "--event-retention-days"] if name == "profile_event_retention_days" else [flag]
         if kind is bool:  # a switch: --durable-decisions, --no-durable-decisions
-            parser.add_argument(flag, dest=name, default=None, help=help_text, action=argparse.BooleanOptionalAction)
+            parser.add_argument(*flags, dest=name, default=None, help=help_text, action=argparse.BooleanOptionalAction)
         else:
-            parser.add_argument(flag, dest=name, default=None, help=help_text, choices=choices)
+            parser.add_argument(*flags, dest=name, default=None, help=help_text, choices=choices)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

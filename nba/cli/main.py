@@ -123,13 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     profiles.add_argument(
         "action",
-        choices=["import", "backfill", "segments", "segment", "dead-letters", "quality"],
+        choices=["import", "backfill", "segments", "segment", "dead-letters", "quality", "forget"],
         help="import: take a file of events into the profiles; backfill: rebuild every profile stored under "
         "another definition than the live set's, from its events, now (the service does it in the background); "
         "segments: each segment's size, owner and recent entries and exits; segment NAME: its size (--count), "
         "its members (--export FILE) or its size hour by hour (--history); dead-letters: the events the profile "
         "refused, kept (--replay: take them again under the live definition); quality: each attribute's "
-        "completeness and the refused events by source",
+        "completeness and the refused events by source; forget CUSTOMER_ID (or --identifier KIND=VALUE): erase a "
+        "customer, as ForgetCustomer does",
     )
     profiles.add_argument(
         "file", nargs="?", help="import: JSON Lines (one event a line) or CSV (.csv) of events; segment: the segment's name"
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         "--replay", action="store_true", help="dead-letters: apply them under the live definition (those it accepts)"
     )
     profiles.add_argument("--type", dest="event_type", help="dead-letters: only events of this type")
+    profiles.add_argument("--identifier", help="forget: the customer by one identifier, KIND=VALUE (email=ada@example.com)")
+    profiles.add_argument("--reason", default="", help="forget: why (a ticket number), kept in the audit")
     profiles.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
     profiles.add_argument("--database-url", dest="database_url", help="the database (NBA_DATABASE_URL)")
     profiles.add_argument("--policies", help="the policy set whose profile section applies, when none is live yet (NBA_POLICIES)")

@@ -44,6 +44,10 @@ def _profiles(args: argparse.Namespace) -> int:
     from nba.storage.engine import open_engine
     from nba.storage.store import Store
 
+    if args.action == "forget":
+        return _forget(args)
+    if args.identifier or args.reason:
+        raise CliError("--identifier and --reason go with: nba profiles forget")
     if args.action in ("segments", "segment"):
         return _segments(args)
     if args.action != "dead-letters" and (args.replay or args.event_type):
@@ -208,6 +212,59 @@ def _segment_export(store: Store, name: str, path: Path) -> int:
     finally:
         partial.unlink(missing_ok=True)  # gone once moved; left by nothing that failed
     print(f"{path}: {count:,} customers in segment {name}")
+    return 0
+
+
+def _forget(args: argparse.Namespace) -> int:
+    """A customer erased, as ForgetCustomer does, from the command line."""
+    import getpass
+    import secrets
+
+    from nba.governance.erasure import FORGOTTEN, Eraser, Pseudonyms
+    from nba.storage.bus import RedisBus
+    from nba.storage.engine import open_engine
+    from nba.storage.store import Store
+
+    if bool(args.file) == bool(args.identifier):
+        raise CliError("CUSTOMER_ID: name the customer, or give --identifier KIND=VALUE (one of the two)")
+    kind, value = "", ""
+    if args.identifier:
+        kind, _, value = args.identifier.partition("=")
+        if not kind or not value:
+            raise CliError(f"--identifier: '{args.identifier}' is not KIND=VALUE (email=ada@example.com)")
+    settings = _settings(args)
+    with _database_errors(settings.database_url):
+        engine = open_engine(settings.database_url)
+        try:
+            store = Store(engine)
+            definition = _live_definition(store, settings)
+            key = settings.pseudonym_key or store.secret("pseudonym_key", lambda: secrets.token_hex(32))
+            bus = (
+                RedisBus(settings.bus, settings.bus_stream, store.origin, settings.bus_stream_length)
+                if settings.bus.startswith(("redis://", "rediss://", "unix://"))
+                else None
+            )
+            try:
+                user = getpass.getuser()
+            except (KeyError, OSError):
+                user = "unknown"
+            result = Eraser(store, lambda: definition, lambda: Pseudonyms(key.encode())).forget(
+                args.file or "", kind, value, f"cli:{user}", args.reason
+            )
+            told = bus.publish_profiles([FORGOTTEN + i for i in result.customer_ids]) if bus and result.customer_ids else None
+        finally:
+            engine.dispose()
+    print(f"forgotten: {', '.join(result.customer_ids) or '(no customer holds it)'} -> {result.pseudonym}")
+    erased = [f"{table} {n:,}" for table, n in sorted(result.counts.items()) if n]
+    print("erased: " + (", ".join(erased) or "nothing was left"))
+    if result.forgotten_before:
+        print("(this customer had been forgotten before)")
+    if told is False:
+        print("warning: the Redis bus is unavailable: running services' caches are not told", file=sys.stderr)
+    elif bus is None:
+        print(
+            "note: running services hold what they cached of the customer until told: use ForgetCustomer on a running service, or --bus"
+        )
     return 0
 
 

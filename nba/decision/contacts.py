@@ -46,6 +46,13 @@ class ContactHistory:
         self._events: OrderedDict[str, list[ContactEvent]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def drop(self, customer_ids: Iterable[str]) -> None:
+        """Forgets what is held of these customers (they were forgotten: their contact events
+        are deleted)."""
+        with self._lock:
+            for customer_id in customer_ids:
+                self._events.pop(customer_id, None)
+
     def events(self, customer_id: str, now: float) -> list[ContactEvent]:
         """The customer's events within the horizon, oldest first."""
         since = now - self.horizon_seconds

@@ -19,12 +19,16 @@ import grpc
 
 from nba.errors import PermissionDenied, Unauthenticated
 
-__all__ = ["AuthInterceptor", "Caller", "current_caller"]
+__all__ = ["AuthInterceptor", "Caller", "current_caller", "may"]
 
 ADMIN_PREFIX = "/nba.v1.AdminService/"
 EDITOR_METHODS = frozenset({"PublishPolicySet", "RollbackPolicySet"})
 #: methods outside AdminService that need a token, and the least role: profiles hold personal data
-PROTECTED = {"/nba.v1.ProfileService/GetProfile": "viewer", "/nba.v1.ProfileService/Unmerge": "editor"}
+PROTECTED = {
+    "/nba.v1.ProfileService/GetProfile": "viewer",
+    "/nba.v1.ProfileService/Unmerge": "editor",
+    "/nba.v1.ProfileService/ForgetCustomer": "editor",
+}
 _RANK = {"viewer": 1, "editor": 2}
 
 
@@ -35,6 +39,11 @@ class Caller:
 
 
 _caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("nba_caller", default=None)
+
+
+def may(role: str, needed: str) -> bool:
+    """Whether ``role`` is ``needed`` or above (viewer < editor)."""
+    return _RANK.get(role, 0) >= _RANK[needed]
 
 
 def current_caller() -> Caller:

@@ -14,11 +14,12 @@ import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from nba.decision.decider import DecideInput, Decider
-from nba.errors import InvalidArgument, NbaError, NotFound, field_of
+from nba.errors import FailedPrecondition, InvalidArgument, NbaError, NotFound, field_of
+from nba.governance.erasure import Eraser
 from nba.inputs import timestamp
 from nba.profiles.tracking import Tracker, TrackInput, TrackResult
 from nba.records import DecisionRecord
-from nba.service.auth import current_caller
+from nba.service.auth import current_caller, may
 from nba.service.context import properties_from_struct
 from nba.service.servicers import decide_response
 from nba.storage.engine import utc
@@ -54,12 +55,21 @@ class ProfileHistory(Protocol):
 
 class ProfileServicer(ppb_grpc.ProfileServiceServicer):
     def __init__(
-        self, tracker: Tracker, clock: Any, history: ProfileHistory | None = None, decider: Decider | None = None
+        self,
+        tracker: Tracker,
+        clock: Any,
+        history: ProfileHistory | None = None,
+        decider: Decider | None = None,
+        eraser: Eraser | None = None,
+        pii_role: str = "editor",
     ) -> None:
         self._tracker = tracker
         self._clock = clock
         self._history = history
         self._decider = decider
+        self._eraser = eraser
+        #: the least role shown personal data
+        self._pii_role = pii_role
 
     def Track(self, request: ppb.TrackRequest, context: grpc.ServicerContext) -> ppb.TrackResponse:
         return self._track(request)
@@ -120,6 +130,10 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
         now = self._clock.now().timestamp()
         view = profile.values(now)
         segments = profile.current_segments(now) if profile.definition.segments else {}
+        personal = not may(current_caller().role, self._pii_role)
+        if personal:  # below the role that may see personal data: it is masked
+            view = {k: MASK if k in profile.definition.pii and v is not None else v for k, v in view.items()}
+            identities = {kind: [MASK for _ in values] for kind, values in identities.items()}
         attributes, computed = struct_pb2.Struct(), struct_pb2.Struct()
         attributes.update({k: v for k, v in view.items() if k in profile.attributes})
         computed.update({k: v for k, v in view.items() if k in profile.computed})
@@ -147,6 +161,11 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
         if self._history is not None and wanted & {"timeline", "merged_ids", "decisions", "relationships"}:
             with self._history.snapshot() as conn:
                 self._add_history(answer, conn, profile.customer_id, timeline_limit, before, decisions_limit, wanted)
+            if personal:
+                sources = {(event, prop.split(".")[0]) for event, prop, _, pii in profile.definition.attributes.values() if pii}
+                for event in answer.timeline:
+                    for name in [n for n in event.properties if (event.type, n) in sources]:
+                        event.properties[name] = MASK
         if request.next_best_actions_channel and self._decider is not None and "next_best_actions" in wanted:
             record = self._decider.rank_only(
                 DecideInput(
@@ -168,6 +187,19 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
             merged_ids=result.merged_ids,
             version=result.version,
             survivor_version=result.survivor_version,
+        )
+
+    def ForgetCustomer(self, request: ppb.ForgetCustomerRequest, context: grpc.ServicerContext) -> ppb.ForgetCustomerResponse:
+        if self._eraser is None:
+            raise FailedPrecondition("ForgetCustomer: this server has no store to forget in")
+        result = self._eraser.forget(
+            request.customer_id, request.identifier_kind, request.identifier_value, current_caller().name, request.reason
+        )
+        return ppb.ForgetCustomerResponse(
+            pseudonym=result.pseudonym,
+            customer_ids=list(result.customer_ids),
+            erased=result.counts,
+            forgotten_before=result.forgotten_before,
         )
 
     def _add_history(
@@ -248,6 +280,10 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
             occurred_at=occurred,
             properties=properties_from_struct(request.properties),
         )
+
+
+#: what a caller below the personal-data role reads in place of personal data
+MASK = "***"
 
 
 def _response(result: TrackResult) -> ppb.TrackResponse:

@@ -12,11 +12,13 @@ import gc
 import logging
 import math
 import os
+import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, NoReturn
 
 import grpc
@@ -35,6 +37,7 @@ from nba.decision.contacts import ContactHistory, OfferCounters
 from nba.decision.decider import Decider
 from nba.decision.reservations import LocalReservations, RedisReservations, Reservations
 from nba.errors import InvalidArgument, NbaError, Unavailable, field_violations
+from nba.governance.erasure import FORGOTTEN, Eraser, Pseudonyms
 from nba.learning.feedback import IN_FLIGHT_MARGIN_SECONDS, FeedbackIntake
 from nba.learning.loop import LearningLoop, build_learner
 from nba.policy.policy_set import PolicySet
@@ -301,6 +304,16 @@ class Service:
         )
         #: rebuilds stored profiles when the live set changes the profile definition
         self.backfill = Backfill(self.tracker, lambda: self.publisher.live.profile, self.store.count_built_under_other)
+        self._pseudonym_key: Pseudonyms | None = None
+        #: forgets customers (ForgetCustomer): erased here, dropped from every cache
+        self.eraser = Eraser(
+            self.store,
+            lambda: self.publisher.live.profile,
+            self._pseudonyms,
+            self._flush_log,
+            self._forgotten,
+            self.clock,
+        )
         #: records segment entries and exits that time alone brings
         self.segment_clock = SegmentClock(
             self.tracker,
@@ -353,7 +366,7 @@ class Service:
             self.server,
         )
         ppb_grpc.add_ProfileServiceServicer_to_server(
-            ProfileServicer(self.tracker, self.clock, self.store, self.decider), self.server
+            ProfileServicer(self.tracker, self.clock, self.store, self.decider, self.eraser, settings.pii_role), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -403,11 +416,42 @@ class Service:
             self.profile_cache.clear()
 
     def _profiles_heard(self, ids: list[str]) -> None:
-        """Another replica changed these profiles; ``*``: it could not say which for a while."""
+        """Another replica changed these profiles; ``*``: it could not say which for a while.
+        An id marked ``FORGOTTEN`` was forgotten: everything held of it goes."""
         if "*" in ids:
             self.profile_cache.clear()
-        else:
-            self.profile_cache.invalidate(ids)
+        forgotten = [i[len(FORGOTTEN) :] for i in ids if i.startswith(FORGOTTEN)]
+        if forgotten:
+            self._drop_customers(forgotten)
+        self.profile_cache.invalidate([i for i in ids if i != "*" and not i.startswith(FORGOTTEN)])
+
+    def _forgotten(self, ids: list[str]) -> None:
+        """This process forgot these customers: its caches drop them, and the others hear of it."""
+        self._drop_customers(ids)
+        if self.bus is not None:
+            self.bus.publish_profiles([FORGOTTEN + i for i in ids])
+
+    def _drop_customers(self, ids: list[str]) -> None:
+        self.profile_cache.invalidate(ids)
+        self.contacts.drop(ids)
+        self.log.drop_customers(set(ids))
+
+    def _flush_log(self) -> None:
+        """Everything the decision log holds written (before a customer is forgotten in it)."""
+        try:
+            self.log.flush(self.settings.feedback_timeout_seconds)
+        except (TimeoutError, FutureTimeout):
+            raise Unavailable(
+                f"the decision log could not be written within {self.settings.feedback_timeout_seconds:g} s; "
+                "try again (nothing was forgotten)"
+            ) from None
+
+    def _pseudonyms(self) -> Pseudonyms:
+        """The keyed pseudonyms: the configured key, or one made once and kept in the database."""
+        if self._pseudonym_key is None:
+            key = self.settings.pseudonym_key or self.store.secret("pseudonym_key", lambda: secrets.token_hex(32))
+            self._pseudonym_key = Pseudonyms(key.encode())
+        return self._pseudonym_key
 
     def _profiles_changed(self, ids: list[str]) -> None:
         if self.bus is not None:

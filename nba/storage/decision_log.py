@@ -213,6 +213,10 @@ class DecisionLog:
                 self._cond.notify()
         return future
 
+    def drop_customers(self, customer_ids: set[str]) -> None:
+        """Forgets the decisions held in memory of these customers (see ``RecentDecisions``)."""
+        self._recent.drop_customers(customer_ids)
+
     def get(self, decision_id: str) -> DecisionRecord | None:
         """The decision, from memory or the database; ``Unavailable`` when only the database
         could tell and it cannot be reached."""

@@ -65,6 +65,16 @@ class RecentDecisions:
                 self._durable.pop(d.decision_id, None)
                 self._drop_request(d)
 
+    def drop_customers(self, customer_ids: set[str]) -> None:
+        """Every decision held of these customers, pending or recent (the customers were
+        forgotten: their decisions are pseudonymised in the log)."""
+        with self._lock:
+            for held in (self._pending, self._recent):
+                for d in [d for d in held.values() if d.customer_id in customer_ids]:
+                    held.pop(d.decision_id, None)
+                    self._durable.pop(d.decision_id, None)
+                    self._drop_request(d)
+
     def settle(self, decisions: list[DecisionRecord]) -> None:
         """Written decisions move from pending to the bounded cache of recent ones."""
         with self._lock:

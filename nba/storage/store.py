@@ -11,6 +11,7 @@ with the same schema works (PostgreSQL is tested). The repositories:
     snapshots    the learner's snapshots
     profiles     customer profiles, identifiers, touch-point events, merges, relationships, segments
     dead_letters touch-point events the profile definition refused, kept until applied
+    erasure      customers forgotten everywhere (profiles and decisions), and the audit of it
 
 Keeping SQL off the request path is the decision log's work (``nba.storage.decision_log``).
 """
@@ -23,15 +24,15 @@ from nba.records import RewardWindows
 from nba.storage.contacts import Contacts
 from nba.storage.dead_letters import DeadLetters
 from nba.storage.decisions import Decisions
+from nba.storage.erasure import Erasures
 from nba.storage.feedback import Feedback
 from nba.storage.policy_sets import PolicySets
-from nba.storage.profiles import Profiles
 from nba.storage.snapshots import Snapshots
 
 __all__ = ["Store"]
 
 
-class Store(PolicySets, Decisions, Feedback, Contacts, Snapshots, Profiles, DeadLetters):
+class Store(PolicySets, Decisions, Feedback, Contacts, Snapshots, Erasures, DeadLetters):
     """Synchronous access to the decision log's tables. Outages raise ``DatabaseUnavailable``.
 
     ``windows``: the reward windows feedback is judged by (None: they never close, for tools

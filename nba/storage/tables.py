@@ -290,6 +290,30 @@ class ProfileEventKeyRow(SQLModel, table=True):
     event_id: str = Field(max_length=256)
 
 
+class ErasureRow(SQLModel, table=True):
+    """A customer forgotten (ForgetCustomer): by whom, when, why, and what was erased. The
+    customer is named only by their keyed pseudonym, the one their decisions now carry."""
+
+    __tablename__ = "erasures"
+
+    id: int | None = Field(default=None, primary_key=True)
+    pseudonym: str = Field(index=True, max_length=64)
+    requested_by: str = Field(max_length=128)
+    reason: str = Field(default="", max_length=500)
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    #: what was erased and pseudonymised, by table
+    counts: dict[str, int] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class SecretRow(SQLModel, table=True):
+    """Keys nba makes for itself when none is configured (the pseudonym key)."""
+
+    __tablename__ = "secrets"
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=256)
+
+
 class ProfileMergeRow(SQLModel, table=True):
     """Each merge of two customers, and its undoing (the pair is then kept apart)."""
 
@@ -326,4 +350,6 @@ PROFILE_MERGES = table(ProfileMergeRow)
 PROFILE_SEGMENTS = table(ProfileSegmentRow)
 PROFILE_DEAD_LETTERS = table(ProfileDeadLetterRow)
 PROFILE_EVENT_KEYS = table(ProfileEventKeyRow)
+ERASURES = table(ErasureRow)
+SECRETS = table(SecretRow)
 SEGMENT_COUNTS = table(SegmentCountRow)

@@ -95,10 +95,13 @@ def test_events_in_and_the_profile_back(server: Running) -> None:
     )
     assert again.duplicate
 
-    by_id = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-9"), metadata=viewer())
+    # identifiers are personal data: an editor sees them (--pii-role), a viewer reads ***
+    by_id = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-9"), metadata=Running.auth())
     by_email = stub.GetProfile(
-        ppb.GetProfileRequest(identifier_kind="email", identifier_value=" ADA@example.com"), metadata=viewer()
+        ppb.GetProfileRequest(identifier_kind="email", identifier_value=" ADA@example.com"), metadata=Running.auth()
     )
+    masked = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-9"), metadata=viewer())
+    assert [(i.kind, i.value) for i in masked.identities] == [("email", "***")] and masked.computed == by_id.computed
     assert by_id == by_email and by_id.customer_id == first.customer_id and by_id.version == 2
     assert json_format.MessageToDict(by_id.computed) == {
         "spend_30d": 40.0,
@@ -228,8 +231,8 @@ def test_an_editor_undoes_a_merge_and_the_two_stay_apart(server: Running) -> Non
     undone = stub.Unmerge(ppb.UnmergeRequest(customer_id=absorbed), metadata=editor)
     assert (undone.customer_id, undone.survivor_id) == (absorbed, survivor.customer_id)
     assert undone.survivor_version == survivor.version + 1
-    back = stub.GetProfile(ppb.GetProfileRequest(customer_id=absorbed), metadata=viewer())
-    kept = stub.GetProfile(ppb.GetProfileRequest(customer_id=survivor.customer_id), metadata=viewer())
+    back = stub.GetProfile(ppb.GetProfileRequest(customer_id=absorbed), metadata=editor)
+    kept = stub.GetProfile(ppb.GetProfileRequest(customer_id=survivor.customer_id), metadata=editor)
     assert back.customer_id == absorbed and [i.value for i in back.identities] == ["+447700900123"]
     assert json_format.MessageToDict(back.computed)["spend_30d"] == 20.0 and [e.event_id for e in back.timeline] == ["u-2"]
     assert not kept.merged_ids and json_format.MessageToDict(kept.computed)["spend_30d"] == 15.0

@@ -276,6 +276,7 @@ def templates(decision: pb.DecideResponse) -> dict[str, tuple[Any, list[tuple[st
         "/nba.v1.ProfileService/TrackBatch": (ppb.TrackBatchRequest(events=[track, track]), []),
         "/nba.v1.ProfileService/GetProfile": (ppb.GetProfileRequest(identifier_kind="email", identifier_value="a@b.co"), editor),
         "/nba.v1.ProfileService/Unmerge": (ppb.UnmergeRequest(customer_id="c-1"), editor),
+        "/nba.v1.ProfileService/ForgetCustomer": (ppb.ForgetCustomerRequest(customer_id="c-fuzz", reason="fuzz"), editor),
     }
 
 

@@ -1,0 +1,1 @@
+"""Governance: forgetting a customer (the right to erasure) and the keyed pseudonyms it uses."""

@@ -1,0 +1,164 @@
+"""Erasure: a customer forgotten in every table that can hold who they are (``ForgetCustomer``).
+
+In one write transaction: the profile rows of the customer and every id merged into them, their
+touch-point events (and the near-duplicate keys of those events), identifiers, relationships
+(both ways; the linking event of the other customer keeps its place with their name erased),
+merge records, segment stays (closed first, so that sizes stay right), contact
+events, and the dead letters that name them (by id or by one of their identifiers) are deleted;
+their decisions keep what evaluation needs (context, candidates, offers, propensities, feedback)
+under a keyed pseudonym instead of the customer id, their caller-chosen keys (``request_id``, the
+feedback ``event_id``) pseudonymised too, and any context value equal to one of their ids or
+identifiers replaced by ``[erased]``. An audit row names the customer by the pseudonym only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, or_, select, update
+
+from nba.storage.profiles import Profiles
+from nba.storage.tables import (
+    CONTACT_EVENTS,
+    DECISIONS,
+    ERASURES,
+    FEEDBACK,
+    PROFILE_DEAD_LETTERS,
+    PROFILE_EVENT_KEYS,
+    PROFILE_EVENTS,
+    PROFILE_IDENTITIES,
+    PROFILE_MERGES,
+    PROFILE_RELATIONSHIPS,
+    PROFILE_SEGMENTS,
+    PROFILES,
+    SECRETS,
+)
+
+__all__ = ["ERASED", "Erasures"]
+
+#: what a context value that named the customer reads after an erasure
+ERASED = "[erased]"
+_CHUNK = 1000
+
+
+class Erasures(Profiles):
+    """Erasing customers, the audit of it, and the keys nba keeps for itself."""
+
+    def secret(self, name: str, make: Callable[[], str]) -> str:
+        """The value kept under ``name``, made (and kept) the first time it is asked for."""
+        s = SECRETS
+        with self.write() as conn:
+            found = conn.execute(select(s.c.value).where(s.c.name == name)).scalar()
+            if found is not None:
+                return str(found)
+            value = make()
+            conn.execute(s.insert().values(name=name, value=value))
+            return value
+
+    def customer_ids(self, conn: Any, customer_id: str) -> list[str]:
+        """The customer an id is now (the survivor of its merges, or itself, known or not) and
+        every id merged into them, the survivor first."""
+        survivor = self.survivor(conn, customer_id) or customer_id
+        merged = conn.execute(
+            select(PROFILES.c.customer_id).where(PROFILES.c.merged_into == survivor).order_by(PROFILES.c.customer_id)
+        ).scalars()
+        return [survivor, *merged]
+
+    def forgotten(self, conn: Any, pseudonym: str) -> bool:
+        """Whether a customer with this pseudonym was forgotten before."""
+        return conn.execute(select(ERASURES.c.id).where(ERASURES.c.pseudonym == pseudonym).limit(1)).first() is not None
+
+    def erase_customer(
+        self,
+        conn: Any,
+        ids: list[str],
+        pseudonym: str,
+        pseudonymise: Callable[[str], str],
+        now: datetime,
+        requested_by: str,
+        reason: str = "",
+        identifiers: Iterable[str] = (),
+    ) -> dict[str, int]:
+        """Erases the customer known by ``ids`` (inside the caller's write transaction) and
+        records it; returns what was erased or pseudonymised, by table. ``identifiers``: more
+        values that name them (an identifier nobody holds any more, still in dead letters)."""
+        counts: dict[str, int] = {}
+        identifiers = set(identifiers) | set(
+            conn.execute(select(PROFILE_IDENTITIES.c.value).where(PROFILE_IDENTITIES.c.customer_id.in_(ids))).scalars()
+        )
+        for customer_id in ids:  # closed first: the hourly counts (segment sizes) stay right
+            self.leave_segments(conn, customer_id, now)
+        events = list(conn.execute(select(PROFILE_EVENTS.c.event_id).where(PROFILE_EVENTS.c.customer_id.in_(ids))).scalars())
+        for start in range(0, len(events), _CHUNK):
+            conn.execute(delete(PROFILE_EVENT_KEYS).where(PROFILE_EVENT_KEYS.c.event_id.in_(events[start : start + _CHUNK])))
+        counts["profile_events"] = _deleted(conn, PROFILE_EVENTS, PROFILE_EVENTS.c.customer_id.in_(ids))
+        counts["profile_identities"] = _deleted(conn, PROFILE_IDENTITIES, PROFILE_IDENTITIES.c.customer_id.in_(ids))
+        r = PROFILE_RELATIONSHIPS
+        named = {v.casefold() for v in identifiers | set(ids)}
+        # another customer's event that linked them to this one names them (household_link's
+        # member_id): kept for its customer, with the name erased
+        linking = set(conn.execute(select(r.c.event_id).where(r.c.other_id.in_(ids), r.c.customer_id.not_in(ids))).scalars())
+        e = PROFILE_EVENTS
+        for event_id, properties in conn.execute(select(e.c.event_id, e.c.properties).where(e.c.event_id.in_(linking))).all():
+            conn.execute(update(e).where(e.c.event_id == event_id).values(properties=_scrubbed(properties, named)))
+        counts["profile_relationships"] = _deleted(conn, r, or_(r.c.customer_id.in_(ids), r.c.other_id.in_(ids)))
+        m = PROFILE_MERGES
+        counts["profile_merges"] = _deleted(conn, m, or_(m.c.survivor.in_(ids), m.c.absorbed.in_(ids)))
+        counts["profile_segments"] = _deleted(conn, PROFILE_SEGMENTS, PROFILE_SEGMENTS.c.customer_id.in_(ids))
+        d = PROFILE_DEAD_LETTERS
+        letters = [
+            row.id
+            for row in conn.execute(select(d.c.id, d.c.customer_id, d.c.identities))
+            if row.customer_id in ids or identifiers & {str(v) for v in dict(row.identities).values()}
+        ]
+        counts["profile_dead_letters"] = 0
+        for start in range(0, len(letters), _CHUNK):
+            counts["profile_dead_letters"] += _deleted(conn, d, d.c.id.in_(letters[start : start + _CHUNK]))
+        counts["profiles"] = _deleted(conn, PROFILES, PROFILES.c.customer_id.in_(ids))
+        counts["contact_events"] = _deleted(conn, CONTACT_EVENTS, CONTACT_EVENTS.c.customer_id.in_(ids))
+        decisions = conn.execute(
+            select(DECISIONS.c.decision_id, DECISIONS.c.request_id, DECISIONS.c.features).where(DECISIONS.c.customer_id.in_(ids))
+        ).all()
+        for decision_id, request_id, features in decisions:
+            conn.execute(
+                update(DECISIONS)
+                .where(DECISIONS.c.decision_id == decision_id)
+                .values(
+                    customer_id=pseudonym,
+                    request_id=pseudonymise(request_id) if request_id else request_id,
+                    features=_scrubbed(features, named),
+                )
+            )
+        counts["decisions"] = len(decisions)
+        decision_ids = [row[0] for row in decisions]
+        counts["feedback"] = 0
+        for start in range(0, len(decision_ids), _CHUNK):
+            rows = conn.execute(
+                select(FEEDBACK.c.id, FEEDBACK.c.event_id).where(FEEDBACK.c.decision_id.in_(decision_ids[start : start + _CHUNK]))
+            ).all()
+            for row_id, event_id in rows:
+                conn.execute(update(FEEDBACK).where(FEEDBACK.c.id == row_id).values(event_id=pseudonymise(event_id)))
+            counts["feedback"] += len(rows)
+        conn.execute(
+            ERASURES.insert().values(
+                pseudonym=pseudonym, requested_by=requested_by[:128], reason=reason[:500], at=now, counts=counts
+            )
+        )
+        return counts
+
+
+def _deleted(conn: Any, table: Any, where: Any) -> int:
+    return int(conn.execute(delete(table).where(where)).rowcount or 0)
+
+
+def _scrubbed(value: Any, named: set[str]) -> Any:
+    """``value`` with every text equal to one of ``named`` (casefolded) replaced by ``ERASED``."""
+    if isinstance(value, str):
+        return ERASED if value.strip().casefold() in named else value
+    if isinstance(value, Mapping):
+        return {k: _scrubbed(v, named) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v, named) for v in value]
+    return value

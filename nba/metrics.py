@@ -59,6 +59,22 @@ PROFILE_EVENTS = Counter(
     "dead_letter (refused by the profile definition, kept), refused (malformed or conflicting, not kept)",
     ["source", "outcome"],
 )
+SCORE_AUC = Gauge(
+    "nba_score_auc", "Each predictive score's progressive ROC AUC over its matured labels", ["score"], multiprocess_mode="livemax"
+)
+SCORE_EXAMPLES = Gauge("nba_score_examples", "Matured labels each score has learned from", ["score"], multiprocess_mode="livemax")
+SCORE_CALIBRATION = Gauge(
+    "nba_score_calibration_error",
+    "Each score's expected calibration error (10 bins) over its matured labels",
+    ["score"],
+    multiprocess_mode="livemostrecent",
+)
+SCORE_FLAGGED = Gauge(
+    "nba_score_flagged",
+    "1 while a score is flagged: too few labels, or an AUC below its min_auc",
+    ["score"],
+    multiprocess_mode="livemin",
+)
 SEGMENT_MEMBERS = Gauge(
     "nba_segment_members",
     "Customers in each segment, as the database holds it (refreshed by the segment clock)",

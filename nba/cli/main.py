@@ -17,7 +17,7 @@ from nba.cli.profiles import _profiles
 from nba.cli.serve import _serve
 from nba.cli.simulate import _simulate
 from nba.config import ConfigError
-from nba.errors import PolicySetError, SchemaError
+from nba.errors import FailedPrecondition, InvalidArgument, NotFound, PolicySetError, SchemaError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,14 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     profiles.add_argument(
         "action",
-        choices=["import", "backfill", "segments", "segment", "dead-letters", "quality", "forget"],
+        choices=["import", "backfill", "segments", "segment", "dead-letters", "quality", "forget", "scores"],
         help="import: take a file of events into the profiles; backfill: rebuild every profile stored under "
         "another definition than the live set's, from its events, now (the service does it in the background); "
         "segments: each segment's size, owner and recent entries and exits; segment NAME: its size (--count), "
         "its members (--export FILE) or its size hour by hour (--history); dead-letters: the events the profile "
         "refused, kept (--replay: take them again under the live definition); quality: each attribute's "
         "completeness and the refused events by source; forget CUSTOMER_ID (or --identifier KIND=VALUE): erase a "
-        "customer, as ForgetCustomer does",
+        "customer, as ForgetCustomer does; scores: each predictive score's quality so far (AUC, calibration, labels)",
     )
     profiles.add_argument(
         "file", nargs="?", help="import: JSON Lines (one event a line) or CSV (.csv) of events; segment: the segment's name"
@@ -190,6 +190,9 @@ def _run(args: argparse.Namespace) -> int:
     except (PolicySetError, LogError) as exc:
         print(f"nba: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except (InvalidArgument, FailedPrecondition, NotFound) as exc:  # a request the domain refused, naming the field
+        print(f"nba: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, InvalidArgument) else EXIT_FAILED
     except KeyboardInterrupt:
         print("nba: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

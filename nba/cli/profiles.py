@@ -56,6 +56,8 @@ def _profiles(args: argparse.Namespace) -> int:
         return _dead_letters(args)
     if args.action == "quality":
         return _quality(args)
+    if args.action == "scores":
+        return _scores(args)
     if args.count or args.export or args.history:
         raise CliError("--count, --export and --history go with: nba profiles segment NAME")
     if args.action == "backfill":
@@ -348,6 +350,44 @@ def _quality(args: argparse.Namespace) -> int:
         print(f"{(source or '(no source)') + ' / ' + event_type + ' / ' + (field or '-'):<40} {n:>8,}")
     if not refused:
         print("none")
+    return 0
+
+
+def _scores(args: argparse.Namespace) -> int:
+    """Each predictive score's quality, as learned so far by every process."""
+    from nba.profiles.scores import MIN_EXAMPLES, ScoreModels
+    from nba.storage.engine import open_engine
+    from nba.storage.store import Store
+
+    if args.file or args.count or args.export or args.history:
+        raise CliError("nba profiles scores takes no NAME or option")
+    settings = _settings(args)
+    with _database_errors(settings.database_url):
+        engine = open_engine(settings.database_url)
+        try:
+            store = Store(engine)
+            definition = _live_definition(store, settings)
+            models = ScoreModels(store, lambda: definition)
+            models.refresh()
+            quality = models.quality()
+        finally:
+            engine.dispose()
+    if not definition.scores:
+        print("(the live profile section declares no scores)")
+        return 0
+    print(f"{'score':<20} {'labels':>8} {'positive':>9} {'AUC':>6} {'calib.err':>9} {'log loss':>8}  verdict")
+    for score in definition.scores:
+        q = quality[score.name]
+        verdict = (
+            f"flagged: {'too few labels' if min(q['positives'], q['examples'] - q['positives']) < MIN_EXAMPLES else f'AUC below {score.min_auc:g}'}"
+            if q["flagged"]
+            else "worth using"
+        )
+        print(
+            f"{score.name:<20} {q['examples']:>8,} {q['positives']:>9,} {q['auc']:>6.3f} {q['calibration_error']:>9.3f} "
+            f"{q['log_loss']:>8.3f}  {verdict}"
+        )
+        print(f"  {score.source}" + (f"  ({score.owner}: {score.description})" if score.owner or score.description else ""))
     return 0
 
 

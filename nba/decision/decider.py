@@ -519,13 +519,20 @@ def with_profile(features: dict[str, Any], learnable: Mapping[str, Any]) -> dict
     those the request sent itself (``context.profile.NAME`` wins over the stored value). An
     empty value (no matching event yet) is left out, as a field the context did not send.
 
-    >>> with_profile({"profile.tier": "gold", "x": 1}, {"tier": "silver", "orders": 3, "avg": None})
-    {'profile.orders': 3, 'profile.tier': 'gold', 'x': 1}
+    >>> with_profile({"profile.tier": "gold", "x": 1}, {"tier": "silver", "orders": 3, "avg": None, "scores": {"churn": 0.2}})
+    {'profile.orders': 3, 'profile.scores.churn': 0.2, 'profile.tier': 'gold', 'x': 1}
     """
     sent = {key.split(".", 2)[1] for key in features if key.startswith("profile.")}
     if "profile" in features:  # the context sent `profile` as a value of its own: it wins whole
         return features
-    added = {f"profile.{name}": value for name, value in learnable.items() if value is not None and name not in sent}
+    added: dict[str, Any] = {}
+    for name, value in learnable.items():
+        if value is None or name in sent:
+            continue
+        if isinstance(value, Mapping) and value:  # profile.scores: one feature a score, as a context's leaves
+            added.update(flatten(value, f"profile.{name}"))
+        else:
+            added[f"profile.{name}"] = value
     if not added:
         return features
     return dict(sorted({**features, **added}.items()))

@@ -106,6 +106,11 @@ class Eraser:
         named: set[str] = set()
         if kind:
             definition = self._definition()
+            if kind not in definition.kinds:
+                raise InvalidArgument(
+                    f"identifier_kind: '{kind[:64]}' is not an identifier kind ({', '.join(sorted(definition.kinds))})",
+                    field="identifier_kind",
+                )
             normalised = IdentityRules(definition.kinds, definition.default_region).normalise(kind, value, "identifier_value")
             if normalised is None:
                 raise InvalidArgument(f"identifier_value: '{value[:80]}' is no identifier", field="identifier_value")

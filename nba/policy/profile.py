@@ -229,6 +229,21 @@ class SegmentSpec(BaseModel):
     owner: str = Field("", description="who answers for it (a team or a person)")
 
 
+class ScoreSpec(BaseModel):
+    """A predictive score: the chance that an event happens within a horizon, learned online."""
+
+    model_config = ConfigDict(extra="forbid")
+    predicts: str = Field(description="the event type it predicts (account_closed)")
+    within: str = Field(description="the horizon: the event counts when it happens this long after the prediction (90d)")
+    where: str | None = Field(None, description="which of those events count: CEL over event (or properties, source)")
+    min_auc: float = Field(0.6, ge=0.5, le=1.0, description="below this progressive ROC AUC the score is flagged")
+    description: str = ""
+    owner: str = ""
+
+
+_SCORE_LINE = re.compile(r"\s*predicts\s+(?P<event>[a-z][a-z0-9_]*)(?:\s+where\s+(?P<where>.+?))?\s+within\s+(?P<within>\S+)\s*")
+
+
 class ProfileSection(BaseModel):
     """The ``profile:`` section of a policy file."""
 
@@ -240,6 +255,31 @@ class ProfileSection(BaseModel):
     activity: dict[Name, ActivitySpec] = Field(default_factory=dict)
     relationships: dict[Name, RelationshipSpec] = Field(default_factory=dict)
     segments: dict[Name, SegmentSpec] = Field(default_factory=dict)
+    scores: dict[Name, ScoreSpec | str] = Field(
+        default_factory=dict,
+        description="predictive scores: 'predicts EVENT [where CONDITION] within WINDOW', or the same as fields",
+    )
+
+
+@dataclass(frozen=True)
+class Score:
+    """One predictive score, compiled (``nba.profiles.scores`` learns it)."""
+
+    name: str
+    #: the event type it predicts
+    event: str
+    #: the horizon, seconds
+    horizon: float
+    where: Rule | None = None
+    min_auc: float = 0.6
+    description: str = ""
+    owner: str = ""
+
+    @property
+    def source(self) -> str:
+        """What the model is learned for: a model learned under another is started afresh."""
+        where = f" where {self.where.source}" if self.where is not None else ""
+        return f"predicts {self.event}{where} within {self.horizon:g}s"
 
 
 @dataclass(frozen=True)
@@ -290,6 +330,7 @@ class ProfileDefinition:
     segments: tuple[Segment, ...] = ()
     #: event type -> the property whose value makes two events of it one (``dedupe_by``)
     dedupe: Mapping[str, str] = field(default_factory=dict)
+    scores: tuple[Score, ...] = ()
 
     @cached_property
     def fingerprint(self) -> str:
@@ -300,6 +341,7 @@ class ProfileDefinition:
         parts += [f"c {c.name} {c.source}" for c in self.computed]
         parts += [f"x {a.name} {a.source}" for a in self.activities]
         parts += [f"s {name} {when}" for name, when in self.segment_sources.items()]
+        parts += [f"p {score.name} {score.source}" for score in self.scores]
         return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()[:16]
 
     @cached_property
@@ -317,7 +359,11 @@ class ProfileDefinition:
         """Every attribute, computed attribute and activity, and ``segments`` once any is
         declared: what rules may read as ``profile.NAME``."""
         names = frozenset(self.attributes) | frozenset(c.name for c in self.computed) | frozenset(a.name for a in self.activities)
-        return names | {"segments"} if self.segments else names
+        if self.segments:
+            names |= {"segments"}
+        if self.scores:
+            names |= {"scores"}
+        return names
 
 
 def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[ProfileDefinition, list[Problem]]:
@@ -468,6 +514,39 @@ def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[Pro
             )
             continue
         segments.append(Segment(name, rule, segment_spec.description, segment_spec.owner, frozenset(reads)))
+    scores: list[Score] = []
+    for name, score_spec in section.scores.items():
+        where = f"scores.{name}"
+        if isinstance(score_spec, str):
+            found = _SCORE_LINE.fullmatch(score_spec)
+            if found is None:
+                problem(
+                    where,
+                    f"'{score_spec}' is not 'predicts EVENT [where CONDITION] within WINDOW' (predicts account_closed within 90d)",
+                )
+                continue
+            score_spec = ScoreSpec(predicts=found["event"], within=found["within"], where=found["where"], min_auc=0.6)
+        if types and score_spec.predicts not in types:
+            problem(f"{where}.predicts", f"unknown event type '{score_spec.predicts}' (event_types: {', '.join(sorted(types))})")
+            continue
+        try:
+            horizon = float(parse_window(score_spec.within))
+        except ValueError as exc:
+            problem(f"{where}.within", str(exc))
+            continue
+        if horizon <= 0:
+            problem(f"{where}.within", "a horizon must be longer than 0")
+            continue
+        condition = None
+        if score_spec.where is not None:
+            try:
+                condition = Rule(score_spec.where, ("event", "properties", "source", "type"))
+            except RuleSyntaxError as exc:
+                problem(f"{where}.where", str(exc))
+                continue
+        scores.append(
+            Score(name, score_spec.predicts, horizon, condition, score_spec.min_auc, score_spec.description, score_spec.owner)
+        )
     definition = ProfileDefinition(
         kinds,
         region,
@@ -479,5 +558,6 @@ def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[Pro
         relationships,
         tuple(segments),
         dedupe,
+        tuple(scores),
     )
     return definition, problems

@@ -29,7 +29,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,11 +64,17 @@ class _Empty:
     view: ProfileView
 
 
-def _view(profile: Profile, customer_id: str, now: float) -> ProfileView:
+#: a profile's scores from its non-personal values (``ScoreModels.predict_all``)
+Scorer = Callable[[Mapping[str, Any]], dict[str, float]]
+
+
+def _view(profile: Profile, customer_id: str, now: float, scorer: Scorer | None = None) -> ProfileView:
     values = profile.view(now)
     pii = profile.definition.pii
     learnable = {k: v for k, v in values.items() if k not in pii}
     private = {k: v for k, v in values.items() if k in pii and v is not None} if pii else {}
+    if scorer is not None and profile.definition.scores:
+        learnable["scores"] = scorer({k: v for k, v in learnable.items() if k != "segments"})
     return ProfileView(customer_id, profile.version, learnable, private)
 
 
@@ -84,8 +90,10 @@ class ProfileCache:
         definition: Callable[[], ProfileDefinition],
         size: int = 20_000,
         fresh_seconds: Callable[[], float] = lambda: math.inf,
+        scorer: Scorer | None = None,
     ) -> None:
         self._load = load
+        self._scorer = scorer
         self._definition = definition
         self._size = size
         self._fresh = fresh_seconds
@@ -140,7 +148,7 @@ class ProfileCache:
         profile, _ = self.get(customer_id)
         if profile is None:
             return self._empty_view(customer_id)
-        return _view(profile, profile.customer_id, now)
+        return _view(profile, profile.customer_id, now, self._scorer)
 
     def _empty_view(self, customer_id: str) -> ProfileView:
         # an empty profile's values do not depend on time or customer: made once per definition
@@ -148,7 +156,10 @@ class ProfileCache:
         empty = self._empty
         if empty is None or empty.definition is not definition:
             self._empty = empty = _Empty(definition, _view(Profile(definition, "", 0.0), "", 0.0))
-        return ProfileView(customer_id, 0, empty.view.learnable, empty.view.private)
+        learnable = empty.view.learnable
+        if self._scorer is not None and definition.scores:  # the models move on: scored at each read
+            learnable = {**learnable, "scores": self._scorer({k: v for k, v in learnable.items() if k != "segments"})}
+        return ProfileView(customer_id, 0, learnable, empty.view.private)
 
     def begin(self) -> int:
         """Before a write that will hand its profiles to ``saved``: the stamp to hand back."""

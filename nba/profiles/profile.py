@@ -11,7 +11,7 @@ placed by event time, so the result does not depend on which profile saw which e
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from nba.errors import InvalidArgument
 from nba.inputs import MAX_CONTEXT_NUMBER, finite_number
 from nba.policy.profile import Activity, ProfileDefinition
 from nba.profiles.computed import State, contribution, matches
+from nba.profiles.scores import Example, Prediction, features, is_target
 from nba.profiles.segments import HORIZON, SegmentChange, first_change, members, time_dependent
 
 __all__ = ["NotInDefinition", "Profile", "TrackedEvent", "check"]
@@ -61,7 +62,7 @@ def check(definition: ProfileDefinition, event_type: str, properties: Mapping[st
     >>> check(ProfileDefinition(event_types={"order": {"amount": "number"}}), "order", {"amount": "ten"})
     Traceback (most recent call last):
     ...
-    nba.profiles.profile.NotInDefinition: properties.amount: must be a number for 'order' events, got 'ten'
+    nba.profiles.profile.NotInDefinition: properties.amount: must be a number for 'order' events, got a text
     """
     _finite(properties, "properties")
     types = definition.event_types
@@ -78,9 +79,20 @@ def check(definition: ProfileDefinition, event_type: str, properties: Mapping[st
             continue
         wanted = _TYPES[kind]
         if isinstance(value, bool) and kind != "bool" or not isinstance(value, wanted):
-            raise NotInDefinition(
-                f"properties.{name}: must be a {kind} for '{event_type}' events, got {value!r}"[:500], field=f"properties.{name}"
+            raise NotInDefinition(  # (the kind of value, not the value: it may be personal data)
+                f"properties.{name}: must be a {kind} for '{event_type}' events, got {_kind(value)}", field=f"properties.{name}"
             )
+
+
+def _kind(value: Any) -> str:
+    """What a value is, in words."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a text"
+    return "a list" if isinstance(value, list | tuple) else "an object"
 
 
 def _finite(value: Any, path: str) -> None:
@@ -147,6 +159,8 @@ class Profile:
         self.segments_stale = False
         #: entries and exits not yet recorded (the tracker writes them with the profile)
         self.segment_changes: list[SegmentChange] = []
+        #: score -> the open prediction (``nba.profiles.scores``)
+        self.predictions: dict[str, Prediction] = {}
 
     def apply(self, event: TrackedEvent) -> None:
         """Takes an (accepted, first-seen) event into the profile (its segments are evaluated
@@ -360,9 +374,60 @@ class Profile:
             self.segment_changes.append(SegmentChange(name, at, True))
 
     def carry_segments(self, other: Profile) -> None:
-        """Takes ``other``'s recorded membership (the same customer's, before its profile was
-        made again from its events): the next ``settle`` records only what changed."""
+        """Takes ``other``'s recorded membership and open predictions (the same customer's,
+        before its profile was made again from its events): the next ``settle`` records only
+        what changed."""
         self.segments, self.segments_at = dict(other.segments), other.segments_at
+        self.predictions = dict(other.predictions)
+
+    # Scores (nba.profiles.scores): an event may mature an open prediction positive, and opens a
+    # new one; the clock matures those whose horizon passed negative.
+
+    def observe(self, event: TrackedEvent, at: float, predict: Callable[[str, Mapping[str, float]], float]) -> list[Example]:
+        """After ``event`` is applied (and segments settled at ``at``): the label it matures (a
+        predicted event strictly after an open prediction's moment, within its horizon; one
+        dated at or before it answers nothing), and, for an event that is not the predicted one,
+        each score's prediction made anew at ``at`` from the profile as it is now."""
+        scores = self.definition.scores
+        if not scores:
+            return []
+        matured: list[Example] = []
+        x: dict[str, float] | None = None
+        for score in scores:
+            held = self.predictions.get(score.name)
+            if is_target(score, event.type, event.source, event.properties):
+                # the predicted event: it answers an open prediction made before it; the next
+                # prediction waits for another event (a closed account is not predicted again)
+                if held is not None and held.at < event.occurred_at <= held.due:
+                    matured.append(Example(score.name, held.x, held.p, True))
+                    self.predictions.pop(score.name)
+                continue
+            if x is None:
+                x = features(self.values(at, include_pii=False))
+            self.predictions[score.name] = Prediction(at, at + score.horizon, predict(score.name, x), x)
+        self._due_known = False
+        return matured
+
+    def mature(self, now: float, predict: Callable[[str, Mapping[str, float]], float]) -> list[Example]:
+        """The predictions whose horizon passed by ``now`` without the event: negative labels,
+        each followed by a prediction made at its horizon's end (at most ``MATURE_AT_ONCE`` a
+        score a call: a long-quiet customer catches up over the clock's next passes)."""
+        matured: list[Example] = []
+        for score in self.definition.scores:
+            for _ in range(MATURE_AT_ONCE):
+                held = self.predictions.get(score.name)
+                if held is None or held.due > now:
+                    break
+                matured.append(Example(score.name, held.x, held.p, False))
+                x = features(self.values(held.due, include_pii=False))
+                self.predictions[score.name] = Prediction(held.due, held.due + score.horizon, predict(score.name, x), x)
+        if matured:
+            self._due_known = False
+        return matured
+
+    @property
+    def predictions_due(self) -> float | None:
+        return min((p.due for p in self.predictions.values()), default=None)
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -380,6 +445,9 @@ class Profile:
             "segments": self.segments,
             "segments_at": self.segments_at,
             "segment_definitions": self.definition.segment_sources,
+            "predictions": {
+                name: {**p.dump(), "source": _score_source(self.definition, name)} for name, p in self.predictions.items()
+            },
             # only once known: a profile saved with it unknown has it found again when read
             **({"segments_due": self.segments_due} if self._due_known else {}),
         }
@@ -424,10 +492,22 @@ class Profile:
         profile.segments_due = float(due) if due is not None else None
         profile._due_known = "segments_due" in data or at is None
         kept_segments = data.get("segment_definitions") or {}
+        for name, held_prediction in (data.get("predictions") or {}).items():
+            # a prediction made for another definition of its score is not one of this score's
+            if held_prediction.get("source") == _score_source(definition, name):
+                profile.predictions[name] = Prediction.load(held_prediction)
         profile.segments_stale = dict(kept_segments) != dict(definition.segment_sources) or (
             bool(definition.segments) and at is None and profile.version > 0
         )
         return profile
+
+
+#: predictions of one score a customer matures in one clock pass, at most
+MATURE_AT_ONCE = 4
+
+
+def _score_source(definition: ProfileDefinition, name: str) -> str | None:
+    return next((s.source for s in definition.scores if s.name == name), None)
 
 
 def id_text(value: Any) -> str | None:

@@ -1,4 +1,5 @@
-"""The segment clock: records the segment entries and exits that time alone brings.
+"""The segment clock: records the segment entries and exits that time alone brings, and matures
+the predictions whose horizon passed (``nba.profiles.scores``: negative labels).
 
 A customer whose segment reads a windowed computed attribute (``complaints_30d >= 2``) leaves it
 when the second complaint is 30 days old, with no event to say so. Every profile holds the
@@ -51,7 +52,9 @@ class SegmentClock:
         moving: Callable[[], bool] = lambda: True,
         interval: float = 1.0,
         batch: int = BATCH,
+        refresh: Callable[[], None] = lambda: None,
     ) -> None:
+        self._refresh = refresh
         self._tracker = tracker
         self._sizes = sizes
         self._names = names
@@ -85,6 +88,8 @@ class SegmentClock:
             metrics.SEGMENT_CLOCK_CHANGES.inc(len(ids))
             if len(ids) < self._batch:
                 break
+        if self._moving():
+            self._refresh()  # the scores' models other processes moved on
         if time.monotonic() - self._counted >= SIZES_SECONDS:
             self._counted = time.monotonic()
             self.count()

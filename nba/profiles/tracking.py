@@ -33,6 +33,7 @@ from nba.policy.profile import ProfileDefinition
 from nba.profiles.cache import ProfileCache
 from nba.profiles.identity import Candidate, IdentityRules, resolve
 from nba.profiles.profile import NotInDefinition, Profile, TrackedEvent, check, id_text
+from nba.profiles.scores import Example, ScoreModels
 
 if TYPE_CHECKING:
     from nba.storage.dead_letters import DeadLetter
@@ -213,8 +214,17 @@ class _Unit:
     in one statement. A profile seen for the first time is inserted at once, so that the
     database answers for it like for any other (its identifiers' holders, its survivor)."""
 
-    def __init__(self, repo: ProfileRepository, conn: Any, event_ids: list[str]) -> None:
+    def __init__(
+        self,
+        repo: ProfileRepository,
+        conn: Any,
+        event_ids: list[str],
+        learn: Callable[[Any, list[Example]], None] | None = None,
+    ) -> None:
         self.repo, self.conn = repo, conn
+        #: labels matured in this unit, learned at the flush (``ScoreModels.learn``)
+        self.examples: list[Example] = []
+        self._learn = learn
         #: event id -> (content hash, customer id): stored before, or earlier in this unit
         self.stored = repo.stored_events(conn, event_ids) if event_ids else {}
         self._survivors: dict[str, str | None] = {}
@@ -361,6 +371,9 @@ class _Unit:
         if self._new_keys:
             self.repo.add_event_keys(self.conn, self._new_keys)
             self._new_keys = []
+        if self.examples and self._learn is not None:
+            self._learn(self.conn, self.examples)
+            self.examples = []
         for customer_id in self._dirty:
             _record_segments(self.repo, self.conn, self.profiles[customer_id][0])
         # every dirty profile has its row (``profile`` inserts a new one at once): one UPDATE for all
@@ -380,8 +393,11 @@ class Tracker:
         new_id: Callable[[], str] | None = None,
         cache: ProfileCache | None = None,
         changed: Callable[[list[str]], None] | None = None,
+        scores: ScoreModels | None = None,
     ) -> None:
         self._repository = repository
+        #: the predictive scores' models: predictions opened and labels learned as events come
+        self.scores = scores
         self._definition = definition
         self._clock = clock or SystemClock()
         self._new_id = new_id or (lambda: f"cus-{uuid.uuid4().hex[:20]}")
@@ -407,7 +423,7 @@ class Tracker:
         kept: DeadLettered | None = None
         try:
             with self._repository.write() as conn:
-                unit = _Unit(self._repository, conn, [prepared.event.event_id])
+                unit = _Unit(self._repository, conn, [prepared.event.event_id], self._learn)
                 try:
                     try:
                         result = self._take(unit, prepared, saved)
@@ -429,6 +445,10 @@ class Tracker:
             raise kept
         _tally(event.source, result)
         return result
+
+    def _learn(self, conn: Any, examples: list[Example]) -> None:
+        if self.scores is not None and examples:
+            self.scores.learn(conn, examples)
 
     def _after(self, started: int, saved: dict[str, tuple[Profile, tuple[str, ...]]], doubtful: list[str]) -> None:
         """After a write, whatever its end: the saved profiles into the cache, and their ids to
@@ -461,7 +481,7 @@ class Tracker:
             try:
                 with self._repository.write() as conn:
                     taken = [i for i in prepared if not isinstance(i, NbaError)]
-                    unit = _Unit(self._repository, conn, [i.event.event_id for i in taken])
+                    unit = _Unit(self._repository, conn, [i.event.event_id for i in taken], self._learn)
                     unit.prefetch(i.event.customer_id for i in taken if i.event.customer_id)
                     for item in prepared:
                         if isinstance(item, NbaError):
@@ -484,7 +504,7 @@ class Tracker:
                     one_saved: dict[str, tuple[Profile, tuple[str, ...]]] = {}
                     try:
                         with self._repository.write() as conn:
-                            unit = _Unit(self._repository, conn, [item.event.event_id])
+                            unit = _Unit(self._repository, conn, [item.event.event_id], self._learn)
                             try:
                                 results.append(self._take(unit, item, one_saved))
                             except DeadLettered as exc:
@@ -572,8 +592,11 @@ class Tracker:
                 if first not in unit.stored:
                     unit.stored.update(unit.repo.stored_events(unit.conn, [first]))
                 held = unit.stored.get(first)
-                if held is not None:  # (its event deleted by retention: this one is taken)
+                # only for the customer the first report went to: a key another customer's event
+                # holds says nothing of this one (and the answer must not name them)
+                if held is not None and self._same_customer(unit, item, unit.survivor(held[1]) or held[1]):
                     return _repeated(unit, held[1], first)
+                key = None  # taken as an event of its own; the key stays the first report's
 
         def candidate(customer_id: str) -> Candidate | None:
             created = unit.created_at(customer_id)
@@ -626,10 +649,13 @@ class Tracker:
                 "origin": event.customer_id or customer,
             }
         )
-        profile.apply(
-            TrackedEvent(event.event_id, customer, event.type, event.source, item.occurred.timestamp(), dict(event.properties))
+        tracked = TrackedEvent(
+            event.event_id, customer, event.type, event.source, item.occurred.timestamp(), dict(event.properties)
         )
+        profile.apply(tracked)
         profile.settle(at)
+        if self.scores is not None and definition.scores:
+            unit.examples.extend(profile.observe(tracked, at, self.scores.predict))
         unit.changed(customer)
         absorbed_ids = list(resolution.merged)
         for gone in resolution.merged:  # absorbed in this transaction: its saved profile is gone
@@ -637,6 +663,14 @@ class Tracker:
         absorbed_ids.extend(saved.pop(customer, (None, ()))[1])
         saved[customer] = (profile, tuple(dict.fromkeys(absorbed_ids)))
         return TrackResult(False, customer, resolution.merged, resolution.apart, profile.version)
+
+    @staticmethod
+    def _same_customer(unit: _Unit, item: _Prepared, customer: str) -> bool:
+        """Whether the event names ``customer``: by its id, or by an identifier they hold."""
+        named = item.event.customer_id
+        if named and (unit.survivor(named) or named) == customer:
+            return True
+        return any(customer in unit.holders(kind, value) for kind, value in item.identities.items())
 
     def unmerge(self, customer_id: str, by: str) -> UnmergeResult:
         """Undoes the merge that absorbed ``customer_id`` (``by``: who asked, recorded with it).
@@ -778,6 +812,7 @@ class Tracker:
                 ids = repo.due_profiles(conn, now, limit)
                 rows = repo.profile_rows(conn, ids)
                 changed: list[tuple[str, int, Mapping[str, Any]]] = []
+                examples: list[Example] = []
                 try:
                     for customer_id in ids:
                         created, version, state, _ = rows[customer_id]
@@ -792,6 +827,8 @@ class Tracker:
                                 profile.rebuild(events, now.timestamp())
                             else:
                                 profile.advance(now.timestamp())
+                            if self.scores is not None:
+                                examples.extend(profile.mature(now.timestamp(), self.scores.predict))
                             profile.plan()
                         except Exception:
                             log.exception("segments of a profile could not be evaluated", extra={"customer_id": customer_id})
@@ -800,6 +837,7 @@ class Tracker:
                         _record_segments(repo, conn, profile)
                         changed.append((customer_id, version, profile.dump()))
                         saved[customer_id] = (profile, ())
+                    self._learn(conn, examples)
                     repo.save_many(conn, changed, now)
                 except BaseException:
                     doubtful, saved = list(ids), {}
@@ -845,6 +883,9 @@ class Tracker:
             for letter, result in zip(letters, results, strict=True):
                 if isinstance(result, DeadLettered):
                     counts["refused"] += 1  # its row has the new reason
+                elif isinstance(result, AlreadyExists):  # the sender sent a fixed event under its id: superseded
+                    counts["duplicate"] += 1
+                    done.append(letter.event_id)
                 elif isinstance(result, NbaError):
                     counts["refused"] += 1
                     other.append((letter.event_id, result))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from nba.decision.decider import DecideInput, Decider
 from nba.errors import FailedPrecondition, InvalidArgument, NbaError, NotFound, field_of
 from nba.governance.erasure import Eraser
 from nba.inputs import timestamp
+from nba.profiles.profile import Profile
 from nba.profiles.tracking import Tracker, TrackInput, TrackResult
 from nba.records import DecisionRecord
 from nba.service.auth import current_caller, may
@@ -156,6 +158,7 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
                 )
                 for name, key, item, is_open in profile.items()
             ],
+            scores=self._scores(profile, view),
             segments=[ppb.SegmentMembership(name=name, since=_stamp(since)) for name, since in sorted(segments.items())],
         )
         if self._history is not None and wanted & {"timeline", "merged_ids", "decisions", "relationships"}:
@@ -188,6 +191,26 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
             version=result.version,
             survivor_version=result.survivor_version,
         )
+
+    def _scores(self, profile: Profile, values: Mapping[str, Any]) -> list[ppb.ScoreValue]:
+        models = self._tracker.scores
+        if models is None or not profile.definition.scores:
+            return []
+        pii = profile.definition.pii
+        now = models.predict_all({k: v for k, v in values.items() if k not in pii})
+        quality = models.quality()
+        return [
+            ppb.ScoreValue(
+                name=name,
+                value=value,
+                auc=quality[name]["auc"],
+                examples=quality[name]["examples"],
+                positives=quality[name]["positives"],
+                calibration_error=quality[name]["calibration_error"],
+                flagged=quality[name]["flagged"],
+            )
+            for name, value in now.items()
+        ]
 
     def ForgetCustomer(self, request: ppb.ForgetCustomerRequest, context: grpc.ServicerContext) -> ppb.ForgetCustomerResponse:
         if self._eraser is None:

@@ -43,6 +43,7 @@ from nba.learning.loop import LearningLoop, build_learner
 from nba.policy.policy_set import PolicySet
 from nba.profiles.backfill import Backfill
 from nba.profiles.cache import ProfileCache
+from nba.profiles.scores import ScoreModels
 from nba.profiles.segment_clock import SegmentClock
 from nba.profiles.segments import time_dependent
 from nba.profiles.tracking import Tracker
@@ -265,6 +266,7 @@ class Service:
             lambda: self.publisher.live.profile,
             settings.profile_cache_size,
             fresh_seconds=self._profile_fresh_seconds,
+            scorer=lambda values: self.scores.predict_all(values),
         )
         self.bus = (
             RedisBus(
@@ -299,8 +301,15 @@ class Service:
             contact_id=start_contact_id,
         )
         self.maintenance.log = self.log
+        #: the predictive scores' models, shared by every process through the database
+        self.scores = ScoreModels(self.store, lambda: self.publisher.live.profile)
         self.tracker = Tracker(
-            self.store, lambda: self.publisher.live.profile, self.clock, cache=self.profile_cache, changed=self._profiles_changed
+            self.store,
+            lambda: self.publisher.live.profile,
+            self.clock,
+            cache=self.profile_cache,
+            changed=self._profiles_changed,
+            scores=self.scores,
         )
         #: rebuilds stored profiles when the live set changes the profile definition
         self.backfill = Backfill(self.tracker, lambda: self.publisher.live.profile, self.store.count_built_under_other)
@@ -319,8 +328,9 @@ class Service:
             self.tracker,
             self.store.segment_sizes,
             lambda: [s.name for s in self.publisher.live.profile.segments],
-            lambda: bool(time_dependent(self.publisher.live.profile)[0]),
+            lambda: bool(time_dependent(self.publisher.live.profile)[0] or self.publisher.live.profile.scores),
             settings.segment_clock_seconds,
+            refresh=self._refresh_scores,
         )
         if self.bus is not None:
             self.bus.start(self.log.deliver, self._profiles_heard)
@@ -435,6 +445,15 @@ class Service:
         self.profile_cache.invalidate(ids)
         self.contacts.drop(ids)
         self.log.drop_customers(set(ids))
+
+    def _refresh_scores(self) -> None:
+        """What other processes learned, read; each score's quality into the metrics."""
+        self.scores.refresh()
+        for name, quality in self.scores.quality().items():
+            metrics.SCORE_AUC.labels(name).set(quality["auc"])
+            metrics.SCORE_EXAMPLES.labels(name).set(quality["examples"])
+            metrics.SCORE_CALIBRATION.labels(name).set(quality["calibration_error"])
+            metrics.SCORE_FLAGGED.labels(name).set(1 if quality["flagged"] else 0)
 
     def _flush_log(self) -> None:
         """Everything the decision log holds written (before a customer is forgotten in it)."""

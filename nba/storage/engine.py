@@ -68,7 +68,9 @@ def open_engine(url: str) -> Engine:
     parsed = make_url(url)
     # pre_ping: after a database restart, pooled connections are dead; each is tested when
     # taken from the pool and replaced, so the first call after recovery does not fail.
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    # hide_parameters: a database error logged names the statement, never the values bound to it
+    # (event properties and identifiers: personal data does not go to the logs)
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite:
         if parsed.database and parsed.database != ":memory:":

@@ -85,9 +85,18 @@ class Erasures(Profiles):
         records it; returns what was erased or pseudonymised, by table. ``identifiers``: more
         values that name them (an identifier nobody holds any more, still in dead letters)."""
         counts: dict[str, int] = {}
-        identifiers = set(identifiers) | set(
-            conn.execute(select(PROFILE_IDENTITIES.c.value).where(PROFILE_IDENTITIES.c.customer_id.in_(ids))).scalars()
-        )
+        i = PROFILE_IDENTITIES
+        held = [(kind, value) for kind, value in conn.execute(select(i.c.kind, i.c.value).where(i.c.customer_id.in_(ids)))]
+        # an identifier others hold too (a shared device) names them as much: it keeps their dead letters
+        shared = {
+            (kind, value)
+            for kind, value in held
+            if conn.execute(
+                select(i.c.customer_id).where(i.c.kind == kind, i.c.value == value, i.c.customer_id.not_in(ids)).limit(1)
+            ).first()
+        }
+        own = {pair for pair in held if pair not in shared}
+        identifiers = set(identifiers) | {value for _, value in held}
         for customer_id in ids:  # closed first: the hourly counts (segment sizes) stay right
             self.leave_segments(conn, customer_id, now)
         events = list(conn.execute(select(PROFILE_EVENTS.c.event_id).where(PROFILE_EVENTS.c.customer_id.in_(ids))).scalars())
@@ -108,10 +117,13 @@ class Erasures(Profiles):
         counts["profile_merges"] = _deleted(conn, m, or_(m.c.survivor.in_(ids), m.c.absorbed.in_(ids)))
         counts["profile_segments"] = _deleted(conn, PROFILE_SEGMENTS, PROFILE_SEGMENTS.c.customer_id.in_(ids))
         d = PROFILE_DEAD_LETTERS
+        extra = set(identifiers) - {value for _, value in held}  # an identifier nobody holds any more
         letters = [
             row.id
             for row in conn.execute(select(d.c.id, d.c.customer_id, d.c.identities))
-            if row.customer_id in ids or identifiers & {str(v) for v in dict(row.identities).values()}
+            if row.customer_id in ids
+            or own & {(str(k), str(v)) for k, v in dict(row.identities).items()}
+            or extra & {str(v) for v in dict(row.identities).values()}
         ]
         counts["profile_dead_letters"] = 0
         for start in range(0, len(letters), _CHUNK):

@@ -102,8 +102,11 @@ _CREATED = select(PROFILES.c.customer_id, PROFILES.c.created_at).where(
 
 
 def _due(state: Mapping[str, Any]) -> datetime | None:
-    due = state.get("segments_due")
-    return datetime.fromtimestamp(due, UTC) if due is not None else None
+    """When the profile next has work with no event: a segment's change, a prediction's horizon."""
+    dues = [float(p["due"]) for p in (state.get("predictions") or {}).values()]
+    if state.get("segments_due") is not None:
+        dues.append(float(state["segments_due"]))
+    return datetime.fromtimestamp(min(dues), UTC) if dues else None
 
 
 class Profiles(Repository):
@@ -425,9 +428,13 @@ class Profiles(Repository):
         return conn.execute(select(k.c.event_id).where(k.c.type == event_type, k.c.key == key)).scalar()
 
     def add_event_keys(self, conn: Any, rows: list[tuple[str, str, str]]) -> None:
-        """(type, key, event id) of events taken, each the first with its key."""
-        if rows:
-            conn.execute(PROFILE_EVENT_KEYS.insert(), [{"type": t, "key": k, "event_id": e} for t, k, e in rows])
+        """(type, key, event id) of events taken, each the first with its key now (a key whose
+        event is gone, by retention or erasure, is taken over)."""
+        k = PROFILE_EVENT_KEYS
+        for event_type, key, event_id in rows:
+            where = (k.c.type == event_type) & (k.c.key == key)
+            if not conn.execute(k.update().where(where).values(event_id=event_id)).rowcount:
+                conn.execute(k.insert().values(type=event_type, key=key, event_id=event_id))
 
     def postpone(self, conn: Any, customer_id: str, until: datetime) -> None:
         """Moves a profile's due time on (one that could not be evaluated: it must not block the rest)."""
@@ -515,9 +522,15 @@ class Profiles(Repository):
         deleted = 0
         while time.monotonic() - started < budget_seconds:
             with self.write() as conn:
-                rows = conn.execute(select(e.c.id, e.c.received_at).order_by(e.c.id).limit(batch)).all()
-                gone = [r.id for r in rows if utc(r.received_at) < received_before]
+                rows = conn.execute(select(e.c.id, e.c.event_id, e.c.received_at).order_by(e.c.id).limit(batch)).all()
+                old = [r for r in rows if utc(r.received_at) < received_before]
+                gone = [r.id for r in old]
                 if gone:
+                    # their near-duplicate keys go with them: a report of the same thing later is taken
+                    k = PROFILE_EVENT_KEYS
+                    event_ids = [r.event_id for r in old]
+                    for start in range(0, len(event_ids), _CHUNK):
+                        conn.execute(k.delete().where(k.c.event_id.in_(event_ids[start : start + _CHUNK])))
                     deleted += conn.execute(e.delete().where(e.c.id.in_(gone))).rowcount
             if len(gone) < batch:
                 break

@@ -12,6 +12,7 @@ with the same schema works (PostgreSQL is tested). The repositories:
     profiles     customer profiles, identifiers, touch-point events, merges, relationships, segments
     dead_letters touch-point events the profile definition refused, kept until applied
     erasure      customers forgotten everywhere (profiles and decisions), and the audit of it
+    scores       the predictive scores' models
 
 Keeping SQL off the request path is the decision log's work (``nba.storage.decision_log``).
 """
@@ -27,12 +28,13 @@ from nba.storage.decisions import Decisions
 from nba.storage.erasure import Erasures
 from nba.storage.feedback import Feedback
 from nba.storage.policy_sets import PolicySets
+from nba.storage.scores import ScoreModelRows
 from nba.storage.snapshots import Snapshots
 
 __all__ = ["Store"]
 
 
-class Store(PolicySets, Decisions, Feedback, Contacts, Snapshots, Erasures, DeadLetters):
+class Store(PolicySets, Decisions, Feedback, Contacts, Snapshots, Erasures, DeadLetters, ScoreModelRows):
     """Synchronous access to the decision log's tables. Outages raise ``DatabaseUnavailable``.
 
     ``windows``: the reward windows feedback is judged by (None: they never close, for tools

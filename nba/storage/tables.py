@@ -314,6 +314,20 @@ class SecretRow(SQLModel, table=True):
     value: str = Field(max_length=256)
 
 
+class ScoreModelRow(SQLModel, table=True):
+    """A predictive score's model and progressive quality (nba.profiles.scores), pickled."""
+
+    __tablename__ = "score_models"
+
+    name: str = Field(primary_key=True, max_length=64)
+    #: the score's definition the model was learned under
+    source: str = Field(max_length=1000)
+    #: moves on with every transaction that learns: processes read the model again then
+    version: int = Field(default=0)
+    state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
 class ProfileMergeRow(SQLModel, table=True):
     """Each merge of two customers, and its undoing (the pair is then kept apart)."""
 
@@ -352,4 +366,5 @@ PROFILE_DEAD_LETTERS = table(ProfileDeadLetterRow)
 PROFILE_EVENT_KEYS = table(ProfileEventKeyRow)
 ERASURES = table(ErasureRow)
 SECRETS = table(SecretRow)
+SCORE_MODELS = table(ScoreModelRow)
 SEGMENT_COUNTS = table(SegmentCountRow)

@@ -199,3 +199,26 @@ def test_dedupe_by_names_a_declared_property() -> None:
     _, problems = compile_profile(ProfileSection.model_validate(section), "profile.yaml")
     assert [p.field for p in problems] == ["profile.event_types.order.dedupe_by"]
     assert "'paid' is not a declared string or number property of 'order' (amount (number))" in str(problems[0])
+
+
+def test_a_key_is_one_customers_and_goes_with_its_event(start, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from datetime import datetime as dt
+
+    server: Running = start(policies=folder(tmp_path))
+    stub = ppb_grpc.ProfileServiceStub(server.channel)
+
+    def order(event_id: str, customer_id: str) -> ppb.TrackResponse:
+        return stub.Track(
+            ppb.TrackRequest(
+                event_id=event_id, type="order", customer_id=customer_id, properties=struct({"order_id": "K-1", "amount": 5})
+            )
+        )
+
+    assert not order("k-1", "c-1").duplicate
+    other = order("k-2", "c-2")  # another customer's order with the same number: theirs, and c-1 is not named
+    assert not other.duplicate and other.customer_id == "c-2" and not other.duplicate_of
+    assert order("k-3", "c-1").duplicate_of == "k-1"
+    # retention deletes the first report and its key: the same order reported again is taken
+    assert server.service.store.purge_events(dt.now(UTC) + timedelta(seconds=1)) == 2
+    again = order("k-4", "c-1")
+    assert not again.duplicate and order("k-5", "c-1").duplicate_of == "k-4"

@@ -319,7 +319,7 @@ def test_a_read_mask_answers_only_the_fields_asked_for(start, tmp_path: Path) ->
     assert empty == whole  # an empty mask is no mask
     with pytest.raises(grpc.RpcError) as caught:
         stub.GetProfile(
-            ppb.GetProfileRequest(customer_id="c-7", read_mask=field_mask_pb2.FieldMask(paths=["version", "scores"])),
+            ppb.GetProfileRequest(customer_id="c-7", read_mask=field_mask_pb2.FieldMask(paths=["version", "shoe_size"])),
             metadata=viewer,
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "read_mask.paths[1]" in caught.value.details()

@@ -169,6 +169,10 @@ def test_the_cli_forgets_by_identifier_and_names_what_to_fix(start, tmp_path: Pa
     assert "CUSTOMER_ID: name the customer, or give --identifier" in capsys.readouterr().err
     assert main(["profiles", "forget", "--identifier", "email", "--database-url", url]) != 0
     assert "is not KIND=VALUE" in capsys.readouterr().err
+    assert main(["profiles", "forget", "--identifier", "shoe=9", "--database-url", url]) == 2
+    assert "identifier_kind: 'shoe' is not an identifier kind" in capsys.readouterr().err
+    assert main(["profiles", "forget", "c-1", "--reason", "x" * 501, "--database-url", url]) == 2
+    assert "reason: longer than 500 characters" in capsys.readouterr().err
     assert main(["profiles", "segments", "--reason", "x", "--database-url", url]) != 0
     assert "--identifier and --reason go with: nba profiles forget" in capsys.readouterr().err
 
@@ -180,7 +184,7 @@ def test_bad_requests_name_the_field(server_with_profile) -> None:  # type: igno
         (ppb.ForgetCustomerRequest(identifier_kind="email"), "identifier_value: give identifier_kind and identifier_value"),
         (ppb.ForgetCustomerRequest(customer_id="a", identifier_kind="email", identifier_value="a@b.co"), "not both"),
         (ppb.ForgetCustomerRequest(customer_id="a\x00"), "control character"),
-        (ppb.ForgetCustomerRequest(identifier_kind="shoe_size", identifier_value="9"), "identifier_value"),
+        (ppb.ForgetCustomerRequest(identifier_kind="shoe_size", identifier_value="9"), "identifier_kind: 'shoe_size'"),
         (ppb.ForgetCustomerRequest(customer_id="a", reason="x" * 501), "reason: longer than 500"),
     ]
     for request, message in cases:

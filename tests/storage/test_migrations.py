@@ -168,6 +168,7 @@ def test_a_full_database_of_the_first_revision_upgrades_to_the_declared_schema_k
         "profile_event_keys": 0,  # 0010
         "erasures": 0,  # 0011
         "secrets": 0,
+        "score_models": 0,  # 0012
     }
     decision = store.find_decision("d-1")
     assert decision is not None and decision.features == FEATURES and decision.offers == OFFERS

@@ -1,0 +1,265 @@
+"""Predictive scores: the chance that a customer's event happens within a horizon, learned online
+from the profiles' own history, with its quality measured as it learns.
+
+A score is declared in the ``profile:`` section::
+
+    scores:
+      churn_risk: predicts account_closed within 90d
+      upsell: predicts order where properties.tier == "premium" within 30d
+
+**Labels, without leakage.** Each customer holds one open prediction per score
+(``Prediction``): made at a moment t (their latest event, or the end of their previous
+prediction's horizon), from the profile's non-personal values at t (``features``), with the
+score the model gave then. It matures **positive** when a predicted event happens strictly after
+t and within the horizon (an event dated at or before t is in the features, never in the label),
+**negative** when the horizon passes without one (the segment clock looks at it then). A new
+event before either replaces the open prediction with one made from the newer state: a label is
+always about what followed the moment it predicts from.
+
+**Learning and quality.** A matured prediction is first judged against the score it was given
+when made, in the score's progressive quality (river's ``ROCAUC`` and ``LogLoss``, and the
+expected calibration error over ten bins, which river does not have), then learned (river:
+standardised features, logistic regression). Quality counts only matured labels. A score whose
+AUC is below its ``min_auc`` (or which has seen fewer than ``MIN_EXAMPLES`` labels of each
+kind) is **flagged**: GetProfile, ``nba profiles scores`` and ``nba_score_flagged`` say so, so a
+marketer can tell whether it is worth a rule.
+
+**One model for every process.** The models live in the database (``score_models``: pickled
+river objects, written only by nba, like the learner's snapshots); each write transaction that
+matures labels reads the newest, learns, and writes it back, so workers and replicas learn one
+model together; each process predicts from its copy, read again when the stored version moves.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import cel
+from river import linear_model, metrics, optim, preprocessing
+
+from nba.policy.profile import ProfileDefinition, Score
+
+__all__ = ["MIN_EXAMPLES", "Example", "Prediction", "ScoreModel", "ScoreModels", "features", "is_target"]
+
+#: labels of each kind a score needs before its quality says anything
+MIN_EXAMPLES = 20
+#: calibration bins (equal width over [0, 1])
+BINS = 10
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """An open prediction: made at ``at`` (epoch seconds) from ``x``, given ``p``; matures by ``due``."""
+
+    at: float
+    due: float
+    p: float
+    x: Mapping[str, float] = field(default_factory=dict)
+
+    def dump(self) -> dict[str, Any]:
+        return {"at": self.at, "due": self.due, "p": self.p, "x": dict(self.x)}
+
+    @classmethod
+    def load(cls, data: Mapping[str, Any]) -> Prediction:
+        return cls(float(data["at"]), float(data["due"]), float(data["p"]), {str(k): float(v) for k, v in data["x"].items()})
+
+
+@dataclass(frozen=True)
+class Example:
+    """A matured label: the score's name, the features and score it was made with, the outcome."""
+
+    score: str
+    x: Mapping[str, float]
+    p: float
+    y: bool
+
+
+def features(values: Mapping[str, Any]) -> dict[str, float]:
+    """The model's input from a profile's values: numbers as they are, booleans 0/1, text one-hot
+    (``tier=gold``), lists one-hot by item; nothing for an absent value.
+
+    >>> features({"spend": 12.5, "vip": True, "tier": "gold", "channels": ["web", "app"], "mood": None})
+    {'spend': 12.5, 'vip': 1.0, 'tier=gold': 1.0, 'channels=web': 1.0, 'channels=app': 1.0}
+    """
+    out: dict[str, float] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[name] = 1.0 if value else 0.0
+        elif isinstance(value, int | float):
+            if math.isfinite(value):
+                out[name] = float(value)
+        elif isinstance(value, str):
+            out[f"{name}={value[:64]}"] = 1.0
+        elif isinstance(value, list | tuple):
+            for item in value:
+                if isinstance(item, str | int | float) and not isinstance(item, bool):
+                    out[f"{name}={str(item)[:64]}"] = 1.0
+    return out
+
+
+def is_target(score: Score, event_type: str, source: str, properties: Mapping[str, Any]) -> bool:
+    """Whether an event is one the score predicts (its type, and its ``where``)."""
+    if event_type != score.event:
+        return False
+    if score.where is None:
+        return True
+    props = dict(properties)
+    context = cel.Context(
+        {
+            "event": {"type": event_type, "source": source, "properties": props},
+            "properties": props,
+            "source": source,
+            "type": event_type,
+        }
+    )
+    return score.where.evaluate(context)[0]
+
+
+class ScoreModel:
+    """One score's model and progressive quality."""
+
+    def __init__(self, score: Score) -> None:
+        self.score = score
+        self.model = preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.05))
+        self.auc = metrics.ROCAUC(n_thresholds=100)
+        self.log_loss = metrics.LogLoss()
+        #: per bin: predictions, their sum, positives
+        self.bins = [[0, 0.0, 0] for _ in range(BINS)]
+        self.positives = 0
+        self.negatives = 0
+
+    def predict(self, x: Mapping[str, float]) -> float:
+        return float(self.model.predict_proba_one(dict(x)).get(True, 0.5))
+
+    def learn(self, example: Example) -> None:
+        """Judged against its score as it was when made, then learned."""
+        p = min(max(example.p, 1e-6), 1 - 1e-6)
+        self.auc.update(example.y, {True: p, False: 1 - p})
+        self.log_loss.update(example.y, {True: p, False: 1 - p})
+        held = self.bins[min(int(p * BINS), BINS - 1)]
+        held[0] += 1
+        held[1] += p
+        held[2] += int(example.y)
+        if example.y:
+            self.positives += 1
+        else:
+            self.negatives += 1
+        self.model.learn_one(dict(example.x), example.y)
+
+    def quality(self) -> dict[str, Any]:
+        """examples, positives, auc, log_loss, calibration_error (expected, over the bins) and
+        flagged (too few labels of either kind, or an AUC below the score's min_auc)."""
+        examples = self.positives + self.negatives
+        calibration = sum(abs(total - hits) for _, total, hits in self.bins) / examples if examples else 0.0
+        enough = min(self.positives, self.negatives) >= MIN_EXAMPLES
+        auc = float(self.auc.get()) if self.positives and self.negatives else 0.5
+        return {
+            "examples": examples,
+            "positives": self.positives,
+            "auc": auc,
+            "log_loss": float(self.log_loss.get()) if examples else 0.0,
+            "calibration_error": calibration,
+            "flagged": not enough or auc < self.score.min_auc,
+        }
+
+
+class ScoreStore(Protocol):
+    """What the models need of storage (``nba.storage.scores.ScoreModelRows``)."""
+
+    def score_models(self, conn: Any, names: list[str]) -> dict[str, tuple[str, int, bytes]]: ...
+
+    def score_model_versions(self, conn: Any) -> dict[str, tuple[str, int]]: ...
+
+    def save_score_model(self, conn: Any, name: str, source: str, version: int, state: bytes) -> None: ...
+
+    def read(self) -> Any: ...
+
+
+class ScoreModels:
+    """Every score of the live definition, shared through the database: ``predict`` from this
+    process's copies; ``learn`` inside a write transaction; ``refresh`` reads what other
+    processes learned."""
+
+    def __init__(self, store: ScoreStore, definition: Callable[[], ProfileDefinition]) -> None:
+        self._store = store
+        self._definition = definition
+        self._lock = threading.Lock()
+        #: name -> (source, version, model): copies are replaced, never changed, so readers need no lock
+        self._models: dict[str, tuple[str, int, ScoreModel]] = {}
+
+    def model(self, score: Score) -> ScoreModel:
+        held = self._models.get(score.name)
+        if held is None or held[0] != score.source:
+            fresh = ScoreModel(score)
+            with self._lock:
+                held = self._models.get(score.name)
+                if held is None or held[0] != score.source:
+                    self._models[score.name] = held = (score.source, 0, fresh)
+        return held[2]
+
+    def predict(self, name: str, x: Mapping[str, float]) -> float:
+        score = next((s for s in self._definition().scores if s.name == name), None)
+        return self.model(score).predict(x) if score is not None else 0.5
+
+    def predict_all(self, values: Mapping[str, Any]) -> dict[str, float]:
+        """Every score for a profile's (non-personal) values now: what rules read as profile.scores."""
+        scores = self._definition().scores
+        if not scores:
+            return {}
+        x = features(values)
+        return {s.name: self.model(s).predict(x) for s in scores}
+
+    def _version(self, name: str) -> int:
+        held = self._models.get(name)
+        return held[1] if held is not None else 0
+
+    def quality(self) -> dict[str, dict[str, Any]]:
+        return {s.name: self.model(s).quality() for s in self._definition().scores}
+
+    def learn(self, conn: Any, examples: list[Example]) -> None:
+        """Learns matured labels into the newest stored models (inside the caller's write transaction)."""
+        if not examples:
+            return
+        scores = {s.name: s for s in self._definition().scores}
+        names = sorted({e.score for e in examples} & set(scores))
+        stored = self._store.score_models(conn, names)
+        for name in names:
+            score = scores[name]
+            row = stored.get(name)
+            model = pickle.loads(row[2]) if row is not None and row[0] == score.source else ScoreModel(score)
+            model.score = score
+            for example in examples:
+                if example.score == name:
+                    model.learn(example)
+            version = (row[1] if row is not None else 0) + 1
+            self._store.save_score_model(conn, name, score.source, version, pickle.dumps(model))
+            with self._lock:
+                self._models[name] = (score.source, version, model)
+
+    def refresh(self) -> None:
+        """Reads the models other processes moved on since this one's copies."""
+        scores = {s.name: s for s in self._definition().scores}
+        if not scores:
+            return
+        with self._store.read() as conn:
+            versions = self._store.score_model_versions(conn)
+            newer = [
+                name
+                for name, (source, version) in versions.items()
+                if name in scores and source == scores[name].source and version > self._version(name)
+            ]
+            stored = self._store.score_models(conn, newer) if newer else {}
+        for name, (source, version, state) in stored.items():
+            held = self._models.get(name)
+            if source == scores[name].source and (held is None or held[1] < version):
+                model = pickle.loads(state)
+                model.score = scores[name]
+                with self._lock:
+                    self._models[name] = (source, version, model)

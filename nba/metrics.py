@@ -59,6 +59,12 @@ PROFILE_EVENTS = Counter(
     "dead_letter (refused by the profile definition, kept), refused (malformed or conflicting, not kept)",
     ["source", "outcome"],
 )
+ATTRIBUTE_COMPLETENESS = Gauge(
+    "nba_profile_attribute_completeness",
+    "Share of customers (0 to 1) whose profile holds a value of each attribute, counted every 10 minutes",
+    ["attribute"],
+    multiprocess_mode="livemostrecent",
+)
 SCORE_AUC = Gauge(
     "nba_score_auc", "Each predictive score's progressive ROC AUC over its matured labels", ["score"], multiprocess_mode="livemax"
 )

@@ -10,7 +10,8 @@ its exact moment, however late the clock gets to it. Reads between passes alread
 change (``Profile.current_segments``); the clock makes it count in exports, sizes and metrics.
 
 Every replica and worker runs one: a profile another one did is no longer due. It also
-refreshes ``nba_segment_members`` from the database every ``SIZES_SECONDS``.
+refreshes ``nba_segment_members`` from the database every ``SIZES_SECONDS``, and the attributes'
+completeness every ``QUALITY_SECONDS``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ log = logging.getLogger("nba.profiles")
 BATCH = 200
 #: how often segment sizes are counted for the metrics
 SIZES_SECONDS = 15.0
+#: how often the profiles' data quality (attribute completeness) is measured: a pass over them all
+QUALITY_SECONDS = 600.0
 #: a database that is down is tried again after this long
 RETRY_SECONDS = 5.0
 #: a pass that failed for another reason than an outage waits this long
@@ -53,8 +56,11 @@ class SegmentClock:
         interval: float = 1.0,
         batch: int = BATCH,
         refresh: Callable[[], None] = lambda: None,
+        quality: Callable[[], None] = lambda: None,
     ) -> None:
         self._refresh = refresh
+        self._quality = quality
+        self._measured = -QUALITY_SECONDS
         self._tracker = tracker
         self._sizes = sizes
         self._names = names
@@ -93,6 +99,9 @@ class SegmentClock:
         if time.monotonic() - self._counted >= SIZES_SECONDS:
             self._counted = time.monotonic()
             self.count()
+        if time.monotonic() - self._measured >= QUALITY_SECONDS:
+            self._measured = time.monotonic()
+            self._quality()
         return done
 
     def count(self) -> None:

@@ -331,6 +331,7 @@ class Service:
             lambda: bool(time_dependent(self.publisher.live.profile)[0] or self.publisher.live.profile.scores),
             settings.segment_clock_seconds,
             refresh=self._refresh_scores,
+            quality=self._measure_quality,
         )
         if self.bus is not None:
             self.bus.start(self.log.deliver, self._profiles_heard)
@@ -445,6 +446,15 @@ class Service:
         self.profile_cache.invalidate(ids)
         self.contacts.drop(ids)
         self.log.drop_customers(set(ids))
+
+    def _measure_quality(self) -> None:
+        """Each declared attribute's completeness into the metrics (one pass over the profiles)."""
+        attributes = list(self.publisher.live.profile.attributes)
+        if not attributes:
+            return
+        customers, held = self.store.completeness(attributes)
+        for name, count in held.items():
+            metrics.ATTRIBUTE_COMPLETENESS.labels(name).set(count / customers if customers else 0.0)
 
     def _refresh_scores(self) -> None:
         """What other processes learned, read; each score's quality into the metrics."""

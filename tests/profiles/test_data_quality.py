@@ -114,6 +114,8 @@ def test_a_refused_event_is_kept_and_applied_once_the_definition_accepts_it(star
     assert "2 customers" in quality  # c-1 (signup) and c-2 (order o-2)
     assert "tier" in quality and "50.0%" in quality
     assert "app / survey / type" in quality and "email / survey / type" in quality
+    server.service._measure_quality()  # what the segment clock does every 10 minutes
+    assert REGISTRY.get_sample_value("nba_profile_attribute_completeness", {"attribute": "tier"}) == 0.5
 
     # replayed under the same definition: still refused, kept
     assert main(["profiles", "dead-letters", "--replay", "--database-url", url]) != 0

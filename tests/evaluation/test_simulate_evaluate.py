@@ -76,11 +76,14 @@ def test_evaluate_ranks_policies_by_their_true_value_on_a_simulated_log(start, t
     server.service.log.flush()
 
     estimates_path = tmp_path / "estimates.json"
+    # As in the README's walkthrough, `nba evaluate` right after `nba simulate` without
+    # --include-open: every reward window is still open, so it evaluates them all with a note
+    # rather than finding "no logged decisions" (with every window open, --include-open would
+    # evaluate the same decisions; it is exercised in test_cli).
     evaluated = nba(
         "evaluate",
         "--database-url",
         server.service.settings.database_url,
-        "--include-open",
         "--truth",
         str(out / "truth.json"),
         "--policy",
@@ -101,6 +104,8 @@ def test_evaluate_ranks_policies_by_their_true_value_on_a_simulated_log(start, t
         str(tmp_path / "report.html"),
     )
     assert evaluated.returncode == 0, evaluated.stderr
+    assert "no decision's reward windows have closed yet: evaluating all 3000" in evaluated.stderr
+    assert "3000 decisions from" in evaluated.stdout
     assert "truth" in evaluated.stdout
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 2
 
@@ -125,15 +130,21 @@ def test_evaluate_ranks_policies_by_their_true_value_on_a_simulated_log(start, t
     # policy without that warning covers its true value. Uniform random and half-random are at
     # the edge of support here (a logging policy that learns fast explores little): whether
     # they are warned depends on the log, so only the logged policy (every weight 1) is
-    # required to be unwarned. (Coverage rates are pinned over many synthetic logs in
-    # test_evaluation; DM's interval, with the reward model refit, in test_reward_model.)
+    # required to be unwarned, and to be covered. Of the two at the edge, at most one may miss:
+    # two 95% intervals over one fixed log miss once about one log in ten, so requiring both
+    # would pin a coin flip to this log (any change to the sample set reshuffles it), while a
+    # biased estimator misses both, or the logged policy's. (Coverage rates are pinned over many
+    # synthetic logs in test_evaluation; DM's interval, with the reward model refit, in
+    # test_reward_model.)
+    missed = []
     for policy in ("uniform", "half-random", "logged"):
         e = estimate(policy, "dr")
         warned = any("effective sample size" in w for w in e["warnings"])
         assert warned == (e["ess"] < 0.1 * e["n"]), e
         assert policy != "logged" or not warned, e
-        if not warned:
-            assert e["low"] <= e["truth"] <= e["high"], e
+        if not warned and not e["low"] <= e["truth"] <= e["high"]:
+            missed.append(e)
+    assert all(e["policy"] != "logged" for e in missed) and len(missed) <= 1, missed
     # The popular offer is a deterministic policy the log rarely followed: it is flagged with its
     # effective sample size, on every estimator's row, instead of being trusted blindly.
     popular = estimate("popular", "dr")
@@ -141,23 +152,3 @@ def test_evaluate_ranks_policies_by_their_true_value_on_a_simulated_log(start, t
     expected = f"effective sample size {popular['ess']:.0f} of {popular['n']}"
     assert all(any(w.startswith(expected) for w in e["warnings"]) for e in estimates if e["policy"] == "popular")
     assert f"warning: popular: {expected}" in evaluated.stdout
-
-    # The README's walkthrough: `nba evaluate` right after `nba simulate`, every reward window
-    # still open, evaluates them with a note rather than finding "no logged decisions".
-    report = tmp_path / "walkthrough.html"
-    walkthrough = nba(
-        "evaluate",
-        "--database-url",
-        server.service.settings.database_url,
-        "--policy",
-        "logged",
-        "--bootstrap",
-        "20",
-        "--truth",
-        str(out / "truth.json"),
-        "--html",
-        str(report),
-    )
-    assert walkthrough.returncode == 0, walkthrough.stderr
-    assert "no decision's reward windows have closed yet: evaluating all 3000" in walkthrough.stderr
-    assert "3000 decisions from" in walkthrough.stdout

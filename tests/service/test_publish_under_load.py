@@ -22,6 +22,10 @@ def files(extra: str = "") -> dict[str, str]:
 
 
 @pytest.mark.slow
+# One engine: the live version a decision names is the service's memory, whatever the store;
+# publishing and rolling back on each engine under Decide load, with no call failing, is
+# test_publish_races's (two replicas racing on one database).
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_publish_and_rollback_under_load_fail_no_call(start, tmp_path: Path) -> None:
     server: Running = start()
     stop = threading.Event()
@@ -70,9 +74,9 @@ def run_publishes(
     ]
     invalid = files("offers:\n  - {id: promo-c, name: Promo C, channels: [fax]}\n")
     refused = 0
-    # 18 rounds: three refusals, rollbacks and publishes of each draft, each round a sandboxed
+    # 12 rounds: two refusals, two rollbacks and publishes of each draft, each round a sandboxed
     # validation (about a second): the suite's budget, not the property, sets the number
-    for round_ in range(18):
+    for round_ in range(12):
         began = time.monotonic()
         if round_ % 6 == 5:
             live_before = server.service.policy_set.version
@@ -98,7 +102,7 @@ def run_publishes(
         t.join()
 
     assert failures == []
-    assert refused == 3
+    assert refused == 2
     assert len(decisions) > 300
     assert len({label for _, _, label in timeline}) >= 3
     # Version k was live from when its publish began until the next publish ended.

@@ -37,14 +37,17 @@ def start_replicas(tmp_path: Path, url: str, n: int = 3, **env: str) -> list[Pro
     return started
 
 
-@pytest.fixture(params=["database", "redis"])
-def replicas(request: pytest.FixtureRequest, tmp_path: Path):
+@pytest.fixture(scope="module", params=["database", "redis"])
+def replicas(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Three replicas on a bus, shared by this module's tests on that bus (three processes take
+    seconds to start): the tests use customers of their own, and the first to run on them,
+    test_replicas_learn_every_event_once_and_rank_alike, finds them fresh."""
     with ExitStack() as stack:
         url = stack.enter_context(postgres_schema())
         env = {"NBA_BUS": "database"}
         if request.param == "redis":
             env = {"NBA_BUS": REDIS, "NBA_BUS_STREAM": stack.enter_context(redis_stream())}
-        started = start_replicas(tmp_path, url, **env)
+        started = start_replicas(tmp_path_factory.mktemp(f"replicas-{request.param}"), url, **env)
         try:
             yield started
         finally:

@@ -140,6 +140,8 @@ def scrape(port: int) -> dict[str, float]:
 
 
 @pytest.mark.slow
+# The workers add their metrics up in files of their own, whatever the store: one engine
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_one_metrics_port_adds_up_every_worker(two_workers) -> None:
     process, workers = two_workers
     (_, a), (_, b) = workers["0"], workers["1"]

@@ -78,8 +78,18 @@ MAY_IMPORT = {
     "nba.decision": {"nba.policy", "nba.learning"},
     "nba.storage": set(),
     "nba.profiles": {"nba.policy"},
+    "nba.governance": {"nba.policy", "nba.profiles"},
     "nba.evaluation": {"nba.policy", "nba.learning", "nba.decision", "nba.profiles"},
-    "nba.service": {"nba.policy", "nba.learning", "nba.decision", "nba.storage", "nba.evaluation", "nba.profiles", "nba.v1"},
+    "nba.service": {
+        "nba.policy",
+        "nba.learning",
+        "nba.decision",
+        "nba.storage",
+        "nba.evaluation",
+        "nba.profiles",
+        "nba.governance",
+        "nba.v1",
+    },
     "nba.simulation": {"nba.evaluation"},
     "nba.cli": {
         "nba.policy",
@@ -90,6 +100,7 @@ MAY_IMPORT = {
         "nba.service",
         "nba.simulation",
         "nba.profiles",
+        "nba.governance",
     },
 }
 #: the parts that speak gRPC (the service shell, and the simulator and the CLI as its clients)

@@ -29,6 +29,7 @@ from nba.cli.common import EXIT_FAILED, CliError, _database_errors, _readable_fi
 if TYPE_CHECKING:  # imported when run, not with the module: `nba --help` stays quick
     from nba.config import Settings
     from nba.policy.profile import ProfileDefinition
+    from nba.profiles.scores import ScoreModels
     from nba.storage.store import Store
 
 #: refusals printed in full (the rest are counted)
@@ -79,7 +80,7 @@ def _profiles(args: argparse.Namespace) -> int:
                 else None
             )
             changed: list[str] = []
-            tracker = Tracker(store, lambda: definition, changed=changed.extend)
+            tracker = Tracker(store, lambda: definition, changed=changed.extend, scores=_scores_of(store, definition))
             counts = {"imported": 0, "duplicate": 0, "refused": 0}
             refusals: list[str] = []
             progress = sys.stderr.isatty()
@@ -129,7 +130,8 @@ def _backfill(args: argparse.Namespace) -> int:
                 if progress:
                     print(f"\r{p.done:,} of {p.total:,} profiles rebuilt", end="", file=sys.stderr, flush=True)
 
-            done = Backfill(Tracker(store, lambda: definition), lambda: definition, store.count_built_under_other).run(report)
+            tracker = Tracker(store, lambda: definition, scores=_scores_of(store, definition))
+            done = Backfill(tracker, lambda: definition, store.count_built_under_other).run(report)
         finally:
             engine.dispose()
     if progress and done.total:
@@ -161,7 +163,7 @@ def _segments(args: argparse.Namespace) -> int:
                 raise CliError("nba profiles segments takes no NAME or option; for one segment: nba profiles segment NAME")
             # what time alone changed since the last events (the service's segment clock does it
             # every second; with no service running, nobody has)
-            tracker = Tracker(store, lambda: definition)
+            tracker = Tracker(store, lambda: definition, scores=_scores_of(store, definition))
             while len(tracker.sweep_segments(500)) == 500:
                 pass
             if args.action == "segments":
@@ -295,7 +297,8 @@ def _dead_letters(args: argparse.Namespace) -> int:
                     if progress:
                         print(f"\r{_replayed(counts)}", end="", file=sys.stderr, flush=True)
 
-                counts = Tracker(store, lambda: definition).replay_dead_letters(args.event_type, report=report)
+                tracker = Tracker(store, lambda: definition, scores=_scores_of(store, definition))
+                counts = tracker.replay_dead_letters(args.event_type, report=report)
                 if progress:
                     print(file=sys.stderr)
                 print(_replayed(counts))
@@ -389,6 +392,17 @@ def _scores(args: argparse.Namespace) -> int:
         )
         print(f"  {score.source}" + (f"  ({score.owner}: {score.description})" if score.owner or score.description else ""))
     return 0
+
+
+def _scores_of(store: Store, definition: ProfileDefinition) -> ScoreModels:
+    """The predictive scores' models as every process has learned them: a tool that tracks
+    events (an import, a replay) or matures labels (the segment clock's work) learns into them
+    as the service would."""
+    from nba.profiles.scores import ScoreModels
+
+    models = ScoreModels(store, lambda: definition)
+    models.refresh()
+    return models
 
 
 def _live_definition(store: Store, settings: Settings) -> ProfileDefinition:

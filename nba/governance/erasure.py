@@ -18,20 +18,48 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
 
 from nba.clock import Clock, SystemClock
 from nba.errors import FailedPrecondition, InvalidArgument
 from nba.inputs import check_id, check_text
 from nba.policy.profile import ProfileDefinition
 from nba.profiles.identity import IdentityRules
-from nba.storage.erasure import Erasures
 
 __all__ = ["FORGOTTEN", "Eraser", "ErasureResult", "Pseudonyms"]
 
 #: marks a forgotten customer's id among the profile ids on the bus (ids hold no control character)
 FORGOTTEN = "\x1fforgotten\x1f"
+
+
+class ErasureStore(Protocol):
+    """What forgetting needs of storage (``nba.storage.erasure.Erasures``, the ``Store``)."""
+
+    def read(self) -> AbstractContextManager[Any]: ...
+
+    def write(self) -> AbstractContextManager[Any]: ...
+
+    def holders(self, conn: Any, kind: str, value: str) -> list[str]: ...
+
+    def customer_ids(self, conn: Any, customer_id: str) -> list[str]: ...
+
+    def forgotten(self, conn: Any, pseudonym: str) -> bool: ...
+
+    def erase_customer(
+        self,
+        conn: Any,
+        ids: list[str],
+        pseudonym: str,
+        pseudonymise: Callable[[str], str],
+        now: datetime,
+        requested_by: str,
+        reason: str = "",
+        identifiers: Iterable[str] = (),
+    ) -> dict[str, int]: ...
 
 
 class Pseudonyms:
@@ -74,7 +102,7 @@ class Eraser:
 
     def __init__(
         self,
-        store: Erasures,
+        store: ErasureStore,
         definition: Callable[[], ProfileDefinition],
         pseudonyms: Callable[[], Pseudonyms],
         flush: Callable[[], None] = lambda: None,

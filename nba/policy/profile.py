@@ -341,7 +341,6 @@ class ProfileDefinition:
         parts += [f"c {c.name} {c.source}" for c in self.computed]
         parts += [f"x {a.name} {a.source}" for a in self.activities]
         parts += [f"s {name} {when}" for name, when in self.segment_sources.items()]
-        parts += [f"p {score.name} {score.source}" for score in self.scores]
         return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()[:16]
 
     @cached_property

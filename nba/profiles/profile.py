@@ -161,12 +161,15 @@ class Profile:
         self.segment_changes: list[SegmentChange] = []
         #: score -> the open prediction (``nba.profiles.scores``)
         self.predictions: dict[str, Prediction] = {}
+        #: the newest event time applied (epoch seconds; None: none, or stored before it was kept)
+        self.newest: float | None = None
 
     def apply(self, event: TrackedEvent) -> None:
         """Takes an (accepted, first-seen) event into the profile (its segments are evaluated
         by ``settle``)."""
         self.version += 1
         self._due_known = False
+        self.newest = event.occurred_at if self.newest is None else max(self.newest, event.occurred_at)
         order = (event.occurred_at, event.event_id)
         for name, (event_type, prop, keep, _pii) in self.definition.attributes.items():
             if event_type != event.type:
@@ -383,28 +386,29 @@ class Profile:
     # Scores (nba.profiles.scores): an event may mature an open prediction positive, and opens a
     # new one; the clock matures those whose horizon passed negative.
 
-    def observe(self, event: TrackedEvent, at: float, predict: Callable[[str, Mapping[str, float]], float]) -> list[Example]:
-        """After ``event`` is applied (and segments settled at ``at``): the label it matures (a
-        predicted event strictly after an open prediction's moment, within its horizon; one
-        dated at or before it answers nothing), and, for an event that is not the predicted one,
-        each score's prediction made anew at ``at`` from the profile as it is now."""
+    def observe(self, event: TrackedEvent, predict: Callable[[str, Mapping[str, float]], float]) -> list[Example]:
+        """After ``event`` is applied: the label it matures (a predicted event strictly after an
+        open prediction's moment, within its horizon; one dated at or before it answers
+        nothing), and, for a score with no open prediction and an event that is not the
+        predicted one, a prediction made now. Its moment is the newest event the profile holds
+        (by event time, whatever the arrival order), so its features hold nothing from after it."""
         scores = self.definition.scores
         if not scores:
             return []
         matured: list[Example] = []
         x: dict[str, float] | None = None
+        moment = self.newest if self.newest is not None else event.occurred_at
         for score in scores:
             held = self.predictions.get(score.name)
             if is_target(score, event.type, event.source, event.properties):
-                # the predicted event: it answers an open prediction made before it; the next
-                # prediction waits for another event (a closed account is not predicted again)
                 if held is not None and held.at < event.occurred_at <= held.due:
                     matured.append(Example(score.name, held.x, held.p, True))
-                    self.predictions.pop(score.name)
+                    self.predictions.pop(score.name)  # the next is made at the next event
                 continue
-            if x is None:
-                x = features(self.values(at, include_pii=False))
-            self.predictions[score.name] = Prediction(at, at + score.horizon, predict(score.name, x), x)
+            if held is None:  # an open prediction stays open until it matures: no event replaces it
+                if x is None:
+                    x = features(self.values(moment, include_pii=False))
+                self.predictions[score.name] = Prediction(moment, moment + score.horizon, predict(score.name, x), x)
         self._due_known = False
         return matured
 
@@ -445,6 +449,7 @@ class Profile:
             "segments": self.segments,
             "segments_at": self.segments_at,
             "segment_definitions": self.definition.segment_sources,
+            "newest": self.newest,
             "predictions": {
                 name: {**p.dump(), "source": _score_source(self.definition, name)} for name, p in self.predictions.items()
             },
@@ -492,6 +497,8 @@ class Profile:
         profile.segments_due = float(due) if due is not None else None
         profile._due_known = "segments_due" in data or at is None
         kept_segments = data.get("segment_definitions") or {}
+        newest = data.get("newest")
+        profile.newest = float(newest) if newest is not None else None
         for name, held_prediction in (data.get("predictions") or {}).items():
             # a prediction made for another definition of its score is not one of this score's
             if held_prediction.get("source") == _score_source(definition, name):

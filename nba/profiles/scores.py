@@ -32,6 +32,7 @@ model together; each process predicts from its copy, read again when the stored 
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import threading
@@ -43,6 +44,8 @@ import cel
 from river import linear_model, metrics, optim, preprocessing
 
 from nba.policy.profile import ProfileDefinition, Score
+
+log = logging.getLogger("nba.profiles")
 
 __all__ = ["MIN_EXAMPLES", "Example", "Prediction", "ScoreModel", "ScoreModels", "features", "is_target"]
 
@@ -126,7 +129,7 @@ class ScoreModel:
     """One score's model and progressive quality."""
 
     def __init__(self, score: Score) -> None:
-        self.score = score
+        self.score: Score | None = score
         self.model = preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.05))
         self.auc = metrics.ROCAUC(n_thresholds=100)
         self.log_loss = metrics.LogLoss()
@@ -136,11 +139,26 @@ class ScoreModel:
         self.negatives = 0
 
     def predict(self, x: Mapping[str, float]) -> float:
-        return float(self.model.predict_proba_one(dict(x)).get(True, 0.5))
+        """The chance now; 0.5 when the model cannot say (nothing learned, or a fault in it)."""
+        try:
+            p = float(self.model.predict_proba_one(dict(x)).get(True, 0.5))
+        except Exception:  # a decision must not fail on a score: the fault is logged, once a call
+            log.exception("a score could not be computed", extra={"score": self.score.name if self.score else ""})
+            return 0.5
+        return p if math.isfinite(p) else 0.5
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the score's definition holds compiled CEL (not picklable), and is the live set's to give
+        state = dict(self.__dict__)
+        state["score"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def learn(self, example: Example) -> None:
         """Judged against its score as it was when made, then learned."""
-        p = min(max(example.p, 1e-6), 1 - 1e-6)
+        p = min(max(example.p, 1e-6), 1 - 1e-6) if math.isfinite(example.p) else 0.5
         self.auc.update(example.y, {True: p, False: 1 - p})
         self.log_loss.update(example.y, {True: p, False: 1 - p})
         held = self.bins[min(int(p * BINS), BINS - 1)]
@@ -156,6 +174,7 @@ class ScoreModel:
     def quality(self) -> dict[str, Any]:
         """examples, positives, auc, log_loss, calibration_error (expected, over the bins) and
         flagged (too few labels of either kind, or an AUC below the score's min_auc)."""
+        min_auc = self.score.min_auc if self.score is not None else 0.6
         examples = self.positives + self.negatives
         calibration = sum(abs(total - hits) for _, total, hits in self.bins) / examples if examples else 0.0
         enough = min(self.positives, self.negatives) >= MIN_EXAMPLES
@@ -166,7 +185,7 @@ class ScoreModel:
             "auc": auc,
             "log_loss": float(self.log_loss.get()) if examples else 0.0,
             "calibration_error": calibration,
-            "flagged": not enough or auc < self.score.min_auc,
+            "flagged": not enough or auc < min_auc,
         }
 
 
@@ -214,7 +233,7 @@ class ScoreModels:
         if not scores:
             return {}
         x = features(values)
-        return {s.name: self.model(s).predict(x) for s in scores}
+        return {s.name: self.model(s).predict(x) for s in scores}  # (predict never raises)
 
     def _version(self, name: str) -> int:
         held = self._models.get(name)
@@ -253,7 +272,7 @@ class ScoreModels:
             newer = [
                 name
                 for name, (source, version) in versions.items()
-                if name in scores and source == scores[name].source and version > self._version(name)
+                if name in scores and source == scores[name].source and version != self._version(name)
             ]
             stored = self._store.score_models(conn, newer) if newer else {}
         for name, (source, version, state) in stored.items():

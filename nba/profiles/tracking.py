@@ -622,6 +622,10 @@ class Tracker:
         profile = unit.profile(definition, customer, now)
         at = _segment_time(item.occurred, now)
         profile.advance(at)  # what the clock changed before the event, at its moments
+        if self.scores is not None and definition.scores:
+            # predictions whose horizon ended before this event: negative, renewed from the profile
+            # without it (the clock had not come by yet)
+            unit.examples.extend(profile.mature(min(item.occurred, now).timestamp(), self.scores.predict))
         for absorbed in resolution.merged:
             profile.absorb(unit.merge(definition, customer, absorbed, f"event {event.event_id}", now, at))
         unit.add_identities(customer, resolution.identities, origin=event.customer_id or customer)
@@ -655,7 +659,7 @@ class Tracker:
         profile.apply(tracked)
         profile.settle(at)
         if self.scores is not None and definition.scores:
-            unit.examples.extend(profile.observe(tracked, at, self.scores.predict))
+            unit.examples.extend(profile.observe(tracked, self.scores.predict))
         unit.changed(customer)
         absorbed_ids = list(resolution.merged)
         for gone in resolution.merged:  # absorbed in this transaction: its saved profile is gone
@@ -827,13 +831,13 @@ class Tracker:
                                 profile.rebuild(events, now.timestamp())
                             else:
                                 profile.advance(now.timestamp())
-                            if self.scores is not None:
-                                examples.extend(profile.mature(now.timestamp(), self.scores.predict))
+                            matured = profile.mature(now.timestamp(), self.scores.predict) if self.scores is not None else []
                             profile.plan()
                         except Exception:
                             log.exception("segments of a profile could not be evaluated", extra={"customer_id": customer_id})
                             repo.postpone(conn, customer_id, now + timedelta(hours=1))
                             continue
+                        examples.extend(matured)  # (only a profile that could be evaluated teaches)
                         _record_segments(repo, conn, profile)
                         changed.append((customer_id, version, profile.dump()))
                         saved[customer_id] = (profile, ())

@@ -20,6 +20,7 @@ import csv
 import json
 import sys
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,8 +43,6 @@ def _profiles(args: argparse.Namespace) -> int:
     from nba.errors import NbaError
     from nba.profiles.tracking import Tracker, TrackInput
     from nba.storage.bus import RedisBus
-    from nba.storage.engine import open_engine
-    from nba.storage.store import Store
 
     if args.action == "forget":
         return _forget(args)
@@ -66,41 +65,35 @@ def _profiles(args: argparse.Namespace) -> int:
     if not args.file:
         raise CliError("FILE: name the file of events to import (JSON Lines, or CSV with a .csv name)")
     path = _readable_file(args.file, "FILE")
-    settings = _settings(args)
-    with _database_errors(settings.database_url):
-        engine = open_engine(settings.database_url)
-        try:
-            store = Store(engine)
-            definition = _live_definition(store, settings)
-            # replicas on a Redis bus are told which profiles changed, as after their own events,
-            # a batch at a time, so that none keeps an older profile in its cache
-            bus = (
-                RedisBus(settings.bus, settings.bus_stream, store.origin, settings.bus_stream_length)
-                if settings.bus.startswith(("redis://", "rediss://", "unix://"))
-                else None
-            )
-            changed: list[str] = []
-            tracker = Tracker(store, lambda: definition, changed=changed.extend, scores=_scores_of(store, definition))
-            counts = {"imported": 0, "duplicate": 0, "refused": 0}
-            refusals: list[str] = []
-            progress = sys.stderr.isatty()
-            for number, line in _lines(path, definition.event_types):
-                try:
-                    if isinstance(line, str):
-                        raise CliError(line)
-                    result = tracker.track(TrackInput(**line))
-                    counts["duplicate" if result.duplicate else "imported"] += 1
-                except (NbaError, CliError, TypeError, ValueError) as exc:
-                    counts["refused"] += 1
-                    if len(refusals) < SHOWN_REFUSALS:
-                        refusals.append(f"line {number}: {exc}")
-                if number % PROGRESS_EVERY == 0:
-                    _announce(bus, changed)
-                    if progress:
-                        print(f"\r{number:,} lines: {_summary(counts)}", end="", file=sys.stderr, flush=True)
-            _announce(bus, changed)
-        finally:
-            engine.dispose()
+    with _opened(args) as (settings, store):
+        definition = _live_definition(store, settings)
+        # replicas on a Redis bus are told which profiles changed, as after their own events,
+        # a batch at a time, so that none keeps an older profile in its cache
+        bus = (
+            RedisBus(settings.bus, settings.bus_stream, store.origin, settings.bus_stream_length)
+            if settings.bus.startswith(("redis://", "rediss://", "unix://"))
+            else None
+        )
+        changed: list[str] = []
+        tracker = Tracker(store, lambda: definition, changed=changed.extend, scores=_scores_of(store, definition))
+        counts = {"imported": 0, "duplicate": 0, "refused": 0}
+        refusals: list[str] = []
+        progress = sys.stderr.isatty()
+        for number, line in _lines(path, definition.event_types):
+            try:
+                if isinstance(line, str):
+                    raise CliError(line)
+                result = tracker.track(TrackInput(**line))
+                counts["duplicate" if result.duplicate else "imported"] += 1
+            except (NbaError, CliError, TypeError, ValueError) as exc:
+                counts["refused"] += 1
+                if len(refusals) < SHOWN_REFUSALS:
+                    refusals.append(f"line {number}: {exc}")
+            if number % PROGRESS_EVERY == 0:
+                _announce(bus, changed)
+                if progress:
+                    print(f"\r{number:,} lines: {_summary(counts)}", end="", file=sys.stderr, flush=True)
+        _announce(bus, changed)
     if progress:
         print(file=sys.stderr)
     for refusal in refusals:
@@ -115,25 +108,17 @@ def _backfill(args: argparse.Namespace) -> int:
     """Every profile stored under another definition than the live set's, rebuilt now."""
     from nba.profiles.backfill import Backfill, Progress
     from nba.profiles.tracking import Tracker
-    from nba.storage.engine import open_engine
-    from nba.storage.store import Store
 
-    settings = _settings(args)
     progress = sys.stderr.isatty()
-    with _database_errors(settings.database_url):
-        engine = open_engine(settings.database_url)
-        try:
-            store = Store(engine)
-            definition = _live_definition(store, settings)
+    with _opened(args) as (settings, store):
+        definition = _live_definition(store, settings)
 
-            def report(p: Progress) -> None:
-                if progress:
-                    print(f"\r{p.done:,} of {p.total:,} profiles rebuilt", end="", file=sys.stderr, flush=True)
+        def report(p: Progress) -> None:
+            if progress:
+                print(f"\r{p.done:,} of {p.total:,} profiles rebuilt", end="", file=sys.stderr, flush=True)
 
-            tracker = Tracker(store, lambda: definition, scores=_scores_of(store, definition))
-            done = Backfill(tracker, lambda: definition, store.count_built_under_other).run(report)
-        finally:
-            engine.dispose()
+        tracker = Tracker(store, lambda: definition, scores=_scores_of(store, definition))
+        done = Backfill(tracker, lambda: definition, store.count_built_under_other).run(report)
     if progress and done.total:
         print(file=sys.stderr)
     print(f"{done.done:,} profiles rebuilt under definition {definition.fingerprint} in {done.seconds:.1f} s")
@@ -143,45 +128,37 @@ def _backfill(args: argparse.Namespace) -> int:
 def _segments(args: argparse.Namespace) -> int:
     """Segment sizes (``segments``), or one segment's size, members or history (``segment NAME``)."""
     from nba.profiles.tracking import Tracker
-    from nba.storage.engine import open_engine
-    from nba.storage.store import Store
 
-    settings = _settings(args)
-    with _database_errors(settings.database_url):
-        engine = open_engine(settings.database_url)
-        try:
-            store = Store(engine)
-            definition = _live_definition(store, settings)
-            declared = {s.name: s for s in definition.segments}
-            if args.action == "segment":
-                if not args.file:
-                    raise CliError("NAME: name the segment (nba profiles segment NAME --count)")
-                if args.file not in declared:
-                    known = ", ".join(sorted(declared)) or "none: the live profile section declares no segments"
-                    raise CliError(f"NAME: '{args.file}' is not a segment of the live policy set ({known})")
-            elif args.file or args.count or args.export or args.history:
-                raise CliError("nba profiles segments takes no NAME or option; for one segment: nba profiles segment NAME")
-            # what time alone changed since the last events (the service's segment clock does it
-            # every second; with no service running, nobody has)
-            tracker = Tracker(store, lambda: definition, scores=_scores_of(store, definition))
-            while len(tracker.sweep_segments(500)) == 500:
-                pass
-            if args.action == "segments":
-                return _segment_table(store, declared)
-            name = args.file
-            if args.export:
-                return _segment_export(store, name, Path(args.export))
-            if args.history:
-                size = 0
-                print("hour (UTC)         entered   exited     size")
-                for hour, entered, exited in store.segment_history(name):
-                    size += entered - exited
-                    stamp = datetime.fromtimestamp(hour * 3600, UTC).strftime("%Y-%m-%d %H:00")
-                    print(f"{stamp:<16} {entered:>9,} {exited:>8,} {size:>8,}")
-                return 0
-            print(store.segment_sizes().get(name, 0))
-        finally:
-            engine.dispose()
+    with _opened(args) as (settings, store):
+        definition = _live_definition(store, settings)
+        declared = {s.name: s for s in definition.segments}
+        if args.action == "segment":
+            if not args.file:
+                raise CliError("NAME: name the segment (nba profiles segment NAME --count)")
+            if args.file not in declared:
+                known = ", ".join(sorted(declared)) or "none: the live profile section declares no segments"
+                raise CliError(f"NAME: '{args.file}' is not a segment of the live policy set ({known})")
+        elif args.file or args.count or args.export or args.history:
+            raise CliError("nba profiles segments takes no NAME or option; for one segment: nba profiles segment NAME")
+        # what time alone changed since the last events (the service's segment clock does it
+        # every second; with no service running, nobody has)
+        tracker = Tracker(store, lambda: definition, scores=_scores_of(store, definition))
+        while len(tracker.sweep_segments(500)) == 500:
+            pass
+        if args.action == "segments":
+            return _segment_table(store, declared)
+        name = args.file
+        if args.export:
+            return _segment_export(store, name, Path(args.export))
+        if args.history:
+            size = 0
+            print("hour (UTC)         entered   exited     size")
+            for hour, entered, exited in store.segment_history(name):
+                size += entered - exited
+                stamp = datetime.fromtimestamp(hour * 3600, UTC).strftime("%Y-%m-%d %H:00")
+                print(f"{stamp:<16} {entered:>9,} {exited:>8,} {size:>8,}")
+            return 0
+        print(store.segment_sizes().get(name, 0))
     return 0
 
 
@@ -226,8 +203,6 @@ def _forget(args: argparse.Namespace) -> int:
 
     from nba.governance.erasure import FORGOTTEN, Eraser, Pseudonyms
     from nba.storage.bus import RedisBus
-    from nba.storage.engine import open_engine
-    from nba.storage.store import Store
 
     if bool(args.file) == bool(args.identifier):
         raise CliError("CUSTOMER_ID: name the customer, or give --identifier KIND=VALUE (one of the two)")
@@ -236,28 +211,22 @@ def _forget(args: argparse.Namespace) -> int:
         kind, _, value = args.identifier.partition("=")
         if not kind or not value:
             raise CliError(f"--identifier: '{args.identifier}' is not KIND=VALUE (email=ada@example.com)")
-    settings = _settings(args)
-    with _database_errors(settings.database_url):
-        engine = open_engine(settings.database_url)
+    with _opened(args) as (settings, store):
+        definition = _live_definition(store, settings)
+        key = settings.pseudonym_key or store.secret("pseudonym_key", lambda: secrets.token_hex(32))
+        bus = (
+            RedisBus(settings.bus, settings.bus_stream, store.origin, settings.bus_stream_length)
+            if settings.bus.startswith(("redis://", "rediss://", "unix://"))
+            else None
+        )
         try:
-            store = Store(engine)
-            definition = _live_definition(store, settings)
-            key = settings.pseudonym_key or store.secret("pseudonym_key", lambda: secrets.token_hex(32))
-            bus = (
-                RedisBus(settings.bus, settings.bus_stream, store.origin, settings.bus_stream_length)
-                if settings.bus.startswith(("redis://", "rediss://", "unix://"))
-                else None
-            )
-            try:
-                user = getpass.getuser()
-            except (KeyError, OSError):
-                user = "unknown"
-            result = Eraser(store, lambda: definition, lambda: Pseudonyms(key.encode())).forget(
-                args.file or "", kind, value, f"cli:{user}", args.reason
-            )
-            told = bus.publish_profiles([FORGOTTEN + i for i in result.customer_ids]) if bus and result.customer_ids else None
-        finally:
-            engine.dispose()
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = "unknown"
+        result = Eraser(store, lambda: definition, lambda: Pseudonyms(key.encode())).forget(
+            args.file or "", kind, value, f"cli:{user}", args.reason
+        )
+        told = bus.publish_profiles([FORGOTTEN + i for i in result.customer_ids]) if bus and result.customer_ids else None
     print(f"forgotten: {', '.join(result.customer_ids) or '(no customer holds it)'} -> {result.pseudonym}")
     erased = [f"{table} {n:,}" for table, n in sorted(result.counts.items()) if n]
     print("erased: " + (", ".join(erased) or "nothing was left"))
@@ -279,35 +248,27 @@ SHOWN_DEAD_LETTERS = 50
 def _dead_letters(args: argparse.Namespace) -> int:
     """The events the profile refused and kept, or (``--replay``) them applied under the live definition."""
     from nba.profiles.tracking import Tracker
-    from nba.storage.engine import open_engine
-    from nba.storage.store import Store
 
     if args.file or args.count or args.export or args.history:
         raise CliError("nba profiles dead-letters takes --replay and --type only")
-    settings = _settings(args)
     progress = sys.stderr.isatty()
-    with _database_errors(settings.database_url):
-        engine = open_engine(settings.database_url)
-        try:
-            store = Store(engine)
-            if args.replay:
-                definition = _live_definition(store, settings)
+    with _opened(args) as (settings, store):
+        if args.replay:
+            definition = _live_definition(store, settings)
 
-                def report(counts: Mapping[str, int]) -> None:
-                    if progress:
-                        print(f"\r{_replayed(counts)}", end="", file=sys.stderr, flush=True)
-
-                tracker = Tracker(store, lambda: definition, scores=_scores_of(store, definition))
-                counts = tracker.replay_dead_letters(args.event_type, report=report)
+            def report(counts: Mapping[str, int]) -> None:
                 if progress:
-                    print(file=sys.stderr)
-                print(_replayed(counts))
-                left = store.dead_letters(0, 1, args.event_type)
-                return EXIT_FAILED if left else 0
-            letters = store.dead_letters(0, SHOWN_DEAD_LETTERS + 1, args.event_type)
-            total = sum(n for _, event_type, _, n in store.dead_letter_counts() if args.event_type in (None, event_type))
-        finally:
-            engine.dispose()
+                    print(f"\r{_replayed(counts)}", end="", file=sys.stderr, flush=True)
+
+            tracker = Tracker(store, lambda: definition, scores=_scores_of(store, definition))
+            counts = tracker.replay_dead_letters(args.event_type, report=report)
+            if progress:
+                print(file=sys.stderr)
+            print(_replayed(counts))
+            left = store.dead_letters(0, 1, args.event_type)
+            return EXIT_FAILED if left else 0
+        letters = store.dead_letters(0, SHOWN_DEAD_LETTERS + 1, args.event_type)
+        total = sum(n for _, event_type, _, n in store.dead_letter_counts() if args.event_type in (None, event_type))
     if not letters:
         print("no dead letters" + (f" of type {args.event_type}" if args.event_type else ""))
         return 0
@@ -327,21 +288,13 @@ def _replayed(counts: Mapping[str, int]) -> str:
 
 def _quality(args: argparse.Namespace) -> int:
     """Each attribute's completeness, and the refused events kept, by source."""
-    from nba.storage.engine import open_engine
-    from nba.storage.store import Store
 
     if args.file or args.count or args.export or args.history:
         raise CliError("nba profiles quality takes no NAME or option")
-    settings = _settings(args)
-    with _database_errors(settings.database_url):
-        engine = open_engine(settings.database_url)
-        try:
-            store = Store(engine)
-            definition = _live_definition(store, settings)
-            customers, held = store.completeness(definition.attributes)
-            refused = store.dead_letter_counts()
-        finally:
-            engine.dispose()
+    with _opened(args) as (settings, store):
+        definition = _live_definition(store, settings)
+        customers, held = store.completeness(definition.attributes)
+        refused = store.dead_letter_counts()
     print(f"{customers:,} customers")
     if held:
         print(f"\n{'attribute':<28} {'customers':>10} {'complete':>9}")
@@ -359,22 +312,14 @@ def _quality(args: argparse.Namespace) -> int:
 def _scores(args: argparse.Namespace) -> int:
     """Each predictive score's quality, as learned so far by every process."""
     from nba.profiles.scores import MIN_EXAMPLES, ScoreModels
-    from nba.storage.engine import open_engine
-    from nba.storage.store import Store
 
     if args.file or args.count or args.export or args.history:
         raise CliError("nba profiles scores takes no NAME or option")
-    settings = _settings(args)
-    with _database_errors(settings.database_url):
-        engine = open_engine(settings.database_url)
-        try:
-            store = Store(engine)
-            definition = _live_definition(store, settings)
-            models = ScoreModels(store, lambda: definition)
-            models.refresh()
-            quality = models.quality()
-        finally:
-            engine.dispose()
+    with _opened(args) as (settings, store):
+        definition = _live_definition(store, settings)
+        models = ScoreModels(store, lambda: definition)
+        models.refresh()
+        quality = models.quality()
     if not definition.scores:
         print("(the live profile section declares no scores)")
         return 0
@@ -403,6 +348,22 @@ def _scores_of(store: Store, definition: ProfileDefinition) -> ScoreModels:
     models = ScoreModels(store, lambda: definition)
     models.refresh()
     return models
+
+
+@contextmanager
+def _opened(args: argparse.Namespace) -> Iterator[tuple[Settings, Store]]:
+    """The settings and the store the command's flags name; a database that cannot be reached
+    becomes one clear line (``_database_errors``), and the engine is closed after."""
+    from nba.storage.engine import open_engine
+    from nba.storage.store import Store
+
+    settings = _settings(args)
+    with _database_errors(settings.database_url):
+        engine = open_engine(settings.database_url)
+        try:
+            yield settings, Store(engine)
+        finally:
+            engine.dispose()
 
 
 def _live_definition(store: Store, settings: Settings) -> ProfileDefinition:

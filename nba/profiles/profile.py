@@ -329,8 +329,11 @@ class Profile:
             self._due_known = False
         self.segments_at = until
 
-    def plan(self) -> None:
-        """Finds ``segments_due``, the next time-driven change after ``segments_at``."""
+    def plan(self, exact: bool = True) -> None:
+        """Finds ``segments_due``, the next time-driven change after ``segments_at``; not
+        ``exact``: a moment no later than it (a change of a condition over days_since is not
+        bisected: the clock, waking then, finds it exactly), what tracking stores, so that an
+        event does not pay for dating a change months ahead."""
         if self._due_known:
             return
         self._due_known = True
@@ -338,7 +341,7 @@ class Profile:
             self.segments_due = None
             return
         after = self.segments_at
-        found = self._first_change(frozenset(self.segments), after, after + HORIZON)
+        found = self._first_change(frozenset(self.segments), after, after + HORIZON, exact)
         self.segments_due = found[0] if found is not None else after + HORIZON
 
     def current_segments(self, now: float) -> dict[str, float]:
@@ -357,7 +360,9 @@ class Profile:
             held = {name: held.get(name, at) for name in sorted(kept)}
         return held
 
-    def _first_change(self, current: frozenset[str], after: float, until: float) -> tuple[float, frozenset[str]] | None:
+    def _first_change(
+        self, current: frozenset[str], after: float, until: float, exact: bool = True
+    ) -> tuple[float, frozenset[str]] | None:
         return first_change(
             self.definition,
             lambda t, names: self.values(t, names=names),
@@ -365,6 +370,7 @@ class Profile:
             current,
             after,
             until,
+            exact,
         )
 
     def _record(self, now_in: frozenset[str], at: float) -> None:

@@ -85,10 +85,13 @@ def first_change(
     current: frozenset[str],
     after: float,
     until: float,
+    exact: bool = True,
 ) -> tuple[float, frozenset[str]] | None:
     """The first moment in ``(after, until]`` at which the time-dependent segments' membership
     differs from ``current`` with no new event, and the members then (of those segments);
-    None when it does not change. ``values(t, names)``: the profile's values of ``names`` at t;
+    None when it does not change; not ``exact``, the last moment looked at that agreed when a
+    condition over days_since changes (a bound, found without bisecting). ``values(t, names)``:
+    the profile's values of ``names`` at t;
     ``change_times(name, after, until)``: when a windowed attribute changes (``State.changes``).
 
     The first ``LINEAR`` moments are looked at one by one; past them, at doubling steps, and
@@ -137,6 +140,8 @@ def first_change(
         else:
             agreed = middle
     t = points[differing]
+    if continuous and not exact:  # a moment no later than the change, and the members then (unchanged)
+        return (points[agreed] if agreed >= 0 else after), held
     if continuous:  # the change lies somewhere in (previous, t]: bisect to the millisecond
         low, high = (points[agreed] if agreed >= 0 else after), t
         while high - low > PRECISION:

@@ -347,7 +347,7 @@ class _Unit:
         the changes its own clock brought until then."""
         gone = self.profile(definition, absorbed, now)
         gone.advance(at)
-        _record_segments(self.repo, self.conn, gone)
+        _record_segments(self.repo, self.conn, gone, exact=False)
         if gone.segments:
             left = max(at, gone.segments_at or at)
             self.repo.leave_segments(self.conn, absorbed, datetime.fromtimestamp(left, UTC))
@@ -375,7 +375,7 @@ class _Unit:
             self._learn(self.conn, self.examples)
             self.examples = []
         for customer_id in self._dirty:
-            _record_segments(self.repo, self.conn, self.profiles[customer_id][0])
+            _record_segments(self.repo, self.conn, self.profiles[customer_id][0], exact=False)
         # every dirty profile has its row (``profile`` inserts a new one at once): one UPDATE for all
         self.repo.save_many(self.conn, [(c, self.profiles[c][0].version, self.profiles[c][0].dump()) for c in self._dirty], now)
         self._dirty.clear()
@@ -973,10 +973,10 @@ def _segment_time(occurred: datetime, received: datetime) -> float:
     return received.timestamp()
 
 
-def _record_segments(repo: ProfileRepository, conn: Any, profile: Profile) -> None:
-    """The profile's segment entries and exits written, and its next time-driven change found,
-    before it is saved."""
-    profile.plan()
+def _record_segments(repo: ProfileRepository, conn: Any, profile: Profile, exact: bool = True) -> None:
+    """The profile's segment entries and exits written, and its next time-driven change found
+    (``exact``: dated, else bounded: ``Profile.plan``), before it is saved."""
+    profile.plan(exact)
     if profile.segment_changes:
         repo.record_segments(conn, profile.customer_id, [(c.segment, c.at, c.entered) for c in profile.segment_changes])
         profile.segment_changes = []

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import datetime
 from typing import Any, NoReturn
 
 import grpc
@@ -299,6 +300,7 @@ class Service:
             bus=self.bus,
             applied_id=self.learning.last_feedback_id,
             contact_id=start_contact_id,
+            forgotten=self._erase_again,
         )
         self.maintenance.log = self.log
         #: the predictive scores' models, shared by every process through the database
@@ -464,6 +466,29 @@ class Service:
             metrics.SCORE_EXAMPLES.labels(name).set(quality["examples"])
             metrics.SCORE_CALIBRATION.labels(name).set(quality["calibration_error"])
             metrics.SCORE_FLAGGED.labels(name).set(1 if quality["flagged"] else 0)
+
+    def _erase_again(self, conn: Any, written: list[tuple[str, datetime]]) -> None:
+        """In the decision log's write transaction: a decision or outcome of a customer that
+        happened before they were forgotten (by any process), still queued here then, is erased
+        again before the commit; what happened after their erasure is a new customer's."""
+        if self._pseudonym_key is None and not self.settings.pseudonym_key:
+            # (not made here: its write would wait on this transaction's own lock)
+            stored = self.store.stored_secret(conn, "pseudonym_key")
+            if stored is None:
+                return  # no key was ever made: nobody has been forgotten
+            self._pseudonym_key = Pseudonyms(stored.encode())
+        pseudonyms = self._pseudonyms()
+        named: dict[str, tuple[str, datetime]] = {}
+        for customer_id, when in written:
+            pseudonym = pseudonyms.customer(customer_id)
+            held = named.get(pseudonym)
+            named[pseudonym] = (customer_id, min(when, held[1]) if held else when)
+        for pseudonym, erased_at in sorted(self.store.forgotten_among(conn, list(named)).items()):
+            customer_id, earliest = named[pseudonym]
+            if earliest <= erased_at:
+                self.store.erase_customer(
+                    conn, [customer_id], pseudonym, pseudonyms.key, self.clock.now(), "decision log", audit=False
+                )
 
     def _flush_log(self) -> None:
         """Everything the decision log holds written (before a customer is forgotten in it)."""

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
@@ -100,12 +101,18 @@ class DecisionLog:
         bus: RedisBus | None = None,
         applied_id: int = 0,
         contact_id: int = 0,
+        forgotten: Callable[[Any, list[tuple[str, datetime]]], None] | None = None,
     ) -> None:
         """``shared``: other processes (workers, replicas) write to the same database, and this
         one learns their events too (always so with a ``bus``). ``applied_id`` and
         ``contact_id``: the newest feedback and contact-event ids already applied (the
-        restored model's position, and where the contact history was loaded up to)."""
+        restored model's position, and where the contact history was loaded up to).
+        ``forgotten(conn, [(customer_id, when)])``: called in each write transaction with the
+        customers it wrote of and when each decision or outcome happened, to erase again what
+        happened before its customer was forgotten (a decision queued here while another
+        process forgot them)."""
         self.store = store
+        self._forgotten = forgotten
         self._listener = listener
         self._options = options or LogOptions()
         self.replication = Replication(
@@ -420,6 +427,12 @@ class DecisionLog:
                     if isinstance(r, FeedbackResult) and not r.duplicate
                 ]
                 self.store.insert_contacts(conn, contacts + outcomes)
+                if self._forgotten is not None and (decisions or outcomes):
+                    self._forgotten(
+                        conn,
+                        [(d.customer_id, d.created_at) for d in decisions]
+                        + [(e.customer_id, e.occurred_at) for e, _, r in results if isinstance(r, FeedbackResult)],
+                    )
                 span = self.replication.span(conn, before)
         except Exception as exc:
             outage = is_outage(exc)

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 
+from nba.storage.engine import utc
 from nba.storage.profiles import Profiles
 from nba.storage.tables import (
     CONTACT_EVENTS,
@@ -57,6 +58,11 @@ class Erasures(Profiles):
             conn.execute(s.insert().values(name=name, value=value))
             return value
 
+    def stored_secret(self, conn: Any, name: str) -> str | None:
+        """The value kept under ``name`` (inside the caller's transaction), or None: never made."""
+        found = conn.execute(select(SECRETS.c.value).where(SECRETS.c.name == name)).scalar()
+        return str(found) if found is not None else None
+
     def customer_ids(self, conn: Any, customer_id: str) -> list[str]:
         """The customer an id is now (the survivor of its merges, or itself, known or not) and
         every id merged into them, the survivor first."""
@@ -65,6 +71,14 @@ class Erasures(Profiles):
             select(PROFILES.c.customer_id).where(PROFILES.c.merged_into == survivor).order_by(PROFILES.c.customer_id)
         ).scalars()
         return [survivor, *merged]
+
+    def forgotten_among(self, conn: Any, pseudonyms: list[str]) -> dict[str, datetime]:
+        """Which of these pseudonyms name customers forgotten before, and when last."""
+        e = ERASURES
+        if not pseudonyms:
+            return {}
+        rows = conn.execute(select(e.c.pseudonym, func.max(e.c.at)).where(e.c.pseudonym.in_(pseudonyms)).group_by(e.c.pseudonym))
+        return {pseudonym: utc(at) for pseudonym, at in rows}
 
     def forgotten(self, conn: Any, pseudonym: str) -> bool:
         """Whether a customer with this pseudonym was forgotten before."""
@@ -80,6 +94,7 @@ class Erasures(Profiles):
         requested_by: str,
         reason: str = "",
         identifiers: Iterable[str] = (),
+        audit: bool = True,
     ) -> dict[str, int]:
         """Erases the customer known by ``ids`` (inside the caller's write transaction) and
         records it; returns what was erased or pseudonymised, by table. ``identifiers``: more
@@ -153,11 +168,12 @@ class Erasures(Profiles):
             for row_id, event_id in rows:
                 conn.execute(update(FEEDBACK).where(FEEDBACK.c.id == row_id).values(event_id=pseudonymise(event_id)))
             counts["feedback"] += len(rows)
-        conn.execute(
-            ERASURES.insert().values(
-                pseudonym=pseudonym, requested_by=requested_by[:128], reason=reason[:500], at=now, counts=counts
+        if audit:
+            conn.execute(
+                ERASURES.insert().values(
+                    pseudonym=pseudonym, requested_by=requested_by[:128], reason=reason[:500], at=now, counts=counts
+                )
             )
-        )
         return counts
 
 

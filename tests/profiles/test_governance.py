@@ -248,3 +248,27 @@ def test_the_sample_set_honours_marketing_consent(server: Running) -> None:
     assert refused("c-said-no", True) == without  # their own latest choice wins
     track(server, "consent-2", "consent", {"marketing": True}, customer_id="c-said-no")
     assert refused("c-said-no", False) == set()
+
+
+def test_a_decision_still_queued_when_its_customer_was_forgotten_is_erased_when_written(start, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    server = start(policies=folder(tmp_path))
+    url = server.service.settings.database_url
+    track(server, "q-1", "signup", {"tier": "gold"}, customer_id="zq-ada-1")
+    made = server.stub.Decide(pb.DecideRequest(customer_id="zq-ada-1", channel="web", limit=2, request_id="req-zq-ada-q"))
+    record = server.service.log.get(made.decision_id)
+    assert record is not None
+    # another process forgets her (the command line: this server's memory is not told)...
+    assert main(["profiles", "forget", "zq-ada-1", "--database-url", url]) == 0
+    # ...while this one still holds a decision of hers, made before, in its write-behind queue
+    server.service.log.record(dataclasses.replace(record, decision_id="d-queued", request_id="req-zq-ada-late"))
+    server.service.log.flush()
+    server.service.profile_cache.invalidate(["zq-ada-1"])
+    assert traces(server, ADA) == []
+    # what happens after her erasure is a new customer's: kept as it comes
+    later = server.stub.Decide(pb.DecideRequest(customer_id="zq-ada-1", channel="web", limit=2))
+    server.service.log.flush()
+    with server.service.store.read() as conn:
+        ids = conn.execute(select(DECISIONS.c.decision_id).where(DECISIONS.c.customer_id == "zq-ada-1")).scalars().all()
+    assert ids == [later.decision_id]

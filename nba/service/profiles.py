@@ -18,6 +18,7 @@ from nba.decision.decider import DecideInput, Decider
 from nba.errors import FailedPrecondition, InvalidArgument, NbaError, NotFound, field_of
 from nba.governance.erasure import Eraser
 from nba.inputs import timestamp
+from nba.policy.profile import ProfileDefinition
 from nba.profiles.profile import Profile
 from nba.profiles.tracking import Tracker, TrackInput, TrackResult
 from nba.records import DecisionRecord
@@ -137,6 +138,11 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
             view = {k: MASK if k in profile.definition.pii and v is not None else v for k, v in view.items()}
             identities = {kind: [MASK for _ in values] for kind, values in identities.items()}
         attributes, computed = struct_pb2.Struct(), struct_pb2.Struct()
+        personal_keys = (
+            {a.name for a in profile.definition.activities if {a.key, a.status} & _personal_properties(profile.definition)}
+            if personal
+            else set()
+        )
         attributes.update({k: v for k, v in view.items() if k in profile.attributes})
         computed.update({k: v for k, v in view.items() if k in profile.computed})
         answer = ppb.Profile(
@@ -149,8 +155,8 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
             activity=[
                 ppb.ActivityItem(
                     activity=name,
-                    key=key,
-                    status=item["status"],
+                    key=MASK if name in personal_keys else key,
+                    status=MASK if name in personal_keys else item["status"],
                     open=is_open,
                     since=_stamp(item["since"]),
                     updated_at=_stamp(item["updated_at"]),
@@ -165,9 +171,10 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
             with self._history.snapshot() as conn:
                 self._add_history(answer, conn, profile.customer_id, timeline_limit, before, decisions_limit, wanted)
             if personal:
-                sources = {(event, prop.split(".")[0]) for event, prop, _, pii in profile.definition.attributes.values() if pii}
+                # a property personal data is kept from is personal on every event type that sends it
+                sources = _personal_properties(profile.definition)
                 for event in answer.timeline:
-                    for name in [n for n in event.properties if (event.type, n) in sources]:
+                    for name in [n for n in event.properties if n in sources]:
                         event.properties[name] = MASK
         if request.next_best_actions_channel and self._decider is not None and "next_best_actions" in wanted:
             record = self._decider.rank_only(
@@ -307,6 +314,13 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
 
 #: what a caller below the personal-data role reads in place of personal data
 MASK = "***"
+
+
+def _personal_properties(definition: ProfileDefinition) -> set[str]:
+    """The event properties personal data is kept or computed from (their first name)."""
+    names = {prop.split(".")[0] for _, prop, _, pii in definition.attributes.values() if pii}
+    names.update(c.property.split(".")[0] for c in definition.computed if c.name in definition.pii and c.property)
+    return names
 
 
 def _response(result: TrackResult) -> ppb.TrackResponse:

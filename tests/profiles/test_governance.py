@@ -203,13 +203,17 @@ def test_personal_data_is_shown_only_to_the_role_allowed(start) -> None:  # type
         server = start(pii_role=role)  # the sample set: email is pii, kept from signup.email
         stub = ppb_grpc.ProfileServiceStub(server.channel)
         track(server, f"p-{role}", "signup", {"email": "grace@example.com", "tier": "gold"}, customer_id=f"c-grace-{role}")
+        # the same property on another event type (undeclared there) is as personal
+        track(server, f"q-{role}", "contact", {"sentiment": "calm", "email": "grace@example.com"}, customer_id=f"c-grace-{role}")
         for token, sees in ((VIEWER_TOKEN, viewer_sees), (None, True)):
             profile = stub.GetProfile(
                 ppb.GetProfileRequest(customer_id=f"c-grace-{role}"), metadata=Running.auth(token) if token else Running.auth()
             )
             shown = "grace@example.com" if sees else "***"
             assert profile.attributes["email"] == shown and profile.attributes["tier"] == "gold", (role, token)
-            assert profile.timeline[0].properties["email"] == shown and profile.timeline[0].properties["tier"] == "gold"
+            events = {e.type: e.properties for e in profile.timeline}
+            assert events["signup"]["email"] == shown and events["signup"]["tier"] == "gold"
+            assert events["contact"]["email"] == shown and events["contact"]["sentiment"] == "calm"
         server.stop()
 
 

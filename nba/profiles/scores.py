@@ -36,6 +36,7 @@ import logging
 import math
 import pickle
 import threading
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -53,6 +54,8 @@ __all__ = ["MIN_EXAMPLES", "Example", "Prediction", "ScoreModel", "ScoreModels",
 MIN_EXAMPLES = 20
 #: calibration bins (equal width over [0, 1])
 BINS = 10
+#: hashed one-hot buckets per text feature (``features``)
+BUCKETS = 256
 
 
 @dataclass(frozen=True)
@@ -83,11 +86,13 @@ class Example:
 
 
 def features(values: Mapping[str, Any]) -> dict[str, float]:
-    """The model's input from a profile's values: numbers as they are, booleans 0/1, text one-hot
-    (``tier=gold``), lists one-hot by item; nothing for an absent value.
+    """The model's input from a profile's values: numbers as they are, booleans 0/1, text and
+    the items of lists one-hot into one of ``BUCKETS`` hashed buckets per name (``tier#17``):
+    the model stays bounded however many distinct values arrive, and holds no value itself (an
+    erased customer's text is not in any model); nothing for an absent value.
 
     >>> features({"spend": 12.5, "vip": True, "tier": "gold", "channels": ["web", "app"], "mood": None})
-    {'spend': 12.5, 'vip': 1.0, 'tier=gold': 1.0, 'channels=web': 1.0, 'channels=app': 1.0}
+    {'spend': 12.5, 'vip': 1.0, 'tier#81': 1.0, 'channels#81': 1.0, 'channels#207': 1.0}
     """
     out: dict[str, float] = {}
     for name, value in values.items():
@@ -99,12 +104,17 @@ def features(values: Mapping[str, Any]) -> dict[str, float]:
             if math.isfinite(value):
                 out[name] = float(value)
         elif isinstance(value, str):
-            out[f"{name}={value[:64]}"] = 1.0
+            out[_bucket(name, value)] = 1.0
         elif isinstance(value, list | tuple):
             for item in value:
                 if isinstance(item, str | int | float) and not isinstance(item, bool):
-                    out[f"{name}={str(item)[:64]}"] = 1.0
+                    out[_bucket(name, str(item))] = 1.0
     return out
+
+
+def _bucket(name: str, value: str) -> str:
+    # crc32, not hash(): the same bucket in every process and after every restart
+    return f"{name}#{zlib.crc32(value.encode('utf-8', 'replace')) % BUCKETS}"
 
 
 def is_target(score: Score, event_type: str, source: str, properties: Mapping[str, Any]) -> bool:

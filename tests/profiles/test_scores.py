@@ -83,7 +83,7 @@ def test_a_label_comes_only_from_what_follows_the_prediction() -> None:
     held = profile.predictions["churn_risk"]
     # made at the event, from what the profile said then: no personal data
     assert (held.at, held.due, held.p) == (T0, T0 + 30 * DAY, 0.3)
-    assert held.x == {"complaints_90d": 0.0, "tier=gold": 1.0}
+    assert held.x == {"complaints_90d": 0.0, "tier#81": 1.0}
     complaint = event("c1", "complaint", T0 + DAY)
     profile.apply(complaint)
     assert profile.observe(complaint, predict) == [] and profile.predictions["churn_risk"] == held  # open until it matures
@@ -98,7 +98,7 @@ def test_a_label_comes_only_from_what_follows_the_prediction() -> None:
     again = event("c2", "complaint", T0 + 21 * DAY)
     profile.apply(again)
     profile.observe(again, predict)
-    assert profile.predictions["churn_risk"].x == {"complaints_90d": 2.0, "tier=gold": 1.0}
+    assert profile.predictions["churn_risk"].x == {"complaints_90d": 2.0, "tier#81": 1.0}
 
 
 def test_a_prediction_is_made_at_the_newest_event_whatever_the_arrival_order() -> None:
@@ -165,9 +165,14 @@ def test_features_from_profile_values() -> None:
     assert features({"n": 3, "ok": False, "tier": "gold", "nan": float("nan"), "tags": ["a", True]}) == {
         "n": 3.0,
         "ok": 0.0,
-        "tier=gold": 1.0,
-        "tags=a": 1.0,
+        "tier#81": 1.0,  # text one-hot into hashed buckets: the model stays bounded, and holds no value
+        "tags#67": 1.0,
     }
+    # however many distinct values come, a text feature spans at most BUCKETS keys
+    from nba.profiles.scores import BUCKETS
+
+    many = {key for n in range(5000) for key in features({"city": f"town-{n}"})}
+    assert len(many) <= BUCKETS
 
 
 PROFILE = """

@@ -532,8 +532,14 @@ class Tracker:
         check_id("type", event.type, max_length=64)  # the columns' lengths: longer would be the database's error
         check_id("customer_id", event.customer_id, required=False)
         check_id("source", event.source, required=False, max_length=128)
-        identities = rules.normalise_all(event.identities)
-        if not event.customer_id and not identities:
+        # an identifier of a kind the profile does not declare is the definition's to fix: the
+        # event is kept as a dead letter, its identifiers as sent, rather than refused
+        unknown = {k: v for k, v in event.identities.items() if k not in definition.kinds}
+        for kind, value in unknown.items():
+            check_id(f"identities.{kind}", kind, max_length=64)
+            check_id(f"identities.{kind}", value)
+        identities = rules.normalise_all({k: v for k, v in event.identities.items() if k in definition.kinds})
+        if not event.customer_id and not identities and not unknown:
             raise InvalidArgument("customer_id: required when the event carries no identifier (identities)", field="customer_id")
         occurred = event.occurred_at or event.received_at or now
         if occurred.tzinfo is None:
@@ -546,10 +552,17 @@ class Tracker:
                 field="occurred_at",
             )
         refused = None
+        if unknown:
+            kind = sorted(unknown)[0]
+            refused = NotInDefinition(
+                f"identities.{kind}: unknown identifier kind '{kind}'; declared kinds: {', '.join(sorted(definition.kinds))}",
+                field=f"identities.{kind}",
+            )
+            identities = {**identities, **unknown}  # (kept as sent with the dead letter; never resolved)
         try:
             check(definition, event.type, event.properties)
         except NotInDefinition as exc:
-            refused = exc
+            refused = refused or exc
         for event_type, prop in (*definition.relationships.values(), *definition.dedupe.items()):
             other = id_text(event.properties.get(prop)) if event_type == event.type else None
             if other is not None:

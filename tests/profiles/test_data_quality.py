@@ -224,3 +224,29 @@ def test_a_key_is_one_customers_and_goes_with_its_event(start, tmp_path: Path) -
     assert server.service.store.purge_events(dt.now(UTC) + timedelta(seconds=1)) == 2
     again = order("k-4", "c-1")
     assert not again.duplicate and order("k-5", "c-1").duplicate_of == "k-4"
+
+
+def test_an_identifier_of_an_undeclared_kind_is_kept_until_the_kind_is_declared(start, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    server: Running = start(policies=folder(tmp_path))
+    stub = ppb_grpc.ProfileServiceStub(server.channel)
+    url = server.service.settings.database_url
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Track(ppb.TrackRequest(event_id="m-1", type="signup", customer_id="c-m", identities={"member_no": "M-77"}))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "identities.member_no: unknown identifier kind 'member_no'" in caught.value.details()
+    assert "kept as a dead letter" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:  # a malformed one is refused, and not kept
+        stub.Track(ppb.TrackRequest(event_id="m-2", type="signup", customer_id="c-m", identities={"member_no": "M\x0077"}))
+    assert "dead letter" not in caught.value.details()
+    files = {p.name: p.read_text() for p in (tmp_path / "policies").glob("*.yaml")}
+    files["profile.yaml"] = PROFILE.replace(
+        "profile:\n", "profile:\n  identity:\n    kinds:\n      member_no: {unique: true}\n", 1
+    )
+    server.admin.PublishPolicySet(apb.PublishPolicySetRequest(draft=apb.PolicySetDraft(files=files)), metadata=server.auth())
+    capsys.readouterr()
+    assert main(["profiles", "dead-letters", "--replay", "--database-url", url]) == 0
+    assert "1 applied" in capsys.readouterr().out
+    profile = stub.GetProfile(
+        ppb.GetProfileRequest(identifier_kind="member_no", identifier_value="M-77"), metadata=Running.auth()
+    )
+    assert profile.customer_id == "c-m" and [(i.kind, i.value) for i in profile.identities] == [("member_no", "M-77")]

@@ -138,11 +138,8 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
             view = {k: MASK if k in profile.definition.pii and v is not None else v for k, v in view.items()}
             identities = {kind: [MASK for _ in values] for kind, values in identities.items()}
         attributes, computed = struct_pb2.Struct(), struct_pb2.Struct()
-        personal_keys = (
-            {a.name for a in profile.definition.activities if {a.key, a.status} & _personal_properties(profile.definition)}
-            if personal
-            else set()
-        )
+        sources = _personal_properties(profile.definition) if personal else set()
+        personal_keys = {a.name for a in profile.definition.activities if {a.key, a.status} & sources}
         attributes.update({k: v for k, v in view.items() if k in profile.attributes})
         computed.update({k: v for k, v in view.items() if k in profile.computed})
         answer = ppb.Profile(
@@ -172,7 +169,6 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
                 self._add_history(answer, conn, profile.customer_id, timeline_limit, before, decisions_limit, wanted)
             if personal:
                 # a property personal data is kept from is personal on every event type that sends it
-                sources = _personal_properties(profile.definition)
                 for event in answer.timeline:
                     for name in [n for n in event.properties if n in sources]:
                         event.properties[name] = MASK

@@ -297,3 +297,8 @@ def test_churn_caused_by_complaints_is_learned_and_a_rule_on_the_score_changes_d
     assert main(["profiles", "scores", "--database-url", server.service.settings.database_url]) == 0
     table = capsys.readouterr().out
     assert "churn_risk" in table and "worth using" in table and "predicts account_closed within 2.592e+06s" in table
+    with capsys.disabled():  # the figures the README states (pytest -s shows them)
+        print(
+            f"\nchurn_risk: AUC {quality['auc']:.2f} over {quality['examples']:,} labels ({quality['positives']:,} positive), "
+            f"calibration error {quality['calibration_error']:.2f}, log loss {quality['log_loss']:.2f}"
+        )

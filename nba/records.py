@@ -39,6 +39,7 @@ from nba.errors import InvalidArgument
 __all__ = [
     "NO_RESPONSE",
     "OUTCOMES",
+    "PSEUDONYM_PREFIX",
     "ContactEvent",
     "DecisionRecord",
     "FeedbackEvent",
@@ -55,6 +56,8 @@ __all__ = [
 
 #: the outcome recorded when a decision's reward window closes without feedback
 NO_RESPONSE = "no_response"
+#: how the keyed pseudonym of a forgotten customer begins (``nba.governance.erasure.Pseudonyms``)
+PSEUDONYM_PREFIX = "anon-"
 
 #: outcome name -> stage; names match the proto enum without its OUTCOME_ prefix
 OUTCOMES: dict[str, int] = {"impressed": 1, "clicked": 2, "rejected": 3, "accepted": 4}
@@ -176,6 +179,8 @@ class ProfileView:
     learnable: Mapping[str, Any]
     #: the personal (pii) ones: rules read them, nothing logs or learns from them
     private: Mapping[str, Any]
+    #: consent attributes: their stored value wins over the request's ``context.profile.NAME``
+    pinned: frozenset[str] = frozenset()
 
 
 @dataclass

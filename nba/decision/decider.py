@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -169,7 +169,7 @@ class Decider:
         features = request.features if request.features is not None else flatten(request.context or {})
         profile = self._profile(request.customer_id, policy_set, now)
         if profile is not None:
-            features = with_profile(features, profile.learnable)
+            features = with_profile(features, profile.learnable, profile.pinned)
         summary = self._summary(request, policy_set, now)
         screening = screen(
             policy_set,
@@ -514,15 +514,22 @@ def _record(
     )
 
 
-def with_profile(features: dict[str, Any], learnable: Mapping[str, Any]) -> dict[str, Any]:
+def with_profile(features: dict[str, Any], learnable: Mapping[str, Any], pinned: Collection[str] = frozenset()) -> dict[str, Any]:
     """``features`` with the stored profile's learnable fields as ``profile.NAME``, except
-    those the request sent itself (``context.profile.NAME`` wins over the stored value). An
-    empty value (no matching event yet) is left out, as a field the context did not send.
+    those the request sent itself (``context.profile.NAME`` wins over the stored value), but
+    for the ``pinned`` ones (consent: the customer's recorded choice wins over any channel's).
+    An empty value (no matching event yet) is left out, as a field the context did not send.
 
     >>> with_profile({"profile.tier": "gold", "x": 1}, {"tier": "silver", "orders": 3, "avg": None, "scores": {"churn": 0.2}})
     {'profile.orders': 3, 'profile.scores.churn': 0.2, 'profile.tier': 'gold', 'x': 1}
+    >>> with_profile({"profile.consent": True}, {"consent": False}, {"consent"})
+    {'profile.consent': False}
     """
     sent = {key.split(".", 2)[1] for key in features if key.startswith("profile.")}
+    held = {name for name in pinned if name in sent and learnable.get(name) is not None}
+    if held:
+        features = {k: v for k, v in features.items() if not (k.startswith("profile.") and k.split(".", 2)[1] in held)}
+        sent -= held
     if "profile" in features:  # the context sent `profile` as a value of its own: it wins whole
         return features
     added: dict[str, Any] = {}

@@ -167,7 +167,7 @@ def check_examples(policy_set: PolicySet, examples: list[tuple[str, Example]]) -
             values = {**Profile(policy_set.profile, example.customer_id, now.timestamp()).view(now.timestamp())}
             values.update(example.profile or {})
             pii = policy_set.profile.pii
-            features = with_profile(features, {k: v for k, v in values.items() if k not in pii})
+            features = with_profile(features, {k: v for k, v in values.items() if k not in pii}, policy_set.profile.consent)
             private = {k: v for k, v in values.items() if k in pii}
         elif example.profile:
             failures.append(f"{where}: gives a profile, but the policy set has no profile section")

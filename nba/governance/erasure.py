@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -29,8 +30,9 @@ from nba.errors import FailedPrecondition, InvalidArgument
 from nba.inputs import check_id, check_text
 from nba.policy.profile import ProfileDefinition
 from nba.profiles.identity import IdentityRules
+from nba.records import PSEUDONYM_PREFIX
 
-__all__ = ["FORGOTTEN", "Eraser", "ErasureResult", "Pseudonyms"]
+__all__ = ["FORGOTTEN", "Eraser", "ErasureResult", "Pseudonyms", "naming"]
 
 #: marks a forgotten customer's id among the profile ids on the bus (ids hold no control character)
 FORGOTTEN = "\x1fforgotten\x1f"
@@ -59,6 +61,8 @@ class ErasureStore(Protocol):
         requested_by: str,
         reason: str = "",
         identifiers: Iterable[str] = (),
+        audit: bool = True,
+        names: Callable[[str, set[str]], bool] | None = None,
     ) -> dict[str, int]: ...
 
 
@@ -80,7 +84,33 @@ class Pseudonyms:
 
     def _make(self, kind: str, value: str) -> str:
         digest = hmac.new(self._key, f"{kind}\x00{value}".encode(), hashlib.sha256).digest()
-        return "anon-" + base64.b32encode(digest).decode().rstrip("=").lower()[:26]
+        return PSEUDONYM_PREFIX + base64.b32encode(digest).decode().rstrip("=").lower()[:26]
+
+
+_PHONE_LIKE = re.compile(r"\+?[\d\s\-().]{6,32}")
+
+
+def naming(rules: IdentityRules) -> Callable[[str, set[str]], bool]:
+    """Whether a text names a customer whose ids and identifiers (normalised, casefolded) are
+    ``named``: equal to one of them, or an e-mail address or phone number that normalises to
+    one ("Ada@Example.com ", "020 7946 0018" for +442079460018), read as ``rules`` read them."""
+    emails = [kind for kind, spec in rules.kinds.items() if spec.format == "email"]
+    phones = [kind for kind, spec in rules.kinds.items() if spec.format == "phone"]
+
+    def names(text: str, named: set[str]) -> bool:
+        if text.strip().casefold() in named:
+            return True
+        kinds = emails if "@" in text else phones if _PHONE_LIKE.fullmatch(text.strip()) else []
+        for kind in kinds:
+            try:
+                normalised = rules.normalise(kind, text)
+            except InvalidArgument:
+                continue
+            if normalised is not None and normalised.casefold() in named:
+                return True
+        return False
+
+    return names
 
 
 @dataclass(frozen=True)
@@ -132,14 +162,15 @@ class Eraser:
             raise InvalidArgument("customer_id: required, or identifier_kind and identifier_value", field="customer_id")
         store = self._store
         named: set[str] = set()
+        definition = self._definition()
+        rules = IdentityRules(definition.kinds, definition.default_region)
         if kind:
-            definition = self._definition()
             if kind not in definition.kinds:
                 raise InvalidArgument(
                     f"identifier_kind: '{kind[:64]}' is not an identifier kind ({', '.join(sorted(definition.kinds))})",
                     field="identifier_kind",
                 )
-            normalised = IdentityRules(definition.kinds, definition.default_region).normalise(kind, value, "identifier_value")
+            normalised = rules.normalise(kind, value, "identifier_value")
             if normalised is None:
                 raise InvalidArgument(f"identifier_value: '{value[:80]}' is no identifier", field="identifier_value")
             with store.read() as conn:
@@ -160,7 +191,15 @@ class Eraser:
             pseudonym = pseudonyms.customer(ids[0]) if ids else pseudonyms.key(f"{kind}:{sorted(named)[0]}")
             before = store.forgotten(conn, pseudonym)
             counts = store.erase_customer(
-                conn, ids, pseudonym, pseudonyms.key, self._clock.now(), requested_by or "unknown", reason, named
+                conn,
+                ids,
+                pseudonym,
+                pseudonyms.key,
+                self._clock.now(),
+                requested_by or "unknown",
+                reason,
+                named,
+                names=naming(rules),
             )
         self._after(ids)
         return ErasureResult(pseudonym, tuple(ids), counts, before)

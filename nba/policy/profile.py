@@ -199,6 +199,11 @@ class AttributeSpec(BaseModel):
     keep: Literal["latest", "first"] = "latest"
     #: personal data: never learned from, masked in logs and exports
     pii: bool = False
+    consent: bool = Field(
+        False,
+        description="the customer's own choice (marketing consent): the recorded value wins over a request's "
+        "context.profile.NAME, so no channel can grant what the customer withdrew",
+    )
 
 
 class ActivitySpec(BaseModel):
@@ -331,6 +336,8 @@ class ProfileDefinition:
     #: event type -> the property whose value makes two events of it one (``dedupe_by``)
     dedupe: Mapping[str, str] = field(default_factory=dict)
     scores: tuple[Score, ...] = ()
+    #: attributes holding the customer's consent: the stored value wins over the request's
+    consent: frozenset[str] = frozenset()
 
     @cached_property
     def fingerprint(self) -> str:
@@ -423,6 +430,9 @@ def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[Pro
             continue
         if event == "*":
             problem(f"attributes.{name}.from", f"'{spec.source}': an attribute is kept from one event type, not *")
+            continue
+        if spec.consent and spec.pii:
+            problem(f"attributes.{name}.consent", "a consent attribute is read by rules and logged: it cannot be pii too")
             continue
         if known(event, prop, f"attributes.{name}.from") is not None:
             attributes[name] = (event, prop, spec.keep, spec.pii)
@@ -558,5 +568,6 @@ def compile_profile(section: ProfileSection | None, file: str = "") -> tuple[Pro
         tuple(segments),
         dedupe,
         tuple(scores),
+        consent=frozenset(name for name, spec in section.attributes.items() if spec.consent and name in attributes),
     )
     return definition, problems

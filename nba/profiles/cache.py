@@ -75,7 +75,7 @@ def _view(profile: Profile, customer_id: str, now: float, scorer: Scorer | None 
     private = {k: v for k, v in values.items() if k in pii and v is not None} if pii else {}
     if scorer is not None and profile.definition.scores:
         learnable["scores"] = scorer({k: v for k, v in learnable.items() if k != "segments"})
-    return ProfileView(customer_id, profile.version, learnable, private)
+    return ProfileView(customer_id, profile.version, learnable, private, profile.definition.consent)
 
 
 class ProfileCache:
@@ -159,7 +159,7 @@ class ProfileCache:
         learnable = empty.view.learnable
         if self._scorer is not None and definition.scores:  # the models move on: scored at each read
             learnable = {**learnable, "scores": self._scorer({k: v for k, v in learnable.items() if k != "segments"})}
-        return ProfileView(customer_id, 0, learnable, empty.view.private)
+        return ProfileView(customer_id, 0, learnable, empty.view.private, definition.consent)
 
     def begin(self) -> int:
         """Before a write that will hand its profiles to ``saved``: the stamp to hand back."""

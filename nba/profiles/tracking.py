@@ -538,8 +538,24 @@ class Tracker:
         for kind, value in unknown.items():
             check_id(f"identities.{kind}", kind, max_length=64)
             check_id(f"identities.{kind}", value)
-        identities = rules.normalise_all({k: v for k, v in event.identities.items() if k in definition.kinds})
-        if not event.customer_id and not identities and not unknown:
+        # a value that is no identifier of its kind (an e-mail address without a domain, a phone
+        # number read in the wrong region) is the source's or the definition's to fix: kept too
+        identities: dict[str, str] = {}
+        malformed: dict[str, str] = {}
+        misread: InvalidArgument | None = None
+        for kind, value in event.identities.items():
+            if kind not in definition.kinds:
+                continue
+            check_id(f"identities.{kind}", value)
+            try:
+                normalised = rules.normalise(kind, value)
+            except InvalidArgument as exc:
+                malformed[kind] = value
+                misread = misread or exc
+                continue
+            if normalised is not None:
+                identities[kind] = normalised
+        if not event.customer_id and not identities and not unknown and not malformed:
             raise InvalidArgument("customer_id: required when the event carries no identifier (identities)", field="customer_id")
         occurred = event.occurred_at or event.received_at or now
         if occurred.tzinfo is None:
@@ -552,7 +568,10 @@ class Tracker:
                 field="occurred_at",
             )
         refused = None
-        if unknown:
+        if misread is not None:
+            refused = NotInDefinition(str(misread), field=misread.field)
+            identities = {**identities, **malformed}  # (kept as sent with the dead letter; never resolved)
+        if unknown and refused is None:
             kind = sorted(unknown)[0]
             refused = NotInDefinition(
                 f"identities.{kind}: unknown identifier kind '{kind}'; declared kinds: {', '.join(sorted(definition.kinds))}",
@@ -565,8 +584,11 @@ class Tracker:
             refused = refused or exc
         for event_type, prop in (*definition.relationships.values(), *definition.dedupe.items()):
             other = id_text(event.properties.get(prop)) if event_type == event.type else None
-            if other is not None:
-                check_id(f"properties.{prop}", other)
+            if other is not None and refused is None:
+                try:  # an id another customer or event is known by: kept as a dead letter if it cannot be one
+                    check_id(f"properties.{prop}", other)
+                except InvalidArgument as exc:
+                    refused = NotInDefinition(str(exc), field=exc.field)
         # an event sent without its time is the same event when sent again: its time is not part of it
         digest = _content_hash(event.customer_id, identities, event.type, event.source, event.occurred_at, event.properties)
         return _Prepared(event, definition, rules, identities, occurred, now, digest, refused)

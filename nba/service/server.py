@@ -38,12 +38,13 @@ from nba.decision.contacts import ContactHistory, OfferCounters
 from nba.decision.decider import Decider
 from nba.decision.reservations import LocalReservations, RedisReservations, Reservations
 from nba.errors import InvalidArgument, NbaError, Unavailable, field_violations
-from nba.governance.erasure import FORGOTTEN, Eraser, Pseudonyms
+from nba.governance.erasure import FORGOTTEN, Eraser, Pseudonyms, naming
 from nba.learning.feedback import IN_FLIGHT_MARGIN_SECONDS, FeedbackIntake
 from nba.learning.loop import LearningLoop, build_learner
 from nba.policy.policy_set import PolicySet
 from nba.profiles.backfill import Backfill
 from nba.profiles.cache import ProfileCache
+from nba.profiles.identity import IdentityRules
 from nba.profiles.scores import ScoreModels
 from nba.profiles.segment_clock import SegmentClock
 from nba.profiles.segments import time_dependent
@@ -301,6 +302,7 @@ class Service:
             applied_id=self.learning.last_feedback_id,
             contact_id=start_contact_id,
             forgotten=self._erase_again,
+            forgotten_keys=self._forgotten_keys,
         )
         self.maintenance.log = self.log
         #: the predictive scores' models, shared by every process through the database
@@ -471,24 +473,50 @@ class Service:
         """In the decision log's write transaction: a decision or outcome of a customer that
         happened before they were forgotten (by any process), still queued here then, is erased
         again before the commit; what happened after their erasure is a new customer's."""
-        if self._pseudonym_key is None and not self.settings.pseudonym_key:
-            # (not made here: its write would wait on this transaction's own lock)
-            stored = self.store.stored_secret(conn, "pseudonym_key")
-            if stored is None:
-                return  # no key was ever made: nobody has been forgotten
-            self._pseudonym_key = Pseudonyms(stored.encode())
-        pseudonyms = self._pseudonyms()
+        pseudonyms = self._stored_pseudonyms(conn)
+        if pseudonyms is None:
+            return  # no key was ever made: nobody has been forgotten
         named: dict[str, tuple[str, datetime]] = {}
         for customer_id, when in written:
             pseudonym = pseudonyms.customer(customer_id)
             held = named.get(pseudonym)
             named[pseudonym] = (customer_id, min(when, held[1]) if held else when)
-        for pseudonym, erased_at in sorted(self.store.forgotten_among(conn, list(named)).items()):
+        found = self.store.forgotten_among(conn, list(named))
+        if not found:
+            return
+        definition = self.publisher.live.profile
+        names = naming(IdentityRules(definition.kinds, definition.default_region))
+        for pseudonym, erased_at in sorted(found.items()):
             customer_id, earliest = named[pseudonym]
             if earliest <= erased_at:
                 self.store.erase_customer(
-                    conn, [customer_id], pseudonym, pseudonyms.key, self.clock.now(), "decision log", audit=False
+                    conn,
+                    [customer_id],
+                    pseudonym,
+                    pseudonyms.key,
+                    self.clock.now(),
+                    "decision log",
+                    audit=False,
+                    names=names,
                 )
+
+    def _forgotten_keys(self, conn: Any, customer_ids: set[str]) -> tuple[Callable[[str], str] | None, set[str]]:
+        """Of these ids (pseudonyms, by their look), those of forgotten customers, and the key
+        their feedback's event ids are stored under (see ``Feedback.store_feedback_batch``)."""
+        pseudonyms = self._stored_pseudonyms(conn)
+        if pseudonyms is None:
+            return None, set()
+        return pseudonyms.key, set(self.store.forgotten_among(conn, sorted(customer_ids)))
+
+    def _stored_pseudonyms(self, conn: Any) -> Pseudonyms | None:
+        """The keyed pseudonyms inside a write transaction, or None if no key was ever made."""
+        if self._pseudonym_key is None and not self.settings.pseudonym_key:
+            # (not made here: its write would wait on this transaction's own lock)
+            stored = self.store.stored_secret(conn, "pseudonym_key")
+            if stored is None:
+                return None
+            self._pseudonym_key = Pseudonyms(stored.encode())
+        return self._pseudonyms()
 
     def _flush_log(self) -> None:
         """Everything the decision log holds written (before a customer is forgotten in it)."""

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from nba import metrics
 from nba.errors import Unavailable
-from nba.records import ContactEvent, DecisionRecord, FeedbackEvent, FeedbackResult, LearningEvent
+from nba.records import PSEUDONYM_PREFIX, ContactEvent, DecisionRecord, FeedbackEvent, FeedbackResult, LearningEvent
 from nba.storage.bus import BusEntry, RedisBus, Span
 from nba.storage.engine import driver_error, is_outage
 from nba.storage.recent import RecentDecisions
@@ -102,6 +102,7 @@ class DecisionLog:
         applied_id: int = 0,
         contact_id: int = 0,
         forgotten: Callable[[Any, list[tuple[str, datetime]]], None] | None = None,
+        forgotten_keys: Callable[[Any, set[str]], tuple[Callable[[str], str] | None, set[str]]] | None = None,
     ) -> None:
         """``shared``: other processes (workers, replicas) write to the same database, and this
         one learns their events too (always so with a ``bus``). ``applied_id`` and
@@ -110,9 +111,12 @@ class DecisionLog:
         ``forgotten(conn, [(customer_id, when)])``: called in each write transaction with the
         customers it wrote of and when each decision or outcome happened, to erase again what
         happened before its customer was forgotten (a decision queued here while another
-        process forgot them)."""
+        process forgot them). ``forgotten_keys(conn, customer_ids)``: of these customer ids (the
+        pseudonyms among the feedback's), which name forgotten customers, and the keyed pseudonym
+        their events' ids are stored under (None and an empty set when nobody was forgotten)."""
         self.store = store
         self._forgotten = forgotten
+        self._forgotten_keys = forgotten_keys
         self._listener = listener
         self._options = options or LogOptions()
         self.replication = Replication(
@@ -419,7 +423,13 @@ class DecisionLog:
                         for o in d.offers
                     )
                 # A reused event id is found before anything is written: nothing to undo.
-                stored = self.store.store_feedback_batch(conn, [event for event, _ in feedback]) if feedback else []
+                key: Callable[[str], str] | None = None
+                forgotten: set[str] = set()
+                pseudonymous = {e.customer_id for e, _ in feedback if e.customer_id.startswith(PSEUDONYM_PREFIX)}
+                if pseudonymous and self._forgotten_keys is not None:
+                    key, forgotten = self._forgotten_keys(conn, pseudonymous)
+                events = [event for event, _ in feedback]
+                stored = self.store.store_feedback_batch(conn, events, key, forgotten) if feedback else []
                 results.extend((event, future, result) for (event, future), result in zip(feedback, stored, strict=True))
                 outcomes = [
                     ContactEvent(e.customer_id, e.occurred_at.timestamp(), e.outcome, e.offer_id, e.group, e.channel)

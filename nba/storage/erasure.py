@@ -2,13 +2,20 @@
 
 In one write transaction: the profile rows of the customer and every id merged into them, their
 touch-point events (and the near-duplicate keys of those events), identifiers, relationships
-(both ways; the linking event of the other customer keeps its place with their name erased),
-merge records, segment stays (closed first, so that sizes stay right), contact
+(both ways), merge records, segment stays (closed first, so that sizes stay right), contact
 events, and the dead letters that name them (by id or by one of their identifiers) are deleted;
 their decisions keep what evaluation needs (context, candidates, offers, propensities, feedback)
 under a keyed pseudonym instead of the customer id, their caller-chosen keys (``request_id``, the
-feedback ``event_id``) pseudonymised too, and any context value equal to one of their ids or
-identifiers replaced by ``[erased]``. An audit row names the customer by the pseudonym only.
+feedback ``event_id``) pseudonymised too, and any context value naming them (one of their ids or
+identifiers, however written: the caller's ``names`` judges) replaced by ``[erased]``. Other
+customers' events, profiles and dead letters that name them (a household link's ``member_id``, a
+referral's e-mail) keep their place with the name replaced the same way: those rows are found by
+a text search of their JSON for each id and identifier as stored, so a value written there
+differently from how it is normalised is not found. An audit row names the customer by the
+pseudonym only.
+
+Rows are changed set-wise or by one executemany a table, not a statement a row: the erasure holds
+the write lock throughout.
 """
 
 from __future__ import annotations
@@ -17,9 +24,9 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import Text, bindparam, cast, delete, func, or_, select, update
 
-from nba.storage.engine import utc
+from nba.storage.engine import json_text, utc
 from nba.storage.profiles import Profiles
 from nba.storage.tables import (
     CONTACT_EVENTS,
@@ -95,10 +102,14 @@ class Erasures(Profiles):
         reason: str = "",
         identifiers: Iterable[str] = (),
         audit: bool = True,
+        names: Callable[[str, set[str]], bool] | None = None,
     ) -> dict[str, int]:
         """Erases the customer known by ``ids`` (inside the caller's write transaction) and
         records it; returns what was erased or pseudonymised, by table. ``identifiers``: more
-        values that name them (an identifier nobody holds any more, still in dead letters)."""
+        values that name them (an identifier nobody holds any more, still in dead letters).
+        ``names(text, named)``: whether a text value names them, ``named`` being their ids and
+        identifiers casefolded (by default: equal to one of them, casefolded and stripped; the
+        service also reads a phone number or e-mail written differently)."""
         counts: dict[str, int] = {}
         i = PROFILE_IDENTITIES
         held = [(kind, value) for kind, value in conn.execute(select(i.c.kind, i.c.value).where(i.c.customer_id.in_(ids)))]
@@ -120,13 +131,8 @@ class Erasures(Profiles):
         counts["profile_events"] = _deleted(conn, PROFILE_EVENTS, PROFILE_EVENTS.c.customer_id.in_(ids))
         counts["profile_identities"] = _deleted(conn, PROFILE_IDENTITIES, PROFILE_IDENTITIES.c.customer_id.in_(ids))
         r = PROFILE_RELATIONSHIPS
-        named = {v.casefold() for v in identifiers | set(ids)}
-        # another customer's event that linked them to this one names them (household_link's
-        # member_id): kept for its customer, with the name erased
-        linking = set(conn.execute(select(r.c.event_id).where(r.c.other_id.in_(ids), r.c.customer_id.not_in(ids))).scalars())
-        e = PROFILE_EVENTS
-        for event_id, properties in conn.execute(select(e.c.event_id, e.c.properties).where(e.c.event_id.in_(linking))).all():
-            conn.execute(update(e).where(e.c.event_id == event_id).values(properties=_scrubbed(properties, named)))
+        named = {v.strip().casefold() for v in identifiers | set(ids)}
+        judge = names or _equal
         counts["profile_relationships"] = _deleted(conn, r, or_(r.c.customer_id.in_(ids), r.c.other_id.in_(ids)))
         m = PROFILE_MERGES
         counts["profile_merges"] = _deleted(conn, m, or_(m.c.survivor.in_(ids), m.c.absorbed.in_(ids)))
@@ -145,18 +151,29 @@ class Erasures(Profiles):
             counts["profile_dead_letters"] += _deleted(conn, d, d.c.id.in_(letters[start : start + _CHUNK]))
         counts["profiles"] = _deleted(conn, PROFILES, PROFILES.c.customer_id.in_(ids))
         counts["contact_events"] = _deleted(conn, CONTACT_EVENTS, CONTACT_EVENTS.c.customer_id.in_(ids))
+        # what other customers hold that names them: kept for its owner, with the name erased
+        counts["named_elsewhere"] = (
+            _scrub_naming(conn, PROFILE_EVENTS, PROFILE_EVENTS.c.id, PROFILE_EVENTS.c.properties, named, judge)
+            + _scrub_naming(conn, PROFILES, PROFILES.c.customer_id, PROFILES.c.state, named, judge)
+            + _scrub_naming(conn, d, d.c.id, d.c.properties, named, judge)
+            + _scrub_naming(conn, d, d.c.id, d.c.identities, named, judge)
+        )
         decisions = conn.execute(
             select(DECISIONS.c.decision_id, DECISIONS.c.request_id, DECISIONS.c.features).where(DECISIONS.c.customer_id.in_(ids))
         ).all()
-        for decision_id, request_id, features in decisions:
+        if decisions:
             conn.execute(
                 update(DECISIONS)
-                .where(DECISIONS.c.decision_id == decision_id)
-                .values(
-                    customer_id=pseudonym,
-                    request_id=pseudonymise(request_id) if request_id else request_id,
-                    features=_scrubbed(features, named),
-                )
+                .where(DECISIONS.c.decision_id == bindparam("b_decision"))
+                .values(customer_id=pseudonym, request_id=bindparam("b_request"), features=bindparam("b_features")),
+                [
+                    {
+                        "b_decision": decision_id,
+                        "b_request": pseudonymise(request_id) if request_id else request_id,
+                        "b_features": _scrubbed(features, named, judge),
+                    }
+                    for decision_id, request_id, features in decisions
+                ],
             )
         counts["decisions"] = len(decisions)
         decision_ids = [row[0] for row in decisions]
@@ -165,8 +182,11 @@ class Erasures(Profiles):
             rows = conn.execute(
                 select(FEEDBACK.c.id, FEEDBACK.c.event_id).where(FEEDBACK.c.decision_id.in_(decision_ids[start : start + _CHUNK]))
             ).all()
-            for row_id, event_id in rows:
-                conn.execute(update(FEEDBACK).where(FEEDBACK.c.id == row_id).values(event_id=pseudonymise(event_id)))
+            if rows:
+                conn.execute(
+                    update(FEEDBACK).where(FEEDBACK.c.id == bindparam("b_id")).values(event_id=bindparam("b_event")),
+                    [{"b_id": row_id, "b_event": pseudonymise(event_id)} for row_id, event_id in rows],
+                )
             counts["feedback"] += len(rows)
         if audit:
             conn.execute(
@@ -181,12 +201,38 @@ def _deleted(conn: Any, table: Any, where: Any) -> int:
     return int(conn.execute(delete(table).where(where)).rowcount or 0)
 
 
-def _scrubbed(value: Any, named: set[str]) -> Any:
-    """``value`` with every text equal to one of ``named`` (casefolded) replaced by ``ERASED``."""
+def _equal(text: str, named: set[str]) -> bool:
+    return text.strip().casefold() in named
+
+
+def _scrubbed(value: Any, named: set[str], judge: Callable[[str, set[str]], bool] = _equal) -> Any:
+    """``value`` with every text that names them (``judge``) replaced by ``ERASED``."""
     if isinstance(value, str):
-        return ERASED if value.strip().casefold() in named else value
-    if isinstance(value, Mapping):
-        return {k: _scrubbed(v, named) for k, v in value.items()}
+        return ERASED if judge(value, named) else value
+    if isinstance(value, Mapping):  # a key can name them too (activity keyed by an identifier)
+        return {(ERASED if isinstance(k, str) and judge(k, named) else k): _scrubbed(v, named, judge) for k, v in value.items()}
     if isinstance(value, list):
-        return [_scrubbed(v, named) for v in value]
+        return [_scrubbed(v, named, judge) for v in value]
     return value
+
+
+def _scrub_naming(conn: Any, table: Any, key: Any, column: Any, named: set[str], judge: Callable[[str, set[str]], bool]) -> int:
+    """Rows of ``table`` whose JSON ``column`` holds a text naming them, rewritten with the name
+    erased; returns how many. The database finds the candidates (their JSON text contains one
+    of ``named`` as JSON writes it); ``judge`` decides value by value."""
+    needles = sorted({json_text(value)[1:-1].lower() for value in named if value})
+    if not needles:
+        return 0
+    text = func.lower(cast(column, Text))
+    found = conn.execute(select(key, column).where(or_(*(text.like(f"%{_escaped(n)}%", escape="\\") for n in needles)))).all()
+    changed = [(k, after) for k, before in found if (after := _scrubbed(before, named, judge)) != before]
+    if changed:
+        conn.execute(
+            update(table).where(key == bindparam("b_key")).values({column.name: bindparam("b_value")}),
+            [{"b_key": k, "b_value": value} for k, value in changed],
+        )
+    return len(changed)
+
+
+def _escaped(needle: str) -> str:
+    return needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

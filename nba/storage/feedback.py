@@ -5,7 +5,7 @@ reward, the applied events replayed in order, and retention."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,16 +35,29 @@ class Feedback(Repository):
             raise result
         return result
 
-    def store_feedback_batch(self, conn: Any, events: list[FeedbackEvent]) -> list[FeedbackResult | AlreadyExists]:
+    def store_feedback_batch(
+        self,
+        conn: Any,
+        events: list[FeedbackEvent],
+        key: Callable[[str], str] | None = None,
+        forgotten: Collection[str] = (),
+    ) -> list[FeedbackResult | AlreadyExists]:
         """Stores events as if one at a time, in order (deduplicated by event id, each pair's
         reward resolved from the events before it, this batch's included), within ``conn``'s
         transaction; returns each event's result, or the ``AlreadyExists`` its reused event
         id earns (such an event writes nothing).
 
+        An event about a forgotten customer (its ``customer_id`` one of the pseudonyms in
+        ``forgotten``) is stored under ``key(event_id)``, the keyed pseudonym their erasure gave
+        their events' ids (a caller's key may name them): one sent again after the erasure is
+        still a duplicate, and a new one names nobody.
+
         Four statements for the batch, not three an event: the event ids already stored, the
         pairs' applied feedback, one executemany insert, the new rows' ids. The writer holds
         the write lock throughout, so this is what a group commit costs the other writers."""
         table = FEEDBACK
+        if key is not None and forgotten:
+            events = [replace(e, event_id=key(e.event_id)) if e.customer_id in forgotten else e for e in events]
         seen: dict[str, tuple[str, str, str]] = {}
         for chunk in chunks(list({e.event_id for e in events})):
             for r in conn.execute(

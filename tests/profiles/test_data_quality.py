@@ -250,3 +250,38 @@ def test_an_identifier_of_an_undeclared_kind_is_kept_until_the_kind_is_declared(
         ppb.GetProfileRequest(identifier_kind="member_no", identifier_value="M-77"), metadata=Running.auth()
     )
     assert profile.customer_id == "c-m" and [(i.kind, i.value) for i in profile.identities] == [("member_no", "M-77")]
+
+
+def test_an_identifier_its_kind_cannot_read_is_kept_until_the_definition_reads_it(start, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    # a New York number written the American way, read as a UK one: no possible number
+    server: Running = start(policies=folder(tmp_path))
+    stub = ppb_grpc.ProfileServiceStub(server.channel)
+    url = server.service.settings.database_url
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Track(ppb.TrackRequest(event_id="p-1", type="signup", customer_id="c-p", identities={"phone": "1 212 555 0123"}))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("identities.phone: '1 212 555 0123' is not a possible phone number")
+    assert "kept as a dead letter" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:  # so is an e-mail address without its domain
+        stub.Track(ppb.TrackRequest(event_id="p-2", type="signup", customer_id="c-q", identities={"email": "ann@"}))
+    assert "kept as a dead letter" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:  # a near-duplicate key that cannot be one: kept too
+        stub.Track(ppb.TrackRequest(event_id="p-3", type="order", customer_id="c-q", properties=struct({"order_id": "x" * 300})))
+    assert "properties.order_id" in caught.value.details() and "kept as a dead letter" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:  # a value that cannot be stored at all is refused
+        stub.Track(ppb.TrackRequest(event_id="p-4", type="signup", customer_id="c-q", identities={"phone": "1\x002"}))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "dead letter" not in caught.value.details()
+    capsys.readouterr()
+    assert main(["profiles", "dead-letters", "--database-url", url]) == 0
+    listed = capsys.readouterr().out
+    assert "p-1" in listed and "p-2" in listed and "p-3" in listed and "p-4" not in listed
+    files = {p.name: p.read_text() for p in (tmp_path / "policies").glob("*.yaml")}
+    files["profile.yaml"] = PROFILE.replace("profile:\n", "profile:\n  identity:\n    default_region: US\n", 1)
+    server.admin.PublishPolicySet(apb.PublishPolicySetRequest(draft=apb.PolicySetDraft(files=files)), metadata=server.auth())
+    # the phone number reads now; the address still does not (exit status 1: something is left)
+    assert main(["profiles", "dead-letters", "--replay", "--type", "signup", "--database-url", url]) == 1
+    assert "1 applied, 0 applied before, 1 still refused" in capsys.readouterr().out
+    profile = stub.GetProfile(
+        ppb.GetProfileRequest(identifier_kind="phone", identifier_value="+12125550123"), metadata=Running.auth()
+    )
+    assert profile.customer_id == "c-p"

@@ -28,6 +28,7 @@ profile:
     complaint: {properties: {topic: string, case_id: string, status: string}}
     purchase: {properties: {order_id: string, amount: number}, dedupe_by: order_id}
     household_link: {properties: {member_id: string}}
+    referral: {properties: {friend_email: string}}
   attributes:
     tier: {from: signup.tier}
   computed:
@@ -92,6 +93,8 @@ def test_forget_customer_leaves_no_trace_and_keeps_decisions_under_a_pseudonym(s
     assert merged.customer_id == "zq-ada-1" and list(merged.merged) == ["zq-ada-2"]
     track(server, "e-bob-1", "household_link", {"member_id": "zq-ada-1"}, customer_id="c-bob")
     track(server, "e-bob-2", "complaint", {"topic": "app", "case_id": "B-1"}, customer_id="c-bob")
+    # bob names her again, her e-mail address written his way
+    track(server, "e-bob-3", "referral", {"friend_email": " ADA.Lovelace@example.COM"}, customer_id="c-bob")
     with pytest.raises(grpc.RpcError):  # a dead letter naming her by her e-mail address only
         stub.Track(ppb.TrackRequest(event_id="e-ada-5", type="survey", identities=email))
     decided = []
@@ -104,7 +107,14 @@ def test_forget_customer_leaves_no_trace_and_keeps_decisions_under_a_pseudonym(s
                     limit=2,
                     request_id=f"req-zq-ada-{n}" if customer != "c-bob" else "req-bob",
                     context=struct(
-                        {"customer": {"age": 36, "email": "ada.lovelace@example.com" if customer != "c-bob" else "b@x.io"}}
+                        {
+                            "customer": {
+                                "age": 36,
+                                "email": "ada.lovelace@example.com" if customer != "c-bob" else "b@x.io",
+                                # her number as the call centre writes it, not as it is stored
+                                "phone": "+44 (0)7911 123-456" if customer != "c-bob" else "+44 20 7946 0000",
+                            }
+                        }
                     ),
                 )
             )
@@ -131,23 +141,49 @@ def test_forget_customer_leaves_no_trace_and_keeps_decisions_under_a_pseudonym(s
     assert answer.erased["profiles"] == 2 and answer.erased["profile_events"] == 4 and answer.erased["decisions"] == 2
     assert answer.erased["feedback"] == 2 and answer.erased["profile_dead_letters"] == 1
     assert answer.erased["profile_relationships"] == 2  # bob's link to her, both ways
+    assert answer.erased["named_elsewhere"] >= 2  # bob's link and referral events (and his profile)
 
     assert traces(server, ADA) == []  # searched in every table
     with server.service.store.read() as conn:
         kept = conn.execute(select(DECISIONS.c.customer_id, DECISIONS.c.features)).all()
         assert sorted(c for c, _ in kept) == sorted([answer.pseudonym, answer.pseudonym, "c-bob"])
         assert [f["customer.email"] for c, f in kept if c == answer.pseudonym] == ["[erased]", "[erased]"]
+        assert [f["customer.phone"] for c, f in kept if c == answer.pseudonym] == ["[erased]", "[erased]"]
+        assert [f["customer.phone"] for c, f in kept if c == "c-bob"] == ["+44 20 7946 0000"]
         assert len(conn.execute(select(FEEDBACK.c.id)).all()) == 3  # evaluation keeps every outcome
         audit = conn.execute(select(ERASURES)).one()
     assert (audit.pseudonym, audit.requested_by, audit.reason) == (answer.pseudonym, "ed", "ticket 42")
     # bob is untouched, but for the link to her
     bob = stub.GetProfile(ppb.GetProfileRequest(customer_id="c-bob"), metadata=Running.auth())
-    assert bob.version == 2 and not bob.relationships
+    assert bob.version == 3 and not bob.relationships
     for customer in ("zq-ada-1", "zq-ada-2"):
         with pytest.raises(grpc.RpcError) as caught:
             stub.GetProfile(ppb.GetProfileRequest(customer_id=customer), metadata=Running.auth())
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # no cache kept her
     assert server.service.contacts.events("zq-ada-1", datetime.now(UTC).timestamp()) == []
+    # her campaign tool sends an outcome again under its own key: still a duplicate, and a new
+    # outcome of her decision is kept under a pseudonym of its key
+    resent = server.stub.Feedback(
+        pb.FeedbackRequest(
+            event_id="fb-zq-ada-0",
+            decision_id=decided[0].decision_id,
+            offer_id=decided[0].offers[0].offer_id,
+            outcome=pb.OUTCOME_ACCEPTED,
+        )
+    )
+    assert resent.duplicate
+    later = server.stub.Feedback(
+        pb.FeedbackRequest(
+            event_id="fb-zq-ada-later",
+            decision_id=decided[0].decision_id,
+            offer_id=decided[0].offers[0].offer_id,
+            outcome=pb.OUTCOME_CLICKED,
+        )
+    )
+    assert not later.duplicate
+    assert traces(server, ADA) == []
+    with server.service.store.read() as conn:
+        assert len(conn.execute(select(FEEDBACK.c.id)).all()) == 4
 
     again = stub.ForgetCustomer(ppb.ForgetCustomerRequest(customer_id="zq-ada-1"), metadata=Running.auth())
     assert again.forgotten_before and again.pseudonym == answer.pseudonym and not any(again.erased.values())
@@ -232,7 +268,7 @@ CUSTOMER = {
 def test_the_sample_set_honours_marketing_consent(server: Running) -> None:
     """The customer's latest choice (the profile's consent_marketing) wins over the channel's record."""
 
-    def refused(customer_id: str, consented_by_channel: bool) -> set[str]:
+    def refused(customer_id: str, consented_by_channel: bool, **profile: object) -> set[str]:
         """The offers the marketing-consent policy filtered out of an e-mail decision."""
         reply = server.stub.Decide(
             pb.DecideRequest(
@@ -240,7 +276,11 @@ def test_the_sample_set_honours_marketing_consent(server: Running) -> None:
                 channel="email",
                 limit=5,
                 explain=True,
-                context=struct({"customer": {**CUSTOMER, "consent": {"marketing": consented_by_channel, "email": True}}}),
+                context=struct(
+                    {"customer": {**CUSTOMER, "consent": {"marketing": consented_by_channel, "email": True}}, "profile": profile}
+                    if profile
+                    else {"customer": {**CUSTOMER, "consent": {"marketing": consented_by_channel, "email": True}}}
+                ),
             )
         )
         return {o.offer_id for o in reply.explanation.offers if o.policy == "marketing-consent"}
@@ -250,6 +290,9 @@ def test_the_sample_set_honours_marketing_consent(server: Running) -> None:
     assert without  # every marketing offer on e-mail
     track(server, "consent-1", "consent", {"marketing": False, "email": True}, customer_id="c-said-no")
     assert refused("c-said-no", True) == without  # their own latest choice wins
+    # a channel that sends the profile's consent itself cannot grant what they withdrew
+    assert refused("c-said-no", True, consent_marketing=True) == without
+    assert refused("c-new", False, consent_marketing=True) == set()  # nothing recorded: the request's is used
     track(server, "consent-2", "consent", {"marketing": True}, customer_id="c-said-no")
     assert refused("c-said-no", False) == set()
 

@@ -135,6 +135,7 @@ def measure_service(seconds: float) -> dict[str, Any]:
         "NBA_PORT": str(port),
         "NBA_HOST": "127.0.0.1",
         "NBA_METRICS_PORT": "-1",
+        "NBA_HTTP_PORT": "-1",
         "NBA_DATABASE_URL": f"sqlite:///{folder}/nba.db",
         "NBA_POLICIES": str(ROOT / "policies"),
         "NBA_WORKERS": "1",

@@ -239,6 +239,7 @@ def measure(size: int, work: Path, rounds: int, decides: int, profile: bool) -> 
         "NBA_PORT": str(port),
         "NBA_HOST": "127.0.0.1",
         "NBA_METRICS_PORT": "-1",
+        "NBA_HTTP_PORT": "-1",
         "NBA_POLICIES": str(folder),
         "NBA_DATABASE_URL": f"sqlite:///{work / f'db-{size}.sqlite'}",
         "NBA_LOG_LEVEL": "warning",

@@ -166,6 +166,7 @@ def started(url: str, policies: Path, **overrides: Any) -> Service:
         database_url=url,
         port=0,
         metrics_port=-1,
+        http_port=-1,
         policies_watch_seconds=0,
         log_format="text",
         log_level="warning",

@@ -44,6 +44,7 @@ def replicas(folder: Path, url: str, bus: str, stream: str) -> list[Server]:
             "NBA_PORT": str(port),
             "NBA_HOST": "127.0.0.1",
             "NBA_METRICS_PORT": "-1",
+            "NBA_HTTP_PORT": "-1",
             "NBA_POLICIES": str(folder),
             "NBA_DATABASE_URL": url,
             "NBA_LOG_LEVEL": "warning",

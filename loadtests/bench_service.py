@@ -10,6 +10,7 @@ per call is read from its own CPU counters (/proc), the steadier figure. Reporte
 * p50/p95/p99 latency at a fixed offered load: half of the floor's maximum (which overloads
   the service, so also at half of its own maximum);
 * Feedback throughput and CPU per call;
+* Decide over the HTTP/JSON API (same server, same requests as JSON) against Decide over gRPC;
 * how Decide's CPU per call grows with 10, 100 and 1,000 offers and 10, 30 and 100 fields;
 * `--workers 2` against one worker, flat out and at the same offered load; how long a
   Feedback takes to show in the other worker's decisions; resident memory per worker;
@@ -38,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import struct_pb2
+import httpx
+from google.protobuf import json_format, struct_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "loadtests"))
@@ -375,12 +377,51 @@ def contact_memory(customers: int, events_each: int = 3) -> float:
     return grown
 
 
-def service(folder: Path, database: Path, workers: int, cpus: set[int], extra: dict[str, str] | None = None) -> Server:
+async def http_closed_loop(
+    http_port: int, pid: int, bodies: list[bytes], concurrency: int, seconds: float, warmup: float = 1.5
+) -> Measurement:
+    """As ``closed_loop``, over the HTTP API: POST /v1/decide with JSON bodies, ``concurrency``
+    callers on as many kept-alive connections."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"content-type": "application/json"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", limits=limits, timeout=10) as client:
+        counter = {"calls": 0, "errors": 0}
+        measuring = asyncio.Event()
+        stop_at = time.monotonic() + warmup + seconds
+        next_index = [0]
+
+        async def caller() -> None:
+            while time.monotonic() < stop_at:
+                i = next_index[0]
+                next_index[0] += 1
+                try:
+                    reply = await client.post("/v1/decide", content=bodies[i % len(bodies)], headers=headers)
+                    if reply.status_code != 200:
+                        counter["errors"] += 1
+                    elif measuring.is_set():
+                        counter["calls"] += 1
+                except httpx.HTTPError:
+                    counter["errors"] += 1
+
+        tasks = [asyncio.create_task(caller()) for _ in range(concurrency)]
+        await asyncio.sleep(warmup)
+        measuring.set()
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        await asyncio.sleep(seconds)
+        cpu1, t1, calls_done = cpu_seconds(pid), time.monotonic(), counter["calls"]
+        await asyncio.gather(*tasks)
+        return Measurement("Decide over HTTP", calls_done, t1 - t0, cpu1 - cpu0, counter["errors"])
+
+
+def service(
+    folder: Path, database: Path, workers: int, cpus: set[int], extra: dict[str, str] | None = None, http_port: int = -1
+) -> Server:
     port = free_port()
     env = {
         "NBA_PORT": str(port),
         "NBA_HOST": "127.0.0.1",
         "NBA_METRICS_PORT": "-1",
+        "NBA_HTTP_PORT": str(http_port),
         "NBA_POLICIES": str(folder),
         "NBA_DATABASE_URL": f"sqlite:///{database}",
         "NBA_LOG_LEVEL": "warning",
@@ -470,11 +511,16 @@ def main(argv: list[str] | None = None) -> int:
 
     # The service: 100 offers, 30 fields, limit 3.
     folder = write_policy_set(work / "p100-f30", 100, 30)
-    server = service(folder, work / "main.db", 1, {SERVER_CPU})
+    http_port = free_port()
+    server = service(folder, work / "main.db", 1, {SERVER_CPU}, http_port=http_port)
     decisions: list[Any] = []
     try:
         svc_max = run(closed_loop(server.port, server.proc.pid, base, "Decide", args.concurrency, args.seconds, keep=decisions))
         results["service_max"] = show("nba: Decide (100 offers, 30 fields), max", svc_max)
+        # The same requests as JSON, over the HTTP API of the same server.
+        bodies = [json.dumps(json_format.MessageToDict(r, preserving_proto_field_name=True)).encode() for r in base]
+        http_max = run(http_closed_loop(http_port, server.proc.pid, bodies, args.concurrency, args.seconds))
+        results["service_http_max"] = show("nba: Decide over HTTP/JSON, max", http_max)
         own_rate = svc_max.throughput / 2
         svc_half = run(open_loop(server.port, server.proc.pid, base, own_rate, args.seconds))
         results["service_half_own_max"] = show(f"nba: Decide at {own_rate:.0f}/s (half its own max)", svc_half)
@@ -505,11 +551,13 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_per_call": round(svc_max.cpu_per_call_us / floor_max.cpu_per_call_us, 2),
         "throughput": round(svc_max.throughput / floor_max.throughput, 2),
         "feedback_vs_decide_cpu": round(fb.cpu_per_call_us / svc_max.cpu_per_call_us, 2),
+        "http_vs_grpc_decide_cpu": round(http_max.cpu_per_call_us / svc_max.cpu_per_call_us, 2),
     }
     print(
         f"\nratios: service/floor CPU per call {results['ratios']['cpu_per_call']}×, "
         f"throughput {results['ratios']['throughput']:.0%} of the floor's; Feedback/Decide CPU "
-        f"{results['ratios']['feedback_vs_decide_cpu']}×"
+        f"{results['ratios']['feedback_vs_decide_cpu']}×; HTTP/gRPC Decide CPU "
+        f"{results['ratios']['http_vs_grpc_decide_cpu']}×"
     )
 
     if not args.quick:

@@ -52,6 +52,7 @@ def real_records(folder: Path, count: int) -> list[DecisionRecord]:
         database_url=f"sqlite:///{folder / 'templates.db'}",
         port=0,
         metrics_port=-1,
+        http_port=-1,
         policies_watch_seconds=0,
         log_format="text",
         log_level="warning",

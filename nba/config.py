@@ -38,6 +38,13 @@ class Settings(BaseModel):
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port)")
     database_url: str = Field("sqlite:///var/nba.db", description="decision log database (SQLAlchemy URL)")
     metrics_port: int = Field(9464, ge=-1, le=65535, description="Prometheus metrics HTTP port (0: any free port, -1: off)")
+    http_port: int = Field(
+        8080, ge=-1, le=65535, description="HTTP/JSON API port, on the same host as gRPC (0: any free port, -1: off)"
+    )
+    http_cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins a browser may call the HTTP API from (https://app.example.com; comma-separated); none: CORS off",
+    )
     threads: int = Field(16, ge=1, le=1024, description="gRPC handler threads")
     workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
@@ -267,11 +274,16 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _ports_differ(self) -> Settings:
         # the second bind would fail later as "port in use", naming neither setting
-        if self.port > 0 and self.metrics_port > 0 and self.port == self.metrics_port:
-            raise ValueError(
-                f"port (--port, NBA_PORT) and metrics_port (--metrics-port, NBA_METRICS_PORT) are both "
-                f"{self.port}: give the metrics endpoint a port of its own, or -1 to turn it off"
-            )
+        ports = [("port", "--port", "NBA_PORT"), ("metrics_port", "--metrics-port", "NBA_METRICS_PORT")]
+        ports.append(("http_port", "--http-port", "NBA_HTTP_PORT"))
+        for n, first in enumerate(ports):
+            for second in ports[n + 1 :]:
+                value = getattr(self, first[0])
+                if value > 0 and value == getattr(self, second[0]):
+                    raise ValueError(
+                        f"{first[0]} ({first[1]}, {first[2]}) and {second[0]} ({second[1]}, {second[2]}) are both "
+                        f"{value}: give each its own port, or -1 to turn {second[0]} off"
+                    )
         return self
 
     @model_validator(mode="after")
@@ -303,7 +315,7 @@ class Settings(BaseModel):
         ca = self.tls_client_ca.read_bytes() if self.tls_client_ca else None
         return self.tls_key.read_bytes(), self.tls_cert.read_bytes(), ca
 
-    @field_validator("learner_exclude", mode="before")
+    @field_validator("learner_exclude", "http_cors_origins", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):

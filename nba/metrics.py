@@ -15,6 +15,12 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.
 
 RPC_DURATION = Histogram("nba_rpc_duration_seconds", "Time to answer a call, by method", ["method"], buckets=_LATENCY_BUCKETS)
 RPC_ERRORS = Counter("nba_rpc_errors_total", "Calls answered with an error, by method and status", ["method", "code"])
+HTTP_REQUESTS = Counter(
+    "nba_http_requests_total", "HTTP API requests, by route (METHOD /path, or unrouted) and status", ["route", "status"]
+)
+HTTP_DURATION = Histogram(
+    "nba_http_request_duration_seconds", "Time to answer an HTTP API request, by route", ["route"], buckets=_LATENCY_BUCKETS
+)
 DECISIONS = Counter("nba_decisions_total", "Decisions made, by channel", ["channel"])
 DECISIONS_REPLAYED = Counter("nba_decisions_replayed_total", "Repeated request_ids answered with the stored decision")
 FALLBACKS = Counter("nba_fallback_total", "Decisions answered with the channel's fallback", ["channel"])

@@ -150,6 +150,8 @@ def settings_for(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
             "port": 0,
             "database_url": database_url,
             "metrics_port": -1,
+            # the HTTP API only where a test asks for it (http_port=0): stopping it costs a tick
+            "http_port": -1,
             "grace_seconds": 5.0,
             "log_format": "text",
             "admin_tokens": ADMIN_TOKENS,

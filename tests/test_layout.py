@@ -25,6 +25,9 @@ SKIPPED = ("nba/v1/", "nba/storage/migrations/versions/")
 REQUEST_PATH = (
     "nba.service.servicers",
     "nba.service.auth",
+    "nba.service.http.app",
+    "nba.service.http.routes",
+    "nba.service.http.schema",
     "nba.decision.decider",
     "nba.decision.screening",
     "nba.decision.arbitration",
@@ -325,6 +328,7 @@ def test_the_tests_mirror_the_parts() -> None:
 OUTSIDE_THE_TREE = {
     "nba.cli.common.CliError",
     "nba.service.supervisor.PortInUse",
+    "nba.service.http.server.HttpPortUnavailable",
     "nba.yaml_loader.DuplicateKeyError",
     "nba.evaluation.logs._Refused",
 }

@@ -31,12 +31,17 @@ def _serve(args: argparse.Namespace) -> int:
             try:
                 return supervise(settings, sys.argv[1:] if args.argv is None else args.argv)
             except PortInUse as exc:
+                if exc.kind == "HTTP":
+                    raise _http_port_unavailable(settings, exc.strerror) from None
                 raise _port_in_use(settings, metrics=exc.kind == "metrics", reason=exc.strerror) from None
+    from nba.service.http.server import HttpPortUnavailable
     from nba.service.server import Service  # imported late: `nba policies` needs no gRPC code
 
     with _database_errors(settings.database_url):
         try:
             service = Service(settings)
+        except HttpPortUnavailable as exc:
+            raise _http_port_unavailable(settings, exc.strerror) from None
         except (RuntimeError, OSError) as exc:
             if "bind" in str(exc).lower():  # gRPC says "Failed to bind to address ..."
                 raise _port_in_use(settings, metrics=False) from None
@@ -73,6 +78,14 @@ def _serve(args: argparse.Namespace) -> int:
         pass
     service.stop()
     return 0
+
+
+def _http_port_unavailable(settings: Settings, reason: str | None) -> CliError:
+    return CliError(
+        f"HTTP port {settings.http_port} on {settings.host}: {reason or 'in use'}: choose another with "
+        "--http-port / NBA_HTTP_PORT (-1: no HTTP API)",
+        EXIT_UNAVAILABLE,
+    )
 
 
 def _port_in_use(settings: Settings, metrics: bool, reason: str | None = None) -> CliError:

@@ -50,8 +50,10 @@ from nba.profiles.segment_clock import SegmentClock
 from nba.profiles.segments import time_dependent
 from nba.profiles.tracking import Tracker
 from nba.records import ContactEvent, LearningEvent, RewardWindows
-from nba.service.auth import AuthInterceptor
+from nba.service.auth import AuthInterceptor, Tokens
 from nba.service.context import MAX_CONTEXT_DEPTH
+from nba.service.http.app import create_app
+from nba.service.http.server import HttpServer
 from nba.service.maintenance import COUNTER_SECONDS, Maintenance
 from nba.service.profiles import ProfileServicer
 from nba.service.publishing import Publisher
@@ -375,14 +377,19 @@ class Service:
                 ("grpc.so_reuseport", 1 if self.is_worker else 0),
             ],
         )
-        pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(self.decider, self.intake, str(self.worker)), self.server)
-        apb_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.publisher, self.store.recent_lines, self.learning, lambda: build_learner(settings)),
-            self.server,
-        )
-        ppb_grpc.add_ProfileServiceServicer_to_server(
-            ProfileServicer(self.tracker, self.clock, self.store, self.decider, self.eraser, settings.pii_role), self.server
-        )
+        #: the servicers, by service: gRPC's and the HTTP API's calls reach the same ones
+        self.servicers: dict[str, Any] = {
+            SERVICE_NAME: DecisionServicer(self.decider, self.intake, str(self.worker)),
+            ADMIN_SERVICE_NAME: AdminServicer(
+                self.publisher, self.store.recent_lines, self.learning, lambda: build_learner(settings)
+            ),
+            PROFILE_SERVICE_NAME: ProfileServicer(
+                self.tracker, self.clock, self.store, self.decider, self.eraser, settings.pii_role
+            ),
+        }
+        pb_grpc.add_DecisionServiceServicer_to_server(self.servicers[SERVICE_NAME], self.server)
+        apb_grpc.add_AdminServiceServicer_to_server(self.servicers[ADMIN_SERVICE_NAME], self.server)
+        ppb_grpc.add_ProfileServiceServicer_to_server(self.servicers[PROFILE_SERVICE_NAME], self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, ADMIN_SERVICE_NAME, PROFILE_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
@@ -404,9 +411,37 @@ class Service:
             )
         if self.port == 0:
             raise OSError(f"could not bind {settings.host}:{settings.port}")
+        #: the HTTP/JSON API, when --http-port is not -1 (its port: http.port)
+        self.http: HttpServer | None = None
+        if settings.http_port >= 0:
+            self.http = HttpServer(
+                create_app(
+                    self._http_methods(),
+                    Tokens(settings.admin_tokens),
+                    ready=lambda: not self._stopped.is_set(),
+                    cors_origins=tuple(settings.http_cors_origins),
+                    threads=settings.threads,
+                ),
+                settings.host,
+                settings.http_port,
+                settings.tls_cert,
+                settings.tls_key,
+                settings.tls_client_ca,
+                reuse_port=self.is_worker,
+            )
         self.metrics_port: int | None = None
         self._metrics_server: Any = None
         self._stopped = threading.Event()
+
+    def _http_methods(self) -> dict[str, Callable[[Any, Any], Any]]:
+        """Every unary method of the services, by full name (``/nba.v1.DecisionService/Decide``)."""
+        methods: dict[str, Callable[[Any, Any], Any]] = {}
+        for module in (pb, apb, ppb):
+            for service in module.DESCRIPTOR.services_by_name.values():
+                servicer = self.servicers[service.full_name]
+                for method in service.methods:
+                    methods[f"/{service.full_name}/{method.name}"] = getattr(servicer, method.name)
+        return methods
 
     @property
     def policy_set(self) -> PolicySet:
@@ -605,6 +640,8 @@ class Service:
             self._metrics_server, _ = start_http_server(self.settings.metrics_port)
             self.metrics_port = self._metrics_server.server_port
         self.server.start()
+        if self.http is not None:
+            self.http.start()
         self.publisher.watch(self.settings.policies_watch_seconds)
         for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -617,9 +654,15 @@ class Service:
         log.info(
             f"serving on port {self.port}"
             + (f" (worker {self.worker})" if self.is_worker else "")
+            + (
+                f", HTTP API on http{'s' if self.http.tls else ''}://localhost:{self.http.port}/v1 (described at /openapi.json)"
+                if self.http is not None
+                else ""
+            )
             + (f", metrics on http://localhost:{self.metrics_port}/metrics" if self.metrics_port else ""),
             extra={
                 "port": self.port,
+                "http_port": self.http.port if self.http is not None else None,
                 "metrics_port": self.metrics_port,
                 "policy_version": self.policy_set.version,
                 "offers": len(self.policy_set.offers),
@@ -639,6 +682,8 @@ class Service:
         self.health.enter_graceful_shutdown()
         grace = self.settings.grace_seconds if grace is None else grace
         self.publisher.stop()
+        if self.http is not None:
+            self.http.stop(grace)
         self.server.stop(grace).wait()
         self.backfill.stop()
         self.segment_clock.stop()

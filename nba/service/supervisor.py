@@ -90,21 +90,21 @@ def _die_with_parent() -> None:
         pass
 
 
-def _check_port(host: str, port: int) -> None:
+def _check_port(host: str, port: int, what: str = "gRPC") -> None:
     """Refuses a gRPC port another process listens on, or a host that is not this machine's.
     The workers share the port with SO_REUSEPORT, which would also let them join a stranger's
     socket silently; this probe binds without it (port 0 checks the host alone)."""
     try:
         infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        raise PortInUse("gRPC", host, port, str(exc)) from None
+        raise PortInUse(what, host, port, str(exc)) from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
         except OSError as exc:
-            raise PortInUse("gRPC", host, port, exc.strerror or "in use") from None
+            raise PortInUse(what, host, port, exc.strerror or "in use") from None
 
 
 def _publish_once(settings: Settings) -> None:
@@ -156,6 +156,8 @@ def supervise(settings: Settings, argv: list[str]) -> int:
     """Runs ``settings.workers`` workers until SIGTERM or SIGINT; returns the exit code (0).
     Raises ``PortInUse`` when the gRPC or metrics port is taken."""
     _check_port(settings.host, settings.port)
+    if settings.http_port > 0:
+        _check_port(settings.host, settings.http_port, "HTTP")
     folder = tempfile.mkdtemp(prefix="nba-metrics-")
     try:
         metrics_server = _serve_metrics(settings, folder)

@@ -297,6 +297,8 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path, workers: str
             workers,
             "--metrics-port",
             "-1",
+            "--http-port",
+            "-1",
             "--database-url",
             f"sqlite:///{tmp_path / 'nba.db'}",
             "--policies",
@@ -330,6 +332,8 @@ def test_serve_on_a_host_that_is_not_this_machines_says_so_not_port_in_use(
         workers,
         "--metrics-port",
         "-1",
+        "--http-port",
+        "-1",
         "--database-url",
         f"sqlite:///{tmp_path / 'nba.db'}",
         "--policies",
@@ -353,6 +357,8 @@ def test_serve_on_a_metrics_port_in_use_says_so_in_one_line(tmp_path: Path, work
             workers,
             "--metrics-port",
             str(metrics),
+            "--http-port",
+            "-1",
             "--database-url",
             f"sqlite:///{tmp_path / 'nba.db'}",
             "--policies",
@@ -404,3 +410,32 @@ def test_an_outage_the_store_translated_is_still_one_line_and_its_exit_code(
     finally:
         engine.dispose()
     assert caught.value.code == code and says in str(caught.value)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_an_http_port_in_use_says_so_in_one_line(tmp_path: Path, workers: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        http = busy.getsockname()[1]
+        result = serve(
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--workers",
+            workers,
+            "--metrics-port",
+            "-1",
+            "--http-port",
+            str(http),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'nba.db'}",
+            "--policies",
+            str(POLICIES),
+        )
+    assert result.returncode == EXIT_UNAVAILABLE, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"nba: HTTP port {http} on 127.0.0.1: "), result.stderr
+    assert "--http-port / NBA_HTTP_PORT" in last

@@ -60,6 +60,7 @@ class Checkout:
         (root / "examples").symlink_to(ROOT / "examples")
         shutil.copytree(POLICIES, root / "policies")
         self.port = free_port()
+        self.http_port = free_port()
         environment = {k: v for k, v in os.environ.items() if not k.startswith("NBA_")}
         self.env = {**environment, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.log = root / "serve.log"
@@ -76,6 +77,8 @@ class Checkout:
                     "1",
                     "--metrics-port",
                     "-1",
+                    "--http-port",
+                    str(self.http_port),
                     "--admin-tokens",
                     f"alice:editor:{TOKEN}",
                     "--snapshot-seconds",
@@ -107,7 +110,9 @@ class Checkout:
                 continue
             if line.startswith("AUTH="):
                 line = f'AUTH="authorization: Bearer {TOKEN}"'
-            lines.append(line.replace("localhost:50051", f"127.0.0.1:{self.port}"))
+            lines.append(
+                line.replace("localhost:50051", f"127.0.0.1:{self.port}").replace("localhost:8080", f"127.0.0.1:{self.http_port}")
+            )
         return "\n".join(lines) + "\n"
 
     def run(self, script: str) -> subprocess.CompletedProcess:
@@ -269,3 +274,18 @@ def test_the_profile_python_example_runs_as_written(checkout: Checkout) -> None:
     first, second, third = result.stdout.splitlines()
     assert first.endswith("version 1") and second == first.replace("version 1", "version 2")  # one customer: L-7
     assert third.startswith("INVALID_ARGUMENT events[2].identities.email events[2]: identities.email: 'not an address'")
+
+
+@pytest.mark.slow
+def test_the_http_api_by_example_runs_as_written_and_answers_as_shown(checkout: Checkout) -> None:
+    calls, error = blocks("## The HTTP/JSON API")[:2]
+    result = checkout.run(calls)
+    decision = json.loads((checkout.root / "decision.json").read_text())
+    assert len(decision["offers"]) == 3 and decision["replayed"] is False
+    assert '{"applied":true,"reward":0.3,"duplicate":false,"late":false}' in result.stdout  # as the README shows
+    assert '"error_field":"events[1].event_id"' in result.stdout
+    assert '"customer_id":"c-1001"' in result.stdout and '"versions":[' in result.stdout
+    document = json.loads((checkout.root / "openapi.json").read_text())
+    assert document["openapi"] == "3.1.0"
+    shown = json.loads("".join(line[2:].strip() for line in error.splitlines() if line.startswith("#")))
+    assert json.loads(checkout.run(error).stdout) == shown

@@ -1,11 +1,13 @@
-"""TLS on the gRPC port: plaintext callers are refused, and with a client CA, callers without
+"""TLS on the gRPC and HTTP ports: plaintext callers are refused, and with a client CA, callers without
 a certificate it signed are refused too. Certificates come from a throwaway CA (trustme)."""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import trustme
 from conftest import customer, struct
@@ -73,3 +75,29 @@ def test_tls_settings_are_checked_and_named(pki, tmp_path: Path) -> None:
         load_settings({"tls_cert": str(pki["cert"]), "tls_key": str(tmp_path / "not.pem")}, environ={})
     with pytest.raises(ConfigError, match=r"tls_cert .*cannot read .*missing.pem"):
         load_settings({"tls_cert": str(tmp_path / "missing.pem"), "tls_key": str(pki["key"])}, environ={})
+
+
+def test_the_http_api_serves_tls_with_the_same_certificate(start, pki) -> None:
+    server = start(tls_cert=pki["cert"], tls_key=pki["key"], http_port=0)
+    port = server.service.http.port
+    body = {"customer_id": "c", "channel": "web", "context": {"customer": customer()}}
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(pki["ca"])), timeout=10) as client:
+        assert client.post(f"https://localhost:{port}/v1/decide", json=body).json()["offers"]
+    with pytest.raises(httpx.HTTPError), httpx.Client(timeout=5) as plain:
+        plain.post(f"http://localhost:{port}/v1/decide", json=body)
+
+
+def test_the_http_api_needs_a_client_certificate_under_mutual_tls(start, pki, tmp_path) -> None:
+    server = start(tls_cert=pki["cert"], tls_key=pki["key"], tls_client_ca=pki["ca"], http_port=0)
+    port = server.service.http.port
+    (tmp_path / "client.pem").write_bytes(pki["client_chain"] + pki["client_key"])
+    body = {"customer_id": "c", "channel": "web", "context": {"customer": customer()}}
+    with_certificate = ssl.create_default_context(cafile=str(pki["ca"]))
+    with_certificate.load_cert_chain(str(tmp_path / "client.pem"))
+    with httpx.Client(verify=with_certificate, timeout=10) as client:
+        assert client.post(f"https://localhost:{port}/v1/decide", json=body).json()["offers"]
+    with (
+        pytest.raises(httpx.HTTPError),
+        httpx.Client(verify=ssl.create_default_context(cafile=str(pki["ca"])), timeout=5) as anonymous,
+    ):
+        anonymous.post(f"https://localhost:{port}/v1/decide", json=body)

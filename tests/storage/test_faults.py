@@ -16,9 +16,10 @@ from collections import Counter
 from pathlib import Path
 
 import grpc
+import httpx
 import psycopg
 import pytest
-from conftest import customer, struct
+from conftest import customer, free_port, struct
 from engines import OwnPostgres, OwnRedis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_cli import Process
@@ -76,7 +77,8 @@ def rows(url: str, sql: str) -> list[tuple]:
 
 def test_decide_goes_on_while_postgresql_is_down_and_feedback_waits_for_it(tmp_path: Path) -> None:
     with OwnPostgres() as pg:
-        process = Process(tmp_path, NBA_DATABASE_URL=pg.url)
+        http_port = free_port()
+        process = Process(tmp_path, NBA_DATABASE_URL=pg.url, NBA_HTTP_PORT=str(http_port))
         try:
             process.wait_serving()
             stub = pb_grpc.DecisionServiceStub(process.channel)
@@ -95,6 +97,20 @@ def test_decide_goes_on_while_postgresql_is_down_and_feedback_waits_for_it(tmp_p
             wait_for(lambda: metric(process, "nba_store_up") == 0, 10, "nba_store_up 0")
             details = refused(lambda: accept(stub, during[0], "during"))
             assert "database is unavailable" in details and "retry" in details
+            # over HTTP: 503, a problem saying the same, and when to retry
+            over_http = httpx.post(
+                f"http://127.0.0.1:{http_port}/v1/feedback",
+                json={
+                    "event_id": "during",
+                    "decision_id": during[0].decision_id,
+                    "offer_id": during[0].offers[0].offer_id,
+                    "outcome": "OUTCOME_ACCEPTED",
+                },
+                timeout=15,
+            )
+            assert over_http.status_code == 503 and over_http.headers["retry-after"] == "1"
+            assert over_http.headers["content-type"] == "application/problem+json"
+            assert over_http.json()["detail"] == details and over_http.json()["code"] == "UNAVAILABLE"
             assert health(process, "nba.store") == NOT_SERVING
             assert health(process, "") == SERVING  # load balancers keep sending Decide here
             assert decide(stub, "c-late").offers

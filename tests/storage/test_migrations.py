@@ -281,6 +281,8 @@ def test_serve_refuses_an_outdated_database_naming_the_command(database_url: str
             "0",
             "--metrics-port",
             "-1",
+            "--http-port",
+            "-1",
             "--workers",
             "1",
         ],

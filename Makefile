@@ -103,7 +103,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 nba/v1/%_pb2.py: proto/nba/v1/%.proto $(STAMP)
 	@echo "generating the gRPC code of $<"
-	@$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $<
+	@$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. \
+		--include_source_info --descriptor_set_out=nba/v1/$*.binpb $<
 
 clean:
-	rm -rf $(VENV) nba/v1/*_pb2*.py nba/v1/*_pb2.pyi *.egg-info
+	rm -rf $(VENV) nba/v1/*_pb2*.py nba/v1/*_pb2.pyi nba/v1/*.binpb *.egg-info

@@ -13,6 +13,8 @@ everything; nothing imports it.
     nba evaluate [--log FILE.jsonl | --database-url URL] [--policy SPEC ...] [--offers FILE] [--truth truth.json]
                                        estimate what other policies would have earned
     nba profiles import FILE           touch-point history (JSON Lines or CSV) into the profiles
+    nba feedback import FILE [--address HOST:PORT] [--report FILE]
+                                       a file of responses sent to a running service, a report line each
     nba simulate [--address HOST:PORT] [--decisions N] [--population FILE] [--out DIR]
                                        drive a running service with a synthetic population
 

@@ -12,6 +12,7 @@ from nba.cli.common import EXIT_BUG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, 
 from nba.cli.db import _db
 from nba.cli.evaluate import _evaluate
 from nba.cli.export import _export
+from nba.cli.feedback import _feedback
 from nba.cli.policies import _policies
 from nba.cli.profiles import _profiles
 from nba.cli.serve import _serve
@@ -77,6 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--html", help="where to write the HTML report (default: beside the log)")
     evaluate.add_argument("--json", help="also write the estimates as JSON here")
     evaluate.set_defaults(run=_evaluate)
+
+    feedback = commands.add_parser("feedback", help="feedback: import a campaign tool's file of responses into a running service")
+    feedback.add_argument("action", choices=["import"], help="import: send FILE's events by FeedbackBatch, a report line each")
+    feedback.add_argument(
+        "file", help="CSV (.csv, with a header) or JSON Lines: event_id, decision_id, offer_id, outcome[, reward, occurred_at]"
+    )
+    feedback.add_argument("--address", default="localhost:50051", help="the service (default localhost:50051)")
+    feedback.add_argument("--report", help="where to write the report, a JSON line per line of FILE (default: FILE.report.jsonl)")
+    feedback.add_argument("--batch", type=int, default=500, help="events a call (default 500, at most 1000)")
+    feedback.add_argument("--quiet", action="store_true", help="no progress bar")
+    feedback.set_defaults(run=_feedback)
 
     simulate = commands.add_parser("simulate", help="drive a running service with a synthetic population")
     simulate.add_argument("--address", default="localhost:50051", help="the service (default localhost:50051)")

@@ -39,12 +39,17 @@ from typing import Any, Protocol
 
 from nba import metrics
 from nba.clock import Clock, SystemClock
-from nba.errors import InvalidArgument, NotFound, Unavailable
+from nba.errors import InvalidArgument, NbaError, NotFound, Unavailable
 from nba.ids import decision_time
 from nba.inputs import CLOCK_SKEW, check_id
 from nba.records import NO_RESPONSE, OUTCOMES, FeedbackEvent, FeedbackResult
 
-__all__ = ["DEFAULT_REWARD_RANGE", "IN_FLIGHT_MARGIN_SECONDS", "FeedbackIntake"]
+__all__ = ["DEFAULT_REWARD_RANGE", "IN_FLIGHT_MARGIN_SECONDS", "MAX_BATCH", "FeedbackIntake", "FeedbackItem"]
+
+#: (event_id, decision_id, offer_id, outcome, reward or None, occurred_at or None)
+FeedbackItem = tuple[str, str, str, str, float | None, datetime | None]
+#: events one FeedbackBatch call may carry
+MAX_BATCH = 1000
 
 #: the rewards accepted unless configured otherwise (reward_min, reward_max): any response's
 #: reward in currency units fits, and the learner's sums stay far from overflowing
@@ -108,6 +113,42 @@ class FeedbackIntake:
         reward: float | None = None,
         occurred_at: datetime | None = None,
     ) -> FeedbackResult:
+        """Checks the event, waits until it is durable and learned; raises ``InvalidArgument``,
+        ``NotFound``, ``AlreadyExists`` (the event_id used for another event) or ``Unavailable``."""
+        event = self.prepare(event_id, decision_id, offer_id, outcome, reward, occurred_at)
+        return self._wait(event, self._log.submit_feedback(event))
+
+    def receive_many(self, items: list[FeedbackItem]) -> list[FeedbackResult | NbaError]:
+        """Each item as ``receive`` would take it, its result or its error in the order sent;
+        all are queued before any is waited for, so the log writes them in few transactions."""
+        prepared: list[FeedbackEvent | NbaError] = []
+        for item in items:
+            try:
+                prepared.append(self.prepare(*item))
+            except NbaError as exc:
+                prepared.append(exc)
+        futures = [None if isinstance(p, NbaError) else self._log.submit_feedback(p) for p in prepared]
+        out: list[FeedbackResult | NbaError] = []
+        for event, future in zip(prepared, futures, strict=True):
+            if isinstance(event, NbaError) or future is None:
+                out.append(event if isinstance(event, NbaError) else Unavailable("not queued; retry"))
+                continue
+            try:
+                out.append(self._wait(event, future))
+            except NbaError as exc:
+                out.append(exc)
+        return out
+
+    def prepare(
+        self,
+        event_id: str,
+        decision_id: str,
+        offer_id: str,
+        outcome: str,
+        reward: float | None = None,
+        occurred_at: datetime | None = None,
+    ) -> FeedbackEvent:
+        """The event checked against its decision, ready for the log."""
         for name, value in (("event_id", event_id), ("decision_id", decision_id), ("offer_id", offer_id)):
             check_id(name, value)
         if event_id.startswith(NO_RESPONSE + ":"):
@@ -160,13 +201,15 @@ class FeedbackIntake:
             group=decision.offer(offer_id).get("group", ""),
             decided_at=decided_at,
         )
-        future = self._log.submit_feedback(event)
+        return event
+
+    def _wait(self, event: FeedbackEvent, future: Future[FeedbackResult]) -> FeedbackResult:
         try:
             result = future.result(timeout=self._timeout)
         except TimeoutError:
             raise Unavailable(f"feedback not confirmed durable within {self._timeout:g}s; retry with the same event_id") from None
         kind = "duplicate" if result.duplicate else "late" if result.late else "applied" if result.applied else "stored"
-        metrics.FEEDBACK.labels(outcome, kind).inc()
+        metrics.FEEDBACK.labels(event.outcome, kind).inc()
         return result
 
     def _in_flight_decision(self, decision_id: str) -> Any:

@@ -15,12 +15,21 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from bandit import unflatten
 from nba.decision.decider import DecideInput, Decider
-from nba.errors import Cancelled, DeadlineExceeded, FailedPrecondition, InvalidArgument, PolicySetError, Problem
+from nba.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NbaError,
+    PolicySetError,
+    Problem,
+    field_of,
+)
 from nba.evaluation.preview import preview
 from nba.inputs import MAX_COMMENT_LENGTH, check_id, check_text, timestamp
-from nba.learning.feedback import FeedbackIntake
+from nba.learning.feedback import MAX_BATCH, FeedbackIntake, FeedbackItem
 from nba.policy.policy_set import PolicySet
-from nba.records import DecisionRecord
+from nba.records import DecisionRecord, FeedbackResult
 from nba.service.auth import current_caller
 from nba.service.context import features_from_struct
 from nba.service.publishing import MAX_FILES, Published, Publisher
@@ -55,20 +64,47 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return decide_response(record, replayed)
 
     def Feedback(self, request: pb.FeedbackRequest, context: grpc.ServicerContext) -> pb.FeedbackResponse:
-        try:
-            outcome = pb.Outcome.Name(request.outcome).removeprefix("OUTCOME_").lower()
-        except ValueError:
-            outcome = f"unknown value {request.outcome}"
-        occurred_at = timestamp("occurred_at", request.occurred_at) if request.HasField("occurred_at") else None
-        result = self._intake.receive(
-            event_id=request.event_id,
-            decision_id=request.decision_id,
-            offer_id=request.offer_id,
-            outcome=outcome,
-            reward=request.reward if request.HasField("reward") else None,
-            occurred_at=occurred_at,
-        )
-        return pb.FeedbackResponse(duplicate=result.duplicate, applied=result.applied, reward=result.reward, late=result.late)
+        return _feedback_response(self._intake.receive(*_feedback_item(request)))
+
+    def FeedbackBatch(self, request: pb.FeedbackBatchRequest, context: grpc.ServicerContext) -> pb.FeedbackBatchResponse:
+        if len(request.events) > MAX_BATCH:
+            raise InvalidArgument(f"events: {len(request.events)} events, more than {MAX_BATCH} a call; split the batch")
+        items: list[FeedbackItem | NbaError] = []
+        for event in request.events:
+            try:
+                items.append(_feedback_item(event))
+            except NbaError as exc:
+                items.append(exc)
+        taken = iter(self._intake.receive_many([i for i in items if not isinstance(i, NbaError)]))
+        results = []
+        for n, item in enumerate(items):
+            outcome = item if isinstance(item, NbaError) else next(taken)
+            if isinstance(outcome, NbaError):
+                field = field_of(outcome)
+                results.append(
+                    pb.FeedbackResult(
+                        error_code=outcome.code,
+                        error_message=f"events[{n}]: {outcome}",
+                        error_field=f"events[{n}].{field}" if field else "",
+                    )
+                )
+            else:
+                results.append(pb.FeedbackResult(feedback=_feedback_response(outcome)))
+        return pb.FeedbackBatchResponse(results=results)
+
+
+def _feedback_item(request: pb.FeedbackRequest) -> FeedbackItem:
+    try:
+        outcome = pb.Outcome.Name(request.outcome).removeprefix("OUTCOME_").lower()
+    except ValueError:
+        outcome = f"unknown value {request.outcome}"
+    occurred_at = timestamp("occurred_at", request.occurred_at) if request.HasField("occurred_at") else None
+    reward = request.reward if request.HasField("reward") else None
+    return (request.event_id, request.decision_id, request.offer_id, outcome, reward, occurred_at)
+
+
+def _feedback_response(result: FeedbackResult) -> pb.FeedbackResponse:
+    return pb.FeedbackResponse(duplicate=result.duplicate, applied=result.applied, reward=result.reward, late=result.late)
 
 
 def decide_response(record: DecisionRecord, replayed: bool) -> pb.DecideResponse:

@@ -289,3 +289,15 @@ def test_the_http_api_by_example_runs_as_written_and_answers_as_shown(checkout: 
     assert document["openapi"] == "3.1.0"
     shown = json.loads("".join(line[2:].strip() for line in error.splitlines() if line.startswith("#")))
     assert json.loads(checkout.run(error).stdout) == shown
+
+
+@pytest.mark.slow
+def test_the_feedback_import_example_runs_as_written(checkout: Checkout) -> None:
+    script = section("### Batch feedback: `nba feedback import FILE`")
+    block = re.findall(r"```sh\n(.*?)```", script, flags=re.DOTALL)[0]
+    result = checkout.run(block)
+    said = [line[2:] for line in block.splitlines() if line.startswith("# ") and not line.startswith("# on a")]
+    printed = [re.sub(r"in \d+\.\d s", "in 0.0 s", line) for line in result.stdout.strip().splitlines()]
+    assert printed == said
+    report = [json.loads(line) for line in (checkout.root / "responses.csv.report.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["status"], r["code"]) for r in report] == [(2, "refused", "NOT_FOUND"), (3, "refused", "NOT_FOUND")]

@@ -263,6 +263,20 @@ def templates(decision: pb.DecideResponse) -> dict[str, tuple[Any, list[tuple[st
             ),
             [],
         ),
+        "/nba.v1.DecisionService/FeedbackBatch": (
+            pb.FeedbackBatchRequest(
+                events=[
+                    pb.FeedbackRequest(
+                        event_id="e-2",
+                        decision_id=decision.decision_id,
+                        offer_id=decision.offers[0].offer_id,
+                        outcome=pb.OUTCOME_CLICKED,
+                    ),
+                    pb.FeedbackRequest(event_id="e-3", decision_id="nope", offer_id="x", outcome=pb.OUTCOME_ACCEPTED),
+                ]
+            ),
+            [],
+        ),
         "/nba.v1.AdminService/GetLivePolicySet": (apb.GetLivePolicySetRequest(), editor),
         "/nba.v1.AdminService/ValidatePolicySet": (apb.ValidatePolicySetRequest(draft=small), editor),
         "/nba.v1.AdminService/PublishPolicySet": (

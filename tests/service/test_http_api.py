@@ -273,5 +273,6 @@ def test_the_openapi_document_lists_every_call_and_its_statuses(server: Running)
     ]
     decide = document["components"]["schemas"]["nba.v1.DecideRequest"]
     assert decide["properties"]["limit"]["type"] == ["integer", "null"]
+    assert decide["properties"]["limit"]["description"].startswith("How many offers to return")  # the .proto's comment
     assert "request_id" in decide["properties"] and decide["additionalProperties"] is False
     assert not any("422" in item[m]["responses"] for item in document["paths"].values() for m in item)

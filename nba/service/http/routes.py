@@ -92,6 +92,14 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "POST",
+        "/v1/feedback:batch",
+        _method("nba.v1.DecisionService.FeedbackBatch"),
+        "Report up to 1,000 outcomes at once, one result each",
+        _BODY,
+        tags=("decisions",),
+    ),
+    Route(
+        "POST",
         "/v1/track",
         _method("nba.v1.ProfileService.Track"),
         "Record a touch-point event on the customer's profile",

@@ -52,7 +52,7 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
 }
 #: a 64-bit integer as proto3 JSON writes it (a string: JSON numbers lose precision past 2^53)
 _INT64_TEXT = r"^-?[0-9]{1,18}$"
-_V1 = Path(__file__).resolve().parent.parent / "v1"
+_V1 = Path(__file__).resolve().parents[2] / "v1"
 
 
 @cache

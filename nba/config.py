@@ -41,6 +41,11 @@ class Settings(BaseModel):
     http_port: int = Field(
         8080, ge=-1, le=65535, description="HTTP/JSON API port, on the same host as gRPC (0: any free port, -1: off)"
     )
+    callback_sources: Path | None = Field(
+        None,
+        description="YAML file of the campaign tools whose signed webhooks POST /v1/callbacks/{source} takes "
+        "(examples/callbacks.yaml); none: no callbacks",
+    )
     http_cors_origins: list[str] = Field(
         default_factory=list,
         description="origins a browser may call the HTTP API from (https://app.example.com; comma-separated); none: CORS off",

@@ -13,12 +13,21 @@ from typing import Any
 
 from nba.cli.common import EXIT_UNAVAILABLE, CliError, _check_database_url, _database_errors, _settings, _setup_logging
 from nba.config import Settings
+from nba.errors import InvalidArgument
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _setup_logging(settings.log_level, settings.log_format)
     _check_database_url(settings.database_url)
+    if settings.callback_sources is not None and settings.worker < 0:
+        # checked once here: workers that fail on it at start would be restarted for ever
+        from nba.service.http.callbacks import CallbackSources
+
+        try:
+            CallbackSources.load(settings.callback_sources)
+        except InvalidArgument as exc:
+            raise CliError(f"{exc} (--callback-sources, NBA_CALLBACK_SOURCES)") from None
     if not settings.policies.is_dir():
         raise CliError(
             f"policies (--policies, NBA_POLICIES) {settings.policies}: no such folder; name the policy "

@@ -33,7 +33,7 @@ from prometheus_client import start_http_server
 from bandit import limit_blas_threads
 from nba import metrics
 from nba.clock import Clock, SystemClock
-from nba.config import Settings
+from nba.config import ConfigError, Settings
 from nba.decision.contacts import ContactHistory, OfferCounters
 from nba.decision.decider import Decider
 from nba.decision.reservations import LocalReservations, RedisReservations, Reservations
@@ -53,6 +53,7 @@ from nba.records import ContactEvent, LearningEvent, RewardWindows
 from nba.service.auth import AuthInterceptor, Tokens
 from nba.service.context import MAX_CONTEXT_DEPTH
 from nba.service.http.app import create_app
+from nba.service.http.callbacks import Callbacks, CallbackSources
 from nba.service.http.server import HttpServer
 from nba.service.maintenance import COUNTER_SECONDS, Maintenance
 from nba.service.profiles import ProfileServicer
@@ -414,6 +415,13 @@ class Service:
         #: the HTTP/JSON API, when --http-port is not -1 (its port: http.port)
         self.http: HttpServer | None = None
         if settings.http_port >= 0:
+            callbacks = None
+            if settings.callback_sources is not None:
+                try:
+                    sources, keys = CallbackSources.load(settings.callback_sources)
+                except InvalidArgument as exc:
+                    raise ConfigError(f"{exc} (--callback-sources, NBA_CALLBACK_SOURCES)") from None
+                callbacks = Callbacks(sources, keys, self.intake, self.store, self.clock)
             self.http = HttpServer(
                 create_app(
                     self._http_methods(),
@@ -421,6 +429,7 @@ class Service:
                     ready=lambda: not self._stopped.is_set(),
                     cors_origins=tuple(settings.http_cors_origins),
                     threads=settings.threads,
+                    callbacks=callbacks,
                 ),
                 settings.host,
                 settings.http_port,

@@ -13,6 +13,7 @@ with the same schema works (PostgreSQL is tested). The repositories:
     dead_letters touch-point events the profile definition refused, kept until applied
     erasure      customers forgotten everywhere (profiles and decisions), and the audit of it
     scores       the predictive scores' models
+    callbacks    campaign callbacks' accepted signatures, for the replay window
 
 Keeping SQL off the request path is the decision log's work (``nba.storage.decision_log``).
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 
 from nba.records import RewardWindows
+from nba.storage.callbacks import CallbackSignatures
 from nba.storage.contacts import Contacts
 from nba.storage.dead_letters import DeadLetters
 from nba.storage.decisions import Decisions
@@ -34,7 +36,7 @@ from nba.storage.snapshots import Snapshots
 __all__ = ["Store"]
 
 
-class Store(PolicySets, Decisions, Feedback, Contacts, Snapshots, Erasures, DeadLetters, ScoreModelRows):
+class Store(PolicySets, Decisions, Feedback, Contacts, Snapshots, Erasures, DeadLetters, ScoreModelRows, CallbackSignatures):
     """Synchronous access to the decision log's tables. Outages raise ``DatabaseUnavailable``.
 
     ``windows``: the reward windows feedback is judged by (None: they never close, for tools

@@ -314,6 +314,18 @@ class SecretRow(SQLModel, table=True):
     value: str = Field(max_length=256)
 
 
+class CallbackSignatureRow(SQLModel, table=True):
+    """A campaign callback's signature once accepted, kept for the replay window: the same
+    signed request sent again is refused (nba.service.http.callbacks)."""
+
+    __tablename__ = "callback_signatures"
+
+    #: sha-256 of the source and the signature (the signature itself is not kept)
+    digest: str = Field(primary_key=True, max_length=64)
+    source: str = Field(max_length=64)
+    accepted_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+
+
 class ScoreModelRow(SQLModel, table=True):
     """A predictive score's model and progressive quality (nba.profiles.scores), pickled."""
 
@@ -367,4 +379,5 @@ PROFILE_EVENT_KEYS = table(ProfileEventKeyRow)
 ERASURES = table(ErasureRow)
 SECRETS = table(SecretRow)
 SCORE_MODELS = table(ScoreModelRow)
+CALLBACK_SIGNATURES = table(CallbackSignatureRow)
 SEGMENT_COUNTS = table(SegmentCountRow)

@@ -173,6 +173,11 @@ BAD_INVOCATIONS = [
     ),
     (["serve", "--admin-tokens", "a:viewer:0123456789abcdef\u00e9"], EXIT_USAGE, "not printable ASCII"),
     (["serve", "--log-level", "loud"], EXIT_USAGE, "argument --log-level: invalid choice"),
+    (
+        ["serve", "--callback-sources", "{tmp}/callbacks.yaml"],
+        EXIT_USAGE,
+        "callback_sources {tmp}/callbacks.yaml: source 'generic': the variable NBA_CALLBACK_GENERIC_SECRETS is not set",
+    ),
     (["serve", "--database-url", "foo://x"], EXIT_USAGE, "foo:// is not a database nba supports"),
     (["serve", "--policies", "{tmp}/none"], EXIT_USAGE, "policies (--policies, NBA_POLICIES) {tmp}/none: no such folder"),
     (["serve", "--tls-cert", "{tmp}/none.pem", "--tls-key", "{tmp}/none.key"], EXIT_USAGE, "tls_cert (--tls-cert, NBA_TLS_CERT)"),
@@ -192,6 +197,7 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
     (tmp_path / "bad.jsonl").write_text(json.dumps(GOOD_LINE) + "\n" + json.dumps({**GOOD_LINE, "propensity": 0.01}) + "\n")
     (tmp_path / "binary.jsonl").write_bytes(bytes(range(128, 256)) + bytes(range(128)))
     (tmp_path / "text.txt").write_text("hello\n")
+    (tmp_path / "callbacks.yaml").write_text((ROOT / "examples" / "callbacks.yaml").read_text())
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "broken.yaml").write_text("a: [1, 2\nb: {\n")
     (tmp_path / "truth.json").write_text(

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EDITOR_TOKEN, Running
+from conftest import EDITOR_TOKEN, ROOT, Running
 
 ST = Path(sys.executable).parent / "st"
 #: every check but positive_data_acceptance: the document cannot say every rule a valid call
@@ -21,8 +21,10 @@ CHECKS = ["--checks", "all", "--exclude-checks", "positive_data_acceptance"]
 
 
 @pytest.mark.parametrize("token", [EDITOR_TOKEN, None], ids=["editor", "anonymous"])
-def test_schemathesis_finds_no_failure(start, tmp_path: Path, token: str | None) -> None:  # type: ignore[no-untyped-def]
-    server: Running = start(http_port=0)
+def test_schemathesis_finds_no_failure(start, tmp_path: Path, token: str | None, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("NBA_CALLBACK_GENERIC_SECRETS", "generic-secret-0123456789abcdef")
+    monkeypatch.setenv("NBA_CALLBACK_MAILER_SECRETS", "mailer-secret-0123456789abcdef")
+    server: Running = start(http_port=0, callback_sources=ROOT / "examples" / "callbacks.yaml")
     assert server.service.http is not None
     command = [
         str(ST),
@@ -44,5 +46,5 @@ def test_schemathesis_finds_no_failure(start, tmp_path: Path, token: str | None)
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
     summary = done.stdout[-4000:]
     assert done.returncode == 0, summary
-    assert "Selected: 14/14" in done.stdout and "Tested: 14" in done.stdout, summary
+    assert "Selected: 16/16" in done.stdout and "Tested: 16" in done.stdout, summary
     assert " passed" in done.stdout and "failure" not in done.stdout.split("SUMMARY", 1)[-1].lower(), summary

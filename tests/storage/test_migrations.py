@@ -169,6 +169,7 @@ def test_a_full_database_of_the_first_revision_upgrades_to_the_declared_schema_k
         "erasures": 0,  # 0011
         "secrets": 0,
         "score_models": 0,  # 0012
+        "callback_signatures": 0,  # 0013
     }
     decision = store.find_decision("d-1")
     assert decision is not None and decision.features == FEATURES and decision.offers == OFFERS

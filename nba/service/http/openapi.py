@@ -7,18 +7,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from nba.service.http.routes import Route
+from nba.service.http.routes import CALLBACK_PATH, Route
 from nba.service.http.schema import MessageSchemas, comments
+from nba.v1.decision_service_pb2 import CallbackResponse
 
 __all__ = ["openapi_document"]
 
 _DESCRIPTIONS = {
     200: "The response message",
     400: "The request is malformed: the body is not JSON, not the message, or a field is wrong (`field` names it)",
-    401: "No token, or an unknown one (send `Authorization: Bearer <token>`)",
+    401: "No token, or an unknown one (send `Authorization: Bearer <token>`); for a callback, no valid signature",
     403: "The token's role may not make this call",
-    404: "What the request names does not exist",
-    409: "An idempotency key or id was already used for something else",
+    404: "What the request names does not exist (a callback: no such source)",
+    409: "An idempotency key or id was already used for something else (a callback: its signature was taken before)",
     412: "The state is not what the request expected (an expected version, an identifier several customers hold)",
     413: "The body is larger than 8 MiB, or the request asks more than the service gives",
     415: "The body is not `application/json`",
@@ -51,8 +52,8 @@ _PROBLEM = {
 }
 
 
-def openapi_document(routes: Iterable[Route], title: str = "nba") -> dict[str, Any]:
-    """The document, as a JSON-ready dict."""
+def openapi_document(routes: Iterable[Route], title: str = "nba", sources: Iterable[str] = ()) -> dict[str, Any]:
+    """The document, as a JSON-ready dict; ``sources``: the declared callback sources."""
     schemas = MessageSchemas()
     said = comments()
     paths: dict[str, dict[str, Any]] = {}
@@ -117,6 +118,7 @@ def openapi_document(routes: Iterable[Route], title: str = "nba") -> dict[str, A
                 answer["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
             operation["responses"][str(status)] = answer
         paths.setdefault(route.path, {})[route.method.lower()] = operation
+    paths[CALLBACK_PATH] = {"post": _callback_operation(schemas, sorted(sources))}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -129,5 +131,50 @@ def openapi_document(routes: Iterable[Route], title: str = "nba") -> dict[str, A
         "components": {
             "schemas": {**schemas.schemas, "Problem": _PROBLEM},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _callback_operation(schemas: MessageSchemas, sources: list[str]) -> dict[str, Any]:
+    problem = {"content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    source: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 64}
+    if sources:
+        source = {"type": "string", "enum": sources}
+    return {
+        "operationId": "takeCallback",
+        "summary": "A campaign tool's signed webhook: its own payload, mapped to feedback by the source's declaration",
+        "description": "Sign `<nba-timestamp>.<raw body>` with HMAC-SHA256 under the source's secret; send "
+        "`nba-signature: v1=<hex>` (several, comma-separated, while a secret is rotated). Each event is applied "
+        "as Feedback would; a 503 means send the whole payload again (nothing is applied twice).",
+        "tags": ["callbacks"],
+        "parameters": [
+            {"name": "source", "in": "path", "required": True, "schema": source},
+            {
+                "name": "nba-timestamp",
+                "in": "header",
+                "required": True,
+                "description": "Unix seconds; within 5 minutes before now, 30 s after",
+                "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+            },
+            {
+                "name": "nba-signature",
+                "in": "header",
+                "required": True,
+                "description": "v1=<hex HMAC-SHA256 of '<timestamp>.<raw body>'>, comma-separated",
+                "schema": {"type": "string", "minLength": 1},
+            },
+        ],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
+        "responses": {
+            "200": {
+                "description": "Each event's result, in the payload's order",
+                "content": {"application/json": {"schema": schemas.ref(CallbackResponse.DESCRIPTOR)}},
+            },
+            **{str(status): {"description": _DESCRIPTIONS[status], **problem} for status in (400, 401, 404, 409, 413, 415)},
+            "503": {
+                "description": _DESCRIPTIONS[503],
+                "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+                **problem,
+            },
         },
     }

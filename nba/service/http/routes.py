@@ -15,7 +15,10 @@ from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from nba.service.auth import needed_role
 from nba.v1 import admin_service_pb2, decision_service_pb2, profile_service_pb2  # noqa: F401 (their descriptors)
 
-__all__ = ["ROUTES", "Route"]
+__all__ = ["CALLBACK_PATH", "ROUTES", "Route"]
+
+#: campaign tools' signed webhooks (nba.service.http.callbacks): not a gRPC method
+CALLBACK_PATH = "/v1/callbacks/{source}"
 
 #: what any call can answer: a body that is not JSON or not the message (400), too large (413),
 #: not JSON at all (415), the service stopping or its database away (503)

@@ -154,8 +154,14 @@ class MessageSchemas:
             return {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
         if kind in _UINT32:
             return {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**32 - 1}
-        if kind in _INT64:
-            return {"type": "string", "pattern": _INT64_TEXT, "format": "int64"}
+        if kind in _INT64:  # written as text; read from text or a number
+            return {
+                "type": ["string", "integer"],
+                "pattern": _INT64_TEXT,
+                "minimum": -(2**63),
+                "maximum": 2**63 - 1,
+                "format": "int64",
+            }
         if kind in _FLOAT:
             return {"type": "number", "format": "double"}
         raise ValueError(f"{field.full_name}: no JSON mapping for field type {kind}")  # pragma: no cover

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -250,6 +251,17 @@ class Settings(BaseModel):
     @property
     def redis_bus(self) -> bool:
         return self.bus not in ("local", "database")
+
+    @field_validator("http_cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        out = []
+        for origin in value:
+            origin = origin.rstrip("/")  # a browser's Origin never ends with one
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"'{origin[:80]}' is not an origin (https://app.example.com: scheme, host, port; no path)")
+            out.append(origin)
+        return out
 
     @field_validator("tls_cert", "tls_key", "tls_client_ca")
     @classmethod

@@ -47,6 +47,12 @@ def _feedback(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"--report {report_path}: cannot write: {exc.strerror}") from None
     channel = grpc.insecure_channel(args.address)
+    try:  # no service at all is said at once, not after the retries meant for a service's outage
+        grpc.channel_ready_future(channel).result(timeout=3)
+    except grpc.FutureTimeoutError:
+        channel.close()
+        report.close()
+        raise CliError(f"--address {args.address}: UNAVAILABLE: no service answers there", EXIT_UNAVAILABLE) from None
     stub = pb_grpc.DecisionServiceStub(channel)
     totals: Counter[str] = Counter()
     shown = 0
@@ -194,7 +200,7 @@ def _batches(path: Path, size: int) -> Iterator[list[tuple[int, dict[str, Any], 
 
 def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any], str | None]]:
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte order mark is no header
             if path.suffix.lower() == ".csv":
                 reader = csv.DictReader(f)
                 missing = [

@@ -121,10 +121,13 @@ class FeedbackIntake:
     def receive_many(self, items: list[FeedbackItem]) -> list[FeedbackResult | NbaError]:
         """Each item as ``receive`` would take it, its result or its error in the order sent;
         all are queued before any is waited for, so the log writes them in few transactions."""
+        # one timeout for the whole batch, as for one event: a batch of decisions still on their
+        # way (or made up to look so) waits once for them all, not once each
+        deadline = time.monotonic() + self._timeout
         prepared: list[FeedbackEvent | NbaError] = []
         for item in items:
             try:
-                prepared.append(self.prepare(*item))
+                prepared.append(self.prepare(*item, patient=time.monotonic() < deadline))
             except NbaError as exc:
                 prepared.append(exc)
         futures = [None if isinstance(p, NbaError) else self._log.submit_feedback(p) for p in prepared]
@@ -134,7 +137,7 @@ class FeedbackIntake:
                 out.append(event if isinstance(event, NbaError) else Unavailable("not queued; retry"))
                 continue
             try:
-                out.append(self._wait(event, future))
+                out.append(self._wait(event, future, max(deadline - time.monotonic(), 0.001)))
             except NbaError as exc:
                 out.append(exc)
         return out
@@ -147,8 +150,10 @@ class FeedbackIntake:
         outcome: str,
         reward: float | None = None,
         occurred_at: datetime | None = None,
+        patient: bool = True,
     ) -> FeedbackEvent:
-        """The event checked against its decision, ready for the log."""
+        """The event checked against its decision, ready for the log. ``patient``: a decision
+        that may still be on its way to the log is looked for again (else UNAVAILABLE at once)."""
         for name, value in (("event_id", event_id), ("decision_id", decision_id), ("offer_id", offer_id)):
             check_id(name, value)
         if event_id.startswith(NO_RESPONSE + ":"):
@@ -171,7 +176,7 @@ class FeedbackIntake:
             )
         decision = self._log.get(decision_id)
         if decision is None:
-            decision = self._in_flight_decision(decision_id)
+            decision = self._in_flight_decision(decision_id, patient)
         if decision is None:
             raise NotFound(f"decision_id: no decision '{decision_id}'")
         if decision.offer(offer_id) is None:
@@ -203,16 +208,16 @@ class FeedbackIntake:
         )
         return event
 
-    def _wait(self, event: FeedbackEvent, future: Future[FeedbackResult]) -> FeedbackResult:
+    def _wait(self, event: FeedbackEvent, future: Future[FeedbackResult], timeout: float | None = None) -> FeedbackResult:
         try:
-            result = future.result(timeout=self._timeout)
+            result = future.result(timeout=self._timeout if timeout is None else timeout)
         except TimeoutError:
             raise Unavailable(f"feedback not confirmed durable within {self._timeout:g}s; retry with the same event_id") from None
         kind = "duplicate" if result.duplicate else "late" if result.late else "applied" if result.applied else "stored"
         metrics.FEEDBACK.labels(event.outcome, kind).inc()
         return result
 
-    def _in_flight_decision(self, decision_id: str) -> Any:
+    def _in_flight_decision(self, decision_id: str, patient: bool = True) -> Any:
         """A decision not found at first: looked up again while it may still be on its way
         to the log; None when it is unknown."""
         if self._in_flight <= 0:
@@ -224,7 +229,7 @@ class FeedbackIntake:
         if not -self._in_flight <= age <= self._in_flight:
             return None  # old, or claims a future no process of ours has reached
         delay = self._poll
-        for _ in range(IN_FLIGHT_LOOKUPS):
+        for _ in range(IN_FLIGHT_LOOKUPS if patient else 0):
             time.sleep(delay)
             decision = self._log.get(decision_id)
             if decision is not None:

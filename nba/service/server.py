@@ -691,9 +691,10 @@ class Service:
         self.health.enter_graceful_shutdown()
         grace = self.settings.grace_seconds if grace is None else grace
         self.publisher.stop()
+        grpc_stopped = self.server.stop(grace)  # both drain at once: the grace is the same for both
         if self.http is not None:
             self.http.stop(grace)
-        self.server.stop(grace).wait()
+        grpc_stopped.wait()
         self.backfill.stop()
         self.segment_clock.stop()
         self.log.close()

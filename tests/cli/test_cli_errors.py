@@ -173,6 +173,7 @@ BAD_INVOCATIONS = [
     ),
     (["serve", "--admin-tokens", "a:viewer:0123456789abcdef\u00e9"], EXIT_USAGE, "not printable ASCII"),
     (["serve", "--log-level", "loud"], EXIT_USAGE, "argument --log-level: invalid choice"),
+    (["serve", "--http-cors-origins", "app.example.com"], EXIT_USAGE, "'app.example.com' is not an origin"),
     (
         ["serve", "--callback-sources", "{tmp}/callbacks.yaml"],
         EXIT_USAGE,

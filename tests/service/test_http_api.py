@@ -107,6 +107,13 @@ def test_the_same_calls_over_http_and_grpc_give_the_same_results(start) -> None:
         assert over_http.status_code == 200, over_http.text
         assert over_http.json() == as_json(over_grpc)
         assert over_http.json()["version"] == "2"  # proto3 JSON: 64-bit integers as text
+        masked = http.get("/v1/profiles/c-1", params={"read_mask": "customer_id,version"}, headers=EDITOR).json()
+        assert masked["customer_id"] == "c-1" and masked["version"] == "2" and not masked.get("attributes")
+        assert http.head("/v1/profiles/c-1", headers=EDITOR).status_code == 200  # HEAD: GET's answer, no body
+        both = problem(
+            http.get("/v1/profiles/c-1", params={"identifier_kind": "email", "identifier_value": "a@b.co"}, headers=EDITOR), 400
+        )
+        assert both["field"] == "identifier_kind" and "not a query parameter of this call" in both["detail"]
         by_identifier = http.get(
             "/v1/profiles", params={"identifier_kind": "email", "identifier_value": "nobody@example.com"}, headers=EDITOR
         )

@@ -108,6 +108,7 @@ def test_a_wrong_missing_or_stale_signature_is_401_and_applies_nothing(server: R
     )
     for name, answer in cases.items():
         assert answer.status_code == 401, (name, answer.text)
+        assert answer.headers["www-authenticate"].startswith("NBA-Signature")
         assert answer.headers["content-type"] == "application/problem+json" and answer.json()["code"] == "UNAUTHENTICATED"
     assert "nba-timestamp" in cases["an hour old"].json()["detail"]
     assert stored(server) == 0
@@ -160,6 +161,22 @@ def test_the_mailer_source_maps_its_own_payload_and_a_secret_rotates(server: Run
         post(server, "mailer", payload[:1], [MAILER_NEW]).status_code == 200
     )  # the new secret alone, once the tool has switched
     assert post(server, "mailer", payload[:1], ["mailer-retired-secret-0123"]).status_code == 401
+    # a replay is refused whichever secret its signature matches (replicas mid-rotation differ)
+    body = json.dumps(payload[1:2]).encode()
+    stamp = int(time.time()) - 2
+    assert post(server, "mailer", None, [MAILER_OLD], stamp, body).status_code == 200
+    assert post(server, "mailer", None, [MAILER_NEW], stamp, body).status_code == 409
+    strange_headers = (
+        {"nba-timestamp": "\u00b2\u00b3", "nba-signature": "v1=00"},
+        {"nba-timestamp": str(int(time.time())), "nba-signature": "v1=\u00e9"},
+    )
+    for headers in strange_headers:
+        strange = httpx.post(
+            f"http://127.0.0.1:{server.service.http.port}/v1/callbacks/mailer",  # type: ignore[union-attr]
+            content=body,
+            headers={"content-type": "application/json", **{k: v.encode("latin-1") for k, v in headers.items()}},
+        )
+        assert strange.status_code == 401, strange.text
 
 
 def test_an_event_whose_decision_is_not_written_yet_is_503_so_the_tool_retries(

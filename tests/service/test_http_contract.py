@@ -20,6 +20,13 @@ ST = Path(sys.executable).parent / "st"
 CHECKS = ["--checks", "all", "--exclude-checks", "positive_data_acceptance"]
 
 
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite only: the document and the checks do not depend on the store (the calls' behaviour
+    on both is the other tests' work)."""
+    return f"sqlite:///{tmp_path / 'nba.db'}"
+
+
 @pytest.mark.parametrize("token", [EDITOR_TOKEN, None], ids=["editor", "anonymous"])
 def test_schemathesis_finds_no_failure(start, tmp_path: Path, token: str | None, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("NBA_CALLBACK_GENERIC_SECRETS", "generic-secret-0123456789abcdef")

@@ -12,6 +12,7 @@ error shapes never reach a client.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import cache
@@ -44,8 +45,10 @@ __all__ = ["HTTP_STATUS", "MAX_BODY_BYTES", "MAX_JSON_DEPTH", "create_app"]
 
 log = logging.getLogger(__name__)
 
-#: a gRPC code's HTTP status (as Google's HTTP mapping, google/rpc/code.proto, but for
-#: FAILED_PRECONDITION: 412, "the state is not what the request expected", not 400)
+#: a gRPC code's HTTP status, as Google's HTTP mapping (google/rpc/code.proto) but for two:
+#: FAILED_PRECONDITION is 412, "the state is not what the request expected", not 400; and
+#: RESOURCE_EXHAUSTED is 413, since nba raises it for a body or a draft too large, never for a
+#: rate limit (Google's 429)
 HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
     "OUT_OF_RANGE": 400,
@@ -120,12 +123,12 @@ def create_app(
             try:
                 if not ready():
                     raise Unavailable("the service is stopping; retry on another instance")
-                message = await _message(request, route, message_class)
                 caller = None
-                if route.role is not None:
+                if route.role is not None:  # before the body is read: a stranger's body costs nothing
                     caller = tokens.authorize(
                         request.headers.getlist("authorization"), route.full_method, route.role, "the header"
                     )
+                message = await _message(request, route, message_class)
                 context = _CallContext()
 
                 def run() -> Message:
@@ -200,7 +203,8 @@ def create_app(
         async def dispatch(
             request: Request, handlers: dict[str, Callable[[Request], Awaitable[Response]]] = handlers
         ) -> Response:
-            return await handlers[request.method](request)
+            # Starlette serves HEAD wherever GET is: the same answer, its body left unsent
+            return await handlers["GET" if request.method == "HEAD" else request.method](request)
 
         starlette_routes.append(StarletteRoute(path, dispatch, methods=list(handlers)))
 
@@ -212,6 +216,7 @@ def create_app(
                 allow_origins=list(cors_origins),
                 allow_methods=["GET", "POST"],
                 allow_headers=["authorization", "content-type", "idempotency-key"],
+                expose_headers=["retry-after", "www-authenticate", "nba-worker"],
                 max_age=600,
             )
         )
@@ -330,13 +335,17 @@ def _query(request: Request, route: Route) -> dict[str, Any]:
     for name in request.query_params:
         values = request.query_params.getlist(name)
         field = fields.get(name)
-        if field is None or field.message_type is not None or field.is_repeated:
-            known = ", ".join(sorted(f.name for f in route.request.fields if f.message_type is None)) or "none"
-            raise InvalidArgument(f"{name[:64]}: not a query parameter of this call (it takes: {known})", name[:64])
+        if field is None or not _query_field(field) or name in route.excluded_query:
+            known = ", ".join(
+                sorted(f.name for f in route.request.fields if _query_field(f) and f.name not in route.excluded_query)
+            )
+            raise InvalidArgument(f"{name[:64]}: not a query parameter of this call (it takes: {known or 'none'})", name[:64])
         if len(values) > 1:
             raise InvalidArgument(f"{name}: given {len(values)} times; give it once", name)
         value = values[0]
-        if field.type == field.TYPE_BOOL:
+        if field.message_type is not None:  # a field mask: proto3 JSON spells its paths in lowerCamelCase
+            data[name] = ",".join(_camel(path.strip()) for path in value.split(",") if path.strip())
+        elif field.type == field.TYPE_BOOL:
             if value not in ("true", "false"):
                 raise InvalidArgument(f"{name}: must be true or false, got {value[:40]!r}", name)
             data[name] = value == "true"
@@ -348,6 +357,17 @@ def _query(request: Request, route: Route) -> dict[str, Any]:
         else:
             data[name] = value
     return data
+
+
+def _camel(path: str) -> str:
+    return ".".join(re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), part) for part in path.split("."))
+
+
+def _query_field(field: Any) -> bool:
+    """A field a query parameter can give: a scalar, or a field mask (comma-separated paths)."""
+    if field.is_repeated:
+        return False
+    return field.message_type is None or field.message_type.full_name == "google.protobuf.FieldMask"
 
 
 def _parsed(data: dict[str, Any], message_class: type[Message]) -> Message:
@@ -508,6 +528,8 @@ def _problem_response(
         "instance": instance[:300],
         **(extra or {}),
     }
-    if status == 401:
-        headers = {**(headers or {}), "www-authenticate": 'Bearer realm="nba"'}
+    if status == 401:  # RFC 9110 §11.6.1: a 401 names the scheme to use
+        signed = detail.startswith(("nba-signature", "nba-timestamp"))
+        scheme = 'NBA-Signature realm="callbacks"' if signed else 'Bearer realm="nba"'
+        headers = {**(headers or {}), "www-authenticate": scheme}
     return Response(orjson.dumps(body), status, headers, media_type=_PROBLEM)

@@ -62,6 +62,8 @@ CLOCK_AHEAD = timedelta(seconds=30)
 MAX_EVENTS = 1000
 _PATH = re.compile(r"[A-Za-z_][\w\-]*(\.[A-Za-z_0-9][\w\-]*)*")
 _REQUIRED = ("event_id", "decision_id", "offer_id", "outcome")
+_SECONDS = re.compile(r"[0-9]{1,12}")
+_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class _Fields(BaseModel):
@@ -116,6 +118,8 @@ class CallbackSource(BaseModel):
 
 
 class CallbackSources(BaseModel):
+    """The callback sources file: each source by the name in its URL."""
+
     model_config = ConfigDict(extra="forbid")
     sources: dict[str, CallbackSource] = Field(default_factory=dict)
 
@@ -168,28 +172,32 @@ def signature_of(secret: bytes, timestamp: str, body: bytes) -> str:
 
 
 def verify(secrets: list[bytes], timestamp: str | None, header: str | None, body: bytes, now: datetime) -> str:
-    """The signature that matched (to remember it), or ``Unauthenticated`` saying what is wrong."""
+    """The delivery's digest (its timestamp and body, to refuse a replay of it) once a signature
+    matches one of ``secrets``; ``Unauthenticated`` saying what is wrong otherwise."""
     if not timestamp or not header:
         raise Unauthenticated(
             "nba-signature: send the headers nba-timestamp (Unix seconds) and nba-signature "
             "(v1=<hex HMAC-SHA256 of '<timestamp>.<body>'>)"
         )
-    if not timestamp.isdigit() or len(timestamp) > 12:
-        raise Unauthenticated(f"nba-timestamp: must be Unix seconds, got {timestamp[:40]!r}")
+    if not _SECONDS.fullmatch(timestamp):
+        raise Unauthenticated(f"nba-timestamp: must be Unix seconds (digits), got {timestamp[:40]!r}")
     seconds = int(timestamp)
     if not (now - REPLAY_WINDOW).timestamp() <= seconds <= (now + CLOCK_AHEAD).timestamp():
         raise Unauthenticated(
             f"nba-timestamp: {seconds} is outside the replay window ({int(REPLAY_WINDOW.total_seconds())} s "
             f"before now, {int(CLOCK_AHEAD.total_seconds())} s after; now is {now.isoformat(timespec='seconds')})"
         )
-    offered = [part.strip()[3:] for part in header.split(",") if part.strip().startswith("v1=")]
+    offered = [part.strip()[3:].lower() for part in header.split(",") if part.strip().startswith("v1=")]
+    offered = [candidate for candidate in offered if _HEX.fullmatch(candidate)]
     if not offered:
-        raise Unauthenticated("nba-signature: no v1=<hex> signature in it")
+        raise Unauthenticated("nba-signature: no v1=<64 hex digits> signature in it")
     for secret in secrets:
-        expected = signature_of(secret, timestamp, body)
+        expected = signature_of(secret, timestamp, body).encode()
         for candidate in offered[:8]:
-            if hmac.compare_digest(expected, candidate.lower()):
-                return expected
+            if hmac.compare_digest(expected, candidate.encode()):
+                # what is remembered against a replay names the delivery, not which secret signed
+                # it: replicas mid-rotation hold different secrets, and must refuse the same replay
+                return hashlib.sha256(timestamp.encode() + b"." + body).hexdigest()
     raise Unauthenticated("nba-signature: matches none of the source's secrets (sign '<timestamp>.<raw body>')")
 
 
@@ -327,6 +335,7 @@ class Callbacks:
 
     @property
     def names(self) -> list[str]:
+        """The declared sources' names."""
         return sorted(self._sources)
 
     def take(
@@ -338,10 +347,10 @@ class Callbacks:
         now: the tool should send it all again; nothing is applied twice)."""
         source = self._sources.get(name)
         if source is None:
-            raise NotFound(f"source: no callback source '{name[:64]}' (declared: {', '.join(self.names) or 'none'})")
+            raise NotFound(f"source: no callback source '{name[:64]}' is declared")
         now = self._clock.now()
-        matched = verify(self._secrets[name], timestamp, signature, raw, now)
-        if self._signatures.signature_seen(name, matched):
+        delivery = verify(self._secrets[name], timestamp, signature, raw, now)
+        if self._signatures.signature_seen(name, delivery):
             raise AlreadyExists("nba-signature: this signed request was taken before; sign each delivery with its own timestamp")
         mapped_events = [mapped(source, n, event) for n, event in enumerate(events_of(source, parse(raw)))]
         taken = [m for m in mapped_events if m.error is None and not m.ignored]
@@ -376,7 +385,7 @@ class Callbacks:
                     results.append(pb.CallbackResult(index=m.index, event_id=m.event_id, status=status))
         if retry:
             raise Unavailable(f"{len(retry)} of the events could not be taken now ({retry[0]}); send the payload again")
-        if not self._signatures.keep_signature(name, matched, now, now - REPLAY_WINDOW - CLOCK_AHEAD):
+        if not self._signatures.keep_signature(name, delivery, now, now - REPLAY_WINDOW - CLOCK_AHEAD):
             raise AlreadyExists("nba-signature: this signed request was taken by another call at the same time")
         return pb.CallbackResponse(source=name, results=results)
 

@@ -73,7 +73,9 @@ def openapi_document(routes: Iterable[Route], title: str = "nba", sources: Itera
         ]
         if route.method == "GET":
             for field in route.request.fields:
-                if field.name in route.path_fields or field.message_type is not None or field.is_repeated:
+                if field.name in route.path_fields or field.name in route.excluded_query or field.is_repeated:
+                    continue
+                if field.message_type is not None and field.message_type.full_name != "google.protobuf.FieldMask":
                     continue
                 schema = schemas.field_schema(field)
                 if field.cpp_type in (field.CPPTYPE_INT64, field.CPPTYPE_UINT64):
@@ -137,9 +139,8 @@ def openapi_document(routes: Iterable[Route], title: str = "nba", sources: Itera
 
 def _callback_operation(schemas: MessageSchemas, sources: list[str]) -> dict[str, Any]:
     problem = {"content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    # (the declared sources are not listed: the document is public, and their names say whom nba hears)
     source: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 64}
-    if sources:
-        source = {"type": "string", "enum": sources}
     return {
         "operationId": "takeCallback",
         "summary": "A campaign tool's signed webhook: its own payload, mapped to feedback by the source's declaration",

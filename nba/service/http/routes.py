@@ -28,6 +28,9 @@ _QUERY = (400, 503)
 
 @dataclass(frozen=True)
 class Route:
+    """One call of the HTTP API: its method and path, the gRPC method it serves, what it does,
+    and the statuses it can answer besides 200."""
+
     method: str
     path: str
     #: the gRPC method served, by descriptor
@@ -42,6 +45,8 @@ class Route:
     tags: tuple[str, ...] = field(default_factory=tuple)
     #: the OpenAPI operationId, when two routes serve one method (default: the method's name)
     name: str = ""
+    #: fields of the request the query may not give (the path gives the customer, or an identifier does)
+    excluded_query: tuple[str, ...] = ()
 
     @property
     def full_method(self) -> str:
@@ -126,6 +131,7 @@ ROUTES: tuple[Route, ...] = (
         (*_QUERY, 404),
         path_fields=("customer_id",),
         tags=("profiles",),
+        excluded_query=("identifier_kind", "identifier_value"),
     ),
     Route(
         "GET",
@@ -135,6 +141,7 @@ ROUTES: tuple[Route, ...] = (
         (*_QUERY, 404, 412),
         tags=("profiles",),
         name="getProfileByIdentifier",
+        excluded_query=("customer_id",),
     ),
     Route(
         "POST",

@@ -3,9 +3,9 @@ the proto3 JSON mapping of the same messages gRPC does (https://protobuf.dev/pro
 so one contract (``proto/``) describes both and the OpenAPI document cannot drift from it.
 
 The mapping, as ``google.protobuf.json_format`` reads and writes it: fields by their proto
-names (``customer_id``; the lowerCamelCase JSON names are read too), 64-bit integers as
-decimal strings (read from numbers too), enums by name, ``Timestamp`` as RFC 3339 text,
-``Struct`` as any JSON object, maps as objects. Field descriptions come from the ``.proto``
+names (``customer_id``: the schemas allow no other, so not the lowerCamelCase JSON names), 64-bit
+integers as decimal strings (read from numbers too), enums by name, ``Timestamp`` as RFC 3339
+text, ``Struct`` as any JSON object, maps as objects, a ``FieldMask`` as comma-separated names. Field descriptions come from the ``.proto``
 comments when ``make proto`` kept them (``nba/v1/*.binpb``, a descriptor set with source info).
 
 We write this rather than use a generator: the ones that exist are protoc plug-ins in Go or
@@ -44,6 +44,11 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
         "description": "RFC 3339, with a time zone (2026-11-30T09:00:00Z)",
     },
     "google.protobuf.Duration": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?s$"},
+    "google.protobuf.FieldMask": {
+        "type": "string",
+        "description": "field names, comma-separated (customer_id,version,attributes)",
+        "pattern": r"^[A-Za-z0-9_.,]*$",
+    },
     "google.protobuf.DoubleValue": {"type": ["number", "null"]},
     "google.protobuf.FloatValue": {"type": ["number", "null"]},
     "google.protobuf.BoolValue": {"type": ["boolean", "null"]},
@@ -51,7 +56,7 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.Int32Value": {"type": ["integer", "null"]},
 }
 #: a 64-bit integer as proto3 JSON writes it (a string: JSON numbers lose precision past 2^53)
-_INT64_TEXT = r"^-?[0-9]{1,18}$"
+_INT64_TEXT = r"^-?[0-9]{1,19}$"
 _V1 = Path(__file__).resolve().parents[2] / "v1"
 
 
@@ -124,7 +129,7 @@ class MessageSchemas:
             if text:
                 schema = {**schema, "description": text}
             properties[field.name] = schema
-        out: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+        out: dict[str, Any] = {"type": ["object", "null"], "properties": properties, "additionalProperties": False}
         if said.get(descriptor.full_name):
             out["description"] = said[descriptor.full_name]
         return out
@@ -170,7 +175,7 @@ class MessageSchemas:
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     """A field's schema with null allowed: proto3 JSON reads null as the field left out."""
     if "$ref" in schema or "type" not in schema:
-        return {"anyOf": [schema, {"type": "null"}]} if "$ref" in schema else schema
+        return schema  # a message's own schema allows null (a field of it, not anyOf: errors keep their path)
     kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
     out = {**schema, "type": [*kinds, "null"] if "null" not in kinds else kinds}
     if "enum" in out:

@@ -15,7 +15,7 @@ import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from nba.decision.decider import DecideInput, Decider
-from nba.errors import FailedPrecondition, InvalidArgument, NbaError, NotFound, field_of
+from nba.errors import FailedPrecondition, InvalidArgument, NbaError, NotFound
 from nba.governance.erasure import Eraser
 from nba.inputs import timestamp
 from nba.policy.profile import ProfileDefinition
@@ -24,7 +24,7 @@ from nba.profiles.tracking import Tracker, TrackInput, TrackResult
 from nba.records import DecisionRecord
 from nba.service.auth import current_caller, may
 from nba.service.context import properties_from_struct
-from nba.service.servicers import decide_response
+from nba.service.servicers import decide_response, item_error
 from nba.storage.engine import utc
 from nba.v1 import profile_service_pb2 as ppb
 from nba.v1 import profile_service_pb2_grpc as ppb_grpc
@@ -91,14 +91,7 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
         for n, item in enumerate(inputs):
             outcome = item if isinstance(item, NbaError) else next(taken)
             if isinstance(outcome, NbaError):
-                field = field_of(outcome)
-                results.append(
-                    ppb.TrackResult(
-                        error_code=outcome.code,
-                        error_message=f"events[{n}]: {outcome}",
-                        error_field=f"events[{n}].{field}" if field else "",
-                    )
-                )
+                results.append(ppb.TrackResult(**item_error(n, outcome)))
             else:
                 results.append(ppb.TrackResult(tracked=_response(outcome)))
         return ppb.TrackBatchResponse(results=results)

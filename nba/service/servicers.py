@@ -38,7 +38,7 @@ from nba.v1 import admin_service_pb2_grpc as apb_grpc
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
 
-__all__ = ["AdminServicer", "DecisionServicer"]
+__all__ = ["AdminServicer", "DecisionServicer", "item_error"]
 
 
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
@@ -80,17 +80,21 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         for n, item in enumerate(items):
             outcome = item if isinstance(item, NbaError) else next(taken)
             if isinstance(outcome, NbaError):
-                field = field_of(outcome)
-                results.append(
-                    pb.FeedbackResult(
-                        error_code=outcome.code,
-                        error_message=f"events[{n}]: {outcome}",
-                        error_field=f"events[{n}].{field}" if field else "",
-                    )
-                )
+                results.append(pb.FeedbackResult(**item_error(n, outcome)))
             else:
                 results.append(pb.FeedbackResult(feedback=_feedback_response(outcome)))
         return pb.FeedbackBatchResponse(results=results)
+
+
+def item_error(index: int, error: NbaError) -> dict[str, Any]:
+    """A batch item's error as its result carries it: the status name, the message and the
+    field at fault, both prefixed by the item's place (``events[3].event_id``)."""
+    field = field_of(error)
+    return {
+        "error_code": error.code,
+        "error_message": f"events[{index}]: {error}",
+        "error_field": f"events[{index}].{field}" if field else "",
+    }
 
 
 def _feedback_item(request: pb.FeedbackRequest) -> FeedbackItem:

@@ -111,36 +111,25 @@ def create_app(
     for route in ROUTES:
         by_path.setdefault(route.path, []).append(route)
 
-    def endpoint(route: Route) -> Callable[[Request], Awaitable[Response]]:
-        call = methods[route.full_method]
-        message_class = GetMessageClass(route.request)
-        counter_route = f"{route.method} {route.path}"
-        histogram = metrics.HTTP_DURATION.labels(counter_route)
+    async def in_thread(run: Callable[[], Message]) -> Message:
+        """The domain call on a worker thread (it blocks: database reads, durable writes)."""
+        if not limiter:
+            limiter.append(anyio.CapacityLimiter(threads))
+        return await anyio.to_thread.run_sync(run, limiter=limiter[0])
+
+    def answering(
+        label: str, work: Callable[[Request], Awaitable[tuple[Message, dict[str, str]]]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A route's handler: ``work`` gives the answer and its headers; every error becomes a
+        problem with its status; each request is counted and timed under ``label``."""
+        histogram = metrics.HTTP_DURATION.labels(label)
 
         async def handle(request: Request) -> Response:
             started = time.perf_counter()
-            headers: dict[str, str] = {}
             try:
                 if not ready():
                     raise Unavailable("the service is stopping; retry on another instance")
-                caller = None
-                if route.role is not None:  # before the body is read: a stranger's body costs nothing
-                    caller = tokens.authorize(
-                        request.headers.getlist("authorization"), route.full_method, route.role, "the header"
-                    )
-                message = await _message(request, route, message_class)
-                context = _CallContext()
-
-                def run() -> Message:
-                    if caller is None:
-                        return call(message, context)
-                    with acting_as(caller):
-                        return call(message, context)
-
-                if not limiter:
-                    limiter.append(anyio.CapacityLimiter(threads))
-                answer = await anyio.to_thread.run_sync(run, limiter=limiter[0])
-                headers.update(context.trailers)
+                answer, headers = await work(request)
                 body = json_format.MessageToDict(
                     answer, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
                 )
@@ -150,48 +139,50 @@ def create_app(
             except ClientDisconnect:
                 response = Response(status_code=499)
             except Exception:
-                log.exception("unexpected error", extra={"route": counter_route})
+                log.exception("unexpected error", extra={"route": label})
                 response = _problem_response(500, "internal error; the service log has the details", request.url.path)
-            metrics.HTTP_REQUESTS.labels(counter_route, str(response.status_code)).inc()
+            metrics.HTTP_REQUESTS.labels(label, str(response.status_code)).inc()
             histogram.observe(time.perf_counter() - started)
             return response
 
         return handle
 
+    def endpoint(route: Route) -> Callable[[Request], Awaitable[Response]]:
+        call = methods[route.full_method]
+        message_class = GetMessageClass(route.request)
+
+        async def work(request: Request) -> tuple[Message, dict[str, str]]:
+            caller = None
+            if route.role is not None:  # before the body is read: a stranger's body costs nothing
+                caller = tokens.authorize(request.headers.getlist("authorization"), route.full_method, route.role, "the header")
+            message = await _message(request, route, message_class)
+            context = _CallContext()
+
+            def run() -> Message:
+                if caller is None:
+                    return call(message, context)
+                with acting_as(caller):
+                    return call(message, context)
+
+            answer = await in_thread(run)
+            return answer, context.trailers
+
+        return answering(f"{route.method} {route.path}", work)
+
     async def openapi(request: Request) -> Response:
         return Response(document, 200, media_type=_JSON)
 
-    callback_route = f"POST {CALLBACK_PATH}"
-    callback_histogram = metrics.HTTP_DURATION.labels(callback_route)
+    async def callback_work(request: Request) -> tuple[Message, dict[str, str]]:
+        if callbacks is None:
+            raise NotFound("source: no callback sources are declared (--callback-sources)")
+        _check_json(request)
+        raw = await _raw(request)
+        name = request.path_params["source"]
+        timestamp, signature = request.headers.get("nba-timestamp"), request.headers.get("nba-signature")
+        answer = await in_thread(lambda: callbacks.take(name, timestamp, signature, raw, parse_json))
+        return answer, {}
 
-    async def callback(request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            if not ready():
-                raise Unavailable("the service is stopping; retry on another instance")
-            if callbacks is None:
-                raise NotFound("source: no callback sources are declared (--callback-sources)")
-            _check_json(request)
-            raw = await _raw(request)
-            name = request.path_params["source"]
-            timestamp, signature = request.headers.get("nba-timestamp"), request.headers.get("nba-signature")
-            if not limiter:
-                limiter.append(anyio.CapacityLimiter(threads))
-            answer = await anyio.to_thread.run_sync(
-                lambda: callbacks.take(name, timestamp, signature, raw, parse_json), limiter=limiter[0]
-            )
-            body = json_format.MessageToDict(answer, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-            response = Response(orjson.dumps(body), 200, media_type=_JSON)
-        except NbaError as exc:
-            response = problem(exc, request.url.path)
-        except ClientDisconnect:
-            response = Response(status_code=499)
-        except Exception:
-            log.exception("unexpected error", extra={"route": callback_route})
-            response = _problem_response(500, "internal error; the service log has the details", request.url.path)
-        metrics.HTTP_REQUESTS.labels(callback_route, str(response.status_code)).inc()
-        callback_histogram.observe(time.perf_counter() - started)
-        return response
+    callback = answering(f"POST {CALLBACK_PATH}", callback_work)
 
     starlette_routes = [
         StarletteRoute("/openapi.json", openapi, methods=["GET"]),

@@ -72,10 +72,16 @@ class HttpServer:
             **options,
         )
         self._server = _Embedded(config)
+        # uvicorn says "Started server process" at INFO under the name uvicorn.error: noise beside
+        # the service's own "serving" line, and alarming in a log search for "error"
+        for name in ("uvicorn", "uvicorn.error"):
+            if logging.getLogger(name).level < logging.WARNING:
+                logging.getLogger(name).setLevel(logging.WARNING)
         self._thread: threading.Thread | None = None
         self.tls = bool(options)
 
     def start(self) -> None:
+        """Serves in a thread of its own until ``stop``."""
         self._thread = threading.Thread(target=self._run, name="nba-http", daemon=True)
         self._thread.start()
 

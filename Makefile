@@ -19,8 +19,9 @@ serve: $(GEN)
 # The suite in TEST_WORKERS processes (pytest-xdist): most tests wait on a server, a database
 # or a child process, so two processes halve the time on two cores. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
+# The 15 slowest tests are listed at the end: where the suite's time goes, run after run.
 test: $(GEN)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 
 # Lint: pyflakes, pycodestyle, import order, bugbear, pyupgrade (ruff check), the layout (ruff
 # format --check: `.venv/bin/ruff format .` fixes it), then the type hints of nba/ and bandit/

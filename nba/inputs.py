@@ -31,6 +31,7 @@ from typing import Any, TypeGuard
 from nba.errors import InvalidArgument
 
 __all__ = [
+    "value_kind",
     "CLOCK_SKEW",
     "MAX_COMMENT_LENGTH",
     "MAX_CONTEXT_BYTES",
@@ -66,6 +67,24 @@ MAX_TIMESTAMP_SECONDS = 253_402_300_799
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 #: the same, but tab, line feed and carriage return are text
 _CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def value_kind(value: Any) -> str:
+    """What a JSON-like value is, in words, for a message that must not repeat the value (it may
+    be personal data): "a text", "a number", "a boolean", "a list", "an object", "null".
+
+    >>> value_kind(True), value_kind(3.5), value_kind(None)
+    ('a boolean', 'a number', 'null')
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a text"
+    return "a list" if isinstance(value, list | tuple) else "an object"
 
 
 def finite_number(value: Any) -> TypeGuard[int | float]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nba.errors import InvalidArgument
-from nba.inputs import MAX_CONTEXT_NUMBER, finite_number
+from nba.inputs import MAX_CONTEXT_NUMBER, finite_number, value_kind
 from nba.policy.profile import Activity, ProfileDefinition
 from nba.profiles.computed import State, contribution, matches
 from nba.profiles.scores import Example, Prediction, features, is_target
@@ -80,19 +80,9 @@ def check(definition: ProfileDefinition, event_type: str, properties: Mapping[st
         wanted = _TYPES[kind]
         if isinstance(value, bool) and kind != "bool" or not isinstance(value, wanted):
             raise NotInDefinition(  # (the kind of value, not the value: it may be personal data)
-                f"properties.{name}: must be a {kind} for '{event_type}' events, got {_kind(value)}", field=f"properties.{name}"
+                f"properties.{name}: must be a {kind} for '{event_type}' events, got {value_kind(value)}",
+                field=f"properties.{name}",
             )
-
-
-def _kind(value: Any) -> str:
-    """What a value is, in words."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a text"
-    return "a list" if isinstance(value, list | tuple) else "an object"
 
 
 def _finite(value: Any, path: str) -> None:

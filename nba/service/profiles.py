@@ -24,7 +24,7 @@ from nba.profiles.tracking import Tracker, TrackInput, TrackResult
 from nba.records import DecisionRecord
 from nba.service.auth import current_caller, may
 from nba.service.context import properties_from_struct
-from nba.service.servicers import decide_response, item_error
+from nba.service.servicers import decide_response, item_error, per_item
 from nba.storage.engine import utc
 from nba.v1 import profile_service_pb2 as ppb
 from nba.v1 import profile_service_pb2_grpc as ppb_grpc
@@ -80,21 +80,15 @@ class ProfileServicer(ppb_grpc.ProfileServiceServicer):
     def TrackBatch(self, request: ppb.TrackBatchRequest, context: grpc.ServicerContext) -> ppb.TrackBatchResponse:
         if len(request.events) > MAX_BATCH:
             raise InvalidArgument(f"events: {len(request.events)} events, more than {MAX_BATCH} a call; split the batch")
-        inputs: list[TrackInput | NbaError] = []
-        for event in request.events:
-            try:
-                inputs.append(self._input(event))
-            except NbaError as exc:
-                inputs.append(exc)
-        taken = iter(self._tracker.track_many([i for i in inputs if isinstance(i, TrackInput)]))
-        results = []
-        for n, item in enumerate(inputs):
-            outcome = item if isinstance(item, NbaError) else next(taken)
-            if isinstance(outcome, NbaError):
-                results.append(ppb.TrackResult(**item_error(n, outcome)))
-            else:
-                results.append(ppb.TrackResult(tracked=_response(outcome)))
-        return ppb.TrackBatchResponse(results=results)
+        outcomes = per_item(request.events, self._input, self._tracker.track_many)
+        return ppb.TrackBatchResponse(
+            results=[
+                ppb.TrackResult(**item_error(n, outcome))
+                if isinstance(outcome, NbaError)
+                else ppb.TrackResult(tracked=_response(outcome))
+                for n, outcome in enumerate(outcomes)
+            ]
+        )
 
     def GetProfile(self, request: ppb.GetProfileRequest, context: grpc.ServicerContext) -> ppb.Profile:
         if bool(request.identifier_kind) != bool(request.identifier_value):

@@ -6,9 +6,9 @@ the shared rules of ``nba.inputs`` (ids, names, free text, timestamps)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -38,7 +38,10 @@ from nba.v1 import admin_service_pb2_grpc as apb_grpc
 from nba.v1 import decision_service_pb2 as pb
 from nba.v1 import decision_service_pb2_grpc as pb_grpc
 
-__all__ = ["AdminServicer", "DecisionServicer", "item_error"]
+__all__ = ["AdminServicer", "DecisionServicer", "item_error", "per_item"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
@@ -69,21 +72,30 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     def FeedbackBatch(self, request: pb.FeedbackBatchRequest, context: grpc.ServicerContext) -> pb.FeedbackBatchResponse:
         if len(request.events) > MAX_BATCH:
             raise InvalidArgument(f"events: {len(request.events)} events, more than {MAX_BATCH} a call; split the batch")
-        items: list[FeedbackItem | NbaError] = []
-        for event in request.events:
-            try:
-                items.append(_feedback_item(event))
-            except NbaError as exc:
-                items.append(exc)
-        taken = iter(self._intake.receive_many([i for i in items if not isinstance(i, NbaError)]))
-        results = []
-        for n, item in enumerate(items):
-            outcome = item if isinstance(item, NbaError) else next(taken)
-            if isinstance(outcome, NbaError):
-                results.append(pb.FeedbackResult(**item_error(n, outcome)))
-            else:
-                results.append(pb.FeedbackResult(feedback=_feedback_response(outcome)))
-        return pb.FeedbackBatchResponse(results=results)
+        outcomes = per_item(request.events, _feedback_item, self._intake.receive_many)
+        return pb.FeedbackBatchResponse(
+            results=[
+                pb.FeedbackResult(**item_error(n, outcome))
+                if isinstance(outcome, NbaError)
+                else pb.FeedbackResult(feedback=_feedback_response(outcome))
+                for n, outcome in enumerate(outcomes)
+            ]
+        )
+
+
+def per_item(
+    requests: Iterable[Any], parse: Callable[[Any], In], take_many: Callable[[list[In]], Sequence[Out | NbaError]]
+) -> list[Out | NbaError]:
+    """A batch item by item: each request parsed (a malformed one keeps its error in its place),
+    the parsed ones taken together, and every outcome returned in the order sent."""
+    parsed: list[In | NbaError] = []
+    for request in requests:
+        try:
+            parsed.append(parse(request))
+        except NbaError as exc:
+            parsed.append(exc)
+    taken = iter(take_many([p for p in parsed if not isinstance(p, NbaError)]))
+    return [p if isinstance(p, NbaError) else next(taken) for p in parsed]
 
 
 def item_error(index: int, error: NbaError) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from starlette.routing import Route as StarletteRoute
 
 from nba import metrics
 from nba.errors import InvalidArgument, NbaError, NotFound, PolicySetError, Unavailable, field_of, field_violations
+from nba.inputs import value_kind
 from nba.service.auth import Tokens, acting_as
 from nba.service.http.callbacks import Callbacks
 from nba.service.http.openapi import openapi_document
@@ -252,7 +253,9 @@ async def _message(request: Request, route: Route, message_class: type[Message])
         _check_json(request)
         data = await _body(request)
         if not isinstance(data, dict):
-            raise InvalidArgument(f"body: must be a JSON object (the {route.request.name} message), got {_kind(data)}", "body")
+            raise InvalidArgument(
+                f"body: must be a JSON object (the {route.request.name} message), got {value_kind(data)}", "body"
+            )
     else:
         data = _query(request, route)
     for name in route.path_fields:
@@ -398,7 +401,7 @@ def _schema_problem(data: dict[str, Any], message_class: type[Message]) -> tuple
         return (f"{field}: no such field", field)
     field = _path(path) or "body"
     if kind.name == "type":
-        reason = f"must be {_expected(list(kind.types))}, got {_kind(error.instance)}"
+        reason = f"must be {_expected(list(kind.types))}, got {value_kind(error.instance)}"
     elif kind.name == "enum":
         reason = f"must be one of {', '.join(str(o) for o in kind.options if o is not None)}"
     elif kind.name == "pattern":
@@ -422,7 +425,7 @@ def _expected(kind: Any) -> str:
         "number": "a number",
         "boolean": "true or false",
         "object": "a JSON object",
-        "array": "an array",
+        "array": "a list",
         "null": "null",
     }
     kinds = kind if isinstance(kind, list) else [kind]
@@ -462,12 +465,6 @@ def _depth(value: Any) -> int:
             deepest = max(deepest, level)
             stack.extend((v, level + 1) for v in item)
     return deepest
-
-
-def _kind(value: Any) -> str:
-    return {list: "an array", dict: "an object", str: "a text", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number"
-    )
 
 
 class _UnsupportedMedia(NbaError):

@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nba.clock import Clock
 from nba.errors import AlreadyExists, InvalidArgument, NbaError, NotFound, Unauthenticated, Unavailable, field_of
+from nba.inputs import value_kind
 from nba.learning.feedback import FeedbackIntake
 from nba.records import OUTCOMES
 from nba.v1 import decision_service_pb2 as pb
@@ -224,7 +225,7 @@ def events_of(source: CallbackSource, payload: Any) -> list[Any]:
         found = [found]
     if not isinstance(found, list):
         where = source.events or "the payload"
-        raise InvalidArgument(f"body: {where} must be an event or a list of events, got {_kind(found)}", "body")
+        raise InvalidArgument(f"body: {where} must be an event or a list of events, got {value_kind(found)}", "body")
     if len(found) > MAX_EVENTS:
         raise InvalidArgument(f"body: {len(found)} events, more than {MAX_EVENTS} a call; send fewer at a time", "body")
     return found
@@ -235,7 +236,7 @@ def mapped(source: CallbackSource, index: int, event: Any) -> Mapped:
     fields = source.fields
     try:
         if not isinstance(event, dict):
-            raise InvalidArgument(f"events[{index}]: must be an object, got {_kind(event)}", f"events[{index}]")
+            raise InvalidArgument(f"events[{index}]: must be an object, got {value_kind(event)}", f"events[{index}]")
         values: dict[str, Any] = {}
         for name in _REQUIRED:
             path = getattr(fields, name)
@@ -244,7 +245,7 @@ def mapped(source: CallbackSource, index: int, event: Any) -> Mapped:
                 value = str(value)
             if not isinstance(value, str) or not value:
                 raise InvalidArgument(
-                    f"events[{index}].{path}: the {name} must be a text, got {_kind(value)}", f"events[{index}].{path}"
+                    f"events[{index}].{path}: the {name} must be a text, got {value_kind(value)}", f"events[{index}].{path}"
                 )
             values[name] = value
         theirs = values["outcome"]
@@ -263,7 +264,7 @@ def mapped(source: CallbackSource, index: int, event: Any) -> Mapped:
             if raw is not None:
                 if isinstance(raw, bool) or not isinstance(raw, (int, float)):
                     raise InvalidArgument(
-                        f"events[{index}].{fields.reward}: the reward must be a number, got {_kind(raw)}",
+                        f"events[{index}].{fields.reward}: the reward must be a number, got {value_kind(raw)}",
                         f"events[{index}].{fields.reward}",
                     )
                 reward = float(raw)
@@ -293,7 +294,7 @@ def _time(value: Any, kind: str, where: str) -> datetime:
         return datetime.fromtimestamp(seconds, UTC)
     except (TypeError, ValueError, OverflowError, OSError):
         expected = {"rfc3339": "an RFC 3339 time", "unix": "Unix seconds", "unix_ms": "Unix milliseconds"}[kind]
-        raise InvalidArgument(f"{where}: must be {expected}, got {_kind(value)}", where) from None
+        raise InvalidArgument(f"{where}: must be {expected}, got {value_kind(value)}", where) from None
 
 
 def _at(value: Any, path: str) -> Any:
@@ -302,12 +303,6 @@ def _at(value: Any, path: str) -> Any:
             return None
         value = value.get(part)
     return value
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return {list: "a list", dict: "an object", str: "a text", bool: "a boolean"}.get(type(value), "a number")
 
 
 class SignatureStore(Protocol):

@@ -97,6 +97,8 @@ class Problem:
     field: str = ""
     #: "error" refuses the set; "warning" is reported and the set is still usable
     severity: str = "error"
+    #: the 1-based line of ``file`` it is about (0: unknown), set by ``nba.policy.lines.locate``
+    line: int = 0
 
     def location(self) -> str:
         """Where the problem is, as the message's prefix says it (file, offer, policy, field),

@@ -110,8 +110,8 @@ def static_checks(policy_set: PolicySet, now: datetime, sampled: Sampled | None 
     when validation evaluated them already."""
     found: list[Problem] = []
 
-    def warn(message: str, **where: str) -> None:
-        found.append(Problem(message, severity="warning", **where))
+    def warn(message: str, file: str = "", offer: str = "", policy: str = "", field: str = "") -> None:
+        found.append(Problem(message, file, offer, policy, field, severity="warning"))
 
     for channel in policy_set.channels:
         if channel not in policy_set.fallback:

@@ -140,8 +140,8 @@ class _Builder:
         #: the engagement rules on the schema's sample contexts (None: not evaluated)
         self.sample_results: Sampled | None = None
 
-    def error(self, message: str, **where: str) -> None:
-        self.problems.append(Problem(message, **where))
+    def error(self, message: str, file: str = "", offer: str = "", policy: str = "", field: str = "") -> None:
+        self.problems.append(Problem(message, file, offer, policy, field))
 
     def build(self, files: Mapping[str, str]) -> PolicySet | None:
         if not any(not name.endswith(EXAMPLE_SUFFIX) for name in files):

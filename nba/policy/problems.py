@@ -31,7 +31,9 @@ def describe_validation_error(file: str, raw: Mapping[str, Any], error: Mapping[
             field_name = "type"
         key = "offer" if loc[0] == "offers" else "policy"
         if entry_id:
-            return Problem(message, file=file, field=field_name, **{key: str(entry_id)})
+            if key == "offer":
+                return Problem(message, file=file, field=field_name, offer=str(entry_id))
+            return Problem(message, file=file, field=field_name, policy=str(entry_id))
         return Problem(message, file=file, field=f"{loc[0]}[{loc[1]}]" + (f".{field_name}" if field_name else ""))
     return Problem(message, file=file, field=".".join(str(part) for part in loc))
 
@@ -41,12 +43,15 @@ def duplicate_key_problem(file: str, exc: DuplicateKeyError) -> Problem:
     mark = exc.problem_mark
     message = f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}" if mark else str(exc.problem)
     path = list(exc.path)
-    where: dict[str, str] = {}
+    offer = policy = ""
     if len(path) >= 2 and path[0] in ("offers", "policies") and isinstance(path[1], int) and exc.entry_id:
-        where["offer" if path[0] == "offers" else "policy"] = exc.entry_id
+        if path[0] == "offers":
+            offer = exc.entry_id
+        else:
+            policy = exc.entry_id
         path = path[2:]
     field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
-    return Problem(message, file=file, field=field, **where)
+    return Problem(message, file=file, field=field, offer=offer, policy=policy)
 
 
 #: how pydantic names the member of a union in an error's location (a schema field is a type

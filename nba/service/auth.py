@@ -82,6 +82,10 @@ class Tokens:
             name, role, token = entry.split(":", 2)
             self._tokens.append((token.encode(), Caller(name, role)))
 
+    def entries(self) -> list[tuple[bytes, Caller]]:
+        """Each configured token and its caller (the console's sessions fingerprint them)."""
+        return list(self._tokens)
+
     def authenticate(self, header: str, how: str = "metadata") -> Caller:
         """The caller whose token ``header`` (``Bearer <token>``) presents; ``Unauthenticated``
         otherwise. ``how`` names what carries it in the message: gRPC metadata, an HTTP header."""

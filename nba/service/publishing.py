@@ -34,6 +34,7 @@ from nba.errors import (
     ResourceExhausted,
 )
 from nba.policy import sandbox
+from nba.policy.lines import locate
 from nba.policy.loading import parse_policy_set, read_files
 from nba.policy.policy_set import PolicySet, content_hash
 from nba.storage.engine import DatabaseUnavailable
@@ -261,14 +262,19 @@ class Publisher:
         """A draft validated and compiled (``PolicySetError`` if it is invalid)."""
         now = self._clock.now()
         if not self._isolate:
-            return parse_policy_set(dict(files), now)
+            try:
+                policy_set = parse_policy_set(dict(files), now)
+            except PolicySetError as exc:
+                raise PolicySetError(locate(files, exc.problems)) from None
+            policy_set.warnings = locate(files, policy_set.warnings)
+            return policy_set
         checked = self._sandbox.validate(files, now, timeout, is_active)
         if not checked.valid:
-            raise PolicySetError(checked.problems)
+            raise PolicySetError(locate(files, checked.problems))
         # Valid in the child: compiling it here again evaluates no rule, and its rules are
         # within the cost limits (nba.policy.rule_cost), so this cannot stall the process.
         policy_set = parse_policy_set(dict(files), now, sampled=False)
-        policy_set.warnings = checked.problems
+        policy_set.warnings = locate(files, checked.problems)
         return policy_set
 
     def publish(

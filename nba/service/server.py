@@ -51,6 +51,8 @@ from nba.profiles.segments import time_dependent
 from nba.profiles.tracking import Tracker
 from nba.records import ContactEvent, LearningEvent, RewardWindows
 from nba.service.auth import AuthInterceptor, Tokens
+from nba.service.console.app import Console, console_routes
+from nba.service.console.sessions import Sessions
 from nba.service.context import MAX_CONTEXT_DEPTH
 from nba.service.http.app import create_app
 from nba.service.http.callbacks import Callbacks, CallbackSources
@@ -422,14 +424,30 @@ class Service:
                 except InvalidArgument as exc:
                     raise ConfigError(f"{exc} (--callback-sources, NBA_CALLBACK_SOURCES)") from None
                 callbacks = Callbacks(sources, keys, self.intake, self.store, self.clock)
+            tokens = Tokens(settings.admin_tokens)
+            methods = self._http_methods()
+            console = Console(
+                methods,
+                # the signing key is made once and kept in the database: every worker and replica reads the same cookies
+                Sessions(
+                    tokens,
+                    lambda: self.store.secret("console_session_key", lambda: secrets.token_hex(32)),
+                    secure=tls is not None,
+                ),
+                lambda: self.publisher.live,
+                self.store.find_decision,
+                settings.pii_role,
+                settings.threads,
+            )
             self.http = HttpServer(
                 create_app(
-                    self._http_methods(),
-                    Tokens(settings.admin_tokens),
+                    methods,
+                    tokens,
                     ready=lambda: not self._stopped.is_set(),
                     cors_origins=tuple(settings.http_cors_origins),
                     threads=settings.threads,
                     callbacks=callbacks,
+                    console=console_routes(console),
                 ),
                 settings.host,
                 settings.http_port,

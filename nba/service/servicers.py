@@ -391,6 +391,7 @@ def _problem(problem: Problem) -> apb.Problem:
         policy=problem.policy,
         field=problem.field,
         message=problem.message,
+        line=problem.line,
     )
 
 

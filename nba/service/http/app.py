@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -31,6 +31,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.routing import Route as StarletteRoute
 
 from nba import metrics
@@ -101,11 +102,13 @@ def create_app(
     threads: int = 16,
     title: str = "nba",
     callbacks: Callbacks | None = None,
+    console: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The API over ``methods`` (full gRPC method name to the servicer's bound method);
     ``tokens`` authenticate the calls that need a role; ``ready()`` is False while the
     service cannot take calls (stopping). ``threads``: the domain calls at once.
-    ``callbacks``: the campaign tools' signed webhooks (``POST /v1/callbacks/{source}``)."""
+    ``callbacks``: the campaign tools' signed webhooks (``POST /v1/callbacks/{source}``).
+    ``console``: the web console's routes (``nba.service.console``), served beside the API."""
     limiter: list[anyio.CapacityLimiter] = []  # made in the event loop, at the first call
     document = orjson.dumps(openapi_document(ROUTES, title, callbacks.names if callbacks is not None else ()))
     by_path: dict[str, list[Route]] = {}
@@ -157,7 +160,7 @@ def create_app(
             if route.role is not None:  # before the body is read: a stranger's body costs nothing
                 caller = tokens.authorize(request.headers.getlist("authorization"), route.full_method, route.role, "the header")
             message = await _message(request, route, message_class)
-            context = _CallContext()
+            context = CallContext()
 
             def run() -> Message:
                 if caller is None:
@@ -185,7 +188,8 @@ def create_app(
 
     callback = answering(f"POST {CALLBACK_PATH}", callback_work)
 
-    starlette_routes = [
+    starlette_routes: list[BaseRoute] = [
+        *console,
         StarletteRoute("/openapi.json", openapi, methods=["GET"]),
         StarletteRoute(CALLBACK_PATH, callback, methods=["POST"]),
     ]
@@ -230,7 +234,7 @@ def create_app(
     return Starlette(routes=starlette_routes, middleware=middleware, exception_handlers={HTTPException: http_error})
 
 
-class _CallContext:
+class CallContext:
     """What the servicers ask of a gRPC context, for a call that came over HTTP: no deadline
     (a client that leaves is not seen while the call runs), trailers become headers."""
 
@@ -496,6 +500,7 @@ def problem(exc: NbaError, instance: str) -> Response:
                     "policy": p.policy,
                     "field": p.field,
                     "severity": p.severity,
+                    "line": p.line,
                 }.items()
                 if v
             }

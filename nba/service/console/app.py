@@ -1,0 +1,533 @@
+"""The console's pages and the JSON calls its pages make, as Starlette routes under ``/console``.
+
+Every page and call needs a session (``nba.service.console.sessions``); every change needs the
+session's CSRF token, and the role the gRPC method it calls needs (a viewer reads and previews,
+an editor publishes and rolls back). Pages translate: what they show comes from the same
+servicer methods the gRPC and HTTP APIs call, run as the signed-in caller, and from the
+domain's read models (the live policy set, the decision log); they hold no business logic.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+import anyio
+import anyio.to_thread
+import jinja2
+import orjson
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from nba.errors import InvalidArgument, NbaError, NotFound, PermissionDenied, Unauthenticated
+from nba.policy.policy_set import PolicySet, json_schema
+from nba.records import DecisionRecord
+from nba.service.auth import acting_as, may, needed_role
+from nba.service.console.sessions import COOKIE, Session, Sessions, check_csrf
+from nba.service.http.app import CallContext, parse_json, problem
+from nba.v1 import admin_service_pb2 as apb
+from nba.v1 import profile_service_pb2 as ppb
+
+__all__ = ["Console", "console_routes"]
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+ADMIN = "/nba.v1.AdminService/"
+PROFILES = "/nba.v1.ProfileService/"
+#: the largest form a sign-in or rollback sends (a token, a comment)
+MAX_FORM_BYTES = 64 * 1024
+
+
+@dataclass
+class Console:
+    """What the console works on: the servicers' methods by full gRPC name, the sessions, the
+    live policy set, the decision log's reader, the role that sees personal data."""
+
+    methods: Mapping[str, Callable[[Any, Any], Message]]
+    sessions: Sessions
+    live: Callable[[], PolicySet]
+    find_decision: Callable[[str], DecisionRecord | None]
+    pii_role: str = "editor"
+    threads: int = 8
+
+
+def console_routes(console: Console) -> list[BaseRoute]:
+    """The console's routes, to mount on the HTTP API's application."""
+    templates = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+    )
+    templates.filters["when"] = _when
+    templates.filters["number"] = _number
+    templates.filters["json"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode()
+    limiter: list[anyio.CapacityLimiter] = []
+    plotly = _plotly_path()
+
+    async def in_thread(run: Callable[[], Any]) -> Any:
+        if not limiter:
+            limiter.append(anyio.CapacityLimiter(console.threads))
+        return await anyio.to_thread.run_sync(run, limiter=limiter[0])
+
+    async def call(session: Session, method: str, request: Message) -> Any:
+        """A servicer method as the signed-in caller, with the role the method needs over gRPC."""
+        needed = needed_role(method)
+        if needed is not None and not may(session.caller.role, needed):
+            raise PermissionDenied(
+                f"'{session.caller.name}' is a {session.caller.role}; {method.rsplit('/', 1)[-1]} needs an {needed}"
+            )
+        target = console.methods[method]
+
+        def run() -> Any:
+            with acting_as(session.caller):
+                return target(request, CallContext())
+
+        return await in_thread(run)
+
+    def render(request: Request, name: str, session: Session | None, status: int = 200, **values: Any) -> Response:
+        page = templates.get_template(name).render(
+            session=session,
+            editor=session is not None and may(session.caller.role, "editor"),
+            path=request.url.path,
+            **values,
+        )
+        headers = {
+            # the console's own scripts and styles only; no framing by other sites
+            "content-security-policy": (
+                "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                "script-src 'self'; frame-ancestors 'none'; form-action 'self'"
+            ),
+            "x-content-type-options": "nosniff",
+            "referrer-policy": "same-origin",
+            "cache-control": "no-store",
+        }
+        return Response(page, status, headers, media_type="text/html")
+
+    def page(
+        work: Callable[[Request, Session], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A page that needs a session: without one, to the sign-in page (and back after)."""
+
+        async def handle(request: Request) -> Response:
+            session = console.sessions.read(request.cookies.get(COOKIE))
+            if session is None:
+                back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"/console/sign-in?{urlencode({'next': back})}", 303)
+            try:
+                return await work(request, session)
+            except NbaError as exc:
+                status = {"NOT_FOUND": 404, "PERMISSION_DENIED": 403, "INVALID_ARGUMENT": 400}.get(exc.code, 503)
+                if exc.code == "UNAVAILABLE":
+                    status = 503
+                return render(request, "error.html", session, status, message=str(exc), code=exc.code)
+            except Exception:
+                log.exception("console page failed", extra={"path": request.url.path})
+                return render(
+                    request, "error.html", session, 500, message="the page failed; the service log has the details", code=""
+                )
+
+        return handle
+
+    def api(work: Callable[[Request, Session], Awaitable[Any]], change: bool = True) -> Callable[[Request], Awaitable[Response]]:
+        """A JSON call a page makes: a session, and for a change its CSRF token; errors are the
+        HTTP API's problem details."""
+
+        async def handle(request: Request) -> Response:
+            try:
+                session = console.sessions.read(request.cookies.get(COOKIE))
+                if session is None:
+                    raise Unauthenticated("session: not signed in, or the session ended; sign in again")
+                if change:
+                    check_csrf(
+                        session, request.headers.get("x-csrf-token"), request.headers.get("origin"), request.headers.get("host")
+                    )
+                answer = await work(request, session)
+                return Response(orjson.dumps(answer), 200, {"cache-control": "no-store"}, media_type="application/json")
+            except NbaError as exc:
+                return problem(exc, request.url.path)
+            except Exception:
+                log.exception("console call failed", extra={"path": request.url.path})
+                return problem(_Internal("internal error; the service log has the details"), request.url.path)
+
+        return handle
+
+    async def form(request: Request) -> dict[str, str]:
+        raw = await request.body()
+        if len(raw) > MAX_FORM_BYTES:
+            raise InvalidArgument("form: too large")
+        kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if kind != "application/x-www-form-urlencoded":
+            raise InvalidArgument("form: send it from the console's page")
+        try:
+            return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+        except UnicodeDecodeError:
+            raise InvalidArgument("form: not UTF-8 text") from None
+
+    async def changed(request: Request, session: Session) -> dict[str, str]:
+        """A form that changes something, its CSRF token checked."""
+        fields = await form(request)
+        check_csrf(session, fields.get("csrf"), request.headers.get("origin"), request.headers.get("host"))
+        return fields
+
+    # Sign-in -----------------------------------------------------------------------------
+
+    async def sign_in_page(request: Request) -> Response:
+        session = console.sessions.read(request.cookies.get(COOKIE))
+        target = _next(request.query_params.get("next"))
+        if session is not None:
+            return RedirectResponse(target, 303)
+        return render(request, "sign_in.html", None, next=target, error="")
+
+    async def sign_in(request: Request) -> Response:
+        try:
+            fields = await form(request)
+        except InvalidArgument as exc:
+            return render(request, "sign_in.html", None, 400, next="/console", error=str(exc))
+        target = _next(fields.get("next"))
+        try:
+            caller, value = console.sessions.sign_in(fields.get("token", ""))
+        except Unauthenticated:
+            return render(
+                request, "sign_in.html", None, 401, next=target, error="That token is not one of the service's admin tokens."
+            )
+        log.info("console sign-in", extra={"caller": caller.name, "role": caller.role})
+        response = RedirectResponse(target, 303)
+        response.headers.append("set-cookie", console.sessions.cookie_header(value))
+        return response
+
+    async def sign_out(request: Request, session: Session) -> Response:
+        await changed(request, session)
+        response = RedirectResponse("/console/sign-in", 303)
+        response.headers.append("set-cookie", console.sessions.sign_out_header())
+        return response
+
+    # Policies ----------------------------------------------------------------------------
+
+    async def policies(request: Request, session: Session) -> Response:
+        live = await in_thread(console.live)
+        versions = await call(session, ADMIN + "ListPolicySetVersions", apb.ListPolicySetVersionsRequest(page_size=50))
+        offers = [
+            {
+                "id": o.offer.id,
+                "name": o.offer.name,
+                "group": o.offer.group,
+                "channels": ", ".join(o.offer.channels),
+                "value": o.offer.value,
+                "lever": o.offer.lever,
+                "status": o.offer.status,
+                "fallback": o.offer.fallback,
+                "eligibility": o.offer.eligibility,
+            }
+            for o in live.offers.values()
+        ]
+        policies = [
+            {"id": pid, "type": getattr(p, "type", ""), "description": getattr(p, "description", "")}
+            for pid, p in live.policies.items()
+        ]
+        return render(
+            request,
+            "policies.html",
+            session,
+            live=live,
+            offers=offers,
+            policies=policies,
+            versions=[_dict(v) for v in versions.versions],
+            activations=[_dict(a) for a in versions.activations],
+            notice=request.query_params.get("notice", ""),
+        )
+
+    async def draft(request: Request, session: Session) -> Response:
+        live = await in_thread(console.live)
+        files = {name: text for name, text in sorted(live.files.items())}
+        return render(request, "draft.html", session, live=live, files=files)
+
+    async def rollback(request: Request, session: Session) -> Response:
+        fields = await changed(request, session)
+        try:
+            version = int(fields.get("version", ""))
+            expected = int(fields.get("expected_live_version") or 0)
+        except ValueError:
+            raise InvalidArgument("version: a version number from the list") from None
+        answer = await call(
+            session,
+            ADMIN + "RollbackPolicySet",
+            apb.RollbackPolicySetRequest(version=version, comment=fields.get("comment", ""), expected_live_version=expected),
+        )
+        notice = f"Version {answer.live.version} is live again ({answer.live.label})."
+        return RedirectResponse(f"/console/policies?{urlencode({'notice': notice})}", 303)
+
+    def _files(body: Any) -> dict[str, str]:
+        if not isinstance(body, dict) or not isinstance(body.get("files"), dict):
+            raise InvalidArgument("files: send the draft's files, name to YAML text", "files")
+        files = body["files"]
+        for name, text in files.items():
+            if not isinstance(text, str):
+                raise InvalidArgument(f"files[{name!r}]: must be text", "files")
+        return files
+
+    async def validate(request: Request, session: Session) -> Any:
+        files = _files(parse_json(await request.body()))
+        answer = await call(
+            session, ADMIN + "ValidatePolicySet", apb.ValidatePolicySetRequest(draft=apb.PolicySetDraft(files=files))
+        )
+        return {"valid": answer.valid, "problems": [_problem(p) for p in answer.problems]}
+
+    async def diff(request: Request, session: Session) -> Any:
+        files = _files(parse_json(await request.body()))
+        live = await in_thread(console.live)
+        return {"files": _diff(live.files, files), "live_version": live.number}
+
+    async def preview(request: Request, session: Session) -> Any:
+        body = parse_json(await request.body())
+        files = _files(body)
+        last_n = body.get("last_n", 1000)
+        if not isinstance(last_n, int) or isinstance(last_n, bool):
+            raise InvalidArgument("last_n: a whole number of decisions", "last_n")
+        answer = await call(
+            session,
+            ADMIN + "PreviewPolicySet",
+            apb.PreviewPolicySetRequest(draft=apb.PolicySetDraft(files=files), last_n=last_n),
+        )
+        return _dict(answer)
+
+    async def publish(request: Request, session: Session) -> Any:
+        body = parse_json(await request.body())
+        files = _files(body)
+        comment = body.get("comment")
+        if not isinstance(comment, str) or not comment.strip():
+            raise InvalidArgument("comment: say what the change is (it is kept with the version)", "comment")
+        expected = body.get("expected_live_version", 0)
+        if not isinstance(expected, int) or isinstance(expected, bool):
+            raise InvalidArgument("expected_live_version: a version number", "expected_live_version")
+        answer = await call(
+            session,
+            ADMIN + "PublishPolicySet",
+            apb.PublishPolicySetRequest(draft=apb.PolicySetDraft(files=files), comment=comment, expected_live_version=expected),
+        )
+        return _dict(answer)
+
+    async def schema(request: Request, session: Session) -> Any:
+        return json_schema()
+
+    # Customers ---------------------------------------------------------------------------
+
+    async def customers(request: Request, session: Session) -> Response:
+        query = request.query_params.get("q", "").strip()
+        if not query:
+            return render(request, "customers.html", session, query="", error="")
+        lookup = _lookup(query)
+        lookup_request = ppb.GetProfileRequest(read_mask={"paths": ["customer_id"]})
+        for name, value in lookup.items():
+            setattr(lookup_request, name, value)
+        try:
+            found = await call(session, PROFILES + "GetProfile", lookup_request)
+        except (NotFound, InvalidArgument) as exc:
+            return render(request, "customers.html", session, 404, query=query, error=str(exc))
+        return RedirectResponse(f"/console/customers/{quote(found.customer_id, safe='')}", 303)
+
+    async def customer(request: Request, session: Session) -> Response:
+        customer_id = request.path_params["customer_id"]
+        live = await in_thread(console.live)
+        channel = request.query_params.get("channel") or (live.channels[0] if live.channels else "")
+        if channel and channel not in live.channels:
+            raise InvalidArgument(f"channel: '{channel[:64]}' is not a channel of the live set ({', '.join(live.channels)})")
+        answer = await call(
+            session,
+            PROFILES + "GetProfile",
+            ppb.GetProfileRequest(
+                customer_id=customer_id,
+                timeline_limit=50,
+                decisions_limit=20,
+                next_best_actions_channel=channel,
+                next_best_actions_limit=3,
+            ),
+        )
+        profile = _dict(answer)
+        return render(
+            request,
+            "customer.html",
+            session,
+            profile=profile,
+            channel=channel,
+            channels=list(live.channels),
+            timeline=_timeline(profile),
+            consent=live.profile.consent,
+        )
+
+    async def decision(request: Request, session: Session) -> Response:
+        decision_id = request.path_params["decision_id"]
+        record = await in_thread(lambda: console.find_decision(decision_id))
+        if record is None:
+            raise NotFound(
+                f"decision_id: no decision '{decision_id[:80]}' in the log (still being written, or deleted by retention)"
+            )
+        personal = may(session.caller.role, console.pii_role)
+        candidates = record.candidate_list()
+        candidates.sort(key=lambda c: (not c.get("eligible"), c.get("slot") or 99, -(c.get("score") or 0)))
+        return render(
+            request,
+            "decision.html",
+            session,
+            record=record,
+            candidates=candidates,
+            features=sorted(record.features.items()) if personal else None,
+            pii_role=console.pii_role,
+        )
+
+    # Assets ------------------------------------------------------------------------------
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name == "plotly.min.js" and plotly is not None:
+            return FileResponse(plotly, headers={"cache-control": "public, max-age=86400"})
+        path = HERE / "static" / name
+        if "/" in name or not re.fullmatch(r"[a-z_-]+\.(?:js|css)", name) or not path.is_file():
+            return Response("not found", 404, media_type="text/plain")
+        return FileResponse(path, headers={"cache-control": "no-cache"})
+
+    async def home(request: Request, session: Session) -> Response:
+        return RedirectResponse("/console/policies", 303)
+
+    return [
+        Route("/console", page(home), methods=["GET"]),
+        Route("/console/", page(home), methods=["GET"]),
+        Route("/console/sign-in", sign_in_page, methods=["GET"]),
+        Route("/console/sign-in", sign_in, methods=["POST"]),
+        Route("/console/sign-out", page(sign_out), methods=["POST"]),
+        Route("/console/static/{name}", static, methods=["GET"]),
+        Route("/console/policies", page(policies), methods=["GET"]),
+        Route("/console/policies/draft", page(draft), methods=["GET"]),
+        Route("/console/policies/rollback", page(rollback), methods=["POST"]),
+        Route("/console/api/validate", api(validate), methods=["POST"]),
+        Route("/console/api/diff", api(diff), methods=["POST"]),
+        Route("/console/api/preview", api(preview), methods=["POST"]),
+        Route("/console/api/publish", api(publish), methods=["POST"]),
+        Route("/console/api/schema", api(schema, change=False), methods=["GET"]),
+        Route("/console/customers", page(customers), methods=["GET"]),
+        Route("/console/customers/{customer_id}", page(customer), methods=["GET"]),
+        Route("/console/decisions/{decision_id}", page(decision), methods=["GET"]),
+    ]
+
+
+class _Internal(NbaError):
+    code = "INTERNAL"
+
+
+def _plotly_path() -> Path | None:
+    """plotly.js as the plotly wheel ships it (the charts' only script not written here)."""
+    try:
+        import plotly
+    except ImportError:  # pragma: no cover: plotly is a dependency
+        return None
+    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    return path if path.is_file() else None
+
+
+def _next(target: str | None) -> str:
+    """Where to go after signing in: a console page, never another site."""
+    if target and target.startswith("/console") and "//" not in target and "\\" not in target:
+        return target
+    return "/console"
+
+
+def _dict(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def _problem(problem: apb.Problem) -> dict[str, Any]:
+    where = [problem.file] if problem.file else []
+    if problem.offer:
+        where.append(f"offer '{problem.offer}'")
+    if problem.policy:
+        where.append(f"policy '{problem.policy}'")
+    if problem.field:
+        where.append(f"field '{problem.field}'")
+    return {
+        "severity": problem.severity,
+        "file": problem.file,
+        "line": problem.line,
+        "where": ": ".join(where),
+        "message": problem.message,
+    }
+
+
+def _diff(live: Mapping[str, str], draft: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Each file that differs, as unified-diff lines (kind: add, del, hunk, same)."""
+    out = []
+    for name in sorted(set(live) | set(draft)):
+        before, after = live.get(name), draft.get(name)
+        if before == after:
+            continue
+        status = "added" if before is None else "removed" if after is None else "changed"
+        lines = []
+        for line in difflib.unified_diff(
+            (before or "").splitlines(), (after or "").splitlines(), f"live/{name}", f"draft/{name}", lineterm="", n=2
+        ):
+            if line.startswith(("---", "+++")):
+                continue
+            kind = (
+                "hunk" if line.startswith("@@") else "add" if line.startswith("+") else "del" if line.startswith("-") else "same"
+            )
+            lines.append({"kind": kind, "text": line})
+        out.append({"name": name, "status": status, "lines": lines})
+    return out
+
+
+#: identifiers a search box can be given as kind:value
+_KIND_VALUE = re.compile(r"^([a-z][a-z0-9_]{0,63}):(.+)$")
+
+
+def _lookup(query: str) -> dict[str, str]:
+    """A search box's text as GetProfile's lookup: ``kind:value`` (``email:ann@example.com``), an
+    e-mail address, a phone number (``+44 …``), or else a customer id."""
+    found = _KIND_VALUE.match(query)
+    if found and found.group(1) not in ("http", "https"):
+        return {"identifier_kind": found.group(1), "identifier_value": found.group(2).strip()}
+    if "@" in query and " " not in query:
+        return {"identifier_kind": "email", "identifier_value": query}
+    if query.startswith("+") and re.fullmatch(r"\+[0-9 ()\-]{6,24}", query):
+        return {"identifier_kind": "phone", "identifier_value": query}
+    return {"customer_id": query}
+
+
+def _timeline(profile: dict[str, Any]) -> list[dict[str, Any]]:
+    """Touch points and decisions in one list, newest first: each decision with its feedback."""
+    entries: list[dict[str, Any]] = []
+    for event in profile.get("timeline", []):
+        entries.append({"at": event.get("occurred_at", ""), "kind": "event", "event": event})
+    for item in profile.get("decisions", []):
+        entries.append({"at": item.get("decided_at", ""), "kind": "decision", "decision": item})
+    entries.sort(key=lambda e: e["at"], reverse=True)
+    return entries
+
+
+def _when(value: Any) -> str:
+    """An RFC 3339 time (as the JSON mapping writes it) as ``2026-11-30 14:05:09 UTC``."""
+    if not value:
+        return ""
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return escape(str(value))
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}" if abs(value) < 1e9 else f"{value:.3g}"
+    return str(value)

@@ -1,0 +1,401 @@
+"""The web console (/console on the HTTP port), through a real server and, for the pages, a real
+browser: Playwright driving headless Chromium (Debian's ``chromium``; ``NBA_CHROMIUM`` names
+another). Without Chromium or Playwright the browser tests skip, saying why (and fail under
+NBA_REQUIRE_SERVICES=1, as CI runs). The session and CSRF rules are also checked with a plain
+HTTP client, which can send what a browser would not. SQLite only: the console reads and
+changes the store through the same servicers the API tests run on both stores.
+
+``NBA_CONSOLE_SCREENSHOTS=docs`` writes the README's screenshots of each page into that folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import EDITOR_TOKEN, VIEWER_TOKEN, Running, customer, skip_or_fail, struct
+
+from nba.service.auth import Tokens
+from nba.service.console.sessions import Sessions
+from nba.v1 import admin_service_pb2 as apb
+from nba.v1 import decision_service_pb2 as pb
+from nba.v1 import profile_service_pb2 as ppb
+from nba.v1 import profile_service_pb2_grpc as ppb_grpc
+
+CHROMIUM = os.environ.get("NBA_CHROMIUM", "/usr/bin/chromium")
+SHOTS = os.environ.get("NBA_CONSOLE_SCREENSHOTS")
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'nba.db'}"
+
+
+@pytest.fixture
+def server(start) -> Running:  # type: ignore[no-untyped-def]
+    return start(http_port=0)  # type: ignore[no-any-return]
+
+
+def base(server: Running) -> str:
+    assert server.service.http is not None
+    return f"http://127.0.0.1:{server.service.http.port}"
+
+
+@contextmanager
+def signed_in(server: Running, token: str) -> Iterator[httpx.Client]:
+    """An HTTP client holding a console session (its cookie), as a browser would after signing in."""
+    with httpx.Client(base_url=base(server), timeout=60) as http:
+        answer = http.post("/console/sign-in", data={"token": token, "next": "/console/policies"})
+        assert answer.status_code == 303 and answer.headers["location"] == "/console/policies", answer.text
+        yield http
+
+
+def csrf_of(http: httpx.Client, path: str = "/console/policies/draft") -> str:
+    page = http.get(path)
+    assert page.status_code == 200, page.text
+    found = re.search(r'<meta name="csrf-token" content="([^"]+)">', page.text)
+    assert found
+    return found.group(1)
+
+
+def live_files(server: Running) -> dict[str, str]:
+    live = server.admin.GetLivePolicySet(apb.GetLivePolicySetRequest(), metadata=server.auth())
+    return dict(live.files)
+
+
+# Sessions and CSRF, with a plain HTTP client ---------------------------------------------------------
+
+
+def test_nothing_of_the_console_is_reachable_without_a_session(server: Running) -> None:
+    with httpx.Client(base_url=base(server), timeout=30) as http:
+        for path in ["/console", "/console/policies", "/console/policies/draft", "/console/customers", "/console/decisions/x"]:
+            answer = http.get(path)
+            assert answer.status_code == 303, path
+            assert answer.headers["location"].startswith("/console/sign-in"), path
+        for path in ["/console/api/validate", "/console/api/diff", "/console/api/preview", "/console/api/publish"]:
+            answer = http.post(path, json={"files": {}})
+            assert answer.status_code == 401 and answer.headers["content-type"] == "application/problem+json", path
+        assert http.get("/console/api/schema").status_code == 401
+        # a forged cookie is no session
+        http.cookies.set("nba_console", "eyJmIjoiMDAwIn0.forged.signature", path="/console")
+        assert http.get("/console/policies").status_code == 303
+        # the sign-in page itself is served, and an unknown token is refused there
+        assert http.get("/console/sign-in").status_code == 200
+        refused = http.post("/console/sign-in", data={"token": "not-a-configured-token-000"})
+        assert refused.status_code == 401 and "is not one of the service" in refused.text
+        assert "set-cookie" not in refused.headers
+
+
+def test_the_session_cookie_is_http_only_same_site_and_scoped_to_the_console(server: Running) -> None:
+    with httpx.Client(base_url=base(server), timeout=30) as http:
+        answer = http.post("/console/sign-in", data={"token": VIEWER_TOKEN, "next": "https://evil.example/"})
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/console"  # never off to another site after signing in
+        cookie = answer.headers["set-cookie"]
+        assert cookie.startswith("nba_console=")
+        flags = {part.strip().split("=")[0].lower(): part.strip() for part in cookie.split(";")[1:]}
+        assert {"httponly", "samesite", "path", "max-age"} <= set(flags)
+        assert flags["samesite"] == "SameSite=Lax" and flags["path"] == "Path=/console"
+        assert "secure" not in flags  # plain HTTP: a Secure cookie would never come back
+        assert VIEWER_TOKEN not in cookie  # the token itself is never in the cookie
+        # signing out ends it
+        token = csrf_of(http, "/console/policies")
+        out = http.post("/console/sign-out", data={"csrf": token})
+        assert out.status_code == 303 and "Max-Age=0" in out.headers["set-cookie"]
+        assert http.get("/console/policies").status_code == 303
+
+
+def test_the_cookie_is_secure_under_tls() -> None:
+    tokens = Tokens([f"ed:editor:{EDITOR_TOKEN}"])
+    sessions = Sessions(tokens, lambda: "k" * 64, secure=True)
+    _, value = sessions.sign_in(EDITOR_TOKEN)
+    assert "; Secure" in sessions.cookie_header(value)
+
+
+def test_a_session_ends_when_its_token_is_no_longer_configured() -> None:
+    key = "k" * 64
+    before = Sessions(Tokens([f"ed:editor:{EDITOR_TOKEN}", f"vi:viewer:{VIEWER_TOKEN}"]), lambda: key)
+    caller, value = before.sign_in(EDITOR_TOKEN)
+    assert caller.role == "editor"
+    session = before.read(value)
+    assert session is not None and session.caller.name == "ed"
+    # the same cookie, read by a service whose editor token was removed (or rotated)
+    after = Sessions(Tokens([f"vi:viewer:{VIEWER_TOKEN}"]), lambda: key)
+    assert after.read(value) is None
+    # and a cookie signed with another key is nobody's
+    assert Sessions(Tokens([f"ed:editor:{EDITOR_TOKEN}"]), lambda: "x" * 64).read(value) is None
+
+
+def test_a_change_without_the_csrf_token_or_from_another_site_is_refused(server: Running) -> None:
+    files = live_files(server)
+    before = server.admin.ListPolicySetVersions(apb.ListPolicySetVersionsRequest(), metadata=server.auth())
+    with signed_in(server, EDITOR_TOKEN) as http:
+        token = csrf_of(http)
+        body = {"files": {**files, "channels.yaml": files["channels.yaml"] + "\n# changed\n"}, "comment": "csrf test"}
+        for headers in ({}, {"x-csrf-token": "wrong"}, {"x-csrf-token": token, "origin": "https://evil.example"}):
+            answer = http.post("/console/api/publish", json=body, headers=headers)
+            assert answer.status_code == 403, answer.text
+            assert answer.json()["detail"].startswith(("csrf:", "origin:"))
+        # the rollback form, likewise
+        answer = http.post("/console/policies/rollback", data={"version": "1", "comment": "x"})
+        assert answer.status_code == 403 and "csrf" in answer.text
+        after = server.admin.ListPolicySetVersions(apb.ListPolicySetVersionsRequest(), metadata=server.auth())
+        assert len(after.activations) == len(before.activations)  # nothing changed
+        # with the token, from the console's own page, the same publish goes through
+        answer = http.post("/console/api/publish", json=body, headers={"x-csrf-token": token})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["live"]["version"] == "2"
+
+
+def test_a_viewer_cannot_publish_or_roll_back(server: Running) -> None:
+    files = live_files(server)
+    with signed_in(server, VIEWER_TOKEN) as http:
+        token = csrf_of(http)
+        changed = {**files, "channels.yaml": files["channels.yaml"] + "\n# changed\n"}
+        answer = http.post("/console/api/publish", json={"files": changed, "comment": "x"}, headers={"x-csrf-token": token})
+        assert answer.status_code == 403 and "PublishPolicySet needs an editor" in answer.json()["detail"]
+        answer = http.post("/console/policies/rollback", data={"csrf": token, "version": "1", "comment": "x"})
+        assert answer.status_code == 403 and "RollbackPolicySet needs an editor" in answer.text
+        # but may validate, diff and preview
+        answer = http.post("/console/api/validate", json={"files": changed}, headers={"x-csrf-token": token})
+        assert answer.status_code == 200 and answer.json()["valid"] is True
+
+
+def test_validation_answers_problems_at_their_lines(server: Running) -> None:
+    files = live_files(server)
+    text = files["cross_sell.yaml"]
+    line = text.splitlines().index("    value: 120.0") + 1
+    with signed_in(server, VIEWER_TOKEN) as http:
+        token = csrf_of(http)
+        broken = {**files, "cross_sell.yaml": text.replace("    value: 120.0", "    value: lots", 1)}
+        answer = http.post("/console/api/validate", json={"files": broken}, headers={"x-csrf-token": token}).json()
+        assert answer["valid"] is False
+        assert [(p["file"], p["line"]) for p in answer["problems"] if p["severity"] == "error"] == [("cross_sell.yaml", line)]
+        # a refused publish's problem details carry the line too (the HTTP API's and the console's)
+    with signed_in(server, EDITOR_TOKEN) as http:
+        token = csrf_of(http)
+        refused = http.post("/console/api/publish", json={"files": broken, "comment": "broken"}, headers={"x-csrf-token": token})
+        assert refused.status_code == 400
+        assert [(p["file"], p["line"]) for p in refused.json()["problems"]] == [("cross_sell.yaml", line)]
+
+
+# In a browser ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        skip_or_fail("Playwright is not installed (pip install -e '.[dev]')")
+    if not Path(CHROMIUM).is_file():
+        skip_or_fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set NBA_CHROMIUM)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    yield opened
+    context.close()
+    assert errors == []  # no script on any page failed
+
+
+def sign_in(page: Any, server: Running, token: str, path: str = "/console/policies") -> None:
+    page.goto(base(server) + path)
+    assert "/console/sign-in" in page.url
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"**{path}")
+
+
+def shot(page: Any, name: str) -> None:
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SHOTS) / f"console-{name}.png"), full_page=True)
+
+
+def test_an_editor_edits_a_draft_sees_its_error_at_its_line_previews_publishes_and_rolls_back(server: Running, page: Any) -> None:
+    for n in range(30):  # a few logged decisions for the preview to replay
+        server.stub.Decide(pb.DecideRequest(customer_id=f"c-{n}", channel="web", context=struct({"customer": customer()})))
+    server.service.log.flush(10)
+    sign_in(page, server, EDITOR_TOKEN)
+    assert page.inner_text("#live-version").startswith("1-")
+    shot(page, "policies")
+    page.click("text=Edit a draft")
+    page.wait_for_selector("#status.ok", timeout=30_000)
+    page.click('button.tab[data-file="cross_sell.yaml"]')
+    area = page.locator('textarea[data-file="cross_sell.yaml"]')
+    text = area.input_value()
+    line = text.splitlines().index("    value: 120.0") + 1
+    area.fill(text.replace("    value: 120.0", "    value: lots", 1))
+    # as typed: the error marks its line in the gutter and the list names it
+    marked = page.wait_for_selector('.editor[data-file="cross_sell.yaml"] .gutter .line.error', timeout=30_000)
+    assert marked.get_attribute("data-line") == str(line)
+    assert page.inner_text("#status") == "1 error"
+    assert f"cross_sell.yaml, line {line}" in page.inner_text("#problems")
+    assert "field 'value'" in page.inner_text("#problems")
+    shot(page, "draft-error")
+    # completion offers the fields an offer may have where the cursor is
+    fixed = text.replace("    value: 120.0", "    value: 125.0", 1).replace(
+        "    tags: [credit-card]\n", "    tags: [credit-card]\n    lev\n", 1
+    )
+    area.fill(fixed)
+    caret = fixed.index("    lev\n") + len("    lev")
+    area.evaluate(f"(a) => {{ a.focus(); a.setSelectionRange({caret}, {caret}); }}")
+    page.keyboard.press("Control+Space")
+    page.wait_for_selector("#completion:not([hidden]) li")
+    assert page.locator("#completion li").all_inner_texts()[0].startswith("lever")
+    page.keyboard.press("Enter")
+    page.keyboard.type("1.2")
+    page.wait_for_selector("#status.ok", timeout=30_000)
+    assert page.locator(".gutter .line.error").count() == 0
+    assert "    lever: 1.2\n" in area.input_value()
+    # the diff against live, and the what-if preview with its value estimates
+    page.click("#show-diff")
+    page.wait_for_selector("#diff pre.diff")
+    assert "+    value: 125.0" in page.inner_text("#diff") and "-    value: 120.0" in page.inner_text("#diff")
+    page.click("#run-preview")
+    page.wait_for_selector("#preview-totals", timeout=120_000)
+    assert "30 logged decisions replayed" in page.inner_text("#preview")
+    assert page.locator("#preview-offers tbody tr").count() > 5
+    shot(page, "draft-preview")
+    # publish with a comment
+    page.fill("#comment", "gold card is worth more")
+    page.click("#publish-button")
+    page.wait_for_selector("#publish-result.notice", timeout=60_000)
+    assert "version 2-" in page.inner_text("#publish-result")
+    live = server.admin.GetLivePolicySet(apb.GetLivePolicySetRequest(), metadata=server.auth())
+    assert live.version == 2 and "    lever: 1.2\n" in live.files["cross_sell.yaml"]
+    # history, and a rollback to version 1
+    page.goto(base(server) + "/console/policies")
+    assert page.locator("#versions tr.live").get_attribute("data-version") == "2"
+    assert "gold card is worth more" in page.inner_text("#activations")
+    row = page.locator('#versions tr[data-version="1"]')
+    row.locator("input[name=comment]").fill("back to the first")
+    row.locator("button").click()
+    page.wait_for_selector("p.notice")
+    assert "Version 1 is live again" in page.inner_text("p.notice")
+    assert page.locator("#versions tr.live").get_attribute("data-version") == "1"
+    activations = server.admin.ListPolicySetVersions(apb.ListPolicySetVersionsRequest(), metadata=server.auth()).activations
+    assert (activations[0].version, activations[0].source, activations[0].actor, activations[0].comment) == (
+        1,
+        "rollback",
+        "ed",
+        "back to the first",
+    )
+    shot(page, "history")
+
+
+def test_two_editors_cannot_overwrite_each_other(server: Running, page: Any) -> None:
+    sign_in(page, server, EDITOR_TOKEN, "/console/policies/draft")
+    page.wait_for_selector("#status.ok", timeout=30_000)
+    # meanwhile another editor publishes over the API
+    files = live_files(server)
+    server.admin.PublishPolicySet(
+        apb.PublishPolicySetRequest(
+            draft=apb.PolicySetDraft(files={**files, "channels.yaml": files["channels.yaml"] + "\n# theirs\n"}),
+            comment="the other editor",
+        ),
+        metadata=server.auth(),
+    )
+    area = page.locator('textarea[data-file="channels.yaml"]')
+    area.fill(area.input_value() + "\n# mine\n")
+    page.fill("#comment", "mine")
+    page.click("#publish-button")
+    page.wait_for_selector("#publish-result.error", timeout=60_000)
+    assert "version 2 is live, not 1" in page.inner_text("#publish-result")
+    live = server.admin.GetLivePolicySet(apb.GetLivePolicySetRequest(), metadata=server.auth())
+    assert live.version == 2 and "# theirs" in live.files["channels.yaml"]  # theirs stands
+
+
+def test_a_viewer_sees_no_publishing_and_is_refused_if_they_try(server: Running, page: Any) -> None:
+    sign_in(page, server, VIEWER_TOKEN, "/console/policies/draft")
+    page.wait_for_selector("#status.ok", timeout=30_000)
+    assert page.locator("#publish-button").count() == 0
+    assert "publishing needs an editor token" in page.inner_text("#viewer-note")
+    page.goto(base(server) + "/console/policies")
+    assert page.locator("form.rollback").count() == 0
+    # the page's own session and CSRF token, sent by hand: still refused, by role
+    token = page.get_attribute('meta[name="csrf-token"]', "content")
+    answer = page.request.post(
+        base(server) + "/console/api/publish",
+        data={"files": live_files(server), "comment": "viewer"},
+        headers={"x-csrf-token": token},
+    )
+    assert answer.status == 403 and "needs an editor" in answer.json()["detail"]
+    # and without the CSRF token, refused before anything else
+    answer = page.request.post(base(server) + "/console/api/validate", data={"files": live_files(server)})
+    assert answer.status == 403 and answer.json()["detail"].startswith("csrf:")
+
+
+def test_a_customers_360_view_and_a_decisions_explanation(server: Running, page: Any) -> None:
+    profiles = ppb_grpc.ProfileServiceStub(server.channel)
+    profiles.Track(
+        ppb.TrackRequest(
+            event_id="e-1",
+            customer_id="ann",
+            identities={"email": "Ann@Example.com"},
+            type="signup",
+            source="web",
+            properties=struct({"email": "ann@example.com", "tier": "gold"}),
+        )
+    )
+    profiles.Track(
+        ppb.TrackRequest(
+            event_id="e-2",
+            customer_id="ann",
+            type="order",
+            source="app",
+            properties=struct({"amount": 120, "status": "open", "order_id": "o-1"}),
+        )
+    )
+    decided = server.stub.Decide(
+        pb.DecideRequest(customer_id="ann", channel="web", limit=2, context=struct({"customer": customer(id="ann")}))
+    )
+    offer = decided.offers[0].offer_id
+    server.stub.Feedback(
+        pb.FeedbackRequest(event_id="f-1", decision_id=decided.decision_id, offer_id=offer, outcome=pb.OUTCOME_ACCEPTED)
+    )
+    server.service.log.flush(10)
+    sign_in(page, server, VIEWER_TOKEN, "/console/customers")
+    # found by an identifier, written differently from how it was tracked
+    page.fill("#q", "email:ann@EXAMPLE.com")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#customer-id")
+    assert page.inner_text("#customer-id") == "ann"
+    assert "tier" in page.inner_text("#attributes") and "gold" in page.inner_text("#attributes")
+    assert "open_orders" in page.inner_text("#attributes")
+    assert "orders_in_progress" in page.inner_text("#activity")
+    assert "ann@example.com" not in page.content()  # personal data masked for a viewer (pii_role: editor)
+    timeline = page.inner_text("#timeline")
+    assert "signup" in timeline and "order" in timeline and decided.decision_id in timeline
+    assert f"{offer} accepted" in timeline
+    assert page.locator("#next-best-actions tbody tr").count() >= 1
+    shot(page, "customer")
+    page.click(f'a.decision-link:has-text("{decided.decision_id}")')
+    page.wait_for_selector("#explanation")
+    chosen = page.locator(f'#explanation tr[data-offer="{offer}"]')
+    assert chosen.locator("td").nth(1).inner_text().startswith("chosen")
+    filtered = page.locator("#explanation tr.filtered")
+    assert filtered.count() >= 1 and filtered.first.locator("td").nth(2).inner_text() != ""
+    assert "shown to the editor role" in page.content()  # the context, personal, is not shown to a viewer
+    shot(page, "decision")
+    # an editor sees the personal data
+    editor = page.context.browser.new_context()
+    other = editor.new_page()
+    sign_in(other, server, EDITOR_TOKEN, "/console/customers/ann")
+    assert "ann@example.com" in other.content()
+    editor.close()

@@ -51,6 +51,8 @@ __all__ = [
     "candidates_block",
     "eligible_block",
     "expand_candidates",
+    "first_explored",
+    "offer_value",
     "resolve",
 ]
 
@@ -80,6 +82,12 @@ class FeedbackEvent:
     group: str = ""
     #: when the decision was made: the reward windows run from it
     decided_at: datetime | None = None
+    #: the offer as the decision answered it, for the overview's rollups (nba.storage.rollups):
+    #: its slot (1: first), propensity, the decision's eligible offers, the offer's value
+    slot: int = 0
+    propensity: float = 0.0
+    eligible: int = 0
+    value: float = 0.0
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -219,6 +227,34 @@ class DecisionRecord:
         """One dict per offer on the channel, as exported: filtered ones, eligible ones (with
         slot, propensity and explored when answered), then the fallback."""
         return expand_candidates(self.candidates, self.offers)
+
+
+def _numbers(block: Mapping[str, Any]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(block.get("numbers") or ""), dtype="<f8").reshape(-1, 6)
+
+
+def offer_value(block: Mapping[str, Any], offer_id: str) -> float:
+    """An eligible offer's value as the decision weighed it (``eligible_block``'s value column),
+    or 0.0 for an offer that was not eligible (a fallback)."""
+    ids = block.get("ids") or []
+    try:
+        index = ids.index(offer_id)
+    except ValueError:
+        return 0.0
+    return float(_numbers(block)[index, 1])
+
+
+def first_explored(record: DecisionRecord) -> bool:
+    """Whether the decision's first slot was drawn by exploration: not the best-scored eligible
+    offer (as ``nba_explored_decisions_total`` counts it)."""
+    if not record.offers or record.offers[0].get("fallback"):
+        return False
+    block = record.candidates.get("eligible") or {}
+    ids = block.get("ids") or []
+    if len(ids) < 2:
+        return False
+    scores = _numbers(block)[:, 4]
+    return bool(ids[int(np.argmax(scores))] != record.offers[0]["offer_id"])
 
 
 def eligible_block(ids: Sequence[str], numbers: np.ndarray, errors: list[list[Any]]) -> dict[str, Any]:

@@ -167,11 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     profiles.add_argument("--bus-stream", dest="bus_stream", help="the bus's Redis stream key (NBA_BUS_STREAM)")
     profiles.set_defaults(run=_profiles)
 
-    db = commands.add_parser("db", help="the database's schema: apply migrations, or show the revision")
+    db = commands.add_parser(
+        "db", help="the database's schema: apply migrations, or show the revision; count the overview's rollups again"
+    )
     db.add_argument(
         "action",
-        choices=["upgrade", "current"],
-        help="upgrade: apply every pending migration (safe to run again); current: print the revision",
+        choices=["upgrade", "current", "rollups"],
+        help="upgrade: apply every pending migration (safe to run again); current: print the revision; "
+        "rollups: count the overview's figures again from the whole decision log (for decisions logged before "
+        "revision 0014; stop the service first)",
     )
     db.add_argument("--config", help="YAML file of settings (NBA_CONFIG)")
     db.add_argument("--database-url", dest="database_url", help="the database (NBA_DATABASE_URL)")

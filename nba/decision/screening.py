@@ -35,7 +35,7 @@ from nba.policy.policies import Budget
 from nba.policy.policy_set import CompiledOffer, PolicySet
 from nba.policy.rules import RuleError, activation, shown
 
-__all__ = ["REASONS", "Screening", "Verdict", "screen"]
+__all__ = ["REASONS", "BudgetBurn", "Screening", "Verdict", "budget_burn", "screen"]
 
 REASONS = (
     "status",
@@ -264,6 +264,62 @@ class _State:
                         f"{int(allowed)} allowed so far of {budget.max} today",
                     )
         return None
+
+
+@dataclass(frozen=True)
+class BudgetBurn:
+    """How far a budget is spent now: ``spent`` of ``max`` events of kind ``counts`` today (or in
+    total); ``offer_id`` empty for a budget shared by its offers (``per: policy``). ``expected``:
+    what spending evenly through the day (or the offer's scheduled time) would have spent by now,
+    for a daily budget; ``paced``: the budget is held to it (``pacing: even``)."""
+
+    policy: str
+    offer_id: str
+    counts: str
+    period: str
+    max: int
+    spent: int
+    expected: float
+    paced: bool
+
+
+def budget_burn(policy_set: PolicySet, counters: OfferCounters, now: datetime) -> list[BudgetBurn]:
+    """Every budget of the set as it stands at ``now``: one per covered offer (``per: offer``) or
+    one per policy (``per: policy``), read from the same counters screening reads."""
+    day = day_of(policy_set.timezone, now)
+    at = now.timestamp()
+    out: list[BudgetBurn] = []
+    shared: set[str] = set()
+    for compiled in policy_set.offers.values():
+        for budget in compiled.budgets:
+            if budget.per == "policy":
+                if budget.id in shared:
+                    continue
+                shared.add(budget.id)
+                members = policy_set.budget_members.get(budget.id, (compiled.id,))
+                offer_id = ""
+            else:
+                members, offer_id = (compiled.id,), compiled.id
+            if budget.period == "total":
+                spent = sum(counters.total(m, budget.counts) for m in members)
+                expected = float(budget.max)
+            else:
+                spent = sum(counters.since(m, budget.counts, day.start) for m in members)
+                schedule = compiled.offer.schedule if offer_id else None
+                expected = budget.max * (schedule.day_fraction(day, at) if schedule else day.fraction(at))
+            out.append(
+                BudgetBurn(
+                    budget.id,
+                    offer_id,
+                    budget.counts,
+                    budget.period,
+                    budget.max,
+                    spent,
+                    expected,
+                    budget.pacing == "even" and budget.period == "day",
+                )
+            )
+    return out
 
 
 def _paced(budget: Budget, compiled: CompiledOffer, day: LocalDay, at: float) -> float:

@@ -42,7 +42,7 @@ from nba.clock import Clock, SystemClock
 from nba.errors import InvalidArgument, NbaError, NotFound, Unavailable
 from nba.ids import decision_time
 from nba.inputs import CLOCK_SKEW, check_id
-from nba.records import NO_RESPONSE, OUTCOMES, FeedbackEvent, FeedbackResult
+from nba.records import NO_RESPONSE, OUTCOMES, FeedbackEvent, FeedbackResult, offer_value
 
 __all__ = ["DEFAULT_REWARD_RANGE", "IN_FLIGHT_MARGIN_SECONDS", "MAX_BATCH", "FeedbackIntake", "FeedbackItem"]
 
@@ -192,6 +192,9 @@ class FeedbackIntake:
         # Within the skew, the event is taken as happening no earlier than its decision and no
         # later than now: contact history and caps count it when it can have happened.
         when = now if occurred_at is None else min(max(occurred_at, decided_at), max(now, decided_at))
+        answered = decision.offer(offer_id)
+        eligible = decision.candidates.get("eligible") or {}
+        ids = eligible.get("ids") or []
         event = FeedbackEvent(
             event_id=event_id,
             decision_id=decision_id,
@@ -203,8 +206,12 @@ class FeedbackIntake:
             features=decision.features,
             customer_id=decision.customer_id,
             channel=decision.channel,
-            group=decision.offer(offer_id).get("group", ""),
+            group=answered.get("group", ""),
             decided_at=decided_at,
+            slot=int(answered.get("slot") or 0),
+            propensity=float(answered.get("propensity") or 0.0),
+            eligible=len(ids),
+            value=offer_value(eligible, offer_id),
         )
         return event
 

@@ -384,7 +384,13 @@ class Service:
         self.servicers: dict[str, Any] = {
             SERVICE_NAME: DecisionServicer(self.decider, self.intake, str(self.worker)),
             ADMIN_SERVICE_NAME: AdminServicer(
-                self.publisher, self.store.recent_lines, self.learning, lambda: build_learner(settings)
+                self.publisher,
+                self.store.recent_lines,
+                self.learning,
+                lambda: build_learner(settings),
+                rollups=self.store.rollups,
+                counters=self.counters,
+                clock=self.clock,
             ),
             PROFILE_SERVICE_NAME: ProfileServicer(
                 self.tracker, self.clock, self.store, self.decider, self.eraser, settings.pii_role

@@ -14,7 +14,10 @@ import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from bandit import unflatten
+from nba.clock import Clock, SystemClock
+from nba.decision.contacts import OfferCounters
 from nba.decision.decider import DecideInput, Decider
+from nba.decision.screening import budget_burn
 from nba.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -25,6 +28,7 @@ from nba.errors import (
     Problem,
     field_of,
 )
+from nba.evaluation.overview import HOUR, Figures, overview, period
 from nba.evaluation.preview import preview
 from nba.inputs import MAX_COMMENT_LENGTH, check_id, check_text, timestamp
 from nba.learning.feedback import MAX_BATCH, FeedbackIntake, FeedbackItem
@@ -193,11 +197,17 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         recent: Callable[[int], list[dict[str, Any]]],
         learning: Any,
         make_learner: Callable[[], Any] | None = None,
+        rollups: Callable[[int, int, str], list[tuple[int, str, str, str, float]]] | None = None,
+        counters: OfferCounters | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._publisher = publisher
         self._recent = recent
         self._learning = learning
         self._make_learner = make_learner
+        self._rollups = rollups
+        self._counters = counters
+        self._clock = clock or SystemClock()
 
     def GetLivePolicySet(self, request: apb.GetLivePolicySetRequest, context: grpc.ServicerContext) -> apb.PolicySet:
         return _policy_set(self._publisher.refresh(), live=True, with_files=True)
@@ -321,6 +331,69 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             live_value=_value(report.live_value),
             draft_value=_value(report.draft_value),
         )
+
+    def GetOverview(self, request: apb.GetOverviewRequest, context: grpc.ServicerContext) -> apb.Overview:
+        start = timestamp("start_time", request.start_time) if request.HasField("start_time") else None
+        end = timestamp("end_time", request.end_time) if request.HasField("end_time") else None
+        for name in ("channel", "group", "offer_id"):
+            check_id(name, getattr(request, name), required=False)
+        now = self._clock.now()
+        start, end = period(start, end, now)
+        live = self._publisher.live
+        first, last = int(start.timestamp()) // HOUR, int(end.timestamp()) // HOUR - 1
+        rows = self._rollups(first, last, request.channel) if self._rollups is not None else []
+        groups = {offer_id: compiled.offer.group for offer_id, compiled in live.offers.items()}
+        found = overview(rows, start, end, groups, request.group, request.offer_id)
+        return apb.Overview(
+            start_time=_timestamp(found.start),
+            end_time=_timestamp(found.end),
+            bucket=found.bucket,
+            totals=_figures(found.totals),
+            by_channel=[apb.OverviewSlice(key=k, figures=_figures(f)) for k, f in found.by_channel.items()],
+            by_group=[apb.OverviewSlice(key=k, figures=_figures(f)) for k, f in found.by_group.items()],
+            by_offer=[apb.OverviewSlice(key=k, figures=_figures(f)) for k, f in found.by_offer.items()],
+            series=[apb.OverviewPoint(start_time=_timestamp(t), figures=_figures(f)) for t, f in found.series.items()],
+            filter_reasons=[
+                apb.FilterReason(reason=reason, offer_id=offer, count=count)
+                for (reason, offer), count in found.filter_reasons.items()
+            ],
+            budgets=[
+                apb.BudgetBurn(
+                    policy=b.policy,
+                    offer_id=b.offer_id,
+                    counts=b.counts,
+                    period=b.period,
+                    max=b.max,
+                    spent=b.spent,
+                    expected=b.expected,
+                    paced=b.paced,
+                )
+                for b in (budget_burn(live, self._counters, now) if self._counters is not None else [])
+            ],
+        )
+
+
+def _figures(figures: Figures) -> apb.OverviewFigures:
+    return apb.OverviewFigures(
+        decisions=figures.decisions,
+        empty=figures.empty,
+        fallbacks=figures.fallbacks,
+        explored=figures.explored,
+        offered=figures.offered,
+        impressions=figures.impressions,
+        clicks=figures.clicks,
+        acceptances=figures.acceptances,
+        rejections=figures.rejections,
+        acceptance_rate=figures.acceptance_rate,
+        value=figures.value,
+        reward=figures.reward,
+        exploration_rate=figures.exploration_rate,
+        fallback_rate=figures.fallback_rate,
+        feedback_events=figures.feedback_events,
+        mean_learning_lag_seconds=figures.mean_learning_lag_seconds,
+        mean_feedback_delay_seconds=figures.mean_feedback_delay_seconds,
+        gain_over_uniform=figures.gain_over_uniform,
+    )
 
 
 def _call_alive(context: grpc.ServicerContext) -> Callable[[], None]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from nba.storage.bus import BusEntry, RedisBus, Span
 from nba.storage.engine import driver_error, is_outage
 from nba.storage.recent import RecentDecisions
 from nba.storage.replication import Replication
+from nba.storage.rollups import Counts, decision_measures, feedback_measures
 from nba.storage.store import Store
 
 __all__ = ["DecisionLog", "LogListener", "LogOptions"]
@@ -415,7 +416,11 @@ class DecisionLog:
             with self.store.write() as conn:
                 before = self.replication.before(conn)
                 contacts: list[ContactEvent] = []
+                counts: Counts = defaultdict(float)
                 if decisions:
+                    # a decision queued again after a commit whose answer was lost is not counted twice
+                    logged = self.store.logged_decisions(conn, [d.decision_id for d in decisions])
+                    decision_measures((d for d in decisions if d.decision_id not in logged), counts)
                     self.store.insert_decisions(conn, decisions)
                     contacts.extend(
                         ContactEvent(d.customer_id, d.created_at.timestamp(), "decided", o["offer_id"], o["group"], d.channel)
@@ -437,6 +442,8 @@ class DecisionLog:
                     if isinstance(r, FeedbackResult) and not r.duplicate
                 ]
                 self.store.insert_contacts(conn, contacts + outcomes)
+                feedback_measures(((e, r) for e, _, r in results if isinstance(r, FeedbackResult)), into=counts)
+                self.store.add_rollups(conn, counts)
                 if self._forgotten is not None and (decisions or outcomes):
                     self._forgotten(
                         conn,

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 
-from nba.records import DecisionRecord
-from nba.storage.engine import Repository, sqlite_time, utc
-from nba.storage.tables import DECISIONS, FEEDBACK
+from nba.records import NO_RESPONSE, DecisionRecord, FeedbackEvent, FeedbackResult, offer_value
+from nba.storage.engine import Repository, chunks, sqlite_time, utc
+from nba.storage.rollups import Counts, decision_measures, feedback_measures, write_rollups
+from nba.storage.tables import DECISION_ROLLUPS, DECISIONS, FEEDBACK
 
 __all__ = ["Decisions", "dumps"]
 
@@ -65,6 +67,13 @@ class Decisions(Repository):
             for r in records
         ]
         conn.exec_driver_sql(sql, rows)
+
+    def logged_decisions(self, conn: Any, decision_ids: list[str]) -> set[str]:
+        """Which of ``decision_ids`` are in the log already (within ``conn``'s transaction)."""
+        found: set[str] = set()
+        for chunk in chunks(decision_ids):
+            found.update(conn.execute(select(DECISIONS.c.decision_id).where(DECISIONS.c.decision_id.in_(chunk))).scalars())
+        return found
 
     def find_decision(self, decision_id: str) -> DecisionRecord | None:
         with self.read() as conn:
@@ -124,6 +133,15 @@ class Decisions(Repository):
 
     def export(self, since: datetime | None = None, until: datetime | None = None, chunk: int = 500) -> Iterator[dict[str, Any]]:
         """Every decision (oldest first) with its feedback joined: the JSON Lines format."""
+        for row, events in self.with_feedback(since, until, chunk):
+            line = _export_line(_record(row), events)
+            line["closed"] = bool(row.closed)
+            yield line
+
+    def with_feedback(
+        self, since: datetime | None = None, until: datetime | None = None, chunk: int = 500
+    ) -> Iterator[tuple[Any, list[Any]]]:
+        """Every decision's row (oldest first) and its feedback rows, in learning order."""
         d, f = DECISIONS, FEEDBACK
         after: tuple[datetime, str] | None = None
         while True:
@@ -142,12 +160,54 @@ class Decisions(Repository):
                     for fb in conn.execute(select(f).where(f.c.decision_id.in_(ids)).order_by(f.c.id)).all():
                         events[fb.decision_id].append(fb)
             for row in rows:
-                line = _export_line(_record(row), events[row.decision_id])
-                line["closed"] = bool(row.closed)
-                yield line
+                yield row, events[row.decision_id]
             if len(rows) < chunk:
                 return
             after = (rows[-1].created_at, rows[-1].decision_id)
+
+    def recount_rollups(self, chunk: int = 2000, progress: Callable[[int], None] | None = None) -> int:
+        """Counts the overview's rollups (``nba.storage.rollups``) again from the whole log, in
+        place of those kept: for a log written before revision 0014, or to check them. Run it
+        while no service writes (as ``nba db upgrade``); returns the decisions counted. The
+        learning lag is not in the log: recounted events carry none."""
+        counts: Counts = defaultdict(float)
+        done = 0
+        for row, events in self.with_feedback(chunk=chunk):
+            record = _record(row)
+            decision_measures([record], counts)
+            block = record.candidates.get("eligible") or {}
+            stored = []
+            for fb in events:
+                answered = record.offer(fb.offer_id)
+                if fb.outcome == NO_RESPONSE or answered is None:
+                    continue  # the writer counts clients' events only
+                event = FeedbackEvent(
+                    fb.event_id,
+                    fb.decision_id,
+                    fb.offer_id,
+                    fb.outcome,
+                    fb.reward,
+                    utc(fb.occurred_at),
+                    utc(fb.received_at),
+                    {},
+                    channel=record.channel,
+                    slot=int(answered.get("slot") or 0),
+                    propensity=float(answered.get("propensity") or 0.0),
+                    eligible=len(block.get("ids") or []),
+                    value=offer_value(block, fb.offer_id),
+                )
+                result = FeedbackResult(False, bool(fb.applied), fb.pair_reward, fb.id, fb.previous_reward, bool(fb.late))
+                stored.append((event, result))
+            feedback_measures(stored, into=counts, lag=False)
+            done += 1
+            if progress is not None and done % 10_000 == 0:
+                progress(done)
+        with self.write() as conn:
+            conn.execute(DECISION_ROLLUPS.delete())
+            rows = list(counts.items())
+            for n in range(0, len(rows), 10_000):
+                write_rollups(conn, defaultdict(float, rows[n : n + 10_000]))
+        return done
 
 
 def _record(row: Any) -> DecisionRecord:

@@ -30,13 +30,16 @@ from nba.storage.decisions import Decisions
 from nba.storage.erasure import Erasures
 from nba.storage.feedback import Feedback
 from nba.storage.policy_sets import PolicySets
+from nba.storage.rollups import Rollups
 from nba.storage.scores import ScoreModelRows
 from nba.storage.snapshots import Snapshots
 
 __all__ = ["Store"]
 
 
-class Store(PolicySets, Decisions, Feedback, Contacts, Snapshots, Erasures, DeadLetters, ScoreModelRows, CallbackSignatures):
+class Store(
+    PolicySets, Decisions, Feedback, Contacts, Snapshots, Erasures, DeadLetters, ScoreModelRows, CallbackSignatures, Rollups
+):
     """Synchronous access to the decision log's tables. Outages raise ``DatabaseUnavailable``.
 
     ``windows``: the reward windows feedback is judged by (None: they never close, for tools

@@ -14,6 +14,7 @@ from sqlmodel import Field, SQLModel
 __all__ = [
     "CONTACT_EVENTS",
     "DECISIONS",
+    "DECISION_ROLLUPS",
     "FEEDBACK",
     "OFFER_COUNTERS",
     "POLICY_ACTIVATIONS",
@@ -25,6 +26,7 @@ __all__ = [
     "PROFILE_RELATIONSHIPS",
     "SNAPSHOTS",
     "ContactEventRow",
+    "DecisionRollupRow",
     "DecisionRow",
     "FeedbackRow",
     "OfferCounterRow",
@@ -326,6 +328,21 @@ class CallbackSignatureRow(SQLModel, table=True):
     accepted_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
 
 
+class DecisionRollupRow(SQLModel, table=True):
+    """The decision log's figures by UTC hour, channel, offer and measure, kept up to date by
+    the writer (nba.storage.rollups): what the overview reads."""
+
+    __tablename__ = "decision_rollups"
+
+    #: hours since the epoch
+    hour: int = Field(primary_key=True)
+    channel: str = Field(primary_key=True, max_length=128)
+    #: empty for a measure of the decision as a whole
+    offer_id: str = Field(primary_key=True, max_length=128)
+    measure: str = Field(primary_key=True, max_length=64)
+    value: float = Field(default=0.0)
+
+
 class ScoreModelRow(SQLModel, table=True):
     """A predictive score's model and progressive quality (nba.profiles.scores), pickled."""
 
@@ -381,3 +398,4 @@ SECRETS = table(SecretRow)
 SCORE_MODELS = table(ScoreModelRow)
 CALLBACK_SIGNATURES = table(CallbackSignatureRow)
 SEGMENT_COUNTS = table(SegmentCountRow)
+DECISION_ROLLUPS = table(DecisionRollupRow)

@@ -299,6 +299,31 @@ def test_an_editor_edits_a_draft_sees_its_error_at_its_line_previews_publishes_a
     shot(page, "history")
 
 
+def test_the_overviews_figures_equal_the_apis_and_the_logs(server: Running, page: Any) -> None:
+    from test_overview import from_the_log, traffic
+
+    traffic(server, 40)
+    sign_in(page, server, VIEWER_TOKEN, "/console")
+    page.wait_for_selector("body[data-charts=drawn]", timeout=30_000)
+    shot(page, "overview")
+    api = server.admin.GetOverview(apb.GetOverviewRequest(), metadata=server.auth(VIEWER_TOKEN)).totals
+    log = from_the_log(server)
+    shown = {name: page.get_attribute(f"#kpi-{name}", "data-value") for name in ("decisions", "impressions", "acceptances")}
+    assert shown == {"decisions": "40", "impressions": str(api.impressions), "acceptances": str(api.acceptances)}
+    assert (api.decisions, api.impressions, api.acceptances) == (log["decisions"], log["impressions"], log["acceptances"])
+    assert float(page.get_attribute("#kpi-acceptance-rate", "data-value")) == pytest.approx(api.acceptance_rate)
+    assert float(page.get_attribute("#kpi-value", "data-value")) == pytest.approx(api.value)
+    # one channel, chosen in the form
+    page.select_option("#channel", "web")
+    page.click("#filters button[type=submit]")
+    page.wait_for_selector("body[data-charts=drawn]", timeout=30_000)
+    assert "channel=web" in page.url
+    assert page.get_attribute("#kpi-decisions", "data-value") == str(from_the_log(server, "web")["decisions"])
+    assert page.locator("#by-channel tbody tr").count() == 1
+    # the charts are drawn by plotly.js, served from the plotly wheel
+    assert page.locator("#chart-series .main-svg").count() >= 1
+
+
 def test_two_editors_cannot_overwrite_each_other(server: Running, page: Any) -> None:
     sign_in(page, server, EDITOR_TOKEN, "/console/policies/draft")
     page.wait_for_selector("#status.ok", timeout=30_000)

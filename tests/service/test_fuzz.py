@@ -286,6 +286,16 @@ def templates(decision: pb.DecideResponse) -> dict[str, tuple[Any, list[tuple[st
         "/nba.v1.AdminService/ListPolicySetVersions": (apb.ListPolicySetVersionsRequest(page_size=5, page_token="2"), editor),
         "/nba.v1.AdminService/RollbackPolicySet": (apb.RollbackPolicySetRequest(version=1, comment="back"), editor),
         "/nba.v1.AdminService/PreviewPolicySet": (apb.PreviewPolicySetRequest(draft=small, last_n=20), editor),
+        "/nba.v1.AdminService/GetOverview": (
+            apb.GetOverviewRequest(
+                start_time=timestamp_pb2.Timestamp(seconds=1_790_000_000),
+                end_time=timestamp_pb2.Timestamp(seconds=1_790_086_400),
+                channel="web",
+                group="g",
+                offer_id="a",
+            ),
+            editor,
+        ),
         "/nba.v1.ProfileService/Track": (track, []),
         "/nba.v1.ProfileService/TrackBatch": (ppb.TrackBatchRequest(events=[track, track]), []),
         "/nba.v1.ProfileService/GetProfile": (ppb.GetProfileRequest(identifier_kind="email", identifier_value="a@b.co"), editor),

@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -397,7 +397,26 @@ def console_routes(console: Console) -> list[BaseRoute]:
         return FileResponse(path, headers={"cache-control": "no-cache"})
 
     async def home(request: Request, session: Session) -> Response:
-        return RedirectResponse("/console/policies", 303)
+        query = request.query_params
+        chosen = {name: query.get(name, "") for name in ("period", "from", "to", "channel", "group", "offer")}
+        chosen["period"] = chosen["period"] or "24h"
+        start, end = _period(chosen["period"], chosen["from"], chosen["to"], datetime.now(UTC))
+        ask = apb.GetOverviewRequest(channel=chosen["channel"], group=chosen["group"], offer_id=chosen["offer"])
+        ask.start_time.FromDatetime(start)
+        ask.end_time.FromDatetime(end)
+        answer = await call(session, ADMIN + "GetOverview", ask)
+        live = await in_thread(console.live)
+        return render(
+            request,
+            "overview.html",
+            session,
+            overview=_dict(answer),
+            chosen=chosen,
+            periods=PERIODS,
+            channels=list(live.channels),
+            groups=sorted({o.offer.group for o in live.offers.values() if o.offer.group}),
+            offers=sorted(live.offers),
+        )
 
     return [
         Route("/console", page(home), methods=["GET"]),
@@ -432,6 +451,31 @@ def _plotly_path() -> Path | None:
         return None
     path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     return path if path.is_file() else None
+
+
+#: the overview's periods: (key, label); "custom" reads the from and to dates (UTC days, inclusive)
+PERIODS = [
+    ("24h", "Last 24 hours"),
+    ("7d", "Last 7 days"),
+    ("30d", "Last 30 days"),
+    ("90d", "Last 90 days"),
+    ("custom", "From … to …"),
+]
+_PERIOD_HOURS = {"24h": 24, "7d": 24 * 7, "30d": 24 * 30, "90d": 24 * 90}
+
+
+def _period(key: str, first: str, last: str, now: datetime) -> tuple[datetime, datetime]:
+    """A period the overview's form names, as start and end times."""
+    if key in _PERIOD_HOURS:
+        return now - timedelta(hours=_PERIOD_HOURS[key]), now
+    if key != "custom":
+        raise InvalidArgument(f"period: one of {', '.join(k for k, _ in PERIODS)}", "period")
+    try:
+        start = datetime.combine(date.fromisoformat(first), time(), UTC)
+        end = datetime.combine(date.fromisoformat(last), time(), UTC) + timedelta(days=1)
+    except ValueError:
+        raise InvalidArgument("from: give both dates, as 2026-11-30", "from") from None
+    return start, end
 
 
 def _next(target: str | None) -> str:

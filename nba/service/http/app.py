@@ -341,7 +341,9 @@ def _query(request: Request, route: Route) -> dict[str, Any]:
         if len(values) > 1:
             raise InvalidArgument(f"{name}: given {len(values)} times; give it once", name)
         value = values[0]
-        if field.message_type is not None:  # a field mask: proto3 JSON spells its paths in lowerCamelCase
+        if field.message_type is not None and field.message_type.full_name == "google.protobuf.Timestamp":
+            data[name] = value  # RFC 3339, as the JSON mapping writes a Timestamp
+        elif field.message_type is not None:  # a field mask: proto3 JSON spells its paths in lowerCamelCase
             data[name] = ",".join(_camel(path.strip()) for path in value.split(",") if path.strip())
         elif field.type == field.TYPE_BOOL:
             if value not in ("true", "false"):
@@ -362,10 +364,14 @@ def _camel(path: str) -> str:
 
 
 def _query_field(field: Any) -> bool:
-    """A field a query parameter can give: a scalar, or a field mask (comma-separated paths)."""
+    """A field a query parameter can give: a scalar, a time (RFC 3339), or a field mask
+    (comma-separated paths)."""
     if field.is_repeated:
         return False
-    return field.message_type is None or field.message_type.full_name == "google.protobuf.FieldMask"
+    return field.message_type is None or field.message_type.full_name in (
+        "google.protobuf.FieldMask",
+        "google.protobuf.Timestamp",
+    )
 
 
 def _parsed(data: dict[str, Any], message_class: type[Message]) -> Message:
@@ -386,7 +392,9 @@ def _parsed(data: dict[str, Any], message_class: type[Message]) -> Message:
 def _validator(full_name: str) -> Any:
     schemas = MessageSchemas()
     descriptor = descriptor_pool.Default().FindMessageTypeByName(full_name)
-    return jsonschema_rs.validator_for({**schemas.ref(descriptor), "components": {"schemas": schemas.schemas}})
+    return jsonschema_rs.validator_for(
+        {**schemas.ref(descriptor), "components": {"schemas": schemas.schemas}}, validate_formats=True
+    )
 
 
 def _schema_problem(data: dict[str, Any], message_class: type[Message]) -> tuple[str, str] | None:
@@ -408,6 +416,8 @@ def _schema_problem(data: dict[str, Any], message_class: type[Message]) -> tuple
         reason = f"must be {_expected(list(kind.types))}, got {value_kind(error.instance)}"
     elif kind.name == "enum":
         reason = f"must be one of {', '.join(str(o) for o in kind.options if o is not None)}"
+    elif kind.name == "format" and kind.format == "date-time":
+        reason = "must be an RFC 3339 time with a UTC offset, as 2026-11-30T09:00:00Z"
     elif kind.name == "pattern":
         reason = "must be a whole number (digits, as a JSON number or text)"
     else:
@@ -441,12 +451,12 @@ def _parse_problem(text: str, message_class: type[Message]) -> tuple[str, str]:
     (``at "DecideRequest.limit"``): that path, less the message's own name, is the field."""
     head = text.split("\n", 1)[0]
     field = "body"
-    marker = head.rfind(' at "')
-    if marker >= 0:
-        path = head[marker + 5 :].rstrip('".')
-        head = head[:marker]
-        _, _, rest = path.partition(".")
+    found = re.search(r' at "?([A-Za-z0-9_.\[\]]+?)"?\.?$', head)
+    if found:
+        head = head[: found.start()]
+        _, _, rest = found.group(1).partition(".")
         field = rest or "body"
+        head = head.replace(f"{field} field: ", "", 1)
     if "has no field named" in head:
         name = head.split('has no field named "', 1)[-1].split('"', 1)[0]
         field = f"{field}.{name}" if field != "body" else name

@@ -75,7 +75,10 @@ def openapi_document(routes: Iterable[Route], title: str = "nba", sources: Itera
             for field in route.request.fields:
                 if field.name in route.path_fields or field.name in route.excluded_query or field.is_repeated:
                     continue
-                if field.message_type is not None and field.message_type.full_name != "google.protobuf.FieldMask":
+                if field.message_type is not None and field.message_type.full_name not in (
+                    "google.protobuf.FieldMask",
+                    "google.protobuf.Timestamp",
+                ):
                     continue
                 schema = schemas.field_schema(field)
                 if field.cpp_type in (field.CPPTYPE_INT64, field.CPPTYPE_UINT64):

@@ -207,4 +207,12 @@ ROUTES: tuple[Route, ...] = (
         (*_BODY, 404, 412, 504),
         tags=("admin",),
     ),
+    Route(
+        "GET",
+        "/v1/admin/overview",
+        _method("nba.v1.AdminService.GetOverview"),
+        "What works: decisions, outcomes, value and rates over a period, by channel, group and offer",
+        _QUERY,
+        tags=("admin",),
+    ),
 )

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/nba/v1/*.proto)
 GEN    := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 
-.PHONY: serve test lint proto install clean bench bench-store bench-profiles bench-tracking bench-replicas bench-learning bench-adaptation loadtest bench-obd
+.PHONY: serve test lint proto install clean bench bench-store bench-profiles bench-tracking bench-replicas bench-learning bench-adaptation loadtest bench-obd bench-console
 
 # Logs as plain text for a person at the terminal (NBA_LOG_FORMAT=json for machines).
 serve: $(GEN)
@@ -45,6 +45,11 @@ bench-store: $(GEN)
 # with COPY), TrackBatch, GetProfile, Decide on a stored profile, replicas on Redis, memory, disk.
 bench-profiles: $(GEN)
 	$(BIN)/python loadtests/bench_profiles.py
+
+# The console's overview page with 100,000 and 10,000,000 logged decisions (SQLite, generated in
+# bulk), timed in a real browser (Debian's chromium) and as GetOverview calls.
+bench-console: $(GEN)
+	$(BIN)/python loadtests/bench_console.py
 
 # Tracking events in one process (no gRPC) on SQLite and PostgreSQL: one a call, and in batches.
 bench-tracking: $(GEN)

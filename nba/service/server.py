@@ -54,6 +54,7 @@ from nba.service.auth import AuthInterceptor, Tokens
 from nba.service.console.app import Console, console_routes
 from nba.service.console.sessions import Sessions
 from nba.service.context import MAX_CONTEXT_DEPTH
+from nba.service.evaluations import EvaluationJobs
 from nba.service.http.app import create_app
 from nba.service.http.callbacks import Callbacks, CallbackSources
 from nba.service.http.server import HttpServer
@@ -420,6 +421,8 @@ class Service:
             )
         if self.port == 0:
             raise OSError(f"could not bind {settings.host}:{settings.port}")
+        #: offline evaluations the console starts, each in a child process
+        self.evaluations = EvaluationJobs(self.store, settings.database_url, self.clock)
         #: the HTTP/JSON API, when --http-port is not -1 (its port: http.port)
         self.http: HttpServer | None = None
         if settings.http_port >= 0:
@@ -444,6 +447,10 @@ class Service:
                 self.store.find_decision,
                 settings.pii_role,
                 settings.threads,
+                segment_sizes=self.store.segment_sizes,
+                segment_history=self.store.segment_history,
+                score_quality=self.scores.quality,
+                evaluations=self.evaluations,
             )
             self.http = HttpServer(
                 create_app(
@@ -719,6 +726,7 @@ class Service:
         if self.http is not None:
             self.http.stop(grace)
         grpc_stopped.wait()
+        self.evaluations.stop()
         self.backfill.stop()
         self.segment_clock.stop()
         self.log.close()

@@ -28,6 +28,7 @@ from nba.storage.contacts import Contacts
 from nba.storage.dead_letters import DeadLetters
 from nba.storage.decisions import Decisions
 from nba.storage.erasure import Erasures
+from nba.storage.evaluations import Evaluations
 from nba.storage.feedback import Feedback
 from nba.storage.policy_sets import PolicySets
 from nba.storage.rollups import Rollups
@@ -38,7 +39,17 @@ __all__ = ["Store"]
 
 
 class Store(
-    PolicySets, Decisions, Feedback, Contacts, Snapshots, Erasures, DeadLetters, ScoreModelRows, CallbackSignatures, Rollups
+    PolicySets,
+    Decisions,
+    Feedback,
+    Contacts,
+    Snapshots,
+    Erasures,
+    DeadLetters,
+    ScoreModelRows,
+    CallbackSignatures,
+    Rollups,
+    Evaluations,
 ):
     """Synchronous access to the decision log's tables. Outages raise ``DatabaseUnavailable``.
 

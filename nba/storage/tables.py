@@ -15,6 +15,7 @@ __all__ = [
     "CONTACT_EVENTS",
     "DECISIONS",
     "DECISION_ROLLUPS",
+    "EVALUATIONS",
     "FEEDBACK",
     "OFFER_COUNTERS",
     "POLICY_ACTIVATIONS",
@@ -28,6 +29,7 @@ __all__ = [
     "ContactEventRow",
     "DecisionRollupRow",
     "DecisionRow",
+    "EvaluationRow",
     "FeedbackRow",
     "OfferCounterRow",
     "PolicyActivationRow",
@@ -343,6 +345,28 @@ class DecisionRollupRow(SQLModel, table=True):
     value: float = Field(default=0.0)
 
 
+class EvaluationRow(SQLModel, table=True):
+    """An offline evaluation started from the console: what was asked, its progress, its report
+    (nba.service.evaluations runs it; nba.storage.evaluations keeps it)."""
+
+    __tablename__ = "evaluations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    #: its process's last word: a running evaluation that stops writing has stalled
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    created_by: str = Field(max_length=128)
+    #: waiting, running, done or failed
+    status: str = Field(max_length=16)
+    progress: float = Field(default=0.0)
+    stage: str = Field(default="", max_length=200)
+    #: the targets and the period
+    request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    #: the estimates, when done
+    report: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    error: str = Field(default="", max_length=1000)
+
+
 class ScoreModelRow(SQLModel, table=True):
     """A predictive score's model and progressive quality (nba.profiles.scores), pickled."""
 
@@ -399,3 +423,4 @@ SCORE_MODELS = table(ScoreModelRow)
 CALLBACK_SIGNATURES = table(CallbackSignatureRow)
 SEGMENT_COUNTS = table(SegmentCountRow)
 DECISION_ROLLUPS = table(DecisionRollupRow)
+EVALUATIONS = table(EvaluationRow)

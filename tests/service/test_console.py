@@ -424,3 +424,79 @@ def test_a_customers_360_view_and_a_decisions_explanation(server: Running, page:
     sign_in(other, server, EDITOR_TOKEN, "/console/customers/ann")
     assert "ann@example.com" in other.content()
     editor.close()
+
+
+def test_segment_sizes_and_score_quality(server: Running, page: Any) -> None:
+    files = live_files(server)
+    files["profile.yaml"] = files["profile.yaml"].replace(
+        "  segments:", "  scores:\n    complains_soon: predicts complaint within 30d\n  segments:", 1
+    )
+    server.admin.PublishPolicySet(
+        apb.PublishPolicySetRequest(draft=apb.PolicySetDraft(files=files), comment="a score"), metadata=server.auth()
+    )
+    profiles = ppb_grpc.ProfileServiceStub(server.channel)
+    for n, amount in enumerate([1500, 40, 2200]):
+        profiles.Track(
+            ppb.TrackRequest(
+                event_id=f"o-{n}",
+                customer_id=f"big-{n}",
+                type="order",
+                source="web",
+                properties=struct({"amount": amount, "status": "delivered", "order_id": f"o-{n}"}),
+            )
+        )
+    sign_in(page, server, VIEWER_TOKEN, "/console/segments")
+    page.wait_for_selector("body[data-charts=drawn]", timeout=30_000)
+    row = page.locator('#segments tr[data-segment="big_spenders"]')
+    assert row.locator("td").nth(3).inner_text() == "2"  # the two orders of 1,000 or more
+    assert row.locator("td").nth(4).inner_text() == "2"
+    assert page.locator('#segments tr[data-segment="frustrated"] td').nth(3).inner_text() == "0"
+    score = page.locator('#scores tr[data-score="complains_soon"]')
+    assert "predicts complaint within 30d" in score.inner_text()
+    assert "flagged: too few labels" in score.inner_text()
+    shot(page, "segments")
+
+
+def test_an_offline_evaluation_runs_in_the_background_and_its_report_is_kept(server: Running, page: Any) -> None:
+    from test_overview import traffic
+
+    from nba.evaluation import evaluate, from_store, parse_target
+    from nba.evaluation.reward_model import RewardModel
+    from nba.service.evaluations import BOOTSTRAP
+
+    traffic(server, 40)
+    sign_in(page, server, VIEWER_TOKEN, "/console/evaluations")
+    # nothing picked: refused, saying what to fix
+    for box in page.locator("input[name=targets]").all():
+        box.uncheck()
+    page.click("#run-evaluation")
+    assert "targets: pick one or more policies" in page.inner_text("p.error")
+    for box in page.locator("input[name=targets]").all():
+        box.uncheck()
+    page.check("input[name=targets][value=logged]")
+    page.check("input[name=targets][value=uniform]")
+    page.click("#run-evaluation")
+    page.wait_for_url("**/console/evaluations/*")
+    page.wait_for_selector("#estimates", timeout=180_000)  # the page follows the progress, then shows the report
+    page.wait_for_selector("body[data-charts=drawn]", timeout=30_000)
+    shown = {
+        (row.get_attribute("data-policy"), row.get_attribute("data-estimator")): float(row.locator("td").nth(2).inner_text())
+        for row in page.locator("#estimates tbody tr").all()
+    }
+    assert {p for p, _ in shown} == {"logged", "uniform"} and {"ips", "snips", "dm", "dr"} <= {e for _, e in shown}
+    # the same estimates as nba.evaluation gives on the same log, with the same seed
+    decisions = from_store(server.service.store, include_open=True)
+    expected = evaluate(
+        decisions,
+        [parse_target("logged"), parse_target("uniform")],
+        n_bootstrap=BOOTSTRAP,
+        seed=0,
+        reward_model=RewardModel(decisions),
+    )
+    assert shown == {(e.policy, e.estimator): pytest.approx(e.value, abs=5e-5) for e in expected}
+    assert "40 decisions" in page.inner_text("#evaluation")
+    shot(page, "evaluation")
+    # kept: listed, done, by whom
+    page.goto(base(server) + "/console/evaluations")
+    row = page.locator("#evaluations tbody tr").first
+    assert "done" in row.inner_text() and "vi" in row.inner_text() and "logged, uniform" in row.inner_text()

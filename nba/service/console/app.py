@@ -15,10 +15,11 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import partial
 from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qs, parse_qsl, quote, urlencode
 
 import anyio
 import anyio.to_thread
@@ -30,11 +31,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from nba.errors import InvalidArgument, NbaError, NotFound, PermissionDenied, Unauthenticated
+from nba.errors import InvalidArgument, NbaError, NotFound, PermissionDenied, Unauthenticated, Unavailable
 from nba.policy.policy_set import PolicySet, json_schema
+from nba.profiles.scores import MIN_EXAMPLES
 from nba.records import DecisionRecord
 from nba.service.auth import acting_as, may, needed_role
 from nba.service.console.sessions import COOKIE, Session, Sessions, check_csrf
+from nba.service.evaluations import EvaluationJobs
 from nba.service.http.app import CallContext, parse_json, problem
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import profile_service_pb2 as ppb
@@ -61,6 +64,13 @@ class Console:
     find_decision: Callable[[str], DecisionRecord | None]
     pii_role: str = "editor"
     threads: int = 8
+    #: customers in each segment now; a segment's (hour, entries, exits) history
+    segment_sizes: Callable[[], dict[str, int]] = dict
+    segment_history: Callable[[str], list[tuple[int, int, int]]] = lambda name: []
+    #: each score's progressive quality, by name (nba.profiles.scores.ScoreModels.quality)
+    score_quality: Callable[[], dict[str, dict[str, Any]]] = dict
+    #: offline evaluations run in the background (None: the page says they are off)
+    evaluations: EvaluationJobs | None = None
 
 
 def console_routes(console: Console) -> list[BaseRoute]:
@@ -385,6 +395,123 @@ def console_routes(console: Console) -> list[BaseRoute]:
             pii_role=console.pii_role,
         )
 
+    # Segments and scores -----------------------------------------------------------------
+
+    async def segments(request: Request, session: Session) -> Response:
+        live = await in_thread(console.live)
+        definition = live.profile
+        sizes = await in_thread(console.segment_sizes)
+        day_ago = int(datetime.now(UTC).timestamp()) // 3600 - 24
+        rows, series = [], []
+        for segment in definition.segments:
+            history = await in_thread(partial(console.segment_history, segment.name))
+            times, counts, size = [], [], 0
+            for hour, entered, exited in history:
+                size += entered - exited
+                times.append(datetime.fromtimestamp(hour * 3600, UTC).isoformat())
+                counts.append(size)
+            if times:
+                times.append(datetime.now(UTC).isoformat())  # the size holds until now
+                counts.append(size)
+            series.append({"name": segment.name, "times": times, "sizes": counts})
+            rows.append(
+                {
+                    "name": segment.name,
+                    "description": segment.description,
+                    "owner": segment.owner,
+                    "rule": segment.rule.source,
+                    "size": sizes.get(segment.name, 0),
+                    "entered_24h": sum(e for h, e, _ in history if h >= day_ago),
+                    "exited_24h": sum(x for h, _, x in history if h >= day_ago),
+                }
+            )
+        quality = await in_thread(console.score_quality)
+        scores = []
+        for score in definition.scores:
+            q = quality.get(score.name) or {}
+            examples, positives = int(q.get("examples", 0)), int(q.get("positives", 0))
+            few = min(positives, examples - positives) < MIN_EXAMPLES
+            scores.append(
+                {
+                    "name": score.name,
+                    "description": score.description,
+                    "source": f"predicts {score.event}"
+                    + (f" where {score.where.source}" if score.where is not None else "")
+                    + f" within {_duration(score.horizon)}",
+                    "examples": examples,
+                    "positives": positives,
+                    "auc": float(q.get("auc", 0.5)),
+                    "min_auc": score.min_auc,
+                    "calibration_error": float(q.get("calibration_error", 0.0)),
+                    "log_loss": float(q.get("log_loss", 0.0)),
+                    "verdict": ("flagged: too few labels" if few else f"flagged: AUC below {score.min_auc:g}")
+                    if q.get("flagged", True)
+                    else "worth using",
+                }
+            )
+        chart = {"segments": series, "scores": [{"name": s["name"], "auc": s["auc"], "min_auc": s["min_auc"]} for s in scores]}
+        return render(request, "segments.html", session, segments=rows, scores=scores, chart=chart)
+
+    # Evaluation --------------------------------------------------------------------------
+
+    def jobs() -> EvaluationJobs:
+        if console.evaluations is None:
+            raise Unavailable("evaluation: offline evaluation is not running in this process")
+        return console.evaluations
+
+    async def evaluations(request: Request, session: Session, error: str = "", status: int = 200) -> Response:
+        found = await in_thread(lambda: jobs().list(50))
+        versions = await call(session, ADMIN + "ListPolicySetVersions", apb.ListPolicySetVersionsRequest(page_size=50))
+        return render(
+            request,
+            "evaluations.html",
+            session,
+            status,
+            evaluations=found,
+            versions=[_dict(v) for v in versions.versions],
+            builtins=BUILT_IN_TARGETS,
+            error=error,
+        )
+
+    async def start_evaluation(request: Request, session: Session) -> Response:
+        raw = await request.body()
+        if len(raw) > MAX_FORM_BYTES:
+            raise InvalidArgument("form: too large")
+        try:
+            fields = parse_qs(raw.decode("utf-8"), keep_blank_values=True)
+        except UnicodeDecodeError:
+            raise InvalidArgument("form: not UTF-8 text") from None
+        check_csrf(session, (fields.get("csrf") or [""])[0], request.headers.get("origin"), request.headers.get("host"))
+        targets = list(fields.get("targets", []))
+        settings = (fields.get("learner_settings") or [""])[0].strip()
+        if settings:
+            targets.append(f"learner:{settings}")
+        targets += [f"version:{v}" for v in fields.get("versions", [])]
+        wanted = {
+            "targets": targets,
+            "since": (fields.get("since") or [""])[0],
+            "until": (fields.get("until") or [""])[0],
+        }
+        try:
+            started = await in_thread(lambda: jobs().start(wanted, session.caller.name))
+        except InvalidArgument as exc:
+            return await evaluations(request, session, str(exc), 400)
+        return RedirectResponse(f"/console/evaluations/{started}", 303)
+
+    def _evaluation_id(request: Request) -> int:
+        text = request.path_params["evaluation_id"]
+        if not text.isascii() or not text.isdigit() or len(text) > 10:
+            raise NotFound(f"evaluation: no evaluation {text[:20]!r}")
+        return int(text)
+
+    async def evaluation(request: Request, session: Session) -> Response:
+        found = await in_thread(lambda: jobs().get(_evaluation_id(request)))
+        return render(request, "evaluation.html", session, e=found, report=found.get("report"))
+
+    async def evaluation_state(request: Request, session: Session) -> Any:
+        found = await in_thread(lambda: jobs().get(_evaluation_id(request)))
+        return {k: found[k] for k in ("id", "status", "progress", "stage", "error")}
+
     # Assets ------------------------------------------------------------------------------
 
     async def static(request: Request) -> Response:
@@ -436,6 +563,11 @@ def console_routes(console: Console) -> list[BaseRoute]:
         Route("/console/customers", page(customers), methods=["GET"]),
         Route("/console/customers/{customer_id}", page(customer), methods=["GET"]),
         Route("/console/decisions/{decision_id}", page(decision), methods=["GET"]),
+        Route("/console/segments", page(segments), methods=["GET"]),
+        Route("/console/evaluations", page(evaluations), methods=["GET"]),
+        Route("/console/evaluations", page(start_evaluation), methods=["POST"]),
+        Route("/console/evaluations/{evaluation_id}", page(evaluation), methods=["GET"]),
+        Route("/console/api/evaluations/{evaluation_id}", api(evaluation_state, change=False), methods=["GET"]),
     ]
 
 
@@ -452,6 +584,15 @@ def _plotly_path() -> Path | None:
     path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     return path if path.is_file() else None
 
+
+#: the evaluation page's ready-made targets (nba.service.evaluations)
+BUILT_IN_TARGETS = [
+    ("logged", "What was logged (the service's own choices)"),
+    ("uniform", "Uniform random among the eligible offers"),
+    ("popular", "The most accepted offer so far"),
+    ("learner", "A learner of the default settings, replayed over the log"),
+    ("live", "The live policy set, ranked by a learner replayed over the log"),
+]
 
 #: the overview's periods: (key, label); "custom" reads the from and to dates (UTC days, inclusive)
 PERIODS = [
@@ -476,6 +617,14 @@ def _period(key: str, first: str, last: str, now: datetime) -> tuple[datetime, d
     except ValueError:
         raise InvalidArgument("from: give both dates, as 2026-11-30", "from") from None
     return start, end
+
+
+def _duration(seconds: float) -> str:
+    """A score's horizon as its definition would write it: ``30d``, ``12h``, ``90m``, ``45s``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def _next(target: str | None) -> str:

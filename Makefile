@@ -9,12 +9,19 @@ GEN    := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 
 .PHONY: serve test lint proto install clean bench bench-store bench-profiles bench-tracking bench-replicas bench-learning bench-adaptation loadtest bench-obd bench-console
 
-# Logs as plain text for a person at the terminal (NBA_LOG_FORMAT=json for machines).
+# Logs as plain text for a person at the terminal (NBA_LOG_FORMAT=json for machines). Without
+# NBA_ADMIN_TOKENS (or a config file), an editor token is made once in var/admin-token, so that
+# the console and the admin API can be signed in to at once.
 serve: $(GEN)
 	@mkdir -p var
 	@$(BIN)/nba db upgrade
+	@if [ -z "$${NBA_ADMIN_TOKENS:-}" ] && [ -z "$${NBA_CONFIG:-}" ]; then \
+		[ -s var/admin-token ] || (umask 077; $(BIN)/python -c 'import secrets; print(secrets.token_hex(16))' > var/admin-token); \
+		echo "the console: http://localhost:$${NBA_HTTP_PORT:-8080}/console (sign in with the editor token in var/admin-token; NBA_ADMIN_TOKENS replaces it)"; \
+	fi
 	@echo "starting nba serve: ready when the log says 'serving on port $${NBA_PORT:-50051}' (Ctrl-C stops it)"
-	@NBA_LOG_FORMAT=$${NBA_LOG_FORMAT:-text} $(BIN)/nba serve
+	@if [ -z "$${NBA_ADMIN_TOKENS:-}" ] && [ -z "$${NBA_CONFIG:-}" ]; then export NBA_ADMIN_TOKENS="you:editor:$$(cat var/admin-token)"; fi; \
+		NBA_LOG_FORMAT=$${NBA_LOG_FORMAT:-text} exec $(BIN)/nba serve
 
 # The suite in TEST_WORKERS processes (pytest-xdist): most tests wait on a server, a database
 # or a child process, so two processes halve the time on two cores. TEST_WORKERS=0: one process.

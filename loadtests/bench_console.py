@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,13 +54,67 @@ PERIODS = ["24h", "7d", "30d", "90d"]
 CHUNK = 20_000
 
 
-def generate(store: Store, decisions: int, seed: int = 7) -> float:
-    """Writes ``decisions`` decisions and their rollups; returns the seconds it took."""
-    started = time.monotonic()
+def templates(rng: random.Random, count: int = 2_000) -> list[tuple[DecisionRecord, list[tuple[str, int, float, int, float]]]]:
+    """Decisions in the sample set's shape, and their answered offers (id, slot, propensity,
+    eligible, value), to be stamped with new ids, customers and times (making each anew costs
+    more than writing it)."""
     policy_set = load_policy_set(ROOT / "policies")
     offers = [o for o in policy_set.offers.values() if not o.offer.fallback]
     by_channel = {c: [o for o in offers if c in o.offer.channels] for c in policy_set.channels}
+    out = []
+    for _ in range(count):
+        channel = rng.choice(policy_set.channels)
+        candidates = by_channel[channel]
+        eligible = rng.sample(candidates, k=min(len(candidates), rng.randint(2, 6)))
+        filtered = [o for o in candidates if o not in eligible]
+        numbers = np.array(
+            [[p := rng.random() * 0.3, o.offer.value, 1.0, 1.0, p * o.offer.value, 0.0] for o in eligible], dtype="<f8"
+        )
+        numbers[:, 5] = numbers[:, 4] / numbers[:, 4].sum()
+        answered = eligible[: rng.randint(1, 3)]
+        record = DecisionRecord(
+            decision_id="",
+            request_id=None,
+            customer_id="",
+            channel=channel,
+            created_at=datetime.now(UTC),
+            policy_version="1-bench",
+            model_version="linear-igw/0",
+            features={"customer.age": rng.randint(18, 80), "customer.value.segment": rng.choice(["gold", "silver"])},
+            candidates={
+                "filtered": [[rng.choice(REASONS), "", "", [o.id for o in filtered]]] if filtered else [],
+                "eligible": {
+                    "ids": [o.id for o in eligible],
+                    "numbers": base64.b64encode(numbers.tobytes()).decode(),
+                    "errors": [],
+                },
+                "fallback": None,
+            },
+            offers=[
+                {
+                    "offer_id": o.id,
+                    "name": o.offer.name,
+                    "score": float(numbers[k, 4]),
+                    "propensity": float(numbers[k, 5]),
+                    "treatment": o.id,
+                    "slot": k + 1,
+                    "fallback": False,
+                    "group": o.offer.group,
+                }
+                for k, o in enumerate(answered)
+            ],
+        )
+        shown = [(o.id, k + 1, float(numbers[k, 5]), len(eligible), o.offer.value) for k, o in enumerate(answered)]
+        out.append((record, shown))
+    return out
+
+
+def generate(store: Store, decisions: int, seed: int = 7) -> float:
+    """Writes ``decisions`` decisions over the last 90 days and their rollups (counted by the
+    writer's own code); returns the seconds it took."""
+    started = time.monotonic()
     rng = random.Random(seed)
+    pool = templates(rng)
     now = datetime.now(UTC)
     span = 90 * 24 * 3600
     done = 0
@@ -68,65 +123,33 @@ def generate(store: Store, decisions: int, seed: int = 7) -> float:
         records = []
         stored: list[tuple[FeedbackEvent, FeedbackResult]] = []
         for i in range(n):
-            channel = rng.choice(policy_set.channels)
-            candidates = by_channel[channel]
-            eligible = rng.sample(candidates, k=min(len(candidates), rng.randint(2, 6)))
-            filtered = [o for o in candidates if o not in eligible]
-            numbers = np.array(
-                [[p := rng.random() * 0.3, o.offer.value, 1.0, 1.0, p * o.offer.value, 0.0] for o in eligible], dtype="<f8"
-            )
-            numbers[:, 5] = numbers[:, 4] / numbers[:, 4].sum()
-            answered = eligible[: rng.randint(1, 3)]
-            created = now - timedelta(seconds=rng.random() * span)
-            record = DecisionRecord(
+            template, shown = pool[rng.randrange(len(pool))]
+            # in time order, as a log is written: a chunk's rollups fall in a few hours
+            created = now - timedelta(seconds=span * (1 - (done + i + rng.random()) / decisions))
+            record = replace(
+                template,
                 decision_id=f"{int(created.timestamp() * 1000):012x}{done + i:020x}",
-                request_id=None,
                 customer_id=f"c-{rng.randrange(1_000_000)}",
-                channel=channel,
                 created_at=created,
-                policy_version="1-bench",
-                model_version="linear-igw/0",
-                features={"customer.age": rng.randint(18, 80), "customer.value.segment": rng.choice(["gold", "silver"])},
-                candidates={
-                    "filtered": [[rng.choice(REASONS), "", "", [o.id for o in filtered]]] if filtered else [],
-                    "eligible": {
-                        "ids": [o.id for o in eligible],
-                        "numbers": base64.b64encode(numbers.tobytes()).decode(),
-                        "errors": [],
-                    },
-                    "fallback": None,
-                },
-                offers=[
-                    {
-                        "offer_id": o.id,
-                        "name": o.offer.name,
-                        "score": float(numbers[k, 4]),
-                        "propensity": float(numbers[k, 5]),
-                        "treatment": o.id,
-                        "slot": k + 1,
-                        "fallback": False,
-                        "group": o.offer.group,
-                    }
-                    for k, o in enumerate(answered)
-                ],
             )
             records.append(record)
-            for k, o in enumerate(answered):
-                for outcome, reward in [("impressed", 0.0)] + ([("accepted", 1.0)] if rng.random() < 0.15 else []):
+            for offer_id, slot, propensity, eligible, value in shown:
+                outcomes = [("impressed", 0.0), ("accepted", 1.0)] if rng.random() < 0.15 else [("impressed", 0.0)]
+                for outcome, reward in outcomes:
                     event = FeedbackEvent(
-                        f"{record.decision_id}-{k}-{outcome}",
+                        f"{record.decision_id}-{slot}-{outcome}",
                         record.decision_id,
-                        o.id,
+                        offer_id,
                         outcome,
                         reward,
                         created + timedelta(seconds=60),
                         created + timedelta(seconds=61),
                         {},
-                        channel=channel,
-                        slot=k + 1,
-                        propensity=float(numbers[k, 5]),
-                        eligible=len(eligible),
-                        value=o.offer.value,
+                        channel=record.channel,
+                        slot=slot,
+                        propensity=propensity,
+                        eligible=eligible,
+                        value=value,
                     )
                     stored.append((event, FeedbackResult(False, True, reward, None, 0.0 if outcome == "accepted" else None)))
         counts: Counts = defaultdict(float)

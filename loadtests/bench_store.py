@@ -3,8 +3,9 @@
 Real decision records first: a service on a generated catalogue (100 offers, 30 context
 fields, as `make bench`) decides for 2,000 customers. Then, on each engine, those records
 (with fresh ids and times spread over ten days) are written as the log's writer writes them:
-500 decisions a transaction, each with its `decided` contact events, in write transactions
-that hold the write lock. Reported: decisions a second for each successive slice of the run
+500 decisions a transaction, each with its `decided` contact events and the overview's rollups,
+in write transactions that hold the write lock; and again without the rollups (as before
+revision 0014), each on a database of its own, for what the rollups cost. Reported: decisions a second for each successive slice of the run
 (does it hold as the tables and their indexes grow?), bytes per decision on disk (tables and
 indexes), and how fast retention deletes them (`Store.purge`).
 
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import defaultdict
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +40,7 @@ from nba.decision.decider import DecideInput, new_decision_id  # noqa: E402
 from nba.records import ContactEvent, DecisionRecord  # noqa: E402
 from nba.service.server import Service  # noqa: E402
 from nba.storage.engine import open_engine  # noqa: E402
+from nba.storage.rollups import Counts, decision_measures  # noqa: E402
 from nba.storage.store import Store  # noqa: E402
 from nba.storage.tables import DECISIONS  # noqa: E402
 
@@ -69,8 +72,9 @@ def real_records(folder: Path, count: int) -> list[DecisionRecord]:
         service.engine.dispose()
 
 
-def write(store: Store, templates: list[DecisionRecord], total: int, slices: int) -> list[float]:
-    """Decisions a second in each of ``slices`` equal parts of the run."""
+def write(store: Store, templates: list[DecisionRecord], total: int, slices: int, rollups: bool = True) -> list[float]:
+    """Decisions a second in each of ``slices`` equal parts of the run; ``rollups``: with the
+    overview's rollups, as the writer keeps them (False: as before revision 0014)."""
     start = datetime.now(UTC) - timedelta(days=10)
     step = timedelta(days=10) / total
     rates: list[float] = []
@@ -94,8 +98,13 @@ def write(store: Store, templates: list[DecisionRecord], total: int, slices: int
                 for o in d.offers
             ]
             with store.write() as conn:
+                counts: Counts = defaultdict(float)
+                if rollups:
+                    logged = store.logged_decisions(conn, [d.decision_id for d in batch])
+                    decision_measures((d for d in batch if d.decision_id not in logged), counts)
                 store.insert_decisions(conn, batch)
                 store.insert_contacts(conn, contacts)
+                store.add_rollups(conn, counts)
             n += BATCH
         rates.append(per_slice / (time.perf_counter() - began))
     return rates
@@ -128,17 +137,20 @@ def purge_rate(store: Store) -> tuple[int, float]:
     return deleted, deleted / (time.perf_counter() - began)
 
 
-def run_engine(name: str, url: str, templates: list[DecisionRecord], total: int, slices: int) -> dict[str, Any]:
+def run_engine(
+    name: str, url: str, templates: list[DecisionRecord], total: int, slices: int, rollups: bool = True
+) -> dict[str, Any]:
     engine = open_engine(url)
     try:
         store = Store(engine)
-        rates = write(store, templates, total, slices)
+        rates = write(store, templates, total, slices, rollups)
         size = size_bytes(store, url)
         deleted, deletes_per_second = purge_rate(store)
     finally:
         engine.dispose()
     return {
         "engine": name,
+        "rollups": rollups,
         "decisions": total,
         "rates": [round(r) for r in rates],
         "bytes_per_decision": round(size / total),
@@ -158,28 +170,40 @@ def main() -> None:
         folder = Path(tmp)
         print("making 2,000 real decisions (100 offers, 30 fields) ...", flush=True)
         templates = real_records(folder, 2000)
-        print(f"SQLite: {args.decisions:,} decisions ...", flush=True)
-        results.append(run_engine("sqlite", f"sqlite:///{folder / 'bench.db'}", templates, args.decisions, args.slices))
+        for rollups in (True, False):  # each on a database of its own
+            print(f"SQLite: {args.decisions:,} decisions, rollups {'on' if rollups else 'off'} ...", flush=True)
+            results.append(
+                run_engine(
+                    "sqlite", f"sqlite:///{folder / f'bench-{rollups}.db'}", templates, args.decisions, args.slices, rollups
+                )
+            )
         schema = f"bench_{uuid.uuid4().hex[:8]}"
         import psycopg
 
         libpq = POSTGRES.replace("postgresql+psycopg://", "postgresql://", 1)
-        with psycopg.connect(libpq, autocommit=True) as admin:
-            admin.execute(f"CREATE SCHEMA {schema}")
-            try:
-                print(f"PostgreSQL: {args.decisions:,} decisions ...", flush=True)
-                results.append(
-                    run_engine(
-                        "postgresql", f"{POSTGRES}?options=-csearch_path%3D{schema}", templates, args.decisions, args.slices
+        for rollups in (True, False):
+            with psycopg.connect(libpq, autocommit=True) as admin:
+                admin.execute(f"CREATE SCHEMA {schema}")
+                try:
+                    print(f"PostgreSQL: {args.decisions:,} decisions, rollups {'on' if rollups else 'off'} ...", flush=True)
+                    results.append(
+                        run_engine(
+                            "postgresql",
+                            f"{POSTGRES}?options=-csearch_path%3D{schema}",
+                            templates,
+                            args.decisions,
+                            args.slices,
+                            rollups,
+                        )
                     )
-                )
-            finally:
-                admin.execute(f"DROP SCHEMA {schema} CASCADE")
+                finally:
+                    admin.execute(f"DROP SCHEMA {schema} CASCADE")
     print()
-    print(f"{'engine':<12}{'decisions/s by slice of the run':<42}{'bytes/decision':>16}{'deletes/s':>12}")
+    print(f"{'engine':<12}{'rollups':<9}{'decisions/s by slice of the run':<42}{'bytes/decision':>16}{'deletes/s':>12}")
     for r in results:
         rates = " → ".join(f"{x:,}" for x in r["rates"])
-        print(f"{r['engine']:<12}{rates:<42}{r['bytes_per_decision']:>16,}{r['purged_per_second']:>12,}")
+        on = "on" if r["rollups"] else "off"
+        print(f"{r['engine']:<12}{on:<9}{rates:<42}{r['bytes_per_decision']:>16,}{r['purged_per_second']:>12,}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps({"when": datetime.now(UTC).isoformat(timespec="seconds"), "batch": BATCH, "results": results}, indent=2)

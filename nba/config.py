@@ -51,6 +51,11 @@ class Settings(BaseModel):
         default_factory=list,
         description="origins a browser may call the HTTP API from (https://app.example.com; comma-separated); none: CORS off",
     )
+    console_secure_cookies: bool = Field(
+        False,
+        description="mark the console's session cookie Secure although nba serves plain HTTP: a proxy in front serves "
+        "TLS (with --tls-cert it is Secure anyway)",
+    )
     threads: int = Field(16, ge=1, le=1024, description="gRPC handler threads")
     workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1,

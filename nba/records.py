@@ -249,12 +249,15 @@ def first_explored(record: DecisionRecord) -> bool:
     offer (as ``nba_explored_decisions_total`` counts it)."""
     if not record.offers or record.offers[0].get("fallback"):
         return False
+    flag = record.offers[0].get("explored")
+    if flag is not None:  # the decider's own verdict, logged with the offer
+        return bool(flag)
     block = record.candidates.get("eligible") or {}
     ids = block.get("ids") or []
-    if len(ids) < 2:
-        return False
-    scores = _numbers(block)[:, 4]
-    return bool(ids[int(np.argmax(scores))] != record.offers[0]["offer_id"])
+    if offers_index := [i for i, offer_id in enumerate(ids) if offer_id == record.offers[0]["offer_id"]]:
+        scores = _numbers(block)[:, 4]
+        return bool(scores[offers_index[0]] < scores.max())  # as the decider judges it: strictly below the best
+    return False
 
 
 def eligible_block(ids: Sequence[str], numbers: np.ndarray, errors: list[list[Any]]) -> dict[str, Any]:

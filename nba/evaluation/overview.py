@@ -18,11 +18,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from nba.errors import InvalidArgument
 
-__all__ = ["DAY_BUCKETS_AFTER_HOURS", "HOUR", "Figures", "Overview", "overview", "period"]
+__all__ = [
+    "DAY_BUCKETS_AFTER_HOURS",
+    "HOUR",
+    "SERIES_MEASURES",
+    "Figures",
+    "Overview",
+    "narrowed",
+    "overview",
+    "period",
+    "series_grain",
+]
 
 HOUR = 3600
 #: periods longer than this many hours are charted by day, shorter ones by hour
@@ -30,7 +40,8 @@ DAY_BUCKETS_AFTER_HOURS = 72
 #: the longest period one overview reads (about 2 years of hours)
 MAX_HOURS = 24 * 800
 
-Row = tuple[int, str, str, str, float]
+#: what the series charts: the rest of the figures are the period's
+SERIES_MEASURES = ("decisions", "offered", "impressed", "accepted", "value")
 
 
 @dataclass
@@ -124,25 +135,26 @@ class Overview:
     by_channel: dict[str, Figures]
     by_group: dict[str, Figures]
     by_offer: dict[str, Figures]
-    #: bucket start -> figures, every bucket of the period (empty ones too)
+    #: bucket start -> figures (decisions, answered, impressions, acceptances, value), every
+    #: bucket of the period, empty ones too
     series: dict[datetime, Figures]
     #: (reason, offer) -> offers screened out
     filter_reasons: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def period(start: datetime | None, end: datetime | None, now: datetime) -> tuple[datetime, datetime]:
-    """The period as whole UTC hours; none given: the last 24 hours (to the end of this hour)."""
+    """The period as whole UTC hours: ``start`` rounded down, ``end`` (default ``now``) up; no
+    ``start``: the 24 hours that end there (this hour and the 23 before it)."""
     end = end or now
-    try:
-        start = start or end - timedelta(hours=24)
-    except OverflowError:
-        raise InvalidArgument("end_time: too early to have 24 hours before it; give start_time", "end_time") from None
-    if start.tzinfo is None or end.tzinfo is None:
-        raise InvalidArgument("start_time: times need a UTC offset")
-    if end <= start:
-        raise InvalidArgument(f"end_time: {end.isoformat()} is not after start_time {start.isoformat()}", "end_time")
-    first = int(start.timestamp() // HOUR)
     last = -int(-end.timestamp() // HOUR)  # the end rounds up to the next whole hour
+    if start is None:  # the 24 whole hours that end there: this hour and the 23 before
+        first = last - 24
+    else:
+        if start.tzinfo is None or end.tzinfo is None:
+            raise InvalidArgument("start_time: times need a UTC offset")
+        if end <= start:
+            raise InvalidArgument(f"end_time: {end.isoformat()} is not after start_time {start.isoformat()}", "end_time")
+        first = int(start.timestamp() // HOUR)
     if last - first > MAX_HOURS:
         raise InvalidArgument(f"start_time: the period is {last - first:,} hours, more than {MAX_HOURS:,}", "start_time")
     try:
@@ -151,37 +163,38 @@ def period(start: datetime | None, end: datetime | None, now: datetime) -> tuple
         raise InvalidArgument("end_time: beyond the times the overview can count (years 1 to 9999)", "end_time") from None
 
 
+def series_grain(start: datetime, end: datetime) -> tuple[int, int]:
+    """The series' buckets for a period: (the first bucket's hour, hours a bucket); by hour, or
+    past ``DAY_BUCKETS_AFTER_HOURS`` by UTC day (the first from the start's midnight)."""
+    first = int(start.timestamp()) // HOUR
+    if (end - start).total_seconds() / HOUR > DAY_BUCKETS_AFTER_HOURS:
+        return first // 24 * 24, 24
+    return first, 1
+
+
 def overview(
-    rows: Iterable[Row],
+    totals: Iterable[tuple[str, str, str, float]],
+    series: Iterable[tuple[int, str, float]],
     start: datetime,
     end: datetime,
     groups: Mapping[str, str],
     group: str = "",
     offer_id: str = "",
 ) -> Overview:
-    """The overview of rollup ``rows`` (hour, channel, offer, measure, value) of the period
-    [``start``, ``end``) (whole hours: ``period``), an offer's group from ``groups``, narrowed
-    to one ``group`` or ``offer_id`` when given."""
-    hours = int((end - start).total_seconds() // HOUR)
-    by_day = hours > DAY_BUCKETS_AFTER_HOURS
-    step = 24 * HOUR if by_day else HOUR
-    origin = int(start.timestamp())
-    series: dict[datetime, Figures] = {}
-    edge = origin
-    while edge < int(end.timestamp()):
-        series[datetime.fromtimestamp(edge, UTC)] = Figures()
-        edge += step
-    buckets = list(series)
-    totals = Figures()
+    """The overview of the period [``start``, ``end``) (whole hours: ``period``) from its rollups:
+    ``totals``, each (channel, offer, measure)'s sum over the period, and ``series``, each
+    (bucket, measure)'s sum in the buckets of ``series_grain`` (already narrowed to the group or
+    offer). An offer's group is ``groups``'s; ``group`` or ``offer_id`` narrow the offers' figures."""
+    origin, step = series_grain(start, end)
+    end_hour = int(end.timestamp()) // HOUR
+    points = [datetime.fromtimestamp(hour * HOUR, UTC) for hour in range(origin, end_hour, step)]
+    by_point = {point: Figures() for point in points}
+    figures = Figures()
     by_channel: dict[str, Figures] = {}
     by_group: dict[str, Figures] = {}
     by_offer: dict[str, Figures] = {}
     reasons: dict[tuple[str, str], int] = {}
-    first_hour, last_hour = origin // HOUR, int(end.timestamp()) // HOUR - 1
-    for hour, channel, offer, measure, value in rows:
-        if not first_hour <= hour <= last_hour:
-            continue
-        point = series[buckets[(hour * HOUR - origin) // step]]
+    for channel, offer, measure, value in totals:
         if offer:
             offer_group = groups.get(offer, "")
             if (group and offer_group != group) or (offer_id and offer != offer_id):
@@ -192,17 +205,28 @@ def overview(
                 continue
             by_offer.setdefault(offer, Figures()).add(measure, value)
             by_group.setdefault(offer_group, Figures()).add(measure, value)
-        totals.add(measure, value)
+        figures.add(measure, value)
         by_channel.setdefault(channel, Figures()).add(measure, value)
-        point.add(measure, value)
+    for bucket, measure, value in series:
+        if 0 <= bucket < len(points):
+            by_point[points[bucket]].add(measure, value)
     return Overview(
         start,
         end,
-        "day" if by_day else "hour",
-        totals,
+        "day" if step == 24 else "hour",
+        figures,
         dict(sorted(by_channel.items())),
         dict(sorted(by_group.items())),
         dict(sorted(by_offer.items(), key=lambda item: (-item[1].offered, item[0]))),
-        series,
-        dict(sorted(reasons.items(), key=lambda item: -item[1])),
+        by_point,
+        dict(sorted(reasons.items(), key=lambda item: (-item[1], item[0]))),
     )
+
+
+def narrowed(groups: Mapping[str, str], group: str = "", offer_id: str = "") -> set[str] | None:
+    """The offers a group or offer filter keeps (None: no filter), for the series' query."""
+    if offer_id:
+        return {offer_id} if not group or groups.get(offer_id, "") == group else set()
+    if group:
+        return {offer for offer, of in groups.items() if of == group}
+    return None

@@ -16,7 +16,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
@@ -37,7 +37,7 @@ from nba.config import ConfigError, Settings
 from nba.decision.contacts import ContactHistory, OfferCounters
 from nba.decision.decider import Decider
 from nba.decision.reservations import LocalReservations, RedisReservations, Reservations
-from nba.errors import InvalidArgument, NbaError, Unavailable, field_violations
+from nba.errors import InvalidArgument, NbaError, PolicySetError, Unavailable, field_violations
 from nba.governance.erasure import FORGOTTEN, Eraser, Pseudonyms, naming
 from nba.learning.feedback import IN_FLIGHT_MARGIN_SECONDS, FeedbackIntake
 from nba.learning.loop import LearningLoop, build_learner
@@ -389,7 +389,7 @@ class Service:
                 self.store.recent_lines,
                 self.learning,
                 lambda: build_learner(settings),
-                rollups=self.store.rollups,
+                rollups=self.store,
                 counters=self.counters,
                 clock=self.clock,
             ),
@@ -422,7 +422,7 @@ class Service:
         if self.port == 0:
             raise OSError(f"could not bind {settings.host}:{settings.port}")
         #: offline evaluations the console starts, each in a child process
-        self.evaluations = EvaluationJobs(self.store, settings.database_url, self.clock)
+        self.evaluations = EvaluationJobs(self.store, settings.database_url, self.clock, self._validate_draft)
         #: the HTTP/JSON API, when --http-port is not -1 (its port: http.port)
         self.http: HttpServer | None = None
         if settings.http_port >= 0:
@@ -441,7 +441,8 @@ class Service:
                 Sessions(
                     tokens,
                     lambda: self.store.secret("console_session_key", lambda: secrets.token_hex(32)),
-                    secure=tls is not None,
+                    secure=tls is not None or settings.console_secure_cookies,
+                    kept=self.store,
                 ),
                 lambda: self.publisher.live,
                 self.store.find_decision,
@@ -472,6 +473,12 @@ class Service:
         self.metrics_port: int | None = None
         self._metrics_server: Any = None
         self._stopped = threading.Event()
+
+    def _validate_draft(self, files: Mapping[str, str]) -> None:
+        """A draft policy set checked as ValidatePolicySet checks it; ``PolicySetError`` if invalid."""
+        compiled, problems = self.publisher.validate(files)
+        if compiled is None:
+            raise PolicySetError(problems)
 
     def _http_methods(self) -> dict[str, Callable[[Any, Any], Any]]:
         """Every unary method of the services, by full name (``/nba.v1.DecisionService/Decide``)."""

@@ -28,7 +28,7 @@ from nba.errors import (
     Problem,
     field_of,
 )
-from nba.evaluation.overview import HOUR, Figures, overview, period
+from nba.evaluation.overview import HOUR, SERIES_MEASURES, Figures, narrowed, overview, period, series_grain
 from nba.evaluation.preview import preview
 from nba.inputs import MAX_COMMENT_LENGTH, check_id, check_text, timestamp
 from nba.learning.feedback import MAX_BATCH, FeedbackIntake, FeedbackItem
@@ -37,6 +37,7 @@ from nba.records import DecisionRecord, FeedbackResult
 from nba.service.auth import current_caller
 from nba.service.context import features_from_struct
 from nba.service.publishing import MAX_FILES, Published, Publisher
+from nba.storage.rollups import Rollups
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import admin_service_pb2_grpc as apb_grpc
 from nba.v1 import decision_service_pb2 as pb
@@ -197,7 +198,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         recent: Callable[[int], list[dict[str, Any]]],
         learning: Any,
         make_learner: Callable[[], Any] | None = None,
-        rollups: Callable[[int, int, str], list[tuple[int, str, str, str, float]]] | None = None,
+        rollups: Rollups | None = None,
         counters: OfferCounters | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -340,10 +341,23 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         now = self._clock.now()
         start, end = period(start, end, now)
         live = self._publisher.live
-        first, last = int(start.timestamp()) // HOUR, int(end.timestamp()) // HOUR - 1
-        rows = self._rollups(first, last, request.channel) if self._rollups is not None else []
+        first, end_hour = int(start.timestamp()) // HOUR, int(end.timestamp()) // HOUR
         groups = {offer_id: compiled.offer.group for offer_id, compiled in live.offers.items()}
-        found = overview(rows, start, end, groups, request.group, request.offer_id)
+        totals: list[tuple[str, str, str, float]] = []
+        series: list[tuple[int, str, float]] = []
+        if self._rollups is not None:
+            origin, step = series_grain(start, end)
+            totals = self._rollups.rollup_totals(first, end_hour, request.channel)
+            series = self._rollups.rollup_series(
+                first,
+                end_hour,
+                origin,
+                step,
+                SERIES_MEASURES,
+                request.channel,
+                narrowed(groups, request.group, request.offer_id),
+            )
+        found = overview(totals, series, start, end, groups, request.group, request.offer_id)
         return apb.Overview(
             start_time=_timestamp(found.start),
             end_time=_timestamp(found.end),

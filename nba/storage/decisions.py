@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from nba.records import NO_RESPONSE, DecisionRecord, FeedbackEvent, FeedbackResult, offer_value
 from nba.storage.engine import Repository, chunks, sqlite_time, utc
 from nba.storage.rollups import Counts, decision_measures, feedback_measures, write_rollups
-from nba.storage.tables import DECISION_ROLLUPS, DECISIONS, FEEDBACK
+from nba.storage.tables import DECISION_ROLLUPS, DECISION_ROLLUPS_DAILY, DECISIONS, FEEDBACK
 
 __all__ = ["Decisions", "dumps"]
 
@@ -204,6 +204,7 @@ class Decisions(Repository):
                 progress(done)
         with self.write() as conn:
             conn.execute(DECISION_ROLLUPS.delete())
+            conn.execute(DECISION_ROLLUPS_DAILY.delete())
             rows = list(counts.items())
             for n in range(0, len(rows), 10_000):
                 write_rollups(conn, defaultdict(float, rows[n : n + 10_000]))

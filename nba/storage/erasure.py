@@ -61,9 +61,29 @@ class Erasures(Profiles):
             found = conn.execute(select(s.c.value).where(s.c.name == name)).scalar()
             if found is not None:
                 return str(found)
-            value = make()
-            conn.execute(s.insert().values(name=name, value=value))
-            return value
+            # another process may make it at the same moment (PostgreSQL's writers do not wait
+            # for each other here): the first kept is everyone's
+            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            conn.exec_driver_sql(
+                f"INSERT INTO secrets (name, value) VALUES ({mark}, {mark}) ON CONFLICT (name) DO NOTHING", [(name, make())]
+            )
+            return str(conn.execute(select(s.c.value).where(s.c.name == name)).scalar())
+
+    def read_secret(self, name: str) -> str | None:
+        """The value kept under ``name``, or None."""
+        with self.read() as conn:
+            found = conn.execute(select(SECRETS.c.value).where(SECRETS.c.name == name)).scalar()
+        return str(found) if found is not None else None
+
+    def write_secret(self, name: str, value: str) -> None:
+        """Keeps ``value`` under ``name``, in place of any before."""
+        with self.write() as conn:
+            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            conn.exec_driver_sql(
+                f"INSERT INTO secrets (name, value) VALUES ({mark}, {mark}) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                [(name, value)],
+            )
 
     def stored_secret(self, conn: Any, name: str) -> str | None:
         """The value kept under ``name`` (inside the caller's transaction), or None: never made."""

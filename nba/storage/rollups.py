@@ -1,5 +1,5 @@
-"""Rollups: the decision log's figures counted as they are written, by hour, channel, offer and
-measure, so that the overview (AdminService.GetOverview, the console) reads a few thousand rows
+"""Rollups: the decision log's figures counted as they are written, by hour (and by day), channel,
+offer and measure, so that the overview (AdminService.GetOverview, the console) reads a few thousand rows
 for a month instead of scanning millions of decisions.
 
 The writer adds a batch's counts in the same transaction as its decisions and feedback
@@ -40,14 +40,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, or_, select
 
 from nba.records import DecisionRecord, FeedbackEvent, FeedbackResult, first_explored
 from nba.storage.engine import Repository
-from nba.storage.tables import DECISION_ROLLUPS
+from nba.storage.tables import DECISION_ROLLUPS, DECISION_ROLLUPS_DAILY
 
 __all__ = ["HOUR", "Counts", "Rollups", "decision_measures", "feedback_measures", "write_rollups"]
 
@@ -116,18 +116,27 @@ def feedback_measures(
 
 
 def write_rollups(conn: Any, counts: Counts) -> None:
-    """Adds ``counts`` to the stored rollups, within ``conn``'s transaction: one executemany of
-    ``INSERT … ON CONFLICT DO UPDATE`` (SQLite and PostgreSQL both speak it)."""
-    rows = [(hour, channel, offer, measure, float(value)) for (hour, channel, offer, measure), value in counts.items() if value]
-    if not rows:
-        return
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    conn.exec_driver_sql(
-        "INSERT INTO decision_rollups (hour, channel, offer_id, measure, value) "
-        f"VALUES ({', '.join([mark] * 5)}) "
-        "ON CONFLICT (hour, channel, offer_id, measure) DO UPDATE SET value = decision_rollups.value + excluded.value",
-        rows,
+    """Adds ``counts`` to the stored rollups, hourly and daily, within ``conn``'s transaction: an
+    executemany of ``INSERT … ON CONFLICT DO UPDATE`` a grain (SQLite and PostgreSQL both speak it)."""
+    # in key order: writers on one PostgreSQL (workers, replicas) then lock shared rows in the
+    # same order, and cannot deadlock on them
+    hourly = sorted(
+        (hour, channel, offer, measure, float(value)) for (hour, channel, offer, measure), value in counts.items() if value
     )
+    if not hourly:
+        return
+    days: dict[tuple[int, str, str, str], float] = defaultdict(float)
+    for hour, channel, offer, measure, value in hourly:
+        days[(hour // 24, channel, offer, measure)] += value
+    daily = sorted((*key, value) for key, value in days.items())
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    for table, column, rows in (("decision_rollups", "hour", hourly), ("decision_rollups_daily", "day", daily)):
+        conn.exec_driver_sql(
+            f"INSERT INTO {table} ({column}, channel, offer_id, measure, value) "
+            f"VALUES ({', '.join([mark] * 5)}) "
+            f"ON CONFLICT ({column}, channel, offer_id, measure) DO UPDATE SET value = {table}.value + excluded.value",
+            rows,
+        )
 
 
 class Rollups(Repository):
@@ -137,21 +146,68 @@ class Rollups(Repository):
         """Adds ``counts`` to the stored rollups, within ``conn``'s transaction (one statement)."""
         write_rollups(conn, counts)
 
-    def rollups(self, first_hour: int, last_hour: int, channel: str = "") -> list[tuple[int, str, str, str, float]]:
-        """The rollup rows of hours ``first_hour`` to ``last_hour`` (inclusive; hours since the
-        epoch, UTC), of one channel or all: (hour, channel, offer_id, measure, value)."""
-        table = DECISION_ROLLUPS
-        query = select(table.c.hour, table.c.channel, table.c.offer_id, table.c.measure, table.c.value).where(
-            table.c.hour >= first_hour, table.c.hour <= last_hour
-        )
-        if channel:
-            query = query.where(table.c.channel == channel)
+    def rollup_totals(self, first_hour: int, end_hour: int, channel: str = "") -> list[tuple[str, str, str, float]]:
+        """Each (channel, offer_id, measure)'s sum over hours ``first_hour`` to ``end_hour``
+        (excluded; hours since the epoch, UTC), of one channel or all. Whole days are read from
+        the daily rollups, the hours at either end from the hourly ones: a 90-day period reads
+        90 days' rows, not 2,160 hours'."""
+        sums: dict[tuple[str, str, str], float] = defaultdict(float)
         with self.read() as conn:
-            return [(int(r[0]), r[1], r[2], r[3], float(r[4])) for r in conn.execute(query)]
+            for table, column, low, high in _spans(first_hour, end_hour):
+                query = select(table.c.channel, table.c.offer_id, table.c.measure, func.sum(table.c.value)).where(
+                    column >= low, column < high
+                )
+                if channel:
+                    query = query.where(table.c.channel == channel)
+                for row in conn.execute(query.group_by(table.c.channel, table.c.offer_id, table.c.measure)):
+                    sums[(row[0], row[1], row[2])] += float(row[3])
+        return [(*key, value) for key, value in sums.items()]
 
-    def rollup_hours(self) -> tuple[int, int] | None:
-        """The first and last hour with a rollup, or None: nothing counted yet."""
-        table = DECISION_ROLLUPS
+    def rollup_series(
+        self,
+        first_hour: int,
+        end_hour: int,
+        origin_hour: int,
+        step_hours: int,
+        measures: Sequence[str],
+        channel: str = "",
+        offers: Collection[str] | None = None,
+    ) -> list[tuple[int, str, float]]:
+        """(bucket, measure, sum) over hours ``first_hour`` to ``end_hour`` (excluded), bucket
+        ``n`` holding hours ``origin_hour + n * step_hours`` onwards (``step_hours`` 1, or 24
+        with ``origin_hour`` a UTC midnight: then whole days are read from the daily rollups).
+        ``offers``: only those offers' measures (and the decisions' own)."""
+        sums: dict[tuple[int, str], float] = defaultdict(float)
+        spans = (
+            _spans(first_hour, end_hour)
+            if step_hours == 24 and origin_hour % 24 == 0
+            else [(DECISION_ROLLUPS, DECISION_ROLLUPS.c.hour, first_hour, end_hour)]
+        )
         with self.read() as conn:
-            first, last = conn.execute(select(func.min(table.c.hour), func.max(table.c.hour))).one()
-        return None if first is None else (int(first), int(last))
+            for table, column, low, high in spans:
+                hours = column * 24 if table is DECISION_ROLLUPS_DAILY else column
+                bucket = (hours - origin_hour) // step_hours
+                query = select(bucket, table.c.measure, func.sum(table.c.value)).where(
+                    column >= low, column < high, table.c.measure.in_(list(measures))
+                )
+                if channel:
+                    query = query.where(table.c.channel == channel)
+                if offers is not None:
+                    query = query.where(or_(table.c.offer_id == "", table.c.offer_id.in_(sorted(offers))))
+                for row in conn.execute(query.group_by(bucket, table.c.measure)):
+                    sums[(int(row[0]), row[1])] += float(row[2])
+        return [(*key, value) for key, value in sums.items()]
+
+
+def _spans(first_hour: int, end_hour: int) -> list[tuple[Table, Any, int, int]]:
+    """The hourly and daily rollups' ranges that cover hours [first_hour, end_hour): the whole
+    UTC days from the daily table, the hours before the first and after the last from the hourly."""
+    first_day, end_day = -(-first_hour // 24), end_hour // 24
+    if first_day >= end_day:
+        return [(DECISION_ROLLUPS, DECISION_ROLLUPS.c.hour, first_hour, end_hour)]
+    spans = [(DECISION_ROLLUPS_DAILY, DECISION_ROLLUPS_DAILY.c.day, first_day, end_day)]
+    if first_hour < first_day * 24:
+        spans.append((DECISION_ROLLUPS, DECISION_ROLLUPS.c.hour, first_hour, first_day * 24))
+    if end_day * 24 < end_hour:
+        spans.append((DECISION_ROLLUPS, DECISION_ROLLUPS.c.hour, end_day * 24, end_hour))
+    return spans

@@ -15,6 +15,7 @@ __all__ = [
     "CONTACT_EVENTS",
     "DECISIONS",
     "DECISION_ROLLUPS",
+    "DECISION_ROLLUPS_DAILY",
     "EVALUATIONS",
     "FEEDBACK",
     "OFFER_COUNTERS",
@@ -28,6 +29,7 @@ __all__ = [
     "SNAPSHOTS",
     "ContactEventRow",
     "DecisionRollupRow",
+    "DecisionRollupDayRow",
     "DecisionRow",
     "EvaluationRow",
     "FeedbackRow",
@@ -345,6 +347,19 @@ class DecisionRollupRow(SQLModel, table=True):
     value: float = Field(default=0.0)
 
 
+class DecisionRollupDayRow(SQLModel, table=True):
+    """The same as ``decision_rollups``, by UTC day: what the overview reads for whole days."""
+
+    __tablename__ = "decision_rollups_daily"
+
+    #: days since the epoch
+    day: int = Field(primary_key=True)
+    channel: str = Field(primary_key=True, max_length=128)
+    offer_id: str = Field(primary_key=True, max_length=128)
+    measure: str = Field(primary_key=True, max_length=64)
+    value: float = Field(default=0.0)
+
+
 class EvaluationRow(SQLModel, table=True):
     """An offline evaluation started from the console: what was asked, its progress, its report
     (nba.service.evaluations runs it; nba.storage.evaluations keeps it)."""
@@ -423,4 +438,5 @@ SCORE_MODELS = table(ScoreModelRow)
 CALLBACK_SIGNATURES = table(CallbackSignatureRow)
 SEGMENT_COUNTS = table(SegmentCountRow)
 DECISION_ROLLUPS = table(DecisionRollupRow)
+DECISION_ROLLUPS_DAILY = table(DecisionRollupDayRow)
 EVALUATIONS = table(EvaluationRow)

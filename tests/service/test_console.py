@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -183,6 +184,107 @@ def test_validation_answers_problems_at_their_lines(server: Running) -> None:
         refused = http.post("/console/api/publish", json={"files": broken, "comment": "broken"}, headers={"x-csrf-token": token})
         assert refused.status_code == 400
         assert [(p["file"], p["line"]) for p in refused.json()["problems"]] == [("cross_sell.yaml", line)]
+
+
+def test_signing_out_ends_the_session_a_copied_cookie_too(server: Running) -> None:
+    with signed_in(server, EDITOR_TOKEN) as http, signed_in(server, EDITOR_TOKEN) as elsewhere:
+        copied = httpx.Client(base_url=base(server), timeout=30, cookies=dict(http.cookies))
+        assert copied.get("/console/policies").status_code == 200
+        assert elsewhere.get("/console/policies").status_code == 200
+        out = http.post("/console/sign-out", data={"csrf": csrf_of(http, "/console/policies")})
+        assert out.status_code == 303
+        # signing out ends every session of the token: the copy, and the other browser's
+        assert copied.get("/console/policies").status_code == 303
+        assert elsewhere.get("/console/policies").status_code == 303
+        copied.close()
+    with signed_in(server, EDITOR_TOKEN) as again:  # and a new sign-in works
+        assert again.get("/console/policies").status_code == 200
+
+
+def test_sign_in_from_another_site_is_refused(server: Running) -> None:
+    with httpx.Client(base_url=base(server), timeout=30) as http:
+        answer = http.post("/console/sign-in", data={"token": EDITOR_TOKEN}, headers={"origin": "https://evil.example"})
+        assert answer.status_code == 400 and "set-cookie" not in answer.headers
+        # the console's own origin, written in another case, is its own
+        host = base(server).removeprefix("http://")
+        answer = http.post("/console/sign-in", data={"token": EDITOR_TOKEN}, headers={"origin": f"HTTP://{host.upper()}"})
+        assert answer.status_code == 303
+
+
+def test_odd_input_gets_a_client_status_never_a_server_error(server: Running) -> None:
+    profiles = ppb_grpc.ProfileServiceStub(server.channel)
+    profiles.Track(ppb.TrackRequest(event_id="e-1", customer_id="a/b", type="page_view", properties=struct({"page": "x"})))
+    with signed_in(server, EDITOR_TOKEN) as http:
+        token = csrf_of(http)
+        csrf = {"x-csrf-token": token}
+        files = live_files(server)
+        assert http.get("/console/customers/a%2Fb").status_code == 200  # an id with a slash opens
+        cases = [
+            http.get("/console", params={"period": "custom", "from": "2026-01-01", "to": "9999-12-31"}),
+            http.get("/console", params={"period": "custom", "from": "yesterday", "to": "2026-01-01"}),
+            http.get("/console", params={"period": "forever"}),
+            http.get("/console/decisions/a%00b"),
+            http.get("/console/customers/" + "x" * 300),
+            http.get("/console/evaluations/99999999999999999999"),
+            http.post("/console/policies/rollback", data={"csrf": token, "version": str(2**63), "comment": "x"}),
+            http.post("/console/policies/rollback", data={"csrf": token, "version": "one", "comment": "x"}),
+            http.post("/console/api/preview", json={"files": files, "last_n": 2**40}, headers=csrf),
+            http.post(
+                "/console/api/publish", json={"files": files, "comment": "x", "expected_live_version": 2**63}, headers=csrf
+            ),
+            http.post(
+                "/console/api/publish", json={"files": {f"f{n}.yaml": "" for n in range(300)}, "comment": "x"}, headers=csrf
+            ),
+            http.post("/console/api/diff", json={"files": "nope"}, headers=csrf),
+            http.post("/console/api/validate", content=b"{not json", headers={**csrf, "content-type": "application/json"}),
+            http.post("/console/api/evaluations", json={"targets": ["version:99999999999999999999"]}, headers=csrf),
+            http.post("/console/api/evaluations", json={"targets": ["learner:features=40000"]}, headers=csrf),
+            http.post("/console/api/evaluations", json={"targets": ["learner:nonsense=1"]}, headers=csrf),
+            http.post("/console/api/evaluations", json={"targets": ["file:/etc/passwd"]}, headers=csrf),
+            http.post("/console/api/evaluations", json={"targets": ["draft"]}, headers=csrf),
+            http.post("/console/api/evaluations", json={"targets": ["logged"], "since": "2026-13-01"}, headers=csrf),
+        ]
+        for answer in cases:
+            assert 400 <= answer.status_code < 500, (answer.request.url, answer.status_code, answer.text[:300])
+        assert "features must be 1 to 1024" in cases[14].json()["detail"]
+        assert "unknown setting 'nonsense'" in cases[15].json()["detail"]
+        # a form too large is refused before it is read whole
+        big = http.post("/console/policies/rollback", data={"csrf": token, "comment": "x" * 100_000})
+        assert big.status_code == 400 and "more than 65,536 bytes" in big.text
+
+
+def test_a_stale_rollback_is_refused_with_the_version_now_live(server: Running) -> None:
+    files = live_files(server)
+    server.admin.PublishPolicySet(
+        apb.PublishPolicySetRequest(
+            draft=apb.PolicySetDraft(files={**files, "channels.yaml": files["channels.yaml"] + "\n# two\n"}), comment="two"
+        ),
+        metadata=server.auth(),
+    )
+    with signed_in(server, EDITOR_TOKEN) as http:
+        token = csrf_of(http, "/console/policies")
+        # the page said version 1 was live; version 2 is
+        answer = http.post(
+            "/console/policies/rollback", data={"csrf": token, "version": "1", "expected_live_version": "1", "comment": "x"}
+        )
+        assert answer.status_code == 412 and "version 2 is live" in answer.text.replace("&#39;", "'")
+
+
+def test_one_evaluation_runs_at_a_time(server: Running) -> None:
+    from test_overview import traffic
+
+    traffic(server, 10)
+    with signed_in(server, VIEWER_TOKEN) as http:
+        csrf = {"x-csrf-token": csrf_of(http)}
+        first = http.post("/console/api/evaluations", json={"targets": ["logged", "uniform"]}, headers=csrf)
+        assert first.status_code == 200, first.text
+        second = http.post("/console/api/evaluations", json={"targets": ["logged"]}, headers=csrf)
+        assert second.status_code == 412 and f"evaluation {first.json()['id']} is still running" in second.json()["detail"]
+        deadline = time.monotonic() + 120
+        while http.get(f"/console/api/evaluations/{first.json()['id']}").json()["status"] in ("waiting", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert http.post("/console/api/evaluations", json={"targets": ["logged"]}, headers=csrf).status_code == 200
 
 
 # In a browser ----------------------------------------------------------------------------------------
@@ -500,3 +602,25 @@ def test_an_offline_evaluation_runs_in_the_background_and_its_report_is_kept(ser
     page.goto(base(server) + "/console/evaluations")
     row = page.locator("#evaluations tbody tr").first
     assert "done" in row.inner_text() and "vi" in row.inner_text() and "logged, uniform" in row.inner_text()
+
+
+def test_a_draft_is_evaluated_offline_from_the_editor(server: Running, page: Any) -> None:
+    from test_overview import traffic
+
+    traffic(server, 30)
+    sign_in(page, server, VIEWER_TOKEN, "/console/policies/draft")
+    page.wait_for_selector("#status.ok", timeout=30_000)
+    area = page.locator('textarea[data-file="cross_sell.yaml"]')
+    page.click('button.tab[data-file="cross_sell.yaml"]')
+    area.fill(area.input_value().replace("    value: 120.0", "    value: lots", 1))
+    page.wait_for_selector("#status.bad", timeout=30_000)
+    page.click("#evaluate-draft")  # an invalid draft is refused, its problem at its line
+    page.wait_for_selector("#publish-result.error")
+    assert "invalid policy set" in page.inner_text("#publish-result")
+    area.fill(area.input_value().replace("    value: lots", "    value: 500.0", 1))
+    page.wait_for_selector("#status.ok", timeout=30_000)
+    page.click("#evaluate-draft")
+    page.wait_for_url("**/console/evaluations/*")
+    page.wait_for_selector("#estimates", timeout=180_000)
+    policies = {row.get_attribute("data-policy") for row in page.locator("#estimates tbody tr").all()}
+    assert policies == {"logged", "live (version 1)", "draft"}

@@ -4,7 +4,7 @@ here row by row; on SQLite and PostgreSQL, over gRPC and HTTP."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,8 @@ from sqlalchemy import select
 
 from nba.evaluation.overview import overview, period
 from nba.records import expand_candidates
-from nba.storage.tables import DECISION_ROLLUPS, DECISIONS, FEEDBACK
+from nba.storage.rollups import write_rollups
+from nba.storage.tables import DECISION_ROLLUPS, DECISION_ROLLUPS_DAILY, DECISIONS, FEEDBACK
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import decision_service_pb2 as pb
 
@@ -155,7 +156,7 @@ def test_one_channel_one_group_one_offer(server: Running) -> None:
 def test_a_period_without_traffic_is_empty_and_a_bad_period_is_refused(server: Running) -> None:
     traffic(server, 4)
     auth = server.auth(VIEWER_TOKEN)
-    then = (datetime.now(UTC) - timedelta(days=40)).replace(minute=0, second=0, microsecond=0)
+    then = (datetime.now(UTC) - timedelta(days=40)).replace(hour=0, minute=0, second=0, microsecond=0)
     old = server.admin.GetOverview(
         apb.GetOverviewRequest(start_time=stamp(then), end_time=stamp(then + timedelta(days=10))), metadata=auth
     )
@@ -208,19 +209,48 @@ def test_a_decision_written_again_is_counted_once(server: Running) -> None:
 
 def test_gain_over_uniform_is_the_ratio_of_the_two_ips_estimates() -> None:
     start, end = period(datetime(2026, 11, 30, 10, tzinfo=UTC), datetime(2026, 11, 30, 12, tzinfo=UTC), datetime.now(UTC))
-    hour = int(start.timestamp()) // 3600
     # two first-slot acceptances: one drawn with propensity 0.8 among 4 eligible, one 0.5 among 2
-    rows = [
-        (hour, "web", "a", "reward_first", 1.0),
-        (hour, "web", "a", "uniform_first", 1.0 / (4 * 0.8)),
-        (hour + 1, "web", "b", "reward_first", 1.0),
-        (hour + 1, "web", "b", "uniform_first", 1.0 / (2 * 0.5)),
-        (hour + 2, "web", "b", "reward_first", 5.0),  # outside the period
+    totals = [
+        ("web", "a", "reward_first", 1.0),
+        ("web", "a", "uniform_first", 1.0 / (4 * 0.8)),
+        ("web", "b", "reward_first", 1.0),
+        ("web", "b", "uniform_first", 1.0 / (2 * 0.5)),
     ]
-    found = overview(rows, start, end, {"a": "g", "b": "g"})
+    found = overview(totals, [], start, end, {"a": "g", "b": "g"})
     assert found.totals.gain_over_uniform == pytest.approx(2.0 / (0.3125 + 1.0) - 1.0)
     assert found.by_offer["a"].gain_over_uniform == pytest.approx(1.0 / 0.3125 - 1.0)
-    assert overview([], start, end, {}).totals.gain_over_uniform is None
+    assert overview([], [], start, end, {}).totals.gain_over_uniform is None
+
+
+def test_long_periods_read_whole_days_from_the_daily_rollups(server: Running) -> None:
+    """A period of days reads the daily rollups for its whole days and the hourly ones for the
+    hours at either end: the same sums as the hourly rollups alone."""
+    store = server.service.store
+    day = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp()) // 3600  # a UTC midnight, in hours
+    counts: Any = defaultdict(float)
+    for hour in range(day - 5, day + 24 * 4 + 7):  # from 19:00 the day before to 07:00 four days on
+        counts[(hour, "web", "", "decisions")] += 1
+        counts[(hour, "web", "a", "accepted")] += 2
+        counts[(hour, "app", "b", "accepted")] += 3
+    with store.write() as conn:
+        write_rollups(conn, counts)
+    first, end = day - 3, day + 24 * 4 + 5  # 21:00 the day before to 05:00: 3 + 96 + 5 hours
+    totals = {(c, o, m): v for c, o, m, v in store.rollup_totals(first, end)}
+    assert totals == {("web", "", "decisions"): 104, ("web", "a", "accepted"): 208, ("app", "b", "accepted"): 312}
+    assert {(c, o, m): v for c, o, m, v in store.rollup_totals(first, end, "app")} == {("app", "b", "accepted"): 312}
+    by_day = {
+        (b, m): v for b, m, v in store.rollup_series(first, end, (first // 24) * 24, 24, ["decisions", "accepted"], "", {"a"})
+    }
+    assert by_day == {
+        (0, "decisions"): 3,
+        (0, "accepted"): 6,
+        **{(n, "decisions"): 24 for n in (1, 2, 3, 4)},
+        **{(n, "accepted"): 48 for n in (1, 2, 3, 4)},
+        (5, "decisions"): 5,
+        (5, "accepted"): 10,
+    }
+    by_hour = store.rollup_series(day, day + 3, day, 1, ["decisions"])
+    assert sorted(by_hour) == [(0, "decisions", 1.0), (1, "decisions", 1.0), (2, "decisions", 1.0)]
 
 
 def test_nba_db_rollups_counts_the_same_from_the_log(server: Running, capsys: pytest.CaptureFixture[str]) -> None:
@@ -232,6 +262,7 @@ def test_nba_db_rollups_counts_the_same_from_the_log(server: Running, capsys: py
     store = server.service.store
     with store.write() as conn:  # as a log written before revision 0014: no rollups
         conn.execute(DECISION_ROLLUPS.delete())
+        conn.execute(DECISION_ROLLUPS_DAILY.delete())
     assert server.admin.GetOverview(apb.GetOverviewRequest(), metadata=auth).totals.decisions == 0
     assert main(["db", "rollups", "--database-url", server.service.settings.database_url]) == 0
     assert "rollups of 30 decisions counted" in capsys.readouterr().out

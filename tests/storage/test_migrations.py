@@ -171,6 +171,7 @@ def test_a_full_database_of_the_first_revision_upgrades_to_the_declared_schema_k
         "score_models": 0,  # 0012
         "callback_signatures": 0,  # 0013
         "decision_rollups": 0,  # 0014
+        "decision_rollups_daily": 0,
         "evaluations": 0,  # 0015
     }
     decision = store.find_decision("d-1")

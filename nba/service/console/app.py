@@ -16,10 +16,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
-from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, parse_qsl, quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import anyio
 import anyio.to_thread
@@ -31,14 +30,24 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from nba.errors import InvalidArgument, NbaError, NotFound, PermissionDenied, Unauthenticated, Unavailable
+from nba.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NbaError,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from nba.inputs import check_id
 from nba.policy.policy_set import PolicySet, json_schema
 from nba.profiles.scores import MIN_EXAMPLES
 from nba.records import DecisionRecord
 from nba.service.auth import acting_as, may, needed_role
-from nba.service.console.sessions import COOKIE, Session, Sessions, check_csrf
+from nba.service.console.sessions import COOKIE, Session, Sessions, check_csrf, check_origin
 from nba.service.evaluations import EvaluationJobs
-from nba.service.http.app import CallContext, parse_json, problem
+from nba.service.http.app import HTTP_STATUS, CallContext, bounded_body, parse_json, problem
+from nba.service.publishing import MAX_DRAFT_BYTES, MAX_FILES
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import profile_service_pb2 as ppb
 
@@ -51,6 +60,8 @@ ADMIN = "/nba.v1.AdminService/"
 PROFILES = "/nba.v1.ProfileService/"
 #: the largest form a sign-in or rollback sends (a token, a comment)
 MAX_FORM_BYTES = 64 * 1024
+#: how long a wrong token waits for its answer
+SIGN_IN_DELAY_SECONDS = 0.5
 
 
 @dataclass
@@ -130,17 +141,20 @@ def console_routes(console: Console) -> list[BaseRoute]:
         """A page that needs a session: without one, to the sign-in page (and back after)."""
 
         async def handle(request: Request) -> Response:
-            session = console.sessions.read(request.cookies.get(COOKIE))
+            try:
+                session = await in_thread(lambda: console.sessions.read(request.cookies.get(COOKIE)))
+            except NbaError as exc:  # the database is away: the session cannot be checked
+                return render(request, "error.html", None, HTTP_STATUS.get(exc.code, 500), message=str(exc), code=exc.code)
             if session is None:
+                # back to the page after signing in; a form's target is no page to go back to
                 back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                return RedirectResponse(f"/console/sign-in?{urlencode({'next': back})}", 303)
+                return RedirectResponse(
+                    f"/console/sign-in?{urlencode({'next': back if request.method == 'GET' else '/console'})}", 303
+                )
             try:
                 return await work(request, session)
-            except NbaError as exc:
-                status = {"NOT_FOUND": 404, "PERMISSION_DENIED": 403, "INVALID_ARGUMENT": 400}.get(exc.code, 503)
-                if exc.code == "UNAVAILABLE":
-                    status = 503
-                return render(request, "error.html", session, status, message=str(exc), code=exc.code)
+            except NbaError as exc:  # the status the HTTP API answers for the same error
+                return render(request, "error.html", session, HTTP_STATUS.get(exc.code, 500), message=str(exc), code=exc.code)
             except Exception:
                 log.exception("console page failed", extra={"path": request.url.path})
                 return render(
@@ -155,7 +169,7 @@ def console_routes(console: Console) -> list[BaseRoute]:
 
         async def handle(request: Request) -> Response:
             try:
-                session = console.sessions.read(request.cookies.get(COOKIE))
+                session = await in_thread(lambda: console.sessions.read(request.cookies.get(COOKIE)))
                 if session is None:
                     raise Unauthenticated("session: not signed in, or the session ended; sign in again")
                 if change:
@@ -172,17 +186,30 @@ def console_routes(console: Console) -> list[BaseRoute]:
 
         return handle
 
-    async def form(request: Request) -> dict[str, str]:
-        raw = await request.body()
-        if len(raw) > MAX_FORM_BYTES:
-            raise InvalidArgument("form: too large")
+    async def form_fields(request: Request) -> dict[str, list[str]]:
+        """A form's fields (each name's values), at most ``MAX_FORM_BYTES``, read before it is whole."""
         kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if kind != "application/x-www-form-urlencoded":
             raise InvalidArgument("form: send it from the console's page")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+            raise InvalidArgument(f"form: more than {MAX_FORM_BYTES:,} bytes")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_FORM_BYTES:
+                raise InvalidArgument(f"form: more than {MAX_FORM_BYTES:,} bytes")
         try:
-            return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+            return parse_qs(raw.decode("utf-8"), keep_blank_values=True)
         except UnicodeDecodeError:
             raise InvalidArgument("form: not UTF-8 text") from None
+
+    async def form(request: Request) -> dict[str, str]:
+        return {name: values[0] for name, values in (await form_fields(request)).items()}
+
+    async def body(request: Request) -> Any:
+        """A JSON call's body, at most the HTTP API's ``MAX_BODY_BYTES``, read before it is whole."""
+        return parse_json(await bounded_body(request))
 
     async def changed(request: Request, session: Session) -> dict[str, str]:
         """A form that changes something, its CSRF token checked."""
@@ -193,7 +220,10 @@ def console_routes(console: Console) -> list[BaseRoute]:
     # Sign-in -----------------------------------------------------------------------------
 
     async def sign_in_page(request: Request) -> Response:
-        session = console.sessions.read(request.cookies.get(COOKIE))
+        try:
+            session = await in_thread(lambda: console.sessions.read(request.cookies.get(COOKIE)))
+        except NbaError:
+            session = None
         target = _next(request.query_params.get("next"))
         if session is not None:
             return RedirectResponse(target, 303)
@@ -202,15 +232,19 @@ def console_routes(console: Console) -> list[BaseRoute]:
     async def sign_in(request: Request) -> Response:
         try:
             fields = await form(request)
-        except InvalidArgument as exc:
+            check_origin(request.headers.get("origin"), request.headers.get("host"))
+        except (InvalidArgument, PermissionDenied) as exc:
             return render(request, "sign_in.html", None, 400, next="/console", error=str(exc))
         target = _next(fields.get("next"))
         try:
-            caller, value = console.sessions.sign_in(fields.get("token", ""))
+            caller, value = await in_thread(lambda: console.sessions.sign_in(fields.get("token", "")))
         except Unauthenticated:
+            await anyio.sleep(SIGN_IN_DELAY_SECONDS)  # a guesser's every try costs them this
             return render(
                 request, "sign_in.html", None, 401, next=target, error="That token is not one of the service's admin tokens."
             )
+        except NbaError as exc:
+            return render(request, "sign_in.html", None, HTTP_STATUS.get(exc.code, 500), next=target, error=str(exc))
         log.info("console sign-in", extra={"caller": caller.name, "role": caller.role})
         response = RedirectResponse(target, 303)
         response.headers.append("set-cookie", console.sessions.cookie_header(value))
@@ -218,6 +252,7 @@ def console_routes(console: Console) -> list[BaseRoute]:
 
     async def sign_out(request: Request, session: Session) -> Response:
         await changed(request, session)
+        await in_thread(lambda: console.sessions.sign_out(session))
         response = RedirectResponse("/console/sign-in", 303)
         response.headers.append("set-cookie", console.sessions.sign_out_header())
         return response
@@ -264,11 +299,8 @@ def console_routes(console: Console) -> list[BaseRoute]:
 
     async def rollback(request: Request, session: Session) -> Response:
         fields = await changed(request, session)
-        try:
-            version = int(fields.get("version", ""))
-            expected = int(fields.get("expected_live_version") or 0)
-        except ValueError:
-            raise InvalidArgument("version: a version number from the list") from None
+        version = _version(fields.get("version", ""), "version")
+        expected = _version(fields.get("expected_live_version") or 0, "expected_live_version")
         answer = await call(
             session,
             ADMIN + "RollbackPolicySet",
@@ -277,33 +309,37 @@ def console_routes(console: Console) -> list[BaseRoute]:
         notice = f"Version {answer.live.version} is live again ({answer.live.label})."
         return RedirectResponse(f"/console/policies?{urlencode({'notice': notice})}", 303)
 
-    def _files(body: Any) -> dict[str, str]:
-        if not isinstance(body, dict) or not isinstance(body.get("files"), dict):
+    def _files(data: Any) -> dict[str, str]:
+        if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
             raise InvalidArgument("files: send the draft's files, name to YAML text", "files")
-        files = body["files"]
+        files = data["files"]
+        if len(files) > MAX_FILES:
+            raise InvalidArgument(f"files: {len(files)} files, more than {MAX_FILES}", "files")
         for name, text in files.items():
             if not isinstance(text, str):
-                raise InvalidArgument(f"files[{name!r}]: must be text", "files")
+                raise InvalidArgument(f"files[{name[:64]!r}]: must be text", "files")
+        if sum(len(text.encode()) for text in files.values()) > MAX_DRAFT_BYTES:
+            raise InvalidArgument(f"files: more than {MAX_DRAFT_BYTES:,} bytes in all", "files")
         return files
 
     async def validate(request: Request, session: Session) -> Any:
-        files = _files(parse_json(await request.body()))
+        files = _files(await body(request))
         answer = await call(
             session, ADMIN + "ValidatePolicySet", apb.ValidatePolicySetRequest(draft=apb.PolicySetDraft(files=files))
         )
         return {"valid": answer.valid, "problems": [_problem(p) for p in answer.problems]}
 
     async def diff(request: Request, session: Session) -> Any:
-        files = _files(parse_json(await request.body()))
+        files = _files(await body(request))
         live = await in_thread(console.live)
-        return {"files": _diff(live.files, files), "live_version": live.number}
+        return {"files": await in_thread(lambda: _diff(live.files, files)), "live_version": live.number}
 
     async def preview(request: Request, session: Session) -> Any:
-        body = parse_json(await request.body())
-        files = _files(body)
-        last_n = body.get("last_n", 1000)
-        if not isinstance(last_n, int) or isinstance(last_n, bool):
-            raise InvalidArgument("last_n: a whole number of decisions", "last_n")
+        data = await body(request)
+        files = _files(data)
+        last_n = data.get("last_n", 1000)
+        if not isinstance(last_n, int) or isinstance(last_n, bool) or not 1 <= last_n <= MAX_PREVIEW:
+            raise InvalidArgument(f"last_n: a whole number of decisions, 1 to {MAX_PREVIEW:,}", "last_n")
         answer = await call(
             session,
             ADMIN + "PreviewPolicySet",
@@ -312,14 +348,12 @@ def console_routes(console: Console) -> list[BaseRoute]:
         return _dict(answer)
 
     async def publish(request: Request, session: Session) -> Any:
-        body = parse_json(await request.body())
-        files = _files(body)
-        comment = body.get("comment")
+        data = await body(request)
+        files = _files(data)
+        comment = data.get("comment")
         if not isinstance(comment, str) or not comment.strip():
             raise InvalidArgument("comment: say what the change is (it is kept with the version)", "comment")
-        expected = body.get("expected_live_version", 0)
-        if not isinstance(expected, int) or isinstance(expected, bool):
-            raise InvalidArgument("expected_live_version: a version number", "expected_live_version")
+        expected = _version(data.get("expected_live_version", 0), "expected_live_version")
         answer = await call(
             session,
             ADMIN + "PublishPolicySet",
@@ -347,7 +381,7 @@ def console_routes(console: Console) -> list[BaseRoute]:
         return RedirectResponse(f"/console/customers/{quote(found.customer_id, safe='')}", 303)
 
     async def customer(request: Request, session: Session) -> Response:
-        customer_id = request.path_params["customer_id"]
+        customer_id = check_id("customer_id", request.path_params["customer_id"])
         live = await in_thread(console.live)
         channel = request.query_params.get("channel") or (live.channels[0] if live.channels else "")
         if channel and channel not in live.channels:
@@ -376,7 +410,7 @@ def console_routes(console: Console) -> list[BaseRoute]:
         )
 
     async def decision(request: Request, session: Session) -> Response:
-        decision_id = request.path_params["decision_id"]
+        decision_id = check_id("decision_id", request.path_params["decision_id"])
         record = await in_thread(lambda: console.find_decision(decision_id))
         if record is None:
             raise NotFound(
@@ -384,6 +418,10 @@ def console_routes(console: Console) -> list[BaseRoute]:
             )
         personal = may(session.caller.role, console.pii_role)
         candidates = record.candidate_list()
+        if not personal:  # a rule's (or a weight's) error names the value it returned: perhaps a personal one
+            for candidate in candidates:
+                if (candidate.get("reason") == "rule_error" or candidate.get("eligible")) and candidate.get("detail"):
+                    candidate["detail"] = f"(shown to the {console.pii_role} role: it may quote the context)"
         candidates.sort(key=lambda c: (not c.get("eligible"), c.get("slot") or 99, -(c.get("score") or 0)))
         return render(
             request,
@@ -474,13 +512,7 @@ def console_routes(console: Console) -> list[BaseRoute]:
         )
 
     async def start_evaluation(request: Request, session: Session) -> Response:
-        raw = await request.body()
-        if len(raw) > MAX_FORM_BYTES:
-            raise InvalidArgument("form: too large")
-        try:
-            fields = parse_qs(raw.decode("utf-8"), keep_blank_values=True)
-        except UnicodeDecodeError:
-            raise InvalidArgument("form: not UTF-8 text") from None
+        fields = await form_fields(request)
         check_csrf(session, (fields.get("csrf") or [""])[0], request.headers.get("origin"), request.headers.get("host"))
         targets = list(fields.get("targets", []))
         settings = (fields.get("learner_settings") or [""])[0].strip()
@@ -494,8 +526,8 @@ def console_routes(console: Console) -> list[BaseRoute]:
         }
         try:
             started = await in_thread(lambda: jobs().start(wanted, session.caller.name))
-        except InvalidArgument as exc:
-            return await evaluations(request, session, str(exc), 400)
+        except (InvalidArgument, FailedPrecondition) as exc:
+            return await evaluations(request, session, str(exc), HTTP_STATUS[exc.code])
         return RedirectResponse(f"/console/evaluations/{started}", 303)
 
     def _evaluation_id(request: Request) -> int:
@@ -507,6 +539,11 @@ def console_routes(console: Console) -> list[BaseRoute]:
     async def evaluation(request: Request, session: Session) -> Response:
         found = await in_thread(lambda: jobs().get(_evaluation_id(request)))
         return render(request, "evaluation.html", session, e=found, report=found.get("report"))
+
+    async def evaluate_draft(request: Request, session: Session) -> Any:
+        data = await body(request)
+        started = await in_thread(lambda: jobs().start(data, session.caller.name))
+        return {"id": started}
 
     async def evaluation_state(request: Request, session: Session) -> Any:
         found = await in_thread(lambda: jobs().get(_evaluation_id(request)))
@@ -561,12 +598,14 @@ def console_routes(console: Console) -> list[BaseRoute]:
         Route("/console/api/publish", api(publish), methods=["POST"]),
         Route("/console/api/schema", api(schema, change=False), methods=["GET"]),
         Route("/console/customers", page(customers), methods=["GET"]),
-        Route("/console/customers/{customer_id}", page(customer), methods=["GET"]),
-        Route("/console/decisions/{decision_id}", page(decision), methods=["GET"]),
+        # ids may hold a "/": the path converter takes the rest of the path
+        Route("/console/customers/{customer_id:path}", page(customer), methods=["GET"]),
+        Route("/console/decisions/{decision_id:path}", page(decision), methods=["GET"]),
         Route("/console/segments", page(segments), methods=["GET"]),
         Route("/console/evaluations", page(evaluations), methods=["GET"]),
         Route("/console/evaluations", page(start_evaluation), methods=["POST"]),
         Route("/console/evaluations/{evaluation_id}", page(evaluation), methods=["GET"]),
+        Route("/console/api/evaluations", api(evaluate_draft), methods=["POST"]),
         Route("/console/api/evaluations/{evaluation_id}", api(evaluation_state, change=False), methods=["GET"]),
     ]
 
@@ -597,24 +636,26 @@ BUILT_IN_TARGETS = [
 #: the overview's periods: (key, label); "custom" reads the from and to dates (UTC days, inclusive)
 PERIODS = [
     ("24h", "Last 24 hours"),
-    ("7d", "Last 7 days"),
+    ("7d", "Last 7 days (today and the 6 before)"),
     ("30d", "Last 30 days"),
     ("90d", "Last 90 days"),
     ("custom", "From … to …"),
 ]
-_PERIOD_HOURS = {"24h": 24, "7d": 24 * 7, "30d": 24 * 30, "90d": 24 * 90}
+_PERIOD_DAYS = {"7d": 7, "30d": 30, "90d": 90}
 
 
 def _period(key: str, first: str, last: str, now: datetime) -> tuple[datetime, datetime]:
     """A period the overview's form names, as start and end times."""
-    if key in _PERIOD_HOURS:
-        return now - timedelta(hours=_PERIOD_HOURS[key]), now
+    if key == "24h":  # this hour and the 23 before it
+        return now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=23), now
+    if key in _PERIOD_DAYS:  # today and the days before it, whole UTC days
+        return datetime.combine(now.date(), time(), UTC) - timedelta(days=_PERIOD_DAYS[key] - 1), now
     if key != "custom":
         raise InvalidArgument(f"period: one of {', '.join(k for k, _ in PERIODS)}", "period")
     try:
         start = datetime.combine(date.fromisoformat(first), time(), UTC)
         end = datetime.combine(date.fromisoformat(last), time(), UTC) + timedelta(days=1)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidArgument("from: give both dates, as 2026-11-30", "from") from None
     return start, end
 
@@ -625,6 +666,25 @@ def _duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+#: the most decisions a preview replays (PreviewPolicySet's own bound)
+MAX_PREVIEW = 100_000
+#: version numbers are 32-bit in the store
+MAX_VERSION = 2**31 - 1
+
+
+def _version(value: Any, field: str) -> int:
+    """A version number from a form or a body: 0 (none) to ``MAX_VERSION``."""
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{field}: a version number", field)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{field}: a version number", field) from None
+    if not 0 <= number <= MAX_VERSION:
+        raise InvalidArgument(f"{field}: a version number, 0 to {MAX_VERSION}", field)
+    return number
 
 
 def _next(target: str | None) -> str:
@@ -712,7 +772,7 @@ def _when(value: Any) -> str:
     try:
         moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
-        return escape(str(value))
+        return str(value)  # autoescape escapes it
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 

@@ -294,6 +294,11 @@ async def _body(request: Request) -> Any:
     return parse_json(await _raw(request))
 
 
+async def bounded_body(request: Request) -> bytes:
+    """A request's body, at most ``MAX_BODY_BYTES`` (``ResourceExhausted`` beyond, before it is all read)."""
+    return await _raw(request)
+
+
 async def _raw(request: Request) -> bytes:
     """The body's bytes, at most ``MAX_BODY_BYTES`` (413 beyond, before reading it all)."""
     declared = request.headers.get("content-length")

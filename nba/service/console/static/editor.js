@@ -462,8 +462,24 @@
     }
   }
 
+  // The draft, the live set and what was logged, evaluated offline in the background.
+  async function evaluateDraft() {
+    const result = document.getElementById("publish-result");
+    result.className = "";
+    result.textContent = "starting the evaluation…";
+    try {
+      const started = await call("POST", "/console/api/evaluations", { targets: ["logged", "live", "draft"], draft_files: current() });
+      window.location.href = `/console/evaluations/${started.id}`;
+    } catch (error) {
+      result.className = "error";
+      result.textContent = error.message.split("\n")[0];
+      if (error.problem && error.problem.problems) showProblems(located(error.problem.problems));
+    }
+  }
+
   build();
   document.getElementById("show-diff").addEventListener("click", showDiff);
+  document.getElementById("evaluate-draft").addEventListener("click", evaluateDraft);
   document.getElementById("run-preview").addEventListener("click", runPreview);
   const form = document.getElementById("publish");
   if (form) form.addEventListener("submit", publish);

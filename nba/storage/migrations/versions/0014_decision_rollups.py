@@ -1,4 +1,4 @@
-"""The decision log's rollups by hour, channel, offer and measure, for the overview.
+"""The decision log's rollups by hour and by day, channel, offer and measure, for the overview.
 
 Revision ID: 0014
 Revises: 0013
@@ -21,15 +21,17 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "decision_rollups",
-        sa.Column("hour", sa.Integer(), primary_key=True),
-        sa.Column("channel", sa.String(length=128), primary_key=True),
-        sa.Column("offer_id", sa.String(length=128), primary_key=True),
-        sa.Column("measure", sa.String(length=64), primary_key=True),
-        sa.Column("value", sa.Float(), nullable=False),
-    )
+    for table, grain in (("decision_rollups", "hour"), ("decision_rollups_daily", "day")):
+        op.create_table(
+            table,
+            sa.Column(grain, sa.Integer(), primary_key=True),
+            sa.Column("channel", sa.String(length=128), primary_key=True),
+            sa.Column("offer_id", sa.String(length=128), primary_key=True),
+            sa.Column("measure", sa.String(length=64), primary_key=True),
+            sa.Column("value", sa.Float(), nullable=False),
+        )
 
 
 def downgrade() -> None:
+    op.drop_table("decision_rollups_daily")
     op.drop_table("decision_rollups")

@@ -99,9 +99,8 @@ def write(store: Store, templates: list[DecisionRecord], total: int, slices: int
             ]
             with store.write() as conn:
                 counts: Counts = defaultdict(float)
-                if rollups:
-                    logged = store.logged_decisions(conn, [d.decision_id for d in batch])
-                    decision_measures((d for d in batch if d.decision_id not in logged), counts)
+                if rollups:  # as the writer: no decision of a fresh batch is in the log yet
+                    decision_measures(batch, counts)
                 store.insert_decisions(conn, batch)
                 store.insert_contacts(conn, contacts)
                 store.add_rollups(conn, counts)

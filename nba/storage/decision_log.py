@@ -129,6 +129,8 @@ class DecisionLog:
         self._remote: deque[BusEntry] = deque()
         self._queue: deque[tuple[DecisionRecord | None, FeedbackEvent | None, Future[Any] | None]] = deque()
         self._queued_decisions = 0
+        #: decisions queued again after an outage: perhaps committed by a commit whose answer was lost
+        self._requeued: set[str] = set()
         self._cond = threading.Condition()
         self._recent = RecentDecisions(self._options.cache_size)
         self._stopping = False
@@ -418,8 +420,11 @@ class DecisionLog:
                 contacts: list[ContactEvent] = []
                 counts: Counts = defaultdict(float)
                 if decisions:
-                    # a decision queued again after a commit whose answer was lost is not counted twice
-                    logged = self.store.logged_decisions(conn, [d.decision_id for d in decisions])
+                    # A decision queued again after an outage may have been committed by a commit
+                    # whose answer was lost: those (and only those: a look-up a batch costs) are
+                    # looked for, and one already in the log is not counted twice.
+                    again = [d.decision_id for d in decisions if d.decision_id in self._requeued]
+                    logged = self.store.logged_decisions(conn, again) if again else set()
                     decision_measures((d for d in decisions if d.decision_id not in logged), counts)
                     self.store.insert_decisions(conn, decisions)
                     contacts.extend(
@@ -469,6 +474,7 @@ class DecisionLog:
                             self._queue.extendleft((d, None, None) for d in reversed(kept))
                             self._queued_decisions += len(kept)
                             metrics.LOG_QUEUE.set(self._queued_decisions)
+                        self._requeued.update(d.decision_id for d in kept)
                         self._recent.forget([d for d, _, f in rest if d is not None and f is not None])
                         for _, _, future in rest:
                             if future is not None and not future.done():
@@ -494,6 +500,7 @@ class DecisionLog:
                     self._queue.extendleft((d, None, None) for d in reversed(kept))
                     self._queued_decisions += len(kept)
                     metrics.LOG_QUEUE.set(self._queued_decisions)
+                self._requeued.update(d.decision_id for d in kept)
             else:
                 log.exception("decision log write failed", extra={"decisions": len(decisions), "feedback": len(feedback)})
                 metrics.LOG_DROPPED.inc(len(decisions))
@@ -512,6 +519,8 @@ class DecisionLog:
                 marker.set_exception(exc)
             return
         self._mark(True)
+        if self._requeued:
+            self._requeued.difference_update(d.decision_id for d in decisions)
         metrics.LOG_FLUSH.observe(time.perf_counter() - started)
         metrics.LOG_WRITTEN.inc(len(decisions))
         self._recent.settle(decisions)

@@ -346,9 +346,20 @@ def test_an_editor_edits_a_draft_sees_its_error_at_its_line_previews_publishes_a
     # as typed: the error marks its line in the gutter and the list names it
     marked = page.wait_for_selector('.editor[data-file="cross_sell.yaml"] .gutter .line.error', timeout=30_000)
     assert marked.get_attribute("data-line") == str(line)
+    # a marked line keeps the height of every line: the marks stay level with the text
+    heights = {
+        page.locator(f'.editor[data-file="cross_sell.yaml"] {part} .line').nth(n).bounding_box()["height"]
+        for part in (".gutter", ".backdrop")
+        for n in (line - 2, line - 1)
+    }
+    assert len(heights) == 1, heights
     assert page.inner_text("#status") == "1 error"
     assert f"cross_sell.yaml, line {line}" in page.inner_text("#problems")
     assert "field 'value'" in page.inner_text("#problems")
+    # the problem's entry jumps to its line: the line is selected in the editor
+    page.click("#problems li.problem")
+    selected = area.evaluate("(a) => a.value.slice(0, a.selectionStart).split('\\n').length")
+    assert selected == line
     shot(page, "draft-error")
     # completion offers the fields an offer may have where the cursor is
     fixed = text.replace("    value: 120.0", "    value: 125.0", 1).replace(

@@ -36,6 +36,7 @@ from nba.errors import (
     NbaError,
     NotFound,
     PermissionDenied,
+    Problem,
     Unauthenticated,
     Unavailable,
 )
@@ -699,18 +700,12 @@ def _dict(message: Message) -> dict[str, Any]:
 
 
 def _problem(problem: apb.Problem) -> dict[str, Any]:
-    where = [problem.file] if problem.file else []
-    if problem.offer:
-        where.append(f"offer '{problem.offer}'")
-    if problem.policy:
-        where.append(f"policy '{problem.policy}'")
-    if problem.field:
-        where.append(f"field '{problem.field}'")
+    where = Problem(problem.message, problem.file, problem.offer, problem.policy, problem.field).location()
     return {
         "severity": problem.severity,
         "file": problem.file,
         "line": problem.line,
-        "where": ": ".join(where),
+        "where": where,
         "message": problem.message,
     }
 

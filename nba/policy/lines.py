@@ -35,7 +35,9 @@ def problem_line(text: str | yaml.Node | yaml.YAMLError | None, problem: Problem
     composing it gave) that ``problem`` is about, or 0 when nothing in the text locates it (a
     problem of the whole set, a file that is not YAML)."""
     found = _LEADING_LINE.match(problem.message)
-    if found:
+    # A position that begins the message is the file's for YAML's own problems (syntax, a key
+    # given twice, bytes that are not UTF-8); a rule's problem gives one inside its expression.
+    if found and (not (problem.offer or problem.policy or problem.field) or "duplicate key" in problem.message):
         return int(found.group(1))
     node = _compose(text) if isinstance(text, str) else text
     if isinstance(node, yaml.YAMLError):

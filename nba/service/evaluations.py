@@ -193,6 +193,8 @@ class EvaluationJobs:
     def get(self, evaluation_id: int) -> dict[str, Any]:
         """An evaluation with its report; ``NotFound`` for an unknown id. One whose process has
         written nothing for ``STALLED_SECONDS`` while running is reported ``stalled``."""
+        with self._lock:
+            self._reap()
         row = self._store.evaluation(evaluation_id)
         if row is None:
             raise NotFound(f"evaluation: no evaluation {evaluation_id}")

@@ -451,6 +451,7 @@ class Service:
                 segment_sizes=self.store.segment_sizes,
                 segment_history=self.store.segment_history,
                 score_quality=self.scores.quality,
+                recent_customers=self.store.recent_customers,
                 evaluations=self.evaluations,
             )
             self.http = HttpServer(

@@ -75,6 +75,18 @@ class Decisions(Repository):
             found.update(conn.execute(select(DECISIONS.c.decision_id).where(DECISIONS.c.decision_id.in_(chunk))).scalars())
         return found
 
+    def recent_customers(self, limit: int) -> list[tuple[str, datetime]]:
+        """The customers of the most recent decisions, each once, newest first, with when."""
+        d = DECISIONS
+        seen: dict[str, datetime] = {}
+        with self.read() as conn:
+            for row in conn.execute(select(d.c.customer_id, d.c.created_at).order_by(d.c.created_at.desc()).limit(limit * 10)):
+                if row.customer_id not in seen:
+                    seen[row.customer_id] = utc(row.created_at)
+                if len(seen) >= limit:
+                    break
+        return list(seen.items())
+
     def find_decision(self, decision_id: str) -> DecisionRecord | None:
         with self.read() as conn:
             row = conn.execute(select(DECISIONS).where(DECISIONS.c.decision_id == decision_id)).first()

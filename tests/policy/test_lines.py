@@ -46,6 +46,9 @@ policies:
         (Problem("bad", field="channels"), 2),
         (Problem("bad", field="offers[1].name"), 8),
         (Problem("line 9, column 3: duplicate key"), 9),  # messages that say their line keep it
+        (Problem("line 9, column 3: found duplicate key 'name'", offer="second", field="name"), 9),
+        # a rule's problem says where in its expression: the file's line is its field's
+        (Problem("line 1, column 31: field 'customer.x' is not in the context schema", offer="second", field="name"), 8),
         (Problem("bad", offer="third", field="name"), 0),  # an entry that is not in the file
         (Problem("the whole set"), 0),
     ],

@@ -228,6 +228,7 @@ def test_odd_input_gets_a_client_status_never_a_server_error(server: Running) ->
             http.get("/console/evaluations/99999999999999999999"),
             http.post("/console/policies/rollback", data={"csrf": token, "version": str(2**63), "comment": "x"}),
             http.post("/console/policies/rollback", data={"csrf": token, "version": "one", "comment": "x"}),
+            http.post("/console/policies/rollback", data={"csrf": token, "version": "1", "comment": " "}),
             http.post("/console/api/preview", json={"files": files, "last_n": 2**40}, headers=csrf),
             http.post(
                 "/console/api/publish", json={"files": files, "comment": "x", "expected_live_version": 2**63}, headers=csrf
@@ -246,8 +247,9 @@ def test_odd_input_gets_a_client_status_never_a_server_error(server: Running) ->
         ]
         for answer in cases:
             assert 400 <= answer.status_code < 500, (answer.request.url, answer.status_code, answer.text[:300])
-        assert "features must be 1 to 1024" in cases[14].json()["detail"]
-        assert "unknown setting 'nonsense'" in cases[15].json()["detail"]
+        assert "features must be 1 to 1024" in cases[15].json()["detail"]
+        assert "unknown setting 'nonsense'" in cases[16].json()["detail"]
+        assert "comment: say why" in cases[8].text
         # a form too large is refused before it is read whole
         big = http.post("/console/policies/rollback", data={"csrf": token, "comment": "x" * 100_000})
         assert big.status_code == 400 and "more than 65,536 bytes" in big.text
@@ -454,7 +456,7 @@ def test_two_editors_cannot_overwrite_each_other(server: Running, page: Any) -> 
     page.fill("#comment", "mine")
     page.click("#publish-button")
     page.wait_for_selector("#publish-result.error", timeout=60_000)
-    assert "version 2 is live, not 1" in page.inner_text("#publish-result")
+    assert "Not published: version 2 was made live" in page.inner_text("#publish-result")
     live = server.admin.GetLivePolicySet(apb.GetLivePolicySetRequest(), metadata=server.auth())
     assert live.version == 2 and "# theirs" in live.files["channels.yaml"]  # theirs stands
 
@@ -631,7 +633,10 @@ def test_a_draft_is_evaluated_offline_from_the_editor(server: Running, page: Any
     area.fill(area.input_value().replace("    value: lots", "    value: 500.0", 1))
     page.wait_for_selector("#status.ok", timeout=30_000)
     page.click("#evaluate-draft")
-    page.wait_for_url("**/console/evaluations/*")
-    page.wait_for_selector("#estimates", timeout=180_000)
-    policies = {row.get_attribute("data-policy") for row in page.locator("#estimates tbody tr").all()}
+    with page.context.expect_page() as opened:
+        page.click("#evaluation-link")  # the report opens beside the draft, which stays as it is
+    report = opened.value
+    assert "    value: 500.0" in area.input_value()
+    report.wait_for_selector("#estimates", timeout=180_000)
+    policies = {row.get_attribute("data-policy") for row in report.locator("#estimates tbody tr").all()}
     assert policies == {"logged", "live (version 1)", "draft"}

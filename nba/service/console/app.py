@@ -81,6 +81,8 @@ class Console:
     segment_history: Callable[[str], list[tuple[int, int, int]]] = lambda name: []
     #: each score's progressive quality, by name (nba.profiles.scores.ScoreModels.quality)
     score_quality: Callable[[], dict[str, dict[str, Any]]] = dict
+    #: the customers of the most recent decisions, newest first (the customers page's shortcuts)
+    recent_customers: Callable[[int], list[tuple[str, datetime]]] = lambda limit: []
     #: offline evaluations run in the background (None: the page says they are off)
     evaluations: EvaluationJobs | None = None
 
@@ -93,6 +95,7 @@ def console_routes(console: Console) -> list[BaseRoute]:
     )
     templates.filters["when"] = _when
     templates.filters["number"] = _number
+    templates.filters["short"] = lambda v: f"{v:,.4g}" if isinstance(v, float) else f"{v:,}"
     templates.filters["json"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode()
     limiter: list[anyio.CapacityLimiter] = []
     plotly = _plotly_path()
@@ -242,7 +245,13 @@ def console_routes(console: Console) -> list[BaseRoute]:
         except Unauthenticated:
             await anyio.sleep(SIGN_IN_DELAY_SECONDS)  # a guesser's every try costs them this
             return render(
-                request, "sign_in.html", None, 401, next=target, error="That token is not one of the service's admin tokens."
+                request,
+                "sign_in.html",
+                None,
+                401,
+                next=target,
+                error="That token is not one of the service's admin tokens. Paste the token alone: in "
+                "NBA_ADMIN_TOKENS's name:role:token, the part after the second colon.",
             )
         except NbaError as exc:
             return render(request, "sign_in.html", None, HTTP_STATUS.get(exc.code, 500), next=target, error=str(exc))
@@ -300,6 +309,8 @@ def console_routes(console: Console) -> list[BaseRoute]:
 
     async def rollback(request: Request, session: Session) -> Response:
         fields = await changed(request, session)
+        if not fields.get("comment", "").strip():
+            raise InvalidArgument("comment: say why this version goes live again (it is kept with the activation)", "comment")
         version = _version(fields.get("version", ""), "version")
         expected = _version(fields.get("expected_live_version") or 0, "expected_live_version")
         answer = await call(
@@ -370,7 +381,8 @@ def console_routes(console: Console) -> list[BaseRoute]:
     async def customers(request: Request, session: Session) -> Response:
         query = request.query_params.get("q", "").strip()
         if not query:
-            return render(request, "customers.html", session, query="", error="")
+            recent = await in_thread(lambda: console.recent_customers(20))
+            return render(request, "customers.html", session, query="", error="", recent=recent)
         lookup = _lookup(query)
         lookup_request = ppb.GetProfileRequest(read_mask={"paths": ["customer_id"]})
         for name, value in lookup.items():
@@ -378,7 +390,7 @@ def console_routes(console: Console) -> list[BaseRoute]:
         try:
             found = await call(session, PROFILES + "GetProfile", lookup_request)
         except (NotFound, InvalidArgument) as exc:
-            return render(request, "customers.html", session, 404, query=query, error=str(exc))
+            return render(request, "customers.html", session, 404, query=query, error=str(exc), recent=[])
         return RedirectResponse(f"/console/customers/{quote(found.customer_id, safe='')}", 303)
 
     async def customer(request: Request, session: Session) -> Response:

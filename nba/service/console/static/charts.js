@@ -10,13 +10,13 @@
 
   function series() {
     const x = data.series.map((p) => p.start_time);
-    const trace = (name, key, axis) => ({ type: "scatter", mode: "lines", name, x, y: data.series.map((p) => number(p.figures[key])), yaxis: axis });
+    // one scale for all three: acceptances sit below impressions, which sit at or below decisions
+    const trace = (name, key) => ({ type: "scatter", mode: "lines", name, x, y: data.series.map((p) => number(p.figures[key])) });
     window.Plotly.newPlot("chart-series", [
-      trace("decisions", "decisions", "y"),
-      trace("impressions", "impressions", "y"),
-      trace("acceptances", "acceptances", "y2"),
-    ], layout({ yaxis: { title: { text: "decisions, impressions" }, rangemode: "tozero" },
-      yaxis2: { title: { text: "acceptances" }, overlaying: "y", side: "right", rangemode: "tozero" }, margin: { t: 10, r: 50, b: 60, l: 60 } }), options);
+      trace("decisions", "decisions"),
+      trace("impressions", "impressions"),
+      trace("acceptances", "acceptances"),
+    ], layout({ yaxis: { title: { text: `per ${data.bucket}` }, rangemode: "tozero" }, margin: { t: 10, r: 10, b: 60, l: 60 } }), options);
   }
 
   function offers() {
@@ -24,7 +24,7 @@
     window.Plotly.newPlot("chart-offers", [{
       type: "bar", orientation: "h", y: top.map((s) => s.key).reverse(),
       x: top.map((s) => 100 * number(s.figures.acceptance_rate)).reverse(),
-      text: top.map((s) => `${s.figures.acceptances} of ${s.figures.impressions}`).reverse(), hoverinfo: "y+text",
+      hovertext: top.map((s) => `${s.figures.acceptances} of ${s.figures.impressions} impressions`).reverse(), hoverinfo: "y+x+text",
       marker: { color: "#2f5fb3" },
     }], layout({ xaxis: { title: { text: "% of impressions accepted" }, rangemode: "tozero" }, margin: { t: 10, r: 10, b: 50, l: 150 } }), options);
   }

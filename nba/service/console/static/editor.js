@@ -447,14 +447,17 @@
     try {
       const answer = await call("POST", "/console/api/publish", { files: current(), comment, expected_live_version: expectedLive });
       expectedLive = Number(answer.live.version);
+      document.getElementById("draft-version").textContent = answer.live.label;
       result.className = "notice";
       result.replaceChildren(answer.unchanged ? `Version ${answer.live.label} was live already: nothing changed.` : `Published: version ${answer.live.label} is live. `,
         el("a", { href: "/console/policies", text: "See the live set and its history" }));
     } catch (error) {
       result.className = "error";
       if (error.status === 412) {
-        result.replaceChildren(`${error.message.replace(/\.$/, "")}. Another editor published since you began: your draft is still here; `,
-          el("a", { href: "/console/policies", target: "_blank", text: "look at the live set" }), " and merge by hand, then reload the draft.");
+        const now = (/version (\d+) is live/.exec(error.message) || [])[1];
+        result.replaceChildren(`Not published: version ${now || "another"} was made live (a publish or a rollback) since this draft began from version ${expectedLive}. `,
+          "Your draft is still here. ", el("a", { href: "/console/policies", target: "_blank", text: "Open the live set in a new tab" }),
+          ", carry your changes into a draft of it, and publish from there.");
       } else {
         result.textContent = error.message.split("\n")[0];
         if (error.problem && error.problem.problems) showProblems(located(error.problem.problems));
@@ -469,7 +472,11 @@
     result.textContent = "starting the evaluation…";
     try {
       const started = await call("POST", "/console/api/evaluations", { targets: ["logged", "live", "draft"], draft_files: current() });
-      window.location.href = `/console/evaluations/${started.id}`;
+      // the draft stays here: the report opens beside it
+      result.className = "notice";
+      result.replaceChildren(`Evaluation ${started.id} started (the draft, the live set and what was logged). `,
+        el("a", { href: `/console/evaluations/${started.id}`, target: "_blank", id: "evaluation-link", text: "Open its report" }),
+        " (in a new tab: this draft stays as it is).");
     } catch (error) {
       result.className = "error";
       result.textContent = error.message.split("\n")[0];

@@ -27,13 +27,14 @@
     const traces = estimators.map((estimator) => {
       const rows = report.estimates.filter((e) => e.estimator === estimator && e.value !== null);
       return {
-        type: "scatter", mode: "markers", name: estimator, y: rows.map((e) => e.policy), x: rows.map((e) => e.value),
+        // one row per policy and estimator: four intervals on one row would hide each other
+        type: "scatter", mode: "markers", name: estimator, y: rows.map((e) => `${e.policy} · ${estimator}`), x: rows.map((e) => e.value),
         error_x: { type: "data", symmetric: false, array: rows.map((e) => (e.high ?? e.value) - e.value), arrayminus: rows.map((e) => e.value - (e.low ?? e.value)) },
         marker: { size: estimator === "dr" ? 12 : 8 },
       };
     });
     window.Plotly.newPlot("chart-estimates", traces, {
-      height: 120 + 50 * new Set(report.estimates.map((e) => e.policy)).size,
+      height: 100 + 22 * report.estimates.length,
       margin: { t: 10, r: 10, b: 40, l: 200 }, xaxis: { title: { text: "mean reward per decision" } }, legend: { orientation: "h" },
     }, { displayModeBar: false, responsive: true });
     document.body.dataset.charts = "drawn";

@@ -9,7 +9,7 @@
     if (document.getElementById("chart-segments")) {
       window.Plotly.newPlot("chart-segments", data.segments.map((s) => ({
         type: "scatter", mode: "lines", line: { shape: "hv" }, name: s.name, x: s.times, y: s.sizes,
-      })), { height: 300, margin: { t: 10, r: 10, b: 40, l: 60 }, yaxis: { title: { text: "customers" }, rangemode: "tozero" }, legend: { orientation: "h" } }, options);
+      })), { height: 320, margin: { t: 10, r: 10, b: 80, l: 60 }, yaxis: { title: { text: "customers" }, rangemode: "tozero" }, legend: { orientation: "h", y: -0.3 } }, options);
     }
     if (document.getElementById("chart-scores")) {
       window.Plotly.newPlot("chart-scores", [

@@ -312,6 +312,16 @@ def page(browser: Any) -> Iterator[Any]:
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
+    # what a browser says is wrong (a blocked script or style, a resource not found, a bad
+    # chart setting) fails the test too
+    # (a call the service refuses and the page shows, 400 or 412, is the page working)
+    shown = re.compile(r"status of (400|401|403|412) ")
+    opened.on(
+        "console",
+        lambda message: (
+            errors.append(message.text) if message.type in ("error", "warning") and not shown.search(message.text) else None
+        ),
+    )
     yield opened
     context.close()
     assert errors == []  # no script on any page failed

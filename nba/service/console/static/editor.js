@@ -403,7 +403,9 @@
       totals.append(body);
       parts.push(totals);
       const offers = el("table", { class: "data", id: "preview-offers" },
-        el("thead", {}, el("tr", {}, ...["offer", "eligible live", "eligible draft", "first-slot share live", "draft", "change"].map((h) => el("th", { text: h })))));
+        el("thead", {}, el("tr", {}, el("th", { text: "offer" }),
+          ...["eligible live", "eligible draft", "first-slot share live", "draft"].map((h) => el("th", { class: "num", text: h })),
+          el("th", { text: "change" }))));
       const rows = el("tbody");
       for (const offer of report.offers) {
         rows.append(el("tr", {}, el("td", {}, el("code", { text: offer.offer_id })),
@@ -419,7 +421,7 @@
         const sets = [["live", report.live_value], ["draft", report.draft_value]];
         window.Plotly.newPlot(chart, [{
           type: "scatter", mode: "markers", x: sets.map(([label]) => label), y: sets.map(([, v]) => v.value),
-          error_y: { type: "data", symmetric: false, array: sets.map(([, v]) => v.high - v.value), arrayminus: sets.map(([, v]) => v.value - v.low) },
+          error_y: { type: "data", symmetric: false, array: sets.map(([, v]) => v.high - v.value), arrayminus: sets.map(([, v]) => v.value - v.low), color: "#444" },
           marker: { size: 12, color: ["#5b6b7f", "#2f7d5b"] },
         }], { title: { text: "Mean reward per decision (95% interval)" }, height: 300, margin: { t: 40, r: 20, b: 40, l: 60 } },
         { displayModeBar: false, responsive: true });

@@ -211,7 +211,8 @@ class FeedbackIntake:
             slot=int(answered.get("slot") or 0),
             propensity=float(answered.get("propensity") or 0.0),
             eligible=len(ids),
-            value=offer_value(eligible, offer_id),
+            # the rollups sum the value of acceptances only: other outcomes need not decode it
+            value=offer_value(eligible, offer_id) if outcome == "accepted" else 0.0,
         )
         return event
 

@@ -27,6 +27,7 @@ from nba.evaluation.logs import LogError
 from nba.evaluation.reward_model import RewardModel
 from nba.evaluation.targets import PolicySetTarget, TargetPolicy
 from nba.policy.loading import parse_policy_set
+from nba.service.servicers import MAX_VERSION
 from nba.storage.engine import open_engine
 from nba.storage.store import Store
 
@@ -45,8 +46,6 @@ STALLED_SECONDS = 120.0
 HEARTBEAT_SECONDS = 10.0
 #: the largest hashed feature space a learner target may ask for (its state grows with the square)
 MAX_FEATURES = 1024
-#: version numbers are 32-bit in the store
-MAX_VERSION = 2**31 - 1
 _BUILT_IN = ("logged", "uniform", "popular")
 
 

@@ -311,8 +311,8 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         self, request: apb.PreviewPolicySetRequest, context: grpc.ServicerContext
     ) -> apb.PreviewPolicySetResponse:
         last_n = request.last_n or 1000
-        if not 0 < last_n <= 100_000:
-            raise InvalidArgument(f"last_n: must be 1 to 100000, got {request.last_n}")
+        if not 0 < last_n <= MAX_PREVIEW:
+            raise InvalidArgument(f"last_n: must be 1 to {MAX_PREVIEW}, got {request.last_n}")
         self._expect_live(request.expected_live_version, request.comment)
         draft, problems = self._publisher.validate(_draft(request.draft), context.time_remaining(), context.is_active)
         if draft is None:
@@ -431,6 +431,8 @@ def _call_alive(context: grpc.ServicerContext) -> Callable[[], None]:
 _PAGE_TOKEN = re.compile(r"[0-9]{1,10}")
 #: version numbers are 32-bit in the store (policy_sets.version)
 MAX_VERSION = 2**31 - 1
+#: the most logged decisions a preview replays
+MAX_PREVIEW = 100_000
 
 
 def _version(field: str, value: int) -> None:

@@ -49,6 +49,7 @@ from nba.service.console.sessions import COOKIE, Session, Sessions, check_csrf, 
 from nba.service.evaluations import EvaluationJobs
 from nba.service.http.app import HTTP_STATUS, CallContext, bounded_body, parse_json, problem
 from nba.service.publishing import MAX_DRAFT_BYTES, MAX_FILES
+from nba.service.servicers import MAX_PREVIEW, MAX_VERSION
 from nba.v1 import admin_service_pb2 as apb
 from nba.v1 import profile_service_pb2 as ppb
 
@@ -679,12 +680,6 @@ def _duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
-
-
-#: the most decisions a preview replays (PreviewPolicySet's own bound)
-MAX_PREVIEW = 100_000
-#: version numbers are 32-bit in the store
-MAX_VERSION = 2**31 - 1
 
 
 def _version(value: Any, field: str) -> int:

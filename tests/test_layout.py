@@ -37,6 +37,7 @@ REQUEST_PATH = (
     "nba.policy.rules",
     "nba.policy.schema",
     "nba.policy.policy_set",
+    "nba.policy.predicates",
     "nba.policy.loading",
     "nba.learning.loop",
     "nba.learning.feedback",

@@ -23,16 +23,17 @@ never hold back the last resort.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from nba.days import LocalDay, day_of, local_day
 from nba.decision.contacts import ContactSummary, OfferCounters
 from nba.decision.reservations import Claim, key
 from nba.policy.policies import Budget
-from nba.policy.policy_set import CompiledOffer, PolicySet
+from nba.policy.policy_set import ChannelBatch, CompiledOffer, PolicySet
 from nba.policy.rules import RuleError, activation, shown
 
 __all__ = ["REASONS", "BudgetBurn", "Screening", "Verdict", "budget_burn", "screen"]
@@ -98,32 +99,75 @@ def screen(
     budgets (the what-if preview screens that way). ``private``: the stored profile's
     personal fields, which rules read as ``profile.*`` but nothing logs."""
     contacts = (summary.offers, summary.groups) if summary is not None else ({}, {})
-    variables = activation(
-        features, channel, customer_id, now, *contacts, paths=policy_set.context_paths, uses=policy_set.uses, private=private
-    )
+    built: list[Any] = []
+
+    def variables() -> Any:
+        """The request's CEL activation, built once and only when a rule needs CEL (a rule of
+        a compiled shape answered here needs none)."""
+        if not built:
+            built.append(
+                activation(
+                    features,
+                    channel,
+                    customer_id,
+                    now,
+                    *contacts,
+                    paths=policy_set.context_paths,
+                    uses=policy_set.uses,
+                    private=private,
+                )
+            )
+        return built[0]
+
     local = now.astimezone(policy_set.timezone)
     batch = policy_set.batches.get(channel)
-    results = batch.batch.evaluate(variables) if batch is not None and batch.batch.rules else []
+    results = batch.evaluate(features, variables) if batch is not None and batch.rules else []
     elements = batch.elements if batch is not None else {}
     state = _State(policy_set, channel, now, local, summary, counters, variables, results, elements)
     verdicts: list[Verdict] = []
     append = verdicts.append
     verdict_of = state.verdict
-    for compiled in policy_set.by_channel.get(channel, ()):
+    for compiled, steps, passed in _plan(policy_set, channel, batch):
         # The common case inline (one call per offer showed in profiles): an offer with only
-        # rules, read from the batch's results.
-        steps = elements.get(compiled.id)
-        if steps is None or compiled.timed or compiled.held or compiled.weights:
+        # rules, read from the batch's results, and when they all hold, its verdict made once.
+        if passed is None:
             append(verdict_of(compiled))
             continue
-        for index, _bound in steps:
-            if results[index] is not True:
-                append(verdict_of(compiled))
+        for index, failed in steps:
+            result = results[index]
+            if result is not True:
+                append(failed if result is False else verdict_of(compiled))
                 break
         else:
-            append(Verdict(compiled, True))
+            append(passed)
     fallback = policy_set.fallback.get(channel)
     return Screening(verdicts, state.verdict(fallback, last_resort=True) if fallback else None)
+
+
+_Plan = list[tuple[CompiledOffer, tuple[tuple[int, Verdict], ...], Verdict | None]]
+#: per channel batch (one a channel of a policy set): each offer on the channel, for an offer
+#: with only rules with the index of each rule's result and the verdict when it is false, and
+#: the verdict when they all hold (made once: verdicts are never changed, only replaced);
+#: (offer, (), None) for an offer that needs the whole screen
+_PLANS: WeakKeyDictionary[ChannelBatch, _Plan] = WeakKeyDictionary()
+
+
+def _plan(policy_set: PolicySet, channel: str, batch: ChannelBatch | None) -> _Plan:
+    offers = policy_set.by_channel.get(channel, [])
+    if batch is None:
+        return [(compiled, (), None) for compiled in offers]
+    plan = _PLANS.get(batch)
+    if plan is None:
+        plan = []
+        for compiled in offers:
+            steps = batch.elements.get(compiled.id)
+            if steps is None or compiled.timed or compiled.held or compiled.weights:
+                plan.append((compiled, (), None))
+            else:
+                failing = tuple((index, Verdict(compiled, False, bound.kind, bound.policy)) for index, bound in steps)
+                plan.append((compiled, failing, Verdict(compiled, True)))
+        _PLANS[batch] = plan
+    return plan
 
 
 class _State:
@@ -135,7 +179,7 @@ class _State:
         local: datetime,
         summary: ContactSummary | None,
         counters: OfferCounters | None,
-        variables: Any,
+        variables: Callable[[], Any],
         results: list[Any] | None = None,
         elements: dict[str, Any] | None = None,
     ) -> None:
@@ -145,6 +189,7 @@ class _State:
         self.local = local
         self.summary = summary
         self.counters = counters
+        #: builds (once) the request's CEL activation, for what the channel's batch did not answer
         self.variables = variables
         self._day: LocalDay | None = None
         #: the channel's rule results (RuleBatch), and per offer which to read
@@ -167,7 +212,7 @@ class _State:
             if index is not None:
                 result = results[index]
             else:
-                ok, error = bound.rule.evaluate(self.variables)
+                ok, error = bound.rule.evaluate(self.variables())
                 result = RuleError(error) if error is not None else ok
             if result is True:
                 continue
@@ -186,7 +231,7 @@ class _State:
         for bound in compiled.weights:
             if bound.channels and self.channel not in bound.channels:
                 continue
-            value, error = bound.rule.evaluate_number(self.variables)
+            value, error = bound.rule.evaluate_number(self.variables())
             if error is not None:
                 errors.append(f"{bound.policy}: {error}")
             elif value is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -33,8 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from nba.errors import Problem
 from nba.policy.offers import Group, Identifier, Offer
 from nba.policy.policies import Budget, ContactCap, Policy, Suppression
+from nba.policy.predicates import Predicates
 from nba.policy.profile import ProfileDefinition, ProfileSection
-from nba.policy.rules import Rule, RuleBatch
+from nba.policy.rules import Rule, RuleBatch, RuleError
 from nba.policy.schema import ContextSchema, FieldSpec, FieldType, needed_paths
 
 __all__ = [
@@ -135,17 +136,19 @@ class CompiledOffer:
 
 
 class ChannelBatch:
-    """The engagement rules of every offer on one channel, as one ``RuleBatch``: each distinct
+    """The engagement rules of every offer on one channel, evaluated together: each distinct
     rule once (a group policy that does not name the offer serves every offer it covers), and
-    for each offer, which results to read, in screening order."""
+    for each offer, which results to read, in screening order. Rules of the common shapes are
+    answered for all offers at once (``Predicates``); the rest, and any a request's context
+    leaves to CEL, by CEL (one ``RuleBatch``)."""
 
-    def __init__(self, channel: str, offers: list[CompiledOffer]) -> None:
+    def __init__(self, channel: str, offers: list[CompiledOffer], compiled: bool = True) -> None:
         rules: list[Rule] = []
         index: dict[int, int] = {}
         self.elements: dict[str, list[tuple[int, BoundRule]]] = {}
-        for compiled in offers:
+        for compiled_offer in offers:
             steps = []
-            for bound in compiled.rules:
+            for bound in compiled_offer.rules:
                 if bound.channels and channel not in bound.channels:
                     continue
                 key = id(bound.rule)
@@ -153,8 +156,29 @@ class ChannelBatch:
                     index[key] = len(rules)
                     rules.append(bound.rule)
                 steps.append((index[key], bound))
-            self.elements[compiled.id] = steps
-        self.batch = RuleBatch(rules)
+            self.elements[compiled_offer.id] = steps
+        self.rules = rules
+        #: compiled=False: every rule CEL's (the tests hold both ways to the same verdicts)
+        self.predicates = Predicates([r.source for r in rules], compile_shapes=compiled)
+        shaped = set(self.predicates.compiled)
+        #: the rules without a compiled shape, evaluated by CEL on every request
+        self._by_cel = [i for i in range(len(rules)) if i not in shaped]
+        self.batch = RuleBatch([rules[i] for i in self._by_cel])
+
+    def evaluate(self, features: Mapping[str, Any], variables: Callable[[], Any]) -> list[Any]:
+        """Each rule's result for a request's ``features`` (as ``RuleBatch.evaluate``'s);
+        ``variables()`` builds the request's CEL activation, called only if CEL is needed."""
+        answered, unknown = self.predicates.evaluate(features)
+        results: list[Any] = answered
+        if self._by_cel:
+            for i, result in zip(self._by_cel, self.batch.evaluate(variables()), strict=True):
+                results[i] = result
+        if unknown:
+            context = variables()
+            for i in unknown:
+                ok, error = self.rules[i].evaluate(context)
+                results[i] = RuleError(error) if error is not None else ok
+        return results
 
 
 @dataclass

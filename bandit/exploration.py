@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bandit.kernels import igw_draw
+
 __all__ = ["EpsilonGreedy", "Exploration", "InverseGapWeighting", "draw_slots"]
 
 
@@ -151,6 +153,21 @@ def draw_slots(
     the probability it had when drawn (conditional on the earlier slots).
     """
     scores = np.asarray(scores, dtype=float)
+    if isinstance(exploration, InverseGapWeighting) and len(scores):
+        return _compiled_draw(exploration, scores, k, rng, scale, t)
+    return _numpy_draw(exploration, scores, k, rng, scale, t)
+
+
+def _numpy_draw(
+    exploration: Exploration,
+    scores: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    scale: float = 1.0,
+    t: int | np.ndarray = 0,
+) -> tuple[np.ndarray, list[tuple[int, float]]]:
+    """``draw_slots`` in numpy, for any exploration (and the reference the compiled draw is
+    held to)."""
     first = exploration.probabilities(scores, scale, t)
     slots: list[tuple[int, float]] = []
     n = len(scores)
@@ -172,6 +189,30 @@ def draw_slots(
         slots.append((i, float(p[i])))
         alive[i] = False
     return first, slots
+
+
+def _compiled_draw(
+    exploration: InverseGapWeighting,
+    scores: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    scale: float,
+    t: int | np.ndarray,
+) -> tuple[np.ndarray, list[tuple[int, float]]]:
+    """``draw_slots`` under inverse gap weighting in one compiled pass (``bandit.kernels``):
+    the same numbers, and the same draws from ``rng`` (one for each slot with more than one
+    arm left)."""
+    n = len(scores)
+    scaled = np.ascontiguousarray(_ranked_by(scores / scale if scale > 0 and scale != 1.0 else scores), dtype=float)
+    gamma = exploration.gamma(t)
+    gammas = np.ascontiguousarray(gamma, dtype=float) if isinstance(gamma, np.ndarray) else np.full(n, float(gamma))
+    slots = min(k, n)
+    uniforms = rng.random(slots - (1 if k >= n else 0))
+    first = np.empty(n)
+    chosen = np.empty(max(slots, 0), dtype=np.int64)
+    propensities = np.empty(max(slots, 0))
+    igw_draw(scaled, gammas, slots, uniforms, first, chosen, propensities)
+    return first, list(zip(chosen.tolist(), propensities.tolist(), strict=True))
 
 
 def _ranked_by(scores: np.ndarray) -> np.ndarray:

@@ -177,6 +177,76 @@ def started(url: str, policies: Path, **overrides: Any) -> Service:
     return service
 
 
+def stored_vs_inline(service: Service, chosen: list[str]) -> dict[str, float]:
+    """Decide on the stored profile (cached) against the same fields inline: the CPU time of
+    the deciding thread per call (the decider called in-process: gRPC's own cost, the same for
+    both, left out; the log's writer thread is not this one)."""
+    inline: dict[str, dict[str, Any]] = {}
+    for customer in chosen:
+        inline[customer] = dict(service.profile_cache.view(customer, time.time()).learnable)
+    base = {"customer": {"age": 40, "flags": {"churn_risk": False, "fraud_risk": False}}}
+
+    def cpu_per_call(stored: bool) -> float:
+        began = time.thread_time()
+        for customer in chosen:
+            if stored:
+                request = DecideInput(customer_id=customer, channel="web", context=base)
+            else:  # a customer no event named (its empty profile cached), the fields sent
+                request = DecideInput(
+                    customer_id=f"inline-{customer}", channel="web", context={**base, "profile": inline[customer]}
+                )
+            service.decider.decide(request)
+        return (time.thread_time() - began) / len(chosen)
+
+    # a first pass of each warms what both read alike (the contact histories of as many
+    # customers, the inline customers' empty profiles); the second is measured
+    cpu_per_call(False)
+    cpu_per_call(True)
+    inline_cpu = cpu_per_call(False)
+    stored_cpu = cpu_per_call(True)
+    return {
+        "decide_stored_cpu_ms": stored_cpu * 1000,
+        "decide_inline_cpu_ms": inline_cpu * 1000,
+        "decide_stored_over_inline": stored_cpu / inline_cpu if inline_cpu else float("nan"),
+    }
+
+
+def stored_profile_ratio(customers: int = 20_000, samples: int = 2000) -> dict[str, Any]:
+    """``stored_vs_inline`` alone, for `make bench`: ``customers`` generated customers loaded
+    into a schema of their own on PostgreSQL (dropped afterwards), ``samples`` of them decided
+    for. Raises ``OSError`` when PostgreSQL cannot be reached."""
+    import psycopg
+
+    schema = f"bench_profiles_{uuid.uuid4().hex[:8]}"
+    libpq = POSTGRES.replace("postgresql+psycopg://", "postgresql://", 1)
+    try:
+        with psycopg.connect(libpq, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'CREATE SCHEMA "{schema}"')
+    except psycopg.OperationalError as exc:
+        raise OSError(f"PostgreSQL at {POSTGRES}: {exc}") from None
+    url = f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    folder = Path(tempfile.mkdtemp(prefix="nba-bench-profiles-"))
+    try:
+        policies = folder / "policies"
+        shutil.copytree(ROOT / "policies", policies, ignore=shutil.ignore_patterns("*_test.yaml"))
+        engine = open_engine(url)
+        ensure_schema(engine)
+        engine.dispose()
+        load(url, policies, 0, customers, 10)
+        service = started(url, policies)
+        try:
+            chosen = [f"c-{i}" for i in random.Random(5).sample(range(customers), samples)]
+            for customer in chosen:
+                service.profile_cache.get(customer)
+            return {"customers": customers, **stored_vs_inline(service, chosen)}
+        finally:
+            service.stop(grace=1.0)
+    finally:
+        with psycopg.connect(libpq, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def measure(url: str, policies: Path, customers: int, rng: random.Random, samples: int) -> dict[str, Any]:
     service = started(url, policies, admin_tokens=[f"bench:viewer:{TOKEN}"])
     channel = grpc.insecure_channel(f"127.0.0.1:{service.port}")
@@ -225,35 +295,7 @@ def measure(url: str, policies: Path, customers: int, rng: random.Random, sample
             out[f"getprofile_{phase}_p50_ms"] = statistics.median(values)
             out[f"getprofile_{phase}_p99_ms"] = percentile(values, 0.99)
 
-        # Decide on the stored profile (cached) against the same fields inline: the CPU time
-        # of the deciding thread (the decider called in-process: gRPC's own cost, the same
-        # for both, left out; the log's writer thread is not this one)
-        inline: dict[str, dict[str, Any]] = {}
-        for customer in chosen:
-            inline[customer] = dict(service.profile_cache.view(customer, time.time()).learnable)
-        base = {"customer": {"age": 40, "flags": {"churn_risk": False, "fraud_risk": False}}}
-
-        def cpu_per_call(stored: bool) -> float:
-            began = time.thread_time()
-            for customer in chosen:
-                if stored:
-                    request = DecideInput(customer_id=customer, channel="web", context=base)
-                else:  # a customer no event named (its empty profile cached), the fields sent
-                    request = DecideInput(
-                        customer_id=f"inline-{customer}", channel="web", context={**base, "profile": inline[customer]}
-                    )
-                service.decider.decide(request)
-            return (time.thread_time() - began) / len(chosen)
-
-        # a first pass of each warms what both read alike (the contact histories of as many
-        # customers, the inline customers' empty profiles); the second is measured
-        cpu_per_call(False)
-        cpu_per_call(True)
-        inline_cpu = cpu_per_call(False)
-        stored_cpu = cpu_per_call(True)
-        out["decide_stored_cpu_ms"] = stored_cpu * 1000
-        out["decide_inline_cpu_ms"] = inline_cpu * 1000
-        out["decide_stored_over_inline"] = stored_cpu / inline_cpu if inline_cpu else float("nan")
+        out.update(stored_vs_inline(service, chosen))
 
         # memory per cached profile
         service.profile_cache.clear()

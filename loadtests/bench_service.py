@@ -11,12 +11,17 @@ per call is read from its own CPU counters (/proc), the steadier figure. Reporte
   the service, so also at half of its own maximum);
 * Feedback throughput and CPU per call;
 * Decide over the HTTP/JSON API (same server, same requests as JSON) against Decide over gRPC;
-* how Decide's CPU per call grows with 10, 100 and 1,000 offers and 10, 30 and 100 fields;
+* how Decide's CPU per call grows with 10, 100, 1,000 and 5,000 offers and 10, 30, 100 and
+  300 fields, plotted into docs/bench-scaling.png;
+* p99 latency at 1,500 Decide calls a second on one worker;
 * `--workers 2` against one worker, flat out and at the same offered load; how long a
   Feedback takes to show in the other worker's decisions; resident memory per worker;
-* resident memory of contact history for 100,000 and 1,000,000 customers.
+* resident memory of contact history for 100,000 and 1,000,000 customers;
+* Decide on a stored customer profile against the same fields inline (PostgreSQL, as
+  `make bench-profiles` loads profiles; skipped, and said so, without it).
 
-Results as a table, saved as JSON (loadtests/results/bench_service.json).
+Results as a table, then every goal's ratio against its bound, saved as JSON
+(loadtests/results/bench_service.json).
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ from nba.v1 import decision_service_pb2_grpc as pb_grpc  # noqa: E402
 
 SERVER_CPU = 0
 CLIENT_CPU = 1
+#: the offered load (Decide calls a second, one worker) at which p99 latency has a goal
+GOAL_RATE = 1500
+#: the scaling grid: offers at 30 fields, and fields at 100 offers
+OFFERS = (10, 100, 1000, 5000)
+FIELDS = (10, 30, 100, 300)
 
 
 @dataclass
@@ -546,7 +556,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         results["feedback_max"] = show("nba: Feedback, max", fb)
         results["memory_mb_100_offers"] = rss_mb(server.proc.pid)
-        # Last: the floor's half-load overloads the service, whose backlog would spill into later phases.
+        # Last: loads that may overload the service, whose backlog would spill into later phases.
+        at_goal = run(open_loop(server.port, server.proc.pid, base, GOAL_RATE, args.seconds))
+        results["service_at_goal_rate"] = show(f"nba: Decide at {GOAL_RATE:,}/s (the p99 goal's load)", at_goal)
+        time.sleep(3)  # calls past their deadline drain
         svc_fixed = run(open_loop(server.port, server.proc.pid, base, rate, args.seconds))
         results["service_fixed"] = show(f"nba: Decide at {rate:.0f}/s (half the floor's max)", svc_fixed)
     finally:
@@ -557,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         "throughput": round(svc_max.throughput / floor_max.throughput, 2),
         "feedback_vs_decide_cpu": round(fb.cpu_per_call_us / svc_max.cpu_per_call_us, 2),
         "http_vs_grpc_decide_cpu": round(http_max.cpu_per_call_us / svc_max.cpu_per_call_us, 2),
+        "p99_ms_at_goal_rate": round(at_goal.percentile(99), 2) if at_goal.latencies_ms else None,
+        "calls_failed_at_goal_rate": at_goal.errors,
     }
     print(
         f"\nratios: service/floor CPU per call {results['ratios']['cpu_per_call']}×, "
@@ -567,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.quick:
         scaling: dict[str, Any] = {}
-        for offers, fields_ in ((10, 30), (100, 30), (1000, 30), (100, 10), (100, 100)):
+        grid = [(offers, 30) for offers in OFFERS] + [(100, fields_) for fields_ in FIELDS if fields_ != 30]
+        for offers, fields_ in grid:
             folder = write_policy_set(work / f"p{offers}-f{fields_}", offers, fields_)
             server = service(folder, work / f"p{offers}-f{fields_}.db", 1, {SERVER_CPU})
             try:
@@ -581,8 +597,23 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
         results["scaling"] = scaling
         c100 = scaling["100 offers, 30 fields"]["cpu_per_call_us"]  # same run length and request mix
-        results["ratios"]["1000_vs_100_offers"] = round(scaling["1000 offers, 30 fields"]["cpu_per_call_us"] / c100, 2)
-        print(f"ratios: 1,000 offers cost {results['ratios']['1000_vs_100_offers']}× the CPU per call of 100")
+        for offers in OFFERS:
+            results["ratios"][f"{offers}_vs_100_offers"] = round(
+                scaling[f"{offers} offers, 30 fields"]["cpu_per_call_us"] / c100, 2
+            )
+        for fields_ in FIELDS:
+            results["ratios"][f"{fields_}_vs_30_fields"] = round(
+                scaling[f"100 offers, {fields_} fields"]["cpu_per_call_us"] / c100, 2
+            )
+        results["ratios"]["10_offers_vs_floor"] = round(
+            scaling["10 offers, 30 fields"]["cpu_per_call_us"] / floor_max.cpu_per_call_us, 2
+        )
+        print(
+            f"ratios: 1,000 offers cost {results['ratios']['1000_vs_100_offers']}× the CPU per call of 100 "
+            f"(5,000: {results['ratios']['5000_vs_100_offers']}×); 10 offers {results['ratios']['10_offers_vs_floor']}× "
+            f"the floor; 300 fields {results['ratios']['300_vs_30_fields']}× the CPU of 30"
+        )
+        plot(scaling, floor_max.cpu_per_call_us, ROOT / "docs" / "bench-scaling.png")
 
         # Two workers on both cores (the client then shares them: CPU per call is the measure).
         folder = work / "p100-f30"
@@ -633,11 +664,100 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"contact history (3 events each): {results['contact_history_mb']}")
 
+        # Decide on a stored profile against the same fields inline (PostgreSQL: the profiles
+        # are loaded in bulk with COPY, as `make bench-profiles` does, at a smaller scale).
+        from bench_profiles import stored_profile_ratio
+
+        try:
+            stored = stored_profile_ratio()
+        except OSError as exc:
+            print(f"stored profile / inline: skipped ({exc})")
+        else:
+            results["stored_profile"] = stored
+            results["ratios"]["stored_vs_inline_profile"] = round(stored["decide_stored_over_inline"], 2)
+            print(
+                f"ratios: Decide on a stored profile {results['ratios']['stored_vs_inline_profile']}× the CPU of the "
+                f"same fields inline ({stored['decide_stored_cpu_ms']:.2f} against {stored['decide_inline_cpu_ms']:.2f} ms)"
+            )
+
+    results["goals"] = goals(results["ratios"])
+    print("\nthe goals:")
+    for goal in results["goals"]:
+        print(f"  {goal['goal']:58} {goal['measured']:>12}  {goal['verdict']}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {out}")
     return 0
+
+
+#: (goal, key in ratios, bound, moonshot): each ratio is met when at most its bound
+GOALS = (
+    ("Decide ≤ 3× the floor's CPU per call (moonshot 1.5×)", "cpu_per_call", 3.0, 1.5),
+    ("1,000 offers ≤ 3× the CPU per call of 100", "1000_vs_100_offers", 3.0, None),
+    ("10 offers ≤ 1.5× the floor's CPU per call", "10_offers_vs_floor", 1.5, None),
+    ("--workers 2 ≤ 1.15× one worker's CPU per call", "two_workers_cpu", 1.15, None),
+    (f"p99 ≤ 5 ms at {GOAL_RATE:,} Decide/s (one worker)", "p99_ms_at_goal_rate", 5.0, None),
+    ("Feedback ≤ Decide's CPU per call", "feedback_vs_decide_cpu", 1.0, None),
+    ("Decide on a stored profile ≤ 1.15× the same fields inline", "stored_vs_inline_profile", 1.15, None),
+    ("HTTP Decide ≤ 1.5× gRPC Decide's CPU per call", "http_vs_grpc_decide_cpu", 1.5, None),
+)
+
+
+def goals(ratios: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each goal with what this run measured and whether it is met (not measured: the phase
+    was skipped, --quick or no PostgreSQL)."""
+    out = []
+    for goal, key, bound, moonshot in GOALS:
+        value = ratios.get(key)
+        if value is None:
+            measured, verdict = "-", "not measured"
+        else:
+            unit = " ms" if key.startswith("p99") else "×"
+            measured = f"{value}{unit}"
+            verdict = "met" if value <= bound else "missed"
+            if key == "p99_ms_at_goal_rate" and ratios.get("calls_failed_at_goal_rate"):
+                measured += f" ({ratios['calls_failed_at_goal_rate']} failed)"
+                verdict = "missed"
+            if moonshot is not None and value <= moonshot:
+                verdict = "met, moonshot too"
+        out.append({"goal": goal, "key": key, "bound": bound, "value": value, "measured": measured, "verdict": verdict})
+    return out
+
+
+def plot(scaling: dict[str, Any], floor_us: float, path: Path) -> None:
+    """Server CPU per call against offers (30 fields) and against context fields (100 offers),
+    on log-log axes, with the floor and a line proportional to the work from the first point."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the plots extra (make install has it)
+        print("plot skipped: matplotlib is not installed (pip install 'nba[plots]')")
+        return
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    panels = (
+        (axes[0], OFFERS, lambda n: f"{n} offers, 30 fields", "offers (30 context fields)"),
+        (axes[1], FIELDS, lambda n: f"100 offers, {n} fields", "context fields (100 offers)"),
+    )
+    for axis, xs, key, label in panels:
+        ys = [scaling[key(x)]["cpu_per_call_us"] for x in xs]
+        axis.plot(xs, ys, "o-", label="nba Decide")
+        axis.plot(xs, [ys[0] * x / xs[0] for x in xs], ":", color="grey", label="proportional to the work")
+        axis.axhline(floor_us, color="black", linewidth=0.8, label="gRPC floor")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("server CPU per call (µs)")
+    axes[0].legend(loc="upper left")
+    figure.suptitle("Decide: CPU per call against the work (make bench)")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["MAX_MULTIPLIER", "multiplier", "multipliers"]
+__all__ = ["MAX_MULTIPLIER", "multiplier", "multiplier_array", "multipliers"]
 
 #: value x levers x weights is capped here, so no policy value and no context can overflow a score
 MAX_MULTIPLIER = 1e9
@@ -35,3 +35,14 @@ def multiplier(value: float, lever: float = 1.0, weight: float = 1.0) -> float:
 def multipliers(factors: Iterable[tuple[float, float, float]]) -> np.ndarray:
     """``multiplier`` of each (value, lever, weight), as an array."""
     return np.fromiter((multiplier(v, lev, w) for v, lev, w in factors), dtype=float)
+
+
+def multiplier_array(values: np.ndarray, levers: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``multiplier`` of every offer at once, from arrays of the same length (the same
+    products in the same order, so the same numbers).
+
+    >>> multiplier_array(np.array([10.0, 1e6, np.nan]), np.array([4.0, 1e3, 1.0]), np.array([1.5, 1e3, 1.0])).tolist()
+    [60.0, 1000000000.0, 0.0]
+    """
+    product = values * levers * weights
+    return np.where(product > 0.0, np.minimum(product, MAX_MULTIPLIER), 0.0)

@@ -337,14 +337,13 @@ class Decider:
         ranked = _Ranked()
         if eligible:
             limit = max(1, request.limit)
-            factors = [(v.offer.offer.value, v.offer.lever, v.weight) for v in eligible]
-            multipliers = arbitration.multipliers(factors)
-            ids = [v.offer.id for v in eligible]
+            ids, factors = _factors(eligible, screening)
+            multipliers = arbitration.multiplier_array(factors[:, 0], factors[:, 1], factors[:, 2])
             draw, ranked.model_version, ranked.exploration = self._learning.draw(ids, features, limit, multipliers)
             if not (np.isfinite(draw.predicted).all() and np.isfinite(draw.scores).all()):
                 draw = self._uniform(draw, limit)
                 ranked.exploration = "uniform: the learner's estimates were not all finite"
-            numbers = np.column_stack((draw.predicted, np.asarray(factors, dtype=float), draw.scores, draw.probabilities))
+            numbers = np.column_stack((draw.predicted, factors, draw.scores, draw.probabilities))
             ranked.eligible_block = eligible_block(
                 ids, numbers, [[i, "; ".join(v.weight_errors)] for i, v in enumerate(eligible) if v.weight_errors]
             )
@@ -570,6 +569,21 @@ def explain(record: DecisionRecord, policy_set: PolicySet) -> list[dict[str, Any
                 }
         entries.append(entry)
     return entries
+
+
+def _factors(eligible: list[Verdict], screening: Screening) -> tuple[list[str], np.ndarray]:
+    """The eligible offers' ids and their (value, lever, weight) rows, (n, 3): read from the
+    channel's catalogue by position (no Python work per offer but reading two numbers), or
+    offer by offer for verdicts not screened on one."""
+    n = len(eligible)
+    catalogue = screening.catalogue
+    positions = np.fromiter((v.position for v in eligible), dtype=np.intp, count=n)
+    weights = np.fromiter((v.weight for v in eligible), dtype=float, count=n)
+    if catalogue is not None and n and positions.min() >= 0:
+        factors = np.column_stack((catalogue.values[positions], catalogue.levers[positions], weights))
+        return catalogue.ids[positions].tolist(), factors
+    rows = [(v.offer.offer.value, v.offer.lever, v.weight) for v in eligible]
+    return [v.offer.id for v in eligible], np.asarray(rows, dtype=float).reshape(n, 3)
 
 
 def _explored(scores: np.ndarray, slots: list[tuple[int, float]]) -> list[bool]:

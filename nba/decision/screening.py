@@ -29,6 +29,8 @@ from datetime import datetime
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import numpy as np
+
 from nba.days import LocalDay, day_of, local_day
 from nba.decision.contacts import ContactSummary, OfferCounters
 from nba.decision.reservations import Claim, key
@@ -36,7 +38,7 @@ from nba.policy.policies import Budget
 from nba.policy.policy_set import ChannelBatch, CompiledOffer, PolicySet
 from nba.policy.rules import RuleError, activation, shown
 
-__all__ = ["REASONS", "BudgetBurn", "Screening", "Verdict", "budget_burn", "screen"]
+__all__ = ["REASONS", "BudgetBurn", "Catalogue", "Screening", "Verdict", "budget_burn", "screen"]
 
 REASONS = (
     "status",
@@ -70,6 +72,22 @@ class Verdict:
     weight: float = 1.0
     #: problems evaluating weights (each weight that failed counts as 1)
     weight_errors: tuple[str, ...] = ()
+    #: the offer's place in its channel's ``Catalogue`` (-1: not screened on one)
+    position: int = -1
+
+
+class Catalogue:
+    """The offers of one channel as arrays, in screening order, for ranking every eligible
+    offer at once: ``values`` and ``levers`` (float64) and ``ids`` (objects). A verdict's
+    ``position`` indexes them."""
+
+    __slots__ = ("ids", "levers", "values")
+
+    def __init__(self, offers: list[CompiledOffer]) -> None:
+        self.values = np.fromiter((c.offer.value for c in offers), dtype=float, count=len(offers))
+        self.levers = np.fromiter((c.lever for c in offers), dtype=float, count=len(offers))
+        self.ids = np.empty(len(offers), dtype=object)
+        self.ids[:] = [c.id for c in offers]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +96,8 @@ class Screening:
     verdicts: list[Verdict]
     #: the channel's fallback, with its own verdict, if it has one
     fallback: Verdict | None
+    #: the channel's offers as arrays (verdicts' ``position`` index them)
+    catalogue: Catalogue | None = None
 
     @property
     def eligible(self) -> list[Verdict]:
@@ -127,47 +147,58 @@ def screen(
     verdicts: list[Verdict] = []
     append = verdicts.append
     verdict_of = state.verdict
-    for compiled, steps, passed in _plan(policy_set, channel, batch):
+    plan, catalogue = _plan(policy_set, channel, batch)
+    for position, (compiled, steps, passed) in enumerate(plan):
         # The common case inline (one call per offer showed in profiles): an offer with only
         # rules, read from the batch's results, and when they all hold, its verdict made once.
         if passed is None:
-            append(verdict_of(compiled))
+            verdict = verdict_of(compiled)
+            verdict.position = position
+            append(verdict)
             continue
         for index, failed in steps:
             result = results[index]
             if result is not True:
-                append(failed if result is False else verdict_of(compiled))
+                if result is False:
+                    append(failed)
+                else:
+                    verdict = verdict_of(compiled)
+                    verdict.position = position
+                    append(verdict)
                 break
         else:
             append(passed)
     fallback = policy_set.fallback.get(channel)
-    return Screening(verdicts, state.verdict(fallback, last_resort=True) if fallback else None)
+    return Screening(verdicts, state.verdict(fallback, last_resort=True) if fallback else None, catalogue)
 
 
 _Plan = list[tuple[CompiledOffer, tuple[tuple[int, Verdict], ...], Verdict | None]]
 #: per channel batch (one a channel of a policy set): each offer on the channel, for an offer
 #: with only rules with the index of each rule's result and the verdict when it is false, and
-#: the verdict when they all hold (made once: verdicts are never changed, only replaced);
-#: (offer, (), None) for an offer that needs the whole screen
-_PLANS: WeakKeyDictionary[ChannelBatch, _Plan] = WeakKeyDictionary()
+#: the verdict when they all hold (made once: a verdict is never changed once screening has
+#: returned it, only replaced); (offer, (), None) for an offer that needs the whole screen.
+#: And the channel's catalogue.
+_PLANS: WeakKeyDictionary[ChannelBatch, tuple[_Plan, Catalogue]] = WeakKeyDictionary()
 
 
-def _plan(policy_set: PolicySet, channel: str, batch: ChannelBatch | None) -> _Plan:
+def _plan(policy_set: PolicySet, channel: str, batch: ChannelBatch | None) -> tuple[_Plan, Catalogue]:
     offers = policy_set.by_channel.get(channel, [])
     if batch is None:
-        return [(compiled, (), None) for compiled in offers]
-    plan = _PLANS.get(batch)
-    if plan is None:
-        plan = []
-        for compiled in offers:
+        return [(compiled, (), None) for compiled in offers], Catalogue(offers)
+    found = _PLANS.get(batch)
+    if found is None:
+        plan: _Plan = []
+        for position, compiled in enumerate(offers):
             steps = batch.elements.get(compiled.id)
             if steps is None or compiled.timed or compiled.held or compiled.weights:
                 plan.append((compiled, (), None))
             else:
-                failing = tuple((index, Verdict(compiled, False, bound.kind, bound.policy)) for index, bound in steps)
-                plan.append((compiled, failing, Verdict(compiled, True)))
-        _PLANS[batch] = plan
-    return plan
+                failing = tuple(
+                    (index, Verdict(compiled, False, bound.kind, bound.policy, position=position)) for index, bound in steps
+                )
+                plan.append((compiled, failing, Verdict(compiled, True, position=position)))
+        found = _PLANS[batch] = (plan, Catalogue(offers))
+    return found
 
 
 class _State:

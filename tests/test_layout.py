@@ -34,6 +34,7 @@ REQUEST_PATH = (
     "nba.decision.contacts",
     "nba.decision.reservations",
     "nba.service.context",
+    "nba.service.wire",
     "nba.policy.rules",
     "nba.policy.schema",
     "nba.policy.policy_set",

@@ -35,6 +35,7 @@ from nba.inputs import (
     MAX_ID_LENGTH,
     control_character,
 )
+from nba.service.wire import flat_context
 
 __all__ = ["MAX_CONTEXT_BYTES", "MAX_CONTEXT_DEPTH", "MAX_CONTEXT_LEAVES", "features_from_struct"]
 
@@ -46,14 +47,24 @@ _KNOWN_KEYS_LIMIT = 20_000
 
 def features_from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
     """The context flattened to dotted keys (as ``bandit.flatten`` would give), checked, in one
-    pass over the message: the request path needs only the flat form. Raises
-    ``InvalidArgument`` naming the field at fault."""
-    size = struct.ByteSize()
-    if size > MAX_CONTEXT_BYTES:
+    pass over the message's bytes (compiled, ``nba.service.wire``) or, for what that pass leaves,
+    over the message: the request path needs only the flat form. Raises ``InvalidArgument``
+    naming the field at fault."""
+    data = struct.SerializeToString()
+    if len(data) > MAX_CONTEXT_BYTES:
         raise InvalidArgument(
-            f"context: {size} bytes, more than the limit of {MAX_CONTEXT_BYTES}; "
+            f"context: {len(data)} bytes, more than the limit of {MAX_CONTEXT_BYTES}; "
             "send only the fields the policies and the learner use"
         )
+    # The compiled pass over the bytes answers the contexts it can check completely; the walk
+    # below answers the rest, and names the field at fault.
+    found = flat_context(data)
+    return found if found is not None else walk_struct(struct)
+
+
+def walk_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """``features_from_struct`` in Python, over the message's objects: every context, and the
+    reference the compiled pass (``nba.service.wire``) is held to."""
     out: dict[str, Any] = {}
     counter = [0]
     # (dotted prefix, struct, the level of its fields)

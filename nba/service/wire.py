@@ -46,10 +46,10 @@ _PREFIX_BYTES = MAX_CONTEXT_DEPTH * (MAX_ID_LENGTH + 1) + 1
 _MAX_NUMBER = float(MAX_CONTEXT_NUMBER)
 # Where each output lies in the three buffers a thread passes (few arguments: numba checks the
 # type of each argument on every call, about half a microsecond an array).
-#   ints:   kinds [0, L) | lists (first, count) [L, 3L) | item kinds [3L, 4L) | item spans [4L, 6L) | totals [6L, 6L+2)
+#   ints:   kinds [0, L) | lists (first, count) [L, 3L) | item kinds [3L, 4L) | item spans [4L, 6L) | totals [6L, 6L+3)
 #   floats: numbers [0, L) | item numbers [L, 2L)
 #   bytes:  scratch [0, P) | paths [P, 2P) | strings [2P, 2P + S)
-_INTS = 6 * _LEAVES + 2
+_INTS = 6 * _LEAVES + 3
 _FLOATS = 2 * _LEAVES
 _BYTES = 2 * _PATH_BYTES + MAX_CONTEXT_BYTES + _LEAVES
 _SIG = _T.int64(_DATA, _T.int64[::1], _T.float64[::1], _T.uint8[::1])
@@ -89,7 +89,8 @@ def _decode(data: np.ndarray, ints: np.ndarray, floats: np.ndarray, buffer: np.n
     """Decodes a serialised Struct. Writes the leaves sorted by path: their paths separated by
     NUL, kinds, numbers (booleans as 0 and 1), the string values separated by NUL, and for a
     list leaf its items' (first, count) with the items' kinds, numbers and string spans (into
-    ``data``); the totals get the bytes of paths and of strings written (layout: above).
+    ``data``); the totals get the bytes of paths and of strings written, and the number of
+    leaves that are not numbers (layout: above).
     Returns the number of leaves, or -1 when the context is not one it answers (the Python walk
     then does)."""
     max_depth = MAX_CONTEXT_DEPTH
@@ -101,7 +102,7 @@ def _decode(data: np.ndarray, ints: np.ndarray, floats: np.ndarray, buffer: np.n
     lists = ints[L : 3 * L]
     item_kinds = ints[3 * L : 4 * L]
     item_spans = ints[4 * L : 6 * L]
-    totals = ints[6 * L : 6 * L + 2]
+    totals = ints[6 * L : 6 * L + 3]
     numbers = floats[:L]
     item_numbers = floats[L : 2 * L]
     scratch = buffer[:_PATH_BYTES]
@@ -358,8 +359,13 @@ def _decode(data: np.ndarray, ints: np.ndarray, floats: np.ndarray, buffer: np.n
         elif leaf_kind[leaf] == LIST:
             lists[2 * r] = leaf_s0[leaf]
             lists[2 * r + 1] = leaf_s1[leaf]
+    others = 0
+    for r in range(leaves):
+        if kinds[r] != NUMBER:
+            others += 1
     totals[0] = written
     totals[1] = text
+    totals[2] = others
     return leaves
 
 
@@ -387,27 +393,27 @@ def flat_context(data: bytes) -> dict[str, Any] | None:
     count = _decode(np.frombuffer(data, dtype=np.uint8), ints, floats, buffer)
     if count <= 0:
         return {} if count == 0 else None
-    written, text = ints[6 * _L : 6 * _L + 2].tolist()
+    written, text, others = ints[6 * _L : 6 * _L + 3].tolist()
     paths = buffer[_PATH_BYTES : _PATH_BYTES + written].tobytes().decode("ascii").split("\0")
-    kinds = ints[:count].tolist()
-    numbers = floats[:count].tolist()
-    strings = iter(buffer[2 * _PATH_BYTES : 2 * _PATH_BYTES + text].tobytes().decode().split("\0") if STRING in kinds else ())
-    out: dict[str, Any] = {}
-    for r, (path, kind, number) in enumerate(zip(paths, kinds, numbers, strict=True)):
-        if kind == NUMBER:
-            out[path] = number
-        elif kind == STRING:
-            out[path] = next(strings)
-        elif kind == BOOL:
-            out[path] = number == 1.0
-        elif kind == NULL:
-            out[path] = None
-        elif kind == EMPTY_MAP:
-            out[path] = {}
-        else:
-            first, size = ints[_L + 2 * r : _L + 2 * r + 2].tolist()
-            out[path] = _items(data, ints, floats, first, size)
-    return out
+    # every leaf read as a number, then the others put right: most contexts are mostly numbers
+    values: list[Any] = floats[:count].tolist()
+    if others:
+        strings = iter(buffer[2 * _PATH_BYTES : 2 * _PATH_BYTES + text].tobytes().decode().split("\0"))
+        for r, kind in enumerate(ints[:count].tolist()):
+            if kind == NUMBER:
+                continue
+            if kind == STRING:
+                values[r] = next(strings)
+            elif kind == BOOL:
+                values[r] = values[r] == 1.0
+            elif kind == NULL:
+                values[r] = None
+            elif kind == EMPTY_MAP:
+                values[r] = {}
+            else:
+                first, size = ints[_L + 2 * r : _L + 2 * r + 2].tolist()
+                values[r] = _items(data, ints, floats, first, size)
+    return dict(zip(paths, values, strict=True))
 
 
 def _items(data: bytes, ints: np.ndarray, floats: np.ndarray, first: int, size: int) -> list[Any]:

@@ -70,6 +70,9 @@ class Atom:
     literal: Any = None
 
 
+#: how deep a compiled rule may nest (parentheses and "!")
+_MAX_NESTING = 32
+
 #: a rule's structure: an Atom, a bool (a constant), or ("not", node), ("and"|"or", (nodes...))
 Node = Any
 
@@ -112,6 +115,7 @@ class _Parser:
     def __init__(self, tokens: list[tuple[str, str]]) -> None:
         self.tokens = tokens
         self.at = 0
+        self.depth = 0
 
     def peek(self) -> tuple[str, str] | None:
         return self.tokens[self.at] if self.at < len(self.tokens) else None
@@ -158,6 +162,17 @@ class _Parser:
         raise ValueError("comparison")
 
     def unary(self) -> Any:
+        # nesting (parentheses, "!") is bounded: a rule nested deeper stays CEL's, and the
+        # generated function stays within what Python's compiler takes
+        self.depth += 1
+        if self.depth > _MAX_NESTING:
+            raise ValueError("nested too deep")
+        try:
+            return self._unary()
+        finally:
+            self.depth -= 1
+
+    def _unary(self) -> Any:
         token = self.peek()
         if token == ("op", "!"):
             self.take()
@@ -308,8 +323,12 @@ class Predicates:
                 shaped.append((index, parse(source)))
             except ValueError:
                 continue
+        evaluate = _generate(self.size, shaped)
+        if evaluate is None:
+            shaped, evaluate = [], _generate(self.size, [])
+        assert evaluate is not None  # an empty batch always compiles
         self.compiled = [index for index, _ in shaped]
-        self._evaluate = _generate(self.size, shaped)
+        self._evaluate = evaluate
 
     def evaluate(self, features: Mapping[str, Any]) -> tuple[list[bool | None], list[int]]:
         out: list[bool | None]
@@ -332,9 +351,10 @@ def _requirement(atom: Atom) -> tuple[str, tuple[str, ...]]:
     return atom.path, (kind,)
 
 
-def _generate(size: int, shaped: list[tuple[int, Node]]) -> Callable[..., tuple[list[bool | None], list[int]]]:
+def _generate(size: int, shaped: list[tuple[int, Node]]) -> Callable[..., tuple[list[bool | None], list[int]]] | None:
     """The batch's function, from its parsed rules. Only ``repr`` of parsed literals (floats,
-    strings, booleans) and of field paths enters the source, so no rule text can inject code."""
+    strings, booleans) and of field paths enters the source, so no rule text can inject code.
+    None if Python's compiler refuses the function (beyond its limits): then every rule is CEL's."""
     fields: dict[str, int] = {}
     by_need: dict[tuple[tuple[str, tuple[str, ...]], ...], list[tuple[int, str]]] = {}
     for index, node in shaped:
@@ -363,7 +383,11 @@ def _generate(size: int, shaped: list[tuple[int, Node]]) -> Callable[..., tuple[
     lines.append("    return out, unknown")
     namespace: dict[str, Any] = {}
     # Generated from parsed literals only (see above); exec is how the code becomes a function.
-    exec(compile("\n".join(lines), "<nba predicates>", "exec"), namespace)
+    try:
+        code = compile("\n".join(lines), "<nba predicates>", "exec")
+    except (SyntaxError, RecursionError, MemoryError, ValueError):  # beyond the compiler's limits
+        return None
+    exec(code, namespace)
     evaluate: Callable[..., tuple[list[bool | None], list[int]]] = namespace["evaluate"]
     return evaluate
 

@@ -252,3 +252,14 @@ def test_screening_gives_the_same_verdicts_with_and_without_compiled_rules() -> 
             assert seen == [(v.offer.id, v.eligible, v.reason, v.policy, v.detail, v.weight, v.weight_errors) for v in b.verdicts]
             shown += sum(v.eligible for v in a.verdicts)
     assert shown  # some offers pass: the verdicts compared are not all refusals
+
+
+def test_deep_nesting_stays_cel_and_long_rules_compile() -> None:
+    deep = "(" * 40 + "customer.age >= 18.0" + ")" * 40
+    negated = "!" * 41 + "customer.flags.vip"
+    wide = " || ".join(f"customer.age == {i}.0" for i in range(150))
+    predicates = Predicates([deep, negated, wide, "customer.age > 1.0"])
+    assert predicates.compiled == [2, 3]
+    results, unknown = predicates.evaluate({"customer.age": 149.0, "customer.flags.vip": True})
+    assert results == [None, None, True, True] and unknown == []
+    assert cel_verdict(wide, {"customer.age": 149.0}) == (True, None)

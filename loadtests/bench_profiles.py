@@ -211,6 +211,17 @@ def stored_vs_inline(service: Service, chosen: list[str]) -> dict[str, float]:
     }
 
 
+def prepare(url: str, folder: Path) -> Path:
+    """The sample policy set (its examples left out) copied into ``folder``, and nba's tables
+    made at ``url``; returns the policy set's folder."""
+    policies = folder / "policies"
+    shutil.copytree(ROOT / "policies", policies, ignore=shutil.ignore_patterns("*_test.yaml"))
+    engine = open_engine(url)
+    ensure_schema(engine)
+    engine.dispose()
+    return policies
+
+
 def stored_profile_ratio(customers: int = 20_000, samples: int = 2000) -> dict[str, Any]:
     """``stored_vs_inline`` alone, for `make bench`: ``customers`` generated customers loaded
     into a schema of their own on PostgreSQL (dropped afterwards), ``samples`` of them decided
@@ -227,11 +238,7 @@ def stored_profile_ratio(customers: int = 20_000, samples: int = 2000) -> dict[s
     url = f"{POSTGRES}?options=-csearch_path%3D{schema}"
     folder = Path(tempfile.mkdtemp(prefix="nba-bench-profiles-"))
     try:
-        policies = folder / "policies"
-        shutil.copytree(ROOT / "policies", policies, ignore=shutil.ignore_patterns("*_test.yaml"))
-        engine = open_engine(url)
-        ensure_schema(engine)
-        engine.dispose()
+        policies = prepare(url, folder)
         load(url, policies, 0, customers, 10)
         service = started(url, policies)
         try:
@@ -386,11 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="nba-bench-profiles-"))
     results: list[dict[str, Any]] = []
     try:
-        policies = folder / "policies"
-        shutil.copytree(ROOT / "policies", policies, ignore=shutil.ignore_patterns("*_test.yaml"))
-        engine = open_engine(url)
-        ensure_schema(engine)
-        engine.dispose()
+        policies = prepare(url, folder)
         loaded = 0
         rng = random.Random(11)
         for scale in scales:

@@ -9,7 +9,7 @@ running code (NumPy arrays and JSON, not a pickle).
 """
 
 from bandit.base import Draw, Learner
-from bandit.exploration import EpsilonGreedy, Exploration, InverseGapWeighting, draw_slots
+from bandit.exploration import EpsilonGreedy, Exploration, InverseGapWeighting, draw_slots, load_kernels
 from bandit.features import Featurizer, flatten, unflatten
 from bandit.linear import LinearBandit
 from bandit.ridge import RidgeArms
@@ -28,6 +28,7 @@ __all__ = [
     "RidgeArms",
     "UniformRandom",
     "draw_slots",
+    "load_kernels",
     "flatten",
     "limit_blas_threads",
     "unflatten",

@@ -13,13 +13,27 @@ strategies here) rather than NaN.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from bandit.kernels import igw_draw
+__all__ = ["EpsilonGreedy", "Exploration", "InverseGapWeighting", "draw_slots", "load_kernels"]
 
-__all__ = ["EpsilonGreedy", "Exploration", "InverseGapWeighting", "draw_slots"]
+#: ``bandit.kernels``, once loaded. Importing numba and loading the compiled draw cost about
+#: 0.8 s of CPU a process: programs that never draw (the CLI checking a policy set, a test's
+#: helper) must not pay it, so it is loaded on demand, not on import.
+_kernels: Any = None
+
+
+def load_kernels() -> None:
+    """Loads the compiled draw (``bandit.kernels``) now, if not yet: a service calls it as it
+    starts, so that no request pays the loading; otherwise the first draw does."""
+    global _kernels
+    if _kernels is None:
+        # by name, at run time: the one deferred import of the library (see _kernels)
+        _kernels = importlib.import_module("bandit.kernels")
 
 
 class Exploration:
@@ -211,7 +225,9 @@ def _compiled_draw(
     first = np.empty(n)
     chosen = np.empty(max(slots, 0), dtype=np.int64)
     propensities = np.empty(max(slots, 0))
-    igw_draw(scaled, gammas, slots, uniforms, first, chosen, propensities)
+    if _kernels is None:
+        load_kernels()
+    _kernels.igw_draw(scaled, gammas, slots, uniforms, first, chosen, propensities)
     return first, list(zip(chosen.tolist(), propensities.tolist(), strict=True))
 
 

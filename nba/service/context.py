@@ -22,6 +22,7 @@ reaches this module and is refused as undecodable (``nba.service.server``), also
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -35,7 +36,6 @@ from nba.inputs import (
     MAX_ID_LENGTH,
     control_character,
 )
-from nba.service.wire import flat_context
 
 __all__ = ["MAX_CONTEXT_BYTES", "MAX_CONTEXT_DEPTH", "MAX_CONTEXT_LEAVES", "features_from_struct"]
 
@@ -58,8 +58,23 @@ def features_from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
         )
     # The compiled pass over the bytes answers the contexts it can check completely; the walk
     # below answers the rest, and names the field at fault.
-    found = flat_context(data)
+    found = (_wire or load_wire()).flat_context(data)
     return found if found is not None else walk_struct(struct)
+
+
+#: ``nba.service.wire``, once loaded: numba's import and the kernel's loading cost about 0.8 s
+#: of CPU a process, which processes that never read a request's context (the CLI) must not pay
+_wire: Any = None
+
+
+def load_wire() -> Any:
+    """Loads the compiled context pass (``nba.service.wire``) now, if not yet, and returns it:
+    the service calls it as it starts, so that no request pays the loading."""
+    global _wire
+    if _wire is None:
+        # by name, at run time: deferred on purpose (see _wire)
+        _wire = importlib.import_module("nba.service.wire")
+    return _wire
 
 
 def walk_struct(struct: struct_pb2.Struct) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from prometheus_client import start_http_server
 
-from bandit import limit_blas_threads
+from bandit import limit_blas_threads, load_kernels
 from nba import metrics
 from nba.clock import Clock, SystemClock
 from nba.config import ConfigError, Settings
@@ -53,7 +53,7 @@ from nba.records import ContactEvent, LearningEvent, RewardWindows
 from nba.service.auth import AuthInterceptor, Tokens
 from nba.service.console.app import Console, console_routes
 from nba.service.console.sessions import Sessions
-from nba.service.context import MAX_CONTEXT_DEPTH
+from nba.service.context import MAX_CONTEXT_DEPTH, load_wire
 from nba.service.evaluations import EvaluationJobs
 from nba.service.http.app import create_app
 from nba.service.http.callbacks import Callbacks, CallbackSources
@@ -239,6 +239,9 @@ class Service:
         # per-call context (bandit.blas) cannot promise that under OpenBLAS's pthreads build
         # when several threads call in (measured: 15% of solves ran on two threads).
         limit_blas_threads()
+        # The compiled draw and context pass load (about 0.8 s of CPU: numba, then the cached
+        # machine code) beside the rest of start-up, so that the first requests do not pay it.
+        threading.Thread(target=_load_compiled, name="nba-compiled", daemon=True).start()
         self.settings = settings
         self.clock = clock or SystemClock()
         self._serving = False
@@ -758,3 +761,13 @@ def create_server(settings: Settings, clock: Clock | None = None) -> tuple[Servi
     """Builds and starts the service; returns it with the port it serves on."""
     service = Service(settings, clock)
     return service, service.start()
+
+
+def _load_compiled() -> None:
+    """Loads the compiled kernels (``bandit.kernels``, ``nba.service.wire``); a failure is
+    logged, and the first request that needs one tries again (and fails as it would)."""
+    try:
+        load_kernels()
+        load_wire()
+    except Exception:
+        log.exception("loading the compiled kernels failed")

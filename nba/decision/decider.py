@@ -572,18 +572,15 @@ def explain(record: DecisionRecord, policy_set: PolicySet) -> list[dict[str, Any
 
 
 def _factors(eligible: list[Verdict], screening: Screening) -> tuple[list[str], np.ndarray]:
-    """The eligible offers' ids and their (value, lever, weight) rows, (n, 3): read from the
-    channel's catalogue by position (no Python work per offer but reading two numbers), or
-    offer by offer for verdicts not screened on one."""
+    """The eligible offers' ids and their (value, lever, weight) rows, (n, 3), read from the
+    channel's catalogue by each verdict's position (every verdict screening returns has one,
+    and a verdict taken out by a reservation keeps it)."""
     n = len(eligible)
     catalogue = screening.catalogue
     positions = np.fromiter((v.position for v in eligible), dtype=np.intp, count=n)
     weights = np.fromiter((v.weight for v in eligible), dtype=float, count=n)
-    if catalogue is not None and n and positions.min() >= 0:
-        factors = np.column_stack((catalogue.values[positions], catalogue.levers[positions], weights))
-        return catalogue.ids[positions].tolist(), factors
-    rows = [(v.offer.offer.value, v.offer.lever, v.weight) for v in eligible]
-    return [v.offer.id for v in eligible], np.asarray(rows, dtype=float).reshape(n, 3)
+    factors = np.column_stack((catalogue.values[positions], catalogue.levers[positions], weights))
+    return catalogue.ids[positions].tolist(), factors
 
 
 def _explored(scores: np.ndarray, slots: list[tuple[int, float]]) -> list[bool]:

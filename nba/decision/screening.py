@@ -97,7 +97,7 @@ class Screening:
     #: the channel's fallback, with its own verdict, if it has one
     fallback: Verdict | None
     #: the channel's offers as arrays (verdicts' ``position`` index them)
-    catalogue: Catalogue | None = None
+    catalogue: Catalogue
 
     @property
     def eligible(self) -> list[Verdict]:

@@ -24,8 +24,9 @@ serve: $(GEN)
 		NBA_LOG_FORMAT=$${NBA_LOG_FORMAT:-text} exec $(BIN)/nba serve
 
 # The suite in TEST_WORKERS processes (pytest-xdist): most tests wait on a server, a database
-# or a child process, so two processes halve the time on two cores. TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
+# or a child process, so three processes keep two cores busy (measured on 2 cores: 12:17
+# against 14:26 with two, the CPU used the same). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
 # The 15 slowest tests are listed at the end: where the suite's time goes, run after run.
 test: $(GEN)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)

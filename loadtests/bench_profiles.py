@@ -106,9 +106,13 @@ def load(url: str, policies: Path, start: int, count: int, per_customer: int) ->
                     events.append(
                         (event_id, customer, kind, source, at, at, json.dumps(properties), "{}", uuid.uuid4().hex * 2, customer)
                     )
-                # as tracking writes them: the state with the definition it was built under
-                # (else the service would start backfilling every profile), events and
-                # identifiers with their origin
+                # as tracking writes them: segments evaluated on arrival (an import of history
+                # is dated when it arrives) and the next time-driven change bounded (else every
+                # read would look for it, as none the clock had come by yet), the state with
+                # the definition it was built under (else the service would start backfilling
+                # every profile), events and identifiers with their origin
+                profile.settle(NOW.timestamp())
+                profile.plan(exact=False)
                 state = profile.dump()
                 profiles.append((customer, created, NOW, profile.version, None, json.dumps(state), state["built_under"]))
                 identities.append(("email", f"{customer}@example.com", customer, customer))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -349,3 +351,16 @@ def test_every_error_of_the_parts_is_in_the_one_tree() -> None:
     assert len(found) > 15  # the walk found them
     assert sorted(k for k, inside in found.items() if not inside and k not in OUTSIDE_THE_TREE) == []
     assert all(k in found for k in OUTSIDE_THE_TREE)  # the exceptions still exist
+
+
+def test_the_service_and_the_command_line_import_neither_numba_nor_river() -> None:
+    """Each costs most of a second of CPU to import, which every ``nba`` command and every
+    server process would pay: numba's kernels load when first needed (a service loads them
+    beside its start-up), river where a profile defines a score. Run in a fresh interpreter:
+    this one has imported both for other tests."""
+    code = (
+        "import sys, nba.service.server, nba.cli.main, nba.profiles.scores\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numba', 'river') or m == 'scipy.stats'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)
+    assert done.stdout.split() == ["[]"]

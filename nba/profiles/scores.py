@@ -32,6 +32,7 @@ model together; each process predicts from its copy, read again when the stored 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import pickle
@@ -42,13 +43,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import cel
-from river import linear_model, metrics, optim, preprocessing
 
 from nba.policy.profile import ProfileDefinition, Score
 
 log = logging.getLogger("nba.profiles")
 
-__all__ = ["MIN_EXAMPLES", "Example", "Prediction", "ScoreModel", "ScoreModels", "features", "is_target"]
+__all__ = ["MIN_EXAMPLES", "Example", "Prediction", "ScoreModel", "ScoreModels", "features", "is_target", "load_river"]
 
 #: labels of each kind a score needs before its quality says anything
 MIN_EXAMPLES = 20
@@ -83,6 +83,16 @@ class Example:
     x: Mapping[str, float]
     p: float
     y: bool
+
+
+def load_river() -> Any:
+    """river, imported now if not yet. Importing it costs about 0.75 s of CPU (its metrics and
+    linear models pull in scipy.stats), which a process whose profile defines no score (most,
+    and every short-lived command) need not pay: the models import it when the first is made or
+    read, and a service whose definition has scores loads it beside its start-up."""
+    for part in ("linear_model", "metrics", "optim", "preprocessing"):
+        importlib.import_module(f"river.{part}")
+    return importlib.import_module("river")
 
 
 def features(values: Mapping[str, Any]) -> dict[str, float]:
@@ -140,9 +150,10 @@ class ScoreModel:
 
     def __init__(self, score: Score) -> None:
         self.score: Score | None = score
-        self.model = preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.05))
-        self.auc = metrics.ROCAUC(n_thresholds=100)
-        self.log_loss = metrics.LogLoss()
+        river = load_river()
+        self.model = river.preprocessing.StandardScaler() | river.linear_model.LogisticRegression(optimizer=river.optim.SGD(0.05))
+        self.auc = river.metrics.ROCAUC(n_thresholds=100)
+        self.log_loss = river.metrics.LogLoss()
         #: per bin: predictions, their sum, positives
         self.bins = [[0, 0.0, 0] for _ in range(BINS)]
         self.positives = 0

@@ -52,6 +52,9 @@ from nba.profiles.profile import Profile, TrackedEvent  # noqa: E402
 from nba.service.server import Service  # noqa: E402
 from nba.storage.engine import open_engine  # noqa: E402
 from nba.storage.migrations import ensure_schema  # noqa: E402
+
+# the rule tracking stores a profile's due_at by, so that loaded profiles are stored alike
+from nba.storage.profiles import _due as due  # noqa: E402
 from nba.v1 import profile_service_pb2 as ppb  # noqa: E402
 from nba.v1 import profile_service_pb2_grpc as ppb_grpc  # noqa: E402
 
@@ -104,22 +107,26 @@ def load(url: str, policies: Path, start: int, count: int, per_customer: int) ->
                 for event_id, kind, source, at, properties in generated:
                     profile.apply(TrackedEvent(event_id, customer, kind, source, at.timestamp(), properties))
                     events.append(
-                        (event_id, customer, kind, source, at, at, json.dumps(properties), "{}", uuid.uuid4().hex * 2, customer)
+                        (event_id, customer, kind, source, at, NOW, json.dumps(properties), "{}", uuid.uuid4().hex * 2, customer)
                     )
-                # as tracking writes them: segments evaluated on arrival (an import of history
-                # is dated when it arrives) and the next time-driven change bounded (else every
-                # read would look for it, as none the clock had come by yet), the state with
-                # the definition it was built under (else the service would start backfilling
-                # every profile), events and identifiers with their origin
+                # as tracking writes an import of history arriving now: segments evaluated on
+                # arrival and the next time-driven change bounded, stored with the profile and
+                # as its due_at (else every read would look for that change, and the segment
+                # clock would never visit it), the state with the definition it was built
+                # under (else the service would start backfilling every profile), events
+                # received now and identifiers with their origin. The segment history (stays,
+                # hourly counts) is not written: no figure here reads it.
                 profile.settle(NOW.timestamp())
                 profile.plan(exact=False)
                 state = profile.dump()
-                profiles.append((customer, created, NOW, profile.version, None, json.dumps(state), state["built_under"]))
+                profiles.append(
+                    (customer, created, NOW, profile.version, None, json.dumps(state), state["built_under"], due(state))
+                )
                 identities.append(("email", f"{customer}@example.com", customer, customer))
             copy_rows(
                 conn,
                 "profiles",
-                ("customer_id", "created_at", "updated_at", "version", "merged_into", "state", "built_under"),
+                ("customer_id", "created_at", "updated_at", "version", "merged_into", "state", "built_under", "due_at"),
                 profiles,
             )
             copy_rows(conn, "profile_identities", ("kind", "value", "customer_id", "origin"), identities)

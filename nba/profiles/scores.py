@@ -85,14 +85,24 @@ class Example:
     y: bool
 
 
+#: held while river is imported (``load_river``)
+_river_lock = threading.Lock()
+
+
 def load_river() -> Any:
     """river, imported now if not yet. Importing it costs about 0.75 s of CPU (its metrics and
     linear models pull in scipy.stats), which a process whose profile defines no score (most,
     and every short-lived command) need not pay: the models import it when the first is made or
-    read, and a service whose definition has scores loads it beside its start-up."""
-    for part in ("linear_model", "metrics", "optim", "preprocessing"):
-        importlib.import_module(f"river.{part}")
-    return importlib.import_module("river")
+    read, and a service whose definition has scores loads it beside its start-up.
+
+    Every import of river goes through here, under one lock and in one order, unpickling a
+    stored model included: river's subpackages import each other in circles, and two threads
+    importing them in different orders at once can make Python's import raise a deadlock error
+    instead of waiting."""
+    with _river_lock:
+        for part in ("linear_model", "metrics", "optim", "preprocessing"):
+            importlib.import_module(f"river.{part}")
+        return importlib.import_module("river")
 
 
 def features(values: Mapping[str, Any]) -> dict[str, float]:
@@ -273,7 +283,7 @@ class ScoreModels:
         for name in names:
             score = scores[name]
             row = stored.get(name)
-            model = pickle.loads(row[2]) if row is not None and row[0] == score.source else ScoreModel(score)
+            model = _unpickled(row[2]) if row is not None and row[0] == score.source else ScoreModel(score)
             model.score = score
             for example in examples:
                 if example.score == name:
@@ -299,7 +309,14 @@ class ScoreModels:
         for name, (source, version, state) in stored.items():
             held = self._models.get(name)
             if source == scores[name].source and (held is None or held[1] < version):
-                model = pickle.loads(state)
+                model = _unpickled(state)
                 model.score = scores[name]
                 with self._lock:
                     self._models[name] = (source, version, model)
+
+
+def _unpickled(state: bytes) -> ScoreModel:
+    """A stored model, river imported first (``load_river``: not by the unpickler, in its own order)."""
+    load_river()
+    model: ScoreModel = pickle.loads(state)
+    return model

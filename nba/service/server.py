@@ -14,6 +14,7 @@ import math
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -643,7 +644,7 @@ class Service:
 
     def _swap(self, policy_set: PolicySet) -> None:
         policy_set.batches  # noqa: B018  # compiled now, not in the first decision it serves
-        if policy_set.profile.scores:
+        if policy_set.profile.scores and "river.preprocessing" not in sys.modules:
             # river (about 0.75 s of CPU) only where a score needs it, and before it is asked
             _preload("river, for the predictive scores", load_river)
         self.contacts.horizon_seconds = max(self.settings.contact_history_days * 86400, policy_set.history_seconds)

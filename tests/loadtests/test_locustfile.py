@@ -65,7 +65,7 @@ def test_failures_are_reported_with_their_status(tmp_path: Path) -> None:
     port = refusing.add_insecure_port("127.0.0.1:0")  # no services: every call is UNIMPLEMENTED
     refusing.start()
     try:
-        # 4 s, not 2: on a loaded machine (the suite runs in two processes) a 2 s run once
+        # 4 s, not 2: on a loaded machine (the suite runs in three processes) a 2 s run once
         # ended before its one user had made a call
         stats = locust(port, tmp_path, seconds=4, users=1, exit_code=1)
     finally:

@@ -8,6 +8,7 @@ as data, and ``bandit.state.dumps``/``loads`` turn it into bytes that can be loa
 running code (NumPy arrays and JSON, not a pickle).
 """
 
+from bandit import blas
 from bandit.base import Draw, Learner
 from bandit.exploration import EpsilonGreedy, Exploration, InverseGapWeighting, draw_slots, load_kernels
 from bandit.features import Featurizer, flatten, unflatten
@@ -43,11 +44,15 @@ def limit_blas_threads(threads: int = 1) -> None:
     process.
 
     Not needed for the learners: they take one thread around their own calls
-    (``bandit.blas.single_thread``). For a program whose other small matrix work suffers from
-    OpenBLAS waking its threads (a benchmark timing its own bookkeeping, say).
+    (``bandit.blas.single_thread``), which with one thread for the whole process then cost
+    nothing. For a program whose other small matrix work suffers from OpenBLAS waking its
+    threads (a benchmark timing its own bookkeeping, say), or that needs every learner's exact
+    solves on one thread whichever thread calls (the service: replicas hold bit-identical
+    models). Call it before the threads that use the learners start.
     """
     import numpy  # noqa: F401  (its BLAS must be loaded to be limited)
     import scipy.linalg.blas  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=threads, user_api="blas")
+    blas.pin(threads)

@@ -20,9 +20,10 @@ sets one thread for the whole process before its threads start (``limit_blas_thr
 service does, and so does ``OPENBLAS_NUM_THREADS=1``).
 
 It costs a few microseconds a call (ctypes calls into each BLAS library loaded, measured at
-about 2.5 microseconds each), and nothing when the libraries already run one thread
-(``OPENBLAS_NUM_THREADS=1``). Libraries come from threadpoolctl, which knows how to find and
-drive OpenBLAS, MKL and BLIS; it is asked once.
+about 2.5 microseconds each: a library's thread count is asked, and set only when it is not
+one), and nothing once ``limit_blas_threads(1)`` has pinned the whole process to one thread
+(``pin``): there is then nothing to set or give back. Libraries come from threadpoolctl, which
+knows how to find and drive OpenBLAS, MKL and BLIS; it is asked once.
 """
 
 from __future__ import annotations
@@ -30,12 +31,24 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-__all__ = ["single_thread"]
+__all__ = ["pin", "single_thread"]
 
 _lock = threading.Lock()
 _depth = 0
 _saved: list[tuple[Any, int]] = []
 _libraries: list[Any] | None = None
+#: the whole process runs one BLAS thread (``pin``): blocks set nothing
+_pinned = False
+
+
+def pin(threads: int) -> None:
+    """Told by ``bandit.limit_blas_threads`` that every BLAS library now runs ``threads``
+    threads for the whole process: with one, ``single_thread`` blocks have nothing to do. A
+    block already running gives back ``threads``, not what it found."""
+    global _pinned, _saved
+    with _lock:
+        _pinned = threads == 1
+        _saved = [(library, threads) for library, _ in _saved]
 
 
 def _blas_libraries() -> list[Any]:
@@ -57,6 +70,8 @@ class _SingleThread:
 
     def __enter__(self) -> None:
         global _depth, _saved
+        if _pinned:  # read without the lock: set once, before the threads that call in start
+            return
         with _lock:
             if _depth == 0:
                 saved = []
@@ -70,7 +85,11 @@ class _SingleThread:
 
     def __exit__(self, *exc: object) -> None:
         global _depth, _saved
+        if _pinned and _depth == 0:
+            return
         with _lock:
+            if _depth == 0:  # entered while pinned (unpinned since): nothing was set
+                return
             _depth -= 1
             if _depth == 0:
                 for library, threads in _saved:

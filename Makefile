@@ -112,6 +112,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 		|| { tail -n 30 $(VENV)/install.log; echo "make: upgrading pip failed; the whole log is $(VENV)/install.log"; exit 1; }
 	@$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]' >> $(VENV)/install.log 2>&1 \
 		|| { tail -n 30 $(VENV)/install.log; echo "make: installing failed; the whole log is $(VENV)/install.log"; exit 1; }
+	@# numba compiles the kernels once and caches them beside the code: here, once, rather than
+	@# in every process that starts before the cache exists (a suite's or --workers' first ones)
+	@echo "compiling the slot draw and the context pass (numba, about ten seconds, once)..."
+	@$(BIN)/python -c 'import bandit.kernels, nba.service.wire' >> $(VENV)/install.log 2>&1 \
+		|| { tail -n 30 $(VENV)/install.log; echo "make: compiling the kernels failed; the whole log is $(VENV)/install.log"; exit 1; }
 	@touch $@
 	@echo "installed"
 

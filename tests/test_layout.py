@@ -356,11 +356,12 @@ def test_every_error_of_the_parts_is_in_the_one_tree() -> None:
 def test_the_service_and_the_command_line_import_neither_numba_nor_river() -> None:
     """Each costs most of a second of CPU to import, which every ``nba`` command and every
     server process would pay: numba's kernels load when first needed (a service loads them
-    beside its start-up), river where a profile defines a score. Run in a fresh interpreter:
-    this one has imported both for other tests."""
+    beside its start-up), river where a profile defines a score, scipy.optimize when a reward
+    model is fitted. Run in a fresh interpreter: this one has imported them for other tests."""
     code = (
-        "import sys, nba.service.server, nba.cli.main, nba.profiles.scores\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numba', 'river') or m == 'scipy.stats'))"
+        "import sys, nba.service.server, nba.cli.main, nba.profiles.scores, nba.evaluation\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numba', 'river') "
+        "or m in ('scipy.stats', 'scipy.optimize')))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)
     assert done.stdout.split() == ["[]"]

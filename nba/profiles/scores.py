@@ -87,6 +87,8 @@ class Example:
 
 #: held while river is imported (``load_river``)
 _river_lock = threading.Lock()
+#: river, once ``load_river`` has imported it
+_river: Any = None
 
 
 def load_river() -> Any:
@@ -99,10 +101,13 @@ def load_river() -> Any:
     stored model included: river's subpackages import each other in circles, and two threads
     importing them in different orders at once can make Python's import raise a deadlock error
     instead of waiting."""
-    with _river_lock:
-        for part in ("linear_model", "metrics", "optim", "preprocessing"):
-            importlib.import_module(f"river.{part}")
-        return importlib.import_module("river")
+    global _river
+    if _river is None:
+        with _river_lock:
+            for part in ("linear_model", "metrics", "optim", "preprocessing"):
+                importlib.import_module(f"river.{part}")
+            _river = importlib.import_module("river")
+    return _river
 
 
 def features(values: Mapping[str, Any]) -> dict[str, float]:

@@ -14,7 +14,6 @@ import math
 import os
 import secrets
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -644,8 +643,9 @@ class Service:
 
     def _swap(self, policy_set: PolicySet) -> None:
         policy_set.batches  # noqa: B018  # compiled now, not in the first decision it serves
-        if policy_set.profile.scores and "river.preprocessing" not in sys.modules:
+        if policy_set.profile.scores:
             # river (about 0.75 s of CPU) only where a score needs it, and before it is asked
+            # (a thread that finds it loaded returns at once; publishes are rare)
             _preload("river, for the predictive scores", load_river)
         self.contacts.horizon_seconds = max(self.settings.contact_history_days * 86400, policy_set.history_seconds)
         self.learning.describe_arms(

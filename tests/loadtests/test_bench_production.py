@@ -1,4 +1,5 @@
-"""`make bench-store` and `make bench-replicas` run, and report what they claim to measure."""
+"""`make bench-store`, `make bench-replicas` and the other production benchmarks run, and report
+what they claim to measure."""
 
 from __future__ import annotations
 
@@ -100,3 +101,31 @@ def test_the_tracking_benchmark_measures_both_modes_on_both_engines(tmp_path: Pa
         assert r["single_per_s"] > 0 and r["batch_per_s"] > 0
         assert 0 < r["profile_share"] < 1 and 0 < r["json_share"] < 1
     assert "| engine | one a call (events/s) | batches (events/s)" in done.stdout
+
+
+def test_the_breakdown_prints_every_figure_the_readme_quotes() -> None:
+    """`loadtests/bench_breakdown.py`: the deciding thread and the writer, the writer's parts,
+    the estimates' parts, the last-bits counts and the two profile views, each a number."""
+    done = subprocess.run(
+        [sys.executable, "loadtests/bench_breakdown.py", "--calls", "300"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    for label in (
+        "the deciding thread:",
+        "the writer:",
+        "inserting the decisions (SQLite):",
+        "the featurizer:",
+        "the matrix products (BLAS):",
+        "the elementwise mixing:",
+        "numba's BLAS call:",
+        "a plain loop:",
+        "its next segment change planned:",
+        "not planned (each read looks for it):",
+    ):
+        line = next((line for line in done.stdout.splitlines() if label in line), None)
+        assert line is not None, f"{label!r} missing from:\n{done.stdout}"
+        assert float(line.split(label, 1)[1].split()[0]) >= 0, line
